@@ -1,0 +1,132 @@
+# raft.hpp - build, test, benchmark, fuzz. See README.md.
+#
+#   make                 builds the examples and the tests (g++, -O2)
+#   make test            installs what the tests need (as root) and runs every test
+#   make test SAN=address    the same under ASan+UBSan; SAN=thread under TSan
+#   make sim SEEDS=N     the randomized cluster simulation over N seeds
+#   make bench           benchmarks beside real peers (hiredis, the raw disk)
+#   make fuzz            libFuzzer on the parsers (clang); FUZZ_TIME=seconds per target
+#   make run             starts a local 3-node cluster in the foreground
+#   CXX=clang++ works for every target.
+
+CXX ?= g++
+# Build in parallel on every core (the test run itself is one process).
+MAKEFLAGS += --jobs=$(shell nproc 2>/dev/null || echo 2)
+SAN ?=
+BUILD ?= build$(if $(SAN),-$(SAN))
+
+WARNINGS := -Wall -Wextra -Werror
+CXXFLAGS_BASE := -std=c++17 $(WARNINGS) -pthread -I. -MMD -MP
+# Per flavour: optimisation, how many simulation seeds `make test` runs, which tests, and how
+# much slower the runtime tests' clocks run (RAFT_TIME_SCALE).
+ifeq ($(SAN),address)
+  OPTFLAGS ?= -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+  DEFAULT_SEEDS := 200
+  DEFAULT_TESTS :=
+  TIME_SCALE := 3
+else ifeq ($(SAN),thread)
+  OPTFLAGS ?= -O1 -g -fsanitize=thread
+  DEFAULT_SEEDS := 20
+  DEFAULT_TESTS := [runtime],[process],[writer]
+  TIME_SCALE := 5
+else ifeq ($(SAN),)
+  OPTFLAGS ?= -O2 -g
+  DEFAULT_SEEDS := 2000
+  DEFAULT_TESTS :=
+  TIME_SCALE := 1
+else
+  $(error SAN must be empty, address or thread)
+endif
+ALL_CXXFLAGS := $(CXXFLAGS_BASE) $(OPTFLAGS) $(CXXFLAGS)
+LDLIBS_ALL := -pthread $(LDLIBS)
+
+HEADERS := raft.hpp resp.hpp
+RAFT_PARTS := $(sort $(wildcard src/raft/*.hpp))
+
+TEST_SRCS := $(sort $(wildcard tests/test_*.cpp))
+TEST_OBJS := $(TEST_SRCS:tests/%.cpp=$(BUILD)/tests/%.o)
+EXAMPLE_SRCS := $(sort $(wildcard examples/*.cpp))
+EXAMPLES := $(EXAMPLE_SRCS:examples/%.cpp=$(BUILD)/examples/%)
+BENCH_SRCS := $(sort $(wildcard bench/*.cpp))
+BENCHES := $(BENCH_SRCS:bench/%.cpp=$(BUILD)/bench/%)
+FUZZ_SRCS := $(sort $(wildcard fuzz/fuzz_*.cpp))
+FUZZERS := $(FUZZ_SRCS:fuzz/%.cpp=build-fuzz/%)
+
+# Test selection (Catch2 tag expression) and simulation size, for `make test` and `make sim`.
+TESTS ?= $(DEFAULT_TESTS)
+SEEDS ?= $(DEFAULT_SEEDS)
+FUZZ_TIME ?= 60
+
+.PHONY: all test deps sim bench fuzz run mutants clean check-header
+.DELETE_ON_ERROR:
+
+all: $(EXAMPLES) $(BUILD)/raft_tests
+
+# raft.hpp is generated from its parts; the generated file is committed so users copy it.
+raft.hpp: $(RAFT_PARTS) tools/amalgamate.sh
+	tools/amalgamate.sh > $@.$$$$.tmp && mv $@.$$$$.tmp $@
+
+check-header:
+	@tools/amalgamate.sh | cmp -s - raft.hpp || { echo "raft.hpp is stale: run make and commit it" >&2; exit 1; }
+
+deps:
+	@tools/deps.sh
+
+# One Catch2 main translation unit per build flavour; each test file compiles on its own.
+# (g++ 12 under ASan warns falsely inside <regex>, which Catch2 includes.)
+$(BUILD)/tests/main.o: tests/main.cpp
+	@mkdir -p $(@D)
+	$(CXX) $(ALL_CXXFLAGS) $(if $(findstring clang,$(CXX)),,-Wno-maybe-uninitialized) -c $< -o $@
+
+$(BUILD)/tests/%.o: tests/%.cpp $(HEADERS)
+	@mkdir -p $(@D)
+	$(CXX) $(ALL_CXXFLAGS) -c $< -o $@
+
+$(BUILD)/raft_tests: $(BUILD)/tests/main.o $(TEST_OBJS)
+	$(CXX) $(ALL_CXXFLAGS) $^ -o $@ $(LDLIBS_ALL)
+
+$(BUILD)/examples/%: examples/%.cpp $(HEADERS)
+	@mkdir -p $(@D)
+	$(CXX) $(ALL_CXXFLAGS) $< -o $@ $(LDLIBS_ALL)
+
+# Benchmarks compare against real peers; hiredis is used by the benchmarks only.
+$(BUILD)/bench/%: bench/%.cpp $(HEADERS)
+	@mkdir -p $(@D)
+	$(CXX) $(ALL_CXXFLAGS) $< -o $@ $(LDLIBS_ALL) $(if $(findstring hiredis,$*),-lhiredis)
+
+# The test binary finds the examples (process tests) through RAFT_BUILD_DIR.
+test: deps $(BUILD)/raft_tests $(EXAMPLES)
+	RAFT_BUILD_DIR=$(BUILD) RAFT_SIM_SEEDS=$(SEEDS) RAFT_TIME_SCALE=$(TIME_SCALE) $(BUILD)/raft_tests $(TESTS)
+
+sim: deps $(BUILD)/raft_tests
+	RAFT_SIM_SEEDS=$(SEEDS) $(BUILD)/raft_tests '[sim]' --durations yes
+
+# Each deliberately broken rule (RAFT_MUTANT_* in src/raft/3_core.hpp, compiled out of the
+# shipped header) must make the simulation fail within $(SEEDS) seeds.
+MUTANTS := NO_UP_TO_DATE_CHECK COMMIT_OLD_TERM ACK_BEFORE_DURABLE BUMP_AFTER_WIN JOINER_CAMPAIGNS
+mutants: deps $(BUILD)/tests/main.o
+	@tools/mutants.sh "$(CXX)" "$(ALL_CXXFLAGS)" $(BUILD) $(SEEDS) $(MUTANTS)
+
+bench: $(BENCHES) $(EXAMPLES)
+	@tools/deps.sh bench
+	@for b in $(BENCHES); do echo "== $$b"; $$b || exit 1; done
+
+build-fuzz/%: fuzz/%.cpp $(HEADERS)
+	@mkdir -p $(@D)
+	clang++ -std=c++17 $(WARNINGS) -I. -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all $< -o $@
+
+# Runs each fuzzer for FUZZ_TIME seconds from its checked-in seed corpus (fuzz/corpus/NAME);
+# new inputs go to build-fuzz/corpus/NAME so the checked-in corpus stays small.
+fuzz: $(FUZZERS)
+	@for f in $(FUZZERS); do n=$$(basename $$f); mkdir -p build-fuzz/corpus/$$n; \
+	  echo "== $$n for $(FUZZ_TIME) s"; \
+	  $$f -max_total_time=$(FUZZ_TIME) -print_final_stats=1 -max_len=4096 \
+	      build-fuzz/corpus/$$n fuzz/corpus/$$n || exit 1; done
+
+run: $(BUILD)/examples/run_raft
+	@tools/run_cluster.sh $(BUILD)/examples/run_raft
+
+clean:
+	rm -rf build build-address build-thread build-fuzz build-mutant-*
+
+-include $(wildcard $(BUILD)/tests/*.d $(BUILD)/examples/*.d $(BUILD)/bench/*.d)

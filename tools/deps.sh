@@ -1,0 +1,25 @@
+#!/bin/sh
+# Makes sure what the tests (or, with "bench", the benchmarks) need is installed. As root it
+# installs the missing Debian packages with apt-get; otherwise it prints the exact command.
+set -eu
+need=""
+missing() { need="$need $1"; }
+
+[ -f /usr/include/catch2/catch.hpp ] || missing catch2
+command -v redis-cli >/dev/null 2>&1 && command -v redis-benchmark >/dev/null 2>&1 || missing redis-tools
+/usr/bin/python3 -c 'import redis' >/dev/null 2>&1 || missing python3-redis
+if [ "${1:-}" = bench ]; then
+  [ -f /usr/include/hiredis/hiredis.h ] || missing libhiredis-dev
+  command -v redis-server >/dev/null 2>&1 || missing redis-server
+fi
+
+[ -z "$need" ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing:$need"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q $need >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q $need >/dev/null; }
+  exit 0
+fi
+echo "missing:$need" >&2
+echo "install them with: sudo apt-get install -y$need" >&2
+exit 1
