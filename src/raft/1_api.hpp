@@ -1,0 +1,519 @@
+
+// ============================================================================================
+// 1. Public API
+// ============================================================================================
+
+namespace raft {
+
+// --------------------------------------------------------------------------------------------
+// Shared types: the log entry, hard state, configuration, snapshot metadata and the core's
+// persist batch. The core, the storage and the runtime all speak in these.
+// --------------------------------------------------------------------------------------------
+
+/// A node's name within its cluster: a number or a string ("1", "node-a").
+using NodeId = std::string;
+
+enum class EntryType : std::uint8_t {
+  Command = 0,  // payload: the command's words, RESP-encoded (resp::write_command)
+  Noop = 1,     // a new leader's first entry of its term; empty payload
+  Config = 2,   // payload: Configuration::encode()
+};
+
+/// One entry of the replicated log.
+struct LogEntry {
+  std::uint64_t index = 0;
+  std::uint64_t term = 0;
+  EntryType type = EntryType::Command;
+  /// The leader's wall clock when it appended the entry, in ms since the epoch. Never
+  /// decreases along the log (a leader stamps max(now, previous stamp)). Write handlers use it
+  /// as "now", so every node computes the same result.
+  std::int64_t timestamp_ms = 0;
+  std::string payload;
+
+  bool operator==(const LogEntry& o) const {
+    return index == o.index && term == o.term && type == o.type &&
+           timestamp_ms == o.timestamp_ms && payload == o.payload;
+  }
+  bool operator!=(const LogEntry& o) const { return !(*this == o); }
+};
+
+/// What a node must make durable before it answers a vote: its term and whom it voted for.
+struct HardState {
+  std::uint64_t term = 0;
+  NodeId vote;  // empty: no vote in this term
+
+  bool operator==(const HardState& o) const { return term == o.term && vote == o.vote; }
+  bool operator!=(const HardState& o) const { return !(*this == o); }
+};
+
+/// One server of the cluster.
+struct Member {
+  NodeId id;
+  std::string address;  // "ip:port": clients on port, peers on port + 1
+  /// Random id of the member's data directory, fixed when the directory was created. A node
+  /// presenting another server id under this member's id is a stranger (its disk was wiped).
+  /// Empty when not known yet (a static peer map names only ids and addresses).
+  std::string server_id;
+  bool voter = true;  // false: a learner, which replicates but neither votes nor campaigns
+
+  bool operator==(const Member& o) const {
+    return id == o.id && address == o.address && server_id == o.server_id && voter == o.voter;
+  }
+  bool operator!=(const Member& o) const { return !(*this == o); }
+};
+
+/// The cluster's membership: voters and learners. Changes go through the log one server at
+/// a time; a node uses a configuration as soon as it is in its log.
+struct Configuration {
+  std::vector<Member> members;  // sorted by id, ids unique
+
+  const Member* find(std::string_view id) const {
+    for (const auto& m : members)
+      if (m.id == id) return &m;
+    return nullptr;
+  }
+  bool contains(std::string_view id) const { return find(id) != nullptr; }
+  bool is_voter(std::string_view id) const {
+    const Member* m = find(id);
+    return m != nullptr && m->voter;
+  }
+  std::size_t voter_count() const {
+    std::size_t n = 0;
+    for (const auto& m : members) n += m.voter ? 1 : 0;
+    return n;
+  }
+  std::vector<NodeId> voters() const {
+    std::vector<NodeId> ids;
+    for (const auto& m : members)
+      if (m.voter) ids.push_back(m.id);
+    return ids;
+  }
+  /// Adds the member, or replaces the one with the same id; keeps members sorted.
+  void upsert(Member m) {
+    auto it = std::lower_bound(members.begin(), members.end(), m.id,
+                               [](const Member& a, const NodeId& id) { return a.id < id; });
+    if (it != members.end() && it->id == m.id)
+      *it = std::move(m);
+    else
+      members.insert(it, std::move(m));
+  }
+  bool remove(std::string_view id) {
+    for (auto it = members.begin(); it != members.end(); ++it)
+      if (it->id == id) {
+        members.erase(it);
+        return true;
+      }
+    return false;
+  }
+  bool empty() const { return members.empty(); }
+
+  /// The payload of a Config entry: a RESP array "config", 1 (format), then for each member
+  /// id, address, server id, "1" (voter) or "0" (learner).
+  std::string encode() const {
+    std::vector<std::string> words{"config", "1"};
+    for (const auto& m : members) {
+      words.push_back(m.id);
+      words.push_back(m.address);
+      words.push_back(m.server_id);
+      words.push_back(m.voter ? "1" : "0");
+    }
+    std::string out;
+    resp::write_command(out, words);
+    return out;
+  }
+  /// Parses encode()'s output strictly; false on anything else.
+  static bool decode(std::string_view payload, Configuration& out) {
+    resp::RequestParser parser;
+    parser.feed(payload);
+    std::vector<std::string> w;
+    if (parser.next(w) != resp::Status::Ok || parser.buffered() != 0) return false;
+    if (w.size() < 2 || w[0] != "config" || w[1] != "1" || (w.size() - 2) % 4 != 0) return false;
+    Configuration c;
+    for (std::size_t i = 2; i < w.size(); i += 4) {
+      if (w[i].empty() || (w[i + 3] != "1" && w[i + 3] != "0") || c.contains(w[i])) return false;
+      c.upsert(Member{w[i], w[i + 1], w[i + 2], w[i + 3] == "1"});
+    }
+    out = std::move(c);
+    return true;
+  }
+
+  bool operator==(const Configuration& o) const { return members == o.members; }
+  bool operator!=(const Configuration& o) const { return !(*this == o); }
+};
+
+/// What a snapshot covers: every entry up to and including (index, term), and the
+/// configuration in force at that index.
+struct SnapshotMeta {
+  std::uint64_t index = 0;
+  std::uint64_t term = 0;
+  Configuration config;
+
+  bool operator==(const SnapshotMeta& o) const {
+    return index == o.index && term == o.term && config == o.config;
+  }
+};
+
+/// A snapshot: its metadata and the store's text form (section 2: repr-style, readable by
+/// Python's ast.literal_eval).
+struct Snapshot {
+  SnapshotMeta meta;
+  std::string data;
+};
+
+/// The core's instructions to the storage, made durable in `seq` order. The rule that keeps
+/// Raft safe: a message that promises something (a vote, an acknowledgement) is sent only
+/// after the batch that holds what it promises is durable.
+struct PersistBatch {
+  std::uint64_t seq = 0;
+  /// A snapshot received from the leader. Made durable first, and it REPLACES THE WHOLE LOG:
+  /// afterwards the log on disk is empty and continues at snapshot->meta.index + 1 (the core
+  /// puts any suffix it keeps into `entries` of the same batch).
+  std::shared_ptr<const Snapshot> snapshot;
+  std::optional<HardState> hard_state;
+  /// Appended after the snapshot. When entries.front().index is at or below the last index
+  /// on disk, the log is cut there first (a follower overwriting a conflicting suffix).
+  std::vector<LogEntry> entries;
+
+  bool empty() const { return !snapshot && !hard_state && entries.empty(); }
+};
+
+/// A node's role. A learner is a Follower that is not a voter in its configuration.
+enum class Role : std::uint8_t { Follower, PreCandidate, Candidate, Leader };
+
+enum class MessageType : std::uint8_t {
+  PreVote = 1,
+  PreVoteResponse,
+  Vote,
+  VoteResponse,
+  Append,
+  AppendResponse,
+  Heartbeat,
+  HeartbeatResponse,
+  Snapshot,
+  SnapshotResponse,
+  TimeoutNow,
+  ReadIndex,
+  ReadIndexResponse,
+};
+
+inline const char* to_string(MessageType t) {
+  switch (t) {
+    case MessageType::PreVote: return "PreVote";
+    case MessageType::PreVoteResponse: return "PreVoteResponse";
+    case MessageType::Vote: return "Vote";
+    case MessageType::VoteResponse: return "VoteResponse";
+    case MessageType::Append: return "Append";
+    case MessageType::AppendResponse: return "AppendResponse";
+    case MessageType::Heartbeat: return "Heartbeat";
+    case MessageType::HeartbeatResponse: return "HeartbeatResponse";
+    case MessageType::Snapshot: return "Snapshot";
+    case MessageType::SnapshotResponse: return "SnapshotResponse";
+    case MessageType::TimeoutNow: return "TimeoutNow";
+    case MessageType::ReadIndex: return "ReadIndex";
+    case MessageType::ReadIndexResponse: return "ReadIndexResponse";
+  }
+  return "?";
+}
+
+/// One message between cores. A flat struct; which fields mean what depends on the type:
+///   PreVote, Vote       term: the campaign's term; index, log_term: the candidate's last
+///                       entry; transfer: leadership transfer (voters ignore stickiness)
+///   *VoteResponse       term; reject
+///   Append              index, log_term: the entry before `entries`; entries; commit
+///   AppendResponse      reject false: index = the highest index known to match the leader
+///                       reject true: index = the rejected previous index; hint_index,
+///                       hint_term: where the follower's log may match (fast back-off)
+///   Heartbeat           commit (at most the follower's match); context: read round
+///   HeartbeatResponse   context: the round echoed
+///   Snapshot            index, log_term, config: the snapshot's metadata; offset, data: one
+///                       chunk; done: the last chunk
+///   SnapshotResponse    index: the snapshot's index; offset: bytes received so far; reject:
+///                       resend from offset; done: installed (index now matches)
+///   TimeoutNow          campaign now (leadership transfer)
+///   ReadIndex           context: the follower's request id
+///   ReadIndexResponse   context; index: the read index; reject: no read index (not leader)
+struct Message {
+  MessageType type = MessageType::Heartbeat;
+  NodeId from;
+  NodeId to;
+  std::string server_id;  // the sender's server id (see Member::server_id)
+  std::uint64_t term = 0;
+  std::uint64_t index = 0;
+  std::uint64_t log_term = 0;
+  std::uint64_t commit = 0;
+  std::vector<LogEntry> entries;
+  bool reject = false;
+  std::uint64_t hint_index = 0;
+  std::uint64_t hint_term = 0;
+  bool transfer = false;
+  std::uint64_t context = 0;
+  Configuration config;
+  std::uint64_t offset = 0;
+  std::string data;
+  bool done = false;
+};
+
+/// The outcome of a linearizable read request: once ok, the read may be served as soon as
+/// the node has applied `index`.
+struct ReadState {
+  std::uint64_t request_id = 0;
+  std::uint64_t index = 0;
+  bool ok = false;
+};
+
+/// Names one log entry.
+struct EntryId {
+  std::uint64_t index = 0;
+  std::uint64_t term = 0;
+  bool operator==(const EntryId& o) const { return index == o.index && term == o.term; }
+};
+
+struct RoleChange {
+  Role role = Role::Follower;
+  std::uint64_t term = 0;
+  NodeId leader;  // empty when unknown
+};
+
+/// The core's output batch: everything to do after one or more inputs. Do it in this
+/// order: hand `persist` to the storage and send `messages` at once; send `after_persist`
+/// only when `persist` and every earlier batch are durable, then call Core::persisted(seq);
+/// apply `restore` (if set) and then `committed`, in order.
+struct Ready {
+  PersistBatch persist;                 // persist.seq != 0 when there is a batch (maybe empty)
+  std::vector<Message> messages;        // send now
+  std::vector<Message> after_persist;   // send once persist.seq is durable
+  std::shared_ptr<const Snapshot> restore;  // replace the state machine with this first
+  std::vector<LogEntry> committed;      // committed and durable here: apply in order
+  std::vector<ReadState> reads;         // results of read_index() requests
+  std::vector<EntryId> aborted;         // proposals now of unknown outcome (timeout, lost leadership)
+  std::vector<RoleChange> role_changes;  // in the order they happened
+  std::uint64_t leader_ready_term = 0;  // nonzero: leading in this term and its first entry committed
+  bool snapshot_wanted = false;         // the log since the last snapshot is long: take one
+
+  bool empty() const {
+    return persist.seq == 0 && messages.empty() && after_persist.empty() && !restore &&
+           committed.empty() && reads.empty() && aborted.empty() && role_changes.empty() &&
+           leader_ready_term == 0 && !snapshot_wanted;
+  }
+};
+
+// --------------------------------------------------------------------------------------------
+// The handler table: commands are plain functions with flags and argument counts, as in
+// pyraft (`handler['cas'] = [do_cas, 'we', 3, 3]`).
+// --------------------------------------------------------------------------------------------
+
+class Store;  // section 2: the replicated data
+class Node;   // section 5
+
+/// A handler's reply: protocol-neutral (a map is sent as a flat array to RESP2 clients).
+using Reply = resp::Value;
+
+/// What a handler receives.
+struct Call {
+  /// The replicated data. Write handlers ('w') change it; they run on every node when their
+  /// entry is applied, so they must be deterministic and keep all state in the store.
+  Store& data;
+  /// words[0] is the command name, lower-case; then the arguments as the client sent them.
+  const std::vector<std::string>& words;
+  /// Write handlers: the entry's leader timestamp (the same on every node). Read handlers:
+  /// this node's wall clock. In ms since the epoch. Never read the clock in a write handler.
+  std::int64_t now_ms = 0;
+  /// The node running the handler; null when a handler is called outside a node (tests).
+  Node* node = nullptr;
+
+  /// pyraft's check_ttl: in a write handler, deletes `key` if its deadline is at or before
+  /// now_ms. Returns true if it did.
+  bool check_ttl(std::string_view key);
+  /// pyraft's clear_ttl: removes the key's deadline (it no longer expires).
+  void clear_ttl(std::string_view key);
+};
+
+using Handler = std::function<Reply(Call&)>;
+
+/// One row of the handler table.
+struct Command {
+  Handler fn;
+  /// "r": a read, answered by the node that received it (linearizable unless the client
+  /// said READONLY). "we": a write, replicated through the log and applied on every node.
+  std::string flags = "r";
+  int min_args = 0;   // not counting the command name
+  int max_args = -1;  // -1: no limit
+
+  bool is_write() const { return flags.find('w') != std::string::npos; }
+};
+
+using CommandTable = std::map<std::string, Command, std::less<>>;
+
+
+// --------------------------------------------------------------------------------------------
+// The node: configuration, the Node class and the default command line.
+// --------------------------------------------------------------------------------------------
+
+enum class LogLevel : std::uint8_t { Debug, Info, Warning, Error };
+
+/// Receives every log line, already formatted in pyraft's shape:
+/// `[INFO][nid-term(state):2026-11-25 21:12:06.123456] message`.
+using LogSink = std::function<void(LogLevel level, const std::string& line)>;
+
+/// Everything a node needs. The defaults need no tuning on a LAN; validate() names what is
+/// wrong with a configuration.
+struct Config {
+  // ---- identity ----
+  /// This node's id; empty: the address.
+  NodeId id;
+  /// "ip:port", a concrete IPv4 address (it is what peers are told). Clients connect to
+  /// port, peers to port + 1. Both are bound on exactly this address, and connections to
+  /// peers leave from it.
+  std::string address;
+  /// A static peer map (the same on every node, without this node): the cluster starts from
+  /// this configuration and elects a leader. Empty, with `join` empty: this node founds a
+  /// cluster of one and leads at once.
+  std::map<NodeId, std::string> peers;
+  /// Members to ask for joining ("nid/ip:port" or "ip:port"). The leader adds this node as
+  /// a learner, catches it up and promotes it to voter. Ignored once the data directory
+  /// holds a configuration.
+  std::vector<std::string> join;
+  /// Where the log, the term and vote and the snapshots live; empty: "raft-<id>-<port>".
+  std::string data_dir;
+  /// A snapshot to found the cluster with (ours, or pyraft's .dat layout). Used only when the
+  /// data directory is new.
+  std::string load_snapshot;
+  /// Peers must present this secret before they learn anything. Empty: no secret.
+  std::string secret;
+
+  // ---- time ----
+  /// Multiplies every timeout below (sanitizer builds run slower: 3 or 5).
+  double time_scale = 1.0;
+  int tick_ms = 10;
+  int heartbeat_ms = 50;
+  /// Minimum election timeout; followers wait a random time up to twice this.
+  int election_timeout_ms = 300;
+  /// A write not committed within this time fails with -TIMEOUT (its outcome is unknown).
+  int append_timeout_ms = 3000;
+  /// A linearizable read not confirmed within this time fails with -TRYAGAIN.
+  int read_timeout_ms = 3000;
+  /// Sends to a slow peer or client give up after this long.
+  int send_timeout_ms = 3000;
+  /// A joiner asks again this often until it is a member.
+  int join_retry_ms = 500;
+
+  // ---- limits ----
+  std::size_t max_clients = 10000;
+  /// Learners are promoted while the cluster has fewer voters than this.
+  std::size_t max_voters = 5;
+  /// Take a snapshot after this many entries (pyraft: 100000); keep this many behind it.
+  std::uint64_t snapshot_threshold = 100000;
+  std::uint64_t snapshot_trailing = 1000;
+  /// Log segment size.
+  std::size_t segment_bytes = std::size_t{64} << 20;
+  /// What a client may declare (RESP bulk length, multibulk length, inline length).
+  resp::Limits client_limits;
+  /// A client whose unsent replies exceed this is disconnected (Redis: client-output-buffer-limit).
+  std::size_t max_client_output = std::size_t{256} << 20;
+
+  // ---- logging ----
+  LogLevel log_level = LogLevel::Info;
+  LogSink log_sink;  // empty: standard error
+
+  /// Empty when valid, else what is wrong ("address '1.2.3' is not ip:port").
+  std::string validate() const;
+};
+
+namespace detail {
+class Runtime;
+}
+
+/// A key-value state machine replicated by Raft, served to Redis clients.
+///
+///   raft::Node node(1, "127.0.0.1:5010", {{2, "127.0.0.1:5020"}, {3, "127.0.0.1:5030"}});
+///   node.handler("cas", do_cas, "we", 3, 3);
+///   node.on_leader([](raft::Node& n, std::uint64_t term) { ... });
+///   node.start();
+///   node.join();
+///
+/// Threads: one serves every client and peer connection (poll), one sends to each peer, a
+/// ticker, the storage writer (group commit), the apply loop (which also runs the role
+/// callbacks and the handlers) and a snapshot writer. Several nodes may live in one process.
+class Node {
+ public:
+  explicit Node(Config config);
+  Node(NodeId id, std::string address, std::map<NodeId, std::string> peers = {});
+  Node(long long id, std::string address, std::map<long long, std::string> peers = {});
+  ~Node();  // stops the node
+  Node(const Node&) = delete;
+  Node& operator=(const Node&) = delete;
+
+  /// Adds or replaces a command (before start()). flags "r": a read; "we": a write through
+  /// the log. Argument counts exclude the command name; max_args -1: no limit.
+  Node& handler(const std::string& name, Handler fn, std::string flags = "r", int min_args = 0,
+                int max_args = -1);
+  /// Called on the apply thread when this node's leadership of `term` is ready (its first
+  /// entry committed and everything before it applied). The term is a fencing token; this is
+  /// not real-time mutual exclusion (an old leader may not know yet that it was replaced).
+  Node& on_leader(std::function<void(Node&, std::uint64_t term)> fn);
+  Node& on_follower(std::function<void(Node&)> fn);
+  Node& on_candidate(std::function<void(Node&)> fn);
+
+  /// Opens the data directory, binds both ports and starts the threads. Throws
+  /// std::runtime_error saying what failed.
+  void start();
+  /// Blocks until the node has stopped.
+  void join();
+  /// Leaves: a leader hands leadership to the most up-to-date voter first. Idempotent.
+  void stop();
+  /// True once the node is stopping: threads started from callbacks watch it.
+  bool stopping() const;
+
+  // ---- state ----
+  const NodeId& id() const;
+  const std::string& address() const;
+  /// pyraft's state: 'l' leader, 'f' follower, 'c' candidate, 'n' learner (or joiner).
+  char state() const;
+  Role role() const;
+  std::uint64_t term() const;
+  NodeId leader() const;
+  std::string leader_address() const;
+  std::uint64_t commit_index() const;
+  std::uint64_t applied_index() const;
+  /// The INFO raft section as key:value lines.
+  std::string info() const;
+
+  /// Runs f on the replicated data under the data lock (user threads; handlers get
+  /// Call::data). Do not keep references past f.
+  void read(const std::function<void(const Store&)>& f) const;
+
+  /// Runs a command as a client would (linearizable reads, writes forwarded to the leader).
+  /// Never call it from a handler or a callback: they run on the thread that would answer it.
+  std::future<Reply> execute_async(std::vector<std::string> words);
+  Reply execute(std::vector<std::string> words);
+
+  // ---- administration (also the commands RAFT.ADD, RAFT.PROMOTE, RAFT.REMOVE,
+  //      RAFT.TRANSFER, RAFT.LEAVE and pyraft's add_node / del_node) ----
+  Reply add_learner(const NodeId& id, const std::string& address);
+  Reply promote(const NodeId& id);
+  Reply remove(const NodeId& id);
+  Reply transfer_leadership(const NodeId& to = "");
+
+  detail::Runtime& runtime() { return *rt_; }
+
+ private:
+  std::unique_ptr<detail::Runtime> rt_;
+};
+
+/// pyraft's make_default_node: builds a Config from the command line
+///   -a IP:PORT  -i NODE_ID  -e LIST  -d DATA_DIR  -l SNAPSHOT  -s SECRET  --loglevel LEVEL
+/// and returns the node (not started). Prints usage and exits with code 2 on a bad option,
+/// code 0 for --help.
+std::unique_ptr<Node> make_default_node(int argc, char** argv);
+
+/// The parsing half of make_default_node, for programs that want the Config: on an error
+/// `error` says what is wrong; `help` is set for -h/--help.
+struct ParsedArgs {
+  Config config;
+  bool help = false;
+  std::string error;
+};
+ParsedArgs parse_args(int argc, char** argv);
+std::string usage(const std::string& program);
+
+}  // namespace raft

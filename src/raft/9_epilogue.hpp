@@ -1,0 +1,2 @@
+
+#endif  // RAFT_HPP

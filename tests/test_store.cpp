@@ -1,0 +1,669 @@
+// The store: its API, expiry index, snapshot text (checked against Python's own repr() and
+// ast.literal_eval), the strict snapshot reader and the pyraft checkpoint loader.
+#include "raft.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <unistd.h>
+
+namespace {
+
+using raft::Store;
+using Kind = raft::Store::Kind;
+
+constexpr std::int64_t kT0 = 1'700'000'000'000;
+
+// ---- helpers: temp files and Python ----
+
+struct TempFile {
+  std::string path;
+  TempFile() {
+    char name[] = "/tmp/raft_store_test_XXXXXX";
+    const int fd = mkstemp(name);
+    REQUIRE(fd >= 0);
+    close(fd);
+    path = name;
+  }
+  ~TempFile() { std::remove(path.c_str()); }
+  void write(const std::string& text) const {
+    std::ofstream f(path, std::ios::binary);
+    f << text;
+  }
+  std::string read() const {
+    std::ifstream f(path, std::ios::binary);
+    std::ostringstream s;
+    s << f.rdbuf();
+    return s.str();
+  }
+};
+
+/// Runs Debian's python3 on a script with arguments; returns its stdout. Fails the test on a
+/// non-zero exit.
+std::string run_python(const std::string& script, const std::vector<std::string>& args) {
+  TempFile code, out;
+  code.write(script);
+  std::string cmd = "/usr/bin/python3 " + code.path;
+  for (const auto& a : args) cmd += " " + a;
+  cmd += " > " + out.path;
+  const int status = std::system(cmd.c_str());
+  REQUIRE(status == 0);
+  return out.read();
+}
+
+std::string hex(std::string_view s) {
+  static const char* digits = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : s) {
+    out += digits[c >> 4];
+    out += digits[c & 15];
+  }
+  return out;
+}
+
+/// The same canonical dump kDumpPython prints from what ast.literal_eval returns. With
+/// `types`, each string is marked s (a str literal: valid UTF-8) or b (bytes).
+std::string dump(const Store& store, const raft::SnapshotMeta& meta, bool types = true) {
+  std::string out = "meta 1 " + std::to_string(meta.index) + " " + std::to_string(meta.term) + "\n";
+  const auto kind = [types](const std::string& s) {
+    return !types ? "" : raft::detail::is_valid_utf8(s) ? "s" : "b";
+  };
+  for (const auto& m : meta.config.members)
+    out += "member " + hex(m.id) + " " + hex(m.address) + " " + hex(m.server_id) + " " +
+           (m.voter ? "1" : "0") + "\n";
+  std::string ttl;
+  store.for_each([&](const std::string& key, const Store::Object& o, std::optional<std::int64_t> d) {
+    const std::string k = std::string(kind(key)) + hex(key);
+    if (o.kind == Kind::String) {
+      out += "string " + k + " " + kind(o.str) + hex(o.str) + "\n";
+    } else if (o.kind == Kind::Hash) {
+      out += "hash " + k;
+      for (const auto& [f, v] : o.hash) out += std::string(" ") + kind(f) + hex(f) + "=" + kind(v) + hex(v);
+      out += "\n";
+    } else {
+      out += "list " + k;
+      for (const auto& v : o.list) out += std::string(" ") + kind(v) + hex(v);
+      out += "\n";
+    }
+    if (d) ttl += "ttl " + k + " " + std::to_string(*d) + "\n";
+  });
+  return out + ttl;
+}
+
+const char* const kDumpPython = R"PY(
+import ast, sys
+d = ast.literal_eval(open(sys.argv[1], encoding="utf-8").read())
+def b(x):
+    return x.encode("utf-8") if isinstance(x, str) else x
+types = len(sys.argv) < 3
+def t(x):
+    assert isinstance(x, (str, bytes)), repr(x)
+    return ("" if not types else "s" if isinstance(x, str) else "b") + b(x).hex()
+out = []
+m = d["_META_"]
+out.append("meta %d %d %d" % (m["format"], m["index"], m["term"]))
+for mem in m["members"]:
+    out.append("member %s %s %s %d" % (b(mem["id"]).hex(), b(mem["address"]).hex(),
+                                       b(mem["server_id"]).hex(), mem["voter"]))
+for k in sorted(d["data"], key=b):
+    v = d["data"][k]
+    if isinstance(v, dict):
+        out.append(" ".join(["hash", t(k)] + [t(f) + "=" + t(x) for f, x in sorted(v.items(), key=lambda p: b(p[0]))]))
+    elif isinstance(v, list):
+        out.append(" ".join(["list", t(k)] + [t(x) for x in v]))
+    else:
+        out.append("string %s %s" % (t(k), t(v)))
+for k in sorted(d["ttl"], key=b):
+    assert type(d["ttl"][k]) is int
+    out.append("ttl %s %d" % (t(k), d["ttl"][k]))
+sys.stdout.write("\n".join(out) + "\n")
+)PY";
+
+// ---- random data ----
+
+std::string random_bytes(std::mt19937_64& rng, std::size_t max_len) {
+  static const std::vector<std::string> pieces = {
+      "a", "Z", " ", "'", "\"", "\\", "\n", "\r", "\t", std::string(1, '\0'), "\x7f", "\x01",
+      "\xff", "\x80", "\xc3\xa9", "\xed\x9f\xbf", "\xf0\x9f\x98\x80", "\xe2\x80\xa8",
+      "\xef\xbb\xbf", "\xc2\xa0", "\xc2\x85", "\xea\xb0\x80", "\xe4\xb8\xad", "\xed\xa0\x80",
+      "\xc0\xaf", "\xf4\x90\x80\x80", "\xee\x80\x80", "b'", "{", "}", ":", ",", "x"};
+  const std::size_t len = rng() % (max_len + 1);
+  std::string s;
+  while (s.size() < len) {
+    if (rng() % 4 == 0)
+      s += static_cast<char>(rng() & 0xFF);
+    else
+      s += pieces[rng() % pieces.size()];
+  }
+  return s;
+}
+
+Store random_store(std::mt19937_64& rng, std::size_t keys) {
+  Store s;
+  for (std::size_t i = 0; i < keys; ++i) {
+    const std::string key = random_bytes(rng, 12);
+    switch (rng() % 3) {
+      case 0: s.put(key, Kind::String).str = random_bytes(rng, 40); break;
+      case 1: {
+        auto& h = s.put(key, Kind::Hash).hash;
+        const std::size_t n = 1 + rng() % 4;
+        for (std::size_t k = 0; k < n; ++k) h[random_bytes(rng, 8)] = random_bytes(rng, 20);
+        break;
+      }
+      default: {
+        auto& l = s.put(key, Kind::List).list;
+        const std::size_t n = 1 + rng() % 4;
+        for (std::size_t k = 0; k < n; ++k) l.push_back(random_bytes(rng, 20));
+      }
+    }
+    if (rng() % 3 == 0) s.set_deadline(key, kT0 + static_cast<std::int64_t>(rng() % 100000));
+  }
+  return s;
+}
+
+raft::SnapshotMeta sample_meta() {
+  raft::SnapshotMeta m;
+  m.index = 1234;
+  m.term = 51;
+  m.config.upsert(raft::Member{"1", "127.0.0.1:5010", "9f3c", true});
+  m.config.upsert(raft::Member{"2", "127.0.0.1:5020", "", true});
+  m.config.upsert(raft::Member{"n\xc3\xa9'3", "127.0.0.1:5030", "\xff", false});
+  return m;
+}
+
+std::string snapshot_of(const Store& s, const raft::SnapshotMeta& m) {
+  std::string out;
+  s.write_snapshot(out, m);
+  return out;
+}
+
+}  // namespace
+
+// ---- the Store API ----
+
+TEST_CASE("store: put replaces a value and its deadline; erase and find", "[store]") {
+  Store s;
+  s.put("k", Kind::String).str = "v";
+  s.set_deadline("k", kT0 + 10);
+  REQUIRE(s.find("k", kT0) != nullptr);
+  CHECK(s.find("k", kT0)->str == "v");
+  auto& h = s.put("k", Kind::Hash).hash;
+  h["f"] = "v";
+  CHECK(s.deadline("k") == std::nullopt);
+  CHECK(s.find("k", kT0)->kind == Kind::Hash);
+  CHECK(s.find("k", kT0)->str.empty());
+  CHECK(s.due(kT0 + 100, 10).empty());
+  CHECK(s.erase("k"));
+  CHECK_FALSE(s.erase("k"));
+  CHECK(s.find("k", kT0) == nullptr);
+  CHECK_FALSE(s.set_deadline("missing", 5));
+  CHECK(s.size() == 0);
+}
+
+TEST_CASE("store: reads hide a key at its deadline and never delete it", "[store][ttl]") {
+  Store s;
+  s.put("k", Kind::String).str = "v";
+  s.set_deadline("k", kT0);
+  CHECK(s.find("k", kT0 - 1) != nullptr);
+  CHECK(s.find("k", kT0) == nullptr);
+  CHECK(s.find("k", kT0 + 1) == nullptr);
+  CHECK(s.size() == 1);
+  CHECK(s.live_size(kT0 - 1) == 1);
+  CHECK(s.live_size(kT0) == 0);
+  CHECK_FALSE(s.check_ttl("k", kT0 - 1));
+  CHECK(s.check_ttl("k", kT0));
+  CHECK(s.size() == 0);
+  CHECK_FALSE(s.check_ttl("k", kT0));
+}
+
+TEST_CASE("store: find_for_write deletes an expired key at the entry timestamp", "[store][ttl]") {
+  Store s;
+  s.put("k", Kind::String).str = "v";
+  s.set_deadline("k", kT0 + 5);
+  CHECK(s.find_for_write("k", kT0 + 4) != nullptr);
+  CHECK(s.size() == 1);
+  CHECK(s.find_for_write("k", kT0 + 5) == nullptr);
+  CHECK(s.size() == 0);
+  CHECK(s.due(kT0 + 100, 10).empty());
+}
+
+TEST_CASE("store: due lists past deadlines earliest first, up to a limit", "[store][ttl]") {
+  Store s;
+  for (const auto& [key, at] : std::vector<std::pair<std::string, std::int64_t>>{
+           {"c", 30}, {"a", 10}, {"b", 20}, {"d", 20}, {"e", 40}, {"never", 0}}) {
+    s.put(key, Kind::String).str = "v";
+    if (at != 0) s.set_deadline(key, kT0 + at);
+  }
+  CHECK(s.due(kT0 + 25, 10) == std::vector<std::string>{"a", "b", "d"});
+  CHECK(s.due(kT0 + 25, 2) == std::vector<std::string>{"a", "b"});
+  CHECK(s.due(kT0 + 9, 10).empty());
+  s.set_deadline("a", kT0 + 35);  // moved later
+  s.clear_ttl("b");
+  CHECK(s.due(kT0 + 35, 10) == std::vector<std::string>{"d", "c", "a"});
+  Store copy = s;  // the index is copied with the data
+  copy.erase("d");
+  CHECK(copy.due(kT0 + 35, 10) == std::vector<std::string>{"c", "a"});
+  CHECK(s.due(kT0 + 35, 10).size() == 3);
+}
+
+TEST_CASE("store: due stays cheap with many keys", "[store][ttl]") {
+  Store s;
+  for (int i = 0; i < 100000; ++i) {
+    const std::string key = "key" + std::to_string(i);
+    s.put(key, Kind::String).str = "v";
+    s.set_deadline(key, kT0 + 1000 + i);
+  }
+  // Reads from the front of the (deadline, key) index: the first three, not a scan.
+  CHECK(s.due(kT0 + 1002, 100) == std::vector<std::string>{"key0", "key1", "key2"});
+  CHECK(s.live_size(kT0 + 1002) == 100000 - 3);
+}
+
+// ---- repr ----
+
+TEST_CASE("repr: quotes and escapes as Python for a table of tricky strings", "[store][snapshot][python]") {
+  const std::vector<std::string> cases = {
+      "", "plain", "it's", "say \"hi\"", "both ' and \"", "back\\slash", "tab\tnl\ncr\r",
+      std::string("nul\0end", 7), "\x01\x1f\x7f", "\x80", "\xff\xfe", "b'x'",
+      "caf\xc3\xa9", "\xc2\x80\xc2\x9f\xc2\xa0\xc2\xa1\xc2\xad\xc3\xbf",  // C1, NBSP, soft hyphen
+      "\xed\x95\x9c\xea\xb5\xad\xec\x96\xb4",                              // Hangul
+      "\xe4\xb8\xad\xe6\x96\x87",                                          // CJK
+      "\xf0\x9f\x98\x80\xf0\x9f\x91\x8d",                                  // emoji
+      "\xe2\x80\xa8\xe2\x80\xa9",                                          // U+2028 U+2029
+      "\xe2\x80\x8b\xe2\x80\x8c\xe2\x80\x8d\xe2\x80\x8e\xe2\x80\x8f",     // U+200B..U+200F
+      "\xef\xbb\xbf", "\xee\x80\x80", "\xf3\xb0\x80\x80",                  // BOM, private use
+      "\xe3\x80\x80\xe2\x80\x80\xe1\x9a\x80",  // ideographic, en quad, ogham space
+      "\xd8\x80\xdb\x9d\xe2\x81\xa0",          // Arabic number sign, end of ayah, word joiner
+      "\xf3\xa0\x80\x81\xf3\xa0\x80\xa0",      // language tag, tag space
+      "\xef\xb7\x90\xef\xbf\xbe\xf0\x9f\xbf\xbf",  // noncharacters
+      "\xc3\xa9\xff",                              // valid then invalid: bytes
+      "\xed\xa0\x80", "\xc0\xaf", "\xf4\x90\x80\x80", "\xe2\x82",  // surrogate, overlong, big, cut
+      "mixed 'q' \xe2\x80\x8b \xf0\x9f\x98\x80 \\ \n"};
+  std::string args;
+  for (const auto& c : cases) args += " x" + hex(c);
+  const std::string script = R"PY(
+import sys
+for a in sys.argv[1:]:
+    raw = bytes.fromhex(a[1:])
+    try:
+        r = repr(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        r = repr(raw)
+    sys.stdout.buffer.write(r.encode("utf-8") + b"\n")
+)PY";
+  const std::string out = run_python(script, {args});
+  std::istringstream lines(out);
+  for (const auto& c : cases) {
+    std::string expected;
+    REQUIRE(std::getline(lines, expected));
+    INFO("string (hex): " << hex(c));
+    CHECK(raft::detail::repr(c) == expected);
+  }
+}
+
+TEST_CASE("repr: random strings of many scripts match Python", "[store][snapshot][python]") {
+  // Assigned code points only (unassigned ones may differ from Python by design).
+  const std::vector<char32_t> pool = {
+      'a', '\'', '"', '\\', 0x00, 0x07, 0x1B, 0x7F, 0x80, 0x9F, 0xA0, 0xA7, 0xAD, 0xE9, 0xFF,
+      0x100, 0x3B1, 0x416, 0x5D0, 0x627, 0x600, 0x61C, 0x6DD, 0x70F, 0x900, 0xE01, 0x1100,
+      0x1680, 0x180E, 0x2000, 0x200A, 0x200B, 0x200F, 0x2028, 0x2029, 0x202F, 0x205F, 0x2060,
+      0x2064, 0x2066, 0x206F, 0x20AC, 0x3000, 0x3042, 0x4E2D, 0xAC00, 0xD7A3, 0xE000, 0xF8FF,
+      0xFDD0, 0xFEFF, 0xFF21, 0xFFF9, 0xFFFB, 0xFFFD, 0xFFFE, 0x110BD, 0x1D173, 0x1F600,
+      0x1F44D, 0x20000, 0x2FFFF, 0xE0001, 0xE0020, 0xE007F, 0xE0100, 0xF0000, 0x10FFFD};
+  std::mt19937_64 rng(7);
+  std::vector<std::string> cases;
+  for (int i = 0; i < 300; ++i) {
+    std::string s;
+    const int n = static_cast<int>(rng() % 12);
+    for (int k = 0; k < n; ++k) raft::detail::append_utf8(s, pool[rng() % pool.size()]);
+    cases.push_back(s);
+  }
+  TempFile in;
+  std::string lines_in;
+  for (const auto& c : cases) lines_in += hex(c) + "\n";
+  in.write(lines_in);
+  const std::string script = R"PY(
+import sys
+for line in open(sys.argv[1]):
+    sys.stdout.buffer.write(repr(bytes.fromhex(line.strip()).decode("utf-8")).encode("utf-8") + b"\n")
+)PY";
+  std::istringstream lines(run_python(script, {in.path}));
+  for (const auto& c : cases) {
+    std::string expected;
+    REQUIRE(std::getline(lines, expected));
+    INFO("string (hex): " << hex(c));
+    CHECK(raft::detail::repr(c) == expected);
+  }
+}
+
+// ---- snapshot text ----
+
+TEST_CASE("snapshot: the layout is Python's repr of the documented dict", "[store][snapshot]") {
+  Store s;
+  s.put("s", Kind::String).str = "v";
+  s.put("h", Kind::Hash).hash = {{"b", "2"}, {"a", "1"}};
+  s.put("l", Kind::List).list = {"x", "it's"};
+  s.put("bin", Kind::String).str = "\xff";
+  s.set_deadline("s", kT0);
+  raft::SnapshotMeta m;
+  m.index = 10;
+  m.term = 20;
+  m.config.upsert(raft::Member{"1", "127.0.0.1:5010", "9f", true});
+  m.config.upsert(raft::Member{"2", "127.0.0.1:5020", "", false});
+  CHECK(snapshot_of(s, m) ==
+        "{'_META_': {'format': 1, 'index': 10, 'term': 20, 'members': ["
+        "{'id': '1', 'address': '127.0.0.1:5010', 'server_id': '9f', 'voter': True}, "
+        "{'id': '2', 'address': '127.0.0.1:5020', 'server_id': '', 'voter': False}]}, "
+        "'data': {'bin': b'\\xff', 'h': {'a': '1', 'b': '2'}, 'l': ['x', \"it's\"], 's': 'v'}, "
+        "'ttl': {'s': 1700000000000}}");
+  CHECK(snapshot_of(Store(), raft::SnapshotMeta()) ==
+        "{'_META_': {'format': 1, 'index': 0, 'term': 0, 'members': []}, 'data': {}, 'ttl': {}}");
+}
+
+TEST_CASE("snapshot: random binary data round-trips byte for byte", "[store][snapshot]") {
+  std::mt19937_64 rng(42);
+  for (int round = 0; round < 20; ++round) {
+    Store s = random_store(rng, 1 + rng() % 200);
+    if (round == 0) {
+      std::string big(1 << 20, '\0');
+      for (auto& c : big) c = static_cast<char>(rng() & 0xFF);
+      s.put("big-binary", Kind::String).str = big;
+      std::string text_value;
+      while (text_value.size() < (1u << 20)) text_value += "caf\xc3\xa9 'q' \"d\" \\ \n\xf0\x9f\x98\x80";
+      s.put("big-text", Kind::String).str = text_value;
+      s.put("", Kind::String).str = "";
+    }
+    const raft::SnapshotMeta meta = sample_meta();
+    const std::string text = snapshot_of(s, meta);
+    Store back;
+    raft::SnapshotMeta back_meta;
+    std::string error;
+    REQUIRE(Store::read_snapshot(text, back, back_meta, error));
+    CHECK(error.empty());
+    CHECK(back == s);
+    CHECK(back_meta == meta);
+    CHECK(snapshot_of(back, back_meta) == text);
+    CHECK(back.due(kT0 + 100000, 1000) == s.due(kT0 + 100000, 1000));
+  }
+}
+
+TEST_CASE("snapshot: ast.literal_eval reads it and sees the same values", "[store][snapshot][python]") {
+  std::mt19937_64 rng(99);
+  Store s = random_store(rng, 400);
+  s.put("quote'only", Kind::String).str = "\"double\" and 'single'";
+  s.put(std::string("nul\0key", 7), Kind::List).list = {std::string(1, '\0'), "", "\xff"};
+  std::string big(300000, 'x');
+  for (std::size_t i = 0; i < big.size(); i += 7) big[i] = static_cast<char>(rng() & 0xFF);
+  s.put("big", Kind::String).str = big;
+  const raft::SnapshotMeta meta = sample_meta();
+  TempFile file;
+  file.write(snapshot_of(s, meta));
+  CHECK(run_python(kDumpPython, {file.path}) == dump(s, meta));
+}
+
+TEST_CASE("snapshot: reads what Python's repr writes", "[store][snapshot][python]") {
+  // Python builds a store-shaped dict from random str and bytes, writes repr() of it and the
+  // canonical dump; what we read must dump the same.
+  const std::string script = R"PY(
+import random, sys
+rng = random.Random(5)
+pool = ["a", "'", '"', "\\", "\n", "\t", "\x00", "\x7f", "\x85", "\xa0", "\xe9", "\u2028",
+        "\u200b", "\ufeff", "\ud55c", "\u4e2d", "\U0001F600", "\ue000", "{", "}", ",", ":"]
+def rs():
+    if rng.random() < 0.3:
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(6)))
+    return "".join(rng.choice(pool) for _ in range(rng.randrange(8)))
+def b(x):
+    return x.encode("utf-8") if isinstance(x, str) else x
+data, ttl, seen = {}, {}, set()
+for _ in range(300):
+    k = rs()
+    if b(k) in seen:
+        continue
+    seen.add(b(k))
+    kind = rng.randrange(3)
+    if kind == 0:
+        data[k] = rs()
+    elif kind == 1:
+        h, fs = {}, set()
+        for _ in range(rng.randrange(1, 4)):
+            f = rs()
+            if b(f) not in fs:
+                fs.add(b(f)); h[f] = rs()
+        data[k] = h
+    else:
+        data[k] = [rs() for _ in range(rng.randrange(1, 4))]
+    if rng.random() < 0.3:
+        ttl[k] = 1700000000000 + rng.randrange(10**6)
+meta = {"format": 1, "index": 77, "term": 31,
+        "members": [{"id": "1", "address": "127.0.0.1:5010", "server_id": "ab", "voter": True},
+                    {"id": "2", "address": "127.0.0.1:5020", "server_id": "", "voter": False}]}
+open(sys.argv[1], "w", encoding="utf-8").write(repr({"_META_": meta, "data": data, "ttl": ttl}))
+)PY";
+  TempFile snapshot;
+  run_python(script, {snapshot.path});
+  const std::string python_text = snapshot.read();
+  Store s;
+  raft::SnapshotMeta meta;
+  std::string error;
+  REQUIRE(Store::read_snapshot(python_text, s, meta, error));
+  CHECK(s.size() > 100);
+  CHECK(meta.index == 77);
+  CHECK(meta.config.members.size() == 2);
+  // Python's bytes that happen to be valid UTF-8 come back as str: the store holds bytes.
+  CHECK(dump(s, meta, false) == run_python(kDumpPython, {snapshot.path, "notypes"}));
+}
+
+TEST_CASE("snapshot: a truncated snapshot is rejected at every length", "[store][snapshot]") {
+  Store s;
+  s.put("k", Kind::String).str = "v\xc3\xa9\n";
+  s.put("b", Kind::String).str = "\xff";
+  s.put("h", Kind::Hash).hash = {{"f", "1"}};
+  s.put("l", Kind::List).list = {"a", "b"};
+  s.set_deadline("k", kT0);
+  const std::string text = snapshot_of(s, sample_meta());
+  for (std::size_t n = 0; n < text.size(); ++n) {
+    Store out;
+    raft::SnapshotMeta meta;
+    std::string error;
+    INFO("length " << n << ": " << text.substr(0, n));
+    REQUIRE_FALSE(Store::read_snapshot(text.substr(0, n), out, meta, error));
+    CHECK(error.rfind("invalid snapshot at byte ", 0) == 0);
+    CHECK(out.empty());
+  }
+  Store out;
+  raft::SnapshotMeta meta;
+  std::string error;
+  CHECK(Store::read_snapshot(text + " \n", out, meta, error));
+}
+
+TEST_CASE("snapshot: malformed input is rejected with the offset and what was expected", "[store][snapshot]") {
+  const std::string meta = "'_META_': {'format': 1, 'index': 1, 'term': 2, 'members': []}";
+  const auto with_data = [&](const std::string& data, const std::string& ttl = "{}") {
+    return "{" + meta + ", 'data': " + data + ", 'ttl': " + ttl + "}";
+  };
+  const auto with_meta = [](const std::string& m) {
+    return "{'_META_': " + m + ", 'data': {}, 'ttl': {}}";
+  };
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"", "at byte 0: expected '{' at the start of a snapshot, found the end of the input"},
+      {"[]", "expected '{' at the start"},
+      {with_data("{'k': 'v'}") + "x", "unexpected text after"},
+      {with_data("{'k': '\\q'}"), "invalid escape sequence"},
+      {with_data("{'k': '\\x4'}"), "truncated \\x, \\u or \\U escape"},
+      {with_data("{'k': '\\u12'}"), "truncated"},
+      {with_data("{'k': b'\\u0041'}"), "invalid escape \\u in a bytes literal"},
+      {with_data("{'k': '\\ud800'}"), "lone surrogate"},
+      {with_data("{'k': '\\U00110000'}"), "beyond U+10FFFF"},
+      {with_data("{'k': b'\\777'}"), "octal escape above"},
+      {with_data("{'k': '\\N{DASH}'}"), "invalid escape sequence"},
+      {with_data(std::string("{'k': 'a\0b'}", 12)), "a NUL byte inside a string"},
+      {with_data("{'k': 'a\nb'}"), "unterminated string"},
+      {with_data("{'k': 'caf\xc3'}"), "invalid UTF-8"},
+      {with_data("{'k': b'caf\xc3\xa9'}"), "may only hold ASCII"},
+      {with_data("{'k': 'v' 'w'}"), "expected ',' or '}'"},
+      {with_data("{'k' 'v'}"), "expected ':' after a dict key"},
+      {with_data("{'k': 'v', 'k': 'w'}"), "duplicate key 'k'"},
+      {with_data("{'k': 'v', b'k': 'w'}"), "duplicate key 'k'"},
+      {with_data("{'k': 1}"), "expected a str, bytes, dict or list value for key 'k', found '1'"},
+      {with_data("{'k': None}"), "for key 'k'"},
+      {with_data("{'k': {}}"), "an empty hash"},
+      {with_data("{'k': []}"), "an empty list"},
+      {with_data("{'k': [['a']]}"), "expected a string, found '['"},
+      {with_data("{'k': {'f': 1}}"), "expected a string, found '1'"},
+      {with_data("{'k': {'f': 'a', 'f': 'b'}}"), "duplicate hash field 'f'"},
+      {with_data("{'k': 'v'}", "{'x': 1}"), "ttl for key 'x', which is not in 'data'"},
+      {with_data("{'k': 'v'}", "{'k': 1.5}"), "expected an integer"},
+      {with_data("{'k': 'v'}", "{'k': True}"), "expected an integer"},
+      {with_data("{'k': 'v'}", "{'k': 1, 'k': 2}"), "duplicate ttl key 'k'"},
+      {with_data("{'k': 'v'}", "{'k': 99999999999999999999}"), "out of range"},
+      {with_data("{'k': 'v'}", "{'k': 012}"), "leading zeros"},
+      {"{" + meta + ", 'data': {}}", "missing 'ttl'"},
+      {"{" + meta + ", 'data': {}, 'ttl': {}, 'extra': {}}", "unknown top-level key 'extra'"},
+      {"{" + meta + ", " + meta + ", 'data': {}, 'ttl': {}}", "duplicate top-level key '_META_'"},
+      {"{'data': {}, 'ttl': {}}", "missing '_META_'"},
+      {with_meta("{'format': 2, 'index': 1, 'term': 2, 'members': []}"),
+       "at byte 22: unsupported snapshot format 2 (this version reads format 1)"},
+      {with_meta("{'format': '1', 'index': 1, 'term': 2, 'members': []}"), "expected an integer"},
+      {with_meta("{'format': 1, 'index': -1, 'term': 2, 'members': []}"), "non-negative"},
+      {with_meta("{'format': 1, 'index': 1.5, 'term': 2, 'members': []}"), "expected an integer"},
+      {with_meta("{'format': 1, 'index': 1, 'term': True, 'members': []}"), "expected an integer"},
+      {with_meta("{'format': 1, 'index': 1, 'term': 2, 'members': {}}"), "expected '[' (the members list)"},
+      {with_meta("{'format': 1, 'index': 1, 'term': 2}"), "_META_ needs 'format', 'index', 'term' and 'members'"},
+      {with_meta("{'format': 1, 'index': 1, 'term': 2, 'members': [], 'x': 1}"), "unknown _META_ field 'x'"},
+      {with_meta("{'format': 1, 'index': 1, 'index': 1, 'term': 2, 'members': []}"), "duplicate _META_ field 'index'"},
+      {with_meta("{'format': 1, 'index': 1, 'term': 2, 'members': [{'id': '1', 'address': 'a', 'server_id': ''}]}"),
+       "a member needs 'id', 'address', 'server_id' and 'voter'"},
+      {with_meta("{'format': 1, 'index': 1, 'term': 2, 'members': [{'id': '1', 'address': 'a', 'server_id': '', 'voter': 'yes'}]}"),
+       "expected True or False"},
+      {with_meta("{'format': 1, 'index': 1, 'term': 2, 'members': [{'id': '', 'address': 'a', 'server_id': '', 'voter': True}]}"),
+       "a member with an empty id"},
+      {with_meta("{'format': 1, 'index': 1, 'term': 2, 'members': [{'id': '1', 'address': 'a', 'server_id': '', 'voter': True}, "
+                 "{'id': '1', 'address': 'b', 'server_id': '', 'voter': True}]}"),
+       "duplicate member id '1'"},
+      {with_meta("{'format': 1, 'index': 1, 'term': 2, 'members': [{'id': '1', 'address': 'a', 'server_id': '', 'voter': True, 'x': 1}]}"),
+       "unknown member field 'x'"},
+      {with_meta("{'format': 1, 'index': 1, 'term': 2, 'members': [{'id': 1, 'address': 'a', 'server_id': '', 'voter': True}]}"),
+       "expected a string, found '1'"},
+  };
+  for (const auto& [text, expected] : cases) {
+    INFO("input: " << text);
+    Store out;
+    out.put("keep", Kind::String).str = "me";
+    raft::SnapshotMeta meta_out;
+    meta_out.index = 5;
+    std::string error;
+    CHECK_FALSE(Store::read_snapshot(text, out, meta_out, error));
+    CHECK_THAT(error, Catch::Contains(expected));
+    CHECK(error.rfind("invalid snapshot at byte ", 0) == 0);
+    CHECK(out.size() == 1);  // untouched on failure
+    CHECK(meta_out.index == 5);
+  }
+}
+
+TEST_CASE("snapshot: mutated snapshots never crash the reader", "[store][snapshot]") {
+  std::mt19937_64 rng(2024);
+  const Store s = random_store(rng, 30);
+  const std::string text = snapshot_of(s, sample_meta());
+  const std::string alphabet = "{}[]():,'\"\\bxuU0123456789-.eTFN \n\xff\xc3";
+  int accepted = 0;
+  for (int i = 0; i < 3000; ++i) {
+    std::string t = text;
+    const int edits = 1 + static_cast<int>(rng() % 4);
+    for (int e = 0; e < edits && !t.empty(); ++e) {
+      const std::size_t at = rng() % t.size();
+      switch (rng() % 3) {
+        case 0: t[at] = alphabet[rng() % alphabet.size()]; break;
+        case 1: t.erase(at, 1 + rng() % 3); break;
+        default: t.insert(at, 1, alphabet[rng() % alphabet.size()]);
+      }
+    }
+    Store out;
+    raft::SnapshotMeta meta;
+    std::string error;
+    if (Store::read_snapshot(t, out, meta, error)) {
+      ++accepted;  // a mutation can still be valid: then it must round-trip
+      Store again;
+      raft::SnapshotMeta meta_again;
+      REQUIRE(Store::read_snapshot(snapshot_of(out, meta), again, meta_again, error));
+      CHECK(again == out);
+    } else {
+      CHECK_FALSE(error.empty());
+    }
+  }
+  CHECK(accepted < 3000);
+}
+
+TEST_CASE("snapshot: deep nesting is refused, not recursed into", "[store][snapshot]") {
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  Store out;
+  std::string error;
+  CHECK_FALSE(Store::read_pyraft_snapshot("{'_META_': {'x': " + deep + "}}", out, error));
+  CHECK_THAT(error, Catch::Contains("nesting deeper than 64 levels"));
+  raft::SnapshotMeta meta;
+  CHECK_FALSE(Store::read_snapshot("{'data': " + deep + "}", out, meta, error));
+}
+
+// ---- pyraft checkpoints ----
+
+TEST_CASE("pyraft: loads the checkpoint example from the inventory", "[store][snapshot][pyraft]") {
+  const std::string text =
+      "{'ttl': {'longkey': 1795634095.44}, 'longkey': 'a value longer than ten', "
+      "'sp ace': 'v a l', '_META_': {'id': '1', 'term': 11, 'index': 10, 'state': 'l', "
+      "'ensemble': {}}}";
+  Store s;
+  std::string error;
+  REQUIRE(Store::read_pyraft_snapshot(text, s, error));
+  CHECK(s.size() == 2);
+  REQUIRE(s.find("longkey", 0) != nullptr);
+  CHECK(s.find("longkey", 0)->str == "a value longer than ten");
+  CHECK(s.deadline("longkey") == 1795634095440);
+  CHECK(s.find("sp ace", 0)->str == "v a l");
+  CHECK(s.deadline("sp ace") == std::nullopt);
+}
+
+TEST_CASE("pyraft: lists, hashes, int and float seconds, leftovers", "[store][snapshot][pyraft]") {
+  const std::string text =
+      "{'ttl': {'q': 1700000000, 'h': 1700000000.0001, 'gone': 5.5}, "
+      "'q': ['job1', 'job2', \"it's\"], 'h': {'name': 'n\\xe9', 'n': '1'}, "
+      "'empty': [], 'emptyh': {}, 'u': 'caf\xc3\xa9', "
+      "'_META_': {'id': '1', 'term': 11, 'index': 10, 'state': 'f', "
+      "'ensemble': {'1': '127.0.0.1:5010', '2': '127.0.0.1:5020'}}}";
+  Store s;
+  std::string error;
+  REQUIRE(Store::read_pyraft_snapshot(text, s, error));
+  CHECK(s.size() == 3);  // empty containers dropped, the stale ttl of 'gone' ignored
+  REQUIRE(s.find("q", 0) != nullptr);
+  CHECK(s.find("q", 0)->list == Store::List{"job1", "job2", "it's"});
+  CHECK(s.deadline("q") == 1700000000000);
+  REQUIRE(s.find("h", 0) != nullptr);
+  CHECK(s.find("h", 0)->hash == Store::Hash{{"n", "1"}, {"name", "n\xc3\xa9"}});
+  CHECK(s.deadline("h") == 1700000000001);  // rounded up to the next ms
+  CHECK(s.find("u", 0)->str == "caf\xc3\xa9");
+}
+
+TEST_CASE("pyraft: values this store cannot hold are errors naming the key", "[store][snapshot][pyraft]") {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"{'tree': {'a': {'b': 'c'}}, '_META_': {}}",
+       "at byte 1: the value of key 'tree' cannot be loaded (this store holds a str, a dict of "
+       "str or a list of str): at byte 15: expected a string, found '{'"},
+      {"{'n': 5, '_META_': {}}", "the value of key 'n' cannot be loaded"},
+      {"{'l': ['a', 1], '_META_': {}}", "the value of key 'l'"},
+      {"{'ttl': [], '_META_': {}}", "expected a dict for 'ttl'"},
+      {"{'ttl': {'k': 'soon'}}", "expected a number"},
+      {"{'_META_': 5}", "expected a dict for '_META_'"},
+      {"{'k': 'v', 'k': 'w'}", "duplicate key 'k'"},
+      {"{'k': 'v'", "expected ',' or '}'"},
+  };
+  for (const auto& [text, expected] : cases) {
+    INFO(text);
+    Store s;
+    s.put("keep", Kind::String).str = "me";
+    std::string error;
+    CHECK_FALSE(Store::read_pyraft_snapshot(text, s, error));
+    CHECK_THAT(error, Catch::Contains(expected));
+    CHECK(s.size() == 1);
+  }
+}
