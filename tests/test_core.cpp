@@ -1,0 +1,624 @@
+// The core's rules, one scenario each: some drive a single raft::Core by hand (messages in,
+// Ready out), others a small simulated cluster with a perfect network (tests/sim.hpp).
+#include "sim.hpp"
+
+#include <catch2/catch.hpp>
+
+namespace {
+
+using namespace raft;
+
+Configuration voters(std::initializer_list<const char*> ids) {
+  Configuration c;
+  for (const char* id : ids) c.upsert(Member{id, "", std::string("sid-") + id, true});
+  return c;
+}
+
+CoreOptions options(const char* id) {
+  CoreOptions o;
+  o.id = id;
+  o.server_id = std::string("sid-") + id;
+  o.election_ticks = 10;
+  return o;
+}
+
+LogEntry entry(std::uint64_t index, std::uint64_t term, std::string payload = "x") {
+  LogEntry e;
+  e.index = index;
+  e.term = term;
+  e.payload = std::move(payload);
+  return e;
+}
+
+Message message(MessageType type, const char* from, const char* to, std::uint64_t term) {
+  Message m;
+  m.type = type;
+  m.from = from;
+  m.to = to;
+  m.term = term;
+  m.server_id = std::string("sid-") + from;
+  return m;
+}
+
+// Everything a core produced, with persistence acknowledged at once.
+struct Drained {
+  std::vector<Message> sent;          // now and after persistence, in order
+  std::vector<Message> after_persist;  // those that waited for the disk
+  std::vector<LogEntry> committed;
+  std::vector<ReadState> reads;
+  std::vector<EntryId> aborted;
+  std::vector<RoleChange> roles;
+  std::vector<PersistBatch> batches;
+  std::uint64_t leader_ready_term = 0;
+};
+
+Drained drain(Core& c, bool persist = true) {
+  Drained d;
+  while (c.has_ready()) {
+    Ready r = c.ready();
+    for (auto& m : r.messages) d.sent.push_back(m);
+    for (auto& m : r.after_persist) {
+      d.sent.push_back(m);
+      d.after_persist.push_back(m);
+    }
+    for (auto& e : r.committed) d.committed.push_back(e);
+    for (auto& x : r.reads) d.reads.push_back(x);
+    for (auto& x : r.aborted) d.aborted.push_back(x);
+    for (auto& x : r.role_changes) d.roles.push_back(x);
+    if (r.leader_ready_term) d.leader_ready_term = r.leader_ready_term;
+    if (r.persist.seq) {
+      d.batches.push_back(r.persist);
+      if (!persist) break;
+      c.persisted(r.persist.seq);
+    }
+  }
+  return d;
+}
+
+const Message* find(const std::vector<Message>& ms, MessageType t, const char* to = nullptr) {
+  for (const auto& m : ms)
+    if (m.type == t && (to == nullptr || m.to == to)) return &m;
+  return nullptr;
+}
+
+// Makes `c` leader of a three-voter cluster by answering its election by hand.
+void elect(Core& c, const char* a, const char* b) {
+  c.campaign();
+  Drained d = drain(c);
+  const Message* pv = find(d.sent, MessageType::PreVote, a);
+  REQUIRE(pv != nullptr);
+  Message r = message(MessageType::PreVoteResponse, a, c.id().c_str(), pv->term);
+  c.step(r);
+  d = drain(c);
+  const Message* v = find(d.sent, MessageType::Vote, b);
+  REQUIRE(v != nullptr);
+  c.step(message(MessageType::VoteResponse, b, c.id().c_str(), v->term));
+  drain(c);
+  REQUIRE(c.role() == Role::Leader);
+}
+
+sim::Options calm(int voters) {
+  sim::Options o;
+  o.voters = voters;
+  o.min_delay = o.max_delay = 1;
+  o.max_persist_delay = 1;
+  return o;
+}
+
+NodeId wait_for_leader(sim::Cluster& c, int ticks = 100) {
+  for (int i = 0; i < ticks; ++i) {
+    c.run_ticks(1);
+    NodeId l = c.leader();
+    if (!l.empty() && c.core(l).leader_ready()) return l;
+  }
+  return "";
+}
+
+}  // namespace
+
+// ---- elections ---------------------------------------------------------------------------
+
+TEST_CASE("a founder with no peers leads at once, in term 10", "[core]") {
+  CoreState st;
+  st.initial_config = voters({"1"});
+  Core c(options("1"), st);
+  Drained d = drain(c);
+  CHECK(c.role() == Role::Leader);
+  CHECK(c.term() == 10);
+  CHECK(c.leader_ready());
+  CHECK(d.leader_ready_term == 10);
+  // Its vote and its no-op were made durable before it counted itself.
+  REQUIRE(!d.batches.empty());
+  CHECK(d.batches.front().hard_state == HardState{10, "1"});
+}
+
+TEST_CASE("elections campaign for the current term plus ten, and pre-vote asks about that term", "[core]") {
+  CoreState st;
+  st.initial_config = voters({"1", "2", "3"});
+  st.hard_state = HardState{20, ""};
+  Core c(options("1"), st);
+  c.campaign();
+  Drained d = drain(c);
+  const Message* pv = find(d.sent, MessageType::PreVote);
+  REQUIRE(pv != nullptr);
+  CHECK(pv->term == 30);
+  CHECK(c.term() == 20);  // pre-vote changes nothing
+  c.step(message(MessageType::PreVoteResponse, "2", "1", 30));
+  d = drain(c);
+  CHECK(c.role() == Role::Candidate);
+  CHECK(c.term() == 30);
+  CHECK(c.vote() == "1");
+  // The vote requests left only after the term and vote were durable.
+  CHECK(find(d.after_persist, MessageType::Vote) != nullptr);
+}
+
+TEST_CASE("a joiner never campaigns before it is a voter of a configuration it holds", "[core]") {
+  CoreState st;  // no configuration at all: a node started with -e
+  Core c(options("4"), st);
+  for (int i = 0; i < 1000; ++i) c.tick();
+  Drained d = drain(c);
+  CHECK(d.sent.empty());
+  CHECK(c.term() == 0);
+  CHECK(c.role_char() == 'n');
+  c.campaign();  // even when asked to
+  CHECK(drain(c).sent.empty());
+}
+
+TEST_CASE("a learner is never a candidate", "[core]") {
+  CoreState st;
+  Configuration cfg = voters({"1", "2", "3"});
+  cfg.upsert(Member{"4", "", "sid-4", false});
+  st.initial_config = cfg;
+  Core c(options("4"), st);
+  for (int i = 0; i < 500; ++i) c.tick();
+  CHECK(drain(c).sent.empty());
+  CHECK(c.role_char() == 'n');
+}
+
+TEST_CASE("figure 7: votes go only to candidates whose log is at least as up to date", "[core]") {
+  CoreState st;
+  st.initial_config = voters({"1", "2", "3"});
+  st.hard_state = HardState{20, ""};
+  for (std::uint64_t i = 1; i <= 5; ++i) st.entries.push_back(entry(i, i <= 3 ? 10 : 20));
+  auto ask = [&](std::uint64_t last_index, std::uint64_t last_term) {
+    Core c(options("1"), st);
+    Message v = message(MessageType::Vote, "2", "1", 30);
+    v.index = last_index;
+    v.log_term = last_term;
+    c.step(v);
+    Drained d = drain(c);
+    const Message* r = find(d.sent, MessageType::VoteResponse);
+    REQUIRE(r != nullptr);
+    return !r->reject;
+  };
+  CHECK_FALSE(ask(4, 20));  // shorter log, same last term
+  CHECK_FALSE(ask(9, 10));  // longer log, older last term
+  CHECK(ask(5, 20));        // identical
+  CHECK(ask(6, 20));        // longer
+  CHECK(ask(1, 30));        // newer last term wins whatever the length
+}
+
+TEST_CASE("a voter grants one vote per term and makes it durable before answering", "[core]") {
+  CoreState st;
+  st.initial_config = voters({"1", "2", "3"});
+  Core c(options("1"), st);
+  Message v2 = message(MessageType::Vote, "2", "1", 10);
+  c.step(v2);
+  Drained d = drain(c, /*persist=*/false);
+  CHECK(find(d.sent, MessageType::VoteResponse) != nullptr);
+  CHECK(find(d.after_persist, MessageType::VoteResponse) != nullptr);
+  REQUIRE(d.batches.size() == 1);
+  CHECK(d.batches[0].hard_state == HardState{10, "2"});
+  c.persisted(d.batches[0].seq);
+  c.step(message(MessageType::Vote, "3", "1", 10));
+  d = drain(c);
+  const Message* r = find(d.sent, MessageType::VoteResponse);
+  REQUIRE(r != nullptr);
+  CHECK(r->reject);
+  CHECK(c.vote() == "2");
+}
+
+TEST_CASE("leader stickiness: a voter that hears from a leader ignores campaigns", "[core]") {
+  CoreState st;
+  st.initial_config = voters({"1", "2", "3"});
+  Core c(options("1"), st);
+  Message hb = message(MessageType::Heartbeat, "2", "1", 10);
+  c.step(hb);
+  drain(c);
+  REQUIRE(c.leader() == "2");
+  Message v = message(MessageType::Vote, "3", "1", 20);
+  c.step(v);
+  Drained d = drain(c);
+  CHECK(find(d.sent, MessageType::VoteResponse) == nullptr);
+  CHECK(c.term() == 10);
+  // ... unless the leader asked for that election (leadership transfer).
+  v.transfer = true;
+  c.step(v);
+  d = drain(c);
+  const Message* r = find(d.sent, MessageType::VoteResponse);
+  REQUIRE(r != nullptr);
+  CHECK_FALSE(r->reject);
+  CHECK(c.term() == 20);
+}
+
+TEST_CASE("pre-vote: a node cut off from the cluster does not raise its term", "[core]") {
+  sim::Cluster c(7, calm(3));
+  NodeId l = wait_for_leader(c);
+  REQUIRE(!l.empty());
+  std::uint64_t term = c.core(l).term();
+  NodeId f = l == "1" ? "2" : "1";
+  c.isolate(f);
+  c.run_ticks(300);
+  CHECK(c.core(f).term() == term);
+  c.heal();
+  c.run_ticks(50);
+  CHECK(c.leader() == l);  // it rejoined without disturbing the leader
+  CHECK(c.core(l).term() == term);
+}
+
+TEST_CASE("check-quorum: a leader cut off from the majority steps down", "[core]") {
+  sim::Cluster c(11, calm(3));
+  NodeId l = wait_for_leader(c);
+  REQUIRE(!l.empty());
+  c.isolate(l);
+  c.run_ticks(25);  // two election timeouts at most
+  CHECK(c.core(l).role() != Role::Leader);
+}
+
+TEST_CASE("a node with a persisted configuration never elects itself alone", "[core]") {
+  sim::Cluster c(13, calm(3));
+  NodeId l = wait_for_leader(c);
+  REQUIRE(!l.empty());
+  for (int i = 0; i < 5; ++i) c.propose(l);
+  c.run_ticks(5);
+  for (auto& [id, n] : c.nodes()) c.crash(id);
+  c.restart("1");  // restarted without its peers, as pyraft's restarted node was
+  c.run_ticks(500);
+  CHECK(c.core("1").role() != Role::Leader);
+}
+
+// ---- replication and commitment ----------------------------------------------------------
+
+TEST_CASE("figure 8: a leader commits entries of older terms only through one of its own", "[core]") {
+  CoreState st;
+  st.initial_config = voters({"1", "2", "3", "4", "5"});
+  st.hard_state = HardState{30, ""};
+  st.entries = {entry(1, 10), entry(2, 20)};  // (2, 20) is on a minority so far
+  Core c(options("1"), st);
+  c.campaign();
+  Drained d = drain(c);
+  for (const char* v : {"2", "3"}) c.step(message(MessageType::PreVoteResponse, v, "1", 40));
+  d = drain(c);
+  for (const char* v : {"2", "3"}) c.step(message(MessageType::VoteResponse, v, "1", 40));
+  d = drain(c);
+  REQUIRE(c.role() == Role::Leader);
+  REQUIRE(c.term() == 40);
+  REQUIRE(c.last_index() == 3);  // its no-op
+  // Two followers now hold index 2 (term 20): with the leader that is a majority of five,
+  // but an entry of an older term is not committed by counting replicas.
+  for (const char* f : {"2", "3"}) {
+    Message ok = message(MessageType::AppendResponse, f, "1", 40);
+    ok.index = 2;
+    c.step(ok);
+  }
+  drain(c);
+  CHECK(c.commit_index() == 0);
+  // Once the no-op of term 40 is on a majority, it and everything before it commit.
+  for (const char* f : {"2", "3"}) {
+    Message ok = message(MessageType::AppendResponse, f, "1", 40);
+    ok.index = 3;
+    c.step(ok);
+  }
+  d = drain(c);
+  CHECK(c.commit_index() == 3);
+  CHECK(d.committed.size() == 3);
+  CHECK(c.leader_ready());
+}
+
+TEST_CASE("the leader counts itself only once its own log is durable", "[core]") {
+  CoreState st;
+  st.initial_config = voters({"1"});
+  Core c(options("1"), st);
+  drain(c);
+  ProposeResult p = c.propose("set k v", 1000);
+  REQUIRE(p.ok());
+  Drained d = drain(c, /*persist=*/false);
+  CHECK(c.commit_index() < p.id.index);
+  REQUIRE(d.batches.size() == 1);
+  c.persisted(d.batches[0].seq);
+  d = drain(c);
+  CHECK(c.commit_index() == p.id.index);
+  REQUIRE(!d.committed.empty());
+  CHECK(d.committed.back().payload == "set k v");
+}
+
+TEST_CASE("a follower acknowledges entries only after they are durable", "[core]") {
+  CoreState st;
+  st.initial_config = voters({"1", "2", "3"});
+  Core c(options("2"), st);
+  Message app = message(MessageType::Append, "1", "2", 10);
+  app.entries = {entry(1, 10), entry(2, 10)};
+  app.commit = 0;
+  c.step(app);
+  Ready r = c.ready();
+  CHECK(find(r.messages, MessageType::AppendResponse) == nullptr);
+  const Message* ack = find(r.after_persist, MessageType::AppendResponse);
+  REQUIRE(ack != nullptr);
+  CHECK(ack->index == 2);
+  CHECK(r.persist.entries.size() == 2);
+}
+
+TEST_CASE("a follower rejects entries that do not follow its log, with a hint to skip a term", "[core]") {
+  CoreState st;
+  st.initial_config = voters({"1", "2", "3"});
+  st.hard_state = HardState{30, ""};
+  st.entries = {entry(1, 10), entry(2, 20), entry(3, 20), entry(4, 20)};
+  Core c(options("2"), st);
+  Message app = message(MessageType::Append, "1", "2", 30);
+  app.index = 4;
+  app.log_term = 30;  // the leader's entry 4 is of term 30: ours (term 20) conflicts
+  c.step(app);
+  Drained d = drain(c);
+  const Message* r = find(d.sent, MessageType::AppendResponse);
+  REQUIRE(r != nullptr);
+  CHECK(r->reject);
+  CHECK(r->hint_index == 4);
+  CHECK(r->hint_term == 20);
+  // The conflicting suffix is replaced once the leader finds where the logs agree.
+  Message fix = message(MessageType::Append, "1", "2", 30);
+  fix.index = 1;
+  fix.log_term = 10;
+  fix.entries = {entry(2, 30, "y")};
+  c.step(fix);
+  d = drain(c);
+  CHECK(c.last_index() == 2);
+  CHECK(c.term_at(2) == 30);
+  REQUIRE(d.batches.size() == 1);
+  CHECK(d.batches[0].entries.front().index == 2);  // the storage cuts its log there
+}
+
+TEST_CASE("leader timestamps never go backwards", "[core]") {
+  CoreState st;
+  st.initial_config = voters({"1"});
+  Core c(options("1"), st);
+  drain(c);
+  auto a = c.propose("a", 5000);
+  auto b = c.propose("b", 4000);  // the clock stepped back
+  REQUIRE(a.ok());
+  REQUIRE(b.ok());
+  CHECK(c.entry(b.id.index).timestamp_ms >= c.entry(a.id.index).timestamp_ms);
+}
+
+// ---- timeouts ----------------------------------------------------------------------------
+
+TEST_CASE("a proposal that cannot commit is aborted with an unknown outcome and stays in the log", "[core]") {
+  CoreState st;
+  st.initial_config = voters({"1", "2", "3"});
+  Core c(options("1"), st);
+  elect(c, "2", "3");
+  ProposeResult p = c.propose("set k v", 0);
+  REQUIRE(p.ok());
+  Drained d;
+  for (int i = 0; i < c.options().proposal_timeout_ticks && d.aborted.empty(); ++i) {
+    c.tick();
+    Drained step = drain(c);
+    d.aborted.insert(d.aborted.end(), step.aborted.begin(), step.aborted.end());
+  }
+  REQUIRE(d.aborted.size() == 1);
+  CHECK(d.aborted[0] == p.id);
+  // Raft may still commit it through a later leader: it is not removed.
+  CHECK(c.last_index() >= p.id.index);
+  CHECK(c.term_at(p.id.index) == p.id.term);
+}
+
+TEST_CASE("when a leader steps down every pending proposal is aborted", "[core]") {
+  CoreState st;
+  st.initial_config = voters({"1", "2", "3"});
+  Core c(options("1"), st);
+  elect(c, "2", "3");
+  ProposeResult p = c.propose("a", 0);
+  REQUIRE(p.ok());
+  drain(c);
+  c.step(message(MessageType::Heartbeat, "2", "1", c.term() + 10));  // a newer leader
+  Drained d = drain(c);
+  CHECK(c.role() == Role::Follower);
+  REQUIRE(d.aborted.size() == 1);
+  CHECK(d.aborted[0] == p.id);
+}
+
+// ---- reads -------------------------------------------------------------------------------
+
+TEST_CASE("linearizable reads: the leader confirms leadership with a heartbeat round", "[core]") {
+  CoreState st;
+  st.initial_config = voters({"1", "2", "3"});
+  Core c(options("1"), st);
+  elect(c, "2", "3");
+  // Commit the no-op so the leader may serve reads.
+  for (const char* f : {"2"}) {
+    Message ok = message(MessageType::AppendResponse, f, "1", c.term());
+    ok.index = c.last_index();
+    c.step(ok);
+  }
+  drain(c);
+  REQUIRE(c.leader_ready());
+  c.read_index(7);
+  Drained d = drain(c);
+  CHECK(d.reads.empty());  // not before a majority confirmed
+  const Message* hb = find(d.sent, MessageType::Heartbeat, "3");
+  REQUIRE(hb != nullptr);
+  Message resp = message(MessageType::HeartbeatResponse, "3", "1", c.term());
+  resp.context = hb->context;
+  c.step(resp);
+  d = drain(c);
+  REQUIRE(d.reads.size() == 1);
+  CHECK(d.reads[0].ok);
+  CHECK(d.reads[0].request_id == 7);
+  CHECK(d.reads[0].index == c.commit_index());
+}
+
+TEST_CASE("linearizable reads wait for the leader's first entry of its term", "[core]") {
+  CoreState st;
+  st.initial_config = voters({"1", "2", "3"});
+  Core c(options("1"), st);
+  elect(c, "2", "3");
+  REQUIRE_FALSE(c.leader_ready());
+  c.read_index(1);
+  Drained d = drain(c);
+  CHECK(d.reads.empty());
+  CHECK(find(d.sent, MessageType::Heartbeat) == nullptr);
+}
+
+TEST_CASE("a leader that cannot reach a majority refuses linearizable reads", "[core]") {
+  sim::Cluster c(17, calm(3));
+  NodeId l = wait_for_leader(c);
+  REQUIRE(!l.empty());
+  c.isolate(l);
+  std::uint64_t before = c.reads_ok();
+  for (int i = 0; i < 20; ++i) {
+    c.read(l);
+    c.run_ticks(5);
+  }
+  CHECK(c.reads_ok() == before);
+}
+
+TEST_CASE("a follower serves a linearizable read at the leader's commit index", "[core]") {
+  sim::Cluster c(19, calm(3));
+  NodeId l = wait_for_leader(c);
+  REQUIRE(!l.empty());
+  for (int i = 0; i < 10; ++i) c.propose(l);
+  c.run_ticks(5);
+  NodeId f = l == "1" ? "2" : "1";
+  std::uint64_t before = c.reads_ok();
+  c.read(f);
+  c.run_ticks(5);
+  CHECK(c.reads_ok() == before + 1);  // and the harness checked it saw every commit
+}
+
+// ---- membership --------------------------------------------------------------------------
+
+TEST_CASE("configuration changes: one voter at a time, after the term's first commit, never two pending", "[core]") {
+  CoreState st;
+  st.initial_config = voters({"1", "2", "3"});
+  Core c(options("1"), st);
+  elect(c, "2", "3");
+  Configuration two_more = c.config();
+  two_more.upsert(Member{"4", "", "sid-4", true});
+  CHECK(c.add_learner(Member{"4", "", "sid-4", false}, 0).error == ProposeResult::Error::NotReady);
+  Message ok = message(MessageType::AppendResponse, "2", "1", c.term());
+  ok.index = c.last_index();
+  c.step(ok);
+  drain(c);
+  REQUIRE(c.leader_ready());
+  two_more.upsert(Member{"5", "", "sid-5", true});
+  CHECK(c.propose_config(two_more, 0).error == ProposeResult::Error::InvalidConfig);
+  ProposeResult add = c.add_learner(Member{"4", "", "sid-4", false}, 0);
+  REQUIRE(add.ok());
+  CHECK(c.config().contains("4"));  // used as soon as it is appended
+  CHECK(c.remove("3", 0).error == ProposeResult::Error::ConfigPending);
+}
+
+TEST_CASE("a configuration entry cut from the log is reverted", "[core]") {
+  CoreState st;
+  st.initial_config = voters({"1", "2", "3"});
+  Core c(options("3"), st);
+  Configuration with4 = st.initial_config;
+  with4.upsert(Member{"4", "", "sid-4", false});
+  LogEntry cfg = entry(2, 10, with4.encode());
+  cfg.type = EntryType::Config;
+  Message app = message(MessageType::Append, "1", "3", 10);
+  app.entries = {entry(1, 10), cfg};
+  c.step(app);
+  drain(c);
+  CHECK(c.config().contains("4"));
+  // A new leader never had that entry and overwrites index 2.
+  Message app2 = message(MessageType::Append, "2", "3", 20);
+  app2.index = 1;
+  app2.log_term = 10;
+  app2.entries = {entry(2, 20, "other")};
+  c.step(app2);
+  drain(c);
+  CHECK_FALSE(c.config().contains("4"));
+  CHECK(c.config() == st.initial_config);
+}
+
+TEST_CASE("a joiner is added as a learner, caught up and promoted, up to max_voters", "[core]") {
+  for (std::size_t max_voters : {3u, 5u}) {
+    sim::Options o = calm(3);
+    o.joiners = 1;
+    o.core.max_voters = max_voters;
+    sim::Cluster c(23, o);
+    NodeId l = wait_for_leader(c);
+    REQUIRE(!l.empty());
+    for (int i = 0; i < 20; ++i) c.propose(l);
+    REQUIRE(c.join("4"));
+    c.run_ticks(50);
+    const Member* m = c.core(c.leader()).config().find("4");
+    REQUIRE(m != nullptr);
+    CHECK(m->voter == (max_voters == 5));
+    CHECK(c.core("4").last_index() == c.core(c.leader()).last_index());
+  }
+}
+
+TEST_CASE("a wiped member is a stranger until it is re-added", "[core]") {
+  sim::Cluster c(29, calm(3));
+  NodeId l = wait_for_leader(c);
+  REQUIRE(!l.empty());
+  NodeId f = l == "3" ? "2" : "3";
+  for (int i = 0; i < 5; ++i) c.propose(l);
+  c.run_ticks(10);
+  c.wipe(f);
+  c.run_ticks(30);
+  // Its new server id does not match the configuration: nothing it says counts.
+  CHECK(c.core(l).progress().at(f).match > c.core(f).last_index());
+  REQUIRE(c.join(f));  // re-added as a learner with its new identity
+  c.run_ticks(60);
+  const Member* m = c.core(c.leader()).config().find(f);
+  REQUIRE(m != nullptr);
+  CHECK(m->server_id == c.node(f).server_id);
+  CHECK(m->voter);  // caught up and promoted again
+}
+
+TEST_CASE("a static peer map learns every member's server id through the log", "[core]") {
+  sim::Options o = calm(3);
+  o.static_ids = true;
+  sim::Cluster c(31, o);
+  NodeId l = wait_for_leader(c);
+  REQUIRE(!l.empty());
+  c.run_ticks(30);
+  for (const auto& m : c.core(c.leader()).config().members) CHECK(m.server_id == c.node(m.id).server_id);
+}
+
+// ---- snapshots and transfer --------------------------------------------------------------
+
+TEST_CASE("a follower behind the leader's compacted log catches up from a chunked snapshot", "[core]") {
+  sim::Options o = calm(3);
+  o.core.snapshot_threshold = 10;
+  o.core.snapshot_trailing = 2;
+  o.core.snapshot_chunk_bytes = 4;  // the simulated snapshot text is ~20 bytes: several chunks
+  sim::Cluster c(37, o);
+  NodeId l = wait_for_leader(c);
+  REQUIRE(!l.empty());
+  NodeId f = l == "1" ? "2" : "1";
+  c.isolate(f);
+  for (int i = 0; i < 60; ++i) {
+    c.propose(l);
+    c.run_ticks(1);
+  }
+  REQUIRE(c.core(l).first_index() > c.core(f).last_index() + 1);
+  c.heal();
+  c.run_ticks(40);
+  CHECK(c.core(f).snapshot_index() > 0);
+  CHECK(c.core(f).last_index() == c.core(l).last_index());
+  CHECK(c.node(f).applied == c.core(l).commit_index());
+}
+
+TEST_CASE("leadership transfer hands the cluster to the target", "[core]") {
+  sim::Cluster c(41, calm(3));
+  NodeId l = wait_for_leader(c);
+  REQUIRE(!l.empty());
+  NodeId target = l == "3" ? "1" : "3";
+  REQUIRE(c.core(l).transfer_leadership(target));
+  CHECK_FALSE(c.core(l).propose("x", 0).ok());  // no proposals while transferring
+  c.run_ticks(10);
+  CHECK(c.leader() == target);
+}
