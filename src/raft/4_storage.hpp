@@ -1,0 +1,1411 @@
+
+// ============================================================================================
+// 4. Storage: the write-ahead log, term and vote, snapshots, recovery
+// ============================================================================================
+//
+// A node may only vote or acknowledge what is on disk. Storage gives a node its data
+// directory and brings it back after a crash, a power cut or a damaged file, and never
+// silently drops what it once made durable. The directory holds:
+//
+//   identity                   node id, server id, cluster id, initial configuration;
+//                              written once, atomically, when the directory is created
+//   hardstate                  term and vote, with a checksum; replaced atomically (temp
+//                              file, fdatasync, rename, fsync of the directory)
+//   log-<first index>.seg      the log, in segments of records (index, term, type,
+//                              timestamp, payload), each framed by its length and CRC-32C
+//   snap-<index>-<term>.snap   the newest snapshot; the previous one is deleted only once
+//                              the new one is durable
+//   *.tmp                      an interrupted write: ignored, and removed by open()
+//   LOCK                       locked while a Storage has the directory open
+//
+// Every file starts with an 8-byte magic and a format version; integers are little-endian.
+//
+// Why it is crash safe: a file only ever appears under its name by rename(), so a named file
+// is complete (a new segment appears only after the previous one is durable); a log suffix
+// is cut by deleting later segments newest first and then truncating, durably, before
+// anything is appended over the cut; a log prefix goes by deleting whole segments oldest
+// first; every unlink a later step relies on is made durable (fsync of the directory) before
+// that step. So at every instant the files recover to a valid log. A damaged record at the
+// tail of the last segment with nothing valid after it (a torn write) is cut and reported in
+// Recovered::notes; damage anywhere else makes open() throw a StorageError naming the file
+// and byte offset.
+//
+// After a failed fsync, a full disk or any other write error the Storage is failed for good:
+// it says why, refuses every later write and never retries (after a failed fsync the kernel
+// may have dropped the dirty pages, so a retry can report success for data that is lost). A
+// restart, which re-reads the disk, recovers what was durable.
+
+namespace raft {
+
+/// A data directory that cannot be created or opened safely. what() names the file, the byte
+/// offset when there is one, and what to do.
+struct StorageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct StorageOptions {
+  std::string dir;
+  /// A segment is closed and a new one started when the next record would grow it past this
+  /// size (a record larger than this gets a segment of its own).
+  std::size_t segment_bytes = std::size_t{64} << 20;
+  /// Fault injection (tests): called instead of fdatasync() on files and fsync() on
+  /// directories. Return 0, or -1 with errno set to make the call fail.
+  std::function<int(int fd)> fsync_hook;
+  /// Fault injection (tests): called instead of write(). Return the number of bytes
+  /// written, or -1 with errno set.
+  std::function<long(int fd, const void* data, std::size_t size)> write_hook;
+};
+
+/// Who this data directory belongs to; fixed when the directory is created.
+struct Identity {
+  NodeId node_id;
+  /// Random id of this data directory (32 hex digits). create() generates it when empty.
+  std::string server_id;
+  std::string cluster_id;
+  /// For a cluster started from a static peer map: the configuration at index 0. Empty
+  /// otherwise (the configuration then comes from the snapshot and the log).
+  Configuration initial_config;
+};
+
+/// What open() found on disk.
+struct Recovered {
+  Identity identity;
+  HardState hard_state;
+  /// The newest snapshot. meta.config is left empty: the caller parses it from data.
+  std::optional<Snapshot> snapshot;
+  /// The log after the snapshot's index (from index 1 without a snapshot): contiguous, terms
+  /// non-decreasing, the first term not below the snapshot's.
+  std::vector<LogEntry> entries;
+  /// Repairs open() made, one sentence each: a torn tail cut, a superseded snapshot or a
+  /// leftover temporary file removed, log entries discarded for a newer snapshot.
+  std::vector<std::string> notes;
+};
+
+/// 128 random bits from std::random_device, as 32 lower-case hex digits.
+std::string random_id128();
+
+namespace detail {
+class StorageImpl;
+}
+
+/// One node's data directory. Not thread-safe: after open() or create() one thread at a time
+/// uses it (in a running node, the StorageWriter's thread). failed(), failure() and
+/// fsync_count() may be read from any thread. write() only buffers; nothing is durable until
+/// sync() returns true. A moved-from Storage may only be destroyed or assigned to.
+class Storage {
+ public:
+  /// True when `dir` holds an identity file (a data directory create() finished).
+  static bool exists(const std::string& dir);
+  /// Makes a new data directory (mkdir -p): a hard state of term 0 and no vote, then the
+  /// identity file. Throws StorageError when the directory already holds one or holds log or
+  /// snapshot files without one, or on an I/O error.
+  static Storage create(StorageOptions options, Identity identity);
+  /// Opens an existing data directory and recovers it into `out`, repairing what a crash
+  /// leaves behind. Throws StorageError on damage it cannot repair safely, or if another
+  /// Storage (in this or another process) has the directory open.
+  static Storage open(StorageOptions options, Recovered& out);
+
+  Storage(Storage&&) noexcept;
+  Storage& operator=(Storage&&) noexcept;
+  ~Storage();  // closes the files; does not sync
+
+  /// Applies a PersistBatch: the snapshot first (it replaces the whole log, see
+  /// PersistBatch), then the hard state, then the entries, cutting the log first when
+  /// entries.front().index is at or below last_index(). Buffered: durable after sync().
+  /// Returns false once the storage has failed. A batch that does not fit the log (a gap, an
+  /// index covered by the snapshot, a decreasing term) fails the storage: it is a bug in the
+  /// caller, and writing on would corrupt the log.
+  bool write(const PersistBatch& batch);
+  /// Makes everything written so far durable: the hard state file if it changed, then one
+  /// fdatasync of the log. Returns false once the storage has failed.
+  bool sync();
+  /// A snapshot the node took itself (of its applied state): made durable, the previous
+  /// snapshot deleted, then whole log segments whose every entry is at or below
+  /// min(compact_to, snapshot.meta.index) deleted (pass an index below the snapshot's to keep
+  /// a trailing window of entries for followers that lag a little). The log itself is kept
+  /// after the snapshot's index. A snapshot not newer than the one on disk is ignored.
+  bool save_snapshot(const Snapshot& snapshot, std::uint64_t compact_to);
+  /// Rewrites the identity file atomically (a joiner records the cluster id it joined).
+  bool save_identity(const Identity& identity);
+
+  bool failed() const;
+  /// Why the storage failed ("IOERR ..." with the errno text and what to do); empty if not.
+  const std::string& failure() const;
+  /// fdatasync() and fsync() calls made so far (files and directories).
+  std::uint64_t fsync_count() const;
+  /// The log held on disk: [first_index, last_index], empty when last_index < first_index.
+  /// Entries at or below snapshot_index() may remain as a trailing window.
+  std::uint64_t first_index() const;
+  std::uint64_t last_index() const;
+  std::uint64_t snapshot_index() const;  // 0: no snapshot
+  std::uint64_t snapshot_term() const;
+  const Identity& identity() const;
+  const std::string& dir() const;
+
+ private:
+  Storage();
+  std::unique_ptr<detail::StorageImpl> impl_;
+};
+
+/// Group commit: one thread that makes PersistBatches durable for the whole node. Every
+/// batch waiting when the thread wakes is written and made durable together with a single
+/// fdatasync; a lone batch is never delayed to fill a group.
+///
+/// Callbacks run on the writer thread, in submission (= seq) order, once each, after the
+/// fdatasync that covers their batch: ok == true means durable. After the storage fails
+/// every callback gets ok == false. Callbacks must not throw, and must not call flush(),
+/// stop() or the destructor (they run on the thread those wait for).
+class StorageWriter {
+ public:
+  using Done = std::function<void(bool ok)>;
+
+  /// Starts the writer thread. `storage` must outlive the writer.
+  explicit StorageWriter(Storage& storage);
+  ~StorageWriter();  // stop()
+  StorageWriter(const StorageWriter&) = delete;
+  StorageWriter& operator=(const StorageWriter&) = delete;
+
+  /// Queues a batch; safe from any thread. Batches must arrive in increasing seq order
+  /// (std::invalid_argument otherwise). After stop(), `done(false)` runs at once on the
+  /// calling thread.
+  void submit(PersistBatch batch, Done done);
+  /// Queues Storage::save_snapshot(*snapshot, compact_to), in order with the batches.
+  void submit_snapshot(std::shared_ptr<const Snapshot> snapshot, std::uint64_t compact_to,
+                       Done done);
+  /// Queues Storage::save_identity(identity), in order with the batches.
+  void submit_identity(Identity identity, Done done);
+  /// Blocks until everything submitted before the call has been handled and its callback
+  /// has run.
+  void flush();
+  /// Drains: everything submitted before stop() is written and synced and its callback run
+  /// (ok == false if the storage has failed); then the thread exits. Idempotent.
+  void stop();
+  /// Group commits so far (each ends with at most one sync of the log).
+  std::uint64_t groups() const;
+
+ private:
+  struct Item {
+    PersistBatch batch;
+    std::shared_ptr<const Snapshot> snapshot;  // set: a save_snapshot job
+    std::uint64_t compact_to = 0;
+    std::optional<Identity> identity;  // set: a save_identity job
+    Done done;
+  };
+  void enqueue(Item item);
+  void run();
+
+  Storage& storage_;
+  std::mutex mu_;
+  std::condition_variable wake_;
+  std::condition_variable idle_;
+  std::vector<Item> queue_;
+  std::uint64_t submitted_ = 0;
+  std::uint64_t completed_ = 0;
+  std::optional<std::uint64_t> last_seq_;
+  bool stopping_ = false;
+  std::atomic<std::uint64_t> groups_{0};
+  std::thread thread_;  // last: starts after every other member is ready
+};
+
+// --------------------------------------------------------------------------------------------
+// Implementation
+// --------------------------------------------------------------------------------------------
+
+namespace detail {
+
+// CRC-32C (Castagnoli), slice-by-8. The tables are built at compile time.
+struct Crc32cTables {
+  std::uint32_t t[8][256] = {};
+  constexpr Crc32cTables() {
+    for (std::uint32_t i = 0; i < 256; ++i) {
+      std::uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1u) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+      t[0][i] = c;
+    }
+    for (std::uint32_t i = 0; i < 256; ++i)
+      for (int s = 1; s < 8; ++s) t[s][i] = (t[s - 1][i] >> 8) ^ t[0][t[s - 1][i] & 0xFFu];
+  }
+};
+inline constexpr Crc32cTables kCrc32cTables{};
+
+/// CRC-32C of `size` bytes; pass a previous result as `crc` to continue it over more bytes.
+inline std::uint32_t crc32c(const void* data, std::size_t size, std::uint32_t crc = 0) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  const auto& t = kCrc32cTables.t;
+  crc = ~crc;
+  while (size >= 8) {
+    const std::uint32_t lo = crc ^ (std::uint32_t{p[0]} | std::uint32_t{p[1]} << 8 |
+                                    std::uint32_t{p[2]} << 16 | std::uint32_t{p[3]} << 24);
+    const std::uint32_t hi = std::uint32_t{p[4]} | std::uint32_t{p[5]} << 8 |
+                             std::uint32_t{p[6]} << 16 | std::uint32_t{p[7]} << 24;
+    crc = t[7][lo & 0xFFu] ^ t[6][(lo >> 8) & 0xFFu] ^ t[5][(lo >> 16) & 0xFFu] ^ t[4][lo >> 24] ^
+          t[3][hi & 0xFFu] ^ t[2][(hi >> 8) & 0xFFu] ^ t[1][(hi >> 16) & 0xFFu] ^ t[0][hi >> 24];
+    p += 8;
+    size -= 8;
+  }
+  while (size-- > 0) crc = t[0][(crc ^ *p++) & 0xFFu] ^ (crc >> 8);
+  return ~crc;
+}
+
+constexpr std::uint32_t kStorageFormatVersion = 1;
+constexpr std::size_t kMagicBytes = 8;
+constexpr std::string_view kIdentityMagic{"RAFTIDNT", kMagicBytes};
+constexpr std::string_view kHardStateMagic{"RAFTHARD", kMagicBytes};
+constexpr std::string_view kSegmentMagic{"RAFTLSEG", kMagicBytes};
+constexpr std::string_view kSnapshotMagic{"RAFTSNAP", kMagicBytes};
+constexpr const char* kIdentityFile = "identity";
+constexpr const char* kHardStateFile = "hardstate";
+constexpr const char* kLockFile = "LOCK";
+constexpr std::string_view kTempSuffix = ".tmp";
+
+// Segment header: magic, version, first index, CRC-32C of the preceding 20 bytes.
+constexpr std::size_t kSegmentHeaderBytes = 24;
+// Record: u32 body length, u32 CRC-32C of (length, body), body.
+constexpr std::size_t kRecordFrameBytes = 8;
+// Body: u64 index, u64 term, u8 type, i64 timestamp_ms, then the payload.
+constexpr std::size_t kRecordFixedBytes = 25;
+// Snapshot: magic, version, index, term, data length, CRC-32C of those 36 bytes; the data;
+// CRC-32C of the data.
+constexpr std::size_t kSnapshotHeaderBytes = 40;
+// Buffered records are handed to the kernel once they reach this size, even before sync().
+constexpr std::size_t kPendingFlushBytes = std::size_t{1} << 20;
+// Larger writes are split: Linux writes at most about 2 GiB per call.
+constexpr std::size_t kMaxWriteChunk = std::size_t{1} << 30;
+
+inline const std::string& corruption_advice() {
+  static const std::string advice =
+      " The data directory is damaged: restore it from a backup, or move it away and add this "
+      "node back to the cluster as a new member (it then receives a snapshot from the leader).";
+  return advice;
+}
+
+/// "CORRUPT <file> byte offset <n>: <what>. <what to do>"
+inline StorageError corrupt(const std::string& file, std::uint64_t offset,
+                            const std::string& what) {
+  return StorageError("CORRUPT " + file + " byte offset " + std::to_string(offset) + ": " +
+                      what + "." + corruption_advice());
+}
+
+inline std::string errno_text(int err) {
+  return std::system_category().message(err) + " (errno " + std::to_string(err) + ")";
+}
+
+inline void put_u32(std::string& out, std::uint32_t v) {
+  for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xFFu));
+}
+inline void put_u64(std::string& out, std::uint64_t v) {
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xFFu));
+}
+inline void put_string(std::string& out, std::string_view s) {
+  put_u32(out, static_cast<std::uint32_t>(s.size()));
+  out.append(s);
+}
+inline std::uint32_t get_u32(const char* p) {
+  std::uint32_t v = 0;
+  for (int i = 3; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(p[i]);
+  return v;
+}
+inline std::uint64_t get_u64(const char* p) {
+  std::uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(p[i]);
+  return v;
+}
+
+/// Reads the fixed fields of identity and hard state files; `ok` turns false (and stays
+/// false) at the first read past the end.
+struct ByteReader {
+  std::string_view buf;
+  std::size_t pos = 0;
+  bool ok = true;
+
+  bool need(std::size_t n) {
+    if (!ok || buf.size() - pos < n) ok = false;
+    return ok;
+  }
+  std::uint8_t u8() { return need(1) ? static_cast<std::uint8_t>(buf[pos++]) : 0; }
+  std::uint32_t u32() {
+    if (!need(4)) return 0;
+    pos += 4;
+    return get_u32(buf.data() + pos - 4);
+  }
+  std::uint64_t u64() {
+    if (!need(8)) return 0;
+    pos += 8;
+    return get_u64(buf.data() + pos - 8);
+  }
+  std::string str() {
+    const std::uint32_t n = u32();
+    if (!need(n)) return {};
+    pos += n;
+    return std::string(buf.substr(pos - n, n));
+  }
+};
+
+inline std::string pad20(std::uint64_t v) {
+  std::string s = std::to_string(v);
+  return std::string(20 - s.size(), '0') + s;
+}
+/// Exactly 20 decimal digits that fit in 64 bits.
+inline bool parse_pad20(std::string_view s, std::uint64_t& out) {
+  if (s.size() != 20) return false;
+  std::uint64_t v = 0;
+  for (char c : s) {
+    if (c < '0' || c > '9') return false;
+    const std::uint64_t d = static_cast<std::uint64_t>(c - '0');
+    if (v > (UINT64_MAX - d) / 10) return false;
+    v = v * 10 + d;
+  }
+  out = v;
+  return true;
+}
+inline std::string segment_file_name(std::uint64_t first_index) {
+  return "log-" + pad20(first_index) + ".seg";
+}
+inline std::string snapshot_file_name(std::uint64_t index, std::uint64_t term) {
+  return "snap-" + pad20(index) + "-" + pad20(term) + ".snap";
+}
+inline bool parse_segment_file_name(std::string_view name, std::uint64_t& first_index) {
+  return name.size() == 28 && name.substr(0, 4) == "log-" && name.substr(24) == ".seg" &&
+         parse_pad20(name.substr(4, 20), first_index);
+}
+inline bool parse_snapshot_file_name(std::string_view name, std::uint64_t& index,
+                                     std::uint64_t& term) {
+  return name.size() == 51 && name.substr(0, 5) == "snap-" && name[25] == '-' &&
+         name.substr(46) == ".snap" && parse_pad20(name.substr(5, 20), index) &&
+         parse_pad20(name.substr(26, 20), term);
+}
+inline bool ends_with(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
+}
+
+/// Whole file into `out`; 0 or an errno value.
+inline int read_whole_file(const std::string& path, std::string& out) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno;
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return err;
+  }
+  out.assign(static_cast<std::size_t>(st.st_size), '\0');
+  std::size_t got = 0;
+  while (got < out.size()) {
+    const ssize_t n = ::read(fd, &out[got], out.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int err = errno;
+      ::close(fd);
+      return err;
+    }
+    if (n == 0) break;
+    got += static_cast<std::size_t>(n);
+  }
+  out.resize(got);
+  ::close(fd);
+  return 0;
+}
+
+/// Names in `dir` except "." and ".."; 0 or an errno value.
+inline int list_directory(const std::string& dir, std::vector<std::string>& names) {
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return errno;
+  for (;;) {
+    errno = 0;
+    const dirent* e = ::readdir(d);
+    if (e == nullptr) {
+      const int err = errno;
+      ::closedir(d);
+      return err;
+    }
+    const std::string_view name = e->d_name;
+    if (name != "." && name != "..") names.emplace_back(name);
+  }
+}
+
+inline void check_magic_and_version(std::string_view buf, std::string_view magic,
+                                    const std::string& file, const char* kind) {
+  if (buf.size() < kMagicBytes + 4)
+    throw corrupt(file, buf.size(), std::string("the file is too short to be a ") + kind);
+  if (buf.substr(0, kMagicBytes) != magic)
+    throw corrupt(file, 0, std::string("not a ") + kind + " (bad magic)");
+  const std::uint32_t version = get_u32(buf.data() + kMagicBytes);
+  if (version > kStorageFormatVersion)
+    throw StorageError("IOERR " + file + " byte offset " + std::to_string(kMagicBytes) +
+                       ": format version " + std::to_string(version) +
+                       " is newer than this program's (" +
+                       std::to_string(kStorageFormatVersion) +
+                       "). Run the newer program on this data directory.");
+  if (version == 0) throw corrupt(file, kMagicBytes, "format version 0 is not valid");
+}
+
+/// Checks the CRC-32C in the last 4 bytes of a small file against everything before it.
+inline void check_trailing_crc(std::string_view buf, const std::string& file) {
+  if (buf.size() < kMagicBytes + 8) throw corrupt(file, buf.size(), "the file is truncated");
+  const std::size_t at = buf.size() - 4;
+  if (crc32c(buf.data(), at) != get_u32(buf.data() + at))
+    throw corrupt(file, at, "checksum mismatch");
+}
+
+inline std::string encode_hard_state(const HardState& hs) {
+  std::string out(kHardStateMagic);
+  put_u32(out, kStorageFormatVersion);
+  put_u64(out, hs.term);
+  put_string(out, hs.vote);
+  put_u32(out, crc32c(out.data(), out.size()));
+  return out;
+}
+
+inline HardState decode_hard_state(std::string_view buf, const std::string& file) {
+  check_magic_and_version(buf, kHardStateMagic, file, "hard state file");
+  check_trailing_crc(buf, file);
+  ByteReader r{buf.substr(0, buf.size() - 4), kMagicBytes + 4};
+  HardState hs;
+  hs.term = r.u64();
+  hs.vote = r.str();
+  if (!r.ok || r.pos != r.buf.size())
+    throw corrupt(file, r.pos, "the hard state fields do not fill the file");
+  return hs;
+}
+
+inline std::string encode_identity(const Identity& id) {
+  std::string out(kIdentityMagic);
+  put_u32(out, kStorageFormatVersion);
+  put_string(out, id.node_id);
+  put_string(out, id.server_id);
+  put_string(out, id.cluster_id);
+  put_u32(out, static_cast<std::uint32_t>(id.initial_config.members.size()));
+  for (const Member& m : id.initial_config.members) {
+    put_string(out, m.id);
+    put_string(out, m.address);
+    put_string(out, m.server_id);
+    out.push_back(m.voter ? '\1' : '\0');
+  }
+  put_u32(out, crc32c(out.data(), out.size()));
+  return out;
+}
+
+inline Identity decode_identity(std::string_view buf, const std::string& file) {
+  check_magic_and_version(buf, kIdentityMagic, file, "identity file");
+  check_trailing_crc(buf, file);
+  ByteReader r{buf.substr(0, buf.size() - 4), kMagicBytes + 4};
+  Identity id;
+  id.node_id = r.str();
+  id.server_id = r.str();
+  id.cluster_id = r.str();
+  const std::uint32_t members = r.u32();
+  for (std::uint32_t i = 0; i < members && r.ok; ++i) {
+    Member m;
+    m.id = r.str();
+    m.address = r.str();
+    m.server_id = r.str();
+    const std::uint8_t voter = r.u8();
+    if (voter > 1) r.ok = false;
+    m.voter = voter == 1;
+    if (r.ok) id.initial_config.upsert(std::move(m));
+  }
+  if (!r.ok || r.pos != r.buf.size() || id.node_id.empty() ||
+      id.initial_config.members.size() != members)
+    throw corrupt(file, r.pos, "the identity fields do not fill the file");
+  return id;
+}
+
+inline std::string encode_segment_header(std::uint64_t first_index) {
+  std::string out(kSegmentMagic);
+  put_u32(out, kStorageFormatVersion);
+  put_u64(out, first_index);
+  put_u32(out, crc32c(out.data(), out.size()));
+  return out;
+}
+
+/// The segment's first index, from its header.
+inline std::uint64_t decode_segment_header(std::string_view buf, const std::string& file) {
+  check_magic_and_version(buf, kSegmentMagic, file, "log segment");
+  if (buf.size() < kSegmentHeaderBytes)
+    throw corrupt(file, buf.size(), "the segment header is truncated");
+  if (crc32c(buf.data(), kSegmentHeaderBytes - 4) != get_u32(buf.data() + kSegmentHeaderBytes - 4))
+    throw corrupt(file, kSegmentHeaderBytes - 4, "segment header checksum mismatch");
+  return get_u64(buf.data() + kMagicBytes + 4);
+}
+
+inline std::size_t record_size(const LogEntry& e) {
+  return kRecordFrameBytes + kRecordFixedBytes + e.payload.size();
+}
+
+inline std::uint32_t record_crc(const char* frame, std::size_t body_size) {
+  return crc32c(frame + kRecordFrameBytes, body_size, crc32c(frame, 4));
+}
+
+inline void append_record(std::string& out, const LogEntry& e) {
+  const std::size_t at = out.size();
+  put_u32(out, static_cast<std::uint32_t>(kRecordFixedBytes + e.payload.size()));
+  put_u32(out, 0);  // the CRC, filled in below
+  put_u64(out, e.index);
+  put_u64(out, e.term);
+  out.push_back(static_cast<char>(e.type));
+  put_u64(out, static_cast<std::uint64_t>(e.timestamp_ms));
+  out.append(e.payload);
+  const std::uint32_t crc = record_crc(out.data() + at, out.size() - at - kRecordFrameBytes);
+  for (int i = 0; i < 4; ++i)
+    out[at + 4 + static_cast<std::size_t>(i)] = static_cast<char>((crc >> (8 * i)) & 0xFFu);
+}
+
+/// Why the record at `offset` is not valid; nullptr when it is.
+inline const char* record_problem(std::string_view buf, std::size_t offset) {
+  const std::size_t rest = buf.size() - offset;
+  if (rest < kRecordFrameBytes) return "truncated record frame";
+  const std::uint32_t len = get_u32(buf.data() + offset);
+  if (len < kRecordFixedBytes || len > rest - kRecordFrameBytes) return "bad record length";
+  if (record_crc(buf.data() + offset, len) != get_u32(buf.data() + offset + 4))
+    return "record checksum mismatch";
+  return nullptr;
+}
+
+/// Whether a valid record starts anywhere at or after `from`: what tells a torn write (the
+/// damage is the end of the data) from corruption (valid data follows the damage).
+inline bool valid_record_at_or_after(std::string_view buf, std::size_t from) {
+  for (std::size_t p = from; p + kRecordFrameBytes + kRecordFixedBytes <= buf.size(); ++p)
+    if (record_problem(buf, p) == nullptr) return true;
+  return false;
+}
+
+inline LogEntry decode_record(std::string_view buf, std::size_t offset) {
+  const char* b = buf.data() + offset + kRecordFrameBytes;
+  const std::uint32_t len = get_u32(buf.data() + offset);
+  LogEntry e;
+  e.index = get_u64(b);
+  e.term = get_u64(b + 8);
+  e.type = static_cast<EntryType>(static_cast<unsigned char>(b[16]));
+  e.timestamp_ms = static_cast<std::int64_t>(get_u64(b + 17));
+  e.payload.assign(b + kRecordFixedBytes, len - kRecordFixedBytes);
+  return e;
+}
+
+inline bool valid_entry_type(EntryType t) {
+  return t == EntryType::Command || t == EntryType::Noop || t == EntryType::Config;
+}
+
+inline std::string encode_snapshot_header(const SnapshotMeta& meta, std::size_t data_size) {
+  std::string out(kSnapshotMagic);
+  put_u32(out, kStorageFormatVersion);
+  put_u64(out, meta.index);
+  put_u64(out, meta.term);
+  put_u64(out, data_size);
+  put_u32(out, crc32c(out.data(), out.size()));
+  return out;
+}
+
+/// Checks a whole snapshot file and leaves only its data in `buf`.
+inline void decode_snapshot(std::string& buf, const std::string& file, std::uint64_t index,
+                            std::uint64_t term) {
+  check_magic_and_version(buf, kSnapshotMagic, file, "snapshot");
+  if (buf.size() < kSnapshotHeaderBytes + 4)
+    throw corrupt(file, buf.size(), "the snapshot file is truncated");
+  const char* h = buf.data();
+  if (crc32c(h, kSnapshotHeaderBytes - 4) != get_u32(h + kSnapshotHeaderBytes - 4))
+    throw corrupt(file, kSnapshotHeaderBytes - 4, "snapshot header checksum mismatch");
+  if (get_u64(h + 12) != index || get_u64(h + 20) != term)
+    throw corrupt(file, 12, "the header's index and term do not match the file name");
+  const std::uint64_t size = get_u64(h + 28);
+  if (size != buf.size() - kSnapshotHeaderBytes - 4)
+    throw corrupt(file, buf.size(),
+                  "the header says " + std::to_string(size) +
+                      " bytes of data but the file holds " +
+                      std::to_string(buf.size() - kSnapshotHeaderBytes - 4));
+  const std::size_t at = buf.size() - 4;
+  if (crc32c(buf.data() + kSnapshotHeaderBytes, size) != get_u32(buf.data() + at))
+    throw corrupt(file, kSnapshotHeaderBytes, "snapshot data checksum mismatch");
+  buf.resize(at);
+  buf.erase(0, kSnapshotHeaderBytes);
+}
+
+/// The implementation behind Storage. Methods that do I/O return false after recording the
+/// failure (fail()); open() and create() turn a failure into a StorageError.
+class StorageImpl {
+ public:
+  struct Segment {
+    std::uint64_t first = 0;  // index of its first record, also in its name and header
+    std::string path;
+    std::vector<std::uint64_t> offsets;  // byte offset of each record
+    std::uint64_t written = 0;           // bytes handed to the kernel
+  };
+
+  explicit StorageImpl(StorageOptions o) : opt(std::move(o)) {
+    while (opt.dir.size() > 1 && opt.dir.back() == '/') opt.dir.pop_back();
+  }
+  ~StorageImpl() {
+    for (int fd : {active_fd, lock_fd, dir_fd})
+      if (fd >= 0) ::close(fd);
+  }
+  StorageImpl(const StorageImpl&) = delete;
+  StorageImpl& operator=(const StorageImpl&) = delete;
+
+  StorageOptions opt;
+  Identity identity;
+  int dir_fd = -1;
+  int lock_fd = -1;
+
+  std::vector<Segment> segments;
+  int active_fd = -1;         // segments.back(), open for appending
+  bool active_dirty = false;  // written since its last fdatasync
+  std::string pending;        // records for the end of segments.back(), not yet written
+  std::optional<HardState> pending_hard_state;
+  std::uint64_t first_index = 1;
+  std::uint64_t last_index = 0;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> term_runs;  // (first index, term)
+
+  std::uint64_t snap_index = 0;
+  std::uint64_t snap_term = 0;
+  std::string snap_path;
+
+  std::atomic<std::uint64_t> fsyncs{0};
+  std::atomic<bool> failed{false};
+  std::string failure;  // set once, before `failed` turns true
+
+  std::string path(std::string_view name) const { return opt.dir + "/" + std::string(name); }
+
+  bool fail(std::string why) {
+    if (!failed.load(std::memory_order_relaxed)) {
+      failure = std::move(why);
+      failed.store(true, std::memory_order_release);
+    }
+    return false;
+  }
+
+  bool io_fail(const std::string& operation, const std::string& file, int err) {
+    std::string advice =
+        err == ENOSPC || err == EDQUOT
+            ? "The disk is full: free space, then restart the node; it recovers what is on disk."
+            : "Check the disk (kernel log), then restart the node; it recovers what is on disk.";
+    return fail("IOERR " + operation + " " + file + " failed: " + errno_text(err) +
+                ". The storage refuses every later write (a failed write or fsync cannot be "
+                "retried safely). " + advice);
+  }
+
+  [[noreturn]] void throw_failure() const { throw StorageError(failure); }
+
+  bool write_all(int fd, std::string_view data, const std::string& file) {
+    if (failed) return false;
+    while (!data.empty()) {
+      const std::size_t n = std::min(data.size(), kMaxWriteChunk);
+      const long w = opt.write_hook ? opt.write_hook(fd, data.data(), n)
+                                    : static_cast<long>(::write(fd, data.data(), n));
+      if (w < 0 && errno == EINTR) continue;
+      if (w < 0) return io_fail("write to", file, errno);
+      if (static_cast<std::size_t>(w) != n)
+        return fail("IOERR short write to " + file + ": " + std::to_string(w) + " of " +
+                    std::to_string(n) +
+                    " bytes written (is the disk full?). The storage refuses every later write. "
+                    "Free space, then restart the node; it recovers what is on disk.");
+      data.remove_prefix(n);
+    }
+    return true;
+  }
+
+  // Never retried, not even on EINTR: after a failed fsync the dirty pages may be gone.
+  bool sync_fd(int fd, const std::string& file, bool directory) {
+    if (failed) return false;
+    fsyncs.fetch_add(1, std::memory_order_relaxed);
+    const int r = opt.fsync_hook ? opt.fsync_hook(fd) : directory ? ::fsync(fd) : ::fdatasync(fd);
+    if (r != 0) return io_fail(directory ? "fsync of directory" : "fdatasync of", file, errno);
+    return true;
+  }
+
+  bool sync_dir() { return sync_fd(dir_fd, opt.dir, true); }
+
+  bool remove_durably(const std::string& file) {
+    if (::unlink(file.c_str()) != 0 && errno != ENOENT) return io_fail("unlink of", file, errno);
+    return sync_dir();
+  }
+
+  /// Temp file, write, fdatasync, rename over `name`, fsync the directory.
+  bool write_file_atomically(const std::string& name,
+                             std::initializer_list<std::string_view> parts) {
+    if (failed) return false;
+    const std::string final_path = path(name);
+    const std::string temp = final_path + std::string(kTempSuffix);
+    const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return io_fail("create of", temp, errno);
+    bool ok = true;
+    for (std::string_view part : parts) ok = ok && write_all(fd, part, temp);
+    ok = ok && sync_fd(fd, temp, false);
+    if (::close(fd) != 0 && ok) return io_fail("close of", temp, errno);
+    if (!ok) return false;
+    if (::rename(temp.c_str(), final_path.c_str()) != 0)
+      return io_fail("rename to", final_path, errno);
+    return sync_dir();
+  }
+
+  void open_directory(bool create) {
+    if (opt.dir.empty()) throw StorageError("ERR StorageOptions::dir is empty");
+    if (create) make_directories();
+    dir_fd = ::open(opt.dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir_fd < 0)
+      throw StorageError("IOERR cannot open data directory " + opt.dir + ": " +
+                         errno_text(errno));
+    const std::string lock_path = path(kLockFile);
+    lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (lock_fd < 0)
+      throw StorageError("IOERR cannot open " + lock_path + ": " + errno_text(errno));
+    struct flock lock {};
+    lock.l_type = F_WRLCK;
+    lock.l_whence = SEEK_SET;
+#ifdef F_OFD_SETLK
+    const int command = F_OFD_SETLK;  // per open file: also catches a second open in-process
+#else
+    const int command = F_SETLK;
+#endif
+    if (::fcntl(lock_fd, command, &lock) != 0)
+      throw StorageError("IOERR data directory " + opt.dir +
+                         " is in use by another node (" + lock_path + " is locked: " +
+                         errno_text(errno) + "). Give each node its own data directory.");
+  }
+
+  // mkdir -p; a directory it creates is made durable in its parent.
+  void make_directories() {
+    std::size_t pos = 0;
+    while (pos != std::string::npos) {
+      pos = opt.dir.find('/', pos + 1);
+      const std::string sub = opt.dir.substr(0, pos);
+      if (::mkdir(sub.c_str(), 0755) == 0) {
+        const std::size_t slash = sub.rfind('/');
+        const std::string parent =
+            slash == std::string::npos ? "." : slash == 0 ? "/" : sub.substr(0, slash);
+        const int fd = ::open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        const bool ok = fd >= 0 && sync_fd(fd, parent, true);
+        if (fd >= 0) ::close(fd);
+        if (!ok) throw StorageError(failure.empty() ? "IOERR cannot open " + parent : failure);
+      } else if (errno != EEXIST) {
+        throw StorageError("IOERR cannot create directory " + sub + ": " + errno_text(errno));
+      }
+    }
+    struct stat st {};
+    if (::stat(opt.dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+      throw StorageError("IOERR " + opt.dir + " is not a directory");
+  }
+
+  std::uint64_t term_at(std::uint64_t index) const {
+    if (index >= first_index && index <= last_index && !term_runs.empty()) {
+      auto it = std::upper_bound(
+          term_runs.begin(), term_runs.end(), index,
+          [](std::uint64_t i, const std::pair<std::uint64_t, std::uint64_t>& run) {
+            return i < run.first;
+          });
+      if (it != term_runs.begin()) return std::prev(it)->second;
+    }
+    return index == snap_index ? snap_term : 0;
+  }
+
+  void note_term(std::uint64_t index, std::uint64_t term) {
+    if (term_runs.empty() || term_runs.back().second != term) term_runs.emplace_back(index, term);
+  }
+
+  std::uint64_t active_end() const { return segments.back().written + pending.size(); }
+
+  /// Hands the pending hard state, then the pending records, to the kernel.
+  bool flush_pending() {
+    if (failed) return false;
+    if (pending_hard_state) {
+      if (!write_file_atomically(kHardStateFile, {encode_hard_state(*pending_hard_state)}))
+        return false;
+      pending_hard_state.reset();
+    }
+    if (!pending.empty()) {
+      Segment& seg = segments.back();
+      if (!write_all(active_fd, pending, seg.path)) return false;
+      seg.written += pending.size();
+      pending.clear();
+      active_dirty = true;
+    }
+    return true;
+  }
+
+  bool sync() {
+    if (!flush_pending()) return false;
+    if (active_dirty && !sync_fd(active_fd, segments.back().path, false)) return false;
+    active_dirty = false;
+    return true;
+  }
+
+  bool close_active() {
+    if (active_fd < 0) return true;
+    const int fd = active_fd;
+    active_fd = -1;
+    active_dirty = false;
+    if (::close(fd) != 0) return io_fail("close of", segments.back().path, errno);
+    return true;
+  }
+
+  // The previous segment is made durable before the new one can appear: recovery treats a
+  // damaged record in any segment but the last as corruption.
+  bool create_segment(std::uint64_t first) {
+    if (!flush_pending()) return false;
+    if (active_fd >= 0) {
+      if (active_dirty && !sync_fd(active_fd, segments.back().path, false)) return false;
+      if (!close_active()) return false;
+    }
+    const std::string final_path = path(segment_file_name(first));
+    const std::string temp = final_path + std::string(kTempSuffix);
+    const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return io_fail("create of", temp, errno);
+    const std::string header = encode_segment_header(first);
+    if (!write_all(fd, header, temp) || !sync_fd(fd, temp, false)) {
+      ::close(fd);
+      return false;
+    }
+    if (::rename(temp.c_str(), final_path.c_str()) != 0) {
+      ::close(fd);
+      return io_fail("rename to", final_path, errno);
+    }
+    if (!sync_dir()) {
+      ::close(fd);
+      return false;
+    }
+    active_fd = fd;
+    if (segments.empty()) first_index = first;
+    segments.push_back(Segment{first, final_path, {}, header.size()});
+    return true;
+  }
+
+  bool append(const LogEntry& e) {
+    if (e.payload.size() > UINT32_MAX - kRecordFixedBytes)
+      return fail("ERR log entry " + std::to_string(e.index) + " has a payload of " +
+                  std::to_string(e.payload.size()) + " bytes: the limit is 4 GiB");
+    if (segments.empty() || (!segments.back().offsets.empty() &&
+                             active_end() + record_size(e) > opt.segment_bytes)) {
+      if (!create_segment(e.index)) return false;
+    }
+    segments.back().offsets.push_back(active_end());
+    append_record(pending, e);
+    last_index = e.index;
+    note_term(e.index, e.term);
+    return pending.size() < kPendingFlushBytes || flush_pending();
+  }
+
+  // Later segments go newest first, then the segment holding the cut is truncated and the
+  // truncation made durable before anything is written over the old bytes: a crash at any
+  // point leaves a prefix of the old log, never old and new records mixed.
+  bool cut_suffix(std::uint64_t cut) {
+    std::size_t k = segments.size() - 1;
+    while (segments[k].first > cut) --k;
+    const std::uint64_t offset = segments[k].offsets[cut - segments[k].first];
+    if (k + 1 == segments.size() && offset >= segments[k].written) {
+      pending.resize(offset - segments[k].written);  // the cut records never left memory
+    } else {
+      pending.clear();
+      if (!flush_pending()) return false;
+      while (segments.size() > k + 1) {
+        if (!close_active() || !remove_durably(segments.back().path)) return false;
+        segments.pop_back();
+      }
+      Segment& seg = segments[k];
+      if (active_fd < 0) {
+        active_fd = ::open(seg.path.c_str(), O_WRONLY | O_CLOEXEC);
+        if (active_fd < 0) return io_fail("open of", seg.path, errno);
+      }
+      if (::ftruncate(active_fd, static_cast<off_t>(offset)) != 0)
+        return io_fail("truncate of", seg.path, errno);
+      if (!sync_fd(active_fd, seg.path, false)) return false;
+      if (::lseek(active_fd, static_cast<off_t>(offset), SEEK_SET) < 0)
+        return io_fail("seek in", seg.path, errno);
+      seg.written = offset;
+      active_dirty = false;
+    }
+    segments[k].offsets.resize(cut - segments[k].first);
+    last_index = cut - 1;
+    while (!term_runs.empty() && term_runs.back().first >= cut) term_runs.pop_back();
+    return true;
+  }
+
+  bool write_snapshot_file(const Snapshot& snap) {
+    const std::string header = encode_snapshot_header(snap.meta, snap.data.size());
+    std::string trailer;
+    put_u32(trailer, crc32c(snap.data.data(), snap.data.size()));
+    if (!write_file_atomically(snapshot_file_name(snap.meta.index, snap.meta.term),
+                               {header, snap.data, trailer}))
+      return false;
+    const std::string new_path = path(snapshot_file_name(snap.meta.index, snap.meta.term));
+    // Losing this unlink in a crash is harmless: open() removes superseded snapshots.
+    if (!snap_path.empty() && snap_path != new_path && ::unlink(snap_path.c_str()) != 0 &&
+        errno != ENOENT)
+      return io_fail("unlink of", snap_path, errno);
+    snap_path = new_path;
+    snap_index = snap.meta.index;
+    snap_term = snap.meta.term;
+    return true;
+  }
+
+  // The snapshot from a PersistBatch: durable first, then the whole log goes, newest segment
+  // first (a crash leaves a prefix of the old log beside the new snapshot; open() keeps the
+  // entries after it only if the log agrees with the snapshot at its index).
+  bool install_snapshot(const Snapshot& snap) {
+    if (snap.meta.index == 0 || snap.meta.index < snap_index)
+      return fail("ERR a PersistBatch snapshot at index " + std::to_string(snap.meta.index) +
+                  " does not follow the snapshot on disk at index " +
+                  std::to_string(snap_index));
+    pending.clear();  // the whole log is replaced: its unwritten records need not be written
+    if (!flush_pending() || !write_snapshot_file(snap)) return false;
+    while (!segments.empty()) {
+      if (!close_active() || !remove_durably(segments.back().path)) return false;
+      segments.pop_back();
+    }
+    first_index = snap.meta.index + 1;
+    last_index = snap.meta.index;
+    term_runs.clear();
+    return true;
+  }
+
+  bool save_snapshot(const Snapshot& snap, std::uint64_t compact_to) {
+    if (failed) return false;
+    const SnapshotMeta& m = snap.meta;
+    if (m.index <= snap_index) return true;
+    if (m.index > last_index || (m.index >= first_index && term_at(m.index) != m.term))
+      return fail("ERR a snapshot at index " + std::to_string(m.index) + " term " +
+                  std::to_string(m.term) + " does not match the log (last index " +
+                  std::to_string(last_index) + ", term there " +
+                  std::to_string(term_at(m.index)) + ")");
+    if (!flush_pending() || !write_snapshot_file(snap)) return false;
+    // Oldest first, never the segment being appended to.
+    const std::uint64_t upto = std::min(compact_to, m.index);
+    while (segments.size() > 1 && segments[1].first - 1 <= upto) {
+      if (!remove_durably(segments.front().path)) return false;
+      segments.erase(segments.begin());
+    }
+    first_index = segments.front().first;
+    while (term_runs.size() > 1 && term_runs[1].first <= first_index)
+      term_runs.erase(term_runs.begin());
+    return true;
+  }
+
+  bool write(const PersistBatch& b) {
+    if (failed) return false;
+    if (b.snapshot && !install_snapshot(*b.snapshot)) return false;
+    if (b.hard_state) pending_hard_state = *b.hard_state;
+    if (b.entries.empty()) return true;
+    const auto batch_error = [&b](const std::string& what) {
+      return "ERR PersistBatch seq " + std::to_string(b.seq) + ": " + what;
+    };
+    for (std::size_t i = 0; i < b.entries.size(); ++i) {
+      const LogEntry& e = b.entries[i];
+      if (!valid_entry_type(e.type))
+        return fail(batch_error("entry " + std::to_string(e.index) + " has an unknown type"));
+      if (i > 0 && (e.index != b.entries[i - 1].index + 1 || e.term < b.entries[i - 1].term))
+        return fail(batch_error(
+            "entries are not contiguous with non-decreasing terms at index " +
+            std::to_string(e.index)));
+    }
+    const std::uint64_t start = b.entries.front().index;
+    if (start <= snap_index || start > last_index + 1)
+      return fail(batch_error("entry index " + std::to_string(start) +
+                              " does not fit the log (snapshot index " +
+                              std::to_string(snap_index) + ", last index " +
+                              std::to_string(last_index) + ")"));
+    if (b.entries.front().term < term_at(start - 1))
+      return fail(batch_error("entry " + std::to_string(start) + " has term " +
+                              std::to_string(b.entries.front().term) + ", below the term " +
+                              std::to_string(term_at(start - 1)) + " of the entry before it"));
+    if (start <= last_index && !cut_suffix(start)) return false;
+    for (const LogEntry& e : b.entries)
+      if (!append(e)) return false;
+    return true;
+  }
+
+  void create(Identity id) {
+    open_directory(true);
+    if (Storage::exists(opt.dir))
+      throw StorageError("IOERR " + opt.dir +
+                         " already holds a data directory: open it instead of creating it");
+    std::vector<std::string> names;
+    if (const int err = list_directory(opt.dir, names))
+      throw StorageError("IOERR cannot list " + opt.dir + ": " + errno_text(err));
+    for (const std::string& name : names) {
+      std::uint64_t a = 0, b = 0;
+      if (parse_segment_file_name(name, a) || parse_snapshot_file_name(name, a, b))
+        throw StorageError("IOERR " + opt.dir + " holds " + name +
+                           " but no identity file: refusing to create a data directory over "
+                           "it. Move those files away or choose another directory.");
+    }
+    if (id.node_id.empty()) throw StorageError("ERR Identity::node_id is empty");
+    if (id.server_id.empty()) id.server_id = random_id128();
+    // The identity file goes last: it is what marks the directory as complete.
+    if (!write_file_atomically(kHardStateFile, {encode_hard_state(HardState{})}) ||
+        !write_file_atomically(kIdentityFile, {encode_identity(id)}))
+      throw_failure();
+    identity = std::move(id);
+    for (const std::string& name : names)
+      if (ends_with(name, kTempSuffix)) ::unlink(path(name).c_str());
+  }
+
+  void recover(Recovered& out);
+};
+
+inline void StorageImpl::recover(Recovered& out) {
+  out = Recovered{};
+  open_directory(false);
+
+  std::string buf;
+  const std::string identity_path = path(kIdentityFile);
+  if (const int err = read_whole_file(identity_path, buf))
+    throw StorageError(err == ENOENT ? "IOERR " + opt.dir +
+                                           " holds no identity file: it is not a data directory "
+                                           "(Storage::create makes one)"
+                                     : "IOERR cannot read " + identity_path + ": " +
+                                           errno_text(err));
+  identity = decode_identity(buf, identity_path);
+  out.identity = identity;
+
+  const std::string hard_state_path = path(kHardStateFile);
+  if (const int err = read_whole_file(hard_state_path, buf))
+    throw err == ENOENT ? corrupt(hard_state_path, 0, "the hard state file is missing")
+                        : StorageError("IOERR cannot read " + hard_state_path + ": " +
+                                       errno_text(err));
+  out.hard_state = decode_hard_state(buf, hard_state_path);
+
+  std::vector<std::string> names;
+  if (const int err = list_directory(opt.dir, names))
+    throw StorageError("IOERR cannot list " + opt.dir + ": " + errno_text(err));
+  std::map<std::uint64_t, std::string> segment_names;
+  std::vector<std::pair<std::pair<std::uint64_t, std::uint64_t>, std::string>> snapshots;
+  std::vector<std::string> leftovers;
+  for (const std::string& name : names) {
+    std::uint64_t a = 0, b = 0;
+    if (ends_with(name, kTempSuffix))
+      leftovers.push_back(name);
+    else if (parse_segment_file_name(name, a))
+      segment_names.emplace(a, name);
+    else if (parse_snapshot_file_name(name, a, b))
+      snapshots.push_back({{a, b}, name});
+  }
+
+  // The newest snapshot. It became visible by rename, so it is complete: damage is
+  // corruption, and falling back to an older one could silently lose acknowledged entries.
+  std::sort(snapshots.begin(), snapshots.end());
+  if (!snapshots.empty()) {
+    const auto& [index_term, name] = snapshots.back();
+    snap_path = path(name);
+    if (const int err = read_whole_file(snap_path, buf))
+      throw StorageError("IOERR cannot read " + snap_path + ": " + errno_text(err));
+    decode_snapshot(buf, snap_path, index_term.first, index_term.second);
+    if (index_term.first == 0) throw corrupt(snap_path, 12, "a snapshot at index 0");
+    snap_index = index_term.first;
+    snap_term = index_term.second;
+    out.snapshot = Snapshot{SnapshotMeta{snap_index, snap_term, {}}, std::move(buf)};
+    buf = std::string();
+  }
+
+  // The segments, in order: contiguous, terms non-decreasing, damage only as a torn tail.
+  std::uint64_t next_index = 0;
+  std::uint64_t previous_term = 0;
+  std::optional<std::uint64_t> term_at_snapshot;
+  std::size_t torn_offset = 0;
+  const char* torn_reason = nullptr;
+  std::uint64_t torn_file_size = 0;
+  std::size_t seen = 0;
+  for (const auto& [first, name] : segment_names) {
+    const bool last = ++seen == segment_names.size();
+    const std::string seg_path = path(name);
+    if (const int err = read_whole_file(seg_path, buf))
+      throw StorageError("IOERR cannot read " + seg_path + ": " + errno_text(err));
+    const std::uint64_t header_first = decode_segment_header(buf, seg_path);
+    if (header_first != first)
+      throw corrupt(seg_path, kMagicBytes + 4,
+                    "the header says the segment starts at index " +
+                        std::to_string(header_first) + " but its name says " +
+                        std::to_string(first));
+    if (first == 0) throw corrupt(seg_path, kMagicBytes + 4, "a segment starting at index 0");
+    if (!segments.empty() && first != next_index)
+      throw corrupt(seg_path, 0,
+                    "the segment starts at index " + std::to_string(first) +
+                        " but the previous segment " + segments.back().path + " ends at index " +
+                        std::to_string(next_index - 1) +
+                        (first > next_index ? ": a segment is missing" : ": segments overlap"));
+    next_index = first;
+    Segment seg{first, seg_path, {}, 0};
+    std::size_t offset = kSegmentHeaderBytes;
+    while (offset < buf.size()) {
+      if (const char* problem = record_problem(buf, offset)) {
+        if (last && !valid_record_at_or_after(buf, offset + 1)) {
+          torn_offset = offset;
+          torn_reason = problem;
+          torn_file_size = buf.size();
+          break;
+        }
+        throw corrupt(seg_path, offset,
+                      std::string(problem) + (last ? ", and valid records follow it"
+                                                   : " in a segment that is not the last"));
+      }
+      LogEntry e = decode_record(buf, offset);
+      if (e.index != next_index)
+        throw corrupt(seg_path, offset,
+                      "the record holds index " + std::to_string(e.index) + " where " +
+                          std::to_string(next_index) + " was expected");
+      if (!valid_entry_type(e.type))
+        throw corrupt(seg_path, offset + kRecordFrameBytes + 16, "unknown entry type");
+      if (e.term < previous_term)
+        throw corrupt(seg_path, offset,
+                      "entry " + std::to_string(e.index) + " has term " +
+                          std::to_string(e.term) + ", below the previous entry's term " +
+                          std::to_string(previous_term));
+      previous_term = e.term;
+      note_term(e.index, e.term);
+      if (e.index == snap_index) term_at_snapshot = e.term;
+      seg.offsets.push_back(offset);
+      offset += kRecordFrameBytes + get_u32(buf.data() + offset);
+      ++next_index;
+      if (e.index > snap_index) out.entries.push_back(std::move(e));
+    }
+    seg.written = offset;
+    segments.push_back(std::move(seg));
+  }
+  buf = std::string();
+
+  // The log against the snapshot (a crash can interrupt the install of a leader's snapshot,
+  // which replaces the whole log).
+  bool discard_log = false;
+  if (!segments.empty()) {
+    const std::uint64_t first = segments.front().first;
+    const std::uint64_t last = next_index - 1;
+    const std::string& first_path = segments.front().path;
+    if (snap_index == 0 && first != 1)
+      throw corrupt(first_path, 0,
+                    "the log starts at index " + std::to_string(first) +
+                        " but there is no snapshot: the snapshot or the earlier segments are "
+                        "missing");
+    if (first > snap_index + 1)
+      throw corrupt(first_path, 0,
+                    "the log starts at index " + std::to_string(first) + " but the snapshot " +
+                        snap_path + " ends at index " + std::to_string(snap_index) +
+                        ": the entries between are missing");
+    if (snap_index > 0 && last < snap_index) {
+      discard_log = true;
+      out.notes.push_back("removed the log (indexes " + std::to_string(first) + " to " +
+                          std::to_string(last) + "): the snapshot " + snap_path +
+                          " covers it (a snapshot install was interrupted)");
+    } else if (term_at_snapshot && *term_at_snapshot != snap_term) {
+      discard_log = true;
+      out.notes.push_back("removed the log (indexes " + std::to_string(first) + " to " +
+                          std::to_string(last) + "): it has term " +
+                          std::to_string(*term_at_snapshot) + " at index " +
+                          std::to_string(snap_index) + " where the snapshot " + snap_path +
+                          " has term " + std::to_string(snap_term) +
+                          " (a snapshot install was interrupted)");
+    } else if (!out.entries.empty() && out.entries.front().term < snap_term) {
+      throw corrupt(first_path, 0,
+                    "entry " + std::to_string(out.entries.front().index) + " has term " +
+                        std::to_string(out.entries.front().term) + ", below the term " +
+                        std::to_string(snap_term) + " of the snapshot " + snap_path);
+    }
+  }
+
+  // Everything checked: now repair.
+  if (discard_log) {
+    while (!segments.empty()) {
+      if (!remove_durably(segments.back().path)) throw_failure();
+      segments.pop_back();
+    }
+    out.entries.clear();
+    term_runs.clear();
+  } else if (torn_reason != nullptr) {
+    const Segment& seg = segments.back();
+    const int fd = ::open(seg.path.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd < 0) throw StorageError("IOERR cannot open " + seg.path + ": " + errno_text(errno));
+    active_fd = fd;
+    if (::ftruncate(fd, static_cast<off_t>(torn_offset)) != 0)
+      io_fail("truncate of", seg.path, errno);
+    if (!sync_fd(fd, seg.path, false)) throw_failure();
+    out.notes.push_back("cut the torn tail of " + seg.path + " at byte offset " +
+                        std::to_string(torn_offset) + " (" +
+                        std::to_string(torn_file_size - torn_offset) + " bytes, " + torn_reason +
+                        ", nothing valid after it): a write interrupted by a crash");
+  }
+  bool removed = false;
+  for (std::size_t i = 0; i + 1 < snapshots.size(); ++i) {
+    const std::string p = path(snapshots[i].second);
+    if (::unlink(p.c_str()) != 0 && errno != ENOENT) io_fail("unlink of", p, errno);
+    out.notes.push_back("removed " + p + ": superseded by " + snap_path);
+    removed = true;
+  }
+  for (const std::string& name : leftovers) {
+    const std::string p = path(name);
+    if (::unlink(p.c_str()) != 0 && errno != ENOENT) io_fail("unlink of", p, errno);
+    out.notes.push_back("removed " + p + ": a write interrupted by a crash");
+    removed = true;
+  }
+  if (removed) sync_dir();
+  if (failed) throw_failure();
+
+  if (segments.empty()) {
+    first_index = snap_index + 1;
+    last_index = snap_index;
+  } else {
+    first_index = segments.front().first;
+    last_index = next_index - 1;
+    if (active_fd < 0) {
+      active_fd = ::open(segments.back().path.c_str(), O_WRONLY | O_CLOEXEC);
+      if (active_fd < 0)
+        throw StorageError("IOERR cannot open " + segments.back().path + ": " +
+                           errno_text(errno));
+    }
+    if (::lseek(active_fd, static_cast<off_t>(segments.back().written), SEEK_SET) < 0)
+      throw StorageError("IOERR cannot seek in " + segments.back().path + ": " +
+                         errno_text(errno));
+  }
+}
+
+}  // namespace detail
+
+inline std::string random_id128() {
+  std::random_device rd;
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (int word = 0; word < 4; ++word) {
+    std::uint32_t v = static_cast<std::uint32_t>(rd());
+    for (int i = 0; i < 8; ++i, v >>= 4) out.push_back(kHex[v & 0xFu]);
+  }
+  return out;
+}
+
+inline Storage::Storage() = default;
+inline Storage::Storage(Storage&&) noexcept = default;
+inline Storage& Storage::operator=(Storage&&) noexcept = default;
+inline Storage::~Storage() = default;
+
+inline bool Storage::exists(const std::string& dir) {
+  struct stat st {};
+  return ::stat((dir + "/" + detail::kIdentityFile).c_str(), &st) == 0;
+}
+
+inline Storage Storage::create(StorageOptions options, Identity identity) {
+  Storage s;
+  s.impl_ = std::make_unique<detail::StorageImpl>(std::move(options));
+  s.impl_->create(std::move(identity));
+  return s;
+}
+
+inline Storage Storage::open(StorageOptions options, Recovered& out) {
+  Storage s;
+  s.impl_ = std::make_unique<detail::StorageImpl>(std::move(options));
+  s.impl_->recover(out);
+  return s;
+}
+
+inline bool Storage::write(const PersistBatch& batch) { return impl_->write(batch); }
+inline bool Storage::sync() { return impl_->sync(); }
+inline bool Storage::save_snapshot(const Snapshot& snapshot, std::uint64_t compact_to) {
+  return impl_->save_snapshot(snapshot, compact_to);
+}
+
+inline bool Storage::save_identity(const Identity& identity) {
+  if (!impl_->write_file_atomically(detail::kIdentityFile, {detail::encode_identity(identity)})) return false;
+  impl_->identity = identity;
+  return true;
+}
+inline bool Storage::failed() const { return impl_->failed.load(std::memory_order_acquire); }
+inline const std::string& Storage::failure() const {
+  static const std::string none;
+  return failed() ? impl_->failure : none;
+}
+inline std::uint64_t Storage::fsync_count() const {
+  return impl_->fsyncs.load(std::memory_order_relaxed);
+}
+inline std::uint64_t Storage::first_index() const { return impl_->first_index; }
+inline std::uint64_t Storage::last_index() const { return impl_->last_index; }
+inline std::uint64_t Storage::snapshot_index() const { return impl_->snap_index; }
+inline std::uint64_t Storage::snapshot_term() const { return impl_->snap_term; }
+inline const Identity& Storage::identity() const { return impl_->identity; }
+inline const std::string& Storage::dir() const { return impl_->opt.dir; }
+
+inline StorageWriter::StorageWriter(Storage& storage)
+    : storage_(storage), thread_([this] { run(); }) {}
+
+inline StorageWriter::~StorageWriter() { stop(); }
+
+inline void StorageWriter::submit(PersistBatch batch, Done done) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (last_seq_ && batch.seq <= *last_seq_)
+      throw std::invalid_argument("ERR PersistBatch seq " + std::to_string(batch.seq) +
+                                  " submitted after seq " + std::to_string(*last_seq_) +
+                                  ": batches must be submitted in seq order");
+    last_seq_ = batch.seq;
+  }
+  enqueue(Item{std::move(batch), nullptr, 0, std::nullopt, std::move(done)});
+}
+
+inline void StorageWriter::submit_snapshot(std::shared_ptr<const Snapshot> snapshot,
+                                           std::uint64_t compact_to, Done done) {
+  if (!snapshot)
+    throw std::invalid_argument("ERR StorageWriter::submit_snapshot without a snapshot");
+  enqueue(Item{PersistBatch{}, std::move(snapshot), compact_to, std::nullopt, std::move(done)});
+}
+
+inline void StorageWriter::submit_identity(Identity identity, Done done) {
+  enqueue(Item{PersistBatch{}, nullptr, 0, std::move(identity), std::move(done)});
+}
+
+inline void StorageWriter::enqueue(Item item) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!stopping_) {
+      queue_.push_back(std::move(item));
+      ++submitted_;
+      wake_.notify_one();
+      return;
+    }
+  }
+  if (item.done) item.done(false);
+}
+
+inline void StorageWriter::flush() {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (std::this_thread::get_id() == thread_.get_id())
+    throw std::logic_error("ERR StorageWriter::flush() called from a storage callback");
+  const std::uint64_t target = submitted_;
+  idle_.wait(lock, [&] { return completed_ >= target; });
+}
+
+inline void StorageWriter::stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+    wake_.notify_one();
+  }
+  if (thread_.joinable() && std::this_thread::get_id() != thread_.get_id()) thread_.join();
+}
+
+inline std::uint64_t StorageWriter::groups() const {
+  return groups_.load(std::memory_order_relaxed);
+}
+
+inline void StorageWriter::run() {
+  std::vector<Item> group;
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      wake_.wait(lock, [&] { return !queue_.empty() || stopping_; });
+      if (queue_.empty()) return;  // stopping, and drained
+      group.swap(queue_);
+    }
+    for (const Item& item : group) {
+      if (item.snapshot)
+        storage_.save_snapshot(*item.snapshot, item.compact_to);
+      else if (item.identity)
+        storage_.save_identity(*item.identity);
+      else
+        storage_.write(item.batch);
+    }
+    // One verdict for the group: nothing in it is durable until this sync succeeds.
+    const bool ok = storage_.sync();
+    groups_.fetch_add(1, std::memory_order_relaxed);
+    for (Item& item : group)
+      if (item.done) item.done(ok);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      completed_ += group.size();
+    }
+    idle_.notify_all();
+    group.clear();
+  }
+}
+
+}  // namespace raft

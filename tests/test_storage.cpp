@@ -1,0 +1,1137 @@
+// Section 4, storage: the log, term and vote, snapshots, recovery after crashes and damage,
+// failure on fsync errors and full disks, and group commit. Every test works in a fresh
+// temporary directory of its own.
+#include <catch2/catch.hpp>
+
+#include "raft.hpp"
+
+#include <cerrno>
+#include <filesystem>
+#include <fstream>
+
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace fs = std::filesystem;
+using Catch::Matchers::Contains;
+
+namespace {
+
+struct TempDir {
+  std::string path;
+  TempDir() {
+    const char* base = std::getenv("TMPDIR");
+    std::string pattern = std::string(base != nullptr && *base != '\0' ? base : "/tmp") +
+                          "/raft-storage-test-XXXXXX";
+    std::vector<char> buf(pattern.begin(), pattern.end());
+    buf.push_back('\0');
+    if (::mkdtemp(buf.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+    path = buf.data();
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::string file(const std::string& name) const { return path + "/" + name; }
+};
+
+raft::LogEntry entry(std::uint64_t index, std::uint64_t term, std::string payload = {}) {
+  raft::LogEntry e;
+  e.index = index;
+  e.term = term;
+  e.type = raft::EntryType::Command;
+  e.timestamp_ms = 1700000000000 + static_cast<std::int64_t>(index);
+  e.payload = payload.empty()
+                  ? "set k" + std::to_string(index) + " " + std::string(index % 7, 'v')
+                  : std::move(payload);
+  return e;
+}
+
+std::vector<raft::LogEntry> entries(std::uint64_t first, std::uint64_t last, std::uint64_t term) {
+  std::vector<raft::LogEntry> out;
+  for (std::uint64_t i = first; i <= last; ++i) out.push_back(entry(i, term));
+  return out;
+}
+
+raft::PersistBatch batch(std::uint64_t seq, std::vector<raft::LogEntry> es,
+                         std::optional<raft::HardState> hs = std::nullopt) {
+  raft::PersistBatch b;
+  b.seq = seq;
+  b.entries = std::move(es);
+  b.hard_state = std::move(hs);
+  return b;
+}
+
+raft::Snapshot snapshot(std::uint64_t index, std::uint64_t term, std::string data) {
+  raft::Snapshot s;
+  s.meta.index = index;
+  s.meta.term = term;
+  s.data = std::move(data);
+  return s;
+}
+
+raft::StorageOptions options(const TempDir& dir, std::size_t segment_bytes = 64u << 20) {
+  raft::StorageOptions o;
+  o.dir = dir.path;
+  o.segment_bytes = segment_bytes;
+  return o;
+}
+
+raft::Identity identity(const std::string& node = "1") {
+  raft::Identity id;
+  id.node_id = node;
+  id.cluster_id = "c0ffee";
+  return id;
+}
+
+raft::Recovered reopen(const raft::StorageOptions& o) {
+  raft::Recovered r;
+  raft::Storage::open(o, r);
+  return r;
+}
+
+/// The StorageError open() throws, or "" if it opens.
+std::string open_error(const raft::StorageOptions& o) {
+  try {
+    reopen(o);
+  } catch (const raft::StorageError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+std::vector<std::string> files_like(const std::string& dir, const std::string& prefix,
+                                    const std::string& suffix) {
+  std::vector<std::string> out;
+  for (const auto& f : fs::directory_iterator(dir)) {
+    const std::string name = f.path().filename().string();
+    if (name.rfind(prefix, 0) == 0 && name.size() >= suffix.size() &&
+        name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
+      out.push_back(name);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+std::vector<std::string> segments(const TempDir& d) { return files_like(d.path, "log-", ".seg"); }
+std::vector<std::string> snapshots(const TempDir& d) {
+  return files_like(d.path, "snap-", ".snap");
+}
+
+/// Copies the data files (not the lock) of one directory into another.
+void copy_data(const TempDir& from, const TempDir& to) {
+  for (const auto& f : fs::directory_iterator(from.path))
+    if (f.path().filename() != "LOCK")
+      fs::copy_file(f.path(), to.path + "/" + f.path().filename().string(),
+                    fs::copy_options::overwrite_existing);
+}
+
+void flip_byte(const std::string& file, std::uint64_t offset) {
+  std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(static_cast<std::streamoff>(offset));
+  char c = 0;
+  f.read(&c, 1);
+  c = static_cast<char>(c ^ 0x5A);
+  f.seekp(static_cast<std::streamoff>(offset));
+  f.write(&c, 1);
+}
+
+constexpr std::uint64_t kSegmentHeader = 24;
+constexpr std::uint64_t kRecordOverhead = 33;
+
+/// Byte offsets where each record of a single segment starts, and where the last one ends.
+std::vector<std::uint64_t> record_boundaries(const std::vector<raft::LogEntry>& es) {
+  std::vector<std::uint64_t> out{kSegmentHeader};
+  for (const auto& e : es) out.push_back(out.back() + kRecordOverhead + e.payload.size());
+  return out;
+}
+
+std::string segment_name(std::uint64_t first) {
+  std::string n = std::to_string(first);
+  return "log-" + std::string(20 - n.size(), '0') + n + ".seg";
+}
+
+}  // namespace
+
+TEST_CASE("crc32c matches the published check values", "[storage]") {
+  using raft::detail::crc32c;
+  CHECK(crc32c("123456789", 9) == 0xE3069283u);
+  std::string zeros(32, '\0'), ones(32, '\xff'), ramp;
+  for (int i = 0; i < 32; ++i) ramp.push_back(static_cast<char>(i));
+  CHECK(crc32c(zeros.data(), zeros.size()) == 0x8A9136AAu);
+  CHECK(crc32c(ones.data(), ones.size()) == 0x62A8AB43u);
+  CHECK(crc32c(ramp.data(), ramp.size()) == 0x46DD794Eu);
+  // Continuing a CRC over a second piece equals the CRC of the whole.
+  CHECK(crc32c(ramp.data() + 5, 27, crc32c(ramp.data(), 5)) == 0x46DD794Eu);
+}
+
+TEST_CASE("a new data directory holds its identity and a zero hard state", "[storage]") {
+  TempDir dir;
+  raft::Identity id = identity("node-a");
+  id.initial_config.upsert(raft::Member{"node-a", "127.0.0.1:7000", "", true});
+  id.initial_config.upsert(raft::Member{"node-b", "127.0.0.2:7000", "", false});
+  CHECK_FALSE(raft::Storage::exists(dir.path));
+  std::string server_id;
+  {
+    raft::Storage s = raft::Storage::create(options(dir), id);
+    server_id = s.identity().server_id;
+    CHECK(s.first_index() == 1);
+    CHECK(s.last_index() == 0);
+  }
+  CHECK(raft::Storage::exists(dir.path));
+  CHECK(server_id.size() == 32);
+  CHECK(server_id.find_first_not_of("0123456789abcdef") == std::string::npos);
+
+  raft::Recovered r = reopen(options(dir));
+  CHECK(r.identity.node_id == "node-a");
+  CHECK(r.identity.server_id == server_id);
+  CHECK(r.identity.cluster_id == "c0ffee");
+  CHECK(r.identity.initial_config == id.initial_config);
+  CHECK(r.hard_state == raft::HardState{});
+  CHECK_FALSE(r.snapshot);
+  CHECK(r.entries.empty());
+  CHECK(r.notes.empty());
+
+  // Created once: a second create is refused, and two directories get distinct server ids.
+  CHECK_THROWS_AS(raft::Storage::create(options(dir), id), raft::StorageError);
+  TempDir other;
+  CHECK(raft::Storage::create(options(other), id).identity().server_id != server_id);
+}
+
+TEST_CASE("create makes missing parent directories", "[storage]") {
+  TempDir dir;
+  raft::StorageOptions o = options(dir);
+  o.dir = dir.path + "/a/b/node";
+  raft::Storage::create(o, identity());
+  CHECK(raft::Storage::exists(o.dir));
+  CHECK(reopen(o).identity.node_id == "1");
+}
+
+TEST_CASE("open refuses a directory that is not a data directory", "[storage]") {
+  TempDir dir;
+  CHECK_THAT(open_error(options(dir)), Contains("no identity file"));
+  // Log files without an identity are not overwritten by create.
+  std::ofstream(dir.file(segment_name(1))) << "x";
+  CHECK_THROWS_WITH(raft::Storage::create(options(dir), identity()), Contains("no identity file"));
+}
+
+TEST_CASE("a data directory is locked while a Storage has it open", "[storage]") {
+  TempDir dir;
+  {
+    raft::Storage s = raft::Storage::create(options(dir), identity());
+    CHECK_THAT(open_error(options(dir)), Contains("in use"));
+  }
+  CHECK(open_error(options(dir)).empty());
+}
+
+TEST_CASE("appended entries survive a restart byte for byte", "[storage]") {
+  TempDir dir;
+  std::vector<raft::LogEntry> want;
+  {
+    raft::Storage s = raft::Storage::create(options(dir), identity());
+    raft::LogEntry noop = entry(1, 1, "x");
+    noop.type = raft::EntryType::Noop;
+    noop.payload.clear();
+    raft::LogEntry config = entry(2, 1, "*2\r\n$6\r\nconfig\r\n$1\r\n1\r\n");
+    config.type = raft::EntryType::Config;
+    raft::LogEntry binary = entry(3, 2, std::string("a\0b\xff\r\n", 6));
+    binary.timestamp_ms = -5;
+    want = {noop, config, binary};
+    REQUIRE(s.write(batch(1, {noop, config})));
+    REQUIRE(s.write(batch(2, {binary})));
+    REQUIRE(s.sync());
+    CHECK(s.last_index() == 3);
+  }
+  raft::Recovered r = reopen(options(dir));
+  CHECK(r.entries == want);
+  CHECK(r.notes.empty());
+
+  // Appending continues the same log after a restart.
+  {
+    raft::Storage s = raft::Storage::open(options(dir), r);
+    REQUIRE(s.write(batch(3, entries(4, 6, 2))));
+    REQUIRE(s.sync());
+  }
+  for (auto& e : entries(4, 6, 2)) want.push_back(e);
+  CHECK(reopen(options(dir)).entries == want);
+  CHECK(segments(dir).size() == 1);
+}
+
+TEST_CASE("the hard state survives a restart and the latest one wins", "[storage]") {
+  TempDir dir;
+  {
+    raft::Storage s = raft::Storage::create(options(dir), identity());
+    REQUIRE(s.write(batch(1, {}, raft::HardState{10, "2"})));
+    REQUIRE(s.write(batch(2, entries(1, 1, 10), raft::HardState{20, "3"})));
+    REQUIRE(s.sync());
+  }
+  raft::Recovered r = reopen(options(dir));
+  CHECK(r.hard_state == raft::HardState{20, "3"});
+  CHECK(r.entries == entries(1, 1, 10));
+  {
+    raft::Storage s = raft::Storage::open(options(dir), r);
+    REQUIRE(s.write(batch(3, {}, raft::HardState{30, ""})));
+    REQUIRE(s.sync());
+  }
+  CHECK(reopen(options(dir)).hard_state == raft::HardState{30, ""});
+}
+
+TEST_CASE("a conflicting suffix is overwritten within one segment", "[storage]") {
+  TempDir dir;
+  {
+    raft::Storage s = raft::Storage::create(options(dir), identity());
+    REQUIRE(s.write(batch(1, entries(1, 10, 1))));
+    REQUIRE(s.sync());
+    REQUIRE(s.write(batch(2, entries(6, 8, 2))));
+    REQUIRE(s.sync());
+    CHECK(s.last_index() == 8);
+  }
+  std::vector<raft::LogEntry> want = entries(1, 5, 1);
+  for (auto& e : entries(6, 8, 2)) want.push_back(e);
+  raft::Recovered r = reopen(options(dir));
+  CHECK(r.entries == want);
+  CHECK(r.notes.empty());
+  // Again after a restart, at the last entry.
+  {
+    raft::Storage s = raft::Storage::open(options(dir), r);
+    REQUIRE(s.write(batch(3, {entry(8, 3, "new eight"), entry(9, 3)})));
+    REQUIRE(s.sync());
+  }
+  want.pop_back();
+  want.push_back(entry(8, 3, "new eight"));
+  want.push_back(entry(9, 3));
+  CHECK(reopen(options(dir)).entries == want);
+}
+
+TEST_CASE("a conflicting suffix is overwritten across segments", "[storage]") {
+  TempDir dir;
+  const auto o = options(dir, 256);
+  raft::Recovered r;
+  {
+    raft::Storage s = raft::Storage::create(o, identity());
+    REQUIRE(s.write(batch(1, entries(1, 40, 1))));
+    REQUIRE(s.sync());
+  }
+  const std::vector<std::string> before = segments(dir);
+  REQUIRE(before.size() >= 6);
+  r = reopen(o);
+  {
+    raft::Storage s = raft::Storage::open(o, r);
+    REQUIRE(s.write(batch(2, entries(7, 9, 2))));
+    REQUIRE(s.sync());
+  }
+  CHECK(segments(dir).size() < before.size());
+  std::vector<raft::LogEntry> want = entries(1, 6, 1);
+  for (auto& e : entries(7, 9, 2)) want.push_back(e);
+  r = reopen(o);
+  CHECK(r.entries == want);
+
+  // A cut at exactly the first entry of a segment leaves that segment empty, then refills it.
+  std::uint64_t cut = 0;
+  for (const auto& name : segments(dir)) {
+    const std::uint64_t first = std::stoull(name.substr(4, 20));
+    if (first > 1) {
+      cut = first;
+      break;
+    }
+  }
+  REQUIRE(cut > 1);
+  {
+    raft::Storage s = raft::Storage::open(o, r);
+    REQUIRE(s.write(batch(3, {entry(cut, 3, "at the cut")})));
+    REQUIRE(s.sync());
+  }
+  want.resize(cut - 1);
+  want.push_back(entry(cut, 3, "at the cut"));
+  CHECK(reopen(o).entries == want);
+}
+
+TEST_CASE("a suffix cut before sync drops only buffered records", "[storage]") {
+  TempDir dir;
+  {
+    raft::Storage s = raft::Storage::create(options(dir), identity());
+    REQUIRE(s.write(batch(1, entries(1, 5, 1))));
+    REQUIRE(s.write(batch(2, entries(3, 4, 2))));
+    const std::uint64_t before = s.fsync_count();
+    REQUIRE(s.sync());
+    CHECK(s.fsync_count() == before + 1);
+  }
+  std::vector<raft::LogEntry> want = entries(1, 2, 1);
+  for (auto& e : entries(3, 4, 2)) want.push_back(e);
+  CHECK(reopen(options(dir)).entries == want);
+}
+
+TEST_CASE("segments rotate at the configured size", "[storage]") {
+  TempDir dir;
+  const auto o = options(dir, 300);
+  std::vector<raft::LogEntry> want;
+  {
+    raft::Storage s = raft::Storage::create(o, identity());
+    for (std::uint64_t i = 1; i <= 100; ++i) {
+      want.push_back(entry(i, 1 + i / 30));
+      REQUIRE(s.write(batch(i, {want.back()})));
+      REQUIRE(s.sync());
+    }
+    // A record larger than a segment gets one of its own.
+    want.push_back(entry(101, 5, std::string(1000, 'L')));
+    want.push_back(entry(102, 5));
+    REQUIRE(s.write(batch(101, {want[100], want[101]})));
+    REQUIRE(s.sync());
+  }
+  const auto names = segments(dir);
+  CHECK(names.size() > 10);
+  for (const auto& name : names) {
+    const auto size = fs::file_size(dir.file(name));
+    if (name != segment_name(101)) CHECK(size <= 300);
+  }
+  CHECK(fs::file_size(dir.file(segment_name(101))) == kSegmentHeader + kRecordOverhead + 1000);
+  CHECK(reopen(o).entries == want);
+}
+
+TEST_CASE("a snapshot in a batch replaces the whole log", "[storage]") {
+  TempDir dir;
+  const auto o = options(dir, 256);
+  {
+    raft::Storage s = raft::Storage::create(o, identity());
+    REQUIRE(s.write(batch(1, entries(1, 30, 1))));
+    REQUIRE(s.sync());
+    raft::PersistBatch b = batch(2, entries(21, 22, 2), raft::HardState{2, "3"});
+    b.snapshot = std::make_shared<raft::Snapshot>(snapshot(20, 2, "{'_META_': {}}"));
+    REQUIRE(s.write(b));
+    REQUIRE(s.sync());
+    CHECK(s.snapshot_index() == 20);
+    CHECK(s.first_index() == 21);
+    CHECK(s.last_index() == 22);
+  }
+  CHECK(segments(dir) == std::vector<std::string>{segment_name(21)});
+  CHECK(snapshots(dir).size() == 1);
+  raft::Recovered r = reopen(o);
+  REQUIRE(r.snapshot);
+  CHECK(r.snapshot->meta.index == 20);
+  CHECK(r.snapshot->meta.term == 2);
+  CHECK(r.snapshot->data == "{'_META_': {}}");
+  CHECK(r.snapshot->meta.config.empty());
+  CHECK(r.hard_state == raft::HardState{2, "3"});
+  CHECK(r.entries == entries(21, 22, 2));
+
+  // A snapshot with no entries leaves an empty log that continues after it.
+  {
+    raft::Storage s = raft::Storage::open(o, r);
+    raft::PersistBatch b;
+    b.seq = 3;
+    b.snapshot = std::make_shared<raft::Snapshot>(snapshot(50, 3, "fifty"));
+    REQUIRE(s.write(b));
+    REQUIRE(s.sync());
+    CHECK(s.last_index() == 50);
+    CHECK(segments(dir).empty());
+    REQUIRE(s.write(batch(4, entries(51, 52, 3))));
+    REQUIRE(s.sync());
+  }
+  r = reopen(o);
+  CHECK(r.snapshot->meta.index == 50);
+  CHECK(r.snapshot->data == "fifty");
+  CHECK(r.entries == entries(51, 52, 3));
+  CHECK(snapshots(dir).size() == 1);
+}
+
+TEST_CASE("a snapshot the node takes compacts the log prefix and keeps a window",
+          "[storage]") {
+  TempDir dir;
+  const auto o = options(dir, 256);
+  raft::Recovered r;
+  {
+    raft::Storage s = raft::Storage::create(o, identity());
+    REQUIRE(s.write(batch(1, entries(1, 60, 1))));
+    REQUIRE(s.sync());
+    const std::size_t before = segments(dir).size();
+    REQUIRE(s.save_snapshot(snapshot(50, 1, "state at 50"), 40));
+    CHECK(segments(dir).size() < before);
+    CHECK(s.first_index() > 1);
+    CHECK(s.first_index() <= 41);  // the window 41..50 is kept
+    CHECK(s.snapshot_index() == 50);
+  }
+  r = reopen(o);
+  CHECK(r.snapshot->data == "state at 50");
+  CHECK(r.entries == entries(51, 60, 1));
+  {
+    raft::Storage s = raft::Storage::open(o, r);
+    REQUIRE(s.save_snapshot(snapshot(55, 1, "state at 55"), 55));
+    CHECK(snapshots(dir).size() == 1);
+    // Not newer than the one on disk: ignored.
+    REQUIRE(s.save_snapshot(snapshot(45, 1, "stale"), 45));
+    CHECK(s.snapshot_index() == 55);
+    REQUIRE(s.write(batch(2, entries(61, 62, 2))));
+    REQUIRE(s.sync());
+  }
+  r = reopen(o);
+  CHECK(r.snapshot->data == "state at 55");
+  CHECK(r.entries == [] {
+    auto v = entries(56, 60, 1);
+    for (auto& e : entries(61, 62, 2)) v.push_back(e);
+    return v;
+  }());
+  CHECK(snapshots(dir).size() == 1);
+  CHECK(r.notes.empty());
+}
+
+TEST_CASE("an interrupted snapshot install is finished by open", "[storage]") {
+  // A crash after the new snapshot became durable but before the log was deleted leaves
+  // both. The log is kept after the snapshot if it agrees with it there, dropped otherwise.
+  const auto scenario = [](std::uint64_t snap_index, std::uint64_t snap_term) {
+    TempDir source, dir;
+    {
+      raft::Storage s = raft::Storage::create(options(source), identity());
+      raft::PersistBatch b;
+      b.seq = 1;
+      b.snapshot = std::make_shared<raft::Snapshot>(snapshot(snap_index, snap_term, "s"));
+      REQUIRE(s.write(b));
+    }
+    {
+      raft::Storage s = raft::Storage::create(options(dir, 200), identity());
+      REQUIRE(s.write(batch(1, entries(1, 20, 1))));
+      REQUIRE(s.sync());
+    }
+    for (const auto& name : snapshots(source))
+      fs::copy_file(source.file(name), dir.file(name));
+    raft::Recovered r = reopen(options(dir, 200));
+    REQUIRE(r.snapshot);
+    CHECK(r.snapshot->meta.index == snap_index);
+    return std::make_pair(r, segments(dir).size());
+  };
+  SECTION("the log agrees with the snapshot at its index: the entries after it stay") {
+    auto [r, segs] = scenario(10, 1);
+    CHECK(r.entries == entries(11, 20, 1));
+    CHECK(r.notes.empty());
+    CHECK(segs > 0);
+  }
+  SECTION("the log has another term at the snapshot's index: it goes") {
+    auto [r, segs] = scenario(10, 2);
+    CHECK(r.entries.empty());
+    REQUIRE(r.notes.size() == 1);
+    CHECK_THAT(r.notes[0], Contains("removed the log"));
+    CHECK(segs == 0);
+  }
+  SECTION("the snapshot is past the end of the log: the log goes") {
+    auto [r, segs] = scenario(30, 1);
+    CHECK(r.entries.empty());
+    REQUIRE(r.notes.size() == 1);
+    CHECK(segs == 0);
+  }
+}
+
+TEST_CASE("every intermediate state of a cut or install or compaction recovers",
+          "[storage][crash]") {
+  // The directory as it stands at each fsync: what a crash there would leave if every write
+  // issued so far had reached the disk. Each must open to the log before or after the step.
+  TempDir dir;
+  std::vector<std::unique_ptr<TempDir>> states;
+  bool capture = false;
+  raft::StorageOptions o = options(dir, 256);
+  o.fsync_hook = [&](int fd) {
+    if (capture) {
+      states.push_back(std::make_unique<TempDir>());
+      copy_data(dir, *states.back());
+    }
+    return ::fsync(fd);
+  };
+  const auto is_prefix = [](const std::vector<raft::LogEntry>& part,
+                            const std::vector<raft::LogEntry>& whole) {
+    return part.size() <= whole.size() && std::equal(part.begin(), part.end(), whole.begin());
+  };
+  raft::Storage s = raft::Storage::create(o, identity());
+  REQUIRE(s.write(batch(1, entries(1, 40, 1))));
+  REQUIRE(s.sync());
+
+  SECTION("a suffix cut across segments") {
+    const auto before = entries(1, 40, 1);
+    auto after = entries(1, 6, 1);
+    for (auto& e : entries(7, 9, 2)) after.push_back(e);
+    capture = true;
+    REQUIRE(s.write(batch(2, entries(7, 9, 2))));
+    REQUIRE(s.sync());
+    REQUIRE(states.size() >= 3);
+    for (const auto& state : states) {
+      raft::Recovered r = reopen(options(*state, 256));
+      CHECK(r.entries.size() >= 6);
+      CHECK((is_prefix(r.entries, before) || is_prefix(r.entries, after)));
+    }
+  }
+  SECTION("a snapshot install that replaces the log") {
+    raft::PersistBatch b = batch(2, entries(31, 32, 3));
+    b.snapshot = std::make_shared<raft::Snapshot>(snapshot(30, 3, "thirty"));
+    capture = true;
+    REQUIRE(s.write(b));
+    REQUIRE(s.sync());
+    REQUIRE(states.size() >= 3);
+    for (const auto& state : states) {
+      raft::Recovered r = reopen(options(*state, 256));
+      if (r.snapshot) {
+        CHECK(r.snapshot->meta.index == 30);
+        CHECK(is_prefix(r.entries, entries(31, 32, 3)));
+      } else {
+        CHECK(r.entries == entries(1, 40, 1));
+      }
+    }
+  }
+  SECTION("a snapshot the node takes, then a compaction") {
+    REQUIRE(s.save_snapshot(snapshot(20, 1, "twenty"), 20));
+    capture = true;
+    REQUIRE(s.save_snapshot(snapshot(35, 1, "thirty-five"), 35));
+    REQUIRE(states.size() >= 3);
+    for (const auto& state : states) {
+      raft::Recovered r = reopen(options(*state, 256));
+      REQUIRE(r.snapshot);
+      CHECK(r.entries == entries(r.snapshot->meta.index + 1, 40, 1));
+    }
+    CHECK(reopen(options(*states.back(), 256)).snapshot->meta.index == 35);
+  }
+}
+
+TEST_CASE("a torn write at the tail of the log is cut and reported", "[storage][crash]") {
+  // Every byte offset inside the last three records: truncate a copy of the segment there
+  // (a crash in the middle of a write), or truncate and pad with zeros (a file system that
+  // extended the file but never wrote the data). Open keeps exactly the complete records.
+  TempDir source;
+  const auto o = options(source, 400);
+  std::vector<raft::LogEntry> all = entries(1, 12, 1);
+  all[11].payload = std::string(40, 'z');
+  {
+    raft::Storage s = raft::Storage::create(o, identity());
+    REQUIRE(s.write(batch(1, all)));
+    REQUIRE(s.sync());
+  }
+  const auto names = segments(source);
+  REQUIRE(names.size() >= 2);  // the damage is in the last of several segments
+  const std::string last_name = names.back();
+  const std::uint64_t last_first = std::stoull(last_name.substr(4, 20));
+  const std::vector<raft::LogEntry> in_last(all.begin() + static_cast<long>(last_first - 1),
+                                            all.end());
+  REQUIRE(in_last.size() >= 3);
+  const auto bounds = record_boundaries(in_last);
+  REQUIRE(fs::file_size(source.file(last_name)) == bounds.back());
+
+  for (const bool zero_fill : {false, true}) {
+    for (std::uint64_t cut = bounds[bounds.size() - 4]; cut <= bounds.back(); ++cut) {
+      INFO("cut at byte " << cut << (zero_fill ? ", zero-filled" : ""));
+      TempDir dir;
+      copy_data(source, dir);
+      fs::resize_file(dir.file(last_name), cut);
+      if (zero_fill) fs::resize_file(dir.file(last_name), cut + 700);
+      std::size_t complete = 0;
+      while (complete + 1 < bounds.size() && bounds[complete + 1] <= cut) ++complete;
+      const std::uint64_t kept_bytes = bounds[complete];
+
+      raft::Recovered r = reopen(options(dir, 400));
+      std::vector<raft::LogEntry> want(all.begin(),
+                                       all.begin() + static_cast<long>(last_first - 1 + complete));
+      CHECK(r.entries == want);
+      CHECK(fs::file_size(dir.file(last_name)) == kept_bytes);
+      const bool damaged = zero_fill || cut != kept_bytes;
+      if (damaged) {
+        REQUIRE(r.notes.size() == 1);
+        CHECK_THAT(r.notes[0], Contains(last_name) &&
+                                   Contains("byte offset " + std::to_string(kept_bytes)));
+      } else {
+        CHECK(r.notes.empty());
+      }
+      // The repaired log takes appends, and they survive the next restart.
+      if (cut % 17 == 0) {
+        {
+          raft::Storage s = raft::Storage::open(options(dir, 400), r);
+          REQUIRE(s.write(batch(2, {entry(want.size() + 1, 2, "after repair")})));
+          REQUIRE(s.sync());
+        }
+        want.push_back(entry(want.size() + 1, 2, "after repair"));
+        raft::Recovered again = reopen(options(dir, 400));
+        CHECK(again.entries == want);
+        CHECK(again.notes.empty());
+      }
+    }
+  }
+}
+
+TEST_CASE("damage before valid data is refused with the file and byte offset",
+          "[storage][crash]") {
+  TempDir dir;
+  const auto o = options(dir, 300);
+  const std::vector<raft::LogEntry> all = entries(1, 30, 1);
+  {
+    raft::Storage s = raft::Storage::create(o, identity());
+    REQUIRE(s.write(batch(1, all)));
+    REQUIRE(s.write(batch(2, {}, raft::HardState{1, "1"})));
+    REQUIRE(s.sync());
+    REQUIRE(s.save_snapshot(snapshot(3, 1, "snap"), 0));
+  }
+  const auto names = segments(dir);
+  REQUIRE(names.size() >= 4);
+  const auto first_of = [](const std::string& name) { return std::stoull(name.substr(4, 20)); };
+  const auto segment_entries = [&](std::size_t i) {
+    const std::uint64_t first = first_of(names[i]);
+    const std::uint64_t end = i + 1 < names.size() ? first_of(names[i + 1]) : all.size() + 1;
+    return std::vector<raft::LogEntry>(all.begin() + static_cast<long>(first - 1),
+                                       all.begin() + static_cast<long>(end - 1));
+  };
+  REQUIRE(open_error(o).empty());
+
+  SECTION("a bad record followed by valid ones in the last segment") {
+    const auto bounds = record_boundaries(segment_entries(names.size() - 1));
+    REQUIRE(bounds.size() >= 3);
+    flip_byte(dir.file(names.back()), bounds[0] + 12);
+    const std::string err = open_error(o);
+    CHECK_THAT(err, Contains("CORRUPT") && Contains(names.back()) &&
+                        Contains("byte offset " + std::to_string(bounds[0])) &&
+                        Contains("valid records follow"));
+  }
+  SECTION("a bad last record in a segment that is not the last") {
+    const auto bounds = record_boundaries(segment_entries(1));
+    const std::uint64_t last_record = bounds[bounds.size() - 2];
+    flip_byte(dir.file(names[1]), last_record + 9);
+    CHECK_THAT(open_error(o), Contains(names[1]) &&
+                                  Contains("byte offset " + std::to_string(last_record)) &&
+                                  Contains("not the last"));
+  }
+  SECTION("a segment cut short that is not the last") {
+    const auto bounds = record_boundaries(segment_entries(1));
+    const std::uint64_t last_record = bounds[bounds.size() - 2];
+    fs::resize_file(dir.file(names[1]), bounds.back() - 3);
+    CHECK_THAT(open_error(o), Contains(names[1]) &&
+                                  Contains("byte offset " + std::to_string(last_record)));
+  }
+  SECTION("a missing middle segment") {
+    fs::remove(dir.file(names[2]));
+    CHECK_THAT(open_error(o), Contains(names[3]) && Contains("a segment is missing"));
+  }
+  SECTION("a damaged segment header") {
+    flip_byte(dir.file(names.back()), 14);
+    CHECK_THAT(open_error(o), Contains(names.back()) && Contains("byte offset 20") &&
+                                  Contains("header checksum"));
+  }
+  SECTION("a hard state with a bad checksum") {
+    flip_byte(dir.file("hardstate"), 13);
+    CHECK_THAT(open_error(o), Contains("hardstate") && Contains("checksum mismatch") &&
+                                  Contains("restore it from a backup"));
+  }
+  SECTION("a damaged identity") {
+    flip_byte(dir.file("identity"), 20);
+    CHECK_THAT(open_error(o), Contains("identity") && Contains("checksum mismatch"));
+  }
+  SECTION("a damaged snapshot") {
+    const auto snaps = snapshots(dir);
+    REQUIRE(snaps.size() == 1);
+    flip_byte(dir.file(snaps[0]), 41);
+    CHECK_THAT(open_error(o), Contains(snaps[0]) && Contains("byte offset 40"));
+  }
+  SECTION("a file written by a newer format version") {
+    flip_byte(dir.file("hardstate"), 8);
+    CHECK_THAT(open_error(o), Contains("hardstate") && Contains("newer"));
+  }
+  SECTION("the first segments and the snapshot are missing") {
+    for (const auto& name : snapshots(dir)) fs::remove(dir.file(name));
+    fs::remove(dir.file(names[0]));
+    CHECK_THAT(open_error(o), Contains(names[1]) && Contains("no snapshot"));
+  }
+  SECTION("a segment under another segment's name") {
+    // One segment's records under the next segment's name.
+    fs::rename(dir.file(names[2]), dir.file("x"));
+    fs::copy_file(dir.file(names[1]), dir.file(names[2]));
+    fs::remove(dir.file("x"));
+    CHECK_THAT(open_error(o), Contains(names[2]));
+  }
+}
+
+TEST_CASE("terms must not decrease along the recovered log", "[storage][crash]") {
+  TempDir dir, other;
+  {
+    raft::Storage s = raft::Storage::create(options(dir, 200), identity());
+    REQUIRE(s.write(batch(1, entries(1, 10, 5))));
+    REQUIRE(s.sync());
+  }
+  {
+    raft::Storage s = raft::Storage::create(options(other, 200), identity());
+    REQUIRE(s.write(batch(1, entries(1, 10, 1))));
+    REQUIRE(s.sync());
+  }
+  // Graft the other log's last segment (lower terms, right indexes) onto this one.
+  const auto names = segments(dir);
+  REQUIRE(segments(other) == names);
+  fs::copy_file(other.file(names.back()), dir.file(names.back()),
+                fs::copy_options::overwrite_existing);
+  CHECK_THAT(open_error(options(dir, 200)),
+             Contains(names.back()) && Contains("below the previous"));
+}
+
+TEST_CASE("snapshot files appear only when complete", "[storage][crash]") {
+  TempDir dir;
+  std::atomic<bool> fail_next{false};
+  raft::StorageOptions o = options(dir);
+  o.fsync_hook = [&](int fd) {
+    if (fail_next.exchange(false)) {
+      errno = EIO;
+      return -1;
+    }
+    return ::fsync(fd);
+  };
+  {
+    raft::Storage s = raft::Storage::create(o, identity());
+    REQUIRE(s.write(batch(1, entries(1, 20, 1))));
+    REQUIRE(s.sync());
+    REQUIRE(s.save_snapshot(snapshot(10, 1, "old"), 10));
+  }
+  const auto old_snapshot = snapshots(dir);
+  REQUIRE(old_snapshot.size() == 1);
+
+  SECTION("the previous snapshot survives a failure while the new one is written") {
+    {
+      raft::Recovered r;
+      raft::Storage s = raft::Storage::open(o, r);
+      fail_next = true;  // the new snapshot's temporary file fails its fdatasync
+      CHECK_FALSE(s.save_snapshot(snapshot(15, 1, "new"), 15));
+      CHECK(s.failed());
+      CHECK(snapshots(dir) == old_snapshot);
+    }
+    raft::Recovered r = reopen(options(dir));
+    CHECK(r.snapshot->data == "old");
+    CHECK(r.entries == entries(11, 20, 1));
+    REQUIRE(r.notes.size() == 1);
+    CHECK_THAT(r.notes[0], Contains(".tmp"));
+  }
+  SECTION("a leftover temporary file is ignored and removed") {
+    std::ofstream(dir.file("snap-00000000000000000015-00000000000000000001.snap.tmp"))
+        << "half a snapsh";
+    raft::Recovered r = reopen(options(dir));
+    CHECK(r.snapshot->data == "old");
+    REQUIRE(r.notes.size() == 1);
+    CHECK_THAT(r.notes[0], Contains(".snap.tmp"));
+    CHECK(files_like(dir.path, "snap-", ".tmp").empty());
+  }
+  SECTION("a crash before the previous snapshot is deleted: the newer one wins") {
+    fs::copy_file(dir.file(old_snapshot[0]), dir.path + "/old.keep");
+    {
+      raft::Recovered r;
+      raft::Storage s = raft::Storage::open(o, r);
+      REQUIRE(s.save_snapshot(snapshot(15, 1, "new"), 15));
+    }
+    fs::rename(dir.path + "/old.keep", dir.file(old_snapshot[0]));
+    raft::Recovered r = reopen(options(dir));
+    CHECK(r.snapshot->data == "new");
+    CHECK(r.entries == entries(16, 20, 1));
+    REQUIRE(r.notes.size() == 1);
+    CHECK_THAT(r.notes[0], Contains(old_snapshot[0]) && Contains("superseded"));
+    CHECK(snapshots(dir).size() == 1);
+  }
+}
+
+TEST_CASE("a failed fsync fails the storage for good", "[storage][faults]") {
+  TempDir dir;
+  std::atomic<bool> failing{false};
+  std::atomic<int> calls_while_failing{0};
+  raft::StorageOptions o = options(dir);
+  o.fsync_hook = [&](int fd) {
+    if (failing) {
+      ++calls_while_failing;
+      errno = EIO;
+      return -1;
+    }
+    return ::fsync(fd);
+  };
+  {
+    raft::Storage s = raft::Storage::create(o, identity());
+    REQUIRE(s.write(batch(1, entries(1, 5, 1))));
+    REQUIRE(s.sync());
+    failing = true;
+    REQUIRE(s.write(batch(2, entries(6, 8, 1))));
+    CHECK_FALSE(s.sync());
+    CHECK(s.failed());
+    CHECK_THAT(s.failure(), Contains("fdatasync") && Contains(segment_name(1)) &&
+                                Contains("Input/output error") && Contains("restart"));
+    CHECK(calls_while_failing == 1);
+    // Refused from now on, and never retried.
+    const std::string reason = s.failure();
+    CHECK_FALSE(s.write(batch(3, entries(9, 9, 1))));
+    CHECK_FALSE(s.write(batch(4, {}, raft::HardState{3, "1"})));
+    CHECK_FALSE(s.sync());
+    CHECK_FALSE(s.save_snapshot(snapshot(5, 1, "x"), 5));
+    CHECK(calls_while_failing == 1);
+    CHECK(s.failure() == reason);
+    failing = false;
+    CHECK_FALSE(s.sync());
+  }
+  // The restart recovers what was durable (and possibly the batch whose fsync failed: its
+  // pages may have reached the disk anyway). Never anything else.
+  raft::Recovered r = reopen(options(dir));
+  REQUIRE(r.entries.size() >= 5);
+  CHECK(std::vector<raft::LogEntry>(r.entries.begin(), r.entries.begin() + 5) == entries(1, 5, 1));
+  CHECK(r.entries.size() <= 8);
+  for (std::size_t i = 0; i < r.entries.size(); ++i) CHECK(r.entries[i] == entry(i + 1, 1));
+  CHECK(r.hard_state == raft::HardState{});
+}
+
+TEST_CASE("a failed fsync of the hard state fails the storage", "[storage][faults]") {
+  TempDir dir;
+  std::atomic<bool> failing{false};
+  raft::StorageOptions o = options(dir);
+  o.fsync_hook = [&](int fd) {
+    if (failing) {
+      errno = EIO;
+      return -1;
+    }
+    return ::fsync(fd);
+  };
+  {
+    raft::Storage s = raft::Storage::create(o, identity());
+    REQUIRE(s.write(batch(1, {}, raft::HardState{5, "2"})));
+    REQUIRE(s.sync());
+    failing = true;
+    REQUIRE(s.write(batch(2, {}, raft::HardState{6, "3"})));
+    CHECK_FALSE(s.sync());
+    CHECK_THAT(s.failure(), Contains("hardstate.tmp"));
+  }
+  raft::Recovered r = reopen(options(dir));
+  CHECK(r.hard_state == raft::HardState{5, "2"});
+  CHECK(r.notes.size() == 1);  // the temporary file, removed
+}
+
+TEST_CASE("a full disk fails the storage and a restart recovers what was durable",
+          "[storage][faults]") {
+  TempDir dir;
+  std::atomic<bool> full{false};
+  std::atomic<int> writes_while_full{0};
+  raft::StorageOptions o = options(dir);
+  o.write_hook = [&](int fd, const void* data, std::size_t size) -> long {
+    if (full) {
+      ++writes_while_full;
+      errno = ENOSPC;
+      return -1;
+    }
+    return ::write(fd, data, size);
+  };
+  {
+    raft::Storage s = raft::Storage::create(o, identity());
+    REQUIRE(s.write(batch(1, entries(1, 5, 1))));
+    REQUIRE(s.sync());
+    full = true;
+    s.write(batch(2, entries(6, 8, 1)));  // buffered: may only fail at sync
+    CHECK_FALSE(s.sync());
+    CHECK(s.failed());
+    CHECK_THAT(s.failure(), Contains("No space left on device") && Contains("free space"));
+    CHECK(writes_while_full == 1);
+    CHECK_FALSE(s.write(batch(3, entries(9, 9, 1))));
+    CHECK_FALSE(s.sync());
+    CHECK(writes_while_full == 1);
+  }
+  raft::Recovered r = reopen(options(dir));
+  CHECK(r.entries == entries(1, 5, 1));
+  CHECK(r.notes.empty());
+}
+
+TEST_CASE("a short write fails the storage and the torn record is cut on restart",
+          "[storage][faults]") {
+  TempDir dir;
+  std::atomic<bool> short_writes{false};
+  raft::StorageOptions o = options(dir);
+  o.write_hook = [&](int fd, const void* data, std::size_t size) -> long {
+    return ::write(fd, data, short_writes ? size / 2 : size);
+  };
+  {
+    raft::Storage s = raft::Storage::create(o, identity());
+    REQUIRE(s.write(batch(1, entries(1, 5, 1))));
+    REQUIRE(s.sync());
+    short_writes = true;
+    REQUIRE(s.write(batch(2, entries(6, 8, 1))));
+    CHECK_FALSE(s.sync());
+    CHECK_THAT(s.failure(), Contains("short write"));
+    CHECK_FALSE(s.write(batch(3, entries(9, 9, 1))));
+  }
+  raft::Recovered r = reopen(options(dir));
+  REQUIRE(r.entries.size() >= 5);
+  for (std::size_t i = 0; i < r.entries.size(); ++i) CHECK(r.entries[i] == entry(i + 1, 1));
+  CHECK(r.entries.size() < 8);
+  REQUIRE(r.notes.size() == 1);
+  CHECK_THAT(r.notes[0], Contains("torn tail"));
+}
+
+TEST_CASE("a batch that does not fit the log fails the storage", "[storage]") {
+  TempDir dir;
+  raft::Storage s = raft::Storage::create(options(dir), identity());
+  REQUIRE(s.write(batch(1, entries(1, 5, 2))));
+  SECTION("a gap") {
+    CHECK_FALSE(s.write(batch(2, entries(7, 7, 2))));
+    CHECK_THAT(s.failure(), Contains("ERR PersistBatch seq 2") && Contains("does not fit"));
+  }
+  SECTION("a decreasing term") {
+    CHECK_FALSE(s.write(batch(2, entries(6, 6, 1))));
+    CHECK_THAT(s.failure(), Contains("below the term"));
+  }
+  SECTION("entries that are not contiguous") {
+    CHECK_FALSE(s.write(batch(2, {entry(6, 2), entry(8, 2)})));
+    CHECK_THAT(s.failure(), Contains("not contiguous"));
+  }
+  SECTION("an index covered by the snapshot") {
+    REQUIRE(s.sync());
+    REQUIRE(s.save_snapshot(snapshot(4, 2, "s"), 4));
+    CHECK_FALSE(s.write(batch(2, entries(3, 3, 2))));
+    CHECK_THAT(s.failure(), Contains("snapshot index 4"));
+  }
+  CHECK(s.failed());
+  CHECK_FALSE(s.sync());
+}
+
+TEST_CASE("group commit makes every waiting batch durable with one fdatasync",
+          "[storage][writer]") {
+  constexpr int kThreads = 50;
+  TempDir dir;
+  std::mutex gate_mu;
+  std::condition_variable gate;
+  int queued = 0;
+  bool blocked_once = false;
+  std::atomic<bool> armed{false};
+  raft::StorageOptions o = options(dir);
+  // The first fsync of the run waits until every other batch is queued behind it.
+  o.fsync_hook = [&](int fd) {
+    if (armed) {
+      std::unique_lock<std::mutex> lock(gate_mu);
+      if (!blocked_once) {
+        blocked_once = true;
+        gate.wait_for(lock, std::chrono::seconds(60), [&] { return queued == kThreads; });
+      }
+    }
+    return ::fsync(fd);
+  };
+  std::mutex order_mu;  // seq and index are handed out in submission order
+  std::uint64_t next = 0;
+  std::mutex done_mu;
+  std::vector<std::uint64_t> done_order;
+  std::vector<int> done_count(kThreads + 1, 0);
+  bool all_ok = true;
+  std::uint64_t fsyncs = 0;
+  {
+    raft::Storage storage = raft::Storage::create(o, identity());
+    const std::uint64_t fsyncs_before = storage.fsync_count();
+    {
+      raft::StorageWriter writer(storage);
+      armed = true;
+      std::vector<std::thread> threads;
+      for (int t = 0; t < kThreads; ++t) {
+        threads.emplace_back([&] {
+          {
+            std::lock_guard<std::mutex> lock(order_mu);
+            ++next;
+            writer.submit(batch(next, {entry(next, 1)}), [&, seq = next](bool ok) {
+              std::lock_guard<std::mutex> l(done_mu);
+              done_order.push_back(seq);
+              ++done_count[seq];
+              all_ok = all_ok && ok;
+            });
+          }
+          std::lock_guard<std::mutex> lock(gate_mu);
+          ++queued;
+          gate.notify_all();
+        });
+      }
+      for (auto& th : threads) th.join();
+      writer.flush();
+      // The first group, then everything that queued behind its fsync (one group if the
+      // writer woke only after every batch was queued).
+      CHECK(writer.groups() <= 2);
+    }
+    fsyncs = storage.fsync_count() - fsyncs_before;
+  }
+  CHECK(all_ok);
+  REQUIRE(done_order.size() == kThreads);
+  CHECK(std::is_sorted(done_order.begin(), done_order.end()));
+  for (int seq = 1; seq <= kThreads; ++seq) CHECK(done_count[seq] == 1);
+  INFO("fsyncs: " << fsyncs);
+  CHECK(fsyncs < static_cast<std::uint64_t>(kThreads) / 5);
+  CHECK(reopen(options(dir)).entries == entries(1, kThreads, 1));
+}
+
+TEST_CASE("the writer drains on stop and refuses later batches", "[storage][writer]") {
+  TempDir dir;
+  std::vector<std::pair<std::uint64_t, bool>> results;
+  std::thread::id writer_thread;
+  {
+    raft::Storage storage = raft::Storage::create(options(dir), identity());
+    raft::StorageWriter writer(storage);
+    for (std::uint64_t i = 1; i <= 10; ++i)
+      writer.submit(batch(i, {entry(i, 1)}), [&, i](bool ok) {
+        results.emplace_back(i, ok);
+        writer_thread = std::this_thread::get_id();
+      });
+    writer.stop();
+    REQUIRE(results.size() == 10);
+    for (std::uint64_t i = 0; i < 10; ++i) CHECK(results[i] == std::make_pair(i + 1, true));
+    CHECK(writer_thread != std::this_thread::get_id());
+    bool called = false, verdict = true;
+    writer.submit(batch(11, {entry(11, 1)}), [&](bool ok) {
+      called = true;
+      verdict = ok;
+    });
+    CHECK(called);  // at once, on this thread
+    CHECK_FALSE(verdict);
+    writer.stop();  // idempotent
+  }
+  CHECK(reopen(options(dir)).entries == entries(1, 10, 1));
+}
+
+TEST_CASE("the writer reports a failed storage to every callback", "[storage][writer]") {
+  TempDir dir;
+  std::atomic<bool> failing{false};
+  raft::StorageOptions o = options(dir);
+  o.fsync_hook = [&](int fd) {
+    if (failing) {
+      errno = EIO;
+      return -1;
+    }
+    return ::fsync(fd);
+  };
+  raft::Storage storage = raft::Storage::create(o, identity());
+  std::vector<bool> verdicts;
+  raft::StorageWriter writer(storage);
+  writer.submit(batch(1, {entry(1, 1)}), [&](bool ok) { verdicts.push_back(ok); });
+  writer.flush();
+  failing = true;
+  writer.submit(batch(2, {entry(2, 1)}), [&](bool ok) { verdicts.push_back(ok); });
+  writer.flush();
+  failing = false;
+  writer.submit(batch(3, {entry(3, 1)}), [&](bool ok) { verdicts.push_back(ok); });
+  writer.submit_snapshot(std::make_shared<raft::Snapshot>(snapshot(1, 1, "s")), 1,
+                         [&](bool ok) { verdicts.push_back(ok); });
+  writer.stop();
+  CHECK(verdicts == std::vector<bool>{true, false, false, false});
+  CHECK(storage.failed());
+}
+
+TEST_CASE("the writer takes batches in seq order only", "[storage][writer]") {
+  TempDir dir;
+  raft::Storage storage = raft::Storage::create(options(dir), identity());
+  raft::StorageWriter writer(storage);
+  writer.submit(batch(5, {entry(1, 1)}), nullptr);
+  CHECK_THROWS_AS(writer.submit(batch(5, {entry(2, 1)}), nullptr), std::invalid_argument);
+  CHECK_THROWS_AS(writer.submit(batch(4, {entry(2, 1)}), nullptr), std::invalid_argument);
+  writer.submit(batch(6, {entry(2, 1)}), nullptr);
+  writer.flush();
+  CHECK(storage.last_index() == 2);
+}
+
+TEST_CASE("a snapshot submitted to the writer runs in order with the batches",
+          "[storage][writer]") {
+  TempDir dir;
+  {
+    raft::Storage storage = raft::Storage::create(options(dir, 256), identity());
+    raft::StorageWriter writer(storage);
+    writer.submit(batch(1, entries(1, 30, 1)), nullptr);
+    bool saved = false;
+    writer.submit_snapshot(std::make_shared<raft::Snapshot>(snapshot(25, 1, "at 25")), 20,
+                           [&](bool ok) { saved = ok; });
+    writer.submit(batch(2, entries(31, 32, 2)), nullptr);
+    writer.stop();
+    CHECK(saved);
+  }
+  raft::Recovered r = reopen(options(dir, 256));
+  CHECK(r.snapshot->data == "at 25");
+  auto want = entries(26, 30, 1);
+  for (auto& e : entries(31, 32, 2)) want.push_back(e);
+  CHECK(r.entries == want);
+}
