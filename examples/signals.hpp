@@ -1,0 +1,32 @@
+// Shared by the examples: stop a node gracefully on SIGINT or SIGTERM. The library installs no
+// signal handlers; a program decides. Here the signals are blocked in every thread and one
+// thread waits for them with sigwait, so nothing runs in signal context.
+#pragma once
+
+#include <pthread.h>
+#include <signal.h>
+
+#include <thread>
+
+#include "raft.hpp"
+
+namespace examples {
+
+class StopOnSignal {
+ public:
+  // Construct before node.start(), so that the node's threads inherit the blocked mask.
+  explicit StopOnSignal(raft::Node& node) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, nullptr);
+    std::thread([&node, set] {
+      int sig = 0;
+      sigwait(&set, &sig);
+      node.runtime().request_stop();  // node.join() in main then stops it
+    }).detach();
+  }
+};
+
+}  // namespace examples

@@ -1,0 +1,8024 @@
+// raft.hpp - an embeddable Raft node for C++17: three or five copies of a program keep one
+// replicated, durable key-value state, elect a leader, run code only on the leader, and serve
+// any Redis client. Copy raft.hpp and resp.hpp into your project; nothing else is needed at
+// run time beyond the standard library, POSIX sockets and std::thread.
+//
+// GENERATED from src/raft/*.hpp by tools/amalgamate.sh - edit those parts, then run `make`.
+//
+// Reading order (top-down):
+//   1. public API: shared types, raft::Config, raft::Node, the handler table, callbacks
+//   2. the store: replicated data, its repr-style snapshot text, built-in command handlers
+//   3. the core: Raft as a deterministic state machine (no threads, sockets, files or clock)
+//   4. storage: write-ahead log, term and vote, snapshots, recovery
+//   5. runtime: POSIX sockets and a few std::threads that drive the core
+// Sections 1-3 do no I/O. A reader who only wants to embed can stop after section 1.
+#ifndef RAFT_HPP
+#define RAFT_HPP
+
+#include "resp.hpp"
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <charconv>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <deque>
+#include <functional>
+#include <future>
+#include <initializer_list>
+#include <limits>
+#include <list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+// POSIX
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#define RAFT_HPP_VERSION "0.1.0"
+
+// ============================================================================================
+// 1. Public API
+// ============================================================================================
+
+namespace raft {
+
+// --------------------------------------------------------------------------------------------
+// Shared types: the log entry, hard state, configuration, snapshot metadata and the core's
+// persist batch. The core, the storage and the runtime all speak in these.
+// --------------------------------------------------------------------------------------------
+
+/// A node's name within its cluster: a number or a string ("1", "node-a").
+using NodeId = std::string;
+
+enum class EntryType : std::uint8_t {
+  Command = 0,  // payload: the command's words, RESP-encoded (resp::write_command)
+  Noop = 1,     // a new leader's first entry of its term; empty payload
+  Config = 2,   // payload: Configuration::encode()
+};
+
+/// One entry of the replicated log.
+struct LogEntry {
+  std::uint64_t index = 0;
+  std::uint64_t term = 0;
+  EntryType type = EntryType::Command;
+  /// The leader's wall clock when it appended the entry, in ms since the epoch. Never
+  /// decreases along the log (a leader stamps max(now, previous stamp)). Write handlers use it
+  /// as "now", so every node computes the same result.
+  std::int64_t timestamp_ms = 0;
+  std::string payload;
+
+  bool operator==(const LogEntry& o) const {
+    return index == o.index && term == o.term && type == o.type &&
+           timestamp_ms == o.timestamp_ms && payload == o.payload;
+  }
+  bool operator!=(const LogEntry& o) const { return !(*this == o); }
+};
+
+/// What a node must make durable before it answers a vote: its term and whom it voted for.
+struct HardState {
+  std::uint64_t term = 0;
+  NodeId vote;  // empty: no vote in this term
+
+  bool operator==(const HardState& o) const { return term == o.term && vote == o.vote; }
+  bool operator!=(const HardState& o) const { return !(*this == o); }
+};
+
+/// One server of the cluster.
+struct Member {
+  NodeId id;
+  std::string address;  // "ip:port": clients on port, peers on port + 1
+  /// Random id of the member's data directory, fixed when the directory was created. A node
+  /// presenting another server id under this member's id is a stranger (its disk was wiped).
+  /// Empty when not known yet (a static peer map names only ids and addresses).
+  std::string server_id;
+  bool voter = true;  // false: a learner, which replicates but neither votes nor campaigns
+
+  bool operator==(const Member& o) const {
+    return id == o.id && address == o.address && server_id == o.server_id && voter == o.voter;
+  }
+  bool operator!=(const Member& o) const { return !(*this == o); }
+};
+
+/// The cluster's membership: voters and learners. Changes go through the log one server at
+/// a time; a node uses a configuration as soon as it is in its log.
+struct Configuration {
+  std::vector<Member> members;  // sorted by id, ids unique
+
+  const Member* find(std::string_view id) const {
+    for (const auto& m : members)
+      if (m.id == id) return &m;
+    return nullptr;
+  }
+  bool contains(std::string_view id) const { return find(id) != nullptr; }
+  bool is_voter(std::string_view id) const {
+    const Member* m = find(id);
+    return m != nullptr && m->voter;
+  }
+  std::size_t voter_count() const {
+    std::size_t n = 0;
+    for (const auto& m : members) n += m.voter ? 1 : 0;
+    return n;
+  }
+  std::vector<NodeId> voters() const {
+    std::vector<NodeId> ids;
+    for (const auto& m : members)
+      if (m.voter) ids.push_back(m.id);
+    return ids;
+  }
+  /// Adds the member, or replaces the one with the same id; keeps members sorted.
+  void upsert(Member m) {
+    auto it = std::lower_bound(members.begin(), members.end(), m.id,
+                               [](const Member& a, const NodeId& id) { return a.id < id; });
+    if (it != members.end() && it->id == m.id)
+      *it = std::move(m);
+    else
+      members.insert(it, std::move(m));
+  }
+  bool remove(std::string_view id) {
+    for (auto it = members.begin(); it != members.end(); ++it)
+      if (it->id == id) {
+        members.erase(it);
+        return true;
+      }
+    return false;
+  }
+  bool empty() const { return members.empty(); }
+
+  /// The payload of a Config entry: a RESP array "config", 1 (format), then for each member
+  /// id, address, server id, "1" (voter) or "0" (learner).
+  std::string encode() const {
+    std::vector<std::string> words{"config", "1"};
+    for (const auto& m : members) {
+      words.push_back(m.id);
+      words.push_back(m.address);
+      words.push_back(m.server_id);
+      words.push_back(m.voter ? "1" : "0");
+    }
+    std::string out;
+    resp::write_command(out, words);
+    return out;
+  }
+  /// Parses encode()'s output strictly; false on anything else.
+  static bool decode(std::string_view payload, Configuration& out) {
+    resp::RequestParser parser;
+    parser.feed(payload);
+    std::vector<std::string> w;
+    if (parser.next(w) != resp::Status::Ok || parser.buffered() != 0) return false;
+    if (w.size() < 2 || w[0] != "config" || w[1] != "1" || (w.size() - 2) % 4 != 0) return false;
+    Configuration c;
+    for (std::size_t i = 2; i < w.size(); i += 4) {
+      if (w[i].empty() || (w[i + 3] != "1" && w[i + 3] != "0") || c.contains(w[i])) return false;
+      c.upsert(Member{w[i], w[i + 1], w[i + 2], w[i + 3] == "1"});
+    }
+    out = std::move(c);
+    return true;
+  }
+
+  bool operator==(const Configuration& o) const { return members == o.members; }
+  bool operator!=(const Configuration& o) const { return !(*this == o); }
+};
+
+/// What a snapshot covers: every entry up to and including (index, term), and the
+/// configuration in force at that index.
+struct SnapshotMeta {
+  std::uint64_t index = 0;
+  std::uint64_t term = 0;
+  Configuration config;
+
+  bool operator==(const SnapshotMeta& o) const {
+    return index == o.index && term == o.term && config == o.config;
+  }
+};
+
+/// A snapshot: its metadata and the store's text form (section 2: repr-style, readable by
+/// Python's ast.literal_eval).
+struct Snapshot {
+  SnapshotMeta meta;
+  std::string data;
+};
+
+/// The core's instructions to the storage, made durable in `seq` order. The rule that keeps
+/// Raft safe: a message that promises something (a vote, an acknowledgement) is sent only
+/// after the batch that holds what it promises is durable.
+struct PersistBatch {
+  std::uint64_t seq = 0;
+  /// A snapshot received from the leader. Made durable first, and it REPLACES THE WHOLE LOG:
+  /// afterwards the log on disk is empty and continues at snapshot->meta.index + 1 (the core
+  /// puts any suffix it keeps into `entries` of the same batch).
+  std::shared_ptr<const Snapshot> snapshot;
+  std::optional<HardState> hard_state;
+  /// Appended after the snapshot. When entries.front().index is at or below the last index
+  /// on disk, the log is cut there first (a follower overwriting a conflicting suffix).
+  std::vector<LogEntry> entries;
+
+  bool empty() const { return !snapshot && !hard_state && entries.empty(); }
+};
+
+/// A node's role. A learner is a Follower that is not a voter in its configuration.
+enum class Role : std::uint8_t { Follower, PreCandidate, Candidate, Leader };
+
+enum class MessageType : std::uint8_t {
+  PreVote = 1,
+  PreVoteResponse,
+  Vote,
+  VoteResponse,
+  Append,
+  AppendResponse,
+  Heartbeat,
+  HeartbeatResponse,
+  Snapshot,
+  SnapshotResponse,
+  TimeoutNow,
+  ReadIndex,
+  ReadIndexResponse,
+};
+
+inline const char* to_string(MessageType t) {
+  switch (t) {
+    case MessageType::PreVote: return "PreVote";
+    case MessageType::PreVoteResponse: return "PreVoteResponse";
+    case MessageType::Vote: return "Vote";
+    case MessageType::VoteResponse: return "VoteResponse";
+    case MessageType::Append: return "Append";
+    case MessageType::AppendResponse: return "AppendResponse";
+    case MessageType::Heartbeat: return "Heartbeat";
+    case MessageType::HeartbeatResponse: return "HeartbeatResponse";
+    case MessageType::Snapshot: return "Snapshot";
+    case MessageType::SnapshotResponse: return "SnapshotResponse";
+    case MessageType::TimeoutNow: return "TimeoutNow";
+    case MessageType::ReadIndex: return "ReadIndex";
+    case MessageType::ReadIndexResponse: return "ReadIndexResponse";
+  }
+  return "?";
+}
+
+/// One message between cores. A flat struct; which fields mean what depends on the type:
+///   PreVote, Vote       term: the campaign's term; index, log_term: the candidate's last
+///                       entry; transfer: leadership transfer (voters ignore stickiness)
+///   *VoteResponse       term; reject
+///   Append              index, log_term: the entry before `entries`; entries; commit
+///   AppendResponse      reject false: index = the highest index known to match the leader
+///                       reject true: index = the rejected previous index; hint_index,
+///                       hint_term: where the follower's log may match (fast back-off)
+///   Heartbeat           commit (at most the follower's match); context: read round
+///   HeartbeatResponse   context: the round echoed
+///   Snapshot            index, log_term, config: the snapshot's metadata; offset, data: one
+///                       chunk; done: the last chunk
+///   SnapshotResponse    index: the snapshot's index; offset: bytes received so far; reject:
+///                       resend from offset; done: installed (index now matches)
+///   TimeoutNow          campaign now (leadership transfer)
+///   ReadIndex           context: the follower's request id
+///   ReadIndexResponse   context; index: the read index; reject: no read index (not leader)
+struct Message {
+  MessageType type = MessageType::Heartbeat;
+  NodeId from;
+  NodeId to;
+  std::string server_id;  // the sender's server id (see Member::server_id)
+  std::uint64_t term = 0;
+  std::uint64_t index = 0;
+  std::uint64_t log_term = 0;
+  std::uint64_t commit = 0;
+  std::vector<LogEntry> entries;
+  bool reject = false;
+  std::uint64_t hint_index = 0;
+  std::uint64_t hint_term = 0;
+  bool transfer = false;
+  std::uint64_t context = 0;
+  Configuration config;
+  std::uint64_t offset = 0;
+  std::string data;
+  bool done = false;
+};
+
+/// The outcome of a linearizable read request: once ok, the read may be served as soon as
+/// the node has applied `index`.
+struct ReadState {
+  std::uint64_t request_id = 0;
+  std::uint64_t index = 0;
+  bool ok = false;
+};
+
+/// Names one log entry.
+struct EntryId {
+  std::uint64_t index = 0;
+  std::uint64_t term = 0;
+  bool operator==(const EntryId& o) const { return index == o.index && term == o.term; }
+};
+
+struct RoleChange {
+  Role role = Role::Follower;
+  std::uint64_t term = 0;
+  NodeId leader;  // empty when unknown
+};
+
+/// The core's output batch: everything to do after one or more inputs. Do it in this
+/// order: hand `persist` to the storage and send `messages` at once; send `after_persist`
+/// only when `persist` and every earlier batch are durable, then call Core::persisted(seq);
+/// apply `restore` (if set) and then `committed`, in order.
+struct Ready {
+  PersistBatch persist;                 // persist.seq != 0 when there is a batch (maybe empty)
+  std::vector<Message> messages;        // send now
+  std::vector<Message> after_persist;   // send once persist.seq is durable
+  std::shared_ptr<const Snapshot> restore;  // replace the state machine with this first
+  std::vector<LogEntry> committed;      // committed and durable here: apply in order
+  std::vector<ReadState> reads;         // results of read_index() requests
+  std::vector<EntryId> aborted;         // proposals now of unknown outcome (timeout, lost leadership)
+  std::vector<RoleChange> role_changes;  // in the order they happened
+  std::uint64_t leader_ready_term = 0;  // nonzero: leading in this term and its first entry committed
+  bool snapshot_wanted = false;         // the log since the last snapshot is long: take one
+
+  bool empty() const {
+    return persist.seq == 0 && messages.empty() && after_persist.empty() && !restore &&
+           committed.empty() && reads.empty() && aborted.empty() && role_changes.empty() &&
+           leader_ready_term == 0 && !snapshot_wanted;
+  }
+};
+
+// --------------------------------------------------------------------------------------------
+// The handler table: commands are plain functions with flags and argument counts, as in
+// pyraft (`handler['cas'] = [do_cas, 'we', 3, 3]`).
+// --------------------------------------------------------------------------------------------
+
+class Store;  // section 2: the replicated data
+class Node;   // section 5
+
+/// A handler's reply: protocol-neutral (a map is sent as a flat array to RESP2 clients).
+using Reply = resp::Value;
+
+/// What a handler receives.
+struct Call {
+  /// The replicated data. Write handlers ('w') change it; they run on every node when their
+  /// entry is applied, so they must be deterministic and keep all state in the store.
+  Store& data;
+  /// words[0] is the command name, lower-case; then the arguments as the client sent them.
+  const std::vector<std::string>& words;
+  /// Write handlers: the entry's leader timestamp (the same on every node). Read handlers:
+  /// this node's wall clock. In ms since the epoch. Never read the clock in a write handler.
+  std::int64_t now_ms = 0;
+  /// The node running the handler; null when a handler is called outside a node (tests).
+  Node* node = nullptr;
+
+  /// pyraft's check_ttl: in a write handler, deletes `key` if its deadline is at or before
+  /// now_ms. Returns true if it did.
+  bool check_ttl(std::string_view key);
+  /// pyraft's clear_ttl: removes the key's deadline (it no longer expires).
+  void clear_ttl(std::string_view key);
+};
+
+using Handler = std::function<Reply(Call&)>;
+
+/// One row of the handler table.
+struct Command {
+  Handler fn;
+  /// "r": a read, answered by the node that received it (linearizable unless the client
+  /// said READONLY). "we": a write, replicated through the log and applied on every node.
+  std::string flags = "r";
+  int min_args = 0;   // not counting the command name
+  int max_args = -1;  // -1: no limit
+
+  bool is_write() const { return flags.find('w') != std::string::npos; }
+};
+
+using CommandTable = std::map<std::string, Command, std::less<>>;
+
+
+// --------------------------------------------------------------------------------------------
+// The node: configuration, the Node class and the default command line.
+// --------------------------------------------------------------------------------------------
+
+enum class LogLevel : std::uint8_t { Debug, Info, Warning, Error };
+
+/// Receives every log line, already formatted in pyraft's shape:
+/// `[INFO][nid-term(state):2026-11-25 21:12:06.123456] message`.
+using LogSink = std::function<void(LogLevel level, const std::string& line)>;
+
+/// Everything a node needs. The defaults need no tuning on a LAN; validate() names what is
+/// wrong with a configuration.
+struct Config {
+  // ---- identity ----
+  /// This node's id; empty: the address.
+  NodeId id;
+  /// "ip:port", a concrete IPv4 address (it is what peers are told). Clients connect to
+  /// port, peers to port + 1. Both are bound on exactly this address, and connections to
+  /// peers leave from it.
+  std::string address;
+  /// A static peer map (the same on every node, without this node): the cluster starts from
+  /// this configuration and elects a leader. Empty, with `join` empty: this node founds a
+  /// cluster of one and leads at once.
+  std::map<NodeId, std::string> peers;
+  /// Members to ask for joining ("nid/ip:port" or "ip:port"). The leader adds this node as
+  /// a learner, catches it up and promotes it to voter. Ignored once the data directory
+  /// holds a configuration.
+  std::vector<std::string> join;
+  /// Where the log, the term and vote and the snapshots live; empty: "raft-<id>-<port>".
+  std::string data_dir;
+  /// A snapshot to found the cluster with (ours, or pyraft's .dat layout). Used only when the
+  /// data directory is new.
+  std::string load_snapshot;
+  /// Peers must present this secret before they learn anything. Empty: no secret.
+  std::string secret;
+
+  // ---- time ----
+  /// Multiplies every timeout below (sanitizer builds run slower: 3 or 5).
+  double time_scale = 1.0;
+  int tick_ms = 10;
+  int heartbeat_ms = 50;
+  /// Minimum election timeout; followers wait a random time up to twice this.
+  int election_timeout_ms = 300;
+  /// A write not committed within this time fails with -TIMEOUT (its outcome is unknown).
+  int append_timeout_ms = 3000;
+  /// A linearizable read not confirmed within this time fails with -TRYAGAIN.
+  int read_timeout_ms = 3000;
+  /// Sends to a slow peer or client give up after this long.
+  int send_timeout_ms = 3000;
+  /// A joiner asks again this often until it is a member.
+  int join_retry_ms = 500;
+
+  // ---- limits ----
+  std::size_t max_clients = 10000;
+  /// Learners are promoted while the cluster has fewer voters than this.
+  std::size_t max_voters = 5;
+  /// Take a snapshot after this many entries (pyraft: 100000); keep this many behind it.
+  std::uint64_t snapshot_threshold = 100000;
+  std::uint64_t snapshot_trailing = 1000;
+  /// Log segment size.
+  std::size_t segment_bytes = std::size_t{64} << 20;
+  /// What a client may declare (RESP bulk length, multibulk length, inline length).
+  resp::Limits client_limits;
+  /// A client whose unsent replies exceed this is disconnected (Redis: client-output-buffer-limit).
+  std::size_t max_client_output = std::size_t{256} << 20;
+
+  // ---- logging ----
+  LogLevel log_level = LogLevel::Info;
+  LogSink log_sink;  // empty: standard error
+
+  /// Empty when valid, else what is wrong ("address '1.2.3' is not ip:port").
+  std::string validate() const;
+};
+
+namespace detail {
+class Runtime;
+}
+
+/// A key-value state machine replicated by Raft, served to Redis clients.
+///
+///   raft::Node node(1, "127.0.0.1:5010", {{2, "127.0.0.1:5020"}, {3, "127.0.0.1:5030"}});
+///   node.handler("cas", do_cas, "we", 3, 3);
+///   node.on_leader([](raft::Node& n, std::uint64_t term) { ... });
+///   node.start();
+///   node.join();
+///
+/// Threads: one serves every client and peer connection (poll), one sends to each peer, a
+/// ticker, the storage writer (group commit), the apply loop (which also runs the role
+/// callbacks and the handlers) and a snapshot writer. Several nodes may live in one process.
+class Node {
+ public:
+  explicit Node(Config config);
+  Node(NodeId id, std::string address, std::map<NodeId, std::string> peers = {});
+  Node(long long id, std::string address, std::map<long long, std::string> peers = {});
+  ~Node();  // stops the node
+  Node(const Node&) = delete;
+  Node& operator=(const Node&) = delete;
+
+  /// Adds or replaces a command (before start()). flags "r": a read; "we": a write through
+  /// the log. Argument counts exclude the command name; max_args -1: no limit.
+  Node& handler(const std::string& name, Handler fn, std::string flags = "r", int min_args = 0,
+                int max_args = -1);
+  /// Called on the apply thread when this node's leadership of `term` is ready (its first
+  /// entry committed and everything before it applied). The term is a fencing token; this is
+  /// not real-time mutual exclusion (an old leader may not know yet that it was replaced).
+  Node& on_leader(std::function<void(Node&, std::uint64_t term)> fn);
+  Node& on_follower(std::function<void(Node&)> fn);
+  Node& on_candidate(std::function<void(Node&)> fn);
+
+  /// Opens the data directory, binds both ports and starts the threads. Throws
+  /// std::runtime_error saying what failed.
+  void start();
+  /// Blocks until the node has stopped.
+  void join();
+  /// Leaves: a leader hands leadership to the most up-to-date voter first. Idempotent.
+  void stop();
+  /// True once the node is stopping: threads started from callbacks watch it.
+  bool stopping() const;
+
+  // ---- state ----
+  const NodeId& id() const;
+  const std::string& address() const;
+  /// pyraft's state: 'l' leader, 'f' follower, 'c' candidate, 'n' learner (or joiner).
+  char state() const;
+  Role role() const;
+  std::uint64_t term() const;
+  NodeId leader() const;
+  std::string leader_address() const;
+  std::uint64_t commit_index() const;
+  std::uint64_t applied_index() const;
+  /// The INFO raft section as key:value lines.
+  std::string info() const;
+
+  /// Runs f on the replicated data under the data lock (user threads; handlers get
+  /// Call::data). Do not keep references past f.
+  void read(const std::function<void(const Store&)>& f) const;
+
+  /// Runs a command as a client would (linearizable reads, writes forwarded to the leader).
+  /// Never call it from a handler or a callback: they run on the thread that would answer it.
+  std::future<Reply> execute_async(std::vector<std::string> words);
+  Reply execute(std::vector<std::string> words);
+
+  // ---- administration (also the commands RAFT.ADD, RAFT.PROMOTE, RAFT.REMOVE,
+  //      RAFT.TRANSFER, RAFT.LEAVE and pyraft's add_node / del_node) ----
+  Reply add_learner(const NodeId& id, const std::string& address);
+  Reply promote(const NodeId& id);
+  Reply remove(const NodeId& id);
+  Reply transfer_leadership(const NodeId& to = "");
+
+  detail::Runtime& runtime() { return *rt_; }
+
+ private:
+  std::unique_ptr<detail::Runtime> rt_;
+};
+
+/// pyraft's make_default_node: builds a Config from the command line
+///   -a IP:PORT  -i NODE_ID  -e LIST  -d DATA_DIR  -l SNAPSHOT  -s SECRET  --loglevel LEVEL
+/// and returns the node (not started). Prints usage and exits with code 2 on a bad option,
+/// code 0 for --help.
+std::unique_ptr<Node> make_default_node(int argc, char** argv);
+
+/// The parsing half of make_default_node, for programs that want the Config: on an error
+/// `error` says what is wrong; `help` is set for -h/--help.
+struct ParsedArgs {
+  Config config;
+  bool help = false;
+  std::string error;
+};
+ParsedArgs parse_args(int argc, char** argv);
+std::string usage(const std::string& program);
+
+}  // namespace raft
+
+// ============================================================================================
+// 2. The store: the replicated data, its snapshot text, the built-in commands
+// ============================================================================================
+
+namespace raft {
+
+/// The replicated data: strings, hashes and lists (pyraft's types), each key with an optional
+/// deadline in ms since the epoch.
+///
+/// Ordered containers throughout: a snapshot must be the same text on every node, and keys
+/// and hash fields kept sorted give that without sorting at snapshot time (KEYS answers in
+/// key order too). The price is an O(log n) lookup instead of a hash table's O(1): about
+/// twenty node visits at a million keys. Measured at a million keys, std::map found a key in
+/// about the time std::unordered_map did (360 vs 670 ns, cache misses dominate both), and a
+/// handler-level SET costs under 2 us: small beside the log write and the round trip of a
+/// replicated command.
+///
+/// Expiry: reads (find) hide a key whose deadline is at or before their `now`, and never
+/// delete. Only write handlers delete, through check_ttl / find_for_write, with the entry's
+/// leader timestamp as `now`, so every node deletes at the same point of the log.
+///
+/// Not thread-safe; copyable (the runtime copies it under its lock and serializes the copy
+/// elsewhere).
+class Store {
+ public:
+  enum class Kind : std::uint8_t { String, Hash, List };
+  using Hash = std::map<std::string, std::string, std::less<>>;
+  /// std::list rather than std::deque: an empty std::deque allocates its block map and first
+  /// block (about 600 bytes in libstdc++), which every string key would pay for. Indexing is
+  /// O(n), as it is in Redis (LINDEX, LSET); both ends are O(1).
+  using List = std::list<std::string>;
+
+  struct Object {
+    Kind kind = Kind::String;
+    std::string str;  // Kind::String
+    Hash hash;        // Kind::Hash; never empty while stored (an emptied hash is deleted)
+    List list;        // Kind::List; never empty while stored
+
+    bool operator==(const Object& o) const {
+      return kind == o.kind && str == o.str && hash == o.hash && list == o.list;
+    }
+    bool operator!=(const Object& o) const { return !(*this == o); }
+  };
+
+  // ---- reads: hide keys whose deadline is at or before now_ms; never delete ----
+  const Object* find(std::string_view key, std::int64_t now_ms) const;
+  /// Keys not hidden at now_ms (DBSIZE). Costs O(number of keys already past their deadline).
+  std::size_t live_size(std::int64_t now_ms) const;
+
+  // ---- writes (inside write handlers; now_ms is the entry's leader timestamp) ----
+  /// Deletes `key` if its deadline is at or before now_ms; true if it did. Proposed by the
+  /// leader for background expiry, it is the conditional delete: a key renewed since survives.
+  bool check_ttl(std::string_view key, std::int64_t now_ms);
+  /// check_ttl, then the key's object (nullptr if absent).
+  Object* find_for_write(std::string_view key, std::int64_t now_ms);
+  /// Creates the key, or replaces its value, as an empty object of `kind` with no deadline.
+  /// The caller fills it (a hash or list left empty must not stay: erase it).
+  Object& put(std::string_view key, Kind kind);
+  bool erase(std::string_view key);
+  /// Removes the key's deadline: it no longer expires.
+  void clear_ttl(std::string_view key);
+  /// Sets the key's deadline; false (and nothing changes) if the key does not exist.
+  bool set_deadline(std::string_view key, std::int64_t deadline_ms);
+  std::optional<std::int64_t> deadline(std::string_view key) const;
+
+  /// Keys whose deadline is at or before now_ms, earliest first, at most `limit`: the leader
+  /// proposes a check_ttl entry for each. Costs O(limit + log n).
+  std::vector<std::string> due(std::int64_t now_ms, std::size_t limit) const;
+
+  /// Every key, expired or not.
+  std::size_t size() const { return objects_.size(); }
+  bool empty() const { return objects_.empty(); }
+  void clear() {
+    objects_.clear();
+    expiry_.clear();
+  }
+  /// f(const std::string& key, const Object&, std::optional<std::int64_t> deadline), in key
+  /// order (bytewise), including keys past their deadline.
+  template <class F>
+  void for_each(F&& f) const {
+    for (const auto& [key, record] : objects_) f(key, record.object, record.deadline);
+  }
+
+  bool operator==(const Store& o) const { return objects_ == o.objects_; }
+  bool operator!=(const Store& o) const { return !(*this == o); }
+
+  // ---- snapshot text (Python repr() layout; ast.literal_eval reads it) ----
+  /// Appends `{'_META_': {'format': 1, 'index': I, 'term': T, 'members': [...]},
+  /// 'data': {...}, 'ttl': {...}}` to `out`. Keys and hash fields in bytewise order; the same
+  /// store and meta always give the same text. Strings that are valid UTF-8 are written as
+  /// str literals, others as bytes literals, escaped exactly as Python's repr().
+  void write_snapshot(std::string& out, const SnapshotMeta& meta) const;
+  /// Parses write_snapshot's format (and any Python literal text of the same shape). On
+  /// success replaces `data` and `meta`; on failure leaves them unchanged and sets `error`
+  /// ("invalid snapshot at byte N: expected ...").
+  static bool read_snapshot(std::string_view text, Store& data, SnapshotMeta& meta,
+                            std::string& error);
+  /// Parses pyraft's checkpoint (.dat) layout: user keys at the top level beside 'ttl'
+  /// (key -> seconds since the epoch, int or float) and '_META_' (checked to be a dict,
+  /// otherwise ignored). Values: str -> string, dict of str -> hash, list of str -> list; empty
+  /// containers are dropped; anything else (pyraft's tree data, numbers) is an error naming the
+  /// key. Deadlines are rounded up to the next ms. Replaces `data` only on success.
+  static bool read_pyraft_snapshot(std::string_view text, Store& data, std::string& error);
+
+ private:
+  struct Record {
+    Object object;
+    std::optional<std::int64_t> deadline;
+    bool operator==(const Record& o) const { return object == o.object && deadline == o.deadline; }
+  };
+  /// Orders (deadline, key) pairs; transparent so a lookup can use a string_view key.
+  struct ExpiryLess {
+    using is_transparent = void;
+    template <class A, class B>
+    bool operator()(const A& a, const B& b) const {
+      if (a.first != b.first) return a.first < b.first;
+      return std::string_view(a.second) < std::string_view(b.second);
+    }
+  };
+  using Objects = std::map<std::string, Record, std::less<>>;
+
+  Objects objects_;
+  /// (deadline, key) for every key with a deadline: due() reads it from the front.
+  std::set<std::pair<std::int64_t, std::string>, ExpiryLess> expiry_;
+
+  static bool expired(const Record& r, std::int64_t now_ms) {
+    return r.deadline && *r.deadline <= now_ms;
+  }
+  void drop_deadline(Objects::iterator it);
+  void erase(Objects::iterator it);
+};
+
+/// Registers the built-in Redis commands (strings, keys and expiry, hashes, lists) with
+/// Redis's semantics and replies. Entries already in the table are kept, so a program can
+/// replace a built-in by registering its own first (or by overwriting it afterwards).
+inline void add_builtin_commands(CommandTable& table);
+
+inline bool Call::check_ttl(std::string_view key) { return data.check_ttl(key, now_ms); }
+inline void Call::clear_ttl(std::string_view key) { data.clear_ttl(key); }
+
+}  // namespace raft
+
+// --------------------------------------------------------------------------------------------
+// Implementation of section 2
+// --------------------------------------------------------------------------------------------
+
+namespace raft::detail {
+
+// ---- Python repr() of a string: str literal when valid UTF-8, bytes literal otherwise ----
+
+/// Length of the strict UTF-8 sequence at s[i] (as Python's decoder: no overlong forms, no
+/// surrogates, nothing above U+10FFFF) and its code point; 0 if invalid.
+inline std::size_t utf8_sequence(std::string_view s, std::size_t i, char32_t& cp) {
+  const auto byte = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };
+  const unsigned char b0 = byte(i);
+  const std::size_t left = s.size() - i;
+  const auto cont = [&](std::size_t k) { return k < left && (byte(i + k) & 0xC0) == 0x80; };
+  if (b0 < 0x80) {
+    cp = b0;
+    return 1;
+  }
+  if (b0 >= 0xC2 && b0 <= 0xDF) {
+    if (!cont(1)) return 0;
+    cp = (char32_t(b0 & 0x1F) << 6) | (byte(i + 1) & 0x3F);
+    return 2;
+  }
+  if (b0 >= 0xE0 && b0 <= 0xEF) {
+    if (!cont(1) || !cont(2)) return 0;
+    cp = (char32_t(b0 & 0x0F) << 12) | (char32_t(byte(i + 1) & 0x3F) << 6) | (byte(i + 2) & 0x3F);
+    if (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+    return 3;
+  }
+  if (b0 >= 0xF0 && b0 <= 0xF4) {
+    if (!cont(1) || !cont(2) || !cont(3)) return 0;
+    cp = (char32_t(b0 & 0x07) << 18) | (char32_t(byte(i + 1) & 0x3F) << 12) |
+         (char32_t(byte(i + 2) & 0x3F) << 6) | (byte(i + 3) & 0x3F);
+    if (cp < 0x10000 || cp > 0x10FFFF) return 0;
+    return 4;
+  }
+  return 0;
+}
+
+inline bool is_valid_utf8(std::string_view s) {
+  std::size_t i = 0;
+  while (i < s.size()) {
+    if (static_cast<unsigned char>(s[i]) < 0x80) {
+      ++i;
+      continue;
+    }
+    char32_t cp;
+    const std::size_t n = utf8_sequence(s, i, cp);
+    if (n == 0) return false;
+    i += n;
+  }
+  return true;
+}
+
+inline void append_utf8(std::string& out, char32_t cp) {
+  if (cp < 0x80) {
+    out += static_cast<char>(cp);
+  } else if (cp < 0x800) {
+    out += static_cast<char>(0xC0 | (cp >> 6));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  } else if (cp < 0x10000) {
+    out += static_cast<char>(0xE0 | (cp >> 12));
+    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  } else {
+    out += static_cast<char>(0xF0 | (cp >> 18));
+    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  }
+}
+
+/// Whether Python's repr() writes a non-ASCII code point raw (str.isprintable()). The table
+/// holds the non-printable ranges above U+007F: categories Cc, Cf, Zs, Zl, Zp, Co, Cs (from
+/// Unicode 14, Python 3.11), the noncharacters, and the planes with nothing assigned (4-13).
+/// Unassigned code points elsewhere are written raw, where Python escapes them; either form
+/// reads back as the same string.
+inline bool is_printable_non_ascii(char32_t cp) {
+  static constexpr std::array<std::pair<char32_t, char32_t>, 31> kNonPrintable{{
+      {0x80, 0xA0},       {0xAD, 0xAD},       {0x600, 0x605},     {0x61C, 0x61C},
+      {0x6DD, 0x6DD},     {0x70F, 0x70F},     {0x890, 0x891},     {0x8E2, 0x8E2},
+      {0x1680, 0x1680},   {0x180E, 0x180E},   {0x2000, 0x200F},   {0x2028, 0x202F},
+      {0x205F, 0x2064},   {0x2066, 0x206F},   {0x3000, 0x3000},   {0xD800, 0xF8FF},
+      {0xFDD0, 0xFDEF},   {0xFEFF, 0xFEFF},   {0xFFF9, 0xFFFB},   {0xFFFE, 0xFFFF},
+      {0x110BD, 0x110BD}, {0x110CD, 0x110CD}, {0x13430, 0x13438}, {0x1BCA0, 0x1BCA3},
+      {0x1D173, 0x1D17A}, {0x1FFFE, 0x1FFFF}, {0x2FFFE, 0x2FFFF}, {0x3FFFE, 0xDFFFF},
+      {0xE0001, 0xE0001}, {0xE0020, 0xE007F}, {0xEFFFE, 0x10FFFF},
+  }};
+  auto it = std::upper_bound(kNonPrintable.begin(), kNonPrintable.end(), cp,
+                             [](char32_t c, const std::pair<char32_t, char32_t>& r) {
+                               return c < r.first;
+                             });
+  if (it == kNonPrintable.begin()) return true;
+  --it;
+  return cp > it->second;
+}
+
+inline void append_hex_escape(std::string& out, char kind, std::uint32_t value, int digits) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  out += '\\';
+  out += kind;
+  for (int shift = (digits - 1) * 4; shift >= 0; shift -= 4) out += kHex[(value >> shift) & 0xF];
+}
+
+/// Appends s as Python's repr() writes it: 'text' when s is valid UTF-8, b'...' otherwise.
+inline void append_repr(std::string& out, std::string_view s) {
+  const bool text = is_valid_utf8(s);
+  const bool squote = s.find('\'') != std::string_view::npos;
+  const bool dquote = s.find('"') != std::string_view::npos;
+  const char quote = (squote && !dquote) ? '"' : '\'';
+  out.reserve(out.size() + s.size() + 3);
+  if (!text) out += 'b';
+  out += quote;
+  std::size_t i = 0;
+  while (i < s.size()) {
+    // Copy runs of characters that need no escape in one append.
+    std::size_t run = i;
+    while (run < s.size()) {
+      const unsigned char c = static_cast<unsigned char>(s[run]);
+      if (c < 0x20 || c >= 0x7F || c == '\\' || c == static_cast<unsigned char>(quote)) break;
+      ++run;
+    }
+    out.append(s.data() + i, run - i);
+    i = run;
+    if (i >= s.size()) break;
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c == '\\' || c == static_cast<unsigned char>(quote)) {
+      out += '\\';
+      out += static_cast<char>(c);
+      ++i;
+    } else if (c == '\t') {
+      out += "\\t";
+      ++i;
+    } else if (c == '\n') {
+      out += "\\n";
+      ++i;
+    } else if (c == '\r') {
+      out += "\\r";
+      ++i;
+    } else if (c < 0x80 || !text) {
+      append_hex_escape(out, 'x', c, 2);
+      ++i;
+    } else {
+      char32_t cp = 0;
+      const std::size_t n = utf8_sequence(s, i, cp);  // valid: checked above
+      if (is_printable_non_ascii(cp))
+        out.append(s.data() + i, n);
+      else if (cp <= 0xFF)
+        append_hex_escape(out, 'x', cp, 2);
+      else if (cp <= 0xFFFF)
+        append_hex_escape(out, 'u', cp, 4);
+      else
+        append_hex_escape(out, 'U', cp, 8);
+      i += n;
+    }
+  }
+  out += quote;
+}
+
+inline std::string repr(std::string_view s) {
+  std::string out;
+  append_repr(out, s);
+  return out;
+}
+
+/// A key as error messages show it: its repr, cut to a readable length.
+inline std::string key_for_error(std::string_view key) {
+  constexpr std::size_t kMax = 64;
+  if (key.size() <= kMax) return repr(key);
+  std::size_t cut = kMax;
+  // Cut at a character boundary so a UTF-8 key stays a str literal.
+  while (cut > 0 && (static_cast<unsigned char>(key[cut]) & 0xC0) == 0x80) --cut;
+  return repr(key.substr(0, cut)) + "...";
+}
+
+// ---- a strict reader for the Python literal subset snapshots use ----
+
+/// Reads dict, list, tuple, str and bytes literals, int, float, True, False and None, as
+/// ast.literal_eval would, from untrusted text: every error names the byte offset and what
+/// was expected; nesting is bounded; nothing is allocated beyond what the input holds.
+class LiteralReader {
+ public:
+  static constexpr int kMaxDepth = 64;
+
+  explicit LiteralReader(std::string_view text) : in_(text) {}
+
+  /// The offset of the next token (after white space): where an error about it points.
+  std::size_t here() {
+    skip_space();
+    return pos_;
+  }
+  bool failed() const { return !error_.empty(); }
+  const std::string& error() const { return error_; }
+
+  bool fail_at(std::size_t at, const std::string& what) {
+    if (error_.empty()) error_ = "at byte " + std::to_string(at) + ": " + what;
+    return false;
+  }
+  /// Fails at the current position, saying what was found there.
+  bool fail_expected(const std::string& what) {
+    skip_space();
+    return fail_at(pos_, "expected " + what + ", found " + describe_here());
+  }
+
+  void skip_space() {
+    while (pos_ < in_.size()) {
+      const char c = in_[pos_];
+      if (c != ' ' && c != '\t' && c != '\n' && c != '\r') break;
+      ++pos_;
+    }
+  }
+  bool at_end() {
+    skip_space();
+    return pos_ >= in_.size();
+  }
+  char peek() {
+    skip_space();
+    return pos_ < in_.size() ? in_[pos_] : '\0';
+  }
+  bool accept(char c) {
+    skip_space();
+    if (pos_ < in_.size() && in_[pos_] == c) {
+      ++pos_;
+      return true;
+    }
+    return false;
+  }
+  bool expect(char c, const char* what) { return accept(c) || fail_expected(what); }
+
+  /// Iterates a container's elements after its opening bracket:
+  ///   bool first = true; while (r.next_element('}', first)) { ...read one element... }
+  ///   if (r.failed()) ...
+  /// Accepts a trailing comma, as Python does.
+  bool next_element(char close, bool& first) {
+    if (failed()) return false;
+    if (accept(close)) return false;
+    if (!first) {
+      if (!accept(',')) {
+        fail_expected(std::string("',' or '") + close + "'");
+        return false;
+      }
+      if (accept(close)) return false;
+    }
+    first = false;
+    return true;
+  }
+
+  bool at_string() {
+    const char c = peek();
+    if (c == '\'' || c == '"') return true;
+    return (c == 'b' || c == 'B') && pos_ + 1 < in_.size() &&
+           (in_[pos_ + 1] == '\'' || in_[pos_ + 1] == '"');
+  }
+  bool at_number() {
+    const char c = peek();
+    return c == '-' || (c >= '0' && c <= '9');
+  }
+
+  /// A str or bytes literal, decoded into bytes (a str as UTF-8).
+  bool string(std::string& out) {
+    out.clear();
+    if (!at_string()) return fail_expected("a string");
+    const std::size_t start = pos_;
+    const bool bytes = in_[pos_] == 'b' || in_[pos_] == 'B';
+    if (bytes) ++pos_;
+    const char quote = in_[pos_++];
+    for (;;) {
+      std::size_t run = pos_;
+      while (run < in_.size()) {
+        const unsigned char c = static_cast<unsigned char>(in_[run]);
+        if (c == static_cast<unsigned char>(quote) || c == '\\' || c < 0x20 || c >= 0x80) break;
+        ++run;
+      }
+      out.append(in_.data() + pos_, run - pos_);
+      pos_ = run;
+      if (pos_ >= in_.size())
+        return fail_at(start, "unterminated string (expected a closing " +
+                                  std::string(1, quote) + ")");
+      const unsigned char c = static_cast<unsigned char>(in_[pos_]);
+      if (c == static_cast<unsigned char>(quote)) {
+        ++pos_;
+        return true;
+      }
+      if (c == '\\') {
+        if (!escape(out, bytes)) return false;
+      } else if (c >= 0x80) {
+        if (bytes) return fail_at(pos_, "a bytes literal may only hold ASCII characters");
+        char32_t cp;
+        const std::size_t n = utf8_sequence(in_, pos_, cp);
+        if (n == 0) return fail_at(pos_, "invalid UTF-8 in a string");
+        out.append(in_.data() + pos_, n);
+        pos_ += n;
+      } else if (c == '\n' || c == '\r') {
+        return fail_at(start, "unterminated string (a line break inside the quotes)");
+      } else if (c == 0) {
+        return fail_at(pos_, "a NUL byte inside a string (it must be written \\x00)");
+      } else {
+        out += static_cast<char>(c);  // a raw tab or other control character, as Python allows
+        ++pos_;
+      }
+    }
+  }
+
+  /// A decimal int literal that fits in a signed 64-bit integer.
+  bool integer(std::int64_t& out) {
+    if (!at_number()) return fail_expected("an integer");
+    const std::size_t start = pos_;
+    const bool negative = in_[pos_] == '-';
+    if (negative) ++pos_;
+    std::uint64_t magnitude = 0;
+    if (!digits(magnitude, start)) return false;
+    const std::uint64_t limit =
+        negative ? std::uint64_t(std::numeric_limits<std::int64_t>::max()) + 1
+                 : std::uint64_t(std::numeric_limits<std::int64_t>::max());
+    if (magnitude > limit) return fail_at(start, "integer out of range");
+    out = negative ? static_cast<std::int64_t>(0 - magnitude) : static_cast<std::int64_t>(magnitude);
+    return true;
+  }
+  bool unsigned_integer(std::uint64_t& out) {
+    if (!at_number()) return fail_expected("an integer");
+    const std::size_t start = pos_;
+    if (in_[pos_] == '-') return fail_at(start, "expected a non-negative integer");
+    return digits(out, start);
+  }
+
+  /// An int or float number of seconds, as milliseconds rounded up (computed from the
+  /// decimal digits, so 1795634095.44 is exactly 1795634095440).
+  bool seconds_as_ms(std::int64_t& out) {
+    const std::size_t start = pos_;
+    bool negative = false;
+    long exponent = 0;  // value = digits * 10^exponent
+    if (!scan_number(negative, scratch_, exponent)) return false;
+    const std::string& digits = scratch_;
+    // ms = digits * 10^(exponent + 3): the digits before that decimal point, rounded up if
+    // any digit after it is not zero.
+    const long point = static_cast<long>(digits.size()) + exponent + 3;
+    const long last = std::max<long>(point, static_cast<long>(digits.size()));
+    const std::uint64_t max = std::uint64_t(std::numeric_limits<std::int64_t>::max());
+    std::uint64_t whole = 0;
+    bool fraction = false;
+    for (long k = 0; k < last; ++k) {
+      const int d = k < static_cast<long>(digits.size()) ? digits[std::size_t(k)] - '0' : 0;
+      if (k < point) {
+        if (whole > (max - std::uint64_t(d)) / 10) return fail_at(start, "number out of range");
+        whole = whole * 10 + std::uint64_t(d);
+      } else if (d != 0) {
+        fraction = true;
+      }
+    }
+    if (fraction && !negative) {
+      if (whole == max) return fail_at(start, "number out of range");
+      ++whole;  // round up: a key never expires before the time it was given
+    }
+    out = negative ? -static_cast<std::int64_t>(whole) : static_cast<std::int64_t>(whole);
+    return true;
+  }
+
+  bool boolean(bool& out) {
+    skip_space();
+    const std::size_t start = pos_;
+    if (word("True")) {
+      out = true;
+      return true;
+    }
+    if (word("False")) {
+      out = false;
+      return true;
+    }
+    pos_ = start;
+    return fail_expected("True or False");
+  }
+
+  /// Validates and skips any literal value.
+  bool skip_value(int depth = 0) {
+    if (depth >= kMaxDepth) {
+      skip_space();
+      return fail_at(pos_, "nesting deeper than " + std::to_string(kMaxDepth) + " levels");
+    }
+    if (at_string()) return string(scratch_);
+    if (at_number()) return skip_number();
+    const char c = peek();
+    if (c == '{' || c == '[' || c == '(') {
+      ++pos_;
+      const char close = c == '{' ? '}' : c == '[' ? ']' : ')';
+      bool first = true;
+      while (next_element(close, first)) {
+        if (!skip_value(depth + 1)) return false;
+        if (c == '{' && (!expect(':', "':' after a dict key") || !skip_value(depth + 1)))
+          return false;
+      }
+      return !failed();
+    }
+    if (word("True") || word("False") || word("None")) return true;
+    return fail_expected("a value");
+  }
+
+ private:
+  std::string_view in_;
+  std::size_t pos_ = 0;
+  std::string error_;
+  std::string scratch_;
+
+  static bool is_digit(char c) { return c >= '0' && c <= '9'; }
+  static bool is_hex(char c) {
+    return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+  }
+  static std::uint32_t hex_value(char c) {
+    return is_digit(c) ? std::uint32_t(c - '0') : std::uint32_t((c | 0x20) - 'a' + 10);
+  }
+
+  std::string describe_here() const {
+    if (pos_ >= in_.size()) return "the end of the input";
+    const unsigned char c = static_cast<unsigned char>(in_[pos_]);
+    if (c >= 0x20 && c < 0x7F) return std::string("'") + static_cast<char>(c) + "'";
+    std::string out = "byte ";
+    append_hex_escape(out, 'x', c, 2);
+    return out;
+  }
+
+  /// A word such as True: matched only as a whole identifier.
+  bool word(std::string_view w) {
+    skip_space();
+    if (in_.substr(pos_, w.size()) != w) return false;
+    const std::size_t end = pos_ + w.size();
+    if (end < in_.size()) {
+      const char c = in_[end];
+      if (is_digit(c) || c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+          static_cast<unsigned char>(c) >= 0x80)
+        return false;
+    }
+    pos_ = end;
+    return true;
+  }
+
+  /// After a number: nothing that would make it another token (1.5, 1e3, 1j, 1_000, 1abc).
+  bool number_ends_here() const {
+    if (pos_ >= in_.size()) return true;
+    const char c = in_[pos_];
+    return !(is_digit(c) || c == '.' || c == '_' || (c >= 'a' && c <= 'z') ||
+             (c >= 'A' && c <= 'Z'));
+  }
+
+  bool digits(std::uint64_t& out, std::size_t start) {
+    if (pos_ >= in_.size() || !is_digit(in_[pos_])) return fail_at(start, "expected an integer");
+    if (in_[pos_] == '0' && pos_ + 1 < in_.size() && is_digit(in_[pos_ + 1]))
+      return fail_at(start, "leading zeros in an integer");
+    std::uint64_t v = 0;
+    for (; pos_ < in_.size() && is_digit(in_[pos_]); ++pos_) {
+      const std::uint64_t d = std::uint64_t(in_[pos_] - '0');
+      if (v > (std::numeric_limits<std::uint64_t>::max() - d) / 10)
+        return fail_at(start, "integer out of range");
+      v = v * 10 + d;
+    }
+    if (!number_ends_here()) return fail_at(start, "expected an integer");
+    out = v;
+    return true;
+  }
+
+  /// An int or float literal ([-]digits[.digits][e[+-]digits]): its sign, its digits and
+  /// the power of ten they are scaled by. The exponent is clamped (1e999999 is simply huge).
+  bool scan_number(bool& negative, std::string& digits, long& exponent) {
+    digits.clear();
+    exponent = 0;
+    if (!at_number()) return fail_expected("a number");
+    const std::size_t start = pos_;
+    negative = in_[pos_] == '-';
+    if (negative) ++pos_;
+    for (; pos_ < in_.size() && is_digit(in_[pos_]); ++pos_) digits += in_[pos_];
+    if (pos_ < in_.size() && in_[pos_] == '.') {
+      ++pos_;
+      for (; pos_ < in_.size() && is_digit(in_[pos_]); ++pos_) {
+        digits += in_[pos_];
+        --exponent;
+      }
+    }
+    if (digits.empty()) return fail_at(start, "expected a number");
+    if (pos_ < in_.size() && (in_[pos_] == 'e' || in_[pos_] == 'E')) {
+      ++pos_;
+      bool exponent_negative = false;
+      if (pos_ < in_.size() && (in_[pos_] == '+' || in_[pos_] == '-'))
+        exponent_negative = in_[pos_++] == '-';
+      if (pos_ >= in_.size() || !is_digit(in_[pos_])) return fail_at(start, "malformed exponent");
+      long e = 0;
+      for (; pos_ < in_.size() && is_digit(in_[pos_]); ++pos_)
+        if (e < 100000) e = e * 10 + (in_[pos_] - '0');
+      exponent += exponent_negative ? -e : e;
+    }
+    if (!number_ends_here()) return fail_at(start, "malformed number");
+    return true;
+  }
+
+  bool skip_number() {
+    bool negative;
+    long exponent;
+    return scan_number(negative, scratch_, exponent);
+  }
+
+  bool fixed_hex(std::size_t count, std::uint32_t& value, std::size_t escape_at) {
+    value = 0;
+    for (std::size_t k = 0; k < count; ++k) {
+      if (pos_ >= in_.size() || !is_hex(in_[pos_]))
+        return fail_at(escape_at, "truncated \\x, \\u or \\U escape (expected " +
+                                      std::to_string(count) + " hex digits)");
+      value = (value << 4) | hex_value(in_[pos_++]);
+    }
+    return true;
+  }
+
+  /// One escape sequence, at the backslash.
+  bool escape(std::string& out, bool bytes) {
+    const std::size_t at = pos_++;
+    if (pos_ >= in_.size()) return fail_at(at, "unterminated escape sequence");
+    const char e = in_[pos_++];
+    std::uint32_t v = 0;
+    switch (e) {
+      case '\\': case '\'': case '"': out += e; return true;
+      case 'n': out += '\n'; return true;
+      case 'r': out += '\r'; return true;
+      case 't': out += '\t'; return true;
+      case 'a': out += '\a'; return true;
+      case 'b': out += '\b'; return true;
+      case 'f': out += '\f'; return true;
+      case 'v': out += '\v'; return true;
+      case 'x':
+        if (!fixed_hex(2, v, at)) return false;
+        break;
+      case 'u':
+      case 'U':
+        if (bytes) return fail_at(at, std::string("invalid escape \\") + e + " in a bytes literal");
+        if (!fixed_hex(e == 'u' ? 4 : 8, v, at)) return false;
+        if (v > 0x10FFFF) return fail_at(at, "escape beyond U+10FFFF");
+        if (v >= 0xD800 && v <= 0xDFFF) return fail_at(at, "escape of a lone surrogate");
+        break;
+      default:
+        if (e >= '0' && e <= '7') {
+          v = std::uint32_t(e - '0');
+          for (int k = 0; k < 2 && pos_ < in_.size() && in_[pos_] >= '0' && in_[pos_] <= '7'; ++k)
+            v = v * 8 + std::uint32_t(in_[pos_++] - '0');
+          if (bytes && v > 0xFF) return fail_at(at, "octal escape above \\377 in a bytes literal");
+          break;
+        }
+        return fail_at(at, "invalid escape sequence (expected one of \\\\ \\' \\\" \\n \\r \\t "
+                           "\\a \\b \\f \\v \\xNN \\ooo \\uXXXX \\UXXXXXXXX)");
+    }
+    if (bytes)
+      out += static_cast<char>(v);
+    else
+      append_utf8(out, v);
+    return true;
+  }
+};
+
+inline bool snapshot_error(const LiteralReader& r, std::string& error) {
+  error = "invalid snapshot " + r.error();
+  return false;
+}
+
+// ---- helpers of the command handlers ----
+
+inline Reply wrongtype_error() {
+  return Reply::error("WRONGTYPE Operation against a key holding the wrong kind of value");
+}
+inline Reply not_integer_error() {
+  return Reply::error("ERR value is not an integer or out of range");
+}
+inline Reply syntax_error() { return Reply::error("ERR syntax error"); }
+inline Reply overflow_error() { return Reply::error("ERR increment or decrement would overflow"); }
+inline Reply arity_error(std::string_view name) {
+  return Reply::error("ERR wrong number of arguments for '" + std::string(name) + "' command");
+}
+inline Reply invalid_expire_error(std::string_view name) {
+  return Reply::error("ERR invalid expire time in '" + std::string(name) + "' command");
+}
+
+/// Redis's string2ll: optional '-', digits, no leading zeros, no spaces or '+', fits in 64
+/// bits. "-0" is rejected, as in Redis.
+inline bool parse_int64(std::string_view s, std::int64_t& out) {
+  if (s.empty() || s.size() > 20) return false;
+  if (s == "0") {
+    out = 0;
+    return true;
+  }
+  std::size_t i = 0;
+  const bool negative = s[0] == '-';
+  if (negative) ++i;
+  if (i >= s.size() || s[i] < '1' || s[i] > '9') return false;
+  std::uint64_t v = 0;
+  for (; i < s.size(); ++i) {
+    if (s[i] < '0' || s[i] > '9') return false;
+    const std::uint64_t d = std::uint64_t(s[i] - '0');
+    if (v > (std::numeric_limits<std::uint64_t>::max() - d) / 10) return false;
+    v = v * 10 + d;
+  }
+  const std::uint64_t max = std::uint64_t(std::numeric_limits<std::int64_t>::max());
+  if (negative) {
+    if (v > max + 1) return false;
+    out = static_cast<std::int64_t>(0 - v);
+  } else {
+    if (v > max) return false;
+    out = static_cast<std::int64_t>(v);
+  }
+  return true;
+}
+
+/// ASCII case-insensitive comparison with a lower-case word.
+inline bool iequals(std::string_view s, std::string_view lower) {
+  if (s.size() != lower.size()) return false;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    char c = s[i];
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+    if (c != lower[i]) return false;
+  }
+  return true;
+}
+
+/// a + b, or nullopt on overflow.
+inline std::optional<std::int64_t> checked_add(std::int64_t a, std::int64_t b) {
+  if ((b > 0 && a > std::numeric_limits<std::int64_t>::max() - b) ||
+      (b < 0 && a < std::numeric_limits<std::int64_t>::min() - b))
+    return std::nullopt;
+  return a + b;
+}
+
+/// One pattern token (not '*') at pattern[p] against the byte c, as Redis's stringmatchlen:
+/// '?', a class "[...]" ('^' negates, "a-z" ranges in either order, '\' quotes; an unclosed
+/// class runs to the end of the pattern), '\x', or a literal. Returns the position after the
+/// token.
+inline std::size_t glob_token(std::string_view pattern, std::size_t p, char c, bool& matched) {
+  const std::size_t m = pattern.size();
+  if (pattern[p] == '?') {
+    matched = true;
+    return p + 1;
+  }
+  if (pattern[p] == '[') {
+    std::size_t q = p + 1;
+    const bool negate = q < m && pattern[q] == '^';
+    if (negate) ++q;
+    bool hit = false;
+    while (q < m && pattern[q] != ']') {
+      if (pattern[q] == '\\' && m - q >= 2) {
+        ++q;
+        hit = hit || pattern[q] == c;
+      } else if (m - q >= 3 && pattern[q + 1] == '-') {
+        // Redis compares these as (signed) char; so does this, for identical results.
+        signed char lo = static_cast<signed char>(pattern[q]);
+        signed char hi = static_cast<signed char>(pattern[q + 2]);
+        if (lo > hi) std::swap(lo, hi);
+        const signed char sc = static_cast<signed char>(c);
+        hit = hit || (sc >= lo && sc <= hi);
+        q += 2;
+      } else {
+        hit = hit || pattern[q] == c;
+      }
+      ++q;
+    }
+    matched = hit != negate;
+    return q < m ? q + 1 : m;
+  }
+  if (pattern[p] == '\\' && m - p >= 2) ++p;
+  matched = pattern[p] == c;
+  return p + 1;
+}
+
+/// Redis's glob (KEYS, SCAN MATCH): '*' any run, plus glob_token's single-byte tokens.
+/// Iterative with backtracking to the last '*': O(pattern * string), no recursion. Like
+/// Redis, an empty string matches only the empty pattern.
+inline bool glob_match(std::string_view pattern, std::string_view s) {
+  if (s.empty()) return pattern.empty();
+  const std::size_t m = pattern.size();
+  const std::size_t npos = std::string_view::npos;
+  std::size_t p = 0, i = 0, star_p = npos, star_i = 0;
+  while (i < s.size()) {
+    if (p < m && pattern[p] == '*') {
+      while (p < m && pattern[p] == '*') ++p;
+      if (p == m) return true;
+      star_p = p;
+      star_i = i;
+      continue;
+    }
+    if (p < m) {
+      bool matched = false;
+      const std::size_t next = glob_token(pattern, p, s[i], matched);
+      if (matched) {
+        p = next;
+        ++i;
+        continue;
+      }
+    }
+    if (star_p == npos) return false;
+    p = star_p;
+    i = ++star_i;
+  }
+  while (p < m && pattern[p] == '*') ++p;
+  return p == m;
+}
+
+/// The key's object for a read handler; `wrong` when it holds another kind.
+inline const Store::Object* read_lookup(Call& c, std::string_view key, Store::Kind kind, bool& wrong) {
+  const Store::Object* o = c.data.find(key, c.now_ms);
+  wrong = o != nullptr && o->kind != kind;
+  return wrong ? nullptr : o;
+}
+/// The key's object for a write handler, after deleting it if it has expired.
+inline Store::Object* write_lookup(Call& c, std::string_view key, Store::Kind kind, bool& wrong) {
+  Store::Object* o = c.data.find_for_write(key, c.now_ms);
+  wrong = o != nullptr && o->kind != kind;
+  return wrong ? nullptr : o;
+}
+
+inline Reply bulk_or_nil(const Store::Object* o) { return o ? Reply::bulk(o->str) : Reply::nil(); }
+
+/// Resolves a Redis index (negative counts from the end) into [0, len); false if outside.
+inline bool resolve_index(std::int64_t index, std::size_t len, std::size_t& out) {
+  const auto n = static_cast<std::int64_t>(len);
+  if (index < 0) index += n;
+  if (index < 0 || index >= n) return false;
+  out = static_cast<std::size_t>(index);
+  return true;
+}
+
+/// The element at position i of a list, walking from the nearer end.
+template <class L>
+inline auto list_at(L& list, std::size_t i) {
+  if (i <= list.size() / 2) return std::next(list.begin(), static_cast<std::ptrdiff_t>(i));
+  return std::prev(list.end(), static_cast<std::ptrdiff_t>(list.size() - i));
+}
+
+/// Redis's range arithmetic (LRANGE, LTRIM): [start, stop] inclusive, negatives from the end,
+/// clamped. False when the range is empty.
+inline bool resolve_range(std::int64_t start, std::int64_t stop, std::size_t len,
+                          std::size_t& first, std::size_t& count) {
+  const auto n = static_cast<std::int64_t>(len);
+  if (start < 0) start = start < -n ? 0 : start + n;
+  if (stop < 0) stop = stop < -n ? -1 : stop + n;
+  if (start > stop || start >= n) return false;
+  if (stop >= n) stop = n - 1;
+  first = static_cast<std::size_t>(start);
+  count = static_cast<std::size_t>(stop - start + 1);
+  return true;
+}
+
+// ---- string commands ----
+
+inline Reply cmd_get(Call& c) {
+  bool wrong;
+  const Store::Object* o = read_lookup(c, c.words[1], Store::Kind::String, wrong);
+  return wrong ? wrongtype_error() : bulk_or_nil(o);
+}
+
+/// SET key value [NX|XX] [GET] [EX s|PX ms|EXAT s|PXAT ms|KEEPTTL], as Redis 7.
+inline Reply cmd_set(Call& c) {
+  const auto& w = c.words;
+  const std::string& key = w[1];
+  if (w.size() == 3) {  // the common case: replace whatever is there
+    c.data.put(key, Store::Kind::String).str = w[2];
+    return Reply::ok();
+  }
+  enum class Expire { None, Ex, Px, ExAt, PxAt };
+  Expire expire = Expire::None;
+  bool nx = false, xx = false, get = false, keepttl = false;
+  const std::string* expire_arg = nullptr;
+  for (std::size_t j = 3; j < w.size(); ++j) {
+    const std::string& opt = w[j];
+    const bool has_next = j + 1 < w.size();
+    Expire unit = Expire::None;
+    if (iequals(opt, "ex")) unit = Expire::Ex;
+    else if (iequals(opt, "px")) unit = Expire::Px;
+    else if (iequals(opt, "exat")) unit = Expire::ExAt;
+    else if (iequals(opt, "pxat")) unit = Expire::PxAt;
+
+    if (iequals(opt, "nx") && !xx) {
+      nx = true;
+    } else if (iequals(opt, "xx") && !nx) {
+      xx = true;
+    } else if (iequals(opt, "get")) {
+      get = true;
+    } else if (iequals(opt, "keepttl") && expire == Expire::None) {
+      keepttl = true;
+    } else if (unit != Expire::None && !keepttl && (expire == Expire::None || expire == unit) &&
+               has_next) {
+      expire = unit;
+      expire_arg = &w[++j];
+    } else {
+      return syntax_error();
+    }
+  }
+
+  std::optional<std::int64_t> deadline;
+  if (expire_arg != nullptr) {
+    std::int64_t when = 0;
+    if (!parse_int64(*expire_arg, when)) return not_integer_error();
+    const bool seconds = expire == Expire::Ex || expire == Expire::ExAt;
+    if (when <= 0 || (seconds && when > std::numeric_limits<std::int64_t>::max() / 1000))
+      return invalid_expire_error("set");
+    if (seconds) when *= 1000;
+    if (expire == Expire::Ex || expire == Expire::Px) {
+      const auto at = checked_add(when, c.now_ms);
+      if (!at || *at <= 0) return invalid_expire_error("set");
+      when = *at;
+    }
+    deadline = when;
+  }
+
+  const Store::Object* old = c.data.find_for_write(key, c.now_ms);
+  Reply reply = Reply::ok();
+  if (get) {
+    if (old != nullptr && old->kind != Store::Kind::String) return wrongtype_error();
+    reply = bulk_or_nil(old);
+  }
+  if ((nx && old != nullptr) || (xx && old == nullptr)) return get ? reply : Reply::nil();
+
+  const std::optional<std::int64_t> kept = keepttl ? c.data.deadline(key) : std::nullopt;
+  c.data.put(key, Store::Kind::String).str = w[2];
+  if (deadline) {
+    if (*deadline <= c.now_ms)
+      c.data.erase(key);  // already past: as Redis, the key is set and gone at once
+    else
+      c.data.set_deadline(key, *deadline);
+  } else if (kept) {
+    c.data.set_deadline(key, *kept);
+  }
+  return reply;
+}
+
+inline Reply cmd_setnx(Call& c) {
+  if (c.data.find_for_write(c.words[1], c.now_ms) != nullptr) return Reply::integer(0);
+  c.data.put(c.words[1], Store::Kind::String).str = c.words[2];
+  return Reply::integer(1);
+}
+
+inline Reply cmd_getset(Call& c) {
+  bool wrong;
+  const Store::Object* o = write_lookup(c, c.words[1], Store::Kind::String, wrong);
+  if (wrong) return wrongtype_error();
+  Reply reply = bulk_or_nil(o);
+  c.data.put(c.words[1], Store::Kind::String).str = c.words[2];
+  return reply;
+}
+
+inline Reply cmd_mget(Call& c) {
+  std::vector<Reply> items;
+  items.reserve(c.words.size() - 1);
+  for (std::size_t i = 1; i < c.words.size(); ++i) {
+    const Store::Object* o = c.data.find(c.words[i], c.now_ms);
+    items.push_back(o != nullptr && o->kind == Store::Kind::String ? Reply::bulk(o->str) : Reply::nil());
+  }
+  return Reply::array(std::move(items));
+}
+
+inline Reply cmd_mset(Call& c) {
+  if (c.words.size() % 2 == 0) return arity_error(c.words[0]);
+  for (std::size_t i = 1; i + 1 < c.words.size(); i += 2)
+    c.data.put(c.words[i], Store::Kind::String).str = c.words[i + 1];
+  return Reply::ok();
+}
+
+inline Reply cmd_del(Call& c) {
+  std::int64_t removed = 0;
+  for (std::size_t i = 1; i < c.words.size(); ++i) {
+    c.data.check_ttl(c.words[i], c.now_ms);
+    removed += c.data.erase(c.words[i]) ? 1 : 0;
+  }
+  return Reply::integer(removed);
+}
+
+inline Reply cmd_exists(Call& c) {
+  std::int64_t n = 0;
+  for (std::size_t i = 1; i < c.words.size(); ++i)
+    n += c.data.find(c.words[i], c.now_ms) != nullptr ? 1 : 0;
+  return Reply::integer(n);
+}
+
+inline Reply incr_by(Call& c, std::int64_t increment) {
+  bool wrong;
+  Store::Object* o = write_lookup(c, c.words[1], Store::Kind::String, wrong);
+  if (wrong) return wrongtype_error();
+  std::int64_t value = 0;
+  if (o != nullptr && !parse_int64(o->str, value)) return not_integer_error();
+  const auto result = checked_add(value, increment);
+  if (!result) return overflow_error();
+  if (o == nullptr) o = &c.data.put(c.words[1], Store::Kind::String);
+  o->str = std::to_string(*result);  // in place: the key keeps its deadline, as in Redis
+  return Reply::integer(*result);
+}
+
+inline Reply cmd_incr(Call& c) { return incr_by(c, 1); }
+inline Reply cmd_decr(Call& c) { return incr_by(c, -1); }
+inline Reply cmd_incrby(Call& c) {
+  std::int64_t n = 0;
+  if (!parse_int64(c.words[2], n)) return not_integer_error();
+  return incr_by(c, n);
+}
+inline Reply cmd_decrby(Call& c) {
+  std::int64_t n = 0;
+  if (!parse_int64(c.words[2], n)) return not_integer_error();
+  if (n == std::numeric_limits<std::int64_t>::min())
+    return Reply::error("ERR decrement would overflow");
+  return incr_by(c, -n);
+}
+
+inline Reply cmd_append(Call& c) {
+  constexpr std::size_t kMaxString = 512u * 1024 * 1024;  // Redis's proto-max-bulk-len
+  bool wrong;
+  Store::Object* o = write_lookup(c, c.words[1], Store::Kind::String, wrong);
+  if (wrong) return wrongtype_error();
+  const std::string& tail = c.words[2];
+  if (o == nullptr) {
+    o = &c.data.put(c.words[1], Store::Kind::String);
+  } else if (o->str.size() + tail.size() > kMaxString) {
+    return Reply::error("ERR string exceeds maximum allowed size (proto-max-bulk-len)");
+  }
+  o->str += tail;
+  return Reply::integer(static_cast<std::int64_t>(o->str.size()));
+}
+
+inline Reply cmd_strlen(Call& c) {
+  bool wrong;
+  const Store::Object* o = read_lookup(c, c.words[1], Store::Kind::String, wrong);
+  if (wrong) return wrongtype_error();
+  return Reply::integer(o ? static_cast<std::int64_t>(o->str.size()) : 0);
+}
+
+// ---- keys and expiry ----
+
+inline Reply cmd_type(Call& c) {
+  const Store::Object* o = c.data.find(c.words[1], c.now_ms);
+  if (o == nullptr) return Reply::simple("none");
+  switch (o->kind) {
+    case Store::Kind::String: return Reply::simple("string");
+    case Store::Kind::Hash: return Reply::simple("hash");
+    case Store::Kind::List: return Reply::simple("list");
+  }
+  return Reply::simple("none");
+}
+
+inline Reply cmd_dbsize(Call& c) {
+  return Reply::integer(static_cast<std::int64_t>(c.data.live_size(c.now_ms)));
+}
+
+inline Reply cmd_keys(Call& c) {
+  const std::string& pattern = c.words[1];
+  const bool all = pattern == "*";
+  std::vector<Reply> keys;
+  c.data.for_each([&](const std::string& key, const Store::Object&, std::optional<std::int64_t> d) {
+    if (d && *d <= c.now_ms) return;
+    if (all || glob_match(pattern, key)) keys.push_back(Reply::bulk(key));
+  });
+  return Reply::array(std::move(keys));
+}
+
+/// EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT key time [NX|XX|GT|LT], as Redis 7.
+inline Reply expire_generic(Call& c, bool seconds, bool relative) {
+  const auto& w = c.words;
+  bool nx = false, xx = false, gt = false, lt = false;
+  for (std::size_t j = 3; j < w.size(); ++j) {
+    if (iequals(w[j], "nx")) nx = true;
+    else if (iequals(w[j], "xx")) xx = true;
+    else if (iequals(w[j], "gt")) gt = true;
+    else if (iequals(w[j], "lt")) lt = true;
+    else return Reply::error("ERR Unsupported option " + w[j]);
+  }
+  if (nx && (xx || gt || lt))
+    return Reply::error("ERR NX and XX, GT or LT options at the same time are not compatible");
+  if (gt && lt) return Reply::error("ERR GT and LT options at the same time are not compatible");
+
+  std::int64_t when = 0;
+  if (!parse_int64(w[2], when)) return not_integer_error();
+  if (seconds) {
+    if (when > std::numeric_limits<std::int64_t>::max() / 1000 ||
+        when < std::numeric_limits<std::int64_t>::min() / 1000)
+      return invalid_expire_error(w[0]);
+    when *= 1000;
+  }
+  if (relative) {
+    const auto at = checked_add(when, c.now_ms);
+    if (!at) return invalid_expire_error(w[0]);
+    when = *at;
+  }
+
+  if (c.data.find_for_write(w[1], c.now_ms) == nullptr) return Reply::integer(0);
+  const std::optional<std::int64_t> current = c.data.deadline(w[1]);
+  if (nx && current) return Reply::integer(0);
+  if (xx && !current) return Reply::integer(0);
+  if (gt && (!current || when <= *current)) return Reply::integer(0);  // none = infinite
+  if (lt && current && when >= *current) return Reply::integer(0);
+  if (when <= c.now_ms)
+    c.data.erase(w[1]);
+  else
+    c.data.set_deadline(w[1], when);
+  return Reply::integer(1);
+}
+
+inline Reply cmd_expire(Call& c) { return expire_generic(c, true, true); }
+inline Reply cmd_pexpire(Call& c) { return expire_generic(c, false, true); }
+inline Reply cmd_expireat(Call& c) { return expire_generic(c, true, false); }
+inline Reply cmd_pexpireat(Call& c) { return expire_generic(c, false, false); }
+
+inline Reply ttl_generic(Call& c, bool ms) {
+  if (c.data.find(c.words[1], c.now_ms) == nullptr) return Reply::integer(-2);
+  const std::optional<std::int64_t> d = c.data.deadline(c.words[1]);
+  if (!d) return Reply::integer(-1);
+  // *d > now_ms here (find hides the rest); saturate rather than overflow on odd clocks.
+  const auto diff = c.now_ms > std::numeric_limits<std::int64_t>::min()
+                        ? checked_add(*d, -c.now_ms)
+                        : std::nullopt;
+  const std::int64_t remaining = diff ? *diff : std::numeric_limits<std::int64_t>::max();
+  if (ms) return Reply::integer(remaining);
+  return Reply::integer(remaining / 1000 + (remaining % 1000 >= 500 ? 1 : 0));
+}
+
+inline Reply cmd_ttl(Call& c) { return ttl_generic(c, false); }
+inline Reply cmd_pttl(Call& c) { return ttl_generic(c, true); }
+
+inline Reply cmd_persist(Call& c) {
+  if (c.data.find_for_write(c.words[1], c.now_ms) == nullptr || !c.data.deadline(c.words[1]))
+    return Reply::integer(0);
+  c.data.clear_ttl(c.words[1]);
+  return Reply::integer(1);
+}
+
+// ---- hashes ----
+
+inline Reply hset_generic(Call& c, bool reply_ok) {
+  if (c.words.size() % 2 != 0) return arity_error(c.words[0]);
+  bool wrong;
+  Store::Object* o = write_lookup(c, c.words[1], Store::Kind::Hash, wrong);
+  if (wrong) return wrongtype_error();
+  if (o == nullptr) o = &c.data.put(c.words[1], Store::Kind::Hash);
+  std::int64_t added = 0;
+  for (std::size_t i = 2; i + 1 < c.words.size(); i += 2) {
+    auto [it, inserted] = o->hash.try_emplace(c.words[i], c.words[i + 1]);
+    if (inserted)
+      ++added;
+    else
+      it->second = c.words[i + 1];
+  }
+  return reply_ok ? Reply::ok() : Reply::integer(added);
+}
+
+inline Reply cmd_hset(Call& c) { return hset_generic(c, false); }
+inline Reply cmd_hmset(Call& c) { return hset_generic(c, true); }
+
+inline Reply cmd_hget(Call& c) {
+  bool wrong;
+  const Store::Object* o = read_lookup(c, c.words[1], Store::Kind::Hash, wrong);
+  if (wrong) return wrongtype_error();
+  if (o == nullptr) return Reply::nil();
+  const auto it = o->hash.find(c.words[2]);
+  return it == o->hash.end() ? Reply::nil() : Reply::bulk(it->second);
+}
+
+inline Reply cmd_hdel(Call& c) {
+  bool wrong;
+  Store::Object* o = write_lookup(c, c.words[1], Store::Kind::Hash, wrong);
+  if (wrong) return wrongtype_error();
+  if (o == nullptr) return Reply::integer(0);
+  std::int64_t removed = 0;
+  for (std::size_t i = 2; i < c.words.size(); ++i) {
+    const auto it = o->hash.find(c.words[i]);
+    if (it == o->hash.end()) continue;
+    o->hash.erase(it);
+    ++removed;
+  }
+  if (o->hash.empty()) c.data.erase(c.words[1]);
+  return Reply::integer(removed);
+}
+
+inline Reply cmd_hlen(Call& c) {
+  bool wrong;
+  const Store::Object* o = read_lookup(c, c.words[1], Store::Kind::Hash, wrong);
+  if (wrong) return wrongtype_error();
+  return Reply::integer(o ? static_cast<std::int64_t>(o->hash.size()) : 0);
+}
+
+inline Reply cmd_hgetall(Call& c) {
+  bool wrong;
+  const Store::Object* o = read_lookup(c, c.words[1], Store::Kind::Hash, wrong);
+  if (wrong) return wrongtype_error();
+  std::vector<Reply> flat;
+  if (o != nullptr) {
+    flat.reserve(o->hash.size() * 2);
+    for (const auto& [field, value] : o->hash) {
+      flat.push_back(Reply::bulk(field));
+      flat.push_back(Reply::bulk(value));
+    }
+  }
+  return Reply::map(std::move(flat));
+}
+
+inline Reply cmd_hexists(Call& c) {
+  bool wrong;
+  const Store::Object* o = read_lookup(c, c.words[1], Store::Kind::Hash, wrong);
+  if (wrong) return wrongtype_error();
+  return Reply::integer(o != nullptr && o->hash.count(c.words[2]) != 0 ? 1 : 0);
+}
+
+inline Reply hash_column(Call& c, bool fields) {
+  bool wrong;
+  const Store::Object* o = read_lookup(c, c.words[1], Store::Kind::Hash, wrong);
+  if (wrong) return wrongtype_error();
+  std::vector<Reply> items;
+  if (o != nullptr) {
+    items.reserve(o->hash.size());
+    for (const auto& [field, value] : o->hash) items.push_back(Reply::bulk(fields ? field : value));
+  }
+  return Reply::array(std::move(items));
+}
+
+inline Reply cmd_hkeys(Call& c) { return hash_column(c, true); }
+inline Reply cmd_hvals(Call& c) { return hash_column(c, false); }
+
+inline Reply cmd_hmget(Call& c) {
+  bool wrong;
+  const Store::Object* o = read_lookup(c, c.words[1], Store::Kind::Hash, wrong);
+  if (wrong) return wrongtype_error();
+  std::vector<Reply> items;
+  items.reserve(c.words.size() - 2);
+  for (std::size_t i = 2; i < c.words.size(); ++i) {
+    if (o == nullptr) {
+      items.push_back(Reply::nil());
+      continue;
+    }
+    const auto it = o->hash.find(c.words[i]);
+    items.push_back(it != o->hash.end() ? Reply::bulk(it->second) : Reply::nil());
+  }
+  return Reply::array(std::move(items));
+}
+
+inline Reply cmd_hincrby(Call& c) {
+  std::int64_t increment = 0;
+  if (!parse_int64(c.words[3], increment)) return not_integer_error();
+  bool wrong;
+  Store::Object* o = write_lookup(c, c.words[1], Store::Kind::Hash, wrong);
+  if (wrong) return wrongtype_error();
+  std::int64_t value = 0;
+  if (o != nullptr) {
+    const auto it = o->hash.find(c.words[2]);
+    if (it != o->hash.end() && !parse_int64(it->second, value))
+      return Reply::error("ERR hash value is not an integer");
+  }
+  const auto result = checked_add(value, increment);
+  if (!result) return overflow_error();
+  if (o == nullptr) o = &c.data.put(c.words[1], Store::Kind::Hash);
+  o->hash[c.words[2]] = std::to_string(*result);
+  return Reply::integer(*result);
+}
+
+// ---- lists ----
+
+inline Reply push_generic(Call& c, bool front) {
+  bool wrong;
+  Store::Object* o = write_lookup(c, c.words[1], Store::Kind::List, wrong);
+  if (wrong) return wrongtype_error();
+  if (o == nullptr) o = &c.data.put(c.words[1], Store::Kind::List);
+  for (std::size_t i = 2; i < c.words.size(); ++i) {
+    if (front)
+      o->list.push_front(c.words[i]);
+    else
+      o->list.push_back(c.words[i]);
+  }
+  return Reply::integer(static_cast<std::int64_t>(o->list.size()));
+}
+
+inline Reply cmd_lpush(Call& c) { return push_generic(c, true); }
+inline Reply cmd_rpush(Call& c) { return push_generic(c, false); }
+
+/// LPOP / RPOP key [count], as Redis 7.
+inline Reply pop_generic(Call& c, bool front) {
+  const bool has_count = c.words.size() == 3;
+  std::int64_t count = 0;
+  if (has_count && (!parse_int64(c.words[2], count) || count < 0))
+    return Reply::error("ERR value is out of range, must be positive");
+  bool wrong;
+  Store::Object* o = write_lookup(c, c.words[1], Store::Kind::List, wrong);
+  if (wrong) return wrongtype_error();
+  if (o == nullptr) return has_count ? Reply::null_array() : Reply::nil();
+  const auto take = [&] {
+    std::string v = std::move(front ? o->list.front() : o->list.back());
+    if (front)
+      o->list.pop_front();
+    else
+      o->list.pop_back();
+    return v;
+  };
+  Reply reply;
+  if (!has_count) {
+    reply = Reply::bulk(take());
+  } else {
+    const auto n = std::min<std::uint64_t>(std::uint64_t(count), o->list.size());
+    std::vector<Reply> items;
+    items.reserve(static_cast<std::size_t>(n));
+    for (std::uint64_t k = 0; k < n; ++k) items.push_back(Reply::bulk(take()));
+    reply = Reply::array(std::move(items));
+  }
+  if (o->list.empty()) c.data.erase(c.words[1]);
+  return reply;
+}
+
+inline Reply cmd_lpop(Call& c) { return pop_generic(c, true); }
+inline Reply cmd_rpop(Call& c) { return pop_generic(c, false); }
+
+inline Reply cmd_lrange(Call& c) {
+  std::int64_t start = 0, stop = 0;
+  if (!parse_int64(c.words[2], start) || !parse_int64(c.words[3], stop))
+    return not_integer_error();
+  bool wrong;
+  const Store::Object* o = read_lookup(c, c.words[1], Store::Kind::List, wrong);
+  if (wrong) return wrongtype_error();
+  std::vector<Reply> items;
+  std::size_t first = 0, count = 0;
+  if (o != nullptr && resolve_range(start, stop, o->list.size(), first, count)) {
+    items.reserve(count);
+    auto it = list_at(o->list, first);
+    for (std::size_t k = 0; k < count; ++k, ++it) items.push_back(Reply::bulk(*it));
+  }
+  return Reply::array(std::move(items));
+}
+
+inline Reply cmd_lindex(Call& c) {
+  bool wrong;
+  const Store::Object* o = read_lookup(c, c.words[1], Store::Kind::List, wrong);
+  if (wrong) return wrongtype_error();
+  if (o == nullptr) return Reply::nil();
+  std::int64_t index = 0;
+  if (!parse_int64(c.words[2], index)) return not_integer_error();
+  std::size_t i = 0;
+  if (!resolve_index(index, o->list.size(), i)) return Reply::nil();
+  return Reply::bulk(*list_at(o->list, i));
+}
+
+inline Reply cmd_llen(Call& c) {
+  bool wrong;
+  const Store::Object* o = read_lookup(c, c.words[1], Store::Kind::List, wrong);
+  if (wrong) return wrongtype_error();
+  return Reply::integer(o ? static_cast<std::int64_t>(o->list.size()) : 0);
+}
+
+inline Reply cmd_lset(Call& c) {
+  bool wrong;
+  Store::Object* o = write_lookup(c, c.words[1], Store::Kind::List, wrong);
+  if (wrong) return wrongtype_error();
+  if (o == nullptr) return Reply::error("ERR no such key");
+  std::int64_t index = 0;
+  if (!parse_int64(c.words[2], index)) return not_integer_error();
+  std::size_t i = 0;
+  if (!resolve_index(index, o->list.size(), i)) return Reply::error("ERR index out of range");
+  *list_at(o->list, i) = c.words[3];
+  return Reply::ok();
+}
+
+/// LREM key count element: count > 0 from the head, < 0 from the tail, 0 all.
+inline Reply cmd_lrem(Call& c) {
+  std::int64_t count = 0;
+  if (!parse_int64(c.words[2], count)) return not_integer_error();
+  bool wrong;
+  Store::Object* o = write_lookup(c, c.words[1], Store::Kind::List, wrong);
+  if (wrong) return wrongtype_error();
+  if (o == nullptr) return Reply::integer(0);
+  const std::string& element = c.words[3];
+  const std::uint64_t limit =
+      count == 0 ? std::numeric_limits<std::uint64_t>::max()
+                 : (count > 0 ? std::uint64_t(count) : 0 - std::uint64_t(count));
+  std::uint64_t removed = 0;
+  auto& list = o->list;
+  if (count >= 0) {
+    for (auto it = list.begin(); it != list.end() && removed < limit;) {
+      if (*it == element) {
+        it = list.erase(it);
+        ++removed;
+      } else {
+        ++it;
+      }
+    }
+  } else {
+    for (auto it = list.end(); it != list.begin() && removed < limit;) {
+      --it;
+      if (*it == element) {
+        it = list.erase(it);
+        ++removed;
+      }
+    }
+  }
+  if (list.empty()) c.data.erase(c.words[1]);
+  return Reply::integer(static_cast<std::int64_t>(removed));
+}
+
+inline Reply cmd_ltrim(Call& c) {
+  std::int64_t start = 0, stop = 0;
+  if (!parse_int64(c.words[2], start) || !parse_int64(c.words[3], stop))
+    return not_integer_error();
+  bool wrong;
+  Store::Object* o = write_lookup(c, c.words[1], Store::Kind::List, wrong);
+  if (wrong) return wrongtype_error();
+  if (o == nullptr) return Reply::ok();
+  auto& list = o->list;
+  std::size_t first = 0, count = 0;
+  if (!resolve_range(start, stop, list.size(), first, count)) {
+    c.data.erase(c.words[1]);
+    return Reply::ok();
+  }
+  const std::size_t after = list.size() - first - count;
+  list.erase(list.begin(), std::next(list.begin(), static_cast<std::ptrdiff_t>(first)));
+  list.erase(std::prev(list.end(), static_cast<std::ptrdiff_t>(after)), list.end());
+  return Reply::ok();
+}
+
+}  // namespace raft::detail
+
+namespace raft {
+
+// ---- Store members ----
+
+inline const Store::Object* Store::find(std::string_view key, std::int64_t now_ms) const {
+  const auto it = objects_.find(key);
+  if (it == objects_.end() || expired(it->second, now_ms)) return nullptr;
+  return &it->second.object;
+}
+
+inline std::size_t Store::live_size(std::int64_t now_ms) const {
+  std::size_t past = 0;
+  for (auto it = expiry_.begin(); it != expiry_.end() && it->first <= now_ms; ++it) ++past;
+  return objects_.size() - past;
+}
+
+inline bool Store::check_ttl(std::string_view key, std::int64_t now_ms) {
+  const auto it = objects_.find(key);
+  if (it == objects_.end() || !expired(it->second, now_ms)) return false;
+  erase(it);
+  return true;
+}
+
+inline Store::Object* Store::find_for_write(std::string_view key, std::int64_t now_ms) {
+  const auto it = objects_.find(key);
+  if (it == objects_.end()) return nullptr;
+  if (expired(it->second, now_ms)) {
+    erase(it);
+    return nullptr;
+  }
+  return &it->second.object;
+}
+
+inline Store::Object& Store::put(std::string_view key, Kind kind) {
+  auto it = objects_.lower_bound(key);
+  if (it != objects_.end() && it->first == key) {
+    drop_deadline(it);
+    it->second.object = Object{};
+  } else {
+    it = objects_.emplace_hint(it, std::string(key), Record{});
+  }
+  it->second.object.kind = kind;
+  return it->second.object;
+}
+
+inline bool Store::erase(std::string_view key) {
+  const auto it = objects_.find(key);
+  if (it == objects_.end()) return false;
+  erase(it);
+  return true;
+}
+
+inline void Store::erase(Objects::iterator it) {
+  drop_deadline(it);
+  objects_.erase(it);
+}
+
+inline void Store::drop_deadline(Objects::iterator it) {
+  if (!it->second.deadline) return;
+  const auto entry = expiry_.find(std::pair<std::int64_t, std::string_view>(
+      *it->second.deadline, std::string_view(it->first)));
+  if (entry != expiry_.end()) expiry_.erase(entry);
+  it->second.deadline.reset();
+}
+
+inline void Store::clear_ttl(std::string_view key) {
+  const auto it = objects_.find(key);
+  if (it != objects_.end()) drop_deadline(it);
+}
+
+inline bool Store::set_deadline(std::string_view key, std::int64_t deadline_ms) {
+  const auto it = objects_.find(key);
+  if (it == objects_.end()) return false;
+  drop_deadline(it);
+  it->second.deadline = deadline_ms;
+  expiry_.emplace(deadline_ms, it->first);
+  return true;
+}
+
+inline std::optional<std::int64_t> Store::deadline(std::string_view key) const {
+  const auto it = objects_.find(key);
+  if (it == objects_.end()) return std::nullopt;
+  return it->second.deadline;
+}
+
+inline std::vector<std::string> Store::due(std::int64_t now_ms, std::size_t limit) const {
+  std::vector<std::string> keys;
+  for (auto it = expiry_.begin(); it != expiry_.end() && it->first <= now_ms && keys.size() < limit;
+       ++it)
+    keys.push_back(it->second);
+  return keys;
+}
+
+inline void Store::write_snapshot(std::string& out, const SnapshotMeta& meta) const {
+  using detail::append_repr;
+  out += "{'_META_': {'format': 1, 'index': ";
+  out += std::to_string(meta.index);
+  out += ", 'term': ";
+  out += std::to_string(meta.term);
+  out += ", 'members': [";
+  for (std::size_t i = 0; i < meta.config.members.size(); ++i) {
+    const Member& m = meta.config.members[i];
+    if (i > 0) out += ", ";
+    out += "{'id': ";
+    append_repr(out, m.id);
+    out += ", 'address': ";
+    append_repr(out, m.address);
+    out += ", 'server_id': ";
+    append_repr(out, m.server_id);
+    out += ", 'voter': ";
+    out += m.voter ? "True" : "False";
+    out += '}';
+  }
+  out += "]}, 'data': {";
+  // Keys with a deadline, collected on the way: 'ttl' is written without a second walk.
+  std::vector<std::pair<const std::string*, std::int64_t>> deadlines;
+  bool first = true;
+  for (const auto& [key, record] : objects_) {
+    if (!first) out += ", ";
+    first = false;
+    append_repr(out, key);
+    out += ": ";
+    if (record.deadline) deadlines.emplace_back(&key, *record.deadline);
+    const Object& o = record.object;
+    switch (o.kind) {
+      case Kind::String:
+        append_repr(out, o.str);
+        break;
+      case Kind::Hash: {
+        out += '{';
+        bool first_field = true;
+        for (const auto& [field, value] : o.hash) {
+          if (!first_field) out += ", ";
+          first_field = false;
+          append_repr(out, field);
+          out += ": ";
+          append_repr(out, value);
+        }
+        out += '}';
+        break;
+      }
+      case Kind::List: {
+        out += '[';
+        bool first_item = true;
+        for (const auto& item : o.list) {
+          if (!first_item) out += ", ";
+          first_item = false;
+          append_repr(out, item);
+        }
+        out += ']';
+        break;
+      }
+    }
+  }
+  out += "}, 'ttl': {";
+  for (std::size_t i = 0; i < deadlines.size(); ++i) {
+    if (i > 0) out += ", ";
+    append_repr(out, *deadlines[i].first);
+    out += ": ";
+    out += std::to_string(deadlines[i].second);
+  }
+  out += "}}";
+}
+
+namespace detail {
+
+/// _META_ of our format: {'format': 1, 'index': I, 'term': T, 'members': [...]}.
+inline bool read_snapshot_meta(LiteralReader& r, SnapshotMeta& meta) {
+  const std::size_t meta_at = r.here();
+  if (!r.expect('{', "'{' (the _META_ dict)")) return false;
+  bool has_format = false, has_index = false, has_term = false, has_members = false;
+  std::string name;
+  bool first = true;
+  while (r.next_element('}', first)) {
+    const std::size_t at = r.here();
+    if (!r.string(name) || !r.expect(':', "':' after a dict key")) return false;
+    bool* seen = name == "format" ? &has_format : name == "index" ? &has_index
+               : name == "term" ? &has_term : name == "members" ? &has_members : nullptr;
+    if (seen == nullptr)
+      return r.fail_at(at, "unknown _META_ field " + key_for_error(name) +
+                               " (expected 'format', 'index', 'term' or 'members')");
+    if (*seen) return r.fail_at(at, "duplicate _META_ field " + key_for_error(name));
+    *seen = true;
+    if (name == "format") {
+      const std::size_t value_at = r.here();
+      std::int64_t format = 0;
+      if (!r.integer(format)) return false;
+      if (format != 1)
+        return r.fail_at(value_at, "unsupported snapshot format " + std::to_string(format) +
+                                       " (this version reads format 1)");
+    } else if (name == "index") {
+      if (!r.unsigned_integer(meta.index)) return false;
+    } else if (name == "term") {
+      if (!r.unsigned_integer(meta.term)) return false;
+    } else {
+      if (!r.expect('[', "'[' (the members list)")) return false;
+      bool first_member = true;
+      while (r.next_element(']', first_member)) {
+        const std::size_t member_at = r.here();
+        if (!r.expect('{', "'{' (a member dict)")) return false;
+        Member m;
+        bool has_id = false, has_address = false, has_server_id = false, has_voter = false;
+        bool first_field = true;
+        while (r.next_element('}', first_field)) {
+          const std::size_t field_at = r.here();
+          if (!r.string(name) || !r.expect(':', "':' after a dict key")) return false;
+          bool ok = true;
+          bool* field_seen = nullptr;
+          if (name == "id") {
+            field_seen = &has_id;
+            ok = r.string(m.id);
+          } else if (name == "address") {
+            field_seen = &has_address;
+            ok = r.string(m.address);
+          } else if (name == "server_id") {
+            field_seen = &has_server_id;
+            ok = r.string(m.server_id);
+          } else if (name == "voter") {
+            field_seen = &has_voter;
+            ok = r.boolean(m.voter);
+          } else {
+            return r.fail_at(field_at, "unknown member field " + key_for_error(name) +
+                                           " (expected 'id', 'address', 'server_id' or 'voter')");
+          }
+          if (!ok) return false;
+          if (*field_seen) return r.fail_at(field_at, "duplicate member field " + key_for_error(name));
+          *field_seen = true;
+        }
+        if (r.failed()) return false;
+        if (!has_id || !has_address || !has_server_id || !has_voter)
+          return r.fail_at(member_at, "a member needs 'id', 'address', 'server_id' and 'voter'");
+        if (m.id.empty()) return r.fail_at(member_at, "a member with an empty id");
+        if (meta.config.contains(m.id))
+          return r.fail_at(member_at, "duplicate member id " + key_for_error(m.id));
+        meta.config.upsert(std::move(m));
+      }
+      if (r.failed()) return false;
+    }
+  }
+  if (r.failed()) return false;
+  if (!has_format || !has_index || !has_term || !has_members)
+    return r.fail_at(meta_at, "_META_ needs 'format', 'index', 'term' and 'members'");
+  return true;
+}
+
+/// Reads a dict of str -> str into `hash`; false on error (duplicates are errors).
+inline bool read_hash(LiteralReader& r, Store::Hash& hash, std::string& scratch) {
+  if (!r.expect('{', "'{'")) return false;
+  bool first = true;
+  while (r.next_element('}', first)) {
+    const std::size_t at = r.here();
+    if (!r.string(scratch) || !r.expect(':', "':' after a dict key")) return false;
+    auto [it, inserted] = hash.try_emplace(std::move(scratch));
+    if (!inserted) return r.fail_at(at, "duplicate hash field " + key_for_error(it->first));
+    if (!r.string(it->second)) return false;
+  }
+  return !r.failed();
+}
+
+inline bool read_list(LiteralReader& r, Store::List& list) {
+  if (!r.expect('[', "'['")) return false;
+  bool first = true;
+  while (r.next_element(']', first)) {
+    list.emplace_back();
+    if (!r.string(list.back())) return false;
+  }
+  return !r.failed();
+}
+
+/// A dict of key -> deadline, kept with each entry's offset for later errors.
+struct PendingDeadline {
+  std::string key;
+  std::int64_t deadline_ms;
+  std::size_t at;
+};
+
+inline bool read_deadlines(LiteralReader& r, std::vector<PendingDeadline>& out, bool seconds) {
+  if (!r.expect('{', "'{' (the ttl dict)")) return false;
+  bool first = true;
+  std::string key;
+  while (r.next_element('}', first)) {
+    const std::size_t at = r.here();
+    if (!r.string(key) || !r.expect(':', "':' after a dict key")) return false;
+    std::int64_t when = 0;
+    if (!(seconds ? r.seconds_as_ms(when) : r.integer(when))) return false;
+    out.push_back(PendingDeadline{std::move(key), when, at});
+  }
+  return !r.failed();
+}
+
+}  // namespace detail
+
+inline bool Store::read_snapshot(std::string_view text, Store& data, SnapshotMeta& meta,
+                                 std::string& error) {
+  detail::LiteralReader r(text);
+  Store store;
+  SnapshotMeta m;
+  std::vector<detail::PendingDeadline> deadlines;
+  bool has_meta = false, has_data = false, has_ttl = false;
+  std::string key;
+  const auto fail = [&] { return detail::snapshot_error(r, error); };
+
+  if (!r.expect('{', "'{' at the start of a snapshot")) return fail();
+  bool first = true;
+  while (r.next_element('}', first)) {
+    const std::size_t at = r.here();
+    if (!r.string(key) || !r.expect(':', "':' after a dict key")) return fail();
+    bool* seen = key == "_META_" ? &has_meta : key == "data" ? &has_data
+               : key == "ttl" ? &has_ttl : nullptr;
+    if (seen == nullptr) {
+      r.fail_at(at, "unknown top-level key " + detail::key_for_error(key) +
+                        " (expected '_META_', 'data' or 'ttl')");
+      return fail();
+    }
+    if (*seen) {
+      r.fail_at(at, "duplicate top-level key " + detail::key_for_error(key));
+      return fail();
+    }
+    *seen = true;
+    if (key == "_META_") {
+      if (!detail::read_snapshot_meta(r, m)) return fail();
+    } else if (key == "ttl") {
+      if (!detail::read_deadlines(r, deadlines, false)) return fail();
+    } else {
+      if (!r.expect('{', "'{' (the data dict)")) return fail();
+      bool first_key = true;
+      std::string scratch;
+      while (r.next_element('}', first_key)) {
+        const std::size_t key_at = r.here();
+        if (!r.string(key) || !r.expect(':', "':' after a dict key")) return fail();
+        // Keys arrive sorted from write_snapshot: hinting at the end makes loading linear.
+        const auto hint = store.objects_.end();
+        const std::size_t before = store.objects_.size();
+        const auto it = store.objects_.emplace_hint(hint, std::move(key), Record{});
+        if (store.objects_.size() == before) {
+          r.fail_at(key_at, "duplicate key " + detail::key_for_error(it->first));
+          return fail();
+        }
+        Object& o = it->second.object;
+        const std::size_t value_at = r.here();
+        const char c = r.peek();
+        bool ok = true;
+        if (c == '{') {
+          o.kind = Kind::Hash;
+          ok = detail::read_hash(r, o.hash, scratch) &&
+               (!o.hash.empty() || r.fail_at(value_at, "an empty hash (an empty hash is no key)"));
+        } else if (c == '[') {
+          o.kind = Kind::List;
+          ok = detail::read_list(r, o.list) &&
+               (!o.list.empty() || r.fail_at(value_at, "an empty list (an empty list is no key)"));
+        } else if (r.at_string()) {
+          ok = r.string(o.str);
+        } else {
+          ok = r.fail_expected("a str, bytes, dict or list value for key " +
+                               detail::key_for_error(it->first));
+        }
+        if (!ok) return fail();
+      }
+      if (r.failed()) return fail();
+    }
+  }
+  if (r.failed()) return fail();
+  if (!r.at_end()) {
+    r.fail_at(r.here(), "unexpected text after the snapshot's closing '}'");
+    return fail();
+  }
+  if (!has_meta || !has_data || !has_ttl) {
+    r.fail_at(0, std::string("a snapshot needs '_META_', 'data' and 'ttl' (missing ") +
+                     (!has_meta ? "'_META_'" : !has_data ? "'data'" : "'ttl'") + ")");
+    return fail();
+  }
+  for (const auto& d : deadlines) {
+    const auto it = store.objects_.find(d.key);
+    if (it == store.objects_.end()) {
+      r.fail_at(d.at, "ttl for key " + detail::key_for_error(d.key) + ", which is not in 'data'");
+      return fail();
+    }
+    if (it->second.deadline) {
+      r.fail_at(d.at, "duplicate ttl key " + detail::key_for_error(d.key));
+      return fail();
+    }
+    store.set_deadline(d.key, d.deadline_ms);
+  }
+  data = std::move(store);
+  meta = std::move(m);
+  return true;
+}
+
+inline bool Store::read_pyraft_snapshot(std::string_view text, Store& data, std::string& error) {
+  detail::LiteralReader r(text);
+  Store store;
+  std::vector<detail::PendingDeadline> deadlines;
+  std::string key, scratch;
+  bool has_meta = false, has_ttl = false;
+  const auto fail = [&] { return detail::snapshot_error(r, error); };
+
+  if (!r.expect('{', "'{' at the start of a pyraft snapshot")) return fail();
+  bool first = true;
+  while (r.next_element('}', first)) {
+    const std::size_t at = r.here();
+    if (!r.string(key) || !r.expect(':', "':' after a dict key")) return fail();
+    if (key == "_META_" || key == "ttl") {
+      bool& seen = key == "_META_" ? has_meta : has_ttl;
+      if (seen) {
+        r.fail_at(at, "duplicate top-level key " + detail::key_for_error(key));
+        return fail();
+      }
+      seen = true;
+      if (r.peek() != '{') {
+        r.fail_expected("a dict for " + detail::key_for_error(key));
+        return fail();
+      }
+      if (!(key == "ttl" ? detail::read_deadlines(r, deadlines, true) : r.skip_value()))
+        return fail();
+      continue;
+    }
+    if (store.objects_.count(key) != 0) {
+      r.fail_at(at, "duplicate key " + detail::key_for_error(key));
+      return fail();
+    }
+    Object o;
+    const char c = r.peek();
+    bool ok = true;
+    if (c == '{') {
+      o.kind = Kind::Hash;
+      // A nested dict here is pyraft's tree data (tset/tmk): no Redis type holds it.
+      ok = detail::read_hash(r, o.hash, scratch);
+    } else if (c == '[') {
+      o.kind = Kind::List;
+      ok = detail::read_list(r, o.list);
+    } else if (r.at_string()) {
+      ok = r.string(o.str);
+    } else {
+      ok = r.fail_expected("a str, a dict or a list");
+    }
+    if (!ok) {
+      // Name the key, whatever went wrong inside its value.
+      error = "invalid snapshot at byte " + std::to_string(at) + ": the value of key " +
+              detail::key_for_error(key) +
+              " cannot be loaded (this store holds a str, a dict of str or a list of str): " +
+              r.error();
+      return false;
+    }
+    if (o.kind == Kind::Hash ? o.hash.empty() : o.kind == Kind::List && o.list.empty())
+      continue;  // pyraft leaves emptied containers behind; Redis has no empty ones
+    store.objects_.emplace(std::move(key), Record{std::move(o), std::nullopt});
+  }
+  if (r.failed()) return fail();
+  if (!r.at_end()) {
+    r.fail_at(r.here(), "unexpected text after the snapshot's closing '}'");
+    return fail();
+  }
+  // pyraft's del leaves ttl entries of deleted keys behind: those are skipped.
+  for (const auto& d : deadlines)
+    if (store.objects_.count(d.key) != 0) store.set_deadline(d.key, d.deadline_ms);
+  data = std::move(store);
+  return true;
+}
+
+inline void add_builtin_commands(CommandTable& table) {
+  using Fn = Reply (*)(Call&);
+  const auto add = [&table](const char* name, const char* flags, int min_args, int max_args,
+                            Fn fn) {
+    Command cmd;
+    cmd.flags = flags;
+    cmd.min_args = min_args;
+    cmd.max_args = max_args;
+    // The runtime checks argument counts before calling; checking again here keeps a
+    // handler called directly from indexing past its words.
+    cmd.fn = [fn, min_args, max_args](Call& c) -> Reply {
+      const auto n = static_cast<long long>(c.words.size()) - 1;
+      if (n < min_args || (max_args >= 0 && n > max_args))
+        return detail::arity_error(c.words.empty() ? std::string_view() : c.words[0]);
+      return fn(c);
+    };
+    table.emplace(name, std::move(cmd));
+  };
+  using namespace detail;
+  // strings
+  add("get", "r", 1, 1, cmd_get);
+  add("set", "we", 2, -1, cmd_set);
+  add("setnx", "we", 2, 2, cmd_setnx);
+  add("getset", "we", 2, 2, cmd_getset);
+  add("mget", "r", 1, -1, cmd_mget);
+  add("mset", "we", 2, -1, cmd_mset);
+  add("incr", "we", 1, 1, cmd_incr);
+  add("decr", "we", 1, 1, cmd_decr);
+  add("incrby", "we", 2, 2, cmd_incrby);
+  add("decrby", "we", 2, 2, cmd_decrby);
+  add("append", "we", 2, 2, cmd_append);
+  add("strlen", "r", 1, 1, cmd_strlen);
+  // keys and expiry
+  add("del", "we", 1, -1, cmd_del);
+  add("exists", "r", 1, -1, cmd_exists);
+  add("type", "r", 1, 1, cmd_type);
+  add("dbsize", "r", 0, 0, cmd_dbsize);
+  add("keys", "r", 1, 1, cmd_keys);
+  add("expire", "we", 2, -1, cmd_expire);
+  add("pexpire", "we", 2, -1, cmd_pexpire);
+  add("expireat", "we", 2, -1, cmd_expireat);
+  add("pexpireat", "we", 2, -1, cmd_pexpireat);
+  add("ttl", "r", 1, 1, cmd_ttl);
+  add("pttl", "r", 1, 1, cmd_pttl);
+  add("persist", "we", 1, 1, cmd_persist);
+  // hashes
+  add("hset", "we", 3, -1, cmd_hset);
+  add("hmset", "we", 3, -1, cmd_hmset);
+  add("hget", "r", 2, 2, cmd_hget);
+  add("hdel", "we", 2, -1, cmd_hdel);
+  add("hlen", "r", 1, 1, cmd_hlen);
+  add("hgetall", "r", 1, 1, cmd_hgetall);
+  add("hexists", "r", 2, 2, cmd_hexists);
+  add("hkeys", "r", 1, 1, cmd_hkeys);
+  add("hvals", "r", 1, 1, cmd_hvals);
+  add("hmget", "r", 2, -1, cmd_hmget);
+  add("hincrby", "we", 3, 3, cmd_hincrby);
+  // lists
+  add("lpush", "we", 2, -1, cmd_lpush);
+  add("rpush", "we", 2, -1, cmd_rpush);
+  add("lpop", "we", 1, 2, cmd_lpop);
+  add("rpop", "we", 1, 2, cmd_rpop);
+  add("lrange", "r", 3, 3, cmd_lrange);
+  add("lindex", "r", 2, 2, cmd_lindex);
+  add("llen", "r", 1, 1, cmd_llen);
+  add("lset", "we", 3, 3, cmd_lset);
+  add("lrem", "we", 3, 3, cmd_lrem);
+  add("ltrim", "we", 3, 3, cmd_ltrim);
+}
+
+}  // namespace raft
+
+// ============================================================================================
+// 3. The core: Raft as a deterministic state machine
+// ============================================================================================
+//
+// No threads, sockets, files or clock. The core is given ticks (tick), messages (step),
+// proposals (propose, propose_config) and read requests (read_index), and answers with a
+// Ready batch (ready): what to make durable, what to send now and what only once that is
+// durable, what is committed and may be applied, and what happened. The runtime (section 5)
+// drives it with sockets and disks; the simulation tests drive it with a seeded network.
+//
+// Beyond the Raft paper's figure 2, it keeps the rules of DESIGN.md: pre-vote and elections
+// campaign for term + term_step (pyraft's +10, made safe by being part of the election);
+// only voters of a configuration the node holds ever campaign; leader stickiness and
+// check-quorum; one membership change at a time, used on append and reverted on truncation;
+// ReadIndex with a heartbeat round; timeouts that abort a proposal report "unknown outcome"
+// and never remove an entry.
+
+namespace raft {
+
+/// Tuning of the core. Times are in ticks; the runtime turns milliseconds into ticks.
+struct CoreOptions {
+  /// This node's id and the server id of its data directory (see Member::server_id).
+  NodeId id;
+  std::string server_id;
+
+  /// Minimum election timeout. A voter that hears from no leader for a random time in
+  /// [election_ticks, 2 * election_ticks) campaigns (Raft §5.2, randomized timeouts). It is
+  /// also the check-quorum period and the stickiness window (a voter that heard from a leader
+  /// within it ignores campaigns: dissertation §4.2.3).
+  int election_ticks = 10;
+  /// A leader sends heartbeats this often; must be well below election_ticks.
+  int heartbeat_ticks = 1;
+  /// Pre-vote (dissertation §9.6): ask first whether an election could be won, so that a
+  /// node back from a partition does not raise everyone's term.
+  bool pre_vote = true;
+  /// A leader that has not heard from a majority within election_ticks steps down
+  /// (dissertation §6.2), and voters ignore campaigns while they hear from a leader.
+  bool check_quorum = true;
+  /// Elections campaign for current term + term_step (pyraft's +10). Any value >= 1 is safe.
+  std::uint64_t term_step = 10;
+  /// Appends in flight per follower before the leader waits for answers (pipelining).
+  std::size_t max_inflight = 256;
+  /// Entries per Append message, by payload bytes (at least one entry is always sent).
+  std::size_t max_message_bytes = 1u << 20;
+  /// A proposal not committed within this many ticks is reported aborted (unknown outcome).
+  int proposal_timeout_ticks = 200;
+  /// A linearizable read not confirmed within this many ticks fails.
+  int read_timeout_ticks = 200;
+  /// Ask for a snapshot when this many entries were applied since the last one (pyraft:
+  /// 100000), and keep this many entries behind it so slightly slow followers need no snapshot.
+  std::uint64_t snapshot_threshold = 100000;
+  std::uint64_t snapshot_trailing = 1000;
+  /// Learners are promoted to voters automatically while there are fewer voters than this.
+  std::size_t max_voters = 5;
+  /// Snapshots travel in chunks of this size, this many chunks in flight.
+  std::size_t snapshot_chunk_bytes = 1u << 20;
+  std::size_t snapshot_chunks_inflight = 4;
+  /// Seed of the election-timeout randomness (the runtime uses a random one; tests fix it).
+  std::uint64_t random_seed = 1;
+
+  /// Empty when valid, else what is wrong.
+  std::string validate() const {
+    if (id.empty()) return "id must not be empty";
+    if (election_ticks < 2) return "election_ticks must be at least 2";
+    if (heartbeat_ticks < 1 || heartbeat_ticks >= election_ticks)
+      return "heartbeat_ticks must be at least 1 and below election_ticks";
+    if (term_step < 1) return "term_step must be at least 1";
+    if (max_inflight < 1) return "max_inflight must be at least 1";
+    if (proposal_timeout_ticks < 1 || read_timeout_ticks < 1) return "timeouts must be positive";
+    if (snapshot_threshold < 1) return "snapshot_threshold must be at least 1";
+    if (max_voters < 1) return "max_voters must be at least 1";
+    if (snapshot_chunk_bytes < 1 || snapshot_chunks_inflight < 1)
+      return "snapshot chunk size and window must be positive";
+    return "";
+  }
+};
+
+/// What a node recovered from its disk, to start a core from.
+struct CoreState {
+  HardState hard_state;
+  std::shared_ptr<const Snapshot> snapshot;  // may be null
+  std::vector<LogEntry> entries;             // the log after the snapshot, contiguous
+  /// The configuration at index 0, used when neither the snapshot nor the log holds one: a
+  /// founder's {itself}, a static peer map, or empty for a joiner.
+  Configuration initial_config;
+};
+
+struct ProposeResult {
+  enum class Error : std::uint8_t {
+    None,
+    NotLeader,      // nothing appended; `leader` names the leader when known
+    Transferring,   // leadership transfer in progress; nothing appended
+    NotReady,       // configuration change before the leader's first entry committed
+    ConfigPending,  // another configuration change is not committed yet
+    InvalidConfig,  // more than one voter changed, no voter left, unknown member...
+  };
+  Error error = Error::None;
+  EntryId id;     // where the entry went, when error == None
+  NodeId leader;  // the known leader (for NotLeader)
+  bool ok() const { return error == Error::None; }
+};
+
+/// The leader's view of one member's log.
+struct Progress {
+  enum class State : std::uint8_t {
+    Probe,      // where the follower's log matches is unknown: one append at a time
+    Replicate,  // matching: appends are pipelined, up to max_inflight
+    Snapshot,   // the follower needs entries the leader has compacted: snapshot chunks
+  };
+  State state = State::Probe;
+  std::uint64_t match = 0;  // highest index known to be in the member's log
+  std::uint64_t next = 1;   // next index to send
+  bool probe_sent = false;  // Probe: an append is out; wait for its answer or a heartbeat's
+  std::deque<std::uint64_t> inflight;  // Replicate: last index of each append in flight
+  bool recent_active = false;          // heard from within the check-quorum period
+  std::uint64_t match_at_last_heartbeat = 0;
+  int stalled_heartbeats = 0;  // heartbeat answers in a row with appends out and no progress
+  std::string server_id;               // as its messages present it
+  // Snapshot state
+  std::shared_ptr<const Snapshot> snapshot;
+  std::uint64_t snapshot_sent = 0;   // bytes sent
+  std::uint64_t snapshot_acked = 0;  // bytes the member confirmed
+  bool snapshot_done_sent = false;
+  int snapshot_idle_ticks = 0;  // ticks without progress; resend from snapshot_acked
+};
+
+inline char role_char(Role role, bool voter) {
+  switch (role) {
+    case Role::Leader: return 'l';
+    case Role::Candidate:
+    case Role::PreCandidate: return 'c';
+    case Role::Follower: return voter ? 'f' : 'n';
+  }
+  return '?';
+}
+
+class Core {
+ public:
+  Core(CoreOptions options, CoreState state);
+
+  // ---- inputs --------------------------------------------------------------------------
+  /// Advances time by one tick; now_ms is the wall clock, used only to stamp entries.
+  void tick(std::int64_t now_ms = 0);
+  /// Handles one message from a peer.
+  void step(const Message& m);
+  /// Appends a command on the leader. now_ms: the leader's wall clock for the entry's stamp.
+  ProposeResult propose(std::string payload, std::int64_t now_ms);
+  /// Proposes the next configuration: at most one voter added or removed, learners free.
+  ProposeResult propose_config(const Configuration& next, std::int64_t now_ms);
+  ProposeResult add_learner(Member member, std::int64_t now_ms);
+  ProposeResult promote(const NodeId& id, std::int64_t now_ms);
+  ProposeResult remove(const NodeId& id, std::int64_t now_ms);
+  /// Hands leadership to a caught-up voter: stop accepting proposals, bring it up to date,
+  /// tell it to campaign at once. Gives up after election_ticks.
+  bool transfer_leadership(const NodeId& to);
+  /// Starts an election now (if this node is a voter). Tests use it; so does TimeoutNow.
+  void campaign() { start_campaign(false); }
+  /// Asks for a linearizable read index; the answer comes in Ready::reads.
+  void read_index(std::uint64_t request_id);
+  /// The runtime made the batch with this seq (and all before it) durable.
+  void persisted(std::uint64_t seq);
+  /// The runtime saved this snapshot of its state machine (at most the applied index).
+  /// Returns the index up to which the log may now be dropped from disk too.
+  std::uint64_t compact(std::shared_ptr<const Snapshot> snapshot);
+
+  // ---- output --------------------------------------------------------------------------
+  bool has_ready() const;
+  Ready ready();
+
+  // ---- state ---------------------------------------------------------------------------
+  const NodeId& id() const { return opts_.id; }
+  Role role() const { return role_; }
+  bool is_voter() const { return config().is_voter(opts_.id); }
+  char role_char() const { return raft::role_char(role_, is_voter()); }
+  std::uint64_t term() const { return term_; }
+  const NodeId& vote() const { return vote_; }
+  const NodeId& leader() const { return leader_; }
+  bool leader_ready() const { return role_ == Role::Leader && leader_ready_; }
+  std::uint64_t commit_index() const { return commit_; }
+  std::uint64_t applied_index() const { return applied_; }  // handed out in Ready::committed
+  std::uint64_t durable_index() const { return durable_index_; }
+  std::uint64_t first_index() const { return log_start_index_ + 1; }
+  std::uint64_t last_index() const { return log_start_index_ + entries_.size(); }
+  std::uint64_t last_term() const { return term_at(last_index()); }
+  std::uint64_t snapshot_index() const { return snapshot_ ? snapshot_->meta.index : 0; }
+  /// Term of the entry at index; 0 when the index is compacted away or beyond the log.
+  std::uint64_t term_at(std::uint64_t index) const;
+  /// The entry at index (first_index() <= index <= last_index()).
+  const LogEntry& entry(std::uint64_t index) const {
+    return entries_[static_cast<std::size_t>(index - log_start_index_ - 1)];
+  }
+  /// The configuration in use: the last one in the log, else the snapshot's or initial one.
+  const Configuration& config() const {
+    return log_configs_.empty() ? base_config_ : log_configs_.back().second;
+  }
+  /// Index of the entry holding config() (0 for the initial configuration).
+  std::uint64_t config_index() const {
+    return log_configs_.empty() ? base_config_index_ : log_configs_.back().first;
+  }
+  /// The configuration in force at an index no older than first_index() - 1.
+  Configuration config_at(std::uint64_t index) const;
+  const std::map<NodeId, Progress>& progress() const { return progress_; }
+  const NodeId& transfer_target() const { return transfer_target_; }
+  const CoreOptions& options() const { return opts_; }
+
+ private:
+  struct PendingRead {
+    std::uint64_t request_id;
+    NodeId from;  // empty: this node's own request
+    std::uint64_t index;
+    std::uint64_t round;
+    std::uint64_t deadline;
+  };
+  struct PendingProposal {
+    EntryId id;
+    std::uint64_t deadline;
+  };
+  struct UnpersistedBatch {
+    std::uint64_t seq;
+    std::uint64_t last_index;  // log end once durable (lowered when the log is cut since)
+  };
+
+  // roles
+  void become_follower(std::uint64_t term, const NodeId& leader);
+  void become_pre_candidate();
+  void become_candidate(bool transfer);
+  void become_leader();
+  void start_campaign(bool transfer);
+  bool can_campaign() const;
+  void note_role_change();
+  void reset_election_timer();
+  // per-role message handling
+  void step_leader(const Message& m);
+  void step_candidate(const Message& m);
+  void step_follower(const Message& m);
+  void handle_vote_request(const Message& m);
+  void handle_vote_response(const Message& m);
+  void handle_append(const Message& m);
+  void handle_heartbeat(const Message& m);
+  void handle_snapshot(const Message& m);
+  void handle_append_response(Progress& pr, const Message& m);
+  void handle_snapshot_response(Progress& pr, const Message& m);
+  void handle_read_index_response(const Message& m);
+  // log
+  bool log_up_to_date(std::uint64_t index, std::uint64_t term) const;
+  bool matches(std::uint64_t index, std::uint64_t term) const;
+  std::uint64_t find_conflict_by_term(std::uint64_t index, std::uint64_t term) const;
+  void append_local(LogEntry e);
+  void append_from_leader(const std::vector<LogEntry>& entries);
+  void push_entry(LogEntry e);
+  void truncate_from(std::uint64_t index);
+  void install_snapshot(std::shared_ptr<const Snapshot> snap);
+  void commit_to(std::uint64_t index);
+  void on_config_changed();
+  // leader
+  void maybe_commit();
+  bool send_append(const NodeId& to, Progress& pr);
+  void send_snapshot_chunks(const NodeId& to, Progress& pr);
+  void flush_leader_sends();
+  void broadcast_heartbeat();
+  void tick_leader();
+  void tick_follower();
+  void maybe_reconfigure();
+  void leader_read(std::uint64_t request_id, const NodeId& from);
+  void start_read_round();
+  void complete_read_round();
+  void resolve_read(const PendingRead& r, bool ok);
+  void fail_leader_state();
+  void expire_timeouts();
+  std::size_t quorum() const { return config().voter_count() / 2 + 1; }
+  // messages
+  Message make(MessageType type, const NodeId& to) const;
+  void send(Message m) { msgs_.push_back(std::move(m)); }
+  void send_after_persist(Message m) { msgs_after_.push_back(std::move(m)); }
+  std::uint64_t random_below(std::uint64_t n);
+
+  CoreOptions opts_;
+  std::uint64_t rng_state_;
+
+  // persistent state (mirrored on disk through PersistBatch)
+  std::uint64_t term_ = 0;
+  NodeId vote_;
+  HardState persisted_hs_;  // the last hard state handed to the storage
+
+  // the log: entries_ holds (log_start_index_, last_index()]
+  std::uint64_t log_start_index_ = 0;
+  std::uint64_t log_start_term_ = 0;
+  std::deque<LogEntry> entries_;
+  std::shared_ptr<const Snapshot> snapshot_;  // the newest snapshot, sent to lagging members
+  Configuration base_config_;                 // in force at log_start (snapshot or initial)
+  std::uint64_t base_config_index_ = 0;
+  std::vector<std::pair<std::uint64_t, Configuration>> log_configs_;  // Config entries in the log
+  std::int64_t max_timestamp_ = 0;  // newest entry stamp seen: stamps never go backwards
+
+  // volatile state
+  Role role_ = Role::Follower;
+  NodeId leader_;
+  std::uint64_t commit_ = 0;
+  std::uint64_t applied_ = 0;
+  std::uint64_t durable_index_ = 0;
+  std::uint64_t tick_count_ = 0;
+  std::int64_t now_ms_ = 0;
+  int election_elapsed_ = 0;
+  int heartbeat_elapsed_ = 0;
+  int randomized_timeout_ = 0;
+  std::map<NodeId, bool> votes_;
+
+  // leader state
+  std::map<NodeId, Progress> progress_;
+  bool leader_ready_ = false;
+  std::uint64_t leader_first_index_ = 0;  // the no-op that opens the term
+  NodeId transfer_target_;
+  int transfer_elapsed_ = 0;
+  bool timeout_now_sent_ = false;
+  std::deque<PendingProposal> pending_proposals_;
+  std::uint64_t commit_sent_ = 0;  // the commit index followers were last told
+  // reads (leader)
+  std::vector<PendingRead> waiting_ready_reads_;  // arrived before the first entry committed
+  std::deque<PendingRead> reads_;
+  std::uint64_t read_round_ = 0;
+  bool read_round_in_flight_ = false;
+  std::set<NodeId> read_round_acks_;
+  // reads (follower): request id -> deadline tick
+  std::map<std::uint64_t, std::uint64_t> forwarded_reads_;
+  // snapshot being received (follower)
+  std::uint64_t recv_snapshot_index_ = 0;
+  std::uint64_t recv_snapshot_term_ = 0;
+  std::string recv_snapshot_data_;
+
+  // output being gathered for the next Ready
+  PersistBatch batch_;
+  std::vector<Message> msgs_;
+  std::vector<Message> msgs_after_;
+  std::shared_ptr<const Snapshot> restore_;
+  std::vector<ReadState> reads_out_;
+  std::vector<EntryId> aborted_;
+  std::vector<RoleChange> role_changes_;
+  RoleChange last_role_change_;
+  std::uint64_t leader_ready_term_out_ = 0;
+  bool snapshot_requested_ = false;
+  bool snapshot_wanted_out_ = false;
+  std::uint64_t next_seq_ = 1;
+  std::deque<UnpersistedBatch> unpersisted_;
+};
+
+// ============================================================================================
+// Core: implementation
+// ============================================================================================
+
+inline Core::Core(CoreOptions options, CoreState state)
+    : opts_(std::move(options)), rng_state_(opts_.random_seed ^ 0x9e3779b97f4a7c15ull) {
+  std::string problem = opts_.validate();
+  if (!problem.empty()) throw std::invalid_argument("raft::CoreOptions: " + problem);
+  term_ = state.hard_state.term;
+  vote_ = state.hard_state.vote;
+  persisted_hs_ = state.hard_state;
+  base_config_ = std::move(state.initial_config);
+  if (state.snapshot) {
+    snapshot_ = state.snapshot;
+    log_start_index_ = snapshot_->meta.index;
+    log_start_term_ = snapshot_->meta.term;
+    base_config_ = snapshot_->meta.config;
+    base_config_index_ = snapshot_->meta.index;
+    commit_ = applied_ = snapshot_->meta.index;
+  }
+  for (auto& e : state.entries) {
+    if (e.index != last_index() + 1 || e.term < last_term())
+      throw std::invalid_argument("raft::CoreState: log entries are not contiguous at index " +
+                                  std::to_string(e.index));
+    push_entry(std::move(e));
+  }
+  durable_index_ = last_index();
+#ifdef RAFT_MUTANT_JOINER_CAMPAIGNS
+  // mutant: a joiner without a configuration acts as the founder of a cluster of one
+  if (config().empty()) base_config_.upsert(Member{opts_.id, "", opts_.server_id, true});
+#endif
+  last_role_change_ = RoleChange{role_, term_, leader_};
+  reset_election_timer();
+  // A founder, or a single-voter cluster restarting: nobody else can elect it.
+  if (config().voter_count() == 1 && is_voter()) start_campaign(false);
+}
+
+inline std::uint64_t Core::random_below(std::uint64_t n) {
+  // splitmix64: deterministic for a seed on every platform (replays must match).
+  std::uint64_t z = (rng_state_ += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  z ^= z >> 31;
+  return n == 0 ? 0 : z % n;
+}
+
+inline void Core::reset_election_timer() {
+  election_elapsed_ = 0;
+  randomized_timeout_ =
+      opts_.election_ticks + static_cast<int>(random_below(static_cast<std::uint64_t>(opts_.election_ticks)));
+}
+
+inline std::uint64_t Core::term_at(std::uint64_t index) const {
+  if (index == log_start_index_) return log_start_term_;
+  if (index < log_start_index_ || index > last_index()) return 0;
+  return entry(index).term;
+}
+
+inline Configuration Core::config_at(std::uint64_t index) const {
+  Configuration c = base_config_;
+  for (const auto& [i, cfg] : log_configs_) {
+    if (i > index) break;
+    c = cfg;
+  }
+  return c;
+}
+
+inline Message Core::make(MessageType type, const NodeId& to) const {
+  Message m;
+  m.type = type;
+  m.from = opts_.id;
+  m.to = to;
+  m.server_id = opts_.server_id;
+  m.term = term_;
+  return m;
+}
+
+inline void Core::note_role_change() {
+  RoleChange now{role_, term_, leader_};
+  if (now.role != last_role_change_.role || now.term != last_role_change_.term ||
+      now.leader != last_role_change_.leader) {
+    role_changes_.push_back(now);
+    last_role_change_ = now;
+  }
+}
+
+// ---- roles ---------------------------------------------------------------------------------
+
+inline bool Core::can_campaign() const {
+  // A joiner and a learner never campaign: only a voter of a configuration it holds can be
+  // elected. A server removed by an entry that is not committed yet may still be needed to
+  // elect a leader (its log may be the longest), so it campaigns until the removal commits;
+  // it then counts only the votes of its latest configuration (dissertation §4.2.2).
+  if (is_voter()) return true;
+  return config_index() > commit_ && config_at(commit_).is_voter(opts_.id);
+}
+
+inline void Core::become_follower(std::uint64_t term, const NodeId& leader) {
+  bool was_leader = role_ == Role::Leader;
+  if (term > term_) {
+    term_ = term;
+    vote_.clear();
+  }
+  role_ = Role::Follower;
+  leader_ = leader;
+  votes_.clear();
+  reset_election_timer();
+  if (was_leader) fail_leader_state();
+  note_role_change();
+}
+
+inline void Core::fail_leader_state() {
+  // Every proposal not yet known committed now has an unknown outcome: a later leader may
+  // still commit it. The entries stay in the log.
+  for (const auto& p : pending_proposals_)
+    if (p.id.index > commit_) aborted_.push_back(p.id);
+  pending_proposals_.clear();
+  for (const auto& r : waiting_ready_reads_) resolve_read(r, false);
+  for (const auto& r : reads_) resolve_read(r, false);
+  waiting_ready_reads_.clear();
+  reads_.clear();
+  read_round_in_flight_ = false;
+  read_round_acks_.clear();
+  progress_.clear();
+  leader_ready_ = false;
+  transfer_target_.clear();
+}
+
+inline void Core::start_campaign(bool transfer) {
+  if (!can_campaign() || role_ == Role::Leader) return;
+  if (opts_.pre_vote && !transfer)
+    become_pre_candidate();
+  else
+    become_candidate(transfer);
+}
+
+inline void Core::become_pre_candidate() {
+  // Pre-vote asks about the term the election would use, without changing any state.
+  role_ = Role::PreCandidate;
+  leader_.clear();
+  votes_.clear();
+  reset_election_timer();
+  note_role_change();
+  votes_[opts_.id] = true;
+  for (const auto& voter : config().voters()) {
+    if (voter == opts_.id) continue;
+    Message m = make(MessageType::PreVote, voter);
+    m.term = term_ + opts_.term_step;
+    m.index = last_index();
+    m.log_term = last_term();
+    send(std::move(m));
+  }
+  handle_vote_response(Message{});  // a single voter has already won
+}
+
+inline void Core::become_candidate(bool transfer) {
+#ifdef RAFT_MUTANT_BUMP_AFTER_WIN
+  term_ += 1;  // mutant: campaign for term + 1, then raise the term after winning
+#else
+  term_ += opts_.term_step;
+#endif
+  vote_ = opts_.id;
+  role_ = Role::Candidate;
+  leader_.clear();
+  votes_.clear();
+  reset_election_timer();
+  note_role_change();
+  votes_[opts_.id] = true;
+  for (const auto& voter : config().voters()) {
+    if (voter == opts_.id) continue;
+    Message m = make(MessageType::Vote, voter);
+    m.index = last_index();
+    m.log_term = last_term();
+    m.transfer = transfer;
+    // The candidate's own term and vote are durable before anyone is asked.
+    send_after_persist(std::move(m));
+  }
+  handle_vote_response(Message{});
+}
+
+inline void Core::become_leader() {
+#ifdef RAFT_MUTANT_BUMP_AFTER_WIN
+  term_ += opts_.term_step - 1;
+#endif
+  role_ = Role::Leader;
+  leader_ = opts_.id;
+  votes_.clear();
+  election_elapsed_ = 0;
+  heartbeat_elapsed_ = 0;
+  leader_ready_ = false;
+  transfer_target_.clear();
+  progress_.clear();
+  for (const auto& m : config().members) {
+    if (m.id == opts_.id) continue;
+    Progress pr;
+    pr.next = last_index() + 1;
+    pr.recent_active = true;  // give everyone one check-quorum period
+    progress_[m.id] = pr;
+  }
+  commit_sent_ = commit_;
+  read_round_in_flight_ = false;
+  note_role_change();
+  // The no-op opens the term: committing it commits everything before it (§5.4.2), and
+  // until it commits the leader serves no reads and proposes no configuration change.
+  LogEntry noop;
+  noop.type = EntryType::Noop;
+  noop.timestamp_ms = now_ms_;
+  append_local(std::move(noop));
+  leader_first_index_ = last_index();
+  maybe_commit();
+}
+
+// ---- inputs --------------------------------------------------------------------------------
+
+inline void Core::tick(std::int64_t now_ms) {
+  ++tick_count_;
+  if (now_ms > now_ms_) now_ms_ = now_ms;
+  if (role_ == Role::Leader)
+    tick_leader();
+  else
+    tick_follower();
+  expire_timeouts();
+}
+
+inline void Core::tick_follower() {
+  ++election_elapsed_;
+  if (election_elapsed_ >= randomized_timeout_) {
+    reset_election_timer();
+    start_campaign(false);
+  }
+}
+
+inline void Core::tick_leader() {
+  ++heartbeat_elapsed_;
+  ++election_elapsed_;
+  if (election_elapsed_ >= opts_.election_ticks) {
+    election_elapsed_ = 0;
+    if (opts_.check_quorum) {
+      std::size_t active = 0;
+      for (const auto& voter : config().voters()) {
+        if (voter == opts_.id) {
+          ++active;
+          continue;
+        }
+        auto it = progress_.find(voter);
+        if (it != progress_.end() && it->second.recent_active) ++active;
+      }
+      if (active < quorum()) {
+        become_follower(term_, "");
+        return;
+      }
+      for (auto& [id, pr] : progress_) pr.recent_active = false;
+    }
+  }
+  if (!transfer_target_.empty() && ++transfer_elapsed_ >= opts_.election_ticks) {
+    transfer_target_.clear();  // the transfer failed: accept proposals again
+  }
+  for (auto& [id, pr] : progress_) {
+    if (pr.state != Progress::State::Snapshot) continue;
+    if (++pr.snapshot_idle_ticks >= opts_.election_ticks) {
+      // No progress for a while: chunks were lost. Resend from what the member confirmed.
+      pr.snapshot_idle_ticks = 0;
+      pr.snapshot_sent = pr.snapshot_acked;
+      pr.snapshot_done_sent = false;
+      send_snapshot_chunks(id, pr);
+    }
+  }
+  if (heartbeat_elapsed_ >= opts_.heartbeat_ticks) {
+    heartbeat_elapsed_ = 0;
+    broadcast_heartbeat();
+  }
+  maybe_reconfigure();
+}
+
+inline void Core::expire_timeouts() {
+  while (!pending_proposals_.empty() && pending_proposals_.front().id.index <= commit_)
+    pending_proposals_.pop_front();
+  while (!pending_proposals_.empty() && pending_proposals_.front().deadline <= tick_count_) {
+    aborted_.push_back(pending_proposals_.front().id);
+    pending_proposals_.pop_front();
+  }
+  for (auto it = forwarded_reads_.begin(); it != forwarded_reads_.end();) {
+    if (it->second <= tick_count_) {
+      reads_out_.push_back(ReadState{it->first, 0, false});
+      it = forwarded_reads_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  auto expired = [&](const PendingRead& r) { return r.deadline <= tick_count_; };
+  for (auto it = reads_.begin(); it != reads_.end();) {
+    if (expired(*it)) {
+      resolve_read(*it, false);
+      it = reads_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (auto it = waiting_ready_reads_.begin(); it != waiting_ready_reads_.end();) {
+    if (expired(*it)) {
+      resolve_read(*it, false);
+      it = waiting_ready_reads_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+inline void Core::step(const Message& m) {
+  // A member whose data directory was wiped comes back with a new server id: it may have
+  // forgotten votes and entries it promised, so it is a stranger until re-added.
+  if (const Member* member = config().find(m.from)) {
+    if (!member->server_id.empty() && member->server_id != m.server_id) return;
+  }
+  if (m.from == opts_.id) return;
+
+  if (m.term > term_) {
+    if (m.type == MessageType::PreVote || m.type == MessageType::Vote) {
+      // Leader stickiness: a voter that hears from a leader ignores campaigns (a removed or
+      // partitioned node cannot disrupt), unless the leader itself asked for the election.
+      bool in_lease = opts_.check_quorum && !leader_.empty() &&
+                      election_elapsed_ < opts_.election_ticks;
+      if (in_lease && !m.transfer) return;
+    }
+    if (m.type == MessageType::PreVote) {
+      // pre-vote changes nothing
+    } else if (m.type == MessageType::PreVoteResponse && !m.reject) {
+      // a grant carries the term we would campaign for
+    } else if (m.type == MessageType::Append || m.type == MessageType::Heartbeat ||
+               m.type == MessageType::Snapshot) {
+      become_follower(m.term, m.from);
+    } else if (m.type == MessageType::Vote) {
+      // Adopt the term, but keep the election timer running: only a granted vote or a
+      // leader resets it (Raft §5.2), else a candidate with a stale log that keeps
+      // campaigning would stop a better one from ever timing out.
+      int elapsed = election_elapsed_, timeout = randomized_timeout_;
+      become_follower(m.term, "");
+      election_elapsed_ = elapsed;
+      randomized_timeout_ = timeout;
+    } else {
+      become_follower(m.term, "");
+    }
+  } else if (m.term < term_) {
+    if (m.type == MessageType::Append || m.type == MessageType::Heartbeat ||
+        m.type == MessageType::Snapshot) {
+      // A leader of an older term (back from a partition, or delayed): tell it our term so it
+      // steps down.
+      Message r = make(MessageType::AppendResponse, m.from);
+      r.reject = true;
+      send_after_persist(std::move(r));
+    } else if (m.type == MessageType::PreVote) {
+      Message r = make(MessageType::PreVoteResponse, m.from);
+      r.reject = true;
+      send(std::move(r));
+    }
+    return;
+  }
+
+  switch (m.type) {
+    case MessageType::PreVote:
+    case MessageType::Vote:
+      handle_vote_request(m);
+      return;
+    case MessageType::TimeoutNow:
+      if (role_ != Role::Leader && m.from == leader_) start_campaign(true);
+      return;
+    case MessageType::ReadIndex:
+      if (role_ == Role::Leader) {
+        leader_read(m.context, m.from);
+      } else {
+        Message r = make(MessageType::ReadIndexResponse, m.from);
+        r.context = m.context;
+        r.reject = true;
+        send(std::move(r));
+      }
+      return;
+    case MessageType::ReadIndexResponse:
+      handle_read_index_response(m);
+      return;
+    default:
+      break;
+  }
+  switch (role_) {
+    case Role::Leader: step_leader(m); break;
+    case Role::Candidate:
+    case Role::PreCandidate: step_candidate(m); break;
+    case Role::Follower: step_follower(m); break;
+  }
+}
+
+inline void Core::step_follower(const Message& m) {
+  switch (m.type) {
+    case MessageType::Append:
+    case MessageType::Heartbeat:
+    case MessageType::Snapshot:
+      election_elapsed_ = 0;
+      if (leader_ != m.from) {
+        leader_ = m.from;
+        note_role_change();
+      }
+      if (m.type == MessageType::Append)
+        handle_append(m);
+      else if (m.type == MessageType::Heartbeat)
+        handle_heartbeat(m);
+      else
+        handle_snapshot(m);
+      return;
+    default:
+      return;  // stale responses
+  }
+}
+
+inline void Core::step_candidate(const Message& m) {
+  switch (m.type) {
+    case MessageType::PreVoteResponse:
+      if (role_ == Role::PreCandidate && (m.reject || m.term == term_ + opts_.term_step))
+        handle_vote_response(m);
+      return;
+    case MessageType::VoteResponse:
+      if (role_ == Role::Candidate) handle_vote_response(m);
+      return;
+    case MessageType::Append:
+    case MessageType::Heartbeat:
+    case MessageType::Snapshot:
+      // Someone won this term.
+      become_follower(term_, m.from);
+      step_follower(m);
+      return;
+    default:
+      return;
+  }
+}
+
+inline void Core::handle_vote_request(const Message& m) {
+  bool pre = m.type == MessageType::PreVote;
+  bool can_vote = vote_ == m.from || (vote_.empty() && leader_.empty()) || (pre && m.term > term_);
+  Message r = make(pre ? MessageType::PreVoteResponse : MessageType::VoteResponse, m.from);
+  if (can_vote && log_up_to_date(m.index, m.log_term)) {
+    r.term = m.term;
+    if (!pre) {
+      vote_ = m.from;
+      election_elapsed_ = 0;
+    }
+  } else {
+    r.reject = true;
+  }
+  // A grant is a promise: it leaves only once the vote is durable.
+  if (pre)
+    send(std::move(r));
+  else
+    send_after_persist(std::move(r));
+}
+
+inline void Core::handle_vote_response(const Message& m) {
+  if (!m.from.empty()) {
+    if (!config().is_voter(m.from)) return;
+    votes_[m.from] = !m.reject;
+  }
+  std::size_t granted = 0, rejected = 0;
+  for (const auto& voter : config().voters()) {
+    auto it = votes_.find(voter);
+    if (it == votes_.end()) continue;
+    (it->second ? granted : rejected) += 1;
+  }
+  if (granted >= quorum()) {
+    if (role_ == Role::PreCandidate)
+      become_candidate(false);
+    else if (role_ == Role::Candidate)
+      become_leader();
+  } else if (config().voter_count() - rejected < quorum()) {
+    become_follower(term_, "");
+  }
+}
+
+// ---- the log -------------------------------------------------------------------------------
+
+inline bool Core::log_up_to_date(std::uint64_t index, std::uint64_t term) const {
+#ifdef RAFT_MUTANT_NO_UP_TO_DATE_CHECK
+  (void)index;
+  (void)term;
+  return true;
+#else
+  // §5.4.1: grant only to a candidate whose log holds everything this node's does.
+  return term > last_term() || (term == last_term() && index >= last_index());
+#endif
+}
+
+inline bool Core::matches(std::uint64_t index, std::uint64_t term) const {
+  if (index < log_start_index_ || index > last_index()) return false;
+  return term_at(index) == term;
+}
+
+inline std::uint64_t Core::find_conflict_by_term(std::uint64_t index, std::uint64_t term) const {
+  // The last index <= index whose term is <= term: the leader can skip a whole term of
+  // conflicting entries per round trip.
+  if (index > last_index()) index = last_index();
+  while (index > log_start_index_ && term_at(index) > term) --index;
+  return index;
+}
+
+inline void Core::push_entry(LogEntry e) {
+  if (e.timestamp_ms > max_timestamp_) max_timestamp_ = e.timestamp_ms;
+  if (e.type == EntryType::Config) {
+    Configuration c;
+    if (!Configuration::decode(e.payload, c))
+      throw std::runtime_error("raft: undecodable configuration entry at index " +
+                               std::to_string(e.index));
+    log_configs_.emplace_back(e.index, std::move(c));
+  }
+  bool config_entry = e.type == EntryType::Config;
+  entries_.push_back(std::move(e));
+  if (config_entry) on_config_changed();
+}
+
+inline void Core::append_local(LogEntry e) {
+  e.index = last_index() + 1;
+  e.term = term_;
+  // Leader stamps never go backwards, whatever the clocks do.
+  e.timestamp_ms = std::max(e.timestamp_ms, max_timestamp_);
+  batch_.entries.push_back(e);
+  push_entry(std::move(e));
+}
+
+inline void Core::truncate_from(std::uint64_t index) {
+  if (index <= commit_)
+    throw std::logic_error("raft: refusing to cut committed entry " + std::to_string(index));
+  bool config_cut = false;
+  while (!log_configs_.empty() && log_configs_.back().first >= index) {
+    log_configs_.pop_back();
+    config_cut = true;
+  }
+  entries_.resize(static_cast<std::size_t>(index - log_start_index_ - 1));
+  while (!batch_.entries.empty() && batch_.entries.back().index >= index) batch_.entries.pop_back();
+  if (durable_index_ >= index) durable_index_ = index - 1;
+  for (auto& u : unpersisted_)
+    if (u.last_index >= index) u.last_index = index - 1;
+  if (config_cut) on_config_changed();  // revert to the configuration before the cut
+}
+
+inline void Core::append_from_leader(const std::vector<LogEntry>& entries) {
+  for (const auto& e : entries) {
+    if (e.index <= last_index()) {
+      if (e.index <= log_start_index_ || term_at(e.index) == e.term) continue;  // already held
+      truncate_from(e.index);
+    }
+    if (e.index != last_index() + 1) return;  // a gap: cannot happen after the match check
+    batch_.entries.push_back(e);
+    push_entry(e);
+  }
+}
+
+inline void Core::commit_to(std::uint64_t index) {
+  if (index > commit_) commit_ = index;
+}
+
+inline void Core::handle_append(const Message& m) {
+  Message r = make(MessageType::AppendResponse, m.from);
+  if (m.index < commit_) {
+    // Everything up to commit_ is known to match: say so, and the leader moves on.
+    r.index = commit_;
+    send_after_persist(std::move(r));
+    return;
+  }
+  if (!matches(m.index, m.log_term)) {
+    r.reject = true;
+    r.index = m.index;
+    r.hint_index = find_conflict_by_term(std::min(m.index, last_index()), m.log_term);
+    r.hint_term = term_at(r.hint_index);
+    send_after_persist(std::move(r));
+    return;
+  }
+  append_from_leader(m.entries);
+  std::uint64_t last_new = m.index + m.entries.size();
+  commit_to(std::min(m.commit, last_new));
+  r.index = last_new;
+#ifdef RAFT_MUTANT_ACK_BEFORE_DURABLE
+  send(std::move(r));
+#else
+  // The acknowledgement promises the entries are on disk: it waits for the batch.
+  send_after_persist(std::move(r));
+#endif
+}
+
+inline void Core::handle_heartbeat(const Message& m) {
+  // The leader sends at most our match index as commit, so this never commits an entry
+  // that differs from the leader's.
+  commit_to(std::min(m.commit, last_index()));
+  Message r = make(MessageType::HeartbeatResponse, m.from);
+  r.context = m.context;
+  send_after_persist(std::move(r));
+}
+
+inline void Core::handle_snapshot(const Message& m) {
+  Message r = make(MessageType::SnapshotResponse, m.from);
+  r.index = m.index;
+  if (m.index <= commit_) {
+    // Already have everything the snapshot covers.
+    r.done = true;
+    send_after_persist(std::move(r));
+    return;
+  }
+  if (m.offset == 0) {
+    recv_snapshot_index_ = m.index;
+    recv_snapshot_term_ = m.log_term;
+    recv_snapshot_data_.clear();
+  }
+  if (recv_snapshot_index_ != m.index || recv_snapshot_term_ != m.log_term ||
+      m.offset != recv_snapshot_data_.size()) {
+    r.reject = true;  // out of order: ask for the bytes from where we are
+    r.offset = (recv_snapshot_index_ == m.index && recv_snapshot_term_ == m.log_term)
+                   ? recv_snapshot_data_.size()
+                   : 0;
+    send(std::move(r));
+    return;
+  }
+  recv_snapshot_data_.append(m.data);
+  r.offset = recv_snapshot_data_.size();
+  if (!m.done) {
+    send(std::move(r));
+    return;
+  }
+  auto snap = std::make_shared<Snapshot>();
+  snap->meta.index = m.index;
+  snap->meta.term = m.log_term;
+  snap->meta.config = m.config;
+  snap->data = std::move(recv_snapshot_data_);
+  recv_snapshot_data_.clear();
+  recv_snapshot_index_ = recv_snapshot_term_ = 0;
+  install_snapshot(std::move(snap));
+  r.done = true;
+  send_after_persist(std::move(r));  // installed means durable
+}
+
+inline void Core::install_snapshot(std::shared_ptr<const Snapshot> snap) {
+  const SnapshotMeta& meta = snap->meta;
+  std::deque<LogEntry> kept;
+  if (matches(meta.index, meta.term)) {
+    // Our log agrees with the snapshot: keep what follows it (Raft §7).
+    for (std::uint64_t i = meta.index + 1; i <= last_index(); ++i) kept.push_back(entry(i));
+  }
+  entries_.clear();
+  log_configs_.clear();
+  log_start_index_ = meta.index;
+  log_start_term_ = meta.term;
+  base_config_ = meta.config;
+  base_config_index_ = meta.index;
+  batch_ = PersistBatch{};
+  batch_.snapshot = snap;
+  if (durable_index_ > meta.index) durable_index_ = meta.index;
+  for (auto& u : unpersisted_)
+    if (u.last_index > meta.index) u.last_index = meta.index;
+  for (auto& e : kept) {
+    batch_.entries.push_back(e);
+    push_entry(std::move(e));
+  }
+  snapshot_ = snap;
+  commit_to(meta.index);
+  applied_ = meta.index;
+  restore_ = snap;
+  snapshot_requested_ = false;
+  on_config_changed();
+}
+
+inline std::uint64_t Core::compact(std::shared_ptr<const Snapshot> snapshot) {
+  if (!snapshot) return log_start_index_;
+  snapshot_requested_ = false;
+  if (snapshot_ && snapshot->meta.index <= snapshot_->meta.index) return log_start_index_;
+  if (snapshot->meta.index > applied_ || snapshot->meta.index > last_index() ||
+      term_at(snapshot->meta.index) != snapshot->meta.term)
+    throw std::logic_error("raft: snapshot at index " + std::to_string(snapshot->meta.index) +
+                           " does not describe this node's applied log");
+  snapshot_ = snapshot;
+  std::uint64_t to = snapshot->meta.index > opts_.snapshot_trailing
+                         ? snapshot->meta.index - opts_.snapshot_trailing
+                         : 0;
+  if (to <= log_start_index_) return log_start_index_;
+  base_config_ = config_at(to);
+  while (!log_configs_.empty() && log_configs_.front().first <= to) {
+    base_config_index_ = log_configs_.front().first;
+    log_configs_.erase(log_configs_.begin());
+  }
+  log_start_term_ = term_at(to);
+  entries_.erase(entries_.begin(), entries_.begin() + static_cast<std::ptrdiff_t>(to - log_start_index_));
+  log_start_index_ = to;
+  return to;
+}
+
+inline void Core::on_config_changed() {
+  if (role_ == Role::Leader) {
+    const Configuration& c = config();
+    for (const auto& m : c.members) {
+      if (m.id == opts_.id) continue;
+      auto it = progress_.find(m.id);
+      // A member re-added with a new server id (its disk was wiped) starts from nothing.
+      if (it != progress_.end() &&
+          (m.server_id.empty() || it->second.server_id.empty() || it->second.server_id == m.server_id))
+        continue;
+      Progress pr;
+      pr.next = last_index() + 1;
+      pr.recent_active = true;
+      pr.server_id = m.server_id;
+      progress_[m.id] = pr;
+    }
+    for (auto it = progress_.begin(); it != progress_.end();) {
+      if (!c.contains(it->first))
+        it = progress_.erase(it);
+      else
+        ++it;
+    }
+    if (!transfer_target_.empty() && !c.is_voter(transfer_target_)) transfer_target_.clear();
+  } else if ((role_ == Role::Candidate || role_ == Role::PreCandidate) && !can_campaign()) {
+    become_follower(term_, "");
+  }
+}
+
+// ---- leader --------------------------------------------------------------------------------
+
+inline ProposeResult Core::propose(std::string payload, std::int64_t now_ms) {
+  ProposeResult res;
+  if (role_ != Role::Leader) {
+    res.error = ProposeResult::Error::NotLeader;
+    res.leader = leader_;
+    return res;
+  }
+  if (!transfer_target_.empty()) {
+    res.error = ProposeResult::Error::Transferring;
+    return res;
+  }
+  if (now_ms > now_ms_) now_ms_ = now_ms;
+  LogEntry e;
+  e.type = EntryType::Command;
+  e.timestamp_ms = now_ms_;
+  e.payload = std::move(payload);
+  append_local(std::move(e));
+  res.id = EntryId{last_index(), term_};
+  pending_proposals_.push_back(
+      PendingProposal{res.id, tick_count_ + static_cast<std::uint64_t>(opts_.proposal_timeout_ticks)});
+  return res;
+}
+
+inline ProposeResult Core::propose_config(const Configuration& next, std::int64_t now_ms) {
+  ProposeResult res;
+  if (role_ != Role::Leader) {
+    res.error = ProposeResult::Error::NotLeader;
+    res.leader = leader_;
+    return res;
+  }
+  if (!transfer_target_.empty()) {
+    res.error = ProposeResult::Error::Transferring;
+    return res;
+  }
+  // §4.1 / the 2015 fix: a leader commits an entry of its own term before it changes the
+  // configuration, and changes it one server at a time.
+  if (!leader_ready_) {
+    res.error = ProposeResult::Error::NotReady;
+    return res;
+  }
+  if (config_index() > commit_) {
+    res.error = ProposeResult::Error::ConfigPending;
+    return res;
+  }
+  const Configuration& cur = config();
+  std::size_t voter_changes = 0;
+  for (const auto& m : next.members) {
+    if (m.id.empty()) {
+      res.error = ProposeResult::Error::InvalidConfig;
+      return res;
+    }
+    if (m.voter != cur.is_voter(m.id)) ++voter_changes;
+  }
+  for (const auto& m : cur.members)
+    if (m.voter && !next.contains(m.id)) ++voter_changes;
+  for (std::size_t i = 1; i < next.members.size(); ++i)
+    if (!(next.members[i - 1].id < next.members[i].id)) {
+      res.error = ProposeResult::Error::InvalidConfig;
+      return res;
+    }
+  if (voter_changes > 1 || next.voter_count() == 0) {
+    res.error = ProposeResult::Error::InvalidConfig;
+    return res;
+  }
+  if (now_ms > now_ms_) now_ms_ = now_ms;
+  LogEntry e;
+  e.type = EntryType::Config;
+  e.timestamp_ms = now_ms_;
+  e.payload = next.encode();
+  append_local(std::move(e));
+  res.id = EntryId{last_index(), term_};
+  pending_proposals_.push_back(
+      PendingProposal{res.id, tick_count_ + static_cast<std::uint64_t>(opts_.proposal_timeout_ticks)});
+  maybe_commit();
+  return res;
+}
+
+inline ProposeResult Core::add_learner(Member member, std::int64_t now_ms) {
+  Configuration next = config();
+  if (const Member* old = next.find(member.id)) {
+    if (old->voter && old->server_id == member.server_id) {
+      // Already a voter with this identity: nothing to do, but not an error either.
+      ProposeResult res;
+      res.error = ProposeResult::Error::InvalidConfig;
+      return res;
+    }
+  }
+  member.voter = false;
+  next.upsert(std::move(member));
+  return propose_config(next, now_ms);
+}
+
+inline ProposeResult Core::promote(const NodeId& id, std::int64_t now_ms) {
+  Configuration next = config();
+  const Member* m = next.find(id);
+  if (m == nullptr || m->voter) {
+    ProposeResult res;
+    res.error = ProposeResult::Error::InvalidConfig;
+    return res;
+  }
+  Member copy = *m;
+  copy.voter = true;
+  next.upsert(std::move(copy));
+  return propose_config(next, now_ms);
+}
+
+inline ProposeResult Core::remove(const NodeId& id, std::int64_t now_ms) {
+  Configuration next = config();
+  if (!next.remove(id)) {
+    ProposeResult res;
+    res.error = ProposeResult::Error::InvalidConfig;
+    return res;
+  }
+  return propose_config(next, now_ms);
+}
+
+inline bool Core::transfer_leadership(const NodeId& to) {
+  if (role_ != Role::Leader || to == opts_.id || !config().is_voter(to)) return false;
+  auto it = progress_.find(to);
+  if (it == progress_.end()) return false;
+  transfer_target_ = to;
+  transfer_elapsed_ = 0;
+  timeout_now_sent_ = false;
+  if (it->second.match == last_index()) {
+    send(make(MessageType::TimeoutNow, to));
+    timeout_now_sent_ = true;
+  }
+  return true;
+}
+
+inline void Core::maybe_commit() {
+  if (role_ != Role::Leader) return;
+  std::vector<std::uint64_t> matched;
+  for (const auto& voter : config().voters()) {
+    if (voter == opts_.id) {
+      matched.push_back(durable_index_);  // the leader counts itself only once durable
+      continue;
+    }
+    auto it = progress_.find(voter);
+    matched.push_back(it == progress_.end() ? 0 : it->second.match);
+  }
+  if (matched.empty()) return;
+  std::sort(matched.begin(), matched.end(), std::greater<std::uint64_t>());
+  std::uint64_t candidate = matched[quorum() - 1];
+  if (candidate <= commit_) return;
+#ifndef RAFT_MUTANT_COMMIT_OLD_TERM
+  // §5.4.2: only an entry of the leader's own term is committed by counting replicas.
+  if (term_at(candidate) != term_) return;
+#endif
+  commit_ = candidate;
+  if (!leader_ready_ && commit_ >= leader_first_index_) {
+    leader_ready_ = true;
+    leader_ready_term_out_ = term_;
+    // Reads that arrived before the term's first entry committed use this commit index.
+    auto waiting = std::move(waiting_ready_reads_);
+    waiting_ready_reads_.clear();
+    for (auto& r : waiting) leader_read(r.request_id, r.from);
+  }
+  // A leader removed from (or demoted in) the configuration leads until that change
+  // commits, then steps down (dissertation §4.2.2).
+  if (config_index() <= commit_ && !is_voter()) become_follower(term_, "");
+}
+
+inline bool Core::send_append(const NodeId& to, Progress& pr) {
+  if (pr.state == Progress::State::Snapshot) return false;
+  if (pr.state == Progress::State::Probe && pr.probe_sent) return false;
+  if (pr.state == Progress::State::Replicate &&
+      (pr.inflight.size() >= opts_.max_inflight || pr.next > last_index()))
+    return false;
+  std::uint64_t prev = pr.next - 1;
+  if (prev < log_start_index_) {
+    // The entries this member needs are compacted away: send the snapshot.
+    if (!snapshot_) return false;
+    pr.state = Progress::State::Snapshot;
+    pr.snapshot = snapshot_;
+    pr.snapshot_sent = pr.snapshot_acked = 0;
+    pr.snapshot_done_sent = false;
+    pr.snapshot_idle_ticks = 0;
+    pr.inflight.clear();
+    send_snapshot_chunks(to, pr);
+    return false;
+  }
+  Message m = make(MessageType::Append, to);
+  m.index = prev;
+  m.log_term = term_at(prev);
+  m.commit = commit_;
+  std::size_t bytes = 0;
+  for (std::uint64_t i = pr.next; i <= last_index(); ++i) {
+    const LogEntry& e = entry(i);
+    if (!m.entries.empty() && bytes + e.payload.size() > opts_.max_message_bytes) break;
+    bytes += e.payload.size() + 32;
+    m.entries.push_back(e);
+  }
+  if (!m.entries.empty()) {
+    std::uint64_t last = m.entries.back().index;
+    if (pr.state == Progress::State::Replicate) {
+      pr.next = last + 1;
+      pr.inflight.push_back(last);
+    }
+  }
+  if (pr.state == Progress::State::Probe) pr.probe_sent = true;
+  send(std::move(m));
+  return true;
+}
+
+inline void Core::send_snapshot_chunks(const NodeId& to, Progress& pr) {
+  const Snapshot& snap = *pr.snapshot;
+  const std::uint64_t size = snap.data.size();
+  const std::uint64_t window = opts_.snapshot_chunk_bytes * opts_.snapshot_chunks_inflight;
+  while (!pr.snapshot_done_sent && pr.snapshot_sent - pr.snapshot_acked < window) {
+    std::uint64_t len = std::min<std::uint64_t>(opts_.snapshot_chunk_bytes, size - pr.snapshot_sent);
+    Message m = make(MessageType::Snapshot, to);
+    m.index = snap.meta.index;
+    m.log_term = snap.meta.term;
+    m.config = snap.meta.config;
+    m.offset = pr.snapshot_sent;
+    m.data = snap.data.substr(static_cast<std::size_t>(pr.snapshot_sent), static_cast<std::size_t>(len));
+    pr.snapshot_sent += len;
+    m.done = pr.snapshot_sent == size;
+    if (m.done) pr.snapshot_done_sent = true;
+    send(std::move(m));
+  }
+}
+
+inline void Core::flush_leader_sends() {
+  for (auto& [id, pr] : progress_) {
+    bool sent = false;
+    while (send_append(id, pr)) {
+      sent = true;
+      if (pr.state != Progress::State::Replicate) break;
+    }
+    if (!sent && commit_ > commit_sent_ && pr.state == Progress::State::Replicate) {
+      // Tell followers the new commit index now rather than at the next heartbeat, so they
+      // apply (and serve reads) sooner.
+      Message m = make(MessageType::Heartbeat, id);
+      m.commit = std::min(pr.match, commit_);
+      m.context = read_round_;
+      send(std::move(m));
+    }
+  }
+  commit_sent_ = commit_;
+}
+
+inline void Core::broadcast_heartbeat() {
+  for (auto& [id, pr] : progress_) {
+    Message m = make(MessageType::Heartbeat, id);
+    m.commit = std::min(pr.match, commit_);
+    m.context = read_round_;
+    send(std::move(m));
+  }
+}
+
+inline void Core::step_leader(const Message& m) {
+  auto it = progress_.find(m.from);
+  if (it == progress_.end()) return;  // not a member
+  Progress& pr = it->second;
+  pr.recent_active = true;
+  pr.server_id = m.server_id;
+  switch (m.type) {
+    case MessageType::AppendResponse:
+      handle_append_response(pr, m);
+      return;
+    case MessageType::HeartbeatResponse:
+      if (read_round_in_flight_ && m.context >= read_round_ && config().is_voter(m.from)) {
+        read_round_acks_.insert(m.from);
+        if (read_round_acks_.size() >= quorum()) complete_read_round();
+      }
+      if (pr.state == Progress::State::Probe) pr.probe_sent = false;
+      if (pr.state == Progress::State::Replicate && !pr.inflight.empty()) {
+        // Responses come back in order, so heartbeats answered while the match index stands
+        // still mean an append was lost: fall back to probing from the match index.
+        if (pr.match == pr.match_at_last_heartbeat) {
+          if (++pr.stalled_heartbeats >= 3) {
+            pr.state = Progress::State::Probe;
+            pr.probe_sent = false;
+            pr.next = pr.match + 1;
+            pr.inflight.clear();
+            pr.stalled_heartbeats = 0;
+          }
+        } else {
+          pr.stalled_heartbeats = 0;
+        }
+      }
+      pr.match_at_last_heartbeat = pr.match;
+      return;
+    case MessageType::SnapshotResponse:
+      handle_snapshot_response(pr, m);
+      return;
+    default:
+      return;
+  }
+}
+
+inline void Core::handle_append_response(Progress& pr, const Message& m) {
+  if (m.reject) {
+    if (pr.state == Progress::State::Snapshot) return;
+    if (m.index <= pr.match) return;  // stale
+    if (pr.state == Progress::State::Probe && m.index != pr.next - 1) return;  // stale
+    std::uint64_t next_probe = m.hint_index;
+    if (m.hint_term > 0) next_probe = find_conflict_by_term(m.hint_index, m.hint_term);
+    pr.next = std::max(std::min(m.index, next_probe + 1), pr.match + 1);
+    pr.state = Progress::State::Probe;
+    pr.probe_sent = false;
+    pr.inflight.clear();
+    return;  // flush_leader_sends sends the next probe
+  }
+  if (m.index > pr.match) {
+    pr.match = m.index;
+    maybe_commit();
+  }
+  if (pr.next <= m.index) pr.next = m.index + 1;
+  while (!pr.inflight.empty() && pr.inflight.front() <= m.index) pr.inflight.pop_front();
+  if (pr.state == Progress::State::Probe) {
+    pr.state = Progress::State::Replicate;
+    pr.probe_sent = false;
+    pr.next = pr.match + 1;
+    pr.inflight.clear();
+  }
+  if (!transfer_target_.empty() && m.from == transfer_target_ && !timeout_now_sent_ &&
+      pr.match == last_index()) {
+    send(make(MessageType::TimeoutNow, m.from));
+    timeout_now_sent_ = true;
+  }
+}
+
+inline void Core::handle_snapshot_response(Progress& pr, const Message& m) {
+  if (m.done && !m.reject) {
+    if (m.index > pr.match) pr.match = m.index;
+    if (pr.state == Progress::State::Snapshot || pr.next <= pr.match) {
+      pr.state = Progress::State::Probe;
+      pr.probe_sent = false;
+      pr.next = pr.match + 1;
+      pr.snapshot.reset();
+    }
+    maybe_commit();
+    return;
+  }
+  if (pr.state != Progress::State::Snapshot || m.index != pr.snapshot->meta.index) return;
+  pr.snapshot_idle_ticks = 0;
+  if (m.reject) {
+    pr.snapshot_sent = pr.snapshot_acked = std::min<std::uint64_t>(m.offset, pr.snapshot->data.size());
+    pr.snapshot_done_sent = false;
+  } else if (m.offset > pr.snapshot_acked) {
+    pr.snapshot_acked = m.offset;
+  }
+  send_snapshot_chunks(m.from, pr);
+}
+
+inline void Core::maybe_reconfigure() {
+  if (!leader_ready_ || config_index() > commit_ || !transfer_target_.empty()) return;
+  const Configuration& c = config();
+  // Bind identities a static peer map did not name, so a wiped member is recognised later.
+  for (const auto& m : c.members) {
+    if (!m.server_id.empty()) continue;
+    std::string sid;
+    if (m.id == opts_.id) {
+      sid = opts_.server_id;
+    } else {
+      auto it = progress_.find(m.id);
+      if (it != progress_.end()) sid = it->second.server_id;
+    }
+    if (sid.empty()) continue;
+    Configuration next = c;
+    Member bound = m;
+    bound.server_id = sid;
+    next.upsert(std::move(bound));
+    propose_config(next, now_ms_);
+    return;
+  }
+  // Promote a caught-up learner while there is room for voters.
+  if (c.voter_count() >= opts_.max_voters) return;
+  for (const auto& m : c.members) {
+    if (m.voter) continue;
+    auto it = progress_.find(m.id);
+    if (it == progress_.end() || !it->second.recent_active || it->second.match < commit_) continue;
+    promote(m.id, now_ms_);
+    return;
+  }
+}
+
+// ---- reads ---------------------------------------------------------------------------------
+
+inline void Core::read_index(std::uint64_t request_id) {
+  if (role_ == Role::Leader) {
+    leader_read(request_id, "");
+    return;
+  }
+  if (role_ == Role::Follower && !leader_.empty()) {
+    Message m = make(MessageType::ReadIndex, leader_);
+    m.context = request_id;
+    send(std::move(m));
+    forwarded_reads_[request_id] = tick_count_ + static_cast<std::uint64_t>(opts_.read_timeout_ticks);
+    return;
+  }
+  reads_out_.push_back(ReadState{request_id, 0, false});
+}
+
+inline void Core::leader_read(std::uint64_t request_id, const NodeId& from) {
+  PendingRead r{request_id, from, commit_, 0,
+                tick_count_ + static_cast<std::uint64_t>(opts_.read_timeout_ticks)};
+  if (!leader_ready_) {
+    // Until the term's first entry commits, commit_ may be behind what earlier leaders
+    // committed; the read gets the commit index at readiness (which is later, so fine).
+    waiting_ready_reads_.push_back(r);
+    return;
+  }
+  if (config().voter_count() == 1 && is_voter()) {
+    resolve_read(r, true);  // nobody else could have been elected
+    return;
+  }
+  // Leadership is confirmed by a heartbeat round that starts after the read arrived: the
+  // round in flight (if any) started earlier, so the read waits for the next one.
+  r.round = read_round_ + 1;
+  reads_.push_back(r);
+  if (!read_round_in_flight_) start_read_round();
+}
+
+inline void Core::start_read_round() {
+  ++read_round_;
+  read_round_in_flight_ = true;
+  read_round_acks_.clear();
+  if (is_voter()) read_round_acks_.insert(opts_.id);
+  broadcast_heartbeat();
+  if (read_round_acks_.size() >= quorum()) complete_read_round();
+}
+
+inline void Core::complete_read_round() {
+  std::uint64_t done = read_round_;
+  read_round_in_flight_ = false;
+  read_round_acks_.clear();
+  while (!reads_.empty() && reads_.front().round <= done) {
+    resolve_read(reads_.front(), true);
+    reads_.pop_front();
+  }
+  if (!reads_.empty()) start_read_round();
+}
+
+inline void Core::resolve_read(const PendingRead& r, bool ok) {
+  if (r.from.empty()) {
+    reads_out_.push_back(ReadState{r.request_id, ok ? r.index : 0, ok});
+    return;
+  }
+  Message m = make(MessageType::ReadIndexResponse, r.from);
+  m.context = r.request_id;
+  m.index = ok ? r.index : 0;
+  m.reject = !ok;
+  send(std::move(m));
+}
+
+inline void Core::handle_read_index_response(const Message& m) {
+  auto it = forwarded_reads_.find(m.context);
+  if (it == forwarded_reads_.end()) return;  // timed out already
+  forwarded_reads_.erase(it);
+  reads_out_.push_back(ReadState{m.context, m.reject ? 0 : m.index, !m.reject});
+}
+
+// ---- output --------------------------------------------------------------------------------
+
+inline void Core::persisted(std::uint64_t seq) {
+  while (!unpersisted_.empty() && unpersisted_.front().seq <= seq) {
+    durable_index_ = std::max(durable_index_, std::min(unpersisted_.front().last_index, last_index()));
+    unpersisted_.pop_front();
+  }
+  maybe_commit();
+}
+
+inline bool Core::has_ready() const {
+  if (!batch_.empty() || !msgs_.empty() || !msgs_after_.empty() || restore_ ||
+      !reads_out_.empty() || !aborted_.empty() || !role_changes_.empty() ||
+      leader_ready_term_out_ != 0 || snapshot_wanted_out_)
+    return true;
+  if (HardState{term_, vote_} != persisted_hs_) return true;
+  if (applied_ < std::min(commit_, durable_index_)) return true;
+  if (role_ == Role::Leader) {
+    if (commit_ > commit_sent_) return true;
+    for (const auto& [id, pr] : progress_) {
+      if (pr.state == Progress::State::Probe && !pr.probe_sent) return true;
+      if (pr.state == Progress::State::Replicate && pr.next <= last_index() &&
+          pr.inflight.size() < opts_.max_inflight)
+        return true;
+    }
+  }
+  return false;
+}
+
+inline Ready Core::ready() {
+  if (role_ == Role::Leader) flush_leader_sends();
+  Ready rd;
+  HardState hs{term_, vote_};
+  if (hs != persisted_hs_) {
+    batch_.hard_state = hs;
+    persisted_hs_ = hs;
+  }
+  if (!batch_.empty() || !msgs_after_.empty()) {
+    batch_.seq = next_seq_++;
+    unpersisted_.push_back(UnpersistedBatch{batch_.seq, last_index()});
+    rd.persist = std::move(batch_);
+    batch_ = PersistBatch{};
+    rd.after_persist = std::move(msgs_after_);
+    msgs_after_.clear();
+  }
+  rd.messages = std::move(msgs_);
+  msgs_.clear();
+  rd.restore = std::move(restore_);
+  restore_.reset();
+  // Apply what is committed and durable here, a bounded amount per batch.
+  std::uint64_t upto = std::min(commit_, durable_index_);
+  std::size_t bytes = 0;
+  while (applied_ < upto && bytes < (8u << 20)) {
+    const LogEntry& e = entry(applied_ + 1);
+    bytes += e.payload.size() + 32;
+    rd.committed.push_back(e);
+    ++applied_;
+  }
+  rd.reads = std::move(reads_out_);
+  reads_out_.clear();
+  rd.aborted = std::move(aborted_);
+  aborted_.clear();
+  rd.role_changes = std::move(role_changes_);
+  role_changes_.clear();
+  rd.leader_ready_term = leader_ready_term_out_;
+  leader_ready_term_out_ = 0;
+  if (!snapshot_requested_ && applied_ >= snapshot_index() + opts_.snapshot_threshold) {
+    snapshot_requested_ = true;
+    snapshot_wanted_out_ = true;
+  }
+  rd.snapshot_wanted = snapshot_wanted_out_;
+  snapshot_wanted_out_ = false;
+  return rd;
+}
+
+}  // namespace raft
+
+// ============================================================================================
+// 4. Storage: the write-ahead log, term and vote, snapshots, recovery
+// ============================================================================================
+//
+// A node may only vote or acknowledge what is on disk. Storage gives a node its data
+// directory and brings it back after a crash, a power cut or a damaged file, and never
+// silently drops what it once made durable. The directory holds:
+//
+//   identity                   node id, server id, cluster id, initial configuration;
+//                              written once, atomically, when the directory is created
+//   hardstate                  term and vote, with a checksum; replaced atomically (temp
+//                              file, fdatasync, rename, fsync of the directory)
+//   log-<first index>.seg      the log, in segments of records (index, term, type,
+//                              timestamp, payload), each framed by its length and CRC-32C
+//   snap-<index>-<term>.snap   the newest snapshot; the previous one is deleted only once
+//                              the new one is durable
+//   *.tmp                      an interrupted write: ignored, and removed by open()
+//   LOCK                       locked while a Storage has the directory open
+//
+// Every file starts with an 8-byte magic and a format version; integers are little-endian.
+//
+// Why it is crash safe: a file only ever appears under its name by rename(), so a named file
+// is complete (a new segment appears only after the previous one is durable); a log suffix
+// is cut by deleting later segments newest first and then truncating, durably, before
+// anything is appended over the cut; a log prefix goes by deleting whole segments oldest
+// first; every unlink a later step relies on is made durable (fsync of the directory) before
+// that step. So at every instant the files recover to a valid log. A damaged record at the
+// tail of the last segment with nothing valid after it (a torn write) is cut and reported in
+// Recovered::notes; damage anywhere else makes open() throw a StorageError naming the file
+// and byte offset.
+//
+// After a failed fsync, a full disk or any other write error the Storage is failed for good:
+// it says why, refuses every later write and never retries (after a failed fsync the kernel
+// may have dropped the dirty pages, so a retry can report success for data that is lost). A
+// restart, which re-reads the disk, recovers what was durable.
+
+namespace raft {
+
+/// A data directory that cannot be created or opened safely. what() names the file, the byte
+/// offset when there is one, and what to do.
+struct StorageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct StorageOptions {
+  std::string dir;
+  /// A segment is closed and a new one started when the next record would grow it past this
+  /// size (a record larger than this gets a segment of its own).
+  std::size_t segment_bytes = std::size_t{64} << 20;
+  /// Fault injection (tests): called instead of fdatasync() on files and fsync() on
+  /// directories. Return 0, or -1 with errno set to make the call fail.
+  std::function<int(int fd)> fsync_hook;
+  /// Fault injection (tests): called instead of write(). Return the number of bytes
+  /// written, or -1 with errno set.
+  std::function<long(int fd, const void* data, std::size_t size)> write_hook;
+};
+
+/// Who this data directory belongs to; fixed when the directory is created.
+struct Identity {
+  NodeId node_id;
+  /// Random id of this data directory (32 hex digits). create() generates it when empty.
+  std::string server_id;
+  std::string cluster_id;
+  /// For a cluster started from a static peer map: the configuration at index 0. Empty
+  /// otherwise (the configuration then comes from the snapshot and the log).
+  Configuration initial_config;
+};
+
+/// What open() found on disk.
+struct Recovered {
+  Identity identity;
+  HardState hard_state;
+  /// The newest snapshot. meta.config is left empty: the caller parses it from data.
+  std::optional<Snapshot> snapshot;
+  /// The log after the snapshot's index (from index 1 without a snapshot): contiguous, terms
+  /// non-decreasing, the first term not below the snapshot's.
+  std::vector<LogEntry> entries;
+  /// Repairs open() made, one sentence each: a torn tail cut, a superseded snapshot or a
+  /// leftover temporary file removed, log entries discarded for a newer snapshot.
+  std::vector<std::string> notes;
+};
+
+/// 128 random bits from std::random_device, as 32 lower-case hex digits.
+std::string random_id128();
+
+namespace detail {
+class StorageImpl;
+}
+
+/// One node's data directory. Not thread-safe: after open() or create() one thread at a time
+/// uses it (in a running node, the StorageWriter's thread). failed(), failure() and
+/// fsync_count() may be read from any thread. write() only buffers; nothing is durable until
+/// sync() returns true. A moved-from Storage may only be destroyed or assigned to.
+class Storage {
+ public:
+  /// True when `dir` holds an identity file (a data directory create() finished).
+  static bool exists(const std::string& dir);
+  /// Makes a new data directory (mkdir -p): a hard state of term 0 and no vote, then the
+  /// identity file. Throws StorageError when the directory already holds one or holds log or
+  /// snapshot files without one, or on an I/O error.
+  static Storage create(StorageOptions options, Identity identity);
+  /// Opens an existing data directory and recovers it into `out`, repairing what a crash
+  /// leaves behind. Throws StorageError on damage it cannot repair safely, or if another
+  /// Storage (in this or another process) has the directory open.
+  static Storage open(StorageOptions options, Recovered& out);
+
+  Storage(Storage&&) noexcept;
+  Storage& operator=(Storage&&) noexcept;
+  ~Storage();  // closes the files; does not sync
+
+  /// Applies a PersistBatch: the snapshot first (it replaces the whole log, see
+  /// PersistBatch), then the hard state, then the entries, cutting the log first when
+  /// entries.front().index is at or below last_index(). Buffered: durable after sync().
+  /// Returns false once the storage has failed. A batch that does not fit the log (a gap, an
+  /// index covered by the snapshot, a decreasing term) fails the storage: it is a bug in the
+  /// caller, and writing on would corrupt the log.
+  bool write(const PersistBatch& batch);
+  /// Makes everything written so far durable: the hard state file if it changed, then one
+  /// fdatasync of the log. Returns false once the storage has failed.
+  bool sync();
+  /// A snapshot the node took itself (of its applied state): made durable, the previous
+  /// snapshot deleted, then whole log segments whose every entry is at or below
+  /// min(compact_to, snapshot.meta.index) deleted (pass an index below the snapshot's to keep
+  /// a trailing window of entries for followers that lag a little). The log itself is kept
+  /// after the snapshot's index. A snapshot not newer than the one on disk is ignored.
+  bool save_snapshot(const Snapshot& snapshot, std::uint64_t compact_to);
+  /// Rewrites the identity file atomically (a joiner records the cluster id it joined).
+  bool save_identity(const Identity& identity);
+
+  bool failed() const;
+  /// Why the storage failed ("IOERR ..." with the errno text and what to do); empty if not.
+  const std::string& failure() const;
+  /// fdatasync() and fsync() calls made so far (files and directories).
+  std::uint64_t fsync_count() const;
+  /// The log held on disk: [first_index, last_index], empty when last_index < first_index.
+  /// Entries at or below snapshot_index() may remain as a trailing window.
+  std::uint64_t first_index() const;
+  std::uint64_t last_index() const;
+  std::uint64_t snapshot_index() const;  // 0: no snapshot
+  std::uint64_t snapshot_term() const;
+  const Identity& identity() const;
+  const std::string& dir() const;
+
+ private:
+  Storage();
+  std::unique_ptr<detail::StorageImpl> impl_;
+};
+
+/// Group commit: one thread that makes PersistBatches durable for the whole node. Every
+/// batch waiting when the thread wakes is written and made durable together with a single
+/// fdatasync; a lone batch is never delayed to fill a group.
+///
+/// Callbacks run on the writer thread, in submission (= seq) order, once each, after the
+/// fdatasync that covers their batch: ok == true means durable. After the storage fails
+/// every callback gets ok == false. Callbacks must not throw, and must not call flush(),
+/// stop() or the destructor (they run on the thread those wait for).
+class StorageWriter {
+ public:
+  using Done = std::function<void(bool ok)>;
+
+  /// Starts the writer thread. `storage` must outlive the writer.
+  explicit StorageWriter(Storage& storage);
+  ~StorageWriter();  // stop()
+  StorageWriter(const StorageWriter&) = delete;
+  StorageWriter& operator=(const StorageWriter&) = delete;
+
+  /// Queues a batch; safe from any thread. Batches must arrive in increasing seq order
+  /// (std::invalid_argument otherwise). After stop(), `done(false)` runs at once on the
+  /// calling thread.
+  void submit(PersistBatch batch, Done done);
+  /// Queues Storage::save_snapshot(*snapshot, compact_to), in order with the batches.
+  void submit_snapshot(std::shared_ptr<const Snapshot> snapshot, std::uint64_t compact_to,
+                       Done done);
+  /// Queues Storage::save_identity(identity), in order with the batches.
+  void submit_identity(Identity identity, Done done);
+  /// Blocks until everything submitted before the call has been handled and its callback
+  /// has run.
+  void flush();
+  /// Drains: everything submitted before stop() is written and synced and its callback run
+  /// (ok == false if the storage has failed); then the thread exits. Idempotent.
+  void stop();
+  /// Group commits so far (each ends with at most one sync of the log).
+  std::uint64_t groups() const;
+
+ private:
+  struct Item {
+    PersistBatch batch;
+    std::shared_ptr<const Snapshot> snapshot;  // set: a save_snapshot job
+    std::uint64_t compact_to = 0;
+    std::optional<Identity> identity;  // set: a save_identity job
+    Done done;
+  };
+  void enqueue(Item item);
+  void run();
+
+  Storage& storage_;
+  std::mutex mu_;
+  std::condition_variable wake_;
+  std::condition_variable idle_;
+  std::vector<Item> queue_;
+  std::uint64_t submitted_ = 0;
+  std::uint64_t completed_ = 0;
+  std::optional<std::uint64_t> last_seq_;
+  bool stopping_ = false;
+  std::atomic<std::uint64_t> groups_{0};
+  std::thread thread_;  // last: starts after every other member is ready
+};
+
+// --------------------------------------------------------------------------------------------
+// Implementation
+// --------------------------------------------------------------------------------------------
+
+namespace detail {
+
+// CRC-32C (Castagnoli), slice-by-8. The tables are built at compile time.
+struct Crc32cTables {
+  std::uint32_t t[8][256] = {};
+  constexpr Crc32cTables() {
+    for (std::uint32_t i = 0; i < 256; ++i) {
+      std::uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1u) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+      t[0][i] = c;
+    }
+    for (std::uint32_t i = 0; i < 256; ++i)
+      for (int s = 1; s < 8; ++s) t[s][i] = (t[s - 1][i] >> 8) ^ t[0][t[s - 1][i] & 0xFFu];
+  }
+};
+inline constexpr Crc32cTables kCrc32cTables{};
+
+/// CRC-32C of `size` bytes; pass a previous result as `crc` to continue it over more bytes.
+inline std::uint32_t crc32c(const void* data, std::size_t size, std::uint32_t crc = 0) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  const auto& t = kCrc32cTables.t;
+  crc = ~crc;
+  while (size >= 8) {
+    const std::uint32_t lo = crc ^ (std::uint32_t{p[0]} | std::uint32_t{p[1]} << 8 |
+                                    std::uint32_t{p[2]} << 16 | std::uint32_t{p[3]} << 24);
+    const std::uint32_t hi = std::uint32_t{p[4]} | std::uint32_t{p[5]} << 8 |
+                             std::uint32_t{p[6]} << 16 | std::uint32_t{p[7]} << 24;
+    crc = t[7][lo & 0xFFu] ^ t[6][(lo >> 8) & 0xFFu] ^ t[5][(lo >> 16) & 0xFFu] ^ t[4][lo >> 24] ^
+          t[3][hi & 0xFFu] ^ t[2][(hi >> 8) & 0xFFu] ^ t[1][(hi >> 16) & 0xFFu] ^ t[0][hi >> 24];
+    p += 8;
+    size -= 8;
+  }
+  while (size-- > 0) crc = t[0][(crc ^ *p++) & 0xFFu] ^ (crc >> 8);
+  return ~crc;
+}
+
+constexpr std::uint32_t kStorageFormatVersion = 1;
+constexpr std::size_t kMagicBytes = 8;
+constexpr std::string_view kIdentityMagic{"RAFTIDNT", kMagicBytes};
+constexpr std::string_view kHardStateMagic{"RAFTHARD", kMagicBytes};
+constexpr std::string_view kSegmentMagic{"RAFTLSEG", kMagicBytes};
+constexpr std::string_view kSnapshotMagic{"RAFTSNAP", kMagicBytes};
+constexpr const char* kIdentityFile = "identity";
+constexpr const char* kHardStateFile = "hardstate";
+constexpr const char* kLockFile = "LOCK";
+constexpr std::string_view kTempSuffix = ".tmp";
+
+// Segment header: magic, version, first index, CRC-32C of the preceding 20 bytes.
+constexpr std::size_t kSegmentHeaderBytes = 24;
+// Record: u32 body length, u32 CRC-32C of (length, body), body.
+constexpr std::size_t kRecordFrameBytes = 8;
+// Body: u64 index, u64 term, u8 type, i64 timestamp_ms, then the payload.
+constexpr std::size_t kRecordFixedBytes = 25;
+// Snapshot: magic, version, index, term, data length, CRC-32C of those 36 bytes; the data;
+// CRC-32C of the data.
+constexpr std::size_t kSnapshotHeaderBytes = 40;
+// Buffered records are handed to the kernel once they reach this size, even before sync().
+constexpr std::size_t kPendingFlushBytes = std::size_t{1} << 20;
+// Larger writes are split: Linux writes at most about 2 GiB per call.
+constexpr std::size_t kMaxWriteChunk = std::size_t{1} << 30;
+
+inline const std::string& corruption_advice() {
+  static const std::string advice =
+      " The data directory is damaged: restore it from a backup, or move it away and add this "
+      "node back to the cluster as a new member (it then receives a snapshot from the leader).";
+  return advice;
+}
+
+/// "CORRUPT <file> byte offset <n>: <what>. <what to do>"
+inline StorageError corrupt(const std::string& file, std::uint64_t offset,
+                            const std::string& what) {
+  return StorageError("CORRUPT " + file + " byte offset " + std::to_string(offset) + ": " +
+                      what + "." + corruption_advice());
+}
+
+inline std::string errno_text(int err) {
+  return std::system_category().message(err) + " (errno " + std::to_string(err) + ")";
+}
+
+inline void put_u32(std::string& out, std::uint32_t v) {
+  for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xFFu));
+}
+inline void put_u64(std::string& out, std::uint64_t v) {
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xFFu));
+}
+inline void put_string(std::string& out, std::string_view s) {
+  put_u32(out, static_cast<std::uint32_t>(s.size()));
+  out.append(s);
+}
+inline std::uint32_t get_u32(const char* p) {
+  std::uint32_t v = 0;
+  for (int i = 3; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(p[i]);
+  return v;
+}
+inline std::uint64_t get_u64(const char* p) {
+  std::uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(p[i]);
+  return v;
+}
+
+/// Reads the fixed fields of identity and hard state files; `ok` turns false (and stays
+/// false) at the first read past the end.
+struct ByteReader {
+  std::string_view buf;
+  std::size_t pos = 0;
+  bool ok = true;
+
+  bool need(std::size_t n) {
+    if (!ok || buf.size() - pos < n) ok = false;
+    return ok;
+  }
+  std::uint8_t u8() { return need(1) ? static_cast<std::uint8_t>(buf[pos++]) : 0; }
+  std::uint32_t u32() {
+    if (!need(4)) return 0;
+    pos += 4;
+    return get_u32(buf.data() + pos - 4);
+  }
+  std::uint64_t u64() {
+    if (!need(8)) return 0;
+    pos += 8;
+    return get_u64(buf.data() + pos - 8);
+  }
+  std::string str() {
+    const std::uint32_t n = u32();
+    if (!need(n)) return {};
+    pos += n;
+    return std::string(buf.substr(pos - n, n));
+  }
+};
+
+inline std::string pad20(std::uint64_t v) {
+  std::string s = std::to_string(v);
+  return std::string(20 - s.size(), '0') + s;
+}
+/// Exactly 20 decimal digits that fit in 64 bits.
+inline bool parse_pad20(std::string_view s, std::uint64_t& out) {
+  if (s.size() != 20) return false;
+  std::uint64_t v = 0;
+  for (char c : s) {
+    if (c < '0' || c > '9') return false;
+    const std::uint64_t d = static_cast<std::uint64_t>(c - '0');
+    if (v > (UINT64_MAX - d) / 10) return false;
+    v = v * 10 + d;
+  }
+  out = v;
+  return true;
+}
+inline std::string segment_file_name(std::uint64_t first_index) {
+  return "log-" + pad20(first_index) + ".seg";
+}
+inline std::string snapshot_file_name(std::uint64_t index, std::uint64_t term) {
+  return "snap-" + pad20(index) + "-" + pad20(term) + ".snap";
+}
+inline bool parse_segment_file_name(std::string_view name, std::uint64_t& first_index) {
+  return name.size() == 28 && name.substr(0, 4) == "log-" && name.substr(24) == ".seg" &&
+         parse_pad20(name.substr(4, 20), first_index);
+}
+inline bool parse_snapshot_file_name(std::string_view name, std::uint64_t& index,
+                                     std::uint64_t& term) {
+  return name.size() == 51 && name.substr(0, 5) == "snap-" && name[25] == '-' &&
+         name.substr(46) == ".snap" && parse_pad20(name.substr(5, 20), index) &&
+         parse_pad20(name.substr(26, 20), term);
+}
+inline bool ends_with(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
+}
+
+/// Whole file into `out`; 0 or an errno value.
+inline int read_whole_file(const std::string& path, std::string& out) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno;
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return err;
+  }
+  out.assign(static_cast<std::size_t>(st.st_size), '\0');
+  std::size_t got = 0;
+  while (got < out.size()) {
+    const ssize_t n = ::read(fd, &out[got], out.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int err = errno;
+      ::close(fd);
+      return err;
+    }
+    if (n == 0) break;
+    got += static_cast<std::size_t>(n);
+  }
+  out.resize(got);
+  ::close(fd);
+  return 0;
+}
+
+/// Names in `dir` except "." and ".."; 0 or an errno value.
+inline int list_directory(const std::string& dir, std::vector<std::string>& names) {
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return errno;
+  for (;;) {
+    errno = 0;
+    const dirent* e = ::readdir(d);
+    if (e == nullptr) {
+      const int err = errno;
+      ::closedir(d);
+      return err;
+    }
+    const std::string_view name = e->d_name;
+    if (name != "." && name != "..") names.emplace_back(name);
+  }
+}
+
+inline void check_magic_and_version(std::string_view buf, std::string_view magic,
+                                    const std::string& file, const char* kind) {
+  if (buf.size() < kMagicBytes + 4)
+    throw corrupt(file, buf.size(), std::string("the file is too short to be a ") + kind);
+  if (buf.substr(0, kMagicBytes) != magic)
+    throw corrupt(file, 0, std::string("not a ") + kind + " (bad magic)");
+  const std::uint32_t version = get_u32(buf.data() + kMagicBytes);
+  if (version > kStorageFormatVersion)
+    throw StorageError("IOERR " + file + " byte offset " + std::to_string(kMagicBytes) +
+                       ": format version " + std::to_string(version) +
+                       " is newer than this program's (" +
+                       std::to_string(kStorageFormatVersion) +
+                       "). Run the newer program on this data directory.");
+  if (version == 0) throw corrupt(file, kMagicBytes, "format version 0 is not valid");
+}
+
+/// Checks the CRC-32C in the last 4 bytes of a small file against everything before it.
+inline void check_trailing_crc(std::string_view buf, const std::string& file) {
+  if (buf.size() < kMagicBytes + 8) throw corrupt(file, buf.size(), "the file is truncated");
+  const std::size_t at = buf.size() - 4;
+  if (crc32c(buf.data(), at) != get_u32(buf.data() + at))
+    throw corrupt(file, at, "checksum mismatch");
+}
+
+inline std::string encode_hard_state(const HardState& hs) {
+  std::string out(kHardStateMagic);
+  put_u32(out, kStorageFormatVersion);
+  put_u64(out, hs.term);
+  put_string(out, hs.vote);
+  put_u32(out, crc32c(out.data(), out.size()));
+  return out;
+}
+
+inline HardState decode_hard_state(std::string_view buf, const std::string& file) {
+  check_magic_and_version(buf, kHardStateMagic, file, "hard state file");
+  check_trailing_crc(buf, file);
+  ByteReader r{buf.substr(0, buf.size() - 4), kMagicBytes + 4};
+  HardState hs;
+  hs.term = r.u64();
+  hs.vote = r.str();
+  if (!r.ok || r.pos != r.buf.size())
+    throw corrupt(file, r.pos, "the hard state fields do not fill the file");
+  return hs;
+}
+
+inline std::string encode_identity(const Identity& id) {
+  std::string out(kIdentityMagic);
+  put_u32(out, kStorageFormatVersion);
+  put_string(out, id.node_id);
+  put_string(out, id.server_id);
+  put_string(out, id.cluster_id);
+  put_u32(out, static_cast<std::uint32_t>(id.initial_config.members.size()));
+  for (const Member& m : id.initial_config.members) {
+    put_string(out, m.id);
+    put_string(out, m.address);
+    put_string(out, m.server_id);
+    out.push_back(m.voter ? '\1' : '\0');
+  }
+  put_u32(out, crc32c(out.data(), out.size()));
+  return out;
+}
+
+inline Identity decode_identity(std::string_view buf, const std::string& file) {
+  check_magic_and_version(buf, kIdentityMagic, file, "identity file");
+  check_trailing_crc(buf, file);
+  ByteReader r{buf.substr(0, buf.size() - 4), kMagicBytes + 4};
+  Identity id;
+  id.node_id = r.str();
+  id.server_id = r.str();
+  id.cluster_id = r.str();
+  const std::uint32_t members = r.u32();
+  for (std::uint32_t i = 0; i < members && r.ok; ++i) {
+    Member m;
+    m.id = r.str();
+    m.address = r.str();
+    m.server_id = r.str();
+    const std::uint8_t voter = r.u8();
+    if (voter > 1) r.ok = false;
+    m.voter = voter == 1;
+    if (r.ok) id.initial_config.upsert(std::move(m));
+  }
+  if (!r.ok || r.pos != r.buf.size() || id.node_id.empty() ||
+      id.initial_config.members.size() != members)
+    throw corrupt(file, r.pos, "the identity fields do not fill the file");
+  return id;
+}
+
+inline std::string encode_segment_header(std::uint64_t first_index) {
+  std::string out(kSegmentMagic);
+  put_u32(out, kStorageFormatVersion);
+  put_u64(out, first_index);
+  put_u32(out, crc32c(out.data(), out.size()));
+  return out;
+}
+
+/// The segment's first index, from its header.
+inline std::uint64_t decode_segment_header(std::string_view buf, const std::string& file) {
+  check_magic_and_version(buf, kSegmentMagic, file, "log segment");
+  if (buf.size() < kSegmentHeaderBytes)
+    throw corrupt(file, buf.size(), "the segment header is truncated");
+  if (crc32c(buf.data(), kSegmentHeaderBytes - 4) != get_u32(buf.data() + kSegmentHeaderBytes - 4))
+    throw corrupt(file, kSegmentHeaderBytes - 4, "segment header checksum mismatch");
+  return get_u64(buf.data() + kMagicBytes + 4);
+}
+
+inline std::size_t record_size(const LogEntry& e) {
+  return kRecordFrameBytes + kRecordFixedBytes + e.payload.size();
+}
+
+inline std::uint32_t record_crc(const char* frame, std::size_t body_size) {
+  return crc32c(frame + kRecordFrameBytes, body_size, crc32c(frame, 4));
+}
+
+inline void append_record(std::string& out, const LogEntry& e) {
+  const std::size_t at = out.size();
+  put_u32(out, static_cast<std::uint32_t>(kRecordFixedBytes + e.payload.size()));
+  put_u32(out, 0);  // the CRC, filled in below
+  put_u64(out, e.index);
+  put_u64(out, e.term);
+  out.push_back(static_cast<char>(e.type));
+  put_u64(out, static_cast<std::uint64_t>(e.timestamp_ms));
+  out.append(e.payload);
+  const std::uint32_t crc = record_crc(out.data() + at, out.size() - at - kRecordFrameBytes);
+  for (int i = 0; i < 4; ++i)
+    out[at + 4 + static_cast<std::size_t>(i)] = static_cast<char>((crc >> (8 * i)) & 0xFFu);
+}
+
+/// Why the record at `offset` is not valid; nullptr when it is.
+inline const char* record_problem(std::string_view buf, std::size_t offset) {
+  const std::size_t rest = buf.size() - offset;
+  if (rest < kRecordFrameBytes) return "truncated record frame";
+  const std::uint32_t len = get_u32(buf.data() + offset);
+  if (len < kRecordFixedBytes || len > rest - kRecordFrameBytes) return "bad record length";
+  if (record_crc(buf.data() + offset, len) != get_u32(buf.data() + offset + 4))
+    return "record checksum mismatch";
+  return nullptr;
+}
+
+/// Whether a valid record starts anywhere at or after `from`: what tells a torn write (the
+/// damage is the end of the data) from corruption (valid data follows the damage).
+inline bool valid_record_at_or_after(std::string_view buf, std::size_t from) {
+  for (std::size_t p = from; p + kRecordFrameBytes + kRecordFixedBytes <= buf.size(); ++p)
+    if (record_problem(buf, p) == nullptr) return true;
+  return false;
+}
+
+inline LogEntry decode_record(std::string_view buf, std::size_t offset) {
+  const char* b = buf.data() + offset + kRecordFrameBytes;
+  const std::uint32_t len = get_u32(buf.data() + offset);
+  LogEntry e;
+  e.index = get_u64(b);
+  e.term = get_u64(b + 8);
+  e.type = static_cast<EntryType>(static_cast<unsigned char>(b[16]));
+  e.timestamp_ms = static_cast<std::int64_t>(get_u64(b + 17));
+  e.payload.assign(b + kRecordFixedBytes, len - kRecordFixedBytes);
+  return e;
+}
+
+inline bool valid_entry_type(EntryType t) {
+  return t == EntryType::Command || t == EntryType::Noop || t == EntryType::Config;
+}
+
+inline std::string encode_snapshot_header(const SnapshotMeta& meta, std::size_t data_size) {
+  std::string out(kSnapshotMagic);
+  put_u32(out, kStorageFormatVersion);
+  put_u64(out, meta.index);
+  put_u64(out, meta.term);
+  put_u64(out, data_size);
+  put_u32(out, crc32c(out.data(), out.size()));
+  return out;
+}
+
+/// Checks a whole snapshot file and leaves only its data in `buf`.
+inline void decode_snapshot(std::string& buf, const std::string& file, std::uint64_t index,
+                            std::uint64_t term) {
+  check_magic_and_version(buf, kSnapshotMagic, file, "snapshot");
+  if (buf.size() < kSnapshotHeaderBytes + 4)
+    throw corrupt(file, buf.size(), "the snapshot file is truncated");
+  const char* h = buf.data();
+  if (crc32c(h, kSnapshotHeaderBytes - 4) != get_u32(h + kSnapshotHeaderBytes - 4))
+    throw corrupt(file, kSnapshotHeaderBytes - 4, "snapshot header checksum mismatch");
+  if (get_u64(h + 12) != index || get_u64(h + 20) != term)
+    throw corrupt(file, 12, "the header's index and term do not match the file name");
+  const std::uint64_t size = get_u64(h + 28);
+  if (size != buf.size() - kSnapshotHeaderBytes - 4)
+    throw corrupt(file, buf.size(),
+                  "the header says " + std::to_string(size) +
+                      " bytes of data but the file holds " +
+                      std::to_string(buf.size() - kSnapshotHeaderBytes - 4));
+  const std::size_t at = buf.size() - 4;
+  if (crc32c(buf.data() + kSnapshotHeaderBytes, size) != get_u32(buf.data() + at))
+    throw corrupt(file, kSnapshotHeaderBytes, "snapshot data checksum mismatch");
+  buf.resize(at);
+  buf.erase(0, kSnapshotHeaderBytes);
+}
+
+/// The implementation behind Storage. Methods that do I/O return false after recording the
+/// failure (fail()); open() and create() turn a failure into a StorageError.
+class StorageImpl {
+ public:
+  struct Segment {
+    std::uint64_t first = 0;  // index of its first record, also in its name and header
+    std::string path;
+    std::vector<std::uint64_t> offsets;  // byte offset of each record
+    std::uint64_t written = 0;           // bytes handed to the kernel
+  };
+
+  explicit StorageImpl(StorageOptions o) : opt(std::move(o)) {
+    while (opt.dir.size() > 1 && opt.dir.back() == '/') opt.dir.pop_back();
+  }
+  ~StorageImpl() {
+    for (int fd : {active_fd, lock_fd, dir_fd})
+      if (fd >= 0) ::close(fd);
+  }
+  StorageImpl(const StorageImpl&) = delete;
+  StorageImpl& operator=(const StorageImpl&) = delete;
+
+  StorageOptions opt;
+  Identity identity;
+  int dir_fd = -1;
+  int lock_fd = -1;
+
+  std::vector<Segment> segments;
+  int active_fd = -1;         // segments.back(), open for appending
+  bool active_dirty = false;  // written since its last fdatasync
+  std::string pending;        // records for the end of segments.back(), not yet written
+  std::optional<HardState> pending_hard_state;
+  std::uint64_t first_index = 1;
+  std::uint64_t last_index = 0;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> term_runs;  // (first index, term)
+
+  std::uint64_t snap_index = 0;
+  std::uint64_t snap_term = 0;
+  std::string snap_path;
+
+  std::atomic<std::uint64_t> fsyncs{0};
+  std::atomic<bool> failed{false};
+  std::string failure;  // set once, before `failed` turns true
+
+  std::string path(std::string_view name) const { return opt.dir + "/" + std::string(name); }
+
+  bool fail(std::string why) {
+    if (!failed.load(std::memory_order_relaxed)) {
+      failure = std::move(why);
+      failed.store(true, std::memory_order_release);
+    }
+    return false;
+  }
+
+  bool io_fail(const std::string& operation, const std::string& file, int err) {
+    std::string advice =
+        err == ENOSPC || err == EDQUOT
+            ? "The disk is full: free space, then restart the node; it recovers what is on disk."
+            : "Check the disk (kernel log), then restart the node; it recovers what is on disk.";
+    return fail("IOERR " + operation + " " + file + " failed: " + errno_text(err) +
+                ". The storage refuses every later write (a failed write or fsync cannot be "
+                "retried safely). " + advice);
+  }
+
+  [[noreturn]] void throw_failure() const { throw StorageError(failure); }
+
+  bool write_all(int fd, std::string_view data, const std::string& file) {
+    if (failed) return false;
+    while (!data.empty()) {
+      const std::size_t n = std::min(data.size(), kMaxWriteChunk);
+      const long w = opt.write_hook ? opt.write_hook(fd, data.data(), n)
+                                    : static_cast<long>(::write(fd, data.data(), n));
+      if (w < 0 && errno == EINTR) continue;
+      if (w < 0) return io_fail("write to", file, errno);
+      if (static_cast<std::size_t>(w) != n)
+        return fail("IOERR short write to " + file + ": " + std::to_string(w) + " of " +
+                    std::to_string(n) +
+                    " bytes written (is the disk full?). The storage refuses every later write. "
+                    "Free space, then restart the node; it recovers what is on disk.");
+      data.remove_prefix(n);
+    }
+    return true;
+  }
+
+  // Never retried, not even on EINTR: after a failed fsync the dirty pages may be gone.
+  bool sync_fd(int fd, const std::string& file, bool directory) {
+    if (failed) return false;
+    fsyncs.fetch_add(1, std::memory_order_relaxed);
+    const int r = opt.fsync_hook ? opt.fsync_hook(fd) : directory ? ::fsync(fd) : ::fdatasync(fd);
+    if (r != 0) return io_fail(directory ? "fsync of directory" : "fdatasync of", file, errno);
+    return true;
+  }
+
+  bool sync_dir() { return sync_fd(dir_fd, opt.dir, true); }
+
+  bool remove_durably(const std::string& file) {
+    if (::unlink(file.c_str()) != 0 && errno != ENOENT) return io_fail("unlink of", file, errno);
+    return sync_dir();
+  }
+
+  /// Temp file, write, fdatasync, rename over `name`, fsync the directory.
+  bool write_file_atomically(const std::string& name,
+                             std::initializer_list<std::string_view> parts) {
+    if (failed) return false;
+    const std::string final_path = path(name);
+    const std::string temp = final_path + std::string(kTempSuffix);
+    const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return io_fail("create of", temp, errno);
+    bool ok = true;
+    for (std::string_view part : parts) ok = ok && write_all(fd, part, temp);
+    ok = ok && sync_fd(fd, temp, false);
+    if (::close(fd) != 0 && ok) return io_fail("close of", temp, errno);
+    if (!ok) return false;
+    if (::rename(temp.c_str(), final_path.c_str()) != 0)
+      return io_fail("rename to", final_path, errno);
+    return sync_dir();
+  }
+
+  void open_directory(bool create) {
+    if (opt.dir.empty()) throw StorageError("ERR StorageOptions::dir is empty");
+    if (create) make_directories();
+    dir_fd = ::open(opt.dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir_fd < 0)
+      throw StorageError("IOERR cannot open data directory " + opt.dir + ": " +
+                         errno_text(errno));
+    const std::string lock_path = path(kLockFile);
+    lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (lock_fd < 0)
+      throw StorageError("IOERR cannot open " + lock_path + ": " + errno_text(errno));
+    struct flock lock {};
+    lock.l_type = F_WRLCK;
+    lock.l_whence = SEEK_SET;
+#ifdef F_OFD_SETLK
+    const int command = F_OFD_SETLK;  // per open file: also catches a second open in-process
+#else
+    const int command = F_SETLK;
+#endif
+    if (::fcntl(lock_fd, command, &lock) != 0)
+      throw StorageError("IOERR data directory " + opt.dir +
+                         " is in use by another node (" + lock_path + " is locked: " +
+                         errno_text(errno) + "). Give each node its own data directory.");
+  }
+
+  // mkdir -p; a directory it creates is made durable in its parent.
+  void make_directories() {
+    std::size_t pos = 0;
+    while (pos != std::string::npos) {
+      pos = opt.dir.find('/', pos + 1);
+      const std::string sub = opt.dir.substr(0, pos);
+      if (::mkdir(sub.c_str(), 0755) == 0) {
+        const std::size_t slash = sub.rfind('/');
+        const std::string parent =
+            slash == std::string::npos ? "." : slash == 0 ? "/" : sub.substr(0, slash);
+        const int fd = ::open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        const bool ok = fd >= 0 && sync_fd(fd, parent, true);
+        if (fd >= 0) ::close(fd);
+        if (!ok) throw StorageError(failure.empty() ? "IOERR cannot open " + parent : failure);
+      } else if (errno != EEXIST) {
+        throw StorageError("IOERR cannot create directory " + sub + ": " + errno_text(errno));
+      }
+    }
+    struct stat st {};
+    if (::stat(opt.dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+      throw StorageError("IOERR " + opt.dir + " is not a directory");
+  }
+
+  std::uint64_t term_at(std::uint64_t index) const {
+    if (index >= first_index && index <= last_index && !term_runs.empty()) {
+      auto it = std::upper_bound(
+          term_runs.begin(), term_runs.end(), index,
+          [](std::uint64_t i, const std::pair<std::uint64_t, std::uint64_t>& run) {
+            return i < run.first;
+          });
+      if (it != term_runs.begin()) return std::prev(it)->second;
+    }
+    return index == snap_index ? snap_term : 0;
+  }
+
+  void note_term(std::uint64_t index, std::uint64_t term) {
+    if (term_runs.empty() || term_runs.back().second != term) term_runs.emplace_back(index, term);
+  }
+
+  std::uint64_t active_end() const { return segments.back().written + pending.size(); }
+
+  /// Hands the pending hard state, then the pending records, to the kernel.
+  bool flush_pending() {
+    if (failed) return false;
+    if (pending_hard_state) {
+      if (!write_file_atomically(kHardStateFile, {encode_hard_state(*pending_hard_state)}))
+        return false;
+      pending_hard_state.reset();
+    }
+    if (!pending.empty()) {
+      Segment& seg = segments.back();
+      if (!write_all(active_fd, pending, seg.path)) return false;
+      seg.written += pending.size();
+      pending.clear();
+      active_dirty = true;
+    }
+    return true;
+  }
+
+  bool sync() {
+    if (!flush_pending()) return false;
+    if (active_dirty && !sync_fd(active_fd, segments.back().path, false)) return false;
+    active_dirty = false;
+    return true;
+  }
+
+  bool close_active() {
+    if (active_fd < 0) return true;
+    const int fd = active_fd;
+    active_fd = -1;
+    active_dirty = false;
+    if (::close(fd) != 0) return io_fail("close of", segments.back().path, errno);
+    return true;
+  }
+
+  // The previous segment is made durable before the new one can appear: recovery treats a
+  // damaged record in any segment but the last as corruption.
+  bool create_segment(std::uint64_t first) {
+    if (!flush_pending()) return false;
+    if (active_fd >= 0) {
+      if (active_dirty && !sync_fd(active_fd, segments.back().path, false)) return false;
+      if (!close_active()) return false;
+    }
+    const std::string final_path = path(segment_file_name(first));
+    const std::string temp = final_path + std::string(kTempSuffix);
+    const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return io_fail("create of", temp, errno);
+    const std::string header = encode_segment_header(first);
+    if (!write_all(fd, header, temp) || !sync_fd(fd, temp, false)) {
+      ::close(fd);
+      return false;
+    }
+    if (::rename(temp.c_str(), final_path.c_str()) != 0) {
+      ::close(fd);
+      return io_fail("rename to", final_path, errno);
+    }
+    if (!sync_dir()) {
+      ::close(fd);
+      return false;
+    }
+    active_fd = fd;
+    if (segments.empty()) first_index = first;
+    segments.push_back(Segment{first, final_path, {}, header.size()});
+    return true;
+  }
+
+  bool append(const LogEntry& e) {
+    if (e.payload.size() > UINT32_MAX - kRecordFixedBytes)
+      return fail("ERR log entry " + std::to_string(e.index) + " has a payload of " +
+                  std::to_string(e.payload.size()) + " bytes: the limit is 4 GiB");
+    if (segments.empty() || (!segments.back().offsets.empty() &&
+                             active_end() + record_size(e) > opt.segment_bytes)) {
+      if (!create_segment(e.index)) return false;
+    }
+    segments.back().offsets.push_back(active_end());
+    append_record(pending, e);
+    last_index = e.index;
+    note_term(e.index, e.term);
+    return pending.size() < kPendingFlushBytes || flush_pending();
+  }
+
+  // Later segments go newest first, then the segment holding the cut is truncated and the
+  // truncation made durable before anything is written over the old bytes: a crash at any
+  // point leaves a prefix of the old log, never old and new records mixed.
+  bool cut_suffix(std::uint64_t cut) {
+    std::size_t k = segments.size() - 1;
+    while (segments[k].first > cut) --k;
+    const std::uint64_t offset = segments[k].offsets[cut - segments[k].first];
+    if (k + 1 == segments.size() && offset >= segments[k].written) {
+      pending.resize(offset - segments[k].written);  // the cut records never left memory
+    } else {
+      pending.clear();
+      if (!flush_pending()) return false;
+      while (segments.size() > k + 1) {
+        if (!close_active() || !remove_durably(segments.back().path)) return false;
+        segments.pop_back();
+      }
+      Segment& seg = segments[k];
+      if (active_fd < 0) {
+        active_fd = ::open(seg.path.c_str(), O_WRONLY | O_CLOEXEC);
+        if (active_fd < 0) return io_fail("open of", seg.path, errno);
+      }
+      if (::ftruncate(active_fd, static_cast<off_t>(offset)) != 0)
+        return io_fail("truncate of", seg.path, errno);
+      if (!sync_fd(active_fd, seg.path, false)) return false;
+      if (::lseek(active_fd, static_cast<off_t>(offset), SEEK_SET) < 0)
+        return io_fail("seek in", seg.path, errno);
+      seg.written = offset;
+      active_dirty = false;
+    }
+    segments[k].offsets.resize(cut - segments[k].first);
+    last_index = cut - 1;
+    while (!term_runs.empty() && term_runs.back().first >= cut) term_runs.pop_back();
+    return true;
+  }
+
+  bool write_snapshot_file(const Snapshot& snap) {
+    const std::string header = encode_snapshot_header(snap.meta, snap.data.size());
+    std::string trailer;
+    put_u32(trailer, crc32c(snap.data.data(), snap.data.size()));
+    if (!write_file_atomically(snapshot_file_name(snap.meta.index, snap.meta.term),
+                               {header, snap.data, trailer}))
+      return false;
+    const std::string new_path = path(snapshot_file_name(snap.meta.index, snap.meta.term));
+    // Losing this unlink in a crash is harmless: open() removes superseded snapshots.
+    if (!snap_path.empty() && snap_path != new_path && ::unlink(snap_path.c_str()) != 0 &&
+        errno != ENOENT)
+      return io_fail("unlink of", snap_path, errno);
+    snap_path = new_path;
+    snap_index = snap.meta.index;
+    snap_term = snap.meta.term;
+    return true;
+  }
+
+  // The snapshot from a PersistBatch: durable first, then the whole log goes, newest segment
+  // first (a crash leaves a prefix of the old log beside the new snapshot; open() keeps the
+  // entries after it only if the log agrees with the snapshot at its index).
+  bool install_snapshot(const Snapshot& snap) {
+    if (snap.meta.index == 0 || snap.meta.index < snap_index)
+      return fail("ERR a PersistBatch snapshot at index " + std::to_string(snap.meta.index) +
+                  " does not follow the snapshot on disk at index " +
+                  std::to_string(snap_index));
+    pending.clear();  // the whole log is replaced: its unwritten records need not be written
+    if (!flush_pending() || !write_snapshot_file(snap)) return false;
+    while (!segments.empty()) {
+      if (!close_active() || !remove_durably(segments.back().path)) return false;
+      segments.pop_back();
+    }
+    first_index = snap.meta.index + 1;
+    last_index = snap.meta.index;
+    term_runs.clear();
+    return true;
+  }
+
+  bool save_snapshot(const Snapshot& snap, std::uint64_t compact_to) {
+    if (failed) return false;
+    const SnapshotMeta& m = snap.meta;
+    if (m.index <= snap_index) return true;
+    if (m.index > last_index || (m.index >= first_index && term_at(m.index) != m.term))
+      return fail("ERR a snapshot at index " + std::to_string(m.index) + " term " +
+                  std::to_string(m.term) + " does not match the log (last index " +
+                  std::to_string(last_index) + ", term there " +
+                  std::to_string(term_at(m.index)) + ")");
+    if (!flush_pending() || !write_snapshot_file(snap)) return false;
+    // Oldest first, never the segment being appended to.
+    const std::uint64_t upto = std::min(compact_to, m.index);
+    while (segments.size() > 1 && segments[1].first - 1 <= upto) {
+      if (!remove_durably(segments.front().path)) return false;
+      segments.erase(segments.begin());
+    }
+    first_index = segments.front().first;
+    while (term_runs.size() > 1 && term_runs[1].first <= first_index)
+      term_runs.erase(term_runs.begin());
+    return true;
+  }
+
+  bool write(const PersistBatch& b) {
+    if (failed) return false;
+    if (b.snapshot && !install_snapshot(*b.snapshot)) return false;
+    if (b.hard_state) pending_hard_state = *b.hard_state;
+    if (b.entries.empty()) return true;
+    const auto batch_error = [&b](const std::string& what) {
+      return "ERR PersistBatch seq " + std::to_string(b.seq) + ": " + what;
+    };
+    for (std::size_t i = 0; i < b.entries.size(); ++i) {
+      const LogEntry& e = b.entries[i];
+      if (!valid_entry_type(e.type))
+        return fail(batch_error("entry " + std::to_string(e.index) + " has an unknown type"));
+      if (i > 0 && (e.index != b.entries[i - 1].index + 1 || e.term < b.entries[i - 1].term))
+        return fail(batch_error(
+            "entries are not contiguous with non-decreasing terms at index " +
+            std::to_string(e.index)));
+    }
+    const std::uint64_t start = b.entries.front().index;
+    if (start <= snap_index || start > last_index + 1)
+      return fail(batch_error("entry index " + std::to_string(start) +
+                              " does not fit the log (snapshot index " +
+                              std::to_string(snap_index) + ", last index " +
+                              std::to_string(last_index) + ")"));
+    if (b.entries.front().term < term_at(start - 1))
+      return fail(batch_error("entry " + std::to_string(start) + " has term " +
+                              std::to_string(b.entries.front().term) + ", below the term " +
+                              std::to_string(term_at(start - 1)) + " of the entry before it"));
+    if (start <= last_index && !cut_suffix(start)) return false;
+    for (const LogEntry& e : b.entries)
+      if (!append(e)) return false;
+    return true;
+  }
+
+  void create(Identity id) {
+    open_directory(true);
+    if (Storage::exists(opt.dir))
+      throw StorageError("IOERR " + opt.dir +
+                         " already holds a data directory: open it instead of creating it");
+    std::vector<std::string> names;
+    if (const int err = list_directory(opt.dir, names))
+      throw StorageError("IOERR cannot list " + opt.dir + ": " + errno_text(err));
+    for (const std::string& name : names) {
+      std::uint64_t a = 0, b = 0;
+      if (parse_segment_file_name(name, a) || parse_snapshot_file_name(name, a, b))
+        throw StorageError("IOERR " + opt.dir + " holds " + name +
+                           " but no identity file: refusing to create a data directory over "
+                           "it. Move those files away or choose another directory.");
+    }
+    if (id.node_id.empty()) throw StorageError("ERR Identity::node_id is empty");
+    if (id.server_id.empty()) id.server_id = random_id128();
+    // The identity file goes last: it is what marks the directory as complete.
+    if (!write_file_atomically(kHardStateFile, {encode_hard_state(HardState{})}) ||
+        !write_file_atomically(kIdentityFile, {encode_identity(id)}))
+      throw_failure();
+    identity = std::move(id);
+    for (const std::string& name : names)
+      if (ends_with(name, kTempSuffix)) ::unlink(path(name).c_str());
+  }
+
+  void recover(Recovered& out);
+};
+
+inline void StorageImpl::recover(Recovered& out) {
+  out = Recovered{};
+  open_directory(false);
+
+  std::string buf;
+  const std::string identity_path = path(kIdentityFile);
+  if (const int err = read_whole_file(identity_path, buf))
+    throw StorageError(err == ENOENT ? "IOERR " + opt.dir +
+                                           " holds no identity file: it is not a data directory "
+                                           "(Storage::create makes one)"
+                                     : "IOERR cannot read " + identity_path + ": " +
+                                           errno_text(err));
+  identity = decode_identity(buf, identity_path);
+  out.identity = identity;
+
+  const std::string hard_state_path = path(kHardStateFile);
+  if (const int err = read_whole_file(hard_state_path, buf))
+    throw err == ENOENT ? corrupt(hard_state_path, 0, "the hard state file is missing")
+                        : StorageError("IOERR cannot read " + hard_state_path + ": " +
+                                       errno_text(err));
+  out.hard_state = decode_hard_state(buf, hard_state_path);
+
+  std::vector<std::string> names;
+  if (const int err = list_directory(opt.dir, names))
+    throw StorageError("IOERR cannot list " + opt.dir + ": " + errno_text(err));
+  std::map<std::uint64_t, std::string> segment_names;
+  std::vector<std::pair<std::pair<std::uint64_t, std::uint64_t>, std::string>> snapshots;
+  std::vector<std::string> leftovers;
+  for (const std::string& name : names) {
+    std::uint64_t a = 0, b = 0;
+    if (ends_with(name, kTempSuffix))
+      leftovers.push_back(name);
+    else if (parse_segment_file_name(name, a))
+      segment_names.emplace(a, name);
+    else if (parse_snapshot_file_name(name, a, b))
+      snapshots.push_back({{a, b}, name});
+  }
+
+  // The newest snapshot. It became visible by rename, so it is complete: damage is
+  // corruption, and falling back to an older one could silently lose acknowledged entries.
+  std::sort(snapshots.begin(), snapshots.end());
+  if (!snapshots.empty()) {
+    const auto& [index_term, name] = snapshots.back();
+    snap_path = path(name);
+    if (const int err = read_whole_file(snap_path, buf))
+      throw StorageError("IOERR cannot read " + snap_path + ": " + errno_text(err));
+    decode_snapshot(buf, snap_path, index_term.first, index_term.second);
+    if (index_term.first == 0) throw corrupt(snap_path, 12, "a snapshot at index 0");
+    snap_index = index_term.first;
+    snap_term = index_term.second;
+    out.snapshot = Snapshot{SnapshotMeta{snap_index, snap_term, {}}, std::move(buf)};
+    buf = std::string();
+  }
+
+  // The segments, in order: contiguous, terms non-decreasing, damage only as a torn tail.
+  std::uint64_t next_index = 0;
+  std::uint64_t previous_term = 0;
+  std::optional<std::uint64_t> term_at_snapshot;
+  std::size_t torn_offset = 0;
+  const char* torn_reason = nullptr;
+  std::uint64_t torn_file_size = 0;
+  std::size_t seen = 0;
+  for (const auto& [first, name] : segment_names) {
+    const bool last = ++seen == segment_names.size();
+    const std::string seg_path = path(name);
+    if (const int err = read_whole_file(seg_path, buf))
+      throw StorageError("IOERR cannot read " + seg_path + ": " + errno_text(err));
+    const std::uint64_t header_first = decode_segment_header(buf, seg_path);
+    if (header_first != first)
+      throw corrupt(seg_path, kMagicBytes + 4,
+                    "the header says the segment starts at index " +
+                        std::to_string(header_first) + " but its name says " +
+                        std::to_string(first));
+    if (first == 0) throw corrupt(seg_path, kMagicBytes + 4, "a segment starting at index 0");
+    if (!segments.empty() && first != next_index)
+      throw corrupt(seg_path, 0,
+                    "the segment starts at index " + std::to_string(first) +
+                        " but the previous segment " + segments.back().path + " ends at index " +
+                        std::to_string(next_index - 1) +
+                        (first > next_index ? ": a segment is missing" : ": segments overlap"));
+    next_index = first;
+    Segment seg{first, seg_path, {}, 0};
+    std::size_t offset = kSegmentHeaderBytes;
+    while (offset < buf.size()) {
+      if (const char* problem = record_problem(buf, offset)) {
+        if (last && !valid_record_at_or_after(buf, offset + 1)) {
+          torn_offset = offset;
+          torn_reason = problem;
+          torn_file_size = buf.size();
+          break;
+        }
+        throw corrupt(seg_path, offset,
+                      std::string(problem) + (last ? ", and valid records follow it"
+                                                   : " in a segment that is not the last"));
+      }
+      LogEntry e = decode_record(buf, offset);
+      if (e.index != next_index)
+        throw corrupt(seg_path, offset,
+                      "the record holds index " + std::to_string(e.index) + " where " +
+                          std::to_string(next_index) + " was expected");
+      if (!valid_entry_type(e.type))
+        throw corrupt(seg_path, offset + kRecordFrameBytes + 16, "unknown entry type");
+      if (e.term < previous_term)
+        throw corrupt(seg_path, offset,
+                      "entry " + std::to_string(e.index) + " has term " +
+                          std::to_string(e.term) + ", below the previous entry's term " +
+                          std::to_string(previous_term));
+      previous_term = e.term;
+      note_term(e.index, e.term);
+      if (e.index == snap_index) term_at_snapshot = e.term;
+      seg.offsets.push_back(offset);
+      offset += kRecordFrameBytes + get_u32(buf.data() + offset);
+      ++next_index;
+      if (e.index > snap_index) out.entries.push_back(std::move(e));
+    }
+    seg.written = offset;
+    segments.push_back(std::move(seg));
+  }
+  buf = std::string();
+
+  // The log against the snapshot (a crash can interrupt the install of a leader's snapshot,
+  // which replaces the whole log).
+  bool discard_log = false;
+  if (!segments.empty()) {
+    const std::uint64_t first = segments.front().first;
+    const std::uint64_t last = next_index - 1;
+    const std::string& first_path = segments.front().path;
+    if (snap_index == 0 && first != 1)
+      throw corrupt(first_path, 0,
+                    "the log starts at index " + std::to_string(first) +
+                        " but there is no snapshot: the snapshot or the earlier segments are "
+                        "missing");
+    if (first > snap_index + 1)
+      throw corrupt(first_path, 0,
+                    "the log starts at index " + std::to_string(first) + " but the snapshot " +
+                        snap_path + " ends at index " + std::to_string(snap_index) +
+                        ": the entries between are missing");
+    if (snap_index > 0 && last < snap_index) {
+      discard_log = true;
+      out.notes.push_back("removed the log (indexes " + std::to_string(first) + " to " +
+                          std::to_string(last) + "): the snapshot " + snap_path +
+                          " covers it (a snapshot install was interrupted)");
+    } else if (term_at_snapshot && *term_at_snapshot != snap_term) {
+      discard_log = true;
+      out.notes.push_back("removed the log (indexes " + std::to_string(first) + " to " +
+                          std::to_string(last) + "): it has term " +
+                          std::to_string(*term_at_snapshot) + " at index " +
+                          std::to_string(snap_index) + " where the snapshot " + snap_path +
+                          " has term " + std::to_string(snap_term) +
+                          " (a snapshot install was interrupted)");
+    } else if (!out.entries.empty() && out.entries.front().term < snap_term) {
+      throw corrupt(first_path, 0,
+                    "entry " + std::to_string(out.entries.front().index) + " has term " +
+                        std::to_string(out.entries.front().term) + ", below the term " +
+                        std::to_string(snap_term) + " of the snapshot " + snap_path);
+    }
+  }
+
+  // Everything checked: now repair.
+  if (discard_log) {
+    while (!segments.empty()) {
+      if (!remove_durably(segments.back().path)) throw_failure();
+      segments.pop_back();
+    }
+    out.entries.clear();
+    term_runs.clear();
+  } else if (torn_reason != nullptr) {
+    const Segment& seg = segments.back();
+    const int fd = ::open(seg.path.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd < 0) throw StorageError("IOERR cannot open " + seg.path + ": " + errno_text(errno));
+    active_fd = fd;
+    if (::ftruncate(fd, static_cast<off_t>(torn_offset)) != 0)
+      io_fail("truncate of", seg.path, errno);
+    if (!sync_fd(fd, seg.path, false)) throw_failure();
+    out.notes.push_back("cut the torn tail of " + seg.path + " at byte offset " +
+                        std::to_string(torn_offset) + " (" +
+                        std::to_string(torn_file_size - torn_offset) + " bytes, " + torn_reason +
+                        ", nothing valid after it): a write interrupted by a crash");
+  }
+  bool removed = false;
+  for (std::size_t i = 0; i + 1 < snapshots.size(); ++i) {
+    const std::string p = path(snapshots[i].second);
+    if (::unlink(p.c_str()) != 0 && errno != ENOENT) io_fail("unlink of", p, errno);
+    out.notes.push_back("removed " + p + ": superseded by " + snap_path);
+    removed = true;
+  }
+  for (const std::string& name : leftovers) {
+    const std::string p = path(name);
+    if (::unlink(p.c_str()) != 0 && errno != ENOENT) io_fail("unlink of", p, errno);
+    out.notes.push_back("removed " + p + ": a write interrupted by a crash");
+    removed = true;
+  }
+  if (removed) sync_dir();
+  if (failed) throw_failure();
+
+  if (segments.empty()) {
+    first_index = snap_index + 1;
+    last_index = snap_index;
+  } else {
+    first_index = segments.front().first;
+    last_index = next_index - 1;
+    if (active_fd < 0) {
+      active_fd = ::open(segments.back().path.c_str(), O_WRONLY | O_CLOEXEC);
+      if (active_fd < 0)
+        throw StorageError("IOERR cannot open " + segments.back().path + ": " +
+                           errno_text(errno));
+    }
+    if (::lseek(active_fd, static_cast<off_t>(segments.back().written), SEEK_SET) < 0)
+      throw StorageError("IOERR cannot seek in " + segments.back().path + ": " +
+                         errno_text(errno));
+  }
+}
+
+}  // namespace detail
+
+inline std::string random_id128() {
+  std::random_device rd;
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (int word = 0; word < 4; ++word) {
+    std::uint32_t v = static_cast<std::uint32_t>(rd());
+    for (int i = 0; i < 8; ++i, v >>= 4) out.push_back(kHex[v & 0xFu]);
+  }
+  return out;
+}
+
+inline Storage::Storage() = default;
+inline Storage::Storage(Storage&&) noexcept = default;
+inline Storage& Storage::operator=(Storage&&) noexcept = default;
+inline Storage::~Storage() = default;
+
+inline bool Storage::exists(const std::string& dir) {
+  struct stat st {};
+  return ::stat((dir + "/" + detail::kIdentityFile).c_str(), &st) == 0;
+}
+
+inline Storage Storage::create(StorageOptions options, Identity identity) {
+  Storage s;
+  s.impl_ = std::make_unique<detail::StorageImpl>(std::move(options));
+  s.impl_->create(std::move(identity));
+  return s;
+}
+
+inline Storage Storage::open(StorageOptions options, Recovered& out) {
+  Storage s;
+  s.impl_ = std::make_unique<detail::StorageImpl>(std::move(options));
+  s.impl_->recover(out);
+  return s;
+}
+
+inline bool Storage::write(const PersistBatch& batch) { return impl_->write(batch); }
+inline bool Storage::sync() { return impl_->sync(); }
+inline bool Storage::save_snapshot(const Snapshot& snapshot, std::uint64_t compact_to) {
+  return impl_->save_snapshot(snapshot, compact_to);
+}
+
+inline bool Storage::save_identity(const Identity& identity) {
+  if (!impl_->write_file_atomically(detail::kIdentityFile, {detail::encode_identity(identity)})) return false;
+  impl_->identity = identity;
+  return true;
+}
+inline bool Storage::failed() const { return impl_->failed.load(std::memory_order_acquire); }
+inline const std::string& Storage::failure() const {
+  static const std::string none;
+  return failed() ? impl_->failure : none;
+}
+inline std::uint64_t Storage::fsync_count() const {
+  return impl_->fsyncs.load(std::memory_order_relaxed);
+}
+inline std::uint64_t Storage::first_index() const { return impl_->first_index; }
+inline std::uint64_t Storage::last_index() const { return impl_->last_index; }
+inline std::uint64_t Storage::snapshot_index() const { return impl_->snap_index; }
+inline std::uint64_t Storage::snapshot_term() const { return impl_->snap_term; }
+inline const Identity& Storage::identity() const { return impl_->identity; }
+inline const std::string& Storage::dir() const { return impl_->opt.dir; }
+
+inline StorageWriter::StorageWriter(Storage& storage)
+    : storage_(storage), thread_([this] { run(); }) {}
+
+inline StorageWriter::~StorageWriter() { stop(); }
+
+inline void StorageWriter::submit(PersistBatch batch, Done done) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (last_seq_ && batch.seq <= *last_seq_)
+      throw std::invalid_argument("ERR PersistBatch seq " + std::to_string(batch.seq) +
+                                  " submitted after seq " + std::to_string(*last_seq_) +
+                                  ": batches must be submitted in seq order");
+    last_seq_ = batch.seq;
+  }
+  enqueue(Item{std::move(batch), nullptr, 0, std::nullopt, std::move(done)});
+}
+
+inline void StorageWriter::submit_snapshot(std::shared_ptr<const Snapshot> snapshot,
+                                           std::uint64_t compact_to, Done done) {
+  if (!snapshot)
+    throw std::invalid_argument("ERR StorageWriter::submit_snapshot without a snapshot");
+  enqueue(Item{PersistBatch{}, std::move(snapshot), compact_to, std::nullopt, std::move(done)});
+}
+
+inline void StorageWriter::submit_identity(Identity identity, Done done) {
+  enqueue(Item{PersistBatch{}, nullptr, 0, std::move(identity), std::move(done)});
+}
+
+inline void StorageWriter::enqueue(Item item) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!stopping_) {
+      queue_.push_back(std::move(item));
+      ++submitted_;
+      wake_.notify_one();
+      return;
+    }
+  }
+  if (item.done) item.done(false);
+}
+
+inline void StorageWriter::flush() {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (std::this_thread::get_id() == thread_.get_id())
+    throw std::logic_error("ERR StorageWriter::flush() called from a storage callback");
+  const std::uint64_t target = submitted_;
+  idle_.wait(lock, [&] { return completed_ >= target; });
+}
+
+inline void StorageWriter::stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+    wake_.notify_one();
+  }
+  if (thread_.joinable() && std::this_thread::get_id() != thread_.get_id()) thread_.join();
+}
+
+inline std::uint64_t StorageWriter::groups() const {
+  return groups_.load(std::memory_order_relaxed);
+}
+
+inline void StorageWriter::run() {
+  std::vector<Item> group;
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      wake_.wait(lock, [&] { return !queue_.empty() || stopping_; });
+      if (queue_.empty()) return;  // stopping, and drained
+      group.swap(queue_);
+    }
+    for (const Item& item : group) {
+      if (item.snapshot)
+        storage_.save_snapshot(*item.snapshot, item.compact_to);
+      else if (item.identity)
+        storage_.save_identity(*item.identity);
+      else
+        storage_.write(item.batch);
+    }
+    // One verdict for the group: nothing in it is durable until this sync succeeds.
+    const bool ok = storage_.sync();
+    groups_.fetch_add(1, std::memory_order_relaxed);
+    for (Item& item : group)
+      if (item.done) item.done(ok);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      completed_ += group.size();
+    }
+    idle_.notify_all();
+    group.clear();
+  }
+}
+
+}  // namespace raft
+
+// ============================================================================================
+// 5. Runtime: POSIX sockets and a few std::threads that drive the core
+// ============================================================================================
+//
+// Threads, independent of the number of clients:
+//   poll      accepts and serves every client connection and every inbound peer connection;
+//             parses commands, proposes writes and asks for read indexes (batched per wake-up),
+//             steps inbound Raft messages into the core, writes replies in order.
+//   ticker    ticks the core; the leader's background expiry.
+//   sender    one per peer: connects (from this node's address), says HELLO, sends.
+//   writer    the storage's group commit (StorageWriter): everything waiting shares an fdatasync.
+//   apply     applies committed entries to the store, answers writes and linearizable reads,
+//             runs the role callbacks.
+//   snapshot  serializes a copy of the store and hands it to the writer.
+//   joiner    only on a node started with -e, until it is a member.
+// Lock order: core_mu_ before req_mu_, apply_mu_, a sender's mutex and done_mu_; data_mu_ is
+// never held while taking core_mu_.
+//
+// The peer protocol (port + 1) is RESP: arrays of bulk strings whose first word names them.
+//   HELLO version cluster_id node_id server_id address secret   (first, on every connection)
+//     -> +WELCOME cluster_id node_id server_id, or an error and the connection closes
+//   RAFT type term index log_term commit reject hint_index hint_term transfer context offset
+//        done config data count [index term type timestamp payload]*count
+//   JOIN node_id address server_id      -> +OK cluster_id | -MOVED id address | -TRYAGAIN ...
+//   FWD request_id word...              (a follower's write for the leader)
+//   FWDR request_id reply               (the leader's answer; reply is RESP-encoded)
+// Connections are one-way after the handshake: a node sends on the connections it opened
+// and reads on the ones it accepted. Nothing received is ever evaluated; a malformed message
+// closes that connection.
+
+namespace raft {
+namespace detail {
+
+constexpr const char* kPeerProtocolVersion = "1";
+
+inline std::int64_t wall_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+inline std::string lower(std::string s) {
+  for (char& c : s)
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  return s;
+}
+
+inline bool parse_u64(std::string_view s, std::uint64_t& v) {
+  if (s.empty() || s.size() > 20) return false;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  return ec == std::errc() && p == s.data() + s.size();
+}
+
+inline bool parse_i64(std::string_view s, std::int64_t& v) {
+  if (s.empty() || s.size() > 20) return false;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  return ec == std::errc() && p == s.data() + s.size();
+}
+
+inline void write_bulk_u64(std::string& out, std::uint64_t v) {
+  char buf[24];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  (void)ec;
+  resp::write_bulk(out, std::string_view(buf, static_cast<std::size_t>(end - buf)));
+}
+
+inline std::string hex64(std::uint64_t v) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+inline std::uint64_t fnv1a(std::string_view s, std::uint64_t h = 1469598103934665603ull) {
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+// ---- addresses and sockets -----------------------------------------------------------------
+
+struct HostPort {
+  std::string host;
+  int port = 0;
+};
+
+/// "ip:port" with a concrete IPv4 address and a port whose successor is a port too.
+inline bool parse_host_port(std::string_view s, HostPort& out, std::string& error) {
+  auto colon = s.rfind(':');
+  if (colon == std::string_view::npos || colon == 0) {
+    error = "address '" + std::string(s) + "' is not ip:port";
+    return false;
+  }
+  std::string host(s.substr(0, colon));
+  std::uint64_t port = 0;
+  if (!parse_u64(s.substr(colon + 1), port) || port == 0 || port > 65534) {
+    error = "address '" + std::string(s) + "' has no valid port (1-65534: peers use port + 1)";
+    return false;
+  }
+  in_addr a{};
+  if (inet_pton(AF_INET, host.c_str(), &a) != 1) {
+    error = "address '" + std::string(s) + "' needs a numeric IPv4 address (peers are told it)";
+    return false;
+  }
+  if (a.s_addr == htonl(INADDR_ANY)) {
+    error = "address '" + std::string(s) + "' must be a concrete address, not 0.0.0.0";
+    return false;
+  }
+  out.host = host;
+  out.port = static_cast<int>(port);
+  return true;
+}
+
+inline sockaddr_in make_sockaddr(const std::string& host, int port) {
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(static_cast<std::uint16_t>(port));
+  inet_pton(AF_INET, host.c_str(), &sa.sin_addr);
+  return sa;
+}
+
+inline std::string errno_string(int e) { return std::strerror(e); }
+
+inline void set_nonblocking(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL, 0) | O_NONBLOCK); }
+
+inline void set_send_timeout(int fd, int ms) {
+  timeval tv{};
+  tv.tv_sec = ms / 1000;
+  tv.tv_usec = (ms % 1000) * 1000;
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
+inline void set_nodelay(int fd) {
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+inline int listen_tcp(const std::string& host, int port, std::string& error) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    error = "socket: " + errno_string(errno);
+    return -1;
+  }
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  sockaddr_in sa = make_sockaddr(host, port);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || ::listen(fd, 511) != 0) {
+    error = "cannot listen on " + host + ":" + std::to_string(port) + ": " + errno_string(errno);
+    ::close(fd);
+    return -1;
+  }
+  set_nonblocking(fd);
+  return fd;
+}
+
+/// Connects from src_host (so a firewall rule between two addresses cuts exactly that link).
+inline int connect_tcp(const std::string& src_host, const std::string& host, int port, int timeout_ms,
+                       std::string& error) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    error = "socket: " + errno_string(errno);
+    return -1;
+  }
+  sockaddr_in src = make_sockaddr(src_host, 0);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&src), sizeof src) != 0) {
+    error = "cannot bind " + src_host + ": " + errno_string(errno);
+    ::close(fd);
+    return -1;
+  }
+  set_nonblocking(fd);
+  sockaddr_in sa = make_sockaddr(host, port);
+  int rc = ::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
+  if (rc != 0 && errno != EINPROGRESS) {
+    error = errno_string(errno);
+    ::close(fd);
+    return -1;
+  }
+  if (rc != 0) {
+    pollfd p{fd, POLLOUT, 0};
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (::poll(&p, 1, timeout_ms) != 1 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0) {
+      error = err ? errno_string(err) : "connect timed out";
+      ::close(fd);
+      return -1;
+    }
+  }
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL, 0) & ~O_NONBLOCK);
+  set_nodelay(fd);
+  return fd;
+}
+
+/// Blocking send of everything (the socket has a send timeout). MSG_NOSIGNAL: a closed peer
+/// never raises SIGPIPE in the host program.
+inline bool send_all(int fd, const char* p, std::size_t n) {
+  while (n > 0) {
+    ssize_t w = ::send(fd, p, n, MSG_NOSIGNAL);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    p += w;
+    n -= static_cast<std::size_t>(w);
+  }
+  return true;
+}
+
+/// Reads one RESP value from a blocking socket within timeout_ms.
+inline bool recv_value(int fd, resp::ReplyParser& parser, resp::Value& out, int timeout_ms) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  for (;;) {
+    resp::Status st = parser.next(out);
+    if (st == resp::Status::Ok) return true;
+    if (st == resp::Status::Error) return false;
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+    if (left <= 0) return false;
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(left)) != 1) return false;
+    char buf[4096];
+    ssize_t r = ::recv(fd, buf, sizeof buf, 0);
+    if (r <= 0) return false;
+    parser.feed(buf, static_cast<std::size_t>(r));
+  }
+}
+
+// ---- the peer wire format ------------------------------------------------------------------
+
+inline void encode_raft(const Message& m, std::string& out) {
+  resp::write_array_header(out, 16 + 5 * m.entries.size());
+  resp::write_bulk(out, "RAFT");
+  write_bulk_u64(out, static_cast<std::uint64_t>(m.type));
+  write_bulk_u64(out, m.term);
+  write_bulk_u64(out, m.index);
+  write_bulk_u64(out, m.log_term);
+  write_bulk_u64(out, m.commit);
+  write_bulk_u64(out, m.reject ? 1 : 0);
+  write_bulk_u64(out, m.hint_index);
+  write_bulk_u64(out, m.hint_term);
+  write_bulk_u64(out, m.transfer ? 1 : 0);
+  write_bulk_u64(out, m.context);
+  write_bulk_u64(out, m.offset);
+  write_bulk_u64(out, m.done ? 1 : 0);
+  resp::write_bulk(out, m.config.empty() ? std::string() : m.config.encode());
+  resp::write_bulk(out, m.data);
+  write_bulk_u64(out, m.entries.size());
+  for (const auto& e : m.entries) {
+    write_bulk_u64(out, e.index);
+    write_bulk_u64(out, e.term);
+    write_bulk_u64(out, static_cast<std::uint64_t>(e.type));
+    char buf[24];
+    auto [end, ec] = std::to_chars(buf, buf + sizeof buf, e.timestamp_ms);
+    (void)ec;
+    resp::write_bulk(out, std::string_view(buf, static_cast<std::size_t>(end - buf)));
+    resp::write_bulk(out, e.payload);
+  }
+}
+
+/// Strict: every field must be present and well-formed, or the message is refused.
+inline bool decode_raft(std::vector<std::string>& w, Message& m, std::string& error) {
+  auto fail = [&](const char* what) {
+    error = std::string("malformed RAFT message: ") + what;
+    return false;
+  };
+  if (w.size() < 16) return fail("too few fields");
+  std::uint64_t v[12];
+  for (int i = 0; i < 12; ++i)
+    if (!parse_u64(w[static_cast<std::size_t>(i) + 1], v[i])) return fail("bad number");
+  if (v[0] < 1 || v[0] > static_cast<std::uint64_t>(MessageType::ReadIndexResponse)) return fail("unknown type");
+  for (int flag : {5, 8, 11})
+    if (v[flag] > 1) return fail("bad flag");
+  m.type = static_cast<MessageType>(v[0]);
+  m.term = v[1];
+  m.index = v[2];
+  m.log_term = v[3];
+  m.commit = v[4];
+  m.reject = v[5] == 1;
+  m.hint_index = v[6];
+  m.hint_term = v[7];
+  m.transfer = v[8] == 1;
+  m.context = v[9];
+  m.offset = v[10];
+  m.done = v[11] == 1;
+  m.config = Configuration{};
+  if (!w[13].empty() && !Configuration::decode(w[13], m.config)) return fail("bad configuration");
+  m.data = std::move(w[14]);
+  std::uint64_t count = 0;
+  if (!parse_u64(w[15], count) || count > (w.size() - 16) / 5 || w.size() != 16 + 5 * count)
+    return fail("entry count does not match");
+  m.entries.clear();
+  m.entries.reserve(static_cast<std::size_t>(count));
+  for (std::size_t i = 16; i < w.size(); i += 5) {
+    LogEntry e;
+    std::uint64_t type = 0;
+    if (!parse_u64(w[i], e.index) || !parse_u64(w[i + 1], e.term) || !parse_u64(w[i + 2], type) ||
+        type > 2 || !parse_i64(w[i + 3], e.timestamp_ms))
+      return fail("bad entry");
+    e.type = static_cast<EntryType>(type);
+    e.payload = std::move(w[i + 4]);
+    m.entries.push_back(std::move(e));
+  }
+  return true;
+}
+
+// ---- logging -------------------------------------------------------------------------------
+
+inline const char* level_name(LogLevel l) {
+  switch (l) {
+    case LogLevel::Debug: return "DEBUG";
+    case LogLevel::Info: return "INFO";
+    case LogLevel::Warning: return "WARNING";
+    case LogLevel::Error: return "ERROR";
+  }
+  return "?";
+}
+
+inline std::string timestamp_text() {
+  auto now = std::chrono::system_clock::now();
+  std::time_t t = std::chrono::system_clock::to_time_t(now);
+  long us = static_cast<long>(std::chrono::duration_cast<std::chrono::microseconds>(now.time_since_epoch()).count() % 1000000);
+  std::tm tm{};
+  localtime_r(&t, &tm);
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02d %02d:%02d:%02d.%06ld", tm.tm_year + 1900, tm.tm_mon + 1,
+                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, us);
+  return buf;
+}
+
+// ---- connections to peers ------------------------------------------------------------------
+
+class Runtime;
+
+/// The outbound connection to one peer, with its own thread: messages are queued by any
+/// thread and sent in order; on failure it reconnects with backoff (Raft tolerates the loss).
+class PeerLink {
+ public:
+  PeerLink(Runtime& rt, NodeId id, std::string address) : rt_(rt), id_(std::move(id)), address_(std::move(address)) {
+    thread_ = std::thread([this] { run(); });
+  }
+  ~PeerLink() { stop(); }
+  PeerLink(const PeerLink&) = delete;
+  PeerLink& operator=(const PeerLink&) = delete;
+
+  void send(std::string bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (queued_bytes_ > kMaxQueuedBytes) return;  // the peer is gone or slow: drop
+    queued_bytes_ += bytes.size();
+    queue_.push_back(std::move(bytes));
+    cv_.notify_one();
+  }
+  void set_address(const std::string& address) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (address == address_) return;
+    address_ = address;
+    reconnect_ = true;
+    cv_.notify_one();
+  }
+  std::string address() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return address_;
+  }
+  bool connected() const { return connected_.load(); }
+  void stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stopping_) return;
+      stopping_ = true;
+      if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);
+      cv_.notify_all();
+    }
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  static constexpr std::size_t kMaxQueuedBytes = std::size_t{256} << 20;
+  void run();
+
+  Runtime& rt_;
+  const NodeId id_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::string address_;
+  std::deque<std::string> queue_;
+  std::size_t queued_bytes_ = 0;
+  bool stopping_ = false;
+  bool reconnect_ = false;
+  int fd_ = -1;
+  std::atomic<bool> connected_{false};
+  std::thread thread_;
+};
+
+// ---- the runtime ---------------------------------------------------------------------------
+
+class Runtime {
+ public:
+  Runtime(Node& node, Config config) : node_(node), cfg_(std::move(config)) {
+    add_builtin_commands(handlers_);
+    // The leader's background expiry: delete `key` if its deadline is still at or before
+    // this entry's timestamp (a key renewed meanwhile survives).
+    handlers_["__expire"] = Command{[](Call& c) { return Reply::integer(c.check_ttl(c.words[1]) ? 1 : 0); }, "we", 1, 1};
+  }
+  ~Runtime() { stop(); }
+
+  // ---- configuration before start ----
+  CommandTable handlers_;
+  std::function<void(Node&, std::uint64_t)> on_leader_;
+  std::function<void(Node&)> on_follower_;
+  std::function<void(Node&)> on_candidate_;
+
+  void start();
+  void join();
+  void stop();
+  void request_stop() {
+    std::lock_guard<std::mutex> lock(life_mu_);
+    stop_requested_ = true;
+    life_cv_.notify_all();
+  }
+  bool stopping() const { return stopping_.load(); }
+
+  // ---- state ----
+  const NodeId& id() const { return cfg_.id; }
+  const std::string& address() const { return cfg_.address; }
+  char state() const { return state_char_.load(); }
+  Role role() const { return static_cast<Role>(role_.load()); }
+  std::uint64_t term() const { return term_.load(); }
+  NodeId leader() const {
+    std::lock_guard<std::mutex> lock(core_mu_);
+    return core_ ? core_->leader() : NodeId();
+  }
+  std::string leader_address() const {
+    std::lock_guard<std::mutex> lock(core_mu_);
+    if (!core_ || core_->leader().empty()) return "";
+    const Member* m = core_->config().find(core_->leader());
+    return m ? m->address : "";
+  }
+  std::uint64_t commit_index() const {
+    std::lock_guard<std::mutex> lock(core_mu_);
+    return core_ ? core_->commit_index() : 0;
+  }
+  std::uint64_t applied_index() const { return applied_.load(); }
+  std::string info() const;
+  resp::Value role_reply() const;
+  void read(const std::function<void(const Store&)>& f) const {
+    std::lock_guard<std::mutex> lock(data_mu_);
+    f(store_);
+  }
+
+  std::future<Reply> execute_async(std::vector<std::string> words);
+  Reply admin(const std::vector<std::string>& words);
+
+  void log(LogLevel level, const std::string& message) const;
+
+  // For PeerLink.
+  std::string hello_bytes() const;
+  int send_timeout() const { return scaled(cfg_.send_timeout_ms); }
+  const std::string& host() const { return host_.host; }
+
+ private:
+  friend class PeerLink;
+
+  // A command waiting for its answer: from a client connection, execute(), or (on the
+  // leader) a follower that forwarded it.
+  struct Request {
+    std::uint64_t conn = 0;
+    std::uint64_t op = 0;
+    std::shared_ptr<std::promise<Reply>> promise;
+    NodeId forward_from;
+    std::uint64_t forward_id = 0;
+    std::vector<std::string> words;  // a read, executed once applied
+    EntryId entry;                   // a write, where it went
+    std::chrono::steady_clock::time_point deadline{};  // a write forwarded to the leader...
+    NodeId forwarded_to;                               // ... this one
+  };
+  struct Caller {
+    std::uint64_t conn = 0;
+    std::uint64_t op = 0;
+    std::shared_ptr<std::promise<Reply>> promise;
+    NodeId forward_from;
+    std::uint64_t forward_id = 0;
+  };
+  struct ApplyItem {
+    enum Kind { Restore, Entry, Read, Aborted, RoleChanged, LeaderReady, SnapshotWanted, Checkpoint } kind;
+    std::shared_ptr<const Snapshot> snapshot;
+    LogEntry entry;
+    ReadState read;
+    EntryId id;
+    RoleChange role;
+    std::uint64_t term = 0;
+    std::uint64_t request = 0;
+  };
+  struct Op {
+    char kind = 'i';  // 'w' a write, 'r' a read, 'i' answered at once
+    bool done = false;
+    Reply reply;
+  };
+  struct ClientConn {
+    std::uint64_t id = 0;
+    int fd = -1;
+    resp::RequestParser parser;
+    std::string out;
+    std::deque<Op> ops;
+    std::uint64_t first_op = 0;  // sequence number of ops.front()
+    int protocol = 2;
+    bool readonly = false;
+    bool close_after_flush = false;
+    std::string name;
+    std::vector<std::string> argv;  // the next command, parsed but waiting (see process_input)
+    bool has_pending = false;
+    int unfinished_writes = 0;
+    int unfinished_reads = 0;
+    explicit ClientConn(resp::Limits limits) : parser(limits) {}
+  };
+  struct PeerConn {
+    int fd = -1;
+    resp::RequestParser parser;
+    bool welcomed = false;
+    bool join_only = false;  // a joiner outside the cluster: only JOIN is accepted
+    NodeId node;
+    std::string server_id;
+    std::string address;
+    std::string out;
+    bool close_after_flush = false;
+    std::vector<std::string> argv;
+    PeerConn() : parser(peer_limits()) {}
+  };
+  struct PendingWrite {
+    Caller caller;
+    std::string payload;
+  };
+
+  static resp::Limits peer_limits() {
+    resp::Limits l;
+    l.max_bulk_length = std::size_t{1} << 30;
+    l.max_multibulk_length = std::size_t{16} << 20;
+    return l;
+  }
+  int scaled(int ms) const { return std::max(1, static_cast<int>(ms * cfg_.time_scale)); }
+
+  // startup
+  void open_storage();
+  CoreOptions core_options() const;
+  // the core
+  void drive();
+  void on_persisted(std::uint64_t seq, bool ok, std::vector<Message> after);
+  void storage_failed(const std::string& why);
+  void send_peer(const Message& m);
+  PeerLink* link_for(const NodeId& id);
+  void update_links();
+  // threads
+  void poll_loop();
+  void ticker_loop();
+  void apply_loop();
+  void snapshot_loop();
+  void joiner_loop();
+  void wake_poll() {
+    char c = 1;
+    ssize_t r = ::write(wake_pipe_[1], &c, 1);
+    (void)r;
+  }
+  // clients
+  void accept_clients();
+  void accept_peers();
+  bool read_client(ClientConn& c);
+  void process_input(ClientConn& c);
+  bool flush_out(int fd, std::string& out);
+  void drain_done();
+  void adopt_cluster_id(const std::string& cluster_id);
+  void handle_command(ClientConn* conn, Caller caller, std::vector<std::string>& words);
+  void finish(const Caller& caller, Reply reply);
+  void finish_request(std::uint64_t id, Reply reply);
+  std::uint64_t add_request(Request r);
+  void start_write(const Caller& caller, std::vector<std::string>& words);
+  void start_read(ClientConn* conn, const Caller& caller, std::vector<std::string>& words, const Command& cmd);
+  void flush_batched();
+  void complete_op(std::uint64_t conn, std::uint64_t op, Reply reply);
+  void expire_forwards();
+  Reply run_read(const Command& cmd, const std::vector<std::string>& words);
+  Reply connection_command(ClientConn* conn, const std::vector<std::string>& words, bool& handled);
+  // peers
+  bool read_peer(PeerConn& p);
+  bool handle_peer_message(PeerConn& p, std::vector<std::string>& w);
+  Reply handle_join(const std::vector<std::string>& w);
+  // apply
+  void push_apply(ApplyItem item) {
+    std::lock_guard<std::mutex> lock(apply_mu_);
+    apply_q_.push_back(std::move(item));
+    apply_cv_.notify_one();
+  }
+  void apply_entry(const LogEntry& e);
+  void serve_reads();
+  void take_snapshot(std::uint64_t request);
+  void propose_expiry();
+  void leave();
+
+  Node& node_;
+  Config cfg_;
+  HostPort host_;
+  std::atomic<bool> started_{false};
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> stopped_{false};
+  mutable std::mutex life_mu_;
+  std::condition_variable life_cv_;
+  bool stop_requested_ = false;
+
+  // storage
+  std::unique_ptr<Storage> storage_;
+  std::unique_ptr<StorageWriter> writer_;
+  Identity identity_;
+  std::atomic<bool> failed_{false};
+  std::string failure_;  // under core_mu_
+
+  // the core
+  mutable std::mutex core_mu_;
+  std::unique_ptr<Core> core_;
+  std::condition_variable role_cv_;
+  std::atomic<char> state_char_{'n'};
+  std::atomic<int> role_{0};
+  std::atomic<std::uint64_t> term_{0};
+  Configuration linked_config_;  // the configuration the sender links follow
+
+  // the data
+  mutable std::mutex data_mu_;
+  Store store_;
+  std::atomic<std::uint64_t> applied_{0};
+  std::thread::id apply_thread_id_;
+
+  // requests
+  std::mutex req_mu_;
+  std::map<std::uint64_t, Request> requests_;
+  std::map<std::uint64_t, std::uint64_t> write_by_index_;  // log index -> request
+  std::uint64_t next_request_ = 1;
+
+  // apply queue (the apply thread owns reads_by_index_)
+  std::mutex apply_mu_;
+  std::condition_variable apply_cv_;
+  std::deque<ApplyItem> apply_q_;
+  std::multimap<std::uint64_t, std::uint64_t> reads_by_index_;
+  bool fatal_ = false;
+
+  // snapshots
+  std::mutex snap_mu_;
+  std::condition_variable snap_cv_;
+  std::optional<std::pair<Store, SnapshotMeta>> snap_job_;
+  std::uint64_t snap_request_ = 0;
+  bool snap_busy_ = false;
+
+  // peers
+  std::mutex links_mu_;
+  std::map<NodeId, std::unique_ptr<PeerLink>> links_;
+  std::map<NodeId, std::string> addresses_;  // learned from configurations and handshakes
+
+  // the poll thread's state
+  int client_fd_ = -1;
+  int peer_fd_ = -1;
+  int wake_pipe_[2] = {-1, -1};
+  std::map<std::uint64_t, std::unique_ptr<ClientConn>> clients_;
+  std::map<int, std::unique_ptr<PeerConn>> peers_in_;
+  std::uint64_t next_conn_ = 1;
+  std::vector<PendingWrite> batch_writes_;
+  std::vector<std::uint64_t> batch_reads_;
+  std::mutex done_mu_;
+  std::vector<std::tuple<std::uint64_t, std::uint64_t, Reply>> done_;  // (conn, op, reply)
+
+  // expiry
+  std::map<std::string, std::int64_t, std::less<>> expiry_proposed_;
+
+  std::thread poll_thread_, ticker_thread_, apply_thread_, snapshot_thread_, joiner_thread_;
+};
+
+// ---- startup ------------------------------------------------------------------------------
+
+inline CoreOptions Runtime::core_options() const {
+  CoreOptions o;
+  o.id = cfg_.id;
+  o.server_id = identity_.server_id;
+  o.election_ticks = std::max(2, cfg_.election_timeout_ms / cfg_.tick_ms);
+  o.heartbeat_ticks = std::max(1, cfg_.heartbeat_ms / cfg_.tick_ms);
+  o.proposal_timeout_ticks = std::max(1, cfg_.append_timeout_ms / cfg_.tick_ms);
+  o.read_timeout_ticks = std::max(1, cfg_.read_timeout_ms / cfg_.tick_ms);
+  o.snapshot_threshold = cfg_.snapshot_threshold;
+  o.snapshot_trailing = cfg_.snapshot_trailing;
+  o.max_voters = cfg_.max_voters;
+  std::random_device rd;
+  o.random_seed = (static_cast<std::uint64_t>(rd()) << 32) ^ rd() ^ fnv1a(cfg_.id);
+  return o;
+}
+
+inline void Runtime::open_storage() {
+  StorageOptions so;
+  so.dir = cfg_.data_dir;
+  so.segment_bytes = cfg_.segment_bytes;
+  CoreState st;
+  std::shared_ptr<Snapshot> snapshot;
+  if (Storage::exists(cfg_.data_dir)) {
+    Recovered rec;
+    storage_ = std::make_unique<Storage>(Storage::open(so, rec));
+    identity_ = rec.identity;
+    if (identity_.node_id != cfg_.id)
+      throw std::runtime_error("data directory " + cfg_.data_dir + " belongs to node '" + identity_.node_id +
+                               "', not '" + cfg_.id + "': pass that id with -i, or another directory with -d");
+    for (const auto& note : rec.notes) log(LogLevel::Warning, "recovery: " + note);
+    st.hard_state = rec.hard_state;
+    st.entries = std::move(rec.entries);
+    if (rec.snapshot) snapshot = std::make_shared<Snapshot>(std::move(*rec.snapshot));
+    if (!cfg_.join.empty() || !cfg_.peers.empty() || !cfg_.load_snapshot.empty())
+      log(LogLevel::Info, "using the configuration persisted in " + cfg_.data_dir + "; -e, the peer map and -l are ignored");
+  } else {
+    Identity id;
+    id.node_id = cfg_.id;
+    std::random_device rd;
+    id.server_id = hex64((static_cast<std::uint64_t>(rd()) << 32) ^ rd()) + hex64((static_cast<std::uint64_t>(rd()) << 32) ^ rd());
+    if (!cfg_.peers.empty()) {
+      // A static peer map: every node derives the same cluster id and configuration.
+      std::map<NodeId, std::string> all = cfg_.peers;
+      all[cfg_.id] = cfg_.address;
+      std::string text;
+      for (const auto& [nid, addr] : all) {
+        text += nid + "=" + addr + ";";
+        id.initial_config.upsert(Member{nid, addr, "", true});
+      }
+      id.cluster_id = hex64(fnv1a(text));
+    } else if (cfg_.join.empty()) {
+      // The founder: a cluster of one.
+      id.cluster_id = hex64((static_cast<std::uint64_t>(rd()) << 32) ^ rd());
+      id.initial_config.upsert(Member{cfg_.id, cfg_.address, id.server_id, true});
+    }
+    storage_ = std::make_unique<Storage>(Storage::create(so, id));
+    identity_ = id;
+    if (!cfg_.load_snapshot.empty()) {
+      FILE* f = std::fopen(cfg_.load_snapshot.c_str(), "rb");
+      if (!f) throw std::runtime_error("cannot read snapshot " + cfg_.load_snapshot + ": " + errno_string(errno));
+      std::string text;
+      char buf[65536];
+      std::size_t n;
+      while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, n);
+      std::fclose(f);
+      Store loaded;
+      SnapshotMeta ignored;
+      std::string err1, err2;
+      if (!Store::read_snapshot(text, loaded, ignored, err1) && !Store::read_pyraft_snapshot(text, loaded, err2))
+        throw std::runtime_error("cannot load " + cfg_.load_snapshot + ": " + err1 + "; as a pyraft snapshot: " + err2);
+      // The loaded data becomes the cluster's first snapshot, at index 1 of term 1.
+      snapshot = std::make_shared<Snapshot>();
+      snapshot->meta.index = 1;
+      snapshot->meta.term = 1;
+      snapshot->meta.config = id.initial_config;
+      loaded.write_snapshot(snapshot->data, snapshot->meta);
+      PersistBatch b;
+      b.seq = 0;
+      b.snapshot = snapshot;
+      b.hard_state = HardState{1, ""};
+      if (!storage_->write(b) || !storage_->sync())
+        throw std::runtime_error("cannot save the loaded snapshot: " + storage_->failure());
+      st.hard_state = HardState{1, ""};
+      log(LogLevel::Info, "loaded " + std::to_string(loaded.size()) + " keys from " + cfg_.load_snapshot);
+    }
+  }
+  st.initial_config = identity_.initial_config;
+  if (snapshot) {
+    std::string error;
+    SnapshotMeta meta;
+    Store loaded;
+    if (!Store::read_snapshot(snapshot->data, loaded, meta, error))
+      throw std::runtime_error("snapshot in " + cfg_.data_dir + " is unreadable: " + error);
+    std::uint64_t index = snapshot->meta.index, term = snapshot->meta.term;
+    snapshot->meta = meta;
+    if (meta.index != index || meta.term != term)
+      throw std::runtime_error("snapshot in " + cfg_.data_dir + " says index " + std::to_string(meta.index) +
+                               " but its file name says " + std::to_string(index));
+    store_ = std::move(loaded);
+    applied_ = meta.index;
+    st.snapshot = snapshot;
+  }
+  core_ = std::make_unique<Core>(core_options(), std::move(st));
+  state_char_ = core_->role_char();
+  term_ = core_->term();
+  if (core_->config().empty() && cfg_.join.empty())
+    log(LogLevel::Warning, "this node holds no configuration and has no -e list: it waits to be added");
+}
+
+inline void Runtime::start() {
+  if (started_.exchange(true)) throw std::runtime_error("raft::Node::start called twice");
+  std::string problem = cfg_.validate();
+  if (!problem.empty()) throw std::runtime_error("raft::Config: " + problem);
+  std::string error;
+  parse_host_port(cfg_.address, host_, error);
+  if (cfg_.id.empty()) cfg_.id = cfg_.address;
+  if (cfg_.data_dir.empty()) {
+    std::string safe;
+    for (char c : cfg_.id) safe += (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_') ? c : '_';
+    cfg_.data_dir = "raft-" + safe + "-" + std::to_string(host_.port);
+  }
+  client_fd_ = listen_tcp(host_.host, host_.port, error);
+  if (client_fd_ < 0) throw std::runtime_error(error);
+  peer_fd_ = listen_tcp(host_.host, host_.port + 1, error);
+  if (peer_fd_ < 0) {
+    ::close(client_fd_);
+    throw std::runtime_error(error);
+  }
+  if (::pipe2(wake_pipe_, O_CLOEXEC | O_NONBLOCK) != 0) throw std::runtime_error("pipe: " + errno_string(errno));
+  open_storage();
+  for (const auto& [nid, addr] : cfg_.peers) addresses_[nid] = addr;
+  writer_ = std::make_unique<StorageWriter>(*storage_);
+  log(LogLevel::Info, "node " + cfg_.id + " at " + cfg_.address + " (peers on port " + std::to_string(host_.port + 1) +
+                          "), data in " + cfg_.data_dir + ", cluster " +
+                          (identity_.cluster_id.empty() ? "not joined yet" : identity_.cluster_id));
+  apply_thread_ = std::thread([this] { apply_loop(); });
+  snapshot_thread_ = std::thread([this] { snapshot_loop(); });
+  poll_thread_ = std::thread([this] { poll_loop(); });
+  ticker_thread_ = std::thread([this] { ticker_loop(); });
+  {
+    std::lock_guard<std::mutex> lock(core_mu_);
+    drive();
+    if (core_->config().empty() && !cfg_.join.empty()) joiner_thread_ = std::thread([this] { joiner_loop(); });
+  }
+}
+
+inline void Runtime::join() {
+  std::unique_lock<std::mutex> lock(life_mu_);
+  life_cv_.wait(lock, [&] { return stop_requested_ || stopped_.load(); });
+  bool must_stop = !stopped_.load();
+  lock.unlock();
+  if (must_stop) stop();
+}
+
+inline void Runtime::leave() {
+  // A leader hands over to the most up-to-date voter, so the cluster does not wait for an
+  // election timeout.
+  std::unique_lock<std::mutex> lock(core_mu_);
+  if (!core_ || core_->role() != Role::Leader || failed_) return;
+  NodeId best;
+  std::uint64_t best_match = 0;
+  for (const auto& [nid, pr] : core_->progress())
+    if (core_->config().is_voter(nid) && pr.match >= best_match && pr.recent_active) {
+      best = nid;
+      best_match = pr.match;
+    }
+  if (best.empty() || !core_->transfer_leadership(best)) return;
+  log(LogLevel::Info, "leaving: handing leadership to " + best);
+  drive();
+  role_cv_.wait_for(lock, std::chrono::milliseconds(scaled(cfg_.election_timeout_ms * 2)),
+                    [&] { return core_->role() != Role::Leader; });
+}
+
+inline void Runtime::stop() {
+  if (!started_.load() || stopping_.exchange(true)) {
+    if (started_.load()) {
+      std::unique_lock<std::mutex> lock(life_mu_);
+      life_cv_.wait(lock, [&] { return stopped_.load(); });
+    }
+    return;
+  }
+  leave();
+  log(LogLevel::Info, "stopping");
+  wake_poll();
+  {
+    std::lock_guard<std::mutex> lock(apply_mu_);
+    apply_cv_.notify_all();
+  }
+  {
+    std::lock_guard<std::mutex> lock(snap_mu_);
+    snap_cv_.notify_all();
+  }
+  {
+    std::lock_guard<std::mutex> lock(life_mu_);
+    life_cv_.notify_all();
+  }
+  for (std::thread* t : {&poll_thread_, &ticker_thread_, &joiner_thread_, &apply_thread_, &snapshot_thread_})
+    if (t->joinable()) t->join();
+  {
+    std::lock_guard<std::mutex> lock(links_mu_);
+    links_.clear();  // each link stops its thread
+  }
+  if (writer_) writer_->stop();
+  // Everything still waiting gets an answer.
+  std::map<std::uint64_t, Request> left;
+  {
+    std::lock_guard<std::mutex> lock(req_mu_);
+    left.swap(requests_);
+    write_by_index_.clear();
+  }
+  for (auto& [rid, r] : left)
+    if (r.promise) r.promise->set_value(Reply::error("TIMEOUT the node stopped before the command completed; its outcome is unknown"));
+  for (int* fd : {&client_fd_, &peer_fd_, &wake_pipe_[0], &wake_pipe_[1]})
+    if (*fd >= 0) {
+      ::close(*fd);
+      *fd = -1;
+    }
+  for (auto& [cid, c] : clients_) ::close(c->fd);
+  clients_.clear();
+  for (auto& [fd, p] : peers_in_) ::close(fd);
+  peers_in_.clear();
+  {
+    std::lock_guard<std::mutex> lock(life_mu_);
+    stopped_ = true;
+    life_cv_.notify_all();
+  }
+}
+
+// ---- driving the core ----------------------------------------------------------------------
+
+// Called with core_mu_ held after every input to the core.
+inline void Runtime::drive() {
+  if (failed_) return;
+  while (core_->has_ready()) {
+    Ready rd = core_->ready();
+    if (rd.persist.seq != 0) {
+      std::uint64_t seq = rd.persist.seq;
+      auto after = std::make_shared<std::vector<Message>>(std::move(rd.after_persist));
+      writer_->submit(std::move(rd.persist), [this, seq, after](bool ok) { on_persisted(seq, ok, std::move(*after)); });
+    }
+    for (const auto& m : rd.messages) send_peer(m);
+    if (rd.restore) push_apply(ApplyItem{ApplyItem::Restore, rd.restore, {}, {}, {}, {}, 0, 0});
+    if (!rd.committed.empty() || !rd.reads.empty() || !rd.aborted.empty() || !rd.role_changes.empty() ||
+        rd.leader_ready_term || rd.snapshot_wanted) {
+      std::lock_guard<std::mutex> lock(apply_mu_);
+      for (auto& e : rd.committed) apply_q_.push_back(ApplyItem{ApplyItem::Entry, nullptr, std::move(e), {}, {}, {}, 0, 0});
+      for (auto& r : rd.reads) apply_q_.push_back(ApplyItem{ApplyItem::Read, nullptr, {}, r, {}, {}, 0, 0});
+      for (auto& a : rd.aborted) apply_q_.push_back(ApplyItem{ApplyItem::Aborted, nullptr, {}, {}, a, {}, 0, 0});
+      for (auto& rc : rd.role_changes) apply_q_.push_back(ApplyItem{ApplyItem::RoleChanged, nullptr, {}, {}, {}, rc, 0, 0});
+      if (rd.leader_ready_term)
+        apply_q_.push_back(ApplyItem{ApplyItem::LeaderReady, nullptr, {}, {}, {}, {}, rd.leader_ready_term, 0});
+      if (rd.snapshot_wanted) apply_q_.push_back(ApplyItem{ApplyItem::SnapshotWanted, nullptr, {}, {}, {}, {}, 0, 0});
+      apply_cv_.notify_one();
+    }
+    if (!rd.role_changes.empty()) {
+      for (const auto& rc : rd.role_changes)
+        log(LogLevel::Info, rc.role == Role::Leader ? cfg_.id + " is a leader"
+                                                    : std::string("role ") + raft::role_char(rc.role, core_->is_voter()) +
+                                                          " in term " + std::to_string(rc.term) +
+                                                          (rc.leader.empty() ? "" : ", leader " + rc.leader));
+      role_cv_.notify_all();
+    }
+  }
+  state_char_ = core_->role_char();
+  role_ = static_cast<int>(core_->role());
+  term_ = core_->term();
+  if (core_->config() != linked_config_) update_links();
+}
+
+inline void Runtime::on_persisted(std::uint64_t seq, bool ok, std::vector<Message> after) {
+  if (!ok) {
+    storage_failed(storage_->failure());
+    return;
+  }
+  if (failed_) return;
+  for (const auto& m : after) send_peer(m);  // promises leave only once durable
+  std::lock_guard<std::mutex> lock(core_mu_);
+  core_->persisted(seq);
+  drive();
+}
+
+inline void Runtime::storage_failed(const std::string& why) {
+  bool first = !failed_.exchange(true);
+  if (!first) return;
+  {
+    std::lock_guard<std::mutex> lock(core_mu_);
+    failure_ = why;
+  }
+  log(LogLevel::Error, "storage failed: " + why +
+                           ". This node no longer acknowledges, votes or accepts appends; restart it to recover "
+                           "from what is on disk.");
+}
+
+inline void Runtime::send_peer(const Message& m) {
+  PeerLink* link = link_for(m.to);
+  if (!link) return;
+  std::string bytes;
+  encode_raft(m, bytes);
+  link->send(std::move(bytes));
+}
+
+inline PeerLink* Runtime::link_for(const NodeId& id) {
+  std::lock_guard<std::mutex> lock(links_mu_);
+  auto it = links_.find(id);
+  if (it != links_.end()) return it->second.get();
+  auto a = addresses_.find(id);
+  if (a == addresses_.end() || id == cfg_.id) return nullptr;
+  auto link = std::make_unique<PeerLink>(*this, id, a->second);
+  PeerLink* raw = link.get();
+  links_[id] = std::move(link);
+  return raw;
+}
+
+// Called with core_mu_ held when the configuration changed.
+inline void Runtime::update_links() {
+  linked_config_ = core_->config();
+  std::lock_guard<std::mutex> lock(links_mu_);
+  for (const auto& m : linked_config_.members) {
+    if (m.id == cfg_.id || m.address.empty()) continue;
+    addresses_[m.id] = m.address;
+    auto it = links_.find(m.id);
+    if (it != links_.end()) it->second->set_address(m.address);
+  }
+}
+
+inline std::string Runtime::hello_bytes() const {
+  std::string cluster;
+  {
+    std::lock_guard<std::mutex> lock(core_mu_);
+    cluster = identity_.cluster_id;
+  }
+  std::string out;
+  resp::write_command(out, {"HELLO", kPeerProtocolVersion, cluster, cfg_.id, identity_.server_id, cfg_.address, cfg_.secret});
+  return out;
+}
+
+inline void PeerLink::run() {
+  int backoff_ms = 20;
+  bool logged_failure = false;
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stopping_) {
+    if (fd_ < 0 || reconnect_) {
+      if (fd_ >= 0) {
+        ::close(fd_);
+        fd_ = -1;
+      }
+      reconnect_ = false;
+      connected_ = false;
+      std::string addr = address_;
+      lock.unlock();
+      std::string error;
+      HostPort hp;
+      int fd = -1;
+      if (parse_host_port(addr, hp, error)) {
+        fd = connect_tcp(rt_.host(), hp.host, hp.port + 1, rt_.send_timeout(), error);
+        if (fd >= 0) {
+          set_send_timeout(fd, rt_.send_timeout());
+          std::string hello = rt_.hello_bytes();
+          resp::ReplyParser parser;
+          resp::Value reply;
+          if (!send_all(fd, hello.data(), hello.size()) || !recv_value(fd, parser, reply, rt_.send_timeout())) {
+            error = "no answer to HELLO";
+            ::close(fd);
+            fd = -1;
+          } else if (reply.is_error()) {
+            error = "refused: " + reply.str;
+            ::close(fd);
+            fd = -1;
+          }
+        }
+      }
+      lock.lock();
+      if (fd < 0) {
+        if (!logged_failure) {
+          rt_.log(LogLevel::Debug, "cannot reach " + id_ + " at " + addr + ": " + error);
+          logged_failure = true;
+        }
+        cv_.wait_for(lock, std::chrono::milliseconds(backoff_ms), [&] { return stopping_ || reconnect_; });
+        backoff_ms = std::min(backoff_ms * 2, 500);
+        continue;
+      }
+      if (stopping_) {
+        ::close(fd);
+        break;
+      }
+      fd_ = fd;
+      connected_ = true;
+      backoff_ms = 20;
+      if (logged_failure) rt_.log(LogLevel::Debug, "connected to " + id_ + " at " + addr);
+      logged_failure = false;
+    }
+    cv_.wait(lock, [&] { return stopping_ || reconnect_ || !queue_.empty(); });
+    if (stopping_ || reconnect_) continue;
+    std::string batch;
+    while (!queue_.empty() && batch.size() < (std::size_t{4} << 20)) {
+      batch += queue_.front();
+      queue_.pop_front();
+    }
+    queued_bytes_ -= std::min(queued_bytes_, batch.size());
+    int fd = fd_;
+    lock.unlock();
+    bool ok = send_all(fd, batch.data(), batch.size());
+    lock.lock();
+    if (!ok && fd_ == fd) {
+      ::close(fd_);
+      fd_ = -1;
+      connected_ = false;
+    }
+  }
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+}
+
+// ---- the ticker ----------------------------------------------------------------------------
+
+inline void Runtime::ticker_loop() {
+  const auto period = std::chrono::microseconds(static_cast<long long>(cfg_.tick_ms * 1000 * cfg_.time_scale));
+  auto next = std::chrono::steady_clock::now() + period;
+  int ticks = 0;
+  while (!stopping_) {
+    {
+      std::unique_lock<std::mutex> lock(life_mu_);
+      life_cv_.wait_until(lock, next, [&] { return stopping_.load(); });
+    }
+    if (stopping_) break;
+    next += period;
+    auto now = std::chrono::steady_clock::now();
+    if (next < now) next = now + period;  // we were paused (SIGSTOP): do not catch up in a burst
+    {
+      std::lock_guard<std::mutex> lock(core_mu_);
+      if (!failed_) {
+        core_->tick(wall_ms());
+        drive();
+      }
+    }
+    if (++ticks % std::max(1, 100 / cfg_.tick_ms) == 0) {
+      propose_expiry();
+      wake_poll();  // forwarded writes time out on the poll thread
+    }
+  }
+}
+
+inline void Runtime::propose_expiry() {
+  {
+    std::lock_guard<std::mutex> lock(core_mu_);
+    if (!core_->leader_ready() || failed_) return;
+  }
+  std::int64_t now = wall_ms();
+  std::vector<std::string> due;
+  {
+    std::lock_guard<std::mutex> lock(data_mu_);
+    due = store_.due(now, 256);
+  }
+  std::lock_guard<std::mutex> lock(core_mu_);
+  for (auto it = expiry_proposed_.begin(); it != expiry_proposed_.end();)
+    it = it->second + scaled(cfg_.append_timeout_ms) < now ? expiry_proposed_.erase(it) : std::next(it);
+  bool any = false;
+  for (const auto& key : due) {
+    if (expiry_proposed_.count(key)) continue;
+    std::string payload;
+    resp::write_command(payload, {"__expire", key});
+    if (!core_->propose(std::move(payload), now).ok()) break;
+    expiry_proposed_[key] = now;
+    any = true;
+  }
+  if (any) drive();
+}
+
+// ---- the apply loop ------------------------------------------------------------------------
+
+inline void Runtime::apply_loop() {
+  apply_thread_id_ = std::this_thread::get_id();
+  std::deque<ApplyItem> items;
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(apply_mu_);
+      apply_cv_.wait(lock, [&] { return stopping_ || !apply_q_.empty(); });
+      if (stopping_) return;
+      items.swap(apply_q_);
+    }
+    for (auto& item : items) {
+      if (fatal_) break;
+      switch (item.kind) {
+        case ApplyItem::Restore: {
+          Store fresh;
+          SnapshotMeta meta;
+          std::string error;
+          if (!Store::read_snapshot(item.snapshot->data, fresh, meta, error)) {
+            log(LogLevel::Error, "snapshot from the leader at index " + std::to_string(item.snapshot->meta.index) +
+                                     " is unreadable (" + error + "): stopping the apply loop");
+            fatal_ = true;
+            break;
+          }
+          {
+            std::lock_guard<std::mutex> lock(data_mu_);
+            store_ = std::move(fresh);
+          }
+          applied_ = item.snapshot->meta.index;
+          log(LogLevel::Info, "installed a snapshot at index " + std::to_string(applied_.load()));
+          serve_reads();
+          break;
+        }
+        case ApplyItem::Entry:
+          if (item.entry.index > applied_) apply_entry(item.entry);
+          break;
+        case ApplyItem::Read: {
+          const ReadState& rs = item.read;
+          if (!rs.ok) {
+            finish_request(rs.request_id,
+                           Reply::error("TRYAGAIN could not confirm leadership for a linearizable read: no leader "
+                                        "reachable or no majority (READONLY allows stale local reads)"));
+          } else {
+            reads_by_index_.emplace(rs.index, rs.request_id);
+            serve_reads();
+          }
+          break;
+        }
+        case ApplyItem::Aborted: {
+          std::uint64_t rid = 0;
+          {
+            std::lock_guard<std::mutex> lock(req_mu_);
+            auto it = write_by_index_.find(item.id.index);
+            if (it != write_by_index_.end() && requests_.count(it->second) && requests_[it->second].entry == item.id) {
+              rid = it->second;
+              write_by_index_.erase(it);
+            }
+          }
+          if (rid)
+            finish_request(rid, Reply::error("TIMEOUT the write was not committed in time (leader change or no "
+                                             "majority); it may still be applied later"));
+          break;
+        }
+        case ApplyItem::RoleChanged:
+          if (item.role.role == Role::Follower && on_follower_) on_follower_(node_);
+          if ((item.role.role == Role::Candidate || item.role.role == Role::PreCandidate) && on_candidate_)
+            on_candidate_(node_);
+          break;
+        case ApplyItem::LeaderReady:
+          log(LogLevel::Info, "leading term " + std::to_string(item.term) + " (first entry committed)");
+          if (on_leader_) on_leader_(node_, item.term);
+          break;
+        case ApplyItem::SnapshotWanted:
+        case ApplyItem::Checkpoint:
+          take_snapshot(item.request);
+          break;
+      }
+    }
+    items.clear();
+    if (fatal_) {
+      log(LogLevel::Error, "the apply loop stopped; this node stops");
+      request_stop();
+      return;
+    }
+  }
+}
+
+inline void Runtime::apply_entry(const LogEntry& e) {
+  Reply reply;
+  if (e.type == EntryType::Command) {
+    resp::RequestParser parser;
+    parser.feed(e.payload);
+    std::vector<std::string> words;
+    if (parser.next(words) != resp::Status::Ok || words.empty()) {
+      log(LogLevel::Error, "log entry " + std::to_string(e.index) + " is not a command: stopping the apply loop");
+      fatal_ = true;
+      return;
+    }
+    auto h = handlers_.find(words[0]);
+    if (h == handlers_.end() || !h->second.is_write()) {
+      // Never skipped: every node must apply the same sequence.
+      log(LogLevel::Error, "log entry " + std::to_string(e.index) + " names command '" + words[0] +
+                               "', which this node has no write handler for: stopping the apply loop. Start "
+                               "this node with the same handlers as the rest of the cluster.");
+      fatal_ = true;
+      return;
+    }
+    std::lock_guard<std::mutex> lock(data_mu_);
+    Call call{store_, words, e.timestamp_ms, &node_};
+    try {
+      reply = h->second.fn(call);
+    } catch (const std::exception& ex) {
+      // A handler that throws has changed nothing it did not change on every node alike;
+      // the client learns why.
+      reply = Reply::error(std::string("ERR handler failed: ") + ex.what());
+    }
+  }
+  applied_ = e.index;
+  std::uint64_t rid = 0;
+  {
+    std::lock_guard<std::mutex> lock(req_mu_);
+    auto it = write_by_index_.find(e.index);
+    if (it != write_by_index_.end()) {
+      rid = it->second;
+      auto r = requests_.find(rid);
+      if (r != requests_.end() && r->second.entry.term != e.term) {
+        reply = Reply::error("TIMEOUT the write lost its place in the log to a new leader; it was not applied");
+      }
+      write_by_index_.erase(it);
+    }
+  }
+  if (rid) finish_request(rid, std::move(reply));
+  if (!reads_by_index_.empty() && reads_by_index_.begin()->first <= e.index) serve_reads();
+}
+
+inline void Runtime::serve_reads() {
+  while (!reads_by_index_.empty() && reads_by_index_.begin()->first <= applied_) {
+    std::uint64_t rid = reads_by_index_.begin()->second;
+    reads_by_index_.erase(reads_by_index_.begin());
+    std::vector<std::string> words;
+    {
+      std::lock_guard<std::mutex> lock(req_mu_);
+      auto it = requests_.find(rid);
+      if (it == requests_.end()) continue;
+      words = it->second.words;
+    }
+    auto h = handlers_.find(words.empty() ? std::string() : words[0]);
+    finish_request(rid, h == handlers_.end() ? Reply::error("ERR unknown command") : run_read(h->second, words));
+  }
+}
+
+inline Reply Runtime::run_read(const Command& cmd, const std::vector<std::string>& words) {
+  std::lock_guard<std::mutex> lock(data_mu_);
+  Call call{store_, words, wall_ms(), &node_};
+  try {
+    return cmd.fn(call);
+  } catch (const std::exception& ex) {
+    return Reply::error(std::string("ERR handler failed: ") + ex.what());
+  }
+}
+
+// ---- snapshots -----------------------------------------------------------------------------
+
+inline void Runtime::take_snapshot(std::uint64_t request) {
+  // Copy under the data lock (the apply loop pauses for the copy only), serialize elsewhere.
+  SnapshotMeta meta;
+  meta.index = applied_;
+  bool stale = false;
+  {
+    std::lock_guard<std::mutex> lock(core_mu_);
+    meta.term = core_->term_at(meta.index);
+    meta.config = core_->config_at(meta.index);
+    // The core may already hold a newer snapshot (one from the leader not applied yet).
+    stale = (meta.term == 0 && meta.index > 0) || (meta.index <= core_->snapshot_index() && meta.index > 0);
+  }
+  std::lock_guard<std::mutex> lock(snap_mu_);
+  if (snap_busy_ || stale) {
+    if (request) finish_request(request, Reply::ok());  // one is being written already
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> data(data_mu_);
+    snap_job_.emplace(store_, meta);
+  }
+  snap_busy_ = true;
+  snap_request_ = request;
+  snap_cv_.notify_one();
+}
+
+inline void Runtime::snapshot_loop() {
+  while (true) {
+    std::pair<Store, SnapshotMeta> job;
+    std::uint64_t request = 0;
+    {
+      std::unique_lock<std::mutex> lock(snap_mu_);
+      snap_cv_.wait(lock, [&] { return stopping_ || snap_job_.has_value(); });
+      if (stopping_) return;
+      job = std::move(*snap_job_);
+      snap_job_.reset();
+      request = snap_request_;
+    }
+    auto snap = std::make_shared<Snapshot>();
+    snap->meta = job.second;
+    job.first.write_snapshot(snap->data, snap->meta);
+    std::uint64_t compact_to = 0;
+    bool fresh = false;
+    {
+      std::lock_guard<std::mutex> lock(core_mu_);
+      if (snap->meta.index > core_->snapshot_index() || (snap->meta.index == 0 && core_->snapshot_index() == 0)) {
+        compact_to = core_->compact(snap);
+        fresh = true;
+      }
+    }
+    auto done = [this, request, index = snap->meta.index](bool ok) {
+      if (!ok) storage_failed(storage_->failure());
+      else log(LogLevel::Info, "snapshot at index " + std::to_string(index) + " saved");
+      {
+        std::lock_guard<std::mutex> lock(snap_mu_);
+        snap_busy_ = false;
+      }
+      if (request) finish_request(request, ok ? Reply::ok() : Reply::error("MISCONF the snapshot could not be saved"));
+    };
+    if (fresh)
+      writer_->submit_snapshot(snap, compact_to, done);
+    else
+      done(true);
+  }
+}
+
+// ---- requests and replies ------------------------------------------------------------------
+
+inline std::uint64_t Runtime::add_request(Request r) {
+  std::lock_guard<std::mutex> lock(req_mu_);
+  std::uint64_t id = next_request_++;
+  requests_.emplace(id, std::move(r));
+  return id;
+}
+
+inline void Runtime::finish(const Caller& caller, Reply reply) {
+  if (caller.promise) {
+    caller.promise->set_value(std::move(reply));
+  } else if (!caller.forward_from.empty()) {
+    std::string bytes;
+    std::string encoded;
+    resp::write(encoded, reply, 3);
+    resp::write_array_header(bytes, 3);
+    resp::write_bulk(bytes, "FWDR");
+    write_bulk_u64(bytes, caller.forward_id);
+    resp::write_bulk(bytes, encoded);
+    if (PeerLink* link = link_for(caller.forward_from)) link->send(std::move(bytes));
+  } else if (caller.conn) {
+    std::lock_guard<std::mutex> lock(done_mu_);
+    done_.emplace_back(caller.conn, caller.op, std::move(reply));
+    wake_poll();
+  }
+}
+
+inline void Runtime::finish_request(std::uint64_t id, Reply reply) {
+  Caller caller;
+  {
+    std::lock_guard<std::mutex> lock(req_mu_);
+    auto it = requests_.find(id);
+    if (it == requests_.end()) return;
+    caller = Caller{it->second.conn, it->second.op, std::move(it->second.promise), it->second.forward_from,
+                    it->second.forward_id};
+    requests_.erase(it);
+  }
+  finish(caller, std::move(reply));
+}
+
+// ---- commands ------------------------------------------------------------------------------
+
+inline std::future<Reply> Runtime::execute_async(std::vector<std::string> words) {
+  auto promise = std::make_shared<std::promise<Reply>>();
+  std::future<Reply> f = promise->get_future();
+  if (std::this_thread::get_id() == apply_thread_id_) {
+    promise->set_value(Reply::error("ERR execute() called from a handler or callback would wait for itself"));
+    return f;
+  }
+  if (!started_ || stopping_) {
+    promise->set_value(Reply::error("ERR the node is not running"));
+    return f;
+  }
+  Caller caller;
+  caller.promise = promise;
+  handle_command(nullptr, caller, words);
+  flush_batched();
+  return f;
+}
+
+inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector<std::string>& words) {
+  if (words.empty()) return;
+  words[0] = lower(std::move(words[0]));
+  if (words[0] == "checkpoint") {
+    if (words.size() != 1) {
+      finish(caller, Reply::error("ERR wrong number of arguments for 'checkpoint' command"));
+      return;
+    }
+    Request r;
+    r.conn = caller.conn;
+    r.op = caller.op;
+    r.promise = caller.promise;
+    push_apply(ApplyItem{ApplyItem::Checkpoint, nullptr, {}, {}, {}, {}, 0, add_request(std::move(r))});
+    return;
+  }
+  bool handled = false;
+  Reply r = connection_command(conn, words, handled);
+  if (handled) {
+    finish(caller, std::move(r));
+    return;
+  }
+  auto it = handlers_.find(words[0]);
+  if (it == handlers_.end() || words[0] == "__expire") {
+    std::string args;
+    for (std::size_t i = 1; i < words.size() && args.size() < 128; ++i) args += "'" + words[i] + "' ";
+    finish(caller, Reply::error("ERR unknown command '" + words[0] + "', with args beginning with: " + args));
+    return;
+  }
+  const Command& cmd = it->second;
+  int argc = static_cast<int>(words.size()) - 1;
+  if (argc < cmd.min_args || (cmd.max_args >= 0 && argc > cmd.max_args)) {
+    finish(caller, Reply::error("ERR wrong number of arguments for '" + words[0] + "' command"));
+    return;
+  }
+  if (failed_) {
+    std::lock_guard<std::mutex> lock(core_mu_);
+    finish(caller, Reply::error("MISCONF storage failed (" + failure_ +
+                                "): this node no longer acknowledges writes or serves reads; restart it"));
+    return;
+  }
+  if (cmd.is_write())
+    start_write(caller, words);
+  else
+    start_read(conn, caller, words, cmd);
+}
+
+inline void Runtime::start_write(const Caller& caller, std::vector<std::string>& words) {
+  std::string payload;
+  resp::write_command(payload, words);
+  batch_writes_.push_back(PendingWrite{caller, std::move(payload)});
+}
+
+inline void Runtime::start_read(ClientConn* conn, const Caller& caller, std::vector<std::string>& words,
+                                const Command& cmd) {
+  if (conn && conn->readonly) {
+    finish(caller, run_read(cmd, words));  // READONLY: this node's data as it is
+    return;
+  }
+  Request r;
+  r.conn = caller.conn;
+  r.op = caller.op;
+  r.promise = caller.promise;
+  r.words = words;
+  batch_reads_.push_back(add_request(std::move(r)));
+}
+
+// Proposes the writes and asks for the read indexes gathered since the last call, under one
+// lock, so that one wake-up of the poll thread becomes one batch for the disk and the peers.
+inline void Runtime::flush_batched() {
+  if (batch_writes_.empty() && batch_reads_.empty()) return;
+  std::vector<std::pair<Caller, Reply>> refused;
+  std::vector<std::pair<NodeId, PendingWrite>> forwards;
+  {
+    std::lock_guard<std::mutex> lock(core_mu_);
+    for (auto& w : batch_writes_) {
+      ProposeResult res = core_->propose(w.payload, wall_ms());
+      if (res.ok()) {
+        Request r;
+        r.conn = w.caller.conn;
+        r.op = w.caller.op;
+        r.promise = w.caller.promise;
+        r.forward_from = w.caller.forward_from;
+        r.forward_id = w.caller.forward_id;
+        r.entry = res.id;
+        std::lock_guard<std::mutex> rl(req_mu_);
+        std::uint64_t id = next_request_++;
+        requests_.emplace(id, std::move(r));
+        write_by_index_[res.id.index] = id;
+      } else if (res.error == ProposeResult::Error::NotLeader && !res.leader.empty() && w.caller.forward_from.empty()) {
+        forwards.emplace_back(res.leader, std::move(w));
+      } else if (res.error == ProposeResult::Error::Transferring) {
+        refused.emplace_back(w.caller, Reply::error("TRYAGAIN leadership is being transferred; the write was not run"));
+      } else if (!w.caller.forward_from.empty()) {
+        refused.emplace_back(w.caller, Reply::error("TRYAGAIN the node this write was forwarded to no longer leads; "
+                                                    "it was not run"));
+      } else {
+        refused.emplace_back(w.caller, Reply::error("CLUSTERDOWN no leader is known (election in progress or no "
+                                                    "majority); the write was not run"));
+      }
+    }
+    for (std::uint64_t rid : batch_reads_) core_->read_index(rid);
+    drive();
+  }
+  batch_writes_.clear();
+  batch_reads_.clear();
+  for (auto& [caller, reply] : refused) finish(caller, std::move(reply));
+  // Writes on a follower go to the leader over the peer link, pipelined, tagged with ids.
+  for (auto& [leader, w] : forwards) {
+    Request r;
+    r.conn = w.caller.conn;
+    r.op = w.caller.op;
+    r.promise = w.caller.promise;
+    r.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(scaled(cfg_.append_timeout_ms + cfg_.election_timeout_ms));
+    r.forwarded_to = leader;
+    PeerLink* link = link_for(leader);
+    if (!link || !link->connected()) {
+      // Not queued: a link that is down may come back later and deliver it after we answered.
+      finish(w.caller, Reply::error("TRYAGAIN the leader (" + leader + ") is unreachable; the write was not run"));
+      continue;
+    }
+    std::uint64_t id = add_request(std::move(r));
+    resp::RequestParser p;
+    p.feed(w.payload);
+    std::vector<std::string> words;
+    p.next(words);
+    std::string bytes;
+    resp::write_array_header(bytes, 2 + words.size());
+    resp::write_bulk(bytes, "FWD");
+    write_bulk_u64(bytes, id);
+    for (const auto& word : words) resp::write_bulk(bytes, word);
+    link->send(std::move(bytes));
+  }
+}
+
+inline void Runtime::expire_forwards() {
+  auto now = std::chrono::steady_clock::now();
+  NodeId leader = this->leader();
+  std::vector<std::uint64_t> expired;
+  {
+    std::lock_guard<std::mutex> lock(req_mu_);
+    // A forward times out, or fails at once when the node it went to no longer leads (it may
+    // still have been applied: the outcome is unknown either way).
+    for (const auto& [id, r] : requests_)
+      if (r.deadline != std::chrono::steady_clock::time_point{} && (r.deadline < now || r.forwarded_to != leader))
+        expired.push_back(id);
+  }
+  for (std::uint64_t id : expired)
+    finish_request(id, Reply::error("TIMEOUT the leader did not answer the forwarded write in time; its outcome is unknown"));
+}
+
+inline Reply Runtime::admin(const std::vector<std::string>& w) {
+  // w[0] is one of raft.add raft.promote raft.remove raft.transfer add_node del_node
+  std::lock_guard<std::mutex> lock(core_mu_);
+  if (core_->role() != Role::Leader) {
+    const Member* m = core_->config().find(core_->leader());
+    if (!m) return Reply::error("CLUSTERDOWN no leader is known; nothing was changed");
+    return Reply::error("MOVED " + m->id + " " + m->address + " membership changes are made on the leader");
+  }
+  ProposeResult res;
+  std::int64_t now = wall_ms();
+  if (w[0] == "raft.add" || w[0] == "add_node") {
+    HostPort hp;
+    std::string error;
+    if (!parse_host_port(w[2], hp, error)) return Reply::error("ERR " + error);
+    const Member* old = core_->config().find(w[1]);
+    res = core_->add_learner(Member{w[1], w[2], old ? old->server_id : "", false}, now);
+  } else if (w[0] == "raft.promote") {
+    res = core_->promote(w[1], now);
+  } else if (w[0] == "raft.remove" || w[0] == "del_node") {
+    res = core_->remove(w[1], now);
+  } else if (w[0] == "raft.transfer") {
+    NodeId to = w.size() > 1 ? w[1] : "";
+    if (to.empty()) {
+      std::uint64_t best = 0;
+      for (const auto& [nid, pr] : core_->progress())
+        if (core_->config().is_voter(nid) && pr.match >= best) {
+          best = pr.match;
+          to = nid;
+        }
+    }
+    if (!core_->transfer_leadership(to)) return Reply::error("ERR cannot transfer leadership to '" + to + "'");
+    drive();
+    return Reply::ok();
+  }
+  switch (res.error) {
+    case ProposeResult::Error::None: drive(); return Reply::ok();
+    case ProposeResult::Error::NotReady:
+    case ProposeResult::Error::ConfigPending:
+      return Reply::error("TRYAGAIN another membership change is in progress; nothing was changed");
+    case ProposeResult::Error::Transferring: return Reply::error("TRYAGAIN leadership is being transferred");
+    default: return Reply::error("ERR that change is not allowed (one voter at a time; a voter must remain)");
+  }
+}
+
+inline Reply Runtime::connection_command(ClientConn* conn, const std::vector<std::string>& w, bool& handled) {
+  handled = true;
+  const std::string& name = w[0];
+  auto arity = [&](std::size_t lo, std::size_t hi) { return w.size() - 1 >= lo && w.size() - 1 <= hi; };
+  auto wrong = [&] { return Reply::error("ERR wrong number of arguments for '" + name + "' command"); };
+  if (name == "ping") {
+    if (!arity(0, 1)) return wrong();
+    return w.size() == 2 ? Reply::bulk(w[1]) : Reply::simple("PONG");
+  }
+  if (name == "echo") return arity(1, 1) ? Reply::bulk(w[1]) : wrong();
+  if (name == "quit") {
+    if (conn) conn->close_after_flush = true;
+    return Reply::ok();
+  }
+  if (name == "select") {
+    if (!arity(1, 1)) return wrong();
+    return w[1] == "0" ? Reply::ok() : Reply::error("ERR DB index is out of range");
+  }
+  if (name == "readonly" || name == "readwrite") {
+    if (!arity(0, 0)) return wrong();
+    if (conn) conn->readonly = name == "readonly";
+    return Reply::ok();
+  }
+  if (name == "hello") {
+    int proto = conn ? conn->protocol : 2;
+    std::size_t i = 1;
+    if (w.size() > 1) {
+      if (w[1] != "2" && w[1] != "3") return Reply::error("NOPROTO unsupported protocol version");
+      proto = w[1] == "3" ? 3 : 2;
+      i = 2;
+    }
+    for (; i < w.size(); ++i) {
+      std::string opt = lower(w[i]);
+      if (opt == "setname" && i + 1 < w.size()) {
+        if (conn) conn->name = w[++i];
+      } else if (opt == "auth") {
+        return Reply::error("ERR AUTH is not supported by this server (use the peer secret for peers)");
+      } else {
+        return Reply::error("ERR syntax error in HELLO option '" + w[i] + "'");
+      }
+    }
+    if (conn) conn->protocol = proto;
+    return Reply::map({Reply::bulk("server"), Reply::bulk("redis"), Reply::bulk("version"), Reply::bulk("7.0.0"),
+                       Reply::bulk("proto"), Reply::integer(proto), Reply::bulk("id"),
+                       Reply::integer(static_cast<std::int64_t>(conn ? conn->id : 0)), Reply::bulk("mode"),
+                       Reply::bulk("standalone"), Reply::bulk("role"),
+                       Reply::bulk(role() == Role::Leader ? "master" : "replica"), Reply::bulk("modules"),
+                       Reply::array()});
+  }
+  if (name == "client") {
+    if (w.size() < 2) return wrong();
+    std::string sub = lower(w[1]);
+    if (sub == "setname" && w.size() == 3) {
+      if (conn) conn->name = w[2];
+      return Reply::ok();
+    }
+    if (sub == "getname") return conn && !conn->name.empty() ? Reply::bulk(conn->name) : Reply::nil();
+    if (sub == "setinfo") return Reply::ok();
+    if (sub == "id") return Reply::integer(static_cast<std::int64_t>(conn ? conn->id : 0));
+    return Reply::error("ERR unknown subcommand '" + w[1] + "'. Try CLIENT HELP.");
+  }
+  if (name == "command") {
+    if (w.size() >= 2 && lower(w[1]) == "count") return Reply::integer(static_cast<std::int64_t>(handlers_.size()));
+    if (w.size() >= 2 && lower(w[1]) == "docs") return Reply::map();
+    std::vector<Reply> all;
+    for (const auto& [cname, c] : handlers_) {
+      if (cname.rfind("__", 0) == 0) continue;
+      std::int64_t arity_value = c.min_args == c.max_args ? c.min_args + 1 : -(c.min_args + 1);
+      all.push_back(Reply::array({Reply::bulk(cname), Reply::integer(arity_value),
+                                  Reply::array({Reply::simple(c.is_write() ? "write" : "readonly")}),
+                                  Reply::integer(c.min_args > 0 ? 1 : 0), Reply::integer(c.min_args > 0 ? 1 : 0),
+                                  Reply::integer(c.min_args > 0 ? 1 : 0)}));
+    }
+    return Reply::array(std::move(all));
+  }
+  if (name == "config") {
+    // redis-benchmark and some clients ask; answer with what a Redis with durable writes says.
+    if (w.size() >= 3 && lower(w[1]) == "get") {
+      std::vector<Reply> kv;
+      for (std::size_t i = 2; i < w.size(); ++i) {
+        std::string k = lower(w[i]);
+        if (k == "save") kv.insert(kv.end(), {Reply::bulk("save"), Reply::bulk("")});
+        if (k == "appendonly") kv.insert(kv.end(), {Reply::bulk("appendonly"), Reply::bulk("yes")});
+      }
+      return Reply::map(std::move(kv));
+    }
+    return Reply::error("ERR CONFIG " + (w.size() > 1 ? w[1] : std::string()) + " is not supported");
+  }
+  if (name == "info") return Reply::verbatim("txt", info());
+  if (name == "role") return role_reply();
+  if (name == "shutdown") {
+    request_stop();
+    return Reply::ok();
+  }
+  if (name == "raft.add" || name == "add_node") return arity(2, 2) ? admin(w) : wrong();
+  if (name == "raft.promote" || name == "raft.remove" || name == "del_node") return arity(1, 1) ? admin(w) : wrong();
+  if (name == "raft.transfer") return arity(0, 1) ? admin(w) : wrong();
+  if (name == "raft.leave") {
+    request_stop();
+    return Reply::ok();
+  }
+  handled = false;
+  return Reply();
+}
+
+// ---- status ---------------------------------------------------------------------------------
+
+inline std::string Runtime::info() const {
+  std::string s;
+  auto line = [&](const std::string& k, const std::string& v) { s += k + ":" + v + "\r\n"; };
+  std::lock_guard<std::mutex> lock(core_mu_);
+  s += "# Server\r\n";
+  line("redis_version", "7.0.0");
+  line("raft_hpp_version", RAFT_HPP_VERSION);
+  line("process_id", std::to_string(::getpid()));
+  line("tcp_port", std::to_string(host_.port));
+  s += "\r\n# Raft\r\n";
+  line("raft_node_id", cfg_.id);
+  line("raft_address", cfg_.address);
+  line("raft_cluster_id", identity_.cluster_id);
+  line("raft_server_id", identity_.server_id);
+  if (!core_) return s;
+  const char* roles[] = {"follower", "candidate", "candidate", "leader"};
+  line("raft_role", core_->is_voter() || core_->role() != Role::Follower
+                        ? roles[static_cast<int>(core_->role())]
+                        : "learner");
+  line("raft_state", std::string(1, core_->role_char()));
+  line("raft_term", std::to_string(core_->term()));
+  line("raft_leader_id", core_->leader());
+  const Member* lm = core_->config().find(core_->leader());
+  line("raft_leader_address", lm ? lm->address : "");
+  line("raft_commit_index", std::to_string(core_->commit_index()));
+  line("raft_applied_index", std::to_string(applied_.load()));
+  line("raft_last_index", std::to_string(core_->last_index()));
+  line("raft_snapshot_index", std::to_string(core_->snapshot_index()));
+  line("raft_storage", failed_ ? "failed: " + failure_ : "ok");
+  line("raft_voters", std::to_string(core_->config().voter_count()));
+  line("raft_members", std::to_string(core_->config().members.size()));
+  int i = 0;
+  for (const auto& m : core_->config().members) {
+    std::string v = "id=" + m.id + ",address=" + m.address + ",role=" + (m.voter ? "voter" : "learner");
+    if (m.id == cfg_.id) {
+      v += ",match=" + std::to_string(core_->last_index()) + ",lag=0,self=1";
+    } else if (core_->role() == Role::Leader) {
+      auto it = core_->progress().find(m.id);
+      if (it != core_->progress().end())
+        v += ",match=" + std::to_string(it->second.match) +
+             ",lag=" + std::to_string(core_->last_index() - std::min(core_->last_index(), it->second.match)) +
+             ",active=" + (it->second.recent_active ? "1" : "0");
+    }
+    line("raft_member" + std::to_string(i++), v);
+  }
+  s += "\r\n# Keyspace\r\n";
+  {
+    std::lock_guard<std::mutex> data(data_mu_);
+    line("db0", "keys=" + std::to_string(store_.size()));
+  }
+  return s;
+}
+
+inline resp::Value Runtime::role_reply() const {
+  std::lock_guard<std::mutex> lock(core_mu_);
+  std::vector<Reply> members;
+  for (const auto& m : core_->config().members) {
+    std::uint64_t match = m.id == cfg_.id ? core_->last_index() : 0;
+    auto it = core_->progress().find(m.id);
+    if (it != core_->progress().end()) match = it->second.match;
+    members.push_back(Reply::array({Reply::bulk(m.id), Reply::bulk(m.address),
+                                    Reply::bulk(m.voter ? "voter" : "learner"),
+                                    Reply::integer(static_cast<std::int64_t>(match)),
+                                    Reply::integer(static_cast<std::int64_t>(core_->last_index() - std::min(core_->last_index(), match)))}));
+  }
+  const char* roles[] = {"follower", "candidate", "candidate", "leader"};
+  const Member* lm = core_->config().find(core_->leader());
+  return Reply::array({Reply::bulk(core_->is_voter() || core_->role() != Role::Follower ? roles[static_cast<int>(core_->role())] : "learner"),
+                       Reply::bulk(cfg_.id), Reply::integer(static_cast<std::int64_t>(core_->term())),
+                       Reply::bulk(core_->leader()), Reply::bulk(lm ? lm->address : ""),
+                       Reply::integer(static_cast<std::int64_t>(core_->commit_index())),
+                       Reply::integer(static_cast<std::int64_t>(applied_.load())), Reply::array(std::move(members))});
+}
+
+inline void Runtime::log(LogLevel level, const std::string& message) const {
+  if (level < cfg_.log_level) return;
+  std::string line = std::string("[") + level_name(level) + "][" + cfg_.id + "-" + std::to_string(term_.load()) + "(" +
+                     state_char_.load() + "):" + timestamp_text() + "] " + message;
+  if (cfg_.log_sink) {
+    cfg_.log_sink(level, line);
+  } else {
+    line += "\n";
+    std::fwrite(line.data(), 1, line.size(), stderr);
+  }
+}
+
+
+// ---- the poll thread -----------------------------------------------------------------------
+
+inline void Runtime::poll_loop() {
+  std::vector<pollfd> fds;
+  std::vector<std::uint64_t> owner;  // client connection id, or 0
+  auto last_expiry = std::chrono::steady_clock::now();
+  while (!stopping_) {
+    fds.clear();
+    owner.clear();
+    fds.push_back(pollfd{wake_pipe_[0], POLLIN, 0});
+    fds.push_back(pollfd{client_fd_, POLLIN, 0});
+    fds.push_back(pollfd{peer_fd_, POLLIN, 0});
+    owner.assign(3, 0);
+    for (auto& [id, c] : clients_) {
+      short ev = static_cast<short>((c->close_after_flush ? 0 : POLLIN) | (c->out.empty() ? 0 : POLLOUT));
+      fds.push_back(pollfd{c->fd, ev, 0});
+      owner.push_back(id);
+    }
+    std::size_t first_peer = fds.size();
+    for (auto& [fd, p] : peers_in_) fds.push_back(pollfd{fd, static_cast<short>(POLLIN | (p->out.empty() ? 0 : POLLOUT)), 0});
+    int n = ::poll(fds.data(), fds.size(), 100);
+    if (stopping_) break;
+    if (n < 0) {
+      if (errno != EINTR) log(LogLevel::Error, "poll: " + errno_string(errno));
+      continue;
+    }
+    if (fds[0].revents & POLLIN) {
+      char buf[256];
+      while (::read(wake_pipe_[0], buf, sizeof buf) > 0) {
+      }
+    }
+    if (fds[1].revents & POLLIN) accept_clients();
+    if (fds[2].revents & POLLIN) accept_peers();
+    std::vector<std::uint64_t> close_clients;
+    for (std::size_t i = 3; i < first_peer; ++i) {
+      if (!fds[i].revents) continue;
+      auto it = clients_.find(owner[i]);
+      if (it == clients_.end()) continue;
+      ClientConn& c = *it->second;
+      bool ok = true;
+      if (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) ok = read_client(c);
+      if (ok && (fds[i].revents & POLLOUT)) ok = flush_out(c.fd, c.out);
+      if (!ok || (c.close_after_flush && c.out.empty() && c.ops.empty())) close_clients.push_back(c.id);
+    }
+    std::vector<int> close_peers;
+    for (std::size_t i = first_peer; i < fds.size(); ++i) {
+      if (!fds[i].revents) continue;
+      auto it = peers_in_.find(fds[i].fd);
+      if (it == peers_in_.end()) continue;
+      PeerConn& p = *it->second;
+      bool ok = true;
+      if (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) ok = read_peer(p);
+      if (ok && !p.out.empty()) ok = flush_out(p.fd, p.out);
+      if (!ok || (p.close_after_flush && p.out.empty())) close_peers.push_back(p.fd);
+    }
+    flush_batched();
+    drain_done();
+    for (std::uint64_t id : close_clients) {
+      auto it = clients_.find(id);
+      if (it != clients_.end()) {
+        ::close(it->second->fd);
+        clients_.erase(it);
+      }
+    }
+    for (int fd : close_peers) {
+      ::close(fd);
+      peers_in_.erase(fd);
+    }
+    auto now = std::chrono::steady_clock::now();
+    if (now - last_expiry > std::chrono::milliseconds(100)) {
+      last_expiry = now;
+      expire_forwards();
+      drain_done();
+    }
+  }
+}
+
+inline void Runtime::accept_clients() {
+  for (;;) {
+    int fd = ::accept4(client_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) return;
+    if (clients_.size() >= cfg_.max_clients) {
+      static const char kFull[] = "-ERR max number of clients reached\r\n";
+      ::send(fd, kFull, sizeof kFull - 1, MSG_NOSIGNAL);
+      ::close(fd);
+      continue;
+    }
+    set_nodelay(fd);
+    auto c = std::make_unique<ClientConn>(cfg_.client_limits);
+    c->id = next_conn_++;
+    c->fd = fd;
+    clients_[c->id] = std::move(c);
+  }
+}
+
+inline void Runtime::accept_peers() {
+  for (;;) {
+    int fd = ::accept4(peer_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) return;
+    set_nodelay(fd);
+    auto p = std::make_unique<PeerConn>();
+    p->fd = fd;
+    peers_in_[fd] = std::move(p);
+  }
+}
+
+/// Writes what the socket takes now; the rest waits for POLLOUT. False: the connection is
+/// broken.
+inline bool Runtime::flush_out(int fd, std::string& out) {
+  std::size_t sent = 0;
+  while (sent < out.size()) {
+    ssize_t w = ::send(fd, out.data() + sent, out.size() - sent, MSG_NOSIGNAL);
+    if (w < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      if (errno == EINTR) continue;
+      return false;
+    }
+    sent += static_cast<std::size_t>(w);
+  }
+  out.erase(0, sent);
+  return true;
+}
+
+inline bool Runtime::read_client(ClientConn& c) {
+  char buf[65536];
+  std::size_t total = 0;
+  while (total < (std::size_t{1} << 20)) {  // fairness: at most 1 MiB per connection per round
+    ssize_t r = ::recv(c.fd, buf, sizeof buf, 0);
+    if (r == 0) return false;
+    if (r < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      if (errno == EINTR) continue;
+      return false;
+    }
+    c.parser.feed(buf, static_cast<std::size_t>(r));
+    total += static_cast<std::size_t>(r);
+  }
+  process_input(c);
+  return c.out.size() <= cfg_.max_client_output;
+}
+
+// Starts the connection's commands in order. A read waits for the writes before it on the
+// same connection (so it sees them), and a write for the reads before it; consecutive writes
+// are proposed together and consecutive reads share a read index round.
+inline void Runtime::process_input(ClientConn& c) {
+  while (!c.close_after_flush) {
+    if (!c.has_pending) {
+      resp::Status st = c.parser.next(c.argv);
+      if (st == resp::Status::NeedMore) return;
+      if (st == resp::Status::Error) {
+        // Redis's behaviour: the error, then the connection closes.
+        std::uint64_t seq = c.first_op + c.ops.size();
+        c.ops.push_back(Op{'i', false, {}});
+        c.close_after_flush = true;
+        std::lock_guard<std::mutex> lock(done_mu_);
+        done_.emplace_back(c.id, seq, Reply::error("ERR " + c.parser.error()));
+        return;
+      }
+      if (c.argv.empty()) continue;
+      c.has_pending = true;
+    }
+    char kind = 'i';
+    auto h = handlers_.find(lower(c.argv[0]));
+    if (h != handlers_.end()) kind = h->second.is_write() ? 'w' : 'r';
+    if ((kind == 'w' && c.unfinished_reads > 0) || (kind == 'r' && c.unfinished_writes > 0)) return;
+    c.has_pending = false;
+    std::uint64_t seq = c.first_op + c.ops.size();
+    c.ops.push_back(Op{kind, false, {}});
+    if (kind == 'w') ++c.unfinished_writes;
+    if (kind == 'r') ++c.unfinished_reads;
+    handle_command(&c, Caller{c.id, seq, nullptr, {}, 0}, c.argv);
+  }
+}
+
+// Answers that arrived for client connections: filled in, then written in order.
+inline void Runtime::drain_done() {
+  for (;;) {
+    std::vector<std::tuple<std::uint64_t, std::uint64_t, Reply>> done;
+    {
+      std::lock_guard<std::mutex> lock(done_mu_);
+      done.swap(done_);
+    }
+    if (done.empty()) break;
+    for (auto& [conn, op, reply] : done) complete_op(conn, op, std::move(reply));
+    flush_batched();
+  }
+}
+
+inline void Runtime::complete_op(std::uint64_t conn, std::uint64_t op, Reply reply) {
+  auto it = clients_.find(conn);
+  if (it == clients_.end()) return;  // the client went away
+  ClientConn& c = *it->second;
+  if (op < c.first_op || op - c.first_op >= c.ops.size()) return;
+  Op& o = c.ops[static_cast<std::size_t>(op - c.first_op)];
+  if (o.done) return;
+  o.done = true;
+  o.reply = std::move(reply);
+  if (o.kind == 'w') --c.unfinished_writes;
+  if (o.kind == 'r') --c.unfinished_reads;
+  while (!c.ops.empty() && c.ops.front().done) {
+    resp::write(c.out, c.ops.front().reply, c.protocol);
+    c.ops.pop_front();
+    ++c.first_op;
+  }
+  if (!c.out.empty() && !flush_out(c.fd, c.out)) c.close_after_flush = true;
+  if (c.has_pending || c.parser.buffered() > 0) process_input(c);
+}
+
+// ---- inbound peer connections --------------------------------------------------------------
+
+inline bool Runtime::read_peer(PeerConn& p) {
+  char buf[65536];
+  std::size_t total = 0;
+  while (total < (std::size_t{4} << 20)) {
+    ssize_t r = ::recv(p.fd, buf, sizeof buf, 0);
+    if (r == 0) return false;
+    if (r < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      if (errno == EINTR) continue;
+      return false;
+    }
+    p.parser.feed(buf, static_cast<std::size_t>(r));
+    total += static_cast<std::size_t>(r);
+  }
+  std::vector<Message> inbound;
+  bool ok = true;
+  for (;;) {
+    resp::Status st = p.parser.next(p.argv);
+    if (st == resp::Status::NeedMore) break;
+    if (st == resp::Status::Error) {
+      log(LogLevel::Warning, "peer connection from " + (p.node.empty() ? std::string("?") : p.node) +
+                                 " sent malformed RESP (" + p.parser.error() + "): closing it");
+      ok = false;
+      break;
+    }
+    if (p.argv.empty()) continue;
+    if (p.welcomed && !p.join_only && p.argv[0] == "RAFT") {
+      Message m;
+      std::string error;
+      if (!decode_raft(p.argv, m, error)) {
+        log(LogLevel::Warning, "peer " + p.node + ": " + error + ": closing the connection");
+        ok = false;
+        break;
+      }
+      m.from = p.node;
+      m.to = cfg_.id;
+      m.server_id = p.server_id;
+      inbound.push_back(std::move(m));
+      continue;
+    }
+    if (!handle_peer_message(p, p.argv)) {
+      ok = false;
+      break;
+    }
+  }
+  if (!inbound.empty()) {
+    std::lock_guard<std::mutex> lock(core_mu_);
+    if (!failed_) {
+      for (const auto& m : inbound) core_->step(m);
+      drive();
+    }
+  }
+  return ok;
+}
+
+inline bool Runtime::handle_peer_message(PeerConn& p, std::vector<std::string>& w) {
+  const std::string& kind = w[0];
+  if (!p.welcomed) {
+    auto refuse = [&](const std::string& why) {
+      resp::write_error(p.out, "ERR " + why);
+      p.close_after_flush = true;
+      log(LogLevel::Warning, "refused a peer connection: " + why);
+      return true;
+    };
+    if (kind != "HELLO" || w.size() != 7) return refuse("expected HELLO");
+    // The secret first: a peer without it learns nothing, not even our cluster id.
+    const std::string& secret = w[6];
+    unsigned diff = static_cast<unsigned>(secret.size() ^ cfg_.secret.size());
+    for (std::size_t i = 0; i < secret.size(); ++i)
+      diff |= static_cast<unsigned>(secret[i] ^ (i < cfg_.secret.size() ? cfg_.secret[i] : 0));
+    if (diff != 0) return refuse("wrong secret");
+    if (w[1] != kPeerProtocolVersion) return refuse("peer protocol version " + w[1] + " is not " + kPeerProtocolVersion);
+    if (w[3].empty() || w[3] == cfg_.id) return refuse("peer says it is node '" + w[3] + "' (this node's id)");
+    HostPort hp;
+    std::string error;
+    if (!parse_host_port(w[5], hp, error)) return refuse(error);
+    std::string ours;
+    {
+      std::lock_guard<std::mutex> lock(core_mu_);
+      ours = identity_.cluster_id;
+    }
+    if (!w[2].empty() && !ours.empty() && w[2] != ours)
+      return refuse("node " + w[3] + " belongs to cluster " + w[2] + ", this node to " + ours);
+    if (w[2].empty() && !ours.empty()) p.join_only = true;  // a joiner: it may only ask to join
+    if (!w[2].empty() && ours.empty()) adopt_cluster_id(w[2]);  // we are the joiner
+    p.node = w[3];
+    p.server_id = w[4];
+    p.address = w[5];
+    {
+      std::lock_guard<std::mutex> lock(links_mu_);
+      if (!addresses_.count(p.node)) addresses_[p.node] = p.address;
+    }
+    p.welcomed = true;
+    resp::write_simple(p.out, "WELCOME");
+    return true;
+  }
+  if (kind == "JOIN" && w.size() == 4) {
+    resp::write(p.out, handle_join(w), 2);
+    return true;
+  }
+  if (p.join_only) {
+    log(LogLevel::Warning, "node " + p.node + " is not in this cluster yet and sent " + kind + ": closing");
+    return false;
+  }
+  if (kind == "FWD" && w.size() >= 3) {
+    std::uint64_t id = 0;
+    if (!parse_u64(w[1], id)) return false;
+    std::vector<std::string> words(std::make_move_iterator(w.begin() + 2), std::make_move_iterator(w.end()));
+    words[0] = lower(std::move(words[0]));
+    Caller caller{0, 0, nullptr, p.node, id};
+    auto h = handlers_.find(words[0]);
+    int argc = static_cast<int>(words.size()) - 1;
+    if (h == handlers_.end() || !h->second.is_write() || argc < h->second.min_args ||
+        (h->second.max_args >= 0 && argc > h->second.max_args)) {
+      finish(caller, Reply::error("ERR the leader has no write command '" + words[0] + "' taking " +
+                                  std::to_string(argc) + " arguments; the write was not run"));
+      return true;
+    }
+    std::string payload;
+    resp::write_command(payload, words);
+    batch_writes_.push_back(PendingWrite{caller, std::move(payload)});
+    return true;
+  }
+  if (kind == "FWDR" && w.size() == 3) {
+    std::uint64_t id = 0;
+    if (!parse_u64(w[1], id)) return false;
+    resp::ReplyParser rp;
+    rp.feed(w[2]);
+    Reply reply;
+    if (rp.next(reply) != resp::Status::Ok) return false;
+    finish_request(id, std::move(reply));
+    return true;
+  }
+  log(LogLevel::Warning, "peer " + p.node + " sent an unknown message '" + kind.substr(0, 32) + "': closing");
+  return false;
+}
+
+inline Reply Runtime::handle_join(const std::vector<std::string>& w) {
+  const NodeId& id = w[1];
+  HostPort hp;
+  std::string error;
+  if (id.empty() || id == cfg_.id) return Reply::error("ERR node id '" + id + "' is taken");
+  if (!parse_host_port(w[2], hp, error)) return Reply::error("ERR " + error);
+  std::lock_guard<std::mutex> lock(core_mu_);
+  if (core_->role() != Role::Leader) {
+    const Member* l = core_->config().find(core_->leader());
+    if (l) return Reply::error("MOVED " + l->id + " " + l->address);
+    return Reply::error("TRYAGAIN no leader is known");
+  }
+  const Member* m = core_->config().find(id);
+  if (m && m->server_id == w[3] && m->address == w[2]) return Reply::simple("OK " + identity_.cluster_id);
+  if (m && !m->server_id.empty() && m->server_id != w[3])
+    log(LogLevel::Warning, "node " + id + " asks to join with a new server id (its data directory was wiped?): "
+                           "re-adding it as a learner; it catches up before it votes again");
+  ProposeResult res = core_->add_learner(Member{id, w[2], w[3], false}, wall_ms());
+  if (res.ok()) {
+    log(LogLevel::Info, "adding " + id + " at " + w[2] + " as a learner");
+    drive();
+    return Reply::simple("OK " + identity_.cluster_id);
+  }
+  if (res.error == ProposeResult::Error::InvalidConfig) return Reply::error("ERR cannot add node " + id);
+  return Reply::error("TRYAGAIN another membership change is in progress");
+}
+
+inline void Runtime::adopt_cluster_id(const std::string& cluster_id) {
+  std::lock_guard<std::mutex> lock(core_mu_);
+  if (!identity_.cluster_id.empty()) return;
+  identity_.cluster_id = cluster_id;
+  writer_->submit_identity(identity_, [this](bool ok) {
+    if (!ok) storage_failed(storage_->failure());
+  });
+  log(LogLevel::Info, "joined cluster " + cluster_id);
+}
+
+inline void Runtime::joiner_loop() {
+  std::vector<std::string> targets;
+  for (const auto& e : cfg_.join) {
+    auto slash = e.find('/');
+    targets.push_back(slash == std::string::npos ? e : e.substr(slash + 1));
+  }
+  std::string moved;
+  std::size_t next = 0;
+  while (!stopping_) {
+    {
+      std::lock_guard<std::mutex> lock(core_mu_);
+      const Member* me = core_->config().find(cfg_.id);
+      if (me && me->server_id == identity_.server_id) break;  // a member now
+    }
+    std::string target = moved.empty() ? targets[next++ % targets.size()] : moved;
+    moved.clear();
+    HostPort hp;
+    std::string error;
+    std::string outcome;
+    if (parse_host_port(target, hp, error)) {
+      int fd = connect_tcp(host_.host, hp.host, hp.port + 1, scaled(cfg_.send_timeout_ms), error);
+      if (fd >= 0) {
+        set_send_timeout(fd, scaled(cfg_.send_timeout_ms));
+        std::string bytes = hello_bytes();
+        resp::write_command(bytes, {"JOIN", cfg_.id, cfg_.address, identity_.server_id});
+        resp::ReplyParser parser;
+        resp::Value welcome, reply;
+        if (send_all(fd, bytes.data(), bytes.size()) && recv_value(fd, parser, welcome, scaled(cfg_.send_timeout_ms)) &&
+            !welcome.is_error() && recv_value(fd, parser, reply, scaled(cfg_.send_timeout_ms))) {
+          if (reply.type == resp::Type::SimpleString && reply.str.rfind("OK ", 0) == 0) {
+            adopt_cluster_id(reply.str.substr(3));
+            outcome = "accepted";
+          } else if (reply.is_error() && reply.str.rfind("MOVED ", 0) == 0) {
+            auto sp = reply.str.rfind(' ');
+            moved = reply.str.substr(sp + 1);
+            outcome = "redirected to " + moved;
+            ::close(fd);
+            continue;
+          } else {
+            outcome = reply.str;
+          }
+        } else {
+          outcome = welcome.is_error() ? welcome.str : "no answer";
+        }
+        ::close(fd);
+      } else {
+        outcome = error;
+      }
+    } else {
+      outcome = error;
+    }
+    log(LogLevel::Info, "asked " + target + " to join: " + outcome);
+    std::unique_lock<std::mutex> lock(life_mu_);
+    life_cv_.wait_for(lock, std::chrono::milliseconds(scaled(cfg_.join_retry_ms)), [&] { return stopping_.load(); });
+  }
+}
+
+}  // namespace detail
+
+// ---- Config ---------------------------------------------------------------------------------
+
+inline std::string Config::validate() const {
+  detail::HostPort hp;
+  std::string error;
+  if (address.empty()) return "address is required (-a ip:port)";
+  if (!detail::parse_host_port(address, hp, error)) return error;
+  for (const auto& [nid, addr] : peers) {
+    if (nid.empty()) return "a peer has an empty id";
+    if (!detail::parse_host_port(addr, hp, error)) return "peer " + nid + ": " + error;
+    if (addr == address) return "peer " + nid + " has this node's own address " + addr;
+  }
+  for (const auto& e : join) {
+    auto slash = e.find('/');
+    if (!detail::parse_host_port(slash == std::string::npos ? e : e.substr(slash + 1), hp, error)) return "-e: " + error;
+  }
+  if (!peers.empty() && !join.empty()) return "give either a static peer map or a list to join (-e), not both";
+  if (!join.empty() && !load_snapshot.empty()) return "-l founds a cluster; a joiner (-e) receives the data from it";
+  if (!(time_scale > 0)) return "time_scale must be positive";
+  if (tick_ms < 1) return "tick_ms must be at least 1";
+  if (heartbeat_ms < tick_ms) return "heartbeat_ms must be at least tick_ms";
+  if (election_timeout_ms < 2 * tick_ms || election_timeout_ms <= heartbeat_ms)
+    return "election_timeout_ms must exceed heartbeat_ms and be at least two ticks";
+  if (append_timeout_ms < tick_ms || read_timeout_ms < tick_ms || send_timeout_ms < 1 || join_retry_ms < 1)
+    return "timeouts must be positive";
+  if (max_clients < 1) return "max_clients must be at least 1";
+  if (max_voters < 1) return "max_voters must be at least 1";
+  if (snapshot_threshold < 1) return "snapshot_threshold must be at least 1";
+  if (segment_bytes < 4096) return "segment_bytes must be at least 4096";
+  return "";
+}
+
+// ---- Node ------------------------------------------------------------------------------------
+
+inline Node::Node(Config config) : rt_(std::make_unique<detail::Runtime>(*this, std::move(config))) {}
+
+inline Node::Node(NodeId id, std::string address, std::map<NodeId, std::string> peers) {
+  Config c;
+  c.id = std::move(id);
+  c.address = std::move(address);
+  c.peers = std::move(peers);
+  rt_ = std::make_unique<detail::Runtime>(*this, std::move(c));
+}
+
+inline Node::Node(long long id, std::string address, std::map<long long, std::string> peers) {
+  Config c;
+  c.id = std::to_string(id);
+  c.address = std::move(address);
+  for (auto& [nid, addr] : peers) c.peers[std::to_string(nid)] = std::move(addr);
+  rt_ = std::make_unique<detail::Runtime>(*this, std::move(c));
+}
+
+inline Node::~Node() { rt_->stop(); }
+
+inline Node& Node::handler(const std::string& name, Handler fn, std::string flags, int min_args, int max_args) {
+  if (flags.find('w') != std::string::npos && flags.find('e') == std::string::npos)
+    throw std::invalid_argument("handler '" + name + "': a write ('w') goes through the log: flags must be \"we\"");
+  rt_->handlers_[detail::lower(name)] = Command{std::move(fn), std::move(flags), min_args, max_args};
+  return *this;
+}
+inline Node& Node::on_leader(std::function<void(Node&, std::uint64_t)> fn) {
+  rt_->on_leader_ = std::move(fn);
+  return *this;
+}
+inline Node& Node::on_follower(std::function<void(Node&)> fn) {
+  rt_->on_follower_ = std::move(fn);
+  return *this;
+}
+inline Node& Node::on_candidate(std::function<void(Node&)> fn) {
+  rt_->on_candidate_ = std::move(fn);
+  return *this;
+}
+inline void Node::start() { rt_->start(); }
+inline void Node::join() { rt_->join(); }
+inline void Node::stop() { rt_->stop(); }
+inline bool Node::stopping() const { return rt_->stopping(); }
+inline const NodeId& Node::id() const { return rt_->id(); }
+inline const std::string& Node::address() const { return rt_->address(); }
+inline char Node::state() const { return rt_->state(); }
+inline Role Node::role() const { return rt_->role(); }
+inline std::uint64_t Node::term() const { return rt_->term(); }
+inline NodeId Node::leader() const { return rt_->leader(); }
+inline std::string Node::leader_address() const { return rt_->leader_address(); }
+inline std::uint64_t Node::commit_index() const { return rt_->commit_index(); }
+inline std::uint64_t Node::applied_index() const { return rt_->applied_index(); }
+inline std::string Node::info() const { return rt_->info(); }
+inline void Node::read(const std::function<void(const Store&)>& f) const { rt_->read(f); }
+inline std::future<Reply> Node::execute_async(std::vector<std::string> words) { return rt_->execute_async(std::move(words)); }
+inline Reply Node::execute(std::vector<std::string> words) { return rt_->execute_async(std::move(words)).get(); }
+inline Reply Node::add_learner(const NodeId& id, const std::string& address) { return rt_->admin({"raft.add", id, address}); }
+inline Reply Node::promote(const NodeId& id) { return rt_->admin({"raft.promote", id}); }
+inline Reply Node::remove(const NodeId& id) { return rt_->admin({"raft.remove", id}); }
+inline Reply Node::transfer_leadership(const NodeId& to) {
+  return to.empty() ? rt_->admin({"raft.transfer"}) : rt_->admin({"raft.transfer", to});
+}
+
+// ---- the default command line -----------------------------------------------------------------
+
+inline std::string usage(const std::string& program) {
+  return "usage: " + program +
+         " -a IP:PORT [-i NODE_ID] [-e LIST] [-d DATA_DIR] [-l SNAPSHOT] [-s SECRET] [--loglevel LEVEL]\n"
+         "  -a IP:PORT      this node's address: clients on PORT, peers on PORT+1 (required)\n"
+         "  -i NODE_ID      this node's id (default: the address)\n"
+         "  -e LIST         join the cluster of these members: NID/IP:PORT or IP:PORT, comma-separated\n"
+         "  -d DATA_DIR     log, term, vote and snapshots (default: raft-<id>-<port>)\n"
+         "  -l SNAPSHOT     found the cluster with this snapshot (ours or pyraft's .dat)\n"
+         "  -s SECRET       peers must present this secret\n"
+         "  --loglevel L    debug, info, warning or error (default: info)\n"
+         "  -h, --help      this help\n"
+         "Without -e and without a data directory the node founds a cluster of one and leads it.\n"
+         "  ex) " + program + " -i 1 -a 127.0.0.1:5010\n"
+         "  ex) " + program + " -i 2 -a 127.0.0.1:5020 -e 127.0.0.1:5010\n";
+}
+
+inline ParsedArgs parse_args(int argc, char** argv) {
+  ParsedArgs out;
+  Config& c = out.config;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&](std::string& dst) {
+      if (i + 1 >= argc) {
+        out.error = "option " + a + " needs a value";
+        return false;
+      }
+      dst = argv[++i];
+      return true;
+    };
+    std::string v;
+    if (a == "-h" || a == "--help") {
+      out.help = true;
+      return out;
+    } else if (a == "-a" || a == "--addr") {
+      if (!value(c.address)) return out;
+    } else if (a == "-i" || a == "--nid") {
+      if (!value(c.id)) return out;
+    } else if (a == "-e" || a == "--ensemble") {
+      if (!value(v)) return out;
+      std::size_t start = 0;
+      while (start <= v.size()) {
+        auto comma = v.find(',', start);
+        std::string item = v.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+        if (!item.empty()) c.join.push_back(item);
+        if (comma == std::string::npos) break;
+        start = comma + 1;
+      }
+    } else if (a == "-d" || a == "--data") {
+      if (!value(c.data_dir)) return out;
+    } else if (a == "-l" || a == "--load") {
+      if (!value(c.load_snapshot)) return out;
+    } else if (a == "-s" || a == "--secret") {
+      if (!value(c.secret)) return out;
+    } else if (a == "--loglevel" || a == "-loglevel") {
+      if (!value(v)) return out;
+      v = detail::lower(v);
+      if (v == "debug") c.log_level = LogLevel::Debug;
+      else if (v == "info") c.log_level = LogLevel::Info;
+      else if (v == "warning" || v == "warn") c.log_level = LogLevel::Warning;
+      else if (v == "error") c.log_level = LogLevel::Error;
+      else {
+        out.error = "unknown log level '" + v + "'";
+        return out;
+      }
+    } else {
+      out.error = "unknown option '" + a + "'";
+      return out;
+    }
+  }
+  if (c.id.empty()) c.id = c.address;
+  out.error = c.validate();
+  return out;
+}
+
+inline std::unique_ptr<Node> make_default_node(int argc, char** argv) {
+  std::string program = argc > 0 ? argv[0] : "run_raft";
+  ParsedArgs p = parse_args(argc, argv);
+  if (p.help) {
+    std::fputs(usage(program).c_str(), stdout);
+    std::exit(0);
+  }
+  if (!p.error.empty()) {
+    std::fprintf(stderr, "%s: %s\n%s", program.c_str(), p.error.c_str(), usage(program).c_str());
+    std::exit(2);
+  }
+  return std::make_unique<Node>(std::move(p.config));
+}
+
+}  // namespace raft
+
+#endif  // RAFT_HPP

@@ -1,0 +1,2449 @@
+
+// ============================================================================================
+// 5. Runtime: POSIX sockets and a few std::threads that drive the core
+// ============================================================================================
+//
+// Threads, independent of the number of clients:
+//   poll      accepts and serves every client connection and every inbound peer connection;
+//             parses commands, proposes writes and asks for read indexes (batched per wake-up),
+//             steps inbound Raft messages into the core, writes replies in order.
+//   ticker    ticks the core; the leader's background expiry.
+//   sender    one per peer: connects (from this node's address), says HELLO, sends.
+//   writer    the storage's group commit (StorageWriter): everything waiting shares an fdatasync.
+//   apply     applies committed entries to the store, answers writes and linearizable reads,
+//             runs the role callbacks.
+//   snapshot  serializes a copy of the store and hands it to the writer.
+//   joiner    only on a node started with -e, until it is a member.
+// Lock order: core_mu_ before req_mu_, apply_mu_, a sender's mutex and done_mu_; data_mu_ is
+// never held while taking core_mu_.
+//
+// The peer protocol (port + 1) is RESP: arrays of bulk strings whose first word names them.
+//   HELLO version cluster_id node_id server_id address secret   (first, on every connection)
+//     -> +WELCOME cluster_id node_id server_id, or an error and the connection closes
+//   RAFT type term index log_term commit reject hint_index hint_term transfer context offset
+//        done config data count [index term type timestamp payload]*count
+//   JOIN node_id address server_id      -> +OK cluster_id | -MOVED id address | -TRYAGAIN ...
+//   FWD request_id word...              (a follower's write for the leader)
+//   FWDR request_id reply               (the leader's answer; reply is RESP-encoded)
+// Connections are one-way after the handshake: a node sends on the connections it opened
+// and reads on the ones it accepted. Nothing received is ever evaluated; a malformed message
+// closes that connection.
+
+namespace raft {
+namespace detail {
+
+constexpr const char* kPeerProtocolVersion = "1";
+
+inline std::int64_t wall_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+inline std::string lower(std::string s) {
+  for (char& c : s)
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  return s;
+}
+
+inline bool parse_u64(std::string_view s, std::uint64_t& v) {
+  if (s.empty() || s.size() > 20) return false;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  return ec == std::errc() && p == s.data() + s.size();
+}
+
+inline bool parse_i64(std::string_view s, std::int64_t& v) {
+  if (s.empty() || s.size() > 20) return false;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  return ec == std::errc() && p == s.data() + s.size();
+}
+
+inline void write_bulk_u64(std::string& out, std::uint64_t v) {
+  char buf[24];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  (void)ec;
+  resp::write_bulk(out, std::string_view(buf, static_cast<std::size_t>(end - buf)));
+}
+
+inline std::string hex64(std::uint64_t v) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+inline std::uint64_t fnv1a(std::string_view s, std::uint64_t h = 1469598103934665603ull) {
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+// ---- addresses and sockets -----------------------------------------------------------------
+
+struct HostPort {
+  std::string host;
+  int port = 0;
+};
+
+/// "ip:port" with a concrete IPv4 address and a port whose successor is a port too.
+inline bool parse_host_port(std::string_view s, HostPort& out, std::string& error) {
+  auto colon = s.rfind(':');
+  if (colon == std::string_view::npos || colon == 0) {
+    error = "address '" + std::string(s) + "' is not ip:port";
+    return false;
+  }
+  std::string host(s.substr(0, colon));
+  std::uint64_t port = 0;
+  if (!parse_u64(s.substr(colon + 1), port) || port == 0 || port > 65534) {
+    error = "address '" + std::string(s) + "' has no valid port (1-65534: peers use port + 1)";
+    return false;
+  }
+  in_addr a{};
+  if (inet_pton(AF_INET, host.c_str(), &a) != 1) {
+    error = "address '" + std::string(s) + "' needs a numeric IPv4 address (peers are told it)";
+    return false;
+  }
+  if (a.s_addr == htonl(INADDR_ANY)) {
+    error = "address '" + std::string(s) + "' must be a concrete address, not 0.0.0.0";
+    return false;
+  }
+  out.host = host;
+  out.port = static_cast<int>(port);
+  return true;
+}
+
+inline sockaddr_in make_sockaddr(const std::string& host, int port) {
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(static_cast<std::uint16_t>(port));
+  inet_pton(AF_INET, host.c_str(), &sa.sin_addr);
+  return sa;
+}
+
+inline std::string errno_string(int e) { return std::strerror(e); }
+
+inline void set_nonblocking(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL, 0) | O_NONBLOCK); }
+
+inline void set_send_timeout(int fd, int ms) {
+  timeval tv{};
+  tv.tv_sec = ms / 1000;
+  tv.tv_usec = (ms % 1000) * 1000;
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
+inline void set_nodelay(int fd) {
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+inline int listen_tcp(const std::string& host, int port, std::string& error) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    error = "socket: " + errno_string(errno);
+    return -1;
+  }
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  sockaddr_in sa = make_sockaddr(host, port);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || ::listen(fd, 511) != 0) {
+    error = "cannot listen on " + host + ":" + std::to_string(port) + ": " + errno_string(errno);
+    ::close(fd);
+    return -1;
+  }
+  set_nonblocking(fd);
+  return fd;
+}
+
+/// Connects from src_host (so a firewall rule between two addresses cuts exactly that link).
+inline int connect_tcp(const std::string& src_host, const std::string& host, int port, int timeout_ms,
+                       std::string& error) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    error = "socket: " + errno_string(errno);
+    return -1;
+  }
+  sockaddr_in src = make_sockaddr(src_host, 0);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&src), sizeof src) != 0) {
+    error = "cannot bind " + src_host + ": " + errno_string(errno);
+    ::close(fd);
+    return -1;
+  }
+  set_nonblocking(fd);
+  sockaddr_in sa = make_sockaddr(host, port);
+  int rc = ::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
+  if (rc != 0 && errno != EINPROGRESS) {
+    error = errno_string(errno);
+    ::close(fd);
+    return -1;
+  }
+  if (rc != 0) {
+    pollfd p{fd, POLLOUT, 0};
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (::poll(&p, 1, timeout_ms) != 1 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0) {
+      error = err ? errno_string(err) : "connect timed out";
+      ::close(fd);
+      return -1;
+    }
+  }
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL, 0) & ~O_NONBLOCK);
+  set_nodelay(fd);
+  return fd;
+}
+
+/// Blocking send of everything (the socket has a send timeout). MSG_NOSIGNAL: a closed peer
+/// never raises SIGPIPE in the host program.
+inline bool send_all(int fd, const char* p, std::size_t n) {
+  while (n > 0) {
+    ssize_t w = ::send(fd, p, n, MSG_NOSIGNAL);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    p += w;
+    n -= static_cast<std::size_t>(w);
+  }
+  return true;
+}
+
+/// Reads one RESP value from a blocking socket within timeout_ms.
+inline bool recv_value(int fd, resp::ReplyParser& parser, resp::Value& out, int timeout_ms) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  for (;;) {
+    resp::Status st = parser.next(out);
+    if (st == resp::Status::Ok) return true;
+    if (st == resp::Status::Error) return false;
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+    if (left <= 0) return false;
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(left)) != 1) return false;
+    char buf[4096];
+    ssize_t r = ::recv(fd, buf, sizeof buf, 0);
+    if (r <= 0) return false;
+    parser.feed(buf, static_cast<std::size_t>(r));
+  }
+}
+
+// ---- the peer wire format ------------------------------------------------------------------
+
+inline void encode_raft(const Message& m, std::string& out) {
+  resp::write_array_header(out, 16 + 5 * m.entries.size());
+  resp::write_bulk(out, "RAFT");
+  write_bulk_u64(out, static_cast<std::uint64_t>(m.type));
+  write_bulk_u64(out, m.term);
+  write_bulk_u64(out, m.index);
+  write_bulk_u64(out, m.log_term);
+  write_bulk_u64(out, m.commit);
+  write_bulk_u64(out, m.reject ? 1 : 0);
+  write_bulk_u64(out, m.hint_index);
+  write_bulk_u64(out, m.hint_term);
+  write_bulk_u64(out, m.transfer ? 1 : 0);
+  write_bulk_u64(out, m.context);
+  write_bulk_u64(out, m.offset);
+  write_bulk_u64(out, m.done ? 1 : 0);
+  resp::write_bulk(out, m.config.empty() ? std::string() : m.config.encode());
+  resp::write_bulk(out, m.data);
+  write_bulk_u64(out, m.entries.size());
+  for (const auto& e : m.entries) {
+    write_bulk_u64(out, e.index);
+    write_bulk_u64(out, e.term);
+    write_bulk_u64(out, static_cast<std::uint64_t>(e.type));
+    char buf[24];
+    auto [end, ec] = std::to_chars(buf, buf + sizeof buf, e.timestamp_ms);
+    (void)ec;
+    resp::write_bulk(out, std::string_view(buf, static_cast<std::size_t>(end - buf)));
+    resp::write_bulk(out, e.payload);
+  }
+}
+
+/// Strict: every field must be present and well-formed, or the message is refused.
+inline bool decode_raft(std::vector<std::string>& w, Message& m, std::string& error) {
+  auto fail = [&](const char* what) {
+    error = std::string("malformed RAFT message: ") + what;
+    return false;
+  };
+  if (w.size() < 16) return fail("too few fields");
+  std::uint64_t v[12];
+  for (int i = 0; i < 12; ++i)
+    if (!parse_u64(w[static_cast<std::size_t>(i) + 1], v[i])) return fail("bad number");
+  if (v[0] < 1 || v[0] > static_cast<std::uint64_t>(MessageType::ReadIndexResponse)) return fail("unknown type");
+  for (int flag : {5, 8, 11})
+    if (v[flag] > 1) return fail("bad flag");
+  m.type = static_cast<MessageType>(v[0]);
+  m.term = v[1];
+  m.index = v[2];
+  m.log_term = v[3];
+  m.commit = v[4];
+  m.reject = v[5] == 1;
+  m.hint_index = v[6];
+  m.hint_term = v[7];
+  m.transfer = v[8] == 1;
+  m.context = v[9];
+  m.offset = v[10];
+  m.done = v[11] == 1;
+  m.config = Configuration{};
+  if (!w[13].empty() && !Configuration::decode(w[13], m.config)) return fail("bad configuration");
+  m.data = std::move(w[14]);
+  std::uint64_t count = 0;
+  if (!parse_u64(w[15], count) || count > (w.size() - 16) / 5 || w.size() != 16 + 5 * count)
+    return fail("entry count does not match");
+  m.entries.clear();
+  m.entries.reserve(static_cast<std::size_t>(count));
+  for (std::size_t i = 16; i < w.size(); i += 5) {
+    LogEntry e;
+    std::uint64_t type = 0;
+    if (!parse_u64(w[i], e.index) || !parse_u64(w[i + 1], e.term) || !parse_u64(w[i + 2], type) ||
+        type > 2 || !parse_i64(w[i + 3], e.timestamp_ms))
+      return fail("bad entry");
+    e.type = static_cast<EntryType>(type);
+    e.payload = std::move(w[i + 4]);
+    m.entries.push_back(std::move(e));
+  }
+  return true;
+}
+
+// ---- logging -------------------------------------------------------------------------------
+
+inline const char* level_name(LogLevel l) {
+  switch (l) {
+    case LogLevel::Debug: return "DEBUG";
+    case LogLevel::Info: return "INFO";
+    case LogLevel::Warning: return "WARNING";
+    case LogLevel::Error: return "ERROR";
+  }
+  return "?";
+}
+
+inline std::string timestamp_text() {
+  auto now = std::chrono::system_clock::now();
+  std::time_t t = std::chrono::system_clock::to_time_t(now);
+  long us = static_cast<long>(std::chrono::duration_cast<std::chrono::microseconds>(now.time_since_epoch()).count() % 1000000);
+  std::tm tm{};
+  localtime_r(&t, &tm);
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02d %02d:%02d:%02d.%06ld", tm.tm_year + 1900, tm.tm_mon + 1,
+                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, us);
+  return buf;
+}
+
+// ---- connections to peers ------------------------------------------------------------------
+
+class Runtime;
+
+/// The outbound connection to one peer, with its own thread: messages are queued by any
+/// thread and sent in order; on failure it reconnects with backoff (Raft tolerates the loss).
+class PeerLink {
+ public:
+  PeerLink(Runtime& rt, NodeId id, std::string address) : rt_(rt), id_(std::move(id)), address_(std::move(address)) {
+    thread_ = std::thread([this] { run(); });
+  }
+  ~PeerLink() { stop(); }
+  PeerLink(const PeerLink&) = delete;
+  PeerLink& operator=(const PeerLink&) = delete;
+
+  void send(std::string bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (queued_bytes_ > kMaxQueuedBytes) return;  // the peer is gone or slow: drop
+    queued_bytes_ += bytes.size();
+    queue_.push_back(std::move(bytes));
+    cv_.notify_one();
+  }
+  void set_address(const std::string& address) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (address == address_) return;
+    address_ = address;
+    reconnect_ = true;
+    cv_.notify_one();
+  }
+  std::string address() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return address_;
+  }
+  bool connected() const { return connected_.load(); }
+  void stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stopping_) return;
+      stopping_ = true;
+      if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);
+      cv_.notify_all();
+    }
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  static constexpr std::size_t kMaxQueuedBytes = std::size_t{256} << 20;
+  void run();
+
+  Runtime& rt_;
+  const NodeId id_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::string address_;
+  std::deque<std::string> queue_;
+  std::size_t queued_bytes_ = 0;
+  bool stopping_ = false;
+  bool reconnect_ = false;
+  int fd_ = -1;
+  std::atomic<bool> connected_{false};
+  std::thread thread_;
+};
+
+// ---- the runtime ---------------------------------------------------------------------------
+
+class Runtime {
+ public:
+  Runtime(Node& node, Config config) : node_(node), cfg_(std::move(config)) {
+    add_builtin_commands(handlers_);
+    // The leader's background expiry: delete `key` if its deadline is still at or before
+    // this entry's timestamp (a key renewed meanwhile survives).
+    handlers_["__expire"] = Command{[](Call& c) { return Reply::integer(c.check_ttl(c.words[1]) ? 1 : 0); }, "we", 1, 1};
+  }
+  ~Runtime() { stop(); }
+
+  // ---- configuration before start ----
+  CommandTable handlers_;
+  std::function<void(Node&, std::uint64_t)> on_leader_;
+  std::function<void(Node&)> on_follower_;
+  std::function<void(Node&)> on_candidate_;
+
+  void start();
+  void join();
+  void stop();
+  void request_stop() {
+    std::lock_guard<std::mutex> lock(life_mu_);
+    stop_requested_ = true;
+    life_cv_.notify_all();
+  }
+  bool stopping() const { return stopping_.load(); }
+
+  // ---- state ----
+  const NodeId& id() const { return cfg_.id; }
+  const std::string& address() const { return cfg_.address; }
+  char state() const { return state_char_.load(); }
+  Role role() const { return static_cast<Role>(role_.load()); }
+  std::uint64_t term() const { return term_.load(); }
+  NodeId leader() const {
+    std::lock_guard<std::mutex> lock(core_mu_);
+    return core_ ? core_->leader() : NodeId();
+  }
+  std::string leader_address() const {
+    std::lock_guard<std::mutex> lock(core_mu_);
+    if (!core_ || core_->leader().empty()) return "";
+    const Member* m = core_->config().find(core_->leader());
+    return m ? m->address : "";
+  }
+  std::uint64_t commit_index() const {
+    std::lock_guard<std::mutex> lock(core_mu_);
+    return core_ ? core_->commit_index() : 0;
+  }
+  std::uint64_t applied_index() const { return applied_.load(); }
+  std::string info() const;
+  resp::Value role_reply() const;
+  void read(const std::function<void(const Store&)>& f) const {
+    std::lock_guard<std::mutex> lock(data_mu_);
+    f(store_);
+  }
+
+  std::future<Reply> execute_async(std::vector<std::string> words);
+  Reply admin(const std::vector<std::string>& words);
+
+  void log(LogLevel level, const std::string& message) const;
+
+  // For PeerLink.
+  std::string hello_bytes() const;
+  int send_timeout() const { return scaled(cfg_.send_timeout_ms); }
+  const std::string& host() const { return host_.host; }
+
+ private:
+  friend class PeerLink;
+
+  // A command waiting for its answer: from a client connection, execute(), or (on the
+  // leader) a follower that forwarded it.
+  struct Request {
+    std::uint64_t conn = 0;
+    std::uint64_t op = 0;
+    std::shared_ptr<std::promise<Reply>> promise;
+    NodeId forward_from;
+    std::uint64_t forward_id = 0;
+    std::vector<std::string> words;  // a read, executed once applied
+    EntryId entry;                   // a write, where it went
+    std::chrono::steady_clock::time_point deadline{};  // a write forwarded to the leader...
+    NodeId forwarded_to;                               // ... this one
+  };
+  struct Caller {
+    std::uint64_t conn = 0;
+    std::uint64_t op = 0;
+    std::shared_ptr<std::promise<Reply>> promise;
+    NodeId forward_from;
+    std::uint64_t forward_id = 0;
+  };
+  struct ApplyItem {
+    enum Kind { Restore, Entry, Read, Aborted, RoleChanged, LeaderReady, SnapshotWanted, Checkpoint } kind;
+    std::shared_ptr<const Snapshot> snapshot;
+    LogEntry entry;
+    ReadState read;
+    EntryId id;
+    RoleChange role;
+    std::uint64_t term = 0;
+    std::uint64_t request = 0;
+  };
+  struct Op {
+    char kind = 'i';  // 'w' a write, 'r' a read, 'i' answered at once
+    bool done = false;
+    Reply reply;
+  };
+  struct ClientConn {
+    std::uint64_t id = 0;
+    int fd = -1;
+    resp::RequestParser parser;
+    std::string out;
+    std::deque<Op> ops;
+    std::uint64_t first_op = 0;  // sequence number of ops.front()
+    int protocol = 2;
+    bool readonly = false;
+    bool close_after_flush = false;
+    std::string name;
+    std::vector<std::string> argv;  // the next command, parsed but waiting (see process_input)
+    bool has_pending = false;
+    int unfinished_writes = 0;
+    int unfinished_reads = 0;
+    explicit ClientConn(resp::Limits limits) : parser(limits) {}
+  };
+  struct PeerConn {
+    int fd = -1;
+    resp::RequestParser parser;
+    bool welcomed = false;
+    bool join_only = false;  // a joiner outside the cluster: only JOIN is accepted
+    NodeId node;
+    std::string server_id;
+    std::string address;
+    std::string out;
+    bool close_after_flush = false;
+    std::vector<std::string> argv;
+    PeerConn() : parser(peer_limits()) {}
+  };
+  struct PendingWrite {
+    Caller caller;
+    std::string payload;
+  };
+
+  static resp::Limits peer_limits() {
+    resp::Limits l;
+    l.max_bulk_length = std::size_t{1} << 30;
+    l.max_multibulk_length = std::size_t{16} << 20;
+    return l;
+  }
+  int scaled(int ms) const { return std::max(1, static_cast<int>(ms * cfg_.time_scale)); }
+
+  // startup
+  void open_storage();
+  CoreOptions core_options() const;
+  // the core
+  void drive();
+  void on_persisted(std::uint64_t seq, bool ok, std::vector<Message> after);
+  void storage_failed(const std::string& why);
+  void send_peer(const Message& m);
+  PeerLink* link_for(const NodeId& id);
+  void update_links();
+  // threads
+  void poll_loop();
+  void ticker_loop();
+  void apply_loop();
+  void snapshot_loop();
+  void joiner_loop();
+  void wake_poll() {
+    char c = 1;
+    ssize_t r = ::write(wake_pipe_[1], &c, 1);
+    (void)r;
+  }
+  // clients
+  void accept_clients();
+  void accept_peers();
+  bool read_client(ClientConn& c);
+  void process_input(ClientConn& c);
+  bool flush_out(int fd, std::string& out);
+  void drain_done();
+  void adopt_cluster_id(const std::string& cluster_id);
+  void handle_command(ClientConn* conn, Caller caller, std::vector<std::string>& words);
+  void finish(const Caller& caller, Reply reply);
+  void finish_request(std::uint64_t id, Reply reply);
+  std::uint64_t add_request(Request r);
+  void start_write(const Caller& caller, std::vector<std::string>& words);
+  void start_read(ClientConn* conn, const Caller& caller, std::vector<std::string>& words, const Command& cmd);
+  void flush_batched();
+  void complete_op(std::uint64_t conn, std::uint64_t op, Reply reply);
+  void expire_forwards();
+  Reply run_read(const Command& cmd, const std::vector<std::string>& words);
+  Reply connection_command(ClientConn* conn, const std::vector<std::string>& words, bool& handled);
+  // peers
+  bool read_peer(PeerConn& p);
+  bool handle_peer_message(PeerConn& p, std::vector<std::string>& w);
+  Reply handle_join(const std::vector<std::string>& w);
+  // apply
+  void push_apply(ApplyItem item) {
+    std::lock_guard<std::mutex> lock(apply_mu_);
+    apply_q_.push_back(std::move(item));
+    apply_cv_.notify_one();
+  }
+  void apply_entry(const LogEntry& e);
+  void serve_reads();
+  void take_snapshot(std::uint64_t request);
+  void propose_expiry();
+  void leave();
+
+  Node& node_;
+  Config cfg_;
+  HostPort host_;
+  std::atomic<bool> started_{false};
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> stopped_{false};
+  mutable std::mutex life_mu_;
+  std::condition_variable life_cv_;
+  bool stop_requested_ = false;
+
+  // storage
+  std::unique_ptr<Storage> storage_;
+  std::unique_ptr<StorageWriter> writer_;
+  Identity identity_;
+  std::atomic<bool> failed_{false};
+  std::string failure_;  // under core_mu_
+
+  // the core
+  mutable std::mutex core_mu_;
+  std::unique_ptr<Core> core_;
+  std::condition_variable role_cv_;
+  std::atomic<char> state_char_{'n'};
+  std::atomic<int> role_{0};
+  std::atomic<std::uint64_t> term_{0};
+  Configuration linked_config_;  // the configuration the sender links follow
+
+  // the data
+  mutable std::mutex data_mu_;
+  Store store_;
+  std::atomic<std::uint64_t> applied_{0};
+  std::thread::id apply_thread_id_;
+
+  // requests
+  std::mutex req_mu_;
+  std::map<std::uint64_t, Request> requests_;
+  std::map<std::uint64_t, std::uint64_t> write_by_index_;  // log index -> request
+  std::uint64_t next_request_ = 1;
+
+  // apply queue (the apply thread owns reads_by_index_)
+  std::mutex apply_mu_;
+  std::condition_variable apply_cv_;
+  std::deque<ApplyItem> apply_q_;
+  std::multimap<std::uint64_t, std::uint64_t> reads_by_index_;
+  bool fatal_ = false;
+
+  // snapshots
+  std::mutex snap_mu_;
+  std::condition_variable snap_cv_;
+  std::optional<std::pair<Store, SnapshotMeta>> snap_job_;
+  std::uint64_t snap_request_ = 0;
+  bool snap_busy_ = false;
+
+  // peers
+  std::mutex links_mu_;
+  std::map<NodeId, std::unique_ptr<PeerLink>> links_;
+  std::map<NodeId, std::string> addresses_;  // learned from configurations and handshakes
+
+  // the poll thread's state
+  int client_fd_ = -1;
+  int peer_fd_ = -1;
+  int wake_pipe_[2] = {-1, -1};
+  std::map<std::uint64_t, std::unique_ptr<ClientConn>> clients_;
+  std::map<int, std::unique_ptr<PeerConn>> peers_in_;
+  std::uint64_t next_conn_ = 1;
+  std::vector<PendingWrite> batch_writes_;
+  std::vector<std::uint64_t> batch_reads_;
+  std::mutex done_mu_;
+  std::vector<std::tuple<std::uint64_t, std::uint64_t, Reply>> done_;  // (conn, op, reply)
+
+  // expiry
+  std::map<std::string, std::int64_t, std::less<>> expiry_proposed_;
+
+  std::thread poll_thread_, ticker_thread_, apply_thread_, snapshot_thread_, joiner_thread_;
+};
+
+// ---- startup ------------------------------------------------------------------------------
+
+inline CoreOptions Runtime::core_options() const {
+  CoreOptions o;
+  o.id = cfg_.id;
+  o.server_id = identity_.server_id;
+  o.election_ticks = std::max(2, cfg_.election_timeout_ms / cfg_.tick_ms);
+  o.heartbeat_ticks = std::max(1, cfg_.heartbeat_ms / cfg_.tick_ms);
+  o.proposal_timeout_ticks = std::max(1, cfg_.append_timeout_ms / cfg_.tick_ms);
+  o.read_timeout_ticks = std::max(1, cfg_.read_timeout_ms / cfg_.tick_ms);
+  o.snapshot_threshold = cfg_.snapshot_threshold;
+  o.snapshot_trailing = cfg_.snapshot_trailing;
+  o.max_voters = cfg_.max_voters;
+  std::random_device rd;
+  o.random_seed = (static_cast<std::uint64_t>(rd()) << 32) ^ rd() ^ fnv1a(cfg_.id);
+  return o;
+}
+
+inline void Runtime::open_storage() {
+  StorageOptions so;
+  so.dir = cfg_.data_dir;
+  so.segment_bytes = cfg_.segment_bytes;
+  CoreState st;
+  std::shared_ptr<Snapshot> snapshot;
+  if (Storage::exists(cfg_.data_dir)) {
+    Recovered rec;
+    storage_ = std::make_unique<Storage>(Storage::open(so, rec));
+    identity_ = rec.identity;
+    if (identity_.node_id != cfg_.id)
+      throw std::runtime_error("data directory " + cfg_.data_dir + " belongs to node '" + identity_.node_id +
+                               "', not '" + cfg_.id + "': pass that id with -i, or another directory with -d");
+    for (const auto& note : rec.notes) log(LogLevel::Warning, "recovery: " + note);
+    st.hard_state = rec.hard_state;
+    st.entries = std::move(rec.entries);
+    if (rec.snapshot) snapshot = std::make_shared<Snapshot>(std::move(*rec.snapshot));
+    if (!cfg_.join.empty() || !cfg_.peers.empty() || !cfg_.load_snapshot.empty())
+      log(LogLevel::Info, "using the configuration persisted in " + cfg_.data_dir + "; -e, the peer map and -l are ignored");
+  } else {
+    Identity id;
+    id.node_id = cfg_.id;
+    std::random_device rd;
+    id.server_id = hex64((static_cast<std::uint64_t>(rd()) << 32) ^ rd()) + hex64((static_cast<std::uint64_t>(rd()) << 32) ^ rd());
+    if (!cfg_.peers.empty()) {
+      // A static peer map: every node derives the same cluster id and configuration.
+      std::map<NodeId, std::string> all = cfg_.peers;
+      all[cfg_.id] = cfg_.address;
+      std::string text;
+      for (const auto& [nid, addr] : all) {
+        text += nid + "=" + addr + ";";
+        id.initial_config.upsert(Member{nid, addr, "", true});
+      }
+      id.cluster_id = hex64(fnv1a(text));
+    } else if (cfg_.join.empty()) {
+      // The founder: a cluster of one.
+      id.cluster_id = hex64((static_cast<std::uint64_t>(rd()) << 32) ^ rd());
+      id.initial_config.upsert(Member{cfg_.id, cfg_.address, id.server_id, true});
+    }
+    storage_ = std::make_unique<Storage>(Storage::create(so, id));
+    identity_ = id;
+    if (!cfg_.load_snapshot.empty()) {
+      FILE* f = std::fopen(cfg_.load_snapshot.c_str(), "rb");
+      if (!f) throw std::runtime_error("cannot read snapshot " + cfg_.load_snapshot + ": " + errno_string(errno));
+      std::string text;
+      char buf[65536];
+      std::size_t n;
+      while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, n);
+      std::fclose(f);
+      Store loaded;
+      SnapshotMeta ignored;
+      std::string err1, err2;
+      if (!Store::read_snapshot(text, loaded, ignored, err1) && !Store::read_pyraft_snapshot(text, loaded, err2))
+        throw std::runtime_error("cannot load " + cfg_.load_snapshot + ": " + err1 + "; as a pyraft snapshot: " + err2);
+      // The loaded data becomes the cluster's first snapshot, at index 1 of term 1.
+      snapshot = std::make_shared<Snapshot>();
+      snapshot->meta.index = 1;
+      snapshot->meta.term = 1;
+      snapshot->meta.config = id.initial_config;
+      loaded.write_snapshot(snapshot->data, snapshot->meta);
+      PersistBatch b;
+      b.seq = 0;
+      b.snapshot = snapshot;
+      b.hard_state = HardState{1, ""};
+      if (!storage_->write(b) || !storage_->sync())
+        throw std::runtime_error("cannot save the loaded snapshot: " + storage_->failure());
+      st.hard_state = HardState{1, ""};
+      log(LogLevel::Info, "loaded " + std::to_string(loaded.size()) + " keys from " + cfg_.load_snapshot);
+    }
+  }
+  st.initial_config = identity_.initial_config;
+  if (snapshot) {
+    std::string error;
+    SnapshotMeta meta;
+    Store loaded;
+    if (!Store::read_snapshot(snapshot->data, loaded, meta, error))
+      throw std::runtime_error("snapshot in " + cfg_.data_dir + " is unreadable: " + error);
+    std::uint64_t index = snapshot->meta.index, term = snapshot->meta.term;
+    snapshot->meta = meta;
+    if (meta.index != index || meta.term != term)
+      throw std::runtime_error("snapshot in " + cfg_.data_dir + " says index " + std::to_string(meta.index) +
+                               " but its file name says " + std::to_string(index));
+    store_ = std::move(loaded);
+    applied_ = meta.index;
+    st.snapshot = snapshot;
+  }
+  core_ = std::make_unique<Core>(core_options(), std::move(st));
+  state_char_ = core_->role_char();
+  term_ = core_->term();
+  if (core_->config().empty() && cfg_.join.empty())
+    log(LogLevel::Warning, "this node holds no configuration and has no -e list: it waits to be added");
+}
+
+inline void Runtime::start() {
+  if (started_.exchange(true)) throw std::runtime_error("raft::Node::start called twice");
+  std::string problem = cfg_.validate();
+  if (!problem.empty()) throw std::runtime_error("raft::Config: " + problem);
+  std::string error;
+  parse_host_port(cfg_.address, host_, error);
+  if (cfg_.id.empty()) cfg_.id = cfg_.address;
+  if (cfg_.data_dir.empty()) {
+    std::string safe;
+    for (char c : cfg_.id) safe += (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_') ? c : '_';
+    cfg_.data_dir = "raft-" + safe + "-" + std::to_string(host_.port);
+  }
+  client_fd_ = listen_tcp(host_.host, host_.port, error);
+  if (client_fd_ < 0) throw std::runtime_error(error);
+  peer_fd_ = listen_tcp(host_.host, host_.port + 1, error);
+  if (peer_fd_ < 0) {
+    ::close(client_fd_);
+    throw std::runtime_error(error);
+  }
+  if (::pipe2(wake_pipe_, O_CLOEXEC | O_NONBLOCK) != 0) throw std::runtime_error("pipe: " + errno_string(errno));
+  open_storage();
+  for (const auto& [nid, addr] : cfg_.peers) addresses_[nid] = addr;
+  writer_ = std::make_unique<StorageWriter>(*storage_);
+  log(LogLevel::Info, "node " + cfg_.id + " at " + cfg_.address + " (peers on port " + std::to_string(host_.port + 1) +
+                          "), data in " + cfg_.data_dir + ", cluster " +
+                          (identity_.cluster_id.empty() ? "not joined yet" : identity_.cluster_id));
+  apply_thread_ = std::thread([this] { apply_loop(); });
+  snapshot_thread_ = std::thread([this] { snapshot_loop(); });
+  poll_thread_ = std::thread([this] { poll_loop(); });
+  ticker_thread_ = std::thread([this] { ticker_loop(); });
+  {
+    std::lock_guard<std::mutex> lock(core_mu_);
+    drive();
+    if (core_->config().empty() && !cfg_.join.empty()) joiner_thread_ = std::thread([this] { joiner_loop(); });
+  }
+}
+
+inline void Runtime::join() {
+  std::unique_lock<std::mutex> lock(life_mu_);
+  life_cv_.wait(lock, [&] { return stop_requested_ || stopped_.load(); });
+  bool must_stop = !stopped_.load();
+  lock.unlock();
+  if (must_stop) stop();
+}
+
+inline void Runtime::leave() {
+  // A leader hands over to the most up-to-date voter, so the cluster does not wait for an
+  // election timeout.
+  std::unique_lock<std::mutex> lock(core_mu_);
+  if (!core_ || core_->role() != Role::Leader || failed_) return;
+  NodeId best;
+  std::uint64_t best_match = 0;
+  for (const auto& [nid, pr] : core_->progress())
+    if (core_->config().is_voter(nid) && pr.match >= best_match && pr.recent_active) {
+      best = nid;
+      best_match = pr.match;
+    }
+  if (best.empty() || !core_->transfer_leadership(best)) return;
+  log(LogLevel::Info, "leaving: handing leadership to " + best);
+  drive();
+  role_cv_.wait_for(lock, std::chrono::milliseconds(scaled(cfg_.election_timeout_ms * 2)),
+                    [&] { return core_->role() != Role::Leader; });
+}
+
+inline void Runtime::stop() {
+  if (!started_.load() || stopping_.exchange(true)) {
+    if (started_.load()) {
+      std::unique_lock<std::mutex> lock(life_mu_);
+      life_cv_.wait(lock, [&] { return stopped_.load(); });
+    }
+    return;
+  }
+  leave();
+  log(LogLevel::Info, "stopping");
+  wake_poll();
+  {
+    std::lock_guard<std::mutex> lock(apply_mu_);
+    apply_cv_.notify_all();
+  }
+  {
+    std::lock_guard<std::mutex> lock(snap_mu_);
+    snap_cv_.notify_all();
+  }
+  {
+    std::lock_guard<std::mutex> lock(life_mu_);
+    life_cv_.notify_all();
+  }
+  for (std::thread* t : {&poll_thread_, &ticker_thread_, &joiner_thread_, &apply_thread_, &snapshot_thread_})
+    if (t->joinable()) t->join();
+  {
+    std::lock_guard<std::mutex> lock(links_mu_);
+    links_.clear();  // each link stops its thread
+  }
+  if (writer_) writer_->stop();
+  // Everything still waiting gets an answer.
+  std::map<std::uint64_t, Request> left;
+  {
+    std::lock_guard<std::mutex> lock(req_mu_);
+    left.swap(requests_);
+    write_by_index_.clear();
+  }
+  for (auto& [rid, r] : left)
+    if (r.promise) r.promise->set_value(Reply::error("TIMEOUT the node stopped before the command completed; its outcome is unknown"));
+  for (int* fd : {&client_fd_, &peer_fd_, &wake_pipe_[0], &wake_pipe_[1]})
+    if (*fd >= 0) {
+      ::close(*fd);
+      *fd = -1;
+    }
+  for (auto& [cid, c] : clients_) ::close(c->fd);
+  clients_.clear();
+  for (auto& [fd, p] : peers_in_) ::close(fd);
+  peers_in_.clear();
+  {
+    std::lock_guard<std::mutex> lock(life_mu_);
+    stopped_ = true;
+    life_cv_.notify_all();
+  }
+}
+
+// ---- driving the core ----------------------------------------------------------------------
+
+// Called with core_mu_ held after every input to the core.
+inline void Runtime::drive() {
+  if (failed_) return;
+  while (core_->has_ready()) {
+    Ready rd = core_->ready();
+    if (rd.persist.seq != 0) {
+      std::uint64_t seq = rd.persist.seq;
+      auto after = std::make_shared<std::vector<Message>>(std::move(rd.after_persist));
+      writer_->submit(std::move(rd.persist), [this, seq, after](bool ok) { on_persisted(seq, ok, std::move(*after)); });
+    }
+    for (const auto& m : rd.messages) send_peer(m);
+    if (rd.restore) push_apply(ApplyItem{ApplyItem::Restore, rd.restore, {}, {}, {}, {}, 0, 0});
+    if (!rd.committed.empty() || !rd.reads.empty() || !rd.aborted.empty() || !rd.role_changes.empty() ||
+        rd.leader_ready_term || rd.snapshot_wanted) {
+      std::lock_guard<std::mutex> lock(apply_mu_);
+      for (auto& e : rd.committed) apply_q_.push_back(ApplyItem{ApplyItem::Entry, nullptr, std::move(e), {}, {}, {}, 0, 0});
+      for (auto& r : rd.reads) apply_q_.push_back(ApplyItem{ApplyItem::Read, nullptr, {}, r, {}, {}, 0, 0});
+      for (auto& a : rd.aborted) apply_q_.push_back(ApplyItem{ApplyItem::Aborted, nullptr, {}, {}, a, {}, 0, 0});
+      for (auto& rc : rd.role_changes) apply_q_.push_back(ApplyItem{ApplyItem::RoleChanged, nullptr, {}, {}, {}, rc, 0, 0});
+      if (rd.leader_ready_term)
+        apply_q_.push_back(ApplyItem{ApplyItem::LeaderReady, nullptr, {}, {}, {}, {}, rd.leader_ready_term, 0});
+      if (rd.snapshot_wanted) apply_q_.push_back(ApplyItem{ApplyItem::SnapshotWanted, nullptr, {}, {}, {}, {}, 0, 0});
+      apply_cv_.notify_one();
+    }
+    if (!rd.role_changes.empty()) {
+      for (const auto& rc : rd.role_changes)
+        log(LogLevel::Info, rc.role == Role::Leader ? cfg_.id + " is a leader"
+                                                    : std::string("role ") + raft::role_char(rc.role, core_->is_voter()) +
+                                                          " in term " + std::to_string(rc.term) +
+                                                          (rc.leader.empty() ? "" : ", leader " + rc.leader));
+      role_cv_.notify_all();
+    }
+  }
+  state_char_ = core_->role_char();
+  role_ = static_cast<int>(core_->role());
+  term_ = core_->term();
+  if (core_->config() != linked_config_) update_links();
+}
+
+inline void Runtime::on_persisted(std::uint64_t seq, bool ok, std::vector<Message> after) {
+  if (!ok) {
+    storage_failed(storage_->failure());
+    return;
+  }
+  if (failed_) return;
+  for (const auto& m : after) send_peer(m);  // promises leave only once durable
+  std::lock_guard<std::mutex> lock(core_mu_);
+  core_->persisted(seq);
+  drive();
+}
+
+inline void Runtime::storage_failed(const std::string& why) {
+  bool first = !failed_.exchange(true);
+  if (!first) return;
+  {
+    std::lock_guard<std::mutex> lock(core_mu_);
+    failure_ = why;
+  }
+  log(LogLevel::Error, "storage failed: " + why +
+                           ". This node no longer acknowledges, votes or accepts appends; restart it to recover "
+                           "from what is on disk.");
+}
+
+inline void Runtime::send_peer(const Message& m) {
+  PeerLink* link = link_for(m.to);
+  if (!link) return;
+  std::string bytes;
+  encode_raft(m, bytes);
+  link->send(std::move(bytes));
+}
+
+inline PeerLink* Runtime::link_for(const NodeId& id) {
+  std::lock_guard<std::mutex> lock(links_mu_);
+  auto it = links_.find(id);
+  if (it != links_.end()) return it->second.get();
+  auto a = addresses_.find(id);
+  if (a == addresses_.end() || id == cfg_.id) return nullptr;
+  auto link = std::make_unique<PeerLink>(*this, id, a->second);
+  PeerLink* raw = link.get();
+  links_[id] = std::move(link);
+  return raw;
+}
+
+// Called with core_mu_ held when the configuration changed.
+inline void Runtime::update_links() {
+  linked_config_ = core_->config();
+  std::lock_guard<std::mutex> lock(links_mu_);
+  for (const auto& m : linked_config_.members) {
+    if (m.id == cfg_.id || m.address.empty()) continue;
+    addresses_[m.id] = m.address;
+    auto it = links_.find(m.id);
+    if (it != links_.end()) it->second->set_address(m.address);
+  }
+}
+
+inline std::string Runtime::hello_bytes() const {
+  std::string cluster;
+  {
+    std::lock_guard<std::mutex> lock(core_mu_);
+    cluster = identity_.cluster_id;
+  }
+  std::string out;
+  resp::write_command(out, {"HELLO", kPeerProtocolVersion, cluster, cfg_.id, identity_.server_id, cfg_.address, cfg_.secret});
+  return out;
+}
+
+inline void PeerLink::run() {
+  int backoff_ms = 20;
+  bool logged_failure = false;
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stopping_) {
+    if (fd_ < 0 || reconnect_) {
+      if (fd_ >= 0) {
+        ::close(fd_);
+        fd_ = -1;
+      }
+      reconnect_ = false;
+      connected_ = false;
+      std::string addr = address_;
+      lock.unlock();
+      std::string error;
+      HostPort hp;
+      int fd = -1;
+      if (parse_host_port(addr, hp, error)) {
+        fd = connect_tcp(rt_.host(), hp.host, hp.port + 1, rt_.send_timeout(), error);
+        if (fd >= 0) {
+          set_send_timeout(fd, rt_.send_timeout());
+          std::string hello = rt_.hello_bytes();
+          resp::ReplyParser parser;
+          resp::Value reply;
+          if (!send_all(fd, hello.data(), hello.size()) || !recv_value(fd, parser, reply, rt_.send_timeout())) {
+            error = "no answer to HELLO";
+            ::close(fd);
+            fd = -1;
+          } else if (reply.is_error()) {
+            error = "refused: " + reply.str;
+            ::close(fd);
+            fd = -1;
+          }
+        }
+      }
+      lock.lock();
+      if (fd < 0) {
+        if (!logged_failure) {
+          rt_.log(LogLevel::Debug, "cannot reach " + id_ + " at " + addr + ": " + error);
+          logged_failure = true;
+        }
+        cv_.wait_for(lock, std::chrono::milliseconds(backoff_ms), [&] { return stopping_ || reconnect_; });
+        backoff_ms = std::min(backoff_ms * 2, 500);
+        continue;
+      }
+      if (stopping_) {
+        ::close(fd);
+        break;
+      }
+      fd_ = fd;
+      connected_ = true;
+      backoff_ms = 20;
+      if (logged_failure) rt_.log(LogLevel::Debug, "connected to " + id_ + " at " + addr);
+      logged_failure = false;
+    }
+    cv_.wait(lock, [&] { return stopping_ || reconnect_ || !queue_.empty(); });
+    if (stopping_ || reconnect_) continue;
+    std::string batch;
+    while (!queue_.empty() && batch.size() < (std::size_t{4} << 20)) {
+      batch += queue_.front();
+      queue_.pop_front();
+    }
+    queued_bytes_ -= std::min(queued_bytes_, batch.size());
+    int fd = fd_;
+    lock.unlock();
+    bool ok = send_all(fd, batch.data(), batch.size());
+    lock.lock();
+    if (!ok && fd_ == fd) {
+      ::close(fd_);
+      fd_ = -1;
+      connected_ = false;
+    }
+  }
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+}
+
+// ---- the ticker ----------------------------------------------------------------------------
+
+inline void Runtime::ticker_loop() {
+  const auto period = std::chrono::microseconds(static_cast<long long>(cfg_.tick_ms * 1000 * cfg_.time_scale));
+  auto next = std::chrono::steady_clock::now() + period;
+  int ticks = 0;
+  while (!stopping_) {
+    {
+      std::unique_lock<std::mutex> lock(life_mu_);
+      life_cv_.wait_until(lock, next, [&] { return stopping_.load(); });
+    }
+    if (stopping_) break;
+    next += period;
+    auto now = std::chrono::steady_clock::now();
+    if (next < now) next = now + period;  // we were paused (SIGSTOP): do not catch up in a burst
+    {
+      std::lock_guard<std::mutex> lock(core_mu_);
+      if (!failed_) {
+        core_->tick(wall_ms());
+        drive();
+      }
+    }
+    if (++ticks % std::max(1, 100 / cfg_.tick_ms) == 0) {
+      propose_expiry();
+      wake_poll();  // forwarded writes time out on the poll thread
+    }
+  }
+}
+
+inline void Runtime::propose_expiry() {
+  {
+    std::lock_guard<std::mutex> lock(core_mu_);
+    if (!core_->leader_ready() || failed_) return;
+  }
+  std::int64_t now = wall_ms();
+  std::vector<std::string> due;
+  {
+    std::lock_guard<std::mutex> lock(data_mu_);
+    due = store_.due(now, 256);
+  }
+  std::lock_guard<std::mutex> lock(core_mu_);
+  for (auto it = expiry_proposed_.begin(); it != expiry_proposed_.end();)
+    it = it->second + scaled(cfg_.append_timeout_ms) < now ? expiry_proposed_.erase(it) : std::next(it);
+  bool any = false;
+  for (const auto& key : due) {
+    if (expiry_proposed_.count(key)) continue;
+    std::string payload;
+    resp::write_command(payload, {"__expire", key});
+    if (!core_->propose(std::move(payload), now).ok()) break;
+    expiry_proposed_[key] = now;
+    any = true;
+  }
+  if (any) drive();
+}
+
+// ---- the apply loop ------------------------------------------------------------------------
+
+inline void Runtime::apply_loop() {
+  apply_thread_id_ = std::this_thread::get_id();
+  std::deque<ApplyItem> items;
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(apply_mu_);
+      apply_cv_.wait(lock, [&] { return stopping_ || !apply_q_.empty(); });
+      if (stopping_) return;
+      items.swap(apply_q_);
+    }
+    for (auto& item : items) {
+      if (fatal_) break;
+      switch (item.kind) {
+        case ApplyItem::Restore: {
+          Store fresh;
+          SnapshotMeta meta;
+          std::string error;
+          if (!Store::read_snapshot(item.snapshot->data, fresh, meta, error)) {
+            log(LogLevel::Error, "snapshot from the leader at index " + std::to_string(item.snapshot->meta.index) +
+                                     " is unreadable (" + error + "): stopping the apply loop");
+            fatal_ = true;
+            break;
+          }
+          {
+            std::lock_guard<std::mutex> lock(data_mu_);
+            store_ = std::move(fresh);
+          }
+          applied_ = item.snapshot->meta.index;
+          log(LogLevel::Info, "installed a snapshot at index " + std::to_string(applied_.load()));
+          serve_reads();
+          break;
+        }
+        case ApplyItem::Entry:
+          if (item.entry.index > applied_) apply_entry(item.entry);
+          break;
+        case ApplyItem::Read: {
+          const ReadState& rs = item.read;
+          if (!rs.ok) {
+            finish_request(rs.request_id,
+                           Reply::error("TRYAGAIN could not confirm leadership for a linearizable read: no leader "
+                                        "reachable or no majority (READONLY allows stale local reads)"));
+          } else {
+            reads_by_index_.emplace(rs.index, rs.request_id);
+            serve_reads();
+          }
+          break;
+        }
+        case ApplyItem::Aborted: {
+          std::uint64_t rid = 0;
+          {
+            std::lock_guard<std::mutex> lock(req_mu_);
+            auto it = write_by_index_.find(item.id.index);
+            if (it != write_by_index_.end() && requests_.count(it->second) && requests_[it->second].entry == item.id) {
+              rid = it->second;
+              write_by_index_.erase(it);
+            }
+          }
+          if (rid)
+            finish_request(rid, Reply::error("TIMEOUT the write was not committed in time (leader change or no "
+                                             "majority); it may still be applied later"));
+          break;
+        }
+        case ApplyItem::RoleChanged:
+          if (item.role.role == Role::Follower && on_follower_) on_follower_(node_);
+          if ((item.role.role == Role::Candidate || item.role.role == Role::PreCandidate) && on_candidate_)
+            on_candidate_(node_);
+          break;
+        case ApplyItem::LeaderReady:
+          log(LogLevel::Info, "leading term " + std::to_string(item.term) + " (first entry committed)");
+          if (on_leader_) on_leader_(node_, item.term);
+          break;
+        case ApplyItem::SnapshotWanted:
+        case ApplyItem::Checkpoint:
+          take_snapshot(item.request);
+          break;
+      }
+    }
+    items.clear();
+    if (fatal_) {
+      log(LogLevel::Error, "the apply loop stopped; this node stops");
+      request_stop();
+      return;
+    }
+  }
+}
+
+inline void Runtime::apply_entry(const LogEntry& e) {
+  Reply reply;
+  if (e.type == EntryType::Command) {
+    resp::RequestParser parser;
+    parser.feed(e.payload);
+    std::vector<std::string> words;
+    if (parser.next(words) != resp::Status::Ok || words.empty()) {
+      log(LogLevel::Error, "log entry " + std::to_string(e.index) + " is not a command: stopping the apply loop");
+      fatal_ = true;
+      return;
+    }
+    auto h = handlers_.find(words[0]);
+    if (h == handlers_.end() || !h->second.is_write()) {
+      // Never skipped: every node must apply the same sequence.
+      log(LogLevel::Error, "log entry " + std::to_string(e.index) + " names command '" + words[0] +
+                               "', which this node has no write handler for: stopping the apply loop. Start "
+                               "this node with the same handlers as the rest of the cluster.");
+      fatal_ = true;
+      return;
+    }
+    std::lock_guard<std::mutex> lock(data_mu_);
+    Call call{store_, words, e.timestamp_ms, &node_};
+    try {
+      reply = h->second.fn(call);
+    } catch (const std::exception& ex) {
+      // A handler that throws has changed nothing it did not change on every node alike;
+      // the client learns why.
+      reply = Reply::error(std::string("ERR handler failed: ") + ex.what());
+    }
+  }
+  applied_ = e.index;
+  std::uint64_t rid = 0;
+  {
+    std::lock_guard<std::mutex> lock(req_mu_);
+    auto it = write_by_index_.find(e.index);
+    if (it != write_by_index_.end()) {
+      rid = it->second;
+      auto r = requests_.find(rid);
+      if (r != requests_.end() && r->second.entry.term != e.term) {
+        reply = Reply::error("TIMEOUT the write lost its place in the log to a new leader; it was not applied");
+      }
+      write_by_index_.erase(it);
+    }
+  }
+  if (rid) finish_request(rid, std::move(reply));
+  if (!reads_by_index_.empty() && reads_by_index_.begin()->first <= e.index) serve_reads();
+}
+
+inline void Runtime::serve_reads() {
+  while (!reads_by_index_.empty() && reads_by_index_.begin()->first <= applied_) {
+    std::uint64_t rid = reads_by_index_.begin()->second;
+    reads_by_index_.erase(reads_by_index_.begin());
+    std::vector<std::string> words;
+    {
+      std::lock_guard<std::mutex> lock(req_mu_);
+      auto it = requests_.find(rid);
+      if (it == requests_.end()) continue;
+      words = it->second.words;
+    }
+    auto h = handlers_.find(words.empty() ? std::string() : words[0]);
+    finish_request(rid, h == handlers_.end() ? Reply::error("ERR unknown command") : run_read(h->second, words));
+  }
+}
+
+inline Reply Runtime::run_read(const Command& cmd, const std::vector<std::string>& words) {
+  std::lock_guard<std::mutex> lock(data_mu_);
+  Call call{store_, words, wall_ms(), &node_};
+  try {
+    return cmd.fn(call);
+  } catch (const std::exception& ex) {
+    return Reply::error(std::string("ERR handler failed: ") + ex.what());
+  }
+}
+
+// ---- snapshots -----------------------------------------------------------------------------
+
+inline void Runtime::take_snapshot(std::uint64_t request) {
+  // Copy under the data lock (the apply loop pauses for the copy only), serialize elsewhere.
+  SnapshotMeta meta;
+  meta.index = applied_;
+  bool stale = false;
+  {
+    std::lock_guard<std::mutex> lock(core_mu_);
+    meta.term = core_->term_at(meta.index);
+    meta.config = core_->config_at(meta.index);
+    // The core may already hold a newer snapshot (one from the leader not applied yet).
+    stale = (meta.term == 0 && meta.index > 0) || (meta.index <= core_->snapshot_index() && meta.index > 0);
+  }
+  std::lock_guard<std::mutex> lock(snap_mu_);
+  if (snap_busy_ || stale) {
+    if (request) finish_request(request, Reply::ok());  // one is being written already
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> data(data_mu_);
+    snap_job_.emplace(store_, meta);
+  }
+  snap_busy_ = true;
+  snap_request_ = request;
+  snap_cv_.notify_one();
+}
+
+inline void Runtime::snapshot_loop() {
+  while (true) {
+    std::pair<Store, SnapshotMeta> job;
+    std::uint64_t request = 0;
+    {
+      std::unique_lock<std::mutex> lock(snap_mu_);
+      snap_cv_.wait(lock, [&] { return stopping_ || snap_job_.has_value(); });
+      if (stopping_) return;
+      job = std::move(*snap_job_);
+      snap_job_.reset();
+      request = snap_request_;
+    }
+    auto snap = std::make_shared<Snapshot>();
+    snap->meta = job.second;
+    job.first.write_snapshot(snap->data, snap->meta);
+    std::uint64_t compact_to = 0;
+    bool fresh = false;
+    {
+      std::lock_guard<std::mutex> lock(core_mu_);
+      if (snap->meta.index > core_->snapshot_index() || (snap->meta.index == 0 && core_->snapshot_index() == 0)) {
+        compact_to = core_->compact(snap);
+        fresh = true;
+      }
+    }
+    auto done = [this, request, index = snap->meta.index](bool ok) {
+      if (!ok) storage_failed(storage_->failure());
+      else log(LogLevel::Info, "snapshot at index " + std::to_string(index) + " saved");
+      {
+        std::lock_guard<std::mutex> lock(snap_mu_);
+        snap_busy_ = false;
+      }
+      if (request) finish_request(request, ok ? Reply::ok() : Reply::error("MISCONF the snapshot could not be saved"));
+    };
+    if (fresh)
+      writer_->submit_snapshot(snap, compact_to, done);
+    else
+      done(true);
+  }
+}
+
+// ---- requests and replies ------------------------------------------------------------------
+
+inline std::uint64_t Runtime::add_request(Request r) {
+  std::lock_guard<std::mutex> lock(req_mu_);
+  std::uint64_t id = next_request_++;
+  requests_.emplace(id, std::move(r));
+  return id;
+}
+
+inline void Runtime::finish(const Caller& caller, Reply reply) {
+  if (caller.promise) {
+    caller.promise->set_value(std::move(reply));
+  } else if (!caller.forward_from.empty()) {
+    std::string bytes;
+    std::string encoded;
+    resp::write(encoded, reply, 3);
+    resp::write_array_header(bytes, 3);
+    resp::write_bulk(bytes, "FWDR");
+    write_bulk_u64(bytes, caller.forward_id);
+    resp::write_bulk(bytes, encoded);
+    if (PeerLink* link = link_for(caller.forward_from)) link->send(std::move(bytes));
+  } else if (caller.conn) {
+    std::lock_guard<std::mutex> lock(done_mu_);
+    done_.emplace_back(caller.conn, caller.op, std::move(reply));
+    wake_poll();
+  }
+}
+
+inline void Runtime::finish_request(std::uint64_t id, Reply reply) {
+  Caller caller;
+  {
+    std::lock_guard<std::mutex> lock(req_mu_);
+    auto it = requests_.find(id);
+    if (it == requests_.end()) return;
+    caller = Caller{it->second.conn, it->second.op, std::move(it->second.promise), it->second.forward_from,
+                    it->second.forward_id};
+    requests_.erase(it);
+  }
+  finish(caller, std::move(reply));
+}
+
+// ---- commands ------------------------------------------------------------------------------
+
+inline std::future<Reply> Runtime::execute_async(std::vector<std::string> words) {
+  auto promise = std::make_shared<std::promise<Reply>>();
+  std::future<Reply> f = promise->get_future();
+  if (std::this_thread::get_id() == apply_thread_id_) {
+    promise->set_value(Reply::error("ERR execute() called from a handler or callback would wait for itself"));
+    return f;
+  }
+  if (!started_ || stopping_) {
+    promise->set_value(Reply::error("ERR the node is not running"));
+    return f;
+  }
+  Caller caller;
+  caller.promise = promise;
+  handle_command(nullptr, caller, words);
+  flush_batched();
+  return f;
+}
+
+inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector<std::string>& words) {
+  if (words.empty()) return;
+  words[0] = lower(std::move(words[0]));
+  if (words[0] == "checkpoint") {
+    if (words.size() != 1) {
+      finish(caller, Reply::error("ERR wrong number of arguments for 'checkpoint' command"));
+      return;
+    }
+    Request r;
+    r.conn = caller.conn;
+    r.op = caller.op;
+    r.promise = caller.promise;
+    push_apply(ApplyItem{ApplyItem::Checkpoint, nullptr, {}, {}, {}, {}, 0, add_request(std::move(r))});
+    return;
+  }
+  bool handled = false;
+  Reply r = connection_command(conn, words, handled);
+  if (handled) {
+    finish(caller, std::move(r));
+    return;
+  }
+  auto it = handlers_.find(words[0]);
+  if (it == handlers_.end() || words[0] == "__expire") {
+    std::string args;
+    for (std::size_t i = 1; i < words.size() && args.size() < 128; ++i) args += "'" + words[i] + "' ";
+    finish(caller, Reply::error("ERR unknown command '" + words[0] + "', with args beginning with: " + args));
+    return;
+  }
+  const Command& cmd = it->second;
+  int argc = static_cast<int>(words.size()) - 1;
+  if (argc < cmd.min_args || (cmd.max_args >= 0 && argc > cmd.max_args)) {
+    finish(caller, Reply::error("ERR wrong number of arguments for '" + words[0] + "' command"));
+    return;
+  }
+  if (failed_) {
+    std::lock_guard<std::mutex> lock(core_mu_);
+    finish(caller, Reply::error("MISCONF storage failed (" + failure_ +
+                                "): this node no longer acknowledges writes or serves reads; restart it"));
+    return;
+  }
+  if (cmd.is_write())
+    start_write(caller, words);
+  else
+    start_read(conn, caller, words, cmd);
+}
+
+inline void Runtime::start_write(const Caller& caller, std::vector<std::string>& words) {
+  std::string payload;
+  resp::write_command(payload, words);
+  batch_writes_.push_back(PendingWrite{caller, std::move(payload)});
+}
+
+inline void Runtime::start_read(ClientConn* conn, const Caller& caller, std::vector<std::string>& words,
+                                const Command& cmd) {
+  if (conn && conn->readonly) {
+    finish(caller, run_read(cmd, words));  // READONLY: this node's data as it is
+    return;
+  }
+  Request r;
+  r.conn = caller.conn;
+  r.op = caller.op;
+  r.promise = caller.promise;
+  r.words = words;
+  batch_reads_.push_back(add_request(std::move(r)));
+}
+
+// Proposes the writes and asks for the read indexes gathered since the last call, under one
+// lock, so that one wake-up of the poll thread becomes one batch for the disk and the peers.
+inline void Runtime::flush_batched() {
+  if (batch_writes_.empty() && batch_reads_.empty()) return;
+  std::vector<std::pair<Caller, Reply>> refused;
+  std::vector<std::pair<NodeId, PendingWrite>> forwards;
+  {
+    std::lock_guard<std::mutex> lock(core_mu_);
+    for (auto& w : batch_writes_) {
+      ProposeResult res = core_->propose(w.payload, wall_ms());
+      if (res.ok()) {
+        Request r;
+        r.conn = w.caller.conn;
+        r.op = w.caller.op;
+        r.promise = w.caller.promise;
+        r.forward_from = w.caller.forward_from;
+        r.forward_id = w.caller.forward_id;
+        r.entry = res.id;
+        std::lock_guard<std::mutex> rl(req_mu_);
+        std::uint64_t id = next_request_++;
+        requests_.emplace(id, std::move(r));
+        write_by_index_[res.id.index] = id;
+      } else if (res.error == ProposeResult::Error::NotLeader && !res.leader.empty() && w.caller.forward_from.empty()) {
+        forwards.emplace_back(res.leader, std::move(w));
+      } else if (res.error == ProposeResult::Error::Transferring) {
+        refused.emplace_back(w.caller, Reply::error("TRYAGAIN leadership is being transferred; the write was not run"));
+      } else if (!w.caller.forward_from.empty()) {
+        refused.emplace_back(w.caller, Reply::error("TRYAGAIN the node this write was forwarded to no longer leads; "
+                                                    "it was not run"));
+      } else {
+        refused.emplace_back(w.caller, Reply::error("CLUSTERDOWN no leader is known (election in progress or no "
+                                                    "majority); the write was not run"));
+      }
+    }
+    for (std::uint64_t rid : batch_reads_) core_->read_index(rid);
+    drive();
+  }
+  batch_writes_.clear();
+  batch_reads_.clear();
+  for (auto& [caller, reply] : refused) finish(caller, std::move(reply));
+  // Writes on a follower go to the leader over the peer link, pipelined, tagged with ids.
+  for (auto& [leader, w] : forwards) {
+    Request r;
+    r.conn = w.caller.conn;
+    r.op = w.caller.op;
+    r.promise = w.caller.promise;
+    r.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(scaled(cfg_.append_timeout_ms + cfg_.election_timeout_ms));
+    r.forwarded_to = leader;
+    PeerLink* link = link_for(leader);
+    if (!link || !link->connected()) {
+      // Not queued: a link that is down may come back later and deliver it after we answered.
+      finish(w.caller, Reply::error("TRYAGAIN the leader (" + leader + ") is unreachable; the write was not run"));
+      continue;
+    }
+    std::uint64_t id = add_request(std::move(r));
+    resp::RequestParser p;
+    p.feed(w.payload);
+    std::vector<std::string> words;
+    p.next(words);
+    std::string bytes;
+    resp::write_array_header(bytes, 2 + words.size());
+    resp::write_bulk(bytes, "FWD");
+    write_bulk_u64(bytes, id);
+    for (const auto& word : words) resp::write_bulk(bytes, word);
+    link->send(std::move(bytes));
+  }
+}
+
+inline void Runtime::expire_forwards() {
+  auto now = std::chrono::steady_clock::now();
+  NodeId leader = this->leader();
+  std::vector<std::uint64_t> expired;
+  {
+    std::lock_guard<std::mutex> lock(req_mu_);
+    // A forward times out, or fails at once when the node it went to no longer leads (it may
+    // still have been applied: the outcome is unknown either way).
+    for (const auto& [id, r] : requests_)
+      if (r.deadline != std::chrono::steady_clock::time_point{} && (r.deadline < now || r.forwarded_to != leader))
+        expired.push_back(id);
+  }
+  for (std::uint64_t id : expired)
+    finish_request(id, Reply::error("TIMEOUT the leader did not answer the forwarded write in time; its outcome is unknown"));
+}
+
+inline Reply Runtime::admin(const std::vector<std::string>& w) {
+  // w[0] is one of raft.add raft.promote raft.remove raft.transfer add_node del_node
+  std::lock_guard<std::mutex> lock(core_mu_);
+  if (core_->role() != Role::Leader) {
+    const Member* m = core_->config().find(core_->leader());
+    if (!m) return Reply::error("CLUSTERDOWN no leader is known; nothing was changed");
+    return Reply::error("MOVED " + m->id + " " + m->address + " membership changes are made on the leader");
+  }
+  ProposeResult res;
+  std::int64_t now = wall_ms();
+  if (w[0] == "raft.add" || w[0] == "add_node") {
+    HostPort hp;
+    std::string error;
+    if (!parse_host_port(w[2], hp, error)) return Reply::error("ERR " + error);
+    const Member* old = core_->config().find(w[1]);
+    res = core_->add_learner(Member{w[1], w[2], old ? old->server_id : "", false}, now);
+  } else if (w[0] == "raft.promote") {
+    res = core_->promote(w[1], now);
+  } else if (w[0] == "raft.remove" || w[0] == "del_node") {
+    res = core_->remove(w[1], now);
+  } else if (w[0] == "raft.transfer") {
+    NodeId to = w.size() > 1 ? w[1] : "";
+    if (to.empty()) {
+      std::uint64_t best = 0;
+      for (const auto& [nid, pr] : core_->progress())
+        if (core_->config().is_voter(nid) && pr.match >= best) {
+          best = pr.match;
+          to = nid;
+        }
+    }
+    if (!core_->transfer_leadership(to)) return Reply::error("ERR cannot transfer leadership to '" + to + "'");
+    drive();
+    return Reply::ok();
+  }
+  switch (res.error) {
+    case ProposeResult::Error::None: drive(); return Reply::ok();
+    case ProposeResult::Error::NotReady:
+    case ProposeResult::Error::ConfigPending:
+      return Reply::error("TRYAGAIN another membership change is in progress; nothing was changed");
+    case ProposeResult::Error::Transferring: return Reply::error("TRYAGAIN leadership is being transferred");
+    default: return Reply::error("ERR that change is not allowed (one voter at a time; a voter must remain)");
+  }
+}
+
+inline Reply Runtime::connection_command(ClientConn* conn, const std::vector<std::string>& w, bool& handled) {
+  handled = true;
+  const std::string& name = w[0];
+  auto arity = [&](std::size_t lo, std::size_t hi) { return w.size() - 1 >= lo && w.size() - 1 <= hi; };
+  auto wrong = [&] { return Reply::error("ERR wrong number of arguments for '" + name + "' command"); };
+  if (name == "ping") {
+    if (!arity(0, 1)) return wrong();
+    return w.size() == 2 ? Reply::bulk(w[1]) : Reply::simple("PONG");
+  }
+  if (name == "echo") return arity(1, 1) ? Reply::bulk(w[1]) : wrong();
+  if (name == "quit") {
+    if (conn) conn->close_after_flush = true;
+    return Reply::ok();
+  }
+  if (name == "select") {
+    if (!arity(1, 1)) return wrong();
+    return w[1] == "0" ? Reply::ok() : Reply::error("ERR DB index is out of range");
+  }
+  if (name == "readonly" || name == "readwrite") {
+    if (!arity(0, 0)) return wrong();
+    if (conn) conn->readonly = name == "readonly";
+    return Reply::ok();
+  }
+  if (name == "hello") {
+    int proto = conn ? conn->protocol : 2;
+    std::size_t i = 1;
+    if (w.size() > 1) {
+      if (w[1] != "2" && w[1] != "3") return Reply::error("NOPROTO unsupported protocol version");
+      proto = w[1] == "3" ? 3 : 2;
+      i = 2;
+    }
+    for (; i < w.size(); ++i) {
+      std::string opt = lower(w[i]);
+      if (opt == "setname" && i + 1 < w.size()) {
+        if (conn) conn->name = w[++i];
+      } else if (opt == "auth") {
+        return Reply::error("ERR AUTH is not supported by this server (use the peer secret for peers)");
+      } else {
+        return Reply::error("ERR syntax error in HELLO option '" + w[i] + "'");
+      }
+    }
+    if (conn) conn->protocol = proto;
+    return Reply::map({Reply::bulk("server"), Reply::bulk("redis"), Reply::bulk("version"), Reply::bulk("7.0.0"),
+                       Reply::bulk("proto"), Reply::integer(proto), Reply::bulk("id"),
+                       Reply::integer(static_cast<std::int64_t>(conn ? conn->id : 0)), Reply::bulk("mode"),
+                       Reply::bulk("standalone"), Reply::bulk("role"),
+                       Reply::bulk(role() == Role::Leader ? "master" : "replica"), Reply::bulk("modules"),
+                       Reply::array()});
+  }
+  if (name == "client") {
+    if (w.size() < 2) return wrong();
+    std::string sub = lower(w[1]);
+    if (sub == "setname" && w.size() == 3) {
+      if (conn) conn->name = w[2];
+      return Reply::ok();
+    }
+    if (sub == "getname") return conn && !conn->name.empty() ? Reply::bulk(conn->name) : Reply::nil();
+    if (sub == "setinfo") return Reply::ok();
+    if (sub == "id") return Reply::integer(static_cast<std::int64_t>(conn ? conn->id : 0));
+    return Reply::error("ERR unknown subcommand '" + w[1] + "'. Try CLIENT HELP.");
+  }
+  if (name == "command") {
+    if (w.size() >= 2 && lower(w[1]) == "count") return Reply::integer(static_cast<std::int64_t>(handlers_.size()));
+    if (w.size() >= 2 && lower(w[1]) == "docs") return Reply::map();
+    std::vector<Reply> all;
+    for (const auto& [cname, c] : handlers_) {
+      if (cname.rfind("__", 0) == 0) continue;
+      std::int64_t arity_value = c.min_args == c.max_args ? c.min_args + 1 : -(c.min_args + 1);
+      all.push_back(Reply::array({Reply::bulk(cname), Reply::integer(arity_value),
+                                  Reply::array({Reply::simple(c.is_write() ? "write" : "readonly")}),
+                                  Reply::integer(c.min_args > 0 ? 1 : 0), Reply::integer(c.min_args > 0 ? 1 : 0),
+                                  Reply::integer(c.min_args > 0 ? 1 : 0)}));
+    }
+    return Reply::array(std::move(all));
+  }
+  if (name == "config") {
+    // redis-benchmark and some clients ask; answer with what a Redis with durable writes says.
+    if (w.size() >= 3 && lower(w[1]) == "get") {
+      std::vector<Reply> kv;
+      for (std::size_t i = 2; i < w.size(); ++i) {
+        std::string k = lower(w[i]);
+        if (k == "save") kv.insert(kv.end(), {Reply::bulk("save"), Reply::bulk("")});
+        if (k == "appendonly") kv.insert(kv.end(), {Reply::bulk("appendonly"), Reply::bulk("yes")});
+      }
+      return Reply::map(std::move(kv));
+    }
+    return Reply::error("ERR CONFIG " + (w.size() > 1 ? w[1] : std::string()) + " is not supported");
+  }
+  if (name == "info") return Reply::verbatim("txt", info());
+  if (name == "role") return role_reply();
+  if (name == "shutdown") {
+    request_stop();
+    return Reply::ok();
+  }
+  if (name == "raft.add" || name == "add_node") return arity(2, 2) ? admin(w) : wrong();
+  if (name == "raft.promote" || name == "raft.remove" || name == "del_node") return arity(1, 1) ? admin(w) : wrong();
+  if (name == "raft.transfer") return arity(0, 1) ? admin(w) : wrong();
+  if (name == "raft.leave") {
+    request_stop();
+    return Reply::ok();
+  }
+  handled = false;
+  return Reply();
+}
+
+// ---- status ---------------------------------------------------------------------------------
+
+inline std::string Runtime::info() const {
+  std::string s;
+  auto line = [&](const std::string& k, const std::string& v) { s += k + ":" + v + "\r\n"; };
+  std::lock_guard<std::mutex> lock(core_mu_);
+  s += "# Server\r\n";
+  line("redis_version", "7.0.0");
+  line("raft_hpp_version", RAFT_HPP_VERSION);
+  line("process_id", std::to_string(::getpid()));
+  line("tcp_port", std::to_string(host_.port));
+  s += "\r\n# Raft\r\n";
+  line("raft_node_id", cfg_.id);
+  line("raft_address", cfg_.address);
+  line("raft_cluster_id", identity_.cluster_id);
+  line("raft_server_id", identity_.server_id);
+  if (!core_) return s;
+  const char* roles[] = {"follower", "candidate", "candidate", "leader"};
+  line("raft_role", core_->is_voter() || core_->role() != Role::Follower
+                        ? roles[static_cast<int>(core_->role())]
+                        : "learner");
+  line("raft_state", std::string(1, core_->role_char()));
+  line("raft_term", std::to_string(core_->term()));
+  line("raft_leader_id", core_->leader());
+  const Member* lm = core_->config().find(core_->leader());
+  line("raft_leader_address", lm ? lm->address : "");
+  line("raft_commit_index", std::to_string(core_->commit_index()));
+  line("raft_applied_index", std::to_string(applied_.load()));
+  line("raft_last_index", std::to_string(core_->last_index()));
+  line("raft_snapshot_index", std::to_string(core_->snapshot_index()));
+  line("raft_storage", failed_ ? "failed: " + failure_ : "ok");
+  line("raft_voters", std::to_string(core_->config().voter_count()));
+  line("raft_members", std::to_string(core_->config().members.size()));
+  int i = 0;
+  for (const auto& m : core_->config().members) {
+    std::string v = "id=" + m.id + ",address=" + m.address + ",role=" + (m.voter ? "voter" : "learner");
+    if (m.id == cfg_.id) {
+      v += ",match=" + std::to_string(core_->last_index()) + ",lag=0,self=1";
+    } else if (core_->role() == Role::Leader) {
+      auto it = core_->progress().find(m.id);
+      if (it != core_->progress().end())
+        v += ",match=" + std::to_string(it->second.match) +
+             ",lag=" + std::to_string(core_->last_index() - std::min(core_->last_index(), it->second.match)) +
+             ",active=" + (it->second.recent_active ? "1" : "0");
+    }
+    line("raft_member" + std::to_string(i++), v);
+  }
+  s += "\r\n# Keyspace\r\n";
+  {
+    std::lock_guard<std::mutex> data(data_mu_);
+    line("db0", "keys=" + std::to_string(store_.size()));
+  }
+  return s;
+}
+
+inline resp::Value Runtime::role_reply() const {
+  std::lock_guard<std::mutex> lock(core_mu_);
+  std::vector<Reply> members;
+  for (const auto& m : core_->config().members) {
+    std::uint64_t match = m.id == cfg_.id ? core_->last_index() : 0;
+    auto it = core_->progress().find(m.id);
+    if (it != core_->progress().end()) match = it->second.match;
+    members.push_back(Reply::array({Reply::bulk(m.id), Reply::bulk(m.address),
+                                    Reply::bulk(m.voter ? "voter" : "learner"),
+                                    Reply::integer(static_cast<std::int64_t>(match)),
+                                    Reply::integer(static_cast<std::int64_t>(core_->last_index() - std::min(core_->last_index(), match)))}));
+  }
+  const char* roles[] = {"follower", "candidate", "candidate", "leader"};
+  const Member* lm = core_->config().find(core_->leader());
+  return Reply::array({Reply::bulk(core_->is_voter() || core_->role() != Role::Follower ? roles[static_cast<int>(core_->role())] : "learner"),
+                       Reply::bulk(cfg_.id), Reply::integer(static_cast<std::int64_t>(core_->term())),
+                       Reply::bulk(core_->leader()), Reply::bulk(lm ? lm->address : ""),
+                       Reply::integer(static_cast<std::int64_t>(core_->commit_index())),
+                       Reply::integer(static_cast<std::int64_t>(applied_.load())), Reply::array(std::move(members))});
+}
+
+inline void Runtime::log(LogLevel level, const std::string& message) const {
+  if (level < cfg_.log_level) return;
+  std::string line = std::string("[") + level_name(level) + "][" + cfg_.id + "-" + std::to_string(term_.load()) + "(" +
+                     state_char_.load() + "):" + timestamp_text() + "] " + message;
+  if (cfg_.log_sink) {
+    cfg_.log_sink(level, line);
+  } else {
+    line += "\n";
+    std::fwrite(line.data(), 1, line.size(), stderr);
+  }
+}
+
+
+// ---- the poll thread -----------------------------------------------------------------------
+
+inline void Runtime::poll_loop() {
+  std::vector<pollfd> fds;
+  std::vector<std::uint64_t> owner;  // client connection id, or 0
+  auto last_expiry = std::chrono::steady_clock::now();
+  while (!stopping_) {
+    fds.clear();
+    owner.clear();
+    fds.push_back(pollfd{wake_pipe_[0], POLLIN, 0});
+    fds.push_back(pollfd{client_fd_, POLLIN, 0});
+    fds.push_back(pollfd{peer_fd_, POLLIN, 0});
+    owner.assign(3, 0);
+    for (auto& [id, c] : clients_) {
+      short ev = static_cast<short>((c->close_after_flush ? 0 : POLLIN) | (c->out.empty() ? 0 : POLLOUT));
+      fds.push_back(pollfd{c->fd, ev, 0});
+      owner.push_back(id);
+    }
+    std::size_t first_peer = fds.size();
+    for (auto& [fd, p] : peers_in_) fds.push_back(pollfd{fd, static_cast<short>(POLLIN | (p->out.empty() ? 0 : POLLOUT)), 0});
+    int n = ::poll(fds.data(), fds.size(), 100);
+    if (stopping_) break;
+    if (n < 0) {
+      if (errno != EINTR) log(LogLevel::Error, "poll: " + errno_string(errno));
+      continue;
+    }
+    if (fds[0].revents & POLLIN) {
+      char buf[256];
+      while (::read(wake_pipe_[0], buf, sizeof buf) > 0) {
+      }
+    }
+    if (fds[1].revents & POLLIN) accept_clients();
+    if (fds[2].revents & POLLIN) accept_peers();
+    std::vector<std::uint64_t> close_clients;
+    for (std::size_t i = 3; i < first_peer; ++i) {
+      if (!fds[i].revents) continue;
+      auto it = clients_.find(owner[i]);
+      if (it == clients_.end()) continue;
+      ClientConn& c = *it->second;
+      bool ok = true;
+      if (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) ok = read_client(c);
+      if (ok && (fds[i].revents & POLLOUT)) ok = flush_out(c.fd, c.out);
+      if (!ok || (c.close_after_flush && c.out.empty() && c.ops.empty())) close_clients.push_back(c.id);
+    }
+    std::vector<int> close_peers;
+    for (std::size_t i = first_peer; i < fds.size(); ++i) {
+      if (!fds[i].revents) continue;
+      auto it = peers_in_.find(fds[i].fd);
+      if (it == peers_in_.end()) continue;
+      PeerConn& p = *it->second;
+      bool ok = true;
+      if (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) ok = read_peer(p);
+      if (ok && !p.out.empty()) ok = flush_out(p.fd, p.out);
+      if (!ok || (p.close_after_flush && p.out.empty())) close_peers.push_back(p.fd);
+    }
+    flush_batched();
+    drain_done();
+    for (std::uint64_t id : close_clients) {
+      auto it = clients_.find(id);
+      if (it != clients_.end()) {
+        ::close(it->second->fd);
+        clients_.erase(it);
+      }
+    }
+    for (int fd : close_peers) {
+      ::close(fd);
+      peers_in_.erase(fd);
+    }
+    auto now = std::chrono::steady_clock::now();
+    if (now - last_expiry > std::chrono::milliseconds(100)) {
+      last_expiry = now;
+      expire_forwards();
+      drain_done();
+    }
+  }
+}
+
+inline void Runtime::accept_clients() {
+  for (;;) {
+    int fd = ::accept4(client_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) return;
+    if (clients_.size() >= cfg_.max_clients) {
+      static const char kFull[] = "-ERR max number of clients reached\r\n";
+      ::send(fd, kFull, sizeof kFull - 1, MSG_NOSIGNAL);
+      ::close(fd);
+      continue;
+    }
+    set_nodelay(fd);
+    auto c = std::make_unique<ClientConn>(cfg_.client_limits);
+    c->id = next_conn_++;
+    c->fd = fd;
+    clients_[c->id] = std::move(c);
+  }
+}
+
+inline void Runtime::accept_peers() {
+  for (;;) {
+    int fd = ::accept4(peer_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) return;
+    set_nodelay(fd);
+    auto p = std::make_unique<PeerConn>();
+    p->fd = fd;
+    peers_in_[fd] = std::move(p);
+  }
+}
+
+/// Writes what the socket takes now; the rest waits for POLLOUT. False: the connection is
+/// broken.
+inline bool Runtime::flush_out(int fd, std::string& out) {
+  std::size_t sent = 0;
+  while (sent < out.size()) {
+    ssize_t w = ::send(fd, out.data() + sent, out.size() - sent, MSG_NOSIGNAL);
+    if (w < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      if (errno == EINTR) continue;
+      return false;
+    }
+    sent += static_cast<std::size_t>(w);
+  }
+  out.erase(0, sent);
+  return true;
+}
+
+inline bool Runtime::read_client(ClientConn& c) {
+  char buf[65536];
+  std::size_t total = 0;
+  while (total < (std::size_t{1} << 20)) {  // fairness: at most 1 MiB per connection per round
+    ssize_t r = ::recv(c.fd, buf, sizeof buf, 0);
+    if (r == 0) return false;
+    if (r < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      if (errno == EINTR) continue;
+      return false;
+    }
+    c.parser.feed(buf, static_cast<std::size_t>(r));
+    total += static_cast<std::size_t>(r);
+  }
+  process_input(c);
+  return c.out.size() <= cfg_.max_client_output;
+}
+
+// Starts the connection's commands in order. A read waits for the writes before it on the
+// same connection (so it sees them), and a write for the reads before it; consecutive writes
+// are proposed together and consecutive reads share a read index round.
+inline void Runtime::process_input(ClientConn& c) {
+  while (!c.close_after_flush) {
+    if (!c.has_pending) {
+      resp::Status st = c.parser.next(c.argv);
+      if (st == resp::Status::NeedMore) return;
+      if (st == resp::Status::Error) {
+        // Redis's behaviour: the error, then the connection closes.
+        std::uint64_t seq = c.first_op + c.ops.size();
+        c.ops.push_back(Op{'i', false, {}});
+        c.close_after_flush = true;
+        std::lock_guard<std::mutex> lock(done_mu_);
+        done_.emplace_back(c.id, seq, Reply::error("ERR " + c.parser.error()));
+        return;
+      }
+      if (c.argv.empty()) continue;
+      c.has_pending = true;
+    }
+    char kind = 'i';
+    auto h = handlers_.find(lower(c.argv[0]));
+    if (h != handlers_.end()) kind = h->second.is_write() ? 'w' : 'r';
+    if ((kind == 'w' && c.unfinished_reads > 0) || (kind == 'r' && c.unfinished_writes > 0)) return;
+    c.has_pending = false;
+    std::uint64_t seq = c.first_op + c.ops.size();
+    c.ops.push_back(Op{kind, false, {}});
+    if (kind == 'w') ++c.unfinished_writes;
+    if (kind == 'r') ++c.unfinished_reads;
+    handle_command(&c, Caller{c.id, seq, nullptr, {}, 0}, c.argv);
+  }
+}
+
+// Answers that arrived for client connections: filled in, then written in order.
+inline void Runtime::drain_done() {
+  for (;;) {
+    std::vector<std::tuple<std::uint64_t, std::uint64_t, Reply>> done;
+    {
+      std::lock_guard<std::mutex> lock(done_mu_);
+      done.swap(done_);
+    }
+    if (done.empty()) break;
+    for (auto& [conn, op, reply] : done) complete_op(conn, op, std::move(reply));
+    flush_batched();
+  }
+}
+
+inline void Runtime::complete_op(std::uint64_t conn, std::uint64_t op, Reply reply) {
+  auto it = clients_.find(conn);
+  if (it == clients_.end()) return;  // the client went away
+  ClientConn& c = *it->second;
+  if (op < c.first_op || op - c.first_op >= c.ops.size()) return;
+  Op& o = c.ops[static_cast<std::size_t>(op - c.first_op)];
+  if (o.done) return;
+  o.done = true;
+  o.reply = std::move(reply);
+  if (o.kind == 'w') --c.unfinished_writes;
+  if (o.kind == 'r') --c.unfinished_reads;
+  while (!c.ops.empty() && c.ops.front().done) {
+    resp::write(c.out, c.ops.front().reply, c.protocol);
+    c.ops.pop_front();
+    ++c.first_op;
+  }
+  if (!c.out.empty() && !flush_out(c.fd, c.out)) c.close_after_flush = true;
+  if (c.has_pending || c.parser.buffered() > 0) process_input(c);
+}
+
+// ---- inbound peer connections --------------------------------------------------------------
+
+inline bool Runtime::read_peer(PeerConn& p) {
+  char buf[65536];
+  std::size_t total = 0;
+  while (total < (std::size_t{4} << 20)) {
+    ssize_t r = ::recv(p.fd, buf, sizeof buf, 0);
+    if (r == 0) return false;
+    if (r < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      if (errno == EINTR) continue;
+      return false;
+    }
+    p.parser.feed(buf, static_cast<std::size_t>(r));
+    total += static_cast<std::size_t>(r);
+  }
+  std::vector<Message> inbound;
+  bool ok = true;
+  for (;;) {
+    resp::Status st = p.parser.next(p.argv);
+    if (st == resp::Status::NeedMore) break;
+    if (st == resp::Status::Error) {
+      log(LogLevel::Warning, "peer connection from " + (p.node.empty() ? std::string("?") : p.node) +
+                                 " sent malformed RESP (" + p.parser.error() + "): closing it");
+      ok = false;
+      break;
+    }
+    if (p.argv.empty()) continue;
+    if (p.welcomed && !p.join_only && p.argv[0] == "RAFT") {
+      Message m;
+      std::string error;
+      if (!decode_raft(p.argv, m, error)) {
+        log(LogLevel::Warning, "peer " + p.node + ": " + error + ": closing the connection");
+        ok = false;
+        break;
+      }
+      m.from = p.node;
+      m.to = cfg_.id;
+      m.server_id = p.server_id;
+      inbound.push_back(std::move(m));
+      continue;
+    }
+    if (!handle_peer_message(p, p.argv)) {
+      ok = false;
+      break;
+    }
+  }
+  if (!inbound.empty()) {
+    std::lock_guard<std::mutex> lock(core_mu_);
+    if (!failed_) {
+      for (const auto& m : inbound) core_->step(m);
+      drive();
+    }
+  }
+  return ok;
+}
+
+inline bool Runtime::handle_peer_message(PeerConn& p, std::vector<std::string>& w) {
+  const std::string& kind = w[0];
+  if (!p.welcomed) {
+    auto refuse = [&](const std::string& why) {
+      resp::write_error(p.out, "ERR " + why);
+      p.close_after_flush = true;
+      log(LogLevel::Warning, "refused a peer connection: " + why);
+      return true;
+    };
+    if (kind != "HELLO" || w.size() != 7) return refuse("expected HELLO");
+    // The secret first: a peer without it learns nothing, not even our cluster id.
+    const std::string& secret = w[6];
+    unsigned diff = static_cast<unsigned>(secret.size() ^ cfg_.secret.size());
+    for (std::size_t i = 0; i < secret.size(); ++i)
+      diff |= static_cast<unsigned>(secret[i] ^ (i < cfg_.secret.size() ? cfg_.secret[i] : 0));
+    if (diff != 0) return refuse("wrong secret");
+    if (w[1] != kPeerProtocolVersion) return refuse("peer protocol version " + w[1] + " is not " + kPeerProtocolVersion);
+    if (w[3].empty() || w[3] == cfg_.id) return refuse("peer says it is node '" + w[3] + "' (this node's id)");
+    HostPort hp;
+    std::string error;
+    if (!parse_host_port(w[5], hp, error)) return refuse(error);
+    std::string ours;
+    {
+      std::lock_guard<std::mutex> lock(core_mu_);
+      ours = identity_.cluster_id;
+    }
+    if (!w[2].empty() && !ours.empty() && w[2] != ours)
+      return refuse("node " + w[3] + " belongs to cluster " + w[2] + ", this node to " + ours);
+    if (w[2].empty() && !ours.empty()) p.join_only = true;  // a joiner: it may only ask to join
+    if (!w[2].empty() && ours.empty()) adopt_cluster_id(w[2]);  // we are the joiner
+    p.node = w[3];
+    p.server_id = w[4];
+    p.address = w[5];
+    {
+      std::lock_guard<std::mutex> lock(links_mu_);
+      if (!addresses_.count(p.node)) addresses_[p.node] = p.address;
+    }
+    p.welcomed = true;
+    resp::write_simple(p.out, "WELCOME");
+    return true;
+  }
+  if (kind == "JOIN" && w.size() == 4) {
+    resp::write(p.out, handle_join(w), 2);
+    return true;
+  }
+  if (p.join_only) {
+    log(LogLevel::Warning, "node " + p.node + " is not in this cluster yet and sent " + kind + ": closing");
+    return false;
+  }
+  if (kind == "FWD" && w.size() >= 3) {
+    std::uint64_t id = 0;
+    if (!parse_u64(w[1], id)) return false;
+    std::vector<std::string> words(std::make_move_iterator(w.begin() + 2), std::make_move_iterator(w.end()));
+    words[0] = lower(std::move(words[0]));
+    Caller caller{0, 0, nullptr, p.node, id};
+    auto h = handlers_.find(words[0]);
+    int argc = static_cast<int>(words.size()) - 1;
+    if (h == handlers_.end() || !h->second.is_write() || argc < h->second.min_args ||
+        (h->second.max_args >= 0 && argc > h->second.max_args)) {
+      finish(caller, Reply::error("ERR the leader has no write command '" + words[0] + "' taking " +
+                                  std::to_string(argc) + " arguments; the write was not run"));
+      return true;
+    }
+    std::string payload;
+    resp::write_command(payload, words);
+    batch_writes_.push_back(PendingWrite{caller, std::move(payload)});
+    return true;
+  }
+  if (kind == "FWDR" && w.size() == 3) {
+    std::uint64_t id = 0;
+    if (!parse_u64(w[1], id)) return false;
+    resp::ReplyParser rp;
+    rp.feed(w[2]);
+    Reply reply;
+    if (rp.next(reply) != resp::Status::Ok) return false;
+    finish_request(id, std::move(reply));
+    return true;
+  }
+  log(LogLevel::Warning, "peer " + p.node + " sent an unknown message '" + kind.substr(0, 32) + "': closing");
+  return false;
+}
+
+inline Reply Runtime::handle_join(const std::vector<std::string>& w) {
+  const NodeId& id = w[1];
+  HostPort hp;
+  std::string error;
+  if (id.empty() || id == cfg_.id) return Reply::error("ERR node id '" + id + "' is taken");
+  if (!parse_host_port(w[2], hp, error)) return Reply::error("ERR " + error);
+  std::lock_guard<std::mutex> lock(core_mu_);
+  if (core_->role() != Role::Leader) {
+    const Member* l = core_->config().find(core_->leader());
+    if (l) return Reply::error("MOVED " + l->id + " " + l->address);
+    return Reply::error("TRYAGAIN no leader is known");
+  }
+  const Member* m = core_->config().find(id);
+  if (m && m->server_id == w[3] && m->address == w[2]) return Reply::simple("OK " + identity_.cluster_id);
+  if (m && !m->server_id.empty() && m->server_id != w[3])
+    log(LogLevel::Warning, "node " + id + " asks to join with a new server id (its data directory was wiped?): "
+                           "re-adding it as a learner; it catches up before it votes again");
+  ProposeResult res = core_->add_learner(Member{id, w[2], w[3], false}, wall_ms());
+  if (res.ok()) {
+    log(LogLevel::Info, "adding " + id + " at " + w[2] + " as a learner");
+    drive();
+    return Reply::simple("OK " + identity_.cluster_id);
+  }
+  if (res.error == ProposeResult::Error::InvalidConfig) return Reply::error("ERR cannot add node " + id);
+  return Reply::error("TRYAGAIN another membership change is in progress");
+}
+
+inline void Runtime::adopt_cluster_id(const std::string& cluster_id) {
+  std::lock_guard<std::mutex> lock(core_mu_);
+  if (!identity_.cluster_id.empty()) return;
+  identity_.cluster_id = cluster_id;
+  writer_->submit_identity(identity_, [this](bool ok) {
+    if (!ok) storage_failed(storage_->failure());
+  });
+  log(LogLevel::Info, "joined cluster " + cluster_id);
+}
+
+inline void Runtime::joiner_loop() {
+  std::vector<std::string> targets;
+  for (const auto& e : cfg_.join) {
+    auto slash = e.find('/');
+    targets.push_back(slash == std::string::npos ? e : e.substr(slash + 1));
+  }
+  std::string moved;
+  std::size_t next = 0;
+  while (!stopping_) {
+    {
+      std::lock_guard<std::mutex> lock(core_mu_);
+      const Member* me = core_->config().find(cfg_.id);
+      if (me && me->server_id == identity_.server_id) break;  // a member now
+    }
+    std::string target = moved.empty() ? targets[next++ % targets.size()] : moved;
+    moved.clear();
+    HostPort hp;
+    std::string error;
+    std::string outcome;
+    if (parse_host_port(target, hp, error)) {
+      int fd = connect_tcp(host_.host, hp.host, hp.port + 1, scaled(cfg_.send_timeout_ms), error);
+      if (fd >= 0) {
+        set_send_timeout(fd, scaled(cfg_.send_timeout_ms));
+        std::string bytes = hello_bytes();
+        resp::write_command(bytes, {"JOIN", cfg_.id, cfg_.address, identity_.server_id});
+        resp::ReplyParser parser;
+        resp::Value welcome, reply;
+        if (send_all(fd, bytes.data(), bytes.size()) && recv_value(fd, parser, welcome, scaled(cfg_.send_timeout_ms)) &&
+            !welcome.is_error() && recv_value(fd, parser, reply, scaled(cfg_.send_timeout_ms))) {
+          if (reply.type == resp::Type::SimpleString && reply.str.rfind("OK ", 0) == 0) {
+            adopt_cluster_id(reply.str.substr(3));
+            outcome = "accepted";
+          } else if (reply.is_error() && reply.str.rfind("MOVED ", 0) == 0) {
+            auto sp = reply.str.rfind(' ');
+            moved = reply.str.substr(sp + 1);
+            outcome = "redirected to " + moved;
+            ::close(fd);
+            continue;
+          } else {
+            outcome = reply.str;
+          }
+        } else {
+          outcome = welcome.is_error() ? welcome.str : "no answer";
+        }
+        ::close(fd);
+      } else {
+        outcome = error;
+      }
+    } else {
+      outcome = error;
+    }
+    log(LogLevel::Info, "asked " + target + " to join: " + outcome);
+    std::unique_lock<std::mutex> lock(life_mu_);
+    life_cv_.wait_for(lock, std::chrono::milliseconds(scaled(cfg_.join_retry_ms)), [&] { return stopping_.load(); });
+  }
+}
+
+}  // namespace detail
+
+// ---- Config ---------------------------------------------------------------------------------
+
+inline std::string Config::validate() const {
+  detail::HostPort hp;
+  std::string error;
+  if (address.empty()) return "address is required (-a ip:port)";
+  if (!detail::parse_host_port(address, hp, error)) return error;
+  for (const auto& [nid, addr] : peers) {
+    if (nid.empty()) return "a peer has an empty id";
+    if (!detail::parse_host_port(addr, hp, error)) return "peer " + nid + ": " + error;
+    if (addr == address) return "peer " + nid + " has this node's own address " + addr;
+  }
+  for (const auto& e : join) {
+    auto slash = e.find('/');
+    if (!detail::parse_host_port(slash == std::string::npos ? e : e.substr(slash + 1), hp, error)) return "-e: " + error;
+  }
+  if (!peers.empty() && !join.empty()) return "give either a static peer map or a list to join (-e), not both";
+  if (!join.empty() && !load_snapshot.empty()) return "-l founds a cluster; a joiner (-e) receives the data from it";
+  if (!(time_scale > 0)) return "time_scale must be positive";
+  if (tick_ms < 1) return "tick_ms must be at least 1";
+  if (heartbeat_ms < tick_ms) return "heartbeat_ms must be at least tick_ms";
+  if (election_timeout_ms < 2 * tick_ms || election_timeout_ms <= heartbeat_ms)
+    return "election_timeout_ms must exceed heartbeat_ms and be at least two ticks";
+  if (append_timeout_ms < tick_ms || read_timeout_ms < tick_ms || send_timeout_ms < 1 || join_retry_ms < 1)
+    return "timeouts must be positive";
+  if (max_clients < 1) return "max_clients must be at least 1";
+  if (max_voters < 1) return "max_voters must be at least 1";
+  if (snapshot_threshold < 1) return "snapshot_threshold must be at least 1";
+  if (segment_bytes < 4096) return "segment_bytes must be at least 4096";
+  return "";
+}
+
+// ---- Node ------------------------------------------------------------------------------------
+
+inline Node::Node(Config config) : rt_(std::make_unique<detail::Runtime>(*this, std::move(config))) {}
+
+inline Node::Node(NodeId id, std::string address, std::map<NodeId, std::string> peers) {
+  Config c;
+  c.id = std::move(id);
+  c.address = std::move(address);
+  c.peers = std::move(peers);
+  rt_ = std::make_unique<detail::Runtime>(*this, std::move(c));
+}
+
+inline Node::Node(long long id, std::string address, std::map<long long, std::string> peers) {
+  Config c;
+  c.id = std::to_string(id);
+  c.address = std::move(address);
+  for (auto& [nid, addr] : peers) c.peers[std::to_string(nid)] = std::move(addr);
+  rt_ = std::make_unique<detail::Runtime>(*this, std::move(c));
+}
+
+inline Node::~Node() { rt_->stop(); }
+
+inline Node& Node::handler(const std::string& name, Handler fn, std::string flags, int min_args, int max_args) {
+  if (flags.find('w') != std::string::npos && flags.find('e') == std::string::npos)
+    throw std::invalid_argument("handler '" + name + "': a write ('w') goes through the log: flags must be \"we\"");
+  rt_->handlers_[detail::lower(name)] = Command{std::move(fn), std::move(flags), min_args, max_args};
+  return *this;
+}
+inline Node& Node::on_leader(std::function<void(Node&, std::uint64_t)> fn) {
+  rt_->on_leader_ = std::move(fn);
+  return *this;
+}
+inline Node& Node::on_follower(std::function<void(Node&)> fn) {
+  rt_->on_follower_ = std::move(fn);
+  return *this;
+}
+inline Node& Node::on_candidate(std::function<void(Node&)> fn) {
+  rt_->on_candidate_ = std::move(fn);
+  return *this;
+}
+inline void Node::start() { rt_->start(); }
+inline void Node::join() { rt_->join(); }
+inline void Node::stop() { rt_->stop(); }
+inline bool Node::stopping() const { return rt_->stopping(); }
+inline const NodeId& Node::id() const { return rt_->id(); }
+inline const std::string& Node::address() const { return rt_->address(); }
+inline char Node::state() const { return rt_->state(); }
+inline Role Node::role() const { return rt_->role(); }
+inline std::uint64_t Node::term() const { return rt_->term(); }
+inline NodeId Node::leader() const { return rt_->leader(); }
+inline std::string Node::leader_address() const { return rt_->leader_address(); }
+inline std::uint64_t Node::commit_index() const { return rt_->commit_index(); }
+inline std::uint64_t Node::applied_index() const { return rt_->applied_index(); }
+inline std::string Node::info() const { return rt_->info(); }
+inline void Node::read(const std::function<void(const Store&)>& f) const { rt_->read(f); }
+inline std::future<Reply> Node::execute_async(std::vector<std::string> words) { return rt_->execute_async(std::move(words)); }
+inline Reply Node::execute(std::vector<std::string> words) { return rt_->execute_async(std::move(words)).get(); }
+inline Reply Node::add_learner(const NodeId& id, const std::string& address) { return rt_->admin({"raft.add", id, address}); }
+inline Reply Node::promote(const NodeId& id) { return rt_->admin({"raft.promote", id}); }
+inline Reply Node::remove(const NodeId& id) { return rt_->admin({"raft.remove", id}); }
+inline Reply Node::transfer_leadership(const NodeId& to) {
+  return to.empty() ? rt_->admin({"raft.transfer"}) : rt_->admin({"raft.transfer", to});
+}
+
+// ---- the default command line -----------------------------------------------------------------
+
+inline std::string usage(const std::string& program) {
+  return "usage: " + program +
+         " -a IP:PORT [-i NODE_ID] [-e LIST] [-d DATA_DIR] [-l SNAPSHOT] [-s SECRET] [--loglevel LEVEL]\n"
+         "  -a IP:PORT      this node's address: clients on PORT, peers on PORT+1 (required)\n"
+         "  -i NODE_ID      this node's id (default: the address)\n"
+         "  -e LIST         join the cluster of these members: NID/IP:PORT or IP:PORT, comma-separated\n"
+         "  -d DATA_DIR     log, term, vote and snapshots (default: raft-<id>-<port>)\n"
+         "  -l SNAPSHOT     found the cluster with this snapshot (ours or pyraft's .dat)\n"
+         "  -s SECRET       peers must present this secret\n"
+         "  --loglevel L    debug, info, warning or error (default: info)\n"
+         "  -h, --help      this help\n"
+         "Without -e and without a data directory the node founds a cluster of one and leads it.\n"
+         "  ex) " + program + " -i 1 -a 127.0.0.1:5010\n"
+         "  ex) " + program + " -i 2 -a 127.0.0.1:5020 -e 127.0.0.1:5010\n";
+}
+
+inline ParsedArgs parse_args(int argc, char** argv) {
+  ParsedArgs out;
+  Config& c = out.config;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&](std::string& dst) {
+      if (i + 1 >= argc) {
+        out.error = "option " + a + " needs a value";
+        return false;
+      }
+      dst = argv[++i];
+      return true;
+    };
+    std::string v;
+    if (a == "-h" || a == "--help") {
+      out.help = true;
+      return out;
+    } else if (a == "-a" || a == "--addr") {
+      if (!value(c.address)) return out;
+    } else if (a == "-i" || a == "--nid") {
+      if (!value(c.id)) return out;
+    } else if (a == "-e" || a == "--ensemble") {
+      if (!value(v)) return out;
+      std::size_t start = 0;
+      while (start <= v.size()) {
+        auto comma = v.find(',', start);
+        std::string item = v.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+        if (!item.empty()) c.join.push_back(item);
+        if (comma == std::string::npos) break;
+        start = comma + 1;
+      }
+    } else if (a == "-d" || a == "--data") {
+      if (!value(c.data_dir)) return out;
+    } else if (a == "-l" || a == "--load") {
+      if (!value(c.load_snapshot)) return out;
+    } else if (a == "-s" || a == "--secret") {
+      if (!value(c.secret)) return out;
+    } else if (a == "--loglevel" || a == "-loglevel") {
+      if (!value(v)) return out;
+      v = detail::lower(v);
+      if (v == "debug") c.log_level = LogLevel::Debug;
+      else if (v == "info") c.log_level = LogLevel::Info;
+      else if (v == "warning" || v == "warn") c.log_level = LogLevel::Warning;
+      else if (v == "error") c.log_level = LogLevel::Error;
+      else {
+        out.error = "unknown log level '" + v + "'";
+        return out;
+      }
+    } else {
+      out.error = "unknown option '" + a + "'";
+      return out;
+    }
+  }
+  if (c.id.empty()) c.id = c.address;
+  out.error = c.validate();
+  return out;
+}
+
+inline std::unique_ptr<Node> make_default_node(int argc, char** argv) {
+  std::string program = argc > 0 ? argv[0] : "run_raft";
+  ParsedArgs p = parse_args(argc, argv);
+  if (p.help) {
+    std::fputs(usage(program).c_str(), stdout);
+    std::exit(0);
+  }
+  if (!p.error.empty()) {
+    std::fprintf(stderr, "%s: %s\n%s", program.c_str(), p.error.c_str(), usage(program).c_str());
+    std::exit(2);
+  }
+  return std::make_unique<Node>(std::move(p.config));
+}
+
+}  // namespace raft
