@@ -172,10 +172,17 @@ Outcome run_seed(std::uint64_t seed, bool trace) {
   return out;
 }
 
-// Seeds that once failed, kept forever (with what they caught).
-const std::uint64_t kRegressionSeeds[] = {
-    1,
-};
+// Seeds that once failed, kept forever. What they caught:
+//   15, 41, 44  a leader committing its own removal stepped down inside maybe_commit() and
+//               freed the Progress its caller was still updating (found by ASan).
+//   6           a wiped static-map member voted again before its identity was bound (led to
+//               the identity_bound() guard on wipes and to binding identities in the log).
+//   3686        a leader that appended its own removal and lost leadership refused to
+//               campaign though its log was the longest: the cluster stalled (§4.2.2 fix).
+//   16147       without pre-vote, a stale candidate kept resetting a better node's election
+//               timer by forcing term changes: no leader for 400 ticks.
+//   2228        a wiped member re-added with a new server id kept its old match index.
+const std::uint64_t kRegressionSeeds[] = {6, 15, 41, 44, 2228, 3686, 16147};
 
 }  // namespace
 

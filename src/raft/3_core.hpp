@@ -1370,6 +1370,8 @@ inline void Core::handle_append_response(Progress& pr, const Message& m) {
   if (m.index > pr.match) {
     pr.match = m.index;
     maybe_commit();
+    // Committing its own removal makes a leader step down, which drops every Progress.
+    if (role_ != Role::Leader) return;
   }
   if (pr.next <= m.index) pr.next = m.index + 1;
   while (!pr.inflight.empty() && pr.inflight.front() <= m.index) pr.inflight.pop_front();
