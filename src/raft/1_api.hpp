@@ -415,6 +415,10 @@ struct Config {
   LogLevel log_level = LogLevel::Info;
   LogSink log_sink;  // empty: standard error
 
+  /// Fault injection for tests: called instead of fdatasync/fsync on the data directory's
+  /// files (return -1 with errno set to fail). Empty: the real calls.
+  std::function<int(int fd)> fsync_hook;
+
   /// Empty when valid, else what is wrong ("address '1.2.3' is not ip:port").
   std::string validate() const;
 };

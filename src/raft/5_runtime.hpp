@@ -690,6 +690,7 @@ inline void Runtime::open_storage() {
   StorageOptions so;
   so.dir = cfg_.data_dir;
   so.segment_bytes = cfg_.segment_bytes;
+  so.fsync_hook = cfg_.fsync_hook;
   CoreState st;
   std::shared_ptr<Snapshot> snapshot;
   if (Storage::exists(cfg_.data_dir)) {
@@ -780,7 +781,7 @@ inline void Runtime::open_storage() {
 }
 
 inline void Runtime::start() {
-  if (started_.exchange(true)) throw std::runtime_error("raft::Node::start called twice");
+  if (started_.load()) throw std::runtime_error("raft::Node::start called twice");
   std::string problem = cfg_.validate();
   if (!problem.empty()) throw std::runtime_error("raft::Config: " + problem);
   std::string error;
@@ -798,8 +799,20 @@ inline void Runtime::start() {
     ::close(client_fd_);
     throw std::runtime_error(error);
   }
-  if (::pipe2(wake_pipe_, O_CLOEXEC | O_NONBLOCK) != 0) throw std::runtime_error("pipe: " + errno_string(errno));
-  open_storage();
+  try {
+    if (::pipe2(wake_pipe_, O_CLOEXEC | O_NONBLOCK) != 0) throw std::runtime_error("pipe: " + errno_string(errno));
+    open_storage();
+  } catch (...) {
+    for (int* fd : {&client_fd_, &peer_fd_, &wake_pipe_[0], &wake_pipe_[1]})
+      if (*fd >= 0) {
+        ::close(*fd);
+        *fd = -1;
+      }
+    storage_.reset();
+    core_.reset();
+    throw;
+  }
+  started_ = true;
   for (const auto& [nid, addr] : cfg_.peers) addresses_[nid] = addr;
   writer_ = std::make_unique<StorageWriter>(*storage_);
   log(LogLevel::Info, "node " + cfg_.id + " at " + cfg_.address + " (peers on port " + std::to_string(host_.port + 1) +
@@ -924,6 +937,9 @@ inline void Runtime::drive() {
       if (rd.snapshot_wanted) apply_q_.push_back(ApplyItem{ApplyItem::SnapshotWanted, nullptr, {}, {}, {}, {}, 0, 0});
       apply_cv_.notify_one();
     }
+    state_char_ = core_->role_char();
+    role_ = static_cast<int>(core_->role());
+    term_ = core_->term();
     if (!rd.role_changes.empty()) {
       for (const auto& rc : rd.role_changes)
         log(LogLevel::Info, rc.role == Role::Leader ? cfg_.id + " is a leader"
