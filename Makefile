@@ -19,20 +19,28 @@ WARNINGS := -Wall -Wextra -Werror
 CXXFLAGS_BASE := -std=c++17 $(WARNINGS) -pthread -I. -MMD -MP
 # Per flavour: optimisation, how many simulation seeds `make test` runs, which tests, and how
 # much slower the runtime tests' clocks run (RAFT_TIME_SCALE).
+# ASan runs everything but the process tests (the runtime tests cover the same code in one
+# process); TSan runs what has threads: the runtime, the processes and the storage writer.
 ifeq ($(SAN),address)
-  OPTFLAGS ?= -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+  OPTFLAGS ?= -O1 -g1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
   DEFAULT_SEEDS := 200
-  DEFAULT_TESTS :=
+  DEFAULT_TESTS := ~[process]
+  TEST_FILTER := $(filter-out tests/test_process.cpp,$(wildcard tests/test_*.cpp))
+  TEST_NEEDS_EXAMPLES :=
   TIME_SCALE := 3
 else ifeq ($(SAN),thread)
-  OPTFLAGS ?= -O1 -g -fsanitize=thread
+  OPTFLAGS ?= -O1 -g1 -fsanitize=thread
   DEFAULT_SEEDS := 20
   DEFAULT_TESTS := [runtime],[process],[writer]
+  TEST_FILTER := $(wildcard tests/test_runtime.cpp tests/test_process.cpp tests/test_storage.cpp)
+  TEST_NEEDS_EXAMPLES := yes
   TIME_SCALE := 5
 else ifeq ($(SAN),)
-  OPTFLAGS ?= -O2 -g
+  OPTFLAGS ?= -O2 -g1
   DEFAULT_SEEDS := 2000
   DEFAULT_TESTS :=
+  TEST_FILTER := $(wildcard tests/test_*.cpp)
+  TEST_NEEDS_EXAMPLES := yes
   TIME_SCALE := 1
 else
   $(error SAN must be empty, address or thread)
@@ -43,7 +51,7 @@ LDLIBS_ALL := -pthread $(LDLIBS)
 HEADERS := raft.hpp resp.hpp
 RAFT_PARTS := $(sort $(wildcard src/raft/*.hpp))
 
-TEST_SRCS := $(sort $(wildcard tests/test_*.cpp))
+TEST_SRCS := $(sort $(TEST_FILTER))
 TEST_OBJS := $(TEST_SRCS:tests/%.cpp=$(BUILD)/tests/%.o)
 EXAMPLE_SRCS := $(sort $(wildcard examples/*.cpp))
 EXAMPLES := $(EXAMPLE_SRCS:examples/%.cpp=$(BUILD)/examples/%)
@@ -95,7 +103,7 @@ $(BUILD)/bench/%: bench/%.cpp $(HEADERS)
 	$(CXX) $(ALL_CXXFLAGS) $< -o $@ $(LDLIBS_ALL) $(if $(findstring hiredis,$*),-lhiredis)
 
 # The test binary finds the examples (process tests) through RAFT_BUILD_DIR.
-test: deps $(BUILD)/raft_tests $(EXAMPLES)
+test: deps $(BUILD)/raft_tests $(if $(TEST_NEEDS_EXAMPLES),$(EXAMPLES))
 	RAFT_BUILD_DIR=$(BUILD) RAFT_SIM_SEEDS=$(SEEDS) RAFT_TIME_SCALE=$(TIME_SCALE) $(BUILD)/raft_tests $(TESTS)
 
 sim: deps $(BUILD)/raft_tests
@@ -110,6 +118,8 @@ mutants: deps $(BUILD)/tests/main.o
 bench: $(BENCHES) $(EXAMPLES)
 	@tools/deps.sh bench
 	@for b in $(BENCHES); do echo "== $$b"; $$b || exit 1; done
+	@echo "== bench/cluster_bench.sh"; bench/cluster_bench.sh $(BUILD)/examples/run_raft
+	@echo "== bench/failover_bench.sh"; bench/failover_bench.sh $(BUILD)/examples/run_raft
 
 build-fuzz/%: fuzz/%.cpp $(HEADERS)
 	@mkdir -p $(@D)

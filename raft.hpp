@@ -6107,6 +6107,12 @@ class Runtime {
     Caller caller;
     std::string payload;
   };
+  // Writes to propose and reads to confirm, gathered by one thread and handed to the core
+  // under one lock (the poll thread's per wake-up; execute() has its own).
+  struct Batch {
+    std::vector<PendingWrite> writes;
+    std::vector<std::uint64_t> reads;
+  };
 
   static resp::Limits peer_limits() {
     resp::Limits l;
@@ -6145,13 +6151,13 @@ class Runtime {
   bool flush_out(int fd, std::string& out);
   void drain_done();
   void adopt_cluster_id(const std::string& cluster_id);
-  void handle_command(ClientConn* conn, Caller caller, std::vector<std::string>& words);
+  void handle_command(ClientConn* conn, Caller caller, std::vector<std::string>& words, Batch& batch);
   void finish(const Caller& caller, Reply reply);
   void finish_request(std::uint64_t id, Reply reply);
   std::uint64_t add_request(Request r);
-  void start_write(const Caller& caller, std::vector<std::string>& words);
-  void start_read(ClientConn* conn, const Caller& caller, std::vector<std::string>& words, const Command& cmd);
-  void flush_batched();
+  void start_read(ClientConn* conn, const Caller& caller, std::vector<std::string>& words, const Command& cmd,
+                  Batch& batch);
+  void flush_batched(Batch& batch);
   void complete_op(std::uint64_t conn, std::uint64_t op, Reply reply);
   void expire_forwards();
   Reply run_read(const Command& cmd, const std::vector<std::string>& words);
@@ -6178,6 +6184,7 @@ class Runtime {
   std::atomic<bool> started_{false};
   std::atomic<bool> stopping_{false};
   std::atomic<bool> stopped_{false};
+  std::atomic<bool> halted_{false};  // threads joined: nothing more is sent or driven
   mutable std::mutex life_mu_;
   std::condition_variable life_cv_;
   bool stop_requested_ = false;
@@ -6236,8 +6243,7 @@ class Runtime {
   std::map<std::uint64_t, std::unique_ptr<ClientConn>> clients_;
   std::map<int, std::unique_ptr<PeerConn>> peers_in_;
   std::uint64_t next_conn_ = 1;
-  std::vector<PendingWrite> batch_writes_;
-  std::vector<std::uint64_t> batch_reads_;
+  Batch poll_batch_;  // the poll thread's
   std::mutex done_mu_;
   std::vector<std::tuple<std::uint64_t, std::uint64_t, Reply>> done_;  // (conn, op, reply)
 
@@ -6461,10 +6467,14 @@ inline void Runtime::stop() {
   for (std::thread* t : {&poll_thread_, &ticker_thread_, &joiner_thread_, &apply_thread_, &snapshot_thread_})
     if (t->joinable()) t->join();
   {
+    std::lock_guard<std::mutex> lock(core_mu_);  // a drive() in progress finishes first
+    halted_ = true;
+  }
+  if (writer_) writer_->stop();  // its last callbacks see halted_ and send nothing
+  {
     std::lock_guard<std::mutex> lock(links_mu_);
     links_.clear();  // each link stops its thread
   }
-  if (writer_) writer_->stop();
   // Everything still waiting gets an answer.
   std::map<std::uint64_t, Request> left;
   {
@@ -6494,7 +6504,7 @@ inline void Runtime::stop() {
 
 // Called with core_mu_ held after every input to the core.
 inline void Runtime::drive() {
-  if (failed_) return;
+  if (failed_ || halted_) return;
   while (core_->has_ready()) {
     Ready rd = core_->ready();
     if (rd.persist.seq != 0) {
@@ -6535,6 +6545,7 @@ inline void Runtime::drive() {
 }
 
 inline void Runtime::on_persisted(std::uint64_t seq, bool ok, std::vector<Message> after) {
+  if (halted_) return;
   if (!ok) {
     storage_failed(storage_->failure());
     return;
@@ -6567,6 +6578,7 @@ inline void Runtime::send_peer(const Message& m) {
 }
 
 inline PeerLink* Runtime::link_for(const NodeId& id) {
+  if (halted_) return nullptr;
   std::lock_guard<std::mutex> lock(links_mu_);
   auto it = links_.find(id);
   if (it != links_.end()) return it->second.get();
@@ -7019,12 +7031,13 @@ inline std::future<Reply> Runtime::execute_async(std::vector<std::string> words)
   }
   Caller caller;
   caller.promise = promise;
-  handle_command(nullptr, caller, words);
-  flush_batched();
+  Batch batch;
+  handle_command(nullptr, caller, words, batch);
+  flush_batched(batch);
   return f;
 }
 
-inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector<std::string>& words) {
+inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector<std::string>& words, Batch& batch) {
   if (words.empty()) return;
   words[0] = lower(std::move(words[0]));
   if (words[0] == "checkpoint") {
@@ -7064,20 +7077,17 @@ inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector
                                 "): this node no longer acknowledges writes or serves reads; restart it"));
     return;
   }
-  if (cmd.is_write())
-    start_write(caller, words);
-  else
-    start_read(conn, caller, words, cmd);
-}
-
-inline void Runtime::start_write(const Caller& caller, std::vector<std::string>& words) {
-  std::string payload;
-  resp::write_command(payload, words);
-  batch_writes_.push_back(PendingWrite{caller, std::move(payload)});
+  if (cmd.is_write()) {
+    std::string payload;
+    resp::write_command(payload, words);
+    batch.writes.push_back(PendingWrite{caller, std::move(payload)});
+  } else {
+    start_read(conn, caller, words, cmd, batch);
+  }
 }
 
 inline void Runtime::start_read(ClientConn* conn, const Caller& caller, std::vector<std::string>& words,
-                                const Command& cmd) {
+                                const Command& cmd, Batch& batch) {
   if (conn && conn->readonly) {
     finish(caller, run_read(cmd, words));  // READONLY: this node's data as it is
     return;
@@ -7087,18 +7097,18 @@ inline void Runtime::start_read(ClientConn* conn, const Caller& caller, std::vec
   r.op = caller.op;
   r.promise = caller.promise;
   r.words = words;
-  batch_reads_.push_back(add_request(std::move(r)));
+  batch.reads.push_back(add_request(std::move(r)));
 }
 
 // Proposes the writes and asks for the read indexes gathered since the last call, under one
 // lock, so that one wake-up of the poll thread becomes one batch for the disk and the peers.
-inline void Runtime::flush_batched() {
-  if (batch_writes_.empty() && batch_reads_.empty()) return;
+inline void Runtime::flush_batched(Batch& batch) {
+  if (batch.writes.empty() && batch.reads.empty()) return;
   std::vector<std::pair<Caller, Reply>> refused;
   std::vector<std::pair<NodeId, PendingWrite>> forwards;
   {
     std::lock_guard<std::mutex> lock(core_mu_);
-    for (auto& w : batch_writes_) {
+    for (auto& w : batch.writes) {
       ProposeResult res = core_->propose(w.payload, wall_ms());
       if (res.ok()) {
         Request r;
@@ -7124,11 +7134,11 @@ inline void Runtime::flush_batched() {
                                                     "majority); the write was not run"));
       }
     }
-    for (std::uint64_t rid : batch_reads_) core_->read_index(rid);
+    for (std::uint64_t rid : batch.reads) core_->read_index(rid);
     drive();
   }
-  batch_writes_.clear();
-  batch_reads_.clear();
+  batch.writes.clear();
+  batch.reads.clear();
   for (auto& [caller, reply] : refused) finish(caller, std::move(reply));
   // Writes on a follower go to the leader over the peer link, pipelined, tagged with ids.
   for (auto& [leader, w] : forwards) {
@@ -7467,7 +7477,7 @@ inline void Runtime::poll_loop() {
       if (ok && !p.out.empty()) ok = flush_out(p.fd, p.out);
       if (!ok || (p.close_after_flush && p.out.empty())) close_peers.push_back(p.fd);
     }
-    flush_batched();
+    flush_batched(poll_batch_);
     drain_done();
     for (std::uint64_t id : close_clients) {
       auto it = clients_.find(id);
@@ -7582,7 +7592,7 @@ inline void Runtime::process_input(ClientConn& c) {
     c.ops.push_back(Op{kind, false, {}});
     if (kind == 'w') ++c.unfinished_writes;
     if (kind == 'r') ++c.unfinished_reads;
-    handle_command(&c, Caller{c.id, seq, nullptr, {}, 0}, c.argv);
+    handle_command(&c, Caller{c.id, seq, nullptr, {}, 0}, c.argv, poll_batch_);
   }
 }
 
@@ -7596,7 +7606,7 @@ inline void Runtime::drain_done() {
     }
     if (done.empty()) break;
     for (auto& [conn, op, reply] : done) complete_op(conn, op, std::move(reply));
-    flush_batched();
+    flush_batched(poll_batch_);
   }
 }
 
@@ -7742,7 +7752,7 @@ inline bool Runtime::handle_peer_message(PeerConn& p, std::vector<std::string>& 
     }
     std::string payload;
     resp::write_command(payload, words);
-    batch_writes_.push_back(PendingWrite{caller, std::move(payload)});
+    poll_batch_.writes.push_back(PendingWrite{caller, std::move(payload)});
     return true;
   }
   if (kind == "FWDR" && w.size() == 3) {
