@@ -221,23 +221,21 @@ class ReplyParser {
   const Limits& limits() const { return limits_; }
 
  private:
-  struct Frame {
-    Value value;
-    std::size_t count;  // elements it holds when complete (a map: keys and values)
-  };
   Limits limits_;
   std::string buf_;
   std::size_t pos_ = 0;
   std::size_t scanned_ = 0;  // bytes after pos_ known not to hold the awaited line end
   std::string error_;
-  std::vector<Frame> stack_;  // open aggregates, outermost first
-  Value root_;                // the outermost value while it is a scalar, then when done
-  bool in_bulk_ = false;      // header read, data of newest_value() arriving
-  std::size_t bulk_len_ = 0;  // declared length of that bulk
-  std::size_t held_ = 0;      // bytes of the unfinished value already consumed
+  // The value being built. Each open aggregate is the last element of the one before it.
+  Value root_;
+  std::vector<std::size_t> stack_;  // element counts of the open aggregates, outermost first
+  bool in_bulk_ = false;            // header read, data of newest_value() arriving
+  std::size_t bulk_len_ = 0;        // declared length of that bulk
+  std::size_t held_ = 0;            // bytes of the unfinished value already consumed
   Status fail(std::string message);
   Status parse_value();
   Status read_bulk_data();
+  Value& innermost_open();
   Value& add_value(Type type);
   Value& newest_value();
   bool close_value();
@@ -757,11 +755,17 @@ inline Status ReplyParser::next(Value& out) {
     const Status s = in_bulk_ ? read_bulk_data() : parse_value();
     if (s != Status::Ok) return s;
     if (in_bulk_ || !close_value()) continue;
-    out = std::move(root_);
-    root_ = Value();
+    out = std::move(root_);  // root_ is assigned afresh by the next value's first add_value
     held_ = 0;
     return Status::Ok;
   }
+}
+
+inline Value& ReplyParser::innermost_open() {
+  // Found by walking rather than kept as a pointer, so a parser stays safe to move.
+  Value* v = &root_;
+  for (std::size_t depth = 1; depth < stack_.size(); ++depth) v = &v->elements.back();
+  return *v;
 }
 
 inline Value& ReplyParser::add_value(Type type) {
@@ -769,27 +773,20 @@ inline Value& ReplyParser::add_value(Type type) {
     root_ = Value(type);
     return root_;
   }
-  std::vector<Value>& elements = stack_.back().value.elements;
+  std::vector<Value>& elements = innermost_open().elements;
   elements.emplace_back(type);
   return elements.back();
 }
 
 inline Value& ReplyParser::newest_value() {
-  return stack_.empty() ? root_ : stack_.back().value.elements.back();
+  return stack_.empty() ? root_ : innermost_open().elements.back();
 }
 
 inline bool ReplyParser::close_value() {
   // A value is complete, or an aggregate just opened: closes every aggregate it completes.
   while (!stack_.empty()) {
-    Frame& top = stack_.back();
-    if (top.value.elements.size() < top.count) return false;
-    Value done = std::move(top.value);
+    if (innermost_open().elements.size() < stack_.back()) return false;
     stack_.pop_back();
-    if (stack_.empty()) {
-      root_ = std::move(done);
-    } else {
-      stack_.back().value.elements.push_back(std::move(done));
-    }
   }
   return true;
 }
@@ -927,11 +924,10 @@ inline Status ReplyParser::parse_value() {
                         : prefix == '~' ? Type::Set
                                         : Type::Push;
       const std::size_t count = static_cast<std::size_t>(n) * (prefix == '%' ? 2 : 1);
-      stack_.push_back(Frame{Value(type), count});
       // Reserve only what the bytes already here could hold (an element takes 3 or more).
       const std::size_t could_hold = (buf_.size() - pos_) / 3;
-      stack_.back().value.elements.reserve(
-          std::min({count, could_hold, detail::kMaxReservedItems}));
+      add_value(type).elements.reserve(std::min({count, could_hold, detail::kMaxReservedItems}));
+      stack_.push_back(count);
       break;
     }
     case '|': return fail("Protocol error: RESP3 attributes are not supported");

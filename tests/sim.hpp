@@ -473,6 +473,7 @@ class Cluster {
   static std::uint64_t snapshot_chain(const Snapshot& s) { return std::stoull(s.data.substr(s.data.find(':') + 1)); }
 
   void send(const Message& m) {
+    if (trace) trace_line("send " + describe(m));
     if (cut_.count({m.from, m.to}) || rng_.chance(opts_.loss)) return;
     int copies = rng_.chance(opts_.duplicate) ? 2 : 1;
     for (int i = 0; i < copies; ++i)

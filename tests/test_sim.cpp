@@ -182,7 +182,10 @@ Outcome run_seed(std::uint64_t seed, bool trace) {
 //   16147       without pre-vote, a stale candidate kept resetting a better node's election
 //               timer by forcing term changes: no leader for 400 ticks.
 //   2228        a wiped member re-added with a new server id kept its old match index.
-const std::uint64_t kRegressionSeeds[] = {6, 15, 41, 44, 2228, 3686, 16147};
+//   11260       "an append was lost" was guessed from heartbeat answers arriving before the
+//               append's answer; under reordering the leader kept resending the same entries
+//               and needed far more than 400 ticks to catch a follower up.
+const std::uint64_t kRegressionSeeds[] = {6, 15, 41, 44, 2228, 3686, 11260, 16147};
 
 }  // namespace
 

@@ -114,8 +114,7 @@ struct Progress {
   bool probe_sent = false;  // Probe: an append is out; wait for its answer or a heartbeat's
   std::deque<std::uint64_t> inflight;  // Replicate: last index of each append in flight
   bool recent_active = false;          // heard from within the check-quorum period
-  std::uint64_t match_at_last_heartbeat = 0;
-  int stalled_heartbeats = 0;  // heartbeat answers in a row with appends out and no progress
+  int stalled_ticks = 0;               // Replicate: ticks with appends out and no answer
   std::string server_id;               // as its messages present it
   // Snapshot state
   std::shared_ptr<const Snapshot> snapshot;
@@ -602,6 +601,15 @@ inline void Core::tick_leader() {
     transfer_target_.clear();  // the transfer failed: accept proposals again
   }
   for (auto& [id, pr] : progress_) {
+    if (pr.state == Progress::State::Replicate && !pr.inflight.empty() &&
+        ++pr.stalled_ticks >= opts_.election_ticks) {
+      // An append (or its answer) was lost: no answer for an election timeout while appends
+      // are out. Probe again from the match index.
+      pr.state = Progress::State::Probe;
+      pr.probe_sent = false;
+      pr.next = pr.match + 1;
+      pr.inflight.clear();
+    }
     if (pr.state != Progress::State::Snapshot) continue;
     if (++pr.snapshot_idle_ticks >= opts_.election_ticks) {
       // No progress for a while: chunks were lost. Resend from what the member confirmed.
@@ -1329,22 +1337,6 @@ inline void Core::step_leader(const Message& m) {
         if (read_round_acks_.size() >= quorum()) complete_read_round();
       }
       if (pr.state == Progress::State::Probe) pr.probe_sent = false;
-      if (pr.state == Progress::State::Replicate && !pr.inflight.empty()) {
-        // Responses come back in order, so heartbeats answered while the match index stands
-        // still mean an append was lost: fall back to probing from the match index.
-        if (pr.match == pr.match_at_last_heartbeat) {
-          if (++pr.stalled_heartbeats >= 3) {
-            pr.state = Progress::State::Probe;
-            pr.probe_sent = false;
-            pr.next = pr.match + 1;
-            pr.inflight.clear();
-            pr.stalled_heartbeats = 0;
-          }
-        } else {
-          pr.stalled_heartbeats = 0;
-        }
-      }
-      pr.match_at_last_heartbeat = pr.match;
       return;
     case MessageType::SnapshotResponse:
       handle_snapshot_response(pr, m);
@@ -1374,7 +1366,10 @@ inline void Core::handle_append_response(Progress& pr, const Message& m) {
     if (role_ != Role::Leader) return;
   }
   if (pr.next <= m.index) pr.next = m.index + 1;
-  while (!pr.inflight.empty() && pr.inflight.front() <= m.index) pr.inflight.pop_front();
+  while (!pr.inflight.empty() && pr.inflight.front() <= m.index) {
+    pr.inflight.pop_front();
+    pr.stalled_ticks = 0;
+  }
   if (pr.state == Progress::State::Probe) {
     pr.state = Progress::State::Replicate;
     pr.probe_sent = false;
