@@ -1885,7 +1885,7 @@ inline void Runtime::poll_loop() {
       bool ok = true;
       if (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) ok = read_client(c);
       if (ok && (fds[i].revents & POLLOUT)) ok = flush_out(c.fd, c.out);
-      if (!ok || (c.close_after_flush && c.out.empty() && c.ops.empty())) close_clients.push_back(c.id);
+      if (!ok) close_clients.push_back(c.id);
     }
     std::vector<int> close_peers;
     for (std::size_t i = first_peer; i < fds.size(); ++i) {
@@ -1900,6 +1900,9 @@ inline void Runtime::poll_loop() {
     }
     flush_batched(poll_batch_);
     drain_done();
+    // QUIT or a protocol error: close once every reply before it is written.
+    for (auto& [id, c] : clients_)
+      if (c->close_after_flush && c->out.empty() && c->ops.empty()) close_clients.push_back(id);
     for (std::uint64_t id : close_clients) {
       auto it = clients_.find(id);
       if (it != clients_.end()) {
