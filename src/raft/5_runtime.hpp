@@ -504,6 +504,7 @@ class Runtime {
     int protocol = 2;
     bool readonly = false;
     bool close_after_flush = false;
+    bool input_closed = false;  // the client shut down its side: answer what it sent, then close
     std::string name;
     std::vector<std::string> argv;  // the next command, parsed but waiting (see process_input)
     bool has_pending = false;
@@ -1857,7 +1858,7 @@ inline void Runtime::poll_loop() {
     fds.push_back(pollfd{peer_fd_, POLLIN, 0});
     owner.assign(3, 0);
     for (auto& [id, c] : clients_) {
-      short ev = static_cast<short>((c->close_after_flush ? 0 : POLLIN) | (c->out.empty() ? 0 : POLLOUT));
+      short ev = static_cast<short>((c->close_after_flush || c->input_closed ? 0 : POLLIN) | (c->out.empty() ? 0 : POLLOUT));
       fds.push_back(pollfd{c->fd, ev, 0});
       owner.push_back(id);
     }
@@ -1902,7 +1903,8 @@ inline void Runtime::poll_loop() {
     drain_done();
     // QUIT or a protocol error: close once every reply before it is written.
     for (auto& [id, c] : clients_)
-      if (c->close_after_flush && c->out.empty() && c->ops.empty()) close_clients.push_back(id);
+      if ((c->close_after_flush || (c->input_closed && !c->has_pending)) && c->out.empty() && c->ops.empty())
+        close_clients.push_back(id);
     for (std::uint64_t id : close_clients) {
       auto it = clients_.find(id);
       if (it != clients_.end()) {
@@ -1974,7 +1976,10 @@ inline bool Runtime::read_client(ClientConn& c) {
   std::size_t total = 0;
   while (total < (std::size_t{1} << 20)) {  // fairness: at most 1 MiB per connection per round
     ssize_t r = ::recv(c.fd, buf, sizeof buf, 0);
-    if (r == 0) return false;
+    if (r == 0) {
+      c.input_closed = true;  // answered, then closed, by the poll loop
+      break;
+    }
     if (r < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
       if (errno == EINTR) continue;
@@ -2059,9 +2064,13 @@ inline void Runtime::complete_op(std::uint64_t conn, std::uint64_t op, Reply rep
 inline bool Runtime::read_peer(PeerConn& p) {
   char buf[65536];
   std::size_t total = 0;
+  bool eof = false;
   while (total < (std::size_t{4} << 20)) {
     ssize_t r = ::recv(p.fd, buf, sizeof buf, 0);
-    if (r == 0) return false;
+    if (r == 0) {
+      eof = true;  // handle what arrived before the end, then close
+      break;
+    }
     if (r < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
       if (errno == EINTR) continue;
@@ -2108,7 +2117,7 @@ inline bool Runtime::read_peer(PeerConn& p) {
       drive();
     }
   }
-  return ok;
+  return ok && !eof;
 }
 
 inline bool Runtime::handle_peer_message(PeerConn& p, std::vector<std::string>& w) {
