@@ -78,7 +78,8 @@ class Node {
 
   // Starts the node (killing a previous instance); `extra` as -e ... -s ...
   void start(std::vector<std::string> extra = {}) {
-    std::vector<std::string> argv{proc::example(program_), "-i", id, "-a", address(), "-d", data_dir};
+    std::vector<std::string> argv{proc::example(program_), "-i", id, "-a", address(), "-d", data_dir,
+                                  "--time-scale", std::to_string(proc::time_scale())};
     argv.insert(argv.end(), extra.begin(), extra.end());
     extra_ = std::move(extra);
     process_.reset();  // the previous instance, if any, is killed first

@@ -604,7 +604,8 @@ class Runtime {
   Config cfg_;
   HostPort host_;
   std::atomic<bool> started_{false};
-  std::atomic<bool> stopping_{false};
+  std::atomic<bool> stop_called_{false};
+  std::atomic<bool> stopping_{false};  // set after leave(): the threads exit
   std::atomic<bool> stopped_{false};
   std::atomic<bool> halted_{false};  // threads joined: nothing more is sent or driven
   mutable std::mutex life_mu_;
@@ -631,7 +632,9 @@ class Runtime {
   mutable std::mutex data_mu_;
   Store store_;
   std::atomic<std::uint64_t> applied_{0};
-  std::thread::id apply_thread_id_;
+  // Threads that answer commands: execute() from them would wait for itself.
+  std::atomic<std::thread::id> apply_thread_id_{};
+  std::atomic<std::thread::id> poll_thread_id_{};
 
   // requests
   std::mutex req_mu_;
@@ -711,6 +714,9 @@ inline void Runtime::open_storage() {
     st.hard_state = rec.hard_state;
     st.entries = std::move(rec.entries);
     if (rec.snapshot) snapshot = std::make_shared<Snapshot>(std::move(*rec.snapshot));
+    log(LogLevel::Info, "restarting from " + cfg_.data_dir + ": term " + std::to_string(rec.hard_state.term) + ", " +
+                            std::to_string(st.entries.size()) + " log entries after " +
+                            (snapshot ? "a snapshot at index " + std::to_string(snapshot->meta.index) : "no snapshot"));
     if (!cfg_.join.empty() || !cfg_.peers.empty() || !cfg_.load_snapshot.empty())
       log(LogLevel::Info, "using the configuration persisted in " + cfg_.data_dir + "; -e, the peer map and -l are ignored");
   } else {
@@ -864,14 +870,15 @@ inline void Runtime::leave() {
 }
 
 inline void Runtime::stop() {
-  if (!started_.load() || stopping_.exchange(true)) {
+  if (!started_.load() || stop_called_.exchange(true)) {
     if (started_.load()) {
       std::unique_lock<std::mutex> lock(life_mu_);
       life_cv_.wait(lock, [&] { return stopped_.load(); });
     }
     return;
   }
-  leave();
+  leave();  // while every thread still runs: the successor's term must reach us
+  stopping_ = true;
   log(LogLevel::Info, "stopping");
   wake_poll();
   {
@@ -989,6 +996,16 @@ inline void Runtime::storage_failed(const std::string& why) {
   log(LogLevel::Error, "storage failed: " + why +
                            ". This node no longer acknowledges, votes or accepts appends; restart it to recover "
                            "from what is on disk.");
+  // Nothing waiting here can be answered by this node any more.
+  std::vector<std::uint64_t> waiting;
+  {
+    std::lock_guard<std::mutex> lock(req_mu_);
+    for (const auto& [id, r] : requests_) waiting.push_back(id);
+    write_by_index_.clear();
+  }
+  for (std::uint64_t id : waiting)
+    finish_request(id, Reply::error("MISCONF storage failed on this node; if this was a write, its outcome is "
+                                    "unknown (another node may still commit it); restart the node"));
 }
 
 inline void Runtime::send_peer(const Message& m) {
@@ -1134,10 +1151,7 @@ inline void Runtime::ticker_loop() {
         drive();
       }
     }
-    if (++ticks % std::max(1, 100 / cfg_.tick_ms) == 0) {
-      propose_expiry();
-      wake_poll();  // forwarded writes time out on the poll thread
-    }
+    if (++ticks % std::max(1, 100 / cfg_.tick_ms) == 0) wake_poll();  // forwarded writes time out there
   }
 }
 
@@ -1172,12 +1186,19 @@ inline void Runtime::propose_expiry() {
 inline void Runtime::apply_loop() {
   apply_thread_id_ = std::this_thread::get_id();
   std::deque<ApplyItem> items;
+  auto next_expiry = std::chrono::steady_clock::now();
   while (true) {
     {
       std::unique_lock<std::mutex> lock(apply_mu_);
-      apply_cv_.wait(lock, [&] { return stopping_ || !apply_q_.empty(); });
+      apply_cv_.wait_until(lock, next_expiry, [&] { return stopping_ || !apply_q_.empty(); });
       if (stopping_) return;
       items.swap(apply_q_);
+    }
+    // The leader's background expiry lives here, beside the data, so that a slow handler or
+    // a long Node::read never holds up the ticker (and the heartbeats).
+    if (std::chrono::steady_clock::now() >= next_expiry) {
+      next_expiry = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
+      propose_expiry();
     }
     for (auto& item : items) {
       if (fatal_) break;
@@ -1443,7 +1464,7 @@ inline void Runtime::finish_request(std::uint64_t id, Reply reply) {
 inline std::future<Reply> Runtime::execute_async(std::vector<std::string> words) {
   auto promise = std::make_shared<std::promise<Reply>>();
   std::future<Reply> f = promise->get_future();
-  if (std::this_thread::get_id() == apply_thread_id_) {
+  if (std::this_thread::get_id() == apply_thread_id_.load() || std::this_thread::get_id() == poll_thread_id_.load()) {
     promise->set_value(Reply::error("ERR execute() called from a handler or callback would wait for itself"));
     return f;
   }
@@ -1847,6 +1868,7 @@ inline void Runtime::log(LogLevel level, const std::string& message) const {
 // ---- the poll thread -----------------------------------------------------------------------
 
 inline void Runtime::poll_loop() {
+  poll_thread_id_ = std::this_thread::get_id();
   std::vector<pollfd> fds;
   std::vector<std::uint64_t> owner;  // client connection id, or 0
   auto last_expiry = std::chrono::steady_clock::now();
@@ -2406,6 +2428,7 @@ inline std::string usage(const std::string& program) {
          "  -l SNAPSHOT     found the cluster with this snapshot (ours or pyraft's .dat)\n"
          "  -s SECRET       peers must present this secret\n"
          "  --loglevel L    debug, info, warning or error (default: info)\n"
+         "  --time-scale X  multiply every timeout by X (slow machines, sanitizer builds)\n"
          "  -h, --help      this help\n"
          "Without -e and without a data directory the node founds a cluster of one and leads it.\n"
          "  ex) " + program + " -i 1 -a 127.0.0.1:5010\n"
@@ -2449,6 +2472,14 @@ inline ParsedArgs parse_args(int argc, char** argv) {
       if (!value(c.load_snapshot)) return out;
     } else if (a == "-s" || a == "--secret") {
       if (!value(c.secret)) return out;
+    } else if (a == "--time-scale") {
+      if (!value(v)) return out;
+      char* end = nullptr;
+      c.time_scale = std::strtod(v.c_str(), &end);
+      if (end == v.c_str() || *end != '\0' || !(c.time_scale > 0)) {
+        out.error = "--time-scale needs a positive number, not '" + v + "'";
+        return out;
+      }
     } else if (a == "--loglevel" || a == "-loglevel") {
       if (!value(v)) return out;
       v = detail::lower(v);

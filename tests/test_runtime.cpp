@@ -1,0 +1,1373 @@
+// Section 5, the runtime in process: several raft::Node objects in this test process on
+// loopback, driven only through the public API (raft::Node, raft::Config, parse_args).
+//
+// Every test uses its own addresses 127.60.<test>.<node> (ports 7010, 7020, 7030 ...), a fresh
+// data directory per node, and a log sink per node so that the test can wait for log lines
+// and the output stays quiet. Timeouts scale with RAFT_TIME_SCALE (the Makefile sets it for
+// the sanitizer builds). Conditions are polled against deadlines; nothing sleeps in place of
+// a condition.
+#include <catch2/catch.hpp>
+
+#include "raft.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <future>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+namespace fs = std::filesystem;
+using Catch::Matchers::Contains;
+using Catch::Matchers::StartsWith;
+using namespace std::chrono_literals;
+
+namespace {
+
+// ---- time -----------------------------------------------------------------------------------
+
+double time_scale() {
+  const char* s = std::getenv("RAFT_TIME_SCALE");
+  if (s == nullptr || *s == '\0') return 1.0;
+  char* end = nullptr;
+  double v = std::strtod(s, &end);
+  return (end != nullptr && *end == '\0' && v > 0) ? v : 1.0;
+}
+
+std::chrono::milliseconds scaled(int ms) {
+  return std::chrono::milliseconds(static_cast<long long>(ms * time_scale()));
+}
+
+std::int64_t wall_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+/// Polls `cond` every few milliseconds until it holds or `ms` (scaled) have passed.
+template <class Cond>
+bool eventually(Cond cond, int ms = 15000) {
+  const auto deadline = std::chrono::steady_clock::now() + scaled(ms);
+  for (;;) {
+    if (cond()) return true;
+    if (std::chrono::steady_clock::now() >= deadline) return cond();
+    std::this_thread::sleep_for(5ms);
+  }
+}
+
+/// Waits for a future within `ms` (scaled); false if it is not ready by then.
+template <class T>
+bool ready_within(std::future<T>& f, int ms = 15000) {
+  return f.wait_for(scaled(ms)) == std::future_status::ready;
+}
+
+// ---- files ----------------------------------------------------------------------------------
+
+class TempDir {
+ public:
+  TempDir() {
+    const char* base = std::getenv("TMPDIR");
+    std::string pattern = std::string(base != nullptr && *base != '\0' ? base : "/tmp") +
+                          "/raft-runtime-test-XXXXXX";
+    std::vector<char> buf(pattern.begin(), pattern.end());
+    buf.push_back('\0');
+    if (::mkdtemp(buf.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+    path_ = buf.data();
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// ---- logs -----------------------------------------------------------------------------------
+
+/// One node's log lines, written by the node's threads and read by the test.
+class LogLines {
+ public:
+  void add(const std::string& line) {
+    std::lock_guard<std::mutex> lock(mu_);
+    lines_.push_back(line);
+  }
+  bool contains(const std::string& text) const { return count(text) > 0; }
+  std::size_t count(const std::string& text) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::size_t n = 0;
+    for (const auto& l : lines_) n += l.find(text) != std::string::npos ? 1 : 0;
+    return n;
+  }
+  /// Index of the first line containing `text` at or after `from`; -1 if none.
+  long find(const std::string& text, long from = 0) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (std::size_t i = static_cast<std::size_t>(from); i < lines_.size(); ++i)
+      if (lines_[i].find(text) != std::string::npos) return static_cast<long>(i);
+    return -1;
+  }
+  std::string line(long i) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return i >= 0 && static_cast<std::size_t>(i) < lines_.size() ? lines_[static_cast<std::size_t>(i)] : "";
+  }
+  std::string text() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::string out;
+    for (const auto& l : lines_) out += l + "\n";
+    return out;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<std::string> lines_;
+};
+
+/// Redirects this process's standard error to a file while it lives (the numeric
+/// constructors of raft::Node log there). A sanitizer report written meanwhile is copied back
+/// to the real standard error.
+class StderrToFile {
+ public:
+  explicit StderrToFile(std::string path) : path_(std::move(path)) {
+    std::fflush(stderr);
+    saved_ = ::dup(2);
+    int fd = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (saved_ < 0 || fd < 0) throw std::runtime_error("cannot redirect stderr");
+    ::dup2(fd, 2);
+    ::close(fd);
+  }
+  ~StderrToFile() {
+    std::fflush(stderr);
+    ::dup2(saved_, 2);
+    ::close(saved_);
+    std::string t = read_file(path_);
+    if (t.find("Sanitizer") != std::string::npos || t.find("runtime error") != std::string::npos)
+      std::fwrite(t.data(), 1, t.size(), stderr);
+  }
+  StderrToFile(const StderrToFile&) = delete;
+  StderrToFile& operator=(const StderrToFile&) = delete;
+  std::string text() const { return read_file(path_); }
+
+ private:
+  std::string path_;
+  int saved_ = -1;
+};
+
+/// Runs the test inside a directory while it lives (relative data directories land there).
+class ScopedCwd {
+ public:
+  explicit ScopedCwd(const std::string& dir) : saved_(fs::current_path()) { fs::current_path(dir); }
+  ~ScopedCwd() {
+    std::error_code ec;
+    fs::current_path(saved_, ec);
+  }
+  ScopedCwd(const ScopedCwd&) = delete;
+  ScopedCwd& operator=(const ScopedCwd&) = delete;
+
+ private:
+  fs::path saved_;
+};
+
+// ---- replies --------------------------------------------------------------------------------
+
+std::string describe(const raft::Reply& r) {
+  using resp::Type;
+  switch (r.type) {
+    case Type::SimpleString: return "+" + r.str;
+    case Type::Error: return "-" + r.str;
+    case Type::BulkString: return "\"" + r.str + "\"";
+    case Type::Verbatim: return "verbatim \"" + r.str + "\"";
+    case Type::Integer: return ":" + std::to_string(r.num);
+    case Type::NullBulk:
+    case Type::NullArray:
+    case Type::Null: return "(nil)";
+    default: {
+      std::string s = "[";
+      for (const auto& e : r.elements) s += describe(e) + " ";
+      return s + "]";
+    }
+  }
+}
+
+bool is_ok(const raft::Reply& r) { return r.type == resp::Type::SimpleString && r.str == "OK"; }
+
+/// The value of a key in a node's replicated data, read through Node::read; "(none)" when the
+/// key is absent (deadlines ignored: an expired key that is still stored is shown).
+std::string stored(const raft::Node& n, const std::string& key) {
+  std::string out = "(none)";
+  n.read([&](const raft::Store& s) {
+    const raft::Store::Object* o = s.find(key, INT64_MIN);
+    if (o != nullptr) out = o->str;
+  });
+  return out;
+}
+
+std::size_t stored_keys(const raft::Node& n) {
+  std::size_t k = 0;
+  n.read([&](const raft::Store& s) { k = s.size(); });
+  return k;
+}
+
+/// One field of Node::info() ("raft_storage"), or "" if absent.
+std::string info_field(const raft::Node& n, const std::string& field) {
+  std::istringstream in(n.info());
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.rfind(field + ":", 0) == 0) return line.substr(field.size() + 1);
+  }
+  return "";
+}
+
+/// The members of a node's configuration, from INFO raft: id -> the member's line
+/// ("id=2,address=...,role=voter,match=...").
+std::map<std::string, std::string> members(const raft::Node& n) {
+  std::map<std::string, std::string> out;
+  std::istringstream in(n.info());
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.rfind("raft_member", 0) != 0 || line.rfind("raft_members:", 0) == 0) continue;
+    auto colon = line.find(':');
+    std::string v = line.substr(colon + 1);
+    auto comma = v.find(',');
+    if (v.rfind("id=", 0) == 0) out[v.substr(3, comma - 3)] = v;
+  }
+  return out;
+}
+
+std::string member_role(const raft::Node& n, const std::string& id) {
+  auto m = members(n);
+  auto it = m.find(id);
+  if (it == m.end()) return "absent";
+  return it->second.find("role=voter") != std::string::npos ? "voter" : "learner";
+}
+
+/// The leader's view of a member's match index (INFO raft, leader only); -1 if not shown.
+long long member_match(const raft::Node& leader, const std::string& id) {
+  auto m = members(leader);
+  auto it = m.find(id);
+  if (it == m.end()) return -1;
+  auto p = it->second.find("match=");
+  if (p == std::string::npos) return -1;
+  return std::atoll(it->second.c_str() + p + 6);
+}
+
+// ---- nodes ----------------------------------------------------------------------------------
+
+std::string address(int test, int node) {
+  return "127.60." + std::to_string(test) + "." + std::to_string(node) + ":" + std::to_string(7000 + 10 * node);
+}
+
+/// A node with its own data directory and log capture; the node is destroyed first.
+class TestNode {
+ public:
+  explicit TestNode(raft::Config config) : logs_(std::make_shared<LogLines>()) {
+    config.time_scale = time_scale();
+    if (config.data_dir.empty()) config.data_dir = dir_.file("data");
+    std::shared_ptr<LogLines> logs = logs_;
+    config.log_sink = [logs](raft::LogLevel, const std::string& line) { logs->add(line); };
+    node_ = std::make_unique<raft::Node>(std::move(config));
+  }
+  ~TestNode() { node_.reset(); }
+  TestNode(const TestNode&) = delete;
+  TestNode& operator=(const TestNode&) = delete;
+
+  raft::Node& operator*() { return *node_; }
+  raft::Node* operator->() { return node_.get(); }
+  raft::Node& node() { return *node_; }
+  const LogLines& logs() const { return *logs_; }
+
+ private:
+  TempDir dir_;
+  std::shared_ptr<LogLines> logs_;
+  std::unique_ptr<raft::Node> node_;
+};
+
+raft::Config node_config(const std::string& id, const std::string& addr) {
+  raft::Config c;
+  c.id = id;
+  c.address = addr;
+  return c;
+}
+
+/// n voters "1".."n" with a static peer map at 127.60.<test>.<i>:70i0.
+class Cluster {
+ public:
+  Cluster(int test, int size, const std::function<void(raft::Config&)>& adjust = {}) {
+    for (int i = 1; i <= size; ++i) {
+      raft::Config c = node_config(std::to_string(i), address(test, i));
+      for (int j = 1; j <= size; ++j)
+        if (j != i) c.peers[std::to_string(j)] = address(test, j);
+      if (adjust) adjust(c);
+      nodes_.push_back(std::make_unique<TestNode>(std::move(c)));
+    }
+  }
+  ~Cluster() {
+    // Stop them together: one at a time, each leader would hand over to the next.
+    std::vector<std::thread> stoppers;
+    for (auto& n : nodes_) stoppers.emplace_back([&n] { n->node().stop(); });
+    for (auto& t : stoppers) t.join();
+  }
+  Cluster(const Cluster&) = delete;
+  Cluster& operator=(const Cluster&) = delete;
+
+  int size() const { return static_cast<int>(nodes_.size()); }
+  raft::Node& operator[](int i) { return nodes_.at(static_cast<std::size_t>(i - 1))->node(); }
+  TestNode& test_node(int i) { return *nodes_.at(static_cast<std::size_t>(i - 1)); }
+  void start() {
+    for (auto& n : nodes_) n->node().start();
+  }
+
+  /// Waits until exactly one running node leads and every other running node follows it in
+  /// the same term; returns its number, or 0 (with the logs as a message) on timeout.
+  int wait_for_leader(int ms = 20000) {
+    int found = 0;
+    bool ok = eventually([&] {
+      found = current_leader();
+      return found != 0;
+    }, ms);
+    if (!ok) UNSCOPED_INFO("no single leader; logs:\n" << all_logs());
+    return ok ? found : 0;
+  }
+  int current_leader() {
+    int leader = 0;
+    for (int i = 1; i <= size(); ++i)
+      if (running(i) && (*this)[i].state() == 'l') {
+        if (leader != 0) return 0;
+        leader = i;
+      }
+    if (leader == 0) return 0;
+    const std::string id = (*this)[leader].id();
+    const std::uint64_t term = (*this)[leader].term();
+    for (int i = 1; i <= size(); ++i)
+      if (i != leader && running(i) && ((*this)[i].leader() != id || (*this)[i].term() != term)) return 0;
+    return leader;
+  }
+  bool running(int i) { return !(*this)[i].stopping(); }
+  /// A node other than `a` and `b`.
+  int other_than(int a, int b = 0) const {
+    for (int i = 1; i <= size(); ++i)
+      if (i != a && i != b) return i;
+    return 0;
+  }
+  std::string all_logs() const {
+    std::string s;
+    for (std::size_t i = 0; i < nodes_.size(); ++i)
+      s += "---- node " + std::to_string(i + 1) + "\n" + nodes_[i]->logs().text();
+    return s;
+  }
+
+ private:
+  std::vector<std::unique_ptr<TestNode>> nodes_;
+};
+
+/// Retries an administration call while it answers TRYAGAIN (another change in progress,
+/// leader not ready yet): those change nothing. Returns the last reply.
+raft::Reply admin_until_done(const std::function<raft::Reply()>& call, int ms = 15000) {
+  raft::Reply r;
+  eventually([&] {
+    r = call();
+    return !(r.is_error() && r.str.rfind("TRYAGAIN", 0) == 0);
+  }, ms);
+  return r;
+}
+
+/// Connects to a node's client port, sends `bytes` and returns what comes back until `lines`
+/// CRLF-terminated lines arrived (or the connection closes, or 5 s pass, scaled).
+std::string raw_command(const std::string& addr, const std::string& bytes, int lines = 1) {
+  auto colon = addr.rfind(':');
+  std::string host = addr.substr(0, colon);
+  int port = std::atoi(addr.c_str() + colon + 1);
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return "";
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(static_cast<std::uint16_t>(port));
+  ::inet_pton(AF_INET, host.c_str(), &sa.sin_addr);
+  std::string out;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0 &&
+      ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size())) {
+    timeval tv{};
+    tv.tv_sec = static_cast<long>(5 * time_scale());
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char buf[4096];
+    auto line_count = [&] {
+      int n = 0;
+      for (std::size_t p = out.find("\r\n"); p != std::string::npos; p = out.find("\r\n", p + 2)) ++n;
+      return n;
+    };
+    while (line_count() < lines) {
+      ssize_t r = ::recv(fd, buf, sizeof buf, 0);
+      if (r <= 0) break;
+      out.append(buf, static_cast<std::size_t>(r));
+    }
+  }
+  ::close(fd);
+  return out;
+}
+
+/// An fsync replacement that starts failing with EIO when told to.
+class FailingDisk {
+ public:
+  /// The `n`-th call from now on and every later one fail (n <= 0: the next one).
+  void fail_after(long n) {
+    countdown_ = n;
+    if (n <= 0) failing_ = true;
+  }
+  std::function<int(int)> hook() {
+    return [this](int fd) {
+      if (!failing_.load() && countdown_.load() > 0 && --countdown_ == 0) failing_ = true;
+      if (failing_.load()) {
+        errno = EIO;
+        return -1;
+      }
+      return ::fsync(fd);
+    };
+  }
+
+ private:
+  std::atomic<bool> failing_{false};
+  std::atomic<long> countdown_{0};
+};
+
+}  // namespace
+
+// =============================================================================================
+// 1. The article's first snippet
+// =============================================================================================
+
+TEST_CASE("three nodes built from a static peer map with numeric ids elect one leader and serve writes from a follower",
+          "[runtime]") {
+  // The snippet's constructors take no Config: the default data directories (raft-<id>-<port>)
+  // go to a temporary working directory and the default log (standard error) to a file.
+  TempDir dir;
+  ScopedCwd cwd(dir.path());
+  StderrToFile err(dir.file("stderr.txt"));
+  const std::string a1 = address(1, 1), a2 = address(1, 2), a3 = address(1, 3);
+  {
+    raft::Node n1(1, a1, {{2, a2}, {3, a3}});
+    raft::Node n2(2, a2, {{1, a1}, {3, a3}});
+    raft::Node n3(3, a3, {{1, a1}, {2, a2}});
+    raft::Node* nodes[] = {&n1, &n2, &n3};
+    for (raft::Node* n : nodes) n->start();
+    CHECK(n1.id() == "1");
+    CHECK(n3.address() == a3);
+
+    raft::Node* leader = nullptr;
+    bool one_leader = eventually([&] {
+      int leaders = 0;
+      for (raft::Node* n : nodes)
+        if (n->state() == 'l') {
+          ++leaders;
+          leader = n;
+        }
+      if (leaders != 1) return false;
+      for (raft::Node* n : nodes)
+        if (n->leader() != leader->id() || n->term() != leader->term()) return false;
+      return true;
+    });
+    if (!one_leader) UNSCOPED_INFO(err.text());
+    REQUIRE(one_leader);
+    raft::Node* follower = leader == &n1 ? &n2 : &n1;
+    CHECK(follower->state() == 'f');
+    CHECK(follower->leader_address() == leader->address());
+
+    raft::Reply set = follower->execute({"set", "k", "v"});
+    INFO(describe(set));
+    REQUIRE(is_ok(set));
+    for (raft::Node* n : nodes) {
+      raft::Reply got = n->execute({"get", "k"});
+      INFO("node " << n->id() << ": " << describe(got));
+      CHECK(got.type == resp::Type::BulkString);
+      CHECK(got.str == "v");
+    }
+  }
+  CHECK(fs::exists(dir.file("raft-1-7010")));
+  CHECK(fs::exists(dir.file("raft-3-7030")));
+  CHECK_THAT(err.text(), Contains("is a leader"));
+}
+
+// =============================================================================================
+// 2. The founder
+// =============================================================================================
+
+TEST_CASE("a founder leads at once in term 10 and on_leader runs once on the apply thread after the earlier data is applied",
+          "[runtime]") {
+  struct LeaderCall {
+    std::uint64_t term;
+    std::thread::id thread;
+    std::string seen;
+  };
+  std::mutex mu;
+  std::vector<LeaderCall> calls;
+  std::thread::id handler_thread;
+  auto setup = [&](raft::Node& n) {
+    n.on_leader([&](raft::Node& node, std::uint64_t term) {
+      std::string seen = stored(node, "k");
+      std::lock_guard<std::mutex> lock(mu);
+      calls.push_back(LeaderCall{term, std::this_thread::get_id(), seen});
+    });
+    n.handler("whoami", [&](raft::Call&) {
+      std::lock_guard<std::mutex> lock(mu);
+      handler_thread = std::this_thread::get_id();
+      return raft::Reply::ok();
+    }, "we", 0, 0);
+  };
+  auto call_count = [&] {
+    std::lock_guard<std::mutex> lock(mu);
+    return calls.size();
+  };
+  TempDir data;
+  raft::Config config = node_config("1", address(2, 1));
+  config.data_dir = data.file("data");
+
+  {
+    TestNode founder(config);
+    setup(*founder);
+    founder->start();
+    CHECK(founder->state() == 'l');
+    CHECK(founder->role() == raft::Role::Leader);
+    CHECK(founder->term() == 10);
+    CHECK(founder->leader() == "1");
+    REQUIRE(eventually([&] { return call_count() >= 1; }));
+    REQUIRE(is_ok(founder->execute({"set", "k", "v"})));
+    REQUIRE(is_ok(founder->execute({"whoami"})));
+    founder->stop();
+    std::lock_guard<std::mutex> lock(mu);
+    REQUIRE(calls.size() == 1);
+    CHECK(calls[0].term == 10);
+    CHECK(calls[0].thread == handler_thread);  // write handlers run on the apply thread
+    CHECK(calls[0].thread != std::this_thread::get_id());
+    CHECK(calls[0].seen == "(none)");
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    calls.clear();
+  }
+  // Restarted from its data directory: leadership is ready only once "k" is applied again.
+  TestNode again(config);
+  setup(*again);
+  again->start();
+  REQUIRE(eventually([&] { return call_count() >= 1; }));
+  REQUIRE(is_ok(again->execute({"whoami"})));
+  again->stop();
+  std::lock_guard<std::mutex> lock(mu);
+  REQUIRE(calls.size() == 1);
+  CHECK(calls[0].term > 10);
+  CHECK(calls[0].seen == "v");
+  CHECK(calls[0].thread == handler_thread);
+}
+
+// =============================================================================================
+// 3. Role callbacks
+// =============================================================================================
+
+TEST_CASE("on_follower and on_candidate fire when roles change", "[runtime]") {
+  struct Counts {
+    std::atomic<int> leader{0}, follower{0}, candidate{0};
+  };
+  Counts counts[4];
+  Cluster c(3, 3);
+  for (int i = 1; i <= 3; ++i) {
+    Counts* k = &counts[i];
+    c[i].on_leader([k](raft::Node&, std::uint64_t) { ++k->leader; });
+    c[i].on_follower([k](raft::Node&) { ++k->follower; });
+    c[i].on_candidate([k](raft::Node&) { ++k->candidate; });
+  }
+  c.start();
+  int leader = c.wait_for_leader();
+  REQUIRE(leader != 0);
+  REQUIRE(eventually([&] { return counts[leader].leader.load() == 1; }));
+  CHECK(counts[leader].candidate.load() >= 1);  // it campaigned
+  for (int i = 1; i <= 3; ++i)
+    if (i != leader) CHECK(eventually([&] { return counts[i].follower.load() >= 1; }));  // learned the leader
+
+  int before_candidate[4], before_follower[4];
+  for (int i = 1; i <= 3; ++i) {
+    before_candidate[i] = counts[i].candidate.load();
+    before_follower[i] = counts[i].follower.load();
+  }
+  c[leader].stop();
+  int next = 0;
+  REQUIRE(eventually([&] {
+    next = c.current_leader();
+    return next != 0 && next != leader;
+  }));
+  int other = c.other_than(leader, next);
+  CHECK(eventually([&] { return counts[next].leader.load() == 1; }));
+  CHECK(counts[next].candidate.load() > before_candidate[next]);  // a follower became candidate, then leader
+  CHECK(eventually([&] { return counts[other].follower.load() > before_follower[other]; }));  // it follows the new leader
+}
+
+// =============================================================================================
+// 4. Write handlers and the entry's timestamp
+// =============================================================================================
+
+TEST_CASE("a custom write handler runs on every node with the entry's timestamp as now_ms", "[runtime]") {
+  std::mutex mu;
+  std::map<const raft::Node*, std::vector<std::int64_t>> seen;  // node -> now_ms of each call
+  Cluster c(4, 3);
+  for (int i = 1; i <= 3; ++i)
+    c[i].handler("stamp", [&](raft::Call& call) {
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        seen[call.node].push_back(call.now_ms);
+      }
+      call.data.put(call.words[1], raft::Store::Kind::String).str = std::to_string(call.now_ms);
+      return raft::Reply::integer(call.now_ms);
+    }, "we", 1, 1);
+  c.start();
+  int leader = c.wait_for_leader();
+  REQUIRE(leader != 0);
+  int follower = c.other_than(leader);
+
+  std::int64_t before = wall_ms();
+  raft::Reply r = c[follower].execute({"stamp", "when"});
+  std::int64_t after = wall_ms();
+  INFO(describe(r));
+  REQUIRE(r.type == resp::Type::Integer);
+  CHECK(r.num >= before);  // the leader's clock when it appended the entry
+  CHECK(r.num <= after);
+  const std::string expected = std::to_string(r.num);
+  for (int i = 1; i <= 3; ++i) {
+    INFO("node " << i);
+    CHECK(eventually([&] { return stored(c[i], "when") == expected; }));
+  }
+  std::lock_guard<std::mutex> lock(mu);
+  REQUIRE(seen.size() == 3);
+  for (int i = 1; i <= 3; ++i) CHECK(seen[&c[i]] == std::vector<std::int64_t>{r.num});
+}
+
+// =============================================================================================
+// 5. execute() on the apply thread
+// =============================================================================================
+
+TEST_CASE("execute from inside a handler or a callback returns an error instead of deadlocking", "[runtime]") {
+  std::mutex mu;
+  std::vector<raft::Reply> from_callback;
+  TestNode n(node_config("1", address(5, 1)));
+  n->handler("reenter_write", [](raft::Call& call) { return call.node->execute({"get", "k"}); }, "we", 0, 0);
+  n->handler("reenter_read", [](raft::Call& call) { return call.node->execute({"set", "k", "x"}); }, "r", 0, 0);
+  n->on_leader([&](raft::Node& node, std::uint64_t) {
+    raft::Reply r = node.execute({"set", "k", "from-callback"});
+    std::lock_guard<std::mutex> lock(mu);
+    from_callback.push_back(r);
+  });
+  n->start();
+  REQUIRE(eventually([&] {
+    std::lock_guard<std::mutex> lock(mu);
+    return !from_callback.empty();
+  }));
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    INFO(describe(from_callback[0]));
+    CHECK(from_callback[0].is_error());
+    CHECK_THAT(from_callback[0].str, StartsWith("ERR"));
+  }
+  for (const char* cmd : {"reenter_write", "reenter_read"}) {
+    INFO(cmd);
+    auto f = n->execute_async({cmd});
+    REQUIRE(ready_within(f));
+    raft::Reply r = f.get();
+    INFO(describe(r));
+    CHECK(r.is_error());
+    CHECK_THAT(r.str, StartsWith("ERR"));
+  }
+  // The node still works, and nothing the refused calls asked for happened.
+  CHECK(n->execute({"get", "k"}).is_null());
+  CHECK(is_ok(n->execute({"set", "k", "v"})));
+  CHECK(n->execute({"get", "k"}).str == "v");
+}
+
+TEST_CASE("execute from a read handler on a READONLY connection returns an error instead of blocking the poll thread",
+          "[runtime]") {
+  Cluster c(19, 3);
+  for (int i = 1; i <= 3; ++i)
+    c[i].handler("peek", [](raft::Call& call) {
+      auto f = call.node->execute_async({"set", "peeked", "1"});
+      if (f.wait_for(scaled(2000)) != std::future_status::ready)
+        return raft::Reply::error("HUNG execute() from the poll thread did not return");
+      return f.get();
+    }, "r", 0, 0);
+  c.start();
+  int leader = c.wait_for_leader();
+  REQUIRE(leader != 0);
+  std::string reply = raw_command(c[leader].address(), "READONLY\r\nPEEK\r\n", 2);
+  INFO(reply);
+  CHECK_THAT(reply, StartsWith("+OK\r\n-ERR "));
+  // Whatever the handler asked for never happens.
+  int now_leader = c.wait_for_leader();
+  REQUIRE(now_leader != 0);
+  REQUIRE(is_ok(c[now_leader].execute({"set", "probe", "1"})));
+  CHECK(c[now_leader].execute({"get", "peeked"}).is_null());
+}
+
+// =============================================================================================
+// 6. Node::read, stopping(), stop() and ports
+// =============================================================================================
+
+TEST_CASE("Node::read sees whole entries, stopping() turns true on stop, stop is idempotent and a destroyed node frees its ports",
+          "[runtime]") {
+  const std::string addr = address(6, 1);
+  auto node = std::make_unique<TestNode>(node_config("1", addr));
+  std::atomic<bool> watcher_done{false};
+  std::thread watcher;
+  std::mutex watcher_mu;
+  (*node)->on_leader([&](raft::Node& n, std::uint64_t) {
+    // A thread started from a callback watches stopping().
+    std::lock_guard<std::mutex> lock(watcher_mu);
+    watcher = std::thread([&n, &watcher_done] {
+      while (!n.stopping()) std::this_thread::sleep_for(2ms);
+      watcher_done = true;
+    });
+  });
+  (*node)->start();
+  CHECK_FALSE((*node)->stopping());
+
+  // A reader on a user thread never sees half of an entry: MSET writes a and b together.
+  std::atomic<bool> writing{true};
+  std::atomic<long> reads{0}, torn{0};
+  std::thread reader([&] {
+    while (writing) {
+      (*node)->read([&](const raft::Store& s) {
+        const raft::Store::Object* a = s.find("a", wall_ms());
+        const raft::Store::Object* b = s.find("b", wall_ms());
+        if ((a == nullptr) != (b == nullptr) || (a != nullptr && a->str != b->str)) ++torn;
+      });
+      ++reads;
+    }
+  });
+  bool all_ok = true;
+  for (int i = 0; i < 200 && all_ok; ++i) {
+    std::string v = std::to_string(i);
+    all_ok = is_ok((*node)->execute({"mset", "a", v, "b", v}));
+    // What a write's reply confirms is visible to the next read on this node.
+    all_ok = all_ok && stored(**node, "a") == v;
+  }
+  writing = false;
+  reader.join();
+  CHECK(all_ok);
+  CHECK(reads.load() > 0);
+  CHECK(torn.load() == 0);
+
+  // The address is taken while the node lives.
+  {
+    TestNode second(node_config("2", addr));
+    CHECK_THROWS_AS(second->start(), std::runtime_error);
+  }
+  // A client connection open when the node stops.
+  CHECK(raw_command(addr, "PING\r\n") == "+PONG\r\n");
+
+  std::thread concurrent_stop([&] { (*node)->stop(); });
+  (*node)->stop();
+  concurrent_stop.join();
+  CHECK((*node)->stopping());
+  (*node)->stop();  // again: returns at once
+  CHECK((*node)->execute({"get", "a"}).is_error());
+  CHECK(eventually([&] { return watcher_done.load(); }));
+  {
+    std::lock_guard<std::mutex> lock(watcher_mu);
+    if (watcher.joinable()) watcher.join();
+  }
+  node.reset();
+
+  // Right after destruction both ports are free for a new node on the same address.
+  TestNode reborn(node_config("1", addr));
+  REQUIRE_NOTHROW(reborn->start());
+  CHECK(is_ok(reborn->execute({"set", "a", "1"})));
+  CHECK(raw_command(addr, "PING\r\n") == "+PONG\r\n");
+}
+
+TEST_CASE("a long Node::read on the leader does not stop its heartbeats", "[runtime]") {
+  Cluster c(20, 3);
+  c.start();
+  int leader = c.wait_for_leader();
+  REQUIRE(leader != 0);
+  REQUIRE(is_ok(c[leader].execute({"set", "k", "v"})));
+  const std::uint64_t term = c[leader].term();
+  // Hold the data lock for several election timeouts (300-600 ms each).
+  c[leader].read([](const raft::Store&) { std::this_thread::sleep_for(scaled(2000)); });
+  INFO(c.all_logs());
+  CHECK(c.current_leader() == leader);
+  for (int i = 1; i <= 3; ++i) CHECK(c[i].term() == term);
+}
+
+// =============================================================================================
+// 7. Graceful leave
+// =============================================================================================
+
+namespace {
+
+/// Stops the leader of a fresh 3-node cluster; returns (old leader, the id it handed over to).
+std::pair<int, std::string> stop_leader(Cluster& c, std::uint64_t& old_term) {
+  c.start();
+  int leader = c.wait_for_leader();
+  REQUIRE(leader != 0);
+  REQUIRE(is_ok(c[leader].execute({"set", "k", "v"})));
+  // Both followers hold the whole log (the leader's first entries of a static peer map bind
+  // the members' server ids), so that the leader can send TimeoutNow at once.
+  REQUIRE(eventually([&] {
+    const std::string last = info_field(c[leader], "raft_last_index");
+    for (int i = 1; i <= c.size(); ++i)
+      if (std::to_string(c[i].applied_index()) != last) return false;
+    return true;
+  }));
+  old_term = c[leader].term();
+  c[leader].stop();
+  const LogLines& logs = c.test_node(leader).logs();
+  long handing = logs.find("leaving: handing leadership to ");
+  INFO(c.all_logs());
+  REQUIRE(handing >= 0);
+  std::string line = logs.line(handing);
+  return {leader, line.substr(line.find("handing leadership to ") + 22)};
+}
+
+}  // namespace
+
+TEST_CASE("a stopping leader hands leadership to an up-to-date voter", "[runtime]") {
+  Cluster c(7, 3);
+  std::uint64_t old_term = 0;
+  auto [leader, target] = stop_leader(c, old_term);
+  INFO("handed to '" << target << "'");
+  REQUIRE((target == "1" || target == "2" || target == "3"));
+  REQUIRE(target != std::to_string(leader));
+  int next = std::stoi(target);
+  // The target campaigns at once; in an election after a timeout either survivor may win.
+  bool target_leads = eventually([&] { return c.current_leader() == next; });
+  if (!target_leads) UNSCOPED_INFO(c.all_logs());
+  REQUIRE(target_leads);
+  CHECK(c[next].term() > old_term);
+  CHECK(is_ok(c[next].execute({"set", "k", "w"})));
+  CHECK(c[c.other_than(leader, next)].execute({"get", "k"}).str == "w");
+}
+
+TEST_CASE("a stopping leader sees the new leader's term before it stops", "[runtime]") {
+  Cluster c(17, 3);
+  std::uint64_t old_term = 0;
+  int leader = stop_leader(c, old_term).first;
+  // While it still heartbeats (before "stopping") it hears the newer term: the target
+  // campaigned at once instead of waiting for an election timeout, and leave() returned
+  // because leadership moved, not because its wait ran out.
+  const LogLines& logs = c.test_node(leader).logs();
+  long handing = logs.find("leaving: handing leadership to ");
+  long follower_line = logs.find("role f in term ", handing);
+  long stopping_line = logs.find("stopping", handing);
+  INFO(c.all_logs());
+  CHECK(follower_line >= 0);
+  CHECK(follower_line < stopping_line);
+}
+
+// =============================================================================================
+// 8. Administration
+// =============================================================================================
+
+TEST_CASE("add_learner, promote, transfer_leadership and remove change the configuration on the leader and answer MOVED on a follower",
+          "[runtime]") {
+  // At most 3 voters: a learner is promoted by promote() only, not automatically.
+  auto three_voters = [](raft::Config& config) { config.max_voters = 3; };
+  Cluster c(8, 3, three_voters);
+  c.start();
+  int leader = c.wait_for_leader();
+  REQUIRE(leader != 0);
+  int follower = c.other_than(leader);
+  const std::string a4 = address(8, 4);
+  const std::string leader_id = std::to_string(leader);
+
+  for (raft::Reply r : {c[follower].add_learner("4", a4), c[follower].promote("2"), c[follower].remove("3"),
+                        c[follower].transfer_leadership(leader_id)}) {
+    INFO(describe(r));
+    CHECK(r.is_error());
+    CHECK_THAT(r.str, StartsWith("MOVED " + leader_id + " " + c[leader].address()));
+  }
+  CHECK(member_role(c[leader], "4") == "absent");
+
+  raft::Reply added = admin_until_done([&] { return c[leader].add_learner("4", a4); });
+  INFO(describe(added));
+  REQUIRE(is_ok(added));
+  for (int i = 1; i <= 3; ++i) CHECK(eventually([&] { return member_role(c[i], "4") == "learner"; }));
+  REQUIRE(is_ok(c[leader].execute({"set", "before4", "x"})));
+
+  raft::Config config4 = node_config("4", a4);
+  config4.join = {c[leader].address()};
+  three_voters(config4);
+  TestNode n4(config4);
+  n4->start();
+  // It joined (the leader bound its identity) and caught up as a learner.
+  REQUIRE(eventually([&] { return n4.logs().contains("to join: accepted") || n4.logs().contains("joined cluster"); }));
+  REQUIRE(eventually([&] { return stored(*n4, "before4") == "x"; }));
+  CHECK(n4->state() == 'n');
+
+  raft::Reply promoted = admin_until_done([&] { return c[leader].promote("4"); });
+  INFO(describe(promoted));
+  REQUIRE(is_ok(promoted));
+  for (int i = 1; i <= 3; ++i) CHECK(eventually([&] { return member_role(c[i], "4") == "voter"; }));
+  REQUIRE(eventually([&] { return n4->state() == 'f' && member_role(*n4, "4") == "voter"; }));
+  CHECK(info_field(*n4, "raft_voters") == "4");
+
+  raft::Reply moved = admin_until_done([&] { return c[leader].transfer_leadership("4"); });
+  INFO(describe(moved));
+  REQUIRE(is_ok(moved));
+  REQUIRE(eventually([&] {
+    return n4->state() == 'l' && c[1].leader() == "4" && c[2].leader() == "4" && c[3].leader() == "4";
+  }));
+  CHECK(is_ok(n4->execute({"set", "led-by", "4"})));
+
+  raft::Reply back = admin_until_done([&] { return n4->transfer_leadership(leader_id); });
+  INFO(describe(back));
+  REQUIRE(is_ok(back));
+  REQUIRE(eventually([&] { return c[leader].state() == 'l' && n4->leader() == leader_id; }));
+
+  raft::Reply removed = admin_until_done([&] { return c[leader].remove("4"); });
+  INFO(describe(removed));
+  REQUIRE(is_ok(removed));
+  for (int i = 1; i <= 3; ++i) {
+    INFO("node " << i);
+    CHECK(eventually([&] { return member_role(c[i], "4") == "absent" && info_field(c[i], "raft_members") == "3"; }));
+  }
+  CHECK(info_field(c[leader], "raft_voters") == "3");
+  CHECK(is_ok(c[leader].execute({"set", "after4", "y"})));
+  CHECK(c[follower].execute({"get", "after4"}).str == "y");
+}
+
+// =============================================================================================
+// 9. Expiry
+// =============================================================================================
+
+TEST_CASE("a key set with PX disappears on every node and the leader deletes it through the log", "[runtime]") {
+  Cluster c(9, 3);
+  c.start();
+  int leader = c.wait_for_leader();
+  REQUIRE(leader != 0);
+  int follower = c.other_than(leader);
+  const std::string px = std::to_string(scaled(200).count());
+  REQUIRE(is_ok(c[follower].execute({"set", "later", "w", "PX", "600000"})));
+  REQUIRE(is_ok(c[follower].execute({"set", "k", "v", "PX", px})));
+  c[leader].read([](const raft::Store& s) { CHECK(s.deadline("k").has_value()); });  // the leader applied it
+
+  for (int i = 1; i <= 3; ++i) {
+    INFO("node " << i);
+    CHECK(eventually([&] { return c[i].execute({"get", "k"}).is_null(); }));
+  }
+  // Followers never delete on their own: a key gone from a follower's store was deleted by an
+  // entry the leader proposed.
+  for (int i = 1; i <= 3; ++i) {
+    INFO("node " << i);
+    CHECK(eventually([&] { return stored(c[i], "k") == "(none)"; }));
+    CHECK(stored_keys(c[i]) == 1);
+    CHECK(stored(c[i], "later") == "w");
+    raft::Reply size = c[i].execute({"dbsize"});
+    INFO(describe(size));
+    CHECK(size.type == resp::Type::Integer);
+    CHECK(size.num == 1);
+  }
+}
+
+// =============================================================================================
+// 10. Disk failure
+// =============================================================================================
+
+namespace {
+
+/// Builds a 3-node cluster whose nodes' fsyncs go through FailingDisks.
+struct DiskCluster {
+  FailingDisk disks[4];
+  Cluster cluster;
+  explicit DiskCluster(int test)
+      : cluster(test, 3, [this](raft::Config& config) { config.fsync_hook = disks[std::stoi(config.id)].hook(); }) {}
+};
+
+/// Issues `count` writes on `n`, one at a time: each is answered, with MISCONF or TIMEOUT, never OK.
+void check_no_ok_writes(raft::Node& n, int count) {
+  for (int i = 0; i < count; ++i) {
+    auto f = n.execute_async({"set", "after-failure", std::to_string(i)});
+    bool answered = ready_within(f, 10000);
+    INFO("write " << i << " on the failed node");
+    CHECK(answered);
+    if (!answered) return;
+    raft::Reply r = f.get();
+    INFO(describe(r));
+    CHECK(r.is_error());
+    CHECK((r.str.rfind("MISCONF", 0) == 0 || r.str.rfind("TIMEOUT", 0) == 0));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("a follower whose disk fails stops acknowledging while the two others keep serving", "[runtime]") {
+  DiskCluster dc(10);
+  Cluster& c = dc.cluster;
+  c.start();
+  int leader = c.wait_for_leader();
+  REQUIRE(leader != 0);
+  int bad = c.other_than(leader);
+  int good = c.other_than(leader, bad);
+  REQUIRE(is_ok(c[leader].execute({"set", "k", "0"})));
+
+  dc.disks[bad].fail_after(3);
+  // Writes go on; the failing follower's third fsync from now on fails.
+  REQUIRE(eventually([&] {
+    c[leader].execute({"incr", "n"});
+    return c.test_node(bad).logs().contains("storage failed");
+  }));
+  CHECK_THAT(info_field(c[bad], "raft_storage"), StartsWith("failed"));
+  check_no_ok_writes(c[bad], 3);
+  CHECK(c[bad].execute({"get", "k"}).is_error());
+
+  // Its acknowledgements stopped: the leader's match for it no longer moves (one round trip
+  // first, so an acknowledgement sent before the failure has arrived).
+  REQUIRE(is_ok(c[leader].execute({"set", "k", "settle"})));
+  long long match = member_match(c[leader], std::to_string(bad));
+  for (int i = 0; i < 5; ++i) REQUIRE(is_ok(c[leader].execute({"set", "k", std::to_string(i)})));
+  CHECK(member_match(c[leader], std::to_string(bad)) == match);
+  CHECK(member_match(c[leader], std::to_string(good)) > match);
+
+  CHECK(is_ok(c[good].execute({"set", "k", "from-good"})));
+  CHECK(c[leader].execute({"get", "k"}).str == "from-good");
+  CHECK(c[good].execute({"get", "k"}).str == "from-good");
+  CHECK(stored(c[bad], "k") != "from-good");
+}
+
+TEST_CASE("a leader whose disk fails stops acknowledging and the two others elect a new leader", "[runtime]") {
+  DiskCluster dc(11);
+  Cluster& c = dc.cluster;
+  c.start();
+  int leader = c.wait_for_leader();
+  REQUIRE(leader != 0);
+  REQUIRE(is_ok(c[leader].execute({"set", "k", "0"})));
+
+  dc.disks[leader].fail_after(2);  // the second fsync from now on fails
+  REQUIRE(eventually([&] {
+    c[leader].execute_async({"incr", "n"});  // not waited for: see the next test
+    return c.test_node(leader).logs().contains("storage failed");
+  }));
+  CHECK_THAT(info_field(c[leader], "raft_storage"), StartsWith("failed"));
+  check_no_ok_writes(c[leader], 3);
+  CHECK(c[leader].execute({"get", "k"}).is_error());
+
+  int a = c.other_than(leader), b = c.other_than(leader, a);
+  int next = 0;
+  REQUIRE(eventually([&] {
+    if (c[a].state() == 'l' && c[b].leader() == c[a].id()) next = a;
+    if (c[b].state() == 'l' && c[a].leader() == c[b].id()) next = b;
+    return next != 0;
+  }));
+  CHECK(is_ok(c[next].execute({"set", "k", "new-leader"})));
+  CHECK(c[c.other_than(leader, next)].execute({"get", "k"}).str == "new-leader");
+  CHECK(stored(c[leader], "k") != "new-leader");
+}
+
+TEST_CASE("a write in flight when the leader's disk fails is answered with an error", "[runtime]") {
+  DiskCluster dc(18);
+  Cluster& c = dc.cluster;
+  c.start();
+  int leader = c.wait_for_leader();
+  REQUIRE(leader != 0);
+  REQUIRE(is_ok(c[leader].execute({"set", "k", "0"})));
+
+  dc.disks[leader].fail_after(0);
+  // This write needs the leader's own fsync, which fails: it must not be acknowledged.
+  auto f = c[leader].execute_async({"set", "k", "lost?"});
+  REQUIRE(eventually([&] { return c.test_node(leader).logs().contains("storage failed"); }));
+  bool answered = ready_within(f, 15000);
+  INFO("the write in flight when the leader's disk failed " << (answered ? "was answered" : "got no answer"));
+  REQUIRE(answered);
+  raft::Reply r = f.get();
+  INFO(describe(r));
+  CHECK(r.is_error());
+  CHECK((r.str.rfind("MISCONF", 0) == 0 || r.str.rfind("TIMEOUT", 0) == 0));
+}
+
+// =============================================================================================
+// 11. A handler missing on one node
+// =============================================================================================
+
+TEST_CASE("a node without a write handler the log needs stops its apply loop instead of skipping the entry",
+          "[runtime]") {
+  Cluster c(12, 3);
+  for (int i = 1; i <= 2; ++i)
+    c[i].handler("bump", [](raft::Call& call) {
+      call.data.put("bumped", raft::Store::Kind::String).str = "yes";
+      return raft::Reply::ok();
+    }, "we", 0, 0);
+  c.start();
+  int leader = c.wait_for_leader();
+  REQUIRE(leader != 0);
+  if (leader == 3) {
+    REQUIRE(is_ok(admin_until_done([&] { return c[3].transfer_leadership("1"); })));
+    REQUIRE(eventually([&] { return c.current_leader() == 1; }));
+    leader = 1;
+  }
+  REQUIRE(is_ok(c[leader].execute({"set", "before", "1"})));
+  REQUIRE(eventually([&] { return stored(c[3], "before") == "1"; }));
+
+  raft::Reply r = c[leader].execute({"bump"});
+  INFO(describe(r));
+  REQUIRE(is_ok(r));
+  const LogLines& logs3 = c.test_node(3).logs();
+  REQUIRE(eventually([&] { return logs3.contains("'bump'") && logs3.contains("stopping the apply loop"); }));
+  long error_line = logs3.find("'bump'");
+  CHECK_THAT(logs3.line(error_line), StartsWith("[ERROR]"));
+  std::uint64_t stuck_at = c[3].applied_index();
+
+  // Nodes 1 and 2 go on; node 3 applies nothing after the entry it cannot apply.
+  int other = leader == 1 ? 2 : 1;
+  REQUIRE(is_ok(c[other].execute({"set", "after", "1"})));
+  CHECK(c[other].execute({"get", "bumped"}).str == "yes");
+  CHECK(c[leader].execute({"get", "after"}).str == "1");
+  CHECK(stored(c[3], "bumped") == "(none)");
+  CHECK(stored(c[3], "after") == "(none)");
+  CHECK(c[3].applied_index() == stuck_at);
+  CHECK(c[3].applied_index() < c[leader].applied_index());
+  // The node asked its host to stop: join() returns.
+  auto joined = std::async(std::launch::async, [&] { c[3].join(); });
+  bool returned = ready_within(joined);
+  if (!returned) c[3].stop();  // so that the future's destructor does not wait forever
+  CHECK(returned);
+}
+
+// =============================================================================================
+// 12. No global state
+// =============================================================================================
+
+TEST_CASE("two single-node clusters in one process keep their own data, handlers and logs", "[runtime]") {
+  TestNode a(node_config("a", address(13, 1)));
+  TestNode b(node_config("b", "127.60.13.2:7010"));  // the same port on another address
+  a->handler("only_a", [](raft::Call&) { return raft::Reply::bulk("a"); }, "r", 0, 0);
+  a->start();
+  b->start();
+  REQUIRE(a->state() == 'l');
+  REQUIRE(b->state() == 'l');
+  REQUIRE(is_ok(a->execute({"set", "k", "from-a"})));
+  REQUIRE(is_ok(b->execute({"set", "k", "from-b"})));
+  REQUIRE(is_ok(a->execute({"set", "only-in-a", "1"})));
+
+  CHECK(a->execute({"get", "k"}).str == "from-a");
+  CHECK(b->execute({"get", "k"}).str == "from-b");
+  CHECK(a->execute({"dbsize"}).num == 2);
+  CHECK(b->execute({"dbsize"}).num == 1);
+  CHECK(stored(*b, "only-in-a") == "(none)");
+  CHECK(a->execute({"only_a"}).str == "a");
+  CHECK_THAT(b->execute({"only_a"}).str, StartsWith("ERR unknown command"));
+  CHECK(info_field(*a, "raft_node_id") == "a");
+  CHECK(info_field(*b, "raft_node_id") == "b");
+  CHECK(info_field(*a, "raft_cluster_id") != info_field(*b, "raft_cluster_id"));
+  CHECK(a.logs().contains("node a at"));
+  CHECK_FALSE(a.logs().contains("node b at"));
+  CHECK_FALSE(b.logs().contains("node a at"));
+}
+
+// =============================================================================================
+// 13. Config::validate and parse_args
+// =============================================================================================
+
+TEST_CASE("Config::validate names what is wrong", "[runtime]") {
+  auto valid = [] { return node_config("1", "127.60.14.1:7010"); };
+  CHECK(valid().validate() == "");
+
+  struct Case {
+    std::function<void(raft::Config&)> change;
+    std::string expected;
+  };
+  const std::vector<Case> cases = {
+      {[](raft::Config& c) { c.address = ""; }, "address is required"},
+      {[](raft::Config& c) { c.address = "127.0.0.1"; }, "'127.0.0.1' is not ip:port"},
+      {[](raft::Config& c) { c.address = "0.0.0.0:7010"; }, "not 0.0.0.0"},
+      {[](raft::Config& c) { c.address = "localhost:7010"; }, "'localhost:7010' needs a numeric IPv4 address"},
+      {[](raft::Config& c) { c.address = "127.0.0.1:65535"; }, "'127.0.0.1:65535' has no valid port"},
+      {[](raft::Config& c) { c.address = "127.0.0.1:0"; }, "has no valid port"},
+      {[](raft::Config& c) { c.address = "127.0.0.1:http"; }, "has no valid port"},
+      {[](raft::Config& c) { c.peers["2"] = "127.0.0.2"; }, "peer 2: address '127.0.0.2' is not ip:port"},
+      {[](raft::Config& c) { c.peers["2"] = "host.example:7020"; }, "peer 2: address 'host.example:7020' needs a numeric"},
+      {[](raft::Config& c) { c.peers["2"] = c.address; }, "peer 2 has this node's own address"},
+      {[](raft::Config& c) { c.peers[""] = "127.0.0.2:7020"; }, "a peer has an empty id"},
+      {[](raft::Config& c) { c.join = {"1/127.0.0.1:65535"}; }, "-e: address '127.0.0.1:65535' has no valid port"},
+      {[](raft::Config& c) {
+         c.peers["2"] = "127.0.0.2:7020";
+         c.join = {"127.0.0.2:7020"};
+       },
+       "either a static peer map or a list to join"},
+      {[](raft::Config& c) { c.election_timeout_ms = c.heartbeat_ms; }, "election_timeout_ms"},
+      {[](raft::Config& c) { c.heartbeat_ms = 5; }, "heartbeat_ms"},
+      {[](raft::Config& c) { c.tick_ms = 0; }, "tick_ms"},
+      {[](raft::Config& c) { c.append_timeout_ms = 0; }, "timeouts must be positive"},
+      {[](raft::Config& c) { c.read_timeout_ms = -1; }, "timeouts must be positive"},
+      {[](raft::Config& c) { c.time_scale = 0; }, "time_scale"},
+  };
+  for (const auto& k : cases) {
+    raft::Config c = valid();
+    k.change(c);
+    INFO("expected: " << k.expected);
+    CHECK_THAT(c.validate(), Contains(k.expected));
+  }
+  // start() refuses an invalid configuration with the same words.
+  raft::Config bad = valid();
+  bad.address = "0.0.0.0:7010";
+  raft::Node n(bad);
+  CHECK_THROWS_WITH(n.start(), Contains("not 0.0.0.0"));
+}
+
+namespace {
+
+raft::ParsedArgs parse(std::vector<std::string> args) {
+  args.insert(args.begin(), "run_raft");
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  return raft::parse_args(static_cast<int>(args.size()), argv.data());
+}
+
+}  // namespace
+
+TEST_CASE("parse_args reads pyraft's options and names a bad or incomplete one", "[runtime]") {
+  raft::ParsedArgs p = parse({"-a", "127.60.14.1:7010", "-i", "7", "-e", "1/127.60.14.2:7020,127.60.14.3:7030", "-d",
+                              "/tmp/raft-data", "-s", "sekret", "--loglevel", "DEBUG"});
+  INFO(p.error);
+  CHECK(p.error == "");
+  CHECK_FALSE(p.help);
+  CHECK(p.config.address == "127.60.14.1:7010");
+  CHECK(p.config.id == "7");
+  CHECK(p.config.join == std::vector<std::string>{"1/127.60.14.2:7020", "127.60.14.3:7030"});
+  CHECK(p.config.data_dir == "/tmp/raft-data");
+  CHECK(p.config.secret == "sekret");
+  CHECK(p.config.log_level == raft::LogLevel::Debug);
+  CHECK(p.config.peers.empty());
+
+  p = parse({"-a", "127.60.14.1:7010", "-l", "dump.dat", "--loglevel", "warning"});
+  CHECK(p.error == "");
+  CHECK(p.config.load_snapshot == "dump.dat");
+  CHECK(p.config.id == "127.60.14.1:7010");  // no -i: the address
+  CHECK(p.config.log_level == raft::LogLevel::Warning);
+  CHECK(p.config.join.empty());
+
+  CHECK(parse({"--help"}).help);
+  CHECK(parse({"-a", "127.60.14.1:7010", "-h"}).help);
+
+  CHECK_THAT(parse({"-a", "127.60.14.1:7010", "-x"}).error, Contains("unknown option '-x'"));
+  CHECK_THAT(parse({"-a", "127.60.14.1:7010", "--port", "1"}).error, Contains("unknown option '--port'"));
+  CHECK_THAT(parse({"-a"}).error, Contains("option -a needs a value"));
+  CHECK_THAT(parse({"-a", "127.60.14.1:7010", "-i"}).error, Contains("option -i needs a value"));
+  CHECK_THAT(parse({"-a", "127.60.14.1:7010", "-d"}).error, Contains("needs a value"));
+  CHECK_THAT(parse({"-a", "127.60.14.1:7010", "--loglevel"}).error, Contains("needs a value"));
+  CHECK_THAT(parse({"-a", "127.60.14.1:7010", "--loglevel", "loud"}).error, Contains("unknown log level 'loud'"));
+  CHECK_THAT(parse({}).error, Contains("address is required"));
+  CHECK_THAT(parse({"-a", "127.60.14.1"}).error, Contains("is not ip:port"));
+  CHECK_THAT(parse({"-a", "127.60.14.1:7010", "-e", "127.60.14.2:7020", "-l", "dump.dat"}).error, Contains("-l"));
+}
+
+// =============================================================================================
+// 14. execute_async from many threads
+// =============================================================================================
+
+// execute_async() may be called from any number of user threads at once, beside the poll
+// thread's own batching (a shared batch once proposed writes twice and crashed on the second
+// reply to one promise).
+TEST_CASE("1000 concurrent execute_async writes from 10 threads all complete and are all applied", "[runtime]") {
+  // The threads write through all three nodes: the followers forward theirs to the leader.
+  Cluster c(15, 3);
+  c.start();
+  REQUIRE(c.wait_for_leader() != 0);
+  constexpr int kThreads = 10, kPerThread = 100;
+  std::vector<std::vector<std::future<raft::Reply>>> futures(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t)
+    threads.emplace_back([&, t] {
+      raft::Node& n = c[1 + t % 3];
+      for (int i = 0; i < kPerThread; ++i)
+        futures[static_cast<std::size_t>(t)].push_back(
+            n.execute_async({"set", "key-" + std::to_string(t) + "-" + std::to_string(i), std::to_string(t * i)}));
+    });
+  for (auto& t : threads) t.join();
+
+  int ok = 0, unanswered = 0;
+  std::string first_error;
+  for (auto& of_thread : futures)
+    for (auto& f : of_thread) {
+      if (!ready_within(f, 30000)) {
+        ++unanswered;
+        continue;
+      }
+      raft::Reply r = f.get();
+      if (is_ok(r)) ++ok;
+      else if (first_error.empty()) first_error = describe(r);
+    }
+  INFO("first error: " << first_error);
+  CHECK(unanswered == 0);
+  CHECK(ok == kThreads * kPerThread);
+  for (int node = 1; node <= 3; ++node) {
+    INFO("node " << node);
+    CHECK(eventually([&] { return stored_keys(c[node]) == static_cast<std::size_t>(kThreads * kPerThread); }));
+    bool all_there = true;
+    for (int t = 0; t < kThreads; ++t)
+      for (int i = 0; i < kPerThread; ++i)
+        all_there = all_there &&
+                    stored(c[node], "key-" + std::to_string(t) + "-" + std::to_string(i)) == std::to_string(t * i);
+    CHECK(all_there);
+  }
+}
+
+TEST_CASE("every write made through execute is applied exactly once", "[runtime]") {
+  // Sequential INCRs on every node at once (followers forward theirs): the replies are
+  // 1..N, each once, and the counter ends at N on every node.
+  Cluster c(16, 3);
+  c.start();
+  REQUIRE(c.wait_for_leader() != 0);
+  constexpr int kPerNode = 100;
+  std::vector<std::vector<raft::Reply>> replies(4);
+  std::vector<std::thread> threads;
+  for (int i = 1; i <= 3; ++i)
+    threads.emplace_back([&, i] {
+      for (int k = 0; k < kPerNode; ++k) {
+        auto f = c[i].execute_async({"incr", "counter"});
+        if (!ready_within(f, 30000)) break;
+        replies[static_cast<std::size_t>(i)].push_back(f.get());
+      }
+    });
+  for (auto& t : threads) t.join();
+  std::vector<std::int64_t> values;
+  std::string first_error;
+  for (const auto& rs : replies)
+    for (const auto& r : rs) {
+      if (r.type == resp::Type::Integer) values.push_back(r.num);
+      else if (first_error.empty()) first_error = describe(r);
+    }
+  std::sort(values.begin(), values.end());
+  std::vector<std::int64_t> expected;
+  for (std::int64_t v = 1; v <= static_cast<std::int64_t>(values.size()); ++v) expected.push_back(v);
+  INFO("first error: " << first_error);
+  CHECK(values.size() == 3 * kPerNode);
+  CHECK(values == expected);
+  for (int i = 1; i <= 3; ++i) {
+    INFO("node " << i);
+    CHECK(eventually([&] { return stored(c[i], "counter") == std::to_string(values.size()); }));
+  }
+}
