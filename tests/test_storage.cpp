@@ -142,6 +142,11 @@ constexpr std::uint64_t kSegmentHeader = 24;
 constexpr std::uint64_t kRecordOverhead = 33;
 
 /// Byte offsets where each record of a single segment starts, and where the last one ends.
+std::string read_file(const std::string& file) {
+  std::ifstream in(file, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
 std::vector<std::uint64_t> record_boundaries(const std::vector<raft::LogEntry>& es) {
   std::vector<std::uint64_t> out{kSegmentHeader};
   for (const auto& e : es) out.push_back(out.back() + kRecordOverhead + e.payload.size());
@@ -720,8 +725,12 @@ TEST_CASE("damage before valid data is refused with the file and byte offset",
   SECTION("a damaged snapshot") {
     const auto snaps = snapshots(dir);
     REQUIRE(snaps.size() == 1);
-    flip_byte(dir.file(snaps[0]), 41);
-    CHECK_THAT(open_error(o), Contains(snaps[0]) && Contains("byte offset 40"));
+    // A byte of the data (after the header line).
+    const std::string text = read_file(dir.file(snaps[0]));
+    const std::size_t data_at = text.find('\n') + 1;
+    flip_byte(dir.file(snaps[0]), data_at + 3);
+    CHECK_THAT(open_error(o), Contains(snaps[0]) && Contains("byte offset " + std::to_string(data_at)) &&
+                                  Contains("checksum mismatch"));
   }
   SECTION("a file written by a newer format version") {
     flip_byte(dir.file("hardstate"), 8);
@@ -1134,4 +1143,32 @@ TEST_CASE("a snapshot submitted to the writer runs in order with the batches",
   auto want = entries(26, 30, 1);
   for (auto& e : entries(31, 32, 2)) want.push_back(e);
   CHECK(r.entries == want);
+}
+
+TEST_CASE("a snapshot file on disk is read by Python's ast.literal_eval as it is", "[storage]") {
+  TempDir dir;
+  raft::Storage s = raft::Storage::create(options(dir, 4096), identity());
+  REQUIRE(s.write(batch(1, entries(1, 7, 20))));  // a snapshot of the node's own log
+  REQUIRE(s.sync());
+  raft::Store store;
+  store.put("k", raft::Store::Kind::String).str = std::string("a\0b'\"\\\n\xff", 8);
+  store.put("h", raft::Store::Kind::Hash).hash["f"] = "v";
+  raft::Snapshot snap;
+  snap.meta.index = 7;
+  snap.meta.term = 20;
+  snap.meta.config.upsert(raft::Member{"1", "127.0.0.1:5010", "ab", true});
+  store.write_snapshot(snap.data, snap.meta);
+  REQUIRE(s.save_snapshot(snap, 0));
+  const auto snaps = snapshots(dir);
+  REQUIRE(snaps.size() == 1);
+  // Python sees the same metadata and bytes: it prints them, we compare.
+  {
+    std::ofstream py(dir.file("check.py"));
+    py << "import ast, sys\n"
+          "d = ast.literal_eval(open(sys.argv[1], encoding='utf-8', errors='surrogateescape').read())\n"
+          "print(d['_META_']['index'], d['_META_']['term'], d['data']['k'].hex(), d['data']['h'])\n";
+  }
+  const std::string cmd = "/usr/bin/python3 " + dir.file("check.py") + " " + dir.file(snaps[0]) + " > " + dir.file("out.txt");
+  REQUIRE(std::system(cmd.c_str()) == 0);
+  CHECK(read_file(dir.file("out.txt")) == "7 20 61006227225c0aff {'f': 'v'}\n");
 }

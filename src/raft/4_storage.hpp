@@ -252,7 +252,6 @@ constexpr std::size_t kMagicBytes = 8;
 constexpr std::string_view kIdentityMagic{"RAFTIDNT", kMagicBytes};
 constexpr std::string_view kHardStateMagic{"RAFTHARD", kMagicBytes};
 constexpr std::string_view kSegmentMagic{"RAFTLSEG", kMagicBytes};
-constexpr std::string_view kSnapshotMagic{"RAFTSNAP", kMagicBytes};
 constexpr const char* kIdentityFile = "identity";
 constexpr const char* kHardStateFile = "hardstate";
 constexpr const char* kLockFile = "LOCK";
@@ -264,9 +263,10 @@ constexpr std::size_t kSegmentHeaderBytes = 24;
 constexpr std::size_t kRecordFrameBytes = 8;
 // Body: u64 index, u64 term, u8 type, i64 timestamp_ms, then the payload.
 constexpr std::size_t kRecordFixedBytes = 25;
-// Snapshot: magic, version, index, term, data length, CRC-32C of those 36 bytes; the data;
-// CRC-32C of the data.
-constexpr std::size_t kSnapshotHeaderBytes = 40;
+// Snapshot: one comment line, then the data (the store's repr-style text), so that Python's
+// ast.literal_eval reads the whole file (eval mode accepts comments):
+//   # raft.hpp snapshot format 1 index 42 term 20 length 1234 crc32c 0a1b2c3d
+constexpr std::string_view kSnapshotPrefix{"# raft.hpp snapshot format "};
 // Buffered records are handed to the kernel once they reach this size, even before sync().
 constexpr std::size_t kPendingFlushBytes = std::size_t{1} << 20;
 // Larger writes are split: Linux writes at most about 2 GiB per call.
@@ -585,38 +585,50 @@ inline bool valid_entry_type(EntryType t) {
   return t == EntryType::Command || t == EntryType::Noop || t == EntryType::Config;
 }
 
-inline std::string encode_snapshot_header(const SnapshotMeta& meta, std::size_t data_size) {
-  std::string out(kSnapshotMagic);
-  put_u32(out, kStorageFormatVersion);
-  put_u64(out, meta.index);
-  put_u64(out, meta.term);
-  put_u64(out, data_size);
-  put_u32(out, crc32c(out.data(), out.size()));
-  return out;
+inline std::string encode_snapshot_header(const SnapshotMeta& meta, std::string_view data) {
+  char crc[9];
+  std::snprintf(crc, sizeof crc, "%08x", static_cast<unsigned>(crc32c(data.data(), data.size())));
+  return std::string(kSnapshotPrefix) + std::to_string(kStorageFormatVersion) + " index " +
+         std::to_string(meta.index) + " term " + std::to_string(meta.term) + " length " +
+         std::to_string(data.size()) + " crc32c " + crc + "\n";
 }
 
 /// Checks a whole snapshot file and leaves only its data in `buf`.
 inline void decode_snapshot(std::string& buf, const std::string& file, std::uint64_t index,
                             std::uint64_t term) {
-  check_magic_and_version(buf, kSnapshotMagic, file, "snapshot");
-  if (buf.size() < kSnapshotHeaderBytes + 4)
-    throw corrupt(file, buf.size(), "the snapshot file is truncated");
-  const char* h = buf.data();
-  if (crc32c(h, kSnapshotHeaderBytes - 4) != get_u32(h + kSnapshotHeaderBytes - 4))
-    throw corrupt(file, kSnapshotHeaderBytes - 4, "snapshot header checksum mismatch");
-  if (get_u64(h + 12) != index || get_u64(h + 20) != term)
-    throw corrupt(file, 12, "the header's index and term do not match the file name");
-  const std::uint64_t size = get_u64(h + 28);
-  if (size != buf.size() - kSnapshotHeaderBytes - 4)
+  const std::size_t eol = buf.find('\n');
+  if (buf.compare(0, kSnapshotPrefix.size(), kSnapshotPrefix) != 0 || eol == std::string::npos || eol > 256)
+    throw corrupt(file, 0, "not a raft.hpp snapshot (its first line is not the snapshot header)");
+  // "<version> index <i> term <t> length <n> crc32c <hex>"
+  std::string_view line(buf.data() + kSnapshotPrefix.size(), eol - kSnapshotPrefix.size());
+  std::vector<std::string_view> f;
+  while (!line.empty()) {
+    const std::size_t sp = line.find(' ');
+    f.push_back(line.substr(0, sp));
+    line = sp == std::string_view::npos ? std::string_view() : line.substr(sp + 1);
+  }
+  auto number = [&](std::string_view t, std::uint64_t& v, int base = 10) {
+    if (t.empty()) return false;
+    auto [p, ec] = std::from_chars(t.data(), t.data() + t.size(), v, base);
+    return ec == std::errc() && p == t.data() + t.size();
+  };
+  std::uint64_t version = 0, h_index = 0, h_term = 0, size = 0, crc = 0;
+  if (f.size() != 9 || f[1] != "index" || f[3] != "term" || f[5] != "length" || f[7] != "crc32c" ||
+      !number(f[0], version) || !number(f[2], h_index) || !number(f[4], h_term) || !number(f[6], size) ||
+      !number(f[8], crc, 16))
+    throw corrupt(file, kSnapshotPrefix.size(), "the snapshot header line is malformed");
+  if (version > kStorageFormatVersion)
+    throw StorageError("ERR " + file + " was written by a newer format version (" + std::to_string(version) +
+                       "); this build reads version " + std::to_string(kStorageFormatVersion) + ". Use a newer build.");
+  if (h_index != index || h_term != term)
+    throw corrupt(file, kSnapshotPrefix.size(), "the header's index and term do not match the file name");
+  if (size != buf.size() - eol - 1)
     throw corrupt(file, buf.size(),
-                  "the header says " + std::to_string(size) +
-                      " bytes of data but the file holds " +
-                      std::to_string(buf.size() - kSnapshotHeaderBytes - 4));
-  const std::size_t at = buf.size() - 4;
-  if (crc32c(buf.data() + kSnapshotHeaderBytes, size) != get_u32(buf.data() + at))
-    throw corrupt(file, kSnapshotHeaderBytes, "snapshot data checksum mismatch");
-  buf.resize(at);
-  buf.erase(0, kSnapshotHeaderBytes);
+                  "the header says " + std::to_string(size) + " bytes of data but the file holds " +
+                      std::to_string(buf.size() - eol - 1));
+  if (crc32c(buf.data() + eol + 1, size) != crc)
+    throw corrupt(file, eol + 1, "snapshot data checksum mismatch");
+  buf.erase(0, eol + 1);
 }
 
 /// The implementation behind Storage. Methods that do I/O return false after recording the
@@ -918,11 +930,8 @@ class StorageImpl {
   }
 
   bool write_snapshot_file(const Snapshot& snap) {
-    const std::string header = encode_snapshot_header(snap.meta, snap.data.size());
-    std::string trailer;
-    put_u32(trailer, crc32c(snap.data.data(), snap.data.size()));
-    if (!write_file_atomically(snapshot_file_name(snap.meta.index, snap.meta.term),
-                               {header, snap.data, trailer}))
+    const std::string header = encode_snapshot_header(snap.meta, snap.data);
+    if (!write_file_atomically(snapshot_file_name(snap.meta.index, snap.meta.term), {header, snap.data}))
       return false;
     const std::string new_path = path(snapshot_file_name(snap.meta.index, snap.meta.term));
     // Losing this unlink in a crash is harmless: open() removes superseded snapshots.
