@@ -6155,6 +6155,7 @@ class Runtime {
   void process_input(ClientConn& c);
   bool flush_out(int fd, std::string& out);
   void drain_done();
+  void serve_ready_reads();
   void adopt_cluster_id(const std::string& cluster_id);
   void handle_command(ClientConn* conn, Caller caller, std::vector<std::string>& words, Batch& batch);
   void finish(const Caller& caller, Reply reply);
@@ -6252,6 +6253,7 @@ class Runtime {
   std::map<int, std::unique_ptr<PeerConn>> peers_in_;
   std::uint64_t next_conn_ = 1;
   Batch poll_batch_;  // the poll thread's
+  std::vector<ReadState> poll_ready_reads_;  // the poll thread's: confirmed read indexes
   std::mutex done_mu_;
   std::vector<std::tuple<std::uint64_t, std::uint64_t, Reply>> done_;  // (conn, op, reply)
 
@@ -6530,7 +6532,14 @@ inline void Runtime::drive() {
         rd.leader_ready_term || rd.snapshot_wanted) {
       std::lock_guard<std::mutex> lock(apply_mu_);
       for (auto& e : rd.committed) apply_q_.push_back(ApplyItem{ApplyItem::Entry, nullptr, std::move(e), {}, {}, {}, 0, 0});
-      for (auto& r : rd.reads) apply_q_.push_back(ApplyItem{ApplyItem::Read, nullptr, {}, r, {}, {}, 0, 0});
+      for (auto& r : rd.reads) {
+        // Read indexes confirmed on the poll thread are served there when already applied
+        // (serve_ready_reads); the rest wait on the apply thread.
+        if (std::this_thread::get_id() == poll_thread_id_.load())
+          poll_ready_reads_.push_back(r);
+        else
+          apply_q_.push_back(ApplyItem{ApplyItem::Read, nullptr, {}, r, {}, {}, 0, 0});
+      }
       for (auto& a : rd.aborted) apply_q_.push_back(ApplyItem{ApplyItem::Aborted, nullptr, {}, {}, a, {}, 0, 0});
       for (auto& rc : rd.role_changes) apply_q_.push_back(ApplyItem{ApplyItem::RoleChanged, nullptr, {}, {}, {}, rc, 0, 0});
       if (rd.leader_ready_term)
@@ -7631,8 +7640,31 @@ inline void Runtime::process_input(ClientConn& c) {
 }
 
 // Answers that arrived for client connections: filled in, then written in order.
+inline void Runtime::serve_ready_reads() {
+  std::vector<ReadState> reads;
+  reads.swap(poll_ready_reads_);
+  for (const auto& rs : reads) {
+    if (!rs.ok || applied_.load() < rs.index) {
+      push_apply(ApplyItem{ApplyItem::Read, nullptr, {}, rs, {}, {}, 0, 0});
+      continue;
+    }
+    // Applied already: the state read now is at least the read index and at most the commit
+    // index, which is what linearizability asks.
+    std::vector<std::string> words;
+    {
+      std::lock_guard<std::mutex> lock(req_mu_);
+      auto it = requests_.find(rs.request_id);
+      if (it == requests_.end()) continue;
+      words = it->second.words;
+    }
+    auto h = handlers_.find(words.empty() ? std::string() : words[0]);
+    finish_request(rs.request_id, h == handlers_.end() ? Reply::error("ERR unknown command") : run_read(h->second, words));
+  }
+}
+
 inline void Runtime::drain_done() {
   for (;;) {
+    serve_ready_reads();
     std::vector<std::tuple<std::uint64_t, std::uint64_t, Reply>> done;
     {
       std::lock_guard<std::mutex> lock(done_mu_);
