@@ -2907,7 +2907,7 @@ class Core {
   std::vector<EntryId> aborted_;
   std::vector<RoleChange> role_changes_;
   RoleChange last_role_change_;
-  std::uint64_t leader_ready_term_out_ = 0;
+  bool leader_ready_unreported_ = false;
   bool snapshot_requested_ = false;
   bool snapshot_wanted_out_ = false;
   std::uint64_t next_seq_ = 1;
@@ -3039,6 +3039,7 @@ inline void Core::fail_leader_state() {
   read_round_acks_.clear();
   progress_.clear();
   leader_ready_ = false;
+  leader_ready_unreported_ = false;
   transfer_target_.clear();
 }
 
@@ -3792,7 +3793,7 @@ inline void Core::maybe_commit() {
   commit_ = candidate;
   if (!leader_ready_ && commit_ >= leader_first_index_) {
     leader_ready_ = true;
-    leader_ready_term_out_ = term_;
+    leader_ready_unreported_ = true;  // reported once everything up to it is handed out
     // Reads that arrived before the term's first entry committed use this commit index.
     auto waiting = std::move(waiting_ready_reads_);
     waiting_ready_reads_.clear();
@@ -4097,9 +4098,9 @@ inline void Core::persisted(std::uint64_t seq) {
 
 inline bool Core::has_ready() const {
   if (!batch_.empty() || !msgs_.empty() || !msgs_after_.empty() || restore_ ||
-      !reads_out_.empty() || !aborted_.empty() || !role_changes_.empty() ||
-      leader_ready_term_out_ != 0 || snapshot_wanted_out_)
+      !reads_out_.empty() || !aborted_.empty() || !role_changes_.empty() || snapshot_wanted_out_)
     return true;
+  if (leader_ready_unreported_ && role_ == Role::Leader && applied_ >= leader_first_index_) return true;
   if (HardState{term_, vote_} != persisted_hs_) return true;
   if (applied_ < std::min(commit_, durable_index_)) return true;
   if (role_ == Role::Leader) {
@@ -4149,8 +4150,11 @@ inline Ready Core::ready() {
   aborted_.clear();
   rd.role_changes = std::move(role_changes_);
   role_changes_.clear();
-  rd.leader_ready_term = leader_ready_term_out_;
-  leader_ready_term_out_ = 0;
+  // on_leader's promise: the term's first entry and everything before it are applied first.
+  if (leader_ready_unreported_ && role_ == Role::Leader && applied_ >= leader_first_index_) {
+    rd.leader_ready_term = term_;
+    leader_ready_unreported_ = false;
+  }
   if (!snapshot_requested_ && applied_ >= snapshot_index() + opts_.snapshot_threshold) {
     snapshot_requested_ = true;
     snapshot_wanted_out_ = true;
@@ -5881,6 +5885,11 @@ inline bool decode_raft(std::vector<std::string>& w, Message& m, std::string& er
       return fail("bad entry");
     e.type = static_cast<EntryType>(type);
     e.payload = std::move(w[i + 4]);
+    // What the core takes on trust: entries follow the previous index one by one, and a
+    // configuration entry decodes.
+    if (e.index != m.index + 1 + m.entries.size() || e.term > m.term) return fail("entries out of sequence");
+    Configuration c;
+    if (e.type == EntryType::Config && !Configuration::decode(e.payload, c)) return fail("bad configuration entry");
     m.entries.push_back(std::move(e));
   }
   return true;
@@ -6007,20 +6016,17 @@ class Runtime {
   char state() const { return state_char_.load(); }
   Role role() const { return static_cast<Role>(role_.load()); }
   std::uint64_t term() const { return term_.load(); }
+  // These read a copy drive() keeps, never core_mu_: handlers, callbacks and log sinks may
+  // call them.
   NodeId leader() const {
-    std::lock_guard<std::mutex> lock(core_mu_);
-    return core_ ? core_->leader() : NodeId();
+    std::lock_guard<std::mutex> lock(status_mu_);
+    return status_leader_;
   }
   std::string leader_address() const {
-    std::lock_guard<std::mutex> lock(core_mu_);
-    if (!core_ || core_->leader().empty()) return "";
-    const Member* m = core_->config().find(core_->leader());
-    return m ? m->address : "";
+    std::lock_guard<std::mutex> lock(status_mu_);
+    return status_leader_address_;
   }
-  std::uint64_t commit_index() const {
-    std::lock_guard<std::mutex> lock(core_mu_);
-    return core_ ? core_->commit_index() : 0;
-  }
+  std::uint64_t commit_index() const { return commit_.load(); }
   std::uint64_t applied_index() const { return applied_.load(); }
   std::string info() const;
   resp::Value role_reply() const;
@@ -6050,7 +6056,8 @@ class Runtime {
     std::shared_ptr<std::promise<Reply>> promise;
     NodeId forward_from;
     std::uint64_t forward_id = 0;
-    std::vector<std::string> words;  // a read, executed once applied
+    std::vector<std::string> words;  // a read, executed once applied...
+    std::chrono::steady_clock::time_point read_deadline{};  // ... or failed after this
     EntryId entry;                   // a write, where it went
     std::chrono::steady_clock::time_point deadline{};  // a write forwarded to the leader...
     NodeId forwarded_to;                               // ... this one
@@ -6088,6 +6095,7 @@ class Runtime {
     bool readonly = false;
     bool close_after_flush = false;
     bool input_closed = false;  // the client shut down its side: answer what it sent, then close
+    bool kill = false;          // over a limit: closed without further ado
     std::string name;
     std::vector<std::string> argv;  // the next command, parsed but waiting (see process_input)
     bool has_pending = false;
@@ -6106,12 +6114,22 @@ class Runtime {
     std::string out;
     bool close_after_flush = false;
     std::vector<std::string> argv;
-    PeerConn() : parser(peer_limits()) {}
+    std::chrono::steady_clock::time_point accepted = std::chrono::steady_clock::now();
+    // Until the peer said HELLO (with the secret), it may send only a small HELLO.
+    PeerConn() : parser(hello_limits()) {}
   };
+  static resp::Limits hello_limits() {
+    resp::Limits l;
+    l.max_bulk_length = 4096;
+    l.max_multibulk_length = 16;
+    l.max_inline_length = 4096;
+    return l;
+  }
   struct PendingWrite {
     Caller caller;
     std::string payload;
   };
+  using EntryIdKey = std::pair<std::uint64_t, std::uint64_t>;  // (index, term)
   // Writes to propose and reads to confirm, gathered by one thread and handed to the core
   // under one lock (the poll thread's per wake-up; execute() has its own).
   struct Batch {
@@ -6143,6 +6161,11 @@ class Runtime {
   void apply_loop();
   void snapshot_loop();
   void joiner_loop();
+  bool committed_member() const {  // with core_mu_ held
+    Configuration c = core_->config_at(core_->commit_index());
+    const Member* me = c.find(cfg_.id);
+    return me && me->server_id == identity_.server_id;
+  }
   void wake_poll() {
     char c = 1;
     ssize_t r = ::write(wake_pipe_[1], &c, 1);
@@ -6180,6 +6203,8 @@ class Runtime {
   }
   void apply_entry(const LogEntry& e);
   void serve_reads();
+  void expire_waiting_reads();
+  void halt(const std::string& why);
   void take_snapshot(std::uint64_t request);
   void propose_expiry();
   void leave();
@@ -6210,12 +6235,17 @@ class Runtime {
   std::atomic<char> state_char_{'n'};
   std::atomic<int> role_{0};
   std::atomic<std::uint64_t> term_{0};
+  std::atomic<std::uint64_t> commit_{0};
+  mutable std::mutex status_mu_;  // a leaf lock
+  NodeId status_leader_;
+  std::string status_leader_address_;
   Configuration linked_config_;  // the configuration the sender links follow
 
   // the data
   mutable std::mutex data_mu_;
   Store store_;
   std::atomic<std::uint64_t> applied_{0};
+  std::atomic<std::uint64_t> keys_{0};  // the store's size, for INFO without the data lock
   // Threads that answer commands: execute() from them would wait for itself.
   std::atomic<std::thread::id> apply_thread_id_{};
   std::atomic<std::thread::id> poll_thread_id_{};
@@ -6223,7 +6253,9 @@ class Runtime {
   // requests
   std::mutex req_mu_;
   std::map<std::uint64_t, Request> requests_;
-  std::map<std::uint64_t, std::uint64_t> write_by_index_;  // log index -> request
+  std::map<EntryIdKey, std::uint64_t> write_by_index_;  // (log index, term) -> request
+  // Random start: ids travel to peers (forwards, read indexes) and must not match a
+  // previous run's when answers from before a restart arrive late.
   std::uint64_t next_request_ = 1;
 
   // apply queue (the apply thread owns reads_by_index_)
@@ -6239,6 +6271,7 @@ class Runtime {
   std::optional<std::pair<Store, SnapshotMeta>> snap_job_;
   std::uint64_t snap_request_ = 0;
   bool snap_busy_ = false;
+  bool snap_again_ = false;  // asked for while one was being written
 
   // peers
   std::mutex links_mu_;
@@ -6251,8 +6284,11 @@ class Runtime {
   int wake_pipe_[2] = {-1, -1};
   std::map<std::uint64_t, std::unique_ptr<ClientConn>> clients_;
   std::map<int, std::unique_ptr<PeerConn>> peers_in_;
+  static constexpr std::size_t kMaxPeerConnections = 1024;
+  std::chrono::steady_clock::time_point accept_paused_until_{};
   std::uint64_t next_conn_ = 1;
   Batch poll_batch_;  // the poll thread's
+  std::vector<std::uint64_t> refused_reads_;  // under core_mu_
   std::vector<ReadState> poll_ready_reads_;  // the poll thread's: confirmed read indexes
   std::mutex done_mu_;
   std::vector<std::tuple<std::uint64_t, std::uint64_t, Reply>> done_;  // (conn, op, reply)
@@ -6368,6 +6404,7 @@ inline void Runtime::open_storage() {
       throw std::runtime_error("snapshot in " + cfg_.data_dir + " says index " + std::to_string(meta.index) +
                                " but its file name says " + std::to_string(index));
     store_ = std::move(loaded);
+    keys_ = store_.size();
     applied_ = meta.index;
     st.snapshot = snapshot;
   }
@@ -6400,6 +6437,8 @@ inline void Runtime::start() {
   try {
     if (::pipe2(wake_pipe_, O_CLOEXEC | O_NONBLOCK) != 0) throw std::runtime_error("pipe: " + errno_string(errno));
     open_storage();
+    std::random_device rd;
+    next_request_ = ((static_cast<std::uint64_t>(rd()) << 32) ^ rd()) & 0x3fffffffffffffffull;
   } catch (...) {
     for (int* fd : {&client_fd_, &peer_fd_, &wake_pipe_[0], &wake_pipe_[1]})
       if (*fd >= 0) {
@@ -6423,7 +6462,7 @@ inline void Runtime::start() {
   {
     std::lock_guard<std::mutex> lock(core_mu_);
     drive();
-    if (core_->config().empty() && !cfg_.join.empty()) joiner_thread_ = std::thread([this] { joiner_loop(); });
+    if (!cfg_.join.empty() && !committed_member()) joiner_thread_ = std::thread([this] { joiner_loop(); });
   }
 }
 
@@ -6455,6 +6494,11 @@ inline void Runtime::leave() {
 }
 
 inline void Runtime::stop() {
+  const auto self = std::this_thread::get_id();
+  if (self == apply_thread_id_.load() || self == poll_thread_id_.load()) {
+    request_stop();  // from a handler or callback: it cannot join its own thread; join() stops
+    return;
+  }
   if (!started_.load() || stop_called_.exchange(true)) {
     if (started_.load()) {
       std::unique_lock<std::mutex> lock(life_mu_);
@@ -6486,8 +6530,9 @@ inline void Runtime::stop() {
   }
   if (writer_) writer_->stop();  // its last callbacks see halted_ and send nothing
   {
+    // Stopped, not destroyed: another thread may still hold a pointer (freed in ~Runtime).
     std::lock_guard<std::mutex> lock(links_mu_);
-    links_.clear();  // each link stops its thread
+    for (auto& [id, link] : links_) link->stop();
   }
   // Everything still waiting gets an answer.
   std::map<std::uint64_t, Request> left;
@@ -6562,6 +6607,13 @@ inline void Runtime::drive() {
   state_char_ = core_->role_char();
   role_ = static_cast<int>(core_->role());
   term_ = core_->term();
+  commit_ = core_->commit_index();
+  {
+    const Member* lm = core_->config().find(core_->leader());
+    std::lock_guard<std::mutex> lock(status_mu_);
+    status_leader_ = core_->leader();
+    status_leader_address_ = lm ? lm->address : "";
+  }
   if (core_->config() != linked_config_) update_links();
 }
 
@@ -6579,15 +6631,20 @@ inline void Runtime::on_persisted(std::uint64_t seq, bool ok, std::vector<Messag
 }
 
 inline void Runtime::storage_failed(const std::string& why) {
+  halt("storage failed: " + why);
+}
+
+// Stops acknowledging, voting and accepting appends (the core is no longer driven), and
+// answers everything waiting. Only a restart recovers, from what is on disk.
+inline void Runtime::halt(const std::string& why) {
   bool first = !failed_.exchange(true);
   if (!first) return;
   {
     std::lock_guard<std::mutex> lock(core_mu_);
     failure_ = why;
   }
-  log(LogLevel::Error, "storage failed: " + why +
-                           ". This node no longer acknowledges, votes or accepts appends; restart it to recover "
-                           "from what is on disk.");
+  log(LogLevel::Error, why + ". This node no longer acknowledges, votes or accepts appends; restart it to recover "
+                             "from what is on disk.");
   // Nothing waiting here can be answered by this node any more.
   std::vector<std::uint64_t> waiting;
   {
@@ -6596,8 +6653,8 @@ inline void Runtime::storage_failed(const std::string& why) {
     write_by_index_.clear();
   }
   for (std::uint64_t id : waiting)
-    finish_request(id, Reply::error("MISCONF storage failed on this node; if this was a write, its outcome is "
-                                    "unknown (another node may still commit it); restart the node"));
+    finish_request(id, Reply::error("MISCONF " + why + "; if this was a write, its outcome is unknown (another node "
+                                    "may still commit it); restart the node"));
 }
 
 inline void Runtime::send_peer(const Message& m) {
@@ -6791,6 +6848,7 @@ inline void Runtime::apply_loop() {
     if (std::chrono::steady_clock::now() >= next_expiry) {
       next_expiry = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
       propose_expiry();
+      expire_waiting_reads();
     }
     for (auto& item : items) {
       if (fatal_) break;
@@ -6808,8 +6866,24 @@ inline void Runtime::apply_loop() {
           {
             std::lock_guard<std::mutex> lock(data_mu_);
             store_ = std::move(fresh);
+            keys_ = store_.size();
           }
           applied_ = item.snapshot->meta.index;
+          {
+            // Writes proposed at or below the snapshot (a deposed leader's) are decided in
+            // it, unknown to us which way.
+            std::vector<std::uint64_t> gone;
+            {
+              std::lock_guard<std::mutex> lock(req_mu_);
+              while (!write_by_index_.empty() && write_by_index_.begin()->first.first <= applied_) {
+                gone.push_back(write_by_index_.begin()->second);
+                write_by_index_.erase(write_by_index_.begin());
+              }
+            }
+            for (std::uint64_t id : gone)
+              finish_request(id, Reply::error("TIMEOUT this node lost leadership before the write was known "
+                                              "committed; its outcome is unknown"));
+          }
           log(LogLevel::Info, "installed a snapshot at index " + std::to_string(applied_.load()));
           serve_reads();
           break;
@@ -6833,8 +6907,8 @@ inline void Runtime::apply_loop() {
           std::uint64_t rid = 0;
           {
             std::lock_guard<std::mutex> lock(req_mu_);
-            auto it = write_by_index_.find(item.id.index);
-            if (it != write_by_index_.end() && requests_.count(it->second) && requests_[it->second].entry == item.id) {
+            auto it = write_by_index_.find({item.id.index, item.id.term});
+            if (it != write_by_index_.end()) {
               rid = it->second;
               write_by_index_.erase(it);
             }
@@ -6861,7 +6935,7 @@ inline void Runtime::apply_loop() {
     }
     items.clear();
     if (fatal_) {
-      log(LogLevel::Error, "the apply loop stopped; this node stops");
+      halt("the apply loop stopped (see above)");
       request_stop();
       return;
     }
@@ -6897,22 +6971,24 @@ inline void Runtime::apply_entry(const LogEntry& e) {
       // the client learns why.
       reply = Reply::error(std::string("ERR handler failed: ") + ex.what());
     }
+    keys_ = store_.size();
   }
   applied_ = e.index;
-  std::uint64_t rid = 0;
+  // The write proposed at this index in this term gets the handler's reply; one proposed
+  // here in another term lost its place to another leader's entry.
+  std::vector<std::pair<std::uint64_t, bool>> answered;
   {
     std::lock_guard<std::mutex> lock(req_mu_);
-    auto it = write_by_index_.find(e.index);
-    if (it != write_by_index_.end()) {
-      rid = it->second;
-      auto r = requests_.find(rid);
-      if (r != requests_.end() && r->second.entry.term != e.term) {
-        reply = Reply::error("TIMEOUT the write lost its place in the log to a new leader; it was not applied");
-      }
-      write_by_index_.erase(it);
+    auto it = write_by_index_.lower_bound({e.index, 0});
+    while (it != write_by_index_.end() && it->first.first == e.index) {
+      answered.emplace_back(it->second, it->first.second == e.term);
+      it = write_by_index_.erase(it);
     }
   }
-  if (rid) finish_request(rid, std::move(reply));
+  for (auto& [rid, mine] : answered)
+    finish_request(rid, mine ? reply
+                             : Reply::error("TIMEOUT the write lost its place in the log to a new leader; it was "
+                                            "not applied"));
   if (!reads_by_index_.empty() && reads_by_index_.begin()->first <= e.index) serve_reads();
 }
 
@@ -6930,6 +7006,29 @@ inline void Runtime::serve_reads() {
     auto h = handlers_.find(words.empty() ? std::string() : words[0]);
     finish_request(rid, h == handlers_.end() ? Reply::error("ERR unknown command") : run_read(h->second, words));
   }
+}
+
+// A confirmed read whose index this node does not reach in time (cut off from the leader
+// right after asking) fails rather than waiting forever.
+inline void Runtime::expire_waiting_reads() {
+  if (reads_by_index_.empty()) return;
+  auto now = std::chrono::steady_clock::now();
+  std::vector<std::uint64_t> expired;
+  {
+    std::lock_guard<std::mutex> lock(req_mu_);
+    for (auto it = reads_by_index_.begin(); it != reads_by_index_.end();) {
+      auto r = requests_.find(it->second);
+      if (r == requests_.end() || r->second.read_deadline < now) {
+        if (r != requests_.end()) expired.push_back(it->second);
+        it = reads_by_index_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (std::uint64_t id : expired)
+    finish_request(id, Reply::error("TRYAGAIN this node did not catch up with the read index in time (cut off "
+                                    "from the leader?); the read was not run"));
 }
 
 inline Reply Runtime::run_read(const Command& cmd, const std::vector<std::string>& words) {
@@ -6958,6 +7057,7 @@ inline void Runtime::take_snapshot(std::uint64_t request) {
   }
   std::lock_guard<std::mutex> lock(snap_mu_);
   if (snap_busy_ || stale) {
+    if (snap_busy_) snap_again_ = true;  // taken when the current one is saved
     if (request) finish_request(request, Reply::ok());  // one is being written already
     return;
   }
@@ -6997,10 +7097,13 @@ inline void Runtime::snapshot_loop() {
     auto done = [this, request, index = snap->meta.index](bool ok) {
       if (!ok) storage_failed(storage_->failure());
       else log(LogLevel::Info, "snapshot at index " + std::to_string(index) + " saved");
+      bool again = false;
       {
         std::lock_guard<std::mutex> lock(snap_mu_);
         snap_busy_ = false;
+        again = std::exchange(snap_again_, false);
       }
+      if (again) push_apply(ApplyItem{ApplyItem::SnapshotWanted, nullptr, {}, {}, {}, {}, 0, 0});
       if (request) finish_request(request, ok ? Reply::ok() : Reply::error("MISCONF the snapshot could not be saved"));
     };
     if (fresh)
@@ -7108,8 +7211,8 @@ inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector
   }
   if (failed_) {
     std::lock_guard<std::mutex> lock(core_mu_);
-    finish(caller, Reply::error("MISCONF storage failed (" + failure_ +
-                                "): this node no longer acknowledges writes or serves reads; restart it"));
+    finish(caller, Reply::error("MISCONF " + failure_ + ": this node no longer acknowledges writes or serves "
+                                "reads; restart it"));
     return;
   }
   if (cmd.is_write()) {
@@ -7132,6 +7235,7 @@ inline void Runtime::start_read(ClientConn* conn, const Caller& caller, std::vec
   r.op = caller.op;
   r.promise = caller.promise;
   r.words = words;
+  r.read_deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(scaled(cfg_.read_timeout_ms) * 2);
   batch.reads.push_back(add_request(std::move(r)));
 }
 
@@ -7143,6 +7247,14 @@ inline void Runtime::flush_batched(Batch& batch) {
   std::vector<std::pair<NodeId, PendingWrite>> forwards;
   {
     std::lock_guard<std::mutex> lock(core_mu_);
+    if (halted_ || stopping_) {
+      // stop() is answering what is registered; nothing new starts.
+      for (auto& w : batch.writes) refused.emplace_back(w.caller, Reply::error("ERR the node is stopping; the command was not run"));
+      batch.writes.clear();
+      std::vector<std::uint64_t> reads;
+      reads.swap(batch.reads);
+      for (std::uint64_t rid : reads) refused_reads_.push_back(rid);
+    }
     for (auto& w : batch.writes) {
       ProposeResult res = core_->propose(w.payload, wall_ms());
       if (res.ok()) {
@@ -7156,7 +7268,7 @@ inline void Runtime::flush_batched(Batch& batch) {
         std::lock_guard<std::mutex> rl(req_mu_);
         std::uint64_t id = next_request_++;
         requests_.emplace(id, std::move(r));
-        write_by_index_[res.id.index] = id;
+        write_by_index_[{res.id.index, res.id.term}] = id;
       } else if (res.error == ProposeResult::Error::NotLeader && !res.leader.empty() && w.caller.forward_from.empty()) {
         forwards.emplace_back(res.leader, std::move(w));
       } else if (res.error == ProposeResult::Error::Transferring) {
@@ -7175,6 +7287,12 @@ inline void Runtime::flush_batched(Batch& batch) {
   batch.writes.clear();
   batch.reads.clear();
   for (auto& [caller, reply] : refused) finish(caller, std::move(reply));
+  std::vector<std::uint64_t> refused_reads;
+  {
+    std::lock_guard<std::mutex> lock(core_mu_);
+    refused_reads.swap(refused_reads_);
+  }
+  for (std::uint64_t rid : refused_reads) finish_request(rid, Reply::error("ERR the node is stopping; the read was not run"));
   // Writes on a follower go to the leader over the peer link, pipelined, tagged with ids.
   for (auto& [leader, w] : forwards) {
     Request r;
@@ -7416,10 +7534,7 @@ inline std::string Runtime::info() const {
     line("raft_member" + std::to_string(i++), v);
   }
   s += "\r\n# Keyspace\r\n";
-  {
-    std::lock_guard<std::mutex> data(data_mu_);
-    line("db0", "keys=" + std::to_string(store_.size()));
-  }
+  line("db0", "keys=" + std::to_string(keys_.load()));
   return s;
 }
 
@@ -7467,17 +7582,21 @@ inline void Runtime::poll_loop() {
   while (!stopping_) {
     fds.clear();
     owner.clear();
+    bool accepting = std::chrono::steady_clock::now() >= accept_paused_until_;
     fds.push_back(pollfd{wake_pipe_[0], POLLIN, 0});
-    fds.push_back(pollfd{client_fd_, POLLIN, 0});
-    fds.push_back(pollfd{peer_fd_, POLLIN, 0});
+    fds.push_back(pollfd{client_fd_, static_cast<short>(accepting ? POLLIN : 0), 0});
+    fds.push_back(pollfd{peer_fd_, static_cast<short>(accepting ? POLLIN : 0), 0});
     owner.assign(3, 0);
     for (auto& [id, c] : clients_) {
-      short ev = static_cast<short>((c->close_after_flush || c->input_closed ? 0 : POLLIN) | (c->out.empty() ? 0 : POLLOUT));
+      // A command waiting for an earlier one: read no more meanwhile (bounded input).
+      short ev = static_cast<short>((c->close_after_flush || c->input_closed || c->has_pending ? 0 : POLLIN) |
+                                    (c->out.empty() ? 0 : POLLOUT));
       fds.push_back(pollfd{c->fd, ev, 0});
       owner.push_back(id);
     }
     std::size_t first_peer = fds.size();
-    for (auto& [fd, p] : peers_in_) fds.push_back(pollfd{fd, static_cast<short>(POLLIN | (p->out.empty() ? 0 : POLLOUT)), 0});
+    for (auto& [fd, p] : peers_in_)
+      fds.push_back(pollfd{fd, static_cast<short>((p->close_after_flush ? 0 : POLLIN) | (p->out.empty() ? 0 : POLLOUT)), 0});
     int n = ::poll(fds.data(), fds.size(), 100);
     if (stopping_) break;
     if (n < 0) {
@@ -7517,7 +7636,7 @@ inline void Runtime::poll_loop() {
     drain_done();
     // QUIT or a protocol error: close once every reply before it is written.
     for (auto& [id, c] : clients_)
-      if ((c->close_after_flush || (c->input_closed && !c->has_pending)) && c->out.empty() && c->ops.empty())
+      if (c->kill || ((c->close_after_flush || (c->input_closed && !c->has_pending)) && c->out.empty() && c->ops.empty()))
         close_clients.push_back(id);
     for (std::uint64_t id : close_clients) {
       auto it = clients_.find(id);
@@ -7535,6 +7654,15 @@ inline void Runtime::poll_loop() {
       last_expiry = now;
       expire_forwards();
       drain_done();
+      // A peer connection that has not said HELLO in time is dropped (descriptors are finite).
+      for (auto it = peers_in_.begin(); it != peers_in_.end();) {
+        if (!it->second->welcomed && now - it->second->accepted > std::chrono::milliseconds(scaled(cfg_.send_timeout_ms))) {
+          ::close(it->first);
+          it = peers_in_.erase(it);
+        } else {
+          ++it;
+        }
+      }
     }
   }
 }
@@ -7542,7 +7670,11 @@ inline void Runtime::poll_loop() {
 inline void Runtime::accept_clients() {
   for (;;) {
     int fd = ::accept4(client_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) return;
+    if (fd < 0) {
+      // Out of descriptors: the listener stays readable; pause instead of spinning.
+      if (errno == EMFILE || errno == ENFILE) accept_paused_until_ = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
+      return;
+    }
     if (clients_.size() >= cfg_.max_clients) {
       static const char kFull[] = "-ERR max number of clients reached\r\n";
       ::send(fd, kFull, sizeof kFull - 1, MSG_NOSIGNAL);
@@ -7560,7 +7692,14 @@ inline void Runtime::accept_clients() {
 inline void Runtime::accept_peers() {
   for (;;) {
     int fd = ::accept4(peer_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) return;
+    if (fd < 0) {
+      if (errno == EMFILE || errno == ENFILE) accept_paused_until_ = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
+      return;
+    }
+    if (peers_in_.size() >= kMaxPeerConnections) {
+      ::close(fd);
+      continue;
+    }
     set_nodelay(fd);
     auto p = std::make_unique<PeerConn>();
     p->fd = fd;
@@ -7693,6 +7832,11 @@ inline void Runtime::complete_op(std::uint64_t conn, std::uint64_t op, Reply rep
     ++c.first_op;
   }
   if (!c.out.empty() && !flush_out(c.fd, c.out)) c.close_after_flush = true;
+  if (c.out.size() > cfg_.max_client_output) {
+    if (!c.kill) log(LogLevel::Warning, "closing a client that does not read its replies (" + std::to_string(c.out.size()) + " bytes waiting)");
+    c.kill = true;
+    return;
+  }
   if (c.has_pending || c.parser.buffered() > 0) process_input(c);
 }
 
@@ -7728,6 +7872,7 @@ inline bool Runtime::read_peer(PeerConn& p) {
       break;
     }
     if (p.argv.empty()) continue;
+    if (p.close_after_flush) break;  // refused: nothing more is read
     if (p.welcomed && !p.join_only && p.argv[0] == "RAFT") {
       Message m;
       std::string error;
@@ -7750,7 +7895,13 @@ inline bool Runtime::read_peer(PeerConn& p) {
   if (!inbound.empty()) {
     std::lock_guard<std::mutex> lock(core_mu_);
     if (!failed_) {
-      for (const auto& m : inbound) core_->step(m);
+      try {
+        for (const auto& m : inbound) core_->step(m);
+      } catch (const std::exception& e) {
+        // decode_raft refuses what the core cannot take; this is a last resort.
+        log(LogLevel::Error, "peer " + p.node + " sent a message the core refused (" + e.what() + "): closing");
+        ok = false;
+      }
       drive();
     }
   }
@@ -7795,6 +7946,7 @@ inline bool Runtime::handle_peer_message(PeerConn& p, std::vector<std::string>& 
       if (!addresses_.count(p.node)) addresses_[p.node] = p.address;
     }
     p.welcomed = true;
+    p.parser.set_limits(peer_limits());
     resp::write_simple(p.out, "WELCOME");
     return true;
   }
@@ -7812,6 +7964,10 @@ inline bool Runtime::handle_peer_message(PeerConn& p, std::vector<std::string>& 
     std::vector<std::string> words(std::make_move_iterator(w.begin() + 2), std::make_move_iterator(w.end()));
     words[0] = lower(std::move(words[0]));
     Caller caller{0, 0, nullptr, p.node, id};
+    if (failed_) {
+      finish(caller, Reply::error("MISCONF the leader cannot acknowledge writes (storage failed); the write was not run"));
+      return true;
+    }
     auto h = handlers_.find(words[0]);
     int argc = static_cast<int>(words.size()) - 1;
     if (h == handlers_.end() || !h->second.is_write() || argc < h->second.min_args ||
@@ -7828,6 +7984,11 @@ inline bool Runtime::handle_peer_message(PeerConn& p, std::vector<std::string>& 
   if (kind == "FWDR" && w.size() == 3) {
     std::uint64_t id = 0;
     if (!parse_u64(w[1], id)) return false;
+    {
+      std::lock_guard<std::mutex> lock(req_mu_);
+      auto it = requests_.find(id);
+      if (it == requests_.end() || it->second.forwarded_to != p.node) return true;  // not ours (late, or a past run's)
+    }
     resp::ReplyParser rp;
     rp.feed(w[2]);
     Reply reply;
@@ -7886,9 +8047,10 @@ inline void Runtime::joiner_loop() {
   std::size_t next = 0;
   while (!stopping_) {
     {
+      // Until a committed configuration names us: an entry adding us that a new leader never
+      // had is cut again, and then nobody would contact us.
       std::lock_guard<std::mutex> lock(core_mu_);
-      const Member* me = core_->config().find(cfg_.id);
-      if (me && me->server_id == identity_.server_id) break;  // a member now
+      if (committed_member()) break;
     }
     std::string target = moved.empty() ? targets[next++ % targets.size()] : moved;
     moved.clear();
@@ -7913,6 +8075,8 @@ inline void Runtime::joiner_loop() {
             moved = reply.str.substr(sp + 1);
             outcome = "redirected to " + moved;
             ::close(fd);
+            std::unique_lock<std::mutex> lock(life_mu_);  // no tight loop between two nodes
+            life_cv_.wait_for(lock, std::chrono::milliseconds(scaled(50)), [&] { return stopping_.load(); });
             continue;
           } else {
             outcome = reply.str;
@@ -7952,7 +8116,8 @@ inline std::string Config::validate() const {
     if (!detail::parse_host_port(slash == std::string::npos ? e : e.substr(slash + 1), hp, error)) return "-e: " + error;
   }
   if (!peers.empty() && !join.empty()) return "give either a static peer map or a list to join (-e), not both";
-  if (!join.empty() && !load_snapshot.empty()) return "-l founds a cluster; a joiner (-e) receives the data from it";
+  if (!load_snapshot.empty() && (!join.empty() || !peers.empty()))
+    return "-l founds a cluster of one; joiners (-e) and static peers receive the data from it";
   if (!(time_scale > 0)) return "time_scale must be positive";
   if (tick_ms < 1) return "tick_ms must be at least 1";
   if (heartbeat_ms < tick_ms) return "heartbeat_ms must be at least tick_ms";

@@ -185,6 +185,9 @@ class RequestParser {
   /// Bytes received but not yet returned as part of a command.
   std::size_t buffered() const;
   const Limits& limits() const { return limits_; }
+  /// Changes the limits for what is parsed from now on (a server raises them once a peer
+  /// has authenticated).
+  void set_limits(const Limits& limits) { limits_ = limits; }
 
  private:
   Limits limits_;

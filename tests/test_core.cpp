@@ -389,6 +389,47 @@ TEST_CASE("leader timestamps never go backwards", "[core]") {
   CHECK(c.entry(b.id.index).timestamp_ms >= c.entry(a.id.index).timestamp_ms);
 }
 
+TEST_CASE("a leader reports readiness only once its first entry and everything before it are handed out",
+          "[core]") {
+  CoreState st;
+  st.initial_config = voters({"1", "2", "3"});
+  st.entries = {entry(1, 5), entry(2, 5)};
+  st.hard_state = HardState{5, ""};
+  Core c(options("1"), st);
+  c.campaign();
+  drain(c);
+  c.step(message(MessageType::PreVoteResponse, "2", "1", 15));
+  drain(c);
+  c.step(message(MessageType::VoteResponse, "2", "1", 15));
+  // The leader's own batch (vote, no-op) stays unpersisted: the followers' acks commit the
+  // no-op, but nothing can be applied here yet.
+  Drained d = drain(c, /*persist=*/false);
+  REQUIRE(c.role() == Role::Leader);
+  for (const char* f : {"2", "3"}) {
+    Message ok = message(MessageType::AppendResponse, f, "1", c.term());
+    ok.index = c.last_index();
+    c.step(ok);
+  }
+  Ready r = c.ready();
+  CHECK(c.commit_index() == 3);
+  CHECK(r.committed.size() == 2);   // entries 1-2 were durable already; the no-op is not
+  CHECK(r.leader_ready_term == 0);  // on_leader would see a store without the no-op applied
+  for (auto& b : d.batches) c.persisted(b.seq);
+  if (r.persist.seq) c.persisted(r.persist.seq);
+  std::uint64_t ready_term = 0;
+  std::size_t applied = r.committed.size();
+  while (c.has_ready()) {
+    Ready next = c.ready();
+    applied += next.committed.size();
+    if (next.leader_ready_term) {
+      ready_term = next.leader_ready_term;
+      CHECK(applied == 3);  // reported with (or after) the last of them
+    }
+    if (next.persist.seq) c.persisted(next.persist.seq);
+  }
+  CHECK(ready_term == c.term());
+}
+
 // ---- timeouts ----------------------------------------------------------------------------
 
 TEST_CASE("a proposal that cannot commit is aborted with an unknown outcome and stays in the log", "[core]") {

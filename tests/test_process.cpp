@@ -1014,6 +1014,28 @@ TEST_CASE("malformed peer input is refused and logged and closed while the clust
   for (Node* n : c.all()) CHECK(get(*n, "still") == "working");
 }
 
+TEST_CASE("a peer connection that has not said HELLO may send only a small HELLO, and not wait forever",
+          "[process]") {
+  Cluster c(22, "hello_limits");
+  Node& n = c.add();
+  n.start();
+  REQUIRE(n.process().wait_for_err("leading term", scaled(5000)));
+  {
+    // A large first bulk (an unauthenticated peer streaming data) is refused at once.
+    Client p(n.ip, kPort + 1);
+    REQUIRE(p.send("*7\r\n$5\r\nHELLO\r\n$1048576\r\n"));
+    CHECK(p.wait_closed(scaled(5000)));
+    CHECK(n.process().wait_for_err("sent malformed RESP", scaled(5000)));
+  }
+  {
+    // A connection that says nothing is dropped after the handshake deadline (3 s).
+    Client p(n.ip, kPort + 1);
+    CHECK(p.wait_closed(scaled(10000)));
+  }
+  CHECK(n.running());
+  CHECK(show(n.call({"SET", "still", "up"})) == "OK");
+}
+
 // ---- 13. many clients
 // --------------------------------------------------------------------------------------
 

@@ -1371,3 +1371,45 @@ TEST_CASE("every write made through execute is applied exactly once", "[runtime]
     CHECK(eventually([&] { return stored(c[i], "counter") == std::to_string(values.size()); }));
   }
 }
+
+TEST_CASE("handlers may call the node's status methods and INFO without deadlocking", "[runtime]") {
+  TempDir data;
+  raft::Config config = node_config("1", address(22, 1));
+  config.data_dir = data.file("data");
+  TestNode n(config);
+  auto status = [](raft::Call& call) {
+    // Run with the data lock held: none of these may wait for the core's lock holders.
+    std::string s = call.node->info() + call.node->leader() + call.node->leader_address() +
+                    std::to_string(call.node->commit_index()) + std::to_string(call.node->term());
+    return raft::Reply::integer(static_cast<std::int64_t>(s.size()));
+  };
+  n->handler("status_w", status, "we", 0, 0);
+  n->handler("status_r", status, "r", 0, 0);
+  n->start();
+  REQUIRE(eventually([&] { return n->state() == 'l'; }));
+  for (const char* cmd : {"status_w", "status_r"}) {
+    auto f = n->execute_async({cmd});
+    REQUIRE(ready_within(f, 5000));
+    raft::Reply r = f.get();
+    CHECK(r.type == resp::Type::Integer);
+    CHECK(r.num > 100);
+  }
+}
+
+TEST_CASE("stop() called from on_leader stops the node through join() instead of joining its own thread",
+          "[runtime]") {
+  TempDir data;
+  raft::Config config = node_config("1", address(23, 1));
+  config.data_dir = data.file("data");
+  TestNode n(config);
+  std::atomic<int> calls{0};
+  n->on_leader([&](raft::Node& node, std::uint64_t) {
+    ++calls;
+    node.stop();  // on the apply thread
+  });
+  n->start();
+  auto joined = std::async(std::launch::async, [&] { n->join(); });
+  REQUIRE(ready_within(joined, 10000));
+  CHECK(calls == 1);
+  CHECK(n->stopping());
+}

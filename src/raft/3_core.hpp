@@ -336,7 +336,7 @@ class Core {
   std::vector<EntryId> aborted_;
   std::vector<RoleChange> role_changes_;
   RoleChange last_role_change_;
-  std::uint64_t leader_ready_term_out_ = 0;
+  bool leader_ready_unreported_ = false;
   bool snapshot_requested_ = false;
   bool snapshot_wanted_out_ = false;
   std::uint64_t next_seq_ = 1;
@@ -468,6 +468,7 @@ inline void Core::fail_leader_state() {
   read_round_acks_.clear();
   progress_.clear();
   leader_ready_ = false;
+  leader_ready_unreported_ = false;
   transfer_target_.clear();
 }
 
@@ -1221,7 +1222,7 @@ inline void Core::maybe_commit() {
   commit_ = candidate;
   if (!leader_ready_ && commit_ >= leader_first_index_) {
     leader_ready_ = true;
-    leader_ready_term_out_ = term_;
+    leader_ready_unreported_ = true;  // reported once everything up to it is handed out
     // Reads that arrived before the term's first entry committed use this commit index.
     auto waiting = std::move(waiting_ready_reads_);
     waiting_ready_reads_.clear();
@@ -1526,9 +1527,9 @@ inline void Core::persisted(std::uint64_t seq) {
 
 inline bool Core::has_ready() const {
   if (!batch_.empty() || !msgs_.empty() || !msgs_after_.empty() || restore_ ||
-      !reads_out_.empty() || !aborted_.empty() || !role_changes_.empty() ||
-      leader_ready_term_out_ != 0 || snapshot_wanted_out_)
+      !reads_out_.empty() || !aborted_.empty() || !role_changes_.empty() || snapshot_wanted_out_)
     return true;
+  if (leader_ready_unreported_ && role_ == Role::Leader && applied_ >= leader_first_index_) return true;
   if (HardState{term_, vote_} != persisted_hs_) return true;
   if (applied_ < std::min(commit_, durable_index_)) return true;
   if (role_ == Role::Leader) {
@@ -1578,8 +1579,11 @@ inline Ready Core::ready() {
   aborted_.clear();
   rd.role_changes = std::move(role_changes_);
   role_changes_.clear();
-  rd.leader_ready_term = leader_ready_term_out_;
-  leader_ready_term_out_ = 0;
+  // on_leader's promise: the term's first entry and everything before it are applied first.
+  if (leader_ready_unreported_ && role_ == Role::Leader && applied_ >= leader_first_index_) {
+    rd.leader_ready_term = term_;
+    leader_ready_unreported_ = false;
+  }
   if (!snapshot_requested_ && applied_ >= snapshot_index() + opts_.snapshot_threshold) {
     snapshot_requested_ = true;
     snapshot_wanted_out_ = true;
