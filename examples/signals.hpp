@@ -6,6 +6,8 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <csignal>
+
 #include <thread>
 
 #include "raft.hpp"
@@ -16,6 +18,10 @@ class StopOnSignal {
  public:
   // Construct before node.start(), so that the node's threads inherit the blocked mask.
   explicit StopOnSignal(raft::Node& node) {
+    // A shell starts background jobs with SIGINT ignored, and an ignored signal is discarded
+    // even while blocked: restore the default so that sigwait receives it.
+    std::signal(SIGINT, SIG_DFL);
+    std::signal(SIGTERM, SIG_DFL);
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
