@@ -18,8 +18,8 @@ class StopOnSignal {
  public:
   // Construct before node.start(), so that the node's threads inherit the blocked mask.
   explicit StopOnSignal(raft::Node& node) {
-    // A shell starts background jobs with SIGINT ignored, and an ignored signal is discarded
-    // even while blocked: restore the default so that sigwait receives it.
+    // A shell starts background jobs with SIGINT ignored. Linux still queues a blocked signal
+    // for sigwait when it is ignored, but POSIX lets a system discard it: restore the default.
     std::signal(SIGINT, SIG_DFL);
     std::signal(SIGTERM, SIG_DFL);
     sigset_t set;

@@ -181,9 +181,12 @@ inline std::string sanitizer_reports(const std::string& dir) {
 class Process {
  public:
   /// argv[0] is the program: a path, or a name looked up on PATH. `input` becomes its stdin
-  /// (empty: /dev/null). Throws if the program cannot be found or the fork fails.
+  /// (empty: /dev/null). With `own_group` it leads a process group of its own, as a shell's
+  /// foreground job does: signal_group() reaches its children too, and kill() kills them all.
+  /// Throws if the program cannot be found or the fork fails.
   Process(const std::string& name, std::vector<std::string> argv, const TempDir& dir,
-          const std::string& input = "") {
+          const std::string& input = "", bool own_group = false)
+      : own_group_(own_group) {
     base_ = unique_base(dir / name);
     out_path_ = base_ + ".out";
     err_path_ = base_ + ".err";
@@ -212,6 +215,7 @@ class Process {
       // Dies with the test binary, so no node outlives a crashed test run.
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);
       if (::getppid() != parent) ::_exit(126);
+      if (own_group) ::setpgid(0, 0);
       ::dup2(in_fd, 0);
       ::dup2(out_fd, 1);
       ::dup2(err_fd, 2);
@@ -229,6 +233,7 @@ class Process {
     ::close(out_fd);
     ::close(err_fd);
     if (pid_ < 0) throw std::runtime_error("fork: " + std::string(std::strerror(errno)));
+    if (own_group) ::setpgid(pid_, pid_);  // also here, so that it holds before we signal the group
   }
   ~Process() { kill(); }
   Process(const Process&) = delete;
@@ -245,6 +250,11 @@ class Process {
   void signal(int sig) {
     if (running()) ::kill(pid_, sig);
   }
+  /// Sends `sig` to the whole process group (only for a process started with `own_group`),
+  /// as a terminal's Ctrl-C does.
+  void signal_group(int sig) {
+    if (own_group_ && running()) ::kill(-pid_, sig);
+  }
   /// SIGSTOP, and waits until every thread of the process is stopped (kill() returns before
   /// the signal has taken effect, and a thread on another CPU may still run for a moment).
   bool pause(milliseconds timeout = scaled(5000)) {
@@ -256,7 +266,8 @@ class Process {
   /// SIGKILL and reap.
   void kill() {
     if (pid_ <= 0 || status_ >= 0) return;
-    ::kill(pid_, SIGKILL);
+    // Until it is reaped its PID, and so the group's id, cannot belong to anyone else.
+    ::kill(own_group_ ? -pid_ : pid_, SIGKILL);
     reap(true);
   }
   /// Waits for the exit: its code, 128 + the signal number if a signal killed it, or nothing
@@ -319,6 +330,7 @@ class Process {
     if (r < 0) status_ = 255;  // not our child any more; nothing left to reap
   }
   std::string base_, out_path_, err_path_;
+  bool own_group_ = false;
   pid_t pid_ = -1;
   int status_ = -1;  // exit code once reaped
 };

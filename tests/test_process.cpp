@@ -628,6 +628,70 @@ TEST_CASE("three_nodes elects a leader among its static peers and serves on ever
   check_no_sanitizer_reports(dir);
 }
 
+TEST_CASE("make run's cluster serves on all three nodes and stops on Ctrl-C, and so does a node "
+          "started in the background of a script",
+          "[process]") {
+  Net net(23);
+  TempDir dir("make_run");
+  const std::string ip = net.ip(1);
+  const std::string run_raft = std::filesystem::absolute(proc::example("run_raft")).string();
+  const std::string scale = std::to_string(proc::time_scale());
+  auto role = [&](int port) {
+    Client cl(ip, port, scaled(1000));
+    return proc::info_field(std::string(cl.call({"INFO", "raft"}, scaled(1000)).text()), "raft_role");
+  };
+  {
+    // The README's `make run`, as a terminal runs it: a foreground process group that Ctrl-C
+    // signals as a whole.
+    Process run("run_cluster", {"tools/run_cluster.sh", run_raft, ip, "--time-scale", scale}, dir, "",
+                /*own_group=*/true);
+    const std::vector<int> ports{5010, 5020, 5030};
+    REQUIRE(eventually(scaled(15000), [&] {
+      int leaders = 0, followers = 0;
+      for (int port : ports) {
+        const std::string r = role(port);
+        leaders += r == "leader";
+        followers += r == "follower";
+      }
+      return leaders == 1 && followers == 2;
+    }));
+    REQUIRE(show(Client(ip, 5020).call({"SET", "key", "value"})) == "OK");
+    CHECK(show(Client(ip, 5030).call({"GET", "key"})) == "value");
+    CHECK(run.out().find("redis-cli -h " + ip + " -p 5010") != std::string::npos);
+
+    run.signal_group(SIGINT);
+    REQUIRE(run.wait_exit(scaled(15000)).has_value());
+    CHECK(run.out().find("stopped") != std::string::npos);
+    CHECK(proc::count(run.err(), "] stopping") == 3);
+    for (int port : ports) CHECK_FALSE(Client(ip, port, scaled(1000)).connected());
+  }
+  {
+    // A non-interactive shell starts background jobs with SIGINT ignored, and this one has no
+    // trap to pass Ctrl-C on: the node itself must stop on it.
+    Process sh("background",
+               {"/bin/sh", "-c", "\"$0\" -i 9 -a \"$1\" -d d9 --time-scale \"$2\" & echo \"$!\"; wait",
+                run_raft, ip + ":7000", scale},
+               dir, "", /*own_group=*/true);
+    REQUIRE(sh.wait_for_err("leading term", scaled(10000)));
+    const pid_t node = static_cast<pid_t>(std::atol(sh.out().c_str()));
+    REQUIRE(node > 0);
+    sh.signal_group(SIGINT);
+    REQUIRE(sh.wait_exit(scaled(10000)).has_value());
+    // The shell is gone and the node is no child of ours now: look for it by its PID (gone, or
+    // a zombie its new parent has not reaped yet).
+    const auto exited = [&] {
+      const std::string stat = proc::read_file("/proc/" + std::to_string(node) + "/stat");
+      const auto paren = stat.rfind(')');
+      return paren == std::string::npos || paren + 2 >= stat.size() || stat[paren + 2] == 'Z';
+    };
+    const bool stopped = eventually(scaled(10000), exited);
+    if (!stopped) ::kill(node, SIGKILL);  // it ignored Ctrl-C: do not leave it running
+    CHECK(stopped);
+    CHECK(proc::count(sh.err(), "] stopping") == 1);
+  }
+  check_no_sanitizer_reports(dir);
+}
+
 namespace {
 // Reads one reply at a time from an inline (telnet-style) session: a line in, a reply out.
 std::string telnet(Client& c, const std::string& line) {
