@@ -65,7 +65,7 @@ TESTS ?= $(DEFAULT_TESTS)
 SEEDS ?= $(DEFAULT_SEEDS)
 FUZZ_TIME ?= 60
 
-.PHONY: all test deps sim bench fuzz run mutants clean check-header
+.PHONY: all test deps sim bench fuzz run mutants clean check-header standalone
 .DELETE_ON_ERROR:
 
 all: $(EXAMPLES) $(BUILD)/raft_tests
@@ -102,8 +102,16 @@ $(BUILD)/bench/%: bench/%.cpp $(HEADERS)
 	@mkdir -p $(@D)
 	$(CXX) $(ALL_CXXFLAGS) $< -o $@ $(LDLIBS_ALL) $(if $(findstring hiredis,$*),-lhiredis)
 
+# Each header compiles on its own, -pedantic, with g++ and (when installed) clang++: users copy
+# them one at a time into projects with their own flags.
+STANDALONE_CXX := g++ $(shell command -v clang++ >/dev/null 2>&1 && echo clang++)
+standalone:
+	@for cxx in $(STANDALONE_CXX); do for h in $(HEADERS); do \
+	  echo '#include "'$$h'"' | $$cxx -std=c++17 $(WARNINGS) -pedantic -I. -fsyntax-only -x c++ - || \
+	    { echo "$$h does not compile on its own with $$cxx" >&2; exit 1; }; done; done
+
 # The test binary finds the examples (process tests) through RAFT_BUILD_DIR.
-test: deps $(BUILD)/raft_tests $(if $(TEST_NEEDS_EXAMPLES),$(EXAMPLES))
+test: deps $(if $(SAN),,standalone) $(BUILD)/raft_tests $(if $(TEST_NEEDS_EXAMPLES),$(EXAMPLES))
 	RAFT_BUILD_DIR=$(BUILD) RAFT_SIM_SEEDS=$(SEEDS) RAFT_TIME_SCALE=$(TIME_SCALE) $(BUILD)/raft_tests $(TESTS)
 
 sim: deps $(BUILD)/raft_tests
