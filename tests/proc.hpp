@@ -182,7 +182,8 @@ class Process {
  public:
   /// argv[0] is the program: a path, or a name looked up on PATH. `input` becomes its stdin
   /// (empty: /dev/null). With `own_group` it leads a process group of its own, as a shell's
-  /// foreground job does: signal_group() reaches its children too, and kill() kills them all.
+  /// foreground job does: signal_group() reaches its children too, and kill() kills them all
+  /// (while it has not been reaped).
   /// Throws if the program cannot be found or the fork fails.
   Process(const std::string& name, std::vector<std::string> argv, const TempDir& dir,
           const std::string& input = "", bool own_group = false)
