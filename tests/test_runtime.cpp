@@ -32,6 +32,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -1412,4 +1413,40 @@ TEST_CASE("stop() called from on_leader stops the node through join() instead of
   REQUIRE(ready_within(joined, 10000));
   CHECK(calls == 1);
   CHECK(n->stopping());
+}
+
+TEST_CASE("stop() does not wait out the send timeout for a peer that accepts connections and never answers",
+          "[runtime]") {
+  // A peer port that the kernel accepts connections on (its backlog) while nobody reads: what
+  // a stopped or hung peer process looks like. Without a way to cut the wait short, the node's
+  // link and joiner threads sit in their HELLO or JOIN for send_timeout_ms and stop() with them.
+  const std::string silent = address(24, 2);
+  const std::string host = silent.substr(0, silent.find(':'));
+  const int peer_port = std::stoi(silent.substr(silent.find(':') + 1)) + 1;
+  int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(listener >= 0);
+  int one = 1;
+  ::setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(static_cast<std::uint16_t>(peer_port));
+  ::inet_pton(AF_INET, host.c_str(), &sa.sin_addr);
+  REQUIRE(::bind(listener, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0);
+  REQUIRE(::listen(listener, 16) == 0);
+  const auto connection_waiting = [&] {
+    pollfd p{listener, POLLIN, 0};
+    return ::poll(&p, 1, 0) == 1;
+  };
+
+  raft::Config config = node_config("1", address(24, 1));
+  config.send_timeout_ms = 60000;  // a stop that waits for it misses the deadline below
+  SECTION("a member whose static peer map names the silent peer") { config.peers["2"] = silent; }
+  SECTION("a joiner asking the silent peer") { config.join = {silent}; }
+  TestNode node(config);
+  node->start();
+  REQUIRE(eventually(connection_waiting));  // a thread of the node now waits for its answer
+  auto stopped = std::async(std::launch::async, [&] { node->stop(); });
+  CHECK(ready_within(stopped, 10000));
+  stopped.wait();
+  ::close(listener);
 }

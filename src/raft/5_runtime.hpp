@@ -155,9 +155,27 @@ inline int listen_tcp(const std::string& host, int port, std::string& error) {
   return fd;
 }
 
+/// Whether `fd` has data to read (or is closed) right now.
+inline bool readable_now(int fd) {
+  pollfd p{fd, POLLIN, 0};
+  return ::poll(&p, 1, 0) == 1;
+}
+
+/// Waits up to `timeout_ms` for `events` on `fd`; false on a timeout, or at once when
+/// `cancel_fd` (if >= 0) becomes readable: the runtime makes it so when it stops, and a thread
+/// waiting for a peer that does not answer must not hold the shutdown up.
+inline bool wait_ready(int fd, short events, int timeout_ms, int cancel_fd) {
+  pollfd p[2] = {{fd, events, 0}, {cancel_fd, POLLIN, 0}};
+  int n;
+  do {
+    n = ::poll(p, cancel_fd >= 0 ? 2 : 1, timeout_ms);
+  } while (n < 0 && errno == EINTR);
+  return n > 0 && p[0].revents != 0 && (cancel_fd < 0 || p[1].revents == 0);
+}
+
 /// Connects from src_host (so a firewall rule between two addresses cuts exactly that link).
 inline int connect_tcp(const std::string& src_host, const std::string& host, int port, int timeout_ms,
-                       std::string& error) {
+                       std::string& error, int cancel_fd = -1) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     error = "socket: " + errno_string(errno);
@@ -178,11 +196,15 @@ inline int connect_tcp(const std::string& src_host, const std::string& host, int
     return -1;
   }
   if (rc != 0) {
-    pollfd p{fd, POLLOUT, 0};
+    if (!wait_ready(fd, POLLOUT, timeout_ms, cancel_fd)) {
+      error = cancel_fd >= 0 && readable_now(cancel_fd) ? "stopping" : "connect timed out";
+      ::close(fd);
+      return -1;
+    }
     int err = 0;
     socklen_t len = sizeof err;
-    if (::poll(&p, 1, timeout_ms) != 1 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0) {
-      error = err ? errno_string(err) : "connect timed out";
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0) {
+      error = errno_string(err ? err : errno);
       ::close(fd);
       return -1;
     }
@@ -208,7 +230,7 @@ inline bool send_all(int fd, const char* p, std::size_t n) {
 }
 
 /// Reads one RESP value from a blocking socket within timeout_ms.
-inline bool recv_value(int fd, resp::ReplyParser& parser, resp::Value& out, int timeout_ms) {
+inline bool recv_value(int fd, resp::ReplyParser& parser, resp::Value& out, int timeout_ms, int cancel_fd = -1) {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   for (;;) {
     resp::Status st = parser.next(out);
@@ -216,8 +238,7 @@ inline bool recv_value(int fd, resp::ReplyParser& parser, resp::Value& out, int 
     if (st == resp::Status::Error) return false;
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
     if (left <= 0) return false;
-    pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, static_cast<int>(left)) != 1) return false;
+    if (!wait_ready(fd, POLLIN, static_cast<int>(left), cancel_fd)) return false;
     char buf[4096];
     ssize_t r = ::recv(fd, buf, sizeof buf, 0);
     if (r <= 0) return false;
@@ -366,14 +387,17 @@ class PeerLink {
     return address_;
   }
   bool connected() const { return connected_.load(); }
+  /// Tells the thread to finish and wakes it from a send to a peer that does not read.
+  void request_stop() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return;
+    stopping_ = true;
+    if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);
+    cv_.notify_all();
+  }
+  /// request_stop(), and waits for the thread.
   void stop() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (stopping_) return;
-      stopping_ = true;
-      if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);
-      cv_.notify_all();
-    }
+    request_stop();
     if (thread_.joinable()) thread_.join();
   }
 
@@ -456,6 +480,7 @@ class Runtime {
   // For PeerLink.
   std::string hello_bytes() const;
   int send_timeout() const { return scaled(cfg_.send_timeout_ms); }
+  int stop_fd() const { return stop_pipe_[0]; }
   const std::string& host() const { return host_.host; }
 
  private:
@@ -695,6 +720,9 @@ class Runtime {
   int client_fd_ = -1;
   int peer_fd_ = -1;
   int wake_pipe_[2] = {-1, -1};
+  // Readable once stop() has handed leadership over: cuts short every wait for a peer to
+  // connect or answer (a peer host that is down would hold each one up for send_timeout_ms).
+  int stop_pipe_[2] = {-1, -1};
   std::map<std::uint64_t, std::unique_ptr<ClientConn>> clients_;
   std::map<int, std::unique_ptr<PeerConn>> peers_in_;
   static constexpr std::size_t kMaxPeerConnections = 1024;
@@ -848,12 +876,13 @@ inline void Runtime::start() {
     throw std::runtime_error(error);
   }
   try {
-    if (::pipe2(wake_pipe_, O_CLOEXEC | O_NONBLOCK) != 0) throw std::runtime_error("pipe: " + errno_string(errno));
+    if (::pipe2(wake_pipe_, O_CLOEXEC | O_NONBLOCK) != 0 || ::pipe2(stop_pipe_, O_CLOEXEC | O_NONBLOCK) != 0)
+      throw std::runtime_error("pipe: " + errno_string(errno));
     open_storage();
     std::random_device rd;
     next_request_ = ((static_cast<std::uint64_t>(rd()) << 32) ^ rd()) & 0x3fffffffffffffffull;
   } catch (...) {
-    for (int* fd : {&client_fd_, &peer_fd_, &wake_pipe_[0], &wake_pipe_[1]})
+    for (int* fd : {&client_fd_, &peer_fd_, &wake_pipe_[0], &wake_pipe_[1], &stop_pipe_[0], &stop_pipe_[1]})
       if (*fd >= 0) {
         ::close(*fd);
         *fd = -1;
@@ -924,6 +953,11 @@ inline void Runtime::stop() {
   log(LogLevel::Info, "stopping");
   wake_poll();
   {
+    char c = 1;
+    ssize_t r = ::write(stop_pipe_[1], &c, 1);  // never read: stays readable
+    (void)r;
+  }
+  {
     std::lock_guard<std::mutex> lock(apply_mu_);
     apply_cv_.notify_all();
   }
@@ -945,6 +979,7 @@ inline void Runtime::stop() {
   {
     // Stopped, not destroyed: another thread may still hold a pointer (freed in ~Runtime).
     std::lock_guard<std::mutex> lock(links_mu_);
+    for (auto& [id, link] : links_) link->request_stop();  // all at once, then wait for each
     for (auto& [id, link] : links_) link->stop();
   }
   // Everything still waiting gets an answer.
@@ -956,7 +991,7 @@ inline void Runtime::stop() {
   }
   for (auto& [rid, r] : left)
     if (r.promise) r.promise->set_value(Reply::error("TIMEOUT the node stopped before the command completed; its outcome is unknown"));
-  for (int* fd : {&client_fd_, &peer_fd_, &wake_pipe_[0], &wake_pipe_[1]})
+  for (int* fd : {&client_fd_, &peer_fd_, &wake_pipe_[0], &wake_pipe_[1], &stop_pipe_[0], &stop_pipe_[1]})
     if (*fd >= 0) {
       ::close(*fd);
       *fd = -1;
@@ -1132,13 +1167,14 @@ inline void PeerLink::run() {
       HostPort hp;
       int fd = -1;
       if (parse_host_port(addr, hp, error)) {
-        fd = connect_tcp(rt_.host(), hp.host, hp.port + 1, rt_.send_timeout(), error);
+        fd = connect_tcp(rt_.host(), hp.host, hp.port + 1, rt_.send_timeout(), error, rt_.stop_fd());
         if (fd >= 0) {
           set_send_timeout(fd, rt_.send_timeout());
           std::string hello = rt_.hello_bytes();
           resp::ReplyParser parser;
           resp::Value reply;
-          if (!send_all(fd, hello.data(), hello.size()) || !recv_value(fd, parser, reply, rt_.send_timeout())) {
+          if (!send_all(fd, hello.data(), hello.size()) ||
+              !recv_value(fd, parser, reply, rt_.send_timeout(), rt_.stop_fd())) {
             error = "no answer to HELLO";
             ::close(fd);
             fd = -1;
@@ -2471,15 +2507,16 @@ inline void Runtime::joiner_loop() {
     std::string error;
     std::string outcome;
     if (parse_host_port(target, hp, error)) {
-      int fd = connect_tcp(host_.host, hp.host, hp.port + 1, scaled(cfg_.send_timeout_ms), error);
+      int fd = connect_tcp(host_.host, hp.host, hp.port + 1, scaled(cfg_.send_timeout_ms), error, stop_fd());
       if (fd >= 0) {
         set_send_timeout(fd, scaled(cfg_.send_timeout_ms));
         std::string bytes = hello_bytes();
         resp::write_command(bytes, {"JOIN", cfg_.id, cfg_.address, identity_.server_id});
         resp::ReplyParser parser;
         resp::Value welcome, reply;
-        if (send_all(fd, bytes.data(), bytes.size()) && recv_value(fd, parser, welcome, scaled(cfg_.send_timeout_ms)) &&
-            !welcome.is_error() && recv_value(fd, parser, reply, scaled(cfg_.send_timeout_ms))) {
+        if (send_all(fd, bytes.data(), bytes.size()) &&
+            recv_value(fd, parser, welcome, scaled(cfg_.send_timeout_ms), stop_fd()) && !welcome.is_error() &&
+            recv_value(fd, parser, reply, scaled(cfg_.send_timeout_ms), stop_fd())) {
           if (reply.type == resp::Type::SimpleString && reply.str.rfind("OK ", 0) == 0) {
             adopt_cluster_id(reply.str.substr(3));
             outcome = "accepted";
