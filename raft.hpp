@@ -4760,9 +4760,9 @@ inline std::string encode_snapshot_header(const SnapshotMeta& meta, std::string_
          std::to_string(data.size()) + " crc32c " + crc + "\n";
 }
 
-/// Checks a whole snapshot file and leaves only its data in `buf`.
-inline void decode_snapshot(std::string& buf, const std::string& file, std::uint64_t index,
-                            std::uint64_t term) {
+/// Checks a whole snapshot file and leaves only its data in `buf`; returns the index and
+/// term its header names. (Also how `-l` reads a snapshot copied out of a data directory.)
+inline std::pair<std::uint64_t, std::uint64_t> decode_snapshot(std::string& buf, const std::string& file) {
   const std::size_t eol = buf.find('\n');
   if (buf.compare(0, kSnapshotPrefix.size(), kSnapshotPrefix) != 0 || eol == std::string::npos || eol > 256)
     throw corrupt(file, 0, "not a raft.hpp snapshot (its first line is not the snapshot header)");
@@ -4787,8 +4787,6 @@ inline void decode_snapshot(std::string& buf, const std::string& file, std::uint
   if (version > kStorageFormatVersion)
     throw StorageError("ERR " + file + " was written by a newer format version (" + std::to_string(version) +
                        "); this build reads version " + std::to_string(kStorageFormatVersion) + ". Use a newer build.");
-  if (h_index != index || h_term != term)
-    throw corrupt(file, kSnapshotPrefix.size(), "the header's index and term do not match the file name");
   if (size != buf.size() - eol - 1)
     throw corrupt(file, buf.size(),
                   "the header says " + std::to_string(size) + " bytes of data but the file holds " +
@@ -4796,6 +4794,14 @@ inline void decode_snapshot(std::string& buf, const std::string& file, std::uint
   if (crc32c(buf.data() + eol + 1, size) != crc)
     throw corrupt(file, eol + 1, "snapshot data checksum mismatch");
   buf.erase(0, eol + 1);
+  return {h_index, h_term};
+}
+
+/// The same, for a file in a data directory, whose name says which index and term it holds.
+inline void decode_snapshot(std::string& buf, const std::string& file, std::uint64_t index,
+                            std::uint64_t term) {
+  if (decode_snapshot(buf, file) != std::make_pair(index, term))
+    throw corrupt(file, kSnapshotPrefix.size(), "the header's index and term do not match the file name");
 }
 
 /// The implementation behind Storage. Methods that do I/O return false after recording the
@@ -6186,6 +6192,7 @@ class Runtime {
   void apply_loop();
   void snapshot_loop();
   void joiner_loop();
+  void read_snapshot_to_load(Store& into) const;
   bool committed_member() const {  // with core_mu_ held
     Configuration c = core_->config_at(core_->commit_index());
     const Member* me = c.find(cfg_.id);
@@ -6388,21 +6395,13 @@ inline void Runtime::open_storage() {
       id.cluster_id = hex64((static_cast<std::uint64_t>(rd()) << 32) ^ rd());
       id.initial_config.upsert(Member{cfg_.id, cfg_.address, id.server_id, true});
     }
+    // The snapshot to found the cluster with is read before the data directory exists: a
+    // file that cannot be loaded must not leave a directory behind that a retry would reuse.
+    Store loaded;
+    if (!cfg_.load_snapshot.empty()) read_snapshot_to_load(loaded);
     storage_ = std::make_unique<Storage>(Storage::create(so, id));
     identity_ = id;
     if (!cfg_.load_snapshot.empty()) {
-      FILE* f = std::fopen(cfg_.load_snapshot.c_str(), "rb");
-      if (!f) throw std::runtime_error("cannot read snapshot " + cfg_.load_snapshot + ": " + errno_string(errno));
-      std::string text;
-      char buf[65536];
-      std::size_t n;
-      while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, n);
-      std::fclose(f);
-      Store loaded;
-      SnapshotMeta ignored;
-      std::string err1, err2;
-      if (!Store::read_snapshot(text, loaded, ignored, err1) && !Store::read_pyraft_snapshot(text, loaded, err2))
-        throw std::runtime_error("cannot load " + cfg_.load_snapshot + ": " + err1 + "; as a pyraft snapshot: " + err2);
       // The loaded data becomes the cluster's first snapshot, at index 1 of term 1.
       snapshot = std::make_shared<Snapshot>();
       snapshot->meta.index = 1;
@@ -6493,6 +6492,30 @@ inline void Runtime::start() {
     drive();
     if (!cfg_.join.empty() && !committed_member()) joiner_thread_ = std::thread([this] { joiner_loop(); });
   }
+}
+
+// -l FILE: a snapshot file as a data directory holds it (with its header line), the bare
+// repr text, or pyraft's .dat layout.
+inline void Runtime::read_snapshot_to_load(Store& into) const {
+  const std::string& path = cfg_.load_snapshot;
+  std::string text;
+  if (const int err = read_whole_file(path, text))
+    throw std::runtime_error("cannot read snapshot " + path + ": " + errno_string(err));
+  SnapshotMeta ignored;
+  std::string error;
+  if (text.compare(0, kSnapshotPrefix.size(), kSnapshotPrefix) == 0) {
+    try {
+      decode_snapshot(text, path);
+    } catch (const StorageError& e) {
+      throw std::runtime_error(std::string("cannot load ") + e.what());
+    }
+    if (!Store::read_snapshot(text, into, ignored, error))
+      throw std::runtime_error("cannot load " + path + ": " + error);
+    return;
+  }
+  std::string pyraft_error;
+  if (!Store::read_snapshot(text, into, ignored, error) && !Store::read_pyraft_snapshot(text, into, pyraft_error))
+    throw std::runtime_error("cannot load " + path + ": " + error + "; as a pyraft snapshot: " + pyraft_error);
 }
 
 inline void Runtime::join() {

@@ -1450,3 +1450,75 @@ TEST_CASE("stop() does not wait out the send timeout for a peer that accepts con
   stopped.wait();
   ::close(listener);
 }
+
+TEST_CASE("a founder loads its first data with -l from a data directory's snapshot file, the bare text or pyraft's "
+          "checkpoint, and a file it cannot load leaves no data directory behind",
+          "[runtime]") {
+  TempDir dir;
+  // A snapshot file as a node writes it, taken with CHECKPOINT.
+  std::string ours;
+  {
+    raft::Config c = node_config("1", address(25, 1));
+    c.data_dir = dir.file("source");
+    TestNode source(c);
+    source->start();
+    REQUIRE(is_ok(source->execute({"set", "bin", std::string("\0\xff'\\\n", 5)})));
+    REQUIRE(describe(source->execute({"hset", "h", "f", "v"})) == ":1");
+    REQUIRE(describe(source->execute({"rpush", "l", "a", "b"})) == ":2");
+    REQUIRE(is_ok(source->execute({"checkpoint"})));
+    REQUIRE(eventually([&] {
+      for (const auto& e : fs::directory_iterator(c.data_dir))
+        if (e.path().extension() == ".snap") ours = e.path().string();
+      return !ours.empty();
+    }));
+  }
+  const std::string text = read_file(ours);
+  const auto write = [&](const std::string& name, const std::string& content) {
+    std::ofstream(dir.file(name), std::ios::binary) << content;
+    return dir.file(name);
+  };
+  const auto found_with = [&](const std::string& file, int node) {
+    raft::Config c = node_config("1", address(25, node));
+    c.data_dir = dir.file("d" + std::to_string(node));
+    c.load_snapshot = file;
+    return c;
+  };
+
+  SECTION("the file as the data directory holds it, or without its header line") {
+    const std::string bare = text.substr(text.find('\n') + 1);
+    for (const std::string& file : {write("ours.snap", text), write("bare.snap", bare)}) {
+      TestNode node(found_with(file, file == dir.file("ours.snap") ? 2 : 3));
+      REQUIRE_NOTHROW(node->start());
+      CHECK(stored(*node, "bin") == std::string("\0\xff'\\\n", 5));
+      CHECK(describe(node->execute({"hget", "h", "f"})) == "\"v\"");
+      CHECK(describe(node->execute({"lrange", "l", "0", "-1"})) == "[\"a\" \"b\" ]");
+      CHECK(is_ok(node->execute({"set", "after", "load"})));
+    }
+  }
+  SECTION("pyraft's checkpoint") {
+    TestNode node(found_with(write("dump.dat", "{'ttl': {}, 'k': 'v', 'q': ['x'], '_META_': {'id': '1', "
+                                               "'term': 11, 'index': 10, 'state': 'l', 'ensemble': {}}}"),
+                             4));
+    REQUIRE_NOTHROW(node->start());
+    CHECK(stored(*node, "k") == "v");
+    CHECK(describe(node->execute({"lindex", "q", "0"})) == "\"x\"");
+  }
+  SECTION("a damaged file is refused by name, and the retry with a good one loads it") {
+    std::string damaged = text;
+    damaged[damaged.size() - 3] ^= 0x20;
+    const raft::Config bad = found_with(write("damaged.snap", damaged), 5);
+    {
+      TestNode node(bad);
+      CHECK_THROWS_WITH(node->start(), Contains("damaged.snap") && Contains("checksum"));
+    }
+    CHECK_FALSE(fs::exists(bad.data_dir));
+    {
+      TestNode node(found_with(write("garbage.dat", "not a snapshot"), 5));
+      CHECK_THROWS_WITH(node->start(), Contains("garbage.dat") && Contains("pyraft"));
+    }
+    CHECK_FALSE(fs::exists(bad.data_dir));
+    TestNode node(found_with(write("good.snap", text), 5));
+    REQUIRE_NOTHROW(node->start());
+    CHECK(describe(node->execute({"hget", "h", "f"})) == "\"v\"");
+  }
+}

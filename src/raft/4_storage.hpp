@@ -593,9 +593,9 @@ inline std::string encode_snapshot_header(const SnapshotMeta& meta, std::string_
          std::to_string(data.size()) + " crc32c " + crc + "\n";
 }
 
-/// Checks a whole snapshot file and leaves only its data in `buf`.
-inline void decode_snapshot(std::string& buf, const std::string& file, std::uint64_t index,
-                            std::uint64_t term) {
+/// Checks a whole snapshot file and leaves only its data in `buf`; returns the index and
+/// term its header names. (Also how `-l` reads a snapshot copied out of a data directory.)
+inline std::pair<std::uint64_t, std::uint64_t> decode_snapshot(std::string& buf, const std::string& file) {
   const std::size_t eol = buf.find('\n');
   if (buf.compare(0, kSnapshotPrefix.size(), kSnapshotPrefix) != 0 || eol == std::string::npos || eol > 256)
     throw corrupt(file, 0, "not a raft.hpp snapshot (its first line is not the snapshot header)");
@@ -620,8 +620,6 @@ inline void decode_snapshot(std::string& buf, const std::string& file, std::uint
   if (version > kStorageFormatVersion)
     throw StorageError("ERR " + file + " was written by a newer format version (" + std::to_string(version) +
                        "); this build reads version " + std::to_string(kStorageFormatVersion) + ". Use a newer build.");
-  if (h_index != index || h_term != term)
-    throw corrupt(file, kSnapshotPrefix.size(), "the header's index and term do not match the file name");
   if (size != buf.size() - eol - 1)
     throw corrupt(file, buf.size(),
                   "the header says " + std::to_string(size) + " bytes of data but the file holds " +
@@ -629,6 +627,14 @@ inline void decode_snapshot(std::string& buf, const std::string& file, std::uint
   if (crc32c(buf.data() + eol + 1, size) != crc)
     throw corrupt(file, eol + 1, "snapshot data checksum mismatch");
   buf.erase(0, eol + 1);
+  return {h_index, h_term};
+}
+
+/// The same, for a file in a data directory, whose name says which index and term it holds.
+inline void decode_snapshot(std::string& buf, const std::string& file, std::uint64_t index,
+                            std::uint64_t term) {
+  if (decode_snapshot(buf, file) != std::make_pair(index, term))
+    throw corrupt(file, kSnapshotPrefix.size(), "the header's index and term do not match the file name");
 }
 
 /// The implementation behind Storage. Methods that do I/O return false after recording the

@@ -599,6 +599,7 @@ class Runtime {
   void apply_loop();
   void snapshot_loop();
   void joiner_loop();
+  void read_snapshot_to_load(Store& into) const;
   bool committed_member() const {  // with core_mu_ held
     Configuration c = core_->config_at(core_->commit_index());
     const Member* me = c.find(cfg_.id);
@@ -801,21 +802,13 @@ inline void Runtime::open_storage() {
       id.cluster_id = hex64((static_cast<std::uint64_t>(rd()) << 32) ^ rd());
       id.initial_config.upsert(Member{cfg_.id, cfg_.address, id.server_id, true});
     }
+    // The snapshot to found the cluster with is read before the data directory exists: a
+    // file that cannot be loaded must not leave a directory behind that a retry would reuse.
+    Store loaded;
+    if (!cfg_.load_snapshot.empty()) read_snapshot_to_load(loaded);
     storage_ = std::make_unique<Storage>(Storage::create(so, id));
     identity_ = id;
     if (!cfg_.load_snapshot.empty()) {
-      FILE* f = std::fopen(cfg_.load_snapshot.c_str(), "rb");
-      if (!f) throw std::runtime_error("cannot read snapshot " + cfg_.load_snapshot + ": " + errno_string(errno));
-      std::string text;
-      char buf[65536];
-      std::size_t n;
-      while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, n);
-      std::fclose(f);
-      Store loaded;
-      SnapshotMeta ignored;
-      std::string err1, err2;
-      if (!Store::read_snapshot(text, loaded, ignored, err1) && !Store::read_pyraft_snapshot(text, loaded, err2))
-        throw std::runtime_error("cannot load " + cfg_.load_snapshot + ": " + err1 + "; as a pyraft snapshot: " + err2);
       // The loaded data becomes the cluster's first snapshot, at index 1 of term 1.
       snapshot = std::make_shared<Snapshot>();
       snapshot->meta.index = 1;
@@ -906,6 +899,30 @@ inline void Runtime::start() {
     drive();
     if (!cfg_.join.empty() && !committed_member()) joiner_thread_ = std::thread([this] { joiner_loop(); });
   }
+}
+
+// -l FILE: a snapshot file as a data directory holds it (with its header line), the bare
+// repr text, or pyraft's .dat layout.
+inline void Runtime::read_snapshot_to_load(Store& into) const {
+  const std::string& path = cfg_.load_snapshot;
+  std::string text;
+  if (const int err = read_whole_file(path, text))
+    throw std::runtime_error("cannot read snapshot " + path + ": " + errno_string(err));
+  SnapshotMeta ignored;
+  std::string error;
+  if (text.compare(0, kSnapshotPrefix.size(), kSnapshotPrefix) == 0) {
+    try {
+      decode_snapshot(text, path);
+    } catch (const StorageError& e) {
+      throw std::runtime_error(std::string("cannot load ") + e.what());
+    }
+    if (!Store::read_snapshot(text, into, ignored, error))
+      throw std::runtime_error("cannot load " + path + ": " + error);
+    return;
+  }
+  std::string pyraft_error;
+  if (!Store::read_snapshot(text, into, ignored, error) && !Store::read_pyraft_snapshot(text, into, pyraft_error))
+    throw std::runtime_error("cannot load " + path + ": " + error + "; as a pyraft snapshot: " + pyraft_error);
 }
 
 inline void Runtime::join() {
