@@ -39,6 +39,7 @@
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
+using Catch::Matchers::EndsWith;
 using Catch::Matchers::StartsWith;
 using namespace std::chrono_literals;
 
@@ -1520,5 +1521,51 @@ TEST_CASE("a founder loads its first data with -l from a data directory's snapsh
     TestNode node(found_with(write("good.snap", text), 5));
     REQUIRE_NOTHROW(node->start());
     CHECK(describe(node->execute({"hget", "h", "f"})) == "\"v\"");
+  }
+}
+
+TEST_CASE("INFO answers only the sections asked for, and ROLE shows other members' progress only on the leader",
+          "[runtime]") {
+  Cluster c(26, 3);
+  c.start();
+  const int leader = c.wait_for_leader();
+  REQUIRE(leader != 0);
+  const int follower = leader == 1 ? 2 : 1;
+  REQUIRE(is_ok(c[leader].execute({"set", "k", "v"})));
+
+  const auto info = [&](int node, std::vector<std::string> words) {
+    words.insert(words.begin(), "info");
+    return std::string(c[node].execute(words).text());
+  };
+  const std::string raft_only = info(follower, {"raft"});
+  CHECK_THAT(raft_only, StartsWith("# Raft\r\n") && Contains("raft_role:follower"));
+  CHECK_THAT(raft_only, !Contains("# Server") && !Contains("# Keyspace"));
+  CHECK(info(follower, {"RAFT"}) == raft_only);
+  CHECK_THAT(info(follower, {"server", "keyspace"}),
+             StartsWith("# Server\r\n") && Contains("\r\n\r\n# Keyspace\r\n") && !Contains("# Raft"));
+  CHECK(info(follower, {"nosuchsection"}).empty());
+  for (const auto& all : std::vector<std::vector<std::string>>{{}, {"all"}, {"everything"}})
+    CHECK_THAT(info(follower, all), Contains("# Server") && Contains("# Raft") && Contains("# Keyspace"));
+
+  // ROLE: [role, id, term, leader, leader address, commit, applied, [[id, address, kind, match, lag] ...]]
+  const auto progress_of = [&](int node) {
+    std::map<std::string, std::string> out;  // member -> "match/lag"
+    raft::Reply role = c[node].execute({"role"});
+    REQUIRE(role.elements.size() == 8);
+    for (const auto& m : role.elements[7].elements) {
+      REQUIRE(m.elements.size() == 5);
+      out[m.elements[0].str] = describe(m.elements[3]) + "/" + describe(m.elements[4]);
+    }
+    return out;
+  };
+  REQUIRE(eventually([&] {  // the leader sees every follower caught up
+    auto p = progress_of(leader);
+    return p.size() == 3 && std::all_of(p.begin(), p.end(), [](const auto& kv) { return kv.second.find("/:0") != std::string::npos; });
+  }));
+  for (const auto& [id, shown] : progress_of(follower)) {
+    if (id == std::to_string(follower))
+      CHECK_THAT(shown, EndsWith("/:0"));
+    else
+      CHECK(shown == "(nil)/(nil)");
   }
 }

@@ -46,6 +46,30 @@ inline std::string lower(std::string s) {
   return s;
 }
 
+/// INFO [section ...]: the named sections of `text` (case-insensitive); every section for
+/// none, "all", "default" or "everything"; nothing for an unknown one (as Redis answers).
+inline std::string info_sections(const std::string& text, const std::vector<std::string>& wanted) {
+  bool everything = wanted.empty();
+  std::set<std::string> names;
+  for (const auto& w : wanted) {
+    const std::string n = lower(w);
+    everything = everything || n == "all" || n == "default" || n == "everything";
+    names.insert(n);
+  }
+  if (everything) return text;
+  std::string out;
+  // Sections start with "# Name" and are separated by an empty line.
+  for (std::size_t at = 0; at < text.size();) {
+    std::size_t end = text.find("\r\n\r\n", at);
+    end = end == std::string::npos ? text.size() : end + 2;
+    const std::size_t eol = text.find("\r\n", at);
+    const std::string name = text.compare(at, 2, "# ") == 0 ? lower(text.substr(at + 2, eol - at - 2)) : "";
+    if (names.count(name) > 0) out += (out.empty() ? "" : "\r\n") + text.substr(at, end - at);
+    at = end == text.size() ? end : end + 2;
+  }
+  return out;
+}
+
 inline bool parse_u64(std::string_view s, std::uint64_t& v) {
   if (s.empty() || s.size() > 20) return false;
   auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
@@ -1935,7 +1959,7 @@ inline Reply Runtime::connection_command(ClientConn* conn, const std::vector<std
     }
     return Reply::error("ERR CONFIG " + (w.size() > 1 ? w[1] : std::string()) + " is not supported");
   }
-  if (name == "info") return Reply::verbatim("txt", info());
+  if (name == "info") return Reply::verbatim("txt", info_sections(info(), std::vector<std::string>(w.begin() + 1, w.end())));
   if (name == "role") return role_reply();
   if (name == "shutdown") {
     request_stop();
@@ -2008,13 +2032,19 @@ inline resp::Value Runtime::role_reply() const {
   std::lock_guard<std::mutex> lock(core_mu_);
   std::vector<Reply> members;
   for (const auto& m : core_->config().members) {
-    std::uint64_t match = m.id == cfg_.id ? core_->last_index() : 0;
-    auto it = core_->progress().find(m.id);
-    if (it != core_->progress().end()) match = it->second.match;
-    members.push_back(Reply::array({Reply::bulk(m.id), Reply::bulk(m.address),
-                                    Reply::bulk(m.voter ? "voter" : "learner"),
-                                    Reply::integer(static_cast<std::int64_t>(match)),
-                                    Reply::integer(static_cast<std::int64_t>(core_->last_index() - std::min(core_->last_index(), match)))}));
+    // Only a leader knows how far the others are (as in INFO): nil elsewhere.
+    std::optional<std::uint64_t> match;
+    if (m.id == cfg_.id) {
+      match = core_->last_index();
+    } else if (core_->role() == Role::Leader) {
+      auto it = core_->progress().find(m.id);
+      if (it != core_->progress().end()) match = it->second.match;
+    }
+    const std::uint64_t last = core_->last_index();
+    members.push_back(Reply::array(
+        {Reply::bulk(m.id), Reply::bulk(m.address), Reply::bulk(m.voter ? "voter" : "learner"),
+         match ? Reply::integer(static_cast<std::int64_t>(*match)) : Reply::nil(),
+         match ? Reply::integer(static_cast<std::int64_t>(last - std::min(last, *match))) : Reply::nil()}));
   }
   const char* roles[] = {"follower", "candidate", "candidate", "leader"};
   const Member* lm = core_->config().find(core_->leader());
