@@ -232,6 +232,16 @@ std::string redis_cli() {
   return p;
 }
 
+// One command through redis-cli against node `n`: what it prints.
+std::string cli(const Cluster& c, const Node& n, const std::vector<std::string>& args) {
+  std::vector<std::string> argv{redis_cli(), "-h", n.ip, "-p", std::to_string(kPort)};
+  argv.insert(argv.end(), args.begin(), args.end());
+  proc::RunResult r = proc::run("redis-cli", argv, c.dir, scaled(10000));
+  INFO("stderr: " << r.err);
+  REQUIRE(r.code == 0);
+  return r.out;
+}
+
 // A minimal HTTP server for url_checker: answers every connection "HTTP/1.0 200 OK".
 class HttpServer {
  public:
@@ -718,14 +728,7 @@ TEST_CASE("cas answers the article's telnet session over inline commands and red
   CHECK(get(*follower, "key") == "3");  // the handler ran on the follower too
 
   // Through redis-cli on the follower (forwarded to the leader).
-  const std::string cli = redis_cli();
-  auto run_cli = [&](std::vector<std::string> args) {
-    std::vector<std::string> argv{cli, "-h", follower->ip, "-p", std::to_string(kPort)};
-    argv.insert(argv.end(), args.begin(), args.end());
-    proc::RunResult r = proc::run("redis-cli", argv, c.dir, scaled(10000));
-    REQUIRE(r.code == 0);
-    return r.out;
-  };
+  auto run_cli = [&](const std::vector<std::string>& args) { return cli(c, *follower, args); };
   CHECK(run_cli({"cas", "key2", "None", "1"}) == "None\n");
   CHECK(run_cli({"get", "key2"}) == "1\n");
   CHECK(run_cli({"cas", "key2", "2", "3"}) == "1\n");
@@ -747,8 +750,8 @@ TEST_CASE("url_checker checks the url keys on the leader only and a new leader t
   c[2].start({"--interval", "0.2", "-e", c[1].address()});
   Node* leader = wait_agreed_leader(c.all(), 3, scaled(15000));
   REQUIRE(leader != nullptr);
-  REQUIRE(show(leader->call({"SET", "url_good", "http://" + web_ip + ":8080/health"})) == "OK");
-  REQUIRE(show(leader->call({"SET", "url_bad", web_ip + ":8081"})) == "OK");  // nothing listens
+  REQUIRE(cli(c, *leader, {"set", "url_good", "http://" + web_ip + ":8080/health"}) == "OK\n");
+  REQUIRE(cli(c, *leader, {"set", "url_bad", web_ip + ":8081"}) == "OK\n");  // nothing listens
 
   REQUIRE(leader->process().wait_for_out("url url_good is ok", scaled(10000), 3));
   REQUIRE(leader->process().wait_for_out("url url_bad is bad - ", scaled(10000), 3));
@@ -770,18 +773,28 @@ TEST_CASE("url_checker checks the url keys on the leader only and a new leader t
     if (n != next) CHECK(n->process().out().empty());
 }
 
-TEST_CASE("session_checker reports a fresh session ok and an old one EXPIRED", "[process]") {
+TEST_CASE("session_checker reports a fresh session ok and an old one EXPIRED on the leader only, and a new "
+          "leader takes over after SIGKILL",
+          "[process]") {
   Cluster c(13, "session_checker");
-  Node& n = c.add("session_checker");
-  n.start({"--interval", "0.2", "--timeout", "60"});
-  REQUIRE(n.process().wait_for_err("leading term", scaled(5000)));
+  Node* leader = form(c, 3, "session_checker", {"--interval", "0.2", "--timeout", "60"});
+  std::vector<Node*> others = c.all_but(*leader);
   const long long now = static_cast<long long>(std::time(nullptr));
-  REQUIRE(show(n.call({"SET", "session_fresh", std::to_string(now)})) == "OK");
-  REQUIRE(show(n.call({"SET", "session_old", std::to_string(now - 1000)})) == "OK");
-  REQUIRE(n.process().wait_for_out("session session_fresh is ok (diff: ", scaled(10000)));
-  REQUIRE(n.process().wait_for_out("session session_old is EXPIRED (diff: ", scaled(10000)));
-  CHECK(n.process().out().find("session session_fresh is EXPIRED") == std::string::npos);
-  CHECK(n.process().out().find("session session_old is ok") == std::string::npos);
+  REQUIRE(cli(c, *others[0], {"set", "session_fresh", std::to_string(now)}) == "OK\n");  // forwarded
+  REQUIRE(cli(c, *leader, {"set", "session_old", std::to_string(now - 1000)}) == "OK\n");
+  REQUIRE(leader->process().wait_for_out("session session_fresh is ok (diff: ", scaled(10000)));
+  REQUIRE(leader->process().wait_for_out("session session_old is EXPIRED (diff: ", scaled(10000)));
+  CHECK(leader->process().out().find("session session_fresh is EXPIRED") == std::string::npos);
+  CHECK(leader->process().out().find("session session_old is ok") == std::string::npos);
+  for (Node* n : others) CHECK(n->process().out().empty());
+
+  leader->kill();
+  Node* next = wait_agreed_leader(others, 3, scaled(15000));
+  REQUIRE(next != nullptr);
+  REQUIRE(next->process().wait_for_out("session session_old is EXPIRED (diff: ", scaled(10000)));
+  CHECK(next->process().wait_for_out("session session_fresh is ok (diff: ", scaled(10000)));
+  for (Node* n : others)
+    if (n != next) CHECK(n->process().out().empty());
 }
 
 // ---- 11. real clients ------------------------------------------------------------------------------------
