@@ -805,7 +805,9 @@ inline void Runtime::open_storage() {
                             std::to_string(st.entries.size()) + " log entries after " +
                             (snapshot ? "a snapshot at index " + std::to_string(snapshot->meta.index) : "no snapshot"));
     if (!cfg_.join.empty() || !cfg_.peers.empty() || !cfg_.load_snapshot.empty())
-      log(LogLevel::Info, "using the configuration persisted in " + cfg_.data_dir + "; -e, the peer map and -l are ignored");
+      log(LogLevel::Info, "using the configuration persisted in " + cfg_.data_dir +
+                              "; the peer map and -l are ignored, and -e serves only to ask again to join until "
+                              "a committed configuration names this node");
   } else {
     Identity id;
     id.node_id = cfg_.id;
