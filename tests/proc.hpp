@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "resp.hpp"
+#include "temp_dir.hpp"
 
 namespace proc {
 
@@ -104,27 +105,7 @@ inline std::size_t count(const std::string& text, const std::string& what) {
   return n;
 }
 
-// ---- a temporary directory, removed with everything in it ------------------------------------
-
-class TempDir {
- public:
-  explicit TempDir(const std::string& tag) {
-    std::string templ = (std::filesystem::temp_directory_path() / ("raft_proc_" + tag + "_XXXXXX")).string();
-    if (!mkdtemp(templ.data())) throw std::runtime_error("mkdtemp: " + std::string(std::strerror(errno)));
-    path_ = templ;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
+using test_support::TempDir;
 
 /// The last `lines` lines of every output file (`*.err`, `*.out`) in `dir`, each headed by its
 /// name: what to print when a test fails.

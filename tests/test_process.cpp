@@ -991,9 +991,7 @@ TEST_CASE("malformed client input gets a protocol error while the node keeps ser
 TEST_CASE("the node closes a client connection after a protocol error and keeps no descriptor for it",
           "[process]") {
   Cluster c(20, "protocol_close");
-  Node& n = c.add();
-  n.start();
-  REQUIRE(n.process().wait_for_err("leading term", scaled(5000)));
+  Node& n = *form(c, 1);
   Client probe = n.connect();
   REQUIRE(show(probe.call({"PING"})) == "PONG");
   const std::size_t fds_before = open_fds(n.process());
@@ -1023,9 +1021,7 @@ TEST_CASE("the node closes a client connection after a protocol error and keeps 
 TEST_CASE("a client that half-closes its connection after sending commands still gets every reply",
           "[process]") {
   Cluster c(21, "half_close");
-  Node& n = c.add();
-  n.start();
-  REQUIRE(n.process().wait_for_err("leading term", scaled(5000)));
+  Node& n = *form(c, 1);
   int answered = 0;
   const int kTries = 20;
   for (int i = 0; i < kTries; ++i) {
@@ -1094,9 +1090,7 @@ TEST_CASE("malformed peer input is refused and logged and closed while the clust
 TEST_CASE("a peer connection that has not said HELLO may send only a small HELLO, and not wait forever",
           "[process]") {
   Cluster c(22, "hello_limits");
-  Node& n = c.add();
-  n.start();
-  REQUIRE(n.process().wait_for_err("leading term", scaled(5000)));
+  Node& n = *form(c, 1);
   {
     // A large first bulk (an unauthenticated peer streaming data) is refused at once.
     Client p(n.ip, kPort + 1);

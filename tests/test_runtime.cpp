@@ -9,6 +9,7 @@
 #include <catch2/catch.hpp>
 
 #include "raft.hpp"
+#include "temp_dir.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -84,29 +85,7 @@ bool ready_within(std::future<T>& f, int ms = 15000) {
 
 // ---- files ----------------------------------------------------------------------------------
 
-class TempDir {
- public:
-  TempDir() {
-    const char* base = std::getenv("TMPDIR");
-    std::string pattern = std::string(base != nullptr && *base != '\0' ? base : "/tmp") +
-                          "/raft-runtime-test-XXXXXX";
-    std::vector<char> buf(pattern.begin(), pattern.end());
-    buf.push_back('\0');
-    if (::mkdtemp(buf.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = buf.data();
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
+using test_support::TempDir;
 
 std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -1424,16 +1403,10 @@ TEST_CASE("stop() does not wait out the send timeout for a peer that accepts con
   const std::string silent = address(24, 2);
   const std::string host = silent.substr(0, silent.find(':'));
   const int peer_port = std::stoi(silent.substr(silent.find(':') + 1)) + 1;
-  int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  std::string error;
+  const int listener = raft::detail::listen_tcp(host, peer_port, error);  // the node's own listener code
+  INFO(error);
   REQUIRE(listener >= 0);
-  int one = 1;
-  ::setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_port = htons(static_cast<std::uint16_t>(peer_port));
-  ::inet_pton(AF_INET, host.c_str(), &sa.sin_addr);
-  REQUIRE(::bind(listener, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0);
-  REQUIRE(::listen(listener, 16) == 0);
   const auto connection_waiting = [&] {
     pollfd p{listener, POLLIN, 0};
     return ::poll(&p, 1, 0) == 1;

@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include "raft.hpp"
+#include "temp_dir.hpp"
 
 #include <cerrno>
 #include <filesystem>
@@ -18,25 +19,7 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    const char* base = std::getenv("TMPDIR");
-    std::string pattern = std::string(base != nullptr && *base != '\0' ? base : "/tmp") +
-                          "/raft-storage-test-XXXXXX";
-    std::vector<char> buf(pattern.begin(), pattern.end());
-    buf.push_back('\0');
-    if (::mkdtemp(buf.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path = buf.data();
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string file(const std::string& name) const { return path + "/" + name; }
-};
+using test_support::TempDir;
 
 raft::LogEntry entry(std::uint64_t index, std::uint64_t term, std::string payload = {}) {
   raft::LogEntry e;
@@ -75,7 +58,7 @@ raft::Snapshot snapshot(std::uint64_t index, std::uint64_t term, std::string dat
 
 raft::StorageOptions options(const TempDir& dir, std::size_t segment_bytes = 64u << 20) {
   raft::StorageOptions o;
-  o.dir = dir.path;
+  o.dir = dir.path();
   o.segment_bytes = segment_bytes;
   return o;
 }
@@ -115,16 +98,16 @@ std::vector<std::string> files_like(const std::string& dir, const std::string& p
   std::sort(out.begin(), out.end());
   return out;
 }
-std::vector<std::string> segments(const TempDir& d) { return files_like(d.path, "log-", ".seg"); }
+std::vector<std::string> segments(const TempDir& d) { return files_like(d.path(), "log-", ".seg"); }
 std::vector<std::string> snapshots(const TempDir& d) {
-  return files_like(d.path, "snap-", ".snap");
+  return files_like(d.path(), "snap-", ".snap");
 }
 
 /// Copies the data files (not the lock) of one directory into another.
 void copy_data(const TempDir& from, const TempDir& to) {
-  for (const auto& f : fs::directory_iterator(from.path))
+  for (const auto& f : fs::directory_iterator(from.path()))
     if (f.path().filename() != "LOCK")
-      fs::copy_file(f.path(), to.path + "/" + f.path().filename().string(),
+      fs::copy_file(f.path(), to.path() + "/" + f.path().filename().string(),
                     fs::copy_options::overwrite_existing);
 }
 
@@ -177,7 +160,7 @@ TEST_CASE("a new data directory holds its identity and a zero hard state", "[sto
   raft::Identity id = identity("node-a");
   id.initial_config.upsert(raft::Member{"node-a", "127.0.0.1:7000", "", true});
   id.initial_config.upsert(raft::Member{"node-b", "127.0.0.2:7000", "", false});
-  CHECK_FALSE(raft::Storage::exists(dir.path));
+  CHECK_FALSE(raft::Storage::exists(dir.path()));
   std::string server_id;
   {
     raft::Storage s = raft::Storage::create(options(dir), id);
@@ -185,7 +168,7 @@ TEST_CASE("a new data directory holds its identity and a zero hard state", "[sto
     CHECK(s.first_index() == 1);
     CHECK(s.last_index() == 0);
   }
-  CHECK(raft::Storage::exists(dir.path));
+  CHECK(raft::Storage::exists(dir.path()));
   CHECK(server_id.size() == 32);
   CHECK(server_id.find_first_not_of("0123456789abcdef") == std::string::npos);
 
@@ -208,7 +191,7 @@ TEST_CASE("a new data directory holds its identity and a zero hard state", "[sto
 TEST_CASE("create makes missing parent directories", "[storage]") {
   TempDir dir;
   raft::StorageOptions o = options(dir);
-  o.dir = dir.path + "/a/b/node";
+  o.dir = dir.path() + "/a/b/node";
   raft::Storage::create(o, identity());
   CHECK(raft::Storage::exists(o.dir));
   CHECK(reopen(o).identity.node_id == "1");
@@ -813,16 +796,16 @@ TEST_CASE("snapshot files appear only when complete", "[storage][crash]") {
     CHECK(r.snapshot->data == "old");
     REQUIRE(r.notes.size() == 1);
     CHECK_THAT(r.notes[0], Contains(".snap.tmp"));
-    CHECK(files_like(dir.path, "snap-", ".tmp").empty());
+    CHECK(files_like(dir.path(), "snap-", ".tmp").empty());
   }
   SECTION("a crash before the previous snapshot is deleted: the newer one wins") {
-    fs::copy_file(dir.file(old_snapshot[0]), dir.path + "/old.keep");
+    fs::copy_file(dir.file(old_snapshot[0]), dir.path() + "/old.keep");
     {
       raft::Recovered r;
       raft::Storage s = raft::Storage::open(o, r);
       REQUIRE(s.save_snapshot(snapshot(15, 1, "new"), 15));
     }
-    fs::rename(dir.path + "/old.keep", dir.file(old_snapshot[0]));
+    fs::rename(dir.path() + "/old.keep", dir.file(old_snapshot[0]));
     raft::Recovered r = reopen(options(dir));
     CHECK(r.snapshot->data == "new");
     CHECK(r.entries == entries(16, 20, 1));
