@@ -16,6 +16,7 @@
 #include <memory>
 #include <thread>
 
+#include "net_slot.hpp"
 #include "proc.hpp"
 #include "resp.hpp"
 
@@ -34,11 +35,11 @@ constexpr int kPort = 7000;
 // The longest election timeout of a node (random 300-600 ms).
 constexpr long kElectionMaxMs = 600;
 
-// Test case `n` uses 127.(150+n).y.z; y comes from the PID so that two test binaries (say the
-// plain and the ASan build) running at once do not collide.
+// Test case `n` uses 127.(150+n).y.z; y comes from this process's address slot
+// (tests/net_slot.hpp), so that two test binaries running at once never collide.
 struct Net {
   int x, y;
-  explicit Net(int test) : x(150 + test), y(static_cast<int>(::getpid() % 250) + 1) {}
+  explicit Net(int test) : x(150 + test), y(test_support::address_slot() + 1) {}
   std::string ip(int z) const {
     return "127." + std::to_string(x) + "." + std::to_string(y) + "." + std::to_string(z);
   }

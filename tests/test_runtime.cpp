@@ -1,7 +1,8 @@
 // Section 5, the runtime in process: several raft::Node objects in this test process on
 // loopback, driven only through the public API (raft::Node, raft::Config, parse_args).
 //
-// Every test uses its own addresses 127.60.<test>.<node> (ports 7010, 7020, 7030 ...), a fresh
+// Every test uses its own addresses 127.<slot>.<test>.<node> (ports 7010, 7020, 7030 ...; the
+// slot is this process's, tests/net_slot.hpp, so parallel test runs never collide), a fresh
 // data directory per node, and a log sink per node so that the test can wait for log lines
 // and the output stays quiet. Timeouts scale with RAFT_TIME_SCALE (the Makefile sets it for
 // the sanitizer builds). Conditions are polled against deadlines; nothing sleeps in place of
@@ -9,6 +10,7 @@
 #include <catch2/catch.hpp>
 
 #include "raft.hpp"
+#include "net_slot.hpp"
 #include "temp_dir.hpp"
 
 #include <algorithm>
@@ -265,9 +267,12 @@ long long member_match(const raft::Node& leader, const std::string& id) {
 
 // ---- nodes ----------------------------------------------------------------------------------
 
-std::string address(int test, int node) {
-  return "127.60." + std::to_string(test) + "." + std::to_string(node) + ":" + std::to_string(7000 + 10 * node);
+/// 127.<10 + this process's slot>.<test>.<node>: unique to the test and to this run.
+std::string ip(int test, int node) {
+  return "127." + std::to_string(10 + test_support::address_slot()) + "." + std::to_string(test) + "." +
+         std::to_string(node);
 }
+std::string address(int test, int node) { return ip(test, node) + ":" + std::to_string(7000 + 10 * node); }
 
 /// A node with its own data directory and log capture; the node is destroyed first.
 class TestNode {
@@ -301,7 +306,7 @@ raft::Config node_config(const std::string& id, const std::string& addr) {
   return c;
 }
 
-/// n voters "1".."n" with a static peer map at 127.60.<test>.<i>:70i0.
+/// n voters "1".."n" with a static peer map at address(test, i).
 class Cluster {
  public:
   Cluster(int test, int size, const std::function<void(raft::Config&)>& adjust = {}) {
@@ -1142,7 +1147,7 @@ TEST_CASE("a node without a write handler the log needs stops its apply loop ins
 
 TEST_CASE("two single-node clusters in one process keep their own data, handlers and logs", "[runtime]") {
   TestNode a(node_config("a", address(13, 1)));
-  TestNode b(node_config("b", "127.60.13.2:7010"));  // the same port on another address
+  TestNode b(node_config("b", ip(13, 2) + ":7010"));  // the same port on another address
   a->handler("only_a", [](raft::Call&) { return raft::Reply::bulk("a"); }, "r", 0, 0);
   a->start();
   b->start();
