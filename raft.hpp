@@ -213,9 +213,13 @@ struct SnapshotMeta {
   std::uint64_t index = 0;
   std::uint64_t term = 0;
   Configuration config;
+  /// The leader timestamp of the entry at `index` (the newest it covers). A node that starts
+  /// from the snapshot never stamps or judges expiry earlier than this: time does not run
+  /// backwards across snapshots and restarts. 0 in snapshots written before format 2.
+  std::int64_t timestamp_ms = 0;
 
   bool operator==(const SnapshotMeta& o) const {
-    return index == o.index && term == o.term && config == o.config;
+    return index == o.index && term == o.term && config == o.config && timestamp_ms == o.timestamp_ms;
   }
 };
 
@@ -291,13 +295,14 @@ inline const char* to_string(MessageType t) {
 ///                       hint_term: where the follower's log may match (fast back-off)
 ///   Heartbeat           commit (at most the follower's match); context: read round
 ///   HeartbeatResponse   context: the round echoed
-///   Snapshot            index, log_term, config: the snapshot's metadata; offset, data: one
-///                       chunk; done: the last chunk
+///   Snapshot            index, log_term, config, timestamp_ms: the snapshot's metadata;
+///                       offset, data: one chunk; done: the last chunk
 ///   SnapshotResponse    index: the snapshot's index; offset: bytes received so far; reject:
 ///                       resend from offset; done: installed (index now matches)
 ///   TimeoutNow          campaign now (leadership transfer)
 ///   ReadIndex           context: the follower's request id
-///   ReadIndexResponse   context; index: the read index; reject: no read index (not leader)
+///   ReadIndexResponse   context; index: the read index; reject: no read index (not leader);
+///                       timestamp_ms: the leader's time for the read (see ReadState)
 struct Message {
   MessageType type = MessageType::Heartbeat;
   NodeId from;
@@ -317,14 +322,28 @@ struct Message {
   std::uint64_t offset = 0;
   std::string data;
   bool done = false;
+  std::int64_t timestamp_ms = 0;
+
+  bool operator==(const Message& o) const {
+    return type == o.type && from == o.from && to == o.to && server_id == o.server_id && term == o.term &&
+           index == o.index && log_term == o.log_term && commit == o.commit && entries == o.entries &&
+           reject == o.reject && hint_index == o.hint_index && hint_term == o.hint_term &&
+           transfer == o.transfer && context == o.context && config == o.config && offset == o.offset &&
+           data == o.data && done == o.done && timestamp_ms == o.timestamp_ms;
+  }
+  bool operator!=(const Message& o) const { return !(*this == o); }
 };
 
 /// The outcome of a linearizable read request: once ok, the read may be served as soon as
-/// the node has applied `index`.
+/// the node has applied `index`, and judges expiry at `time_ms` (or the timestamp of the last
+/// entry applied, if later): the confirming leader's clock, never below any stamp it issued,
+/// so that every node judges a read alike whatever its own clock says.
 struct ReadState {
   std::uint64_t request_id = 0;
   std::uint64_t index = 0;
   bool ok = false;
+  std::int64_t time_ms = 0;
+  std::uint64_t term = 0;  // the term of the leader that confirmed it
 };
 
 /// Names one log entry.
@@ -675,12 +694,13 @@ class Store {
   bool operator!=(const Store& o) const { return !(*this == o); }
 
   // ---- snapshot text (Python repr() layout; ast.literal_eval reads it) ----
-  /// Appends `{'_META_': {'format': 1, 'index': I, 'term': T, 'members': [...]},
+  /// Appends `{'_META_': {'format': 2, 'index': I, 'term': T, 'timestamp': MS, 'members': [...]},
   /// 'data': {...}, 'ttl': {...}}` to `out`. Keys and hash fields in bytewise order; the same
   /// store and meta always give the same text. Strings that are valid UTF-8 are written as
   /// str literals, others as bytes literals, escaped exactly as Python's repr().
   void write_snapshot(std::string& out, const SnapshotMeta& meta) const;
-  /// Parses write_snapshot's format (and any Python literal text of the same shape). On
+  /// Parses write_snapshot's format, and format 1 (no 'timestamp': meta.timestamp_ms is 0),
+  /// and any Python literal text of the same shape. On
   /// success replaces `data` and `meta`; on failure leaves them unchanged and sets `error`
   /// ("invalid snapshot at byte N: expected ...").
   static bool read_snapshot(std::string_view text, Store& data, SnapshotMeta& meta,
@@ -735,6 +755,10 @@ inline void Call::clear_ttl(std::string_view key) { data.clear_ttl(key); }
 // --------------------------------------------------------------------------------------------
 
 namespace raft::detail {
+
+/// The snapshot text's format ('format' in _META_). 1: the first release; 2: adds
+/// 'timestamp'. Every older format stays readable; each change bumps it.
+constexpr std::int64_t kSnapshotFormat = 2;
 
 // ---- Python repr() of a string: str literal when valid UTF-8, bytes literal otherwise ----
 
@@ -2134,10 +2158,14 @@ inline std::vector<std::string> Store::due(std::int64_t now_ms, std::size_t limi
 
 inline void Store::write_snapshot(std::string& out, const SnapshotMeta& meta) const {
   using detail::append_repr;
-  out += "{'_META_': {'format': 1, 'index': ";
+  out += "{'_META_': {'format': ";
+  out += std::to_string(detail::kSnapshotFormat);
+  out += ", 'index': ";
   out += std::to_string(meta.index);
   out += ", 'term': ";
   out += std::to_string(meta.term);
+  out += ", 'timestamp': ";
+  out += std::to_string(meta.timestamp_ms);
   out += ", 'members': [";
   for (std::size_t i = 0; i < meta.config.members.size(); ++i) {
     const Member& m = meta.config.members[i];
@@ -2205,30 +2233,36 @@ inline void Store::write_snapshot(std::string& out, const SnapshotMeta& meta) co
 
 namespace detail {
 
-/// _META_ of our format: {'format': 1, 'index': I, 'term': T, 'members': [...]}.
+/// _META_ of our format: {'format': 2, 'index': I, 'term': T, 'timestamp': MS,
+/// 'members': [...]}; format 1 is the same without 'timestamp'.
 inline bool read_snapshot_meta(LiteralReader& r, SnapshotMeta& meta) {
   const std::size_t meta_at = r.here();
   if (!r.expect('{', "'{' (the _META_ dict)")) return false;
   bool has_format = false, has_index = false, has_term = false, has_members = false;
+  bool has_timestamp = false;
+  std::int64_t format = 0;
   std::string name;
   bool first = true;
   while (r.next_element('}', first)) {
     const std::size_t at = r.here();
     if (!r.string(name) || !r.expect(':', "':' after a dict key")) return false;
     bool* seen = name == "format" ? &has_format : name == "index" ? &has_index
-               : name == "term" ? &has_term : name == "members" ? &has_members : nullptr;
+               : name == "term" ? &has_term : name == "members" ? &has_members
+               : name == "timestamp" ? &has_timestamp : nullptr;
     if (seen == nullptr)
       return r.fail_at(at, "unknown _META_ field " + key_for_error(name) +
-                               " (expected 'format', 'index', 'term' or 'members')");
+                               " (expected 'format', 'index', 'term', 'timestamp' or 'members')");
     if (*seen) return r.fail_at(at, "duplicate _META_ field " + key_for_error(name));
     *seen = true;
     if (name == "format") {
       const std::size_t value_at = r.here();
-      std::int64_t format = 0;
       if (!r.integer(format)) return false;
-      if (format != 1)
+      if (format < 1 || format > kSnapshotFormat)
         return r.fail_at(value_at, "unsupported snapshot format " + std::to_string(format) +
-                                       " (this version reads format 1)");
+                                       " (this version reads formats 1 to " +
+                                       std::to_string(kSnapshotFormat) + ")");
+    } else if (name == "timestamp") {
+      if (!r.integer(meta.timestamp_ms)) return false;
     } else if (name == "index") {
       if (!r.unsigned_integer(meta.index)) return false;
     } else if (name == "term") {
@@ -2281,6 +2315,9 @@ inline bool read_snapshot_meta(LiteralReader& r, SnapshotMeta& meta) {
   if (r.failed()) return false;
   if (!has_format || !has_index || !has_term || !has_members)
     return r.fail_at(meta_at, "_META_ needs 'format', 'index', 'term' and 'members'");
+  if (has_timestamp != (format >= 2))
+    return r.fail_at(meta_at, format >= 2 ? "_META_ of format 2 needs 'timestamp'"
+                                          : "_META_ of format 1 has no 'timestamp'");
   return true;
 }
 
@@ -3549,6 +3586,7 @@ inline void Core::handle_snapshot(const Message& m) {
   snap->meta.index = m.index;
   snap->meta.term = m.log_term;
   snap->meta.config = m.config;
+  snap->meta.timestamp_ms = m.timestamp_ms;
   snap->data = std::move(recv_snapshot_data_);
   recv_snapshot_data_.clear();
   recv_snapshot_index_ = recv_snapshot_term_ = 0;
@@ -3856,6 +3894,7 @@ inline void Core::send_snapshot_chunks(const NodeId& to, Progress& pr) {
     m.index = snap.meta.index;
     m.log_term = snap.meta.term;
     m.config = snap.meta.config;
+    m.timestamp_ms = snap.meta.timestamp_ms;
     m.offset = pr.snapshot_sent;
     m.data = snap.data.substr(static_cast<std::size_t>(pr.snapshot_sent), static_cast<std::size_t>(len));
     pr.snapshot_sent += len;
@@ -5614,7 +5653,7 @@ inline void StorageWriter::run() {
 //   HELLO version cluster_id node_id server_id address secret   (first, on every connection)
 //     -> +WELCOME cluster_id node_id server_id, or an error and the connection closes
 //   RAFT type term index log_term commit reject hint_index hint_term transfer context offset
-//        done config data count [index term type timestamp payload]*count
+//        done timestamp config data count [index term type timestamp payload]*count
 //   JOIN node_id address server_id      -> +OK cluster_id | -MOVED id address | -TRYAGAIN ...
 //   FWD request_id word...              (a follower's write for the leader)
 //   FWDR request_id reply               (the leader's answer; reply is RESP-encoded)
@@ -5625,7 +5664,11 @@ inline void StorageWriter::run() {
 namespace raft {
 namespace detail {
 
-constexpr const char* kPeerProtocolVersion = "1";
+// The peer protocol's version, in HELLO. 1: the first release; 2: RAFT carries a timestamp
+// (a snapshot's, a read's). A node refuses a peer of another version with a message naming
+// both: the versions are not mixed on one link. A cluster is upgraded one node at a time; while
+// versions are mixed, the nodes of the version a majority runs keep the cluster going.
+constexpr const char* kPeerProtocolVersion = "2";
 
 inline std::int64_t wall_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -5676,6 +5719,13 @@ inline bool parse_i64(std::string_view s, std::int64_t& v) {
 }
 
 inline void write_bulk_u64(std::string& out, std::uint64_t v) {
+  char buf[24];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  (void)ec;
+  resp::write_bulk(out, std::string_view(buf, static_cast<std::size_t>(end - buf)));
+}
+
+inline void write_bulk_i64(std::string& out, std::int64_t v) {
   char buf[24];
   auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
   (void)ec;
@@ -5865,8 +5915,11 @@ inline bool recv_value(int fd, resp::ReplyParser& parser, resp::Value& out, int 
 
 // ---- the peer wire format ------------------------------------------------------------------
 
+// "RAFT" and the 16 fields before the entries.
+constexpr std::size_t kRaftFixedFields = 17;
+
 inline void encode_raft(const Message& m, std::string& out) {
-  resp::write_array_header(out, 16 + 5 * m.entries.size());
+  resp::write_array_header(out, kRaftFixedFields + 5 * m.entries.size());
   resp::write_bulk(out, "RAFT");
   write_bulk_u64(out, static_cast<std::uint64_t>(m.type));
   write_bulk_u64(out, m.term);
@@ -5880,6 +5933,7 @@ inline void encode_raft(const Message& m, std::string& out) {
   write_bulk_u64(out, m.context);
   write_bulk_u64(out, m.offset);
   write_bulk_u64(out, m.done ? 1 : 0);
+  write_bulk_i64(out, m.timestamp_ms);
   resp::write_bulk(out, m.config.empty() ? std::string() : m.config.encode());
   resp::write_bulk(out, m.data);
   write_bulk_u64(out, m.entries.size());
@@ -5887,10 +5941,7 @@ inline void encode_raft(const Message& m, std::string& out) {
     write_bulk_u64(out, e.index);
     write_bulk_u64(out, e.term);
     write_bulk_u64(out, static_cast<std::uint64_t>(e.type));
-    char buf[24];
-    auto [end, ec] = std::to_chars(buf, buf + sizeof buf, e.timestamp_ms);
-    (void)ec;
-    resp::write_bulk(out, std::string_view(buf, static_cast<std::size_t>(end - buf)));
+    write_bulk_i64(out, e.timestamp_ms);
     resp::write_bulk(out, e.payload);
   }
 }
@@ -5901,7 +5952,7 @@ inline bool decode_raft(std::vector<std::string>& w, Message& m, std::string& er
     error = std::string("malformed RAFT message: ") + what;
     return false;
   };
-  if (w.size() < 16) return fail("too few fields");
+  if (w.size() < kRaftFixedFields) return fail("too few fields");
   std::uint64_t v[12];
   for (int i = 0; i < 12; ++i)
     if (!parse_u64(w[static_cast<std::size_t>(i) + 1], v[i])) return fail("bad number");
@@ -5920,15 +5971,17 @@ inline bool decode_raft(std::vector<std::string>& w, Message& m, std::string& er
   m.context = v[9];
   m.offset = v[10];
   m.done = v[11] == 1;
+  if (!parse_i64(w[13], m.timestamp_ms)) return fail("bad timestamp");
   m.config = Configuration{};
-  if (!w[13].empty() && !Configuration::decode(w[13], m.config)) return fail("bad configuration");
-  m.data = std::move(w[14]);
+  if (!w[14].empty() && !Configuration::decode(w[14], m.config)) return fail("bad configuration");
+  m.data = std::move(w[15]);
   std::uint64_t count = 0;
-  if (!parse_u64(w[15], count) || count > (w.size() - 16) / 5 || w.size() != 16 + 5 * count)
+  if (!parse_u64(w[16], count) || count > (w.size() - kRaftFixedFields) / 5 ||
+      w.size() != kRaftFixedFields + 5 * count)
     return fail("entry count does not match");
   m.entries.clear();
   m.entries.reserve(static_cast<std::size_t>(count));
-  for (std::size_t i = 16; i < w.size(); i += 5) {
+  for (std::size_t i = kRaftFixedFields; i < w.size(); i += 5) {
     LogEntry e;
     std::uint64_t type = 0;
     if (!parse_u64(w[i], e.index) || !parse_u64(w[i + 1], e.term) || !parse_u64(w[i + 2], type) ||
@@ -6301,6 +6354,9 @@ class Runtime {
   mutable std::mutex data_mu_;
   Store store_;
   std::atomic<std::uint64_t> applied_{0};
+  // The leader timestamp of the last entry applied (or of the snapshot restored): snapshots
+  // carry it, and reads never judge expiry earlier.
+  std::atomic<std::int64_t> applied_timestamp_{0};
   std::atomic<std::uint64_t> keys_{0};  // the store's size, for INFO without the data lock
   // Threads that answer commands: execute() from them would wait for itself.
   std::atomic<std::thread::id> apply_thread_id_{};
@@ -6459,6 +6515,7 @@ inline void Runtime::open_storage() {
     store_ = std::move(loaded);
     keys_ = store_.size();
     applied_ = meta.index;
+    applied_timestamp_ = meta.timestamp_ms;
     st.snapshot = snapshot;
   }
   core_ = std::make_unique<Core>(core_options(), std::move(st));
@@ -6824,7 +6881,10 @@ inline void PeerLink::run() {
       lock.lock();
       if (fd < 0) {
         if (!logged_failure) {
-          rt_.log(LogLevel::Debug, "cannot reach " + id_ + " at " + addr + ": " + error);
+          // A refusal (wrong secret, another protocol version) needs the operator; an
+          // unreachable peer is ordinary while it restarts.
+          rt_.log(error.rfind("refused", 0) == 0 ? LogLevel::Warning : LogLevel::Debug,
+                  "cannot reach " + id_ + " at " + addr + ": " + error);
           logged_failure = true;
         }
         cv_.wait_for(lock, std::chrono::milliseconds(backoff_ms), [&] { return stopping_ || reconnect_; });
@@ -6954,6 +7014,7 @@ inline void Runtime::apply_loop() {
             keys_ = store_.size();
           }
           applied_ = item.snapshot->meta.index;
+          applied_timestamp_ = std::max(applied_timestamp_.load(), meta.timestamp_ms);
           {
             // Writes proposed at or below the snapshot (a deposed leader's) are decided in
             // it, unknown to us which way.
@@ -7058,6 +7119,7 @@ inline void Runtime::apply_entry(const LogEntry& e) {
     }
     keys_ = store_.size();
   }
+  applied_timestamp_ = std::max(applied_timestamp_.load(), e.timestamp_ms);
   applied_ = e.index;
   // The write proposed at this index in this term gets the handler's reply; one proposed
   // here in another term lost its place to another leader's entry.
@@ -7132,6 +7194,7 @@ inline void Runtime::take_snapshot(std::uint64_t request) {
   // Copy under the data lock (the apply loop pauses for the copy only), serialize elsewhere.
   SnapshotMeta meta;
   meta.index = applied_;
+  meta.timestamp_ms = applied_timestamp_;
   bool stale = false;
   {
     std::lock_guard<std::mutex> lock(core_mu_);
@@ -8015,7 +8078,9 @@ inline bool Runtime::handle_peer_message(PeerConn& p, std::vector<std::string>& 
     for (std::size_t i = 0; i < secret.size(); ++i)
       diff |= static_cast<unsigned>(secret[i] ^ (i < cfg_.secret.size() ? cfg_.secret[i] : 0));
     if (diff != 0) return refuse("wrong secret");
-    if (w[1] != kPeerProtocolVersion) return refuse("peer protocol version " + w[1] + " is not " + kPeerProtocolVersion);
+    if (w[1] != kPeerProtocolVersion)
+      return refuse("peer protocol version " + w[1] + " is not " + kPeerProtocolVersion + ": node " + w[3] +
+                    " runs another version of raft.hpp; upgrade the cluster one node at a time (see the README)");
     if (w[3].empty() || w[3] == cfg_.id) return refuse("peer says it is node '" + w[3] + "' (this node's id)");
     HostPort hp;
     std::string error;

@@ -1,6 +1,6 @@
 // libFuzzer target: what a peer sends on port + 1. The bytes go through the RESP request
-// parser and, for RAFT messages, the strict decoder; a decoded message encodes back to the
-// same words.
+// parser and, for RAFT messages, the strict decoder; a decoded message encodes back to a
+// message equal in every field.
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -29,8 +29,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (again.next(words2) != resp::Status::Ok) std::abort();
     raft::Message m2;
     if (!raft::detail::decode_raft(words2, m2, error)) std::abort();
-    if (m2.type != m.type || m2.term != m.term || m2.entries != m.entries || m2.data != m.data || !(m2.config == m.config))
-      std::abort();
+    // Every field survives the round trip (from, to and server_id come from the connection).
+    if (m2 != m) std::abort();
   }
   return 0;
 }

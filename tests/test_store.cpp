@@ -67,7 +67,8 @@ std::string hex(std::string_view s) {
 /// The same canonical dump kDumpPython prints from what ast.literal_eval returns. With
 /// `types`, each string is marked s (a str literal: valid UTF-8) or b (bytes).
 std::string dump(const Store& store, const raft::SnapshotMeta& meta, bool types = true) {
-  std::string out = "meta 1 " + std::to_string(meta.index) + " " + std::to_string(meta.term) + "\n";
+  std::string out = "meta " + std::to_string(raft::detail::kSnapshotFormat) + " " + std::to_string(meta.index) + " " +
+                    std::to_string(meta.term) + " " + std::to_string(meta.timestamp_ms) + "\n";
   const auto kind = [types](const std::string& s) {
     return !types ? "" : raft::detail::is_valid_utf8(s) ? "s" : "b";
   };
@@ -104,7 +105,7 @@ def t(x):
     return ("" if not types else "s" if isinstance(x, str) else "b") + b(x).hex()
 out = []
 m = d["_META_"]
-out.append("meta %d %d %d" % (m["format"], m["index"], m["term"]))
+out.append("meta %d %d %d %d" % (m["format"], m["index"], m["term"], m.get("timestamp", 0)))
 for mem in m["members"]:
     out.append("member %s %s %s %d" % (b(mem["id"]).hex(), b(mem["address"]).hex(),
                                        b(mem["server_id"]).hex(), mem["voter"]))
@@ -168,6 +169,7 @@ raft::SnapshotMeta sample_meta() {
   raft::SnapshotMeta m;
   m.index = 1234;
   m.term = 51;
+  m.timestamp_ms = kT0 + 77;
   m.config.upsert(raft::Member{"1", "127.0.0.1:5010", "9f3c", true});
   m.config.upsert(raft::Member{"2", "127.0.0.1:5020", "", true});
   m.config.upsert(raft::Member{"n\xc3\xa9'3", "127.0.0.1:5030", "\xff", false});
@@ -352,14 +354,37 @@ TEST_CASE("snapshot: the layout is Python's repr of the documented dict", "[stor
   m.term = 20;
   m.config.upsert(raft::Member{"1", "127.0.0.1:5010", "9f", true});
   m.config.upsert(raft::Member{"2", "127.0.0.1:5020", "", false});
+  m.timestamp_ms = kT0 + 5;
   CHECK(snapshot_of(s, m) ==
-        "{'_META_': {'format': 1, 'index': 10, 'term': 20, 'members': ["
+        "{'_META_': {'format': 2, 'index': 10, 'term': 20, 'timestamp': 1700000000005, 'members': ["
         "{'id': '1', 'address': '127.0.0.1:5010', 'server_id': '9f', 'voter': True}, "
         "{'id': '2', 'address': '127.0.0.1:5020', 'server_id': '', 'voter': False}]}, "
         "'data': {'bin': b'\\xff', 'h': {'a': '1', 'b': '2'}, 'l': ['x', \"it's\"], 's': 'v'}, "
         "'ttl': {'s': 1700000000000}}");
   CHECK(snapshot_of(Store(), raft::SnapshotMeta()) ==
-        "{'_META_': {'format': 1, 'index': 0, 'term': 0, 'members': []}, 'data': {}, 'ttl': {}}");
+        "{'_META_': {'format': 2, 'index': 0, 'term': 0, 'timestamp': 0, 'members': []}, 'data': {}, 'ttl': {}}");
+}
+
+TEST_CASE("snapshot: format 1 (the first release's, without a timestamp) is still read", "[store][snapshot]") {
+  const std::string v1 =
+      "{'_META_': {'format': 1, 'index': 7, 'term': 3, 'members': ["
+      "{'id': '1', 'address': '127.0.0.1:5010', 'server_id': '9f', 'voter': True}]}, "
+      "'data': {'k': 'v'}, 'ttl': {'k': 1700000000000}}";
+  Store out;
+  raft::SnapshotMeta meta;
+  std::string error;
+  REQUIRE(Store::read_snapshot(v1, out, meta, error));
+  CHECK(meta.index == 7);
+  CHECK(meta.term == 3);
+  CHECK(meta.timestamp_ms == 0);
+  CHECK(out.deadline("k") == kT0);
+  // Written again, it is format 2, and reads back the same.
+  meta.timestamp_ms = kT0;
+  Store again;
+  raft::SnapshotMeta meta_again;
+  REQUIRE(Store::read_snapshot(snapshot_of(out, meta), again, meta_again, error));
+  CHECK(again == out);
+  CHECK(meta_again == meta);
 }
 
 TEST_CASE("snapshot: random binary data round-trips byte for byte", "[store][snapshot]") {
@@ -437,7 +462,7 @@ for _ in range(300):
         data[k] = [rs() for _ in range(rng.randrange(1, 4))]
     if rng.random() < 0.3:
         ttl[k] = 1700000000000 + rng.randrange(10**6)
-meta = {"format": 1, "index": 77, "term": 31,
+meta = {"format": 2, "index": 77, "term": 31, "timestamp": 1700000000009,
         "members": [{"id": "1", "address": "127.0.0.1:5010", "server_id": "ab", "voter": True},
                     {"id": "2", "address": "127.0.0.1:5020", "server_id": "", "voter": False}]}
 open(sys.argv[1], "w", encoding="utf-8").write(repr({"_META_": meta, "data": data, "ttl": ttl}))
@@ -524,8 +549,13 @@ TEST_CASE("snapshot: malformed input is rejected with the offset and what was ex
       {"{" + meta + ", 'data': {}, 'ttl': {}, 'extra': {}}", "unknown top-level key 'extra'"},
       {"{" + meta + ", " + meta + ", 'data': {}, 'ttl': {}}", "duplicate top-level key '_META_'"},
       {"{'data': {}, 'ttl': {}}", "missing '_META_'"},
-      {with_meta("{'format': 2, 'index': 1, 'term': 2, 'members': []}"),
-       "at byte 22: unsupported snapshot format 2 (this version reads format 1)"},
+      {with_meta("{'format': 3, 'index': 1, 'term': 2, 'members': []}"),
+       "at byte 22: unsupported snapshot format 3 (this version reads formats 1 to 2)"},
+      {with_meta("{'format': 0, 'index': 1, 'term': 2, 'members': []}"), "unsupported snapshot format 0"},
+      {with_meta("{'format': 2, 'index': 1, 'term': 2, 'members': []}"), "_META_ of format 2 needs 'timestamp'"},
+      {with_meta("{'format': 1, 'index': 1, 'term': 2, 'timestamp': 5, 'members': []}"),
+       "_META_ of format 1 has no 'timestamp'"},
+      {with_meta("{'format': 2, 'index': 1, 'term': 2, 'timestamp': 'x', 'members': []}"), "expected an integer"},
       {with_meta("{'format': '1', 'index': 1, 'term': 2, 'members': []}"), "expected an integer"},
       {with_meta("{'format': 1, 'index': -1, 'term': 2, 'members': []}"), "non-negative"},
       {with_meta("{'format': 1, 'index': 1.5, 'term': 2, 'members': []}"), "expected an integer"},

@@ -147,9 +147,13 @@ struct SnapshotMeta {
   std::uint64_t index = 0;
   std::uint64_t term = 0;
   Configuration config;
+  /// The leader timestamp of the entry at `index` (the newest it covers). A node that starts
+  /// from the snapshot never stamps or judges expiry earlier than this: time does not run
+  /// backwards across snapshots and restarts. 0 in snapshots written before format 2.
+  std::int64_t timestamp_ms = 0;
 
   bool operator==(const SnapshotMeta& o) const {
-    return index == o.index && term == o.term && config == o.config;
+    return index == o.index && term == o.term && config == o.config && timestamp_ms == o.timestamp_ms;
   }
 };
 
@@ -225,13 +229,14 @@ inline const char* to_string(MessageType t) {
 ///                       hint_term: where the follower's log may match (fast back-off)
 ///   Heartbeat           commit (at most the follower's match); context: read round
 ///   HeartbeatResponse   context: the round echoed
-///   Snapshot            index, log_term, config: the snapshot's metadata; offset, data: one
-///                       chunk; done: the last chunk
+///   Snapshot            index, log_term, config, timestamp_ms: the snapshot's metadata;
+///                       offset, data: one chunk; done: the last chunk
 ///   SnapshotResponse    index: the snapshot's index; offset: bytes received so far; reject:
 ///                       resend from offset; done: installed (index now matches)
 ///   TimeoutNow          campaign now (leadership transfer)
 ///   ReadIndex           context: the follower's request id
-///   ReadIndexResponse   context; index: the read index; reject: no read index (not leader)
+///   ReadIndexResponse   context; index: the read index; reject: no read index (not leader);
+///                       timestamp_ms: the leader's time for the read (see ReadState)
 struct Message {
   MessageType type = MessageType::Heartbeat;
   NodeId from;
@@ -251,14 +256,28 @@ struct Message {
   std::uint64_t offset = 0;
   std::string data;
   bool done = false;
+  std::int64_t timestamp_ms = 0;
+
+  bool operator==(const Message& o) const {
+    return type == o.type && from == o.from && to == o.to && server_id == o.server_id && term == o.term &&
+           index == o.index && log_term == o.log_term && commit == o.commit && entries == o.entries &&
+           reject == o.reject && hint_index == o.hint_index && hint_term == o.hint_term &&
+           transfer == o.transfer && context == o.context && config == o.config && offset == o.offset &&
+           data == o.data && done == o.done && timestamp_ms == o.timestamp_ms;
+  }
+  bool operator!=(const Message& o) const { return !(*this == o); }
 };
 
 /// The outcome of a linearizable read request: once ok, the read may be served as soon as
-/// the node has applied `index`.
+/// the node has applied `index`, and judges expiry at `time_ms` (or the timestamp of the last
+/// entry applied, if later): the confirming leader's clock, never below any stamp it issued,
+/// so that every node judges a read alike whatever its own clock says.
 struct ReadState {
   std::uint64_t request_id = 0;
   std::uint64_t index = 0;
   bool ok = false;
+  std::int64_t time_ms = 0;
+  std::uint64_t term = 0;  // the term of the leader that confirmed it
 };
 
 /// Names one log entry.

@@ -86,12 +86,13 @@ class Store {
   bool operator!=(const Store& o) const { return !(*this == o); }
 
   // ---- snapshot text (Python repr() layout; ast.literal_eval reads it) ----
-  /// Appends `{'_META_': {'format': 1, 'index': I, 'term': T, 'members': [...]},
+  /// Appends `{'_META_': {'format': 2, 'index': I, 'term': T, 'timestamp': MS, 'members': [...]},
   /// 'data': {...}, 'ttl': {...}}` to `out`. Keys and hash fields in bytewise order; the same
   /// store and meta always give the same text. Strings that are valid UTF-8 are written as
   /// str literals, others as bytes literals, escaped exactly as Python's repr().
   void write_snapshot(std::string& out, const SnapshotMeta& meta) const;
-  /// Parses write_snapshot's format (and any Python literal text of the same shape). On
+  /// Parses write_snapshot's format, and format 1 (no 'timestamp': meta.timestamp_ms is 0),
+  /// and any Python literal text of the same shape. On
   /// success replaces `data` and `meta`; on failure leaves them unchanged and sets `error`
   /// ("invalid snapshot at byte N: expected ...").
   static bool read_snapshot(std::string_view text, Store& data, SnapshotMeta& meta,
@@ -146,6 +147,10 @@ inline void Call::clear_ttl(std::string_view key) { data.clear_ttl(key); }
 // --------------------------------------------------------------------------------------------
 
 namespace raft::detail {
+
+/// The snapshot text's format ('format' in _META_). 1: the first release; 2: adds
+/// 'timestamp'. Every older format stays readable; each change bumps it.
+constexpr std::int64_t kSnapshotFormat = 2;
 
 // ---- Python repr() of a string: str literal when valid UTF-8, bytes literal otherwise ----
 
@@ -1545,10 +1550,14 @@ inline std::vector<std::string> Store::due(std::int64_t now_ms, std::size_t limi
 
 inline void Store::write_snapshot(std::string& out, const SnapshotMeta& meta) const {
   using detail::append_repr;
-  out += "{'_META_': {'format': 1, 'index': ";
+  out += "{'_META_': {'format': ";
+  out += std::to_string(detail::kSnapshotFormat);
+  out += ", 'index': ";
   out += std::to_string(meta.index);
   out += ", 'term': ";
   out += std::to_string(meta.term);
+  out += ", 'timestamp': ";
+  out += std::to_string(meta.timestamp_ms);
   out += ", 'members': [";
   for (std::size_t i = 0; i < meta.config.members.size(); ++i) {
     const Member& m = meta.config.members[i];
@@ -1616,30 +1625,36 @@ inline void Store::write_snapshot(std::string& out, const SnapshotMeta& meta) co
 
 namespace detail {
 
-/// _META_ of our format: {'format': 1, 'index': I, 'term': T, 'members': [...]}.
+/// _META_ of our format: {'format': 2, 'index': I, 'term': T, 'timestamp': MS,
+/// 'members': [...]}; format 1 is the same without 'timestamp'.
 inline bool read_snapshot_meta(LiteralReader& r, SnapshotMeta& meta) {
   const std::size_t meta_at = r.here();
   if (!r.expect('{', "'{' (the _META_ dict)")) return false;
   bool has_format = false, has_index = false, has_term = false, has_members = false;
+  bool has_timestamp = false;
+  std::int64_t format = 0;
   std::string name;
   bool first = true;
   while (r.next_element('}', first)) {
     const std::size_t at = r.here();
     if (!r.string(name) || !r.expect(':', "':' after a dict key")) return false;
     bool* seen = name == "format" ? &has_format : name == "index" ? &has_index
-               : name == "term" ? &has_term : name == "members" ? &has_members : nullptr;
+               : name == "term" ? &has_term : name == "members" ? &has_members
+               : name == "timestamp" ? &has_timestamp : nullptr;
     if (seen == nullptr)
       return r.fail_at(at, "unknown _META_ field " + key_for_error(name) +
-                               " (expected 'format', 'index', 'term' or 'members')");
+                               " (expected 'format', 'index', 'term', 'timestamp' or 'members')");
     if (*seen) return r.fail_at(at, "duplicate _META_ field " + key_for_error(name));
     *seen = true;
     if (name == "format") {
       const std::size_t value_at = r.here();
-      std::int64_t format = 0;
       if (!r.integer(format)) return false;
-      if (format != 1)
+      if (format < 1 || format > kSnapshotFormat)
         return r.fail_at(value_at, "unsupported snapshot format " + std::to_string(format) +
-                                       " (this version reads format 1)");
+                                       " (this version reads formats 1 to " +
+                                       std::to_string(kSnapshotFormat) + ")");
+    } else if (name == "timestamp") {
+      if (!r.integer(meta.timestamp_ms)) return false;
     } else if (name == "index") {
       if (!r.unsigned_integer(meta.index)) return false;
     } else if (name == "term") {
@@ -1692,6 +1707,9 @@ inline bool read_snapshot_meta(LiteralReader& r, SnapshotMeta& meta) {
   if (r.failed()) return false;
   if (!has_format || !has_index || !has_term || !has_members)
     return r.fail_at(meta_at, "_META_ needs 'format', 'index', 'term' and 'members'");
+  if (has_timestamp != (format >= 2))
+    return r.fail_at(meta_at, format >= 2 ? "_META_ of format 2 needs 'timestamp'"
+                                          : "_META_ of format 1 has no 'timestamp'");
   return true;
 }
 

@@ -978,6 +978,7 @@ inline void Core::handle_snapshot(const Message& m) {
   snap->meta.index = m.index;
   snap->meta.term = m.log_term;
   snap->meta.config = m.config;
+  snap->meta.timestamp_ms = m.timestamp_ms;
   snap->data = std::move(recv_snapshot_data_);
   recv_snapshot_data_.clear();
   recv_snapshot_index_ = recv_snapshot_term_ = 0;
@@ -1285,6 +1286,7 @@ inline void Core::send_snapshot_chunks(const NodeId& to, Progress& pr) {
     m.index = snap.meta.index;
     m.log_term = snap.meta.term;
     m.config = snap.meta.config;
+    m.timestamp_ms = snap.meta.timestamp_ms;
     m.offset = pr.snapshot_sent;
     m.data = snap.data.substr(static_cast<std::size_t>(pr.snapshot_sent), static_cast<std::size_t>(len));
     pr.snapshot_sent += len;

@@ -21,7 +21,7 @@
 //   HELLO version cluster_id node_id server_id address secret   (first, on every connection)
 //     -> +WELCOME cluster_id node_id server_id, or an error and the connection closes
 //   RAFT type term index log_term commit reject hint_index hint_term transfer context offset
-//        done config data count [index term type timestamp payload]*count
+//        done timestamp config data count [index term type timestamp payload]*count
 //   JOIN node_id address server_id      -> +OK cluster_id | -MOVED id address | -TRYAGAIN ...
 //   FWD request_id word...              (a follower's write for the leader)
 //   FWDR request_id reply               (the leader's answer; reply is RESP-encoded)
@@ -32,7 +32,11 @@
 namespace raft {
 namespace detail {
 
-constexpr const char* kPeerProtocolVersion = "1";
+// The peer protocol's version, in HELLO. 1: the first release; 2: RAFT carries a timestamp
+// (a snapshot's, a read's). A node refuses a peer of another version with a message naming
+// both: the versions are not mixed on one link. A cluster is upgraded one node at a time; while
+// versions are mixed, the nodes of the version a majority runs keep the cluster going.
+constexpr const char* kPeerProtocolVersion = "2";
 
 inline std::int64_t wall_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -83,6 +87,13 @@ inline bool parse_i64(std::string_view s, std::int64_t& v) {
 }
 
 inline void write_bulk_u64(std::string& out, std::uint64_t v) {
+  char buf[24];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  (void)ec;
+  resp::write_bulk(out, std::string_view(buf, static_cast<std::size_t>(end - buf)));
+}
+
+inline void write_bulk_i64(std::string& out, std::int64_t v) {
   char buf[24];
   auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
   (void)ec;
@@ -272,8 +283,11 @@ inline bool recv_value(int fd, resp::ReplyParser& parser, resp::Value& out, int 
 
 // ---- the peer wire format ------------------------------------------------------------------
 
+// "RAFT" and the 16 fields before the entries.
+constexpr std::size_t kRaftFixedFields = 17;
+
 inline void encode_raft(const Message& m, std::string& out) {
-  resp::write_array_header(out, 16 + 5 * m.entries.size());
+  resp::write_array_header(out, kRaftFixedFields + 5 * m.entries.size());
   resp::write_bulk(out, "RAFT");
   write_bulk_u64(out, static_cast<std::uint64_t>(m.type));
   write_bulk_u64(out, m.term);
@@ -287,6 +301,7 @@ inline void encode_raft(const Message& m, std::string& out) {
   write_bulk_u64(out, m.context);
   write_bulk_u64(out, m.offset);
   write_bulk_u64(out, m.done ? 1 : 0);
+  write_bulk_i64(out, m.timestamp_ms);
   resp::write_bulk(out, m.config.empty() ? std::string() : m.config.encode());
   resp::write_bulk(out, m.data);
   write_bulk_u64(out, m.entries.size());
@@ -294,10 +309,7 @@ inline void encode_raft(const Message& m, std::string& out) {
     write_bulk_u64(out, e.index);
     write_bulk_u64(out, e.term);
     write_bulk_u64(out, static_cast<std::uint64_t>(e.type));
-    char buf[24];
-    auto [end, ec] = std::to_chars(buf, buf + sizeof buf, e.timestamp_ms);
-    (void)ec;
-    resp::write_bulk(out, std::string_view(buf, static_cast<std::size_t>(end - buf)));
+    write_bulk_i64(out, e.timestamp_ms);
     resp::write_bulk(out, e.payload);
   }
 }
@@ -308,7 +320,7 @@ inline bool decode_raft(std::vector<std::string>& w, Message& m, std::string& er
     error = std::string("malformed RAFT message: ") + what;
     return false;
   };
-  if (w.size() < 16) return fail("too few fields");
+  if (w.size() < kRaftFixedFields) return fail("too few fields");
   std::uint64_t v[12];
   for (int i = 0; i < 12; ++i)
     if (!parse_u64(w[static_cast<std::size_t>(i) + 1], v[i])) return fail("bad number");
@@ -327,15 +339,17 @@ inline bool decode_raft(std::vector<std::string>& w, Message& m, std::string& er
   m.context = v[9];
   m.offset = v[10];
   m.done = v[11] == 1;
+  if (!parse_i64(w[13], m.timestamp_ms)) return fail("bad timestamp");
   m.config = Configuration{};
-  if (!w[13].empty() && !Configuration::decode(w[13], m.config)) return fail("bad configuration");
-  m.data = std::move(w[14]);
+  if (!w[14].empty() && !Configuration::decode(w[14], m.config)) return fail("bad configuration");
+  m.data = std::move(w[15]);
   std::uint64_t count = 0;
-  if (!parse_u64(w[15], count) || count > (w.size() - 16) / 5 || w.size() != 16 + 5 * count)
+  if (!parse_u64(w[16], count) || count > (w.size() - kRaftFixedFields) / 5 ||
+      w.size() != kRaftFixedFields + 5 * count)
     return fail("entry count does not match");
   m.entries.clear();
   m.entries.reserve(static_cast<std::size_t>(count));
-  for (std::size_t i = 16; i < w.size(); i += 5) {
+  for (std::size_t i = kRaftFixedFields; i < w.size(); i += 5) {
     LogEntry e;
     std::uint64_t type = 0;
     if (!parse_u64(w[i], e.index) || !parse_u64(w[i + 1], e.term) || !parse_u64(w[i + 2], type) ||
@@ -708,6 +722,9 @@ class Runtime {
   mutable std::mutex data_mu_;
   Store store_;
   std::atomic<std::uint64_t> applied_{0};
+  // The leader timestamp of the last entry applied (or of the snapshot restored): snapshots
+  // carry it, and reads never judge expiry earlier.
+  std::atomic<std::int64_t> applied_timestamp_{0};
   std::atomic<std::uint64_t> keys_{0};  // the store's size, for INFO without the data lock
   // Threads that answer commands: execute() from them would wait for itself.
   std::atomic<std::thread::id> apply_thread_id_{};
@@ -866,6 +883,7 @@ inline void Runtime::open_storage() {
     store_ = std::move(loaded);
     keys_ = store_.size();
     applied_ = meta.index;
+    applied_timestamp_ = meta.timestamp_ms;
     st.snapshot = snapshot;
   }
   core_ = std::make_unique<Core>(core_options(), std::move(st));
@@ -1231,7 +1249,10 @@ inline void PeerLink::run() {
       lock.lock();
       if (fd < 0) {
         if (!logged_failure) {
-          rt_.log(LogLevel::Debug, "cannot reach " + id_ + " at " + addr + ": " + error);
+          // A refusal (wrong secret, another protocol version) needs the operator; an
+          // unreachable peer is ordinary while it restarts.
+          rt_.log(error.rfind("refused", 0) == 0 ? LogLevel::Warning : LogLevel::Debug,
+                  "cannot reach " + id_ + " at " + addr + ": " + error);
           logged_failure = true;
         }
         cv_.wait_for(lock, std::chrono::milliseconds(backoff_ms), [&] { return stopping_ || reconnect_; });
@@ -1361,6 +1382,7 @@ inline void Runtime::apply_loop() {
             keys_ = store_.size();
           }
           applied_ = item.snapshot->meta.index;
+          applied_timestamp_ = std::max(applied_timestamp_.load(), meta.timestamp_ms);
           {
             // Writes proposed at or below the snapshot (a deposed leader's) are decided in
             // it, unknown to us which way.
@@ -1465,6 +1487,7 @@ inline void Runtime::apply_entry(const LogEntry& e) {
     }
     keys_ = store_.size();
   }
+  applied_timestamp_ = std::max(applied_timestamp_.load(), e.timestamp_ms);
   applied_ = e.index;
   // The write proposed at this index in this term gets the handler's reply; one proposed
   // here in another term lost its place to another leader's entry.
@@ -1539,6 +1562,7 @@ inline void Runtime::take_snapshot(std::uint64_t request) {
   // Copy under the data lock (the apply loop pauses for the copy only), serialize elsewhere.
   SnapshotMeta meta;
   meta.index = applied_;
+  meta.timestamp_ms = applied_timestamp_;
   bool stale = false;
   {
     std::lock_guard<std::mutex> lock(core_mu_);
@@ -2422,7 +2446,9 @@ inline bool Runtime::handle_peer_message(PeerConn& p, std::vector<std::string>& 
     for (std::size_t i = 0; i < secret.size(); ++i)
       diff |= static_cast<unsigned>(secret[i] ^ (i < cfg_.secret.size() ? cfg_.secret[i] : 0));
     if (diff != 0) return refuse("wrong secret");
-    if (w[1] != kPeerProtocolVersion) return refuse("peer protocol version " + w[1] + " is not " + kPeerProtocolVersion);
+    if (w[1] != kPeerProtocolVersion)
+      return refuse("peer protocol version " + w[1] + " is not " + kPeerProtocolVersion + ": node " + w[3] +
+                    " runs another version of raft.hpp; upgrade the cluster one node at a time (see the README)");
     if (w[3].empty() || w[3] == cfg_.id) return refuse("peer says it is node '" + w[3] + "' (this node's id)");
     HostPort hp;
     std::string error;
