@@ -2826,6 +2826,7 @@ class Core {
   struct UnpersistedBatch {
     std::uint64_t seq;
     std::uint64_t last_index;  // log end once durable (lowered when the log is cut since)
+    std::uint64_t term;        // the hard state's term once durable (0: the batch holds none)
   };
 
   // roles
@@ -2889,6 +2890,11 @@ class Core {
   std::uint64_t term_ = 0;
   NodeId vote_;
   HardState persisted_hs_;  // the last hard state handed to the storage
+  /// The term on disk. Nothing that carries a higher term leaves this node (ready() holds such
+  /// messages back until the batch with the term is durable): a node that crashed before its
+  /// term reached the disk would otherwise come back in an older term, campaign for the same
+  /// term again and write a second, different entry at one (index, term).
+  std::uint64_t durable_term_ = 0;
 
   // the log: entries_ holds (log_start_index_, last_index()]
   std::uint64_t log_start_index_ = 0;
@@ -2918,6 +2924,9 @@ class Core {
   bool leader_ready_ = false;
   std::uint64_t leader_first_index_ = 0;  // the no-op that opens the term
   NodeId transfer_target_;
+  // Members whose messages present a server id other than the configuration's (their disk
+  // was wiped): id -> (new server id, tick last heard).
+  std::map<NodeId, std::pair<std::string, std::uint64_t>> strangers_;
   int transfer_elapsed_ = 0;
   bool timeout_now_sent_ = false;
   std::deque<PendingProposal> pending_proposals_;
@@ -2962,6 +2971,7 @@ inline Core::Core(CoreOptions options, CoreState state)
   term_ = state.hard_state.term;
   vote_ = state.hard_state.vote;
   persisted_hs_ = state.hard_state;
+  durable_term_ = state.hard_state.term;
   base_config_ = std::move(state.initial_config);
   if (state.snapshot) {
     snapshot_ = state.snapshot;
@@ -2970,6 +2980,10 @@ inline Core::Core(CoreOptions options, CoreState state)
     base_config_ = snapshot_->meta.config;
     base_config_index_ = snapshot_->meta.index;
     commit_ = applied_ = snapshot_->meta.index;
+#ifndef RAFT_MUTANT_SNAPSHOT_FORGETS_TIME
+    // Time never runs backwards: a restart stamps at least what the snapshot covers.
+    max_timestamp_ = snapshot_->meta.timestamp_ms;
+#endif
   }
   for (auto& e : state.entries) {
     if (e.index != last_index() + 1 || e.term < last_term())
@@ -2984,8 +2998,9 @@ inline Core::Core(CoreOptions options, CoreState state)
 #endif
   last_role_change_ = RoleChange{role_, term_, leader_};
   reset_election_timer();
-  // A founder, or a single-voter cluster restarting: nobody else can elect it.
-  if (config().voter_count() == 1 && is_voter()) start_campaign(false);
+  // A founder, or a single-voter cluster restarting: nobody else can elect it, so it campaigns
+  // at its first tick - not here, where it has no clock yet to stamp its first entry with.
+  if (config().voter_count() == 1 && is_voter()) randomized_timeout_ = 1;
 }
 
 inline std::uint64_t Core::random_below(std::uint64_t n) {
@@ -3078,6 +3093,7 @@ inline void Core::fail_leader_state() {
   leader_ready_ = false;
   leader_ready_unreported_ = false;
   transfer_target_.clear();
+  strangers_.clear();
 }
 
 inline void Core::start_campaign(bool transfer) {
@@ -3273,7 +3289,12 @@ inline void Core::step(const Message& m) {
   // A member whose data directory was wiped comes back with a new server id: it may have
   // forgotten votes and entries it promised, so it is a stranger until re-added.
   if (const Member* member = config().find(m.from)) {
-    if (!member->server_id.empty() && member->server_id != m.server_id) return;
+    if (!member->server_id.empty() && member->server_id != m.server_id) {
+      // A leader re-adds it as a learner under its new identity (maybe_reconfigure): it
+      // catches up from a snapshot before it votes again.
+      if (role_ == Role::Leader && !m.server_id.empty()) strangers_[m.from] = {m.server_id, tick_count_};
+      return;
+    }
   }
   if (m.from == opts_.id) return;
 
@@ -3534,7 +3555,13 @@ inline void Core::handle_append(const Message& m) {
   }
   append_from_leader(m.entries);
   std::uint64_t last_new = m.index + m.entries.size();
+  // Figure 2: up to the last NEW entry, not the log's end - a stale suffix beyond the
+  // entries of this message (an older leader's) may still differ from the leader's log.
+#ifdef RAFT_MUTANT_FOLLOWER_COMMIT_LAST_INDEX
+  commit_to(std::min(m.commit, last_index()));
+#else
   commit_to(std::min(m.commit, last_new));
+#endif
   r.index = last_new;
 #ifdef RAFT_MUTANT_ACK_BEFORE_DURABLE
   send(std::move(r));
@@ -3550,7 +3577,14 @@ inline void Core::handle_heartbeat(const Message& m) {
   commit_to(std::min(m.commit, last_index()));
   Message r = make(MessageType::HeartbeatResponse, m.from);
   r.context = m.context;
+  // It promises nothing durable, so it goes at once (ready() still holds it while our term is
+  // not on disk): a follower whose disk is slower than the election timeout must not make a
+  // healthy leader fail check-quorum or its read rounds.
+#ifdef RAFT_MUTANT_HEARTBEAT_WAITS_FOR_DISK
   send_after_persist(std::move(r));
+#else
+  send(std::move(r));
+#endif
 }
 
 inline void Core::handle_snapshot(const Message& m) {
@@ -3562,6 +3596,17 @@ inline void Core::handle_snapshot(const Message& m) {
     send_after_persist(std::move(r));
     return;
   }
+#ifndef RAFT_MUTANT_SNAPSHOT_REWRITES_MATCHING_LOG
+  if (matches(m.index, m.log_term)) {
+    // Raft §7: the log holds the snapshot's last entry, so it holds everything the snapshot
+    // covers (log matching). Install nothing and keep the entries after it: some may be
+    // acknowledged already, and rewriting the log would put them at risk in a crash.
+    commit_to(m.index);
+    r.done = true;
+    send_after_persist(std::move(r));
+    return;
+  }
+#endif
   if (m.offset == 0) {
     recv_snapshot_index_ = m.index;
     recv_snapshot_term_ = m.log_term;
@@ -3596,12 +3641,16 @@ inline void Core::handle_snapshot(const Message& m) {
 }
 
 inline void Core::install_snapshot(std::shared_ptr<const Snapshot> snap) {
+  // handle_snapshot installs only a snapshot whose last entry this log does not hold: every
+  // entry here is then covered by the snapshot or on a branch that conflicts with it, and the
+  // whole log goes (PersistBatch::snapshot replaces it on disk too).
   const SnapshotMeta& meta = snap->meta;
   std::deque<LogEntry> kept;
-  if (matches(meta.index, meta.term)) {
-    // Our log agrees with the snapshot: keep what follows it (Raft §7).
+#ifdef RAFT_MUTANT_SNAPSHOT_REWRITES_MATCHING_LOG
+  // mutant: install a snapshot the log matches, and re-append the entries after it
+  if (matches(meta.index, meta.term))
     for (std::uint64_t i = meta.index + 1; i <= last_index(); ++i) kept.push_back(entry(i));
-  }
+#endif
   entries_.clear();
   log_configs_.clear();
   log_start_index_ = meta.index;
@@ -3620,6 +3669,9 @@ inline void Core::install_snapshot(std::shared_ptr<const Snapshot> snap) {
   snapshot_ = snap;
   commit_to(meta.index);
   applied_ = meta.index;
+#ifndef RAFT_MUTANT_SNAPSHOT_FORGETS_TIME
+  max_timestamp_ = std::max(max_timestamp_, meta.timestamp_ms);
+#endif
   restore_ = snap;
   snapshot_requested_ = false;
   on_config_changed();
@@ -4038,6 +4090,21 @@ inline void Core::maybe_reconfigure() {
     propose_config(next, now_ms_);
     return;
   }
+  // Re-add a member whose disk was wiped (it answers under a new server id) as a learner with
+  // that identity: one voter change, like any other. Only a stranger heard from lately.
+  for (auto it = strangers_.begin(); it != strangers_.end();) {
+    const Member* m = c.find(it->first);
+    if (m == nullptr || m->server_id == it->second.first ||
+        tick_count_ > it->second.second + static_cast<std::uint64_t>(opts_.election_ticks)) {
+      it = strangers_.erase(it);
+      continue;
+    }
+    if (add_learner(Member{m->id, m->address, it->second.first, false}, now_ms_).ok()) {
+      strangers_.erase(it);
+      return;
+    }
+    ++it;
+  }
   // Promote a caught-up learner while there is room for voters.
   if (c.voter_count() >= opts_.max_voters) return;
   for (const auto& m : c.members) {
@@ -4075,7 +4142,11 @@ inline void Core::leader_read(std::uint64_t request_id, const NodeId& from) {
     waiting_ready_reads_.push_back(r);
     return;
   }
+#ifdef RAFT_MUTANT_FORWARDED_READ_NO_CHECK
+  if ((config().voter_count() == 1 && is_voter()) || !from.empty()) {  // mutant: no round for a follower's read
+#else
   if (config().voter_count() == 1 && is_voter()) {
+#endif
     resolve_read(r, true);  // nobody else could have been elected
     return;
   }
@@ -4107,14 +4178,18 @@ inline void Core::complete_read_round() {
 }
 
 inline void Core::resolve_read(const PendingRead& r, bool ok) {
+  // The read's time: this leader's clock now, never below a stamp it has seen, so that every
+  // node judges expiry for it alike, and later reads in this term never judge earlier.
+  const std::int64_t time = ok ? std::max(now_ms_, max_timestamp_) : 0;
   if (r.from.empty()) {
-    reads_out_.push_back(ReadState{r.request_id, ok ? r.index : 0, ok});
+    reads_out_.push_back(ReadState{r.request_id, ok ? r.index : 0, ok, time, term_});
     return;
   }
   Message m = make(MessageType::ReadIndexResponse, r.from);
   m.context = r.request_id;
   m.index = ok ? r.index : 0;
   m.reject = !ok;
+  m.timestamp_ms = time;
   send(std::move(m));
 }
 
@@ -4122,7 +4197,7 @@ inline void Core::handle_read_index_response(const Message& m) {
   auto it = forwarded_reads_.find(m.context);
   if (it == forwarded_reads_.end()) return;  // timed out already
   forwarded_reads_.erase(it);
-  reads_out_.push_back(ReadState{m.context, m.reject ? 0 : m.index, !m.reject});
+  reads_out_.push_back(ReadState{m.context, m.reject ? 0 : m.index, !m.reject, m.reject ? 0 : m.timestamp_ms, m.term});
 }
 
 // ---- output --------------------------------------------------------------------------------
@@ -4130,6 +4205,7 @@ inline void Core::handle_read_index_response(const Message& m) {
 inline void Core::persisted(std::uint64_t seq) {
   while (!unpersisted_.empty() && unpersisted_.front().seq <= seq) {
     durable_index_ = std::max(durable_index_, std::min(unpersisted_.front().last_index, last_index()));
+    durable_term_ = std::max(durable_term_, unpersisted_.front().term);
     unpersisted_.pop_front();
   }
   maybe_commit();
@@ -4159,12 +4235,25 @@ inline Ready Core::ready() {
   Ready rd;
   HardState hs{term_, vote_};
   if (hs != persisted_hs_) {
-    batch_.hard_state = hs;
+#ifdef RAFT_MUTANT_TERM_NOT_PERSISTED
+    if (hs.vote != persisted_hs_.vote)  // mutant: a term change without a vote stays in memory
+#endif
+      batch_.hard_state = hs;
     persisted_hs_ = hs;
   }
+#ifndef RAFT_MUTANT_SEND_BEFORE_TERM_DURABLE
+  if (term_ > durable_term_) {
+    // Every message carries term_: none may leave before that term is on disk. (A voter alone
+    // wins its election inside become_candidate; a node that adopted a higher term answers in
+    // it.) They go with this batch, which holds the term or follows the one that does.
+    for (auto& m : msgs_) msgs_after_.push_back(std::move(m));
+    msgs_.clear();
+  }
+#endif
   if (!batch_.empty() || !msgs_after_.empty()) {
     batch_.seq = next_seq_++;
-    unpersisted_.push_back(UnpersistedBatch{batch_.seq, last_index()});
+    unpersisted_.push_back(
+        UnpersistedBatch{batch_.seq, last_index(), batch_.hard_state ? batch_.hard_state->term : 0});
     rd.persist = std::move(batch_);
     batch_ = PersistBatch{};
     rd.after_persist = std::move(msgs_after_);

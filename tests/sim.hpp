@@ -1,16 +1,31 @@
 // A simulated cluster of raft::Core instances over a seeded, hostile network: delays,
 // loss, duplication, reordering, partitions (symmetric and one-way), crashes that lose
-// everything not yet durable, restarts, wiped disks, joins, removals and snapshots.
+// everything not yet durable (also in the middle of a snapshot install), restarts, wiped
+// disks, disks slower than the election timeout, clocks with skew and jumps, joins, removals
+// and snapshots. Clusters of one voter (with learners), two voters, three and five.
 //
 // After every step it checks Raft's invariants incrementally:
-//   - election safety: at most one leader per term;
+//   - election safety: at most one leader per term, and a leader holds durable votes of a
+//     majority (its own counted from its disk like everyone else's) before anything it does
+//     in its term is visible: a message it sends or an entry of its term it commits;
+//   - durability of terms: no message leaves a node carrying a term above the one on its disk,
+//     and no node's term goes below one it has sent, across restarts;
 //   - log matching: two logs holding an entry with the same index and term hold the same
-//     entries up to it (every log is mirrored as a hash chain, compared through a global map);
+//     entries up to it (every log is mirrored as a hash chain, compared through a global map),
+//     and the mirror of what was handed to the disk equals the core's log after every Ready;
 //   - leader completeness: a new leader holds every entry committed so far;
-//   - state machine safety: every node applies exactly the committed sequence;
-//   - acknowledged proposals are applied where they were acknowledged;
-//   - a successful linearizable read reflects at least the commit index of the moment it
-//     was issued.
+//   - state machine safety: every node applies exactly the committed sequence, and a node's
+//     commit index never decreases while it runs;
+//   - acknowledged entries survive: after every crash a node's disk still holds every entry it
+//     acknowledged, unless a leader of a later term legitimately cut it;
+//   - proposals: one outcome each (applied where proposed, or aborted), every payload applied
+//     at most once;
+//   - reads: a result goes to the node and incarnation that asked; a successful linearizable
+//     read reflects at least the commit index of the moment it was issued; its time never
+//     goes below the time of a read that completed before it was issued (within one leader's
+//     term), or by more than the clocks' skew (across leaders);
+//   - time: the leader timestamps of applied entries never decrease along the log, across
+//     snapshots, restarts and leader changes, whatever the clocks do.
 // A violation throws sim::Violation; the seed replays it exactly.
 #pragma once
 
@@ -73,8 +88,16 @@ struct Options {
   bool static_ids = false;   // initial configuration without server ids (a static peer map)
   double loss = 0;           // probability a message is lost
   double duplicate = 0;      // probability a message is delivered twice
-  std::uint64_t min_delay = 1, max_delay = 8;  // in time units (a tick is 10)
+  std::uint64_t min_delay = 1, max_delay = 8;  // in time units (a tick is 10; a unit is 1 ms)
   std::uint64_t max_persist_delay = 6;
+  /// Nodes whose every group commit takes this long (a busy disk), e.g. beyond the election
+  /// timeout.
+  std::map<NodeId, std::uint64_t> slow_disks;
+  /// Each node's clock is off the true time by up to this (ms), either way.
+  std::int64_t max_clock_skew = 0;
+  /// The chance that a node's crash hits while a snapshot install has replaced the log on disk
+  /// but the entries after it are not written yet.
+  double crash_in_snapshot_install = 0;
   CoreOptions core;          // id, server_id and random_seed are set per node
 };
 
@@ -89,34 +112,62 @@ struct Disk {
 struct SimNode {
   NodeId id;
   std::string server_id;
+  std::int64_t clock_offset = 0;  // this node's clock minus the true time
   bool up = false;
   bool retired = false;  // removed from the cluster on purpose
   std::uint64_t generation = 0;
   std::unique_ptr<Core> core;
   Disk disk;
+  /// A message and the chain hash of each entry it carries (taken when it was made).
+  struct Outgoing {
+    Message message;
+    std::vector<std::uint64_t> hashes;
+  };
   struct Unpersisted {
     PersistBatch batch;
-    std::vector<Message> after;
+    std::vector<std::uint64_t> hashes;  // chain hash of each entry of the batch
+    std::vector<Outgoing> after;
   };
   std::deque<Unpersisted> unpersisted;
   bool persist_scheduled = false;
-  // The core's log as a hash chain: mirror[k] is the chain up to index mirror_start + k.
+  // The core's log as a hash chain: mirror[k] is the chain up to index mirror_start + k, and
+  // mirror_terms[k] the term of that entry.
   std::uint64_t mirror_start = 0;
   std::vector<std::uint64_t> mirror{0};
-  // The state machine: how far it applied and the hash chain of what it applied.
+  std::vector<std::uint64_t> mirror_terms{0};
+  // The state machine: how far it applied, the hash chain of what it applied, and the stamp
+  // of the last entry applied.
   std::uint64_t applied = 0;
   std::uint64_t sm_chain = 0;
+  std::int64_t applied_stamp = 0;
   std::uint64_t last_term = 0;
-  std::vector<std::pair<std::uint64_t, std::uint64_t>> reads_waiting;  // (index, request id)
+  std::uint64_t last_commit = 0;
+  struct WaitingRead {
+    std::uint64_t index;
+    std::uint64_t request_id;
+    std::int64_t time_ms;
+    std::uint64_t term;
+  };
+  std::vector<WaitingRead> reads_waiting;
 
   std::uint64_t mirror_last() const { return mirror_start + mirror.size() - 1; }
   std::uint64_t mirror_at(std::uint64_t i) const { return mirror[static_cast<std::size_t>(i - mirror_start)]; }
+  std::uint64_t mirror_term(std::uint64_t i) const {
+    return mirror_terms[static_cast<std::size_t>(i - mirror_start)];
+  }
+  /// The term of the entry at `index` on the disk (0: not there; the snapshot's term at its index).
+  std::uint64_t disk_term(std::uint64_t index) const {
+    if (disk.snapshot && index == disk.snapshot->meta.index) return disk.snapshot->meta.term;
+    if (disk.log.empty() || index < disk.log.front().index || index > disk.log.back().index) return 0;
+    return disk.log[static_cast<std::size_t>(index - disk.log.front().index)].term;
+  }
 };
 
 class Cluster {
  public:
   static constexpr std::uint64_t kTick = 10;  // time units per tick
   static constexpr std::size_t kMaxOutstanding = 32;
+  static constexpr std::int64_t kEpoch = 1'700'000'000'000;  // clocks read kEpoch + now + offset
 
   Cluster(std::uint64_t seed, Options opts) : rng_(seed), opts_(std::move(opts)), seed_(seed) {
     Configuration initial;
@@ -134,6 +185,11 @@ class Cluster {
       nodes_[id].id = id;
       nodes_[id].server_id = "s" + id + "-" + std::to_string(rng_.below(1000000));
     }
+    for (auto& [id, n] : nodes_) {
+      const auto skew = static_cast<std::uint64_t>(opts_.max_clock_skew);
+      n.clock_offset = static_cast<std::int64_t>(rng_.below(2 * skew + 1)) - opts_.max_clock_skew;
+    }
+    note_clock_spread();
     for (auto& [id, n] : nodes_) start(n);
   }
 
@@ -172,7 +228,31 @@ class Cluster {
         cut(other, id);
       }
   }
+  /// Cuts every link between `group` and the other nodes.
+  void partition(const std::set<NodeId>& group) {
+    for (const auto& [a, na] : nodes_)
+      for (const auto& [b, nb] : nodes_)
+        if (group.count(a) != group.count(b)) cut(a, b);
+  }
   void heal() { cut_.clear(); }
+
+  /// From now on every group commit of this node takes `delay` units (0: the usual random few).
+  void set_disk_delay(const NodeId& id, std::uint64_t delay) {
+    if (delay == 0)
+      opts_.slow_disks.erase(id);
+    else
+      opts_.slow_disks[id] = delay;
+    trace_line("disk of " + id + " takes " + std::to_string(delay));
+  }
+
+  /// The node's clock: the true time plus its offset, in ms since the epoch.
+  std::int64_t clock(const SimNode& n) const { return kEpoch + static_cast<std::int64_t>(now_) + n.clock_offset; }
+  /// The node's clock jumps (an NTP step, a VM resumed): forward or back.
+  void jump_clock(const NodeId& id, std::int64_t delta) {
+    nodes_.at(id).clock_offset += delta;
+    trace_line("clock of " + id + " jumps by " + std::to_string(delta));
+    note_clock_spread();
+  }
 
   // ---- driving -------------------------------------------------------------------------
 
@@ -186,7 +266,7 @@ class Cluster {
       case Event::Tick: {
         SimNode& n = nodes_.at(ev.node);
         if (!n.up || n.generation != ev.generation) break;
-        n.core->tick(static_cast<std::int64_t>(now_));
+        n.core->tick(clock(n));
         process(n);
         schedule(now_ + kTick - 1 + rng_.below(3), Event{Event::Tick, ev.node, n.generation, {}});
         break;
@@ -232,7 +312,7 @@ class Cluster {
     // Clients wait for their replies: a bounded number of proposals is outstanding.
     if (pending_[id].size() >= kMaxOutstanding) return "";
     std::string payload = "c" + std::to_string(seed_) + "-" + std::to_string(++proposal_counter_);
-    ProposeResult r = n.core->propose(payload, static_cast<std::int64_t>(now_));
+    ProposeResult r = n.core->propose(payload, clock(n));
     if (!r.ok()) return "";
     pending_[id][r.id.index] = Pending{r.id.term, payload};
     trace_line("propose " + payload + " on " + id + " at " + std::to_string(r.id.index));
@@ -245,7 +325,7 @@ class Cluster {
     SimNode& n = nodes_.at(id);
     if (!n.up) return;
     std::uint64_t rid = ++read_counter_;
-    reads_[rid] = ReadRecord{id, n.generation, max_commit()};
+    reads_[rid] = ReadRecord{id, n.generation, max_commit(), completed_read_times_};
     n.core->read_index(rid);
     process(n);
   }
@@ -285,6 +365,9 @@ class Cluster {
   /// server id. Before that (a static peer map, right after formation) a wiped disk cannot be
   /// told apart from the member itself - nothing can, so the design does not promise it.
   bool identity_bound(const NodeId& id) const {
+    // A cluster of fewer than three voters cannot lose a disk: the wiped node may be the one
+    // that holds every committed entry.
+    if (config_of(nodes_.at(id)).voter_count() < 3) return false;
     for (const auto& [other, n] : nodes_) {
       if (other == id || n.retired) continue;
       Configuration c = config_of(n);
@@ -301,7 +384,8 @@ class Cluster {
     return true;
   }
 
-  /// The node's disk is lost: it comes back empty with a new server id, as a joiner.
+  /// The node's disk is lost: it comes back empty with a new server id and no configuration
+  /// (the leader re-adds it under its new identity).
   void wipe(const NodeId& id) {
     if (!identity_bound(id)) return;
     crash(id);
@@ -320,7 +404,7 @@ class Cluster {
     Member m{id, "127.0.0.1:" + std::to_string(5000 + 10 * std::stoi(id)), n.server_id, false};
     const Member* cur = core(l).config().find(id);
     if (cur && cur->server_id == n.server_id) return false;  // already a member
-    ProposeResult r = core(l).add_learner(m, static_cast<std::int64_t>(now_));
+    ProposeResult r = core(l).add_learner(m, clock(nodes_.at(l)));
     trace_line("join " + id + " via " + l + (r.ok() ? " ok" : " refused"));
     process(nodes_.at(l));
     return r.ok();
@@ -329,7 +413,7 @@ class Cluster {
   bool remove(const NodeId& id) {
     NodeId l = leader();
     if (l.empty()) return false;
-    ProposeResult r = core(l).remove(id, static_cast<std::int64_t>(now_));
+    ProposeResult r = core(l).remove(id, clock(nodes_.at(l)));
     trace_line("remove " + id + " via " + l + (r.ok() ? " ok" : " refused"));
     if (r.ok()) nodes_.at(id).retired = true;
     process(nodes_.at(l));
@@ -352,25 +436,26 @@ class Cluster {
 
   // ---- the final check -----------------------------------------------------------------
 
-  /// With the network healed and every node up, within `ticks` one leader leads every member
-  /// and every member's log, commit and applied index equal the leader's.
+  /// With the network healed, disks fast and every node up, within `ticks` one leader leads
+  /// every member and every member's log, commit and applied index equal the leader's.
   void check_converges(std::uint64_t ticks) {
     heal();
     opts_.loss = 0;
     opts_.duplicate = 0;
+    opts_.slow_disks.clear();
+    opts_.crash_in_snapshot_install = 0;
     for (auto& [id, n] : nodes_)
       if (!n.up) restart(id);
     std::uint64_t until = now_ + ticks * kTick;
     std::string why;
     while (now_ < until) {
       run_for(kTick);
-      // Joiners and wiped nodes keep asking to join, as the runtime does.
+      // Joiners that were never added (or whose addition was cut) keep asking, as the runtime
+      // does with -e. A wiped member does not ask: the leader re-adds it when it hears it.
       NodeId l = leader();
       if (!l.empty())
-        for (auto& [id, n] : nodes_) {
-          const Member* m = core(l).config().find(id);
-          if ((m && m->server_id != n.server_id) || (!m && !n.retired)) join(id);
-        }
+        for (auto& [id, n] : nodes_)
+          if (!n.retired && !core(l).config().contains(id)) join(id);
       why = convergence_problem();
       if (why.empty()) return;
     }
@@ -432,6 +517,13 @@ class Cluster {
     NodeId node;
     std::uint64_t generation;
     std::uint64_t commit_at_issue;
+    // The largest time of the reads completed before this one was issued, by confirming term.
+    std::map<std::uint64_t, std::int64_t> earlier_times;
+  };
+  using Identity = std::pair<NodeId, std::string>;  // (node id, server id): one disk
+  struct LeaderClaim {
+    Configuration config;  // the configuration it was elected in
+    bool verified = false;
   };
 
   void schedule(std::uint64_t at, Event ev) { events_.emplace(std::make_pair(at, ++event_seq_), std::move(ev)); }
@@ -444,7 +536,20 @@ class Cluster {
     return o.str();
   }
 
+  void note_clock_spread() {
+    std::int64_t lo = 0, hi = 0;
+    bool first = true;
+    for (const auto& [id, n] : nodes_) {
+      lo = first ? n.clock_offset : std::min(lo, n.clock_offset);
+      hi = first ? n.clock_offset : std::max(hi, n.clock_offset);
+      first = false;
+    }
+    clock_spread_ = std::max(clock_spread_, hi - lo);
+  }
+
   void start(SimNode& n) {
+    // What the disk holds now must still hold everything this disk acknowledged.
+    check_acknowledged_entries(n);
     CoreOptions o = opts_.core;
     o.id = n.id;
     o.server_id = n.server_id;
@@ -459,21 +564,53 @@ class Cluster {
     // The state machine comes back from the snapshot; the mirror from the disk.
     n.applied = snap_index;
     n.sm_chain = n.disk.snapshot ? snapshot_chain(*n.disk.snapshot) : 0;
+    n.applied_stamp = n.disk.snapshot ? n.disk.snapshot->meta.timestamp_ms : 0;
     if (n.disk.snapshot) check_state(n, "restart from snapshot");
     n.mirror_start = snap_index;
     n.mirror.assign(1, n.sm_chain);
-    for (const auto& e : st.entries) n.mirror.push_back(chain_hash(n.mirror.back(), e));
+    n.mirror_terms.assign(1, n.disk.snapshot ? n.disk.snapshot->meta.term : 0);
+    for (const auto& e : st.entries) {
+      n.mirror.push_back(chain_hash(n.mirror.back(), e));
+      n.mirror_terms.push_back(e.term);
+    }
     n.core = std::make_unique<Core>(o, std::move(st));
     n.up = true;
     n.last_term = n.core->term();
+    n.last_commit = n.core->commit_index();
+    auto sent = sent_terms_.find(Identity{n.id, n.server_id});
+    if (sent != sent_terms_.end() && n.core->term() < sent->second)
+      throw Violation("durability: " + n.id + " restarts in term " + std::to_string(n.core->term()) +
+                      " after sending messages in term " + std::to_string(sent->second));
     schedule(now_ + 1 + rng_.below(kTick), Event{Event::Tick, n.id, n.generation, {}});
     process(n);
   }
 
   static std::uint64_t snapshot_chain(const Snapshot& s) { return std::stoull(s.data.substr(s.data.find(':') + 1)); }
 
-  void send(const Message& m) {
+  // Every message a node sends passes here, at the moment it leaves the node.
+  void send(const SimNode::Outgoing& o) {
+    const Message& m = o.message;
     if (trace) trace_line("send " + describe(m));
+    SimNode& from = nodes_.at(m.from);
+    // The term a message carries must be on the sender's disk (a pre-vote asks about the next
+    // term and a pre-vote grant echoes it: their own term is the one before).
+    const bool prospective = m.type == MessageType::PreVote || (m.type == MessageType::PreVoteResponse && !m.reject);
+    const std::uint64_t own_term =
+        m.type == MessageType::PreVote ? m.term - opts_.core.term_step : prospective ? 0 : m.term;
+    if (own_term > from.disk.hs.term)
+      throw Violation("durability: " + m.from + " sends " + to_string(m.type) + " in term " +
+                      std::to_string(own_term) + " while its disk holds term " + std::to_string(from.disk.hs.term));
+    std::uint64_t& sent = sent_terms_[Identity{m.from, from.server_id}];
+    sent = std::max(sent, own_term);
+    // A leader's first visible act in its term: it must hold a majority of durable votes.
+    if (from.core && from.core->role() == Role::Leader && m.term == from.core->term()) verify_leader(from, m.term);
+    // An acknowledgement promises entries on disk: remember them, to check after crashes.
+    if ((m.type == MessageType::AppendResponse && !m.reject && m.index > 0) ||
+        (m.type == MessageType::SnapshotResponse && m.done && !m.reject)) {
+      const std::uint64_t t = from.disk_term(m.index);
+      if (t != 0) acknowledged_[Identity{m.from, from.server_id}][m.index] = t;
+    }
+    for (std::size_t i = 0; i < m.entries.size(); ++i) record_entry(from, m.entries[i], o.hashes[i]);
     if (cut_.count({m.from, m.to}) || rng_.chance(opts_.loss)) return;
     int copies = rng_.chance(opts_.duplicate) ? 2 : 1;
     for (int i = 0; i < copies; ++i)
@@ -484,16 +621,28 @@ class Cluster {
     // Group commit: sometimes one batch, sometimes everything waiting.
     std::size_t count = rng_.chance(0.5) ? n.unpersisted.size() : 1;
     std::uint64_t last_seq = 0;
-    std::vector<Message> to_send;
+    std::vector<SimNode::Outgoing> to_send;
     for (std::size_t k = 0; k < count && !n.unpersisted.empty(); ++k) {
       SimNode::Unpersisted u = std::move(n.unpersisted.front());
       n.unpersisted.pop_front();
-      write_to_disk(n.disk, u.batch);
-      if (u.batch.hard_state) record_vote(n, *u.batch.hard_state);  // durable: now a promise
+      if (u.batch.snapshot && !u.batch.entries.empty() && rng_.chance(opts_.crash_in_snapshot_install)) {
+        // The storage made the snapshot durable and dropped the log; the entries it was to
+        // append after it are lost with the crash.
+        PersistBatch partial;
+        partial.snapshot = u.batch.snapshot;
+        write_to_disk(n, partial);
+        trace_line("crash of " + n.id + " inside a snapshot install");
+        crash(n.id);
+        return;
+      }
+      write_to_disk(n, u.batch);
+      // Durable: its entries now exist beyond this node's memory, and its vote is a promise.
+      for (std::size_t i = 0; i < u.batch.entries.size(); ++i) record_entry(n, u.batch.entries[i], u.hashes[i]);
+      if (u.batch.hard_state) record_vote(n, *u.batch.hard_state);
       last_seq = u.batch.seq;
       for (auto& m : u.after) to_send.push_back(std::move(m));
     }
-    for (const auto& m : to_send) send(m);
+    for (const auto& o : to_send) send(o);
     if (last_seq) n.core->persisted(last_seq);
     if (!n.unpersisted.empty()) schedule_persist(n);
     process(n);
@@ -502,17 +651,30 @@ class Cluster {
   void schedule_persist(SimNode& n) {
     if (n.persist_scheduled) return;
     n.persist_scheduled = true;
-    schedule(now_ + 1 + rng_.below(opts_.max_persist_delay), Event{Event::Persist, n.id, n.generation, {}});
+    auto slow = opts_.slow_disks.find(n.id);
+    const std::uint64_t delay = slow != opts_.slow_disks.end() ? slow->second : 1 + rng_.below(opts_.max_persist_delay);
+    schedule(now_ + delay, Event{Event::Persist, n.id, n.generation, {}});
   }
 
-  static void write_to_disk(Disk& d, const PersistBatch& b) {
+  // The disk's view of a batch, and what it does to the entries this disk acknowledged.
+  void write_to_disk(SimNode& n, const PersistBatch& b) {
+    Disk& d = n.disk;
+    auto& acked = acknowledged_[Identity{n.id, n.server_id}];
     if (b.snapshot) {
+      const SnapshotMeta& meta = b.snapshot->meta;
+      // Entries after the snapshot's index were acknowledged either on the branch the snapshot
+      // continues (the log holds its last entry) - those must survive - or on a branch that
+      // conflicts with it, which may go.
+      if (n.disk_term(meta.index) != meta.term) acked.erase(acked.upper_bound(meta.index), acked.end());
+      acked.erase(acked.begin(), acked.upper_bound(meta.index));
       d.snapshot = b.snapshot;
       d.log.clear();
     }
     if (b.hard_state) d.hs = *b.hard_state;
     if (!b.entries.empty()) {
       std::uint64_t first = b.entries.front().index;
+      // A conflicting suffix cut by a leader: what was acknowledged there was never committed.
+      if (!d.log.empty() && d.log.back().index >= first) acked.erase(acked.lower_bound(first), acked.end());
       while (!d.log.empty() && d.log.back().index >= first) d.log.pop_back();
       std::uint64_t expect = d.log.empty() ? (d.snapshot ? d.snapshot->meta.index + 1 : first) : d.log.back().index + 1;
       if (first != expect)
@@ -521,14 +683,29 @@ class Cluster {
     }
   }
 
+  void check_acknowledged_entries(const SimNode& n) {
+    auto it = acknowledged_.find(Identity{n.id, n.server_id});
+    if (it == acknowledged_.end()) return;
+    const std::uint64_t snap = n.disk.snapshot ? n.disk.snapshot->meta.index : 0;
+    for (const auto& [index, term] : it->second) {
+      if (index <= snap) continue;
+      if (n.disk_term(index) != term)
+        throw Violation("durability: " + n.id + " acknowledged entry " + std::to_string(index) + " of term " +
+                        std::to_string(term) + " but its disk no longer holds it after a crash");
+    }
+  }
+
   void handle_ready(SimNode& n, Ready& rd) {
     if (rd.persist.seq != 0) {
-      mirror_batch(n, rd.persist);
-      n.unpersisted.push_back(SimNode::Unpersisted{rd.persist, std::move(rd.after_persist)});
+      std::vector<std::uint64_t> hashes = mirror_batch(n, rd.persist);
+      std::vector<SimNode::Outgoing> after;
+      for (auto& m : rd.after_persist) after.push_back(outgoing(n, std::move(m)));
+      n.unpersisted.push_back(SimNode::Unpersisted{rd.persist, std::move(hashes), std::move(after)});
       schedule_persist(n);
     }
+    check_mirror(n);
     check_node(n);  // the mirror now matches the core's log
-    for (const auto& m : rd.messages) send(m);
+    for (auto& m : rd.messages) send(outgoing(n, std::move(m)));
     for (const auto& rc : rd.role_changes) {
       trace_line(n.id + " becomes " + std::string(1, raft::role_char(rc.role, true)) + " term " +
                  std::to_string(rc.term) + " leader " + rc.leader);
@@ -538,9 +715,15 @@ class Cluster {
       n.applied = rd.restore->meta.index;
       n.sm_chain = snapshot_chain(*rd.restore);
       check_state(n, "snapshot restore");
+      if (rd.restore->meta.timestamp_ms < n.applied_stamp)
+        throw Violation("time: the snapshot restored on " + n.id + " carries " +
+                        std::to_string(rd.restore->meta.timestamp_ms) + " after entries stamped " +
+                        std::to_string(n.applied_stamp));
+      n.applied_stamp = rd.restore->meta.timestamp_ms;
     }
     for (const auto& e : rd.committed) apply(n, e);
     for (const auto& id : rd.aborted) {
+      record_outcome(n, id, "aborted");
       auto p = pending_.find(n.id);
       if (p != pending_.end()) {
         auto it = p->second.find(id.index);
@@ -550,11 +733,14 @@ class Cluster {
     for (const auto& r : rd.reads) {
       auto it = reads_.find(r.request_id);
       if (it == reads_.end()) continue;
+      if (it->second.node != n.id || it->second.generation != n.generation)
+        throw Violation("reads: the result of read " + std::to_string(r.request_id) + " issued on " +
+                        it->second.node + " reached " + n.id);
       if (!r.ok) {
         reads_.erase(it);
         continue;
       }
-      n.reads_waiting.emplace_back(r.index, r.request_id);
+      n.reads_waiting.push_back(SimNode::WaitingRead{r.index, r.request_id, r.time_ms, r.term});
     }
     serve_reads(n);
     if (rd.snapshot_wanted) take_snapshot(n);
@@ -567,6 +753,7 @@ class Cluster {
     s->meta.index = n.applied;
     s->meta.term = n.core->term_at(n.applied);
     s->meta.config = n.core->config_at(n.applied);
+    s->meta.timestamp_ms = n.applied_stamp;
     s->data = std::to_string(n.applied) + ":" + std::to_string(n.sm_chain);
     if (n.disk.snapshot && n.disk.snapshot->meta.index >= s->meta.index) return;
     std::uint64_t to = n.core->compact(s);
@@ -575,7 +762,25 @@ class Cluster {
     trace_line(n.id + " snapshot at " + std::to_string(s->meta.index) + ", log from " + std::to_string(to + 1));
   }
 
-  void mirror_batch(SimNode& n, const PersistBatch& b) {
+  SimNode::Outgoing outgoing(const SimNode& n, Message m) {
+    SimNode::Outgoing o{std::move(m), {}};
+    for (const auto& e : o.message.entries) o.hashes.push_back(n.mirror_at(e.index));
+    return o;
+  }
+
+  /// Log matching, checked for every entry that leaves a node's memory (on its disk or in a
+  /// message): one history per (index, term). An entry made and lost in a crash before it left
+  /// is no promise, and a restarted node may make another in its place.
+  void record_entry(const SimNode& n, const LogEntry& e, std::uint64_t hash) {
+    auto [it, fresh] = entries_.emplace(std::make_pair(e.index, e.term), hash);
+    if (!fresh && it->second != hash)
+      throw Violation("log matching: " + n.id + " holds (" + std::to_string(e.index) + ", " +
+                      std::to_string(e.term) + ") with a different history than another node");
+  }
+
+  /// Mirrors a batch handed to the disk; returns the chain hash of each of its entries.
+  std::vector<std::uint64_t> mirror_batch(SimNode& n, const PersistBatch& b) {
+    std::vector<std::uint64_t> hashes;
     if (b.snapshot) {
       std::uint64_t idx = b.snapshot->meta.index;
       std::uint64_t chain = snapshot_chain(*b.snapshot);
@@ -583,18 +788,37 @@ class Cluster {
         throw Violation("snapshot sent to " + n.id + " at " + std::to_string(idx) + " is not the committed state");
       n.mirror_start = idx;
       n.mirror.assign(1, chain);
+      n.mirror_terms.assign(1, b.snapshot->meta.term);
     }
     for (const auto& e : b.entries) {
       if (e.index <= n.mirror_start) throw Violation("harness: entry below mirror start");
-      if (e.index <= n.mirror_last()) n.mirror.resize(static_cast<std::size_t>(e.index - n.mirror_start));
+      if (e.index <= n.mirror_last()) {
+        n.mirror.resize(static_cast<std::size_t>(e.index - n.mirror_start));
+        n.mirror_terms.resize(n.mirror.size());
+      }
       if (e.index != n.mirror_last() + 1) throw Violation("log gap on " + n.id + " at " + std::to_string(e.index));
       std::uint64_t h = chain_hash(n.mirror.back(), e);
       n.mirror.push_back(h);
-      auto [it, fresh] = entries_.emplace(std::make_pair(e.index, e.term), h);
-      if (!fresh && it->second != h)
-        throw Violation("log matching: " + n.id + " holds (" + std::to_string(e.index) + ", " +
-                        std::to_string(e.term) + ") with a different history than another node");
+      n.mirror_terms.push_back(e.term);
+      hashes.push_back(h);
     }
+    return hashes;
+  }
+
+  // What was handed to the disk is the core's log: same last entry, same terms where both hold
+  // entries (checked at both ends and in the middle).
+  void check_mirror(SimNode& n) {
+    const Core& c = *n.core;
+    if (n.mirror_last() != c.last_index())
+      throw Violation("mirror: " + n.id + " handed its disk a log ending at " + std::to_string(n.mirror_last()) +
+                      " but its log ends at " + std::to_string(c.last_index()));
+    const std::uint64_t lo = std::max(n.mirror_start, c.first_index() - 1);
+    const std::uint64_t hi = c.last_index();
+    if (hi < lo) return;
+    for (std::uint64_t i : {lo, hi, lo + (hi - lo) / 2})
+      if (n.mirror_term(i) != c.term_at(i))
+        throw Violation("mirror: " + n.id + " handed its disk term " + std::to_string(n.mirror_term(i)) + " at " +
+                        std::to_string(i) + " but its log holds term " + std::to_string(c.term_at(i)));
   }
 
   std::string describe_config(const Configuration& c) {
@@ -613,27 +837,12 @@ class Cluster {
   }
 
   void on_new_leader(SimNode& n, std::uint64_t term) {
-    // A leader holds the votes of a majority of its configuration's voters in its own term.
-    std::size_t granted = 0;
-    Configuration cfg = n.core->config();
-    for (const auto& m : cfg.members) {
-      if (!m.voter) continue;
-      const SimNode& v = nodes_.at(m.id);
-      if (m.id == n.id) {
-        granted += n.core->vote() == n.id ? 1 : 0;  // its own vote may still be on its way to disk
-        continue;
-      }
-      auto it = votes_.find(std::make_tuple(m.id, m.server_id.empty() ? v.server_id : m.server_id, term));
-      if (it != votes_.end() && it->second == n.id) ++granted;
-    }
-    if (granted < cfg.voter_count() / 2 + 1)
-      throw Violation("election safety: " + n.id + " leads term " + std::to_string(term) + " with " +
-                      std::to_string(granted) + " votes of " + std::to_string(cfg.voter_count()) + " voters");
     trace_line(n.id + " leads term " + std::to_string(term) + " with config " + describe_config(n.core->config()) +
                " at index " + std::to_string(n.core->config_index()));
     auto [it, fresh] = leaders_.emplace(term, n.id);
     if (!fresh && it->second != n.id)
       throw Violation("election safety: " + it->second + " and " + n.id + " both lead term " + std::to_string(term));
+    claims_[std::make_pair(n.id, term)] = LeaderClaim{n.core->config(), false};
     // Leader completeness: everything committed so far is in the new leader's log.
     std::uint64_t c = max_commit();
     if (n.mirror_last() < c)
@@ -642,6 +851,25 @@ class Cluster {
     if (c >= n.mirror_start && n.mirror_at(c) != committed_[c])
       throw Violation("leader completeness: " + n.id + " leads term " + std::to_string(term) +
                       " with a log that differs from the committed one at " + std::to_string(c));
+  }
+
+  /// A leader holds the durable votes of a majority of the voters it was elected by - its own
+  /// vote counted from its disk like the others' - before anything it does in its term shows.
+  void verify_leader(const SimNode& n, std::uint64_t term) {
+    auto it = claims_.find(std::make_pair(n.id, term));
+    if (it == claims_.end() || it->second.verified) return;
+    const Configuration& cfg = it->second.config;
+    std::size_t granted = 0;
+    for (const auto& m : cfg.members) {
+      if (!m.voter) continue;
+      const std::string sid = m.server_id.empty() ? nodes_.at(m.id).server_id : m.server_id;
+      auto v = votes_.find(std::make_tuple(m.id, sid, term));
+      if (v != votes_.end() && v->second == n.id) ++granted;
+    }
+    if (granted < cfg.voter_count() / 2 + 1)
+      throw Violation("election safety: " + n.id + " acts as leader of term " + std::to_string(term) + " with " +
+                      std::to_string(granted) + " durable votes of " + std::to_string(cfg.voter_count()) + " voters");
+    it->second.verified = true;
   }
 
   void check_node(SimNode& n) {
@@ -656,6 +884,10 @@ class Cluster {
         throw Violation("election safety: " + it->second + " and " + n.id + " both lead term " + std::to_string(c.term()));
     }
     std::uint64_t ci = c.commit_index();
+    if (ci < n.last_commit)
+      throw Violation(n.id + " commit index went back from " + std::to_string(n.last_commit) + " to " + std::to_string(ci));
+    n.last_commit = ci;
+    if (c.role() == Role::Leader && ci > 0 && c.term_at(ci) == c.term()) verify_leader(n, c.term());
     if (ci > n.mirror_last()) throw Violation(n.id + " commit index beyond its log");
     if (ci < n.mirror_start) return;
     if (ci < committed_.size()) {
@@ -677,12 +909,30 @@ class Cluster {
                       std::to_string(n.applied) + " is not the committed state");
   }
 
+  /// One outcome per proposal: applied where it was proposed, or aborted (unknown), not both.
+  void record_outcome(const SimNode& n, const EntryId& id, const char* outcome) {
+    auto [it, fresh] = outcomes_.emplace(std::make_tuple(n.id, n.generation, id.index, id.term), outcome);
+    if (!fresh)
+      throw Violation("proposals: (" + std::to_string(id.index) + ", " + std::to_string(id.term) + ") on " + n.id +
+                      " was " + it->second + " and then " + outcome);
+  }
+
   void apply(SimNode& n, const LogEntry& e) {
     if (e.index != n.applied + 1)
       throw Violation(n.id + " applies " + std::to_string(e.index) + " after " + std::to_string(n.applied));
+    if (e.timestamp_ms < n.applied_stamp)
+      throw Violation("time: " + n.id + " applies entry " + std::to_string(e.index) + " stamped " +
+                      std::to_string(e.timestamp_ms) + " after one stamped " + std::to_string(n.applied_stamp));
     n.applied = e.index;
+    n.applied_stamp = e.timestamp_ms;
     n.sm_chain = chain_hash(n.sm_chain, e);
     check_state(n, "apply");
+    if (e.type == EntryType::Command) {
+      auto [it, fresh] = applied_payloads_.emplace(e.payload, e.index);
+      if (!fresh && it->second != e.index)
+        throw Violation("proposals: " + e.payload + " applied at " + std::to_string(it->second) + " and at " +
+                        std::to_string(e.index));
+    }
     auto p = pending_.find(n.id);
     if (p != pending_.end()) {
       auto it = p->second.find(e.index);
@@ -690,6 +940,7 @@ class Cluster {
         if (it->second.term == e.term) {
           if (e.payload != it->second.payload)
             throw Violation("acknowledged proposal " + it->second.payload + " applied as " + e.payload);
+          record_outcome(n, EntryId{e.index, e.term}, "applied");
           ++acked_count_;
           acked_[e.index] = e.payload;
         }
@@ -704,17 +955,31 @@ class Cluster {
 
   void serve_reads(SimNode& n) {
     for (auto it = n.reads_waiting.begin(); it != n.reads_waiting.end();) {
-      if (n.applied < it->first) {
+      if (n.applied < it->index) {
         ++it;
         continue;
       }
-      auto r = reads_.find(it->second);
+      auto r = reads_.find(it->request_id);
       if (r != reads_.end()) {
         // The read sees the state at n.applied: it must include every commit made before it
         // was issued.
         if (n.applied < r->second.commit_at_issue)
           throw Violation("linearizability: read on " + n.id + " served at " + std::to_string(n.applied) +
                           " but " + std::to_string(r->second.commit_at_issue) + " was committed when it was issued");
+        // It judges expiry at the leader's time, or the last stamp applied here if later.
+        const std::int64_t time = std::max(it->time_ms, n.applied_stamp);
+        for (const auto& [term, earlier] : r->second.earlier_times) {
+          // Across leaders: by the clocks' skew, and a tick (a core reads its clock per tick).
+          const std::int64_t allowed =
+              term == it->term ? earlier : earlier - clock_spread_ - static_cast<std::int64_t>(kTick);
+          if (time < allowed)
+            throw Violation("time: a read on " + n.id + " confirmed in term " + std::to_string(it->term) +
+                            " judges expiry at " + std::to_string(time) + ", before " + std::to_string(earlier) +
+                            " of a read that completed earlier (term " + std::to_string(term) + ", clock skew " +
+                            std::to_string(clock_spread_) + ")");
+        }
+        std::int64_t& best = completed_read_times_[it->term];
+        best = std::max(best, time);
         ++reads_ok_;
         reads_.erase(r);
       }
@@ -730,14 +995,21 @@ class Cluster {
   std::map<std::pair<std::uint64_t, std::uint64_t>, Event> events_;
   std::map<NodeId, SimNode> nodes_;
   std::set<std::pair<NodeId, NodeId>> cut_;
+  std::int64_t clock_spread_ = 0;  // the largest difference between two nodes' clocks so far
   // checkers
   std::map<std::uint64_t, NodeId> leaders_;
+  std::map<std::pair<NodeId, std::uint64_t>, LeaderClaim> claims_;
   std::map<std::tuple<NodeId, std::string, std::uint64_t>, NodeId> votes_;  // (node, server id, term) -> vote
+  std::map<Identity, std::uint64_t> sent_terms_;                            // highest term sent
+  std::map<Identity, std::map<std::uint64_t, std::uint64_t>> acknowledged_;  // index -> term
   std::map<std::pair<std::uint64_t, std::uint64_t>, std::uint64_t> entries_;
   std::vector<std::uint64_t> committed_{0};
   std::map<NodeId, std::map<std::uint64_t, Pending>> pending_;
+  std::map<std::tuple<NodeId, std::uint64_t, std::uint64_t, std::uint64_t>, std::string> outcomes_;
+  std::map<std::string, std::uint64_t> applied_payloads_;
   std::map<std::uint64_t, std::string> acked_;
   std::map<std::uint64_t, ReadRecord> reads_;
+  std::map<std::uint64_t, std::int64_t> completed_read_times_;  // confirming term -> latest time
   std::uint64_t proposal_counter_ = 0;
   std::uint64_t read_counter_ = 0;
   std::uint64_t acked_count_ = 0;

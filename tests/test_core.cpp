@@ -4,9 +4,13 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+
 namespace {
 
 using namespace raft;
+
+constexpr std::int64_t kT0 = 1'700'000'000'000;  // a wall clock reading, ms since the epoch
 
 Configuration voters(std::initializer_list<const char*> ids) {
   Configuration c;
@@ -118,10 +122,12 @@ NodeId wait_for_leader(sim::Cluster& c, int ticks = 100) {
 
 // ---- elections ---------------------------------------------------------------------------
 
-TEST_CASE("a founder with no peers leads at once, in term 10", "[core]") {
+TEST_CASE("a founder with no peers leads at its first tick, in term 10", "[core]") {
   CoreState st;
   st.initial_config = voters({"1"});
   Core c(options("1"), st);
+  CHECK(drain(c).batches.empty());  // no clock yet: nothing to stamp its first entry with
+  c.tick(kT0);
   Drained d = drain(c);
   CHECK(c.role() == Role::Leader);
   CHECK(c.term() == 10);
@@ -130,6 +136,67 @@ TEST_CASE("a founder with no peers leads at once, in term 10", "[core]") {
   // Its vote and its no-op were made durable before it counted itself.
   REQUIRE(!d.batches.empty());
   CHECK(d.batches.front().hard_state == HardState{10, "1"});
+  REQUIRE(d.committed.size() == 1);
+  CHECK(d.committed[0].timestamp_ms == kT0);
+}
+
+TEST_CASE("time never runs backwards: a restart from a snapshot stamps at least the snapshot's time", "[core]") {
+  // A single voter restarts from a snapshot whose last entry was stamped at kT0 + 5000, and
+  // its clock now reads earlier (it was wrong before, or it is wrong now).
+  auto snap = std::make_shared<raft::Snapshot>();
+  snap->meta.index = 7;
+  snap->meta.term = 10;
+  snap->meta.config = voters({"1"});
+  snap->meta.timestamp_ms = kT0 + 5000;
+  CoreState st;
+  st.hard_state = HardState{10, "1"};
+  st.snapshot = snap;
+  Core c(options("1"), st);
+  c.tick(kT0);
+  Drained d = drain(c);
+  REQUIRE(c.role() == Role::Leader);
+  REQUIRE(d.committed.size() == 1);
+  CHECK(d.committed[0].timestamp_ms == kT0 + 5000);  // the no-op
+  REQUIRE(c.propose("*1\r\n$4\r\nping\r\n", kT0 + 1).ok());
+  d = drain(c);
+  REQUIRE(d.committed.size() == 1);
+  CHECK(d.committed[0].timestamp_ms == kT0 + 5000);
+  // A read judges expiry no earlier than that either.
+  c.read_index(1);
+  d = drain(c);
+  REQUIRE(d.reads.size() == 1);
+  CHECK(d.reads[0].ok);
+  CHECK(d.reads[0].time_ms == kT0 + 5000);
+  CHECK(d.reads[0].term == 20);
+}
+
+TEST_CASE("a lone voter sends nothing in a term before that term is on its disk", "[core]") {
+  // Voter 1 with learner 2: it wins alone inside its campaign. Its appends to the learner
+  // carry the new term, so they leave only with (or after) the batch that holds that term.
+  CoreState st;
+  Configuration cfg = voters({"1"});
+  cfg.upsert(Member{"2", "", "sid-2", false});
+  st.initial_config = cfg;
+  st.hard_state = HardState{10, ""};
+  Core c(options("1"), st);
+  c.tick(kT0);
+  REQUIRE(c.role() == Role::Leader);
+  Drained d = drain(c, /*persist=*/false);
+  REQUIRE(d.batches.size() == 1);
+  REQUIRE(d.batches[0].hard_state);
+  CHECK(d.batches[0].hard_state->term == 20);
+  CHECK_FALSE(d.sent.empty());
+  for (const Message& m : d.sent) {
+    INFO(raft::to_string(m.type) << " to " << m.to);
+    CHECK(std::find(d.after_persist.begin(), d.after_persist.end(), m) != d.after_persist.end());
+  }
+  // Once durable, nothing holds them back.
+  c.persisted(d.batches[0].seq);
+  c.tick(kT0 + 10);
+  d = drain(c, /*persist=*/false);
+  const Message* hb = find(d.sent, MessageType::Heartbeat, "2");
+  REQUIRE(hb != nullptr);
+  CHECK(find(d.after_persist, MessageType::Heartbeat, "2") == nullptr);
 }
 
 TEST_CASE("elections campaign for the current term plus ten, and pre-vote asks about that term", "[core]") {
@@ -315,10 +382,79 @@ TEST_CASE("figure 8: a leader commits entries of older terms only through one of
   CHECK(c.leader_ready());
 }
 
+TEST_CASE("a follower commits only up to the last entry the append carried, not a stale suffix beyond it",
+          "[core]") {
+  // Follower 2 holds 1-5 of term 10 and a stale 6-8 of term 20 (a deposed leader's). The
+  // leader of term 30 holds 1-5 and its own 6 (committed). A delayed append that carries only
+  // entry 5 and commit 6 must not make the follower commit its stale entry 6.
+  CoreState st;
+  st.initial_config = voters({"1", "2", "3"});
+  st.hard_state = HardState{30, ""};
+  for (std::uint64_t i = 1; i <= 8; ++i) st.entries.push_back(entry(i, i <= 5 ? 10 : 20));
+  Core c(options("2"), st);
+  Message a = message(MessageType::Append, "1", "2", 30);
+  a.index = 4;
+  a.log_term = 10;
+  a.entries = {entry(5, 10)};
+  a.commit = 6;
+  c.step(a);
+  Drained d = drain(c);
+  CHECK(c.commit_index() == 5);
+  for (const auto& e : d.committed) CHECK(e.term == 10);
+  const Message* r = find(d.sent, MessageType::AppendResponse);
+  REQUIRE(r != nullptr);
+  CHECK_FALSE(r->reject);
+  CHECK(r->index == 5);
+}
+
+TEST_CASE("a heartbeat response promises nothing and does not wait for the disk", "[core]") {
+  CoreState st;
+  st.initial_config = voters({"1", "2", "3"});
+  st.hard_state = HardState{10, ""};
+  Core c(options("2"), st);
+  Message a = message(MessageType::Append, "1", "2", 10);
+  a.entries = {entry(1, 10)};
+  c.step(a);
+  Drained d = drain(c, /*persist=*/false);  // the append's batch stays on its way to disk
+  REQUIRE(d.batches.size() == 1);
+  CHECK(find(d.after_persist, MessageType::AppendResponse) != nullptr);
+  Message hb = message(MessageType::Heartbeat, "1", "2", 10);
+  hb.context = 7;
+  c.step(hb);
+  d = drain(c, /*persist=*/false);
+  const Message* r = find(d.sent, MessageType::HeartbeatResponse);
+  REQUIRE(r != nullptr);
+  CHECK(r->context == 7);
+  CHECK(find(d.after_persist, MessageType::HeartbeatResponse) == nullptr);
+}
+
+TEST_CASE("followers whose disks are slower than the election timeout do not unseat a healthy leader",
+          "[core]") {
+  sim::Options o = calm(3);
+  o.core.check_quorum = true;
+  sim::Cluster c(43, o);
+  NodeId l = wait_for_leader(c);
+  REQUIRE(!l.empty());
+  const std::uint64_t term = c.core(l).term();
+  // Every group commit of both followers now takes three election timeouts.
+  for (const auto& [id, n] : c.nodes())
+    if (id != l) c.set_disk_delay(id, 3 * 10 * sim::Cluster::kTick);
+  for (int t = 0; t < 300; ++t) {
+    if (t % 5 == 0) c.propose(l);
+    if (t % 7 == 0) c.read(l);
+    c.run_ticks(1);
+    REQUIRE(c.leader() == l);
+    REQUIRE(c.core(l).term() == term);
+  }
+  CHECK(c.reads_ok() > 0);  // its read rounds complete: heartbeats are answered at once
+  CHECK(c.acked() > 0);     // and writes commit, slowly
+}
+
 TEST_CASE("the leader counts itself only once its own log is durable", "[core]") {
   CoreState st;
   st.initial_config = voters({"1"});
   Core c(options("1"), st);
+  c.tick(900);
   drain(c);
   ProposeResult p = c.propose("set k v", 1000);
   REQUIRE(p.ok());
@@ -381,6 +517,7 @@ TEST_CASE("leader timestamps never go backwards", "[core]") {
   CoreState st;
   st.initial_config = voters({"1"});
   Core c(options("1"), st);
+  c.tick(1000);
   drain(c);
   auto a = c.propose("a", 5000);
   auto b = c.propose("b", 4000);  // the clock stepped back
@@ -600,23 +737,41 @@ TEST_CASE("a joiner is added as a learner, caught up and promoted, up to max_vot
   }
 }
 
-TEST_CASE("a wiped member is a stranger until it is re-added", "[core]") {
+TEST_CASE("a wiped member is a stranger until the leader re-adds it under its new identity", "[core]") {
   sim::Cluster c(29, calm(3));
   NodeId l = wait_for_leader(c);
   REQUIRE(!l.empty());
   NodeId f = l == "3" ? "2" : "3";
   for (int i = 0; i < 5; ++i) c.propose(l);
   c.run_ticks(10);
-  c.wipe(f);
-  c.run_ticks(30);
-  // Its new server id does not match the configuration: nothing it says counts.
-  CHECK(c.core(l).progress().at(f).match > c.core(f).last_index());
-  REQUIRE(c.join(f));  // re-added as a learner with its new identity
+  const std::string old_sid = c.node(f).server_id;
+  const std::uint64_t match_before = c.core(l).progress().at(f).match;
+  // Nothing a stranger says counts: an acknowledgement under another server id moves nothing.
+  raft::Message ack;
+  ack.type = raft::MessageType::AppendResponse;
+  ack.from = f;
+  ack.to = l;
+  ack.server_id = "somebody-else";
+  ack.term = c.core(l).term();
+  ack.index = c.core(l).last_index() + 5;
+  c.core(l).step(ack);
+  CHECK(c.core(l).progress().at(f).match == match_before);
+  CHECK(c.core(l).config().find(f)->server_id == old_sid);
+
+  c.wipe(f);  // comes back empty, with a new server id, and without -e: it does not ask
+  bool readded = false;
+  for (int t = 0; t < 100 && !readded; ++t) {
+    c.run_ticks(1);
+    const Member* m = c.core(c.leader()).config().find(f);
+    readded = m != nullptr && m->server_id == c.node(f).server_id;
+  }
+  REQUIRE(readded);  // the leader heard it under its new identity and re-added it
   c.run_ticks(60);
   const Member* m = c.core(c.leader()).config().find(f);
   REQUIRE(m != nullptr);
   CHECK(m->server_id == c.node(f).server_id);
   CHECK(m->voter);  // caught up and promoted again
+  CHECK(c.core(f).last_index() == c.core(c.leader()).last_index());
 }
 
 TEST_CASE("a static peer map learns every member's server id through the log", "[core]") {
