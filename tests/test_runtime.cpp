@@ -30,6 +30,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <arpa/inet.h>
@@ -868,6 +869,15 @@ TEST_CASE("a long Node::read on the leader does not stop its heartbeats", "[runt
       released.wait_for(scaled(60000));
     });
   });
+  bool let_go = false;
+  const auto let_go_once = [&] {
+    if (!std::exchange(let_go, true)) release.set_value();
+  };
+  // Also when a REQUIRE below ends the test early (before `reader` waits for the thread).
+  struct LetGo {
+    std::function<void()> f;
+    ~LetGo() { f(); }
+  } let_go_on_exit{let_go_once};
   REQUIRE(eventually([&] { return holding.load(); }));
   // A write meanwhile commits, and its apply waits for the data lock (its handler needs the
   // data): the apply thread is blocked too, as it is when a reader is slow in production.
@@ -887,7 +897,7 @@ TEST_CASE("a long Node::read on the leader does not stop its heartbeats", "[runt
   }, 4 * max_election_timeout_ms());
   // Positive evidence that the lock was held all along: the write could not be applied.
   const bool write_waited = write.wait_for(std::chrono::seconds(0)) != std::future_status::ready;
-  release.set_value();
+  let_go_once();
   INFO("expected leader " << leader << " in term " << term << "; last seen: " << seen << "\n" << c.all_logs());
   CHECK(steady);
   CHECK(write_waited);
