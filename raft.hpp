@@ -6849,12 +6849,17 @@ inline void Runtime::drive() {
 
 inline void Runtime::on_persisted(std::uint64_t seq, bool ok, std::vector<Message> after) {
   if (halted_) return;
+#ifdef RAFT_MUTANT_ACK_BEFORE_FSYNC_VERDICT
+  for (const auto& m : after) send_peer(m);  // mutant: the promises leave before the verdict
+#endif
   if (!ok) {
     storage_failed(storage_->failure());
     return;
   }
   if (failed_) return;
+#ifndef RAFT_MUTANT_ACK_BEFORE_FSYNC_VERDICT
   for (const auto& m : after) send_peer(m);  // promises leave only once durable
+#endif
   std::lock_guard<std::mutex> lock(core_mu_);
   core_->persisted(seq);
   drive();
@@ -8069,11 +8074,19 @@ inline void Runtime::complete_op(std::uint64_t conn, std::uint64_t op, Reply rep
   o.reply = std::move(reply);
   if (o.kind == 'w') --c.unfinished_writes;
   if (o.kind == 'r') --c.unfinished_reads;
+#ifdef RAFT_MUTANT_REPLY_COMPLETION_ORDER
+  resp::write(c.out, o.reply, c.protocol);  // mutant: written as it completes, not in request order
+  while (!c.ops.empty() && c.ops.front().done) {
+    c.ops.pop_front();
+    ++c.first_op;
+  }
+#else
   while (!c.ops.empty() && c.ops.front().done) {
     resp::write(c.out, c.ops.front().reply, c.protocol);
     c.ops.pop_front();
     ++c.first_op;
   }
+#endif
   if (!c.out.empty() && !flush_out(c.fd, c.out)) c.close_after_flush = true;
   if (c.out.size() > cfg_.max_client_output) {
     if (!c.kill) log(LogLevel::Warning, "closing a client that does not read its replies (" + std::to_string(c.out.size()) + " bytes waiting)");

@@ -92,6 +92,18 @@ bool eventually(milliseconds timeout, Cond cond) {
   }
 }
 
+/// Checks `cond` every few milliseconds for `timeout`: true if it held every time, false as
+/// soon as it does not. For what must stay true over a period, not only at one instant.
+template <class Cond>
+bool holds_for(milliseconds timeout, Cond cond) {
+  const auto deadline = Clock::now() + timeout;
+  do {
+    if (!cond()) return false;
+    std::this_thread::sleep_for(milliseconds(10));
+  } while (Clock::now() < deadline);
+  return cond();
+}
+
 inline std::string read_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   std::ostringstream s;

@@ -594,7 +594,14 @@ TEST_CASE("background expiry is a conditional delete: a renewed key survives", "
   CHECK(db.store.due(db.now, 10).empty());
 }
 
-TEST_CASE("two stores fed the same commands and timestamps write the same snapshot", "[store][commands]") {
+TEST_CASE("two stores fed the same commands and timestamps write the same snapshot, one of them restored from "
+          "its snapshot halfway",
+          "[store][commands]") {
+  // Two replicas of one log: `two` installs its own snapshot halfway (as a follower that was
+  // sent one, or a restart), so its store is built from the snapshot text and not by the
+  // commands before it. Both apply the rest, with the leader's background expiry in between
+  // (the conditional deletes of the keys due on whichever of them leads), and must answer
+  // every command alike and end with the same snapshot.
   Db one, two;
   std::mt19937_64 rng(12345);
   const std::vector<std::vector<std::string>> templates = {
@@ -603,8 +610,38 @@ TEST_CASE("two stores fed the same commands and timestamps write the same snapsh
       {"hset", "K", "F", "V"}, {"hdel", "K", "F"}, {"hincrby", "K", "F", "N"},
       {"lpush", "K", "V"}, {"rpush", "K", "V", "V"}, {"lpop", "K"}, {"rpop", "K", "N"},
       {"lrem", "K", "S", "V"}, {"ltrim", "K", "S", "S"}, {"lset", "K", "S", "V"},
-      {"mset", "K", "V", "K", "V"}, {"getset", "K", "V"}, {"setnx", "K", "V"}};
-  for (int i = 0; i < 20000; ++i) {
+      {"mset", "K", "V", "K", "V"}, {"getset", "K", "V"}, {"setnx", "K", "V"},
+      {"set", "K", "V", "keepttl"}, {"pexpire", "K", "N"},
+      // reads, whose answers depend on the expiry index as well as on the data
+      {"dbsize"}, {"keys", "*"}, {"pttl", "K"}, {"exists", "K", "K"}};
+  constexpr int kCommands = 20000;
+  int restored = 0, expired_in_rounds = 0;
+  for (int i = 0; i < kCommands; ++i) {
+    if (i == kCommands / 2) {
+      std::string text;
+      raft::SnapshotMeta meta;
+      meta.index = static_cast<std::uint64_t>(i);
+      meta.timestamp_ms = two.now;
+      two.store.write_snapshot(text, meta);
+      Store from_snapshot;
+      raft::SnapshotMeta meta_back;
+      std::string error;
+      REQUIRE(Store::read_snapshot(text, from_snapshot, meta_back, error));
+      REQUIRE(from_snapshot.size() > 0);
+      two.store = std::move(from_snapshot);
+      ++restored;
+    }
+    if (i % 50 == 49) {
+      // A background expiry round: the leader (one, then two, in turn) proposes its due keys;
+      // both apply the conditional deletes at the entry's timestamp.
+      const Store& leader = (i / 50) % 2 == 0 ? one.store : two.store;
+      for (const std::string& key : leader.due(one.now, 8)) {
+        INFO("expiry of " << key << " at command " << i);
+        const bool deleted = one.store.check_ttl(key, one.now);
+        REQUIRE(two.store.check_ttl(key, two.now) == deleted);
+        expired_in_rounds += deleted ? 1 : 0;
+      }
+    }
     std::vector<std::string> w = templates[rng() % templates.size()];
     for (auto& word : w) {
       if (word == "K") word = "key" + std::to_string(rng() % 40);
@@ -616,12 +653,33 @@ TEST_CASE("two stores fed the same commands and timestamps write the same snapsh
     const std::int64_t step = static_cast<std::int64_t>(rng() % 20);
     one.now += step;
     two.now += step;
+    INFO("command " << i << ": " << w[0]);
     REQUIRE(one(w) == two(w));
   }
+  CHECK(restored == 1);
+  CHECK(expired_in_rounds > 0);
   std::string a, b;
   one.store.write_snapshot(a, {});
   two.store.write_snapshot(b, {});
   CHECK(a == b);
   CHECK(one.store == two.store);
   CHECK(one.store.size() > 0);
+  CHECK(one.store.due(one.now + 1000, 1000) == two.store.due(two.now + 1000, 1000));
+  CHECK(one.store.live_size(one.now) == two.store.live_size(two.now));
+
+  // A third store with the same contents, inserted in the opposite key order: the snapshot
+  // depends on the contents only.
+  std::vector<std::tuple<std::string, Store::Object, std::optional<std::int64_t>>> contents;
+  one.store.for_each([&](const std::string& key, const Store::Object& o, std::optional<std::int64_t> d) {
+    contents.emplace_back(key, o, d);
+  });
+  Store three;
+  for (auto it = contents.rbegin(); it != contents.rend(); ++it) {
+    const auto& [key, object, deadline] = *it;
+    three.put(key, object.kind) = object;
+    if (deadline) three.set_deadline(key, *deadline);
+  }
+  std::string c;
+  three.write_snapshot(c, {});
+  CHECK(c == a);
 }

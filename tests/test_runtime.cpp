@@ -30,6 +30,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <arpa/inet.h>
@@ -78,6 +79,22 @@ bool eventually(Cond cond, int ms = 15000) {
     std::this_thread::sleep_for(5ms);
   }
 }
+
+/// Polls `cond` every few milliseconds for `ms` (scaled): true if it held every time, false as
+/// soon as it does not. For what must stay true over a period, not only at one instant.
+template <class Cond>
+bool holds_for(Cond cond, int ms) {
+  const auto deadline = std::chrono::steady_clock::now() + scaled(ms);
+  do {
+    if (!cond()) return false;
+    std::this_thread::sleep_for(5ms);
+  } while (std::chrono::steady_clock::now() < deadline);
+  return cond();
+}
+
+/// The longest election timeout of a node with the default configuration (a random time
+/// between the minimum and twice it), unscaled.
+int max_election_timeout_ms() { return 2 * raft::Config().election_timeout_ms; }
 
 /// Waits for a future within `ms` (scaled); false if it is not ready by then.
 template <class T>
@@ -388,24 +405,35 @@ raft::Reply admin_until_done(const std::function<raft::Reply()>& call, int ms = 
   return r;
 }
 
-/// Connects to a node's client port, sends `bytes` and returns what comes back until `lines`
-/// CRLF-terminated lines arrived (or the connection closes, or 5 s pass, scaled).
-std::string raw_command(const std::string& addr, const std::string& bytes, int lines = 1) {
+/// A connection to a node's client port ("ip:port") that gives up receiving after 5 s
+/// (scaled); -1 if it cannot connect.
+int connect_client(const std::string& addr) {
   auto colon = addr.rfind(':');
   std::string host = addr.substr(0, colon);
   int port = std::atoi(addr.c_str() + colon + 1);
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return "";
+  if (fd < 0) return -1;
   sockaddr_in sa{};
   sa.sin_family = AF_INET;
   sa.sin_port = htons(static_cast<std::uint16_t>(port));
   ::inet_pton(AF_INET, host.c_str(), &sa.sin_addr);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  timeval tv{};
+  tv.tv_sec = static_cast<long>(5 * time_scale());
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  return fd;
+}
+
+/// Connects to a node's client port, sends `bytes` and returns what comes back until `lines`
+/// CRLF-terminated lines arrived (or the connection closes, or 5 s pass, scaled).
+std::string raw_command(const std::string& addr, const std::string& bytes, int lines = 1) {
+  int fd = connect_client(addr);
+  if (fd < 0) return "";
   std::string out;
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0 &&
-      ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size())) {
-    timeval tv{};
-    tv.tv_sec = static_cast<long>(5 * time_scale());
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  if (::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size())) {
     char buf[4096];
     auto line_count = [&] {
       int n = 0;
@@ -420,6 +448,35 @@ std::string raw_command(const std::string& addr, const std::string& bytes, int l
   }
   ::close(fd);
   return out;
+}
+
+/// Sends `commands` in one write on a fresh client connection and returns their replies
+/// (describe()d) in the order they arrive; fewer if the connection fails or stays silent for
+/// 5 s (scaled).
+std::vector<std::string> pipelined(const std::string& addr, const std::vector<std::vector<std::string>>& commands) {
+  std::vector<std::string> replies;
+  int fd = connect_client(addr);
+  if (fd < 0) return replies;
+  std::string bytes;
+  for (const auto& c : commands) resp::write_command(bytes, c);
+  if (::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size())) {
+    resp::ReplyParser parser;
+    char buf[4096];
+    while (replies.size() < commands.size()) {
+      raft::Reply r;
+      resp::Status st = parser.next(r);
+      if (st == resp::Status::Ok) {
+        replies.push_back(describe(r));
+        continue;
+      }
+      if (st == resp::Status::Error) break;
+      ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      if (n <= 0) break;
+      parser.feed(buf, static_cast<std::size_t>(n));
+    }
+  }
+  ::close(fd);
+  return replies;
 }
 
 /// An fsync replacement that starts failing with EIO when told to.
@@ -801,11 +858,55 @@ TEST_CASE("a long Node::read on the leader does not stop its heartbeats", "[runt
   REQUIRE(leader != 0);
   REQUIRE(is_ok(c[leader].execute({"set", "k", "v"})));
   const std::uint64_t term = c[leader].term();
-  // Hold the data lock for several election timeouts (300-600 ms each).
-  c[leader].read([](const raft::Store&) { std::this_thread::sleep_for(scaled(2000)); });
-  INFO(c.all_logs());
-  CHECK(c.current_leader() == leader);
-  for (int i = 1; i <= 3; ++i) CHECK(c[i].term() == term);
+
+  // A user thread holds the data lock (Node::read) until the test lets go.
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  std::atomic<bool> holding{false};
+  auto reader = std::async(std::launch::async, [&] {
+    c[leader].read([&](const raft::Store&) {
+      holding = true;
+      released.wait_for(scaled(60000));
+    });
+  });
+  bool let_go = false;
+  const auto let_go_once = [&] {
+    if (!std::exchange(let_go, true)) release.set_value();
+  };
+  // Also when a REQUIRE below ends the test early (before `reader` waits for the thread).
+  struct LetGo {
+    std::function<void()> f;
+    ~LetGo() { f(); }
+  } let_go_on_exit{let_go_once};
+  REQUIRE(eventually([&] { return holding.load(); }));
+  // A write meanwhile commits, and its apply waits for the data lock (its handler needs the
+  // data): the apply thread is blocked too, as it is when a reader is slow in production.
+  auto write = c[leader].execute_async({"set", "k", "w"});
+
+  // Over several election timeouts, nobody campaigns: the same leader, followed by every node,
+  // in the same term, at every look.
+  std::string seen;
+  const bool steady = holds_for([&] {
+    seen = "leader " + std::to_string(c.current_leader()) + ", terms";
+    bool same = c.current_leader() == leader;
+    for (int i = 1; i <= 3; ++i) {
+      seen += " " + std::to_string(c[i].term());
+      same = same && c[i].term() == term;
+    }
+    return same;
+  }, 4 * max_election_timeout_ms());
+  // Positive evidence that the lock was held all along: the write could not be applied.
+  const bool write_waited = write.wait_for(std::chrono::seconds(0)) != std::future_status::ready;
+  let_go_once();
+  INFO("expected leader " << leader << " in term " << term << "; last seen: " << seen << "\n" << c.all_logs());
+  CHECK(steady);
+  CHECK(write_waited);
+  REQUIRE(ready_within(reader));
+  REQUIRE(ready_within(write));
+  raft::Reply w = write.get();
+  INFO(describe(w));
+  CHECK(is_ok(w));
+  CHECK(stored(c[leader], "k") == "w");
 }
 
 // =============================================================================================
@@ -861,16 +962,27 @@ TEST_CASE("a stopping leader sees the new leader's term before it stops", "[runt
   Cluster c(17, 3);
   std::uint64_t old_term = 0;
   int leader = stop_leader(c, old_term).first;
+  INFO("term before the handover: " << old_term);
   // While it still heartbeats (before "stopping") it hears the newer term: the target
   // campaigned at once instead of waiting for an election timeout, and leave() returned
   // because leadership moved, not because its wait ran out.
+  //
+  // The order of these two lines is guaranteed, not a race: the line for the role change is
+  // written by the thread that changes the role, under the core's lock, before it wakes
+  // leave(); leave() looks at the role under that lock; "stopping" is written after leave()
+  // returns. So the follower line comes first exactly when leave() returned because the role
+  // changed, and comes after (or never) when its wait ran out.
   const LogLines& logs = c.test_node(leader).logs();
   long handing = logs.find("leaving: handing leadership to ");
   long follower_line = logs.find("role f in term ", handing);
   long stopping_line = logs.find("stopping", handing);
   INFO(c.all_logs());
-  CHECK(follower_line >= 0);
+  REQUIRE(follower_line >= 0);
   CHECK(follower_line < stopping_line);
+  // The term it follows in is the new leader's, above its own.
+  const std::string line = logs.line(follower_line);
+  const std::uint64_t seen_term = std::stoull(line.substr(line.find("role f in term ") + 15));
+  CHECK(seen_term > old_term);
 }
 
 // =============================================================================================
@@ -955,17 +1067,17 @@ TEST_CASE("a key set with PX disappears on every node and the leader deletes it 
   int leader = c.wait_for_leader();
   REQUIRE(leader != 0);
   int follower = c.other_than(leader);
+  int other = c.other_than(leader, follower);
   const std::string px = std::to_string(scaled(200).count());
   REQUIRE(is_ok(c[follower].execute({"set", "later", "w", "PX", "600000"})));
   REQUIRE(is_ok(c[follower].execute({"set", "k", "v", "PX", px})));
   c[leader].read([](const raft::Store& s) { CHECK(s.deadline("k").has_value()); });  // the leader applied it
+  const std::uint64_t commit_before_expiry = c[leader].commit_index();
 
   for (int i = 1; i <= 3; ++i) {
     INFO("node " << i);
     CHECK(eventually([&] { return c[i].execute({"get", "k"}).is_null(); }));
   }
-  // Followers never delete on their own: a key gone from a follower's store was deleted by an
-  // entry the leader proposed.
   for (int i = 1; i <= 3; ++i) {
     INFO("node " << i);
     CHECK(eventually([&] { return stored(c[i], "k") == "(none)"; }));
@@ -976,6 +1088,29 @@ TEST_CASE("a key set with PX disappears on every node and the leader deletes it 
     CHECK(size.type == resp::Type::Integer);
     CHECK(size.num == 1);
   }
+  // Nobody wrote since: what deleted it is an entry the leader proposed.
+  CHECK(c[leader].commit_index() > commit_before_expiry);
+
+  // Followers never delete on their own. With the leader and the other follower stopped, no
+  // entry can commit: a key whose deadline passes meanwhile is hidden from reads on the follower
+  // left alone, and stays in its store for as long as we watch.
+  const auto ttl = scaled(3000);
+  REQUIRE(is_ok(c[leader].execute({"set", "k2", "v2", "PX", std::to_string(ttl.count())})));
+  REQUIRE(eventually([&] { return stored(c[follower], "k2") == "v2"; }));
+  c[other].stop();
+  c[leader].stop();  // it may hand over to the follower, which then cannot commit anything
+  // Long before the deadline (ttl is far longer than two stops): the leader had no reason to
+  // propose its deletion yet.
+  REQUIRE(stored(c[follower], "k2") == "v2");
+  // Its deadline passes: the follower's reads hide it (a READONLY read is local)...
+  CHECK(eventually([&] { return raw_command(c[follower].address(), "READONLY\r\nGET k2\r\n", 2) == "+OK\r\n$-1\r\n"; }));
+  // ...and over many of the 100 ms expiry rounds and several election timeouts (a follower
+  // that led for a moment steps down for want of a majority), it is still stored.
+  std::string last = "v2";
+  CHECK(holds_for([&] { return (last = stored(c[follower], "k2")) == "v2"; }, 4 * max_election_timeout_ms()));
+  INFO(c.all_logs());
+  CHECK(last == "v2");
+  CHECK(c[follower].state() != 'l');
 }
 
 // =============================================================================================
@@ -1041,6 +1176,40 @@ TEST_CASE("a follower whose disk fails stops acknowledging while the two others 
   CHECK(c[leader].execute({"get", "k"}).str == "from-good");
   CHECK(c[good].execute({"get", "k"}).str == "from-good");
   CHECK(stored(c[bad], "k") != "from-good");
+}
+
+TEST_CASE("a follower whose fsync fails never acknowledges that batch, so a write it alone would make a majority "
+          "for is not committed",
+          "[runtime]") {
+  // The leader and one follower are all that run, and that follower's fsync of the write fails.
+  // Its acknowledgement would promise that the write is durable there: it must not leave, and
+  // the write times out (the leader steps down for want of a majority, or its wait runs out)
+  // instead of being committed on one durable copy.
+  DiskCluster dc(21);
+  Cluster& c = dc.cluster;
+  c.start();
+  int leader = c.wait_for_leader();
+  REQUIRE(leader != 0);
+  const int bad = c.other_than(leader), stopped = c.other_than(leader, bad);
+  REQUIRE(is_ok(c[leader].execute({"set", "k", "durable"})));
+  // Nothing is in flight to the follower when its disk starts failing: the next fsync it does
+  // is the one for the write below.
+  REQUIRE(eventually([&] { return c[bad].applied_index() == c[leader].applied_index(); }));
+  c[stopped].stop();
+  const std::uint64_t commit_before = c[leader].commit_index();
+  dc.disks[bad].fail_after(0);
+
+  auto f = c[leader].execute_async({"set", "k", "acknowledged-by-a-failed-disk"});
+  CHECK(eventually([&] { return c.test_node(bad).logs().contains("storage failed"); }));
+  bool answered = ready_within(f);
+  INFO(c.all_logs());
+  REQUIRE(answered);
+  raft::Reply r = f.get();
+  INFO(describe(r));
+  CHECK(r.is_error());
+  CHECK_THAT(r.str, StartsWith("TIMEOUT"));
+  CHECK(c[leader].commit_index() == commit_before);
+  CHECK(stored(c[leader], "k") == "durable");
 }
 
 TEST_CASE("a leader whose disk fails stops acknowledging and the two others elect a new leader", "[runtime]") {
@@ -1545,5 +1714,33 @@ TEST_CASE("INFO answers only the sections asked for, and ROLE shows other member
       CHECK_THAT(shown, EndsWith("/:0"));
     else
       CHECK(shown == "(nil)/(nil)");
+  }
+}
+
+// =============================================================================================
+// 15. Pipelining
+// =============================================================================================
+
+TEST_CASE("pipelined replies come in request order when a write waits for its commit and the next command is "
+          "answered at once, on the leader and on a follower",
+          "[runtime]") {
+  // A write is answered once it is committed and applied (after a round trip to a follower; on
+  // a follower, also the forward to the leader and back), while PING and ECHO are answered by
+  // the poll thread at once: without the reordering the replies would come in completion order.
+  Cluster c(28, 3);
+  c.start();
+  const int leader = c.wait_for_leader();
+  REQUIRE(leader != 0);
+  const int follower = c.other_than(leader);
+  for (const int node : {leader, follower}) {
+    INFO((node == leader ? "leader " : "follower ") << node);
+    const std::string p = "n" + std::to_string(node) + ":";
+    const std::vector<std::vector<std::string>> commands = {
+        {"SET", p + "a", "1"},   {"PING"},          {"INCR", p + "n"},   {"ECHO", "after-incr"},
+        {"SET", p + "b", "2"},   {"SET", p + "c", "3"}, {"PING", "after-two-sets"}, {"GET", p + "a"},
+        {"INCR", p + "n"},       {"ECHO", "last"}};
+    const std::vector<std::string> expected = {"+OK", "+PONG", ":1", "\"after-incr\"", "+OK", "+OK",
+                                               "\"after-two-sets\"", "\"1\"", ":2", "\"last\""};
+    CHECK(pipelined(c[node].address(), commands) == expected);
   }
 }
