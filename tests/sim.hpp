@@ -230,6 +230,9 @@ class Cluster {
   }
   /// Cuts every link between `group` and the other nodes.
   void partition(const std::set<NodeId>& group) {
+    std::string names;
+    for (const auto& id : group) names += id + " ";
+    trace_line("partition: " + names + "| the rest");
     for (const auto& [a, na] : nodes_)
       for (const auto& [b, nb] : nodes_)
         if (group.count(a) != group.count(b)) cut(a, b);

@@ -407,6 +407,77 @@ TEST_CASE("a follower commits only up to the last entry the append carried, not 
   CHECK(r->index == 5);
 }
 
+TEST_CASE("a read forwarded to a deposed leader is not answered without a heartbeat round", "[core]") {
+  // Without check-quorum a leader cut off with one follower does not step down; the other
+  // three elect a new leader and commit. The follower's read goes to its old leader, which
+  // must confirm with a majority first - it cannot, so the read fails rather than return stale
+  // state (the simulation throws on a stale read).
+  sim::Options o = calm(5);
+  o.core.check_quorum = false;
+  sim::Cluster c(47, o);
+  NodeId l = wait_for_leader(c);
+  REQUIRE(!l.empty());
+  NodeId f = l == "1" ? "2" : "1";
+  c.propose(l);
+  c.run_ticks(5);
+  c.partition({l, f});
+  NodeId next;
+  for (int t = 0; t < 200 && (next.empty() || next == l); ++t) {
+    c.run_ticks(1);
+    next = c.leader();
+    if (!next.empty() && next != l && !c.core(next).leader_ready()) next.clear();
+  }
+  REQUIRE(!next.empty());
+  REQUIRE(next != l);
+  CHECK(c.core(l).role() == Role::Leader);  // the deposed leader does not know it
+  for (int k = 0; k < 3; ++k) c.propose(next);
+  c.run_ticks(5);
+  REQUIRE(c.max_commit() > c.core(f).commit_index());
+  const std::uint64_t ok_before = c.reads_ok();
+  for (int k = 0; k < 3; ++k) c.read(f);
+  c.run_ticks(30);
+  CHECK(c.reads_ok() == ok_before);
+}
+
+TEST_CASE("a snapshot whose last entry the log holds installs nothing and keeps the entries after it",
+          "[core]") {
+  // Raft §7. Follower 2 holds 1-8 of term 10, some of them acknowledged already; the leader
+  // (which compacted to 5) sends its snapshot at (5, 10).
+  CoreState st;
+  st.initial_config = voters({"1", "2", "3"});
+  st.hard_state = HardState{10, "1"};
+  for (std::uint64_t i = 1; i <= 8; ++i) st.entries.push_back(entry(i, 10));
+  Core c(options("2"), st);
+  Message snap = message(MessageType::Snapshot, "1", "2", 10);
+  snap.index = 5;
+  snap.log_term = 10;
+  snap.config = voters({"1", "2", "3"});
+  snap.data = "the state at 5";
+  snap.done = true;
+  c.step(snap);
+  Drained d = drain(c);
+  for (const auto& b : d.batches) CHECK_FALSE(b.snapshot);  // nothing rewritten on disk
+  CHECK(c.last_index() == 8);
+  CHECK(c.snapshot_index() == 0);
+  CHECK(c.commit_index() == 5);
+  const Message* r = find(d.sent, MessageType::SnapshotResponse);
+  REQUIRE(r != nullptr);
+  CHECK(r->done);
+  CHECK(r->index == 5);
+  // A snapshot the log does not match (another term at 5) replaces the whole log.
+  Message other = snap;
+  other.term = 20;
+  other.log_term = 20;
+  other.index = 6;
+  c.step(other);
+  d = drain(c);
+  REQUIRE(!d.batches.empty());
+  REQUIRE(d.batches.front().snapshot);
+  CHECK(d.batches.front().entries.empty());
+  CHECK(c.last_index() == 6);
+  CHECK(c.snapshot_index() == 6);
+}
+
 TEST_CASE("a heartbeat response promises nothing and does not wait for the disk", "[core]") {
   CoreState st;
   st.initial_config = voters({"1", "2", "3"});

@@ -711,6 +711,34 @@ TEST_CASE("a custom write handler runs on every node with the entry's timestamp 
   for (int i = 1; i <= 3; ++i) CHECK(seen[&c[i]] == std::vector<std::int64_t>{r.num});
 }
 
+TEST_CASE("a linearizable read judges expiry at the leader's time, whatever the reading node's clock says",
+          "[runtime]") {
+  // Node 2's clock is a minute behind the true time, node 3's a minute ahead.
+  const std::map<std::string, std::int64_t> offset = {{"1", 0}, {"2", -60000}, {"3", 60000}};
+  Cluster c(29, 3, [&](raft::Config& cfg) {
+    const std::int64_t off = offset.at(cfg.id);
+    cfg.wall_clock = [off] { return wall_ms() + off; };
+  });
+  c.start();
+  int leader = c.wait_for_leader();
+  REQUIRE(leader != 0);
+  if (leader != 1) {
+    REQUIRE(is_ok(admin_until_done([&] { return c[leader].transfer_leadership("1"); })));
+    REQUIRE(eventually([&] { return c.current_leader() == 1; }));
+  }
+  // Alive for 30 s by the leader's clock: node 3's own clock already says it expired.
+  REQUIRE(is_ok(c[1].execute({"set", "alive", "v", "px", "30000"})));
+  CHECK(c[3].execute({"get", "alive"}).str == "v");
+  CHECK(c[2].execute({"get", "alive"}).str == "v");
+  // Expired by the leader's clock: node 2's own clock says it is still alive.
+  REQUIRE(is_ok(c[1].execute({"set", "gone", "v", "px", "300"})));
+  REQUIRE(eventually([&] { return c[1].execute({"get", "gone"}).is_null(); }));
+  CHECK(c[2].execute({"get", "gone"}).is_null());
+  CHECK(c[3].execute({"get", "gone"}).is_null());
+  CHECK(c[2].execute({"exists", "gone"}).num == 0);
+  CHECK(c[3].execute({"pttl", "alive"}).num > 20000);  // TTLs are reported in the leader's time too
+}
+
 // =============================================================================================
 // 5. execute() on the apply thread
 // =============================================================================================

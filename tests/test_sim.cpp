@@ -73,6 +73,7 @@ Outcome run_seed(std::uint64_t seed, bool trace) {
   };
   // How eventful this seed is.
   const double p_fault = 0.002 + static_cast<double>(r.below(10)) / 1000.0;
+  NodeId read_focus;  // a node that reads often for a while
   try {
     for (int step = 0; step < kSteps; ++step) {
       std::uint64_t dice = r.below(1000);
@@ -83,7 +84,9 @@ Outcome run_seed(std::uint64_t seed, bool trace) {
           for (int k = 0; k < burst; ++k) c.propose(l);
         }
       } else if (dice < 170) {
-        c.read(random_node());
+        // A follower cut off with its leader keeps reading through it while the majority
+        // moves on: the case where a read confirmed without a heartbeat round is stale.
+        c.read(!read_focus.empty() && r.chance(0.5) ? read_focus : random_node());
       } else if (r.chance(p_fault * 10)) {
         switch (r.below(16)) {
           case 0:
@@ -107,10 +110,18 @@ Outcome run_seed(std::uint64_t seed, bool trace) {
             NodeId l = c.leader();
             if (!l.empty() && r.chance(0.5)) {
               group.insert(l);
-              NodeId f = random_node();
-              group.insert(f);
+              read_focus = random_node();
+              group.insert(read_focus);
               c.partition(group);
-              for (int k = 0; k < 3; ++k) c.read(f);
+              if (r.chance(0.5)) {
+                // Give the rest time to elect a leader and commit, then read on the follower.
+                c.run_ticks(r.range(20, 50));
+                NodeId now_leader = c.leader();
+                if (!now_leader.empty())
+                  for (int k = 0; k < 3; ++k) c.propose(now_leader);
+                c.run_ticks(r.range(1, 10));
+                for (int k = 0; k < 3; ++k) c.read(read_focus);
+              }
               break;
             }
             for (auto& [id, n] : c.nodes())
@@ -118,7 +129,10 @@ Outcome run_seed(std::uint64_t seed, bool trace) {
             c.partition(group);
             break;
           }
-          case 7: c.heal(); break;
+          case 7:
+            c.heal();
+            read_focus.clear();
+            break;
           case 8: {
             NodeId l = c.leader();
             if (!l.empty()) c.core(l).transfer_leadership(random_node());

@@ -437,6 +437,9 @@ struct Config {
   /// Fault injection for tests: called instead of fdatasync/fsync on the data directory's
   /// files (return -1 with errno set to fail). Empty: the real calls.
   std::function<int(int fd)> fsync_hook;
+  /// The wall clock, in ms since the epoch (a leader stamps entries with it; READONLY reads
+  /// judge expiry by it). Empty: the system clock. Tests skew it.
+  std::function<std::int64_t()> wall_clock;
 
   /// Empty when valid, else what is wrong ("address '1.2.3' is not ip:port").
   std::string validate() const;

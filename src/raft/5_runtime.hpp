@@ -620,6 +620,8 @@ class Runtime {
     return l;
   }
   int scaled(int ms) const { return std::max(1, static_cast<int>(ms * cfg_.time_scale)); }
+  /// This node's wall clock (Config::wall_clock, else the system's).
+  std::int64_t now_ms() const { return cfg_.wall_clock ? cfg_.wall_clock() : wall_ms(); }
 
   // startup
   void open_storage();
@@ -666,7 +668,11 @@ class Runtime {
   void flush_batched(Batch& batch);
   void complete_op(std::uint64_t conn, std::uint64_t op, Reply reply);
   void expire_forwards();
-  Reply run_read(const Command& cmd, const std::vector<std::string>& words);
+  /// Runs a read handler at `now_ms` (the time it judges expiry by).
+  Reply run_read(const Command& cmd, const std::vector<std::string>& words, std::int64_t now_ms);
+  /// A confirmed linearizable read's time: the leader's, or the last stamp applied if later
+  /// (so every node judges it alike, and never before a write it follows).
+  std::int64_t read_time(const ReadState& rs) const { return std::max(rs.time_ms, applied_timestamp_.load()); }
   Reply connection_command(ClientConn* conn, const std::vector<std::string>& words, bool& handled);
   // peers
   bool read_peer(PeerConn& p);
@@ -742,7 +748,7 @@ class Runtime {
   std::mutex apply_mu_;
   std::condition_variable apply_cv_;
   std::deque<ApplyItem> apply_q_;
-  std::multimap<std::uint64_t, std::uint64_t> reads_by_index_;
+  std::multimap<std::uint64_t, ReadState> reads_by_index_;  // confirmed reads by read index
   bool fatal_ = false;
 
   // snapshots
@@ -1314,7 +1320,7 @@ inline void Runtime::ticker_loop() {
     {
       std::lock_guard<std::mutex> lock(core_mu_);
       if (!failed_) {
-        core_->tick(wall_ms());
+        core_->tick(now_ms());
         drive();
       }
     }
@@ -1327,7 +1333,7 @@ inline void Runtime::propose_expiry() {
     std::lock_guard<std::mutex> lock(core_mu_);
     if (!core_->leader_ready() || failed_) return;
   }
-  std::int64_t now = wall_ms();
+  std::int64_t now = now_ms();
   std::vector<std::string> due;
   {
     std::lock_guard<std::mutex> lock(data_mu_);
@@ -1417,7 +1423,7 @@ inline void Runtime::apply_loop() {
                            Reply::error("TRYAGAIN could not confirm leadership for a linearizable read: no leader "
                                         "reachable or no majority (READONLY allows stale local reads)"));
           } else {
-            reads_by_index_.emplace(rs.index, rs.request_id);
+            reads_by_index_.emplace(rs.index, rs);
             serve_reads();
           }
           break;
@@ -1514,7 +1520,8 @@ inline void Runtime::apply_entry(const LogEntry& e) {
 
 inline void Runtime::serve_reads() {
   while (!reads_by_index_.empty() && reads_by_index_.begin()->first <= applied_) {
-    std::uint64_t rid = reads_by_index_.begin()->second;
+    const ReadState rs = reads_by_index_.begin()->second;
+    const std::uint64_t rid = rs.request_id;
     reads_by_index_.erase(reads_by_index_.begin());
     std::vector<std::string> words;
     {
@@ -1524,7 +1531,8 @@ inline void Runtime::serve_reads() {
       words = it->second.words;
     }
     auto h = handlers_.find(words.empty() ? std::string() : words[0]);
-    finish_request(rid, h == handlers_.end() ? Reply::error("ERR unknown command") : run_read(h->second, words));
+    finish_request(rid, h == handlers_.end() ? Reply::error("ERR unknown command")
+                                             : run_read(h->second, words, read_time(rs)));
   }
 }
 
@@ -1537,9 +1545,9 @@ inline void Runtime::expire_waiting_reads() {
   {
     std::lock_guard<std::mutex> lock(req_mu_);
     for (auto it = reads_by_index_.begin(); it != reads_by_index_.end();) {
-      auto r = requests_.find(it->second);
+      auto r = requests_.find(it->second.request_id);
       if (r == requests_.end() || r->second.read_deadline < now) {
-        if (r != requests_.end()) expired.push_back(it->second);
+        if (r != requests_.end()) expired.push_back(it->second.request_id);
         it = reads_by_index_.erase(it);
       } else {
         ++it;
@@ -1551,9 +1559,9 @@ inline void Runtime::expire_waiting_reads() {
                                     "from the leader?); the read was not run"));
 }
 
-inline Reply Runtime::run_read(const Command& cmd, const std::vector<std::string>& words) {
+inline Reply Runtime::run_read(const Command& cmd, const std::vector<std::string>& words, std::int64_t now_ms) {
   std::lock_guard<std::mutex> lock(data_mu_);
-  Call call{store_, words, wall_ms(), &node_};
+  Call call{store_, words, now_ms, &node_};
   try {
     return cmd.fn(call);
   } catch (const std::exception& ex) {
@@ -1748,7 +1756,7 @@ inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector
 inline void Runtime::start_read(ClientConn* conn, const Caller& caller, std::vector<std::string>& words,
                                 const Command& cmd, Batch& batch) {
   if (conn && conn->readonly) {
-    finish(caller, run_read(cmd, words));  // READONLY: this node's data as it is
+    finish(caller, run_read(cmd, words, now_ms()));  // READONLY: this node's data and clock as they are
     return;
   }
   Request r;
@@ -1777,7 +1785,7 @@ inline void Runtime::flush_batched(Batch& batch) {
       for (std::uint64_t rid : reads) refused_reads_.push_back(rid);
     }
     for (auto& w : batch.writes) {
-      ProposeResult res = core_->propose(w.payload, wall_ms());
+      ProposeResult res = core_->propose(w.payload, now_ms());
       if (res.ok()) {
         Request r;
         r.conn = w.caller.conn;
@@ -1867,7 +1875,7 @@ inline Reply Runtime::admin(const std::vector<std::string>& w) {
     return Reply::error("MOVED " + m->id + " " + m->address + " membership changes are made on the leader");
   }
   ProposeResult res;
-  std::int64_t now = wall_ms();
+  std::int64_t now = now_ms();
   if (w[0] == "raft.add" || w[0] == "add_node") {
     HostPort hp;
     std::string error;
@@ -2324,7 +2332,8 @@ inline void Runtime::serve_ready_reads() {
       words = it->second.words;
     }
     auto h = handlers_.find(words.empty() ? std::string() : words[0]);
-    finish_request(rs.request_id, h == handlers_.end() ? Reply::error("ERR unknown command") : run_read(h->second, words));
+    finish_request(rs.request_id, h == handlers_.end() ? Reply::error("ERR unknown command")
+                                                       : run_read(h->second, words, read_time(rs)));
   }
 }
 
@@ -2554,7 +2563,7 @@ inline Reply Runtime::handle_join(const std::vector<std::string>& w) {
   if (m && !m->server_id.empty() && m->server_id != w[3])
     log(LogLevel::Warning, "node " + id + " asks to join with a new server id (its data directory was wiped?): "
                            "re-adding it as a learner; it catches up before it votes again");
-  ProposeResult res = core_->add_learner(Member{id, w[2], w[3], false}, wall_ms());
+  ProposeResult res = core_->add_learner(Member{id, w[2], w[3], false}, now_ms());
   if (res.ok()) {
     log(LogLevel::Info, "adding " + id + " at " + w[2] + " as a learner");
     drive();
