@@ -544,8 +544,10 @@ class Node {
   Node& on_follower(std::function<void(Node&)> fn);
   Node& on_candidate(std::function<void(Node&)> fn);
 
-  /// Opens the data directory, binds both ports and starts the threads. Throws
-  /// std::runtime_error saying what failed.
+  /// Binds both ports, opens the data directory and starts the threads. Throws
+  /// std::runtime_error saying what failed. A founder without a data directory first listens
+  /// for a cluster that counts its address as a member (900 ms with the default timeouts):
+  /// start() returns after that.
   void start();
   /// Blocks until the node has stopped.
   void join();
@@ -6599,7 +6601,9 @@ inline void Runtime::load_first_snapshot(const Store& loaded, std::shared_ptr<Sn
 // could not connect tries again at most PeerLink::kMaxBackoffMs later (not scaled); without a
 // leader, a voter campaigns at least every 2 x election_timeout_ms and sends a pre-vote to
 // every voter, opening a link to it if it had none. One election timeout more covers the
-// connection, the HELLO and a loaded machine. Defaults: max(500, 600) + 300 = 900 ms.
+// connection, the HELLO and a loaded machine. Defaults: max(500, 600) + 300 = 900 ms. (It
+// assumes the peers' links get an answer when they try: a refusal from a host that is up. A
+// connection attempt to a host that is down waits up to send_timeout_ms for one.)
 inline int Runtime::founding_listen_ms() const {
   return std::max(PeerLink::kMaxBackoffMs, scaled(2 * cfg_.election_timeout_ms)) + scaled(cfg_.election_timeout_ms);
 }

@@ -478,8 +478,10 @@ class Node {
   Node& on_follower(std::function<void(Node&)> fn);
   Node& on_candidate(std::function<void(Node&)> fn);
 
-  /// Opens the data directory, binds both ports and starts the threads. Throws
-  /// std::runtime_error saying what failed.
+  /// Binds both ports, opens the data directory and starts the threads. Throws
+  /// std::runtime_error saying what failed. A founder without a data directory first listens
+  /// for a cluster that counts its address as a member (900 ms with the default timeouts):
+  /// start() returns after that.
   void start();
   /// Blocks until the node has stopped.
   void join();
