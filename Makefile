@@ -7,7 +7,7 @@
 #   make bench           benchmarks beside real peers (hiredis, the raw disk)
 #   make fuzz            libFuzzer on the parsers (clang); FUZZ_TIME=seconds per target
 #   make run             starts a local 3-node cluster in the foreground
-#   make crash           SIGKILL of all three nodes under a write load, 20 times (1-2 minutes)
+#   make crash           SIGKILL of all three nodes under a write load, 20 times (~30 s)
 #   make upgrade         a cluster of the previous release upgraded node by node (needs git)
 #   CXX=clang++ works for every target.
 
@@ -150,7 +150,7 @@ run: $(BUILD)/examples/run_raft
 CRASH_CYCLES ?= 20
 crash: deps $(BUILD)/raft_tests $(BUILD)/examples/run_raft
 	RAFT_BUILD_DIR=$(BUILD) RAFT_TIME_SCALE=$(TIME_SCALE) RAFT_CRASH_CYCLES=$(CRASH_CYCLES) \
-	  $(BUILD)/raft_tests '[crash]' --durations yes
+	  $(BUILD)/raft_tests '[killall]' --durations yes
 
 # The upgrade starts from UPGRADE_FROM (the last commit with peer protocol 1 and snapshot
 # format 1), built from git history; without that history it says so and skips.

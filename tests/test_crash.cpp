@@ -5,7 +5,7 @@
 // answered as not run may be. RAFT_CRASH_CYCLES (default 20) cycles; RAFT_CRASH_SEED picks the
 // moments of the kills (printed, to repeat a run).
 //
-// Hidden from `make test` ([.crash]): it takes a minute or two.
+// Hidden from `make test` ([.killall]): it takes about half a minute.
 #include <catch2/catch.hpp>
 
 #include <signal.h>
@@ -29,7 +29,7 @@ long env_long(const char* name, long fallback) {
 }  // namespace
 
 TEST_CASE("every acknowledged write survives SIGKILL of all three nodes at once under a write load, again and again",
-          "[.crash]") {
+          "[.killall]") {
   using namespace proc_cluster;
   const long cycles = env_long("RAFT_CRASH_CYCLES", 20);
   const unsigned seed = static_cast<unsigned>(env_long("RAFT_CRASH_SEED", static_cast<long>(std::random_device{}())));
