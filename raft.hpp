@@ -6477,7 +6477,11 @@ inline void Runtime::open_storage() {
       throw std::runtime_error("data directory " + cfg_.data_dir + " belongs to node '" + identity_.node_id +
                                "', not '" + cfg_.id + "': pass that id with -i, or another directory with -d");
     for (const auto& note : rec.notes) log(LogLevel::Warning, "recovery: " + note);
+#ifdef RAFT_MUTANT_LOAD_ONLY_INTO_NEW_DIRECTORY
+    load = false;  // mutant: -l is ignored once the directory exists, even if nothing was loaded
+#else
     load = !cfg_.load_snapshot.empty() && unused_founder_directory(rec);
+#endif
     if (load) read_snapshot_to_load(loaded);
     st.hard_state = rec.hard_state;
     st.entries = std::move(rec.entries);
@@ -6512,7 +6516,9 @@ inline void Runtime::open_storage() {
       }
       id.cluster_id = hex64(fnv1a(text));
     } else if (cfg_.join.empty()) {
+#ifndef RAFT_MUTANT_FOUND_WITHOUT_LISTENING
       contact = listen_before_founding();
+#endif
       if (contact) {
         id.cluster_id = contact->cluster_id;  // a member-to-be of that cluster, never a founder
       } else {
