@@ -386,7 +386,8 @@ struct Config {
   std::string address;
   /// A static peer map (the same on every node, without this node): the cluster starts from
   /// this configuration and elects a leader. Empty, with `join` empty: this node founds a
-  /// cluster of one and leads at once.
+  /// cluster of one and leads it, after listening on its peer port for a cluster that already
+  /// counts its address as a member (then it founds nothing; see the README).
   std::map<NodeId, std::string> peers;
   /// Members to ask for joining ("nid/ip:port" or "ip:port"). The leader adds this node as
   /// a learner, catches it up and promotes it to voter. Ignored once the data directory
@@ -395,7 +396,7 @@ struct Config {
   /// Where the log, the term and vote and the snapshots live; empty: "raft-<id>-<port>".
   std::string data_dir;
   /// A snapshot to found the cluster with (ours, or pyraft's .dat layout). Used only when the
-  /// data directory is new.
+  /// data directory is new, or a founder's that a crash left before the snapshot was saved.
   std::string load_snapshot;
   /// Peers must present this secret before they learn anything. Empty: no secret.
   std::string secret;
@@ -480,8 +481,10 @@ class Node {
   Node& on_follower(std::function<void(Node&)> fn);
   Node& on_candidate(std::function<void(Node&)> fn);
 
-  /// Opens the data directory, binds both ports and starts the threads. Throws
-  /// std::runtime_error saying what failed.
+  /// Binds both ports, opens the data directory and starts the threads. Throws
+  /// std::runtime_error saying what failed. A founder without a data directory first listens
+  /// for a cluster that counts its address as a member (900 ms with the default timeouts):
+  /// start() returns after that.
   void start();
   /// Blocks until the node has stopped.
   void join();

@@ -425,6 +425,9 @@ class PeerLink {
     return address_;
   }
   bool connected() const { return connected_.load(); }
+  /// A link that cannot connect tries again after 20 ms, doubling up to this (unscaled):
+  /// within it of a node's restart, every link to that node has said HELLO again.
+  static constexpr int kMaxBackoffMs = 500;
   /// Tells the thread to finish and wakes it from a send to a peer that does not read.
   void request_stop() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -625,6 +628,18 @@ class Runtime {
 
   // startup
   void open_storage();
+  // A member of an existing cluster that said HELLO to this address while it listened
+  // before founding (listen_before_founding).
+  struct FoundingContact {
+    std::string cluster_id;
+    NodeId node;
+    std::string address;
+  };
+  std::optional<FoundingContact> listen_before_founding();
+  int founding_listen_ms() const;
+  bool unused_founder_directory(const Recovered& rec) const;
+  void load_first_snapshot(const Store& loaded, std::shared_ptr<Snapshot>& snapshot, CoreState& st);
+  bool secret_matches(const std::string& presented) const;
   CoreOptions core_options() const;
   // the core
   void drive();
@@ -806,6 +821,15 @@ inline CoreOptions Runtime::core_options() const {
   return o;
 }
 
+// What a new data directory holds, step by step (a crash at any point restarts safely):
+//   founder (no -e, no peer map): nothing while it listens (listen_before_founding), so a
+//     restart listens again; then the identity (a new cluster id, itself as the only voter)
+//     and term 0; with -l then the loaded snapshot at index 1 and term 1. A restart with -l
+//     that finds a founder's directory still unused (unused_founder_directory) loads then.
+//   contacted while listening: the identity with the contacting cluster's id and no
+//     configuration; it never founds from then on, and waits to be added to that cluster.
+//   joiner (-e): the identity without a cluster id; the id is recorded once it is accepted.
+//   static peer map: the identity with the cluster id and configuration derived from the map.
 inline void Runtime::open_storage() {
   StorageOptions so;
   so.dir = cfg_.data_dir;
@@ -813,6 +837,9 @@ inline void Runtime::open_storage() {
   so.fsync_hook = cfg_.fsync_hook;
   CoreState st;
   std::shared_ptr<Snapshot> snapshot;
+  Store loaded;       // -l
+  bool load = false;  // save `loaded` as the first snapshot
+  bool told_to_wait = false;
   if (Storage::exists(cfg_.data_dir)) {
     Recovered rec;
     storage_ = std::make_unique<Storage>(Storage::open(so, rec));
@@ -821,21 +848,34 @@ inline void Runtime::open_storage() {
       throw std::runtime_error("data directory " + cfg_.data_dir + " belongs to node '" + identity_.node_id +
                                "', not '" + cfg_.id + "': pass that id with -i, or another directory with -d");
     for (const auto& note : rec.notes) log(LogLevel::Warning, "recovery: " + note);
+#ifdef RAFT_MUTANT_LOAD_ONLY_INTO_NEW_DIRECTORY
+    load = false;  // mutant: -l is ignored once the directory exists, even if nothing was loaded
+#else
+    load = !cfg_.load_snapshot.empty() && unused_founder_directory(rec);
+#endif
+    if (load) read_snapshot_to_load(loaded);
     st.hard_state = rec.hard_state;
     st.entries = std::move(rec.entries);
     if (rec.snapshot) snapshot = std::make_shared<Snapshot>(std::move(*rec.snapshot));
     log(LogLevel::Info, "restarting from " + cfg_.data_dir + ": term " + std::to_string(rec.hard_state.term) + ", " +
                             std::to_string(st.entries.size()) + " log entries after " +
                             (snapshot ? "a snapshot at index " + std::to_string(snapshot->meta.index) : "no snapshot"));
-    if (!cfg_.join.empty() || !cfg_.peers.empty() || !cfg_.load_snapshot.empty())
+    if (load)
+      log(LogLevel::Info, "the last start stopped between creating " + cfg_.data_dir +
+                              " and saving the snapshot given with -l; loading it now");
+    else if (!cfg_.join.empty() || !cfg_.peers.empty() || !cfg_.load_snapshot.empty())
       log(LogLevel::Info, "using the configuration persisted in " + cfg_.data_dir +
                               "; the peer map and -l are ignored, and -e serves only to ask again to join until "
                               "a committed configuration names this node");
   } else {
+    // The snapshot to found the cluster with is read before the data directory exists: a
+    // file that cannot be loaded must not leave a directory behind that a retry would reuse.
+    if (!cfg_.load_snapshot.empty()) read_snapshot_to_load(loaded);
     Identity id;
     id.node_id = cfg_.id;
     std::random_device rd;
     id.server_id = hex64((static_cast<std::uint64_t>(rd()) << 32) ^ rd()) + hex64((static_cast<std::uint64_t>(rd()) << 32) ^ rd());
+    std::optional<FoundingContact> contact;
     if (!cfg_.peers.empty()) {
       // A static peer map: every node derives the same cluster id and configuration.
       std::map<NodeId, std::string> all = cfg_.peers;
@@ -847,46 +887,46 @@ inline void Runtime::open_storage() {
       }
       id.cluster_id = hex64(fnv1a(text));
     } else if (cfg_.join.empty()) {
-      // The founder: a cluster of one.
-      id.cluster_id = hex64((static_cast<std::uint64_t>(rd()) << 32) ^ rd());
-      id.initial_config.upsert(Member{cfg_.id, cfg_.address, id.server_id, true});
+#ifndef RAFT_MUTANT_FOUND_WITHOUT_LISTENING
+      contact = listen_before_founding();
+#endif
+      if (contact) {
+        id.cluster_id = contact->cluster_id;  // a member-to-be of that cluster, never a founder
+      } else {
+        // The founder: a cluster of one.
+        id.cluster_id = hex64((static_cast<std::uint64_t>(rd()) << 32) ^ rd());
+        id.initial_config.upsert(Member{cfg_.id, cfg_.address, id.server_id, true});
+        load = !cfg_.load_snapshot.empty();
+      }
     }
-    // The snapshot to found the cluster with is read before the data directory exists: a
-    // file that cannot be loaded must not leave a directory behind that a retry would reuse.
-    Store loaded;
-    if (!cfg_.load_snapshot.empty()) read_snapshot_to_load(loaded);
     storage_ = std::make_unique<Storage>(Storage::create(so, id));
     identity_ = id;
-    if (!cfg_.load_snapshot.empty()) {
-      // The loaded data becomes the cluster's first snapshot, at index 1 of term 1.
-      snapshot = std::make_shared<Snapshot>();
-      snapshot->meta.index = 1;
-      snapshot->meta.term = 1;
-      snapshot->meta.config = id.initial_config;
-      loaded.write_snapshot(snapshot->data, snapshot->meta);
-      PersistBatch b;
-      b.seq = 0;
-      b.snapshot = snapshot;
-      b.hard_state = HardState{1, ""};
-      if (!storage_->write(b) || !storage_->sync())
-        throw std::runtime_error("cannot save the loaded snapshot: " + storage_->failure());
-      st.hard_state = HardState{1, ""};
-      log(LogLevel::Info, "loaded " + std::to_string(loaded.size()) + " keys from " + cfg_.load_snapshot);
+    if (contact) {
+      told_to_wait = true;
+      log(LogLevel::Warning,
+          "node " + contact->node + " at " + contact->address + " of cluster " + contact->cluster_id +
+              " contacted this node's address while it listened before founding a cluster: the address belongs to "
+              "a member of that cluster, whose data directory was lost or wiped. Not founding a second cluster" +
+              (cfg_.load_snapshot.empty() ? std::string() : " (-l is ignored)") + ": this node waits in " +
+              cfg_.data_dir + " to be re-added to cluster " + contact->cluster_id +
+              ". To ask to rejoin, restart it with -e " + contact->address + " added to its command line: run_raft -i " +
+              cfg_.id + " -a " + cfg_.address + " -d " + cfg_.data_dir + " -e " + contact->address);
     }
   }
+  if (load) load_first_snapshot(loaded, snapshot, st);
   st.initial_config = identity_.initial_config;
   if (snapshot) {
     std::string error;
     SnapshotMeta meta;
-    Store loaded;
-    if (!Store::read_snapshot(snapshot->data, loaded, meta, error))
+    Store restored;
+    if (!Store::read_snapshot(snapshot->data, restored, meta, error))
       throw std::runtime_error("snapshot in " + cfg_.data_dir + " is unreadable: " + error);
     std::uint64_t index = snapshot->meta.index, term = snapshot->meta.term;
     snapshot->meta = meta;
     if (meta.index != index || meta.term != term)
       throw std::runtime_error("snapshot in " + cfg_.data_dir + " says index " + std::to_string(meta.index) +
                                " but its file name says " + std::to_string(index));
-    store_ = std::move(loaded);
+    store_ = std::move(restored);
     keys_ = store_.size();
     applied_ = meta.index;
     applied_timestamp_ = meta.timestamp_ms;
@@ -895,8 +935,137 @@ inline void Runtime::open_storage() {
   core_ = std::make_unique<Core>(core_options(), std::move(st));
   state_char_ = core_->role_char();
   term_ = core_->term();
-  if (core_->config().empty() && cfg_.join.empty())
-    log(LogLevel::Warning, "this node holds no configuration and has no -e list: it waits to be added");
+  if (core_->config().empty() && cfg_.join.empty() && !told_to_wait)
+    log(LogLevel::Warning, "this node holds no configuration and has no -e list: it waits to be added" +
+                               (identity_.cluster_id.empty() ? std::string()
+                                                             : " to cluster " + identity_.cluster_id +
+                                                                   " (restart it with -e and a member's address to "
+                                                                   "ask to join)"));
+}
+
+// A founder's data directory that has done nothing yet: its identity names this node as the
+// only voter, and it holds term 0, no vote, no log and no snapshot. A founder makes its first
+// term durable before it leads, so nothing was ever acknowledged from it. Only a stop between
+// creating the directory and saving the snapshot given with -l leaves it so with -l given:
+// the load is done then.
+inline bool Runtime::unused_founder_directory(const Recovered& rec) const {
+  const std::vector<Member>& members = rec.identity.initial_config.members;
+  return members.size() == 1 && members[0].id == cfg_.id && members[0].voter &&
+         members[0].server_id == rec.identity.server_id && rec.hard_state.term == 0 && rec.hard_state.vote.empty() &&
+         !rec.snapshot && rec.entries.empty();
+}
+
+// The data given with -l becomes the cluster's first snapshot, at index 1 of term 1.
+inline void Runtime::load_first_snapshot(const Store& loaded, std::shared_ptr<Snapshot>& snapshot, CoreState& st) {
+  snapshot = std::make_shared<Snapshot>();
+  snapshot->meta.index = 1;
+  snapshot->meta.term = 1;
+  snapshot->meta.config = identity_.initial_config;
+  loaded.write_snapshot(snapshot->data, snapshot->meta);
+  PersistBatch b;
+  b.seq = 0;
+  b.snapshot = snapshot;
+  b.hard_state = HardState{1, ""};
+  if (!storage_->write(b) || !storage_->sync())
+    throw std::runtime_error("cannot save the loaded snapshot: " + storage_->failure() +
+                             "; start the node again with the same -l to load it");
+  st.hard_state = HardState{1, ""};
+  log(LogLevel::Info, "loaded " + std::to_string(loaded.size()) + " keys from " + cfg_.load_snapshot);
+}
+
+// How long a founder listens (listen_before_founding): long enough for a cluster that counts
+// this address as a member to reach it. Its leader sends to every member, and a link that
+// could not connect tries again at most PeerLink::kMaxBackoffMs later (not scaled); without a
+// leader, a voter campaigns at least every 2 x election_timeout_ms and sends a pre-vote to
+// every voter, opening a link to it if it had none. One election timeout more covers the
+// connection, the HELLO and a loaded machine. Defaults: max(500, 600) + 300 = 900 ms. (It
+// assumes the peers' links get an answer when they try: a refusal from a host that is up. A
+// connection attempt to a host that is down waits up to send_timeout_ms for one.)
+inline int Runtime::founding_listen_ms() const {
+  return std::max(PeerLink::kMaxBackoffMs, scaled(2 * cfg_.election_timeout_ms)) + scaled(cfg_.election_timeout_ms);
+}
+
+// A founder (no data directory, no -e, no peer map) listens on its peer port before it founds:
+// the address it was given may belong to a member of an existing cluster whose data directory
+// was lost. Founding there would make a second cluster on that address, acknowledging writes
+// while clients see none of the first one's data (pyraft's wiped founder does). A cluster that
+// counts this address as a member says HELLO, with its cluster id, within founding_listen_ms():
+// any such HELLO (with the right secret, of any protocol version) means do not found. Nothing is
+// written meanwhile, so a node that crashes while it listens listens again when restarted.
+// Connections are only peeked at here; they are handed to the poll thread afterwards as if it
+// had accepted them (a joiner's JOIN is answered then, by the founder).
+inline std::optional<Runtime::FoundingContact> Runtime::listen_before_founding() {
+  const int period = founding_listen_ms();
+  log(LogLevel::Info, "no data directory in " + cfg_.data_dir + ": listening " + std::to_string(period) +
+                          " ms on port " + std::to_string(host_.port + 1) + " for a cluster that counts " +
+                          cfg_.address + " as a member before founding a new one");
+  struct Held {
+    int fd;
+    bool decided = false;  // said what it is (or never will): no need to look again
+    bool partial = false;  // part of a HELLO arrived: look again soon
+  };
+  std::vector<Held> held;
+  std::optional<FoundingContact> contact;
+  std::string buf(std::size_t{80} << 10, '\0');  // more than the largest HELLO hello_limits() allows
+  bool stop = false;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(period);
+  while (!contact) {
+    {
+      std::lock_guard<std::mutex> lock(life_mu_);
+      stop = stop_requested_;
+    }
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+    if (stop || left <= 0) break;
+    std::vector<pollfd> fds{{peer_fd_, POLLIN, 0}};
+    bool partial = false;
+    for (const Held& h : held) {
+      if (!h.decided && !h.partial) fds.push_back(pollfd{h.fd, POLLIN, 0});
+      partial = partial || (!h.decided && h.partial);
+    }
+    ::poll(fds.data(), fds.size(), static_cast<int>(std::min<long long>(left, partial ? 5 : 50)));
+    for (;;) {
+      int fd = ::accept4(peer_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd < 0) break;
+      if (held.size() >= kMaxPeerConnections) {
+        ::close(fd);
+        continue;
+      }
+      set_nodelay(fd);
+      held.push_back(Held{fd});
+    }
+    for (Held& h : held) {
+      if (h.decided) continue;
+      ssize_t n = ::recv(h.fd, buf.data(), buf.size(), MSG_PEEK);
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
+      if (n <= 0) {
+        h.decided = true;  // closed: the poll thread closes it too
+        continue;
+      }
+      resp::RequestParser parser(hello_limits());
+      parser.feed(buf.data(), static_cast<std::size_t>(n));
+      std::vector<std::string> w;
+      const resp::Status st = parser.next(w);
+      if (st == resp::Status::NeedMore && static_cast<std::size_t>(n) < buf.size()) {
+        h.partial = true;
+        continue;
+      }
+      h.decided = true;
+      if (st != resp::Status::Ok || w.size() != 7 || w[0] != "HELLO" || !secret_matches(w[6])) continue;
+      if (w[2].empty() || w[3].empty() || w[3] == cfg_.id) continue;  // a joiner, or no member
+      contact = FoundingContact{w[2], w[3], w[5]};
+      break;
+    }
+  }
+  if (stop) {
+    for (const Held& h : held) ::close(h.fd);
+    throw std::runtime_error("asked to stop while listening before founding a cluster; nothing was written");
+  }
+  for (const Held& h : held) {
+    auto p = std::make_unique<PeerConn>();
+    p->fd = h.fd;
+    peers_in_[h.fd] = std::move(p);
+  }
+  return contact;
 }
 
 inline void Runtime::start() {
@@ -1267,7 +1436,7 @@ inline void PeerLink::run() {
           logged_failure = true;
         }
         cv_.wait_for(lock, std::chrono::milliseconds(backoff_ms), [&] { return stopping_ || reconnect_; });
-        backoff_ms = std::min(backoff_ms * 2, 500);
+        backoff_ms = std::min(backoff_ms * 2, kMaxBackoffMs);
         continue;
       }
       if (stopping_) {
@@ -2463,11 +2632,7 @@ inline bool Runtime::handle_peer_message(PeerConn& p, std::vector<std::string>& 
     };
     if (kind != "HELLO" || w.size() != 7) return refuse("expected HELLO");
     // The secret first: a peer without it learns nothing, not even our cluster id.
-    const std::string& secret = w[6];
-    unsigned diff = static_cast<unsigned>(secret.size() ^ cfg_.secret.size());
-    for (std::size_t i = 0; i < secret.size(); ++i)
-      diff |= static_cast<unsigned>(secret[i] ^ (i < cfg_.secret.size() ? cfg_.secret[i] : 0));
-    if (diff != 0) return refuse("wrong secret");
+    if (!secret_matches(w[6])) return refuse("wrong secret");
     if (w[1] != kPeerProtocolVersion)
       return refuse("peer protocol version " + w[1] + " is not " + kPeerProtocolVersion + ": node " + w[3] +
                     " runs another version of raft.hpp; upgrade the cluster one node at a time (see the README)");
@@ -2544,6 +2709,14 @@ inline bool Runtime::handle_peer_message(PeerConn& p, std::vector<std::string>& 
   }
   log(LogLevel::Warning, "peer " + p.node + " sent an unknown message '" + kind.substr(0, 32) + "': closing");
   return false;
+}
+
+// Compared in constant time: how long the comparison takes says nothing about the secret.
+inline bool Runtime::secret_matches(const std::string& presented) const {
+  unsigned diff = static_cast<unsigned>(presented.size() ^ cfg_.secret.size());
+  for (std::size_t i = 0; i < presented.size(); ++i)
+    diff |= static_cast<unsigned>(presented[i] ^ (i < cfg_.secret.size() ? cfg_.secret[i] : 0));
+  return diff == 0;
 }
 
 inline Reply Runtime::handle_join(const std::vector<std::string>& w) {
@@ -2757,7 +2930,8 @@ inline std::string usage(const std::string& program) {
          "  --loglevel L    debug, info, warning or error (default: info)\n"
          "  --time-scale X  multiply every timeout by X (slow machines, sanitizer builds)\n"
          "  -h, --help      this help\n"
-         "Without -e and without a data directory the node founds a cluster of one and leads it.\n"
+         "Without -e and without a data directory the node founds a cluster of one and leads it, once it\n"
+         "has listened about a second without being contacted by a cluster that counts its address as a member.\n"
          "  ex) " + program + " -i 1 -a 127.0.0.1:5010\n"
          "  ex) " + program + " -i 2 -a 127.0.0.1:5020 -e 127.0.0.1:5010\n";
 }
