@@ -34,7 +34,7 @@ else ifeq ($(SAN),thread)
   OPTFLAGS ?= -O1 -g1 -fsanitize=thread
   DEFAULT_SEEDS := 20
   DEFAULT_TESTS := [runtime],[process],[writer]
-  TEST_FILTER := $(wildcard tests/test_runtime.cpp tests/test_process.cpp tests/test_storage.cpp)
+  TEST_FILTER := $(wildcard tests/test_runtime.cpp tests/test_process.cpp tests/test_storage.cpp tests/test_founding.cpp)
   TEST_NEEDS_EXAMPLES := yes
   TIME_SCALE := 5
 else ifeq ($(SAN),)
@@ -163,6 +163,6 @@ upgrade: deps $(BUILD)/raft_tests $(BUILD)/examples/run_raft
 	  $(BUILD)/raft_tests '[upgrade]' --durations yes
 
 clean:
-	rm -rf build build-address build-thread build-fuzz build-mutant-*
+	rm -rf build build-address build-thread build-fuzz build-mutant
 
 -include $(wildcard $(BUILD)/tests/*.d $(BUILD)/examples/*.d $(BUILD)/bench/*.d)

@@ -1115,6 +1115,9 @@ inline void Runtime::start() {
   ticker_thread_ = std::thread([this] { ticker_loop(); });
   {
     std::lock_guard<std::mutex> lock(core_mu_);
+    // The first tick now rather than a tick from now: it gives the core its clock, and a voter
+    // alone (a founder) leads when start() returns.
+    core_->tick(now_ms());
     drive();
     if (!cfg_.join.empty() && !committed_member()) joiner_thread_ = std::thread([this] { joiner_loop(); });
   }
