@@ -34,7 +34,8 @@ else ifeq ($(SAN),thread)
   OPTFLAGS ?= -O1 -g1 -fsanitize=thread
   DEFAULT_SEEDS := 20
   DEFAULT_TESTS := [runtime],[process],[writer]
-  TEST_FILTER := $(wildcard tests/test_runtime.cpp tests/test_process.cpp tests/test_storage.cpp tests/test_founding.cpp)
+  TEST_FILTER := $(wildcard tests/test_runtime.cpp tests/test_process.cpp tests/test_storage.cpp tests/test_founding.cpp \
+                             tests/test_forward.cpp)
   TEST_NEEDS_EXAMPLES := yes
   TIME_SCALE := 5
 else ifeq ($(SAN),)

@@ -619,6 +619,125 @@ std::string usage(const std::string& program);
 
 namespace raft {
 
+namespace detail {
+
+class LiteralReader;
+
+/// At-most-once forwarded writes: what the leader remembers, through the log, of the writes
+/// each follower forwarded. LogCabin's client sessions are the model, with the forwarding node
+/// as the client. Part of the replicated state (Store::sessions()), so deterministic: every
+/// node feeds it the same entries with the same leader timestamps and decides alike.
+///
+/// A follower tags each write it forwards with its session - (node id, server id, a nonce
+/// drawn at each start: one run of one data directory) - a sequence number, and the lowest
+/// sequence number it still waits for an answer to. The leader appends the write wrapped with
+/// these (section 5), and each node, when it applies the entry, asks begin():
+///   - a sequence number whose reply is kept is a Duplicate (the follower sent it again after
+///     a reconnect or to a new leader): it does not run again; the kept reply is the answer;
+///   - one below the lowest unanswered is Stale (the follower answered its caller already, or
+///     the reply was dropped for memory): it does not run;
+///   - otherwise it runs (Apply), and record() keeps its reply until an entry of the same
+///     session says the follower no longer waits for it (its lowest unanswered passed it).
+///
+/// Memory is bounded by constants, not by Config (every node must decide alike):
+///   - at most kMaxSessions sessions: a new one is refused (Full, the write does not run)
+///     while that many are kept;
+///   - a session is forgotten kIdleMs of leader time after its last entry (when a forwarded
+///     write is applied: the table changes only then). A follower stops sending a forward long
+///     before that (section 5: kMaxForwardWaitMs), so no copy of a write the table forgot can
+///     reach the log - assuming, as everywhere, bounded skew between the leaders' clocks, and
+///     that no message waits in a socket for minutes;
+///   - kept replies total at most kMaxReplyBytes, counting kReplyOverheadBytes for each: beyond
+///     that, the session with the most bytes loses its oldest reply, and its lowest unanswered
+///     moves past it (a copy arriving later is Stale: its caller learns the outcome is unknown).
+/// In all, at most kMaxReplyBytes of replies and kMaxSessions records of a few words each.
+class SessionTable {
+ public:
+  /// One run of a forwarding node.
+  struct Key {
+    NodeId node;
+    std::string server_id;
+    std::uint64_t nonce = 0;
+
+    bool operator<(const Key& o) const {
+      if (node != o.node) return node < o.node;
+      if (server_id != o.server_id) return server_id < o.server_id;
+      return nonce < o.nonce;
+    }
+    bool operator==(const Key& o) const {
+      return node == o.node && server_id == o.server_id && nonce == o.nonce;
+    }
+  };
+  enum class Verdict : std::uint8_t {
+    Apply,      // run it, then record() its reply
+    Duplicate,  // it ran before: `reply` is the reply it had
+    Stale,      // below the session's lowest unanswered: not run
+    Full,       // a new session while kMaxSessions are kept: not run
+  };
+
+  static constexpr std::int64_t kIdleMs = 10 * 60 * 1000;
+  static constexpr std::size_t kMaxSessions = 4096;
+  static constexpr std::size_t kMaxReplyBytes = std::size_t{64} << 20;
+  static constexpr std::size_t kReplyOverheadBytes = 64;
+
+  /// Decides what to do with forwarded write `seq` of session `key`, applied at the entry's
+  /// leader timestamp now_ms. Forgets idle sessions first, and the session's replies below
+  /// `lowest_unanswered`; a Duplicate's reply is copied into `reply`.
+  Verdict begin(const Key& key, std::uint64_t seq, std::uint64_t lowest_unanswered,
+                std::int64_t now_ms, std::string& reply);
+  /// After begin() said Apply: keeps the write's reply (RESP3-encoded) for `seq`.
+  void record(const Key& key, std::uint64_t seq, std::string reply);
+  /// Forgets the sessions whose last entry is kIdleMs or more before now_ms.
+  void expire(std::int64_t now_ms);
+
+  std::size_t size() const { return sessions_.size(); }
+  bool empty() const { return sessions_.empty(); }
+  /// The kept replies' bytes, with kReplyOverheadBytes each.
+  std::size_t reply_bytes() const { return bytes_; }
+  /// The kept reply of `seq`, if any (tests, diagnostics).
+  const std::string* reply(const Key& key, std::uint64_t seq) const;
+  /// f(const Key&, std::uint64_t lowest, std::int64_t active_ms, const std::map<std::uint64_t,
+  /// std::string>& replies) for each session, in key order.
+  template <class F>
+  void for_each(F&& f) const {
+    for (const auto& [key, s] : sessions_) f(key, s.lowest, s.active_ms, s.replies);
+  }
+
+  bool operator==(const SessionTable& o) const { return sessions_ == o.sessions_; }
+  bool operator!=(const SessionTable& o) const { return !(*this == o); }
+
+  /// The snapshot's 'sessions' value: a list of {'node': str, 'server_id': str, 'nonce': int,
+  /// 'lowest': int, 'active': int (ms), 'replies': {seq: reply, ...}}, in key order.
+  void write(std::string& out) const;
+  /// Reads write()'s text; replaces the table only on success.
+  bool read(LiteralReader& r);
+
+ private:
+  struct Session {
+    std::uint64_t lowest = 0;    // the follower waits for nothing below this
+    std::int64_t active_ms = 0;  // the leader timestamp of its last entry
+    std::map<std::uint64_t, std::string> replies;  // seq -> reply, every seq >= lowest
+    std::size_t bytes = 0;                         // of its replies, with the overhead
+
+    bool operator==(const Session& o) const {
+      return lowest == o.lowest && active_ms == o.active_ms && replies == o.replies;
+    }
+  };
+  using Sessions = std::map<Key, Session>;
+
+  Sessions sessions_;
+  std::set<std::pair<std::int64_t, Key>> by_activity_;  // (active_ms, key) of every session
+  std::size_t bytes_ = 0;
+
+  static std::size_t cost(const std::string& reply) { return reply.size() + kReplyOverheadBytes; }
+  Sessions::iterator add(const Key& key, std::int64_t now_ms);
+  void touch(Sessions::iterator it, std::int64_t now_ms);
+  void advance(Sessions::iterator it, std::uint64_t lowest);
+  void shed_replies();
+};
+
+}  // namespace detail
+
 /// The replicated data: strings, hashes and lists (pyraft's types), each key with an optional
 /// deadline in ms since the epoch.
 ///
@@ -633,6 +752,17 @@ namespace raft {
 /// Expiry: reads (find) hide a key whose deadline is at or before their `now`, and never
 /// delete. Only write handlers delete, through check_ttl / find_for_write, with the entry's
 /// leader timestamp as `now`, so every node deletes at the same point of the log.
+///
+/// Beside the keys it holds the runtime's memory of forwarded writes (sessions()), which is
+/// replicated state too: snapshots carry it.
+///
+/// Atomic writes: the runtime brackets a write handler with begin_undo() and commit_undo(), and
+/// a handler that throws has its changes undone (rollback_undo()), so that it changed nothing
+/// on any node. The record costs nothing for a key the handler replaces (put) or deletes (the
+/// old value is moved into it), and a copy of the value for a key whose object it changes in
+/// place (find_for_write): proportional to that value's size. The built-in commands need no
+/// record (they return every error before their first change and throw nothing but
+/// std::bad_alloc) and run without one.
 ///
 /// Not thread-safe; copyable (the runtime copies it under its lock and serializes the copy
 /// elsewhere).
@@ -685,10 +815,8 @@ class Store {
   /// Every key, expired or not.
   std::size_t size() const { return objects_.size(); }
   bool empty() const { return objects_.empty(); }
-  void clear() {
-    objects_.clear();
-    expiry_.clear();
-  }
+  /// Deletes every key (the sessions stay).
+  void clear();
   /// f(const std::string& key, const Object&, std::optional<std::int64_t> deadline), in key
   /// order (bytewise), including keys past their deadline.
   template <class F>
@@ -696,18 +824,31 @@ class Store {
     for (const auto& [key, record] : objects_) f(key, record.object, record.deadline);
   }
 
-  bool operator==(const Store& o) const { return objects_ == o.objects_; }
+  bool operator==(const Store& o) const { return objects_ == o.objects_ && sessions_ == o.sessions_; }
   bool operator!=(const Store& o) const { return !(*this == o); }
 
+  // ---- atomic writes (see the class comment) ----
+  /// From now on, records the prior value and deadline of each key before its first change.
+  void begin_undo();
+  /// The write completed: forgets the record and stops recording.
+  void commit_undo();
+  /// Puts back every key the write changed, value and deadline, and stops recording.
+  void rollback_undo();
+
+  // ---- the runtime's: forwarded writes applied at most once (handlers leave it alone) ----
+  detail::SessionTable& sessions() { return sessions_; }
+  const detail::SessionTable& sessions() const { return sessions_; }
+
   // ---- snapshot text (Python repr() layout; ast.literal_eval reads it) ----
-  /// Appends `{'_META_': {'format': 2, 'index': I, 'term': T, 'timestamp': MS, 'members': [...]},
-  /// 'data': {...}, 'ttl': {...}}` to `out`. Keys and hash fields in bytewise order; the same
-  /// store and meta always give the same text. Strings that are valid UTF-8 are written as
-  /// str literals, others as bytes literals, escaped exactly as Python's repr().
+  /// Appends `{'_META_': {'format': 3, 'index': I, 'term': T, 'timestamp': MS, 'members': [...]},
+  /// 'data': {...}, 'ttl': {...}, 'sessions': [...]}` to `out` ('sessions': see
+  /// detail::SessionTable::write). Keys and hash fields in bytewise order; the same store and
+  /// meta always give the same text. Strings that are valid UTF-8 are written as str literals,
+  /// others as bytes literals, escaped exactly as Python's repr().
   void write_snapshot(std::string& out, const SnapshotMeta& meta) const;
-  /// Parses write_snapshot's format, and format 1 (no 'timestamp': meta.timestamp_ms is 0),
-  /// and any Python literal text of the same shape. On
-  /// success replaces `data` and `meta`; on failure leaves them unchanged and sets `error`
+  /// Parses write_snapshot's format, format 2 (no 'sessions': the table is empty), format 1
+  /// (nor 'timestamp': meta.timestamp_ms is 0), and any Python literal text of the same shape.
+  /// On success replaces `data` and `meta`; on failure leaves them unchanged and sets `error`
   /// ("invalid snapshot at byte N: expected ...").
   static bool read_snapshot(std::string_view text, Store& data, SnapshotMeta& meta,
                             std::string& error);
@@ -735,15 +876,31 @@ class Store {
   };
   using Objects = std::map<std::string, Record, std::less<>>;
 
+  /// A key's state before the write being recorded first changed it.
+  struct Undo {
+    bool existed = false;
+    std::optional<std::int64_t> deadline;
+    std::optional<Object> object;  // set once the object changed or went away
+  };
+
   Objects objects_;
   /// (deadline, key) for every key with a deadline: due() reads it from the front.
   std::set<std::pair<std::int64_t, std::string>, ExpiryLess> expiry_;
+  detail::SessionTable sessions_;
+  bool recording_ = false;
+  std::map<std::string, Undo, std::less<>> undo_;
 
   static bool expired(const Record& r, std::int64_t now_ms) {
     return r.deadline && *r.deadline <= now_ms;
   }
   void drop_deadline(Objects::iterator it);
   void erase(Objects::iterator it);
+  /// While recording: the key's record, made on its first change (it = objects_.end() when
+  /// the key does not exist).
+  Undo* remember(std::string_view key, Objects::iterator it);
+  /// While recording: keeps the key's object before it changes in place (a copy) or goes
+  /// away (moved, when `moving`), once.
+  void keep_object(std::string_view key, Objects::iterator it, bool moving);
 };
 
 /// Registers the built-in Redis commands (strings, keys and expiry, hashes, lists) with
@@ -763,8 +920,51 @@ inline void Call::clear_ttl(std::string_view key) { data.clear_ttl(key); }
 namespace raft::detail {
 
 /// The snapshot text's format ('format' in _META_). 1: the first release; 2: adds
-/// 'timestamp'. Every older format stays readable; each change bumps it.
-constexpr std::int64_t kSnapshotFormat = 2;
+/// 'timestamp'; 3: adds 'sessions' (forwarded writes, SessionTable). Every older format stays
+/// readable; each change bumps it.
+constexpr std::int64_t kSnapshotFormat = 3;
+
+// ---- the limits of one command ----
+//
+// The same on every node, and checked before a write is proposed: on the node a client sent it
+// to, and again on the leader for a forwarded one. Never at apply: a node parses an entry of
+// its log without limits, so a committed entry can always be applied, whatever limits the node
+// that proposed it had. Below the peer protocol's limits (section 5: a bulk of 1 GiB, 16M
+// words), which a forwarded write and an entry must fit in. A client's own limits
+// (Config::client_limits) may be lower: its parser refuses first.
+
+/// Redis's proto-max-bulk-len: the longest argument (and the longest string APPEND makes).
+constexpr std::size_t kProtoMaxBulkLen = std::size_t{512} << 20;
+/// Words of one write, its name included (resp::Limits' default multibulk length).
+constexpr std::size_t kMaxCommandWords = std::size_t{1} << 20;
+/// One write RESP-encoded, as a log entry holds it (1 GiB less 1 MiB: room for the wrapping
+/// of a forwarded write within the peer protocol's 1 GiB bulk).
+constexpr std::size_t kMaxCommandBytes = (std::size_t{1} << 30) - (std::size_t{1} << 20);
+
+struct CommandLimits {
+  std::size_t max_words = kMaxCommandWords;
+  std::size_t max_word_bytes = kProtoMaxBulkLen;
+  std::size_t max_bytes = kMaxCommandBytes;
+};
+
+/// Empty if `words` may be proposed, else the error reply's text. (Other limits: tests.)
+inline std::string command_limit_error(const std::vector<std::string>& words, const CommandLimits& limits = {}) {
+  if (words.size() > limits.max_words)
+    return "ERR too many arguments: a write may have at most " + std::to_string(limits.max_words - 1) +
+           " (it has " + std::to_string(words.size() - 1) + "); it was not run";
+  const auto digits = [](std::size_t n) { return std::to_string(n).size(); };
+  std::size_t bytes = 3 + digits(words.size());  // *N\r\n
+  for (const auto& w : words) {
+    if (w.size() > limits.max_word_bytes)
+      return "ERR an argument of " + std::to_string(w.size()) + " bytes is longer than proto-max-bulk-len (" +
+             std::to_string(limits.max_word_bytes) + "); the write was not run";
+    bytes += 5 + digits(w.size()) + w.size();  // $N\r\n...\r\n
+  }
+  if (bytes > limits.max_bytes)
+    return "ERR the write is " + std::to_string(bytes) + " bytes; the limit for one command is " +
+           std::to_string(limits.max_bytes) + "; it was not run";
+  return "";
+}
 
 // ---- Python repr() of a string: str literal when valid UTF-8, bytes literal otherwise ----
 
@@ -1662,7 +1862,7 @@ inline Reply cmd_decrby(Call& c) {
 }
 
 inline Reply cmd_append(Call& c) {
-  constexpr std::size_t kMaxString = 512u * 1024 * 1024;  // Redis's proto-max-bulk-len
+  constexpr std::size_t kMaxString = kProtoMaxBulkLen;
   bool wrong;
   Store::Object* o = write_lookup(c, c.words[1], Store::Kind::String, wrong);
   if (wrong) return wrongtype_error();
@@ -2099,15 +2299,18 @@ inline Store::Object* Store::find_for_write(std::string_view key, std::int64_t n
     erase(it);
     return nullptr;
   }
+  keep_object(key, it, false);  // the caller may change it in place
   return &it->second.object;
 }
 
 inline Store::Object& Store::put(std::string_view key, Kind kind) {
   auto it = objects_.lower_bound(key);
   if (it != objects_.end() && it->first == key) {
+    keep_object(key, it, true);
     drop_deadline(it);
     it->second.object = Object{};
   } else {
+    remember(key, objects_.end());
     it = objects_.emplace_hint(it, std::string(key), Record{});
   }
   it->second.object.kind = kind;
@@ -2122,12 +2325,72 @@ inline bool Store::erase(std::string_view key) {
 }
 
 inline void Store::erase(Objects::iterator it) {
+  keep_object(it->first, it, true);
   drop_deadline(it);
   objects_.erase(it);
 }
 
+inline void Store::clear() {
+  for (auto it = objects_.begin(); recording_ && it != objects_.end(); ++it) keep_object(it->first, it, true);
+  objects_.clear();
+  expiry_.clear();
+}
+
+inline Store::Undo* Store::remember(std::string_view key, Objects::iterator it) {
+  if (!recording_) return nullptr;
+  auto u = undo_.lower_bound(key);
+  if (u != undo_.end() && u->first == key) return &u->second;
+  Undo undo;
+  if (it != objects_.end()) {
+    undo.existed = true;
+    undo.deadline = it->second.deadline;
+  }
+  return &undo_.emplace_hint(u, std::string(key), std::move(undo))->second;
+}
+
+inline void Store::keep_object(std::string_view key, Objects::iterator it, bool moving) {
+  Undo* u = remember(key, it);
+  // A key made by this write needs nothing kept: undoing it deletes it.
+  if (u == nullptr || !u->existed || u->object) return;
+  if (moving)
+    u->object = std::move(it->second.object);
+  else
+    u->object = it->second.object;
+}
+
+inline void Store::begin_undo() {
+  undo_.clear();
+  recording_ = true;
+}
+
+inline void Store::commit_undo() {
+  recording_ = false;
+  undo_.clear();
+}
+
+inline void Store::rollback_undo() {
+  recording_ = false;
+  for (auto& [key, u] : undo_) {
+    auto it = objects_.find(key);
+    if (!u.existed) {
+      if (it != objects_.end()) erase(it);
+      continue;
+    }
+    // A key that existed and is gone now had its object kept when it went.
+    if (it == objects_.end()) it = objects_.emplace(key, Record{}).first;
+    if (u.object) it->second.object = std::move(*u.object);
+    drop_deadline(it);
+    if (u.deadline) {
+      it->second.deadline = u.deadline;
+      expiry_.emplace(*u.deadline, it->first);
+    }
+  }
+  undo_.clear();
+}
+
 inline void Store::drop_deadline(Objects::iterator it) {
   if (!it->second.deadline) return;
+  remember(it->first, it);
   const auto entry = expiry_.find(std::pair<std::int64_t, std::string_view>(
       *it->second.deadline, std::string_view(it->first)));
   if (entry != expiry_.end()) expiry_.erase(entry);
@@ -2142,6 +2405,7 @@ inline void Store::clear_ttl(std::string_view key) {
 inline bool Store::set_deadline(std::string_view key, std::int64_t deadline_ms) {
   const auto it = objects_.find(key);
   if (it == objects_.end()) return false;
+  remember(key, it);
   drop_deadline(it);
   it->second.deadline = deadline_ms;
   expiry_.emplace(deadline_ms, it->first);
@@ -2234,19 +2498,21 @@ inline void Store::write_snapshot(std::string& out, const SnapshotMeta& meta) co
     out += ": ";
     out += std::to_string(deadlines[i].second);
   }
-  out += "}}";
+  out += "}, 'sessions': ";
+  sessions_.write(out);
+  out += '}';
 }
 
 namespace detail {
 
-/// _META_ of our format: {'format': 2, 'index': I, 'term': T, 'timestamp': MS,
-/// 'members': [...]}; format 1 is the same without 'timestamp'.
-inline bool read_snapshot_meta(LiteralReader& r, SnapshotMeta& meta) {
+/// _META_ of our format: {'format': 3, 'index': I, 'term': T, 'timestamp': MS,
+/// 'members': [...]}; format 2 is the same; format 1 has no 'timestamp'.
+inline bool read_snapshot_meta(LiteralReader& r, SnapshotMeta& meta, std::int64_t& format) {
   const std::size_t meta_at = r.here();
   if (!r.expect('{', "'{' (the _META_ dict)")) return false;
   bool has_format = false, has_index = false, has_term = false, has_members = false;
   bool has_timestamp = false;
-  std::int64_t format = 0;
+  format = 0;
   std::string name;
   bool first = true;
   while (r.next_element('}', first)) {
@@ -2322,8 +2588,8 @@ inline bool read_snapshot_meta(LiteralReader& r, SnapshotMeta& meta) {
   if (!has_format || !has_index || !has_term || !has_members)
     return r.fail_at(meta_at, "_META_ needs 'format', 'index', 'term' and 'members'");
   if (has_timestamp != (format >= 2))
-    return r.fail_at(meta_at, format >= 2 ? "_META_ of format 2 needs 'timestamp'"
-                                          : "_META_ of format 1 has no 'timestamp'");
+    return r.fail_at(meta_at, format >= 2 ? "_META_ of format " + std::to_string(format) + " needs 'timestamp'"
+                                          : std::string("_META_ of format 1 has no 'timestamp'"));
   return true;
 }
 
@@ -2380,7 +2646,9 @@ inline bool Store::read_snapshot(std::string_view text, Store& data, SnapshotMet
   Store store;
   SnapshotMeta m;
   std::vector<detail::PendingDeadline> deadlines;
-  bool has_meta = false, has_data = false, has_ttl = false;
+  bool has_meta = false, has_data = false, has_ttl = false, has_sessions = false;
+  std::int64_t format = 0;
+  std::size_t sessions_at = 0;
   std::string key;
   const auto fail = [&] { return detail::snapshot_error(r, error); };
 
@@ -2390,10 +2658,10 @@ inline bool Store::read_snapshot(std::string_view text, Store& data, SnapshotMet
     const std::size_t at = r.here();
     if (!r.string(key) || !r.expect(':', "':' after a dict key")) return fail();
     bool* seen = key == "_META_" ? &has_meta : key == "data" ? &has_data
-               : key == "ttl" ? &has_ttl : nullptr;
+               : key == "ttl" ? &has_ttl : key == "sessions" ? &has_sessions : nullptr;
     if (seen == nullptr) {
       r.fail_at(at, "unknown top-level key " + detail::key_for_error(key) +
-                        " (expected '_META_', 'data' or 'ttl')");
+                        " (expected '_META_', 'data', 'ttl' or 'sessions')");
       return fail();
     }
     if (*seen) {
@@ -2402,7 +2670,10 @@ inline bool Store::read_snapshot(std::string_view text, Store& data, SnapshotMet
     }
     *seen = true;
     if (key == "_META_") {
-      if (!detail::read_snapshot_meta(r, m)) return fail();
+      if (!detail::read_snapshot_meta(r, m, format)) return fail();
+    } else if (key == "sessions") {
+      sessions_at = at;
+      if (!store.sessions_.read(r)) return fail();
     } else if (key == "ttl") {
       if (!detail::read_deadlines(r, deadlines, false)) return fail();
     } else {
@@ -2451,6 +2722,11 @@ inline bool Store::read_snapshot(std::string_view text, Store& data, SnapshotMet
   if (!has_meta || !has_data || !has_ttl) {
     r.fail_at(0, std::string("a snapshot needs '_META_', 'data' and 'ttl' (missing ") +
                      (!has_meta ? "'_META_'" : !has_data ? "'data'" : "'ttl'") + ")");
+    return fail();
+  }
+  if (has_sessions != (format >= 3)) {
+    r.fail_at(has_sessions ? sessions_at : 0, "a snapshot of format " + std::to_string(format) +
+                                                  (has_sessions ? " has no 'sessions'" : " needs 'sessions'"));
     return fail();
   }
   for (const auto& d : deadlines) {
@@ -2541,6 +2817,211 @@ inline bool Store::read_pyraft_snapshot(std::string_view text, Store& data, std:
   return true;
 }
 
+// ---- SessionTable members ----
+
+namespace detail {
+
+/// now_ms - since >= SessionTable::kIdleMs, without overflow.
+inline bool idle_long_enough(std::int64_t since, std::int64_t now_ms) {
+  return now_ms >= since &&
+         static_cast<std::uint64_t>(now_ms) - static_cast<std::uint64_t>(since) >=
+             static_cast<std::uint64_t>(SessionTable::kIdleMs);
+}
+
+inline SessionTable::Verdict SessionTable::begin(const Key& key, std::uint64_t seq,
+                                                 std::uint64_t lowest_unanswered, std::int64_t now_ms,
+                                                 std::string& reply) {
+  expire(now_ms);
+  auto it = sessions_.find(key);
+  if (it == sessions_.end()) {
+    if (sessions_.size() >= kMaxSessions) return Verdict::Full;
+    it = add(key, now_ms);
+  } else {
+    touch(it, now_ms);
+  }
+  advance(it, lowest_unanswered);
+  const auto r = it->second.replies.find(seq);
+  if (r != it->second.replies.end()) {
+    reply = r->second;
+    return Verdict::Duplicate;
+  }
+  return seq < it->second.lowest ? Verdict::Stale : Verdict::Apply;
+}
+
+inline void SessionTable::record(const Key& key, std::uint64_t seq, std::string reply) {
+  const auto it = sessions_.find(key);
+  if (it == sessions_.end() || seq < it->second.lowest) return;
+  const std::size_t c = cost(reply);
+  if (!it->second.replies.emplace(seq, std::move(reply)).second) return;
+  it->second.bytes += c;
+  bytes_ += c;
+  shed_replies();
+}
+
+inline void SessionTable::expire(std::int64_t now_ms) {
+  while (!by_activity_.empty() && idle_long_enough(by_activity_.begin()->first, now_ms)) {
+    const auto it = sessions_.find(by_activity_.begin()->second);
+    bytes_ -= it->second.bytes;
+    sessions_.erase(it);
+    by_activity_.erase(by_activity_.begin());
+  }
+}
+
+inline const std::string* SessionTable::reply(const Key& key, std::uint64_t seq) const {
+  const auto it = sessions_.find(key);
+  if (it == sessions_.end()) return nullptr;
+  const auto r = it->second.replies.find(seq);
+  return r == it->second.replies.end() ? nullptr : &r->second;
+}
+
+inline SessionTable::Sessions::iterator SessionTable::add(const Key& key, std::int64_t now_ms) {
+  const auto it = sessions_.emplace(key, Session{}).first;
+  it->second.active_ms = now_ms;
+  by_activity_.emplace(now_ms, key);
+  return it;
+}
+
+inline void SessionTable::touch(Sessions::iterator it, std::int64_t now_ms) {
+  if (now_ms <= it->second.active_ms) return;
+  by_activity_.erase({it->second.active_ms, it->first});
+  it->second.active_ms = now_ms;
+  by_activity_.emplace(now_ms, it->first);
+}
+
+/// The follower waits for nothing below `lowest` any more: its replies go.
+inline void SessionTable::advance(Sessions::iterator it, std::uint64_t lowest) {
+  Session& s = it->second;
+  if (lowest <= s.lowest) return;
+  s.lowest = lowest;
+  const auto end = s.replies.lower_bound(lowest);
+  for (auto r = s.replies.begin(); r != end; ++r) {
+    s.bytes -= cost(r->second);
+    bytes_ -= cost(r->second);
+  }
+  s.replies.erase(s.replies.begin(), end);
+}
+
+/// Over kMaxReplyBytes: the session with the most bytes (the first in key order among equals)
+/// loses its oldest reply, until the total fits.
+inline void SessionTable::shed_replies() {
+  while (bytes_ > kMaxReplyBytes) {
+    auto most = sessions_.end();
+    for (auto it = sessions_.begin(); it != sessions_.end(); ++it)
+      if (!it->second.replies.empty() && (most == sessions_.end() || it->second.bytes > most->second.bytes))
+        most = it;
+    if (most == sessions_.end()) return;
+    advance(most, most->second.replies.begin()->first + 1);
+  }
+}
+
+inline void SessionTable::write(std::string& out) const {
+  out += '[';
+  bool first = true;
+  for (const auto& [key, s] : sessions_) {
+    if (!first) out += ", ";
+    first = false;
+    out += "{'node': ";
+    append_repr(out, key.node);
+    out += ", 'server_id': ";
+    append_repr(out, key.server_id);
+    out += ", 'nonce': " + std::to_string(key.nonce) + ", 'lowest': " + std::to_string(s.lowest) +
+           ", 'active': " + std::to_string(s.active_ms) + ", 'replies': {";
+    bool first_reply = true;
+    for (const auto& [seq, reply] : s.replies) {
+      if (!first_reply) out += ", ";
+      first_reply = false;
+      out += std::to_string(seq);
+      out += ": ";
+      append_repr(out, reply);
+    }
+    out += "}}";
+  }
+  out += ']';
+}
+
+inline bool SessionTable::read(LiteralReader& r) {
+  SessionTable table;
+  if (!r.expect('[', "'[' (the sessions list)")) return false;
+  bool first = true;
+  std::string name;
+  while (r.next_element(']', first)) {
+    const std::size_t session_at = r.here();
+    if (!r.expect('{', "'{' (a session dict)")) return false;
+    Key key;
+    Session s;
+    bool has[6] = {};
+    static const char* const kFields[6] = {"node", "server_id", "nonce", "lowest", "active", "replies"};
+    bool first_field = true;
+    while (r.next_element('}', first_field)) {
+      const std::size_t field_at = r.here();
+      if (!r.string(name) || !r.expect(':', "':' after a dict key")) return false;
+      const auto field = std::find_if(std::begin(kFields), std::end(kFields), [&](const char* f) { return name == f; });
+      if (field == std::end(kFields))
+        return r.fail_at(field_at, "unknown session field " + key_for_error(name) +
+                                       " (expected 'node', 'server_id', 'nonce', 'lowest', 'active' or 'replies')");
+      const auto k = static_cast<std::size_t>(field - std::begin(kFields));
+      if (has[k]) return r.fail_at(field_at, "duplicate session field " + key_for_error(name));
+      has[k] = true;
+      bool ok = true;
+      switch (k) {
+        case 0: ok = r.string(key.node); break;
+        case 1: ok = r.string(key.server_id); break;
+        case 2: ok = r.unsigned_integer(key.nonce); break;
+        case 3: ok = r.unsigned_integer(s.lowest); break;
+        case 4: ok = r.integer(s.active_ms); break;
+        default: {
+          if (!r.expect('{', "'{' (the replies dict)")) return false;
+          bool first_reply = true;
+          while (r.next_element('}', first_reply)) {
+            const std::size_t reply_at = r.here();
+            std::uint64_t seq = 0;
+            if (!r.unsigned_integer(seq) || !r.expect(':', "':' after a dict key")) return false;
+            auto [it, inserted] = s.replies.try_emplace(seq);
+            if (!inserted) return r.fail_at(reply_at, "duplicate reply " + std::to_string(seq));
+            if (!r.string(it->second)) return false;
+            s.bytes += cost(it->second);
+          }
+          ok = !r.failed();
+        }
+      }
+      if (!ok) return false;
+    }
+    if (r.failed()) return false;
+    if (!std::all_of(std::begin(has), std::end(has), [](bool b) { return b; }))
+      return r.fail_at(session_at, "a session needs 'node', 'server_id', 'nonce', 'lowest', 'active' and 'replies'");
+    if (!s.replies.empty() && s.replies.begin()->first < s.lowest)
+      return r.fail_at(session_at, "a session keeps a reply below its 'lowest'");
+    if (table.sessions_.count(key) != 0) return r.fail_at(session_at, "duplicate session");
+    table.bytes_ += s.bytes;
+    table.by_activity_.emplace(s.active_ms, key);
+    table.sessions_.emplace(std::move(key), std::move(s));
+  }
+  if (r.failed()) return false;
+  *this = std::move(table);
+  return true;
+}
+
+/// A built-in command's handler: a type of its own, so that the runtime can tell it from a
+/// program's (built-ins are applied without the undo record: see the Store class comment).
+struct BuiltinHandler {
+  Reply (*fn)(Call&);
+  int min_args;
+  int max_args;
+
+  Reply operator()(Call& c) const {
+    // The runtime checks argument counts before calling; checking again here keeps a
+    // handler called directly from indexing past its words.
+    const auto n = static_cast<long long>(c.words.size()) - 1;
+    if (n < min_args || (max_args >= 0 && n > max_args))
+      return arity_error(c.words.empty() ? std::string_view() : c.words[0]);
+    return fn(c);
+  }
+};
+
+inline bool is_builtin(const Command& cmd) { return cmd.fn.target<BuiltinHandler>() != nullptr; }
+
+}  // namespace detail
+
 inline void add_builtin_commands(CommandTable& table) {
   using Fn = Reply (*)(Call&);
   const auto add = [&table](const char* name, const char* flags, int min_args, int max_args,
@@ -2549,14 +3030,7 @@ inline void add_builtin_commands(CommandTable& table) {
     cmd.flags = flags;
     cmd.min_args = min_args;
     cmd.max_args = max_args;
-    // The runtime checks argument counts before calling; checking again here keeps a
-    // handler called directly from indexing past its words.
-    cmd.fn = [fn, min_args, max_args](Call& c) -> Reply {
-      const auto n = static_cast<long long>(c.words.size()) - 1;
-      if (n < min_args || (max_args >= 0 && n > max_args))
-        return detail::arity_error(c.words.empty() ? std::string_view() : c.words[0]);
-      return fn(c);
-    };
+    cmd.fn = detail::BuiltinHandler{fn, min_args, max_args};
     table.emplace(name, std::move(cmd));
   };
   using namespace detail;
@@ -5741,8 +6215,8 @@ inline void StorageWriter::run() {
 //             runs the role callbacks.
 //   snapshot  serializes a copy of the store and hands it to the writer.
 //   joiner    only on a node started with -e, until it is a member.
-// Lock order: core_mu_ before req_mu_, apply_mu_, a sender's mutex and done_mu_; data_mu_ is
-// never held while taking core_mu_.
+// Lock order: core_mu_ before req_mu_, apply_mu_, a sender's mutex and done_mu_; fwd_mu_ before
+// req_mu_, links_mu_ and a sender's mutex; data_mu_ is never held while taking core_mu_.
 //
 // The peer protocol (port + 1) is RESP: arrays of bulk strings whose first word names them.
 //   HELLO version cluster_id node_id server_id address secret   (first, on every connection)
@@ -5750,20 +6224,61 @@ inline void StorageWriter::run() {
 //   RAFT type term index log_term commit reject hint_index hint_term transfer context offset
 //        done timestamp config data count [index term type timestamp payload]*count
 //   JOIN node_id address server_id      -> +OK cluster_id | -MOVED id address | -TRYAGAIN ...
-//   FWD request_id word...              (a follower's write for the leader)
-//   FWDR request_id reply               (the leader's answer; reply is RESP-encoded)
+//   FWD nonce seq lowest word...        (a follower's write for the leader, see below)
+//   FWDR nonce seq status reply         (the leader's answer: status done, notrun or unknown;
+//                                        reply is RESP3-encoded)
 // Connections are one-way after the handshake: a node sends on the connections it opened
 // and reads on the ones it accepted. Nothing received is ever evaluated; a malformed message
 // closes that connection.
+//
+// Forwarded writes are applied at most once. A follower numbers the writes it forwards (seq)
+// within its session: its node id and server id (the leader knows both from HELLO) and a nonce
+// drawn at each start. Each FWD also carries the lowest seq the follower still waits for. The
+// leader appends `__fwd node server_id nonce seq lowest word...`, and every node decides when
+// it applies it, with the replicated detail::SessionTable, whether it runs, is a duplicate
+// (answered with the reply it had) or is stale (not run). So the follower may send a forward
+// again - it does, on every new connection to the leader, and to a new leader after an answer
+// of unknown outcome - and gets the original reply. It keeps each forward until answered or
+// past its deadline (at most kMaxForwardWaitMs), and answers its caller with the leader's reply;
+// -TRYAGAIN when no copy may have been appended (none left this node, or the only one was
+// refused); -TIMEOUT (outcome unknown) otherwise. A forward taken back before its link handed
+// it to a socket is never sent. Writes forwarded in order reach the leader in order: a link
+// sends its forwards in seq order, and forwards are moved to a new leader's link, in order,
+// before any new one is queued there.
 
 namespace raft {
 namespace detail {
 
 // The peer protocol's version, in HELLO. 1: the first release; 2: RAFT carries a timestamp
-// (a snapshot's, a read's). A node refuses a peer of another version with a message naming
-// both: the versions are not mixed on one link. A cluster is upgraded one node at a time; while
-// versions are mixed, the nodes of the version a majority runs keep the cluster going.
-constexpr const char* kPeerProtocolVersion = "2";
+// (a snapshot's, a read's); 3: FWD and FWDR carry a session (at-most-once forwarded writes).
+// A node refuses a peer of another version with a message naming both: the versions are not
+// mixed on one link. A cluster is upgraded one node at a time; while versions are mixed, the
+// nodes of the version a majority runs keep the cluster going.
+constexpr const char* kPeerProtocolVersion = "3";
+
+// What the peer connections accept once HELLO is done: a bulk (an entry's payload, a
+// snapshot chunk, a forwarded write's argument) and words in one message.
+constexpr std::size_t kPeerMaxBulkBytes = std::size_t{1} << 30;
+constexpr std::size_t kPeerMaxWords = std::size_t{16} << 20;
+// A forwarded write's log entry wraps the command with the forwarding session: a few words
+// bounded by the handshake's limits (node and server ids of at most 4096 bytes).
+constexpr std::size_t kMaxForwardWrappingBytes = 3 * 4096 + 256;
+static_assert(kMaxCommandBytes + kMaxForwardWrappingBytes <= kPeerMaxBulkBytes,
+              "an accepted write, wrapped as a forwarded one, must fit in one peer bulk");
+static_assert(kProtoMaxBulkLen <= kPeerMaxBulkBytes && kMaxCommandWords + 8 <= kPeerMaxWords,
+              "an accepted write must fit in one FWD message");
+
+// The first word of a forwarded write's log entry. Command names starting with "__" are the
+// runtime's: Node::handler refuses them and clients cannot send them.
+constexpr const char* kForwardedCommand = "__fwd";
+inline bool is_reserved_command(std::string_view name) { return name.rfind("__", 0) == 0; }
+
+// A follower waits for a forwarded write's answer at most this long, whatever the configured
+// timeouts: far less than SessionTable::kIdleMs, so that no copy of a write can reach the log
+// after the leaders' session table forgot its session.
+constexpr int kMaxForwardWaitMs = static_cast<int>(SessionTable::kIdleMs / 10);
+// Forwarded writes one node waits for at once; beyond, a write gets -TRYAGAIN.
+constexpr std::size_t kMaxForwardsWaiting = 65536;
 
 inline std::int64_t wall_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -5831,6 +6346,11 @@ inline std::string hex64(std::uint64_t v) {
   char buf[17];
   std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
   return buf;
+}
+
+inline std::uint64_t random_u64() {
+  std::random_device rd;
+  return (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
 }
 
 inline std::uint64_t fnv1a(std::string_view s, std::uint64_t h = 1469598103934665603ull) {
@@ -6094,6 +6614,98 @@ inline bool decode_raft(std::vector<std::string>& w, Message& m, std::string& er
   return true;
 }
 
+// FWD and FWDR (see the protocol above).
+
+struct ForwardedWrite {
+  std::uint64_t nonce = 0;
+  std::uint64_t seq = 0;
+  std::uint64_t lowest = 0;  // the lowest seq the follower still waits for; never above seq
+  std::vector<std::string> words;
+};
+
+/// FWD nonce seq lowest, then the write's words: `command` is them RESP-encoded
+/// (resp::write_command), `words` how many there are.
+inline void encode_forward(std::uint64_t nonce, std::uint64_t seq, std::uint64_t lowest, std::string_view command,
+                           std::size_t words, std::string& out) {
+  resp::write_array_header(out, 4 + words);
+  resp::write_bulk(out, "FWD");
+  write_bulk_u64(out, nonce);
+  write_bulk_u64(out, seq);
+  write_bulk_u64(out, lowest);
+  out.append(command.substr(command.find("\r\n") + 2));  // the words, without their array header
+}
+
+inline bool decode_forward(std::vector<std::string>& w, ForwardedWrite& f, std::string& error) {
+  auto fail = [&](const char* what) {
+    error = std::string("malformed FWD message: ") + what;
+    return false;
+  };
+  if (w.size() < 5 || w[0] != "FWD") return fail("too few fields");
+  if (!parse_u64(w[1], f.nonce) || !parse_u64(w[2], f.seq) || !parse_u64(w[3], f.lowest)) return fail("bad number");
+  if (f.lowest > f.seq) return fail("lowest unanswered above the sequence number");
+  f.words.assign(std::make_move_iterator(w.begin() + 4), std::make_move_iterator(w.end()));
+  return true;
+}
+
+enum class ForwardStatus : std::uint8_t {
+  Done,     // the reply is the write's outcome (it was applied, or the log decided it does not run)
+  NotRun,   // this leader did not append it (not leading, or it refuses it); the reply says why
+  Unknown,  // this leader appended it and lost track of it (stepped down, timed out)
+};
+
+inline const char* forward_status_name(ForwardStatus s) {
+  switch (s) {
+    case ForwardStatus::Done: return "done";
+    case ForwardStatus::NotRun: return "notrun";
+    case ForwardStatus::Unknown: return "unknown";
+  }
+  return "?";
+}
+
+struct ForwardReply {
+  std::uint64_t nonce = 0;
+  std::uint64_t seq = 0;
+  ForwardStatus status = ForwardStatus::Done;
+  Reply reply;
+};
+
+inline void encode_forward_reply(const ForwardReply& r, std::string& out) {
+  std::string encoded;
+  resp::write(encoded, r.reply, 3);
+  resp::write_array_header(out, 5);
+  resp::write_bulk(out, "FWDR");
+  write_bulk_u64(out, r.nonce);
+  write_bulk_u64(out, r.seq);
+  resp::write_bulk(out, forward_status_name(r.status));
+  resp::write_bulk(out, encoded);
+}
+
+/// Parses a reply encoded by resp::write (a FWDR's, a kept one in the session table). Without
+/// limits but the nesting: what is parsed is already in memory.
+inline bool decode_reply(std::string_view bytes, Reply& out) {
+  resp::Limits limits;
+  limits.max_bulk_length = std::numeric_limits<std::size_t>::max();
+  limits.max_multibulk_length = std::numeric_limits<std::size_t>::max();
+  resp::ReplyParser parser(limits);
+  parser.feed(bytes);
+  return parser.next(out) == resp::Status::Ok && parser.buffered() == 0;
+}
+
+inline bool decode_forward_reply(const std::vector<std::string>& w, ForwardReply& r, std::string& error) {
+  auto fail = [&](const char* what) {
+    error = std::string("malformed FWDR message: ") + what;
+    return false;
+  };
+  if (w.size() != 5 || w[0] != "FWDR") return fail("wrong number of fields");
+  if (!parse_u64(w[1], r.nonce) || !parse_u64(w[2], r.seq)) return fail("bad number");
+  if (w[3] == "done") r.status = ForwardStatus::Done;
+  else if (w[3] == "notrun") r.status = ForwardStatus::NotRun;
+  else if (w[3] == "unknown") r.status = ForwardStatus::Unknown;
+  else return fail("unknown status");
+  if (!decode_reply(w[4], r.reply)) return fail("bad reply");
+  return true;
+}
+
 // ---- logging -------------------------------------------------------------------------------
 
 inline const char* level_name(LogLevel l) {
@@ -6124,8 +6736,15 @@ class Runtime;
 
 /// The outbound connection to one peer, with its own thread: messages are queued by any
 /// thread and sent in order; on failure it reconnects with backoff (Raft tolerates the loss).
+/// Forwarded writes wait apart, by sequence number, until the runtime takes them back: each is
+/// sent on every new connection, in sequence order.
 class PeerLink {
  public:
+  /// Test hook (tests/test_forward.cpp): Stall hands nothing to the socket while set (a peer
+  /// that stopped reading: its buffers are full); Drop loses whatever is handed to the socket
+  /// (a cut link), and when lifted the link reconnects, as after a real cut.
+  enum class Fault : std::uint8_t { None, Stall, Drop };
+
   PeerLink(Runtime& rt, NodeId id, std::string address) : rt_(rt), id_(std::move(id)), address_(std::move(address)) {
     thread_ = std::thread([this] { run(); });
   }
@@ -6139,6 +6758,35 @@ class PeerLink {
     queued_bytes_ += bytes.size();
     queue_.push_back(std::move(bytes));
     cv_.notify_one();
+  }
+  /// Queues forwarded write `seq` (a FWD message). False, and nothing is queued, when too much
+  /// waits already (the peer is gone or slow).
+  bool send_forward(std::uint64_t seq, std::string bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (queued_bytes_ > kMaxQueuedBytes) return false;
+    queued_bytes_ += bytes.size();
+    forwards_[seq] = QueuedForward{std::move(bytes), 0};
+    unsent_.insert(seq);
+    cv_.notify_one();
+    return true;
+  }
+  /// Takes forwarded write `seq` back: it is not sent again. Returns how many times it was
+  /// handed to a socket (0: it never left this node), or nothing if it is not here.
+  std::optional<unsigned> take_forward(std::uint64_t seq) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = forwards_.find(seq);
+    if (it == forwards_.end()) return std::nullopt;
+    const unsigned handed = it->second.handed;
+    queued_bytes_ -= std::min(queued_bytes_, it->second.bytes.size());
+    forwards_.erase(it);
+    unsent_.erase(seq);
+    return handed;
+  }
+  void set_fault(Fault fault) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (fault_ == Fault::Drop && fault != Fault::Drop) reconnect_ = true;
+    fault_ = fault;
+    cv_.notify_all();
   }
   void set_address(const std::string& address) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -6173,13 +6821,21 @@ class PeerLink {
   static constexpr std::size_t kMaxQueuedBytes = std::size_t{256} << 20;
   void run();
 
+  struct QueuedForward {
+    std::string bytes;
+    unsigned handed = 0;  // times handed to a socket
+  };
+
   Runtime& rt_;
   const NodeId id_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::string address_;
   std::deque<std::string> queue_;
+  std::map<std::uint64_t, QueuedForward> forwards_;  // by sequence number
+  std::set<std::uint64_t> unsent_;  // forwards not handed to the current connection yet
   std::size_t queued_bytes_ = 0;
+  Fault fault_ = Fault::None;
   bool stopping_ = false;
   bool reconnect_ = false;
   int fd_ = -1;
@@ -6245,6 +6901,11 @@ class Runtime {
 
   void log(LogLevel level, const std::string& message) const;
 
+  /// Test hook (tests/test_forward.cpp): a fault on this node's link to `peer`.
+  void set_link_fault_for_test(const NodeId& peer, PeerLink::Fault fault) {
+    if (PeerLink* link = link_for(peer)) link->set_fault(fault);
+  }
+
   // For PeerLink.
   std::string hello_bytes() const;
   int send_timeout() const { return scaled(cfg_.send_timeout_ms); }
@@ -6260,20 +6921,31 @@ class Runtime {
     std::uint64_t conn = 0;
     std::uint64_t op = 0;
     std::shared_ptr<std::promise<Reply>> promise;
-    NodeId forward_from;
-    std::uint64_t forward_id = 0;
+    NodeId forward_from;             // a forwarded write: the follower,
+    std::uint64_t forward_seq = 0;   // its sequence number
+    std::uint64_t forward_nonce = 0;  // and session nonce
     std::vector<std::string> words;  // a read, executed once applied...
     std::chrono::steady_clock::time_point read_deadline{};  // ... or failed after this
     EntryId entry;                   // a write, where it went
-    std::chrono::steady_clock::time_point deadline{};  // a write forwarded to the leader...
-    NodeId forwarded_to;                               // ... this one
   };
   struct Caller {
     std::uint64_t conn = 0;
     std::uint64_t op = 0;
     std::shared_ptr<std::promise<Reply>> promise;
     NodeId forward_from;
-    std::uint64_t forward_id = 0;
+    std::uint64_t forward_seq = 0;
+    std::uint64_t forward_nonce = 0;
+  };
+  // A write this node forwarded to the leader, waiting for its answer (under fwd_mu_).
+  struct Forward {
+    std::uint64_t request = 0;  // in requests_: who waits
+    std::string command;        // the write's words, RESP-encoded
+    std::size_t words = 0;
+    NodeId to;  // the node whose link holds it; empty: held here until a leader is known
+    NodeId sent_leader;  // the leader and term when it was last queued on a link
+    std::uint64_t sent_term = 0;
+    bool maybe_run = false;  // a copy may have been appended: its outcome is unknown
+    std::chrono::steady_clock::time_point deadline{};
   };
   struct ApplyItem {
     enum Kind { Restore, Entry, Read, Aborted, RoleChanged, LeaderReady, SnapshotWanted, Checkpoint } kind;
@@ -6333,7 +7005,8 @@ class Runtime {
   }
   struct PendingWrite {
     Caller caller;
-    std::string payload;
+    std::string payload;  // the command's words, RESP-encoded
+    std::size_t words = 0;
   };
   using EntryIdKey = std::pair<std::uint64_t, std::uint64_t>;  // (index, term)
   // Writes to propose and reads to confirm, gathered by one thread and handed to the core
@@ -6345,8 +7018,8 @@ class Runtime {
 
   static resp::Limits peer_limits() {
     resp::Limits l;
-    l.max_bulk_length = std::size_t{1} << 30;
-    l.max_multibulk_length = std::size_t{16} << 20;
+    l.max_bulk_length = kPeerMaxBulkBytes;
+    l.max_multibulk_length = kPeerMaxWords;
     return l;
   }
   int scaled(int ms) const { return std::max(1, static_cast<int>(ms * cfg_.time_scale)); }
@@ -6402,14 +7075,23 @@ class Runtime {
   void serve_ready_reads();
   void adopt_cluster_id(const std::string& cluster_id);
   void handle_command(ClientConn* conn, Caller caller, std::vector<std::string>& words, Batch& batch);
-  void finish(const Caller& caller, Reply reply);
-  void finish_request(std::uint64_t id, Reply reply);
+  // Answers the caller. For a follower's forwarded write, `status` tells it what the reply means.
+  void finish(const Caller& caller, Reply reply, ForwardStatus status = ForwardStatus::Done);
+  void finish_request(std::uint64_t id, Reply reply, ForwardStatus status = ForwardStatus::Done);
   std::uint64_t add_request(Request r);
   void start_read(ClientConn* conn, const Caller& caller, std::vector<std::string>& words, const Command& cmd,
                   Batch& batch);
   void flush_batched(Batch& batch);
   void complete_op(std::uint64_t conn, std::uint64_t op, Reply reply);
+  // forwarded writes (a follower's)
+  void forward_writes(const NodeId& leader, std::uint64_t term, std::vector<PendingWrite> writes);
+  void requeue_forwards(const NodeId& leader, std::uint64_t term, bool all);
+  void queue_forward(PeerLink& link, std::uint64_t seq, const Forward& f);
   void expire_forwards();
+  void handle_forward_reply(const NodeId& from, ForwardReply fr);
+  // forwarded writes (the leader's)
+  void handle_forward(PeerConn& p, ForwardedWrite fw);
+  std::string write_refusal(const std::vector<std::string>& words) const;
   /// Runs a read handler at `now_ms` (the time it judges expiry by).
   Reply run_read(const Command& cmd, const std::vector<std::string>& words, std::int64_t now_ms);
   /// A confirmed linearizable read's time: the leader's, or the last stamp applied if later
@@ -6427,6 +7109,7 @@ class Runtime {
     apply_cv_.notify_one();
   }
   void apply_entry(const LogEntry& e);
+  bool run_write(const LogEntry& e, const Command& cmd, const std::vector<std::string>& words, Reply& reply);
   void serve_reads();
   void expire_waiting_reads();
   void halt(const std::string& why);
@@ -6477,6 +7160,13 @@ class Runtime {
   // Threads that answer commands: execute() from them would wait for itself.
   std::atomic<std::thread::id> apply_thread_id_{};
   std::atomic<std::thread::id> poll_thread_id_{};
+
+  // writes this node forwarded (see "Forwarded writes" at the top of this section)
+  std::mutex fwd_mu_;
+  std::map<std::uint64_t, Forward> forwards_;  // by sequence number
+  // This run's session: every start draws another, so sequence numbers start again at 1.
+  const std::uint64_t forward_nonce_ = random_u64();
+  std::uint64_t next_forward_seq_ = 1;
 
   // requests
   std::mutex req_mu_;
@@ -7073,7 +7763,8 @@ inline void Runtime::halt(const std::string& why) {
   }
   for (std::uint64_t id : waiting)
     finish_request(id, Reply::error("MISCONF " + why + "; if this was a write, its outcome is unknown (another node "
-                                    "may still commit it); restart the node"));
+                                    "may still commit it); restart the node"),
+                   ForwardStatus::Unknown);
 }
 
 inline void Runtime::send_peer(const Message& m) {
@@ -7178,8 +7869,13 @@ inline void PeerLink::run() {
       backoff_ms = 20;
       if (logged_failure) rt_.log(LogLevel::Debug, "connected to " + id_ + " at " + addr);
       logged_failure = false;
+      // A new connection: every forward goes again (what the last one carried may be lost).
+      unsent_.clear();
+      for (const auto& f : forwards_) unsent_.insert(unsent_.end(), f.first);
     }
-    cv_.wait(lock, [&] { return stopping_ || reconnect_ || !queue_.empty(); });
+    cv_.wait(lock, [&] {
+      return stopping_ || reconnect_ || (fault_ != Fault::Stall && (!queue_.empty() || !unsent_.empty()));
+    });
     if (stopping_ || reconnect_) continue;
     std::string batch;
     while (!queue_.empty() && batch.size() < (std::size_t{4} << 20)) {
@@ -7187,6 +7883,13 @@ inline void PeerLink::run() {
       queue_.pop_front();
     }
     queued_bytes_ -= std::min(queued_bytes_, batch.size());
+    while (!unsent_.empty() && batch.size() < (std::size_t{8} << 20)) {
+      QueuedForward& f = forwards_[*unsent_.begin()];
+      unsent_.erase(unsent_.begin());
+      ++f.handed;
+      batch += f.bytes;
+    }
+    if (fault_ == Fault::Drop) continue;  // the test hook: lost on the way
     int fd = fd_;
     lock.unlock();
     bool ok = send_all(fd, batch.data(), batch.size());
@@ -7306,7 +8009,8 @@ inline void Runtime::apply_loop() {
             }
             for (std::uint64_t id : gone)
               finish_request(id, Reply::error("TIMEOUT this node lost leadership before the write was known "
-                                              "committed; its outcome is unknown"));
+                                              "committed; its outcome is unknown"),
+                             ForwardStatus::Unknown);
           }
           log(LogLevel::Info, "installed a snapshot at index " + std::to_string(applied_.load()));
           serve_reads();
@@ -7339,7 +8043,8 @@ inline void Runtime::apply_loop() {
           }
           if (rid)
             finish_request(rid, Reply::error("TIMEOUT the write was not committed in time (leader change or no "
-                                             "majority); it may still be applied later"));
+                                             "majority); it may still be applied later"),
+                           ForwardStatus::Unknown);
           break;
         }
         case ApplyItem::RoleChanged:
@@ -7369,7 +8074,12 @@ inline void Runtime::apply_loop() {
 inline void Runtime::apply_entry(const LogEntry& e) {
   Reply reply;
   if (e.type == EntryType::Command) {
-    resp::RequestParser parser;
+    // Without limits: the entry was checked against the command limits before it was
+    // appended (by whichever node and version), and a committed entry must always apply.
+    resp::Limits unlimited;
+    unlimited.max_bulk_length = unlimited.max_multibulk_length = unlimited.max_inline_length =
+        std::numeric_limits<std::size_t>::max();
+    resp::RequestParser parser(unlimited);
     parser.feed(e.payload);
     std::vector<std::string> words;
     if (parser.next(words) != resp::Status::Ok || words.empty()) {
@@ -7377,23 +8087,64 @@ inline void Runtime::apply_entry(const LogEntry& e) {
       fatal_ = true;
       return;
     }
+    // A forwarded write: __fwd node server_id nonce seq lowest word...
+    const bool forwarded = words[0] == kForwardedCommand;
+    SessionTable::Key session;
+    std::uint64_t seq = 0, lowest = 0;
+    if (forwarded) {
+      if (words.size() < 7 || !parse_u64(words[3], session.nonce) || !parse_u64(words[4], seq) ||
+          !parse_u64(words[5], lowest)) {
+        log(LogLevel::Error, "log entry " + std::to_string(e.index) + " is a malformed forwarded write: stopping the "
+                             "apply loop");
+        fatal_ = true;
+        return;
+      }
+      session.node = std::move(words[1]);
+      session.server_id = std::move(words[2]);
+      words.erase(words.begin(), words.begin() + 6);
+    }
     auto h = handlers_.find(words[0]);
     if (h == handlers_.end() || !h->second.is_write()) {
       // Never skipped: every node must apply the same sequence.
       log(LogLevel::Error, "log entry " + std::to_string(e.index) + " names command '" + words[0] +
-                               "', which this node has no write handler for: stopping the apply loop. Start "
-                               "this node with the same handlers as the rest of the cluster.");
+                               "', which this node has no write handler for: stopping the apply loop (an entry is "
+                               "never skipped: every node applies the same ones). Either this node's handlers differ "
+                               "from those of the node that proposed it (start this node with the same handlers as "
+                               "the rest of the cluster), or a newer version of raft.hpp wrote the entry (run that "
+                               "version here too).");
       fatal_ = true;
       return;
     }
     std::lock_guard<std::mutex> lock(data_mu_);
-    Call call{store_, words, e.timestamp_ms, &node_};
-    try {
-      reply = h->second.fn(call);
-    } catch (const std::exception& ex) {
-      // A handler that throws has changed nothing it did not change on every node alike;
-      // the client learns why.
-      reply = Reply::error(std::string("ERR handler failed: ") + ex.what());
+    if (!forwarded) {
+      if (!run_write(e, h->second, words, reply)) return;
+    } else {
+      std::string kept;
+      switch (store_.sessions().begin(session, seq, lowest, e.timestamp_ms, kept)) {
+        case SessionTable::Verdict::Apply: {
+          if (!run_write(e, h->second, words, reply)) return;
+          std::string encoded;
+          resp::write(encoded, reply, 3);
+          store_.sessions().record(session, seq, std::move(encoded));
+          break;
+        }
+        case SessionTable::Verdict::Duplicate:
+#ifdef RAFT_MUTANT_FORWARD_APPLIED_TWICE
+          // mutant: a copy of a forwarded write runs again
+          if (!run_write(e, h->second, words, reply)) return;
+          break;
+#endif
+          if (!decode_reply(kept, reply)) reply = Reply::error("ERR the reply kept for this write cannot be read");
+          break;
+        case SessionTable::Verdict::Stale:
+          reply = Reply::error("TIMEOUT the leader no longer keeps this forwarded write's reply (it ran, or its node "
+                               "gave up on it, earlier); its outcome is unknown");
+          break;
+        case SessionTable::Verdict::Full:
+          reply = Reply::error("TRYAGAIN the leader remembers too many nodes' forwarded writes at once; the write "
+                               "was not run");
+          break;
+      }
     }
     keys_ = store_.size();
   }
@@ -7410,11 +8161,60 @@ inline void Runtime::apply_entry(const LogEntry& e) {
       it = write_by_index_.erase(it);
     }
   }
-  for (auto& [rid, mine] : answered)
-    finish_request(rid, mine ? reply
-                             : Reply::error("TIMEOUT the write lost its place in the log to a new leader; it was "
-                                            "not applied"));
+  for (auto& [rid, mine] : answered) {
+    if (mine)
+      finish_request(rid, reply);
+    else
+      finish_request(rid, Reply::error("TIMEOUT the write lost its place in the log to a new leader; it was not "
+                                       "applied"),
+                     ForwardStatus::NotRun);
+  }
   if (!reads_by_index_.empty() && reads_by_index_.begin()->first <= e.index) serve_reads();
+}
+
+// Runs a write handler on the store (data_mu_ held). A std::exception other than
+// std::bad_alloc is the write's reply, alike on every node, and what the handler changed is
+// undone, so a write stays atomic. Anything else stops the apply loop (false): the store may be
+// half changed here, and this node must not go on from data that differs from the others'.
+inline bool Runtime::run_write(const LogEntry& e, const Command& cmd, const std::vector<std::string>& words,
+                               Reply& reply) {
+  const bool record = !is_builtin(cmd);  // built-ins return every error before their first change
+  Call call{store_, words, e.timestamp_ms, &node_};
+  std::string failure;
+  try {
+    if (record) store_.begin_undo();
+    reply = cmd.fn(call);
+    if (record) store_.commit_undo();
+    return true;
+  } catch (const std::bad_alloc&) {
+    failure = "ran out of memory (std::bad_alloc)";
+  } catch (const std::exception& ex) {
+    if (!record) {
+      failure = std::string("threw (") + ex.what() + "), which a built-in command never does: a bug in raft.hpp";
+    } else {
+      try {
+#ifndef RAFT_MUTANT_WRITE_NOT_UNDONE
+        store_.rollback_undo();
+#else
+        store_.commit_undo();  // mutant: a handler that throws keeps its partial changes
+#endif
+        reply = Reply::error(std::string("ERR handler failed: ") + ex.what());
+        return true;
+      } catch (...) {
+        failure = std::string("threw (") + ex.what() + ") and its changes could not be undone";
+      }
+    }
+  } catch (...) {
+    failure = "threw something that is not a std::exception (a write handler may throw std::exception only: "
+              "its changes are then undone and the error is its reply on every node)";
+  }
+  store_.commit_undo();  // stops recording; what is half done stays, and the node stops
+  log(LogLevel::Error, "log entry " + std::to_string(e.index) + ": the write handler of '" + words[0] + "' " +
+                           failure + ". Stopping the apply loop: the entry may be half applied here, and this node "
+                           "must not serve data that differs from the other nodes'. Restart it: it rebuilds its "
+                           "data from its snapshot and log.");
+  fatal_ = true;
+  return false;
 }
 
 inline void Runtime::serve_reads() {
@@ -7550,17 +8350,12 @@ inline std::uint64_t Runtime::add_request(Request r) {
   return id;
 }
 
-inline void Runtime::finish(const Caller& caller, Reply reply) {
+inline void Runtime::finish(const Caller& caller, Reply reply, ForwardStatus status) {
   if (caller.promise) {
     caller.promise->set_value(std::move(reply));
   } else if (!caller.forward_from.empty()) {
     std::string bytes;
-    std::string encoded;
-    resp::write(encoded, reply, 3);
-    resp::write_array_header(bytes, 3);
-    resp::write_bulk(bytes, "FWDR");
-    write_bulk_u64(bytes, caller.forward_id);
-    resp::write_bulk(bytes, encoded);
+    encode_forward_reply(ForwardReply{caller.forward_nonce, caller.forward_seq, status, std::move(reply)}, bytes);
     if (PeerLink* link = link_for(caller.forward_from)) link->send(std::move(bytes));
   } else if (caller.conn) {
     std::lock_guard<std::mutex> lock(done_mu_);
@@ -7569,17 +8364,17 @@ inline void Runtime::finish(const Caller& caller, Reply reply) {
   }
 }
 
-inline void Runtime::finish_request(std::uint64_t id, Reply reply) {
+inline void Runtime::finish_request(std::uint64_t id, Reply reply, ForwardStatus status) {
   Caller caller;
   {
     std::lock_guard<std::mutex> lock(req_mu_);
     auto it = requests_.find(id);
     if (it == requests_.end()) return;
-    caller = Caller{it->second.conn, it->second.op, std::move(it->second.promise), it->second.forward_from,
-                    it->second.forward_id};
+    caller = Caller{it->second.conn,         it->second.op,          std::move(it->second.promise),
+                    it->second.forward_from, it->second.forward_seq, it->second.forward_nonce};
     requests_.erase(it);
   }
-  finish(caller, std::move(reply));
+  finish(caller, std::move(reply), status);
 }
 
 // ---- commands ------------------------------------------------------------------------------
@@ -7625,7 +8420,7 @@ inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector
     return;
   }
   auto it = handlers_.find(words[0]);
-  if (it == handlers_.end() || words[0] == "__expire") {
+  if (it == handlers_.end() || is_reserved_command(words[0])) {
     std::string args;
     for (std::size_t i = 1; i < words.size() && args.size() < 128; ++i) args += "'" + words[i] + "' ";
     finish(caller, Reply::error("ERR unknown command '" + words[0] + "', with args beginning with: " + args));
@@ -7644,9 +8439,15 @@ inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector
     return;
   }
   if (cmd.is_write()) {
+    // The command limits, before anything is proposed or forwarded (see kMaxCommandBytes).
+    const std::string too_big = command_limit_error(words);
+    if (!too_big.empty()) {
+      finish(caller, Reply::error(too_big));
+      return;
+    }
     std::string payload;
     resp::write_command(payload, words);
-    batch.writes.push_back(PendingWrite{caller, std::move(payload)});
+    batch.writes.push_back(PendingWrite{caller, std::move(payload), words.size()});
   } else {
     start_read(conn, caller, words, cmd, batch);
   }
@@ -7671,13 +8472,22 @@ inline void Runtime::start_read(ClientConn* conn, const Caller& caller, std::vec
 // lock, so that one wake-up of the poll thread becomes one batch for the disk and the peers.
 inline void Runtime::flush_batched(Batch& batch) {
   if (batch.writes.empty() && batch.reads.empty()) return;
-  std::vector<std::pair<Caller, Reply>> refused;
-  std::vector<std::pair<NodeId, PendingWrite>> forwards;
+  struct Refusal {
+    Caller caller;
+    Reply reply;
+    ForwardStatus status;
+  };
+  std::vector<Refusal> refused;
+  std::vector<PendingWrite> forwards;
+  NodeId leader;
+  std::uint64_t term = 0;
   {
     std::lock_guard<std::mutex> lock(core_mu_);
     if (halted_ || stopping_) {
       // stop() is answering what is registered; nothing new starts.
-      for (auto& w : batch.writes) refused.emplace_back(w.caller, Reply::error("ERR the node is stopping; the command was not run"));
+      for (auto& w : batch.writes)
+        refused.push_back({w.caller, Reply::error("ERR the node is stopping; the command was not run"),
+                           ForwardStatus::NotRun});
       batch.writes.clear();
       std::vector<std::uint64_t> reads;
       reads.swap(batch.reads);
@@ -7685,28 +8495,35 @@ inline void Runtime::flush_batched(Batch& batch) {
     }
     for (auto& w : batch.writes) {
       ProposeResult res = core_->propose(w.payload, now_ms());
+      const bool forwarded_here = !w.caller.forward_from.empty();
       if (res.ok()) {
         Request r;
         r.conn = w.caller.conn;
         r.op = w.caller.op;
         r.promise = w.caller.promise;
         r.forward_from = w.caller.forward_from;
-        r.forward_id = w.caller.forward_id;
+        r.forward_seq = w.caller.forward_seq;
+        r.forward_nonce = w.caller.forward_nonce;
         r.entry = res.id;
         std::lock_guard<std::mutex> rl(req_mu_);
         std::uint64_t id = next_request_++;
         requests_.emplace(id, std::move(r));
         write_by_index_[{res.id.index, res.id.term}] = id;
-      } else if (res.error == ProposeResult::Error::NotLeader && !res.leader.empty() && w.caller.forward_from.empty()) {
-        forwards.emplace_back(res.leader, std::move(w));
+      } else if (res.error == ProposeResult::Error::NotLeader && !res.leader.empty() && !forwarded_here) {
+        leader = res.leader;
+        term = core_->term();
+        forwards.push_back(std::move(w));
       } else if (res.error == ProposeResult::Error::Transferring) {
-        refused.emplace_back(w.caller, Reply::error("TRYAGAIN leadership is being transferred; the write was not run"));
-      } else if (!w.caller.forward_from.empty()) {
-        refused.emplace_back(w.caller, Reply::error("TRYAGAIN the node this write was forwarded to no longer leads; "
-                                                    "it was not run"));
+        refused.push_back({w.caller, Reply::error("TRYAGAIN leadership is being transferred; the write was not run"),
+                           ForwardStatus::NotRun});
+      } else if (forwarded_here) {
+        refused.push_back({w.caller,
+                           Reply::error("TRYAGAIN the node this write was forwarded to no longer leads; it was not run"),
+                           ForwardStatus::NotRun});
       } else {
-        refused.emplace_back(w.caller, Reply::error("CLUSTERDOWN no leader is known (election in progress or no "
-                                                    "majority); the write was not run"));
+        refused.push_back({w.caller, Reply::error("CLUSTERDOWN no leader is known (election in progress or no "
+                                                  "majority); the write was not run"),
+                           ForwardStatus::NotRun});
       }
     }
     for (std::uint64_t rid : batch.reads) core_->read_index(rid);
@@ -7714,55 +8531,186 @@ inline void Runtime::flush_batched(Batch& batch) {
   }
   batch.writes.clear();
   batch.reads.clear();
-  for (auto& [caller, reply] : refused) finish(caller, std::move(reply));
+  for (auto& r : refused) finish(r.caller, std::move(r.reply), r.status);
   std::vector<std::uint64_t> refused_reads;
   {
     std::lock_guard<std::mutex> lock(core_mu_);
     refused_reads.swap(refused_reads_);
   }
   for (std::uint64_t rid : refused_reads) finish_request(rid, Reply::error("ERR the node is stopping; the read was not run"));
-  // Writes on a follower go to the leader over the peer link, pipelined, tagged with ids.
-  for (auto& [leader, w] : forwards) {
-    Request r;
-    r.conn = w.caller.conn;
-    r.op = w.caller.op;
-    r.promise = w.caller.promise;
-    r.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(scaled(cfg_.append_timeout_ms + cfg_.election_timeout_ms));
-    r.forwarded_to = leader;
-    PeerLink* link = link_for(leader);
-    if (!link || !link->connected()) {
-      // Not queued: a link that is down may come back later and deliver it after we answered.
-      finish(w.caller, Reply::error("TRYAGAIN the leader (" + leader + ") is unreachable; the write was not run"));
-      continue;
+  if (!forwards.empty()) forward_writes(leader, term, std::move(forwards));
+}
+
+// ---- forwarded writes: the follower's side (see the protocol at the top of this section) ----
+
+// Writes on a follower go to the leader over the peer link, pipelined, each in the session
+// with its sequence number.
+inline void Runtime::forward_writes(const NodeId& leader, std::uint64_t term, std::vector<PendingWrite> writes) {
+  PeerLink* link = link_for(leader);
+  const auto deadline =
+      std::chrono::steady_clock::now() +
+      std::chrono::milliseconds(std::min(scaled(cfg_.append_timeout_ms + cfg_.election_timeout_ms), kMaxForwardWaitMs));
+  std::vector<std::pair<Caller, Reply>> refused;
+  {
+    std::lock_guard<std::mutex> lock(fwd_mu_);
+    // Older forwards first: writes forwarded in order reach the leader in order.
+    if (link) requeue_forwards(leader, term, true);
+    for (auto& w : writes) {
+      if (!link) {
+        refused.emplace_back(w.caller, Reply::error("TRYAGAIN the leader (" + leader + ") has no known address; the "
+                                                    "write was not run"));
+        continue;
+      }
+      if (forwards_.size() >= kMaxForwardsWaiting) {
+        refused.emplace_back(w.caller, Reply::error("TRYAGAIN this node waits for too many forwarded writes; the write "
+                                                    "was not run"));
+        continue;
+      }
+      Request r;
+      r.conn = w.caller.conn;
+      r.op = w.caller.op;
+      r.promise = w.caller.promise;
+      Forward f;
+      f.request = add_request(std::move(r));
+      f.command = std::move(w.payload);
+      f.words = w.words;
+      f.deadline = deadline;
+      const std::uint64_t seq = next_forward_seq_++;
+      auto it = forwards_.emplace(seq, std::move(f)).first;
+      it->second.to = leader;
+      it->second.sent_leader = leader;
+      it->second.sent_term = term;
+      queue_forward(*link, seq, it->second);
     }
-    std::uint64_t id = add_request(std::move(r));
-    resp::RequestParser p;
-    p.feed(w.payload);
-    std::vector<std::string> words;
-    p.next(words);
-    std::string bytes;
-    resp::write_array_header(bytes, 2 + words.size());
-    resp::write_bulk(bytes, "FWD");
-    write_bulk_u64(bytes, id);
-    for (const auto& word : words) resp::write_bulk(bytes, word);
-    link->send(std::move(bytes));
+  }
+  for (auto& [caller, reply] : refused) finish(caller, std::move(reply));
+}
+
+// Under fwd_mu_: queues forward `seq` on `link`; if the link refuses it (the peer is gone or
+// slow), it waits here to be queued again.
+inline void Runtime::queue_forward(PeerLink& link, std::uint64_t seq, const Forward& f) {
+  std::string bytes;
+  encode_forward(forward_nonce_, seq, forwards_.begin()->first, f.command, f.words, bytes);
+  if (!link.send_forward(seq, std::move(bytes))) forwards_[seq].to.clear();
+}
+
+// Under fwd_mu_: moves to `leader`'s link, in sequence order, the forwards waiting here and
+// those on another node's link. With `all`, every one (before new forwards are queued there,
+// so that they stay in order); else only those last queued under another leader or term (a
+// forward waiting here is not sent again to the leader that just answered it).
+inline void Runtime::requeue_forwards(const NodeId& leader, std::uint64_t term, bool all) {
+  PeerLink* link = nullptr;
+  for (auto& [seq, f] : forwards_) {
+    if (f.to == leader) continue;
+    if (!all && f.to.empty() && f.sent_leader == leader && f.sent_term == term) continue;
+    if (link == nullptr && (link = link_for(leader)) == nullptr) return;
+    if (!f.to.empty()) {
+      PeerLink* old = link_for(f.to);
+      const std::optional<unsigned> handed = old ? old->take_forward(seq) : std::nullopt;
+      if (handed.value_or(1) > 0) f.maybe_run = true;  // the leader it was sent to may have appended it
+    }
+    f.to = leader;
+    f.sent_leader = leader;
+    f.sent_term = term;
+    queue_forward(*link, seq, f);
   }
 }
 
+// Every 100 ms on the poll thread: answers forwards past their deadline, and requeues the
+// waiting ones once a leader is known.
 inline void Runtime::expire_forwards() {
-  auto now = std::chrono::steady_clock::now();
-  NodeId leader = this->leader();
-  std::vector<std::uint64_t> expired;
+  const auto now = std::chrono::steady_clock::now();
+  const NodeId leader = this->leader();
+  const std::uint64_t term = this->term();
+  std::vector<std::pair<std::uint64_t, Reply>> expired;
   {
-    std::lock_guard<std::mutex> lock(req_mu_);
-    // A forward times out, or fails at once when the node it went to no longer leads (it may
-    // still have been applied: the outcome is unknown either way).
-    for (const auto& [id, r] : requests_)
-      if (r.deadline != std::chrono::steady_clock::time_point{} && (r.deadline < now || r.forwarded_to != leader))
-        expired.push_back(id);
+    std::lock_guard<std::mutex> lock(fwd_mu_);
+    for (auto it = forwards_.begin(); it != forwards_.end();) {
+      Forward& f = it->second;
+      if (f.deadline > now) {
+        ++it;
+        continue;
+      }
+      bool maybe_run = f.maybe_run;
+#ifndef RAFT_MUTANT_EXPIRED_FORWARD_STAYS_QUEUED
+      if (!f.to.empty())
+        if (PeerLink* link = link_for(f.to)) maybe_run = maybe_run || link->take_forward(it->first).value_or(0) > 0;
+#endif
+      expired.emplace_back(f.request, Reply::error(maybe_run ? "TIMEOUT the leader did not answer the forwarded write "
+                                                               "in time; its outcome is unknown"
+                                                             : "TRYAGAIN the leader could not be reached in time; "
+                                                               "the write was not run"));
+      it = forwards_.erase(it);
+    }
+    if (!leader.empty() && leader != cfg_.id) requeue_forwards(leader, term, false);
   }
-  for (std::uint64_t id : expired)
-    finish_request(id, Reply::error("TIMEOUT the leader did not answer the forwarded write in time; its outcome is unknown"));
+  for (auto& [rid, reply] : expired) finish_request(rid, std::move(reply));
+}
+
+// A FWDR: the answer to one of this run's forwards, from the leader it was sent to (or, for a
+// final reply, any node that applied it).
+inline void Runtime::handle_forward_reply(const NodeId& from, ForwardReply fr) {
+  if (fr.nonce != forward_nonce_) return;  // for a previous run of this node
+  std::uint64_t answered = 0;
+  {
+    std::lock_guard<std::mutex> lock(fwd_mu_);
+    auto it = forwards_.find(fr.seq);
+    if (it == forwards_.end()) return;  // answered already (a copy's answer), or given up
+    Forward& f = it->second;
+    if (fr.status != ForwardStatus::Done && f.to != from) return;  // about a copy no longer there
+    PeerLink* link = f.to.empty() ? nullptr : link_for(f.to);
+    const unsigned handed = link ? link->take_forward(fr.seq).value_or(0) : 0;
+    if (fr.status == ForwardStatus::Unknown || (fr.status == ForwardStatus::NotRun && (f.maybe_run || handed > 1))) {
+      // Some copy may be in a log: wait here, to go to the next leader (which answers with the
+      // original reply if it was applied), or until the deadline.
+      f.maybe_run = true;
+      f.to.clear();
+      return;
+    }
+    answered = f.request;
+    forwards_.erase(it);
+  }
+  finish_request(answered, std::move(fr.reply));
+}
+
+// ---- forwarded writes: the leader's side ----
+
+// Why the leader refuses a forwarded write before proposing it; empty: it proposes it.
+inline std::string Runtime::write_refusal(const std::vector<std::string>& words) const {
+  auto h = handlers_.find(words[0]);
+  const int argc = static_cast<int>(words.size()) - 1;
+  if (is_reserved_command(words[0]) || h == handlers_.end() || !h->second.is_write() || argc < h->second.min_args ||
+      (h->second.max_args >= 0 && argc > h->second.max_args))
+    return "ERR the leader has no write command '" + words[0] + "' taking " + std::to_string(argc) +
+           " arguments; the write was not run";
+  return command_limit_error(words);
+}
+
+inline void Runtime::handle_forward(PeerConn& p, ForwardedWrite fw) {
+  fw.words[0] = lower(std::move(fw.words[0]));
+  Caller caller{0, 0, nullptr, p.node, fw.seq, fw.nonce};
+  if (failed_) {
+    finish(caller, Reply::error("MISCONF the leader cannot acknowledge writes (storage failed); the write was not run"),
+           ForwardStatus::NotRun);
+    return;
+  }
+  const std::string refusal = write_refusal(fw.words);
+  if (!refusal.empty()) {
+    finish(caller, Reply::error(refusal), ForwardStatus::NotRun);
+    return;
+  }
+  // The entry: __fwd node server_id nonce seq lowest word... (the session is the one the
+  // peer's handshake proved, never one it names).
+  std::string payload;
+  resp::write_array_header(payload, 6 + fw.words.size());
+  resp::write_bulk(payload, kForwardedCommand);
+  resp::write_bulk(payload, p.node);
+  resp::write_bulk(payload, p.server_id);
+  write_bulk_u64(payload, fw.nonce);
+  write_bulk_u64(payload, fw.seq);
+  write_bulk_u64(payload, fw.lowest);
+  for (const auto& w : fw.words) resp::write_bulk(payload, w);
+  poll_batch_.writes.push_back(PendingWrite{caller, std::move(payload), 6 + fw.words.size()});
 }
 
 inline Reply Runtime::admin(const std::vector<std::string>& w) {
@@ -8399,42 +9347,24 @@ inline bool Runtime::handle_peer_message(PeerConn& p, std::vector<std::string>& 
     log(LogLevel::Warning, "node " + p.node + " is not in this cluster yet and sent " + kind + ": closing");
     return false;
   }
-  if (kind == "FWD" && w.size() >= 3) {
-    std::uint64_t id = 0;
-    if (!parse_u64(w[1], id)) return false;
-    std::vector<std::string> words(std::make_move_iterator(w.begin() + 2), std::make_move_iterator(w.end()));
-    words[0] = lower(std::move(words[0]));
-    Caller caller{0, 0, nullptr, p.node, id};
-    if (failed_) {
-      finish(caller, Reply::error("MISCONF the leader cannot acknowledge writes (storage failed); the write was not run"));
-      return true;
+  if (kind == "FWD") {
+    ForwardedWrite fw;
+    std::string error;
+    if (!decode_forward(w, fw, error)) {
+      log(LogLevel::Warning, "peer " + p.node + ": " + error + ": closing the connection");
+      return false;
     }
-    auto h = handlers_.find(words[0]);
-    int argc = static_cast<int>(words.size()) - 1;
-    if (h == handlers_.end() || !h->second.is_write() || argc < h->second.min_args ||
-        (h->second.max_args >= 0 && argc > h->second.max_args)) {
-      finish(caller, Reply::error("ERR the leader has no write command '" + words[0] + "' taking " +
-                                  std::to_string(argc) + " arguments; the write was not run"));
-      return true;
-    }
-    std::string payload;
-    resp::write_command(payload, words);
-    poll_batch_.writes.push_back(PendingWrite{caller, std::move(payload)});
+    handle_forward(p, std::move(fw));
     return true;
   }
-  if (kind == "FWDR" && w.size() == 3) {
-    std::uint64_t id = 0;
-    if (!parse_u64(w[1], id)) return false;
-    {
-      std::lock_guard<std::mutex> lock(req_mu_);
-      auto it = requests_.find(id);
-      if (it == requests_.end() || it->second.forwarded_to != p.node) return true;  // not ours (late, or a past run's)
+  if (kind == "FWDR") {
+    ForwardReply fr;
+    std::string error;
+    if (!decode_forward_reply(w, fr, error)) {
+      log(LogLevel::Warning, "peer " + p.node + ": " + error + ": closing the connection");
+      return false;
     }
-    resp::ReplyParser rp;
-    rp.feed(w[2]);
-    Reply reply;
-    if (rp.next(reply) != resp::Status::Ok) return false;
-    finish_request(id, std::move(reply));
+    handle_forward_reply(p.node, std::move(fr));
     return true;
   }
   log(LogLevel::Warning, "peer " + p.node + " sent an unknown message '" + kind.substr(0, 32) + "': closing");
@@ -8607,6 +9537,8 @@ inline Node::~Node() { rt_->stop(); }
 inline Node& Node::handler(const std::string& name, Handler fn, std::string flags, int min_args, int max_args) {
   if (flags.find('w') != std::string::npos && flags.find('e') == std::string::npos)
     throw std::invalid_argument("handler '" + name + "': a write ('w') goes through the log: flags must be \"we\"");
+  if (detail::is_reserved_command(name))
+    throw std::invalid_argument("handler '" + name + "': names starting with \"__\" are reserved for raft.hpp");
   rt_->handlers_[detail::lower(name)] = Command{std::move(fn), std::move(flags), min_args, max_args};
   return *this;
 }

@@ -683,3 +683,45 @@ TEST_CASE("two stores fed the same commands and timestamps write the same snapsh
   three.write_snapshot(c, {});
   CHECK(c == a);
 }
+
+TEST_CASE("built-in commands are marked as such: the runtime applies them without an undo record",
+          "[store][commands]") {
+  raft::CommandTable t;
+  raft::add_builtin_commands(t);
+  for (const auto& [name, cmd] : t) {
+    INFO(name);
+    CHECK(raft::detail::is_builtin(cmd));
+  }
+  raft::Command mine;
+  mine.fn = [](raft::Call&) { return raft::Reply::ok(); };
+  mine.flags = "we";
+  CHECK_FALSE(raft::detail::is_builtin(mine));
+}
+
+TEST_CASE("command limits: the words, each argument and the whole command as a log entry holds it",
+          "[store][commands]") {
+  using raft::detail::command_limit_error;
+  CHECK(command_limit_error({"set", "k", "v"}).empty());
+  // The defaults are the documented constants.
+  std::vector<std::string> words(raft::detail::kMaxCommandWords, "k");
+  CHECK(command_limit_error(words).empty());
+  words.push_back("k");
+  CHECK_THAT(command_limit_error(words), Catch::StartsWith("ERR too many arguments: a write may have at most 1048575"));
+
+  // Each limit, with small ones; the size counted is exactly the entry's (RESP-encoded) size.
+  raft::detail::CommandLimits small;
+  small.max_words = 3;
+  small.max_word_bytes = 5;
+  const std::vector<std::string> fits{"set", "key", "12345"};
+  std::string encoded;
+  resp::write_command(encoded, fits);
+  small.max_bytes = encoded.size();
+  CHECK(command_limit_error(fits, small).empty());
+  CHECK_THAT(command_limit_error({"set", "key", "12345", "x"}, small), Catch::StartsWith("ERR too many arguments"));
+  CHECK_THAT(command_limit_error({"set", "key", "123456"}, small),
+             Catch::StartsWith("ERR an argument of 6 bytes is longer than proto-max-bulk-len (5)"));
+  small.max_bytes = encoded.size() - 1;
+  CHECK(command_limit_error(fits, small) == "ERR the write is " + std::to_string(encoded.size()) +
+                                               " bytes; the limit for one command is " +
+                                               std::to_string(encoded.size() - 1) + "; it was not run");
+}

@@ -101,7 +101,7 @@ class FakeMember {
  private:
   void run() {
     std::string hello;
-    resp::write_command(hello, {"HELLO", "2", cluster_, "2", "5eed0000000000000000000000000002", address(), ""});
+    resp::write_command(hello, {"HELLO", raft::detail::kPeerProtocolVersion, cluster_, "2", "5eed0000000000000000000000000002", address(), ""});
     while (!stop_) {
       proc::Client c;
       if (!c.connect(to_, 7001, scaled(500)) || !c.send(hello)) {

@@ -1090,13 +1090,14 @@ TEST_CASE("malformed peer input is refused and logged and closed while the clust
       // A node of another version is refused, with a message an operator can act on.
       Client p = peer();
       const resp::Value v = p.call({"HELLO", "1", cluster_id, "9", "feed", stranger, ""}, scaled(5000));
-      CHECK(starts_with(v.str, "ERR peer protocol version 1 is not 2: node 9 runs another version"));
+      CHECK(starts_with(v.str, std::string("ERR peer protocol version 1 is not ") + raft::detail::kPeerProtocolVersion +
+                                   ": node 9 runs another version"));
       CHECK(p.wait_closed(scaled(5000)));
     }
     {
       Client p = peer();
       const resp::Value v =
-          p.call({"HELLO", "2", "0123456789abcdef", "9", "feed", stranger, ""}, scaled(5000));
+          p.call({"HELLO", raft::detail::kPeerProtocolVersion, "0123456789abcdef", "9", "feed", stranger, ""}, scaled(5000));
       CHECK(starts_with(v.str, "ERR node 9 belongs to cluster 0123456789abcdef"));
       CHECK(p.wait_closed(scaled(5000)));
       CHECK(target->process().wait_for_err("refused a peer connection: node 9 belongs to cluster",
@@ -1108,7 +1109,7 @@ TEST_CASE("malformed peer input is refused and logged and closed while the clust
              {"RAFT", "5", "99999999999999999999999", "2", "3", "4", "0", "0", "0", "0", "0", "0", "0", "x",
               "y", "z"}}) {
       Client p = peer();
-      CHECK(show(p.call({"HELLO", "2", cluster_id, "9", "feed", stranger, ""}, scaled(5000))) == "WELCOME");
+      CHECK(show(p.call({"HELLO", raft::detail::kPeerProtocolVersion, cluster_id, "9", "feed", stranger, ""}, scaled(5000))) == "WELCOME");
       REQUIRE(p.send_command(raft));
       CHECK(p.wait_closed(scaled(5000)));
     }

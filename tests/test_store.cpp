@@ -66,8 +66,9 @@ std::string hex(std::string_view s) {
 
 /// The same canonical dump kDumpPython prints from what ast.literal_eval returns. With
 /// `types`, each string is marked s (a str literal: valid UTF-8) or b (bytes).
-std::string dump(const Store& store, const raft::SnapshotMeta& meta, bool types = true) {
-  std::string out = "meta " + std::to_string(raft::detail::kSnapshotFormat) + " " + std::to_string(meta.index) + " " +
+std::string dump(const Store& store, const raft::SnapshotMeta& meta, bool types = true,
+                 std::int64_t format = raft::detail::kSnapshotFormat) {
+  std::string out = "meta " + std::to_string(format) + " " + std::to_string(meta.index) + " " +
                     std::to_string(meta.term) + " " + std::to_string(meta.timestamp_ms) + "\n";
   const auto kind = [types](const std::string& s) {
     return !types ? "" : raft::detail::is_valid_utf8(s) ? "s" : "b";
@@ -91,7 +92,15 @@ std::string dump(const Store& store, const raft::SnapshotMeta& meta, bool types 
     }
     if (d) ttl += "ttl " + k + " " + std::to_string(*d) + "\n";
   });
-  return out + ttl;
+  std::string sessions;
+  store.sessions().for_each([&](const raft::detail::SessionTable::Key& key, std::uint64_t lowest, std::int64_t active,
+                                const std::map<std::uint64_t, std::string>& replies) {
+    sessions += "session " + hex(key.node) + " " + hex(key.server_id) + " " + std::to_string(key.nonce) + " " +
+                std::to_string(lowest) + " " + std::to_string(active) + "\n";
+    for (const auto& [seq, reply] : replies)
+      sessions += "reply " + std::to_string(seq) + " " + kind(reply) + hex(reply) + "\n";
+  });
+  return out + ttl + sessions;
 }
 
 const char* const kDumpPython = R"PY(
@@ -120,6 +129,11 @@ for k in sorted(d["data"], key=b):
 for k in sorted(d["ttl"], key=b):
     assert type(d["ttl"][k]) is int
     out.append("ttl %s %d" % (t(k), d["ttl"][k]))
+for s in d.get("sessions", []):
+    out.append("session %s %s %d %d %d" % (b(s["node"]).hex(), b(s["server_id"]).hex(), s["nonce"], s["lowest"],
+                                           s["active"]))
+    for seq in sorted(s["replies"]):
+        out.append("reply %d %s" % (seq, t(s["replies"][seq])))
 sys.stdout.write("\n".join(out) + "\n")
 )PY";
 
@@ -140,6 +154,21 @@ std::string random_bytes(std::mt19937_64& rng, std::size_t max_len) {
       s += pieces[rng() % pieces.size()];
   }
   return s;
+}
+
+/// Forwarded writes' sessions with kept replies (str and bytes), as the runtime leaves them.
+void add_random_sessions(std::mt19937_64& rng, Store& s, std::size_t count) {
+  for (std::size_t i = 0; i < count; ++i) {
+    const raft::detail::SessionTable::Key key{random_bytes(rng, 6), random_bytes(rng, 8), rng()};
+    const std::uint64_t lowest = 1 + rng() % 1000;
+    const std::uint64_t replies = rng() % 4;
+    std::string reply;
+    for (std::uint64_t seq = lowest; seq <= lowest + replies; ++seq) {
+      s.sessions().begin(key, seq, lowest, kT0 + static_cast<std::int64_t>(i), reply);
+      if (seq < lowest + replies)
+        s.sessions().record(key, seq, rng() % 2 ? ":" + std::to_string(seq) + "\r\n" : random_bytes(rng, 20));
+    }
+  }
 }
 
 Store random_store(std::mt19937_64& rng, std::size_t keys) {
@@ -358,14 +387,34 @@ TEST_CASE("snapshot: the layout is Python's repr of the documented dict", "[stor
   m.config.upsert(raft::Member{"1", "127.0.0.1:5010", "9f", true});
   m.config.upsert(raft::Member{"2", "127.0.0.1:5020", "", false});
   m.timestamp_ms = kT0 + 5;
+  std::string reply;
+  s.sessions().begin({"2", "9f", 7}, 3, 2, kT0 + 4, reply);
+  s.sessions().record({"2", "9f", 7}, 3, ":5\r\n");
   CHECK(snapshot_of(s, m) ==
-        "{'_META_': {'format': 2, 'index': 10, 'term': 20, 'timestamp': 1700000000005, 'members': ["
+        "{'_META_': {'format': 3, 'index': 10, 'term': 20, 'timestamp': 1700000000005, 'members': ["
         "{'id': '1', 'address': '127.0.0.1:5010', 'server_id': '9f', 'voter': True}, "
         "{'id': '2', 'address': '127.0.0.1:5020', 'server_id': '', 'voter': False}]}, "
         "'data': {'bin': b'\\xff', 'h': {'a': '1', 'b': '2'}, 'l': ['x', \"it's\"], 's': 'v'}, "
-        "'ttl': {'s': 1700000000000}}");
+        "'ttl': {'s': 1700000000000}, "
+        "'sessions': [{'node': '2', 'server_id': '9f', 'nonce': 7, 'lowest': 2, 'active': 1700000000004, "
+        "'replies': {3: ':5\\r\\n'}}]}");
   CHECK(snapshot_of(Store(), raft::SnapshotMeta()) ==
-        "{'_META_': {'format': 2, 'index': 0, 'term': 0, 'timestamp': 0, 'members': []}, 'data': {}, 'ttl': {}}");
+        "{'_META_': {'format': 3, 'index': 0, 'term': 0, 'timestamp': 0, 'members': []}, 'data': {}, 'ttl': {}, "
+        "'sessions': []}");
+}
+
+TEST_CASE("snapshot: format 2 (without sessions) is still read", "[store][snapshot]") {
+  const std::string v2 =
+      "{'_META_': {'format': 2, 'index': 7, 'term': 3, 'timestamp': 1700000000001, 'members': []}, "
+      "'data': {'k': 'v'}, 'ttl': {}}";
+  Store out;
+  raft::SnapshotMeta meta;
+  std::string error;
+  REQUIRE(Store::read_snapshot(v2, out, meta, error));
+  CHECK(meta.timestamp_ms == kT0 + 1);
+  CHECK(out.sessions().empty());
+  CHECK(out.find("k", kT0)->str == "v");
+  CHECK_THAT(snapshot_of(out, meta), Catch::Contains("'format': 3") && Catch::EndsWith("'sessions': []}"));
 }
 
 TEST_CASE("snapshot: format 1 (the first release's, without a timestamp) is still read", "[store][snapshot]") {
@@ -381,7 +430,7 @@ TEST_CASE("snapshot: format 1 (the first release's, without a timestamp) is stil
   CHECK(meta.term == 3);
   CHECK(meta.timestamp_ms == 0);
   CHECK(out.deadline("k") == kT0);
-  // Written again, it is format 2, and reads back the same.
+  // Written again, it is the current format, and reads back the same.
   meta.timestamp_ms = kT0;
   Store again;
   raft::SnapshotMeta meta_again;
@@ -394,6 +443,7 @@ TEST_CASE("snapshot: random binary data round-trips byte for byte", "[store][sna
   std::mt19937_64 rng(42);
   for (int round = 0; round < 20; ++round) {
     Store s = random_store(rng, 1 + rng() % 200);
+    add_random_sessions(rng, s, rng() % 5);
     if (round == 0) {
       std::string big(1 << 20, '\0');
       for (auto& c : big) c = static_cast<char>(rng() & 0xFF);
@@ -425,6 +475,7 @@ TEST_CASE("snapshot: ast.literal_eval reads it and sees the same values", "[stor
   std::string big(300000, 'x');
   for (std::size_t i = 0; i < big.size(); i += 7) big[i] = static_cast<char>(rng() & 0xFF);
   s.put("big", Kind::String).str = big;
+  add_random_sessions(rng, s, 10);
   const raft::SnapshotMeta meta = sample_meta();
   TempFile file;
   file.write(snapshot_of(s, meta));
@@ -481,7 +532,7 @@ open(sys.argv[1], "w", encoding="utf-8").write(repr({"_META_": meta, "data": dat
   CHECK(meta.index == 77);
   CHECK(meta.config.members.size() == 2);
   // Python's bytes that happen to be valid UTF-8 come back as str: the store holds bytes.
-  CHECK(dump(s, meta, false) == run_python(kDumpPython, {snapshot.path, "notypes"}));
+  CHECK(dump(s, meta, false, 2) == run_python(kDumpPython, {snapshot.path, "notypes"}));
 }
 
 TEST_CASE("snapshot: a truncated snapshot is rejected at every length", "[store][snapshot]") {
@@ -515,6 +566,11 @@ TEST_CASE("snapshot: malformed input is rejected with the offset and what was ex
   const auto with_meta = [](const std::string& m) {
     return "{'_META_': " + m + ", 'data': {}, 'ttl': {}}";
   };
+  const auto with_sessions = [](const std::string& sessions) {
+    return "{'_META_': {'format': 3, 'index': 1, 'term': 2, 'timestamp': 5, 'members': []}, 'data': {}, 'ttl': {}, "
+           "'sessions': " + sessions + "}";
+  };
+  const std::string session = "{'node': '2', 'server_id': 's', 'nonce': 1, 'lowest': 5, 'active': 0, 'replies': {}}";
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"", "at byte 0: expected '{' at the start of a snapshot, found the end of the input"},
       {"[]", "expected '{' at the start"},
@@ -552,8 +608,26 @@ TEST_CASE("snapshot: malformed input is rejected with the offset and what was ex
       {"{" + meta + ", 'data': {}, 'ttl': {}, 'extra': {}}", "unknown top-level key 'extra'"},
       {"{" + meta + ", " + meta + ", 'data': {}, 'ttl': {}}", "duplicate top-level key '_META_'"},
       {"{'data': {}, 'ttl': {}}", "missing '_META_'"},
-      {with_meta("{'format': 3, 'index': 1, 'term': 2, 'members': []}"),
-       "at byte 22: unsupported snapshot format 3 (this version reads formats 1 to 2)"},
+      {with_meta("{'format': 4, 'index': 1, 'term': 2, 'members': []}"),
+       "at byte 22: unsupported snapshot format 4 (this version reads formats 1 to 3)"},
+      {with_meta("{'format': 3, 'index': 1, 'term': 2, 'timestamp': 5, 'members': []}"),
+       "a snapshot of format 3 needs 'sessions'"},
+      {"{" + meta + ", 'data': {}, 'ttl': {}, 'sessions': []}", "a snapshot of format 1 has no 'sessions'"},
+      {with_sessions("{}"), "expected '[' (the sessions list)"},
+      {with_sessions("[{'node': '2'}]"),
+       "a session needs 'node', 'server_id', 'nonce', 'lowest', 'active' and 'replies'"},
+      {with_sessions("[{'node': '2', 'node': '3'}]"), "duplicate session field 'node'"},
+      {with_sessions("[{'client': '2'}]"), "unknown session field 'client'"},
+      {with_sessions("[{'node': 2}]"), "expected a string, found '2'"},
+      {with_sessions("[{'node': '2', 'server_id': 's', 'nonce': -1}]"), "non-negative"},
+      {with_sessions("[" + session + ", " + session + "]"), "duplicate session"},
+      {with_sessions("[{'node': '2', 'server_id': 's', 'nonce': 1, 'lowest': 5, 'active': 0, 'replies': {4: ':1'}}]"),
+       "a session keeps a reply below its 'lowest'"},
+      {with_sessions("[{'node': '2', 'server_id': 's', 'nonce': 1, 'lowest': 5, 'active': 0, 'replies': {6: ':1', "
+                     "6: ':2'}}]"),
+       "duplicate reply 6"},
+      {with_sessions("[{'node': '2', 'server_id': 's', 'nonce': 1, 'lowest': 5, 'active': 0, 'replies': {6: 1}}]"),
+       "expected a string, found '1'"},
       {with_meta("{'format': 0, 'index': 1, 'term': 2, 'members': []}"), "unsupported snapshot format 0"},
       {with_meta("{'format': 2, 'index': 1, 'term': 2, 'members': []}"), "_META_ of format 2 needs 'timestamp'"},
       {with_meta("{'format': 1, 'index': 1, 'term': 2, 'timestamp': 5, 'members': []}"),
@@ -598,7 +672,8 @@ TEST_CASE("snapshot: malformed input is rejected with the offset and what was ex
 
 TEST_CASE("snapshot: mutated snapshots never crash the reader", "[store][snapshot]") {
   std::mt19937_64 rng(2024);
-  const Store s = random_store(rng, 30);
+  Store s = random_store(rng, 30);
+  add_random_sessions(rng, s, 3);
   const std::string text = snapshot_of(s, sample_meta());
   const std::string alphabet = "{}[]():,'\"\\bxuU0123456789-.eTFN \n\xff\xc3";
   int accepted = 0;
@@ -698,5 +773,206 @@ TEST_CASE("pyraft: values this store cannot hold are errors naming the key", "[s
     CHECK_FALSE(Store::read_pyraft_snapshot(text, s, error));
     CHECK_THAT(error, Catch::Contains(expected));
     CHECK(s.size() == 1);
+  }
+}
+
+// ---- forwarded writes: the session table ----
+
+namespace {
+using Sessions = raft::detail::SessionTable;
+using Verdict = Sessions::Verdict;
+const Sessions::Key kA{"2", "s2", 7};
+const Sessions::Key kB{"3", "s3", 9};
+}  // namespace
+
+TEST_CASE("sessions: a forwarded write runs once, and its copies get its reply until the follower moves on",
+          "[store][sessions]") {
+  Sessions t;
+  std::string reply;
+  CHECK(t.begin(kA, 1, 1, kT0, reply) == Verdict::Apply);
+  t.record(kA, 1, ":1\r\n");
+  CHECK(t.begin(kA, 1, 1, kT0 + 1, reply) == Verdict::Duplicate);
+  CHECK(reply == ":1\r\n");
+  CHECK(t.begin(kA, 2, 1, kT0 + 2, reply) == Verdict::Apply);
+  t.record(kA, 2, ":2\r\n");
+  // Another session numbers its writes on its own.
+  CHECK(t.begin(kB, 1, 1, kT0 + 3, reply) == Verdict::Apply);
+  t.record(kB, 1, "+OK\r\n");
+  // The follower waits for nothing below 2 any more: 1's reply goes, and a late copy of 1
+  // does not run; 2's stays.
+  CHECK(t.begin(kA, 3, 2, kT0 + 4, reply) == Verdict::Apply);
+  t.record(kA, 3, ":3\r\n");
+  CHECK(t.reply(kA, 1) == nullptr);
+  CHECK(t.begin(kA, 1, 1, kT0 + 5, reply) == Verdict::Stale);
+  CHECK(t.begin(kA, 2, 2, kT0 + 6, reply) == Verdict::Duplicate);
+  CHECK(reply == ":2\r\n");
+  // A write the follower gave up on before it arrived does not run either.
+  CHECK(t.begin(kB, 5, 7, kT0 + 7, reply) == Verdict::Stale);
+  CHECK(t.reply(kB, 1) == nullptr);
+  CHECK(t.size() == 2);
+  CHECK(t.reply_bytes() == 2 * (4 + Sessions::kReplyOverheadBytes));
+}
+
+TEST_CASE("sessions: a session is forgotten kIdleMs of leader time after its last entry", "[store][sessions]") {
+  Sessions t;
+  std::string reply;
+  REQUIRE(t.begin(kA, 1, 1, kT0, reply) == Verdict::Apply);
+  t.record(kA, 1, ":1\r\n");
+  // Time is the entries': kIdleMs later less a millisecond, kA is still known.
+  REQUIRE(t.begin(kB, 1, 1, kT0 + Sessions::kIdleMs - 1, reply) == Verdict::Apply);
+  t.record(kB, 1, ":1\r\n");
+  CHECK(t.size() == 2);
+  REQUIRE(t.reply(kA, 1) != nullptr);
+  // An entry at kIdleMs forgets it; the other session stays.
+  t.expire(kT0 + Sessions::kIdleMs);
+  CHECK(t.size() == 1);
+  CHECK(t.reply(kA, 1) == nullptr);
+  CHECK(t.reply(kB, 1) != nullptr);
+  CHECK(t.reply_bytes() == 4 + Sessions::kReplyOverheadBytes);
+  // An entry of a session keeps it alive.
+  CHECK(t.begin(kB, 2, 2, kT0 + 2 * Sessions::kIdleMs - 2, reply) == Verdict::Apply);
+  t.expire(kT0 + 2 * Sessions::kIdleMs - 1);
+  CHECK(t.size() == 1);
+  // Stamps at or before the last one forget nothing (a snapshot of an older state).
+  t.expire(kT0);
+  CHECK(t.size() == 1);
+  // The table is the same on every node: forgetting happens when a forwarded write applies.
+  CHECK(t.begin(kA, 7, 7, kT0 + 3 * Sessions::kIdleMs, reply) == Verdict::Apply);
+  CHECK(t.size() == 1);
+  CHECK(t.reply(kB, 2) == nullptr);
+}
+
+TEST_CASE("sessions: a new session is refused while kMaxSessions are kept", "[store][sessions]") {
+  Sessions t;
+  std::string reply;
+  for (std::uint64_t i = 0; i < Sessions::kMaxSessions; ++i)
+    REQUIRE(t.begin(Sessions::Key{"n", "s", i}, 1, 1, kT0, reply) == Verdict::Apply);
+  CHECK(t.begin(Sessions::Key{"n", "s", Sessions::kMaxSessions}, 1, 1, kT0 + 1, reply) == Verdict::Full);
+  CHECK(t.size() == Sessions::kMaxSessions);
+  CHECK(t.begin(Sessions::Key{"n", "s", 0}, 2, 1, kT0 + 2, reply) == Verdict::Apply);  // a known one goes on
+  // Once the idle ones are forgotten, new ones are welcome again.
+  CHECK(t.begin(Sessions::Key{"n", "s", Sessions::kMaxSessions}, 1, 1, kT0 + Sessions::kIdleMs, reply) ==
+        Verdict::Apply);
+  CHECK(t.size() == 2);
+}
+
+TEST_CASE("sessions: kept replies stay within kMaxReplyBytes, the largest session losing its oldest first",
+          "[store][sessions]") {
+  Sessions t;
+  std::string reply;
+  const std::string big(Sessions::kMaxReplyBytes / 4, 'x');
+  for (std::uint64_t seq = 1; seq <= 3; ++seq) {
+    REQUIRE(t.begin(kA, seq, 1, kT0, reply) == Verdict::Apply);
+    t.record(kA, seq, big);
+  }
+  REQUIRE(t.begin(kB, 1, 1, kT0, reply) == Verdict::Apply);
+  t.record(kB, 1, ":1\r\n");
+  CHECK(t.reply_bytes() <= Sessions::kMaxReplyBytes);
+  REQUIRE(t.begin(kA, 4, 1, kT0, reply) == Verdict::Apply);
+  t.record(kA, 4, big);  // over the limit: kA's oldest reply goes
+  CHECK(t.reply_bytes() <= Sessions::kMaxReplyBytes);
+  CHECK(t.reply(kA, 1) == nullptr);
+  for (std::uint64_t seq = 2; seq <= 4; ++seq) CHECK(t.reply(kA, seq) != nullptr);
+  CHECK(t.reply(kB, 1) != nullptr);
+  // A copy of 1 arriving now is not run again: its caller learns the outcome is unknown.
+  CHECK(t.begin(kA, 1, 1, kT0, reply) == Verdict::Stale);
+}
+
+TEST_CASE("sessions: the table is in the store's equality and snapshot, and reads back exactly",
+          "[store][snapshot][sessions]") {
+  std::mt19937_64 rng(7);
+  Store s = random_store(rng, 20);
+  const Store without = s;
+  add_random_sessions(rng, s, 30);
+  CHECK(s != without);
+  const std::string text = snapshot_of(s, sample_meta());
+  Store back;
+  raft::SnapshotMeta meta;
+  std::string error;
+  REQUIRE(Store::read_snapshot(text, back, meta, error));
+  CHECK(back == s);
+  CHECK(back.sessions().reply_bytes() == s.sessions().reply_bytes());
+  CHECK(snapshot_of(back, meta) == text);
+  // A duplicate is recognised after the round trip as before it.
+  std::string reply;
+  s.sessions().for_each([&](const Sessions::Key& key, std::uint64_t, std::int64_t active,
+                            const std::map<std::uint64_t, std::string>& replies) {
+    for (const auto& [seq, kept] : replies) {
+      CHECK(back.sessions().begin(key, seq, 0, active, reply) == Verdict::Duplicate);
+      CHECK(reply == kept);
+    }
+  });
+}
+
+// ---- atomic writes: the undo record ----
+
+namespace {
+/// One random change through the API write handlers use.
+void random_change(std::mt19937_64& rng, Store& s, std::int64_t now) {
+  const std::string key = "k" + std::to_string(rng() % 12);
+  switch (rng() % 9) {
+    case 0: s.put(key, Kind::String).str = random_bytes(rng, 10); break;
+    case 1: s.put(key, Kind::List).list = {"a", "b"}; break;
+    case 2: s.erase(key); break;
+    case 3:
+      if (Store::Object* o = s.find_for_write(key, now)) {
+        o->str += "+";
+        o->hash["f"] = "v";
+        o->list.push_back("z");
+      }
+      break;
+    case 4: s.set_deadline(key, now + static_cast<std::int64_t>(rng() % 100)); break;
+    case 5: s.clear_ttl(key); break;
+    case 6: s.check_ttl(key, now + 50); break;
+    case 7: s.put(key, Kind::Hash).hash["f"] = "v"; break;
+    default:
+      if (rng() % 10 == 0) s.clear();
+  }
+}
+bool same_expiry(const Store& a, const Store& b) {
+  return a.due(INT64_MAX, 1000) == b.due(INT64_MAX, 1000) && a.live_size(kT0 + 50) == b.live_size(kT0 + 50);
+}
+}  // namespace
+
+TEST_CASE("store: rollback_undo puts back every key a write changed, values and deadlines", "[store][undo]") {
+  std::mt19937_64 rng(11);
+  for (int round = 0; round < 500; ++round) {
+    Store s;
+    for (int i = 0; i < 8; ++i) random_change(rng, s, kT0);
+    const Store before = s;
+    s.begin_undo();
+    const int changes = 1 + static_cast<int>(rng() % 12);
+    for (int i = 0; i < changes; ++i) random_change(rng, s, kT0);
+    s.rollback_undo();
+    INFO("round " << round);
+    REQUIRE(s == before);
+    REQUIRE(same_expiry(s, before));
+    // Nothing is recorded any more: a change now stays.
+    s.put("after", Kind::String).str = "x";
+    s.rollback_undo();
+    CHECK(s.find("after", kT0) != nullptr);
+  }
+}
+
+TEST_CASE("store: commit_undo keeps what the write changed", "[store][undo]") {
+  std::mt19937_64 rng(12);
+  for (int round = 0; round < 200; ++round) {
+    Store s, same;
+    for (int i = 0; i < 8; ++i) {
+      const auto seed = rng();
+      std::mt19937_64 a(seed), b(seed);
+      random_change(a, s, kT0);
+      random_change(b, same, kT0);
+    }
+    s.begin_undo();
+    for (int i = 0; i < 6; ++i) {
+      const auto seed = rng();
+      std::mt19937_64 a(seed), b(seed);
+      random_change(a, s, kT0);
+      random_change(b, same, kT0);
+    }
+    s.commit_undo();
+    REQUIRE(s == same);
+    REQUIRE(same_expiry(s, same));
   }
 }

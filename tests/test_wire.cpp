@@ -137,3 +137,72 @@ TEST_CASE("wire: the decoder refuses malformed RAFT messages, naming why", "[wir
     CHECK_THAT(error, Catch::StartsWith("malformed RAFT message: ") && Catch::Contains(c.error));
   }
 }
+
+// ---- forwarded writes: FWD and FWDR ----
+
+TEST_CASE("wire: a forwarded write and its answer survive encode and decode", "[wire]") {
+  using namespace raft::detail;
+  const std::vector<std::string> command{"set", std::string("k\0\r\n", 4), std::string(70000, '\xff')};
+  std::string payload;
+  resp::write_command(payload, command);
+  std::string bytes;
+  encode_forward(0xfedcba9876543210ull, 42, 40, payload, command.size(), bytes);
+  std::vector<std::string> w = words_of(bytes);
+  ForwardedWrite f;
+  std::string error;
+  REQUIRE(decode_forward(w, f, error));
+  CHECK(f.nonce == 0xfedcba9876543210ull);
+  CHECK(f.seq == 42);
+  CHECK(f.lowest == 40);
+  CHECK(f.words == command);
+
+  const std::vector<raft::Reply> replies{
+      raft::Reply::integer(-7), raft::Reply::ok(), raft::Reply::error("ERR handler failed: stoi"), raft::Reply::nil(),
+      raft::Reply::bulk(std::string("\0\xff", 2)),
+      raft::Reply::map({raft::Reply::bulk("f"), raft::Reply::array({raft::Reply::integer(1), raft::Reply::null_array()})})};
+  for (const auto status : {ForwardStatus::Done, ForwardStatus::NotRun, ForwardStatus::Unknown})
+    for (const auto& reply : replies) {
+      std::string out;
+      encode_forward_reply(ForwardReply{7, 9, status, reply}, out);
+      ForwardReply back;
+      INFO(forward_status_name(status) << " " << out);
+      REQUIRE(decode_forward_reply(words_of(out), back, error));
+      CHECK(back.nonce == 7);
+      CHECK(back.seq == 9);
+      CHECK(back.status == status);
+      std::string again;
+      encode_forward_reply(back, again);
+      CHECK(again == out);
+    }
+}
+
+TEST_CASE("wire: the decoder refuses malformed FWD and FWDR messages, naming why", "[wire]") {
+  using namespace raft::detail;
+  const std::vector<std::pair<std::vector<std::string>, std::string>> fwd{
+      {{"FWD", "1", "2", "1"}, "too few fields"},
+      {{"FWD", "x", "2", "1", "set", "k", "v"}, "bad number"},
+      {{"FWD", "1", "-2", "1", "set", "k", "v"}, "bad number"},
+      {{"FWD", "1", "2", "3", "set", "k", "v"}, "lowest unanswered above the sequence number"},
+  };
+  for (auto [w, why] : fwd) {
+    ForwardedWrite f;
+    std::string error;
+    INFO(why);
+    CHECK_FALSE(decode_forward(w, f, error));
+    CHECK(error == "malformed FWD message: " + why);
+  }
+  const std::vector<std::pair<std::vector<std::string>, std::string>> fwdr{
+      {{"FWDR", "1", "2", "done"}, "wrong number of fields"},
+      {{"FWDR", "1", "2", "maybe", ":1\r\n"}, "unknown status"},
+      {{"FWDR", "1", "", "done", ":1\r\n"}, "bad number"},
+      {{"FWDR", "1", "2", "done", ":1\r\n:2\r\n"}, "bad reply"},
+      {{"FWDR", "1", "2", "done", "$5\r\nab\r\n"}, "bad reply"},
+  };
+  for (const auto& [w, why] : fwdr) {
+    ForwardReply r;
+    std::string error;
+    INFO(why);
+    CHECK_FALSE(decode_forward_reply(w, r, error));
+    CHECK(error == "malformed FWDR message: " + why);
+  }
+}

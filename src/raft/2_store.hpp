@@ -5,6 +5,125 @@
 
 namespace raft {
 
+namespace detail {
+
+class LiteralReader;
+
+/// At-most-once forwarded writes: what the leader remembers, through the log, of the writes
+/// each follower forwarded. LogCabin's client sessions are the model, with the forwarding node
+/// as the client. Part of the replicated state (Store::sessions()), so deterministic: every
+/// node feeds it the same entries with the same leader timestamps and decides alike.
+///
+/// A follower tags each write it forwards with its session - (node id, server id, a nonce
+/// drawn at each start: one run of one data directory) - a sequence number, and the lowest
+/// sequence number it still waits for an answer to. The leader appends the write wrapped with
+/// these (section 5), and each node, when it applies the entry, asks begin():
+///   - a sequence number whose reply is kept is a Duplicate (the follower sent it again after
+///     a reconnect or to a new leader): it does not run again; the kept reply is the answer;
+///   - one below the lowest unanswered is Stale (the follower answered its caller already, or
+///     the reply was dropped for memory): it does not run;
+///   - otherwise it runs (Apply), and record() keeps its reply until an entry of the same
+///     session says the follower no longer waits for it (its lowest unanswered passed it).
+///
+/// Memory is bounded by constants, not by Config (every node must decide alike):
+///   - at most kMaxSessions sessions: a new one is refused (Full, the write does not run)
+///     while that many are kept;
+///   - a session is forgotten kIdleMs of leader time after its last entry (when a forwarded
+///     write is applied: the table changes only then). A follower stops sending a forward long
+///     before that (section 5: kMaxForwardWaitMs), so no copy of a write the table forgot can
+///     reach the log - assuming, as everywhere, bounded skew between the leaders' clocks, and
+///     that no message waits in a socket for minutes;
+///   - kept replies total at most kMaxReplyBytes, counting kReplyOverheadBytes for each: beyond
+///     that, the session with the most bytes loses its oldest reply, and its lowest unanswered
+///     moves past it (a copy arriving later is Stale: its caller learns the outcome is unknown).
+/// In all, at most kMaxReplyBytes of replies and kMaxSessions records of a few words each.
+class SessionTable {
+ public:
+  /// One run of a forwarding node.
+  struct Key {
+    NodeId node;
+    std::string server_id;
+    std::uint64_t nonce = 0;
+
+    bool operator<(const Key& o) const {
+      if (node != o.node) return node < o.node;
+      if (server_id != o.server_id) return server_id < o.server_id;
+      return nonce < o.nonce;
+    }
+    bool operator==(const Key& o) const {
+      return node == o.node && server_id == o.server_id && nonce == o.nonce;
+    }
+  };
+  enum class Verdict : std::uint8_t {
+    Apply,      // run it, then record() its reply
+    Duplicate,  // it ran before: `reply` is the reply it had
+    Stale,      // below the session's lowest unanswered: not run
+    Full,       // a new session while kMaxSessions are kept: not run
+  };
+
+  static constexpr std::int64_t kIdleMs = 10 * 60 * 1000;
+  static constexpr std::size_t kMaxSessions = 4096;
+  static constexpr std::size_t kMaxReplyBytes = std::size_t{64} << 20;
+  static constexpr std::size_t kReplyOverheadBytes = 64;
+
+  /// Decides what to do with forwarded write `seq` of session `key`, applied at the entry's
+  /// leader timestamp now_ms. Forgets idle sessions first, and the session's replies below
+  /// `lowest_unanswered`; a Duplicate's reply is copied into `reply`.
+  Verdict begin(const Key& key, std::uint64_t seq, std::uint64_t lowest_unanswered,
+                std::int64_t now_ms, std::string& reply);
+  /// After begin() said Apply: keeps the write's reply (RESP3-encoded) for `seq`.
+  void record(const Key& key, std::uint64_t seq, std::string reply);
+  /// Forgets the sessions whose last entry is kIdleMs or more before now_ms.
+  void expire(std::int64_t now_ms);
+
+  std::size_t size() const { return sessions_.size(); }
+  bool empty() const { return sessions_.empty(); }
+  /// The kept replies' bytes, with kReplyOverheadBytes each.
+  std::size_t reply_bytes() const { return bytes_; }
+  /// The kept reply of `seq`, if any (tests, diagnostics).
+  const std::string* reply(const Key& key, std::uint64_t seq) const;
+  /// f(const Key&, std::uint64_t lowest, std::int64_t active_ms, const std::map<std::uint64_t,
+  /// std::string>& replies) for each session, in key order.
+  template <class F>
+  void for_each(F&& f) const {
+    for (const auto& [key, s] : sessions_) f(key, s.lowest, s.active_ms, s.replies);
+  }
+
+  bool operator==(const SessionTable& o) const { return sessions_ == o.sessions_; }
+  bool operator!=(const SessionTable& o) const { return !(*this == o); }
+
+  /// The snapshot's 'sessions' value: a list of {'node': str, 'server_id': str, 'nonce': int,
+  /// 'lowest': int, 'active': int (ms), 'replies': {seq: reply, ...}}, in key order.
+  void write(std::string& out) const;
+  /// Reads write()'s text; replaces the table only on success.
+  bool read(LiteralReader& r);
+
+ private:
+  struct Session {
+    std::uint64_t lowest = 0;    // the follower waits for nothing below this
+    std::int64_t active_ms = 0;  // the leader timestamp of its last entry
+    std::map<std::uint64_t, std::string> replies;  // seq -> reply, every seq >= lowest
+    std::size_t bytes = 0;                         // of its replies, with the overhead
+
+    bool operator==(const Session& o) const {
+      return lowest == o.lowest && active_ms == o.active_ms && replies == o.replies;
+    }
+  };
+  using Sessions = std::map<Key, Session>;
+
+  Sessions sessions_;
+  std::set<std::pair<std::int64_t, Key>> by_activity_;  // (active_ms, key) of every session
+  std::size_t bytes_ = 0;
+
+  static std::size_t cost(const std::string& reply) { return reply.size() + kReplyOverheadBytes; }
+  Sessions::iterator add(const Key& key, std::int64_t now_ms);
+  void touch(Sessions::iterator it, std::int64_t now_ms);
+  void advance(Sessions::iterator it, std::uint64_t lowest);
+  void shed_replies();
+};
+
+}  // namespace detail
+
 /// The replicated data: strings, hashes and lists (pyraft's types), each key with an optional
 /// deadline in ms since the epoch.
 ///
@@ -19,6 +138,17 @@ namespace raft {
 /// Expiry: reads (find) hide a key whose deadline is at or before their `now`, and never
 /// delete. Only write handlers delete, through check_ttl / find_for_write, with the entry's
 /// leader timestamp as `now`, so every node deletes at the same point of the log.
+///
+/// Beside the keys it holds the runtime's memory of forwarded writes (sessions()), which is
+/// replicated state too: snapshots carry it.
+///
+/// Atomic writes: the runtime brackets a write handler with begin_undo() and commit_undo(), and
+/// a handler that throws has its changes undone (rollback_undo()), so that it changed nothing
+/// on any node. The record costs nothing for a key the handler replaces (put) or deletes (the
+/// old value is moved into it), and a copy of the value for a key whose object it changes in
+/// place (find_for_write): proportional to that value's size. The built-in commands need no
+/// record (they return every error before their first change and throw nothing but
+/// std::bad_alloc) and run without one.
 ///
 /// Not thread-safe; copyable (the runtime copies it under its lock and serializes the copy
 /// elsewhere).
@@ -71,10 +201,8 @@ class Store {
   /// Every key, expired or not.
   std::size_t size() const { return objects_.size(); }
   bool empty() const { return objects_.empty(); }
-  void clear() {
-    objects_.clear();
-    expiry_.clear();
-  }
+  /// Deletes every key (the sessions stay).
+  void clear();
   /// f(const std::string& key, const Object&, std::optional<std::int64_t> deadline), in key
   /// order (bytewise), including keys past their deadline.
   template <class F>
@@ -82,18 +210,31 @@ class Store {
     for (const auto& [key, record] : objects_) f(key, record.object, record.deadline);
   }
 
-  bool operator==(const Store& o) const { return objects_ == o.objects_; }
+  bool operator==(const Store& o) const { return objects_ == o.objects_ && sessions_ == o.sessions_; }
   bool operator!=(const Store& o) const { return !(*this == o); }
 
+  // ---- atomic writes (see the class comment) ----
+  /// From now on, records the prior value and deadline of each key before its first change.
+  void begin_undo();
+  /// The write completed: forgets the record and stops recording.
+  void commit_undo();
+  /// Puts back every key the write changed, value and deadline, and stops recording.
+  void rollback_undo();
+
+  // ---- the runtime's: forwarded writes applied at most once (handlers leave it alone) ----
+  detail::SessionTable& sessions() { return sessions_; }
+  const detail::SessionTable& sessions() const { return sessions_; }
+
   // ---- snapshot text (Python repr() layout; ast.literal_eval reads it) ----
-  /// Appends `{'_META_': {'format': 2, 'index': I, 'term': T, 'timestamp': MS, 'members': [...]},
-  /// 'data': {...}, 'ttl': {...}}` to `out`. Keys and hash fields in bytewise order; the same
-  /// store and meta always give the same text. Strings that are valid UTF-8 are written as
-  /// str literals, others as bytes literals, escaped exactly as Python's repr().
+  /// Appends `{'_META_': {'format': 3, 'index': I, 'term': T, 'timestamp': MS, 'members': [...]},
+  /// 'data': {...}, 'ttl': {...}, 'sessions': [...]}` to `out` ('sessions': see
+  /// detail::SessionTable::write). Keys and hash fields in bytewise order; the same store and
+  /// meta always give the same text. Strings that are valid UTF-8 are written as str literals,
+  /// others as bytes literals, escaped exactly as Python's repr().
   void write_snapshot(std::string& out, const SnapshotMeta& meta) const;
-  /// Parses write_snapshot's format, and format 1 (no 'timestamp': meta.timestamp_ms is 0),
-  /// and any Python literal text of the same shape. On
-  /// success replaces `data` and `meta`; on failure leaves them unchanged and sets `error`
+  /// Parses write_snapshot's format, format 2 (no 'sessions': the table is empty), format 1
+  /// (nor 'timestamp': meta.timestamp_ms is 0), and any Python literal text of the same shape.
+  /// On success replaces `data` and `meta`; on failure leaves them unchanged and sets `error`
   /// ("invalid snapshot at byte N: expected ...").
   static bool read_snapshot(std::string_view text, Store& data, SnapshotMeta& meta,
                             std::string& error);
@@ -121,15 +262,31 @@ class Store {
   };
   using Objects = std::map<std::string, Record, std::less<>>;
 
+  /// A key's state before the write being recorded first changed it.
+  struct Undo {
+    bool existed = false;
+    std::optional<std::int64_t> deadline;
+    std::optional<Object> object;  // set once the object changed or went away
+  };
+
   Objects objects_;
   /// (deadline, key) for every key with a deadline: due() reads it from the front.
   std::set<std::pair<std::int64_t, std::string>, ExpiryLess> expiry_;
+  detail::SessionTable sessions_;
+  bool recording_ = false;
+  std::map<std::string, Undo, std::less<>> undo_;
 
   static bool expired(const Record& r, std::int64_t now_ms) {
     return r.deadline && *r.deadline <= now_ms;
   }
   void drop_deadline(Objects::iterator it);
   void erase(Objects::iterator it);
+  /// While recording: the key's record, made on its first change (it = objects_.end() when
+  /// the key does not exist).
+  Undo* remember(std::string_view key, Objects::iterator it);
+  /// While recording: keeps the key's object before it changes in place (a copy) or goes
+  /// away (moved, when `moving`), once.
+  void keep_object(std::string_view key, Objects::iterator it, bool moving);
 };
 
 /// Registers the built-in Redis commands (strings, keys and expiry, hashes, lists) with
@@ -149,8 +306,51 @@ inline void Call::clear_ttl(std::string_view key) { data.clear_ttl(key); }
 namespace raft::detail {
 
 /// The snapshot text's format ('format' in _META_). 1: the first release; 2: adds
-/// 'timestamp'. Every older format stays readable; each change bumps it.
-constexpr std::int64_t kSnapshotFormat = 2;
+/// 'timestamp'; 3: adds 'sessions' (forwarded writes, SessionTable). Every older format stays
+/// readable; each change bumps it.
+constexpr std::int64_t kSnapshotFormat = 3;
+
+// ---- the limits of one command ----
+//
+// The same on every node, and checked before a write is proposed: on the node a client sent it
+// to, and again on the leader for a forwarded one. Never at apply: a node parses an entry of
+// its log without limits, so a committed entry can always be applied, whatever limits the node
+// that proposed it had. Below the peer protocol's limits (section 5: a bulk of 1 GiB, 16M
+// words), which a forwarded write and an entry must fit in. A client's own limits
+// (Config::client_limits) may be lower: its parser refuses first.
+
+/// Redis's proto-max-bulk-len: the longest argument (and the longest string APPEND makes).
+constexpr std::size_t kProtoMaxBulkLen = std::size_t{512} << 20;
+/// Words of one write, its name included (resp::Limits' default multibulk length).
+constexpr std::size_t kMaxCommandWords = std::size_t{1} << 20;
+/// One write RESP-encoded, as a log entry holds it (1 GiB less 1 MiB: room for the wrapping
+/// of a forwarded write within the peer protocol's 1 GiB bulk).
+constexpr std::size_t kMaxCommandBytes = (std::size_t{1} << 30) - (std::size_t{1} << 20);
+
+struct CommandLimits {
+  std::size_t max_words = kMaxCommandWords;
+  std::size_t max_word_bytes = kProtoMaxBulkLen;
+  std::size_t max_bytes = kMaxCommandBytes;
+};
+
+/// Empty if `words` may be proposed, else the error reply's text. (Other limits: tests.)
+inline std::string command_limit_error(const std::vector<std::string>& words, const CommandLimits& limits = {}) {
+  if (words.size() > limits.max_words)
+    return "ERR too many arguments: a write may have at most " + std::to_string(limits.max_words - 1) +
+           " (it has " + std::to_string(words.size() - 1) + "); it was not run";
+  const auto digits = [](std::size_t n) { return std::to_string(n).size(); };
+  std::size_t bytes = 3 + digits(words.size());  // *N\r\n
+  for (const auto& w : words) {
+    if (w.size() > limits.max_word_bytes)
+      return "ERR an argument of " + std::to_string(w.size()) + " bytes is longer than proto-max-bulk-len (" +
+             std::to_string(limits.max_word_bytes) + "); the write was not run";
+    bytes += 5 + digits(w.size()) + w.size();  // $N\r\n...\r\n
+  }
+  if (bytes > limits.max_bytes)
+    return "ERR the write is " + std::to_string(bytes) + " bytes; the limit for one command is " +
+           std::to_string(limits.max_bytes) + "; it was not run";
+  return "";
+}
 
 // ---- Python repr() of a string: str literal when valid UTF-8, bytes literal otherwise ----
 
@@ -1048,7 +1248,7 @@ inline Reply cmd_decrby(Call& c) {
 }
 
 inline Reply cmd_append(Call& c) {
-  constexpr std::size_t kMaxString = 512u * 1024 * 1024;  // Redis's proto-max-bulk-len
+  constexpr std::size_t kMaxString = kProtoMaxBulkLen;
   bool wrong;
   Store::Object* o = write_lookup(c, c.words[1], Store::Kind::String, wrong);
   if (wrong) return wrongtype_error();
@@ -1485,15 +1685,18 @@ inline Store::Object* Store::find_for_write(std::string_view key, std::int64_t n
     erase(it);
     return nullptr;
   }
+  keep_object(key, it, false);  // the caller may change it in place
   return &it->second.object;
 }
 
 inline Store::Object& Store::put(std::string_view key, Kind kind) {
   auto it = objects_.lower_bound(key);
   if (it != objects_.end() && it->first == key) {
+    keep_object(key, it, true);
     drop_deadline(it);
     it->second.object = Object{};
   } else {
+    remember(key, objects_.end());
     it = objects_.emplace_hint(it, std::string(key), Record{});
   }
   it->second.object.kind = kind;
@@ -1508,12 +1711,72 @@ inline bool Store::erase(std::string_view key) {
 }
 
 inline void Store::erase(Objects::iterator it) {
+  keep_object(it->first, it, true);
   drop_deadline(it);
   objects_.erase(it);
 }
 
+inline void Store::clear() {
+  for (auto it = objects_.begin(); recording_ && it != objects_.end(); ++it) keep_object(it->first, it, true);
+  objects_.clear();
+  expiry_.clear();
+}
+
+inline Store::Undo* Store::remember(std::string_view key, Objects::iterator it) {
+  if (!recording_) return nullptr;
+  auto u = undo_.lower_bound(key);
+  if (u != undo_.end() && u->first == key) return &u->second;
+  Undo undo;
+  if (it != objects_.end()) {
+    undo.existed = true;
+    undo.deadline = it->second.deadline;
+  }
+  return &undo_.emplace_hint(u, std::string(key), std::move(undo))->second;
+}
+
+inline void Store::keep_object(std::string_view key, Objects::iterator it, bool moving) {
+  Undo* u = remember(key, it);
+  // A key made by this write needs nothing kept: undoing it deletes it.
+  if (u == nullptr || !u->existed || u->object) return;
+  if (moving)
+    u->object = std::move(it->second.object);
+  else
+    u->object = it->second.object;
+}
+
+inline void Store::begin_undo() {
+  undo_.clear();
+  recording_ = true;
+}
+
+inline void Store::commit_undo() {
+  recording_ = false;
+  undo_.clear();
+}
+
+inline void Store::rollback_undo() {
+  recording_ = false;
+  for (auto& [key, u] : undo_) {
+    auto it = objects_.find(key);
+    if (!u.existed) {
+      if (it != objects_.end()) erase(it);
+      continue;
+    }
+    // A key that existed and is gone now had its object kept when it went.
+    if (it == objects_.end()) it = objects_.emplace(key, Record{}).first;
+    if (u.object) it->second.object = std::move(*u.object);
+    drop_deadline(it);
+    if (u.deadline) {
+      it->second.deadline = u.deadline;
+      expiry_.emplace(*u.deadline, it->first);
+    }
+  }
+  undo_.clear();
+}
+
 inline void Store::drop_deadline(Objects::iterator it) {
   if (!it->second.deadline) return;
+  remember(it->first, it);
   const auto entry = expiry_.find(std::pair<std::int64_t, std::string_view>(
       *it->second.deadline, std::string_view(it->first)));
   if (entry != expiry_.end()) expiry_.erase(entry);
@@ -1528,6 +1791,7 @@ inline void Store::clear_ttl(std::string_view key) {
 inline bool Store::set_deadline(std::string_view key, std::int64_t deadline_ms) {
   const auto it = objects_.find(key);
   if (it == objects_.end()) return false;
+  remember(key, it);
   drop_deadline(it);
   it->second.deadline = deadline_ms;
   expiry_.emplace(deadline_ms, it->first);
@@ -1620,19 +1884,21 @@ inline void Store::write_snapshot(std::string& out, const SnapshotMeta& meta) co
     out += ": ";
     out += std::to_string(deadlines[i].second);
   }
-  out += "}}";
+  out += "}, 'sessions': ";
+  sessions_.write(out);
+  out += '}';
 }
 
 namespace detail {
 
-/// _META_ of our format: {'format': 2, 'index': I, 'term': T, 'timestamp': MS,
-/// 'members': [...]}; format 1 is the same without 'timestamp'.
-inline bool read_snapshot_meta(LiteralReader& r, SnapshotMeta& meta) {
+/// _META_ of our format: {'format': 3, 'index': I, 'term': T, 'timestamp': MS,
+/// 'members': [...]}; format 2 is the same; format 1 has no 'timestamp'.
+inline bool read_snapshot_meta(LiteralReader& r, SnapshotMeta& meta, std::int64_t& format) {
   const std::size_t meta_at = r.here();
   if (!r.expect('{', "'{' (the _META_ dict)")) return false;
   bool has_format = false, has_index = false, has_term = false, has_members = false;
   bool has_timestamp = false;
-  std::int64_t format = 0;
+  format = 0;
   std::string name;
   bool first = true;
   while (r.next_element('}', first)) {
@@ -1708,8 +1974,8 @@ inline bool read_snapshot_meta(LiteralReader& r, SnapshotMeta& meta) {
   if (!has_format || !has_index || !has_term || !has_members)
     return r.fail_at(meta_at, "_META_ needs 'format', 'index', 'term' and 'members'");
   if (has_timestamp != (format >= 2))
-    return r.fail_at(meta_at, format >= 2 ? "_META_ of format 2 needs 'timestamp'"
-                                          : "_META_ of format 1 has no 'timestamp'");
+    return r.fail_at(meta_at, format >= 2 ? "_META_ of format " + std::to_string(format) + " needs 'timestamp'"
+                                          : std::string("_META_ of format 1 has no 'timestamp'"));
   return true;
 }
 
@@ -1766,7 +2032,9 @@ inline bool Store::read_snapshot(std::string_view text, Store& data, SnapshotMet
   Store store;
   SnapshotMeta m;
   std::vector<detail::PendingDeadline> deadlines;
-  bool has_meta = false, has_data = false, has_ttl = false;
+  bool has_meta = false, has_data = false, has_ttl = false, has_sessions = false;
+  std::int64_t format = 0;
+  std::size_t sessions_at = 0;
   std::string key;
   const auto fail = [&] { return detail::snapshot_error(r, error); };
 
@@ -1776,10 +2044,10 @@ inline bool Store::read_snapshot(std::string_view text, Store& data, SnapshotMet
     const std::size_t at = r.here();
     if (!r.string(key) || !r.expect(':', "':' after a dict key")) return fail();
     bool* seen = key == "_META_" ? &has_meta : key == "data" ? &has_data
-               : key == "ttl" ? &has_ttl : nullptr;
+               : key == "ttl" ? &has_ttl : key == "sessions" ? &has_sessions : nullptr;
     if (seen == nullptr) {
       r.fail_at(at, "unknown top-level key " + detail::key_for_error(key) +
-                        " (expected '_META_', 'data' or 'ttl')");
+                        " (expected '_META_', 'data', 'ttl' or 'sessions')");
       return fail();
     }
     if (*seen) {
@@ -1788,7 +2056,10 @@ inline bool Store::read_snapshot(std::string_view text, Store& data, SnapshotMet
     }
     *seen = true;
     if (key == "_META_") {
-      if (!detail::read_snapshot_meta(r, m)) return fail();
+      if (!detail::read_snapshot_meta(r, m, format)) return fail();
+    } else if (key == "sessions") {
+      sessions_at = at;
+      if (!store.sessions_.read(r)) return fail();
     } else if (key == "ttl") {
       if (!detail::read_deadlines(r, deadlines, false)) return fail();
     } else {
@@ -1837,6 +2108,11 @@ inline bool Store::read_snapshot(std::string_view text, Store& data, SnapshotMet
   if (!has_meta || !has_data || !has_ttl) {
     r.fail_at(0, std::string("a snapshot needs '_META_', 'data' and 'ttl' (missing ") +
                      (!has_meta ? "'_META_'" : !has_data ? "'data'" : "'ttl'") + ")");
+    return fail();
+  }
+  if (has_sessions != (format >= 3)) {
+    r.fail_at(has_sessions ? sessions_at : 0, "a snapshot of format " + std::to_string(format) +
+                                                  (has_sessions ? " has no 'sessions'" : " needs 'sessions'"));
     return fail();
   }
   for (const auto& d : deadlines) {
@@ -1927,6 +2203,211 @@ inline bool Store::read_pyraft_snapshot(std::string_view text, Store& data, std:
   return true;
 }
 
+// ---- SessionTable members ----
+
+namespace detail {
+
+/// now_ms - since >= SessionTable::kIdleMs, without overflow.
+inline bool idle_long_enough(std::int64_t since, std::int64_t now_ms) {
+  return now_ms >= since &&
+         static_cast<std::uint64_t>(now_ms) - static_cast<std::uint64_t>(since) >=
+             static_cast<std::uint64_t>(SessionTable::kIdleMs);
+}
+
+inline SessionTable::Verdict SessionTable::begin(const Key& key, std::uint64_t seq,
+                                                 std::uint64_t lowest_unanswered, std::int64_t now_ms,
+                                                 std::string& reply) {
+  expire(now_ms);
+  auto it = sessions_.find(key);
+  if (it == sessions_.end()) {
+    if (sessions_.size() >= kMaxSessions) return Verdict::Full;
+    it = add(key, now_ms);
+  } else {
+    touch(it, now_ms);
+  }
+  advance(it, lowest_unanswered);
+  const auto r = it->second.replies.find(seq);
+  if (r != it->second.replies.end()) {
+    reply = r->second;
+    return Verdict::Duplicate;
+  }
+  return seq < it->second.lowest ? Verdict::Stale : Verdict::Apply;
+}
+
+inline void SessionTable::record(const Key& key, std::uint64_t seq, std::string reply) {
+  const auto it = sessions_.find(key);
+  if (it == sessions_.end() || seq < it->second.lowest) return;
+  const std::size_t c = cost(reply);
+  if (!it->second.replies.emplace(seq, std::move(reply)).second) return;
+  it->second.bytes += c;
+  bytes_ += c;
+  shed_replies();
+}
+
+inline void SessionTable::expire(std::int64_t now_ms) {
+  while (!by_activity_.empty() && idle_long_enough(by_activity_.begin()->first, now_ms)) {
+    const auto it = sessions_.find(by_activity_.begin()->second);
+    bytes_ -= it->second.bytes;
+    sessions_.erase(it);
+    by_activity_.erase(by_activity_.begin());
+  }
+}
+
+inline const std::string* SessionTable::reply(const Key& key, std::uint64_t seq) const {
+  const auto it = sessions_.find(key);
+  if (it == sessions_.end()) return nullptr;
+  const auto r = it->second.replies.find(seq);
+  return r == it->second.replies.end() ? nullptr : &r->second;
+}
+
+inline SessionTable::Sessions::iterator SessionTable::add(const Key& key, std::int64_t now_ms) {
+  const auto it = sessions_.emplace(key, Session{}).first;
+  it->second.active_ms = now_ms;
+  by_activity_.emplace(now_ms, key);
+  return it;
+}
+
+inline void SessionTable::touch(Sessions::iterator it, std::int64_t now_ms) {
+  if (now_ms <= it->second.active_ms) return;
+  by_activity_.erase({it->second.active_ms, it->first});
+  it->second.active_ms = now_ms;
+  by_activity_.emplace(now_ms, it->first);
+}
+
+/// The follower waits for nothing below `lowest` any more: its replies go.
+inline void SessionTable::advance(Sessions::iterator it, std::uint64_t lowest) {
+  Session& s = it->second;
+  if (lowest <= s.lowest) return;
+  s.lowest = lowest;
+  const auto end = s.replies.lower_bound(lowest);
+  for (auto r = s.replies.begin(); r != end; ++r) {
+    s.bytes -= cost(r->second);
+    bytes_ -= cost(r->second);
+  }
+  s.replies.erase(s.replies.begin(), end);
+}
+
+/// Over kMaxReplyBytes: the session with the most bytes (the first in key order among equals)
+/// loses its oldest reply, until the total fits.
+inline void SessionTable::shed_replies() {
+  while (bytes_ > kMaxReplyBytes) {
+    auto most = sessions_.end();
+    for (auto it = sessions_.begin(); it != sessions_.end(); ++it)
+      if (!it->second.replies.empty() && (most == sessions_.end() || it->second.bytes > most->second.bytes))
+        most = it;
+    if (most == sessions_.end()) return;
+    advance(most, most->second.replies.begin()->first + 1);
+  }
+}
+
+inline void SessionTable::write(std::string& out) const {
+  out += '[';
+  bool first = true;
+  for (const auto& [key, s] : sessions_) {
+    if (!first) out += ", ";
+    first = false;
+    out += "{'node': ";
+    append_repr(out, key.node);
+    out += ", 'server_id': ";
+    append_repr(out, key.server_id);
+    out += ", 'nonce': " + std::to_string(key.nonce) + ", 'lowest': " + std::to_string(s.lowest) +
+           ", 'active': " + std::to_string(s.active_ms) + ", 'replies': {";
+    bool first_reply = true;
+    for (const auto& [seq, reply] : s.replies) {
+      if (!first_reply) out += ", ";
+      first_reply = false;
+      out += std::to_string(seq);
+      out += ": ";
+      append_repr(out, reply);
+    }
+    out += "}}";
+  }
+  out += ']';
+}
+
+inline bool SessionTable::read(LiteralReader& r) {
+  SessionTable table;
+  if (!r.expect('[', "'[' (the sessions list)")) return false;
+  bool first = true;
+  std::string name;
+  while (r.next_element(']', first)) {
+    const std::size_t session_at = r.here();
+    if (!r.expect('{', "'{' (a session dict)")) return false;
+    Key key;
+    Session s;
+    bool has[6] = {};
+    static const char* const kFields[6] = {"node", "server_id", "nonce", "lowest", "active", "replies"};
+    bool first_field = true;
+    while (r.next_element('}', first_field)) {
+      const std::size_t field_at = r.here();
+      if (!r.string(name) || !r.expect(':', "':' after a dict key")) return false;
+      const auto field = std::find_if(std::begin(kFields), std::end(kFields), [&](const char* f) { return name == f; });
+      if (field == std::end(kFields))
+        return r.fail_at(field_at, "unknown session field " + key_for_error(name) +
+                                       " (expected 'node', 'server_id', 'nonce', 'lowest', 'active' or 'replies')");
+      const auto k = static_cast<std::size_t>(field - std::begin(kFields));
+      if (has[k]) return r.fail_at(field_at, "duplicate session field " + key_for_error(name));
+      has[k] = true;
+      bool ok = true;
+      switch (k) {
+        case 0: ok = r.string(key.node); break;
+        case 1: ok = r.string(key.server_id); break;
+        case 2: ok = r.unsigned_integer(key.nonce); break;
+        case 3: ok = r.unsigned_integer(s.lowest); break;
+        case 4: ok = r.integer(s.active_ms); break;
+        default: {
+          if (!r.expect('{', "'{' (the replies dict)")) return false;
+          bool first_reply = true;
+          while (r.next_element('}', first_reply)) {
+            const std::size_t reply_at = r.here();
+            std::uint64_t seq = 0;
+            if (!r.unsigned_integer(seq) || !r.expect(':', "':' after a dict key")) return false;
+            auto [it, inserted] = s.replies.try_emplace(seq);
+            if (!inserted) return r.fail_at(reply_at, "duplicate reply " + std::to_string(seq));
+            if (!r.string(it->second)) return false;
+            s.bytes += cost(it->second);
+          }
+          ok = !r.failed();
+        }
+      }
+      if (!ok) return false;
+    }
+    if (r.failed()) return false;
+    if (!std::all_of(std::begin(has), std::end(has), [](bool b) { return b; }))
+      return r.fail_at(session_at, "a session needs 'node', 'server_id', 'nonce', 'lowest', 'active' and 'replies'");
+    if (!s.replies.empty() && s.replies.begin()->first < s.lowest)
+      return r.fail_at(session_at, "a session keeps a reply below its 'lowest'");
+    if (table.sessions_.count(key) != 0) return r.fail_at(session_at, "duplicate session");
+    table.bytes_ += s.bytes;
+    table.by_activity_.emplace(s.active_ms, key);
+    table.sessions_.emplace(std::move(key), std::move(s));
+  }
+  if (r.failed()) return false;
+  *this = std::move(table);
+  return true;
+}
+
+/// A built-in command's handler: a type of its own, so that the runtime can tell it from a
+/// program's (built-ins are applied without the undo record: see the Store class comment).
+struct BuiltinHandler {
+  Reply (*fn)(Call&);
+  int min_args;
+  int max_args;
+
+  Reply operator()(Call& c) const {
+    // The runtime checks argument counts before calling; checking again here keeps a
+    // handler called directly from indexing past its words.
+    const auto n = static_cast<long long>(c.words.size()) - 1;
+    if (n < min_args || (max_args >= 0 && n > max_args))
+      return arity_error(c.words.empty() ? std::string_view() : c.words[0]);
+    return fn(c);
+  }
+};
+
+inline bool is_builtin(const Command& cmd) { return cmd.fn.target<BuiltinHandler>() != nullptr; }
+
+}  // namespace detail
+
 inline void add_builtin_commands(CommandTable& table) {
   using Fn = Reply (*)(Call&);
   const auto add = [&table](const char* name, const char* flags, int min_args, int max_args,
@@ -1935,14 +2416,7 @@ inline void add_builtin_commands(CommandTable& table) {
     cmd.flags = flags;
     cmd.min_args = min_args;
     cmd.max_args = max_args;
-    // The runtime checks argument counts before calling; checking again here keeps a
-    // handler called directly from indexing past its words.
-    cmd.fn = [fn, min_args, max_args](Call& c) -> Reply {
-      const auto n = static_cast<long long>(c.words.size()) - 1;
-      if (n < min_args || (max_args >= 0 && n > max_args))
-        return detail::arity_error(c.words.empty() ? std::string_view() : c.words[0]);
-      return fn(c);
-    };
+    cmd.fn = detail::BuiltinHandler{fn, min_args, max_args};
     table.emplace(name, std::move(cmd));
   };
   using namespace detail;

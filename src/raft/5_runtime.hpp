@@ -14,8 +14,8 @@
 //             runs the role callbacks.
 //   snapshot  serializes a copy of the store and hands it to the writer.
 //   joiner    only on a node started with -e, until it is a member.
-// Lock order: core_mu_ before req_mu_, apply_mu_, a sender's mutex and done_mu_; data_mu_ is
-// never held while taking core_mu_.
+// Lock order: core_mu_ before req_mu_, apply_mu_, a sender's mutex and done_mu_; fwd_mu_ before
+// req_mu_, links_mu_ and a sender's mutex; data_mu_ is never held while taking core_mu_.
 //
 // The peer protocol (port + 1) is RESP: arrays of bulk strings whose first word names them.
 //   HELLO version cluster_id node_id server_id address secret   (first, on every connection)
@@ -23,20 +23,61 @@
 //   RAFT type term index log_term commit reject hint_index hint_term transfer context offset
 //        done timestamp config data count [index term type timestamp payload]*count
 //   JOIN node_id address server_id      -> +OK cluster_id | -MOVED id address | -TRYAGAIN ...
-//   FWD request_id word...              (a follower's write for the leader)
-//   FWDR request_id reply               (the leader's answer; reply is RESP-encoded)
+//   FWD nonce seq lowest word...        (a follower's write for the leader, see below)
+//   FWDR nonce seq status reply         (the leader's answer: status done, notrun or unknown;
+//                                        reply is RESP3-encoded)
 // Connections are one-way after the handshake: a node sends on the connections it opened
 // and reads on the ones it accepted. Nothing received is ever evaluated; a malformed message
 // closes that connection.
+//
+// Forwarded writes are applied at most once. A follower numbers the writes it forwards (seq)
+// within its session: its node id and server id (the leader knows both from HELLO) and a nonce
+// drawn at each start. Each FWD also carries the lowest seq the follower still waits for. The
+// leader appends `__fwd node server_id nonce seq lowest word...`, and every node decides when
+// it applies it, with the replicated detail::SessionTable, whether it runs, is a duplicate
+// (answered with the reply it had) or is stale (not run). So the follower may send a forward
+// again - it does, on every new connection to the leader, and to a new leader after an answer
+// of unknown outcome - and gets the original reply. It keeps each forward until answered or
+// past its deadline (at most kMaxForwardWaitMs), and answers its caller with the leader's reply;
+// -TRYAGAIN when no copy may have been appended (none left this node, or the only one was
+// refused); -TIMEOUT (outcome unknown) otherwise. A forward taken back before its link handed
+// it to a socket is never sent. Writes forwarded in order reach the leader in order: a link
+// sends its forwards in seq order, and forwards are moved to a new leader's link, in order,
+// before any new one is queued there.
 
 namespace raft {
 namespace detail {
 
 // The peer protocol's version, in HELLO. 1: the first release; 2: RAFT carries a timestamp
-// (a snapshot's, a read's). A node refuses a peer of another version with a message naming
-// both: the versions are not mixed on one link. A cluster is upgraded one node at a time; while
-// versions are mixed, the nodes of the version a majority runs keep the cluster going.
-constexpr const char* kPeerProtocolVersion = "2";
+// (a snapshot's, a read's); 3: FWD and FWDR carry a session (at-most-once forwarded writes).
+// A node refuses a peer of another version with a message naming both: the versions are not
+// mixed on one link. A cluster is upgraded one node at a time; while versions are mixed, the
+// nodes of the version a majority runs keep the cluster going.
+constexpr const char* kPeerProtocolVersion = "3";
+
+// What the peer connections accept once HELLO is done: a bulk (an entry's payload, a
+// snapshot chunk, a forwarded write's argument) and words in one message.
+constexpr std::size_t kPeerMaxBulkBytes = std::size_t{1} << 30;
+constexpr std::size_t kPeerMaxWords = std::size_t{16} << 20;
+// A forwarded write's log entry wraps the command with the forwarding session: a few words
+// bounded by the handshake's limits (node and server ids of at most 4096 bytes).
+constexpr std::size_t kMaxForwardWrappingBytes = 3 * 4096 + 256;
+static_assert(kMaxCommandBytes + kMaxForwardWrappingBytes <= kPeerMaxBulkBytes,
+              "an accepted write, wrapped as a forwarded one, must fit in one peer bulk");
+static_assert(kProtoMaxBulkLen <= kPeerMaxBulkBytes && kMaxCommandWords + 8 <= kPeerMaxWords,
+              "an accepted write must fit in one FWD message");
+
+// The first word of a forwarded write's log entry. Command names starting with "__" are the
+// runtime's: Node::handler refuses them and clients cannot send them.
+constexpr const char* kForwardedCommand = "__fwd";
+inline bool is_reserved_command(std::string_view name) { return name.rfind("__", 0) == 0; }
+
+// A follower waits for a forwarded write's answer at most this long, whatever the configured
+// timeouts: far less than SessionTable::kIdleMs, so that no copy of a write can reach the log
+// after the leaders' session table forgot its session.
+constexpr int kMaxForwardWaitMs = static_cast<int>(SessionTable::kIdleMs / 10);
+// Forwarded writes one node waits for at once; beyond, a write gets -TRYAGAIN.
+constexpr std::size_t kMaxForwardsWaiting = 65536;
 
 inline std::int64_t wall_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -104,6 +145,11 @@ inline std::string hex64(std::uint64_t v) {
   char buf[17];
   std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
   return buf;
+}
+
+inline std::uint64_t random_u64() {
+  std::random_device rd;
+  return (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
 }
 
 inline std::uint64_t fnv1a(std::string_view s, std::uint64_t h = 1469598103934665603ull) {
@@ -367,6 +413,98 @@ inline bool decode_raft(std::vector<std::string>& w, Message& m, std::string& er
   return true;
 }
 
+// FWD and FWDR (see the protocol above).
+
+struct ForwardedWrite {
+  std::uint64_t nonce = 0;
+  std::uint64_t seq = 0;
+  std::uint64_t lowest = 0;  // the lowest seq the follower still waits for; never above seq
+  std::vector<std::string> words;
+};
+
+/// FWD nonce seq lowest, then the write's words: `command` is them RESP-encoded
+/// (resp::write_command), `words` how many there are.
+inline void encode_forward(std::uint64_t nonce, std::uint64_t seq, std::uint64_t lowest, std::string_view command,
+                           std::size_t words, std::string& out) {
+  resp::write_array_header(out, 4 + words);
+  resp::write_bulk(out, "FWD");
+  write_bulk_u64(out, nonce);
+  write_bulk_u64(out, seq);
+  write_bulk_u64(out, lowest);
+  out.append(command.substr(command.find("\r\n") + 2));  // the words, without their array header
+}
+
+inline bool decode_forward(std::vector<std::string>& w, ForwardedWrite& f, std::string& error) {
+  auto fail = [&](const char* what) {
+    error = std::string("malformed FWD message: ") + what;
+    return false;
+  };
+  if (w.size() < 5 || w[0] != "FWD") return fail("too few fields");
+  if (!parse_u64(w[1], f.nonce) || !parse_u64(w[2], f.seq) || !parse_u64(w[3], f.lowest)) return fail("bad number");
+  if (f.lowest > f.seq) return fail("lowest unanswered above the sequence number");
+  f.words.assign(std::make_move_iterator(w.begin() + 4), std::make_move_iterator(w.end()));
+  return true;
+}
+
+enum class ForwardStatus : std::uint8_t {
+  Done,     // the reply is the write's outcome (it was applied, or the log decided it does not run)
+  NotRun,   // this leader did not append it (not leading, or it refuses it); the reply says why
+  Unknown,  // this leader appended it and lost track of it (stepped down, timed out)
+};
+
+inline const char* forward_status_name(ForwardStatus s) {
+  switch (s) {
+    case ForwardStatus::Done: return "done";
+    case ForwardStatus::NotRun: return "notrun";
+    case ForwardStatus::Unknown: return "unknown";
+  }
+  return "?";
+}
+
+struct ForwardReply {
+  std::uint64_t nonce = 0;
+  std::uint64_t seq = 0;
+  ForwardStatus status = ForwardStatus::Done;
+  Reply reply;
+};
+
+inline void encode_forward_reply(const ForwardReply& r, std::string& out) {
+  std::string encoded;
+  resp::write(encoded, r.reply, 3);
+  resp::write_array_header(out, 5);
+  resp::write_bulk(out, "FWDR");
+  write_bulk_u64(out, r.nonce);
+  write_bulk_u64(out, r.seq);
+  resp::write_bulk(out, forward_status_name(r.status));
+  resp::write_bulk(out, encoded);
+}
+
+/// Parses a reply encoded by resp::write (a FWDR's, a kept one in the session table). Without
+/// limits but the nesting: what is parsed is already in memory.
+inline bool decode_reply(std::string_view bytes, Reply& out) {
+  resp::Limits limits;
+  limits.max_bulk_length = std::numeric_limits<std::size_t>::max();
+  limits.max_multibulk_length = std::numeric_limits<std::size_t>::max();
+  resp::ReplyParser parser(limits);
+  parser.feed(bytes);
+  return parser.next(out) == resp::Status::Ok && parser.buffered() == 0;
+}
+
+inline bool decode_forward_reply(const std::vector<std::string>& w, ForwardReply& r, std::string& error) {
+  auto fail = [&](const char* what) {
+    error = std::string("malformed FWDR message: ") + what;
+    return false;
+  };
+  if (w.size() != 5 || w[0] != "FWDR") return fail("wrong number of fields");
+  if (!parse_u64(w[1], r.nonce) || !parse_u64(w[2], r.seq)) return fail("bad number");
+  if (w[3] == "done") r.status = ForwardStatus::Done;
+  else if (w[3] == "notrun") r.status = ForwardStatus::NotRun;
+  else if (w[3] == "unknown") r.status = ForwardStatus::Unknown;
+  else return fail("unknown status");
+  if (!decode_reply(w[4], r.reply)) return fail("bad reply");
+  return true;
+}
+
 // ---- logging -------------------------------------------------------------------------------
 
 inline const char* level_name(LogLevel l) {
@@ -397,8 +535,15 @@ class Runtime;
 
 /// The outbound connection to one peer, with its own thread: messages are queued by any
 /// thread and sent in order; on failure it reconnects with backoff (Raft tolerates the loss).
+/// Forwarded writes wait apart, by sequence number, until the runtime takes them back: each is
+/// sent on every new connection, in sequence order.
 class PeerLink {
  public:
+  /// Test hook (tests/test_forward.cpp): Stall hands nothing to the socket while set (a peer
+  /// that stopped reading: its buffers are full); Drop loses whatever is handed to the socket
+  /// (a cut link), and when lifted the link reconnects, as after a real cut.
+  enum class Fault : std::uint8_t { None, Stall, Drop };
+
   PeerLink(Runtime& rt, NodeId id, std::string address) : rt_(rt), id_(std::move(id)), address_(std::move(address)) {
     thread_ = std::thread([this] { run(); });
   }
@@ -412,6 +557,35 @@ class PeerLink {
     queued_bytes_ += bytes.size();
     queue_.push_back(std::move(bytes));
     cv_.notify_one();
+  }
+  /// Queues forwarded write `seq` (a FWD message). False, and nothing is queued, when too much
+  /// waits already (the peer is gone or slow).
+  bool send_forward(std::uint64_t seq, std::string bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (queued_bytes_ > kMaxQueuedBytes) return false;
+    queued_bytes_ += bytes.size();
+    forwards_[seq] = QueuedForward{std::move(bytes), 0};
+    unsent_.insert(seq);
+    cv_.notify_one();
+    return true;
+  }
+  /// Takes forwarded write `seq` back: it is not sent again. Returns how many times it was
+  /// handed to a socket (0: it never left this node), or nothing if it is not here.
+  std::optional<unsigned> take_forward(std::uint64_t seq) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = forwards_.find(seq);
+    if (it == forwards_.end()) return std::nullopt;
+    const unsigned handed = it->second.handed;
+    queued_bytes_ -= std::min(queued_bytes_, it->second.bytes.size());
+    forwards_.erase(it);
+    unsent_.erase(seq);
+    return handed;
+  }
+  void set_fault(Fault fault) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (fault_ == Fault::Drop && fault != Fault::Drop) reconnect_ = true;
+    fault_ = fault;
+    cv_.notify_all();
   }
   void set_address(const std::string& address) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -446,13 +620,21 @@ class PeerLink {
   static constexpr std::size_t kMaxQueuedBytes = std::size_t{256} << 20;
   void run();
 
+  struct QueuedForward {
+    std::string bytes;
+    unsigned handed = 0;  // times handed to a socket
+  };
+
   Runtime& rt_;
   const NodeId id_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::string address_;
   std::deque<std::string> queue_;
+  std::map<std::uint64_t, QueuedForward> forwards_;  // by sequence number
+  std::set<std::uint64_t> unsent_;  // forwards not handed to the current connection yet
   std::size_t queued_bytes_ = 0;
+  Fault fault_ = Fault::None;
   bool stopping_ = false;
   bool reconnect_ = false;
   int fd_ = -1;
@@ -518,6 +700,11 @@ class Runtime {
 
   void log(LogLevel level, const std::string& message) const;
 
+  /// Test hook (tests/test_forward.cpp): a fault on this node's link to `peer`.
+  void set_link_fault_for_test(const NodeId& peer, PeerLink::Fault fault) {
+    if (PeerLink* link = link_for(peer)) link->set_fault(fault);
+  }
+
   // For PeerLink.
   std::string hello_bytes() const;
   int send_timeout() const { return scaled(cfg_.send_timeout_ms); }
@@ -533,20 +720,31 @@ class Runtime {
     std::uint64_t conn = 0;
     std::uint64_t op = 0;
     std::shared_ptr<std::promise<Reply>> promise;
-    NodeId forward_from;
-    std::uint64_t forward_id = 0;
+    NodeId forward_from;             // a forwarded write: the follower,
+    std::uint64_t forward_seq = 0;   // its sequence number
+    std::uint64_t forward_nonce = 0;  // and session nonce
     std::vector<std::string> words;  // a read, executed once applied...
     std::chrono::steady_clock::time_point read_deadline{};  // ... or failed after this
     EntryId entry;                   // a write, where it went
-    std::chrono::steady_clock::time_point deadline{};  // a write forwarded to the leader...
-    NodeId forwarded_to;                               // ... this one
   };
   struct Caller {
     std::uint64_t conn = 0;
     std::uint64_t op = 0;
     std::shared_ptr<std::promise<Reply>> promise;
     NodeId forward_from;
-    std::uint64_t forward_id = 0;
+    std::uint64_t forward_seq = 0;
+    std::uint64_t forward_nonce = 0;
+  };
+  // A write this node forwarded to the leader, waiting for its answer (under fwd_mu_).
+  struct Forward {
+    std::uint64_t request = 0;  // in requests_: who waits
+    std::string command;        // the write's words, RESP-encoded
+    std::size_t words = 0;
+    NodeId to;  // the node whose link holds it; empty: held here until a leader is known
+    NodeId sent_leader;  // the leader and term when it was last queued on a link
+    std::uint64_t sent_term = 0;
+    bool maybe_run = false;  // a copy may have been appended: its outcome is unknown
+    std::chrono::steady_clock::time_point deadline{};
   };
   struct ApplyItem {
     enum Kind { Restore, Entry, Read, Aborted, RoleChanged, LeaderReady, SnapshotWanted, Checkpoint } kind;
@@ -606,7 +804,8 @@ class Runtime {
   }
   struct PendingWrite {
     Caller caller;
-    std::string payload;
+    std::string payload;  // the command's words, RESP-encoded
+    std::size_t words = 0;
   };
   using EntryIdKey = std::pair<std::uint64_t, std::uint64_t>;  // (index, term)
   // Writes to propose and reads to confirm, gathered by one thread and handed to the core
@@ -618,8 +817,8 @@ class Runtime {
 
   static resp::Limits peer_limits() {
     resp::Limits l;
-    l.max_bulk_length = std::size_t{1} << 30;
-    l.max_multibulk_length = std::size_t{16} << 20;
+    l.max_bulk_length = kPeerMaxBulkBytes;
+    l.max_multibulk_length = kPeerMaxWords;
     return l;
   }
   int scaled(int ms) const { return std::max(1, static_cast<int>(ms * cfg_.time_scale)); }
@@ -675,14 +874,23 @@ class Runtime {
   void serve_ready_reads();
   void adopt_cluster_id(const std::string& cluster_id);
   void handle_command(ClientConn* conn, Caller caller, std::vector<std::string>& words, Batch& batch);
-  void finish(const Caller& caller, Reply reply);
-  void finish_request(std::uint64_t id, Reply reply);
+  // Answers the caller. For a follower's forwarded write, `status` tells it what the reply means.
+  void finish(const Caller& caller, Reply reply, ForwardStatus status = ForwardStatus::Done);
+  void finish_request(std::uint64_t id, Reply reply, ForwardStatus status = ForwardStatus::Done);
   std::uint64_t add_request(Request r);
   void start_read(ClientConn* conn, const Caller& caller, std::vector<std::string>& words, const Command& cmd,
                   Batch& batch);
   void flush_batched(Batch& batch);
   void complete_op(std::uint64_t conn, std::uint64_t op, Reply reply);
+  // forwarded writes (a follower's)
+  void forward_writes(const NodeId& leader, std::uint64_t term, std::vector<PendingWrite> writes);
+  void requeue_forwards(const NodeId& leader, std::uint64_t term, bool all);
+  void queue_forward(PeerLink& link, std::uint64_t seq, const Forward& f);
   void expire_forwards();
+  void handle_forward_reply(const NodeId& from, ForwardReply fr);
+  // forwarded writes (the leader's)
+  void handle_forward(PeerConn& p, ForwardedWrite fw);
+  std::string write_refusal(const std::vector<std::string>& words) const;
   /// Runs a read handler at `now_ms` (the time it judges expiry by).
   Reply run_read(const Command& cmd, const std::vector<std::string>& words, std::int64_t now_ms);
   /// A confirmed linearizable read's time: the leader's, or the last stamp applied if later
@@ -700,6 +908,7 @@ class Runtime {
     apply_cv_.notify_one();
   }
   void apply_entry(const LogEntry& e);
+  bool run_write(const LogEntry& e, const Command& cmd, const std::vector<std::string>& words, Reply& reply);
   void serve_reads();
   void expire_waiting_reads();
   void halt(const std::string& why);
@@ -750,6 +959,13 @@ class Runtime {
   // Threads that answer commands: execute() from them would wait for itself.
   std::atomic<std::thread::id> apply_thread_id_{};
   std::atomic<std::thread::id> poll_thread_id_{};
+
+  // writes this node forwarded (see "Forwarded writes" at the top of this section)
+  std::mutex fwd_mu_;
+  std::map<std::uint64_t, Forward> forwards_;  // by sequence number
+  // This run's session: every start draws another, so sequence numbers start again at 1.
+  const std::uint64_t forward_nonce_ = random_u64();
+  std::uint64_t next_forward_seq_ = 1;
 
   // requests
   std::mutex req_mu_;
@@ -1346,7 +1562,8 @@ inline void Runtime::halt(const std::string& why) {
   }
   for (std::uint64_t id : waiting)
     finish_request(id, Reply::error("MISCONF " + why + "; if this was a write, its outcome is unknown (another node "
-                                    "may still commit it); restart the node"));
+                                    "may still commit it); restart the node"),
+                   ForwardStatus::Unknown);
 }
 
 inline void Runtime::send_peer(const Message& m) {
@@ -1451,8 +1668,13 @@ inline void PeerLink::run() {
       backoff_ms = 20;
       if (logged_failure) rt_.log(LogLevel::Debug, "connected to " + id_ + " at " + addr);
       logged_failure = false;
+      // A new connection: every forward goes again (what the last one carried may be lost).
+      unsent_.clear();
+      for (const auto& f : forwards_) unsent_.insert(unsent_.end(), f.first);
     }
-    cv_.wait(lock, [&] { return stopping_ || reconnect_ || !queue_.empty(); });
+    cv_.wait(lock, [&] {
+      return stopping_ || reconnect_ || (fault_ != Fault::Stall && (!queue_.empty() || !unsent_.empty()));
+    });
     if (stopping_ || reconnect_) continue;
     std::string batch;
     while (!queue_.empty() && batch.size() < (std::size_t{4} << 20)) {
@@ -1460,6 +1682,13 @@ inline void PeerLink::run() {
       queue_.pop_front();
     }
     queued_bytes_ -= std::min(queued_bytes_, batch.size());
+    while (!unsent_.empty() && batch.size() < (std::size_t{8} << 20)) {
+      QueuedForward& f = forwards_[*unsent_.begin()];
+      unsent_.erase(unsent_.begin());
+      ++f.handed;
+      batch += f.bytes;
+    }
+    if (fault_ == Fault::Drop) continue;  // the test hook: lost on the way
     int fd = fd_;
     lock.unlock();
     bool ok = send_all(fd, batch.data(), batch.size());
@@ -1579,7 +1808,8 @@ inline void Runtime::apply_loop() {
             }
             for (std::uint64_t id : gone)
               finish_request(id, Reply::error("TIMEOUT this node lost leadership before the write was known "
-                                              "committed; its outcome is unknown"));
+                                              "committed; its outcome is unknown"),
+                             ForwardStatus::Unknown);
           }
           log(LogLevel::Info, "installed a snapshot at index " + std::to_string(applied_.load()));
           serve_reads();
@@ -1612,7 +1842,8 @@ inline void Runtime::apply_loop() {
           }
           if (rid)
             finish_request(rid, Reply::error("TIMEOUT the write was not committed in time (leader change or no "
-                                             "majority); it may still be applied later"));
+                                             "majority); it may still be applied later"),
+                           ForwardStatus::Unknown);
           break;
         }
         case ApplyItem::RoleChanged:
@@ -1642,7 +1873,12 @@ inline void Runtime::apply_loop() {
 inline void Runtime::apply_entry(const LogEntry& e) {
   Reply reply;
   if (e.type == EntryType::Command) {
-    resp::RequestParser parser;
+    // Without limits: the entry was checked against the command limits before it was
+    // appended (by whichever node and version), and a committed entry must always apply.
+    resp::Limits unlimited;
+    unlimited.max_bulk_length = unlimited.max_multibulk_length = unlimited.max_inline_length =
+        std::numeric_limits<std::size_t>::max();
+    resp::RequestParser parser(unlimited);
     parser.feed(e.payload);
     std::vector<std::string> words;
     if (parser.next(words) != resp::Status::Ok || words.empty()) {
@@ -1650,23 +1886,64 @@ inline void Runtime::apply_entry(const LogEntry& e) {
       fatal_ = true;
       return;
     }
+    // A forwarded write: __fwd node server_id nonce seq lowest word...
+    const bool forwarded = words[0] == kForwardedCommand;
+    SessionTable::Key session;
+    std::uint64_t seq = 0, lowest = 0;
+    if (forwarded) {
+      if (words.size() < 7 || !parse_u64(words[3], session.nonce) || !parse_u64(words[4], seq) ||
+          !parse_u64(words[5], lowest)) {
+        log(LogLevel::Error, "log entry " + std::to_string(e.index) + " is a malformed forwarded write: stopping the "
+                             "apply loop");
+        fatal_ = true;
+        return;
+      }
+      session.node = std::move(words[1]);
+      session.server_id = std::move(words[2]);
+      words.erase(words.begin(), words.begin() + 6);
+    }
     auto h = handlers_.find(words[0]);
     if (h == handlers_.end() || !h->second.is_write()) {
       // Never skipped: every node must apply the same sequence.
       log(LogLevel::Error, "log entry " + std::to_string(e.index) + " names command '" + words[0] +
-                               "', which this node has no write handler for: stopping the apply loop. Start "
-                               "this node with the same handlers as the rest of the cluster.");
+                               "', which this node has no write handler for: stopping the apply loop (an entry is "
+                               "never skipped: every node applies the same ones). Either this node's handlers differ "
+                               "from those of the node that proposed it (start this node with the same handlers as "
+                               "the rest of the cluster), or a newer version of raft.hpp wrote the entry (run that "
+                               "version here too).");
       fatal_ = true;
       return;
     }
     std::lock_guard<std::mutex> lock(data_mu_);
-    Call call{store_, words, e.timestamp_ms, &node_};
-    try {
-      reply = h->second.fn(call);
-    } catch (const std::exception& ex) {
-      // A handler that throws has changed nothing it did not change on every node alike;
-      // the client learns why.
-      reply = Reply::error(std::string("ERR handler failed: ") + ex.what());
+    if (!forwarded) {
+      if (!run_write(e, h->second, words, reply)) return;
+    } else {
+      std::string kept;
+      switch (store_.sessions().begin(session, seq, lowest, e.timestamp_ms, kept)) {
+        case SessionTable::Verdict::Apply: {
+          if (!run_write(e, h->second, words, reply)) return;
+          std::string encoded;
+          resp::write(encoded, reply, 3);
+          store_.sessions().record(session, seq, std::move(encoded));
+          break;
+        }
+        case SessionTable::Verdict::Duplicate:
+#ifdef RAFT_MUTANT_FORWARD_APPLIED_TWICE
+          // mutant: a copy of a forwarded write runs again
+          if (!run_write(e, h->second, words, reply)) return;
+          break;
+#endif
+          if (!decode_reply(kept, reply)) reply = Reply::error("ERR the reply kept for this write cannot be read");
+          break;
+        case SessionTable::Verdict::Stale:
+          reply = Reply::error("TIMEOUT the leader no longer keeps this forwarded write's reply (it ran, or its node "
+                               "gave up on it, earlier); its outcome is unknown");
+          break;
+        case SessionTable::Verdict::Full:
+          reply = Reply::error("TRYAGAIN the leader remembers too many nodes' forwarded writes at once; the write "
+                               "was not run");
+          break;
+      }
     }
     keys_ = store_.size();
   }
@@ -1683,11 +1960,60 @@ inline void Runtime::apply_entry(const LogEntry& e) {
       it = write_by_index_.erase(it);
     }
   }
-  for (auto& [rid, mine] : answered)
-    finish_request(rid, mine ? reply
-                             : Reply::error("TIMEOUT the write lost its place in the log to a new leader; it was "
-                                            "not applied"));
+  for (auto& [rid, mine] : answered) {
+    if (mine)
+      finish_request(rid, reply);
+    else
+      finish_request(rid, Reply::error("TIMEOUT the write lost its place in the log to a new leader; it was not "
+                                       "applied"),
+                     ForwardStatus::NotRun);
+  }
   if (!reads_by_index_.empty() && reads_by_index_.begin()->first <= e.index) serve_reads();
+}
+
+// Runs a write handler on the store (data_mu_ held). A std::exception other than
+// std::bad_alloc is the write's reply, alike on every node, and what the handler changed is
+// undone, so a write stays atomic. Anything else stops the apply loop (false): the store may be
+// half changed here, and this node must not go on from data that differs from the others'.
+inline bool Runtime::run_write(const LogEntry& e, const Command& cmd, const std::vector<std::string>& words,
+                               Reply& reply) {
+  const bool record = !is_builtin(cmd);  // built-ins return every error before their first change
+  Call call{store_, words, e.timestamp_ms, &node_};
+  std::string failure;
+  try {
+    if (record) store_.begin_undo();
+    reply = cmd.fn(call);
+    if (record) store_.commit_undo();
+    return true;
+  } catch (const std::bad_alloc&) {
+    failure = "ran out of memory (std::bad_alloc)";
+  } catch (const std::exception& ex) {
+    if (!record) {
+      failure = std::string("threw (") + ex.what() + "), which a built-in command never does: a bug in raft.hpp";
+    } else {
+      try {
+#ifndef RAFT_MUTANT_WRITE_NOT_UNDONE
+        store_.rollback_undo();
+#else
+        store_.commit_undo();  // mutant: a handler that throws keeps its partial changes
+#endif
+        reply = Reply::error(std::string("ERR handler failed: ") + ex.what());
+        return true;
+      } catch (...) {
+        failure = std::string("threw (") + ex.what() + ") and its changes could not be undone";
+      }
+    }
+  } catch (...) {
+    failure = "threw something that is not a std::exception (a write handler may throw std::exception only: "
+              "its changes are then undone and the error is its reply on every node)";
+  }
+  store_.commit_undo();  // stops recording; what is half done stays, and the node stops
+  log(LogLevel::Error, "log entry " + std::to_string(e.index) + ": the write handler of '" + words[0] + "' " +
+                           failure + ". Stopping the apply loop: the entry may be half applied here, and this node "
+                           "must not serve data that differs from the other nodes'. Restart it: it rebuilds its "
+                           "data from its snapshot and log.");
+  fatal_ = true;
+  return false;
 }
 
 inline void Runtime::serve_reads() {
@@ -1823,17 +2149,12 @@ inline std::uint64_t Runtime::add_request(Request r) {
   return id;
 }
 
-inline void Runtime::finish(const Caller& caller, Reply reply) {
+inline void Runtime::finish(const Caller& caller, Reply reply, ForwardStatus status) {
   if (caller.promise) {
     caller.promise->set_value(std::move(reply));
   } else if (!caller.forward_from.empty()) {
     std::string bytes;
-    std::string encoded;
-    resp::write(encoded, reply, 3);
-    resp::write_array_header(bytes, 3);
-    resp::write_bulk(bytes, "FWDR");
-    write_bulk_u64(bytes, caller.forward_id);
-    resp::write_bulk(bytes, encoded);
+    encode_forward_reply(ForwardReply{caller.forward_nonce, caller.forward_seq, status, std::move(reply)}, bytes);
     if (PeerLink* link = link_for(caller.forward_from)) link->send(std::move(bytes));
   } else if (caller.conn) {
     std::lock_guard<std::mutex> lock(done_mu_);
@@ -1842,17 +2163,17 @@ inline void Runtime::finish(const Caller& caller, Reply reply) {
   }
 }
 
-inline void Runtime::finish_request(std::uint64_t id, Reply reply) {
+inline void Runtime::finish_request(std::uint64_t id, Reply reply, ForwardStatus status) {
   Caller caller;
   {
     std::lock_guard<std::mutex> lock(req_mu_);
     auto it = requests_.find(id);
     if (it == requests_.end()) return;
-    caller = Caller{it->second.conn, it->second.op, std::move(it->second.promise), it->second.forward_from,
-                    it->second.forward_id};
+    caller = Caller{it->second.conn,         it->second.op,          std::move(it->second.promise),
+                    it->second.forward_from, it->second.forward_seq, it->second.forward_nonce};
     requests_.erase(it);
   }
-  finish(caller, std::move(reply));
+  finish(caller, std::move(reply), status);
 }
 
 // ---- commands ------------------------------------------------------------------------------
@@ -1898,7 +2219,7 @@ inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector
     return;
   }
   auto it = handlers_.find(words[0]);
-  if (it == handlers_.end() || words[0] == "__expire") {
+  if (it == handlers_.end() || is_reserved_command(words[0])) {
     std::string args;
     for (std::size_t i = 1; i < words.size() && args.size() < 128; ++i) args += "'" + words[i] + "' ";
     finish(caller, Reply::error("ERR unknown command '" + words[0] + "', with args beginning with: " + args));
@@ -1917,9 +2238,15 @@ inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector
     return;
   }
   if (cmd.is_write()) {
+    // The command limits, before anything is proposed or forwarded (see kMaxCommandBytes).
+    const std::string too_big = command_limit_error(words);
+    if (!too_big.empty()) {
+      finish(caller, Reply::error(too_big));
+      return;
+    }
     std::string payload;
     resp::write_command(payload, words);
-    batch.writes.push_back(PendingWrite{caller, std::move(payload)});
+    batch.writes.push_back(PendingWrite{caller, std::move(payload), words.size()});
   } else {
     start_read(conn, caller, words, cmd, batch);
   }
@@ -1944,13 +2271,22 @@ inline void Runtime::start_read(ClientConn* conn, const Caller& caller, std::vec
 // lock, so that one wake-up of the poll thread becomes one batch for the disk and the peers.
 inline void Runtime::flush_batched(Batch& batch) {
   if (batch.writes.empty() && batch.reads.empty()) return;
-  std::vector<std::pair<Caller, Reply>> refused;
-  std::vector<std::pair<NodeId, PendingWrite>> forwards;
+  struct Refusal {
+    Caller caller;
+    Reply reply;
+    ForwardStatus status;
+  };
+  std::vector<Refusal> refused;
+  std::vector<PendingWrite> forwards;
+  NodeId leader;
+  std::uint64_t term = 0;
   {
     std::lock_guard<std::mutex> lock(core_mu_);
     if (halted_ || stopping_) {
       // stop() is answering what is registered; nothing new starts.
-      for (auto& w : batch.writes) refused.emplace_back(w.caller, Reply::error("ERR the node is stopping; the command was not run"));
+      for (auto& w : batch.writes)
+        refused.push_back({w.caller, Reply::error("ERR the node is stopping; the command was not run"),
+                           ForwardStatus::NotRun});
       batch.writes.clear();
       std::vector<std::uint64_t> reads;
       reads.swap(batch.reads);
@@ -1958,28 +2294,35 @@ inline void Runtime::flush_batched(Batch& batch) {
     }
     for (auto& w : batch.writes) {
       ProposeResult res = core_->propose(w.payload, now_ms());
+      const bool forwarded_here = !w.caller.forward_from.empty();
       if (res.ok()) {
         Request r;
         r.conn = w.caller.conn;
         r.op = w.caller.op;
         r.promise = w.caller.promise;
         r.forward_from = w.caller.forward_from;
-        r.forward_id = w.caller.forward_id;
+        r.forward_seq = w.caller.forward_seq;
+        r.forward_nonce = w.caller.forward_nonce;
         r.entry = res.id;
         std::lock_guard<std::mutex> rl(req_mu_);
         std::uint64_t id = next_request_++;
         requests_.emplace(id, std::move(r));
         write_by_index_[{res.id.index, res.id.term}] = id;
-      } else if (res.error == ProposeResult::Error::NotLeader && !res.leader.empty() && w.caller.forward_from.empty()) {
-        forwards.emplace_back(res.leader, std::move(w));
+      } else if (res.error == ProposeResult::Error::NotLeader && !res.leader.empty() && !forwarded_here) {
+        leader = res.leader;
+        term = core_->term();
+        forwards.push_back(std::move(w));
       } else if (res.error == ProposeResult::Error::Transferring) {
-        refused.emplace_back(w.caller, Reply::error("TRYAGAIN leadership is being transferred; the write was not run"));
-      } else if (!w.caller.forward_from.empty()) {
-        refused.emplace_back(w.caller, Reply::error("TRYAGAIN the node this write was forwarded to no longer leads; "
-                                                    "it was not run"));
+        refused.push_back({w.caller, Reply::error("TRYAGAIN leadership is being transferred; the write was not run"),
+                           ForwardStatus::NotRun});
+      } else if (forwarded_here) {
+        refused.push_back({w.caller,
+                           Reply::error("TRYAGAIN the node this write was forwarded to no longer leads; it was not run"),
+                           ForwardStatus::NotRun});
       } else {
-        refused.emplace_back(w.caller, Reply::error("CLUSTERDOWN no leader is known (election in progress or no "
-                                                    "majority); the write was not run"));
+        refused.push_back({w.caller, Reply::error("CLUSTERDOWN no leader is known (election in progress or no "
+                                                  "majority); the write was not run"),
+                           ForwardStatus::NotRun});
       }
     }
     for (std::uint64_t rid : batch.reads) core_->read_index(rid);
@@ -1987,55 +2330,186 @@ inline void Runtime::flush_batched(Batch& batch) {
   }
   batch.writes.clear();
   batch.reads.clear();
-  for (auto& [caller, reply] : refused) finish(caller, std::move(reply));
+  for (auto& r : refused) finish(r.caller, std::move(r.reply), r.status);
   std::vector<std::uint64_t> refused_reads;
   {
     std::lock_guard<std::mutex> lock(core_mu_);
     refused_reads.swap(refused_reads_);
   }
   for (std::uint64_t rid : refused_reads) finish_request(rid, Reply::error("ERR the node is stopping; the read was not run"));
-  // Writes on a follower go to the leader over the peer link, pipelined, tagged with ids.
-  for (auto& [leader, w] : forwards) {
-    Request r;
-    r.conn = w.caller.conn;
-    r.op = w.caller.op;
-    r.promise = w.caller.promise;
-    r.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(scaled(cfg_.append_timeout_ms + cfg_.election_timeout_ms));
-    r.forwarded_to = leader;
-    PeerLink* link = link_for(leader);
-    if (!link || !link->connected()) {
-      // Not queued: a link that is down may come back later and deliver it after we answered.
-      finish(w.caller, Reply::error("TRYAGAIN the leader (" + leader + ") is unreachable; the write was not run"));
-      continue;
+  if (!forwards.empty()) forward_writes(leader, term, std::move(forwards));
+}
+
+// ---- forwarded writes: the follower's side (see the protocol at the top of this section) ----
+
+// Writes on a follower go to the leader over the peer link, pipelined, each in the session
+// with its sequence number.
+inline void Runtime::forward_writes(const NodeId& leader, std::uint64_t term, std::vector<PendingWrite> writes) {
+  PeerLink* link = link_for(leader);
+  const auto deadline =
+      std::chrono::steady_clock::now() +
+      std::chrono::milliseconds(std::min(scaled(cfg_.append_timeout_ms + cfg_.election_timeout_ms), kMaxForwardWaitMs));
+  std::vector<std::pair<Caller, Reply>> refused;
+  {
+    std::lock_guard<std::mutex> lock(fwd_mu_);
+    // Older forwards first: writes forwarded in order reach the leader in order.
+    if (link) requeue_forwards(leader, term, true);
+    for (auto& w : writes) {
+      if (!link) {
+        refused.emplace_back(w.caller, Reply::error("TRYAGAIN the leader (" + leader + ") has no known address; the "
+                                                    "write was not run"));
+        continue;
+      }
+      if (forwards_.size() >= kMaxForwardsWaiting) {
+        refused.emplace_back(w.caller, Reply::error("TRYAGAIN this node waits for too many forwarded writes; the write "
+                                                    "was not run"));
+        continue;
+      }
+      Request r;
+      r.conn = w.caller.conn;
+      r.op = w.caller.op;
+      r.promise = w.caller.promise;
+      Forward f;
+      f.request = add_request(std::move(r));
+      f.command = std::move(w.payload);
+      f.words = w.words;
+      f.deadline = deadline;
+      const std::uint64_t seq = next_forward_seq_++;
+      auto it = forwards_.emplace(seq, std::move(f)).first;
+      it->second.to = leader;
+      it->second.sent_leader = leader;
+      it->second.sent_term = term;
+      queue_forward(*link, seq, it->second);
     }
-    std::uint64_t id = add_request(std::move(r));
-    resp::RequestParser p;
-    p.feed(w.payload);
-    std::vector<std::string> words;
-    p.next(words);
-    std::string bytes;
-    resp::write_array_header(bytes, 2 + words.size());
-    resp::write_bulk(bytes, "FWD");
-    write_bulk_u64(bytes, id);
-    for (const auto& word : words) resp::write_bulk(bytes, word);
-    link->send(std::move(bytes));
+  }
+  for (auto& [caller, reply] : refused) finish(caller, std::move(reply));
+}
+
+// Under fwd_mu_: queues forward `seq` on `link`; if the link refuses it (the peer is gone or
+// slow), it waits here to be queued again.
+inline void Runtime::queue_forward(PeerLink& link, std::uint64_t seq, const Forward& f) {
+  std::string bytes;
+  encode_forward(forward_nonce_, seq, forwards_.begin()->first, f.command, f.words, bytes);
+  if (!link.send_forward(seq, std::move(bytes))) forwards_[seq].to.clear();
+}
+
+// Under fwd_mu_: moves to `leader`'s link, in sequence order, the forwards waiting here and
+// those on another node's link. With `all`, every one (before new forwards are queued there,
+// so that they stay in order); else only those last queued under another leader or term (a
+// forward waiting here is not sent again to the leader that just answered it).
+inline void Runtime::requeue_forwards(const NodeId& leader, std::uint64_t term, bool all) {
+  PeerLink* link = nullptr;
+  for (auto& [seq, f] : forwards_) {
+    if (f.to == leader) continue;
+    if (!all && f.to.empty() && f.sent_leader == leader && f.sent_term == term) continue;
+    if (link == nullptr && (link = link_for(leader)) == nullptr) return;
+    if (!f.to.empty()) {
+      PeerLink* old = link_for(f.to);
+      const std::optional<unsigned> handed = old ? old->take_forward(seq) : std::nullopt;
+      if (handed.value_or(1) > 0) f.maybe_run = true;  // the leader it was sent to may have appended it
+    }
+    f.to = leader;
+    f.sent_leader = leader;
+    f.sent_term = term;
+    queue_forward(*link, seq, f);
   }
 }
 
+// Every 100 ms on the poll thread: answers forwards past their deadline, and requeues the
+// waiting ones once a leader is known.
 inline void Runtime::expire_forwards() {
-  auto now = std::chrono::steady_clock::now();
-  NodeId leader = this->leader();
-  std::vector<std::uint64_t> expired;
+  const auto now = std::chrono::steady_clock::now();
+  const NodeId leader = this->leader();
+  const std::uint64_t term = this->term();
+  std::vector<std::pair<std::uint64_t, Reply>> expired;
   {
-    std::lock_guard<std::mutex> lock(req_mu_);
-    // A forward times out, or fails at once when the node it went to no longer leads (it may
-    // still have been applied: the outcome is unknown either way).
-    for (const auto& [id, r] : requests_)
-      if (r.deadline != std::chrono::steady_clock::time_point{} && (r.deadline < now || r.forwarded_to != leader))
-        expired.push_back(id);
+    std::lock_guard<std::mutex> lock(fwd_mu_);
+    for (auto it = forwards_.begin(); it != forwards_.end();) {
+      Forward& f = it->second;
+      if (f.deadline > now) {
+        ++it;
+        continue;
+      }
+      bool maybe_run = f.maybe_run;
+#ifndef RAFT_MUTANT_EXPIRED_FORWARD_STAYS_QUEUED
+      if (!f.to.empty())
+        if (PeerLink* link = link_for(f.to)) maybe_run = maybe_run || link->take_forward(it->first).value_or(0) > 0;
+#endif
+      expired.emplace_back(f.request, Reply::error(maybe_run ? "TIMEOUT the leader did not answer the forwarded write "
+                                                               "in time; its outcome is unknown"
+                                                             : "TRYAGAIN the leader could not be reached in time; "
+                                                               "the write was not run"));
+      it = forwards_.erase(it);
+    }
+    if (!leader.empty() && leader != cfg_.id) requeue_forwards(leader, term, false);
   }
-  for (std::uint64_t id : expired)
-    finish_request(id, Reply::error("TIMEOUT the leader did not answer the forwarded write in time; its outcome is unknown"));
+  for (auto& [rid, reply] : expired) finish_request(rid, std::move(reply));
+}
+
+// A FWDR: the answer to one of this run's forwards, from the leader it was sent to (or, for a
+// final reply, any node that applied it).
+inline void Runtime::handle_forward_reply(const NodeId& from, ForwardReply fr) {
+  if (fr.nonce != forward_nonce_) return;  // for a previous run of this node
+  std::uint64_t answered = 0;
+  {
+    std::lock_guard<std::mutex> lock(fwd_mu_);
+    auto it = forwards_.find(fr.seq);
+    if (it == forwards_.end()) return;  // answered already (a copy's answer), or given up
+    Forward& f = it->second;
+    if (fr.status != ForwardStatus::Done && f.to != from) return;  // about a copy no longer there
+    PeerLink* link = f.to.empty() ? nullptr : link_for(f.to);
+    const unsigned handed = link ? link->take_forward(fr.seq).value_or(0) : 0;
+    if (fr.status == ForwardStatus::Unknown || (fr.status == ForwardStatus::NotRun && (f.maybe_run || handed > 1))) {
+      // Some copy may be in a log: wait here, to go to the next leader (which answers with the
+      // original reply if it was applied), or until the deadline.
+      f.maybe_run = true;
+      f.to.clear();
+      return;
+    }
+    answered = f.request;
+    forwards_.erase(it);
+  }
+  finish_request(answered, std::move(fr.reply));
+}
+
+// ---- forwarded writes: the leader's side ----
+
+// Why the leader refuses a forwarded write before proposing it; empty: it proposes it.
+inline std::string Runtime::write_refusal(const std::vector<std::string>& words) const {
+  auto h = handlers_.find(words[0]);
+  const int argc = static_cast<int>(words.size()) - 1;
+  if (is_reserved_command(words[0]) || h == handlers_.end() || !h->second.is_write() || argc < h->second.min_args ||
+      (h->second.max_args >= 0 && argc > h->second.max_args))
+    return "ERR the leader has no write command '" + words[0] + "' taking " + std::to_string(argc) +
+           " arguments; the write was not run";
+  return command_limit_error(words);
+}
+
+inline void Runtime::handle_forward(PeerConn& p, ForwardedWrite fw) {
+  fw.words[0] = lower(std::move(fw.words[0]));
+  Caller caller{0, 0, nullptr, p.node, fw.seq, fw.nonce};
+  if (failed_) {
+    finish(caller, Reply::error("MISCONF the leader cannot acknowledge writes (storage failed); the write was not run"),
+           ForwardStatus::NotRun);
+    return;
+  }
+  const std::string refusal = write_refusal(fw.words);
+  if (!refusal.empty()) {
+    finish(caller, Reply::error(refusal), ForwardStatus::NotRun);
+    return;
+  }
+  // The entry: __fwd node server_id nonce seq lowest word... (the session is the one the
+  // peer's handshake proved, never one it names).
+  std::string payload;
+  resp::write_array_header(payload, 6 + fw.words.size());
+  resp::write_bulk(payload, kForwardedCommand);
+  resp::write_bulk(payload, p.node);
+  resp::write_bulk(payload, p.server_id);
+  write_bulk_u64(payload, fw.nonce);
+  write_bulk_u64(payload, fw.seq);
+  write_bulk_u64(payload, fw.lowest);
+  for (const auto& w : fw.words) resp::write_bulk(payload, w);
+  poll_batch_.writes.push_back(PendingWrite{caller, std::move(payload), 6 + fw.words.size()});
 }
 
 inline Reply Runtime::admin(const std::vector<std::string>& w) {
@@ -2672,42 +3146,24 @@ inline bool Runtime::handle_peer_message(PeerConn& p, std::vector<std::string>& 
     log(LogLevel::Warning, "node " + p.node + " is not in this cluster yet and sent " + kind + ": closing");
     return false;
   }
-  if (kind == "FWD" && w.size() >= 3) {
-    std::uint64_t id = 0;
-    if (!parse_u64(w[1], id)) return false;
-    std::vector<std::string> words(std::make_move_iterator(w.begin() + 2), std::make_move_iterator(w.end()));
-    words[0] = lower(std::move(words[0]));
-    Caller caller{0, 0, nullptr, p.node, id};
-    if (failed_) {
-      finish(caller, Reply::error("MISCONF the leader cannot acknowledge writes (storage failed); the write was not run"));
-      return true;
+  if (kind == "FWD") {
+    ForwardedWrite fw;
+    std::string error;
+    if (!decode_forward(w, fw, error)) {
+      log(LogLevel::Warning, "peer " + p.node + ": " + error + ": closing the connection");
+      return false;
     }
-    auto h = handlers_.find(words[0]);
-    int argc = static_cast<int>(words.size()) - 1;
-    if (h == handlers_.end() || !h->second.is_write() || argc < h->second.min_args ||
-        (h->second.max_args >= 0 && argc > h->second.max_args)) {
-      finish(caller, Reply::error("ERR the leader has no write command '" + words[0] + "' taking " +
-                                  std::to_string(argc) + " arguments; the write was not run"));
-      return true;
-    }
-    std::string payload;
-    resp::write_command(payload, words);
-    poll_batch_.writes.push_back(PendingWrite{caller, std::move(payload)});
+    handle_forward(p, std::move(fw));
     return true;
   }
-  if (kind == "FWDR" && w.size() == 3) {
-    std::uint64_t id = 0;
-    if (!parse_u64(w[1], id)) return false;
-    {
-      std::lock_guard<std::mutex> lock(req_mu_);
-      auto it = requests_.find(id);
-      if (it == requests_.end() || it->second.forwarded_to != p.node) return true;  // not ours (late, or a past run's)
+  if (kind == "FWDR") {
+    ForwardReply fr;
+    std::string error;
+    if (!decode_forward_reply(w, fr, error)) {
+      log(LogLevel::Warning, "peer " + p.node + ": " + error + ": closing the connection");
+      return false;
     }
-    resp::ReplyParser rp;
-    rp.feed(w[2]);
-    Reply reply;
-    if (rp.next(reply) != resp::Status::Ok) return false;
-    finish_request(id, std::move(reply));
+    handle_forward_reply(p.node, std::move(fr));
     return true;
   }
   log(LogLevel::Warning, "peer " + p.node + " sent an unknown message '" + kind.substr(0, 32) + "': closing");
@@ -2880,6 +3336,8 @@ inline Node::~Node() { rt_->stop(); }
 inline Node& Node::handler(const std::string& name, Handler fn, std::string flags, int min_args, int max_args) {
   if (flags.find('w') != std::string::npos && flags.find('e') == std::string::npos)
     throw std::invalid_argument("handler '" + name + "': a write ('w') goes through the log: flags must be \"we\"");
+  if (detail::is_reserved_command(name))
+    throw std::invalid_argument("handler '" + name + "': names starting with \"__\" are reserved for raft.hpp");
   rt_->handlers_[detail::lower(name)] = Command{std::move(fn), std::move(flags), min_args, max_args};
   return *this;
 }
