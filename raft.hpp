@@ -3357,6 +3357,12 @@ class Core {
   void fail_leader_state();
   void expire_timeouts();
   std::size_t quorum() const { return config().voter_count() / 2 + 1; }
+  /// Messages only a leader sends (and an answer to a follower's read): they promise nothing
+  /// on the sender's part.
+  static bool from_a_leader(MessageType t) {
+    return t == MessageType::Append || t == MessageType::Heartbeat || t == MessageType::Snapshot ||
+           t == MessageType::TimeoutNow || t == MessageType::ReadIndexResponse;
+  }
   // messages
   Message make(MessageType type, const NodeId& to) const;
   void send(Message m) { msgs_.push_back(std::move(m)); }
@@ -3767,9 +3773,12 @@ inline void Core::expire_timeouts() {
 
 inline void Core::step(const Message& m) {
   // A member whose data directory was wiped comes back with a new server id: it may have
-  // forgotten votes and entries it promised, so it is a stranger until re-added.
+  // forgotten votes and entries it promised, so it is a stranger until re-added: its votes,
+  // campaigns and acknowledgements count for nothing. What a leader sends is another matter:
+  // this node's configuration may be older than the leader's, which re-added the stranger and
+  // saw it elected; ignoring it would leave this node behind for good.
   if (const Member* member = config().find(m.from)) {
-    if (!member->server_id.empty() && member->server_id != m.server_id) {
+    if (!member->server_id.empty() && member->server_id != m.server_id && !from_a_leader(m.type)) {
       // A leader re-adds it as a learner under its new identity (maybe_reconfigure): it
       // catches up from a snapshot before it votes again.
       if (role_ == Role::Leader && !m.server_id.empty()) strangers_[m.from] = {m.server_id, tick_count_};
