@@ -235,13 +235,16 @@ struct Snapshot {
 /// after the batch that holds what it promises is durable.
 struct PersistBatch {
   std::uint64_t seq = 0;
-  /// A snapshot received from the leader. Made durable first, and it REPLACES THE WHOLE LOG:
-  /// afterwards the log on disk is empty and continues at snapshot->meta.index + 1 (the core
-  /// puts any suffix it keeps into `entries` of the same batch).
+  /// A snapshot received from the leader, made durable first. When the log on disk holds
+  /// the snapshot's last entry (same index and term), the log after it is kept and only
+  /// what the snapshot covers may go (Raft §7). Otherwise it REPLACES THE WHOLE LOG: the log
+  /// on disk is then empty and continues at snapshot->meta.index + 1.
   std::shared_ptr<const Snapshot> snapshot;
   std::optional<HardState> hard_state;
-  /// Appended after the snapshot. When entries.front().index is at or below the last index
-  /// on disk, the log is cut there first (a follower overwriting a conflicting suffix).
+  /// Appended after the snapshot. Entries the log on disk holds already (same index and
+  /// term: by Log Matching, the same entries) are skipped, so durable entries are never
+  /// deleted to be written again; the log is cut at the first entry whose term differs from
+  /// the log's (a follower overwriting a conflicting suffix), and the rest is appended.
   std::vector<LogEntry> entries;
 
   bool empty() const { return !snapshot && !hard_state && entries.empty(); }
@@ -4387,12 +4390,14 @@ class Storage {
   Storage& operator=(Storage&&) noexcept;
   ~Storage();  // closes the files; does not sync
 
-  /// Applies a PersistBatch: the snapshot first (it replaces the whole log, see
-  /// PersistBatch), then the hard state, then the entries, cutting the log first when
-  /// entries.front().index is at or below last_index(). Buffered: durable after sync().
-  /// Returns false once the storage has failed. A batch that does not fit the log (a gap, an
-  /// index covered by the snapshot, a decreasing term) fails the storage: it is a bug in the
-  /// caller, and writing on would corrupt the log.
+  /// Applies a PersistBatch (see there): the snapshot first (the log after it is kept when
+  /// the log holds the snapshot's last entry, else the whole log is replaced), then the hard
+  /// state, then the entries: those the log holds already are skipped, the log is cut at the
+  /// first whose term differs, the rest appended. Durable entries are never deleted to be
+  /// written again. Buffered: durable after sync(). Returns false once the storage has
+  /// failed. A batch that does not fit the log (a gap, an index covered by the snapshot, a
+  /// decreasing term) fails the storage: it is a bug in the caller, and writing on would
+  /// corrupt the log.
   bool write(const PersistBatch& batch);
   /// Makes everything written so far durable: the hard state file if it changed, then one
   /// fdatasync of the log. Returns true only when every byte written so far is covered by a
@@ -5407,15 +5412,18 @@ class StorageImpl {
     return true;
   }
 
-  // The snapshot from a PersistBatch: durable first, then the whole log goes, newest segment
-  // first (a crash leaves a prefix of the old log beside the new snapshot; open() keeps the
-  // entries after it only if the log agrees with the snapshot at its index).
+  // The snapshot from a PersistBatch. When the log holds its last entry, the log after it is
+  // kept (Raft §7) and only what it covers may go, as for a snapshot the node takes. Else it
+  // replaces the log: the snapshot is made durable first, then the whole log goes, newest
+  // segment first (a crash leaves a prefix of the old log beside the new snapshot, which
+  // open() drops, as it cannot hold the snapshot's last entry).
   bool install_snapshot(const Snapshot& snap) {
     const SnapshotMeta& m = snap.meta;
     if (m.index == 0 || m.index < snap_index)
       return fail("ERR a PersistBatch snapshot at index " + std::to_string(m.index) +
                   " does not follow the snapshot on disk at index " +
                   std::to_string(snap_index));
+    if (holds(m.index, m.term)) return save_snapshot(snap, m.index);
     pending.clear();  // the whole log is replaced: its unwritten records need not be written
     if (!flush_pending() || !write_snapshot_file(snap)) return false;
     while (!segments.empty()) {
@@ -5468,9 +5476,15 @@ class StorageImpl {
       return fail(batch_error("entry " + std::to_string(start) + " has term " +
                               std::to_string(b.entries.front().term) + ", below the term " +
                               std::to_string(term_at(start - 1)) + " of the entry before it"));
-    if (start <= last_index && !cut_suffix(start)) return false;
-    for (const LogEntry& e : b.entries)
-      if (!append(e)) return false;
+    // Entries the log holds already (same index and term: by Log Matching the same entries)
+    // are skipped, so durable entries are never deleted to be written again.
+    std::size_t i = 0;
+    while (i < b.entries.size() && holds(b.entries[i].index, b.entries[i].term)) ++i;
+    if (i < b.entries.size() && b.entries[i].index <= last_index &&
+        !cut_suffix(b.entries[i].index))
+      return false;
+    for (; i < b.entries.size(); ++i)
+      if (!append(b.entries[i])) return false;
     return true;
   }
 

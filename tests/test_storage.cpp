@@ -547,6 +547,83 @@ TEST_CASE("an interrupted snapshot install is finished by open", "[storage]") {
   }
 }
 
+TEST_CASE("a snapshot install the log already holds keeps the entries after it", "[storage]") {
+  // Raft §7: a follower whose log holds the snapshot's last entry (same index and term)
+  // keeps what follows it; only the segments the snapshot covers may go.
+  TempDir dir;
+  const auto o = options(dir, 256);
+  std::vector<std::string> before;
+  {
+    raft::Storage s = raft::Storage::create(o, identity());
+    REQUIRE(s.write(batch(1, entries(1, 30, 1))));
+    REQUIRE(s.sync());
+    before = segments(dir);
+    raft::PersistBatch b = batch(2, {}, raft::HardState{2, "3"});
+    b.snapshot = std::make_shared<raft::Snapshot>(snapshot(20, 1, "at 20"));
+    REQUIRE(s.write(b));
+    REQUIRE(s.sync());
+    CHECK(s.snapshot_index() == 20);
+    CHECK(s.last_index() == 30);
+    CHECK(s.first_index() <= 21);
+  }
+  // Exactly the segments whose every entry the snapshot covers are gone.
+  const auto after = segments(dir);
+  for (const auto& name : before) {
+    const auto next = std::upper_bound(before.begin(), before.end(), name);
+    const bool covered = next != before.end() && std::stoull(next->substr(4, 20)) - 1 <= 20;
+    CHECK(std::count(after.begin(), after.end(), name) == (covered ? 0 : 1));
+  }
+  raft::Recovered r = reopen(o);
+  REQUIRE(r.snapshot);
+  CHECK(r.snapshot->meta.index == 20);
+  CHECK(r.snapshot->data == "at 20");
+  CHECK(r.hard_state == raft::HardState{2, "3"});
+  CHECK(r.entries == entries(21, 30, 1));
+  CHECK(r.notes.empty());
+}
+
+TEST_CASE("a batch never deletes durable entries to write them again", "[storage][crash]") {
+  // A batch that repeats entries the log holds (with a snapshot the log holds too) and
+  // extends it: no state of the disk along the way, as seen at each fsync, may lack an
+  // entry that was synced before.
+  TempDir dir;
+  std::vector<std::unique_ptr<TempDir>> states;
+  bool capture = false;
+  raft::StorageOptions o = options(dir, 256);
+  o.fsync_hook = [&](int fd) {
+    if (capture) {
+      states.push_back(std::make_unique<TempDir>());
+      copy_data(dir, *states.back());
+    }
+    return ::fsync(fd);
+  };
+  raft::Storage s = raft::Storage::create(o, identity());
+  REQUIRE(s.write(batch(1, entries(1, 30, 1))));
+  REQUIRE(s.sync());
+  capture = true;
+  SECTION("entries only") {
+    REQUIRE(s.write(batch(2, entries(5, 32, 1))));
+    REQUIRE(s.sync());
+  }
+  SECTION("a snapshot and the entries after it") {
+    raft::PersistBatch b = batch(2, entries(21, 32, 1));
+    b.snapshot = std::make_shared<raft::Snapshot>(snapshot(20, 1, "at 20"));
+    REQUIRE(s.write(b));
+    REQUIRE(s.sync());
+  }
+  CHECK(s.last_index() == 32);
+  states.push_back(std::make_unique<TempDir>());
+  copy_data(dir, *states.back());
+  for (const auto& state : states) {
+    raft::Recovered r = reopen(options(*state, 256));
+    const std::uint64_t from = r.snapshot ? r.snapshot->meta.index + 1 : 1;
+    REQUIRE(r.entries.size() >= 31 - from);
+    CHECK(std::vector<raft::LogEntry>(r.entries.begin(), r.entries.begin() + static_cast<long>(31 - from)) ==
+          entries(from, 30, 1));
+  }
+  CHECK(reopen(options(*states.back(), 256)).entries.back() == entry(32, 1));
+}
+
 TEST_CASE("every intermediate state of a cut or install or compaction recovers",
           "[storage][crash]") {
   // The directory as it stands at each fsync: what a crash there would leave if every write
