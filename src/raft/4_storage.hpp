@@ -35,8 +35,9 @@
 // the mark itself becomes durable with the segment's next fdatasync. So the mark on disk may
 // lag the data, and never leads it. It is kept in two slots written alternately, each with a
 // sequence number and a CRC-32C, so a torn write of one leaves the other; the valid slot with
-// the higher sequence number is the mark. A suffix cut lowers the mark durably before it
-// truncates; a segment is sealed (its mark set to its end, durably) before the next one is
+// the higher sequence number is the mark. A slot is written only while the other is durable,
+// so a crash tears at most the one being written. A suffix cut lowers the mark durably before
+// it truncates; a segment is sealed (its mark set to its end, durably) before the next one is
 // created. Recovery reads each segment once, front to back, so it is linear in its size:
 //   - the records before a segment's mark must all be valid and end exactly at the mark:
 //     damage there, or a file that ends before its mark, is corruption;
@@ -979,22 +980,24 @@ class StorageImpl {
     }
   }
 
-  // mkdir -p; a directory it creates is made durable in its parent.
+  // mkdir -p, then every level is made durable in its parent, those that existed too: a
+  // create() that a crash interrupted may have made them without making them durable.
   void make_directories() {
+    std::vector<std::string> parents;
     std::size_t pos = 0;
     while (pos != std::string::npos) {
       pos = opt.dir.find('/', pos + 1);
       const std::string sub = opt.dir.substr(0, pos);
       const int err = fs->make_directory(sub);
-      if (err == EEXIST) continue;
-      if (err != 0)
+      if (err != 0 && err != EEXIST)
         throw StorageError("IOERR cannot create directory " + sub + ": " + errno_text(err));
       const std::size_t slash = sub.rfind('/');
-      const std::string parent =
-          slash == std::string::npos ? "." : slash == 0 ? "/" : sub.substr(0, slash);
+      parents.push_back(slash == std::string::npos ? "." : slash == 0 ? "/" : sub.substr(0, slash));
+    }
+    for (const std::string& parent : parents) {
       int fd = -1;
-      if (const int open_err = fs->open(parent, FileSystem::Mode::Directory, fd))
-        throw StorageError("IOERR cannot open " + parent + ": " + errno_text(open_err));
+      if (const int err = fs->open(parent, FileSystem::Mode::Directory, fd))
+        throw StorageError("IOERR cannot open " + parent + ": " + errno_text(err));
       const bool ok = sync_fd(fd, parent, true);
       fs->close(fd);
       if (!ok) throw_failure();
@@ -1051,9 +1054,12 @@ class StorageImpl {
     return true;
   }
 
-  /// Writes the active segment's synced mark (durable with its next fdatasync).
+  /// Writes the active segment's synced mark (durable with its next fdatasync) into the slot
+  /// not holding the current mark. That slot is written only while the other is durable, so
+  /// a crash can tear at most one of them.
   bool write_mark(std::uint64_t end) {
     Segment& seg = segments.back();
+    if (seg.mark_dirty && !sync_active()) return false;
     const std::uint64_t seq = seg.mark_seq + 1;
     if (!write_all(active_fd, mark_slot_offset(seq), encode_mark_slot(seq, end), seg.path))
       return false;
@@ -1161,7 +1167,10 @@ class StorageImpl {
         }
       }
       // The mark comes down first, durably: a truncation that reached the disk before it
-      // would leave the segment shorter than its mark, which reads as lost synced data.
+      // would leave the segment shorter than its mark, which reads as lost synced data. (The
+      // other slot may still hold a mark above the cut: it is never read again, as it holds
+      // the lower sequence number until it is overwritten, and a torn overwrite of it leaves
+      // this one.)
       if (seg.version >= 2 && seg.mark > offset && (!write_mark(offset) || !sync_active()))
         return false;
       if (const int err = fs->truncate(active_fd, offset)) return io_fail("truncate of", seg.path, err);
