@@ -3,6 +3,7 @@
 // temporary directory of its own.
 #include <catch2/catch.hpp>
 
+#include "disk_model.hpp"
 #include "raft.hpp"
 #include "temp_dir.hpp"
 
@@ -647,6 +648,14 @@ TEST_CASE("every intermediate state of a cut or install or compaction recovers",
   REQUIRE(s.write(batch(1, entries(1, 40, 1))));
   REQUIRE(s.sync());
 
+  const auto first_of = [](const std::string& name) { return std::stoull(name.substr(4, 20)); };
+  const std::vector<std::string> segments_before = segments(dir);
+  // The segments after the one holding `index`, and the segments the step added.
+  const auto later_than = [&](std::uint64_t index) {
+    return static_cast<std::size_t>(std::count_if(segments_before.begin(), segments_before.end(),
+                                                  [&](const std::string& n) { return first_of(n) > index; }));
+  };
+
   SECTION("a suffix cut across segments") {
     const auto before = entries(1, 40, 1);
     auto after = entries(1, 6, 1);
@@ -654,7 +663,12 @@ TEST_CASE("every intermediate state of a cut or install or compaction recovers",
     capture = true;
     REQUIRE(s.write(batch(2, entries(7, 9, 2))));
     REQUIRE(s.sync());
-    REQUIRE(states.size() >= 3);
+    const std::size_t removed = later_than(7);
+    const std::size_t added = segments(dir).size() - (segments_before.size() - removed);
+    REQUIRE(removed >= 2);
+    // One directory fsync per segment removed; the mark lowered, the truncation; per segment
+    // added: the previous sealed (records, mark), the new one (file, directory); the sync.
+    CHECK(states.size() == removed + 2 + 4 * added + 1);
     for (const auto& state : states) {
       raft::Recovered r = reopen(options(*state, 256));
       CHECK(r.entries.size() >= 6);
@@ -667,7 +681,9 @@ TEST_CASE("every intermediate state of a cut or install or compaction recovers",
     capture = true;
     REQUIRE(s.write(b));
     REQUIRE(s.sync());
-    REQUIRE(states.size() >= 3);
+    // The snapshot (file, directory); one directory fsync per segment removed; the new
+    // segment (file, directory); the sync.
+    CHECK(states.size() == 2 + segments_before.size() + 2 + 1);
     for (const auto& state : states) {
       raft::Recovered r = reopen(options(*state, 256));
       if (r.snapshot) {
@@ -681,8 +697,15 @@ TEST_CASE("every intermediate state of a cut or install or compaction recovers",
   SECTION("a snapshot the node takes, then a compaction") {
     REQUIRE(s.save_snapshot(snapshot(20, 1, "twenty"), 20));
     capture = true;
+    const std::vector<std::string> kept = segments(dir);
     REQUIRE(s.save_snapshot(snapshot(35, 1, "thirty-five"), 35));
-    REQUIRE(states.size() >= 3);
+    // Whole segments at or below 35 go, not the last one.
+    std::size_t dropped = 0;
+    while (dropped + 1 < kept.size() && first_of(kept[dropped + 1]) - 1 <= 35) ++dropped;
+    REQUIRE(dropped >= 2);
+    CHECK(segments(dir) == std::vector<std::string>(kept.begin() + static_cast<long>(dropped), kept.end()));
+    // The snapshot (file, directory); one directory fsync per segment dropped.
+    CHECK(states.size() == 2 + dropped);
     for (const auto& state : states) {
       raft::Recovered r = reopen(options(*state, 256));
       REQUIRE(r.snapshot);
@@ -1324,6 +1347,89 @@ TEST_CASE("group commit makes every waiting batch durable with one fdatasync",
   INFO("fsyncs: " << fsyncs);
   CHECK(fsyncs < static_cast<std::uint64_t>(kThreads) / 5);
   CHECK(reopen(options(dir)).entries == entries(1, kThreads, 1));
+}
+
+TEST_CASE("an fsync slower than an election timeout delays acknowledgements, never hurries them",
+          "[storage][writer]") {
+  // The writer's fdatasync is held back, for as long as the test likes, while more batches
+  // arrive. No callback runs before the fdatasync that covers its batch has returned; a batch
+  // that arrives meanwhile waits for the next one; a power cut at any of these moments keeps
+  // every batch that was acknowledged.
+  auto disk = std::make_shared<test_support::DiskModel>(7);
+  raft::StorageOptions o;
+  o.dir = "/node";
+  o.file_system = disk;
+  raft::Storage storage = raft::Storage::create(o, identity());
+  REQUIRE(storage.write(batch(1, {entry(1, 1)})));
+  REQUIRE(storage.sync());
+
+  std::mutex mu;
+  std::condition_variable cv;
+  bool hold = true, release = false;
+  int held = 0;  // fdatasyncs held back so far
+  disk->before_sync = [&] {
+    std::unique_lock<std::mutex> lock(mu);
+    if (!hold) return;
+    ++held;
+    cv.notify_all();
+    cv.wait(lock, [&] { return release; });
+    release = false;
+  };
+  std::vector<std::pair<std::uint64_t, bool>> acks;  // under mu
+  const auto done = [&](std::uint64_t seq) {
+    return [&, seq](bool ok) {
+      std::lock_guard<std::mutex> lock(mu);
+      acks.emplace_back(seq, ok);
+    };
+  };
+  // What a power cut now would leave, losing everything unsynced or a random part of it. The
+  // writer is parked in the hook, so the model is not changing under the copy.
+  const auto after_power_cut = [&](bool lose_all) {
+    auto copy = std::make_shared<test_support::DiskModel>(*disk);
+    copy->before_sync = nullptr;
+    copy->power_cut(lose_all);
+    raft::StorageOptions co = o;
+    co.file_system = copy;
+    raft::Recovered r;
+    raft::Storage::open(co, r);
+    return r.entries;
+  };
+
+  raft::StorageWriter writer(storage);
+  struct LetGo {  // however the test ends, the writer's fsync returns before the writer stops
+    std::function<void()> run;
+    ~LetGo() { run(); }
+  } let_go{[&] {
+    std::lock_guard<std::mutex> l(mu);
+    hold = false;
+    release = true;
+    cv.notify_all();
+  }};
+  writer.submit(batch(2, {entry(2, 1)}), done(2));
+  std::unique_lock<std::mutex> lock(mu);
+  REQUIRE(cv.wait_for(lock, std::chrono::seconds(60), [&] { return held == 1; }));
+  lock.unlock();
+  writer.submit(batch(3, {entry(3, 1)}), done(3));
+  lock.lock();
+  CHECK(acks.empty());
+  CHECK(after_power_cut(true) == entries(1, 1, 1));
+  const auto some = after_power_cut(false);
+  CHECK((some == entries(1, 1, 1) || some == entries(1, 2, 1)));
+
+  release = true;  // the fdatasync of batch 2 returns; batch 3's is held next
+  cv.notify_all();
+  REQUIRE(cv.wait_for(lock, std::chrono::seconds(60), [&] { return held == 2; }));
+  CHECK(acks == std::vector<std::pair<std::uint64_t, bool>>{{2, true}});
+  CHECK(after_power_cut(true) == entries(1, 2, 1));
+
+  hold = false;
+  release = true;
+  cv.notify_all();
+  lock.unlock();
+  writer.flush();
+  lock.lock();
+  CHECK(acks == std::vector<std::pair<std::uint64_t, bool>>{{2, true}, {3, true}});
+  CHECK(after_power_cut(true) == entries(1, 3, 1));
 }
 
 TEST_CASE("the writer drains on stop and refuses later batches", "[storage][writer]") {
