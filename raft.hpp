@@ -4375,7 +4375,8 @@ class StorageImpl;
 /// sync() returns true. A moved-from Storage may only be destroyed or assigned to.
 class Storage {
  public:
-  /// True when `dir` holds an identity file (a data directory create() finished).
+  /// True when `dir` holds an identity file (a data directory create() finished). Asks POSIX,
+  /// not a StorageOptions::file_system.
   static bool exists(const std::string& dir);
   /// Makes a new data directory (mkdir -p): a hard state of term 0 and no vote, then the
   /// identity file. Throws StorageError when the directory already holds one or holds log or

@@ -1,6 +1,7 @@
 // Section 4, storage: the log, term and vote, snapshots, recovery after crashes and damage,
 // failure on fsync errors and full disks, and group commit. Every test works in a fresh
-// temporary directory of its own.
+// temporary directory of its own, or on a model disk (tests/disk_model.hpp). The crash model's
+// randomized runs are in test_storage_sim.cpp.
 #include <catch2/catch.hpp>
 
 #include "disk_model.hpp"

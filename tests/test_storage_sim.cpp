@@ -673,8 +673,9 @@ TEST_CASE("crashes, torn and reordered writes and failing disks lose nothing ack
   const std::uint64_t first = only ? only : env_u64("RAFT_STORAGE_SIM_FIRST", 1);
   const std::uint64_t count = only ? 1 : env_u64("RAFT_STORAGE_SIM_SEEDS", 500);
   const auto t0 = std::chrono::steady_clock::now();
-  std::uint64_t failures = 0, restarts = 0, syncs = 0, probes = 0;
+  std::uint64_t seeds = 0, failures = 0, restarts = 0, syncs = 0, probes = 0;
   for (std::uint64_t seed = first; seed < first + count; ++seed) {
+    ++seeds;
     StorageSim sim(seed, only != 0);
     try {
       sim.run(250);
@@ -690,7 +691,7 @@ TEST_CASE("crashes, torn and reordered writes and failing disks lose nothing ack
     probes += sim.probes();
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::cerr << "storage sim: " << count << " seeds from " << first << " in " << secs << " s, "
+  std::cerr << "storage sim: " << seeds << " seeds from " << first << " in " << secs << " s, "
             << restarts << " restarts, " << syncs << " acknowledged syncs, " << probes
             << " damaged copies refused, " << failures << " failures\n";
   CHECK(failures == 0);
