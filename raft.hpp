@@ -5027,6 +5027,7 @@ inline std::pair<std::uint64_t, std::uint64_t> decode_snapshot(std::string& buf,
   if (version > kStorageFormatVersion)
     throw StorageError("ERR " + file + " was written by a newer format version (" + std::to_string(version) +
                        "); this build reads version " + std::to_string(kStorageFormatVersion) + ". Use a newer build.");
+  if (version == 0) throw corrupt(file, kSnapshotPrefix.size(), "format version 0 is not valid");
   if (size != buf.size() - eol - 1)
     throw corrupt(file, buf.size(),
                   "the header says " + std::to_string(size) + " bytes of data but the file holds " +

@@ -867,6 +867,18 @@ TEST_CASE("damage before valid data is refused with the file and byte offset",
     CHECK_THAT(open_error(o), Contains(snaps[0]) && Contains("byte offset " + std::to_string(data_at)) &&
                                   Contains("checksum mismatch"));
   }
+  SECTION("a damaged format version in the snapshot header") {
+    const auto snaps = snapshots(dir);
+    REQUIRE(snaps.size() == 1);
+    flip_byte(dir.file(snaps[0]), 27);  // '1' ^ 0x5A: not a number
+    CHECK_THAT(open_error(o), Contains("CORRUPT") && Contains(snaps[0]) && Contains("malformed"));
+    flip_byte(dir.file(snaps[0]), 27);
+    std::string text = read_file(dir.file(snaps[0]));
+    REQUIRE(text.compare(0, 28, "# raft.hpp snapshot format 1") == 0);
+    text[27] = '0';
+    std::ofstream(dir.file(snaps[0]), std::ios::binary | std::ios::trunc) << text;
+    CHECK_THAT(open_error(o), Contains("CORRUPT") && Contains("format version 0"));
+  }
   SECTION("a file written by a newer format version") {
     flip_byte(dir.file("hardstate"), 8);
     CHECK_THAT(open_error(o), Contains("hardstate") && Contains("newer"));
