@@ -45,11 +45,15 @@
 //   - in the last segment the log goes on past the mark up to the first record that is not
 //     valid. From there on is a torn tail: writes a crash interrupted, which may have reached
 //     the disk out of order, so valid records after the damage are part of it too. It is cut
-//     (truncated durably) before anything is appended, and the cut reported in
-//     Recovered::notes.
+//     (truncated durably) before anything is appended, so nothing stale can ever follow new
+//     records, and the cut is reported in Recovered::notes.
 // Then open() makes what it recovered durable (an fdatasync of the last segment and an fsync
 // of the directory): after a crash of the process alone, unsynced writes are still in the
 // page cache, where open() read them, and the node is about to act on them.
+//
+// The same rules hold for preallocated segments: zeros are not a valid record, so a sealed
+// segment still ends at its mark and the last one at its first zero; a torn tail would then
+// be zeroed durably instead of truncated.
 //
 // The price of the lag: records acknowledged by the last sync() before a crash may lie beyond
 // the mark on disk. A crash cannot damage them (they were synced); a failing disk could, and
