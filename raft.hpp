@@ -235,13 +235,16 @@ struct Snapshot {
 /// after the batch that holds what it promises is durable.
 struct PersistBatch {
   std::uint64_t seq = 0;
-  /// A snapshot received from the leader. Made durable first, and it REPLACES THE WHOLE LOG:
-  /// afterwards the log on disk is empty and continues at snapshot->meta.index + 1 (the core
-  /// puts any suffix it keeps into `entries` of the same batch).
+  /// A snapshot received from the leader, made durable first. When the log on disk holds
+  /// the snapshot's last entry (same index and term), the log after it is kept and only
+  /// what the snapshot covers may go (Raft §7). Otherwise it REPLACES THE WHOLE LOG: the log
+  /// on disk is then empty and continues at snapshot->meta.index + 1.
   std::shared_ptr<const Snapshot> snapshot;
   std::optional<HardState> hard_state;
-  /// Appended after the snapshot. When entries.front().index is at or below the last index
-  /// on disk, the log is cut there first (a follower overwriting a conflicting suffix).
+  /// Appended after the snapshot. Entries the log on disk holds already (same index and
+  /// term: by Log Matching, the same entries) are skipped, so durable entries are never
+  /// deleted to be written again; the log is cut at the first entry whose term differs from
+  /// the log's (a follower overwriting a conflicting suffix), and the rest is appended.
   std::vector<LogEntry> entries;
 
   bool empty() const { return !snapshot && !hard_state && entries.empty(); }
@@ -4795,24 +4798,68 @@ inline Ready Core::ready() {
 //                              written once, atomically, when the directory is created
 //   hardstate                  term and vote, with a checksum; replaced atomically (temp
 //                              file, fdatasync, rename, fsync of the directory)
-//   log-<first index>.seg      the log, in segments of records (index, term, type,
-//                              timestamp, payload), each framed by its length and CRC-32C
+//   log-<first index>.seg      the log, in segments: a header holding the segment's synced
+//                              mark (below), then records (index, term, type, timestamp,
+//                              payload), each framed by its length and CRC-32C
 //   snap-<index>-<term>.snap   the newest snapshot; the previous one is deleted only once
 //                              the new one is durable
 //   *.tmp                      an interrupted write: ignored, and removed by open()
 //   LOCK                       locked while a Storage has the directory open
 //
-// Every file starts with an 8-byte magic and a format version; integers are little-endian.
+// Every file starts with a magic and a format version; integers are little-endian. Segments
+// are format 2 (format 1 had no synced mark), the other files format 1. Every change of a
+// file's format bumps its version, and every older version stays readable: a data directory
+// written by any earlier release opens.
 //
-// Why it is crash safe: a file only ever appears under its name by rename(), so a named file
-// is complete (a new segment appears only after the previous one is durable); a log suffix
-// is cut by deleting later segments newest first and then truncating, durably, before
-// anything is appended over the cut; a log prefix goes by deleting whole segments oldest
-// first; every unlink a later step relies on is made durable (fsync of the directory) before
-// that step. So at every instant the files recover to a valid log. A damaged record at the
-// tail of the last segment with nothing valid after it (a torn write) is cut and reported in
-// Recovered::notes; damage anywhere else makes open() throw a StorageError naming the file
-// and byte offset.
+// What a crash may do (the model tests/test_storage_sim.cpp runs this code on): writes that
+// no successful fdatasync covered may be lost, cut short, or reach the disk in part and in any
+// order; a create, rename or unlink is durable only once the directory is fsynced. What is
+// assumed: an fdatasync that returned 0 holds, and a write does not damage other bytes.
+//
+// The synced mark, which tells a torn write from damage. The header of each segment holds the
+// byte offset up to which its records are known durable. After each successful fdatasync of
+// the segment the mark is advanced to the end of what that fdatasync covered; the write of
+// the mark itself becomes durable with the segment's next fdatasync. So the mark on disk may
+// lag the data, and never leads it. It is kept in two slots written alternately, each with a
+// sequence number and a CRC-32C, so a torn write of one leaves the other; the valid slot with
+// the higher sequence number is the mark. A slot is written only while the other is durable,
+// so a crash tears at most the one being written. A suffix cut lowers the mark durably before
+// it truncates; a segment is sealed (its mark set to its end, durably) before the next one is
+// created. Recovery reads each segment once, front to back, so it is linear in its size:
+//   - the records before a segment's mark must all be valid and end exactly at the mark:
+//     damage there, or a file that ends before its mark, is corruption;
+//   - a segment that is not the last ends at its mark;
+//   - in the last segment the log goes on past the mark up to the first record that is not
+//     valid. From there on is a torn tail: writes a crash interrupted, which may have reached
+//     the disk out of order, so valid records after the damage are part of it too. It is cut
+//     (truncated durably) before anything is appended, so nothing stale can ever follow new
+//     records, and the cut is reported in Recovered::notes.
+// Then open() makes what it recovered durable (an fdatasync of the last segment and an fsync
+// of the directory): after a crash of the process alone, unsynced writes are still in the
+// page cache, where open() read them, and the node is about to act on them.
+//
+// The same rules hold for preallocated segments: zeros are not a valid record, so a sealed
+// segment still ends at its mark and the last one at its first zero; a torn tail would then
+// be zeroed durably instead of truncated.
+//
+// The price of the lag: records acknowledged by the last sync() before a crash may lie beyond
+// the mark on disk. A crash cannot damage them (they were synced); a failing disk could, and
+// such damage would be taken for a torn tail: cut and reported, not refused. Closing that
+// window would cost a second fdatasync in every sync().
+//
+// Format 1 segments have no mark. The last one is read as before: damage in it is a torn tail
+// only when no valid record of the log follows it (a position is checksummed only if its
+// index field could belong to the log, so a garbage tail costs one pass, not one pass per
+// byte). The first append after opening such a directory starts a new segment, of format 2.
+//
+// Why every other step is crash safe: a file only ever appears under its name by rename(),
+// so a named file is complete; a log suffix is cut by deleting later segments newest first
+// and then truncating, durably, before anything is appended over the cut; a log prefix goes
+// by deleting whole segments oldest first; every unlink a later step relies on is made
+// durable (fsync of the directory) before that step. So at every instant the files recover
+// to a valid log. Damage anywhere else (the identity, the hard state, the newest snapshot, a
+// segment header, a missing segment) makes open() throw a StorageError naming the file and
+// byte offset.
 //
 // After a failed fsync, a full disk or any other write error the Storage is failed for good:
 // it says why, refuses every later write and never retries (after a failed fsync the kernel
@@ -4827,17 +4874,49 @@ struct StorageError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+/// The file operations Storage makes. StorageOptions::file_system empty means the POSIX
+/// calls; a test can put a model of the page cache and the disk underneath instead, and crash
+/// the real storage code at any point (tests/test_storage_sim.cpp). Each call returns 0 or an
+/// errno value. A file system is used by one thread at a time.
+class FileSystem {
+ public:
+  enum class Mode : std::uint8_t {
+    Write,      ///< an existing file, for writing
+    Create,     ///< a file created, or emptied if it exists, for writing
+    Directory,  ///< a directory, to sync_directory() it
+    Lock,       ///< a file created if missing and locked for this open (EAGAIN: locked already)
+  };
+  virtual ~FileSystem() = default;
+  virtual int open(const std::string& path, Mode mode, int& fd) = 0;
+  virtual int close(int fd) = 0;
+  /// Writes all of `data` at byte `offset`. After an error, part of it may be written.
+  virtual int write(int fd, std::uint64_t offset, std::string_view data) = 0;
+  virtual int truncate(int fd, std::uint64_t size) = 0;
+  /// fdatasync(): once it returns 0, the file's data and size survive a crash.
+  virtual int sync(int fd) = 0;
+  /// fsync() of a directory: once it returns 0, its entries (files created, renamed or
+  /// removed in it) survive a crash.
+  virtual int sync_directory(int fd) = 0;
+  /// The whole file.
+  virtual int read(const std::string& path, std::string& out) = 0;
+  /// The names in a directory, without "." and "..".
+  virtual int list(const std::string& dir, std::vector<std::string>& names) = 0;
+  virtual int rename(const std::string& from, const std::string& to) = 0;
+  virtual int remove(const std::string& path) = 0;
+  /// EEXIST when it exists already.
+  virtual int make_directory(const std::string& path) = 0;
+};
+
 struct StorageOptions {
   std::string dir;
   /// A segment is closed and a new one started when the next record would grow it past this
   /// size (a record larger than this gets a segment of its own).
   std::size_t segment_bytes = std::size_t{64} << 20;
-  /// Fault injection (tests): called instead of fdatasync() on files and fsync() on
-  /// directories. Return 0, or -1 with errno set to make the call fail.
+  /// Empty: POSIX. Tests: a model of the disk (see FileSystem).
+  std::shared_ptr<FileSystem> file_system;
+  /// Fault injection (tests): called instead of FileSystem::sync() and sync_directory().
+  /// Return 0, or -1 with errno set to make the call fail.
   std::function<int(int fd)> fsync_hook;
-  /// Fault injection (tests): called instead of write(). Return the number of bytes
-  /// written, or -1 with errno set.
-  std::function<long(int fd, const void* data, std::size_t size)> write_hook;
 };
 
 /// Who this data directory belongs to; fixed when the directory is created.
@@ -4878,30 +4957,35 @@ class StorageImpl;
 /// sync() returns true. A moved-from Storage may only be destroyed or assigned to.
 class Storage {
  public:
-  /// True when `dir` holds an identity file (a data directory create() finished).
+  /// True when `dir` holds an identity file (a data directory create() finished). Asks POSIX,
+  /// not a StorageOptions::file_system.
   static bool exists(const std::string& dir);
   /// Makes a new data directory (mkdir -p): a hard state of term 0 and no vote, then the
   /// identity file. Throws StorageError when the directory already holds one or holds log or
   /// snapshot files without one, or on an I/O error.
   static Storage create(StorageOptions options, Identity identity);
   /// Opens an existing data directory and recovers it into `out`, repairing what a crash
-  /// leaves behind. Throws StorageError on damage it cannot repair safely, or if another
-  /// Storage (in this or another process) has the directory open.
+  /// leaves behind, and makes what it recovered durable before it returns. Throws
+  /// StorageError on damage it cannot repair safely, or if another Storage (in this or
+  /// another process) has the directory open.
   static Storage open(StorageOptions options, Recovered& out);
 
   Storage(Storage&&) noexcept;
   Storage& operator=(Storage&&) noexcept;
   ~Storage();  // closes the files; does not sync
 
-  /// Applies a PersistBatch: the snapshot first (it replaces the whole log, see
-  /// PersistBatch), then the hard state, then the entries, cutting the log first when
-  /// entries.front().index is at or below last_index(). Buffered: durable after sync().
-  /// Returns false once the storage has failed. A batch that does not fit the log (a gap, an
-  /// index covered by the snapshot, a decreasing term) fails the storage: it is a bug in the
-  /// caller, and writing on would corrupt the log.
+  /// Applies a PersistBatch (see there): the snapshot first (the log after it is kept when
+  /// the log holds the snapshot's last entry, else the whole log is replaced), then the hard
+  /// state, then the entries: those the log holds already are skipped, the log is cut at the
+  /// first whose term differs, the rest appended. Durable entries are never deleted to be
+  /// written again. Buffered: durable after sync(). Returns false once the storage has
+  /// failed. A batch that does not fit the log (a gap, an index covered by the snapshot, a
+  /// decreasing term) fails the storage: it is a bug in the caller, and writing on would
+  /// corrupt the log.
   bool write(const PersistBatch& batch);
   /// Makes everything written so far durable: the hard state file if it changed, then one
-  /// fdatasync of the log. Returns false once the storage has failed.
+  /// fdatasync of the log. Returns true only when every byte written so far is covered by a
+  /// successful fdatasync; false once the storage has failed.
   bool sync();
   /// A snapshot the node took itself (of its applied state): made durable, the previous
   /// snapshot deleted, then whole log segments whose every entry is at or below
@@ -5031,7 +5115,9 @@ inline std::uint32_t crc32c(const void* data, std::size_t size, std::uint32_t cr
   return ~crc;
 }
 
+// Format versions: of the identity, hard state and snapshot files, and of log segments.
 constexpr std::uint32_t kStorageFormatVersion = 1;
+constexpr std::uint32_t kSegmentFormatVersion = 2;
 constexpr std::size_t kMagicBytes = 8;
 constexpr std::string_view kIdentityMagic{"RAFTIDNT", kMagicBytes};
 constexpr std::string_view kHardStateMagic{"RAFTHARD", kMagicBytes};
@@ -5041,8 +5127,12 @@ constexpr const char* kHardStateFile = "hardstate";
 constexpr const char* kLockFile = "LOCK";
 constexpr std::string_view kTempSuffix = ".tmp";
 
-// Segment header: magic, version, first index, CRC-32C of the preceding 20 bytes.
-constexpr std::size_t kSegmentHeaderBytes = 24;
+// Segment header: magic, version, first index, CRC-32C of the preceding 20 bytes (format 1
+// ends there); then two slots of the synced mark, each: u64 sequence number, u64 mark (a byte
+// offset), CRC-32C of those 16 bytes. The slot of sequence number s is s % 2.
+constexpr std::size_t kSegmentFixedBytes = 24;
+constexpr std::size_t kMarkSlotBytes = 20;
+constexpr std::size_t kSegmentHeaderBytes = kSegmentFixedBytes + 2 * kMarkSlotBytes;
 // Record: u32 body length, u32 CRC-32C of (length, body), body.
 constexpr std::size_t kRecordFrameBytes = 8;
 // Body: u64 index, u64 term, u8 type, i64 timestamp_ms, then the payload.
@@ -5207,18 +5297,82 @@ inline int list_directory(const std::string& dir, std::vector<std::string>& name
   }
 }
 
+/// The default FileSystem: the POSIX calls.
+class PosixFileSystem : public FileSystem {
+ public:
+  int open(const std::string& path, Mode mode, int& fd) override {
+    int flags = O_CLOEXEC;
+    switch (mode) {
+      case Mode::Write: flags |= O_WRONLY; break;
+      case Mode::Create: flags |= O_WRONLY | O_CREAT | O_TRUNC; break;
+      case Mode::Directory: flags |= O_RDONLY | O_DIRECTORY; break;
+      case Mode::Lock: flags |= O_RDWR | O_CREAT; break;
+    }
+    fd = ::open(path.c_str(), flags, 0644);
+    if (fd < 0) return errno;
+    if (mode != Mode::Lock) return 0;
+    struct flock lock {};
+    lock.l_type = F_WRLCK;
+    lock.l_whence = SEEK_SET;
+#ifdef F_OFD_SETLK
+    const int command = F_OFD_SETLK;  // per open file: also catches a second open in-process
+#else
+    const int command = F_SETLK;
+#endif
+    if (::fcntl(fd, command, &lock) == 0) return 0;
+    const int err = errno == EACCES ? EAGAIN : errno;
+    ::close(fd);
+    fd = -1;
+    return err;
+  }
+  int close(int fd) override { return ::close(fd) == 0 ? 0 : errno; }
+  int write(int fd, std::uint64_t offset, std::string_view data) override {
+    while (!data.empty()) {
+      const ssize_t n = ::pwrite(fd, data.data(), std::min(data.size(), kMaxWriteChunk),
+                                 static_cast<off_t>(offset));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return errno;
+      if (n == 0) return EIO;
+      data.remove_prefix(static_cast<std::size_t>(n));
+      offset += static_cast<std::uint64_t>(n);
+    }
+    return 0;
+  }
+  int truncate(int fd, std::uint64_t size) override {
+    return ::ftruncate(fd, static_cast<off_t>(size)) == 0 ? 0 : errno;
+  }
+  // Never retried, not even on EINTR: after a failed fsync the dirty pages may be gone.
+  int sync(int fd) override { return ::fdatasync(fd) == 0 ? 0 : errno; }
+  int sync_directory(int fd) override { return ::fsync(fd) == 0 ? 0 : errno; }
+  int read(const std::string& path, std::string& out) override {
+    return read_whole_file(path, out);
+  }
+  int list(const std::string& dir, std::vector<std::string>& names) override {
+    return list_directory(dir, names);
+  }
+  int rename(const std::string& from, const std::string& to) override {
+    return ::rename(from.c_str(), to.c_str()) == 0 ? 0 : errno;
+  }
+  int remove(const std::string& path) override {
+    return ::unlink(path.c_str()) == 0 ? 0 : errno;
+  }
+  int make_directory(const std::string& path) override {
+    return ::mkdir(path.c_str(), 0755) == 0 ? 0 : errno;
+  }
+};
+
 inline void check_magic_and_version(std::string_view buf, std::string_view magic,
-                                    const std::string& file, const char* kind) {
+                                    const std::string& file, const char* kind,
+                                    std::uint32_t newest = kStorageFormatVersion) {
   if (buf.size() < kMagicBytes + 4)
     throw corrupt(file, buf.size(), std::string("the file is too short to be a ") + kind);
   if (buf.substr(0, kMagicBytes) != magic)
     throw corrupt(file, 0, std::string("not a ") + kind + " (bad magic)");
   const std::uint32_t version = get_u32(buf.data() + kMagicBytes);
-  if (version > kStorageFormatVersion)
+  if (version > newest)
     throw StorageError("IOERR " + file + " byte offset " + std::to_string(kMagicBytes) +
                        ": format version " + std::to_string(version) +
-                       " is newer than this program's (" +
-                       std::to_string(kStorageFormatVersion) +
+                       " is newer than this program's (" + std::to_string(newest) +
                        "). Run the newer program on this data directory.");
   if (version == 0) throw corrupt(file, kMagicBytes, "format version 0 is not valid");
 }
@@ -5294,22 +5448,64 @@ inline Identity decode_identity(std::string_view buf, const std::string& file) {
   return id;
 }
 
-inline std::string encode_segment_header(std::uint64_t first_index) {
-  std::string out(kSegmentMagic);
-  put_u32(out, kStorageFormatVersion);
-  put_u64(out, first_index);
+inline std::string encode_mark_slot(std::uint64_t seq, std::uint64_t mark) {
+  std::string out;
+  put_u64(out, seq);
+  put_u64(out, mark);
   put_u32(out, crc32c(out.data(), out.size()));
   return out;
 }
 
-/// The segment's first index, from its header.
-inline std::uint64_t decode_segment_header(std::string_view buf, const std::string& file) {
-  check_magic_and_version(buf, kSegmentMagic, file, "log segment");
-  if (buf.size() < kSegmentHeaderBytes)
+/// Where the slot for sequence number `seq` lies in a segment.
+inline std::uint64_t mark_slot_offset(std::uint64_t seq) {
+  return kSegmentFixedBytes + (seq % 2) * kMarkSlotBytes;
+}
+
+/// A new segment's header: both slots hold the end of the header as the mark.
+inline std::string encode_segment_header(std::uint64_t first_index) {
+  std::string out(kSegmentMagic);
+  put_u32(out, kSegmentFormatVersion);
+  put_u64(out, first_index);
+  put_u32(out, crc32c(out.data(), out.size()));
+  out += encode_mark_slot(0, kSegmentHeaderBytes);
+  out += encode_mark_slot(1, kSegmentHeaderBytes);
+  return out;
+}
+
+/// The segment's first index and format version, from its header.
+inline std::uint64_t decode_segment_header(std::string_view buf, const std::string& file,
+                                           std::uint32_t& version) {
+  check_magic_and_version(buf, kSegmentMagic, file, "log segment", kSegmentFormatVersion);
+  if (buf.size() < kSegmentFixedBytes)
     throw corrupt(file, buf.size(), "the segment header is truncated");
-  if (crc32c(buf.data(), kSegmentHeaderBytes - 4) != get_u32(buf.data() + kSegmentHeaderBytes - 4))
-    throw corrupt(file, kSegmentHeaderBytes - 4, "segment header checksum mismatch");
+  if (crc32c(buf.data(), kSegmentFixedBytes - 4) != get_u32(buf.data() + kSegmentFixedBytes - 4))
+    throw corrupt(file, kSegmentFixedBytes - 4, "segment header checksum mismatch");
+  version = get_u32(buf.data() + kMagicBytes);
+  if (version >= 2 && buf.size() < kSegmentHeaderBytes)
+    throw corrupt(file, buf.size(), "the segment header is truncated");
   return get_u64(buf.data() + kMagicBytes + 4);
+}
+
+inline std::size_t segment_header_bytes(std::uint32_t version) {
+  return version >= 2 ? kSegmentHeaderBytes : kSegmentFixedBytes;
+}
+
+struct SyncedMark {
+  std::uint64_t seq = 0;
+  std::uint64_t end = 0;  // the bytes before it are durable
+};
+
+/// The synced mark in a format 2 segment header: the valid slot with the higher sequence
+/// number. Empty when both slots are damaged.
+inline std::optional<SyncedMark> decode_synced_mark(std::string_view header) {
+  std::optional<SyncedMark> mark;
+  for (std::uint64_t slot = 0; slot < 2; ++slot) {
+    const char* p = header.data() + mark_slot_offset(slot);
+    const std::uint64_t seq = get_u64(p);
+    if (crc32c(p, 16) != get_u32(p + 16) || seq % 2 != slot) continue;
+    if (!mark || seq > mark->seq) mark = SyncedMark{seq, get_u64(p + 8)};
+  }
+  return mark;
 }
 
 inline std::size_t record_size(const LogEntry& e) {
@@ -5345,11 +5541,24 @@ inline const char* record_problem(std::string_view buf, std::size_t offset) {
   return nullptr;
 }
 
-/// Whether a valid record starts anywhere at or after `from`: what tells a torn write (the
-/// damage is the end of the data) from corruption (valid data follows the damage).
-inline bool valid_record_at_or_after(std::string_view buf, std::size_t from) {
-  for (std::size_t p = from; p + kRecordFrameBytes + kRecordFixedBytes <= buf.size(); ++p)
+inline bool valid_entry_type(EntryType t) {
+  return t == EntryType::Command || t == EntryType::Noop || t == EntryType::Config;
+}
+
+/// Format 1 segments (no synced mark): whether a valid record of the log starts at or after
+/// `from`, in a segment whose record at `from - 1` should have held `next_index`. That tells a
+/// torn write (the damage is the end of the data) from corruption (valid records follow it).
+/// Only a position whose index field could belong to the log is checksummed, so a tail of
+/// garbage costs one pass, not one pass per byte.
+inline bool valid_record_follows(std::string_view buf, std::size_t from, std::uint64_t next_index) {
+  constexpr std::size_t kSmallest = kRecordFrameBytes + kRecordFixedBytes;
+  const std::uint64_t most = next_index + (buf.size() - std::min(from, buf.size())) / kSmallest;
+  for (std::size_t p = from; p + kSmallest <= buf.size(); ++p) {
+    const std::uint64_t index = get_u64(buf.data() + p + kRecordFrameBytes);
+    const auto type = static_cast<EntryType>(static_cast<unsigned char>(buf[p + kRecordFrameBytes + 16]));
+    if (index < next_index || index > most || !valid_entry_type(type)) continue;
     if (record_problem(buf, p) == nullptr) return true;
+  }
   return false;
 }
 
@@ -5363,10 +5572,6 @@ inline LogEntry decode_record(std::string_view buf, std::size_t offset) {
   e.timestamp_ms = static_cast<std::int64_t>(get_u64(b + 17));
   e.payload.assign(b + kRecordFixedBytes, len - kRecordFixedBytes);
   return e;
-}
-
-inline bool valid_entry_type(EntryType t) {
-  return t == EntryType::Command || t == EntryType::Noop || t == EntryType::Config;
 }
 
 inline std::string encode_snapshot_header(const SnapshotMeta& meta, std::string_view data) {
@@ -5404,6 +5609,7 @@ inline std::pair<std::uint64_t, std::uint64_t> decode_snapshot(std::string& buf,
   if (version > kStorageFormatVersion)
     throw StorageError("ERR " + file + " was written by a newer format version (" + std::to_string(version) +
                        "); this build reads version " + std::to_string(kStorageFormatVersion) + ". Use a newer build.");
+  if (version == 0) throw corrupt(file, kSnapshotPrefix.size(), "format version 0 is not valid");
   if (size != buf.size() - eol - 1)
     throw corrupt(file, buf.size(),
                   "the header says " + std::to_string(size) + " bytes of data but the file holds " +
@@ -5429,27 +5635,33 @@ class StorageImpl {
     std::uint64_t first = 0;  // index of its first record, also in its name and header
     std::string path;
     std::vector<std::uint64_t> offsets;  // byte offset of each record
-    std::uint64_t written = 0;           // bytes handed to the kernel
+    std::uint64_t written = 0;           // bytes handed to the file system
+    std::uint32_t version = kSegmentFormatVersion;  // 1: no synced mark
+    std::uint64_t mark = 0;      // format 2: the synced mark last written to the header
+    std::uint64_t mark_seq = 0;  // and the sequence number it was written with
+    bool mark_dirty = false;     // the mark was written after the segment's last fdatasync
   };
 
   explicit StorageImpl(StorageOptions o) : opt(std::move(o)) {
     while (opt.dir.size() > 1 && opt.dir.back() == '/') opt.dir.pop_back();
+    fs = opt.file_system ? opt.file_system : std::make_shared<PosixFileSystem>();
   }
   ~StorageImpl() {
     for (int fd : {active_fd, lock_fd, dir_fd})
-      if (fd >= 0) ::close(fd);
+      if (fd >= 0) fs->close(fd);
   }
   StorageImpl(const StorageImpl&) = delete;
   StorageImpl& operator=(const StorageImpl&) = delete;
 
   StorageOptions opt;
+  std::shared_ptr<FileSystem> fs;
   Identity identity;
   int dir_fd = -1;
   int lock_fd = -1;
 
   std::vector<Segment> segments;
   int active_fd = -1;         // segments.back(), open for appending
-  bool active_dirty = false;  // written since its last fdatasync
+  bool active_dirty = false;  // records written since its last fdatasync
   std::string pending;        // records for the end of segments.back(), not yet written
   std::optional<HardState> pending_hard_state;
   std::uint64_t first_index = 1;
@@ -5486,38 +5698,41 @@ class StorageImpl {
 
   [[noreturn]] void throw_failure() const { throw StorageError(failure); }
 
-  bool write_all(int fd, std::string_view data, const std::string& file) {
+  bool write_all(int fd, std::uint64_t offset, std::string_view data, const std::string& file) {
     if (failed) return false;
-    while (!data.empty()) {
-      const std::size_t n = std::min(data.size(), kMaxWriteChunk);
-      const long w = opt.write_hook ? opt.write_hook(fd, data.data(), n)
-                                    : static_cast<long>(::write(fd, data.data(), n));
-      if (w < 0 && errno == EINTR) continue;
-      if (w < 0) return io_fail("write to", file, errno);
-      if (static_cast<std::size_t>(w) != n)
-        return fail("IOERR short write to " + file + ": " + std::to_string(w) + " of " +
-                    std::to_string(n) +
-                    " bytes written (is the disk full?). The storage refuses every later write. "
-                    "Free space, then restart the node; it recovers what is on disk.");
-      data.remove_prefix(n);
-    }
+    if (const int err = fs->write(fd, offset, data)) return io_fail("write to", file, err);
     return true;
   }
 
-  // Never retried, not even on EINTR: after a failed fsync the dirty pages may be gone.
+  // Never retried: after a failed fsync the dirty pages may be gone.
   bool sync_fd(int fd, const std::string& file, bool directory) {
     if (failed) return false;
     fsyncs.fetch_add(1, std::memory_order_relaxed);
-    const int r = opt.fsync_hook ? opt.fsync_hook(fd) : directory ? ::fsync(fd) : ::fdatasync(fd);
-    if (r != 0) return io_fail(directory ? "fsync of directory" : "fdatasync of", file, errno);
+    int err = 0;
+    if (opt.fsync_hook)
+      err = opt.fsync_hook(fd) == 0 ? 0 : errno;
+    else
+      err = directory ? fs->sync_directory(fd) : fs->sync(fd);
+    if (err != 0) return io_fail(directory ? "fsync of directory" : "fdatasync of", file, err);
     return true;
   }
 
   bool sync_dir() { return sync_fd(dir_fd, opt.dir, true); }
 
   bool remove_durably(const std::string& file) {
-    if (::unlink(file.c_str()) != 0 && errno != ENOENT) return io_fail("unlink of", file, errno);
+    const int err = fs->remove(file);
+    if (err != 0 && err != ENOENT) return io_fail("unlink of", file, err);
     return sync_dir();
+  }
+
+  // A file appears under its name only complete, and stays there once this returns true.
+  bool rename_durably(const std::string& from, const std::string& to) {
+    if (const int err = fs->rename(from, to)) return io_fail("rename to", to, err);
+#ifdef RAFT_MUTANT_NO_DIR_FSYNC
+    return true;  // mutant: the rename may be undone by a power cut
+#else
+    return sync_dir();
+#endif
   }
 
   /// Temp file, write, fdatasync, rename over `name`, fsync the directory.
@@ -5526,64 +5741,60 @@ class StorageImpl {
     if (failed) return false;
     const std::string final_path = path(name);
     const std::string temp = final_path + std::string(kTempSuffix);
-    const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return io_fail("create of", temp, errno);
+    int fd = -1;
+    if (const int err = fs->open(temp, FileSystem::Mode::Create, fd))
+      return io_fail("create of", temp, err);
     bool ok = true;
-    for (std::string_view part : parts) ok = ok && write_all(fd, part, temp);
+    std::uint64_t offset = 0;
+    for (std::string_view part : parts) {
+      ok = ok && write_all(fd, offset, part, temp);
+      offset += part.size();
+    }
     ok = ok && sync_fd(fd, temp, false);
-    if (::close(fd) != 0 && ok) return io_fail("close of", temp, errno);
-    if (!ok) return false;
-    if (::rename(temp.c_str(), final_path.c_str()) != 0)
-      return io_fail("rename to", final_path, errno);
-    return sync_dir();
+    if (const int err = fs->close(fd); err != 0 && ok) return io_fail("close of", temp, err);
+    return ok && rename_durably(temp, final_path);
   }
 
   void open_directory(bool create) {
     if (opt.dir.empty()) throw StorageError("ERR StorageOptions::dir is empty");
     if (create) make_directories();
-    dir_fd = ::open(opt.dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dir_fd < 0)
-      throw StorageError("IOERR cannot open data directory " + opt.dir + ": " +
-                         errno_text(errno));
+    if (const int err = fs->open(opt.dir, FileSystem::Mode::Directory, dir_fd)) {
+      dir_fd = -1;
+      throw StorageError("IOERR cannot open data directory " + opt.dir + ": " + errno_text(err));
+    }
     const std::string lock_path = path(kLockFile);
-    lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (lock_fd < 0)
-      throw StorageError("IOERR cannot open " + lock_path + ": " + errno_text(errno));
-    struct flock lock {};
-    lock.l_type = F_WRLCK;
-    lock.l_whence = SEEK_SET;
-#ifdef F_OFD_SETLK
-    const int command = F_OFD_SETLK;  // per open file: also catches a second open in-process
-#else
-    const int command = F_SETLK;
-#endif
-    if (::fcntl(lock_fd, command, &lock) != 0)
-      throw StorageError("IOERR data directory " + opt.dir +
-                         " is in use by another node (" + lock_path + " is locked: " +
-                         errno_text(errno) + "). Give each node its own data directory.");
+    if (const int err = fs->open(lock_path, FileSystem::Mode::Lock, lock_fd)) {
+      lock_fd = -1;
+      if (err == EAGAIN)
+        throw StorageError("IOERR data directory " + opt.dir + " is in use by another node (" +
+                           lock_path + " is locked: " + errno_text(err) +
+                           "). Give each node its own data directory.");
+      throw StorageError("IOERR cannot open " + lock_path + ": " + errno_text(err));
+    }
   }
 
-  // mkdir -p; a directory it creates is made durable in its parent.
+  // mkdir -p, then every level is made durable in its parent, those that existed too: a
+  // create() that a crash interrupted may have made them without making them durable.
   void make_directories() {
+    std::vector<std::string> parents;
     std::size_t pos = 0;
     while (pos != std::string::npos) {
       pos = opt.dir.find('/', pos + 1);
       const std::string sub = opt.dir.substr(0, pos);
-      if (::mkdir(sub.c_str(), 0755) == 0) {
-        const std::size_t slash = sub.rfind('/');
-        const std::string parent =
-            slash == std::string::npos ? "." : slash == 0 ? "/" : sub.substr(0, slash);
-        const int fd = ::open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        const bool ok = fd >= 0 && sync_fd(fd, parent, true);
-        if (fd >= 0) ::close(fd);
-        if (!ok) throw StorageError(failure.empty() ? "IOERR cannot open " + parent : failure);
-      } else if (errno != EEXIST) {
-        throw StorageError("IOERR cannot create directory " + sub + ": " + errno_text(errno));
-      }
+      const int err = fs->make_directory(sub);
+      if (err != 0 && err != EEXIST)
+        throw StorageError("IOERR cannot create directory " + sub + ": " + errno_text(err));
+      const std::size_t slash = sub.rfind('/');
+      parents.push_back(slash == std::string::npos ? "." : slash == 0 ? "/" : sub.substr(0, slash));
     }
-    struct stat st {};
-    if (::stat(opt.dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
-      throw StorageError("IOERR " + opt.dir + " is not a directory");
+    for (const std::string& parent : parents) {
+      int fd = -1;
+      if (const int err = fs->open(parent, FileSystem::Mode::Directory, fd))
+        throw StorageError("IOERR cannot open " + parent + ": " + errno_text(err));
+      const bool ok = sync_fd(fd, parent, true);
+      fs->close(fd);
+      if (!ok) throw_failure();
+    }
   }
 
   std::uint64_t term_at(std::uint64_t index) const {
@@ -5598,13 +5809,18 @@ class StorageImpl {
     return index == snap_index ? snap_term : 0;
   }
 
+  /// Whether the log (or the snapshot) holds the entry (index, term).
+  bool holds(std::uint64_t index, std::uint64_t term) const {
+    return index > 0 && index <= last_index && term_at(index) == term;
+  }
+
   void note_term(std::uint64_t index, std::uint64_t term) {
     if (term_runs.empty() || term_runs.back().second != term) term_runs.emplace_back(index, term);
   }
 
   std::uint64_t active_end() const { return segments.back().written + pending.size(); }
 
-  /// Hands the pending hard state, then the pending records, to the kernel.
+  /// Hands the pending hard state, then the pending records, to the file system.
   bool flush_pending() {
     if (failed) return false;
     if (pending_hard_state) {
@@ -5614,7 +5830,7 @@ class StorageImpl {
     }
     if (!pending.empty()) {
       Segment& seg = segments.back();
-      if (!write_all(active_fd, pending, seg.path)) return false;
+      if (!write_all(active_fd, seg.written, pending, seg.path)) return false;
       seg.written += pending.size();
       pending.clear();
       active_dirty = true;
@@ -5622,11 +5838,37 @@ class StorageImpl {
     return true;
   }
 
+  /// fdatasync of the active segment; it covers the mark written before it, too.
+  bool sync_active() {
+    Segment& seg = segments.back();
+    if (!sync_fd(active_fd, seg.path, false)) return false;
+    active_dirty = false;
+    seg.mark_dirty = false;
+    return true;
+  }
+
+  /// Writes the active segment's synced mark (durable with its next fdatasync) into the slot
+  /// not holding the current mark. That slot is written only while the other is durable, so
+  /// a crash can tear at most one of them.
+  bool write_mark(std::uint64_t end) {
+    Segment& seg = segments.back();
+    if (seg.mark_dirty && !sync_active()) return false;
+    const std::uint64_t seq = seg.mark_seq + 1;
+    if (!write_all(active_fd, mark_slot_offset(seq), encode_mark_slot(seq, end), seg.path))
+      return false;
+    seg.mark = end;
+    seg.mark_seq = seq;
+    seg.mark_dirty = true;
+    return true;
+  }
+
   bool sync() {
     if (!flush_pending()) return false;
-    if (active_dirty && !sync_fd(active_fd, segments.back().path, false)) return false;
-    active_dirty = false;
-    return true;
+    if (!active_dirty) return true;
+    if (!sync_active()) return false;
+    // Only now may the mark cover those bytes; it reaches the disk with the next fdatasync.
+    const Segment& seg = segments.back();
+    return seg.version < 2 || write_mark(seg.written);
   }
 
   bool close_active() {
@@ -5634,38 +5876,46 @@ class StorageImpl {
     const int fd = active_fd;
     active_fd = -1;
     active_dirty = false;
-    if (::close(fd) != 0) return io_fail("close of", segments.back().path, errno);
+    if (const int err = fs->close(fd)) return io_fail("close of", segments.back().path, err);
     return true;
   }
 
-  // The previous segment is made durable before the new one can appear: recovery treats a
-  // damaged record in any segment but the last as corruption.
+  // Before the next segment appears, the active one is sealed: its records and a mark at
+  // their end are durable, so a segment that is not the last holds valid records up to its
+  // mark and nothing after it counts.
+  bool seal_active() {
+    const Segment& seg = segments.back();
+    if (active_dirty && !sync_active()) return false;
+    if (seg.version >= 2 && seg.mark != seg.written && !write_mark(seg.written)) return false;
+    if (seg.mark_dirty && !sync_active()) return false;
+    return close_active();
+  }
+
   bool create_segment(std::uint64_t first) {
     if (!flush_pending()) return false;
-    if (active_fd >= 0) {
-      if (active_dirty && !sync_fd(active_fd, segments.back().path, false)) return false;
-      if (!close_active()) return false;
-    }
+    if (active_fd >= 0 && !seal_active()) return false;
     const std::string final_path = path(segment_file_name(first));
     const std::string temp = final_path + std::string(kTempSuffix);
-    const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return io_fail("create of", temp, errno);
+    int fd = -1;
+    if (const int err = fs->open(temp, FileSystem::Mode::Create, fd))
+      return io_fail("create of", temp, err);
     const std::string header = encode_segment_header(first);
-    if (!write_all(fd, header, temp) || !sync_fd(fd, temp, false)) {
-      ::close(fd);
-      return false;
-    }
-    if (::rename(temp.c_str(), final_path.c_str()) != 0) {
-      ::close(fd);
-      return io_fail("rename to", final_path, errno);
-    }
-    if (!sync_dir()) {
-      ::close(fd);
+    if (!write_all(fd, 0, header, temp) || !sync_fd(fd, temp, false) ||
+        !rename_durably(temp, final_path)) {
+      fs->close(fd);
       return false;
     }
     active_fd = fd;
+    // An empty segment of format 1 is replaced by the new one of the same name.
+    if (!segments.empty() && segments.back().first == first) segments.pop_back();
     if (segments.empty()) first_index = first;
-    segments.push_back(Segment{first, final_path, {}, header.size()});
+    Segment seg;
+    seg.first = first;
+    seg.path = final_path;
+    seg.written = header.size();
+    seg.mark = header.size();
+    seg.mark_seq = 1;
+    segments.push_back(std::move(seg));
     return true;
   }
 
@@ -5673,8 +5923,10 @@ class StorageImpl {
     if (e.payload.size() > UINT32_MAX - kRecordFixedBytes)
       return fail("ERR log entry " + std::to_string(e.index) + " has a payload of " +
                   std::to_string(e.payload.size()) + " bytes: the limit is 4 GiB");
-    if (segments.empty() || (!segments.back().offsets.empty() &&
-                             active_end() + record_size(e) > opt.segment_bytes)) {
+    // A segment of an older format is never appended to: the next one starts instead.
+    if (segments.empty() || segments.back().version < kSegmentFormatVersion ||
+        (!segments.back().offsets.empty() &&
+         active_end() + record_size(e) > opt.segment_bytes)) {
       if (!create_segment(e.index)) return false;
     }
     segments.back().offsets.push_back(active_end());
@@ -5702,16 +5954,21 @@ class StorageImpl {
       }
       Segment& seg = segments[k];
       if (active_fd < 0) {
-        active_fd = ::open(seg.path.c_str(), O_WRONLY | O_CLOEXEC);
-        if (active_fd < 0) return io_fail("open of", seg.path, errno);
+        if (const int err = fs->open(seg.path, FileSystem::Mode::Write, active_fd)) {
+          active_fd = -1;
+          return io_fail("open of", seg.path, err);
+        }
       }
-      if (::ftruncate(active_fd, static_cast<off_t>(offset)) != 0)
-        return io_fail("truncate of", seg.path, errno);
-      if (!sync_fd(active_fd, seg.path, false)) return false;
-      if (::lseek(active_fd, static_cast<off_t>(offset), SEEK_SET) < 0)
-        return io_fail("seek in", seg.path, errno);
+      // The mark comes down first, durably: a truncation that reached the disk before it
+      // would leave the segment shorter than its mark, which reads as lost synced data. (The
+      // other slot may still hold a mark above the cut: it is never read again, as it holds
+      // the lower sequence number until it is overwritten, and a torn overwrite of it leaves
+      // this one.)
+      if (seg.version >= 2 && seg.mark > offset && (!write_mark(offset) || !sync_active()))
+        return false;
+      if (const int err = fs->truncate(active_fd, offset)) return io_fail("truncate of", seg.path, err);
+      if (!sync_active()) return false;
       seg.written = offset;
-      active_dirty = false;
     }
     segments[k].offsets.resize(cut - segments[k].first);
     last_index = cut - 1;
@@ -5725,31 +5982,49 @@ class StorageImpl {
       return false;
     const std::string new_path = path(snapshot_file_name(snap.meta.index, snap.meta.term));
     // Losing this unlink in a crash is harmless: open() removes superseded snapshots.
-    if (!snap_path.empty() && snap_path != new_path && ::unlink(snap_path.c_str()) != 0 &&
-        errno != ENOENT)
-      return io_fail("unlink of", snap_path, errno);
+    if (!snap_path.empty() && snap_path != new_path) {
+      const int err = fs->remove(snap_path);
+      if (err != 0 && err != ENOENT) return io_fail("unlink of", snap_path, err);
+    }
     snap_path = new_path;
     snap_index = snap.meta.index;
     snap_term = snap.meta.term;
     return true;
   }
 
-  // The snapshot from a PersistBatch: durable first, then the whole log goes, newest segment
-  // first (a crash leaves a prefix of the old log beside the new snapshot; open() keeps the
-  // entries after it only if the log agrees with the snapshot at its index).
+  // Whole segments whose every entry is at or below `upto` go, oldest first; never the
+  // segment being appended to.
+  bool drop_prefix(std::uint64_t upto) {
+    while (segments.size() > 1 && segments[1].first - 1 <= upto) {
+      if (!remove_durably(segments.front().path)) return false;
+      segments.erase(segments.begin());
+    }
+    if (!segments.empty()) first_index = segments.front().first;
+    while (term_runs.size() > 1 && term_runs[1].first <= first_index)
+      term_runs.erase(term_runs.begin());
+    return true;
+  }
+
+  // The snapshot from a PersistBatch. When the log holds its last entry, the log after it is
+  // kept (Raft §7) and only what it covers may go, as for a snapshot the node takes. Else it
+  // replaces the log: the snapshot is made durable first, then the whole log goes, newest
+  // segment first (a crash leaves a prefix of the old log beside the new snapshot, which
+  // open() drops, as it cannot hold the snapshot's last entry).
   bool install_snapshot(const Snapshot& snap) {
-    if (snap.meta.index == 0 || snap.meta.index < snap_index)
-      return fail("ERR a PersistBatch snapshot at index " + std::to_string(snap.meta.index) +
+    const SnapshotMeta& m = snap.meta;
+    if (m.index == 0 || m.index < snap_index)
+      return fail("ERR a PersistBatch snapshot at index " + std::to_string(m.index) +
                   " does not follow the snapshot on disk at index " +
                   std::to_string(snap_index));
+    if (holds(m.index, m.term)) return save_snapshot(snap, m.index);
     pending.clear();  // the whole log is replaced: its unwritten records need not be written
     if (!flush_pending() || !write_snapshot_file(snap)) return false;
     while (!segments.empty()) {
       if (!close_active() || !remove_durably(segments.back().path)) return false;
       segments.pop_back();
     }
-    first_index = snap.meta.index + 1;
-    last_index = snap.meta.index;
+    first_index = m.index + 1;
+    last_index = m.index;
     term_runs.clear();
     return true;
   }
@@ -5763,17 +6038,8 @@ class StorageImpl {
                   std::to_string(m.term) + " does not match the log (last index " +
                   std::to_string(last_index) + ", term there " +
                   std::to_string(term_at(m.index)) + ")");
-    if (!flush_pending() || !write_snapshot_file(snap)) return false;
-    // Oldest first, never the segment being appended to.
-    const std::uint64_t upto = std::min(compact_to, m.index);
-    while (segments.size() > 1 && segments[1].first - 1 <= upto) {
-      if (!remove_durably(segments.front().path)) return false;
-      segments.erase(segments.begin());
-    }
-    first_index = segments.front().first;
-    while (term_runs.size() > 1 && term_runs[1].first <= first_index)
-      term_runs.erase(term_runs.begin());
-    return true;
+    return flush_pending() && write_snapshot_file(snap) &&
+           drop_prefix(std::min(compact_to, m.index));
   }
 
   bool write(const PersistBatch& b) {
@@ -5803,22 +6069,28 @@ class StorageImpl {
       return fail(batch_error("entry " + std::to_string(start) + " has term " +
                               std::to_string(b.entries.front().term) + ", below the term " +
                               std::to_string(term_at(start - 1)) + " of the entry before it"));
-    if (start <= last_index && !cut_suffix(start)) return false;
-    for (const LogEntry& e : b.entries)
-      if (!append(e)) return false;
+    // Entries the log holds already (same index and term: by Log Matching the same entries)
+    // are skipped, so durable entries are never deleted to be written again.
+    std::size_t i = 0;
+    while (i < b.entries.size() && holds(b.entries[i].index, b.entries[i].term)) ++i;
+    if (i < b.entries.size() && b.entries[i].index <= last_index &&
+        !cut_suffix(b.entries[i].index))
+      return false;
+    for (; i < b.entries.size(); ++i)
+      if (!append(b.entries[i])) return false;
     return true;
   }
 
   void create(Identity id) {
     open_directory(true);
-    if (Storage::exists(opt.dir))
-      throw StorageError("IOERR " + opt.dir +
-                         " already holds a data directory: open it instead of creating it");
     std::vector<std::string> names;
-    if (const int err = list_directory(opt.dir, names))
+    if (const int err = fs->list(opt.dir, names))
       throw StorageError("IOERR cannot list " + opt.dir + ": " + errno_text(err));
     for (const std::string& name : names) {
       std::uint64_t a = 0, b = 0;
+      if (name == kIdentityFile)
+        throw StorageError("IOERR " + opt.dir +
+                           " already holds a data directory: open it instead of creating it");
       if (parse_segment_file_name(name, a) || parse_snapshot_file_name(name, a, b))
         throw StorageError("IOERR " + opt.dir + " holds " + name +
                            " but no identity file: refusing to create a data directory over "
@@ -5832,7 +6104,7 @@ class StorageImpl {
       throw_failure();
     identity = std::move(id);
     for (const std::string& name : names)
-      if (ends_with(name, kTempSuffix)) ::unlink(path(name).c_str());
+      if (ends_with(name, kTempSuffix)) fs->remove(path(name));
   }
 
   void recover(Recovered& out);
@@ -5844,7 +6116,7 @@ inline void StorageImpl::recover(Recovered& out) {
 
   std::string buf;
   const std::string identity_path = path(kIdentityFile);
-  if (const int err = read_whole_file(identity_path, buf))
+  if (const int err = fs->read(identity_path, buf))
     throw StorageError(err == ENOENT ? "IOERR " + opt.dir +
                                            " holds no identity file: it is not a data directory "
                                            "(Storage::create makes one)"
@@ -5854,14 +6126,14 @@ inline void StorageImpl::recover(Recovered& out) {
   out.identity = identity;
 
   const std::string hard_state_path = path(kHardStateFile);
-  if (const int err = read_whole_file(hard_state_path, buf))
+  if (const int err = fs->read(hard_state_path, buf))
     throw err == ENOENT ? corrupt(hard_state_path, 0, "the hard state file is missing")
                         : StorageError("IOERR cannot read " + hard_state_path + ": " +
                                        errno_text(err));
   out.hard_state = decode_hard_state(buf, hard_state_path);
 
   std::vector<std::string> names;
-  if (const int err = list_directory(opt.dir, names))
+  if (const int err = fs->list(opt.dir, names))
     throw StorageError("IOERR cannot list " + opt.dir + ": " + errno_text(err));
   std::map<std::uint64_t, std::string> segment_names;
   std::vector<std::pair<std::pair<std::uint64_t, std::uint64_t>, std::string>> snapshots;
@@ -5882,7 +6154,7 @@ inline void StorageImpl::recover(Recovered& out) {
   if (!snapshots.empty()) {
     const auto& [index_term, name] = snapshots.back();
     snap_path = path(name);
-    if (const int err = read_whole_file(snap_path, buf))
+    if (const int err = fs->read(snap_path, buf))
       throw StorageError("IOERR cannot read " + snap_path + ": " + errno_text(err));
     decode_snapshot(buf, snap_path, index_term.first, index_term.second);
     if (index_term.first == 0) throw corrupt(snap_path, 12, "a snapshot at index 0");
@@ -5892,7 +6164,8 @@ inline void StorageImpl::recover(Recovered& out) {
     buf = std::string();
   }
 
-  // The segments, in order: contiguous, terms non-decreasing, damage only as a torn tail.
+  // The segments, in order: contiguous, terms non-decreasing, valid up to their synced marks,
+  // damage after that only as a torn tail of the last one. Each byte is read once.
   std::uint64_t next_index = 0;
   std::uint64_t previous_term = 0;
   std::optional<std::uint64_t> term_at_snapshot;
@@ -5903,9 +6176,10 @@ inline void StorageImpl::recover(Recovered& out) {
   for (const auto& [first, name] : segment_names) {
     const bool last = ++seen == segment_names.size();
     const std::string seg_path = path(name);
-    if (const int err = read_whole_file(seg_path, buf))
+    if (const int err = fs->read(seg_path, buf))
       throw StorageError("IOERR cannot read " + seg_path + ": " + errno_text(err));
-    const std::uint64_t header_first = decode_segment_header(buf, seg_path);
+    Segment seg;
+    const std::uint64_t header_first = decode_segment_header(buf, seg_path, seg.version);
     if (header_first != first)
       throw corrupt(seg_path, kMagicBytes + 4,
                     "the header says the segment starts at index " +
@@ -5919,19 +6193,41 @@ inline void StorageImpl::recover(Recovered& out) {
                         std::to_string(next_index - 1) +
                         (first > next_index ? ": a segment is missing" : ": segments overlap"));
     next_index = first;
-    Segment seg{first, seg_path, {}, 0};
-    std::size_t offset = kSegmentHeaderBytes;
-    while (offset < buf.size()) {
-      if (const char* problem = record_problem(buf, offset)) {
-        if (last && !valid_record_at_or_after(buf, offset + 1)) {
-          torn_offset = offset;
-          torn_reason = problem;
-          torn_file_size = buf.size();
-          break;
-        }
-        throw corrupt(seg_path, offset,
-                      std::string(problem) + (last ? ", and valid records follow it"
-                                                   : " in a segment that is not the last"));
+    seg.first = first;
+    seg.path = seg_path;
+    std::size_t offset = segment_header_bytes(seg.version);
+    // `synced`: the bytes known durable, which must hold valid records. Format 1 has no mark:
+    // all of a segment that is not the last, none of the last.
+    std::uint64_t synced = last ? offset : buf.size();
+    if (seg.version >= 2) {
+      const std::optional<SyncedMark> mark = decode_synced_mark(buf);
+      if (!mark) throw corrupt(seg_path, kSegmentFixedBytes, "both slots of the synced mark are damaged");
+      if (mark->end < offset)
+        throw corrupt(seg_path, mark_slot_offset(mark->seq), "the synced mark points into the header");
+      synced = mark->end;
+      seg.mark = mark->end;
+      seg.mark_seq = mark->seq;
+    }
+    const std::string synced_text = "the synced mark at byte offset " + std::to_string(synced);
+    // A segment that is not the last ends at its mark.
+    const std::size_t end = seg.version >= 2 && !last ? std::min<std::uint64_t>(synced, buf.size())
+                                                      : buf.size();
+    while (offset < end) {
+      const bool durable = offset < synced;
+      const std::string_view in(buf.data(), durable ? std::min<std::uint64_t>(synced, end) : end);
+      if (const char* problem = record_problem(in, offset)) {
+        if (durable)
+          throw corrupt(seg_path, offset,
+                        std::string(problem) +
+                            (seg.version >= 2 ? " before " + synced_text +
+                                                    ", in bytes that were made durable"
+                                              : " in a segment that is not the last"));
+        if (seg.version < 2 && valid_record_follows(buf, offset + 1, next_index))
+          throw corrupt(seg_path, offset, std::string(problem) + ", and valid records follow it");
+        torn_offset = offset;
+        torn_reason = problem;
+        torn_file_size = buf.size();
+        break;
       }
       LogEntry e = decode_record(buf, offset);
       if (e.index != next_index)
@@ -5953,13 +6249,17 @@ inline void StorageImpl::recover(Recovered& out) {
       ++next_index;
       if (e.index > snap_index) out.entries.push_back(std::move(e));
     }
+    if (offset < synced)
+      throw corrupt(seg_path, offset,
+                    "the file ends before " + synced_text +
+                        ": records that were made durable are missing");
     seg.written = offset;
     segments.push_back(std::move(seg));
   }
   buf = std::string();
 
   // The log against the snapshot (a crash can interrupt the install of a leader's snapshot,
-  // which replaces the whole log).
+  // which replaces the whole log when the log does not hold the snapshot's last entry).
   bool discard_log = false;
   if (!segments.empty()) {
     const std::uint64_t first = segments.front().first;
@@ -6004,34 +6304,42 @@ inline void StorageImpl::recover(Recovered& out) {
     }
     out.entries.clear();
     term_runs.clear();
-  } else if (torn_reason != nullptr) {
-    const Segment& seg = segments.back();
-    const int fd = ::open(seg.path.c_str(), O_WRONLY | O_CLOEXEC);
-    if (fd < 0) throw StorageError("IOERR cannot open " + seg.path + ": " + errno_text(errno));
-    active_fd = fd;
-    if (::ftruncate(fd, static_cast<off_t>(torn_offset)) != 0)
-      io_fail("truncate of", seg.path, errno);
-    if (!sync_fd(fd, seg.path, false)) throw_failure();
-    out.notes.push_back("cut the torn tail of " + seg.path + " at byte offset " +
-                        std::to_string(torn_offset) + " (" +
-                        std::to_string(torn_file_size - torn_offset) + " bytes, " + torn_reason +
-                        ", nothing valid after it): a write interrupted by a crash");
   }
-  bool removed = false;
+  if (!segments.empty()) {
+    Segment& seg = segments.back();
+    if (const int err = fs->open(seg.path, FileSystem::Mode::Write, active_fd)) {
+      active_fd = -1;
+      throw StorageError("IOERR cannot open " + seg.path + ": " + errno_text(err));
+    }
+    if (torn_reason != nullptr) {
+      if (const int err = fs->truncate(active_fd, torn_offset)) io_fail("truncate of", seg.path, err);
+      out.notes.push_back("cut the torn tail of " + seg.path + " at byte offset " +
+                          std::to_string(torn_offset) + " (" +
+                          std::to_string(torn_file_size - torn_offset) + " bytes, " +
+                          torn_reason +
+                          (seg.version >= 2 ? ", after the synced mark" : ", nothing valid after it") +
+                          "): a write interrupted by a crash");
+    }
+  }
   for (std::size_t i = 0; i + 1 < snapshots.size(); ++i) {
     const std::string p = path(snapshots[i].second);
-    if (::unlink(p.c_str()) != 0 && errno != ENOENT) io_fail("unlink of", p, errno);
+    if (const int err = fs->remove(p); err != 0 && err != ENOENT) io_fail("unlink of", p, err);
     out.notes.push_back("removed " + p + ": superseded by " + snap_path);
-    removed = true;
   }
   for (const std::string& name : leftovers) {
     const std::string p = path(name);
-    if (::unlink(p.c_str()) != 0 && errno != ENOENT) io_fail("unlink of", p, errno);
+    if (const int err = fs->remove(p); err != 0 && err != ENOENT) io_fail("unlink of", p, err);
     out.notes.push_back("removed " + p + ": a write interrupted by a crash");
-    removed = true;
   }
-  if (removed) sync_dir();
-  if (failed) throw_failure();
+  // What open() returns is made durable: after a crash of the process alone, unsynced
+  // writes (records, a renamed hard state) are still in the page cache, where they were just
+  // read, and the node is about to act on them. Then the mark may cover the whole log.
+  if (!segments.empty()) {
+    const Segment& seg = segments.back();
+    if (!sync_active()) throw_failure();
+    if (seg.version >= 2 && seg.mark != seg.written && !write_mark(seg.written)) throw_failure();
+  }
+  if (!sync_dir()) throw_failure();
 
   if (segments.empty()) {
     first_index = snap_index + 1;
@@ -6039,15 +6347,6 @@ inline void StorageImpl::recover(Recovered& out) {
   } else {
     first_index = segments.front().first;
     last_index = next_index - 1;
-    if (active_fd < 0) {
-      active_fd = ::open(segments.back().path.c_str(), O_WRONLY | O_CLOEXEC);
-      if (active_fd < 0)
-        throw StorageError("IOERR cannot open " + segments.back().path + ": " +
-                           errno_text(errno));
-    }
-    if (::lseek(active_fd, static_cast<off_t>(segments.back().written), SEEK_SET) < 0)
-      throw StorageError("IOERR cannot seek in " + segments.back().path + ": " +
-                         errno_text(errno));
   }
 }
 

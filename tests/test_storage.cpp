@@ -1,8 +1,10 @@
 // Section 4, storage: the log, term and vote, snapshots, recovery after crashes and damage,
 // failure on fsync errors and full disks, and group commit. Every test works in a fresh
-// temporary directory of its own.
+// temporary directory of its own, or on a model disk (tests/disk_model.hpp). The crash model's
+// randomized runs are in test_storage_sim.cpp.
 #include <catch2/catch.hpp>
 
+#include "disk_model.hpp"
 #include "raft.hpp"
 #include "temp_dir.hpp"
 
@@ -121,7 +123,22 @@ void flip_byte(const std::string& file, std::uint64_t offset) {
   f.write(&c, 1);
 }
 
-constexpr std::uint64_t kSegmentHeader = 24;
+/// POSIX underneath; writes can be refused (a full disk) or cut in half and then refused.
+struct FaultyWrites : raft::detail::PosixFileSystem {
+  std::atomic<bool> full{false}, half{false};
+  std::atomic<int> refused{0};
+  int write(int fd, std::uint64_t offset, std::string_view data) override {
+    if (full || half) ++refused;
+    if (full) return ENOSPC;
+    if (half) {
+      PosixFileSystem::write(fd, offset, data.substr(0, data.size() / 2));
+      return ENOSPC;
+    }
+    return PosixFileSystem::write(fd, offset, data);
+  }
+};
+
+constexpr std::uint64_t kSegmentHeader = 64;  // format 2: with the synced mark
 constexpr std::uint64_t kRecordOverhead = 33;
 
 /// Byte offsets where each record of a single segment starts, and where the last one ends.
@@ -139,6 +156,29 @@ std::vector<std::uint64_t> record_boundaries(const std::vector<raft::LogEntry>& 
 std::string segment_name(std::uint64_t first) {
   std::string n = std::to_string(first);
   return "log-" + std::string(20 - n.size(), '0') + n + ".seg";
+}
+
+/// Copies tests/data/storage-format-1, a data directory written in storage format 1.
+void copy_format_1(const TempDir& to) {
+  const fs::path from = fs::path(__FILE__).parent_path() / "data" / "storage-format-1";
+  REQUIRE(fs::is_directory(from));
+  for (const auto& f : fs::directory_iterator(from))
+    fs::copy_file(f.path(), to.path() + "/" + f.path().filename().string());
+}
+
+/// The entries of that directory.
+std::vector<raft::LogEntry> format_1_entries(std::uint64_t first, std::uint64_t last) {
+  std::vector<raft::LogEntry> out;
+  for (std::uint64_t i = first; i <= last; ++i) {
+    raft::LogEntry e;
+    e.index = i;
+    e.term = 1 + i / 15;
+    e.type = raft::EntryType::Command;
+    e.timestamp_ms = 1000 + static_cast<std::int64_t>(i);
+    e.payload = "set k" + std::to_string(i) + std::string(i % 5, 'v');
+    out.push_back(e);
+  }
+  return out;
 }
 
 }  // namespace
@@ -509,6 +549,83 @@ TEST_CASE("an interrupted snapshot install is finished by open", "[storage]") {
   }
 }
 
+TEST_CASE("a snapshot install the log already holds keeps the entries after it", "[storage]") {
+  // Raft §7: a follower whose log holds the snapshot's last entry (same index and term)
+  // keeps what follows it; only the segments the snapshot covers may go.
+  TempDir dir;
+  const auto o = options(dir, 256);
+  std::vector<std::string> before;
+  {
+    raft::Storage s = raft::Storage::create(o, identity());
+    REQUIRE(s.write(batch(1, entries(1, 30, 1))));
+    REQUIRE(s.sync());
+    before = segments(dir);
+    raft::PersistBatch b = batch(2, {}, raft::HardState{2, "3"});
+    b.snapshot = std::make_shared<raft::Snapshot>(snapshot(20, 1, "at 20"));
+    REQUIRE(s.write(b));
+    REQUIRE(s.sync());
+    CHECK(s.snapshot_index() == 20);
+    CHECK(s.last_index() == 30);
+    CHECK(s.first_index() <= 21);
+  }
+  // Exactly the segments whose every entry the snapshot covers are gone.
+  const auto after = segments(dir);
+  for (const auto& name : before) {
+    const auto next = std::upper_bound(before.begin(), before.end(), name);
+    const bool covered = next != before.end() && std::stoull(next->substr(4, 20)) - 1 <= 20;
+    CHECK(std::count(after.begin(), after.end(), name) == (covered ? 0 : 1));
+  }
+  raft::Recovered r = reopen(o);
+  REQUIRE(r.snapshot);
+  CHECK(r.snapshot->meta.index == 20);
+  CHECK(r.snapshot->data == "at 20");
+  CHECK(r.hard_state == raft::HardState{2, "3"});
+  CHECK(r.entries == entries(21, 30, 1));
+  CHECK(r.notes.empty());
+}
+
+TEST_CASE("a batch never deletes durable entries to write them again", "[storage][crash]") {
+  // A batch that repeats entries the log holds (with a snapshot the log holds too) and
+  // extends it: no state of the disk along the way, as seen at each fsync, may lack an
+  // entry that was synced before.
+  TempDir dir;
+  std::vector<std::unique_ptr<TempDir>> states;
+  bool capture = false;
+  raft::StorageOptions o = options(dir, 256);
+  o.fsync_hook = [&](int fd) {
+    if (capture) {
+      states.push_back(std::make_unique<TempDir>());
+      copy_data(dir, *states.back());
+    }
+    return ::fsync(fd);
+  };
+  raft::Storage s = raft::Storage::create(o, identity());
+  REQUIRE(s.write(batch(1, entries(1, 30, 1))));
+  REQUIRE(s.sync());
+  capture = true;
+  SECTION("entries only") {
+    REQUIRE(s.write(batch(2, entries(5, 32, 1))));
+    REQUIRE(s.sync());
+  }
+  SECTION("a snapshot and the entries after it") {
+    raft::PersistBatch b = batch(2, entries(21, 32, 1));
+    b.snapshot = std::make_shared<raft::Snapshot>(snapshot(20, 1, "at 20"));
+    REQUIRE(s.write(b));
+    REQUIRE(s.sync());
+  }
+  CHECK(s.last_index() == 32);
+  states.push_back(std::make_unique<TempDir>());
+  copy_data(dir, *states.back());
+  for (const auto& state : states) {
+    raft::Recovered r = reopen(options(*state, 256));
+    const std::uint64_t from = r.snapshot ? r.snapshot->meta.index + 1 : 1;
+    REQUIRE(r.entries.size() >= 31 - from);
+    CHECK(std::vector<raft::LogEntry>(r.entries.begin(), r.entries.begin() + static_cast<long>(31 - from)) ==
+          entries(from, 30, 1));
+  }
+  CHECK(reopen(options(*states.back(), 256)).entries.back() == entry(32, 1));
+}
+
 TEST_CASE("every intermediate state of a cut or install or compaction recovers",
           "[storage][crash]") {
   // The directory as it stands at each fsync: what a crash there would leave if every write
@@ -532,6 +649,14 @@ TEST_CASE("every intermediate state of a cut or install or compaction recovers",
   REQUIRE(s.write(batch(1, entries(1, 40, 1))));
   REQUIRE(s.sync());
 
+  const auto first_of = [](const std::string& name) { return std::stoull(name.substr(4, 20)); };
+  const std::vector<std::string> segments_before = segments(dir);
+  // The segments after the one holding `index`, and the segments the step added.
+  const auto later_than = [&](std::uint64_t index) {
+    return static_cast<std::size_t>(std::count_if(segments_before.begin(), segments_before.end(),
+                                                  [&](const std::string& n) { return first_of(n) > index; }));
+  };
+
   SECTION("a suffix cut across segments") {
     const auto before = entries(1, 40, 1);
     auto after = entries(1, 6, 1);
@@ -539,7 +664,12 @@ TEST_CASE("every intermediate state of a cut or install or compaction recovers",
     capture = true;
     REQUIRE(s.write(batch(2, entries(7, 9, 2))));
     REQUIRE(s.sync());
-    REQUIRE(states.size() >= 3);
+    const std::size_t removed = later_than(7);
+    const std::size_t added = segments(dir).size() - (segments_before.size() - removed);
+    REQUIRE(removed >= 2);
+    // One directory fsync per segment removed; the mark lowered, the truncation; per segment
+    // added: the previous sealed (records, mark), the new one (file, directory); the sync.
+    CHECK(states.size() == removed + 2 + 4 * added + 1);
     for (const auto& state : states) {
       raft::Recovered r = reopen(options(*state, 256));
       CHECK(r.entries.size() >= 6);
@@ -552,7 +682,9 @@ TEST_CASE("every intermediate state of a cut or install or compaction recovers",
     capture = true;
     REQUIRE(s.write(b));
     REQUIRE(s.sync());
-    REQUIRE(states.size() >= 3);
+    // The snapshot (file, directory); one directory fsync per segment removed; the new
+    // segment (file, directory); the sync.
+    CHECK(states.size() == 2 + segments_before.size() + 2 + 1);
     for (const auto& state : states) {
       raft::Recovered r = reopen(options(*state, 256));
       if (r.snapshot) {
@@ -566,8 +698,15 @@ TEST_CASE("every intermediate state of a cut or install or compaction recovers",
   SECTION("a snapshot the node takes, then a compaction") {
     REQUIRE(s.save_snapshot(snapshot(20, 1, "twenty"), 20));
     capture = true;
+    const std::vector<std::string> kept = segments(dir);
     REQUIRE(s.save_snapshot(snapshot(35, 1, "thirty-five"), 35));
-    REQUIRE(states.size() >= 3);
+    // Whole segments at or below 35 go, not the last one.
+    std::size_t dropped = 0;
+    while (dropped + 1 < kept.size() && first_of(kept[dropped + 1]) - 1 <= 35) ++dropped;
+    REQUIRE(dropped >= 2);
+    CHECK(segments(dir) == std::vector<std::string>(kept.begin() + static_cast<long>(dropped), kept.end()));
+    // The snapshot (file, directory); one directory fsync per segment dropped.
+    CHECK(states.size() == 2 + dropped);
     for (const auto& state : states) {
       raft::Recovered r = reopen(options(*state, 256));
       REQUIRE(r.snapshot);
@@ -578,17 +717,30 @@ TEST_CASE("every intermediate state of a cut or install or compaction recovers",
 }
 
 TEST_CASE("a torn write at the tail of the log is cut and reported", "[storage][crash]") {
-  // Every byte offset inside the last three records: truncate a copy of the segment there
-  // (a crash in the middle of a write), or truncate and pad with zeros (a file system that
-  // extended the file but never wrote the data). Open keeps exactly the complete records.
+  // The last three records were written but their fdatasync never returned (it failed), so
+  // the synced mark does not cover them. Every byte offset inside them: truncate a copy of
+  // the segment there (a crash in the middle of a write), or truncate and pad with zeros (a
+  // file system that extended the file but never wrote the data). Open keeps exactly the
+  // complete records.
   TempDir source;
-  const auto o = options(source, 400);
+  std::atomic<bool> fail_fsync{false};
+  raft::StorageOptions o = options(source, 400);
+  o.fsync_hook = [&](int fd) {
+    if (fail_fsync) {
+      errno = EIO;
+      return -1;
+    }
+    return ::fsync(fd);
+  };
   std::vector<raft::LogEntry> all = entries(1, 12, 1);
   all[11].payload = std::string(40, 'z');
   {
     raft::Storage s = raft::Storage::create(o, identity());
-    REQUIRE(s.write(batch(1, all)));
+    REQUIRE(s.write(batch(1, std::vector<raft::LogEntry>(all.begin(), all.end() - 3))));
     REQUIRE(s.sync());
+    REQUIRE(s.write(batch(2, std::vector<raft::LogEntry>(all.end() - 3, all.end()))));
+    fail_fsync = true;
+    REQUIRE_FALSE(s.sync());
   }
   const auto names = segments(source);
   REQUIRE(names.size() >= 2);  // the damage is in the last of several segments
@@ -670,7 +822,7 @@ TEST_CASE("damage before valid data is refused with the file and byte offset",
     const std::string err = open_error(o);
     CHECK_THAT(err, Contains("CORRUPT") && Contains(names.back()) &&
                         Contains("byte offset " + std::to_string(bounds[0])) &&
-                        Contains("valid records follow"));
+                        Contains("before the synced mark"));
   }
   SECTION("a bad last record in a segment that is not the last") {
     const auto bounds = record_boundaries(segment_entries(1));
@@ -678,7 +830,7 @@ TEST_CASE("damage before valid data is refused with the file and byte offset",
     flip_byte(dir.file(names[1]), last_record + 9);
     CHECK_THAT(open_error(o), Contains(names[1]) &&
                                   Contains("byte offset " + std::to_string(last_record)) &&
-                                  Contains("not the last"));
+                                  Contains("before the synced mark"));
   }
   SECTION("a segment cut short that is not the last") {
     const auto bounds = record_boundaries(segment_entries(1));
@@ -714,6 +866,18 @@ TEST_CASE("damage before valid data is refused with the file and byte offset",
     flip_byte(dir.file(snaps[0]), data_at + 3);
     CHECK_THAT(open_error(o), Contains(snaps[0]) && Contains("byte offset " + std::to_string(data_at)) &&
                                   Contains("checksum mismatch"));
+  }
+  SECTION("a damaged format version in the snapshot header") {
+    const auto snaps = snapshots(dir);
+    REQUIRE(snaps.size() == 1);
+    flip_byte(dir.file(snaps[0]), 27);  // '1' ^ 0x5A: not a number
+    CHECK_THAT(open_error(o), Contains("CORRUPT") && Contains(snaps[0]) && Contains("malformed"));
+    flip_byte(dir.file(snaps[0]), 27);
+    std::string text = read_file(dir.file(snaps[0]));
+    REQUIRE(text.compare(0, 28, "# raft.hpp snapshot format 1") == 0);
+    text[27] = '0';
+    std::ofstream(dir.file(snaps[0]), std::ios::binary | std::ios::trunc) << text;
+    CHECK_THAT(open_error(o), Contains("CORRUPT") && Contains("format version 0"));
   }
   SECTION("a file written by a newer format version") {
     flip_byte(dir.file("hardstate"), 8);
@@ -752,6 +916,175 @@ TEST_CASE("terms must not decrease along the recovered log", "[storage][crash]")
                 fs::copy_options::overwrite_existing);
   CHECK_THAT(open_error(options(dir, 200)),
              Contains(names.back()) && Contains("below the previous"));
+}
+
+TEST_CASE("damage after the synced mark with valid records behind it is a torn tail",
+          "[storage][crash]") {
+  // A crash while records 11 to 20 were being synced, whose writes reached the disk out of
+  // order: the page holding record 11 never did, later ones did. Nothing of 11 to 20 was
+  // acknowledged, so open() must cut it all, not refuse the directory.
+  TempDir dir, later;
+  std::string segment;
+  {
+    raft::Storage s = raft::Storage::create(options(dir), identity());
+    REQUIRE(s.write(batch(1, entries(1, 10, 1))));
+    REQUIRE(s.sync());
+    copy_data(dir, later);
+    REQUIRE(s.write(batch(2, entries(11, 20, 1))));
+    REQUIRE(s.sync());
+    segment = segments(dir).back();
+  }
+  const std::string synced = read_file(dir.file(segment));
+  const std::uint64_t end_of_10 = fs::file_size(later.file(segment));
+  std::string tail = synced.substr(end_of_10);
+  const std::uint64_t record_11 = kRecordOverhead + entry(11, 1).payload.size();
+  std::fill(tail.begin(), tail.begin() + static_cast<long>(record_11), '\0');
+  std::ofstream(later.file(segment), std::ios::app | std::ios::binary) << tail;
+
+  raft::Recovered r = reopen(options(later));
+  CHECK(r.entries == entries(1, 10, 1));
+  REQUIRE(r.notes.size() == 1);
+  CHECK_THAT(r.notes[0], Contains("torn tail") && Contains("byte offset " + std::to_string(end_of_10)));
+  CHECK(fs::file_size(later.file(segment)) == end_of_10);
+}
+
+TEST_CASE("a segment that ends before its synced mark is refused, not cut", "[storage][crash]") {
+  // Records 1 to 20 were synced, and the sync of record 21 carried a mark covering them. A
+  // file that now ends inside record 15 lost data that was made durable: that is damage, and
+  // cutting it as a torn tail would silently drop acknowledged entries.
+  TempDir dir;
+  std::string segment;
+  {
+    raft::Storage s = raft::Storage::create(options(dir), identity());
+    REQUIRE(s.write(batch(1, entries(1, 20, 1))));
+    REQUIRE(s.sync());
+    REQUIRE(s.write(batch(2, entries(21, 21, 1))));
+    REQUIRE(s.sync());
+    segment = segments(dir).back();
+  }
+  const auto bounds = record_boundaries(entries(1, 21, 1));
+  const std::uint64_t record_15 = bounds[14];
+  fs::resize_file(dir.file(segment), record_15 + 10);
+  CHECK_THAT(open_error(options(dir)),
+             Contains("CORRUPT") && Contains(segment) &&
+                 Contains("byte offset " + std::to_string(record_15)) &&
+                 Contains("synced mark"));
+}
+
+TEST_CASE("a long garbage tail is cut in one pass", "[storage][crash]") {
+  // A tail whose length fields read 0x01010101 (16.8 MB) and a few thousand stray bytes
+  // after 16.8 MB of them: checking for a valid record at every byte by checksumming the
+  // rest of the segment took hours at this size (13 s with 2000 stray bytes).
+  const std::string garbage = std::string(0x01010101u + 8, '\x01') + [] {
+    std::string stray;
+    for (int i = 0; i < 20000; ++i) stray.push_back(static_cast<char>(i * 7 + 3));
+    return stray;
+  }();
+  SECTION("format 2: after the synced mark") {
+    TempDir dir;
+    {
+      raft::Storage s = raft::Storage::create(options(dir), identity());
+      REQUIRE(s.write(batch(1, entries(1, 10, 1))));
+      REQUIRE(s.sync());
+    }
+    const std::string segment = segments(dir).back();
+    std::ofstream(dir.file(segment), std::ios::app | std::ios::binary) << garbage;
+    raft::Recovered r = reopen(options(dir));
+    CHECK(r.entries == entries(1, 10, 1));
+    REQUIRE(r.notes.size() == 1);
+    CHECK_THAT(r.notes[0], Contains("torn tail") && Contains("after the synced mark"));
+  }
+  SECTION("format 1: no valid record of the log follows") {
+    TempDir dir;
+    copy_format_1(dir);
+    std::ofstream(dir.file(segment_name(37)), std::ios::app | std::ios::binary) << garbage;
+    raft::Recovered r = reopen(options(dir));
+    CHECK(r.entries == format_1_entries(21, 40));
+    REQUIRE(r.notes.size() == 1);
+    CHECK_THAT(r.notes[0], Contains("torn tail") && Contains("nothing valid after it"));
+  }
+}
+
+TEST_CASE("open makes what it recovered durable", "[storage][crash]") {
+  // After a crash of the process alone, writes that no fsync covered are still in the page
+  // cache: open() reads them and the node acts on them (it may acknowledge those entries or
+  // keep that vote), so they must survive a power cut that follows.
+  TempDir dir;
+  {
+    raft::Storage s = raft::Storage::create(options(dir), identity());
+    REQUIRE(s.write(batch(1, entries(1, 3, 1))));
+    REQUIRE(s.sync());
+  }
+  std::vector<std::string> synced;
+  raft::StorageOptions o = options(dir);
+  o.fsync_hook = [&](int fd) {
+    synced.push_back(fs::read_symlink("/proc/self/fd/" + std::to_string(fd)).filename().string());
+    return ::fsync(fd);
+  };
+  raft::Recovered r;
+  raft::Storage s = raft::Storage::open(o, r);
+  CHECK(synced == std::vector<std::string>{segment_name(1), fs::path(dir.path()).filename().string()});
+}
+
+TEST_CASE("a data directory of storage format 1 opens and goes on in format 2", "[storage]") {
+  // tests/data/storage-format-1 was written by the storage code of format 1 (segments
+  // without a synced mark): entries 1 to 40 in segments of 300 bytes, term 1 + index / 15,
+  // hard state term 7 vote n2, then a snapshot at 20 (term 2) keeping entries from 10 on.
+  TempDir dir;
+  copy_format_1(dir);
+  const auto check = [](const raft::Recovered& r, std::vector<raft::LogEntry> want) {
+    CHECK(r.identity.node_id == "n1");
+    CHECK(r.identity.cluster_id == "c1");
+    CHECK(r.hard_state == raft::HardState{7, "n2"});
+    REQUIRE(r.snapshot);
+    CHECK(r.snapshot->meta.index == 20);
+    CHECK(r.snapshot->meta.term == 2);
+    CHECK(r.snapshot->data == "{'snap': 20}");
+    CHECK(r.entries == want);
+    CHECK(r.notes.empty());
+  };
+  raft::Recovered r = reopen(options(dir, 300));
+  check(r, format_1_entries(21, 40));
+
+  SECTION("appends go to a new segment of format 2") {
+    {
+      raft::Storage s = raft::Storage::open(options(dir, 300), r);
+      REQUIRE(s.write(batch(1, entries(41, 42, 4))));
+      REQUIRE(s.sync());
+    }
+    CHECK(segments(dir).back() == segment_name(41));
+    auto want = format_1_entries(21, 40);
+    for (auto& e : entries(41, 42, 4)) want.push_back(e);
+    check(reopen(options(dir, 300)), want);
+  }
+  SECTION("a cut inside the last segment of format 1") {
+    {
+      raft::Storage s = raft::Storage::open(options(dir, 300), r);
+      REQUIRE(s.write(batch(1, entries(39, 39, 4))));
+      REQUIRE(s.sync());
+    }
+    CHECK(segments(dir).back() == segment_name(39));
+    auto want = format_1_entries(21, 38);
+    want.push_back(entry(39, 4));
+    check(reopen(options(dir, 300)), want);
+  }
+  SECTION("a cut at the first entry of the last segment of format 1 replaces it") {
+    {
+      raft::Storage s = raft::Storage::open(options(dir, 300), r);
+      REQUIRE(s.write(batch(1, entries(37, 37, 4))));
+      REQUIRE(s.sync());
+    }
+    CHECK(segments(dir).back() == segment_name(37));
+    auto want = format_1_entries(21, 36);
+    want.push_back(entry(37, 4));
+    check(reopen(options(dir, 300)), want);
+  }
+  SECTION("a damaged record with valid ones behind it in the last segment is refused") {
+    flip_byte(dir.file(segment_name(37)), 24 + 12);
+    CHECK_THAT(open_error(options(dir, 300)),
+               Contains("CORRUPT") && Contains(segment_name(37)) && Contains("byte offset 24") &&
+                   Contains("valid records follow"));
+  }
 }
 
 TEST_CASE("snapshot files appear only when complete", "[storage][crash]") {
@@ -888,52 +1221,42 @@ TEST_CASE("a failed fsync of the hard state fails the storage", "[storage][fault
 TEST_CASE("a full disk fails the storage and a restart recovers what was durable",
           "[storage][faults]") {
   TempDir dir;
-  std::atomic<bool> full{false};
-  std::atomic<int> writes_while_full{0};
+  FaultyWrites fs;
   raft::StorageOptions o = options(dir);
-  o.write_hook = [&](int fd, const void* data, std::size_t size) -> long {
-    if (full) {
-      ++writes_while_full;
-      errno = ENOSPC;
-      return -1;
-    }
-    return ::write(fd, data, size);
-  };
+  o.file_system = std::shared_ptr<raft::FileSystem>(&fs, [](raft::FileSystem*) {});
   {
     raft::Storage s = raft::Storage::create(o, identity());
     REQUIRE(s.write(batch(1, entries(1, 5, 1))));
     REQUIRE(s.sync());
-    full = true;
+    fs.full = true;
     s.write(batch(2, entries(6, 8, 1)));  // buffered: may only fail at sync
     CHECK_FALSE(s.sync());
     CHECK(s.failed());
     CHECK_THAT(s.failure(), Contains("No space left on device") && Contains("free space"));
-    CHECK(writes_while_full == 1);
+    CHECK(fs.refused == 1);
     CHECK_FALSE(s.write(batch(3, entries(9, 9, 1))));
     CHECK_FALSE(s.sync());
-    CHECK(writes_while_full == 1);
+    CHECK(fs.refused == 1);
   }
   raft::Recovered r = reopen(options(dir));
   CHECK(r.entries == entries(1, 5, 1));
   CHECK(r.notes.empty());
 }
 
-TEST_CASE("a short write fails the storage and the torn record is cut on restart",
+TEST_CASE("a write cut short by a full disk fails the storage and the torn record is cut on restart",
           "[storage][faults]") {
   TempDir dir;
-  std::atomic<bool> short_writes{false};
+  FaultyWrites fs;
   raft::StorageOptions o = options(dir);
-  o.write_hook = [&](int fd, const void* data, std::size_t size) -> long {
-    return ::write(fd, data, short_writes ? size / 2 : size);
-  };
+  o.file_system = std::shared_ptr<raft::FileSystem>(&fs, [](raft::FileSystem*) {});
   {
     raft::Storage s = raft::Storage::create(o, identity());
     REQUIRE(s.write(batch(1, entries(1, 5, 1))));
     REQUIRE(s.sync());
-    short_writes = true;
+    fs.half = true;
     REQUIRE(s.write(batch(2, entries(6, 8, 1))));
     CHECK_FALSE(s.sync());
-    CHECK_THAT(s.failure(), Contains("short write"));
+    CHECK_THAT(s.failure(), Contains("write to") && Contains("No space left on device"));
     CHECK_FALSE(s.write(batch(3, entries(9, 9, 1))));
   }
   raft::Recovered r = reopen(options(dir));
@@ -941,7 +1264,7 @@ TEST_CASE("a short write fails the storage and the torn record is cut on restart
   for (std::size_t i = 0; i < r.entries.size(); ++i) CHECK(r.entries[i] == entry(i + 1, 1));
   CHECK(r.entries.size() < 8);
   REQUIRE(r.notes.size() == 1);
-  CHECK_THAT(r.notes[0], Contains("torn tail"));
+  CHECK_THAT(r.notes[0], Contains("torn tail") && Contains("after the synced mark"));
 }
 
 TEST_CASE("a batch that does not fit the log fails the storage", "[storage]") {
@@ -1037,6 +1360,89 @@ TEST_CASE("group commit makes every waiting batch durable with one fdatasync",
   INFO("fsyncs: " << fsyncs);
   CHECK(fsyncs < static_cast<std::uint64_t>(kThreads) / 5);
   CHECK(reopen(options(dir)).entries == entries(1, kThreads, 1));
+}
+
+TEST_CASE("an fsync slower than an election timeout delays acknowledgements, never hurries them",
+          "[storage][writer]") {
+  // The writer's fdatasync is held back, for as long as the test likes, while more batches
+  // arrive. No callback runs before the fdatasync that covers its batch has returned; a batch
+  // that arrives meanwhile waits for the next one; a power cut at any of these moments keeps
+  // every batch that was acknowledged.
+  auto disk = std::make_shared<test_support::DiskModel>(7);
+  raft::StorageOptions o;
+  o.dir = "/node";
+  o.file_system = disk;
+  raft::Storage storage = raft::Storage::create(o, identity());
+  REQUIRE(storage.write(batch(1, {entry(1, 1)})));
+  REQUIRE(storage.sync());
+
+  std::mutex mu;
+  std::condition_variable cv;
+  bool hold = true, release = false;
+  int held = 0;  // fdatasyncs held back so far
+  disk->before_sync = [&] {
+    std::unique_lock<std::mutex> lock(mu);
+    if (!hold) return;
+    ++held;
+    cv.notify_all();
+    cv.wait(lock, [&] { return release; });
+    release = false;
+  };
+  std::vector<std::pair<std::uint64_t, bool>> acks;  // under mu
+  const auto done = [&](std::uint64_t seq) {
+    return [&, seq](bool ok) {
+      std::lock_guard<std::mutex> lock(mu);
+      acks.emplace_back(seq, ok);
+    };
+  };
+  // What a power cut now would leave, losing everything unsynced or a random part of it. The
+  // writer is parked in the hook, so the model is not changing under the copy.
+  const auto after_power_cut = [&](bool lose_all) {
+    auto copy = std::make_shared<test_support::DiskModel>(*disk);
+    copy->before_sync = nullptr;
+    copy->power_cut(lose_all);
+    raft::StorageOptions co = o;
+    co.file_system = copy;
+    raft::Recovered r;
+    raft::Storage::open(co, r);
+    return r.entries;
+  };
+
+  raft::StorageWriter writer(storage);
+  struct LetGo {  // however the test ends, the writer's fsync returns before the writer stops
+    std::function<void()> run;
+    ~LetGo() { run(); }
+  } let_go{[&] {
+    std::lock_guard<std::mutex> l(mu);
+    hold = false;
+    release = true;
+    cv.notify_all();
+  }};
+  writer.submit(batch(2, {entry(2, 1)}), done(2));
+  std::unique_lock<std::mutex> lock(mu);
+  REQUIRE(cv.wait_for(lock, std::chrono::seconds(60), [&] { return held == 1; }));
+  lock.unlock();
+  writer.submit(batch(3, {entry(3, 1)}), done(3));
+  lock.lock();
+  CHECK(acks.empty());
+  CHECK(after_power_cut(true) == entries(1, 1, 1));
+  const auto some = after_power_cut(false);
+  CHECK((some == entries(1, 1, 1) || some == entries(1, 2, 1)));
+
+  release = true;  // the fdatasync of batch 2 returns; batch 3's is held next
+  cv.notify_all();
+  REQUIRE(cv.wait_for(lock, std::chrono::seconds(60), [&] { return held == 2; }));
+  CHECK(acks == std::vector<std::pair<std::uint64_t, bool>>{{2, true}});
+  CHECK(after_power_cut(true) == entries(1, 2, 1));
+
+  hold = false;
+  release = true;
+  cv.notify_all();
+  lock.unlock();
+  writer.flush();
+  lock.lock();
+  CHECK(acks == std::vector<std::pair<std::uint64_t, bool>>{{2, true}, {3, true}});
+  CHECK(after_power_cut(true) == entries(1, 3, 1));
 }
 
 TEST_CASE("the writer drains on stop and refuses later batches", "[storage][writer]") {

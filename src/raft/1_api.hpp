@@ -169,13 +169,16 @@ struct Snapshot {
 /// after the batch that holds what it promises is durable.
 struct PersistBatch {
   std::uint64_t seq = 0;
-  /// A snapshot received from the leader. Made durable first, and it REPLACES THE WHOLE LOG:
-  /// afterwards the log on disk is empty and continues at snapshot->meta.index + 1 (the core
-  /// puts any suffix it keeps into `entries` of the same batch).
+  /// A snapshot received from the leader, made durable first. When the log on disk holds
+  /// the snapshot's last entry (same index and term), the log after it is kept and only
+  /// what the snapshot covers may go (Raft §7). Otherwise it REPLACES THE WHOLE LOG: the log
+  /// on disk is then empty and continues at snapshot->meta.index + 1.
   std::shared_ptr<const Snapshot> snapshot;
   std::optional<HardState> hard_state;
-  /// Appended after the snapshot. When entries.front().index is at or below the last index
-  /// on disk, the log is cut there first (a follower overwriting a conflicting suffix).
+  /// Appended after the snapshot. Entries the log on disk holds already (same index and
+  /// term: by Log Matching, the same entries) are skipped, so durable entries are never
+  /// deleted to be written again; the log is cut at the first entry whose term differs from
+  /// the log's (a follower overwriting a conflicting suffix), and the rest is appended.
   std::vector<LogEntry> entries;
 
   bool empty() const { return !snapshot && !hard_state && entries.empty(); }
