@@ -3,7 +3,7 @@
 #   make                 builds the examples and the tests (g++, -O2)
 #   make test            installs what the tests need (as root) and runs every test
 #   make test SAN=address    the same under ASan+UBSan; SAN=thread under TSan
-#   make sim SEEDS=N     the randomized cluster simulation over N seeds
+#   make sim SEEDS=N     the randomized cluster simulation and the storage simulation, N seeds each
 #   make bench           benchmarks beside real peers (hiredis, the raw disk)
 #   make fuzz            libFuzzer on the parsers (clang); FUZZ_TIME=seconds per target
 #   make run             starts a local 3-node cluster in the foreground
@@ -119,6 +119,7 @@ test: deps $(if $(SAN),,standalone) $(BUILD)/raft_tests $(if $(TEST_NEEDS_EXAMPL
 
 sim: deps $(BUILD)/raft_tests
 	RAFT_SIM_SEEDS=$(SEEDS) $(BUILD)/raft_tests '[sim]' --durations yes
+	RAFT_STORAGE_SIM_SEEDS=$(SEEDS) $(BUILD)/raft_tests '[storage-sim]' --durations yes
 
 # Each deliberately broken rule (RAFT_MUTANT_* in src/raft/, never defined in a real build) must
 # make the suite tools/mutants.txt names fail (the simulation within $(SEEDS) seeds).
