@@ -20,6 +20,9 @@
 //     acknowledged, unless a leader of a later term legitimately cut it;
 //   - proposals: one outcome each (applied where proposed, or aborted), every payload applied
 //     at most once;
+//   - forwarded writes (a follower's client writes, sent to whatever it takes for the leader,
+//     delayed, lost, duplicated and sent again after leader changes, deduplicated through the
+//     log by the runtime's own detail::SessionTable, kept in snapshots): each runs at most once;
 //   - reads: a result goes to the node and incarnation that asked; a successful linearizable
 //     read reflects at least the commit index of the moment it was issued; its time never
 //     goes below the time of a read that completed before it was issued (within one leader's
@@ -140,6 +143,11 @@ struct SimNode {
   std::uint64_t applied = 0;
   std::uint64_t sm_chain = 0;
   std::int64_t applied_stamp = 0;
+  raft::detail::SessionTable sessions;  // replicated with the state machine (in its snapshots)
+  // Writes this incarnation forwarded and has no answer for: seq -> payload.
+  std::uint64_t forward_nonce = 0;
+  std::uint64_t forward_seq = 0;
+  std::map<std::uint64_t, std::string> forwards;
   std::uint64_t last_term = 0;
   std::uint64_t last_commit = 0;
   struct WaitingRead {
@@ -167,6 +175,7 @@ class Cluster {
  public:
   static constexpr std::uint64_t kTick = 10;  // time units per tick
   static constexpr std::size_t kMaxOutstanding = 32;
+  static constexpr std::size_t kMaxEvents = 100000;
   static constexpr std::int64_t kEpoch = 1'700'000'000'000;  // clocks read kEpoch + now + offset
 
   Cluster(std::uint64_t seed, Options opts) : rng_(seed), opts_(std::move(opts)), seed_(seed) {
@@ -271,7 +280,7 @@ class Cluster {
         if (!n.up || n.generation != ev.generation) break;
         n.core->tick(clock(n));
         process(n);
-        schedule(now_ + kTick - 1 + rng_.below(3), Event{Event::Tick, ev.node, n.generation, {}});
+        schedule(now_ + kTick - 1 + rng_.below(3), Event{Event::Tick, ev.node, n.generation, {}, {}});
         break;
       }
       case Event::Deliver: {
@@ -292,6 +301,15 @@ class Cluster {
         if (!n.up || n.generation != ev.generation) break;
         n.persist_scheduled = false;
         persist_some(n);
+        break;
+      }
+      case Event::Forward: {
+        // A forwarded write reaches the node its sender took for the leader: a leader appends
+        // it, wrapped with its session, as the runtime does (whoever else gets it drops it).
+        SimNode& n = nodes_.at(ev.node);
+        if (!n.up || n.core->role() != Role::Leader) break;
+        if (n.core->propose(ev.forward, clock(n)).ok()) trace_line("append forwarded " + ev.forward + " on " + n.id);
+        process(n);
         break;
       }
     }
@@ -321,6 +339,24 @@ class Cluster {
     trace_line("propose " + payload + " on " + id + " at " + std::to_string(r.id.index));
     process(n);
     return payload;
+  }
+
+  /// A client's write on `id`, a follower: forwarded to the leader it knows. Returns false when
+  /// it knows none.
+  bool forward(const NodeId& id) {
+    SimNode& n = nodes_.at(id);
+    if (!n.up || n.core->role() == Role::Leader || n.core->leader().empty()) return false;
+    const std::uint64_t seq = ++n.forward_seq;
+    n.forwards[seq] = "f" + std::to_string(seed_) + "-" + std::to_string(++proposal_counter_);
+    send_forward(n, seq);
+    return true;
+  }
+  /// `id` sends every forward it has no answer for again, to the leader it knows now (after a
+  /// reconnect or a leader change, the runtime does).
+  void resend_forwards(const NodeId& id) {
+    SimNode& n = nodes_.at(id);
+    if (!n.up || n.core->leader().empty() || n.core->leader() == n.id) return;
+    for (const auto& [seq, payload] : n.forwards) send_forward(n, seq);
   }
 
   /// Issues a linearizable read on `id`.
@@ -507,10 +543,11 @@ class Cluster {
 
  private:
   struct Event {
-    enum Kind { Tick, Deliver, Persist } kind;
+    enum Kind { Tick, Deliver, Persist, Forward } kind;
     NodeId node;
     std::uint64_t generation;
     Message message;
+    std::string forward;  // Forward: the wrapped payload for the leader to propose
   };
   struct Pending {
     std::uint64_t term;
@@ -536,6 +573,8 @@ class Cluster {
     o << to_string(m.type) << " " << m.from << "->" << m.to << " t" << m.term << " i" << m.index
       << " lt" << m.log_term << " c" << m.commit << " n" << m.entries.size() << (m.reject ? " reject" : "")
       << " ctx" << m.context;
+    if (m.type == MessageType::Snapshot || m.type == MessageType::SnapshotResponse)
+      o << " off" << m.offset << " len" << m.data.size() << (m.done ? " done" : "");
     return o.str();
   }
 
@@ -568,6 +607,10 @@ class Cluster {
     n.applied = snap_index;
     n.sm_chain = n.disk.snapshot ? snapshot_chain(*n.disk.snapshot) : 0;
     n.applied_stamp = n.disk.snapshot ? n.disk.snapshot->meta.timestamp_ms : 0;
+    n.sessions = n.disk.snapshot ? snapshot_sessions(*n.disk.snapshot) : raft::detail::SessionTable();
+    n.forward_nonce = ++forward_nonces_;  // a new run: a new session
+    n.forward_seq = 0;
+    n.forwards.clear();
     if (n.disk.snapshot) check_state(n, "restart from snapshot");
     n.mirror_start = snap_index;
     n.mirror.assign(1, n.sm_chain);
@@ -584,11 +627,55 @@ class Cluster {
     if (sent != sent_terms_.end() && n.core->term() < sent->second)
       throw Violation("durability: " + n.id + " restarts in term " + std::to_string(n.core->term()) +
                       " after sending messages in term " + std::to_string(sent->second));
-    schedule(now_ + 1 + rng_.below(kTick), Event{Event::Tick, n.id, n.generation, {}});
+    schedule(now_ + 1 + rng_.below(kTick), Event{Event::Tick, n.id, n.generation, {}, {}});
     process(n);
   }
 
+  // The simulated state machine's snapshot: "applied:chain|sessions", the sessions as the store
+  // writes them into a real snapshot.
   static std::uint64_t snapshot_chain(const Snapshot& s) { return std::stoull(s.data.substr(s.data.find(':') + 1)); }
+  static raft::detail::SessionTable snapshot_sessions(const Snapshot& s) {
+    raft::detail::SessionTable t;
+    const std::size_t bar = s.data.find('|');
+    if (bar == std::string::npos) return t;
+    raft::detail::LiteralReader r(std::string_view(s.data).substr(bar + 1));
+    if (!t.read(r)) throw Violation("harness: snapshot sessions do not read back: " + r.error());
+    return t;
+  }
+
+  // The wrapped forward the leader appends: "fwd node server_id nonce seq lowest payload".
+  void send_forward(const SimNode& n, std::uint64_t seq) {
+    const NodeId to = n.core->leader();
+    const std::string wrapped = "fwd " + n.id + " " + n.server_id + " " + std::to_string(n.forward_nonce) + " " +
+                                std::to_string(seq) + " " + std::to_string(n.forwards.begin()->first) + " " +
+                                n.forwards.at(seq);
+    trace_line("forward " + wrapped + " to " + to);
+    if (cut_.count({n.id, to}) || rng_.chance(opts_.loss)) return;
+    int copies = rng_.chance(opts_.duplicate) ? 2 : 1;
+    for (int i = 0; i < copies; ++i)
+      schedule(now_ + rng_.range(opts_.min_delay, 4 * opts_.max_delay), Event{Event::Forward, to, 0, {}, wrapped});
+  }
+
+  // A forwarded write applied: the session table decides whether it runs, as the runtime's
+  // apply does; it must run at most once, at the same index on every node.
+  void apply_forward(SimNode& n, const LogEntry& e) {
+    std::istringstream in(e.payload);
+    std::string tag, payload;
+    raft::detail::SessionTable::Key key;
+    std::uint64_t seq = 0, lowest = 0;
+    in >> tag >> key.node >> key.server_id >> key.nonce >> seq >> lowest >> payload;
+    std::string reply;
+    const auto verdict = n.sessions.begin(key, seq, lowest, e.timestamp_ms, reply);
+    if (verdict == raft::detail::SessionTable::Verdict::Apply) {
+      n.sessions.record(key, seq, "ran at " + std::to_string(e.index));
+      auto [it, fresh] = forward_runs_.emplace(std::make_tuple(key.node, key.server_id, key.nonce, seq), e.index);
+      if (!fresh && it->second != e.index)
+        throw Violation("forwards: " + payload + " (seq " + std::to_string(seq) + " of " + key.node + ") ran at " +
+                        std::to_string(it->second) + " and again at " + std::to_string(e.index) + " on " + n.id);
+    }
+    // The forwarding node learns its answer when it applies the entry itself.
+    if (key.node == n.id && key.server_id == n.server_id && key.nonce == n.forward_nonce) n.forwards.erase(seq);
+  }
 
   // Every message a node sends passes here, at the moment it leaves the node.
   void send(const SimNode::Outgoing& o) {
@@ -614,10 +701,15 @@ class Cluster {
       if (t != 0) acknowledged_[Identity{m.from, from.server_id}][m.index] = t;
     }
     for (std::size_t i = 0; i < m.entries.size(); ++i) record_entry(from, m.entries[i], o.hashes[i]);
+    // A handful of nodes keeps a few hundred messages in flight; far more is a feedback loop
+    // (answers that each cause several more messages) that would only end in exhaustion.
+    if (events_.size() > kMaxEvents)
+      throw Violation("a message storm: " + std::to_string(events_.size()) + " events pending, the last " +
+                      describe(m));
     if (cut_.count({m.from, m.to}) || rng_.chance(opts_.loss)) return;
     int copies = rng_.chance(opts_.duplicate) ? 2 : 1;
     for (int i = 0; i < copies; ++i)
-      schedule(now_ + rng_.range(opts_.min_delay, opts_.max_delay), Event{Event::Deliver, m.to, 0, m});
+      schedule(now_ + rng_.range(opts_.min_delay, opts_.max_delay), Event{Event::Deliver, m.to, 0, m, {}});
   }
 
   void persist_some(SimNode& n) {
@@ -656,7 +748,7 @@ class Cluster {
     n.persist_scheduled = true;
     auto slow = opts_.slow_disks.find(n.id);
     const std::uint64_t delay = slow != opts_.slow_disks.end() ? slow->second : 1 + rng_.below(opts_.max_persist_delay);
-    schedule(now_ + delay, Event{Event::Persist, n.id, n.generation, {}});
+    schedule(now_ + delay, Event{Event::Persist, n.id, n.generation, {}, {}});
   }
 
   // The disk's view of a batch, and what it does to the entries this disk acknowledged.
@@ -717,6 +809,7 @@ class Cluster {
     if (rd.restore) {
       n.applied = rd.restore->meta.index;
       n.sm_chain = snapshot_chain(*rd.restore);
+      n.sessions = snapshot_sessions(*rd.restore);
       check_state(n, "snapshot restore");
       if (rd.restore->meta.timestamp_ms < n.applied_stamp)
         throw Violation("time: the snapshot restored on " + n.id + " carries " +
@@ -757,7 +850,8 @@ class Cluster {
     s->meta.term = n.core->term_at(n.applied);
     s->meta.config = n.core->config_at(n.applied);
     s->meta.timestamp_ms = n.applied_stamp;
-    s->data = std::to_string(n.applied) + ":" + std::to_string(n.sm_chain);
+    s->data = std::to_string(n.applied) + ":" + std::to_string(n.sm_chain) + "|";
+    n.sessions.write(s->data);
     if (n.disk.snapshot && n.disk.snapshot->meta.index >= s->meta.index) return;
     std::uint64_t to = n.core->compact(s);
     n.disk.snapshot = s;
@@ -930,7 +1024,9 @@ class Cluster {
     n.applied_stamp = e.timestamp_ms;
     n.sm_chain = chain_hash(n.sm_chain, e);
     check_state(n, "apply");
-    if (e.type == EntryType::Command) {
+    if (e.type == EntryType::Command && e.payload.compare(0, 4, "fwd ") == 0) {
+      apply_forward(n, e);  // a forward may be appended twice: the session table keeps it once
+    } else if (e.type == EntryType::Command) {
       auto [it, fresh] = applied_payloads_.emplace(e.payload, e.index);
       if (!fresh && it->second != e.index)
         throw Violation("proposals: " + e.payload + " applied at " + std::to_string(it->second) + " and at " +
@@ -1010,6 +1106,8 @@ class Cluster {
   std::map<NodeId, std::map<std::uint64_t, Pending>> pending_;
   std::map<std::tuple<NodeId, std::uint64_t, std::uint64_t, std::uint64_t>, std::string> outcomes_;
   std::map<std::string, std::uint64_t> applied_payloads_;
+  std::map<std::tuple<NodeId, std::string, std::uint64_t, std::uint64_t>, std::uint64_t> forward_runs_;  // -> index
+  std::uint64_t forward_nonces_ = 0;
   std::map<std::uint64_t, std::string> acked_;
   std::map<std::uint64_t, ReadRecord> reads_;
   std::map<std::uint64_t, std::int64_t> completed_read_times_;  // confirming term -> latest time

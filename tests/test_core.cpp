@@ -478,6 +478,68 @@ TEST_CASE("a snapshot whose last entry the log holds installs nothing and keeps 
   CHECK(c.snapshot_index() == 6);
 }
 
+TEST_CASE("stale rejections of snapshot chunks do not each send the window again", "[core]") {
+  // Leader 1 compacted its log into a snapshot of 20 bytes; chunks of 2 bytes, 4 in flight.
+  auto snap = std::make_shared<raft::Snapshot>();
+  snap->meta.index = 5;
+  snap->meta.term = 10;
+  snap->meta.config = voters({"1", "2", "3"});
+  snap->data = "0123456789abcdefghij";
+  CoreState st;
+  st.hard_state = HardState{10, ""};
+  st.snapshot = snap;
+  CoreOptions o = options("1");
+  o.snapshot_chunk_bytes = 2;
+  o.snapshot_chunks_inflight = 4;
+  Core c(o, st);
+  c.tick(kT0);
+  c.campaign();
+  drain(c);
+  c.step(message(MessageType::PreVoteResponse, "2", "1", 20));
+  drain(c);
+  c.step(message(MessageType::VoteResponse, "2", "1", 20));
+  drain(c);
+  REQUIRE(c.role() == Role::Leader);
+  // Follower 2 has nothing: its rejection sends the leader below its log, to the snapshot.
+  Message no = message(MessageType::AppendResponse, "2", "1", 20);
+  no.reject = true;
+  no.index = 5;
+  c.step(no);
+  auto chunks_to_2 = [](const Drained& d) {
+    std::size_t n = 0;
+    for (const auto& m : d.sent) n += m.type == MessageType::Snapshot && m.to == "2" ? 1 : 0;
+    return n;
+  };
+  CHECK(chunks_to_2(drain(c)) == 4);
+  // The first chunk was lost: the other three each come back rejected, asking for offset 0.
+  // The first answer sends the window again; the other two are answers to chunks sent before
+  // that, and send nothing.
+  for (int i = 0; i < 3; ++i) {
+    Message r = message(MessageType::SnapshotResponse, "2", "1", 20);
+    r.index = 5;
+    r.reject = true;
+    r.offset = 0;
+    c.step(r);
+  }
+  CHECK(chunks_to_2(drain(c)) == 4);
+  // Progress clears the way: a rejection at a new offset sends from there.
+  Message ok = message(MessageType::SnapshotResponse, "2", "1", 20);
+  ok.index = 5;
+  ok.offset = 4;
+  c.step(ok);
+  drain(c);
+  Message again = message(MessageType::SnapshotResponse, "2", "1", 20);
+  again.index = 5;
+  again.reject = true;
+  again.offset = 4;
+  c.step(again);
+  Drained d = drain(c);
+  REQUIRE(chunks_to_2(d) >= 1);
+  const Message* first = find(d.sent, MessageType::Snapshot, "2");
+  REQUIRE(first != nullptr);
+  CHECK(first->offset == 4);
+}
+
 TEST_CASE("a heartbeat response promises nothing and does not wait for the disk", "[core]") {
   CoreState st;
   st.initial_config = voters({"1", "2", "3"});

@@ -58,7 +58,7 @@ Outcome run_seed(std::uint64_t seed, bool trace) {
   o.core.read_timeout_ticks = static_cast<int>(r.range(10, 200));
   o.core.snapshot_threshold = r.range(5, 80);
   o.core.snapshot_trailing = r.below(10);
-  o.core.snapshot_chunk_bytes = r.range(3, 40);
+  o.core.snapshot_chunk_bytes = r.range(24, 400);  // snapshots of a few hundred bytes to a few KiB
   o.core.snapshot_chunks_inflight = r.range(1, 4);
   o.core.max_voters = static_cast<std::size_t>(o.voters) + r.below(3);
 
@@ -77,12 +77,20 @@ Outcome run_seed(std::uint64_t seed, bool trace) {
   try {
     for (int step = 0; step < kSteps; ++step) {
       std::uint64_t dice = r.below(1000);
-      if (dice < 120) {
+      if (dice < 100) {
         NodeId l = c.leader();
         if (!l.empty()) {
           int burst = static_cast<int>(r.range(1, 4));
           for (int k = 0; k < burst; ++k) c.propose(l);
         }
+      } else if (dice < 120) {
+        // A client of a follower: its write is forwarded; now and then the follower sends
+        // everything still unanswered again (a reconnect, a new leader).
+        const NodeId f = random_node();
+        if (r.chance(0.2))
+          c.resend_forwards(f);
+        else
+          c.forward(f);
       } else if (dice < 170) {
         // A follower cut off with its leader keeps reading through it while the majority
         // moves on: the case where a read confirmed without a heartbeat round is stale.
@@ -264,7 +272,10 @@ TEST_CASE("randomized clusters keep Raft's invariants under faults", "[sim]") {
             << " proposals acknowledged, " << reads << " linearizable reads checked, " << failures
             << " failures\n";
   CHECK(failures == 0);
-  // A core that refused or aborted everything would pass every safety check.
-  CHECK(acked > 0);
-  CHECK(reads > 0);
+  // A core that refused or aborted everything would pass every safety check. (One seed alone
+  // may legitimately commit nothing: two voters, one of them down all along.)
+  if (run >= 100) {
+    CHECK(acked > 0);
+    CHECK(reads > 0);
+  }
 }

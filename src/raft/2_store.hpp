@@ -2227,7 +2227,11 @@ inline SessionTable::Verdict SessionTable::begin(const Key& key, std::uint64_t s
   }
   advance(it, lowest_unanswered);
   const auto r = it->second.replies.find(seq);
+#ifdef RAFT_MUTANT_SESSION_FORGETS_REPLIES
+  if (false) {  // mutant: a write sent again runs again
+#else
   if (r != it->second.replies.end()) {
+#endif
     reply = r->second;
     return Verdict::Duplicate;
   }

@@ -122,6 +122,12 @@ struct Progress {
   std::uint64_t snapshot_acked = 0;  // bytes the member confirmed
   bool snapshot_done_sent = false;
   int snapshot_idle_ticks = 0;  // ticks without progress; resend from snapshot_acked
+  /// The offset the chunks were last sent again from; none: kNoOffset. A member rejects every
+  /// chunk that was in flight before that, each time asking for that same offset: those
+  /// answers are stale, and answering each with a window of chunks again would multiply the
+  /// chunks without end.
+  static constexpr std::uint64_t kNoOffset = ~std::uint64_t{0};
+  std::uint64_t snapshot_resent_from = kNoOffset;
 };
 
 inline char role_char(Role role, bool voter) {
@@ -638,6 +644,7 @@ inline void Core::tick_leader() {
       // No progress for a while: chunks were lost. Resend from what the member confirmed.
       pr.snapshot_idle_ticks = 0;
       pr.snapshot_sent = pr.snapshot_acked;
+      pr.snapshot_resent_from = pr.snapshot_acked;
       pr.snapshot_done_sent = false;
       send_snapshot_chunks(id, pr);
     }
@@ -1310,6 +1317,7 @@ inline bool Core::send_append(const NodeId& to, Progress& pr) {
     pr.snapshot_sent = pr.snapshot_acked = 0;
     pr.snapshot_done_sent = false;
     pr.snapshot_idle_ticks = 0;
+    pr.snapshot_resent_from = Progress::kNoOffset;
     pr.inflight.clear();
     send_snapshot_chunks(to, pr);
     return false;
@@ -1460,11 +1468,16 @@ inline void Core::handle_snapshot_response(Progress& pr, const Message& m) {
     return;
   }
   if (pr.state != Progress::State::Snapshot || m.index != pr.snapshot->meta.index) return;
-  pr.snapshot_idle_ticks = 0;
   if (m.reject) {
-    pr.snapshot_sent = pr.snapshot_acked = std::min<std::uint64_t>(m.offset, pr.snapshot->data.size());
+    const std::uint64_t from = std::min<std::uint64_t>(m.offset, pr.snapshot->data.size());
+#ifndef RAFT_MUTANT_SNAPSHOT_REJECT_STORM
+    if (from == pr.snapshot_resent_from) return;  // a chunk sent before that resend, rejected
+#endif
+    pr.snapshot_idle_ticks = 0;
+    pr.snapshot_sent = pr.snapshot_acked = pr.snapshot_resent_from = from;
     pr.snapshot_done_sent = false;
   } else if (m.offset > pr.snapshot_acked) {
+    pr.snapshot_idle_ticks = 0;
     pr.snapshot_acked = m.offset;
   }
   send_snapshot_chunks(m.from, pr);
