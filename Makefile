@@ -26,7 +26,7 @@ CXXFLAGS_BASE := -std=c++17 $(WARNINGS) -pthread -I. -MMD -MP
 ifeq ($(SAN),address)
   OPTFLAGS ?= -O1 -g1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
   DEFAULT_SEEDS := 200
-  DEFAULT_TESTS := ~[process]
+  DEFAULT_TESTS := ~[process]~[.]
   TEST_FILTER := $(filter-out tests/test_process.cpp,$(wildcard tests/test_*.cpp))
   TEST_NEEDS_EXAMPLES :=
   TIME_SCALE := 3

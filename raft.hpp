@@ -643,8 +643,9 @@ class LiteralReader;
 ///     session says the follower no longer waits for it (its lowest unanswered passed it).
 ///
 /// Memory is bounded by constants, not by Config (every node must decide alike):
-///   - at most kMaxSessions sessions: a new one is refused (Full, the write does not run)
-///     while that many are kept;
+///   - at most kMaxSessions sessions: a new one is refused while that many are kept (Full:
+///     this entry does not run; a later copy of the write may, once sessions expired, so the
+///     follower is told "not run here" and decides what it can promise its caller);
 ///   - a session is forgotten kIdleMs of leader time after its last entry (when a forwarded
 ///     write is applied: the table changes only then). A follower stops sending a forward long
 ///     before that (section 5: kMaxForwardWaitMs), so no copy of a write the table forgot can
@@ -3207,8 +3208,10 @@ struct Progress {
   std::uint64_t match = 0;  // highest index known to be in the member's log
   std::uint64_t next = 1;   // next index to send
   bool probe_sent = false;  // Probe: an append is out; wait for its answer or a heartbeat's
+  std::uint64_t probe_sent_tick = 0;
   std::deque<std::uint64_t> inflight;  // Replicate: last index of each append in flight
   bool recent_active = false;          // heard from within the check-quorum period
+  std::uint64_t last_heard = 0;        // the tick of its last message (under its identity)
   int stalled_ticks = 0;               // Replicate: ticks with appends out and no answer
   std::string server_id;               // as its messages present it
   // Snapshot state
@@ -3271,7 +3274,18 @@ class Core {
   // ---- state ---------------------------------------------------------------------------
   const NodeId& id() const { return opts_.id; }
   Role role() const { return role_; }
-  bool is_voter() const { return config().is_voter(opts_.id); }
+  bool is_voter() const { return voter_in(config()); }
+  /// A voter of `c` under this data directory's identity. A node whose disk was wiped and that
+  /// received a configuration naming it under its old server id is no voter there: it forgot
+  /// the votes that identity gave, so it neither campaigns nor counts its own vote.
+  bool voter_in(const Configuration& c) const {
+    const Member* m = c.find(opts_.id);
+#ifdef RAFT_MUTANT_WIPED_NODE_VOTES
+    return m != nullptr && m->voter;  // mutant: a voter by its id alone
+#else
+    return m != nullptr && m->voter && (m->server_id.empty() || m->server_id == opts_.server_id);
+#endif
+  }
   char role_char() const { return raft::role_char(role_, is_voter()); }
   std::uint64_t term() const { return term_; }
   const NodeId& vote() const { return vote_; }
@@ -3370,11 +3384,16 @@ class Core {
   void fail_leader_state();
   void expire_timeouts();
   std::size_t quorum() const { return config().voter_count() / 2 + 1; }
-  /// Messages only a leader sends (and an answer to a follower's read): they promise nothing
-  /// on the sender's part.
-  static bool from_a_leader(MessageType t) {
-    return t == MessageType::Append || t == MessageType::Heartbeat || t == MessageType::Snapshot ||
-           t == MessageType::TimeoutNow || t == MessageType::ReadIndexResponse;
+  /// Answers to this node's requests: votes and acknowledgements, promises of the sender's
+  /// state. (A ReadIndexResponse answers too, but only the node asked knows the request id,
+  /// and it makes no promise about the sender's disk.)
+  static bool is_answer(MessageType t) {
+#ifdef RAFT_MUTANT_STRANGER_CAMPAIGN_IGNORED
+    if (t == MessageType::PreVote || t == MessageType::Vote) return true;  // mutant: campaigns dropped too
+#endif
+    return t == MessageType::PreVoteResponse || t == MessageType::VoteResponse ||
+           t == MessageType::AppendResponse || t == MessageType::HeartbeatResponse ||
+           t == MessageType::SnapshotResponse;
   }
   // messages
   Message make(MessageType type, const NodeId& to) const;
@@ -3559,7 +3578,7 @@ inline bool Core::can_campaign() const {
   // elect a leader (its log may be the longest), so it campaigns until the removal commits;
   // it then counts only the votes of its latest configuration (dissertation §4.2.2).
   if (is_voter()) return true;
-  return config_index() > commit_ && config_at(commit_).is_voter(opts_.id);
+  return config_index() > commit_ && voter_in(config_at(commit_));
 }
 
 inline void Core::become_follower(std::uint64_t term, const NodeId& leader) {
@@ -3664,6 +3683,7 @@ inline void Core::become_leader() {
     Progress pr;
     pr.next = last_index() + 1;
     pr.recent_active = true;  // give everyone one check-quorum period
+    pr.last_heard = tick_count_;
     progress_[m.id] = pr;
   }
   commit_sent_ = commit_;
@@ -3708,7 +3728,7 @@ inline void Core::tick_leader() {
       std::size_t active = 0;
       for (const auto& voter : config().voters()) {
         if (voter == opts_.id) {
-          ++active;
+          active += is_voter() ? 1 : 0;
           continue;
         }
         auto it = progress_.find(voter);
@@ -3786,20 +3806,22 @@ inline void Core::expire_timeouts() {
 }
 
 inline void Core::step(const Message& m) {
+  if (m.from == opts_.id) return;
   // A member whose data directory was wiped comes back with a new server id: it may have
-  // forgotten votes and entries it promised, so it is a stranger until re-added: its votes,
-  // campaigns and acknowledgements count for nothing. What a leader sends is another matter:
-  // this node's configuration may be older than the leader's, which re-added the stranger and
-  // saw it elected; ignoring it would leave this node behind for good.
+  // forgotten votes and entries it promised, so it is a stranger until re-added, and its
+  // answers - votes, acknowledgements - count for nothing. What it asks for is another
+  // matter: this node's configuration may be older than the one that re-added it and made it
+  // a voter (or a leader); ignoring its appends or its campaign could leave this node behind,
+  // or a majority unable to elect, for good. (A stranger by its own configuration is no voter
+  // there and does not campaign: voter_in.)
   if (const Member* member = config().find(m.from)) {
-    if (!member->server_id.empty() && member->server_id != m.server_id && !from_a_leader(m.type)) {
+    if (!member->server_id.empty() && member->server_id != m.server_id && is_answer(m.type)) {
       // A leader re-adds it as a learner under its new identity (maybe_reconfigure): it
-      // catches up from a snapshot before it votes again.
+      // catches up before it votes again.
       if (role_ == Role::Leader && !m.server_id.empty()) strangers_[m.from] = {m.server_id, tick_count_};
       return;
     }
   }
-  if (m.from == opts_.id) return;
 
   if (m.term > term_) {
     if (m.type == MessageType::PreVote || m.type == MessageType::Vote) {
@@ -3932,7 +3954,11 @@ inline void Core::handle_vote_request(const Message& m) {
     r.reject = true;
   }
   // A grant is a promise: it leaves only once the vote is durable.
+#ifdef RAFT_MUTANT_VOTE_BEFORE_DURABLE
+  if (pre || !r.reject)  // mutant: a granted vote leaves before it is on disk
+#else
   if (pre)
+#endif
     send(std::move(r));
   else
     send_after_persist(std::move(r));
@@ -3945,6 +3971,7 @@ inline void Core::handle_vote_response(const Message& m) {
   }
   std::size_t granted = 0, rejected = 0;
   for (const auto& voter : config().voters()) {
+    if (voter == opts_.id && !is_voter()) continue;  // not under this identity
     auto it = votes_.find(voter);
     if (it == votes_.end()) continue;
     (it->second ? granted : rejected) += 1;
@@ -4148,9 +4175,9 @@ inline void Core::install_snapshot(std::shared_ptr<const Snapshot> snap) {
   // entry here is then covered by the snapshot or on a branch that conflicts with it, and the
   // whole log goes (PersistBatch::snapshot replaces it on disk too).
   const SnapshotMeta& meta = snap->meta;
-  std::deque<LogEntry> kept;
 #ifdef RAFT_MUTANT_SNAPSHOT_REWRITES_MATCHING_LOG
   // mutant: install a snapshot the log matches, and re-append the entries after it
+  std::deque<LogEntry> kept;
   if (matches(meta.index, meta.term))
     for (std::uint64_t i = meta.index + 1; i <= last_index(); ++i) kept.push_back(entry(i));
 #endif
@@ -4165,10 +4192,12 @@ inline void Core::install_snapshot(std::shared_ptr<const Snapshot> snap) {
   if (durable_index_ > meta.index) durable_index_ = meta.index;
   for (auto& u : unpersisted_)
     if (u.last_index > meta.index) u.last_index = meta.index;
+#ifdef RAFT_MUTANT_SNAPSHOT_REWRITES_MATCHING_LOG
   for (auto& e : kept) {
     batch_.entries.push_back(e);
     push_entry(std::move(e));
   }
+#endif
   snapshot_ = snap;
   commit_to(meta.index);
   applied_ = meta.index;
@@ -4217,6 +4246,7 @@ inline void Core::on_config_changed() {
       Progress pr;
       pr.next = last_index() + 1;
       pr.recent_active = true;
+      pr.last_heard = tick_count_;
       pr.server_id = m.server_id;
       progress_[m.id] = pr;
     }
@@ -4369,7 +4399,8 @@ inline void Core::maybe_commit() {
   std::vector<std::uint64_t> matched;
   for (const auto& voter : config().voters()) {
     if (voter == opts_.id) {
-      matched.push_back(durable_index_);  // the leader counts itself only once durable
+      // The leader counts itself only once durable, and only as the identity it holds.
+      matched.push_back(is_voter() ? durable_index_ : 0);
       continue;
     }
     auto it = progress_.find(voter);
@@ -4435,7 +4466,10 @@ inline bool Core::send_append(const NodeId& to, Progress& pr) {
       pr.inflight.push_back(last);
     }
   }
-  if (pr.state == Progress::State::Probe) pr.probe_sent = true;
+  if (pr.state == Progress::State::Probe) {
+    pr.probe_sent = true;
+    pr.probe_sent_tick = tick_count_;
+  }
   send(std::move(m));
   return true;
 }
@@ -4493,6 +4527,7 @@ inline void Core::step_leader(const Message& m) {
   if (it == progress_.end()) return;  // not a member
   Progress& pr = it->second;
   pr.recent_active = true;
+  pr.last_heard = tick_count_;
   pr.server_id = m.server_id;
   switch (m.type) {
     case MessageType::AppendResponse:
@@ -4503,7 +4538,16 @@ inline void Core::step_leader(const Message& m) {
         read_round_acks_.insert(m.from);
         if (read_round_acks_.size() >= quorum()) complete_read_round();
       }
+      // A probe may have been lost: the answer to a heartbeat says the link works, so send it
+      // again - but not on every heartbeat: a follower whose disk is slow answers heartbeats
+      // at once and the probe late, and each copy would carry the same entries again.
+#ifdef RAFT_MUTANT_PROBE_ON_EVERY_HEARTBEAT
       if (pr.state == Progress::State::Probe) pr.probe_sent = false;
+#else
+      if (pr.state == Progress::State::Probe &&
+          tick_count_ >= pr.probe_sent_tick + static_cast<std::uint64_t>(std::max(1, opts_.election_ticks / 2)))
+        pr.probe_sent = false;
+#endif
       return;
     case MessageType::SnapshotResponse:
       handle_snapshot_response(pr, m);
@@ -4600,12 +4644,20 @@ inline void Core::maybe_reconfigure() {
     return;
   }
   // Re-add a member whose disk was wiped (it answers under a new server id) as a learner with
-  // that identity: one voter change, like any other. Only a stranger heard from lately.
+  // that identity: one voter change, like any other. Only a stranger heard from lately, and
+  // only once the configured identity has been silent for an election timeout: while it
+  // answers, the stranger is an impostor or a second process under the same id, and one
+  // message must not demote a healthy voter.
+  const auto election = static_cast<std::uint64_t>(opts_.election_ticks);
   for (auto it = strangers_.begin(); it != strangers_.end();) {
     const Member* m = c.find(it->first);
-    if (m == nullptr || m->server_id == it->second.first ||
-        tick_count_ > it->second.second + static_cast<std::uint64_t>(opts_.election_ticks)) {
+    if (m == nullptr || m->server_id == it->second.first || tick_count_ > it->second.second + election) {
       it = strangers_.erase(it);
+      continue;
+    }
+    auto pr = progress_.find(m->id);
+    if (pr != progress_.end() && tick_count_ < pr->second.last_heard + election) {
+      ++it;
       continue;
     }
     if (add_learner(Member{m->id, m->address, it->second.first, false}, now_ms_).ok()) {
@@ -7084,16 +7136,28 @@ class PeerLink {
     queue_.push_back(std::move(bytes));
     cv_.notify_one();
   }
-  /// Queues forwarded write `seq` (a FWD message). False, and nothing is queued, when too much
-  /// waits already (the peer is gone or slow).
+  /// Queues forwarded write `seq` (a FWD message). False, and nothing is queued, when too many
+  /// forwards wait for answers already (the peer is gone or slow). Forwards have a budget of
+  /// their own: they stay here until answered, and must never crowd out the Raft messages.
   bool send_forward(std::uint64_t seq, std::string bytes) {
     std::lock_guard<std::mutex> lock(mu_);
-    if (queued_bytes_ > kMaxQueuedBytes) return false;
-    queued_bytes_ += bytes.size();
-    forwards_[seq] = QueuedForward{std::move(bytes), 0};
+    if (forward_bytes_ > kMaxQueuedBytes) return false;
+    forward_bytes_ += bytes.size();
+    forwards_[seq] = QueuedForward{std::move(bytes), 0, {}};
     unsent_.insert(seq);
     cv_.notify_one();
     return true;
+  }
+  /// Sends again every forward handed to a socket longer than `age` ago and not taken back
+  /// (answered) since: its answer may have been lost on the leader's own connection to us,
+  /// which can break while ours stays up. The leader answers a copy from its session table.
+  void resend_unanswered_forwards(std::chrono::steady_clock::duration age) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const auto before = std::chrono::steady_clock::now() - age;
+    bool any = false;
+    for (const auto& [seq, f] : forwards_)
+      if (f.handed > 0 && f.handed_at < before && unsent_.insert(seq).second) any = true;
+    if (any) cv_.notify_one();
   }
   /// Takes forwarded write `seq` back: it is not sent again. Returns how many times it was
   /// handed to a socket (0: it never left this node), or nothing if it is not here.
@@ -7102,7 +7166,7 @@ class PeerLink {
     auto it = forwards_.find(seq);
     if (it == forwards_.end()) return std::nullopt;
     const unsigned handed = it->second.handed;
-    queued_bytes_ -= std::min(queued_bytes_, it->second.bytes.size());
+    forward_bytes_ -= std::min(forward_bytes_, it->second.bytes.size());
     forwards_.erase(it);
     unsent_.erase(seq);
     return handed;
@@ -7149,6 +7213,7 @@ class PeerLink {
   struct QueuedForward {
     std::string bytes;
     unsigned handed = 0;  // times handed to a socket
+    std::chrono::steady_clock::time_point handed_at{};  // the last time
   };
 
   Runtime& rt_;
@@ -7159,7 +7224,8 @@ class PeerLink {
   std::deque<std::string> queue_;
   std::map<std::uint64_t, QueuedForward> forwards_;  // by sequence number
   std::set<std::uint64_t> unsent_;  // forwards not handed to the current connection yet
-  std::size_t queued_bytes_ = 0;
+  std::size_t queued_bytes_ = 0;   // of queue_
+  std::size_t forward_bytes_ = 0;  // of forwards_
   Fault fault_ = Fault::None;
   bool stopping_ = false;
   bool reconnect_ = false;
@@ -7270,6 +7336,7 @@ class Runtime {
     NodeId sent_leader;  // the leader and term when it was last queued on a link
     std::uint64_t sent_term = 0;
     bool maybe_run = false;  // a copy may have been appended: its outcome is unknown
+    bool waits_for_room = false;  // a link refused it (too much waiting there): queue it again
     std::chrono::steady_clock::time_point deadline{};
   };
   struct ApplyItem {
@@ -7410,8 +7477,8 @@ class Runtime {
   void complete_op(std::uint64_t conn, std::uint64_t op, Reply reply);
   // forwarded writes (a follower's)
   void forward_writes(const NodeId& leader, std::uint64_t term, std::vector<PendingWrite> writes);
-  void requeue_forwards(const NodeId& leader, std::uint64_t term, bool all);
-  void queue_forward(PeerLink& link, std::uint64_t seq, const Forward& f);
+  bool requeue_forwards(const NodeId& leader, std::uint64_t term, bool all);
+  bool queue_forward(PeerLink& link, std::uint64_t seq, Forward& f);
   void expire_forwards();
   void handle_forward_reply(const NodeId& from, ForwardReply fr);
   // forwarded writes (the leader's)
@@ -7433,6 +7500,7 @@ class Runtime {
     apply_q_.push_back(std::move(item));
     apply_cv_.notify_one();
   }
+  void apply_item(ApplyItem& item);
   void apply_entry(const LogEntry& e);
   bool run_write(const LogEntry& e, const Command& cmd, const std::vector<std::string>& words, Reply& reply);
   void serve_reads();
@@ -7446,6 +7514,7 @@ class Runtime {
   Config cfg_;
   HostPort host_;
   std::atomic<bool> started_{false};
+  bool starting_ = false;  // under life_mu_: start() is running
   std::atomic<bool> stop_called_{false};
   std::atomic<bool> stopping_{false};  // set after leave(): the threads exit
   std::atomic<bool> stopped_{false};
@@ -7812,6 +7881,19 @@ inline std::optional<Runtime::FoundingContact> Runtime::listen_before_founding()
 
 inline void Runtime::start() {
   if (started_.load()) throw std::runtime_error("raft::Node::start called twice");
+  {
+    std::lock_guard<std::mutex> lock(life_mu_);
+    starting_ = true;
+  }
+  // However start() ends, a stop() waiting for it (a founder listens first) may go on.
+  struct StartedOrFailed {
+    Runtime& rt;
+    ~StartedOrFailed() {
+      std::lock_guard<std::mutex> lock(rt.life_mu_);
+      rt.starting_ = false;
+      rt.life_cv_.notify_all();
+    }
+  } done{*this};
   std::string problem = cfg_.validate();
   if (!problem.empty()) throw std::runtime_error("raft::Config: " + problem);
   std::string error;
@@ -7841,6 +7923,8 @@ inline void Runtime::start() {
         ::close(*fd);
         *fd = -1;
       }
+    for (auto& [fd, p] : peers_in_) ::close(fd);  // accepted while a founder listened
+    peers_in_.clear();
     storage_.reset();
     core_.reset();
     throw;
@@ -7921,6 +8005,16 @@ inline void Runtime::stop() {
   if (self == apply_thread_id_.load() || self == poll_thread_id_.load()) {
     request_stop();  // from a handler or callback: it cannot join its own thread; join() stops
     return;
+  }
+  {
+    // start() in progress on another thread (a founder listening before it founds): ask it
+    // to give up, and wait until it has either failed or started - then stop as usual.
+    std::unique_lock<std::mutex> lock(life_mu_);
+    if (starting_) {
+      stop_requested_ = true;
+      life_cv_.notify_all();
+      life_cv_.wait(lock, [&] { return !starting_; });
+    }
   }
   if (!started_.load() || stop_called_.exchange(true)) {
     if (started_.load()) {
@@ -8208,10 +8302,12 @@ inline void PeerLink::run() {
       queue_.pop_front();
     }
     queued_bytes_ -= std::min(queued_bytes_, batch.size());
+    const auto now = std::chrono::steady_clock::now();
     while (!unsent_.empty() && batch.size() < (std::size_t{8} << 20)) {
       QueuedForward& f = forwards_[*unsent_.begin()];
       unsent_.erase(unsent_.begin());
       ++f.handed;
+      f.handed_at = now;
       batch += f.bytes;
     }
     if (fault_ == Fault::Drop) continue;  // the test hook: lost on the way
@@ -8303,88 +8399,16 @@ inline void Runtime::apply_loop() {
     }
     for (auto& item : items) {
       if (fatal_) break;
-      switch (item.kind) {
-        case ApplyItem::Restore: {
-          Store fresh;
-          SnapshotMeta meta;
-          std::string error;
-          if (!Store::read_snapshot(item.snapshot->data, fresh, meta, error)) {
-            log(LogLevel::Error, "snapshot from the leader at index " + std::to_string(item.snapshot->meta.index) +
-                                     " is unreadable (" + error + "): stopping the apply loop");
-            fatal_ = true;
-            break;
-          }
-          {
-            std::lock_guard<std::mutex> lock(data_mu_);
-            store_ = std::move(fresh);
-            keys_ = store_.size();
-          }
-          applied_ = item.snapshot->meta.index;
-          applied_timestamp_ = std::max(applied_timestamp_.load(), meta.timestamp_ms);
-          {
-            // Writes proposed at or below the snapshot (a deposed leader's) are decided in
-            // it, unknown to us which way.
-            std::vector<std::uint64_t> gone;
-            {
-              std::lock_guard<std::mutex> lock(req_mu_);
-              while (!write_by_index_.empty() && write_by_index_.begin()->first.first <= applied_) {
-                gone.push_back(write_by_index_.begin()->second);
-                write_by_index_.erase(write_by_index_.begin());
-              }
-            }
-            for (std::uint64_t id : gone)
-              finish_request(id, Reply::error("TIMEOUT this node lost leadership before the write was known "
-                                              "committed; its outcome is unknown"),
-                             ForwardStatus::Unknown);
-          }
-          log(LogLevel::Info, "installed a snapshot at index " + std::to_string(applied_.load()));
-          serve_reads();
-          break;
-        }
-        case ApplyItem::Entry:
-          if (item.entry.index > applied_) apply_entry(item.entry);
-          break;
-        case ApplyItem::Read: {
-          const ReadState& rs = item.read;
-          if (!rs.ok) {
-            finish_request(rs.request_id,
-                           Reply::error("TRYAGAIN could not confirm leadership for a linearizable read: no leader "
-                                        "reachable or no majority (READONLY allows stale local reads)"));
-          } else {
-            reads_by_index_.emplace(rs.index, rs);
-            serve_reads();
-          }
-          break;
-        }
-        case ApplyItem::Aborted: {
-          std::uint64_t rid = 0;
-          {
-            std::lock_guard<std::mutex> lock(req_mu_);
-            auto it = write_by_index_.find({item.id.index, item.id.term});
-            if (it != write_by_index_.end()) {
-              rid = it->second;
-              write_by_index_.erase(it);
-            }
-          }
-          if (rid)
-            finish_request(rid, Reply::error("TIMEOUT the write was not committed in time (leader change or no "
-                                             "majority); it may still be applied later"),
-                           ForwardStatus::Unknown);
-          break;
-        }
-        case ApplyItem::RoleChanged:
-          if (item.role.role == Role::Follower && on_follower_) on_follower_(node_);
-          if ((item.role.role == Role::Candidate || item.role.role == Role::PreCandidate) && on_candidate_)
-            on_candidate_(node_);
-          break;
-        case ApplyItem::LeaderReady:
-          log(LogLevel::Info, "leading term " + std::to_string(item.term) + " (first entry committed)");
-          if (on_leader_) on_leader_(node_, item.term);
-          break;
-        case ApplyItem::SnapshotWanted:
-        case ApplyItem::Checkpoint:
-          take_snapshot(item.request);
-          break;
+      try {
+        apply_item(item);
+      } catch (const std::exception& ex) {
+        // Outside a handler (the session table, encoding a reply, a callback): this node
+        // cannot go on applying what the others apply. Say why and stop, never diverge.
+        log(LogLevel::Error, std::string("the apply loop failed (") + ex.what() + "): stopping it");
+        fatal_ = true;
+      } catch (...) {
+        log(LogLevel::Error, "the apply loop failed (an exception that is not a std::exception): stopping it");
+        fatal_ = true;
       }
     }
     items.clear();
@@ -8396,8 +8420,98 @@ inline void Runtime::apply_loop() {
   }
 }
 
+// One item of the apply queue, on the apply thread.
+inline void Runtime::apply_item(ApplyItem& item) {
+  switch (item.kind) {
+    case ApplyItem::Restore: {
+      Store fresh;
+      SnapshotMeta meta;
+      std::string error;
+      if (!Store::read_snapshot(item.snapshot->data, fresh, meta, error)) {
+        log(LogLevel::Error, "snapshot from the leader at index " + std::to_string(item.snapshot->meta.index) +
+                                 " is unreadable (" + error + "): stopping the apply loop");
+        fatal_ = true;
+        break;
+      }
+      {
+        std::lock_guard<std::mutex> lock(data_mu_);
+        store_ = std::move(fresh);
+        keys_ = store_.size();
+      }
+      // The stamp first: a read served on the poll thread that sees the new index must
+      // not judge expiry by an older time.
+      applied_timestamp_ = std::max(applied_timestamp_.load(), meta.timestamp_ms);
+      applied_ = item.snapshot->meta.index;
+      {
+        // Writes proposed at or below the snapshot (a deposed leader's) are decided in
+        // it, unknown to us which way.
+        std::vector<std::uint64_t> gone;
+        {
+          std::lock_guard<std::mutex> lock(req_mu_);
+          while (!write_by_index_.empty() && write_by_index_.begin()->first.first <= applied_) {
+            gone.push_back(write_by_index_.begin()->second);
+            write_by_index_.erase(write_by_index_.begin());
+          }
+        }
+        for (std::uint64_t id : gone)
+          finish_request(id, Reply::error("TIMEOUT this node lost leadership before the write was known "
+                                          "committed; its outcome is unknown"),
+                         ForwardStatus::Unknown);
+      }
+      log(LogLevel::Info, "installed a snapshot at index " + std::to_string(applied_.load()));
+      serve_reads();
+      break;
+    }
+    case ApplyItem::Entry:
+      if (item.entry.index > applied_) apply_entry(item.entry);
+      break;
+    case ApplyItem::Read: {
+      const ReadState& rs = item.read;
+      if (!rs.ok) {
+        finish_request(rs.request_id,
+                       Reply::error("TRYAGAIN could not confirm leadership for a linearizable read: no leader "
+                                    "reachable or no majority (READONLY allows stale local reads)"));
+      } else {
+        reads_by_index_.emplace(rs.index, rs);
+        serve_reads();
+      }
+      break;
+    }
+    case ApplyItem::Aborted: {
+      std::uint64_t rid = 0;
+      {
+        std::lock_guard<std::mutex> lock(req_mu_);
+        auto it = write_by_index_.find({item.id.index, item.id.term});
+        if (it != write_by_index_.end()) {
+          rid = it->second;
+          write_by_index_.erase(it);
+        }
+      }
+      if (rid)
+        finish_request(rid, Reply::error("TIMEOUT the write was not committed in time (leader change or no "
+                                         "majority); it may still be applied later"),
+                       ForwardStatus::Unknown);
+      break;
+    }
+    case ApplyItem::RoleChanged:
+      if (item.role.role == Role::Follower && on_follower_) on_follower_(node_);
+      if ((item.role.role == Role::Candidate || item.role.role == Role::PreCandidate) && on_candidate_)
+        on_candidate_(node_);
+      break;
+    case ApplyItem::LeaderReady:
+      log(LogLevel::Info, "leading term " + std::to_string(item.term) + " (first entry committed)");
+      if (on_leader_) on_leader_(node_, item.term);
+      break;
+    case ApplyItem::SnapshotWanted:
+    case ApplyItem::Checkpoint:
+      take_snapshot(item.request);
+      break;
+  }
+}
+
 inline void Runtime::apply_entry(const LogEntry& e) {
   Reply reply;
+  ForwardStatus status = ForwardStatus::Done;  // for a forwarded write: what its reply means to the follower
   if (e.type == EntryType::Command) {
     // Without limits: the entry was checked against the command limits before it was
     // appended (by whichever node and version), and a committed entry must always apply.
@@ -8466,8 +8580,12 @@ inline void Runtime::apply_entry(const LogEntry& e) {
                                "gave up on it, earlier); its outcome is unknown");
           break;
         case SessionTable::Verdict::Full:
+          // Not run at this entry; but another copy of it may be appended (the follower sent
+          // it again) and run once sessions expire. So the follower decides, as for any write
+          // the leader did not run, whether it can say "not run" (NotRun, not Done).
           reply = Reply::error("TRYAGAIN the leader remembers too many nodes' forwarded writes at once; the write "
                                "was not run");
+          status = ForwardStatus::NotRun;
           break;
       }
     }
@@ -8488,7 +8606,7 @@ inline void Runtime::apply_entry(const LogEntry& e) {
   }
   for (auto& [rid, mine] : answered) {
     if (mine)
-      finish_request(rid, reply);
+      finish_request(rid, reply, status);
     else
       finish_request(rid, Reply::error("TIMEOUT the write lost its place in the log to a new leader; it was not "
                                        "applied"),
@@ -8879,7 +8997,7 @@ inline void Runtime::forward_writes(const NodeId& leader, std::uint64_t term, st
   {
     std::lock_guard<std::mutex> lock(fwd_mu_);
     // Older forwards first: writes forwarded in order reach the leader in order.
-    if (link) requeue_forwards(leader, term, true);
+    bool room = link == nullptr || requeue_forwards(leader, term, true);
     for (auto& w : writes) {
       if (!link) {
         refused.emplace_back(w.caller, Reply::error("TRYAGAIN the leader (" + leader + ") has no known address; the "
@@ -8905,30 +9023,38 @@ inline void Runtime::forward_writes(const NodeId& leader, std::uint64_t term, st
       it->second.to = leader;
       it->second.sent_leader = leader;
       it->second.sent_term = term;
-      queue_forward(*link, seq, it->second);
+      if (!room || !queue_forward(*link, seq, it->second)) {
+        room = false;  // behind a forward the link refused: wait here too, in order
+        it->second.to.clear();
+        it->second.waits_for_room = true;
+      }
     }
   }
   for (auto& [caller, reply] : refused) finish(caller, std::move(reply));
 }
 
-// Under fwd_mu_: queues forward `seq` on `link`; if the link refuses it (the peer is gone or
-// slow), it waits here to be queued again.
-inline void Runtime::queue_forward(PeerLink& link, std::uint64_t seq, const Forward& f) {
+// Under fwd_mu_: queues forward `seq` on `link`. If the link refuses it (too many forwards
+// wait on it: the peer is gone or slow), it waits here to be queued again, and false says so:
+// the caller then queues no later forward before it, so that forwards stay in order.
+inline bool Runtime::queue_forward(PeerLink& link, std::uint64_t seq, Forward& f) {
   std::string bytes;
   encode_forward(forward_nonce_, seq, forwards_.begin()->first, f.command, f.words, bytes);
-  if (!link.send_forward(seq, std::move(bytes))) forwards_[seq].to.clear();
+  if (link.send_forward(seq, std::move(bytes))) return true;
+  f.to.clear();
+  f.waits_for_room = true;
+  return false;
 }
 
 // Under fwd_mu_: moves to `leader`'s link, in sequence order, the forwards waiting here and
 // those on another node's link. With `all`, every one (before new forwards are queued there,
 // so that they stay in order); else only those last queued under another leader or term (a
 // forward waiting here is not sent again to the leader that just answered it).
-inline void Runtime::requeue_forwards(const NodeId& leader, std::uint64_t term, bool all) {
+inline bool Runtime::requeue_forwards(const NodeId& leader, std::uint64_t term, bool all) {
   PeerLink* link = nullptr;
   for (auto& [seq, f] : forwards_) {
     if (f.to == leader) continue;
-    if (!all && f.to.empty() && f.sent_leader == leader && f.sent_term == term) continue;
-    if (link == nullptr && (link = link_for(leader)) == nullptr) return;
+    if (!all && !f.waits_for_room && f.to.empty() && f.sent_leader == leader && f.sent_term == term) continue;
+    if (link == nullptr && (link = link_for(leader)) == nullptr) return false;
     if (!f.to.empty()) {
       PeerLink* old = link_for(f.to);
       const std::optional<unsigned> handed = old ? old->take_forward(seq) : std::nullopt;
@@ -8937,8 +9063,10 @@ inline void Runtime::requeue_forwards(const NodeId& leader, std::uint64_t term, 
     f.to = leader;
     f.sent_leader = leader;
     f.sent_term = term;
-    queue_forward(*link, seq, f);
+    f.waits_for_room = false;
+    if (!queue_forward(*link, seq, f)) return false;  // the rest wait behind it
   }
+  return true;
 }
 
 // Every 100 ms on the poll thread: answers forwards past their deadline, and requeues the
@@ -8967,7 +9095,12 @@ inline void Runtime::expire_forwards() {
                                                                "the write was not run"));
       it = forwards_.erase(it);
     }
-    if (!leader.empty() && leader != cfg_.id) requeue_forwards(leader, term, false);
+    if (!leader.empty() && leader != cfg_.id) {
+      requeue_forwards(leader, term, false);
+      // An answer lost on the leader's connection to us (ours may stay up meanwhile).
+      if (PeerLink* link = link_for(leader))
+        link->resend_unanswered_forwards(std::chrono::milliseconds(scaled(2 * cfg_.election_timeout_ms)));
+    }
   }
   for (auto& [rid, reply] : expired) finish_request(rid, std::move(reply));
 }

@@ -125,6 +125,7 @@ struct SimNode {
   struct Outgoing {
     Message message;
     std::vector<std::uint64_t> hashes;
+    std::uint64_t ack_term = 0;  // an acknowledgement: the term of the acknowledged entry in the log
   };
   struct Unpersisted {
     PersistBatch batch;
@@ -496,7 +497,15 @@ class Cluster {
         for (auto& [id, n] : nodes_)
           if (!n.retired && !core(l).config().contains(id)) join(id);
       why = convergence_problem();
-      if (why.empty()) return;
+      if (why.empty()) {
+        // Converged: every proposal has had its one outcome (applied, or aborted when its
+        // leader stepped down).
+        for (const auto& [id, pending] : pending_)
+          if (!pending.empty())
+            throw Violation("proposals: " + pending.begin()->second.payload + " proposed on " + id + " at " +
+                            std::to_string(pending.begin()->first) + " never got an outcome");
+        return;
+      }
     }
     for (auto& [id, n] : nodes_)
       if (n.up)
@@ -524,6 +533,7 @@ class Cluster {
     Core& lc = core(l);
     if (!lc.leader_ready()) return "leader " + l + " not ready";
     if (lc.config_index() > lc.commit_index()) return "configuration change pending";
+    if (lc.commit_index() != lc.last_index()) return "leader " + l + " has entries not committed yet";
     for (const auto& m : lc.config().members) {
       SimNode& n = nodes_.at(m.id);
       if (!n.up) return m.id + " down";
@@ -578,15 +588,14 @@ class Cluster {
     return o.str();
   }
 
+  // The bound on how far one leader's clock may be behind another's, or its own earlier
+  // reading: the spread of every offset any node's clock has had (jumps included).
   void note_clock_spread() {
-    std::int64_t lo = 0, hi = 0;
-    bool first = true;
     for (const auto& [id, n] : nodes_) {
-      lo = first ? n.clock_offset : std::min(lo, n.clock_offset);
-      hi = first ? n.clock_offset : std::max(hi, n.clock_offset);
-      first = false;
+      min_offset_ = std::min(min_offset_, n.clock_offset);
+      max_offset_ = std::max(max_offset_, n.clock_offset);
     }
-    clock_spread_ = std::max(clock_spread_, hi - lo);
+    clock_spread_ = max_offset_ - min_offset_;
   }
 
   void start(SimNode& n) {
@@ -694,11 +703,13 @@ class Cluster {
     sent = std::max(sent, own_term);
     // A leader's first visible act in its term: it must hold a majority of durable votes.
     if (from.core && from.core->role() == Role::Leader && m.term == from.core->term()) verify_leader(from, m.term);
-    // An acknowledgement promises entries on disk: remember them, to check after crashes.
-    if ((m.type == MessageType::AppendResponse && !m.reject && m.index > 0) ||
-        (m.type == MessageType::SnapshotResponse && m.done && !m.reject)) {
+    // An acknowledgement promises entries on disk: remember them, to check after crashes. (A
+    // later batch of the same group may have cut them since - a leader of a later term - and
+    // the acknowledgement still leaves, as it might have been delayed in the network: then it
+    // is no promise about this disk any more.)
+    if (is_acknowledgement(m)) {
       const std::uint64_t t = from.disk_term(m.index);
-      if (t != 0) acknowledged_[Identity{m.from, from.server_id}][m.index] = t;
+      if (t != 0 && (o.ack_term == 0 || t == o.ack_term)) acknowledged_[Identity{m.from, from.server_id}][m.index] = t;
     }
     for (std::size_t i = 0; i < m.entries.size(); ++i) record_entry(from, m.entries[i], o.hashes[i]);
     // A handful of nodes keeps a few hundred messages in flight; far more is a feedback loop
@@ -720,9 +731,9 @@ class Cluster {
     for (std::size_t k = 0; k < count && !n.unpersisted.empty(); ++k) {
       SimNode::Unpersisted u = std::move(n.unpersisted.front());
       n.unpersisted.pop_front();
-      if (u.batch.snapshot && !u.batch.entries.empty() && rng_.chance(opts_.crash_in_snapshot_install)) {
-        // The storage made the snapshot durable and dropped the log; the entries it was to
-        // append after it are lost with the crash.
+      if (u.batch.snapshot && rng_.chance(opts_.crash_in_snapshot_install)) {
+        // The storage made the snapshot durable and dropped the log; what the batch holds
+        // besides (a hard state, entries after it) is lost with the crash.
         PersistBatch partial;
         partial.snapshot = u.batch.snapshot;
         write_to_disk(n, partial);
@@ -731,6 +742,7 @@ class Cluster {
         return;
       }
       write_to_disk(n, u.batch);
+      for (const auto& o : u.after) check_promise_durable(n, o);
       // Durable: its entries now exist beyond this node's memory, and its vote is a promise.
       for (std::size_t i = 0; i < u.batch.entries.size(); ++i) record_entry(n, u.batch.entries[i], u.hashes[i]);
       if (u.batch.hard_state) record_vote(n, *u.batch.hard_state);
@@ -800,13 +812,25 @@ class Cluster {
     }
     check_mirror(n);
     check_node(n);  // the mirror now matches the core's log
-    for (auto& m : rd.messages) send(outgoing(n, std::move(m)));
+    for (auto& m : rd.messages) {
+      SimNode::Outgoing o = outgoing(n, std::move(m));
+      check_promise_durable(n, o);
+      send(o);
+    }
     for (const auto& rc : rd.role_changes) {
       trace_line(n.id + " becomes " + std::string(1, raft::role_char(rc.role, true)) + " term " +
                  std::to_string(rc.term) + " leader " + rc.leader);
       if (rc.role == Role::Leader) on_new_leader(n, rc.term);
     }
     if (rd.restore) {
+      // Proposals of this node that the snapshot covers are decided in it, which way this node
+      // cannot tell: the runtime answers them "outcome unknown".
+      auto p = pending_.find(n.id);
+      if (p != pending_.end())
+        while (!p->second.empty() && p->second.begin()->first <= rd.restore->meta.index) {
+          record_outcome(n, EntryId{p->second.begin()->first, p->second.begin()->second.term}, "covered by a snapshot");
+          p->second.erase(p->second.begin());
+        }
       n.applied = rd.restore->meta.index;
       n.sm_chain = snapshot_chain(*rd.restore);
       n.sessions = snapshot_sessions(*rd.restore);
@@ -860,9 +884,31 @@ class Cluster {
   }
 
   SimNode::Outgoing outgoing(const SimNode& n, Message m) {
-    SimNode::Outgoing o{std::move(m), {}};
+    SimNode::Outgoing o{std::move(m), {}, 0};
     for (const auto& e : o.message.entries) o.hashes.push_back(n.mirror_at(e.index));
+    const Message& a = o.message;
+    if (is_acknowledgement(a) && a.index > n.mirror_start && a.index <= n.mirror_last())
+      o.ack_term = n.mirror_term(a.index);
     return o;
+  }
+
+  static bool is_acknowledgement(const Message& m) {
+    return (m.type == MessageType::AppendResponse && !m.reject && m.index > 0) ||
+           (m.type == MessageType::SnapshotResponse && m.done && !m.reject);
+  }
+
+  // A promise leaves only once what it promises is on the sender's disk: a vote granted is the
+  // durable vote, an acknowledged entry is the durable entry (or covered by the snapshot).
+  void check_promise_durable(const SimNode& n, const SimNode::Outgoing& o) {
+    const Message& m = o.message;
+    if (m.type == MessageType::VoteResponse && !m.reject && !(n.disk.hs.term == m.term && n.disk.hs.vote == m.to))
+      throw Violation("durability: " + m.from + " grants its vote in term " + std::to_string(m.term) + " to " + m.to +
+                      " before that vote is on its disk");
+    const std::uint64_t snap = n.disk.snapshot ? n.disk.snapshot->meta.index : 0;
+    if (o.ack_term != 0 && m.index > snap && n.disk_term(m.index) != o.ack_term)
+      throw Violation("durability: " + m.from + " acknowledges entry " + std::to_string(m.index) + " of term " +
+                      std::to_string(o.ack_term) + " while its disk holds term " +
+                      std::to_string(n.disk_term(m.index)) + " there");
   }
 
   /// Log matching, checked for every entry that leaves a node's memory (on its disk or in a
@@ -1094,7 +1140,8 @@ class Cluster {
   std::map<std::pair<std::uint64_t, std::uint64_t>, Event> events_;
   std::map<NodeId, SimNode> nodes_;
   std::set<std::pair<NodeId, NodeId>> cut_;
-  std::int64_t clock_spread_ = 0;  // the largest difference between two nodes' clocks so far
+  std::int64_t min_offset_ = 0, max_offset_ = 0;
+  std::int64_t clock_spread_ = 0;  // max_offset_ - min_offset_
   // checkers
   std::map<std::uint64_t, NodeId> leaders_;
   std::map<std::pair<NodeId, std::uint64_t>, LeaderClaim> claims_;

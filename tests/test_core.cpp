@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <sstream>
 
 namespace {
 
@@ -540,6 +541,35 @@ TEST_CASE("stale rejections of snapshot chunks do not each send the window again
   CHECK(first->offset == 4);
 }
 
+TEST_CASE("a follower whose disk is slow is not sent the same probe on every heartbeat answer", "[core]") {
+  sim::Options o = calm(3);
+  o.core.heartbeat_ticks = 1;
+  sim::Cluster c(11, o);
+  NodeId l = wait_for_leader(c);
+  REQUIRE(!l.empty());
+  NodeId f = l == "1" ? "2" : "1";
+  for (int i = 0; i < 3; ++i) c.propose(l);
+  c.run_ticks(5);
+  c.set_disk_delay(f, 300);  // 30 ticks per group commit, 30 heartbeats
+  c.crash(f);
+  for (int i = 0; i < 3; ++i) c.propose(l);
+  c.run_ticks(15);  // the leader's appends to f were lost: it probes f
+  c.restart(f);
+  std::ostringstream trace;
+  auto* old = std::cerr.rdbuf(trace.rdbuf());
+  c.trace = true;
+  c.run_ticks(60);
+  c.trace = false;
+  std::cerr.rdbuf(old);
+  std::istringstream in(trace.str());
+  std::string line;
+  int appends = 0;
+  while (std::getline(in, line)) appends += line.find("] send Append " + l + "->" + f) != std::string::npos ? 1 : 0;
+  // One probe per half election timeout at most (the first release sent one per heartbeat).
+  CHECK(appends <= 60 / 5 + 2);
+  CHECK(appends >= 1);
+}
+
 TEST_CASE("a heartbeat response promises nothing and does not wait for the disk", "[core]") {
   CoreState st;
   st.initial_config = voters({"1", "2", "3"});
@@ -905,6 +935,62 @@ TEST_CASE("a wiped member is a stranger until the leader re-adds it under its ne
   CHECK(m->server_id == c.node(f).server_id);
   CHECK(m->voter);  // caught up and promoted again
   CHECK(c.core(f).last_index() == c.core(c.leader()).last_index());
+}
+
+TEST_CASE("a re-added member is elected by a majority that includes a follower whose configuration is older",
+          "[core]") {
+  // Five voters. X is wiped and re-added (as X', new server id) and promoted while G is cut
+  // off, so G's configuration still names X's old server id. Z falls behind; then the leader
+  // and Y crash. X' holds the only up-to-date log and needs G's vote: G must not ignore its
+  // campaign as a stranger's, or three of five voters could never elect again.
+  sim::Cluster c(5, calm(5));
+  NodeId l = wait_for_leader(c);
+  REQUIRE(!l.empty());
+  for (int i = 0; i < 5; ++i) c.propose(l);
+  c.run_ticks(20);
+  std::vector<NodeId> others;
+  for (auto& [id, n] : c.nodes())
+    if (id != l) others.push_back(id);
+  const NodeId x = others[0], g = others[1], y = others[2], z = others[3];
+  c.isolate(g);
+  c.wipe(x);
+  REQUIRE(c.node(x).up);
+  bool promoted = false;
+  for (int t = 0; t < 300 && !promoted; ++t) {
+    c.run_ticks(1);
+    const Member* m = c.core(l).config().find(x);
+    promoted = m && m->voter && m->server_id == c.node(x).server_id &&
+               c.core(l).config_index() <= c.core(l).commit_index();
+  }
+  REQUIRE(c.leader() == l);
+  REQUIRE(promoted);
+  REQUIRE(c.core(g).config().find(x)->server_id != c.node(x).server_id);
+  c.isolate(z);
+  for (int i = 0; i < 5; ++i) c.propose(l);
+  c.run_ticks(10);
+  REQUIRE(c.core(x).commit_index() > c.core(z).last_index());
+  c.crash(l);
+  c.crash(y);
+  c.heal();
+  NodeId next;
+  for (int t = 0; t < 500 && next.empty(); ++t) {
+    c.run_ticks(1);
+    next = c.leader();
+  }
+  CHECK(next == x);
+}
+
+TEST_CASE("a wiped node that receives a configuration under its old server id is no voter there", "[core]") {
+  // It forgot the votes its old identity gave: counting itself would be a second vote.
+  CoreState st;
+  st.initial_config = voters({"1", "2", "3"});  // names "2" as sid-2
+  CoreOptions o = options("2");
+  o.server_id = "sid-2-wiped";
+  Core c(o, st);
+  CHECK_FALSE(c.is_voter());
+  for (int i = 0; i < 100; ++i) c.tick(kT0 + i);
+  CHECK(c.role() == Role::Follower);
+  CHECK(drain(c).sent.empty());  // never campaigns
 }
 
 TEST_CASE("a static peer map learns every member's server id through the log", "[core]") {

@@ -26,8 +26,9 @@ class LiteralReader;
 ///     session says the follower no longer waits for it (its lowest unanswered passed it).
 ///
 /// Memory is bounded by constants, not by Config (every node must decide alike):
-///   - at most kMaxSessions sessions: a new one is refused (Full, the write does not run)
-///     while that many are kept;
+///   - at most kMaxSessions sessions: a new one is refused while that many are kept (Full:
+///     this entry does not run; a later copy of the write may, once sessions expired, so the
+///     follower is told "not run here" and decides what it can promise its caller);
 ///   - a session is forgotten kIdleMs of leader time after its last entry (when a forwarded
 ///     write is applied: the table changes only then). A follower stops sending a forward long
 ///     before that (section 5: kMaxForwardWaitMs), so no copy of a write the table forgot can

@@ -112,8 +112,10 @@ struct Progress {
   std::uint64_t match = 0;  // highest index known to be in the member's log
   std::uint64_t next = 1;   // next index to send
   bool probe_sent = false;  // Probe: an append is out; wait for its answer or a heartbeat's
+  std::uint64_t probe_sent_tick = 0;
   std::deque<std::uint64_t> inflight;  // Replicate: last index of each append in flight
   bool recent_active = false;          // heard from within the check-quorum period
+  std::uint64_t last_heard = 0;        // the tick of its last message (under its identity)
   int stalled_ticks = 0;               // Replicate: ticks with appends out and no answer
   std::string server_id;               // as its messages present it
   // Snapshot state
@@ -176,7 +178,18 @@ class Core {
   // ---- state ---------------------------------------------------------------------------
   const NodeId& id() const { return opts_.id; }
   Role role() const { return role_; }
-  bool is_voter() const { return config().is_voter(opts_.id); }
+  bool is_voter() const { return voter_in(config()); }
+  /// A voter of `c` under this data directory's identity. A node whose disk was wiped and that
+  /// received a configuration naming it under its old server id is no voter there: it forgot
+  /// the votes that identity gave, so it neither campaigns nor counts its own vote.
+  bool voter_in(const Configuration& c) const {
+    const Member* m = c.find(opts_.id);
+#ifdef RAFT_MUTANT_WIPED_NODE_VOTES
+    return m != nullptr && m->voter;  // mutant: a voter by its id alone
+#else
+    return m != nullptr && m->voter && (m->server_id.empty() || m->server_id == opts_.server_id);
+#endif
+  }
   char role_char() const { return raft::role_char(role_, is_voter()); }
   std::uint64_t term() const { return term_; }
   const NodeId& vote() const { return vote_; }
@@ -275,11 +288,16 @@ class Core {
   void fail_leader_state();
   void expire_timeouts();
   std::size_t quorum() const { return config().voter_count() / 2 + 1; }
-  /// Messages only a leader sends (and an answer to a follower's read): they promise nothing
-  /// on the sender's part.
-  static bool from_a_leader(MessageType t) {
-    return t == MessageType::Append || t == MessageType::Heartbeat || t == MessageType::Snapshot ||
-           t == MessageType::TimeoutNow || t == MessageType::ReadIndexResponse;
+  /// Answers to this node's requests: votes and acknowledgements, promises of the sender's
+  /// state. (A ReadIndexResponse answers too, but only the node asked knows the request id,
+  /// and it makes no promise about the sender's disk.)
+  static bool is_answer(MessageType t) {
+#ifdef RAFT_MUTANT_STRANGER_CAMPAIGN_IGNORED
+    if (t == MessageType::PreVote || t == MessageType::Vote) return true;  // mutant: campaigns dropped too
+#endif
+    return t == MessageType::PreVoteResponse || t == MessageType::VoteResponse ||
+           t == MessageType::AppendResponse || t == MessageType::HeartbeatResponse ||
+           t == MessageType::SnapshotResponse;
   }
   // messages
   Message make(MessageType type, const NodeId& to) const;
@@ -464,7 +482,7 @@ inline bool Core::can_campaign() const {
   // elect a leader (its log may be the longest), so it campaigns until the removal commits;
   // it then counts only the votes of its latest configuration (dissertation §4.2.2).
   if (is_voter()) return true;
-  return config_index() > commit_ && config_at(commit_).is_voter(opts_.id);
+  return config_index() > commit_ && voter_in(config_at(commit_));
 }
 
 inline void Core::become_follower(std::uint64_t term, const NodeId& leader) {
@@ -569,6 +587,7 @@ inline void Core::become_leader() {
     Progress pr;
     pr.next = last_index() + 1;
     pr.recent_active = true;  // give everyone one check-quorum period
+    pr.last_heard = tick_count_;
     progress_[m.id] = pr;
   }
   commit_sent_ = commit_;
@@ -613,7 +632,7 @@ inline void Core::tick_leader() {
       std::size_t active = 0;
       for (const auto& voter : config().voters()) {
         if (voter == opts_.id) {
-          ++active;
+          active += is_voter() ? 1 : 0;
           continue;
         }
         auto it = progress_.find(voter);
@@ -691,20 +710,22 @@ inline void Core::expire_timeouts() {
 }
 
 inline void Core::step(const Message& m) {
+  if (m.from == opts_.id) return;
   // A member whose data directory was wiped comes back with a new server id: it may have
-  // forgotten votes and entries it promised, so it is a stranger until re-added: its votes,
-  // campaigns and acknowledgements count for nothing. What a leader sends is another matter:
-  // this node's configuration may be older than the leader's, which re-added the stranger and
-  // saw it elected; ignoring it would leave this node behind for good.
+  // forgotten votes and entries it promised, so it is a stranger until re-added, and its
+  // answers - votes, acknowledgements - count for nothing. What it asks for is another
+  // matter: this node's configuration may be older than the one that re-added it and made it
+  // a voter (or a leader); ignoring its appends or its campaign could leave this node behind,
+  // or a majority unable to elect, for good. (A stranger by its own configuration is no voter
+  // there and does not campaign: voter_in.)
   if (const Member* member = config().find(m.from)) {
-    if (!member->server_id.empty() && member->server_id != m.server_id && !from_a_leader(m.type)) {
+    if (!member->server_id.empty() && member->server_id != m.server_id && is_answer(m.type)) {
       // A leader re-adds it as a learner under its new identity (maybe_reconfigure): it
-      // catches up from a snapshot before it votes again.
+      // catches up before it votes again.
       if (role_ == Role::Leader && !m.server_id.empty()) strangers_[m.from] = {m.server_id, tick_count_};
       return;
     }
   }
-  if (m.from == opts_.id) return;
 
   if (m.term > term_) {
     if (m.type == MessageType::PreVote || m.type == MessageType::Vote) {
@@ -837,7 +858,11 @@ inline void Core::handle_vote_request(const Message& m) {
     r.reject = true;
   }
   // A grant is a promise: it leaves only once the vote is durable.
+#ifdef RAFT_MUTANT_VOTE_BEFORE_DURABLE
+  if (pre || !r.reject)  // mutant: a granted vote leaves before it is on disk
+#else
   if (pre)
+#endif
     send(std::move(r));
   else
     send_after_persist(std::move(r));
@@ -850,6 +875,7 @@ inline void Core::handle_vote_response(const Message& m) {
   }
   std::size_t granted = 0, rejected = 0;
   for (const auto& voter : config().voters()) {
+    if (voter == opts_.id && !is_voter()) continue;  // not under this identity
     auto it = votes_.find(voter);
     if (it == votes_.end()) continue;
     (it->second ? granted : rejected) += 1;
@@ -1053,9 +1079,9 @@ inline void Core::install_snapshot(std::shared_ptr<const Snapshot> snap) {
   // entry here is then covered by the snapshot or on a branch that conflicts with it, and the
   // whole log goes (PersistBatch::snapshot replaces it on disk too).
   const SnapshotMeta& meta = snap->meta;
-  std::deque<LogEntry> kept;
 #ifdef RAFT_MUTANT_SNAPSHOT_REWRITES_MATCHING_LOG
   // mutant: install a snapshot the log matches, and re-append the entries after it
+  std::deque<LogEntry> kept;
   if (matches(meta.index, meta.term))
     for (std::uint64_t i = meta.index + 1; i <= last_index(); ++i) kept.push_back(entry(i));
 #endif
@@ -1070,10 +1096,12 @@ inline void Core::install_snapshot(std::shared_ptr<const Snapshot> snap) {
   if (durable_index_ > meta.index) durable_index_ = meta.index;
   for (auto& u : unpersisted_)
     if (u.last_index > meta.index) u.last_index = meta.index;
+#ifdef RAFT_MUTANT_SNAPSHOT_REWRITES_MATCHING_LOG
   for (auto& e : kept) {
     batch_.entries.push_back(e);
     push_entry(std::move(e));
   }
+#endif
   snapshot_ = snap;
   commit_to(meta.index);
   applied_ = meta.index;
@@ -1122,6 +1150,7 @@ inline void Core::on_config_changed() {
       Progress pr;
       pr.next = last_index() + 1;
       pr.recent_active = true;
+      pr.last_heard = tick_count_;
       pr.server_id = m.server_id;
       progress_[m.id] = pr;
     }
@@ -1274,7 +1303,8 @@ inline void Core::maybe_commit() {
   std::vector<std::uint64_t> matched;
   for (const auto& voter : config().voters()) {
     if (voter == opts_.id) {
-      matched.push_back(durable_index_);  // the leader counts itself only once durable
+      // The leader counts itself only once durable, and only as the identity it holds.
+      matched.push_back(is_voter() ? durable_index_ : 0);
       continue;
     }
     auto it = progress_.find(voter);
@@ -1340,7 +1370,10 @@ inline bool Core::send_append(const NodeId& to, Progress& pr) {
       pr.inflight.push_back(last);
     }
   }
-  if (pr.state == Progress::State::Probe) pr.probe_sent = true;
+  if (pr.state == Progress::State::Probe) {
+    pr.probe_sent = true;
+    pr.probe_sent_tick = tick_count_;
+  }
   send(std::move(m));
   return true;
 }
@@ -1398,6 +1431,7 @@ inline void Core::step_leader(const Message& m) {
   if (it == progress_.end()) return;  // not a member
   Progress& pr = it->second;
   pr.recent_active = true;
+  pr.last_heard = tick_count_;
   pr.server_id = m.server_id;
   switch (m.type) {
     case MessageType::AppendResponse:
@@ -1408,7 +1442,16 @@ inline void Core::step_leader(const Message& m) {
         read_round_acks_.insert(m.from);
         if (read_round_acks_.size() >= quorum()) complete_read_round();
       }
+      // A probe may have been lost: the answer to a heartbeat says the link works, so send it
+      // again - but not on every heartbeat: a follower whose disk is slow answers heartbeats
+      // at once and the probe late, and each copy would carry the same entries again.
+#ifdef RAFT_MUTANT_PROBE_ON_EVERY_HEARTBEAT
       if (pr.state == Progress::State::Probe) pr.probe_sent = false;
+#else
+      if (pr.state == Progress::State::Probe &&
+          tick_count_ >= pr.probe_sent_tick + static_cast<std::uint64_t>(std::max(1, opts_.election_ticks / 2)))
+        pr.probe_sent = false;
+#endif
       return;
     case MessageType::SnapshotResponse:
       handle_snapshot_response(pr, m);
@@ -1505,12 +1548,20 @@ inline void Core::maybe_reconfigure() {
     return;
   }
   // Re-add a member whose disk was wiped (it answers under a new server id) as a learner with
-  // that identity: one voter change, like any other. Only a stranger heard from lately.
+  // that identity: one voter change, like any other. Only a stranger heard from lately, and
+  // only once the configured identity has been silent for an election timeout: while it
+  // answers, the stranger is an impostor or a second process under the same id, and one
+  // message must not demote a healthy voter.
+  const auto election = static_cast<std::uint64_t>(opts_.election_ticks);
   for (auto it = strangers_.begin(); it != strangers_.end();) {
     const Member* m = c.find(it->first);
-    if (m == nullptr || m->server_id == it->second.first ||
-        tick_count_ > it->second.second + static_cast<std::uint64_t>(opts_.election_ticks)) {
+    if (m == nullptr || m->server_id == it->second.first || tick_count_ > it->second.second + election) {
       it = strangers_.erase(it);
+      continue;
+    }
+    auto pr = progress_.find(m->id);
+    if (pr != progress_.end() && tick_count_ < pr->second.last_heard + election) {
+      ++it;
       continue;
     }
     if (add_learner(Member{m->id, m->address, it->second.first, false}, now_ms_).ok()) {

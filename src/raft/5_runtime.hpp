@@ -558,16 +558,28 @@ class PeerLink {
     queue_.push_back(std::move(bytes));
     cv_.notify_one();
   }
-  /// Queues forwarded write `seq` (a FWD message). False, and nothing is queued, when too much
-  /// waits already (the peer is gone or slow).
+  /// Queues forwarded write `seq` (a FWD message). False, and nothing is queued, when too many
+  /// forwards wait for answers already (the peer is gone or slow). Forwards have a budget of
+  /// their own: they stay here until answered, and must never crowd out the Raft messages.
   bool send_forward(std::uint64_t seq, std::string bytes) {
     std::lock_guard<std::mutex> lock(mu_);
-    if (queued_bytes_ > kMaxQueuedBytes) return false;
-    queued_bytes_ += bytes.size();
-    forwards_[seq] = QueuedForward{std::move(bytes), 0};
+    if (forward_bytes_ > kMaxQueuedBytes) return false;
+    forward_bytes_ += bytes.size();
+    forwards_[seq] = QueuedForward{std::move(bytes), 0, {}};
     unsent_.insert(seq);
     cv_.notify_one();
     return true;
+  }
+  /// Sends again every forward handed to a socket longer than `age` ago and not taken back
+  /// (answered) since: its answer may have been lost on the leader's own connection to us,
+  /// which can break while ours stays up. The leader answers a copy from its session table.
+  void resend_unanswered_forwards(std::chrono::steady_clock::duration age) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const auto before = std::chrono::steady_clock::now() - age;
+    bool any = false;
+    for (const auto& [seq, f] : forwards_)
+      if (f.handed > 0 && f.handed_at < before && unsent_.insert(seq).second) any = true;
+    if (any) cv_.notify_one();
   }
   /// Takes forwarded write `seq` back: it is not sent again. Returns how many times it was
   /// handed to a socket (0: it never left this node), or nothing if it is not here.
@@ -576,7 +588,7 @@ class PeerLink {
     auto it = forwards_.find(seq);
     if (it == forwards_.end()) return std::nullopt;
     const unsigned handed = it->second.handed;
-    queued_bytes_ -= std::min(queued_bytes_, it->second.bytes.size());
+    forward_bytes_ -= std::min(forward_bytes_, it->second.bytes.size());
     forwards_.erase(it);
     unsent_.erase(seq);
     return handed;
@@ -623,6 +635,7 @@ class PeerLink {
   struct QueuedForward {
     std::string bytes;
     unsigned handed = 0;  // times handed to a socket
+    std::chrono::steady_clock::time_point handed_at{};  // the last time
   };
 
   Runtime& rt_;
@@ -633,7 +646,8 @@ class PeerLink {
   std::deque<std::string> queue_;
   std::map<std::uint64_t, QueuedForward> forwards_;  // by sequence number
   std::set<std::uint64_t> unsent_;  // forwards not handed to the current connection yet
-  std::size_t queued_bytes_ = 0;
+  std::size_t queued_bytes_ = 0;   // of queue_
+  std::size_t forward_bytes_ = 0;  // of forwards_
   Fault fault_ = Fault::None;
   bool stopping_ = false;
   bool reconnect_ = false;
@@ -744,6 +758,7 @@ class Runtime {
     NodeId sent_leader;  // the leader and term when it was last queued on a link
     std::uint64_t sent_term = 0;
     bool maybe_run = false;  // a copy may have been appended: its outcome is unknown
+    bool waits_for_room = false;  // a link refused it (too much waiting there): queue it again
     std::chrono::steady_clock::time_point deadline{};
   };
   struct ApplyItem {
@@ -884,8 +899,8 @@ class Runtime {
   void complete_op(std::uint64_t conn, std::uint64_t op, Reply reply);
   // forwarded writes (a follower's)
   void forward_writes(const NodeId& leader, std::uint64_t term, std::vector<PendingWrite> writes);
-  void requeue_forwards(const NodeId& leader, std::uint64_t term, bool all);
-  void queue_forward(PeerLink& link, std::uint64_t seq, const Forward& f);
+  bool requeue_forwards(const NodeId& leader, std::uint64_t term, bool all);
+  bool queue_forward(PeerLink& link, std::uint64_t seq, Forward& f);
   void expire_forwards();
   void handle_forward_reply(const NodeId& from, ForwardReply fr);
   // forwarded writes (the leader's)
@@ -907,6 +922,7 @@ class Runtime {
     apply_q_.push_back(std::move(item));
     apply_cv_.notify_one();
   }
+  void apply_item(ApplyItem& item);
   void apply_entry(const LogEntry& e);
   bool run_write(const LogEntry& e, const Command& cmd, const std::vector<std::string>& words, Reply& reply);
   void serve_reads();
@@ -920,6 +936,7 @@ class Runtime {
   Config cfg_;
   HostPort host_;
   std::atomic<bool> started_{false};
+  bool starting_ = false;  // under life_mu_: start() is running
   std::atomic<bool> stop_called_{false};
   std::atomic<bool> stopping_{false};  // set after leave(): the threads exit
   std::atomic<bool> stopped_{false};
@@ -1286,6 +1303,19 @@ inline std::optional<Runtime::FoundingContact> Runtime::listen_before_founding()
 
 inline void Runtime::start() {
   if (started_.load()) throw std::runtime_error("raft::Node::start called twice");
+  {
+    std::lock_guard<std::mutex> lock(life_mu_);
+    starting_ = true;
+  }
+  // However start() ends, a stop() waiting for it (a founder listens first) may go on.
+  struct StartedOrFailed {
+    Runtime& rt;
+    ~StartedOrFailed() {
+      std::lock_guard<std::mutex> lock(rt.life_mu_);
+      rt.starting_ = false;
+      rt.life_cv_.notify_all();
+    }
+  } done{*this};
   std::string problem = cfg_.validate();
   if (!problem.empty()) throw std::runtime_error("raft::Config: " + problem);
   std::string error;
@@ -1315,6 +1345,8 @@ inline void Runtime::start() {
         ::close(*fd);
         *fd = -1;
       }
+    for (auto& [fd, p] : peers_in_) ::close(fd);  // accepted while a founder listened
+    peers_in_.clear();
     storage_.reset();
     core_.reset();
     throw;
@@ -1395,6 +1427,16 @@ inline void Runtime::stop() {
   if (self == apply_thread_id_.load() || self == poll_thread_id_.load()) {
     request_stop();  // from a handler or callback: it cannot join its own thread; join() stops
     return;
+  }
+  {
+    // start() in progress on another thread (a founder listening before it founds): ask it
+    // to give up, and wait until it has either failed or started - then stop as usual.
+    std::unique_lock<std::mutex> lock(life_mu_);
+    if (starting_) {
+      stop_requested_ = true;
+      life_cv_.notify_all();
+      life_cv_.wait(lock, [&] { return !starting_; });
+    }
   }
   if (!started_.load() || stop_called_.exchange(true)) {
     if (started_.load()) {
@@ -1682,10 +1724,12 @@ inline void PeerLink::run() {
       queue_.pop_front();
     }
     queued_bytes_ -= std::min(queued_bytes_, batch.size());
+    const auto now = std::chrono::steady_clock::now();
     while (!unsent_.empty() && batch.size() < (std::size_t{8} << 20)) {
       QueuedForward& f = forwards_[*unsent_.begin()];
       unsent_.erase(unsent_.begin());
       ++f.handed;
+      f.handed_at = now;
       batch += f.bytes;
     }
     if (fault_ == Fault::Drop) continue;  // the test hook: lost on the way
@@ -1777,88 +1821,16 @@ inline void Runtime::apply_loop() {
     }
     for (auto& item : items) {
       if (fatal_) break;
-      switch (item.kind) {
-        case ApplyItem::Restore: {
-          Store fresh;
-          SnapshotMeta meta;
-          std::string error;
-          if (!Store::read_snapshot(item.snapshot->data, fresh, meta, error)) {
-            log(LogLevel::Error, "snapshot from the leader at index " + std::to_string(item.snapshot->meta.index) +
-                                     " is unreadable (" + error + "): stopping the apply loop");
-            fatal_ = true;
-            break;
-          }
-          {
-            std::lock_guard<std::mutex> lock(data_mu_);
-            store_ = std::move(fresh);
-            keys_ = store_.size();
-          }
-          applied_ = item.snapshot->meta.index;
-          applied_timestamp_ = std::max(applied_timestamp_.load(), meta.timestamp_ms);
-          {
-            // Writes proposed at or below the snapshot (a deposed leader's) are decided in
-            // it, unknown to us which way.
-            std::vector<std::uint64_t> gone;
-            {
-              std::lock_guard<std::mutex> lock(req_mu_);
-              while (!write_by_index_.empty() && write_by_index_.begin()->first.first <= applied_) {
-                gone.push_back(write_by_index_.begin()->second);
-                write_by_index_.erase(write_by_index_.begin());
-              }
-            }
-            for (std::uint64_t id : gone)
-              finish_request(id, Reply::error("TIMEOUT this node lost leadership before the write was known "
-                                              "committed; its outcome is unknown"),
-                             ForwardStatus::Unknown);
-          }
-          log(LogLevel::Info, "installed a snapshot at index " + std::to_string(applied_.load()));
-          serve_reads();
-          break;
-        }
-        case ApplyItem::Entry:
-          if (item.entry.index > applied_) apply_entry(item.entry);
-          break;
-        case ApplyItem::Read: {
-          const ReadState& rs = item.read;
-          if (!rs.ok) {
-            finish_request(rs.request_id,
-                           Reply::error("TRYAGAIN could not confirm leadership for a linearizable read: no leader "
-                                        "reachable or no majority (READONLY allows stale local reads)"));
-          } else {
-            reads_by_index_.emplace(rs.index, rs);
-            serve_reads();
-          }
-          break;
-        }
-        case ApplyItem::Aborted: {
-          std::uint64_t rid = 0;
-          {
-            std::lock_guard<std::mutex> lock(req_mu_);
-            auto it = write_by_index_.find({item.id.index, item.id.term});
-            if (it != write_by_index_.end()) {
-              rid = it->second;
-              write_by_index_.erase(it);
-            }
-          }
-          if (rid)
-            finish_request(rid, Reply::error("TIMEOUT the write was not committed in time (leader change or no "
-                                             "majority); it may still be applied later"),
-                           ForwardStatus::Unknown);
-          break;
-        }
-        case ApplyItem::RoleChanged:
-          if (item.role.role == Role::Follower && on_follower_) on_follower_(node_);
-          if ((item.role.role == Role::Candidate || item.role.role == Role::PreCandidate) && on_candidate_)
-            on_candidate_(node_);
-          break;
-        case ApplyItem::LeaderReady:
-          log(LogLevel::Info, "leading term " + std::to_string(item.term) + " (first entry committed)");
-          if (on_leader_) on_leader_(node_, item.term);
-          break;
-        case ApplyItem::SnapshotWanted:
-        case ApplyItem::Checkpoint:
-          take_snapshot(item.request);
-          break;
+      try {
+        apply_item(item);
+      } catch (const std::exception& ex) {
+        // Outside a handler (the session table, encoding a reply, a callback): this node
+        // cannot go on applying what the others apply. Say why and stop, never diverge.
+        log(LogLevel::Error, std::string("the apply loop failed (") + ex.what() + "): stopping it");
+        fatal_ = true;
+      } catch (...) {
+        log(LogLevel::Error, "the apply loop failed (an exception that is not a std::exception): stopping it");
+        fatal_ = true;
       }
     }
     items.clear();
@@ -1870,8 +1842,98 @@ inline void Runtime::apply_loop() {
   }
 }
 
+// One item of the apply queue, on the apply thread.
+inline void Runtime::apply_item(ApplyItem& item) {
+  switch (item.kind) {
+    case ApplyItem::Restore: {
+      Store fresh;
+      SnapshotMeta meta;
+      std::string error;
+      if (!Store::read_snapshot(item.snapshot->data, fresh, meta, error)) {
+        log(LogLevel::Error, "snapshot from the leader at index " + std::to_string(item.snapshot->meta.index) +
+                                 " is unreadable (" + error + "): stopping the apply loop");
+        fatal_ = true;
+        break;
+      }
+      {
+        std::lock_guard<std::mutex> lock(data_mu_);
+        store_ = std::move(fresh);
+        keys_ = store_.size();
+      }
+      // The stamp first: a read served on the poll thread that sees the new index must
+      // not judge expiry by an older time.
+      applied_timestamp_ = std::max(applied_timestamp_.load(), meta.timestamp_ms);
+      applied_ = item.snapshot->meta.index;
+      {
+        // Writes proposed at or below the snapshot (a deposed leader's) are decided in
+        // it, unknown to us which way.
+        std::vector<std::uint64_t> gone;
+        {
+          std::lock_guard<std::mutex> lock(req_mu_);
+          while (!write_by_index_.empty() && write_by_index_.begin()->first.first <= applied_) {
+            gone.push_back(write_by_index_.begin()->second);
+            write_by_index_.erase(write_by_index_.begin());
+          }
+        }
+        for (std::uint64_t id : gone)
+          finish_request(id, Reply::error("TIMEOUT this node lost leadership before the write was known "
+                                          "committed; its outcome is unknown"),
+                         ForwardStatus::Unknown);
+      }
+      log(LogLevel::Info, "installed a snapshot at index " + std::to_string(applied_.load()));
+      serve_reads();
+      break;
+    }
+    case ApplyItem::Entry:
+      if (item.entry.index > applied_) apply_entry(item.entry);
+      break;
+    case ApplyItem::Read: {
+      const ReadState& rs = item.read;
+      if (!rs.ok) {
+        finish_request(rs.request_id,
+                       Reply::error("TRYAGAIN could not confirm leadership for a linearizable read: no leader "
+                                    "reachable or no majority (READONLY allows stale local reads)"));
+      } else {
+        reads_by_index_.emplace(rs.index, rs);
+        serve_reads();
+      }
+      break;
+    }
+    case ApplyItem::Aborted: {
+      std::uint64_t rid = 0;
+      {
+        std::lock_guard<std::mutex> lock(req_mu_);
+        auto it = write_by_index_.find({item.id.index, item.id.term});
+        if (it != write_by_index_.end()) {
+          rid = it->second;
+          write_by_index_.erase(it);
+        }
+      }
+      if (rid)
+        finish_request(rid, Reply::error("TIMEOUT the write was not committed in time (leader change or no "
+                                         "majority); it may still be applied later"),
+                       ForwardStatus::Unknown);
+      break;
+    }
+    case ApplyItem::RoleChanged:
+      if (item.role.role == Role::Follower && on_follower_) on_follower_(node_);
+      if ((item.role.role == Role::Candidate || item.role.role == Role::PreCandidate) && on_candidate_)
+        on_candidate_(node_);
+      break;
+    case ApplyItem::LeaderReady:
+      log(LogLevel::Info, "leading term " + std::to_string(item.term) + " (first entry committed)");
+      if (on_leader_) on_leader_(node_, item.term);
+      break;
+    case ApplyItem::SnapshotWanted:
+    case ApplyItem::Checkpoint:
+      take_snapshot(item.request);
+      break;
+  }
+}
+
 inline void Runtime::apply_entry(const LogEntry& e) {
   Reply reply;
+  ForwardStatus status = ForwardStatus::Done;  // for a forwarded write: what its reply means to the follower
   if (e.type == EntryType::Command) {
     // Without limits: the entry was checked against the command limits before it was
     // appended (by whichever node and version), and a committed entry must always apply.
@@ -1940,8 +2002,12 @@ inline void Runtime::apply_entry(const LogEntry& e) {
                                "gave up on it, earlier); its outcome is unknown");
           break;
         case SessionTable::Verdict::Full:
+          // Not run at this entry; but another copy of it may be appended (the follower sent
+          // it again) and run once sessions expire. So the follower decides, as for any write
+          // the leader did not run, whether it can say "not run" (NotRun, not Done).
           reply = Reply::error("TRYAGAIN the leader remembers too many nodes' forwarded writes at once; the write "
                                "was not run");
+          status = ForwardStatus::NotRun;
           break;
       }
     }
@@ -1962,7 +2028,7 @@ inline void Runtime::apply_entry(const LogEntry& e) {
   }
   for (auto& [rid, mine] : answered) {
     if (mine)
-      finish_request(rid, reply);
+      finish_request(rid, reply, status);
     else
       finish_request(rid, Reply::error("TIMEOUT the write lost its place in the log to a new leader; it was not "
                                        "applied"),
@@ -2353,7 +2419,7 @@ inline void Runtime::forward_writes(const NodeId& leader, std::uint64_t term, st
   {
     std::lock_guard<std::mutex> lock(fwd_mu_);
     // Older forwards first: writes forwarded in order reach the leader in order.
-    if (link) requeue_forwards(leader, term, true);
+    bool room = link == nullptr || requeue_forwards(leader, term, true);
     for (auto& w : writes) {
       if (!link) {
         refused.emplace_back(w.caller, Reply::error("TRYAGAIN the leader (" + leader + ") has no known address; the "
@@ -2379,30 +2445,38 @@ inline void Runtime::forward_writes(const NodeId& leader, std::uint64_t term, st
       it->second.to = leader;
       it->second.sent_leader = leader;
       it->second.sent_term = term;
-      queue_forward(*link, seq, it->second);
+      if (!room || !queue_forward(*link, seq, it->second)) {
+        room = false;  // behind a forward the link refused: wait here too, in order
+        it->second.to.clear();
+        it->second.waits_for_room = true;
+      }
     }
   }
   for (auto& [caller, reply] : refused) finish(caller, std::move(reply));
 }
 
-// Under fwd_mu_: queues forward `seq` on `link`; if the link refuses it (the peer is gone or
-// slow), it waits here to be queued again.
-inline void Runtime::queue_forward(PeerLink& link, std::uint64_t seq, const Forward& f) {
+// Under fwd_mu_: queues forward `seq` on `link`. If the link refuses it (too many forwards
+// wait on it: the peer is gone or slow), it waits here to be queued again, and false says so:
+// the caller then queues no later forward before it, so that forwards stay in order.
+inline bool Runtime::queue_forward(PeerLink& link, std::uint64_t seq, Forward& f) {
   std::string bytes;
   encode_forward(forward_nonce_, seq, forwards_.begin()->first, f.command, f.words, bytes);
-  if (!link.send_forward(seq, std::move(bytes))) forwards_[seq].to.clear();
+  if (link.send_forward(seq, std::move(bytes))) return true;
+  f.to.clear();
+  f.waits_for_room = true;
+  return false;
 }
 
 // Under fwd_mu_: moves to `leader`'s link, in sequence order, the forwards waiting here and
 // those on another node's link. With `all`, every one (before new forwards are queued there,
 // so that they stay in order); else only those last queued under another leader or term (a
 // forward waiting here is not sent again to the leader that just answered it).
-inline void Runtime::requeue_forwards(const NodeId& leader, std::uint64_t term, bool all) {
+inline bool Runtime::requeue_forwards(const NodeId& leader, std::uint64_t term, bool all) {
   PeerLink* link = nullptr;
   for (auto& [seq, f] : forwards_) {
     if (f.to == leader) continue;
-    if (!all && f.to.empty() && f.sent_leader == leader && f.sent_term == term) continue;
-    if (link == nullptr && (link = link_for(leader)) == nullptr) return;
+    if (!all && !f.waits_for_room && f.to.empty() && f.sent_leader == leader && f.sent_term == term) continue;
+    if (link == nullptr && (link = link_for(leader)) == nullptr) return false;
     if (!f.to.empty()) {
       PeerLink* old = link_for(f.to);
       const std::optional<unsigned> handed = old ? old->take_forward(seq) : std::nullopt;
@@ -2411,8 +2485,10 @@ inline void Runtime::requeue_forwards(const NodeId& leader, std::uint64_t term, 
     f.to = leader;
     f.sent_leader = leader;
     f.sent_term = term;
-    queue_forward(*link, seq, f);
+    f.waits_for_room = false;
+    if (!queue_forward(*link, seq, f)) return false;  // the rest wait behind it
   }
+  return true;
 }
 
 // Every 100 ms on the poll thread: answers forwards past their deadline, and requeues the
@@ -2441,7 +2517,12 @@ inline void Runtime::expire_forwards() {
                                                                "the write was not run"));
       it = forwards_.erase(it);
     }
-    if (!leader.empty() && leader != cfg_.id) requeue_forwards(leader, term, false);
+    if (!leader.empty() && leader != cfg_.id) {
+      requeue_forwards(leader, term, false);
+      // An answer lost on the leader's connection to us (ours may stay up meanwhile).
+      if (PeerLink* link = link_for(leader))
+        link->resend_unanswered_forwards(std::chrono::milliseconds(scaled(2 * cfg_.election_timeout_ms)));
+    }
   }
   for (auto& [rid, reply] : expired) finish_request(rid, std::move(reply));
 }
