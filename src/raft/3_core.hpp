@@ -502,8 +502,10 @@ inline void Core::become_follower(std::uint64_t term, const NodeId& leader) {
 inline void Core::fail_leader_state() {
   // Every proposal not yet known committed now has an unknown outcome: a later leader may
   // still commit it. The entries stay in the log.
+#ifndef RAFT_MUTANT_PROPOSALS_NOT_ABORTED
   for (const auto& p : pending_proposals_)
     if (p.id.index > commit_) aborted_.push_back(p.id);
+#endif
   pending_proposals_.clear();
   for (const auto& r : waiting_ready_reads_) resolve_read(r, false);
   for (const auto& r : reads_) resolve_read(r, false);
