@@ -31,7 +31,7 @@ while read -r name files spec; do
     status=1
   else
     why=$(grep -m1 -o 'sim seed [0-9]* FAILED: .*' "$out/log" ||
-          grep -m1 -A2 'FAILED:' "$out/log" | tr -s ' \n' ' ' || true)
+          grep -m1 -A5 'FAILED:' "$out/log" | tr -s ' \n' ' ' || true)
     echo "mutant $name: caught by $spec in $(( $(date +%s) - start )) s: $(echo "$why" | cut -c1-160)"
   fi
 done < tools/mutants.txt
