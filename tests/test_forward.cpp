@@ -10,6 +10,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <new>
 #include <optional>
 #include <stdexcept>
@@ -551,5 +553,214 @@ TEST_CASE("handler names starting with __ are the runtime's", "[runtime][forward
     const raft::Reply r = node->execute({name, "k"});
     INFO(describe(r));
     CHECK_THAT(r.str, StartsWith("ERR unknown command"));
+  }
+}
+
+// =============================================================================================
+// Found in review: a full session table, answers lost on the leader's connection, the
+// forwards' own byte budget
+// =============================================================================================
+
+TEST_CASE("a forwarded write refused for a full session table is answered not-run, and a later copy of it "
+          "still runs once the sessions expire",
+          "[runtime][forward]") {
+  using raft::detail::SessionTable;
+  // The leader's wall clock is the test's: entries are stamped with it, and sessions expire by it.
+  auto clock = std::make_shared<std::atomic<std::int64_t>>(raft::detail::wall_ms());
+  raft::Config config = node_config("1", address(150, 1));
+  config.wall_clock = [clock] { return clock->load(); };
+  TestNode node(config);
+  node->start();
+  REQUIRE(eventually([&] { return node->state() == 'l'; }));
+  REQUIRE(is_ok(node->execute({"set", "n", "0"})));
+  FakePeer peer(ip(150, 9), 7090);
+  REQUIRE(peer.hello(address(150, 1), info_field(node.node(), "raft_cluster_id"), "9", "feed"));
+
+  // As many sessions as the leader keeps, all active now (one per run of a forwarding node).
+  const std::int64_t t0 = clock->load();
+  for (std::size_t i = 1; i <= SessionTable::kMaxSessions; ++i)
+    REQUIRE(peer.send({"FWD", std::to_string(i), "1", "1", "set", "k" + std::to_string(i), "v"}));
+  for (std::size_t i = 1; i <= SessionTable::kMaxSessions; ++i) {
+    const std::vector<std::string> m = peer.next();
+    INFO(show(m));
+    REQUIRE(m.size() == 5);
+    REQUIRE(m[3] == "done");
+  }
+  REQUIRE(snapshot_of_store(node.node()).sessions().size() == SessionTable::kMaxSessions);
+
+  // A new session's write, while none has been idle long enough to be forgotten: not run, and
+  // the follower is told "notrun" (not "done"), so that it alone decides what its caller hears.
+  clock->store(t0 + SessionTable::kIdleMs - 1);
+  REQUIRE(peer.send({"FWD", "999999", "1", "1", "incr", "n"}));
+  const std::vector<std::string> first = peer.next();
+  INFO("first copy: " << show(first));
+  REQUIRE(first.size() == 5);
+  CHECK(first[2] == "1");
+  CHECK(first[3] == "notrun");
+  CHECK_THAT(first[4], StartsWith("-TRYAGAIN the leader remembers too many"));
+  CHECK_THAT(first[4], Contains("was not run"));
+  CHECK(stored(node.node(), "n") == "0");
+
+  // Why "done" would be wrong: a copy of the same write (a follower sends it again when it
+  // cannot know the first arrived) appended once the sessions expired runs.
+  clock->store(t0 + SessionTable::kIdleMs);
+  REQUIRE(peer.send({"FWD", "999999", "1", "1", "incr", "n"}));
+  const std::vector<std::string> second = peer.next();
+  INFO("second copy: " << show(second));
+  CHECK(show(second) == show(fwdr(999999, 1, "done", raft::Reply::integer(1))));
+  CHECK(stored(node.node(), "n") == "1");
+}
+
+TEST_CASE("a forwarded write whose first copy was refused for a full session table and whose second copy ran "
+          "is answered with the reply of the copy that ran, never 'not run'",
+          "[runtime][forward]") {
+  using raft::detail::SessionTable;
+  // Every node's wall clock is the test's (the leader's stamps its entries, and sessions expire
+  // by those stamps).
+  auto clock = std::make_shared<std::atomic<std::int64_t>>(raft::detail::wall_ms());
+  Cluster c(151, 3, [clock](raft::Config& config) {
+    config.append_timeout_ms = 3000;
+    config.wall_clock = [clock] { return clock->load(); };
+  });
+  c.start();
+  const int leader = c.wait_for_leader();
+  REQUIRE(leader != 0);
+  const int follower = c.other_than(leader);
+  const int third = c.other_than(leader, follower);
+  const std::string leader_id = c[leader].id(), follower_id = c[follower].id();
+  // The cluster settles first: the leader binds each member's server id with a configuration
+  // entry, and one appended later could be taken below for the first copy's entry (the first
+  // copy might then run, and the test prove less).
+  REQUIRE(is_ok(c[leader].execute({"set", "started", "1"})));
+  for (int i : {leader, follower, third}) REQUIRE(eventually([&] { return stored(c[i], "started") == "1"; }));
+
+  // Other nodes' runs fill the leader's session table (the follower has forwarded nothing yet:
+  // its first forward opens a new session).
+  const std::int64_t t0 = clock->load();
+  FakePeer peer(ip(151, 9), 7090);
+  REQUIRE(peer.hello(address(151, leader), info_field(c[leader], "raft_cluster_id"), "9", "feed"));
+  for (std::size_t i = 1; i <= SessionTable::kMaxSessions; ++i)
+    REQUIRE(peer.send({"FWD", std::to_string(i), "1", "1", "set", "k" + std::to_string(i), "v"}));
+  for (std::size_t i = 1; i <= SessionTable::kMaxSessions; ++i) {
+    const std::vector<std::string> m = peer.next();
+    INFO(show(m));
+    REQUIRE(m.size() == 5);
+    REQUIRE(m[3] == "done");
+  }
+  REQUIRE(eventually([&] {
+    return std::to_string(c[leader].applied_index()) == info_field(c[leader], "raft_last_index");
+  }));
+  const std::uint64_t before = c[leader].applied_index();
+
+  // The first copy: refused (no session idle long enough to be forgotten). Its answer waits on
+  // the leader (the leader's link to the follower stalls).
+  clock->store(t0 + SessionTable::kIdleMs - 1);
+  c[leader].runtime().set_link_fault_for_test(follower_id, Fault::Stall);
+  auto reply = c[follower].execute_async({"incr", "n"});
+  REQUIRE(eventually([&] { return c[leader].applied_index() > before; }));  // the first copy's entry
+  // The sessions expire; the follower's connection breaks and comes back, and it sends the
+  // write again: this copy runs.
+  clock->store(t0 + SessionTable::kIdleMs);
+  c[follower].runtime().set_link_fault_for_test(leader_id, Fault::Drop);
+  c[follower].runtime().set_link_fault_for_test(leader_id, Fault::None);
+  REQUIRE(eventually([&] { return stored(c[leader], "n") == "1"; }));
+  // Both answers reach the follower now, the first copy's first. That one says "not run" of
+  // its own copy only: the follower sent two, so it waits, and answers with the reply of the
+  // copy that ran (answering "not run" would tell the caller a lie: n is 1 everywhere).
+  c[leader].runtime().set_link_fault_for_test(follower_id, Fault::None);
+  REQUIRE(ready_within(reply));
+  const raft::Reply r = reply.get();
+  INFO(describe(r));
+  CHECK(r.type == resp::Type::Integer);
+  CHECK(r.num == 1);
+
+  REQUIRE(is_ok(c[leader].execute({"set", "settled", "1"})));
+  for (int i : {leader, follower, third}) {
+    REQUIRE(eventually([&] { return stored(c[i], "settled") == "1"; }));
+    CHECK(stored(c[i], "n") == "1");
+  }
+}
+
+TEST_CASE("a forward whose answer was lost on the leader's connection while the follower's stayed up is sent "
+          "again and answered with the first reply, applied once",
+          "[runtime][forward]") {
+  Three t(152, 3000);
+  REQUIRE(is_ok(t.c[t.leader].execute({"set", "n", "10"})));
+  // The leader's answers to the follower are lost on the way; the follower's own connection to
+  // the leader never breaks, so nothing there makes it send the write again.
+  t.rt(t.leader).set_link_fault_for_test(t.id(t.follower), Fault::Drop);
+  auto reply = t.c[t.follower].execute_async({"incr", "n"});
+  REQUIRE(eventually([&] { return stored(t.c[t.leader], "n") == "11"; }));
+  // A write the leader commits after it: its link to the follower has long handed the answer
+  // over (to be lost) by then.
+  REQUIRE(is_ok(t.c[t.leader].execute({"set", "after", "1"})));
+  t.rt(t.leader).set_link_fault_for_test(t.id(t.follower), Fault::None);
+
+  REQUIRE(ready_within(reply));
+  const raft::Reply r = reply.get();
+  INFO(describe(r));
+  CHECK(r.type == resp::Type::Integer);
+  CHECK(r.num == 11);
+  t.settle("settled");
+  for (int i = 1; i <= 3; ++i) CHECK(stored(t.c[i], "n") == "11");
+}
+
+TEST_CASE("a link holding more than its whole budget of unanswered forwards still sends the Raft messages "
+          "queued after them",
+          "[runtime][forward]") {
+  // The budget is PeerLink::kMaxQueuedBytes (private): one forward above it fills it. The
+  // second send_forward below checks that it is full.
+  constexpr std::size_t kBudget = std::size_t{256} << 20;
+  TestNode node(node_config("1", address(153, 1)));
+  node->start();
+  REQUIRE(eventually([&] { return node->state() == 'l'; }));
+  // The peer: a port this test listens on, and answers by hand.
+  std::string error;
+  const int listen_fd = raft::detail::listen_tcp(ip(153, 9), 7091, error);
+  REQUIRE(listen_fd >= 0);
+  std::string forward(kBudget + 1, 'f');
+  std::string raft_message;
+  resp::write_command(raft_message, {"RAFTMSG", "an acknowledgement"});
+  {
+    raft::detail::PeerLink link(node->runtime(), "9", ip(153, 9) + ":7090");
+    // Its connection: read the HELLO, and hold the WELCOME while the link waits for it.
+    pollfd p{listen_fd, POLLIN, 0};
+    REQUIRE(::poll(&p, 1, static_cast<int>(scaled(5000).count())) == 1);
+    const int fd = ::accept(listen_fd, nullptr, nullptr);
+    REQUIRE(fd >= 0);
+    resp::RequestParser parser;
+    std::vector<std::string> hello;
+    while (parser.next(hello) != resp::Status::Ok) {
+      char buf[4096];
+      pollfd q{fd, POLLIN, 0};
+      REQUIRE(::poll(&q, 1, static_cast<int>(scaled(5000).count())) == 1);
+      const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      REQUIRE(n > 0);
+      parser.feed(buf, static_cast<std::size_t>(n));
+    }
+    REQUIRE(hello.at(0) == "HELLO");
+
+    // Forwards unanswered, beyond the budget; then a Raft message.
+    CHECK(link.send_forward(1, std::move(forward)));
+    CHECK_FALSE(link.send_forward(2, "a second forward"));  // the budget is full
+    link.send(raft_message);
+    static const char kWelcome[] = "+WELCOME\r\n";
+    REQUIRE(raft::detail::send_all(fd, kWelcome, sizeof kWelcome - 1));
+
+    // The Raft message goes first (messages before forwards), not dropped for the forwards.
+    std::string got;
+    while (got.size() < raft_message.size()) {
+      char buf[4096];
+      pollfd q{fd, POLLIN, 0};
+      if (::poll(&q, 1, static_cast<int>(scaled(5000).count())) != 1) break;
+      const ssize_t n = ::recv(fd, buf, std::min(sizeof buf, raft_message.size() - got.size()), 0);
+      if (n <= 0) break;
+      got.append(buf, static_cast<std::size_t>(n));
+    }
+    CHECK(raft::detail::repr(got) == raft::detail::repr(raft_message));
+    // Nothing listens any more (the link cannot reconnect while it stops), and its send of
+    // the forward fails.
+    ::close(listen_fd);
+    ::close(fd);
   }
 }

@@ -10,6 +10,11 @@
 #include "raft.hpp"
 #include "proc_cluster.hpp"
 
+#include <dirent.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <cerrno>
 #include <filesystem>
@@ -330,4 +335,90 @@ TEST_CASE("the article's founder restarted with its original command line after 
   CHECK(proc::eventually(scaled(10000), [&] { return show(ro.call({"GET", "after"})) == "2"; }));
   CHECK(show(ro.call({"GET", "before"})) == "1");
   CHECK(show(ro.call({"LRANGE", "list", "0", "-1"})) == "[a, b]");
+}
+
+// ---- 4. a start() that ends early -----------------------------------------------------------------
+
+namespace {
+
+// Descriptors open in this process.
+int open_fds() {
+  int n = 0;
+  DIR* d = ::opendir("/proc/self/fd");
+  if (d == nullptr) return -1;
+  while (dirent* e = ::readdir(d))
+    if (e->d_name[0] != '.') ++n;
+  ::closedir(d);
+  return n;
+}
+
+// True once the other end closed `fd` (within ms, scaled).
+bool sees_close(int fd, long ms) {
+  return proc::eventually(scaled(ms), [&] {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 0) != 1) return false;
+    char buf[256];
+    return ::recv(fd, buf, sizeof buf, 0) <= 0;
+  });
+}
+
+}  // namespace
+
+TEST_CASE("a founder whose Node::stop() is called while it listens gives up: start() throws, no leader, "
+          "nothing founded",
+          "[runtime]") {
+  const Net net(5);
+  proc::TempDir dir("founding");
+  const raft::Config config = founder_config(net, dir / "d1");
+  {
+    auto logs = std::make_shared<LogLines>();
+    auto node = make_node(config, logs);
+    std::future<void> started = start_async(*node);
+    REQUIRE(proc::eventually(scaled(5000), [&] { return logs->contains("listening"); }));
+    node->stop();  // from another thread, as a program's signal handling would
+    REQUIRE(started.wait_for(scaled(10000)) == std::future_status::ready);
+    INFO(logs->text());
+    CHECK_THROWS_WITH(started.get(), Contains("asked to stop while listening"));
+    CHECK(node->state() != 'l');
+    CHECK_FALSE(logs->contains(" is a leader"));
+    CHECK_FALSE(fs::exists(config.data_dir));
+  }
+  // Nothing was founded: started again, it listens again (and its ports are free).
+  auto logs = std::make_shared<LogLines>();
+  auto node = make_node(config, logs);
+  REQUIRE_NOTHROW(node->start());
+  INFO(logs->text());
+  CHECK(logs->contains("listening"));
+  CHECK(proc::eventually(scaled(5000), [&] { return node->state() == 'l'; }));
+}
+
+TEST_CASE("a founder whose start() fails after it listened closes the connections it accepted while listening",
+          "[runtime]") {
+  const Net net(6);
+  proc::TempDir dir("founding");
+  std::ofstream(dir / "a-file") << "x";
+  // Its data directory cannot be created (ENOTDIR): start() fails once it has listened.
+  const raft::Config config = founder_config(net, dir / "a-file/d1");
+  auto logs = std::make_shared<LogLines>();
+  const int before = open_fds();
+  int peer = -1;
+  {
+    auto node = make_node(config, logs);
+    std::future<void> started = start_async(*node);
+    REQUIRE(proc::eventually(scaled(5000), [&] { return logs->contains("listening"); }));
+    // A connection to its peer port that says nothing yet; the founder accepts it (one more
+    // descriptor here) while it listens.
+    const int listening = open_fds();
+    std::string error;
+    peer = raft::detail::connect_tcp(net.ip(2), net.ip(1), 7001, static_cast<int>(scaled(5000).count()), error);
+    REQUIRE(peer >= 0);
+    CHECK(proc::eventually(scaled(5000), [&] { return open_fds() == listening + 2; }));
+    REQUIRE(started.wait_for(scaled(10000)) == std::future_status::ready);
+    INFO(logs->text());
+    CHECK_THROWS_WITH(started.get(), Contains("cannot create directory"));
+    CHECK(open_fds() == before + 1);  // ours alone
+    CHECK(sees_close(peer, 5000));
+  }
+  ::close(peer);
+  CHECK(open_fds() == before);
 }
