@@ -708,9 +708,9 @@ TEST_CASE("a forward whose answer was lost on the leader's connection while the 
 TEST_CASE("a link holding more than its whole budget of unanswered forwards still sends the Raft messages "
           "queued after them",
           "[runtime][forward]") {
-  // The budget is PeerLink::kMaxQueuedBytes (private): one forward above it fills it. The
+  // A link with a budget of 1 KiB (256 MiB in a node): one forward above it fills it. The
   // second send_forward below checks that it is full.
-  constexpr std::size_t kBudget = std::size_t{256} << 20;
+  constexpr std::size_t kBudget = 1024;
   TestNode node(node_config("1", address(153, 1)));
   node->start();
   REQUIRE(eventually([&] { return node->state() == 'l'; }));
@@ -722,7 +722,7 @@ TEST_CASE("a link holding more than its whole budget of unanswered forwards stil
   std::string raft_message;
   resp::write_command(raft_message, {"RAFTMSG", "an acknowledgement"});
   {
-    raft::detail::PeerLink link(node->runtime(), "9", ip(153, 9) + ":7090");
+    raft::detail::PeerLink link(node->runtime(), "9", ip(153, 9) + ":7090", kBudget);
     // Its connection: read the HELLO, and hold the WELCOME while the link waits for it.
     pollfd p{listen_fd, POLLIN, 0};
     REQUIRE(::poll(&p, 1, static_cast<int>(scaled(5000).count())) == 1);

@@ -544,7 +544,10 @@ class PeerLink {
   /// (a cut link), and when lifted the link reconnects, as after a real cut.
   enum class Fault : std::uint8_t { None, Stall, Drop };
 
-  PeerLink(Runtime& rt, NodeId id, std::string address) : rt_(rt), id_(std::move(id)), address_(std::move(address)) {
+  /// `max_queued_bytes`: what may wait to be sent, for Raft messages and for unanswered
+  /// forwards each (tests make it small).
+  PeerLink(Runtime& rt, NodeId id, std::string address, std::size_t max_queued_bytes = kMaxQueuedBytes)
+      : rt_(rt), id_(std::move(id)), max_queued_bytes_(max_queued_bytes), address_(std::move(address)) {
     thread_ = std::thread([this] { run(); });
   }
   ~PeerLink() { stop(); }
@@ -553,7 +556,7 @@ class PeerLink {
 
   void send(std::string bytes) {
     std::lock_guard<std::mutex> lock(mu_);
-    if (queued_bytes_ > kMaxQueuedBytes) return;  // the peer is gone or slow: drop
+    if (queued_bytes_ > max_queued_bytes_) return;  // the peer is gone or slow: drop
     queued_bytes_ += bytes.size();
     queue_.push_back(std::move(bytes));
     cv_.notify_one();
@@ -563,7 +566,7 @@ class PeerLink {
   /// their own: they stay here until answered, and must never crowd out the Raft messages.
   bool send_forward(std::uint64_t seq, std::string bytes) {
     std::lock_guard<std::mutex> lock(mu_);
-    if (forward_bytes_ > kMaxQueuedBytes) return false;
+    if (forward_bytes_ > max_queued_bytes_) return false;
     forward_bytes_ += bytes.size();
     forwards_[seq] = QueuedForward{std::move(bytes), 0, {}};
     unsent_.insert(seq);
@@ -640,6 +643,7 @@ class PeerLink {
 
   Runtime& rt_;
   const NodeId id_;
+  const std::size_t max_queued_bytes_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::string address_;
