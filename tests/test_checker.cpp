@@ -691,6 +691,8 @@ TEST_CASE("random histories of real executions are linearizable", "[checker]") {
     }
 }
 
+namespace {
+
 /// What one random history, and the same with one result changed, showed.
 struct Comparison {
   std::size_t caught = 0, still_linearizable = 0, too_big = 0;
@@ -743,6 +745,8 @@ void compare_with_brute_force(std::uint64_t seed, std::size_t operations, int ma
   REQUIRE(r.verdict == (*expected ? Verdict::Linearizable : Verdict::NotLinearizable));
   ++(*expected ? c.still_linearizable : c.caught);
 }
+
+}  // namespace
 
 TEST_CASE("small random histories: the checker agrees with brute force, before and after one result changes",
           "[checker]") {
