@@ -71,7 +71,7 @@ FUZZ_TIME ?= 60
 .PHONY: all test deps sim bench fuzz run mutants clean check-header standalone crash upgrade
 .DELETE_ON_ERROR:
 
-all: $(EXAMPLES) $(BUILD)/raft_tests
+all: $(EXAMPLES) $(BUILD)/raft_tests $(BUILD)/tools/check_history
 
 # raft.hpp is generated from its parts; the generated file is committed so users copy it.
 raft.hpp: $(RAFT_PARTS) tools/amalgamate.sh
@@ -133,6 +133,11 @@ bench: $(BENCHES) $(EXAMPLES)
 	@echo "== bench/cluster_bench.sh"; bench/cluster_bench.sh $(BUILD)/examples/run_raft
 	@echo "== bench/failover_bench.sh"; bench/failover_bench.sh $(BUILD)/examples/run_raft
 
+# Reads a history of the Jepsen-style tests and prints the checker's verdict (tests/jepsen/).
+$(BUILD)/tools/check_history: tools/check_history.cpp tests/jepsen/history.hpp tests/jepsen/checker.hpp
+	@mkdir -p $(@D)
+	$(CXX) $(ALL_CXXFLAGS) $< -o $@ $(LDLIBS_ALL)
+
 build-fuzz/%: fuzz/%.cpp $(HEADERS)
 	@mkdir -p $(@D)
 	clang++ -std=c++17 $(WARNINGS) -I. -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all $< -o $@
@@ -167,4 +172,4 @@ upgrade: deps $(BUILD)/raft_tests $(BUILD)/examples/run_raft
 clean:
 	rm -rf build build-address build-thread build-fuzz build-mutant
 
--include $(wildcard $(BUILD)/tests/*.d $(BUILD)/examples/*.d $(BUILD)/bench/*.d)
+-include $(wildcard $(BUILD)/tests/*.d $(BUILD)/examples/*.d $(BUILD)/bench/*.d $(BUILD)/tools/*.d)
