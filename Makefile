@@ -23,17 +23,18 @@ CXXFLAGS_BASE := -std=c++17 $(WARNINGS) -pthread -I. -MMD -MP
 # much slower the runtime tests' clocks run (RAFT_TIME_SCALE).
 # ASan runs everything but the process tests (the runtime tests cover the same code in one
 # process); TSan runs what has threads: the runtime, the processes and the storage writer.
+# DEFAULT_TESTS: Catch2 test specs, run at once as separate processes (tools/run_tests.sh).
 ifeq ($(SAN),address)
   OPTFLAGS ?= -O1 -g1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
   DEFAULT_SEEDS := 200
-  DEFAULT_TESTS := ~[process]~[.]
+  DEFAULT_TESTS := [runtime] ~[process]~[runtime]~[.]
   TEST_FILTER := $(filter-out tests/test_process.cpp,$(wildcard tests/test_*.cpp))
   TEST_NEEDS_EXAMPLES :=
   TIME_SCALE := 3
 else ifeq ($(SAN),thread)
   OPTFLAGS ?= -O1 -g1 -fsanitize=thread
   DEFAULT_SEEDS := 20
-  DEFAULT_TESTS := [runtime],[process],[writer]
+  DEFAULT_TESTS := [process] [runtime],[writer]
   TEST_FILTER := $(wildcard tests/test_runtime.cpp tests/test_process.cpp tests/test_storage.cpp tests/test_founding.cpp \
                              tests/test_forward.cpp)
   TEST_NEEDS_EXAMPLES := yes
@@ -41,7 +42,7 @@ else ifeq ($(SAN),thread)
 else ifeq ($(SAN),)
   OPTFLAGS ?= -O2 -g1
   DEFAULT_SEEDS := 2000
-  DEFAULT_TESTS :=
+  DEFAULT_TESTS := [process] [runtime] ~[process]~[runtime]~[.]
   TEST_FILTER := $(wildcard tests/test_*.cpp)
   TEST_NEEDS_EXAMPLES := yes
   TIME_SCALE := 1
@@ -115,7 +116,7 @@ standalone:
 
 # The test binary finds the examples (process tests) through RAFT_BUILD_DIR.
 test: deps $(if $(SAN),,standalone) $(BUILD)/raft_tests $(if $(TEST_NEEDS_EXAMPLES),$(EXAMPLES))
-	RAFT_BUILD_DIR=$(BUILD) RAFT_SIM_SEEDS=$(SEEDS) RAFT_TIME_SCALE=$(TIME_SCALE) $(BUILD)/raft_tests $(TESTS)
+	RAFT_BUILD_DIR=$(BUILD) RAFT_SIM_SEEDS=$(SEEDS) RAFT_TIME_SCALE=$(TIME_SCALE) tools/run_tests.sh $(BUILD)/raft_tests $(TESTS)
 
 sim: deps $(BUILD)/raft_tests
 	RAFT_SIM_SEEDS=$(SEEDS) $(BUILD)/raft_tests '[sim]' --durations yes
