@@ -25,17 +25,18 @@ CXXFLAGS_BASE := -std=c++17 $(WARNINGS) -pthread -I. -MMD -MP
 # much slower the runtime tests' clocks run (RAFT_TIME_SCALE).
 # ASan runs everything but the process tests (the runtime tests cover the same code in one
 # process); TSan runs what has threads: the runtime, the processes and the storage writer.
+# DEFAULT_TESTS: Catch2 test specs, run at once as separate processes (tools/run_tests.sh).
 ifeq ($(SAN),address)
   OPTFLAGS ?= -O1 -g1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
   DEFAULT_SEEDS := 200
-  DEFAULT_TESTS := ~[process]~[.]
+  DEFAULT_TESTS := [runtime] ~[process]~[runtime]~[.]
   TEST_FILTER := $(filter-out tests/test_process.cpp,$(wildcard tests/test_*.cpp))
   TEST_NEEDS_EXAMPLES :=
   TIME_SCALE := 3
 else ifeq ($(SAN),thread)
   OPTFLAGS ?= -O1 -g1 -fsanitize=thread
   DEFAULT_SEEDS := 20
-  DEFAULT_TESTS := [runtime],[process],[writer]
+  DEFAULT_TESTS := [process] [runtime],[writer]
   TEST_FILTER := $(wildcard tests/test_runtime.cpp tests/test_process.cpp tests/test_storage.cpp tests/test_founding.cpp \
                              tests/test_forward.cpp)
   TEST_NEEDS_EXAMPLES := yes
@@ -43,7 +44,7 @@ else ifeq ($(SAN),thread)
 else ifeq ($(SAN),)
   OPTFLAGS ?= -O2 -g1
   DEFAULT_SEEDS := 2000
-  DEFAULT_TESTS :=
+  DEFAULT_TESTS := [process] [runtime] ~[process]~[runtime]~[.]
   TEST_FILTER := $(wildcard tests/test_*.cpp)
   TEST_NEEDS_EXAMPLES := yes
   TIME_SCALE := 1
@@ -78,7 +79,7 @@ JEPSEN_NODE := $(if $(MUTANT),build-mutant/jepsen-$(MUTANT)/cas,$(BUILD)/example
 .PHONY: all test deps sim bench fuzz run mutants clean check-header standalone crash upgrade jepsen
 .DELETE_ON_ERROR:
 
-all: $(EXAMPLES) $(BUILD)/raft_tests
+all: $(EXAMPLES) $(BUILD)/raft_tests $(BUILD)/tools/check_history
 
 # raft.hpp is generated from its parts; the generated file is committed so users copy it.
 raft.hpp: $(RAFT_PARTS) tools/amalgamate.sh
@@ -122,7 +123,7 @@ standalone:
 
 # The test binary finds the examples (process tests) through RAFT_BUILD_DIR.
 test: deps $(if $(SAN),,standalone) $(BUILD)/raft_tests $(if $(TEST_NEEDS_EXAMPLES),$(EXAMPLES) $(JEPSEN_SHIM))
-	RAFT_BUILD_DIR=$(BUILD) RAFT_SIM_SEEDS=$(SEEDS) RAFT_TIME_SCALE=$(TIME_SCALE) $(BUILD)/raft_tests $(TESTS)
+	RAFT_BUILD_DIR=$(BUILD) RAFT_SIM_SEEDS=$(SEEDS) RAFT_TIME_SCALE=$(TIME_SCALE) tools/run_tests.sh $(BUILD)/raft_tests $(TESTS)
 
 sim: deps $(BUILD)/raft_tests
 	RAFT_SIM_SEEDS=$(SEEDS) $(BUILD)/raft_tests '[sim]' --durations yes
@@ -139,6 +140,11 @@ bench: $(BENCHES) $(EXAMPLES)
 	@for b in $(BENCHES); do echo "== $$b"; $$b || exit 1; done
 	@echo "== bench/cluster_bench.sh"; bench/cluster_bench.sh $(BUILD)/examples/run_raft
 	@echo "== bench/failover_bench.sh"; bench/failover_bench.sh $(BUILD)/examples/run_raft
+
+# Reads a history of the Jepsen-style tests and prints the checker's verdict (tests/jepsen/).
+$(BUILD)/tools/check_history: tools/check_history.cpp tests/jepsen/history.hpp tests/jepsen/checker.hpp
+	@mkdir -p $(@D)
+	$(CXX) $(ALL_CXXFLAGS) $< -o $@ $(LDLIBS_ALL)
 
 build-fuzz/%: fuzz/%.cpp $(HEADERS)
 	@mkdir -p $(@D)
@@ -195,4 +201,4 @@ jepsen: deps $(BUILD)/jepsen_tests $(JEPSEN_SHIM) $(JEPSEN_NODE)
 clean:
 	rm -rf build build-address build-thread build-fuzz build-mutant
 
--include $(wildcard $(BUILD)/tests/*.d $(BUILD)/examples/*.d $(BUILD)/bench/*.d)
+-include $(wildcard $(BUILD)/tests/*.d $(BUILD)/examples/*.d $(BUILD)/bench/*.d $(BUILD)/tools/*.d)

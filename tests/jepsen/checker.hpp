@@ -18,27 +18,36 @@
 //    lists: every lrange holds only pushed elements, none more often than pushed, and every
 //      element whose rpush was acknowledged before the lrange began.
 // 2. The search: Wing & Gong's tree search with Lowe's memoization, as in Lowe, "Testing for
-//    linearizability" (2017). The key's invocations and returns are sorted by time (equal
-//    times: invocations first, so they count as concurrent). A configuration is the set of
-//    operations linearized so far plus the model's state. The first return event of an
+//    linearizability" (2017). The key's acknowledged invocations and returns are sorted by
+//    time (equal times: invocations first, so they count as concurrent). A configuration is
+//    the set of operations linearized so far plus the model's state. The first return of an
 //    operation not yet linearized is where something must be linearized (just in time): the
 //    candidates are the operations invoked before it; the search tries that operation itself
 //    first, then the other acknowledged ones, then unknown ones. A configuration seen before
-//    (128-bit fingerprint of the set, and the state) failed before and is not explored again.
-//    Unknown (info) operations have no return: they may be linearized at any point after
-//    their invocation, or never; failed ones never happened. Three reductions keep the search
-//    small, each of which preserves the verdict:
-//    - an operation that changes no state whatever the state (a read, a refused CAS, an
-//      lrange) and is legal now is linearized at once without trying alternatives: if any
-//      order works, the order with it moved here works too;
-//    - unknown operations with the same effect (two `incr k 1` that timed out) are taken
-//      earliest-invoked first: swapping them changes nothing;
-//    - an unknown write or CAS whose new value no read or CAS ever looks at, or an unknown
-//      rpush whose elements no lrange holds (and whose push no later reported length could
-//      count), is dropped: if a linearization uses it, the same order without it is one too.
-//    A violation names the operation no order could get past (its return event ends the
-//    smallest prefix of the key's history that is not linearizable), the states the key
-//    could be in there, and a diagnosis (stale read, lost acknowledged write, ...).
+//    failed before and is not explored again. Unknown (info) operations have no return: they
+//    may be linearized at any point after their invocation, or never; failed ones never
+//    happened. What keeps the search small, each step preserving the verdict (the tests
+//    compare it with a plain search on thousands of random histories):
+//    - observers first: an operation that changes no state whatever the state (a read, a
+//      refused CAS, an lrange) and is legal now is linearized at once, with no alternative
+//      tried: if any order works, the order with it moved here works too;
+//    - unknown operations only where something depends on them: one taken in state S must
+//      be followed at once by a witness, an operation that is illegal in S or leaves another
+//      state there; every linearization takes that form once the unknown operations without
+//      a witness are dropped. On registers that narrows them to those setting a value some
+//      candidate reads or compares (through chains of unknown CASes);
+//    - twins: unknown operations with the same effect (two `incr k 1` that timed out) are
+//      taken earliest-invoked first, and never while an acknowledged candidate with that
+//      effect could go instead (they can trade places);
+//    - dominance: a configuration that used no more twins than one already seen, with the
+//      same acknowledged operations, state and witness due, can do no more than it;
+//    - values nobody reads: on a register, the values no read returns and no CAS expects
+//      behave alike for every operation, so they are one state; unknown writes of them are
+//      dropped when no CAS on the key was refused; an unknown rpush whose elements no lrange
+//      holds is dropped unless a later reported length could count it.
+//    A violation names the operation no order could get past (its return ends the smallest
+//    prefix of the key's history that is not linearizable), the states the key could be in
+//    there, and a diagnosis (stale read, lost acknowledged write, ...).
 // 3. The bound: a step is one attempt to linearize one operation in one configuration. The
 //    search spends at most CheckOptions::max_steps in total over all keys (deterministic:
 //    the same history and options give the same verdict on any machine), and optionally
@@ -51,9 +60,9 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <limits>
 #include <map>
 #include <optional>
-#include <limits>
 #include <string>
 #include <tuple>
 #include <unordered_map>
@@ -73,8 +82,8 @@ struct CheckOptions {
   std::uint64_t max_steps = 50'000'000;
   /// A wall-clock bound on top, in seconds (0: none). Not deterministic: for tools.
   double timeout_s = 0;
-  /// Configurations remembered per key (16 bytes each, table at most half full). Beyond it
-  /// the search goes on without remembering more: slower, the same verdict.
+  /// Configurations remembered per key (about 50 bytes each, plus 4 per group of twins).
+  /// Beyond it the search goes on without remembering more: slower, the same verdict.
   std::size_t max_memo_entries = std::size_t{1} << 22;
 };
 
@@ -1203,7 +1212,8 @@ inline std::vector<Violation> check_list(const KeyOps& key, const Diagnosis& d) 
     std::unordered_map<std::string, std::size_t> held;
     for (const std::string& e : read->result->items) ++held[e];
     bool bad = false;
-    for (const auto& [e, n] : held) {
+    for (const std::string& e : read->result->items) {  // in list order: the same report everywhere
+      const std::size_t n = held[e];
       const auto it = pushes.find(e);
       const std::size_t pushed = it == pushes.end() ? 0 : it->second.size();
       if (pushed == 0) {
