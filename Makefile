@@ -9,6 +9,8 @@
 #   make run             starts a local 3-node cluster in the foreground
 #   make crash           SIGKILL of all three nodes under a write load, 20 times (~30 s)
 #   make upgrade         a cluster of the previous release upgraded node by node (needs git)
+#   make jepsen          Jepsen-style runs: 5 real nodes in network namespaces, every fault
+#                        mixed, the history checked (TIME=s RUNS=n SEED=n FAULTS=a,b MUTANT=NAME)
 #   CXX=clang++ works for every target.
 
 CXX ?= g++
@@ -68,8 +70,13 @@ FUZZERS := $(FUZZ_SRCS:fuzz/%.cpp=build-fuzz/%)
 TESTS ?= $(DEFAULT_TESTS)
 SEEDS ?= $(DEFAULT_SEEDS)
 FUZZ_TIME ?= 60
+# make jepsen: seconds of faults per run, runs, and the node program (MUTANT=NAME: a mutant build).
+TIME ?= 60
+RUNS ?= 3
+JEPSEN_SHIM := $(BUILD)/jepsen/fault_shim.so
+JEPSEN_NODE := $(if $(MUTANT),build-mutant/jepsen-$(MUTANT)/cas,$(BUILD)/examples/cas)
 
-.PHONY: all test deps sim bench fuzz run mutants clean check-header standalone crash upgrade
+.PHONY: all test deps sim bench fuzz run mutants clean check-header standalone crash upgrade jepsen
 .DELETE_ON_ERROR:
 
 all: $(EXAMPLES) $(BUILD)/raft_tests $(BUILD)/tools/check_history
@@ -115,7 +122,7 @@ standalone:
 	    { echo "$$h does not compile on its own with $$cxx" >&2; exit 1; }; done; done
 
 # The test binary finds the examples (process tests) through RAFT_BUILD_DIR.
-test: deps $(if $(SAN),,standalone) $(BUILD)/raft_tests $(if $(TEST_NEEDS_EXAMPLES),$(EXAMPLES))
+test: deps $(if $(SAN),,standalone) $(BUILD)/raft_tests $(if $(TEST_NEEDS_EXAMPLES),$(EXAMPLES) $(JEPSEN_SHIM))
 	RAFT_BUILD_DIR=$(BUILD) RAFT_SIM_SEEDS=$(SEEDS) RAFT_TIME_SCALE=$(TIME_SCALE) tools/run_tests.sh $(BUILD)/raft_tests $(TESTS)
 
 sim: deps $(BUILD)/raft_tests
@@ -169,6 +176,27 @@ upgrade: deps $(BUILD)/raft_tests $(BUILD)/examples/run_raft
 	if [ $$rc -eq 3 ]; then echo "make upgrade: skipped"; exit 0; elif [ $$rc -ne 0 ]; then exit $$rc; fi; \
 	RAFT_BUILD_DIR=$(BUILD) RAFT_TIME_SCALE=$(TIME_SCALE) RAFT_OLD_RUN_RAFT=$$old/run_raft \
 	  $(BUILD)/raft_tests '[upgrade]' --durations yes
+
+# The Jepsen-style suite (tests/test_jepsen.cpp, tests/jepsen/): RUNS runs of TIME seconds of
+# faults each, one verdict line per run; a failing run keeps its files under $(BUILD)/jepsen/failed.
+# SEED=N replays a run's seed (its faults and operations, not the interleaving of real processes).
+# MUTANT=NAME runs a node built with -DRAFT_MUTANT_NAME and stops at the first run that catches it.
+# The nodes load the fault shim (LD_PRELOAD: power cuts, failing disks, clocks); needs root.
+$(JEPSEN_SHIM): tests/jepsen/fault_shim.cpp tests/jepsen/faults.hpp
+	@mkdir -p $(@D)
+	$(CXX) -std=c++17 $(WARNINGS) -O2 -fPIC -shared -I. $< -o $@ -ldl
+
+$(BUILD)/jepsen_tests: $(BUILD)/tests/main.o $(BUILD)/tests/test_jepsen.o
+	$(CXX) $(ALL_CXXFLAGS) $^ -o $@ $(LDLIBS_ALL)
+
+build-mutant/jepsen-%/cas: examples/cas.cpp $(HEADERS)
+	@mkdir -p $(@D)
+	$(CXX) $(ALL_CXXFLAGS) -DRAFT_MUTANT_$* $< -o $@ $(LDLIBS_ALL)
+
+jepsen: deps $(BUILD)/jepsen_tests $(JEPSEN_SHIM) $(JEPSEN_NODE)
+	RAFT_BUILD_DIR=$(BUILD) RAFT_TIME_SCALE=$(TIME_SCALE) RAFT_JEPSEN_TIME=$(TIME) RAFT_JEPSEN_RUNS=$(RUNS) \
+	  RAFT_JEPSEN_SEED=$(SEED) RAFT_JEPSEN_FAULTS=$(FAULTS) RAFT_JEPSEN_NODE=$(JEPSEN_NODE) \
+	  RAFT_JEPSEN_MUTANT=$(MUTANT) $(BUILD)/jepsen_tests '[.jepsen-runs]'
 
 clean:
 	rm -rf build build-address build-thread build-fuzz build-mutant

@@ -4687,6 +4687,11 @@ inline void Core::read_index(std::uint64_t request_id) {
     return;
   }
   if (role_ == Role::Follower && !leader_.empty()) {
+#ifdef RAFT_MUTANT_FOLLOWER_READ_NO_READINDEX
+    // mutant: the follower serves the read from what it has applied, asking the leader nothing
+    reads_out_.push_back(ReadState{request_id, 0, true, now_ms_, term_});
+    return;
+#endif
     Message m = make(MessageType::ReadIndex, leader_);
     m.context = request_id;
     send(std::move(m));
