@@ -640,15 +640,20 @@ class Cluster {
     process(n);
   }
 
-  // The simulated state machine's snapshot: "applied:chain|sessions", the sessions as the store
-  // writes them into a real snapshot.
+  // The simulated state machine's snapshot: "applied:chain|clock,stamp|sessions", the session
+  // table's clock (session time, last stamp) and sessions as the store writes them into a real
+  // snapshot.
   static std::uint64_t snapshot_chain(const Snapshot& s) { return std::stoull(s.data.substr(s.data.find(':') + 1)); }
   static raft::detail::SessionTable snapshot_sessions(const Snapshot& s) {
     raft::detail::SessionTable t;
     const std::size_t bar = s.data.find('|');
     if (bar == std::string::npos) return t;
-    raft::detail::LiteralReader r(std::string_view(s.data).substr(bar + 1));
+    const std::size_t comma = s.data.find(',', bar), bar2 = s.data.find('|', bar + 1);
+    if (comma == std::string::npos || bar2 == std::string::npos)
+      throw Violation("harness: snapshot data without a session clock: " + s.data.substr(0, 200));
+    raft::detail::LiteralReader r(std::string_view(s.data).substr(bar2 + 1));
     if (!t.read(r)) throw Violation("harness: snapshot sessions do not read back: " + r.error());
+    t.set_clock(std::stoll(s.data.substr(bar + 1, comma - bar - 1)), std::stoll(s.data.substr(comma + 1, bar2 - comma - 1)));
     return t;
   }
 
@@ -874,7 +879,8 @@ class Cluster {
     s->meta.term = n.core->term_at(n.applied);
     s->meta.config = n.core->config_at(n.applied);
     s->meta.timestamp_ms = n.applied_stamp;
-    s->data = std::to_string(n.applied) + ":" + std::to_string(n.sm_chain) + "|";
+    s->data = std::to_string(n.applied) + ":" + std::to_string(n.sm_chain) + "|" +
+              std::to_string(n.sessions.clock_ms()) + "," + std::to_string(n.sessions.last_stamp_ms()) + "|";
     n.sessions.write(s->data);
     if (n.disk.snapshot && n.disk.snapshot->meta.index >= s->meta.index) return;
     std::uint64_t to = n.core->compact(s);

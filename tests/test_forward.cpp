@@ -170,6 +170,18 @@ struct Three {
   }
 };
 
+// The leader's clock (the test's) moves to `to` in steps of SessionTable::kMaxClockStepMs with a
+// write at each: leader time passing steadily, which session time follows (a single jump
+// counts as one step).
+void pass_leader_time(raft::Node& leader, std::atomic<std::int64_t>& clock, std::int64_t to) {
+  using raft::detail::SessionTable;
+  for (std::int64_t at = clock.load() + SessionTable::kMaxClockStepMs; at < to; at += SessionTable::kMaxClockStepMs) {
+    clock.store(at);
+    REQUIRE(is_ok(leader.execute({"set", "time-passes", std::to_string(at)})));
+  }
+  clock.store(to);
+}
+
 }  // namespace
 
 // =============================================================================================
@@ -590,7 +602,7 @@ TEST_CASE("a forwarded write refused for a full session table is answered not-ru
 
   // A new session's write, while none has been idle long enough to be forgotten: not run, and
   // the follower is told "notrun" (not "done"), so that it alone decides what its caller hears.
-  clock->store(t0 + SessionTable::kIdleMs - 1);
+  pass_leader_time(node.node(), *clock, t0 + SessionTable::kIdleMs - 1);
   REQUIRE(peer.send({"FWD", "999999", "1", "1", "incr", "n"}));
   const std::vector<std::string> first = peer.next();
   INFO("first copy: " << show(first));
@@ -603,7 +615,7 @@ TEST_CASE("a forwarded write refused for a full session table is answered not-ru
 
   // Why "done" would be wrong: a copy of the same write (a follower sends it again when it
   // cannot know the first arrived) appended once the sessions expired runs.
-  clock->store(t0 + SessionTable::kIdleMs);
+  pass_leader_time(node.node(), *clock, t0 + SessionTable::kIdleMs);
   REQUIRE(peer.send({"FWD", "999999", "1", "1", "incr", "n"}));
   const std::vector<std::string> second = peer.next();
   INFO("second copy: " << show(second));
@@ -650,17 +662,16 @@ TEST_CASE("a forwarded write whose first copy was refused for a full session tab
   REQUIRE(eventually([&] {
     return std::to_string(c[leader].applied_index()) == info_field(c[leader], "raft_last_index");
   }));
-  const std::uint64_t before = c[leader].applied_index();
-
   // The first copy: refused (no session idle long enough to be forgotten). Its answer waits on
   // the leader (the leader's link to the follower stalls).
-  clock->store(t0 + SessionTable::kIdleMs - 1);
+  pass_leader_time(c[leader], *clock, t0 + SessionTable::kIdleMs - 1);
+  const std::uint64_t before = c[leader].applied_index();
   c[leader].runtime().set_link_fault_for_test(follower_id, Fault::Stall);
   auto reply = c[follower].execute_async({"incr", "n"});
   REQUIRE(eventually([&] { return c[leader].applied_index() > before; }));  // the first copy's entry
   // The sessions expire; the follower's connection breaks and comes back, and it sends the
   // write again: this copy runs.
-  clock->store(t0 + SessionTable::kIdleMs);
+  pass_leader_time(c[leader], *clock, t0 + SessionTable::kIdleMs);
   c[follower].runtime().set_link_fault_for_test(leader_id, Fault::Drop);
   c[follower].runtime().set_link_fault_for_test(leader_id, Fault::None);
   REQUIRE(eventually([&] { return stored(c[leader], "n") == "1"; }));

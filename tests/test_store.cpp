@@ -391,16 +391,16 @@ TEST_CASE("snapshot: the layout is Python's repr of the documented dict", "[stor
   s.sessions().begin({"2", "9f", 7}, 3, 2, kT0 + 4, reply);
   s.sessions().record({"2", "9f", 7}, 3, ":5\r\n");
   CHECK(snapshot_of(s, m) ==
-        "{'_META_': {'format': 3, 'index': 10, 'term': 20, 'timestamp': 1700000000005, 'members': ["
+        "{'_META_': {'format': 4, 'index': 10, 'term': 20, 'timestamp': 1700000000005, 'members': ["
         "{'id': '1', 'address': '127.0.0.1:5010', 'server_id': '9f', 'voter': True}, "
         "{'id': '2', 'address': '127.0.0.1:5020', 'server_id': '', 'voter': False}]}, "
         "'data': {'bin': b'\\xff', 'h': {'a': '1', 'b': '2'}, 'l': ['x', \"it's\"], 's': 'v'}, "
         "'ttl': {'s': 1700000000000}, "
         "'sessions': [{'node': '2', 'server_id': '9f', 'nonce': 7, 'lowest': 2, 'active': 1700000000004, "
-        "'replies': {3: ':5\\r\\n'}}]}");
+        "'replies': {3: ':5\\r\\n'}}], 'session_clock': [1700000000004, 1700000000004]}");
   CHECK(snapshot_of(Store(), raft::SnapshotMeta()) ==
-        "{'_META_': {'format': 3, 'index': 0, 'term': 0, 'timestamp': 0, 'members': []}, 'data': {}, 'ttl': {}, "
-        "'sessions': []}");
+        "{'_META_': {'format': 4, 'index': 0, 'term': 0, 'timestamp': 0, 'members': []}, 'data': {}, 'ttl': {}, "
+        "'sessions': [], 'session_clock': [0, 0]}");
 }
 
 TEST_CASE("snapshot: format 2 (without sessions) is still read", "[store][snapshot]") {
@@ -414,7 +414,8 @@ TEST_CASE("snapshot: format 2 (without sessions) is still read", "[store][snapsh
   CHECK(meta.timestamp_ms == kT0 + 1);
   CHECK(out.sessions().empty());
   CHECK(out.find("k", kT0)->str == "v");
-  CHECK_THAT(snapshot_of(out, meta), Catch::Contains("'format': 3") && Catch::EndsWith("'sessions': []}"));
+  CHECK_THAT(snapshot_of(out, meta), Catch::Contains("'format': 4") &&
+                                         Catch::EndsWith("'sessions': [], 'session_clock': [1700000000001, 1700000000001]}"));
 }
 
 TEST_CASE("snapshot: format 1 (the first release's, without a timestamp) is still read", "[store][snapshot]") {
@@ -570,6 +571,10 @@ TEST_CASE("snapshot: malformed input is rejected with the offset and what was ex
     return "{'_META_': {'format': 3, 'index': 1, 'term': 2, 'timestamp': 5, 'members': []}, 'data': {}, 'ttl': {}, "
            "'sessions': " + sessions + "}";
   };
+  const auto with_format4 = [](const std::string& rest) {
+    return "{'_META_': {'format': 4, 'index': 1, 'term': 2, 'timestamp': 5, 'members': []}, 'data': {}, 'ttl': {}, " +
+           rest + "}";
+  };
   const std::string session = "{'node': '2', 'server_id': 's', 'nonce': 1, 'lowest': 5, 'active': 0, 'replies': {}}";
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"", "at byte 0: expected '{' at the start of a snapshot, found the end of the input"},
@@ -608,8 +613,11 @@ TEST_CASE("snapshot: malformed input is rejected with the offset and what was ex
       {"{" + meta + ", 'data': {}, 'ttl': {}, 'extra': {}}", "unknown top-level key 'extra'"},
       {"{" + meta + ", " + meta + ", 'data': {}, 'ttl': {}}", "duplicate top-level key '_META_'"},
       {"{'data': {}, 'ttl': {}}", "missing '_META_'"},
-      {with_meta("{'format': 4, 'index': 1, 'term': 2, 'members': []}"),
-       "at byte 22: unsupported snapshot format 4 (this version reads formats 1 to 3)"},
+      {with_meta("{'format': 5, 'index': 1, 'term': 2, 'members': []}"),
+       "at byte 22: unsupported snapshot format 5 (this version reads formats 1 to 4)"},
+      {with_format4("'sessions': []"), "a snapshot of format 4 needs 'session_clock'"},
+      {with_sessions("[], 'session_clock': [1, 1]"), "a snapshot of format 3 has no 'session_clock'"},
+      {with_format4("'sessions': [], 'session_clock': [1]"), "',' in the session clock"},
       {with_meta("{'format': 3, 'index': 1, 'term': 2, 'timestamp': 5, 'members': []}"),
        "a snapshot of format 3 needs 'sessions'"},
       {"{" + meta + ", 'data': {}, 'ttl': {}, 'sessions': []}", "a snapshot of format 1 has no 'sessions'"},
@@ -813,30 +821,43 @@ TEST_CASE("sessions: a forwarded write runs once, and its copies get its reply u
   CHECK(t.reply_bytes() == 2 * (4 + Sessions::kReplyOverheadBytes));
 }
 
+namespace {
+// Entries stamped every kMaxClockStepMs up to `stamp` (leader time passing steadily: session
+// time follows it).
+void walk(Sessions& t, std::int64_t stamp) {
+  for (std::int64_t at = t.last_stamp_ms() + Sessions::kMaxClockStepMs; at < stamp; at += Sessions::kMaxClockStepMs)
+    t.observe(at);
+  t.observe(stamp);
+}
+}  // namespace
+
 TEST_CASE("sessions: a session is forgotten kIdleMs of leader time after its last entry", "[store][sessions]") {
   Sessions t;
   std::string reply;
   REQUIRE(t.begin(kA, 1, 1, kT0, reply) == Verdict::Apply);
   t.record(kA, 1, ":1\r\n");
   // Time is the entries': kIdleMs later less a millisecond, kA is still known.
+  walk(t, kT0 + Sessions::kIdleMs - 1);
   REQUIRE(t.begin(kB, 1, 1, kT0 + Sessions::kIdleMs - 1, reply) == Verdict::Apply);
   t.record(kB, 1, ":1\r\n");
   CHECK(t.size() == 2);
   REQUIRE(t.reply(kA, 1) != nullptr);
   // An entry at kIdleMs forgets it; the other session stays.
-  t.expire(kT0 + Sessions::kIdleMs);
+  t.observe(kT0 + Sessions::kIdleMs);
   CHECK(t.size() == 1);
   CHECK(t.reply(kA, 1) == nullptr);
   CHECK(t.reply(kB, 1) != nullptr);
   CHECK(t.reply_bytes() == 4 + Sessions::kReplyOverheadBytes);
   // An entry of a session keeps it alive.
+  walk(t, kT0 + 2 * Sessions::kIdleMs - 2);
   CHECK(t.begin(kB, 2, 2, kT0 + 2 * Sessions::kIdleMs - 2, reply) == Verdict::Apply);
-  t.expire(kT0 + 2 * Sessions::kIdleMs - 1);
+  t.observe(kT0 + 2 * Sessions::kIdleMs - 1);
   CHECK(t.size() == 1);
   // Stamps at or before the last one forget nothing (a snapshot of an older state).
-  t.expire(kT0);
+  t.observe(kT0);
   CHECK(t.size() == 1);
-  // The table is the same on every node: forgetting happens when a forwarded write applies.
+  // The table is the same on every node: it changes as entries apply.
+  walk(t, kT0 + 3 * Sessions::kIdleMs);
   CHECK(t.begin(kA, 7, 7, kT0 + 3 * Sessions::kIdleMs, reply) == Verdict::Apply);
   CHECK(t.size() == 1);
   CHECK(t.reply(kB, 2) == nullptr);
@@ -851,9 +872,46 @@ TEST_CASE("sessions: a new session is refused while kMaxSessions are kept", "[st
   CHECK(t.size() == Sessions::kMaxSessions);
   CHECK(t.begin(Sessions::Key{"n", "s", 0}, 2, 1, kT0 + 2, reply) == Verdict::Apply);  // a known one goes on
   // Once the idle ones are forgotten, new ones are welcome again.
+  walk(t, kT0 + Sessions::kIdleMs);
   CHECK(t.begin(Sessions::Key{"n", "s", Sessions::kMaxSessions}, 1, 1, kT0 + Sessions::kIdleMs, reply) ==
         Verdict::Apply);
   CHECK(t.size() == 2);
+}
+
+TEST_CASE("sessions: a leader clock jumping forward by hours forgets no session: a late copy of a write is "
+          "still a duplicate",
+          "[store][sessions]") {
+  // Found by the Jepsen-style suite (seed 226111): a follower forwarded INCR (session kA, seq 1);
+  // the leader applied it, then a new leader whose clock was 2.6 hours ahead stamped the next
+  // entries, every session looked idle for hours and was forgotten, and the follower's copy of
+  // the INCR, sent again to the new leader, ran a second time.
+  Sessions t;
+  std::string reply;
+  REQUIRE(t.begin(kA, 1, 1, kT0, reply) == Verdict::Apply);
+  t.record(kA, 1, ":64\r\n");
+  constexpr std::int64_t kJump = 9468 * 1000;
+  CHECK(t.begin(kB, 1, 1, kT0 + kJump, reply) == Verdict::Apply);  // the new leader's first entry
+  CHECK(t.clock_ms() == kT0 + Sessions::kMaxClockStepMs);
+  reply.clear();
+  CHECK(t.begin(kA, 1, 1, kT0 + kJump + 1, reply) == Verdict::Duplicate);
+  CHECK(reply == ":64\r\n");
+  // Time then passes as usual: kIdleMs of steady steps after its last entry, kA goes.
+  walk(t, kT0 + kJump + 1 + Sessions::kIdleMs);
+  CHECK(t.reply(kA, 1) == nullptr);
+  // Session time and the last stamp travel in the snapshot.
+  Store s;
+  s.sessions() = t;
+  std::string text;
+  raft::SnapshotMeta m;
+  m.timestamp_ms = t.last_stamp_ms();
+  s.write_snapshot(text, m);
+  Store back;
+  raft::SnapshotMeta back_meta;
+  std::string error;
+  REQUIRE(Store::read_snapshot(text, back, back_meta, error));
+  CHECK(back.sessions() == t);
+  CHECK(back.sessions().clock_ms() == t.clock_ms());
+  CHECK(back.sessions().last_stamp_ms() == t.last_stamp_ms());
 }
 
 TEST_CASE("sessions: kept replies stay within kMaxReplyBytes, the largest session losing its oldest first",

@@ -29,11 +29,16 @@ class LiteralReader;
 ///   - at most kMaxSessions sessions: a new one is refused while that many are kept (Full:
 ///     this entry does not run; a later copy of the write may, once sessions expired, so the
 ///     follower is told "not run here" and decides what it can promise its caller);
-///   - a session is forgotten kIdleMs of leader time after its last entry (when a forwarded
-///     write is applied: the table changes only then). A follower stops sending a forward long
-///     before that (section 5: kMaxForwardWaitMs), so no copy of a write the table forgot can
-///     reach the log - assuming, as everywhere, bounded skew between the leaders' clocks, and
-///     that no message waits in a socket for minutes;
+///   - a session is forgotten kIdleMs of session time after its last entry. Session time is
+///     the entries' leader time with every step between two entries capped at
+///     kMaxClockStepMs: a leader's clock that jumps forward by hours (or a new leader whose
+///     clock is far ahead) moves it by at most that much, where leader time itself would
+///     forget every session at once while copies of their writes may still be on the way (the
+///     Jepsen-style suite found a forwarded INCR applied twice that way). A follower stops
+///     sending a forward within kMaxForwardWaitMs (section 5) of real time, in which session
+///     time passes by that much and each clock jump adds at most kMaxClockStepMs: no copy of a
+///     write the table forgot can reach the log unless the leaders' clocks jump forward
+///     several times within a minute, or a message waits in a socket for minutes;
 ///   - kept replies total at most kMaxReplyBytes, counting kReplyOverheadBytes for each: beyond
 ///     that, the session with the most bytes loses its oldest reply, and its lowest unanswered
 ///     moves past it (a copy arriving later is Stale: its caller learns the outcome is unknown).
@@ -63,19 +68,33 @@ class SessionTable {
   };
 
   static constexpr std::int64_t kIdleMs = 10 * 60 * 1000;
+  static constexpr std::int64_t kMaxClockStepMs = kIdleMs / 10;
   static constexpr std::size_t kMaxSessions = 4096;
   static constexpr std::size_t kMaxReplyBytes = std::size_t{64} << 20;
   static constexpr std::size_t kReplyOverheadBytes = 64;
 
   /// Decides what to do with forwarded write `seq` of session `key`, applied at the entry's
-  /// leader timestamp now_ms. Forgets idle sessions first, and the session's replies below
-  /// `lowest_unanswered`; a Duplicate's reply is copied into `reply`.
+  /// leader timestamp stamp_ms. Observes the stamp first (forgetting idle sessions), and
+  /// forgets the session's replies below `lowest_unanswered`; a Duplicate's reply is copied
+  /// into `reply`.
   Verdict begin(const Key& key, std::uint64_t seq, std::uint64_t lowest_unanswered,
-                std::int64_t now_ms, std::string& reply);
+                std::int64_t stamp_ms, std::string& reply);
   /// After begin() said Apply: keeps the write's reply (RESP3-encoded) for `seq`.
   void record(const Key& key, std::uint64_t seq, std::string reply);
-  /// Forgets the sessions whose last entry is kIdleMs or more before now_ms.
-  void expire(std::int64_t now_ms);
+  /// An entry stamped stamp_ms is applied (every command entry, so that session time follows
+  /// the log): session time advances by the step since the last stamp, at most
+  /// kMaxClockStepMs (a fresh table starts at the first stamp), and the sessions idle for
+  /// kIdleMs of session time are forgotten. Stamps at or before the last one change nothing.
+  void observe(std::int64_t stamp_ms);
+  /// Session time, and the last stamp observed (kept in snapshots).
+  std::int64_t clock_ms() const { return clock_ms_; }
+  std::int64_t last_stamp_ms() const { return last_stamp_ms_; }
+  /// Restoring: session time and the last stamp (from a snapshot; a snapshot of format 3 has
+  /// neither, and its sessions' times are leader times: both are its timestamp then).
+  void set_clock(std::int64_t clock_ms, std::int64_t last_stamp_ms) {
+    clock_ms_ = clock_ms;
+    last_stamp_ms_ = last_stamp_ms;
+  }
 
   std::size_t size() const { return sessions_.size(); }
   bool empty() const { return sessions_.empty(); }
@@ -90,6 +109,7 @@ class SessionTable {
     for (const auto& [key, s] : sessions_) f(key, s.lowest, s.active_ms, s.replies);
   }
 
+  /// The same sessions (session time aside: every command entry moves it).
   bool operator==(const SessionTable& o) const { return sessions_ == o.sessions_; }
   bool operator!=(const SessionTable& o) const { return !(*this == o); }
 
@@ -102,7 +122,7 @@ class SessionTable {
  private:
   struct Session {
     std::uint64_t lowest = 0;    // the follower waits for nothing below this
-    std::int64_t active_ms = 0;  // the leader timestamp of its last entry
+    std::int64_t active_ms = 0;  // the session time of its last entry
     std::map<std::uint64_t, std::string> replies;  // seq -> reply, every seq >= lowest
     std::size_t bytes = 0;                         // of its replies, with the overhead
 
@@ -115,8 +135,11 @@ class SessionTable {
   Sessions sessions_;
   std::set<std::pair<std::int64_t, Key>> by_activity_;  // (active_ms, key) of every session
   std::size_t bytes_ = 0;
+  std::int64_t clock_ms_ = 0;       // session time (observe())
+  std::int64_t last_stamp_ms_ = 0;  // the last entry stamp observed; 0: none yet
 
   static std::size_t cost(const std::string& reply) { return reply.size() + kReplyOverheadBytes; }
+  void expire(std::int64_t now_ms);
   Sessions::iterator add(const Key& key, std::int64_t now_ms);
   void touch(Sessions::iterator it, std::int64_t now_ms);
   void advance(Sessions::iterator it, std::uint64_t lowest);
@@ -227,13 +250,14 @@ class Store {
   const detail::SessionTable& sessions() const { return sessions_; }
 
   // ---- snapshot text (Python repr() layout; ast.literal_eval reads it) ----
-  /// Appends `{'_META_': {'format': 3, 'index': I, 'term': T, 'timestamp': MS, 'members': [...]},
-  /// 'data': {...}, 'ttl': {...}, 'sessions': [...]}` to `out` ('sessions': see
-  /// detail::SessionTable::write). Keys and hash fields in bytewise order; the same store and
+  /// Appends `{'_META_': {'format': 4, 'index': I, 'term': T, 'timestamp': MS, 'members': [...]},
+  /// 'data': {...}, 'ttl': {...}, 'sessions': [...], 'session_clock': [MS, MS]}` to `out`
+  /// ('sessions', 'session_clock': see detail::SessionTable). Keys and hash fields in bytewise order; the same store and
   /// meta always give the same text. Strings that are valid UTF-8 are written as str literals,
   /// others as bytes literals, escaped exactly as Python's repr().
   void write_snapshot(std::string& out, const SnapshotMeta& meta) const;
-  /// Parses write_snapshot's format, format 2 (no 'sessions': the table is empty), format 1
+  /// Parses write_snapshot's format, format 3 (no 'session_clock'), format 2 (no 'sessions':
+  /// the table is empty), format 1
   /// (nor 'timestamp': meta.timestamp_ms is 0), and any Python literal text of the same shape.
   /// On success replaces `data` and `meta`; on failure leaves them unchanged and sets `error`
   /// ("invalid snapshot at byte N: expected ...").
@@ -307,9 +331,10 @@ inline void Call::clear_ttl(std::string_view key) { data.clear_ttl(key); }
 namespace raft::detail {
 
 /// The snapshot text's format ('format' in _META_). 1: the first release; 2: adds
-/// 'timestamp'; 3: adds 'sessions' (forwarded writes, SessionTable). Every older format stays
-/// readable; each change bumps it.
-constexpr std::int64_t kSnapshotFormat = 3;
+/// 'timestamp'; 3: adds 'sessions' (forwarded writes, SessionTable); 4: adds 'session_clock'
+/// ([session time, last stamp]: sessions' times are session time, not leader time). Every
+/// older format stays readable; each change bumps it.
+constexpr std::int64_t kSnapshotFormat = 4;
 
 // ---- the limits of one command ----
 //
@@ -1887,7 +1912,8 @@ inline void Store::write_snapshot(std::string& out, const SnapshotMeta& meta) co
   }
   out += "}, 'sessions': ";
   sessions_.write(out);
-  out += '}';
+  out += ", 'session_clock': [" + std::to_string(sessions_.clock_ms()) + ", " +
+         std::to_string(sessions_.last_stamp_ms()) + "]}";
 }
 
 namespace detail {
@@ -2033,9 +2059,10 @@ inline bool Store::read_snapshot(std::string_view text, Store& data, SnapshotMet
   Store store;
   SnapshotMeta m;
   std::vector<detail::PendingDeadline> deadlines;
-  bool has_meta = false, has_data = false, has_ttl = false, has_sessions = false;
+  bool has_meta = false, has_data = false, has_ttl = false, has_sessions = false, has_session_clock = false;
   std::int64_t format = 0;
-  std::size_t sessions_at = 0;
+  std::size_t sessions_at = 0, session_clock_at = 0;
+  std::int64_t session_clock = 0, last_stamp = 0;
   std::string key;
   const auto fail = [&] { return detail::snapshot_error(r, error); };
 
@@ -2045,10 +2072,11 @@ inline bool Store::read_snapshot(std::string_view text, Store& data, SnapshotMet
     const std::size_t at = r.here();
     if (!r.string(key) || !r.expect(':', "':' after a dict key")) return fail();
     bool* seen = key == "_META_" ? &has_meta : key == "data" ? &has_data
-               : key == "ttl" ? &has_ttl : key == "sessions" ? &has_sessions : nullptr;
+               : key == "ttl" ? &has_ttl : key == "sessions" ? &has_sessions
+               : key == "session_clock" ? &has_session_clock : nullptr;
     if (seen == nullptr) {
       r.fail_at(at, "unknown top-level key " + detail::key_for_error(key) +
-                        " (expected '_META_', 'data', 'ttl' or 'sessions')");
+                        " (expected '_META_', 'data', 'ttl', 'sessions' or 'session_clock')");
       return fail();
     }
     if (*seen) {
@@ -2061,6 +2089,12 @@ inline bool Store::read_snapshot(std::string_view text, Store& data, SnapshotMet
     } else if (key == "sessions") {
       sessions_at = at;
       if (!store.sessions_.read(r)) return fail();
+    } else if (key == "session_clock") {
+      session_clock_at = at;
+      if (!r.expect('[', "'[' (the session clock)") || !r.integer(session_clock) ||
+          !r.expect(',', "',' in the session clock") || !r.integer(last_stamp) ||
+          !r.expect(']', "']' closing the session clock"))
+        return fail();
     } else if (key == "ttl") {
       if (!detail::read_deadlines(r, deadlines, false)) return fail();
     } else {
@@ -2116,6 +2150,15 @@ inline bool Store::read_snapshot(std::string_view text, Store& data, SnapshotMet
                                                   (has_sessions ? " has no 'sessions'" : " needs 'sessions'"));
     return fail();
   }
+  if (has_session_clock != (format >= 4)) {
+    r.fail_at(has_session_clock ? session_clock_at : 0,
+              "a snapshot of format " + std::to_string(format) +
+                  (has_session_clock ? " has no 'session_clock'" : " needs 'session_clock'"));
+    return fail();
+  }
+  // Before format 4 the sessions' times are leader times: session time starts at the stamp.
+  if (format < 4) session_clock = last_stamp = m.timestamp_ms;
+  store.sessions_.set_clock(session_clock, last_stamp);
   for (const auto& d : deadlines) {
     const auto it = store.objects_.find(d.key);
     if (it == store.objects_.end()) {
@@ -2216,9 +2259,10 @@ inline bool idle_long_enough(std::int64_t since, std::int64_t now_ms) {
 }
 
 inline SessionTable::Verdict SessionTable::begin(const Key& key, std::uint64_t seq,
-                                                 std::uint64_t lowest_unanswered, std::int64_t now_ms,
+                                                 std::uint64_t lowest_unanswered, std::int64_t stamp_ms,
                                                  std::string& reply) {
-  expire(now_ms);
+  observe(stamp_ms);
+  const std::int64_t now_ms = clock_ms_;
   auto it = sessions_.find(key);
   if (it == sessions_.end()) {
     if (sessions_.size() >= kMaxSessions) return Verdict::Full;
@@ -2247,6 +2291,21 @@ inline void SessionTable::record(const Key& key, std::uint64_t seq, std::string 
   it->second.bytes += c;
   bytes_ += c;
   shed_replies();
+}
+
+inline void SessionTable::observe(std::int64_t stamp_ms) {
+  if (last_stamp_ms_ == 0 && clock_ms_ == 0) {
+    clock_ms_ = last_stamp_ms_ = stamp_ms;  // a fresh table: session time starts here
+  } else if (stamp_ms > last_stamp_ms_) {
+    const std::uint64_t step = static_cast<std::uint64_t>(stamp_ms) - static_cast<std::uint64_t>(last_stamp_ms_);
+#ifdef RAFT_MUTANT_SESSION_TIME_JUMPS
+    clock_ms_ += static_cast<std::int64_t>(step);  // mutant: a leader's clock jump forgets every session
+#else
+    clock_ms_ += static_cast<std::int64_t>(std::min<std::uint64_t>(step, kMaxClockStepMs));
+#endif
+    last_stamp_ms_ = stamp_ms;
+  }
+  expire(clock_ms_);
 }
 
 inline void SessionTable::expire(std::int64_t now_ms) {

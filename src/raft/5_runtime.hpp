@@ -1981,6 +1981,7 @@ inline void Runtime::apply_entry(const LogEntry& e) {
       return;
     }
     std::lock_guard<std::mutex> lock(data_mu_);
+    store_.sessions().observe(e.timestamp_ms);  // session time follows every command entry
     if (!forwarded) {
       if (!run_write(e, h->second, words, reply)) return;
     } else {

@@ -329,6 +329,14 @@ int sync_impl(int fd, bool data_only) {
     Lock lock;
     upto = s.seq;  // what was written before the sync began
   }
+  if (s.control) {
+    const std::int32_t delay_ms = __atomic_load_n(&s.control->sync_delay_ms, __ATOMIC_SEQ_CST);
+    if (delay_ms > 0) {
+      struct timespec busy {delay_ms / 1000, static_cast<long>(delay_ms % 1000) * 1'000'000};
+      while (::nanosleep(&busy, &busy) != 0 && errno == EINTR) {
+      }
+    }
+  }
   const int r = call(fd);
   if (r != 0) return r;
   const int saved = errno;

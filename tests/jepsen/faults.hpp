@@ -21,7 +21,11 @@
 // killed, the machine up) keeps the page cache: crash() just drops the journal.
 //
 // Disk faults: with FaultControl::fail_fsync set, fdatasync and fsync of the data directory's
-// files fail with EIO (without syncing); with disk_full set, writes to them fail with ENOSPC.
+// files fail with EIO (without syncing); with disk_full set, writes to them fail with ENOSPC;
+// with sync_delay_ms set, each of those syncs first waits that long (a busy disk). A sync
+// covers only what was written before it was called, so a slow sync widens the window in
+// which a node holds data that a power cut takes away: a node that acknowledges before its
+// sync returns is caught there.
 //
 // Clock: FaultControl::clock_offset_ms is added to CLOCK_REALTIME (clock_gettime,
 // gettimeofday, time), as faketime with FAKETIME_DONT_FAKE_MONOTONIC=1 would, but changeable
@@ -50,6 +54,8 @@ struct FaultControl {
   std::int64_t clock_offset_ms;  // added to the wall clock
   std::int32_t fail_fsync;       // nonzero: fsync/fdatasync of data files fail (EIO)
   std::int32_t disk_full;        // nonzero: writes to data files fail (ENOSPC)
+  std::int32_t sync_delay_ms;    // nonzero: each fsync/fdatasync of data files first waits
+                                 // this long (a busy disk: nothing is durable any sooner)
 };
 
 // ---- The journal: records appended by the shim, one write(2) each ----
@@ -116,6 +122,8 @@ class NodeFaults {
   void set_clock_offset_ms(std::int64_t ms) { __atomic_store_n(&control_->clock_offset_ms, ms, __ATOMIC_SEQ_CST); }
   void set_fail_fsync(bool on) { __atomic_store_n(&control_->fail_fsync, on ? 1 : 0, __ATOMIC_SEQ_CST); }
   void set_disk_full(bool on) { __atomic_store_n(&control_->disk_full, on ? 1 : 0, __ATOMIC_SEQ_CST); }
+  void set_sync_delay_ms(std::int32_t ms) { __atomic_store_n(&control_->sync_delay_ms, ms, __ATOMIC_SEQ_CST); }
+  std::int32_t sync_delay_ms() const { return __atomic_load_n(&control_->sync_delay_ms, __ATOMIC_SEQ_CST); }
   std::int64_t clock_offset_ms() const { return __atomic_load_n(&control_->clock_offset_ms, __ATOMIC_SEQ_CST); }
 
   /// After the node's process is dead: undoes every change to `data_dir` that no sync made

@@ -22,6 +22,10 @@
 //              forwards or back; healed by setting every clock right (a jump too).
 //   disk       one node's fsyncs fail (EIO), or its disk is full (ENOSPC); healed by clearing
 //              the fault and restarting the node after a power cut (it must be restarted).
+//   slow       busy disks: every fsync of the leader's followers, or of a random majority,
+//              takes 50-400 ms; healed by making them fast again, half of the time after a
+//              power cut of every member the nemesis holds no other way (staggered restarts):
+//              what a node acknowledged before its sync returned is gone then.
 // Faults that act on a node's process (kill, pause, restart, wipe, disk, member add) never
 // pick a node another such fault holds. heal_all() ends everything and restarts every member
 // that is down; a node that exited without being killed is a problem of the run.
@@ -49,7 +53,7 @@ namespace jepsen {
 
 inline const std::vector<std::string>& all_fault_kinds() {
   static const std::vector<std::string> kinds{"kill", "pause", "restart", "partition", "loss",
-                                              "wipe", "member", "clock", "disk"};
+                                              "wipe", "member", "clock", "disk", "slow"};
   return kinds;
 }
 
@@ -113,6 +117,7 @@ class Nemesis {
       n->faults().set_clock_offset_ms(0);
       n->faults().set_fail_fsync(false);
       n->faults().set_disk_full(false);
+      n->faults().set_sync_delay_ms(0);
       if (n->paused()) n->resume();
     }
     check_exits();
@@ -320,6 +325,7 @@ class Nemesis {
                     : kind == "member"    ? event_member(f)
                     : kind == "clock"     ? begin_clock(f)
                     : kind == "disk"      ? begin_disk(f)
+                    : kind == "slow"      ? begin_slow(f)
                                           : false;
     if (!ok) {
       --started_faults_;
@@ -567,6 +573,40 @@ class Nemesis {
       if (target->started()) {
         target->kill(true);  // after a failed fsync nothing unsynced may be trusted
         start_node(*target);
+      }
+    };
+    return true;
+  }
+
+  bool begin_slow(Fault& f) {
+    std::vector<Node*> slow;
+    for (Node* n : nodes_)
+      if (member_.count(n->id()) && n->faults().sync_delay_ms() == 0) slow.push_back(n);
+    const ClusterView v = view();
+    if (v.leader && chance(0.5)) {
+      slow.erase(std::remove(slow.begin(), slow.end(), v.leader), slow.end());  // its followers
+    } else {
+      const std::size_t majority = member_.size() / 2 + 1;
+      if (slow.size() < majority) return false;
+      shuffle(slow);
+      slow.resize(majority);
+    }
+    if (slow.empty()) return false;
+    const auto delay_ms = static_cast<std::int32_t>(50 + pick(351));
+    for (Node* n : slow) n->faults().set_sync_delay_ms(delay_ms);
+    const bool power_cut = chance(0.5);
+    f.what = names(slow) + " fsync " + std::to_string(delay_ms) + " ms" + (power_cut ? ", then a power cut" : "");
+    f.heal = [this, slow, power_cut] {
+      std::vector<Node*> cut;
+      if (power_cut)
+        for (Node* n : nodes_)
+          if (member_.count(n->id()) && n->started() && !n->paused() && !held(n)) cut.push_back(n);
+      for (Node* n : cut) n->kill(true);  // while the disks are still slow: all at once
+      for (Node* n : slow) n->faults().set_sync_delay_ms(0);
+      shuffle(cut);
+      for (Node* n : cut) {
+        start_node(*n);
+        std::this_thread::sleep_for(proc::milliseconds(pick(400)));  // staggered, as machines boot
       }
     };
     return true;
