@@ -1423,8 +1423,13 @@ class LiteralReader {
     return true;
   }
 
+  /// Written exponents beyond this are refused: no Python float has a decimal exponent past
+  /// about +-324, so no pyraft file holds one, and a value like 0e999999 would otherwise cost
+  /// a step per power of ten to compute.
+  static constexpr long kMaxExponent = 400;
+
   /// An int or float literal ([-]digits[.digits][e[+-]digits]): its sign, its digits and
-  /// the power of ten they are scaled by. The exponent is clamped (1e999999 is simply huge).
+  /// the power of ten they are scaled by.
   bool scan_number(bool& negative, std::string& digits, long& exponent) {
     digits.clear();
     exponent = 0;
@@ -1449,7 +1454,10 @@ class LiteralReader {
       if (pos_ >= in_.size() || !is_digit(in_[pos_])) return fail_at(start, "malformed exponent");
       long e = 0;
       for (; pos_ < in_.size() && is_digit(in_[pos_]); ++pos_)
-        if (e < 100000) e = e * 10 + (in_[pos_] - '0');
+        if (e <= kMaxExponent) e = e * 10 + (in_[pos_] - '0');
+      if (e > kMaxExponent)
+        return fail_at(start, "exponent out of range (beyond +-" + std::to_string(kMaxExponent) +
+                                  ", where no float is)");
       exponent += exponent_negative ? -e : e;
     }
     if (!number_ends_here()) return fail_at(start, "malformed number");

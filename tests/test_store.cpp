@@ -776,6 +776,33 @@ TEST_CASE("pyraft: values this store cannot hold are errors naming the key", "[s
   }
 }
 
+TEST_CASE("pyraft: an absurd exponent is refused at once, not computed", "[store][snapshot][pyraft]") {
+  // 0e999999 is zero, but computing it digit by digit took a million steps per number. No
+  // Python float has a decimal exponent beyond about +-324, so pyraft never writes one.
+  const std::vector<std::string> absurd = {"0e999999", "1e-999999", "0.5e+401", "0e401",
+                                           "1e" + std::string(100000, '9')};
+  for (const std::string& number : absurd) {
+    INFO(number.substr(0, 20));
+    for (const std::string& text : {"{'ttl': {'k': " + number + "}, 'k': 'v'}",
+                                    "{'_META_': {'term': " + number + "}, 'k': 'v'}"}) {
+      Store s;
+      std::string error;
+      CHECK_FALSE(Store::read_pyraft_snapshot(text, s, error));
+      CHECK_THAT(error, Catch::Contains("exponent out of range"));
+    }
+  }
+  // What Python writes still loads: exponents it uses, and 400 at the limit.
+  Store s;
+  std::string error;
+  REQUIRE(Store::read_pyraft_snapshot(
+      "{'ttl': {'a': 1.7e9, 'b': 17e+08, 'c': 0e400, 'd': 1e-400}, 'a': 'v', 'b': 'v', 'c': 'v', 'd': 'v'}",
+      s, error));
+  CHECK(s.deadline("a") == 1700000000000);
+  CHECK(s.deadline("b") == 1700000000000);
+  CHECK(s.deadline("c") == 0);
+  CHECK(s.deadline("d") == 1);  // rounded up: a key never expires before the time it was given
+}
+
 // ---- forwarded writes: the session table ----
 
 namespace {
