@@ -1448,8 +1448,13 @@ class LiteralReader {
     return true;
   }
 
+  /// Written exponents beyond this are refused: no Python float has a decimal exponent past
+  /// about +-324, so no pyraft file holds one, and a value like 0e999999 would otherwise cost
+  /// a step per power of ten to compute.
+  static constexpr long kMaxExponent = 400;
+
   /// An int or float literal ([-]digits[.digits][e[+-]digits]): its sign, its digits and
-  /// the power of ten they are scaled by. The exponent is clamped (1e999999 is simply huge).
+  /// the power of ten they are scaled by.
   bool scan_number(bool& negative, std::string& digits, long& exponent) {
     digits.clear();
     exponent = 0;
@@ -1474,7 +1479,10 @@ class LiteralReader {
       if (pos_ >= in_.size() || !is_digit(in_[pos_])) return fail_at(start, "malformed exponent");
       long e = 0;
       for (; pos_ < in_.size() && is_digit(in_[pos_]); ++pos_)
-        if (e < 100000) e = e * 10 + (in_[pos_] - '0');
+        if (e <= kMaxExponent) e = e * 10 + (in_[pos_] - '0');
+      if (e > kMaxExponent)
+        return fail_at(start, "exponent out of range (beyond +-" + std::to_string(kMaxExponent) +
+                                  ", where no float is)");
       exponent += exponent_negative ? -e : e;
     }
     if (!number_ends_here()) return fail_at(start, "malformed number");
@@ -1613,77 +1621,143 @@ inline std::optional<std::int64_t> checked_add(std::int64_t a, std::int64_t b) {
   return a + b;
 }
 
-/// One pattern token (not '*') at pattern[p] against the byte c, as Redis's stringmatchlen:
-/// '?', a class "[...]" ('^' negates, "a-z" ranges in either order, '\' quotes; an unclosed
-/// class runs to the end of the pattern), '\x', or a literal. Returns the position after the
-/// token.
-inline std::size_t glob_token(std::string_view pattern, std::size_t p, char c, bool& matched) {
-  const std::size_t m = pattern.size();
-  if (pattern[p] == '?') {
-    matched = true;
-    return p + 1;
+/// A Redis glob pattern (KEYS, and SCAN MATCH when it exists), compiled once and then matched
+/// against many keys in at most (tokens + 1) x (key length + 1) steps of O(1) each, whatever
+/// the pattern holds. The syntax is Redis's (stringmatchlen): '*' any run of bytes (a run of
+/// '*' is one), '?' any byte, '\x' the byte x (a trailing '\' is itself), a class "[...]"
+/// ('^' first negates; "a-z" a range, its ends in either order and compared as signed char
+/// as Redis does; '\' quotes the next byte; a class without its ']' runs to the end of the
+/// pattern, so "[" matches nothing and "[^" any byte), anything else itself. As in Redis an
+/// empty key matches only the empty pattern, and a pattern with more than kMaxStarNesting
+/// '*' groups before its last token matches nothing: Redis stops recursing at that depth.
+class GlobPattern {
+ public:
+  static constexpr std::size_t kMaxStarNesting = 1000;
+
+  explicit GlobPattern(std::string_view pattern) {
+    const std::size_t m = pattern.size();
+    std::size_t stars_before_end = 0;
+    for (std::size_t p = 0; p < m;) {
+      const char c = pattern[p];
+      if (c == '*') {
+        while (p < m && pattern[p] == '*') ++p;
+        if (p < m) ++stars_before_end;
+        tokens_.push_back(Token{Token::Star, 0, 0});
+      } else if (c == '?') {
+        tokens_.push_back(Token{Token::Any, 0, 0});
+        ++p;
+      } else if (c == '[') {
+        p = add_class(pattern, p);
+      } else {
+        if (c == '\\' && m - p >= 2) ++p;
+        tokens_.push_back(Token{Token::Byte, static_cast<unsigned char>(pattern[p]), 0});
+        ++p;
+      }
+    }
+    too_deep_ = stars_before_end > kMaxStarNesting;
   }
-  if (pattern[p] == '[') {
+
+  /// Whether `key` matches. `steps`, when given, grows by the tokens tested (tests bound the
+  /// work with it).
+  bool matches(std::string_view key, std::uint64_t* steps = nullptr) const {
+    if (key.empty()) return tokens_.empty();
+    if (too_deep_) return false;
+    // Each token but '*' takes one byte, so only the last '*' seen ever needs to take more:
+    // on a mismatch it takes one more byte and the tokens after it start over. A failure
+    // there means no earlier '*' could help either (they could only start later).
+    const std::size_t n = tokens_.size(), none = n;
+    std::size_t t = 0, i = 0, star_t = none, star_i = 0;
+    std::uint64_t tested = 0;
+    bool result = false;
+    for (;;) {
+      if (i == key.size()) {
+        while (t < n && tokens_[t].kind == Token::Star) ++t;
+        result = t == n;
+        break;
+      }
+      if (t < n && tokens_[t].kind == Token::Star) {
+        if (++t == n) {
+          result = true;
+          break;
+        }
+        star_t = t;
+        star_i = i;
+        continue;
+      }
+      if (t < n) {
+        ++tested;
+        if (accepts(tokens_[t], static_cast<unsigned char>(key[i]))) {
+          ++t;
+          ++i;
+          continue;
+        }
+      }
+      if (star_t == none) break;
+      t = star_t;
+      i = ++star_i;
+    }
+    if (steps) *steps += tested;
+    return result;
+  }
+
+ private:
+  struct Token {
+    enum Kind : std::uint8_t { Star, Any, Byte, Class } kind;
+    unsigned char byte;  // Byte
+    std::uint32_t set;   // Class: index into sets_
+  };
+  using ByteSet = std::array<std::uint64_t, 4>;
+
+  bool accepts(const Token& tok, unsigned char c) const {
+    switch (tok.kind) {
+      case Token::Any: return true;
+      case Token::Byte: return tok.byte == c;
+      case Token::Class: return (sets_[tok.set][c >> 6] >> (c & 63)) & 1u;
+      case Token::Star: break;
+    }
+    return false;
+  }
+
+  /// The class at pattern[p] == '['; returns the position after it.
+  std::size_t add_class(std::string_view pattern, std::size_t p) {
+    const std::size_t m = pattern.size();
+    ByteSet set{};
+    const auto add = [&set](int byte) {
+      const unsigned b = static_cast<unsigned char>(byte);
+      set[b >> 6] |= std::uint64_t{1} << (b & 63);
+    };
     std::size_t q = p + 1;
     const bool negate = q < m && pattern[q] == '^';
     if (negate) ++q;
-    bool hit = false;
     while (q < m && pattern[q] != ']') {
       if (pattern[q] == '\\' && m - q >= 2) {
-        ++q;
-        hit = hit || pattern[q] == c;
+        add(pattern[++q]);
       } else if (m - q >= 3 && pattern[q + 1] == '-') {
-        // Redis compares these as (signed) char; so does this, for identical results.
-        signed char lo = static_cast<signed char>(pattern[q]);
-        signed char hi = static_cast<signed char>(pattern[q + 2]);
+        int lo = static_cast<signed char>(pattern[q]);
+        int hi = static_cast<signed char>(pattern[q + 2]);
         if (lo > hi) std::swap(lo, hi);
-        const signed char sc = static_cast<signed char>(c);
-        hit = hit || (sc >= lo && sc <= hi);
+        for (int b = lo; b <= hi; ++b) add(b);
         q += 2;
       } else {
-        hit = hit || pattern[q] == c;
+        add(pattern[q]);
       }
       ++q;
     }
-    matched = hit != negate;
+    if (negate)
+      for (std::uint64_t& word : set) word = ~word;
+    sets_.push_back(set);
+    tokens_.push_back(Token{Token::Class, 0, static_cast<std::uint32_t>(sets_.size() - 1)});
     return q < m ? q + 1 : m;
   }
-  if (pattern[p] == '\\' && m - p >= 2) ++p;
-  matched = pattern[p] == c;
-  return p + 1;
-}
 
-/// Redis's glob (KEYS, SCAN MATCH): '*' any run, plus glob_token's single-byte tokens.
-/// Iterative with backtracking to the last '*': O(pattern * string), no recursion. Like
-/// Redis, an empty string matches only the empty pattern.
+  std::vector<Token> tokens_;
+  std::vector<ByteSet> sets_;
+  bool too_deep_ = false;
+};
+
+/// Whether `s` matches the glob `pattern` (see GlobPattern; compile that once for many keys).
 inline bool glob_match(std::string_view pattern, std::string_view s) {
-  if (s.empty()) return pattern.empty();
-  const std::size_t m = pattern.size();
-  const std::size_t npos = std::string_view::npos;
-  std::size_t p = 0, i = 0, star_p = npos, star_i = 0;
-  while (i < s.size()) {
-    if (p < m && pattern[p] == '*') {
-      while (p < m && pattern[p] == '*') ++p;
-      if (p == m) return true;
-      star_p = p;
-      star_i = i;
-      continue;
-    }
-    if (p < m) {
-      bool matched = false;
-      const std::size_t next = glob_token(pattern, p, s[i], matched);
-      if (matched) {
-        p = next;
-        ++i;
-        continue;
-      }
-    }
-    if (star_p == npos) return false;
-    p = star_p;
-    i = ++star_i;
-  }
-  while (p < m && pattern[p] == '*') ++p;
-  return p == m;
+  return GlobPattern(pattern).matches(s);
 }
 
 /// The key's object for a read handler; `wrong` when it holds another kind.
@@ -1931,11 +2005,12 @@ inline Reply cmd_dbsize(Call& c) {
 
 inline Reply cmd_keys(Call& c) {
   const std::string& pattern = c.words[1];
-  const bool all = pattern == "*";
+  const bool all = pattern == "*";  // as in Redis, the only pattern that sees the empty key
+  const GlobPattern glob(pattern);
   std::vector<Reply> keys;
   c.data.for_each([&](const std::string& key, const Store::Object&, std::optional<std::int64_t> d) {
     if (d && *d <= c.now_ms) return;
-    if (all || glob_match(pattern, key)) keys.push_back(Reply::bulk(key));
+    if (all || glob.matches(key)) keys.push_back(Reply::bulk(key));
   });
   return Reply::array(std::move(keys));
 }
@@ -4941,6 +5016,12 @@ inline Ready Core::ready() {
 //   *.tmp                      an interrupted write: ignored, and removed by open()
 //   LOCK                       locked while a Storage has the directory open
 //
+// Only the node's user may read or change any of it: the directory is 0700 and every file
+// 0600 whatever the umask; an existing directory more open than that is tightened (with a
+// warning), one owned by another user is refused. A temporary file is only ever created new
+// (O_EXCL | O_NOFOLLOW, a stale one unlinked first), so a symbolic link planted at its name
+// is removed, never written through.
+//
 // Every file starts with a magic and a format version; integers are little-endian. Segments
 // are format 2 (format 1 had no synced mark), the other files format 1. Every change of a
 // file's format bumps its version, and every older version stays readable: a data directory
@@ -5012,14 +5093,21 @@ struct StorageError : std::runtime_error {
 /// The file operations Storage makes. StorageOptions::file_system empty means the POSIX
 /// calls; a test can put a model of the page cache and the disk underneath instead, and crash
 /// the real storage code at any point (tests/test_storage_sim.cpp). Each call returns 0 or an
-/// errno value. A file system is used by one thread at a time.
+/// errno value. A file system is used by one thread at a time. Files are created 0600 and
+/// directories 0700, and no mode that opens a file follows a symbolic link at its name
+/// (ELOOP); a directory may be one.
 class FileSystem {
  public:
   enum class Mode : std::uint8_t {
     Write,      ///< an existing file, for writing
-    Create,     ///< a file created, or emptied if it exists, for writing
-    Directory,  ///< a directory, to sync_directory() it
+    Create,     ///< a new file, for writing (EEXIST when the name exists, even as a link)
+    Directory,  ///< a directory, to sync_directory(), status() or set_permissions() it
     Lock,       ///< a file created if missing and locked for this open (EAGAIN: locked already)
+  };
+  /// What status() reports.
+  struct Status {
+    std::uint32_t owner = 0;        ///< user id
+    std::uint32_t permissions = 0;  ///< the permission bits (mode & 07777)
   };
   virtual ~FileSystem() = default;
   virtual int open(const std::string& path, Mode mode, int& fd) = 0;
@@ -5038,8 +5126,12 @@ class FileSystem {
   virtual int list(const std::string& dir, std::vector<std::string>& names) = 0;
   virtual int rename(const std::string& from, const std::string& to) = 0;
   virtual int remove(const std::string& path) = 0;
-  /// EEXIST when it exists already.
+  /// Mode 0700; EEXIST when it exists already.
   virtual int make_directory(const std::string& path) = 0;
+  /// fstat() of an open file or directory.
+  virtual int status(int fd, Status& out) = 0;
+  /// fchmod() of an open file or directory.
+  virtual int set_permissions(int fd, std::uint32_t permissions) = 0;
 };
 
 struct StorageOptions {
@@ -5052,6 +5144,9 @@ struct StorageOptions {
   /// Fault injection (tests): called instead of FileSystem::sync() and sync_directory().
   /// Return 0, or -1 with errno set to make the call fail.
   std::function<int(int fd)> fsync_hook;
+  /// Told, in one line, of a change create() or open() makes that nobody asked for: an
+  /// existing directory more open than 0700 tightened to it. Empty: not told.
+  std::function<void(const std::string& line)> warn;
 };
 
 /// Who this data directory belongs to; fixed when the directory is created.
@@ -5097,12 +5192,12 @@ class Storage {
   static bool exists(const std::string& dir);
   /// Makes a new data directory (mkdir -p): a hard state of term 0 and no vote, then the
   /// identity file. Throws StorageError when the directory already holds one or holds log or
-  /// snapshot files without one, or on an I/O error.
+  /// snapshot files without one, is owned by another user, or on an I/O error.
   static Storage create(StorageOptions options, Identity identity);
   /// Opens an existing data directory and recovers it into `out`, repairing what a crash
   /// leaves behind, and makes what it recovered durable before it returns. Throws
-  /// StorageError on damage it cannot repair safely, or if another Storage (in this or
-  /// another process) has the directory open.
+  /// StorageError on damage it cannot repair safely, if another Storage (in this or another
+  /// process) has the directory open, or if another user owns it.
   static Storage open(StorageOptions options, Recovered& out);
 
   Storage(Storage&&) noexcept;
@@ -5261,6 +5356,10 @@ constexpr const char* kIdentityFile = "identity";
 constexpr const char* kHardStateFile = "hardstate";
 constexpr const char* kLockFile = "LOCK";
 constexpr std::string_view kTempSuffix = ".tmp";
+// Only the node's user may read or change the data directory (the umask can only narrow
+// these; a directory made before is tightened at start).
+constexpr std::uint32_t kDirectoryPermissions = 0700;
+constexpr std::uint32_t kFilePermissions = 0600;
 
 // Segment header: magic, version, first index, CRC-32C of the preceding 20 bytes (format 1
 // ends there); then two slots of the synced mark, each: u64 sequence number, u64 mark (a byte
@@ -5438,12 +5537,12 @@ class PosixFileSystem : public FileSystem {
   int open(const std::string& path, Mode mode, int& fd) override {
     int flags = O_CLOEXEC;
     switch (mode) {
-      case Mode::Write: flags |= O_WRONLY; break;
-      case Mode::Create: flags |= O_WRONLY | O_CREAT | O_TRUNC; break;
+      case Mode::Write: flags |= O_WRONLY | O_NOFOLLOW; break;
+      case Mode::Create: flags |= O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW; break;
       case Mode::Directory: flags |= O_RDONLY | O_DIRECTORY; break;
-      case Mode::Lock: flags |= O_RDWR | O_CREAT; break;
+      case Mode::Lock: flags |= O_RDWR | O_CREAT | O_NOFOLLOW; break;
     }
-    fd = ::open(path.c_str(), flags, 0644);
+    fd = ::open(path.c_str(), flags, kFilePermissions);
     if (fd < 0) return errno;
     if (mode != Mode::Lock) return 0;
     struct flock lock {};
@@ -5492,7 +5591,17 @@ class PosixFileSystem : public FileSystem {
     return ::unlink(path.c_str()) == 0 ? 0 : errno;
   }
   int make_directory(const std::string& path) override {
-    return ::mkdir(path.c_str(), 0755) == 0 ? 0 : errno;
+    return ::mkdir(path.c_str(), kDirectoryPermissions) == 0 ? 0 : errno;
+  }
+  int status(int fd, Status& out) override {
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) return errno;
+    out.owner = static_cast<std::uint32_t>(st.st_uid);
+    out.permissions = static_cast<std::uint32_t>(st.st_mode) & 07777u;
+    return 0;
+  }
+  int set_permissions(int fd, std::uint32_t permissions) override {
+    return ::fchmod(fd, static_cast<mode_t>(permissions)) == 0 ? 0 : errno;
   }
 };
 
@@ -5870,6 +5979,20 @@ class StorageImpl {
 #endif
   }
 
+  /// Creates a temporary file new, never writing through a symbolic or hard link planted at
+  /// its name into another file. A stale one (left by an earlier failure, or planted) is
+  /// unlinked and the create tried once more; if the name is taken again at once, it fails.
+  bool create_temp(const std::string& temp, int& fd) {
+    int err = fs->open(temp, FileSystem::Mode::Create, fd);
+    if (err == EEXIST) {
+      err = fs->remove(temp);
+      if (err == 0 || err == ENOENT) err = fs->open(temp, FileSystem::Mode::Create, fd);
+    }
+    if (err == 0) return true;
+    fd = -1;
+    return io_fail("create of", temp, err);
+  }
+
   /// Temp file, write, fdatasync, rename over `name`, fsync the directory.
   bool write_file_atomically(const std::string& name,
                              std::initializer_list<std::string_view> parts) {
@@ -5877,8 +6000,7 @@ class StorageImpl {
     const std::string final_path = path(name);
     const std::string temp = final_path + std::string(kTempSuffix);
     int fd = -1;
-    if (const int err = fs->open(temp, FileSystem::Mode::Create, fd))
-      return io_fail("create of", temp, err);
+    if (!create_temp(temp, fd)) return false;
     bool ok = true;
     std::uint64_t offset = 0;
     for (std::string_view part : parts) {
@@ -5897,6 +6019,7 @@ class StorageImpl {
       dir_fd = -1;
       throw StorageError("IOERR cannot open data directory " + opt.dir + ": " + errno_text(err));
     }
+    make_private();
     const std::string lock_path = path(kLockFile);
     if (const int err = fs->open(lock_path, FileSystem::Mode::Lock, lock_fd)) {
       lock_fd = -1;
@@ -5906,6 +6029,36 @@ class StorageImpl {
                            "). Give each node its own data directory.");
       throw StorageError("IOERR cannot open " + lock_path + ": " + errno_text(err));
     }
+  }
+
+  // The directory (open as dir_fd) must be this user's own, and nobody else's to read: another
+  // user could otherwise read the log, or change it under the node. Checked on the open
+  // directory, so a rename of the path in between changes nothing.
+  void make_private() {
+    FileSystem::Status st;
+    if (const int err = fs->status(dir_fd, st))
+      throw StorageError("IOERR cannot stat data directory " + opt.dir + ": " + errno_text(err));
+    const std::uint32_t me = static_cast<std::uint32_t>(::geteuid());
+    if (st.owner != me)
+      throw StorageError("IOERR data directory " + opt.dir + " is owned by uid " +
+                         std::to_string(st.owner) + ", not by this process's user (uid " +
+                         std::to_string(me) + "): refusing to use it. Run the node as uid " +
+                         std::to_string(st.owner) + ", or give the directory to uid " +
+                         std::to_string(me) + " (chown -R).");
+    if ((st.permissions & ~kDirectoryPermissions & 0777u) == 0) return;
+    const std::uint32_t tightened = st.permissions & ~0077u;
+    if (const int err = fs->set_permissions(dir_fd, tightened))
+      throw StorageError("IOERR cannot restrict the permissions of data directory " + opt.dir +
+                         " to " + octal(tightened) + ": " + errno_text(err));
+    if (opt.warn)
+      opt.warn("data directory " + opt.dir + " was open to other users (mode " +
+               octal(st.permissions) + "): tightened to " + octal(tightened));
+  }
+
+  static std::string octal(std::uint32_t permissions) {
+    char buf[8];
+    std::snprintf(buf, sizeof buf, "%04o", static_cast<unsigned>(permissions & 07777u));
+    return buf;
   }
 
   // mkdir -p, then every level is made durable in its parent, those that existed too: a
@@ -6032,8 +6185,7 @@ class StorageImpl {
     const std::string final_path = path(segment_file_name(first));
     const std::string temp = final_path + std::string(kTempSuffix);
     int fd = -1;
-    if (const int err = fs->open(temp, FileSystem::Mode::Create, fd))
-      return io_fail("create of", temp, err);
+    if (!create_temp(temp, fd)) return false;
     const std::string header = encode_segment_header(first);
     if (!write_all(fd, 0, header, temp) || !sync_fd(fd, temp, false) ||
         !rename_durably(temp, final_path)) {
@@ -7716,6 +7868,7 @@ inline void Runtime::open_storage() {
   so.dir = cfg_.data_dir;
   so.segment_bytes = cfg_.segment_bytes;
   so.fsync_hook = cfg_.fsync_hook;
+  so.warn = [this](const std::string& line) { log(LogLevel::Warning, line); };
   CoreState st;
   std::shared_ptr<Snapshot> snapshot;
   Store loaded;       // -l

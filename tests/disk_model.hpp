@@ -9,6 +9,12 @@
 //   remove, mkdir         next sync_directory(), or at a power cut as a prefix of them (file
 //                         systems journal metadata in order)
 //   sync, sync_directory  the disk catches up; once they return 0 it holds
+//   set_permissions       changes the owner's view at once and for good (a power cut that
+//                         undid it would only leave a directory more open, never lose data)
+//
+// Files are created 0600 and directories 0700, owned by the process's user; a test can give
+// a path another owner or mode. There are no links: Mode::Create of a name that exists is
+// EEXIST, as O_EXCL makes it.
 //
 // Faults the test arms: a crash before the Nth call that changes something (the machine
 // stops: that call and every later one fail with EIO until power_cut() or kill()), a sync
@@ -31,6 +37,8 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include <unistd.h>
 
 namespace test_support {
 
@@ -57,8 +65,8 @@ class Rng {
 class DiskModel final : public raft::FileSystem {
  public:
   explicit DiskModel(std::uint64_t seed) : rng_(seed) {
-    inodes_.emplace_back();
-    inodes_[0].dir = true;  // "/"
+    new_inode(true);  // "/"
+    inodes_[0].permissions = 0755;
   }
 
   // ---- faults -----------------------------------------------------------------------------
@@ -122,6 +130,17 @@ class DiskModel final : public raft::FileSystem {
     inodes_[ino].cache = inodes_[ino].disk = std::move(data);
     inodes_[ino].unsynced.clear();
   }
+  /// Owner and permission bits of an existing path (tests set them as chown and chmod would).
+  Status status_of(const std::string& path) const {
+    int ino = 0;
+    return lookup(path, ino) == 0 ? Status{inodes_[ino].owner, inodes_[ino].permissions} : Status{};
+  }
+  void set_status(const std::string& path, Status status) {
+    int ino = 0;
+    if (lookup(path, ino) != 0) return;
+    inodes_[ino].owner = status.owner;
+    inodes_[ino].permissions = status.permissions;
+  }
 
   // ---- raft::FileSystem ---------------------------------------------------------------------
   int open(const std::string& path, Mode mode, int& fd) override {
@@ -133,21 +152,15 @@ class DiskModel final : public raft::FileSystem {
       return 0;
     }
     if (mode == Mode::Create) {
-      if (const int err = change([&] { return "create " + path; })) return err;
+      if (crashed_) return EIO;
       int dir = 0;
       std::string name;
       if (const int err = parent(path, dir, name)) return err;
-      auto it = inodes_[dir].names.find(name);
-      int ino = 0;
-      if (it != inodes_[dir].names.end()) {
-        ino = it->second;
-        if (inodes_[ino].dir) return EISDIR;
-        record(inodes_[ino], Change{true, 0, {}});
-      } else {
-        ino = new_inode(false);
-        inodes_[dir].names[name] = ino;
-        inodes_[dir].unsynced_ops.push_back(DirOp{DirOp::Link, name, {}, ino});
-      }
+      if (inodes_[dir].names.count(name) != 0) return EEXIST;  // O_EXCL: nothing changes
+      if (const int err = change([&] { return "create " + path; })) return err;
+      const int ino = new_inode(false);
+      inodes_[dir].names[name] = ino;
+      inodes_[dir].unsynced_ops.push_back(DirOp{DirOp::Link, name, {}, ino});
       fd = next_fd_++;
       fds_[fd] = ino;
       return 0;
@@ -292,6 +305,22 @@ class DiskModel final : public raft::FileSystem {
     return 0;
   }
 
+  int status(int fd, Status& out) override {
+    if (crashed_) return EIO;
+    auto it = fds_.find(fd);
+    if (it == fds_.end() || it->second < 0) return EBADF;
+    out = Status{inodes_[it->second].owner, inodes_[it->second].permissions};
+    return 0;
+  }
+
+  int set_permissions(int fd, std::uint32_t permissions) override {
+    if (const int err = change([&] { return "set_permissions " + name_of(fd); })) return err;
+    auto it = fds_.find(fd);
+    if (it == fds_.end() || it->second < 0) return EBADF;
+    inodes_[it->second].permissions = permissions & 07777u;
+    return 0;
+  }
+
  private:
   struct Change {
     bool truncate = false;     // else a write
@@ -305,6 +334,8 @@ class DiskModel final : public raft::FileSystem {
   };
   struct Inode {
     bool dir = false;
+    std::uint32_t owner = 0;
+    std::uint32_t permissions = 0;
     std::string cache, disk;                          // files
     std::vector<Change> unsynced;                     // in cache, not yet on disk
     std::map<std::string, int> names, durable_names;  // directories
@@ -380,6 +411,8 @@ class DiskModel final : public raft::FileSystem {
   int new_inode(bool dir) {
     inodes_.emplace_back();
     inodes_.back().dir = dir;
+    inodes_.back().owner = static_cast<std::uint32_t>(::geteuid());
+    inodes_.back().permissions = dir ? 0700 : 0600;
     return static_cast<int>(inodes_.size() - 1);
   }
 

@@ -1561,3 +1561,193 @@ TEST_CASE("a snapshot file on disk is read by Python's ast.literal_eval as it is
   REQUIRE(std::system(cmd.c_str()) == 0);
   CHECK(read_file(dir.file("out.txt")) == "7 20 61006227225c0aff {'f': 'v'}\n");
 }
+
+// ---- files: permissions, ownership, symbolic links ----
+
+namespace {
+
+/// Permission bits of a path itself (not of what a symbolic link points to).
+unsigned permissions_of(const std::string& path) {
+  struct stat st {};
+  REQUIRE(::lstat(path.c_str(), &st) == 0);
+  return st.st_mode & 07777u;
+}
+
+bool is_symlink(const std::string& path) {
+  struct stat st {};
+  return ::lstat(path.c_str(), &st) == 0 && S_ISLNK(st.st_mode);
+}
+
+/// Sets the process's umask for one scope.
+struct ScopedUmask {
+  mode_t old;
+  explicit ScopedUmask(mode_t mask) : old(::umask(mask)) {}
+  ~ScopedUmask() { ::umask(old); }
+};
+
+}  // namespace
+
+TEST_CASE("a planted symbolic link at a temporary file's name is never followed",
+          "[storage][security]") {
+  // Whoever can write into the data directory plants NAME.tmp -> a file of the node's user;
+  // the write that uses NAME.tmp next must neither change that file nor leave a link behind.
+  TempDir dir, elsewhere;
+  const std::string target = elsewhere / "precious";
+  std::ofstream(target) << "precious";
+  raft::StorageOptions o = options(dir, 600);
+  {
+    raft::Storage created = raft::Storage::create(o, identity());
+    REQUIRE(created.write(batch(1, entries(1, 5, 1))));
+    REQUIRE(created.sync());
+  }
+  raft::Recovered r;
+  std::optional<raft::Storage> opened(raft::Storage::open(o, r));  // it removes leftovers
+  raft::Storage& s = *opened;
+  const auto plant = [&](const std::string& name) {
+    fs::create_symlink(target, dir / (name + ".tmp"));
+    REQUIRE(is_symlink(dir / (name + ".tmp")));
+  };
+  std::string final_name;
+  SECTION("hardstate.tmp") {
+    final_name = "hardstate";
+    plant(final_name);
+    REQUIRE(s.write(batch(2, {}, raft::HardState{7, "2"})));
+    REQUIRE(s.sync());
+  }
+  SECTION("identity.tmp") {
+    final_name = "identity";
+    plant(final_name);
+    REQUIRE(s.save_identity(identity()));
+  }
+  SECTION("the snapshot's temporary file") {
+    final_name = "snap-00000000000000000004-00000000000000000001.snap";
+    plant(final_name);
+    REQUIRE(s.save_snapshot(snapshot(4, 1, "state at 4"), 4));
+  }
+  SECTION("a new segment's temporary file") {
+    final_name = segment_name(6);
+    plant(final_name);
+    REQUIRE(s.write(batch(2, {entry(6, 1, std::string(700, 'x'))})));  // too big for segment 1
+    REQUIRE(s.sync());
+  }
+  CHECK(read_file(target) == "precious");
+  CHECK_FALSE(is_symlink(dir / final_name));
+  CHECK_FALSE(fs::exists(fs::symlink_status(dir / (final_name + ".tmp"))));
+  CHECK_FALSE(s.failed());
+  opened.reset();
+  r = reopen(o);
+  CHECK(r.notes.empty());
+  CHECK(r.entries.size() + (r.snapshot ? r.snapshot->meta.index : 0) >= 5);
+}
+
+TEST_CASE("a planted symbolic link at LOCK is refused, never followed", "[storage][security]") {
+  // O_CREAT through a dangling link would create any file the node's user may create.
+  TempDir dir, elsewhere;
+  { raft::Storage::create(options(dir), identity()); }
+  fs::remove(dir / "LOCK");
+  fs::create_symlink(elsewhere / "created", dir / "LOCK");
+  CHECK_THAT(open_error(options(dir)), Contains("LOCK"));
+  CHECK_FALSE(fs::exists(elsewhere / "created"));
+}
+
+TEST_CASE("a new data directory is 0700 and every file in it 0600, whatever the umask",
+          "[storage][security]") {
+  TempDir dir;
+  const ScopedUmask open_umask(0);
+  raft::StorageOptions o = options(dir, 600);
+  o.dir = dir / "parent/node";
+  {
+    raft::Storage s = raft::Storage::create(o, identity());
+    REQUIRE(s.write(batch(1, entries(1, 5, 1), raft::HardState{3, "1"})));
+    REQUIRE(s.write(batch(2, {entry(6, 1, std::string(700, 'x'))})));  // a second segment
+    REQUIRE(s.sync());
+    REQUIRE(s.save_snapshot(snapshot(4, 1, "state at 4"), 4));
+  }
+  CHECK(permissions_of(o.dir) == 0700);
+  CHECK(permissions_of(dir / "parent") == 0700);
+  std::vector<std::string> names;
+  for (const auto& f : fs::directory_iterator(o.dir)) names.push_back(f.path().filename());
+  std::sort(names.begin(), names.end());
+  CHECK(names == std::vector<std::string>{"LOCK", "hardstate", "identity", segment_name(1),
+                                          segment_name(6),
+                                          "snap-00000000000000000004-00000000000000000001.snap"});
+  for (const std::string& name : names) {
+    INFO(name);
+    CHECK(permissions_of(o.dir + "/" + name) == 0600);
+  }
+}
+
+TEST_CASE("an existing data directory more open than 0700 is tightened, with one warning",
+          "[storage][security]") {
+  TempDir dir;
+  std::vector<std::string> warnings;
+  raft::StorageOptions o = options(dir);
+  o.warn = [&](const std::string& line) { warnings.push_back(line); };
+  std::string was;
+  SECTION("by create") {
+    fs::permissions(dir.path(), fs::perms(0755));
+    was = "0755";
+    raft::Storage::create(o, identity());
+  }
+  SECTION("by open") {
+    { raft::Storage::create(o, identity()); }
+    CHECK(warnings.empty());  // mkdtemp made it 0700
+    fs::permissions(dir.path(), fs::perms(0750));
+    was = "0750";
+    reopen(o);
+  }
+  CHECK(permissions_of(dir.path()) == 0700);
+  REQUIRE(warnings.size() == 1);
+  CHECK_THAT(warnings[0], Contains(dir.path()) && Contains(was) && Contains("tightened to 0700"));
+  reopen(o);
+  CHECK(warnings.size() == 1);
+}
+
+TEST_CASE("the model disk keeps modes and owners as POSIX does", "[storage][security]") {
+  // The same checks on tests/disk_model.hpp, which the crash simulation runs storage on.
+  auto disk = std::make_shared<test_support::DiskModel>(1);
+  raft::StorageOptions o;
+  o.dir = "/data/node";
+  o.file_system = disk;
+  std::vector<std::string> warnings;
+  o.warn = [&](const std::string& line) { warnings.push_back(line); };
+  const std::uint32_t me = static_cast<std::uint32_t>(::geteuid());
+  {
+    raft::Storage s = raft::Storage::create(o, identity());
+    REQUIRE(s.write(batch(1, entries(1, 3, 1), raft::HardState{2, "1"})));
+    REQUIRE(s.sync());
+  }
+  CHECK(disk->status_of("/data").permissions == 0700);
+  CHECK(disk->status_of("/data/node").permissions == 0700);
+  CHECK(disk->status_of("/data/node/hardstate").permissions == 0600);
+  CHECK(disk->status_of("/data/node/" + segment_name(1)).permissions == 0600);
+  CHECK(warnings.empty());
+
+  disk->set_status("/data/node", {me, 0777});
+  reopen(o);
+  CHECK(disk->status_of("/data/node").permissions == 0700);
+  CHECK(warnings.size() == 1);
+
+  disk->set_status("/data/node", {me + 1, 0700});
+  CHECK_THAT(open_error(o), Contains("owned by uid " + std::to_string(me + 1)));
+}
+
+TEST_CASE("a data directory owned by another user is refused", "[storage][security]") {
+  if (::geteuid() != 0) {
+    WARN("not root: cannot chown a directory to another user; skipped");
+    return;
+  }
+  TempDir dir;
+  const uid_t other = 65534;  // nobody
+  SECTION("by create") {
+    REQUIRE(::chown(dir.path().c_str(), other, other) == 0);
+    CHECK_THROWS_WITH(raft::Storage::create(options(dir), identity()),
+                      Contains("owned by") && Contains("65534") && Contains(dir.path()));
+    CHECK_FALSE(fs::exists(dir / "identity"));
+  }
+  SECTION("by open") {
+    { raft::Storage::create(options(dir), identity()); }
+    REQUIRE(::chown(dir.path().c_str(), other, other) == 0);
+    CHECK_THAT(open_error(options(dir)), Contains("owned by") && Contains("65534"));
+  }
+}

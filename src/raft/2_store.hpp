@@ -831,8 +831,13 @@ class LiteralReader {
     return true;
   }
 
+  /// Written exponents beyond this are refused: no Python float has a decimal exponent past
+  /// about +-324, so no pyraft file holds one, and a value like 0e999999 would otherwise cost
+  /// a step per power of ten to compute.
+  static constexpr long kMaxExponent = 400;
+
   /// An int or float literal ([-]digits[.digits][e[+-]digits]): its sign, its digits and
-  /// the power of ten they are scaled by. The exponent is clamped (1e999999 is simply huge).
+  /// the power of ten they are scaled by.
   bool scan_number(bool& negative, std::string& digits, long& exponent) {
     digits.clear();
     exponent = 0;
@@ -857,7 +862,10 @@ class LiteralReader {
       if (pos_ >= in_.size() || !is_digit(in_[pos_])) return fail_at(start, "malformed exponent");
       long e = 0;
       for (; pos_ < in_.size() && is_digit(in_[pos_]); ++pos_)
-        if (e < 100000) e = e * 10 + (in_[pos_] - '0');
+        if (e <= kMaxExponent) e = e * 10 + (in_[pos_] - '0');
+      if (e > kMaxExponent)
+        return fail_at(start, "exponent out of range (beyond +-" + std::to_string(kMaxExponent) +
+                                  ", where no float is)");
       exponent += exponent_negative ? -e : e;
     }
     if (!number_ends_here()) return fail_at(start, "malformed number");
@@ -996,77 +1004,143 @@ inline std::optional<std::int64_t> checked_add(std::int64_t a, std::int64_t b) {
   return a + b;
 }
 
-/// One pattern token (not '*') at pattern[p] against the byte c, as Redis's stringmatchlen:
-/// '?', a class "[...]" ('^' negates, "a-z" ranges in either order, '\' quotes; an unclosed
-/// class runs to the end of the pattern), '\x', or a literal. Returns the position after the
-/// token.
-inline std::size_t glob_token(std::string_view pattern, std::size_t p, char c, bool& matched) {
-  const std::size_t m = pattern.size();
-  if (pattern[p] == '?') {
-    matched = true;
-    return p + 1;
+/// A Redis glob pattern (KEYS, and SCAN MATCH when it exists), compiled once and then matched
+/// against many keys in at most (tokens + 1) x (key length + 1) steps of O(1) each, whatever
+/// the pattern holds. The syntax is Redis's (stringmatchlen): '*' any run of bytes (a run of
+/// '*' is one), '?' any byte, '\x' the byte x (a trailing '\' is itself), a class "[...]"
+/// ('^' first negates; "a-z" a range, its ends in either order and compared as signed char
+/// as Redis does; '\' quotes the next byte; a class without its ']' runs to the end of the
+/// pattern, so "[" matches nothing and "[^" any byte), anything else itself. As in Redis an
+/// empty key matches only the empty pattern, and a pattern with more than kMaxStarNesting
+/// '*' groups before its last token matches nothing: Redis stops recursing at that depth.
+class GlobPattern {
+ public:
+  static constexpr std::size_t kMaxStarNesting = 1000;
+
+  explicit GlobPattern(std::string_view pattern) {
+    const std::size_t m = pattern.size();
+    std::size_t stars_before_end = 0;
+    for (std::size_t p = 0; p < m;) {
+      const char c = pattern[p];
+      if (c == '*') {
+        while (p < m && pattern[p] == '*') ++p;
+        if (p < m) ++stars_before_end;
+        tokens_.push_back(Token{Token::Star, 0, 0});
+      } else if (c == '?') {
+        tokens_.push_back(Token{Token::Any, 0, 0});
+        ++p;
+      } else if (c == '[') {
+        p = add_class(pattern, p);
+      } else {
+        if (c == '\\' && m - p >= 2) ++p;
+        tokens_.push_back(Token{Token::Byte, static_cast<unsigned char>(pattern[p]), 0});
+        ++p;
+      }
+    }
+    too_deep_ = stars_before_end > kMaxStarNesting;
   }
-  if (pattern[p] == '[') {
+
+  /// Whether `key` matches. `steps`, when given, grows by the tokens tested (tests bound the
+  /// work with it).
+  bool matches(std::string_view key, std::uint64_t* steps = nullptr) const {
+    if (key.empty()) return tokens_.empty();
+    if (too_deep_) return false;
+    // Each token but '*' takes one byte, so only the last '*' seen ever needs to take more:
+    // on a mismatch it takes one more byte and the tokens after it start over. A failure
+    // there means no earlier '*' could help either (they could only start later).
+    const std::size_t n = tokens_.size(), none = n;
+    std::size_t t = 0, i = 0, star_t = none, star_i = 0;
+    std::uint64_t tested = 0;
+    bool result = false;
+    for (;;) {
+      if (i == key.size()) {
+        while (t < n && tokens_[t].kind == Token::Star) ++t;
+        result = t == n;
+        break;
+      }
+      if (t < n && tokens_[t].kind == Token::Star) {
+        if (++t == n) {
+          result = true;
+          break;
+        }
+        star_t = t;
+        star_i = i;
+        continue;
+      }
+      if (t < n) {
+        ++tested;
+        if (accepts(tokens_[t], static_cast<unsigned char>(key[i]))) {
+          ++t;
+          ++i;
+          continue;
+        }
+      }
+      if (star_t == none) break;
+      t = star_t;
+      i = ++star_i;
+    }
+    if (steps) *steps += tested;
+    return result;
+  }
+
+ private:
+  struct Token {
+    enum Kind : std::uint8_t { Star, Any, Byte, Class } kind;
+    unsigned char byte;  // Byte
+    std::uint32_t set;   // Class: index into sets_
+  };
+  using ByteSet = std::array<std::uint64_t, 4>;
+
+  bool accepts(const Token& tok, unsigned char c) const {
+    switch (tok.kind) {
+      case Token::Any: return true;
+      case Token::Byte: return tok.byte == c;
+      case Token::Class: return (sets_[tok.set][c >> 6] >> (c & 63)) & 1u;
+      case Token::Star: break;
+    }
+    return false;
+  }
+
+  /// The class at pattern[p] == '['; returns the position after it.
+  std::size_t add_class(std::string_view pattern, std::size_t p) {
+    const std::size_t m = pattern.size();
+    ByteSet set{};
+    const auto add = [&set](int byte) {
+      const unsigned b = static_cast<unsigned char>(byte);
+      set[b >> 6] |= std::uint64_t{1} << (b & 63);
+    };
     std::size_t q = p + 1;
     const bool negate = q < m && pattern[q] == '^';
     if (negate) ++q;
-    bool hit = false;
     while (q < m && pattern[q] != ']') {
       if (pattern[q] == '\\' && m - q >= 2) {
-        ++q;
-        hit = hit || pattern[q] == c;
+        add(pattern[++q]);
       } else if (m - q >= 3 && pattern[q + 1] == '-') {
-        // Redis compares these as (signed) char; so does this, for identical results.
-        signed char lo = static_cast<signed char>(pattern[q]);
-        signed char hi = static_cast<signed char>(pattern[q + 2]);
+        int lo = static_cast<signed char>(pattern[q]);
+        int hi = static_cast<signed char>(pattern[q + 2]);
         if (lo > hi) std::swap(lo, hi);
-        const signed char sc = static_cast<signed char>(c);
-        hit = hit || (sc >= lo && sc <= hi);
+        for (int b = lo; b <= hi; ++b) add(b);
         q += 2;
       } else {
-        hit = hit || pattern[q] == c;
+        add(pattern[q]);
       }
       ++q;
     }
-    matched = hit != negate;
+    if (negate)
+      for (std::uint64_t& word : set) word = ~word;
+    sets_.push_back(set);
+    tokens_.push_back(Token{Token::Class, 0, static_cast<std::uint32_t>(sets_.size() - 1)});
     return q < m ? q + 1 : m;
   }
-  if (pattern[p] == '\\' && m - p >= 2) ++p;
-  matched = pattern[p] == c;
-  return p + 1;
-}
 
-/// Redis's glob (KEYS, SCAN MATCH): '*' any run, plus glob_token's single-byte tokens.
-/// Iterative with backtracking to the last '*': O(pattern * string), no recursion. Like
-/// Redis, an empty string matches only the empty pattern.
+  std::vector<Token> tokens_;
+  std::vector<ByteSet> sets_;
+  bool too_deep_ = false;
+};
+
+/// Whether `s` matches the glob `pattern` (see GlobPattern; compile that once for many keys).
 inline bool glob_match(std::string_view pattern, std::string_view s) {
-  if (s.empty()) return pattern.empty();
-  const std::size_t m = pattern.size();
-  const std::size_t npos = std::string_view::npos;
-  std::size_t p = 0, i = 0, star_p = npos, star_i = 0;
-  while (i < s.size()) {
-    if (p < m && pattern[p] == '*') {
-      while (p < m && pattern[p] == '*') ++p;
-      if (p == m) return true;
-      star_p = p;
-      star_i = i;
-      continue;
-    }
-    if (p < m) {
-      bool matched = false;
-      const std::size_t next = glob_token(pattern, p, s[i], matched);
-      if (matched) {
-        p = next;
-        ++i;
-        continue;
-      }
-    }
-    if (star_p == npos) return false;
-    p = star_p;
-    i = ++star_i;
-  }
-  while (p < m && pattern[p] == '*') ++p;
-  return p == m;
+  return GlobPattern(pattern).matches(s);
 }
 
 /// The key's object for a read handler; `wrong` when it holds another kind.
@@ -1314,11 +1388,12 @@ inline Reply cmd_dbsize(Call& c) {
 
 inline Reply cmd_keys(Call& c) {
   const std::string& pattern = c.words[1];
-  const bool all = pattern == "*";
+  const bool all = pattern == "*";  // as in Redis, the only pattern that sees the empty key
+  const GlobPattern glob(pattern);
   std::vector<Reply> keys;
   c.data.for_each([&](const std::string& key, const Store::Object&, std::optional<std::int64_t> d) {
     if (d && *d <= c.now_ms) return;
-    if (all || glob_match(pattern, key)) keys.push_back(Reply::bulk(key));
+    if (all || glob.matches(key)) keys.push_back(Reply::bulk(key));
   });
   return Reply::array(std::move(keys));
 }

@@ -19,6 +19,12 @@
 //   *.tmp                      an interrupted write: ignored, and removed by open()
 //   LOCK                       locked while a Storage has the directory open
 //
+// Only the node's user may read or change any of it: the directory is 0700 and every file
+// 0600 whatever the umask; an existing directory more open than that is tightened (with a
+// warning), one owned by another user is refused. A temporary file is only ever created new
+// (O_EXCL | O_NOFOLLOW, a stale one unlinked first), so a symbolic link planted at its name
+// is removed, never written through.
+//
 // Every file starts with a magic and a format version; integers are little-endian. Segments
 // are format 2 (format 1 had no synced mark), the other files format 1. Every change of a
 // file's format bumps its version, and every older version stays readable: a data directory
@@ -90,14 +96,21 @@ struct StorageError : std::runtime_error {
 /// The file operations Storage makes. StorageOptions::file_system empty means the POSIX
 /// calls; a test can put a model of the page cache and the disk underneath instead, and crash
 /// the real storage code at any point (tests/test_storage_sim.cpp). Each call returns 0 or an
-/// errno value. A file system is used by one thread at a time.
+/// errno value. A file system is used by one thread at a time. Files are created 0600 and
+/// directories 0700, and no mode that opens a file follows a symbolic link at its name
+/// (ELOOP); a directory may be one.
 class FileSystem {
  public:
   enum class Mode : std::uint8_t {
     Write,      ///< an existing file, for writing
-    Create,     ///< a file created, or emptied if it exists, for writing
-    Directory,  ///< a directory, to sync_directory() it
+    Create,     ///< a new file, for writing (EEXIST when the name exists, even as a link)
+    Directory,  ///< a directory, to sync_directory(), status() or set_permissions() it
     Lock,       ///< a file created if missing and locked for this open (EAGAIN: locked already)
+  };
+  /// What status() reports.
+  struct Status {
+    std::uint32_t owner = 0;        ///< user id
+    std::uint32_t permissions = 0;  ///< the permission bits (mode & 07777)
   };
   virtual ~FileSystem() = default;
   virtual int open(const std::string& path, Mode mode, int& fd) = 0;
@@ -116,8 +129,12 @@ class FileSystem {
   virtual int list(const std::string& dir, std::vector<std::string>& names) = 0;
   virtual int rename(const std::string& from, const std::string& to) = 0;
   virtual int remove(const std::string& path) = 0;
-  /// EEXIST when it exists already.
+  /// Mode 0700; EEXIST when it exists already.
   virtual int make_directory(const std::string& path) = 0;
+  /// fstat() of an open file or directory.
+  virtual int status(int fd, Status& out) = 0;
+  /// fchmod() of an open file or directory.
+  virtual int set_permissions(int fd, std::uint32_t permissions) = 0;
 };
 
 struct StorageOptions {
@@ -130,6 +147,9 @@ struct StorageOptions {
   /// Fault injection (tests): called instead of FileSystem::sync() and sync_directory().
   /// Return 0, or -1 with errno set to make the call fail.
   std::function<int(int fd)> fsync_hook;
+  /// Told, in one line, of a change create() or open() makes that nobody asked for: an
+  /// existing directory more open than 0700 tightened to it. Empty: not told.
+  std::function<void(const std::string& line)> warn;
 };
 
 /// Who this data directory belongs to; fixed when the directory is created.
@@ -175,12 +195,12 @@ class Storage {
   static bool exists(const std::string& dir);
   /// Makes a new data directory (mkdir -p): a hard state of term 0 and no vote, then the
   /// identity file. Throws StorageError when the directory already holds one or holds log or
-  /// snapshot files without one, or on an I/O error.
+  /// snapshot files without one, is owned by another user, or on an I/O error.
   static Storage create(StorageOptions options, Identity identity);
   /// Opens an existing data directory and recovers it into `out`, repairing what a crash
   /// leaves behind, and makes what it recovered durable before it returns. Throws
-  /// StorageError on damage it cannot repair safely, or if another Storage (in this or
-  /// another process) has the directory open.
+  /// StorageError on damage it cannot repair safely, if another Storage (in this or another
+  /// process) has the directory open, or if another user owns it.
   static Storage open(StorageOptions options, Recovered& out);
 
   Storage(Storage&&) noexcept;
@@ -339,6 +359,10 @@ constexpr const char* kIdentityFile = "identity";
 constexpr const char* kHardStateFile = "hardstate";
 constexpr const char* kLockFile = "LOCK";
 constexpr std::string_view kTempSuffix = ".tmp";
+// Only the node's user may read or change the data directory (the umask can only narrow
+// these; a directory made before is tightened at start).
+constexpr std::uint32_t kDirectoryPermissions = 0700;
+constexpr std::uint32_t kFilePermissions = 0600;
 
 // Segment header: magic, version, first index, CRC-32C of the preceding 20 bytes (format 1
 // ends there); then two slots of the synced mark, each: u64 sequence number, u64 mark (a byte
@@ -516,12 +540,12 @@ class PosixFileSystem : public FileSystem {
   int open(const std::string& path, Mode mode, int& fd) override {
     int flags = O_CLOEXEC;
     switch (mode) {
-      case Mode::Write: flags |= O_WRONLY; break;
-      case Mode::Create: flags |= O_WRONLY | O_CREAT | O_TRUNC; break;
+      case Mode::Write: flags |= O_WRONLY | O_NOFOLLOW; break;
+      case Mode::Create: flags |= O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW; break;
       case Mode::Directory: flags |= O_RDONLY | O_DIRECTORY; break;
-      case Mode::Lock: flags |= O_RDWR | O_CREAT; break;
+      case Mode::Lock: flags |= O_RDWR | O_CREAT | O_NOFOLLOW; break;
     }
-    fd = ::open(path.c_str(), flags, 0644);
+    fd = ::open(path.c_str(), flags, kFilePermissions);
     if (fd < 0) return errno;
     if (mode != Mode::Lock) return 0;
     struct flock lock {};
@@ -570,7 +594,17 @@ class PosixFileSystem : public FileSystem {
     return ::unlink(path.c_str()) == 0 ? 0 : errno;
   }
   int make_directory(const std::string& path) override {
-    return ::mkdir(path.c_str(), 0755) == 0 ? 0 : errno;
+    return ::mkdir(path.c_str(), kDirectoryPermissions) == 0 ? 0 : errno;
+  }
+  int status(int fd, Status& out) override {
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) return errno;
+    out.owner = static_cast<std::uint32_t>(st.st_uid);
+    out.permissions = static_cast<std::uint32_t>(st.st_mode) & 07777u;
+    return 0;
+  }
+  int set_permissions(int fd, std::uint32_t permissions) override {
+    return ::fchmod(fd, static_cast<mode_t>(permissions)) == 0 ? 0 : errno;
   }
 };
 
@@ -948,6 +982,20 @@ class StorageImpl {
 #endif
   }
 
+  /// Creates a temporary file new, never writing through a symbolic or hard link planted at
+  /// its name into another file. A stale one (left by an earlier failure, or planted) is
+  /// unlinked and the create tried once more; if the name is taken again at once, it fails.
+  bool create_temp(const std::string& temp, int& fd) {
+    int err = fs->open(temp, FileSystem::Mode::Create, fd);
+    if (err == EEXIST) {
+      err = fs->remove(temp);
+      if (err == 0 || err == ENOENT) err = fs->open(temp, FileSystem::Mode::Create, fd);
+    }
+    if (err == 0) return true;
+    fd = -1;
+    return io_fail("create of", temp, err);
+  }
+
   /// Temp file, write, fdatasync, rename over `name`, fsync the directory.
   bool write_file_atomically(const std::string& name,
                              std::initializer_list<std::string_view> parts) {
@@ -955,8 +1003,7 @@ class StorageImpl {
     const std::string final_path = path(name);
     const std::string temp = final_path + std::string(kTempSuffix);
     int fd = -1;
-    if (const int err = fs->open(temp, FileSystem::Mode::Create, fd))
-      return io_fail("create of", temp, err);
+    if (!create_temp(temp, fd)) return false;
     bool ok = true;
     std::uint64_t offset = 0;
     for (std::string_view part : parts) {
@@ -975,6 +1022,7 @@ class StorageImpl {
       dir_fd = -1;
       throw StorageError("IOERR cannot open data directory " + opt.dir + ": " + errno_text(err));
     }
+    make_private();
     const std::string lock_path = path(kLockFile);
     if (const int err = fs->open(lock_path, FileSystem::Mode::Lock, lock_fd)) {
       lock_fd = -1;
@@ -984,6 +1032,36 @@ class StorageImpl {
                            "). Give each node its own data directory.");
       throw StorageError("IOERR cannot open " + lock_path + ": " + errno_text(err));
     }
+  }
+
+  // The directory (open as dir_fd) must be this user's own, and nobody else's to read: another
+  // user could otherwise read the log, or change it under the node. Checked on the open
+  // directory, so a rename of the path in between changes nothing.
+  void make_private() {
+    FileSystem::Status st;
+    if (const int err = fs->status(dir_fd, st))
+      throw StorageError("IOERR cannot stat data directory " + opt.dir + ": " + errno_text(err));
+    const std::uint32_t me = static_cast<std::uint32_t>(::geteuid());
+    if (st.owner != me)
+      throw StorageError("IOERR data directory " + opt.dir + " is owned by uid " +
+                         std::to_string(st.owner) + ", not by this process's user (uid " +
+                         std::to_string(me) + "): refusing to use it. Run the node as uid " +
+                         std::to_string(st.owner) + ", or give the directory to uid " +
+                         std::to_string(me) + " (chown -R).");
+    if ((st.permissions & ~kDirectoryPermissions & 0777u) == 0) return;
+    const std::uint32_t tightened = st.permissions & ~0077u;
+    if (const int err = fs->set_permissions(dir_fd, tightened))
+      throw StorageError("IOERR cannot restrict the permissions of data directory " + opt.dir +
+                         " to " + octal(tightened) + ": " + errno_text(err));
+    if (opt.warn)
+      opt.warn("data directory " + opt.dir + " was open to other users (mode " +
+               octal(st.permissions) + "): tightened to " + octal(tightened));
+  }
+
+  static std::string octal(std::uint32_t permissions) {
+    char buf[8];
+    std::snprintf(buf, sizeof buf, "%04o", static_cast<unsigned>(permissions & 07777u));
+    return buf;
   }
 
   // mkdir -p, then every level is made durable in its parent, those that existed too: a
@@ -1110,8 +1188,7 @@ class StorageImpl {
     const std::string final_path = path(segment_file_name(first));
     const std::string temp = final_path + std::string(kTempSuffix);
     int fd = -1;
-    if (const int err = fs->open(temp, FileSystem::Mode::Create, fd))
-      return io_fail("create of", temp, err);
+    if (!create_temp(temp, fd)) return false;
     const std::string header = encode_segment_header(first);
     if (!write_all(fd, 0, header, temp) || !sync_fd(fd, temp, false) ||
         !rename_durably(temp, final_path)) {

@@ -1072,6 +1072,7 @@ inline void Runtime::open_storage() {
   so.dir = cfg_.data_dir;
   so.segment_bytes = cfg_.segment_bytes;
   so.fsync_hook = cfg_.fsync_hook;
+  so.warn = [this](const std::string& line) { log(LogLevel::Warning, line); };
   CoreState st;
   std::shared_ptr<Snapshot> snapshot;
   Store loaded;       // -l
