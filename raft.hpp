@@ -7106,6 +7106,21 @@ inline bool decode_raft(std::vector<std::string>& w, Message& m, std::string& er
   return true;
 }
 
+// A snapshot from a leader, checked before the core lets it replace the log: the whole text
+// parses with the reader that restores it (Runtime::apply_item), and says what the message
+// said. (The text has no checksum of its own; the parse is what catches damage or garbage.)
+inline std::string check_received_snapshot(const Snapshot& snapshot) {
+  Store parsed;
+  SnapshotMeta meta;
+  std::string error;
+  if (!Store::read_snapshot(snapshot.data, parsed, meta, error)) return "unreadable: " + error;
+  if (meta.index != snapshot.meta.index || meta.term != snapshot.meta.term)
+    return "its text says index " + std::to_string(meta.index) + " of term " + std::to_string(meta.term);
+  if (meta.config != snapshot.meta.config) return "its text names other members than the message";
+  if (meta.timestamp_ms != snapshot.meta.timestamp_ms) return "its text has another timestamp than the message";
+  return "";
+}
+
 // FWD and FWDR (see the protocol above).
 
 struct ForwardedWrite {
@@ -7552,7 +7567,6 @@ class Runtime {
   void load_first_snapshot(const Store& loaded, std::shared_ptr<Snapshot>& snapshot, CoreState& st);
   bool secret_matches(const std::string& presented) const;
   CoreOptions core_options() const;
-  static std::string check_received_snapshot(const Snapshot& snapshot);
   void log_refused(const std::string& why);
   // the core
   void drive();
@@ -7739,21 +7753,6 @@ class Runtime {
 };
 
 // ---- startup ------------------------------------------------------------------------------
-
-// A snapshot from a leader, checked before the core lets it replace the log: the whole text
-// parses with the reader that restores it (apply_item), and says what the message said. (The
-// text has no checksum of its own; the parse is what catches damage or garbage.)
-inline std::string Runtime::check_received_snapshot(const Snapshot& snapshot) {
-  Store parsed;
-  SnapshotMeta meta;
-  std::string error;
-  if (!Store::read_snapshot(snapshot.data, parsed, meta, error)) return "unreadable: " + error;
-  if (meta.index != snapshot.meta.index || meta.term != snapshot.meta.term)
-    return "its text says index " + std::to_string(meta.index) + " of term " + std::to_string(meta.term);
-  if (meta.config != snapshot.meta.config) return "its text names other members than the message";
-  if (meta.timestamp_ms != snapshot.meta.timestamp_ms) return "its text has another timestamp than the message";
-  return "";
-}
 
 // Called with core_mu_ held. Whoever can reach the peer port can make the core refuse input at
 // will: one line a second at most, and the count in INFO (raft_refused_peer_messages).

@@ -103,6 +103,30 @@ TEST_CASE("a heartbeat from a stranger with a term near 2^64 is dropped; the nod
   CHECK(stored(node->node(), "after") == "1");
 }
 
+TEST_CASE("a data directory holding a term above 2^62 stops the start with a clear error", "[runtime][peer-input]") {
+  TempDir dir("peer-input");
+  raft::Config config = node_config("1", address(194, 1));
+  config.data_dir = dir.file("data");
+  {
+    raft::StorageOptions so;
+    so.dir = config.data_dir;
+    raft::Identity id;
+    id.node_id = "1";
+    id.server_id = "5eed0000000000000000000000000001";
+    id.cluster_id = "0123456789abcdef";
+    id.initial_config.upsert(raft::Member{"1", config.address, id.server_id, true});
+    raft::Storage storage = raft::Storage::create(so, id);
+    raft::PersistBatch batch;
+    batch.seq = 1;
+    batch.hard_state = raft::HardState{(std::uint64_t{1} << 62) + 1, ""};
+    REQUIRE(storage.write(batch));
+    REQUIRE(storage.sync());
+  }
+  TestNode node(config);
+  CHECK_THROWS_WITH(node->start(), Catch::Matchers::Contains("above the largest term"));
+  CHECK(node->state() != 'l');
+}
+
 TEST_CASE("a snapshot of garbage is refused before anything is deleted; the node serves and restarts",
           "[runtime][peer-input]") {
   TempDir dir("peer-input");

@@ -536,7 +536,7 @@ inline bool Core::next_campaign_term_within_bound() {
 
 inline void Core::refuse(std::string why, bool counted) {
   if (counted) ++refused_count_;
-  // Bounded: the runtime takes them at every ready(); a flood between two is one line.
+  // Bounded: the runtime takes them at every ready(); a flood between two leaves 16 lines.
   if (refused_out_.size() < 16) refused_out_.push_back(std::move(why));
 }
 
