@@ -3639,7 +3639,7 @@ inline bool Core::next_campaign_term_within_bound() {
 
 inline void Core::refuse(std::string why, bool counted) {
   if (counted) ++refused_count_;
-  // Bounded: the runtime takes them at every ready(); a flood between two is one line.
+  // Bounded: the runtime takes them at every ready(); a flood between two leaves 16 lines.
   if (refused_out_.size() < 16) refused_out_.push_back(std::move(why));
 }
 
@@ -6708,7 +6708,8 @@ inline void StorageWriter::run() {
 //   snapshot  serializes a copy of the store and hands it to the writer.
 //   joiner    only on a node started with -e, until it is a member.
 // Lock order: core_mu_ before req_mu_, apply_mu_, a sender's mutex and done_mu_; fwd_mu_ before
-// req_mu_, links_mu_ and a sender's mutex; data_mu_ is never held while taking core_mu_.
+// req_mu_, links_mu_ and a sender's mutex; data_mu_ is never held while taking core_mu_;
+// checked_mu_ is taken last.
 //
 // The peer protocol (port + 1) is RESP: arrays of bulk strings whose first word names them.
 //   HELLO version cluster_id node_id server_id address secret   (first, on every connection)
@@ -7109,8 +7110,7 @@ inline bool decode_raft(std::vector<std::string>& w, Message& m, std::string& er
 // A snapshot from a leader, checked before the core lets it replace the log: the whole text
 // parses with the reader that restores it (Runtime::apply_item), and says what the message
 // said. (The text has no checksum of its own; the parse is what catches damage or garbage.)
-inline std::string check_received_snapshot(const Snapshot& snapshot) {
-  Store parsed;
+inline std::string check_received_snapshot(const Snapshot& snapshot, Store& parsed) {
   SnapshotMeta meta;
   std::string error;
   if (!Store::read_snapshot(snapshot.data, parsed, meta, error)) return "unreadable: " + error;
@@ -7119,6 +7119,11 @@ inline std::string check_received_snapshot(const Snapshot& snapshot) {
   if (meta.config != snapshot.meta.config) return "its text names other members than the message";
   if (meta.timestamp_ms != snapshot.meta.timestamp_ms) return "its text has another timestamp than the message";
   return "";
+}
+
+inline std::string check_received_snapshot(const Snapshot& snapshot) {
+  Store parsed;
+  return check_received_snapshot(snapshot, parsed);
 }
 
 // FWD and FWDR (see the protocol above).
@@ -7714,6 +7719,9 @@ class Runtime {
   std::deque<ApplyItem> apply_q_;
   std::multimap<std::uint64_t, ReadState> reads_by_index_;  // confirmed reads by read index
   bool fatal_ = false;
+  // The store a received snapshot parsed into when the core checked it, for its Restore.
+  std::mutex checked_mu_;
+  std::optional<std::pair<EntryId, Store>> checked_snapshot_;
 
   // snapshots
   std::mutex snap_mu_;
@@ -7781,7 +7789,6 @@ inline CoreOptions Runtime::core_options() const {
   o.snapshot_trailing = cfg_.snapshot_trailing;
   o.max_voters = cfg_.max_voters;
   o.max_snapshot_bytes = cfg_.max_snapshot_bytes;
-  o.check_snapshot = check_received_snapshot;
   std::random_device rd;
   o.random_seed = (static_cast<std::uint64_t>(rd()) << 32) ^ rd() ^ fnv1a(cfg_.id);
   return o;
@@ -7898,7 +7905,19 @@ inline void Runtime::open_storage() {
     applied_timestamp_ = meta.timestamp_ms;
     st.snapshot = snapshot;
   }
-  core_ = std::make_unique<Core>(core_options(), std::move(st));
+  CoreOptions options = core_options();
+  // The store parsed to check a snapshot is the one restored: parsed once, on the poll thread
+  // (a follower's, while it installs a snapshot).
+  options.check_snapshot = [this](const Snapshot& received) {
+    Store parsed;
+    std::string problem = check_received_snapshot(received, parsed);
+    if (problem.empty()) {
+      std::lock_guard<std::mutex> lock(checked_mu_);
+      checked_snapshot_.emplace(EntryId{received.meta.index, received.meta.term}, std::move(parsed));
+    }
+    return problem;
+  };
+  core_ = std::make_unique<Core>(std::move(options), std::move(st));
   state_char_ = core_->role_char();
   term_ = core_->term();
   if (core_->config().empty() && cfg_.join.empty() && !told_to_wait)
@@ -8583,9 +8602,18 @@ inline void Runtime::apply_item(ApplyItem& item) {
   switch (item.kind) {
     case ApplyItem::Restore: {
       Store fresh;
-      SnapshotMeta meta;
+      SnapshotMeta meta = item.snapshot->meta;  // checked to be what the text says
       std::string error;
-      if (!Store::read_snapshot(item.snapshot->data, fresh, meta, error)) {
+      bool parsed = false;
+      {
+        std::lock_guard<std::mutex> lock(checked_mu_);
+        if (checked_snapshot_ && checked_snapshot_->first == EntryId{meta.index, meta.term}) {
+          fresh = std::move(checked_snapshot_->second);
+          parsed = true;
+        }
+        checked_snapshot_.reset();
+      }
+      if (!parsed && !Store::read_snapshot(item.snapshot->data, fresh, meta, error)) {
         log(LogLevel::Error, "snapshot from the leader at index " + std::to_string(item.snapshot->meta.index) +
                                  " is unreadable (" + error + "): stopping the apply loop");
         fatal_ = true;
