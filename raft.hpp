@@ -9970,7 +9970,9 @@ inline bool Runtime::handle_peer_message(PeerConn& p, std::vector<std::string>& 
     }
     if (!w[2].empty() && !ours.empty() && w[2] != ours)
       return refuse("node " + w[3] + " belongs to cluster " + w[2] + ", this node to " + ours);
-    if (w[2].empty() && !ours.empty()) p.join_only = true;  // a joiner: it may only ask to join
+    // A joiner: it may only ask to join. (Between two joiners too: neither is in a cluster, and
+    // what one could send the other would capture it.)
+    if (w[2].empty()) p.join_only = true;
     // We are the joiner: the cluster id comes only with the answer to our JOIN, from the member
     // we asked (joiner_loop). Anyone else could claim any cluster and capture this node. A
     // leader's link that comes first is refused and tries again once we know the id.

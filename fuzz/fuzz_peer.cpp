@@ -18,7 +18,7 @@ raft::Core follower() {
   o.id = "1";
   o.server_id = "sid-1";
   o.max_snapshot_bytes = 4096;
-  o.check_snapshot = raft::detail::check_received_snapshot;
+  o.check_snapshot = [](const raft::Snapshot& s) { return raft::detail::check_received_snapshot(s); };
   raft::CoreState st;
   for (const char* id : {"1", "2", "3"}) st.initial_config.upsert(raft::Member{id, "", std::string("sid-") + id, true});
   st.hard_state = raft::HardState{10, ""};

@@ -188,12 +188,18 @@ TEST_CASE("snapshot chunks beyond the configured bound are dropped, not piled up
 
 TEST_CASE("a joiner contacted first by a stranger of another cluster does not adopt its id, and joins",
           "[runtime][peer-input]") {
-  // The joiner starts before the member it asks: its JOIN finds nobody, and meanwhile a
-  // stranger says HELLO with a cluster id of its own.
+  // The joiner starts before the member it asks: its JOIN finds nobody, and meanwhile
+  // strangers say HELLO, one claiming no cluster, one with a cluster id of its own.
   raft::Config joiner_config = node_config("2", address(193, 2));
   joiner_config.join = {address(193, 1)};
   TestNode joiner(joiner_config);
   joiner->start();
+  // Claiming no cluster, it may ask to join and nothing else: its Raft messages are not taken.
+  Stranger joinless(ip(193, 8));
+  REQUIRE(joinless.hello(address(193, 2), "", "8") == "+WELCOME");
+  REQUIRE(joinless.send(from_stranger(raft::MessageType::Heartbeat, 50)));
+  CHECK(eventually([&] { return joiner.logs().contains("node 8 is not in this cluster yet and sent RAFT"); }));
+  CHECK(joiner->term() == 0);
   Stranger stranger(ip(193, 9));
   const std::string answer = stranger.hello(address(193, 2), "0123456789abcdef", "9");
   CHECK(answer.rfind("-ERR", 0) == 0);
