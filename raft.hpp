@@ -7762,21 +7762,6 @@ class Runtime {
 
 // ---- startup ------------------------------------------------------------------------------
 
-// Called with core_mu_ held. Whoever can reach the peer port can make the core refuse input at
-// will: one line a second at most, and the count in INFO (raft_refused_peer_messages).
-inline void Runtime::log_refused(const std::string& why) {
-  const auto now = std::chrono::steady_clock::now();
-  if (refused_logged_at_ != std::chrono::steady_clock::time_point{} && now - refused_logged_at_ < std::chrono::seconds(1)) {
-    ++refused_unlogged_;
-    return;
-  }
-  log(LogLevel::Warning, why + (refused_unlogged_ == 0 ? std::string()
-                                                       : " (" + std::to_string(refused_unlogged_) +
-                                                             " more refused since the last such line)"));
-  refused_logged_at_ = now;
-  refused_unlogged_ = 0;
-}
-
 inline CoreOptions Runtime::core_options() const {
   CoreOptions o;
   o.id = cfg_.id;
@@ -8259,6 +8244,21 @@ inline void Runtime::stop() {
 }
 
 // ---- driving the core ----------------------------------------------------------------------
+
+// Called with core_mu_ held. Whoever can reach the peer port can make the core refuse input at
+// will: one line a second at most, and the count in INFO (raft_refused_peer_messages).
+inline void Runtime::log_refused(const std::string& why) {
+  const auto now = std::chrono::steady_clock::now();
+  if (refused_logged_at_ != std::chrono::steady_clock::time_point{} && now - refused_logged_at_ < std::chrono::seconds(1)) {
+    ++refused_unlogged_;
+    return;
+  }
+  log(LogLevel::Warning, why + (refused_unlogged_ == 0 ? std::string()
+                                                       : " (" + std::to_string(refused_unlogged_) +
+                                                             " more refused since the last such line)"));
+  refused_logged_at_ = now;
+  refused_unlogged_ = 0;
+}
 
 // Called with core_mu_ held after every input to the core.
 inline void Runtime::drive() {
