@@ -377,11 +377,12 @@ struct Ready {
   std::vector<RoleChange> role_changes;  // in the order they happened
   std::uint64_t leader_ready_term = 0;  // nonzero: leading in this term and its first entry committed
   bool snapshot_wanted = false;         // the log since the last snapshot is long: take one
+  std::vector<std::string> refused;     // input the core refused (a term out of bounds, a bad snapshot), and why
 
   bool empty() const {
     return persist.seq == 0 && messages.empty() && after_persist.empty() && !restore &&
            committed.empty() && reads.empty() && aborted.empty() && role_changes.empty() &&
-           leader_ready_term == 0 && !snapshot_wanted;
+           leader_ready_term == 0 && !snapshot_wanted && refused.empty();
   }
 };
 
@@ -499,6 +500,12 @@ struct Config {
   resp::Limits client_limits;
   /// A client whose unsent replies exceed this is disconnected (Redis: client-output-buffer-limit).
   std::size_t max_client_output = std::size_t{256} << 20;
+  /// A snapshot received from the leader is held in memory while it arrives, and checked
+  /// whole before it replaces the log; chunks beyond this size are refused. The default, 4 GiB,
+  /// is above the snapshot of any store a node of this kind holds in memory on common hardware,
+  /// and stops a stream that never ends (a snapshot is the whole data set as text: a store near
+  /// this size needs a larger bound).
+  std::uint64_t max_snapshot_bytes = std::uint64_t{4} << 30;
 
   // ---- logging ----
   LogLevel log_level = LogLevel::Info;
@@ -3248,6 +3255,13 @@ inline void add_builtin_commands(CommandTable& table) {
 
 namespace raft {
 
+/// The largest term a node accepts or reaches. Elections add term_step (at most 2^32) to the
+/// term, and 2^62 leaves room for that without wrapping around; at 10 per election it is
+/// never reached by elections. A message carrying a larger term is dropped: only a forged or
+/// corrupted one can.
+constexpr std::uint64_t kMaxTerm = std::uint64_t{1} << 62;
+constexpr std::uint64_t kMaxTermStep = std::uint64_t{1} << 32;
+
 /// Tuning of the core. Times are in ticks; the runtime turns milliseconds into ticks.
 struct CoreOptions {
   /// This node's id and the server id of its data directory (see Member::server_id).
@@ -3267,7 +3281,8 @@ struct CoreOptions {
   /// A leader that has not heard from a majority within election_ticks steps down
   /// (dissertation §6.2), and voters ignore campaigns while they hear from a leader.
   bool check_quorum = true;
-  /// Elections campaign for current term + term_step (pyraft's +10). Any value >= 1 is safe.
+  /// Elections campaign for current term + term_step (pyraft's +10). Any value in
+  /// [1, kMaxTermStep] is safe.
   std::uint64_t term_step = 10;
   /// Appends in flight per follower before the leader waits for answers (pipelining).
   std::size_t max_inflight = 256;
@@ -3286,6 +3301,12 @@ struct CoreOptions {
   /// Snapshots travel in chunks of this size, this many chunks in flight.
   std::size_t snapshot_chunk_bytes = 1u << 20;
   std::size_t snapshot_chunks_inflight = 4;
+  /// A snapshot being received may grow to this many bytes; the chunks are dropped beyond it
+  /// (a stream that never ends would otherwise fill the memory).
+  std::uint64_t max_snapshot_bytes = std::uint64_t{4} << 30;
+  /// Checks a received snapshot before it replaces anything: empty when it may be installed,
+  /// else why not (the runtime parses it with the reader that restores it). Unset: no check.
+  std::function<std::string(const Snapshot&)> check_snapshot;
   /// Seed of the election-timeout randomness (the runtime uses a random one; tests fix it).
   std::uint64_t random_seed = 1;
 
@@ -3295,13 +3316,14 @@ struct CoreOptions {
     if (election_ticks < 2) return "election_ticks must be at least 2";
     if (heartbeat_ticks < 1 || heartbeat_ticks >= election_ticks)
       return "heartbeat_ticks must be at least 1 and below election_ticks";
-    if (term_step < 1) return "term_step must be at least 1";
+    if (term_step < 1 || term_step > kMaxTermStep) return "term_step must be in [1, 2^32]";
     if (max_inflight < 1) return "max_inflight must be at least 1";
     if (proposal_timeout_ticks < 1 || read_timeout_ticks < 1) return "timeouts must be positive";
     if (snapshot_threshold < 1) return "snapshot_threshold must be at least 1";
     if (max_voters < 1) return "max_voters must be at least 1";
     if (snapshot_chunk_bytes < 1 || snapshot_chunks_inflight < 1)
       return "snapshot chunk size and window must be positive";
+    if (max_snapshot_bytes < 1) return "max_snapshot_bytes must be positive";
     return "";
   }
 };
@@ -3451,6 +3473,9 @@ class Core {
   const std::map<NodeId, Progress>& progress() const { return progress_; }
   const NodeId& transfer_target() const { return transfer_target_; }
   const CoreOptions& options() const { return opts_; }
+  /// Peer messages and received snapshots refused as out of bounds or unreadable (each is
+  /// also reported in Ready::refused).
+  std::uint64_t refused_count() const { return refused_count_; }
 
  private:
   struct PendingRead {
@@ -3529,6 +3554,10 @@ class Core {
            t == MessageType::AppendResponse || t == MessageType::HeartbeatResponse ||
            t == MessageType::SnapshotResponse;
   }
+  // input out of bounds
+  static bool terms_within_bound(const Message& m);
+  bool next_campaign_term_within_bound();
+  void refuse(std::string why, bool counted);
   // messages
   Message make(MessageType type, const NodeId& to) const;
   void send(Message m) { msgs_.push_back(std::move(m)); }
@@ -3604,6 +3633,8 @@ class Core {
   std::vector<ReadState> reads_out_;
   std::vector<EntryId> aborted_;
   std::vector<RoleChange> role_changes_;
+  std::vector<std::string> refused_out_;
+  std::uint64_t refused_count_ = 0;
   RoleChange last_role_change_;
   bool leader_ready_unreported_ = false;
   bool snapshot_requested_ = false;
@@ -3620,6 +3651,17 @@ inline Core::Core(CoreOptions options, CoreState state)
     : opts_(std::move(options)), rng_state_(opts_.random_seed ^ 0x9e3779b97f4a7c15ull) {
   std::string problem = opts_.validate();
   if (!problem.empty()) throw std::invalid_argument("raft::CoreOptions: " + problem);
+  // Nothing this core writes is above kMaxTerm: a larger term on disk was not written by it.
+  auto stored_term_within_bound = [](std::uint64_t term, const std::string& what) {
+    if (term > kMaxTerm)
+      throw std::invalid_argument("raft::CoreState: " + what + " holds term " + std::to_string(term) +
+                                  ", above the largest term a node reaches (2^62): the data directory "
+                                  "is damaged or was not written by this version");
+  };
+  stored_term_within_bound(state.hard_state.term, "the hard state");
+  if (state.snapshot) stored_term_within_bound(state.snapshot->meta.term, "the snapshot");
+  for (const auto& e : state.entries)
+    stored_term_within_bound(e.term, "the log entry at index " + std::to_string(e.index));
   term_ = state.hard_state.term;
   vote_ = state.hard_state.vote;
   persisted_hs_ = state.hard_state;
@@ -3704,6 +3746,37 @@ inline void Core::note_role_change() {
   }
 }
 
+// ---- input out of bounds -------------------------------------------------------------------
+
+// Every term a message carries is at most kMaxTerm, and a leader's entries and the entry its
+// snapshot or append follows are never of a later term than the leader's own. With that, and
+// term_step at most kMaxTermStep, no term the core computes wraps around.
+inline bool Core::terms_within_bound(const Message& m) {
+  if (m.term > kMaxTerm || m.log_term > kMaxTerm || m.hint_term > kMaxTerm) return false;
+  if (m.type == MessageType::Append || m.type == MessageType::Snapshot) {
+    if (m.log_term > m.term) return false;
+    for (const auto& e : m.entries)
+      if (e.term > m.term) return false;
+  }
+  return true;
+}
+
+// A campaign for a term above kMaxTerm is refused (the node stays a follower): only forged
+// terms get there, and wrapping around would make every later term look older.
+inline bool Core::next_campaign_term_within_bound() {
+  if (term_ <= kMaxTerm - opts_.term_step) return true;
+  refuse("not campaigning: term " + std::to_string(term_) + " + " + std::to_string(opts_.term_step) +
+             " would pass the largest term (2^62)",
+         false);
+  return false;
+}
+
+inline void Core::refuse(std::string why, bool counted) {
+  if (counted) ++refused_count_;
+  // Bounded: the runtime takes them at every ready(); a flood between two leaves 16 lines.
+  if (refused_out_.size() < 16) refused_out_.push_back(std::move(why));
+}
+
 // ---- roles ---------------------------------------------------------------------------------
 
 inline bool Core::can_campaign() const {
@@ -3752,6 +3825,7 @@ inline void Core::fail_leader_state() {
 
 inline void Core::start_campaign(bool transfer) {
   if (!can_campaign() || role_ == Role::Leader) return;
+  if (!next_campaign_term_within_bound()) return;
   if (opts_.pre_vote && !transfer)
     become_pre_candidate();
   else
@@ -3778,6 +3852,10 @@ inline void Core::become_pre_candidate() {
 }
 
 inline void Core::become_candidate(bool transfer) {
+  if (!next_campaign_term_within_bound()) {
+    become_follower(term_, "");
+    return;
+  }
 #ifdef RAFT_MUTANT_BUMP_AFTER_WIN
   term_ += 1;  // mutant: campaign for term + 1, then raise the term after winning
 #else
@@ -3943,6 +4021,11 @@ inline void Core::expire_timeouts() {
 
 inline void Core::step(const Message& m) {
   if (m.from == opts_.id) return;
+  if (!terms_within_bound(m)) {
+    refuse("dropped " + std::string(to_string(m.type)) + " from " + m.from + ": it carries a term above the largest term (2^62), or entries of a term above its own",
+           true);
+    return;
+  }
   // A member whose data directory was wiped comes back with a new server id: it may have
   // forgotten votes and entries it promised, so it is a stranger until re-added, and its
   // answers - votes, acknowledgements - count for nothing. What it asks for is another
@@ -4287,6 +4370,22 @@ inline void Core::handle_snapshot(const Message& m) {
     send(std::move(r));
     return;
   }
+  // Refused: what arrived so far goes, the log stays as it was, and the sender is asked to
+  // start again from the beginning (a leader whose transfer was damaged on the way retries).
+  auto refuse_snapshot = [&](const std::string& why) {
+    refuse("refused a snapshot at index " + std::to_string(m.index) + " of term " + std::to_string(m.log_term) +
+               " from " + m.from + ": " + why + "; the log is kept",
+           true);
+    recv_snapshot_data_.clear();
+    recv_snapshot_data_.shrink_to_fit();
+    recv_snapshot_index_ = recv_snapshot_term_ = 0;
+    r.reject = true;
+    r.offset = 0;
+    send(std::move(r));
+  };
+  if (m.data.size() > opts_.max_snapshot_bytes ||
+      recv_snapshot_data_.size() > opts_.max_snapshot_bytes - m.data.size())
+    return refuse_snapshot("it is larger than max_snapshot_bytes (" + std::to_string(opts_.max_snapshot_bytes) + ")");
   recv_snapshot_data_.append(m.data);
   r.offset = recv_snapshot_data_.size();
   if (!m.done) {
@@ -4301,6 +4400,12 @@ inline void Core::handle_snapshot(const Message& m) {
   snap->data = std::move(recv_snapshot_data_);
   recv_snapshot_data_.clear();
   recv_snapshot_index_ = recv_snapshot_term_ = 0;
+  // Checked whole before anything is replaced: installing deletes the log.
+  std::string problem;
+#ifndef RAFT_MUTANT_SNAPSHOT_UNCHECKED
+  if (opts_.check_snapshot) problem = opts_.check_snapshot(*snap);
+#endif
+  if (!problem.empty()) return refuse_snapshot(problem);
   install_snapshot(std::move(snap));
   r.done = true;
   send_after_persist(std::move(r));  // installed means durable
@@ -4915,7 +5020,8 @@ inline void Core::persisted(std::uint64_t seq) {
 
 inline bool Core::has_ready() const {
   if (!batch_.empty() || !msgs_.empty() || !msgs_after_.empty() || restore_ ||
-      !reads_out_.empty() || !aborted_.empty() || !role_changes_.empty() || snapshot_wanted_out_)
+      !reads_out_.empty() || !aborted_.empty() || !role_changes_.empty() || snapshot_wanted_out_ ||
+      !refused_out_.empty())
     return true;
   if (leader_ready_unreported_ && role_ == Role::Leader && applied_ >= leader_first_index_) return true;
   if (HardState{term_, vote_} != persisted_hs_) return true;
@@ -4980,6 +5086,8 @@ inline Ready Core::ready() {
   aborted_.clear();
   rd.role_changes = std::move(role_changes_);
   role_changes_.clear();
+  rd.refused = std::move(refused_out_);
+  refused_out_.clear();
   // on_leader's promise: the term's first entry and everything before it are applied first.
   if (leader_ready_unreported_ && role_ == Role::Leader && applied_ >= leader_first_index_) {
     rd.leader_ready_term = term_;
@@ -6811,7 +6919,8 @@ inline void StorageWriter::run() {
 //   snapshot  serializes a copy of the store and hands it to the writer.
 //   joiner    only on a node started with -e, until it is a member.
 // Lock order: core_mu_ before req_mu_, apply_mu_, a sender's mutex and done_mu_; fwd_mu_ before
-// req_mu_, links_mu_ and a sender's mutex; data_mu_ is never held while taking core_mu_.
+// req_mu_, links_mu_ and a sender's mutex; data_mu_ is never held while taking core_mu_;
+// checked_mu_ is taken last.
 //
 // The peer protocol (port + 1) is RESP: arrays of bulk strings whose first word names them.
 //   HELLO version cluster_id node_id server_id address secret   (first, on every connection)
@@ -7207,6 +7316,25 @@ inline bool decode_raft(std::vector<std::string>& w, Message& m, std::string& er
     m.entries.push_back(std::move(e));
   }
   return true;
+}
+
+// A snapshot from a leader, checked before the core lets it replace the log: the whole text
+// parses with the reader that restores it (Runtime::apply_item), and says what the message
+// said. (The text has no checksum of its own; the parse is what catches damage or garbage.)
+inline std::string check_received_snapshot(const Snapshot& snapshot, Store& parsed) {
+  SnapshotMeta meta;
+  std::string error;
+  if (!Store::read_snapshot(snapshot.data, parsed, meta, error)) return "unreadable: " + error;
+  if (meta.index != snapshot.meta.index || meta.term != snapshot.meta.term)
+    return "its text says index " + std::to_string(meta.index) + " of term " + std::to_string(meta.term);
+  if (meta.config != snapshot.meta.config) return "its text names other members than the message";
+  if (meta.timestamp_ms != snapshot.meta.timestamp_ms) return "its text has another timestamp than the message";
+  return "";
+}
+
+inline std::string check_received_snapshot(const Snapshot& snapshot) {
+  Store parsed;
+  return check_received_snapshot(snapshot, parsed);
 }
 
 // FWD and FWDR (see the protocol above).
@@ -7655,6 +7783,7 @@ class Runtime {
   void load_first_snapshot(const Store& loaded, std::shared_ptr<Snapshot>& snapshot, CoreState& st);
   bool secret_matches(const std::string& presented) const;
   CoreOptions core_options() const;
+  void log_refused(const std::string& why);
   // the core
   void drive();
   void on_persisted(std::uint64_t seq, bool ok, std::vector<Message> after);
@@ -7751,6 +7880,9 @@ class Runtime {
   Identity identity_;
   std::atomic<bool> failed_{false};
   std::string failure_;  // under core_mu_
+  // What the core refused, logged at most once a second (under core_mu_).
+  std::chrono::steady_clock::time_point refused_logged_at_{};
+  std::uint64_t refused_unlogged_ = 0;
 
   // the core
   mutable std::mutex core_mu_;
@@ -7798,6 +7930,9 @@ class Runtime {
   std::deque<ApplyItem> apply_q_;
   std::multimap<std::uint64_t, ReadState> reads_by_index_;  // confirmed reads by read index
   bool fatal_ = false;
+  // The store a received snapshot parsed into when the core checked it, for its Restore.
+  std::mutex checked_mu_;
+  std::optional<std::pair<EntryId, Store>> checked_snapshot_;
 
   // snapshots
   std::mutex snap_mu_;
@@ -7849,6 +7984,7 @@ inline CoreOptions Runtime::core_options() const {
   o.snapshot_threshold = cfg_.snapshot_threshold;
   o.snapshot_trailing = cfg_.snapshot_trailing;
   o.max_voters = cfg_.max_voters;
+  o.max_snapshot_bytes = cfg_.max_snapshot_bytes;
   std::random_device rd;
   o.random_seed = (static_cast<std::uint64_t>(rd()) << 32) ^ rd() ^ fnv1a(cfg_.id);
   return o;
@@ -7966,12 +8102,26 @@ inline void Runtime::open_storage() {
     applied_timestamp_ = meta.timestamp_ms;
     st.snapshot = snapshot;
   }
-  core_ = std::make_unique<Core>(core_options(), std::move(st));
+  CoreOptions options = core_options();
+  // The store parsed to check a snapshot is the one restored: parsed once, on the poll thread
+  // (a follower's, while it installs a snapshot).
+  options.check_snapshot = [this](const Snapshot& received) {
+    Store parsed;
+    std::string problem = check_received_snapshot(received, parsed);
+    if (problem.empty()) {
+      std::lock_guard<std::mutex> lock(checked_mu_);
+      checked_snapshot_.emplace(EntryId{received.meta.index, received.meta.term}, std::move(parsed));
+    }
+    return problem;
+  };
+  core_ = std::make_unique<Core>(std::move(options), std::move(st));
   state_char_ = core_->role_char();
   term_ = core_->term();
   if (core_->config().empty() && cfg_.join.empty() && !told_to_wait)
     log(LogLevel::Warning, "this node holds no configuration and has no -e list: it waits to be added" +
-                               (identity_.cluster_id.empty() ? std::string()
+                               (identity_.cluster_id.empty() ? std::string(", but it learns its cluster id only by "
+                                                                           "asking to join: restart it with -e and a "
+                                                                           "member's address")
                                                              : " to cluster " + identity_.cluster_id +
                                                                    " (restart it with -e and a member's address to "
                                                                    "ask to join)"));
@@ -8307,6 +8457,21 @@ inline void Runtime::stop() {
 
 // ---- driving the core ----------------------------------------------------------------------
 
+// Called with core_mu_ held. Whoever can reach the peer port can make the core refuse input at
+// will: one line a second at most, and the count in INFO (raft_refused_peer_messages).
+inline void Runtime::log_refused(const std::string& why) {
+  const auto now = std::chrono::steady_clock::now();
+  if (refused_logged_at_ != std::chrono::steady_clock::time_point{} && now - refused_logged_at_ < std::chrono::seconds(1)) {
+    ++refused_unlogged_;
+    return;
+  }
+  log(LogLevel::Warning, why + (refused_unlogged_ == 0 ? std::string()
+                                                       : " (" + std::to_string(refused_unlogged_) +
+                                                             " more refused since the last such line)"));
+  refused_logged_at_ = now;
+  refused_unlogged_ = 0;
+}
+
 // Called with core_mu_ held after every input to the core.
 inline void Runtime::drive() {
   if (failed_ || halted_) return;
@@ -8318,6 +8483,7 @@ inline void Runtime::drive() {
       writer_->submit(std::move(rd.persist), [this, seq, after](bool ok) { on_persisted(seq, ok, std::move(*after)); });
     }
     for (const auto& m : rd.messages) send_peer(m);
+    for (const auto& why : rd.refused) log_refused(why);
     if (rd.restore) push_apply(ApplyItem{ApplyItem::Restore, rd.restore, {}, {}, {}, {}, 0, 0});
     if (!rd.committed.empty() || !rd.reads.empty() || !rd.aborted.empty() || !rd.role_changes.empty() ||
         rd.leader_ready_term || rd.snapshot_wanted) {
@@ -8648,9 +8814,18 @@ inline void Runtime::apply_item(ApplyItem& item) {
   switch (item.kind) {
     case ApplyItem::Restore: {
       Store fresh;
-      SnapshotMeta meta;
+      SnapshotMeta meta = item.snapshot->meta;  // checked to be what the text says
       std::string error;
-      if (!Store::read_snapshot(item.snapshot->data, fresh, meta, error)) {
+      bool parsed = false;
+      {
+        std::lock_guard<std::mutex> lock(checked_mu_);
+        if (checked_snapshot_ && checked_snapshot_->first == EntryId{meta.index, meta.term}) {
+          fresh = std::move(checked_snapshot_->second);
+          parsed = true;
+        }
+        checked_snapshot_.reset();
+      }
+      if (!parsed && !Store::read_snapshot(item.snapshot->data, fresh, meta, error)) {
         log(LogLevel::Error, "snapshot from the leader at index " + std::to_string(item.snapshot->meta.index) +
                                  " is unreadable (" + error + "): stopping the apply loop");
         fatal_ = true;
@@ -9574,6 +9749,7 @@ inline std::string Runtime::info() const {
   line("raft_applied_index", std::to_string(applied_.load()));
   line("raft_last_index", std::to_string(core_->last_index()));
   line("raft_snapshot_index", std::to_string(core_->snapshot_index()));
+  line("raft_refused_peer_messages", std::to_string(core_->refused_count()));
   line("raft_storage", failed_ ? "failed: " + failure_ : "ok");
   line("raft_voters", std::to_string(core_->config().voter_count()));
   line("raft_members", std::to_string(core_->config().members.size()));
@@ -10007,8 +10183,15 @@ inline bool Runtime::handle_peer_message(PeerConn& p, std::vector<std::string>& 
     }
     if (!w[2].empty() && !ours.empty() && w[2] != ours)
       return refuse("node " + w[3] + " belongs to cluster " + w[2] + ", this node to " + ours);
-    if (w[2].empty() && !ours.empty()) p.join_only = true;  // a joiner: it may only ask to join
-    if (!w[2].empty() && ours.empty()) adopt_cluster_id(w[2]);  // we are the joiner
+    // A joiner: it may only ask to join. (Between two joiners too: neither is in a cluster, and
+    // what one could send the other would capture it.)
+    if (w[2].empty()) p.join_only = true;
+    // We are the joiner: the cluster id comes only with the answer to our JOIN, from the member
+    // we asked (joiner_loop). Anyone else could claim any cluster and capture this node. A
+    // leader's link that comes first is refused and tries again once we know the id.
+    if (!w[2].empty() && ours.empty())
+      return refuse("node " + w[3] + " says it is of cluster " + w[2] + ", and this node has not joined one: it "
+                    "learns its cluster id from the member it asks to join");
     p.node = w[3];
     p.server_id = w[4];
     p.address = w[5];
@@ -10088,9 +10271,11 @@ inline Reply Runtime::handle_join(const std::vector<std::string>& w) {
   return Reply::error("TRYAGAIN another membership change is in progress");
 }
 
+// Only from the answer to this node's JOIN (joiner_loop): the member asked, or the one it
+// redirected to. An inbound HELLO never sets it (handle_peer_message).
 inline void Runtime::adopt_cluster_id(const std::string& cluster_id) {
   std::lock_guard<std::mutex> lock(core_mu_);
-  if (!identity_.cluster_id.empty()) return;
+  if (!identity_.cluster_id.empty() || cluster_id.empty()) return;
   identity_.cluster_id = cluster_id;
   writer_->submit_identity(identity_, [this](bool ok) {
     if (!ok) storage_failed(storage_->failure());
@@ -10190,6 +10375,7 @@ inline std::string Config::validate() const {
   if (max_clients < 1) return "max_clients must be at least 1";
   if (max_voters < 1) return "max_voters must be at least 1";
   if (snapshot_threshold < 1) return "snapshot_threshold must be at least 1";
+  if (max_snapshot_bytes < 1) return "max_snapshot_bytes must be positive";
   if (segment_bytes < 4096) return "segment_bytes must be at least 4096";
   return "";
 }

@@ -1,6 +1,9 @@
 // libFuzzer target: what a peer sends on port + 1. The bytes go through the RESP request
 // parser and, for RAFT messages, the strict decoder; a decoded message encodes back to a
-// message equal in every field.
+// message equal in every field. Then it is stepped into a core as the runtime does (a
+// follower holding a few entries, with the runtime's snapshot check and a small snapshot
+// bound): no term the core reaches or persists is above kMaxTerm, nothing it sends carries
+// one, and a snapshot it persists is one the runtime can restore.
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -8,10 +11,47 @@
 
 #include "raft.hpp"
 
+namespace {
+
+raft::Core follower() {
+  raft::CoreOptions o;
+  o.id = "1";
+  o.server_id = "sid-1";
+  o.max_snapshot_bytes = 4096;
+  o.check_snapshot = [](const raft::Snapshot& s) { return raft::detail::check_received_snapshot(s); };
+  raft::CoreState st;
+  for (const char* id : {"1", "2", "3"}) st.initial_config.upsert(raft::Member{id, "", std::string("sid-") + id, true});
+  st.hard_state = raft::HardState{10, ""};
+  for (std::uint64_t i = 1; i <= 3; ++i) {
+    raft::LogEntry e;
+    e.index = i;
+    e.term = 10;
+    e.payload = "*1\r\n$4\r\nping\r\n";
+    st.entries.push_back(e);
+  }
+  return raft::Core(o, st);
+}
+
+void check_ready(raft::Core& core) {
+  while (core.has_ready()) {
+    raft::Ready rd = core.ready();
+    if (rd.persist.hard_state && rd.persist.hard_state->term > raft::kMaxTerm) std::abort();
+    if (rd.persist.snapshot && !raft::detail::check_received_snapshot(*rd.persist.snapshot).empty()) std::abort();
+    for (const auto* out : {&rd.messages, &rd.after_persist})
+      for (const auto& m : *out)
+        if (m.term > raft::kMaxTerm) std::abort();
+    if (rd.persist.seq) core.persisted(rd.persist.seq);
+  }
+  if (core.term() > raft::kMaxTerm || core.last_term() > core.term()) std::abort();
+}
+
+}  // namespace
+
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   resp::RequestParser parser;
   parser.feed(reinterpret_cast<const char*>(data), size);
   std::vector<std::string> words;
+  raft::Core core = follower();
   while (parser.next(words) == resp::Status::Ok) {
     if (words.empty() || words[0] != "RAFT") continue;
     std::vector<std::string> copy = words;
@@ -31,6 +71,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (!raft::detail::decode_raft(words2, m2, error)) std::abort();
     // Every field survives the round trip (from, to and server_id come from the connection).
     if (m2 != m) std::abort();
+    // As the runtime steps it: from the connection's node (a member here), to this node.
+    m.from = "2";
+    m.to = "1";
+    m.server_id = "sid-2";
+    core.step(m);
+    core.tick();
+    check_ready(core);
   }
   return 0;
 }

@@ -55,6 +55,7 @@ struct Drained {
   std::vector<RoleChange> roles;
   std::vector<PersistBatch> batches;
   std::uint64_t leader_ready_term = 0;
+  std::vector<std::string> refused;
 };
 
 Drained drain(Core& c, bool persist = true) {
@@ -70,6 +71,7 @@ Drained drain(Core& c, bool persist = true) {
     for (auto& x : r.reads) d.reads.push_back(x);
     for (auto& x : r.aborted) d.aborted.push_back(x);
     for (auto& x : r.role_changes) d.roles.push_back(x);
+    for (auto& x : r.refused) d.refused.push_back(x);
     if (r.leader_ready_term) d.leader_ready_term = r.leader_ready_term;
     if (r.persist.seq) {
       d.batches.push_back(r.persist);
@@ -1036,4 +1038,191 @@ TEST_CASE("leadership transfer hands the cluster to the target", "[core]") {
   CHECK_FALSE(c.core(l).propose("x", 0).ok());  // no proposals while transferring
   c.run_ticks(10);
   CHECK(c.leader() == target);
+}
+
+// ---- input out of bounds (issue 10) ----------------------------------------------------------
+
+TEST_CASE("a message with a term above 2^62 is dropped, and no term the core computes wraps around", "[core]") {
+  const std::uint64_t bound = std::uint64_t{1} << 62;
+  CoreState st;
+  st.initial_config = voters({"1", "2", "3"});
+  st.hard_state = HardState{10, ""};
+  Core c(options("1"), st);
+  // A stranger's heartbeat with 2^64 - 6: adopting it, the next campaign (+10) would wrap to 4.
+  c.step(message(MessageType::Heartbeat, "evil", "1", ~std::uint64_t{0} - 5));
+  Drained d = drain(c);
+  CHECK(c.term() == 10);
+  CHECK(c.leader().empty());
+  CHECK(d.sent.empty());
+  CHECK(d.refused.size() == 1);
+  // Just above the bound, from a member, of any kind: dropped as well.
+  for (MessageType t : {MessageType::Append, MessageType::Vote, MessageType::PreVote, MessageType::Snapshot}) {
+    c.step(message(t, "2", "1", bound + 1));
+    CHECK(c.term() == 10);
+  }
+  Message stale_terms = message(MessageType::AppendResponse, "2", "1", 10);
+  stale_terms.hint_term = bound + 1;
+  c.step(stale_terms);
+  // An append whose entries are of a later term than its own: no leader sends that.
+  Message append = message(MessageType::Append, "2", "1", 20);
+  append.entries.push_back(entry(1, bound));
+  c.step(append);
+  CHECK(c.term() == 10);
+  CHECK(c.last_index() == 0);
+  CHECK(c.refused_count() == 7);
+  // At the bound, a message is taken.
+  c.step(message(MessageType::Heartbeat, "2", "1", bound));
+  CHECK(c.term() == bound);
+  CHECK(c.leader() == "2");
+}
+
+TEST_CASE("a node whose next campaign would pass 2^62 does not campaign", "[core]") {
+  const std::uint64_t bound = std::uint64_t{1} << 62;
+  SECTION("a voter of three") {
+    CoreState st;
+    st.initial_config = voters({"1", "2", "3"});
+    st.hard_state = HardState{bound - 5, ""};
+    Core c(options("1"), st);
+    c.campaign();
+    Drained d = drain(c);
+    CHECK(c.role() == Role::Follower);
+    CHECK(c.term() == bound - 5);
+    CHECK(find(d.sent, MessageType::PreVote) == nullptr);
+    REQUIRE(d.refused.size() == 1);
+    CHECK_THAT(d.refused[0], Catch::Matchers::Contains("would pass the largest term"));
+    // Not a counted peer message: nobody sent anything.
+    CHECK(c.refused_count() == 0);
+  }
+  SECTION("a lone voter, without pre-vote") {
+    CoreState st;
+    st.initial_config = voters({"1"});
+    st.hard_state = HardState{bound - 1, ""};
+    CoreOptions o = options("1");
+    o.pre_vote = false;
+    Core c(o, st);
+    for (int i = 0; i < 30; ++i) c.tick(kT0 + i);
+    drain(c);
+    CHECK(c.role() == Role::Follower);
+    CHECK(c.term() == bound - 1);
+  }
+  SECTION("up to the bound itself it campaigns") {
+    CoreState st;
+    st.initial_config = voters({"1"});
+    st.hard_state = HardState{bound - 10, ""};
+    Core c(options("1"), st);
+    c.tick(kT0);
+    drain(c);
+    CHECK(c.role() == Role::Leader);
+    CHECK(c.term() == bound);
+  }
+}
+
+TEST_CASE("a term above 2^62 on disk is a clear error at start, and term_step is bounded", "[core]") {
+  const std::uint64_t bound = std::uint64_t{1} << 62;
+  CoreState st;
+  st.initial_config = voters({"1", "2", "3"});
+  st.hard_state = HardState{bound + 1, ""};
+  CHECK_THROWS_WITH(Core(options("1"), st), Catch::Matchers::Contains("the hard state holds term 4611686018427387905"));
+  st.hard_state = HardState{10, ""};
+  st.entries.push_back(entry(1, bound + 7));
+  CHECK_THROWS_WITH(Core(options("1"), st), Catch::Matchers::Contains("the log entry at index 1"));
+  st.entries.clear();
+  CoreOptions o = options("1");
+  o.term_step = (std::uint64_t{1} << 32) + 1;
+  CHECK_THROWS_WITH(Core(o, st), Catch::Matchers::Contains("term_step"));
+}
+
+TEST_CASE("a received snapshot is checked whole before the log goes; a refused one leaves it as it was",
+          "[core]") {
+  // Follower 2 holds 1-8 of term 10; a leader of term 20 sends a snapshot at (12, 20) in
+  // chunks. The check (the runtime's parse) refuses it: the log, the commit index and the disk
+  // stay as they were, and the leader is asked to start again from offset 0.
+  CoreState st;
+  st.initial_config = voters({"1", "2", "3"});
+  st.hard_state = HardState{10, "1"};
+  for (std::uint64_t i = 1; i <= 8; ++i) st.entries.push_back(entry(i, 10));
+  CoreOptions o = options("2");
+  std::vector<std::string> checked;
+  o.check_snapshot = [&checked](const Snapshot& s) {
+    checked.push_back(s.data);
+    return s.data == "good snapshot" ? std::string() : std::string("unreadable at byte 0");
+  };
+  Core c(o, st);
+  Message chunk = message(MessageType::Snapshot, "1", "2", 20);
+  chunk.index = 12;
+  chunk.log_term = 20;
+  chunk.config = voters({"1", "2", "3"});
+  chunk.data = "garbage ";
+  c.step(chunk);
+  Drained d = drain(c);
+  CHECK(checked.empty());  // not before the last chunk
+  chunk.offset = 8;
+  chunk.data = "and more";
+  chunk.done = true;
+  c.step(chunk);
+  d = drain(c);
+  REQUIRE(checked.size() == 1);
+  CHECK(checked[0] == "garbage and more");  // the whole of it
+  for (const auto& b : d.batches) {
+    CHECK_FALSE(b.snapshot);
+    CHECK(b.entries.empty());
+  }
+  CHECK(c.last_index() == 8);
+  CHECK(c.snapshot_index() == 0);
+  const Message* r = find(d.sent, MessageType::SnapshotResponse);
+  REQUIRE(r != nullptr);
+  CHECK(r->reject);
+  CHECK(r->offset == 0);
+  REQUIRE(d.refused.size() == 1);
+  CHECK_THAT(d.refused[0], Catch::Matchers::Contains("unreadable at byte 0"));
+  CHECK(c.refused_count() == 1);
+  // Sent again, right: installed.
+  chunk.offset = 0;
+  chunk.data = "good snapshot";
+  c.step(chunk);
+  d = drain(c);
+  REQUIRE(!d.batches.empty());
+  REQUIRE(d.batches.front().snapshot);
+  CHECK(c.snapshot_index() == 12);
+  CHECK(c.last_index() == 12);
+}
+
+TEST_CASE("snapshot chunks beyond max_snapshot_bytes are refused and what arrived is dropped", "[core]") {
+  CoreState st;
+  st.initial_config = voters({"1", "2", "3"});
+  st.hard_state = HardState{10, "1"};
+  for (std::uint64_t i = 1; i <= 3; ++i) st.entries.push_back(entry(i, 10));
+  CoreOptions o = options("2");
+  o.max_snapshot_bytes = 10;
+  Core c(o, st);
+  Message chunk = message(MessageType::Snapshot, "1", "2", 20);
+  chunk.index = 12;
+  chunk.log_term = 20;
+  chunk.data = "012345";
+  c.step(chunk);
+  Drained d = drain(c);
+  const Message* r = find(d.sent, MessageType::SnapshotResponse);
+  REQUIRE(r != nullptr);
+  CHECK_FALSE(r->reject);
+  CHECK(r->offset == 6);
+  chunk.offset = 6;  // 12 bytes in all: over the bound
+  c.step(chunk);
+  d = drain(c);
+  r = find(d.sent, MessageType::SnapshotResponse);
+  REQUIRE(r != nullptr);
+  CHECK(r->reject);
+  CHECK(r->offset == 0);
+  REQUIRE(d.refused.size() == 1);
+  CHECK_THAT(d.refused[0], Catch::Matchers::Contains("larger than max_snapshot_bytes"));
+  // What arrived is gone: the next chunk at 12 is out of order, asked for from 0.
+  chunk.offset = 12;
+  chunk.done = true;
+  c.step(chunk);
+  d = drain(c);
+  r = find(d.sent, MessageType::SnapshotResponse);
+  REQUIRE(r != nullptr);
+  CHECK(r->reject);
+  CHECK(r->offset == 0);
+  CHECK(c.last_index() == 3);
+  CHECK(c.snapshot_index() == 0);
 }

@@ -311,11 +311,12 @@ struct Ready {
   std::vector<RoleChange> role_changes;  // in the order they happened
   std::uint64_t leader_ready_term = 0;  // nonzero: leading in this term and its first entry committed
   bool snapshot_wanted = false;         // the log since the last snapshot is long: take one
+  std::vector<std::string> refused;     // input the core refused (a term out of bounds, a bad snapshot), and why
 
   bool empty() const {
     return persist.seq == 0 && messages.empty() && after_persist.empty() && !restore &&
            committed.empty() && reads.empty() && aborted.empty() && role_changes.empty() &&
-           leader_ready_term == 0 && !snapshot_wanted;
+           leader_ready_term == 0 && !snapshot_wanted && refused.empty();
   }
 };
 
@@ -433,6 +434,12 @@ struct Config {
   resp::Limits client_limits;
   /// A client whose unsent replies exceed this is disconnected (Redis: client-output-buffer-limit).
   std::size_t max_client_output = std::size_t{256} << 20;
+  /// A snapshot received from the leader is held in memory while it arrives, and checked
+  /// whole before it replaces the log; chunks beyond this size are refused. The default, 4 GiB,
+  /// is above the snapshot of any store a node of this kind holds in memory on common hardware,
+  /// and stops a stream that never ends (a snapshot is the whole data set as text: a store near
+  /// this size needs a larger bound).
+  std::uint64_t max_snapshot_bytes = std::uint64_t{4} << 30;
 
   // ---- logging ----
   LogLevel log_level = LogLevel::Info;

@@ -18,6 +18,13 @@
 
 namespace raft {
 
+/// The largest term a node accepts or reaches. Elections add term_step (at most 2^32) to the
+/// term, and 2^62 leaves room for that without wrapping around; at 10 per election it is
+/// never reached by elections. A message carrying a larger term is dropped: only a forged or
+/// corrupted one can.
+constexpr std::uint64_t kMaxTerm = std::uint64_t{1} << 62;
+constexpr std::uint64_t kMaxTermStep = std::uint64_t{1} << 32;
+
 /// Tuning of the core. Times are in ticks; the runtime turns milliseconds into ticks.
 struct CoreOptions {
   /// This node's id and the server id of its data directory (see Member::server_id).
@@ -37,7 +44,8 @@ struct CoreOptions {
   /// A leader that has not heard from a majority within election_ticks steps down
   /// (dissertation §6.2), and voters ignore campaigns while they hear from a leader.
   bool check_quorum = true;
-  /// Elections campaign for current term + term_step (pyraft's +10). Any value >= 1 is safe.
+  /// Elections campaign for current term + term_step (pyraft's +10). Any value in
+  /// [1, kMaxTermStep] is safe.
   std::uint64_t term_step = 10;
   /// Appends in flight per follower before the leader waits for answers (pipelining).
   std::size_t max_inflight = 256;
@@ -56,6 +64,12 @@ struct CoreOptions {
   /// Snapshots travel in chunks of this size, this many chunks in flight.
   std::size_t snapshot_chunk_bytes = 1u << 20;
   std::size_t snapshot_chunks_inflight = 4;
+  /// A snapshot being received may grow to this many bytes; the chunks are dropped beyond it
+  /// (a stream that never ends would otherwise fill the memory).
+  std::uint64_t max_snapshot_bytes = std::uint64_t{4} << 30;
+  /// Checks a received snapshot before it replaces anything: empty when it may be installed,
+  /// else why not (the runtime parses it with the reader that restores it). Unset: no check.
+  std::function<std::string(const Snapshot&)> check_snapshot;
   /// Seed of the election-timeout randomness (the runtime uses a random one; tests fix it).
   std::uint64_t random_seed = 1;
 
@@ -65,13 +79,14 @@ struct CoreOptions {
     if (election_ticks < 2) return "election_ticks must be at least 2";
     if (heartbeat_ticks < 1 || heartbeat_ticks >= election_ticks)
       return "heartbeat_ticks must be at least 1 and below election_ticks";
-    if (term_step < 1) return "term_step must be at least 1";
+    if (term_step < 1 || term_step > kMaxTermStep) return "term_step must be in [1, 2^32]";
     if (max_inflight < 1) return "max_inflight must be at least 1";
     if (proposal_timeout_ticks < 1 || read_timeout_ticks < 1) return "timeouts must be positive";
     if (snapshot_threshold < 1) return "snapshot_threshold must be at least 1";
     if (max_voters < 1) return "max_voters must be at least 1";
     if (snapshot_chunk_bytes < 1 || snapshot_chunks_inflight < 1)
       return "snapshot chunk size and window must be positive";
+    if (max_snapshot_bytes < 1) return "max_snapshot_bytes must be positive";
     return "";
   }
 };
@@ -221,6 +236,9 @@ class Core {
   const std::map<NodeId, Progress>& progress() const { return progress_; }
   const NodeId& transfer_target() const { return transfer_target_; }
   const CoreOptions& options() const { return opts_; }
+  /// Peer messages and received snapshots refused as out of bounds or unreadable (each is
+  /// also reported in Ready::refused).
+  std::uint64_t refused_count() const { return refused_count_; }
 
  private:
   struct PendingRead {
@@ -299,6 +317,10 @@ class Core {
            t == MessageType::AppendResponse || t == MessageType::HeartbeatResponse ||
            t == MessageType::SnapshotResponse;
   }
+  // input out of bounds
+  static bool terms_within_bound(const Message& m);
+  bool next_campaign_term_within_bound();
+  void refuse(std::string why, bool counted);
   // messages
   Message make(MessageType type, const NodeId& to) const;
   void send(Message m) { msgs_.push_back(std::move(m)); }
@@ -374,6 +396,8 @@ class Core {
   std::vector<ReadState> reads_out_;
   std::vector<EntryId> aborted_;
   std::vector<RoleChange> role_changes_;
+  std::vector<std::string> refused_out_;
+  std::uint64_t refused_count_ = 0;
   RoleChange last_role_change_;
   bool leader_ready_unreported_ = false;
   bool snapshot_requested_ = false;
@@ -390,6 +414,17 @@ inline Core::Core(CoreOptions options, CoreState state)
     : opts_(std::move(options)), rng_state_(opts_.random_seed ^ 0x9e3779b97f4a7c15ull) {
   std::string problem = opts_.validate();
   if (!problem.empty()) throw std::invalid_argument("raft::CoreOptions: " + problem);
+  // Nothing this core writes is above kMaxTerm: a larger term on disk was not written by it.
+  auto stored_term_within_bound = [](std::uint64_t term, const std::string& what) {
+    if (term > kMaxTerm)
+      throw std::invalid_argument("raft::CoreState: " + what + " holds term " + std::to_string(term) +
+                                  ", above the largest term a node reaches (2^62): the data directory "
+                                  "is damaged or was not written by this version");
+  };
+  stored_term_within_bound(state.hard_state.term, "the hard state");
+  if (state.snapshot) stored_term_within_bound(state.snapshot->meta.term, "the snapshot");
+  for (const auto& e : state.entries)
+    stored_term_within_bound(e.term, "the log entry at index " + std::to_string(e.index));
   term_ = state.hard_state.term;
   vote_ = state.hard_state.vote;
   persisted_hs_ = state.hard_state;
@@ -474,6 +509,37 @@ inline void Core::note_role_change() {
   }
 }
 
+// ---- input out of bounds -------------------------------------------------------------------
+
+// Every term a message carries is at most kMaxTerm, and a leader's entries and the entry its
+// snapshot or append follows are never of a later term than the leader's own. With that, and
+// term_step at most kMaxTermStep, no term the core computes wraps around.
+inline bool Core::terms_within_bound(const Message& m) {
+  if (m.term > kMaxTerm || m.log_term > kMaxTerm || m.hint_term > kMaxTerm) return false;
+  if (m.type == MessageType::Append || m.type == MessageType::Snapshot) {
+    if (m.log_term > m.term) return false;
+    for (const auto& e : m.entries)
+      if (e.term > m.term) return false;
+  }
+  return true;
+}
+
+// A campaign for a term above kMaxTerm is refused (the node stays a follower): only forged
+// terms get there, and wrapping around would make every later term look older.
+inline bool Core::next_campaign_term_within_bound() {
+  if (term_ <= kMaxTerm - opts_.term_step) return true;
+  refuse("not campaigning: term " + std::to_string(term_) + " + " + std::to_string(opts_.term_step) +
+             " would pass the largest term (2^62)",
+         false);
+  return false;
+}
+
+inline void Core::refuse(std::string why, bool counted) {
+  if (counted) ++refused_count_;
+  // Bounded: the runtime takes them at every ready(); a flood between two leaves 16 lines.
+  if (refused_out_.size() < 16) refused_out_.push_back(std::move(why));
+}
+
 // ---- roles ---------------------------------------------------------------------------------
 
 inline bool Core::can_campaign() const {
@@ -522,6 +588,7 @@ inline void Core::fail_leader_state() {
 
 inline void Core::start_campaign(bool transfer) {
   if (!can_campaign() || role_ == Role::Leader) return;
+  if (!next_campaign_term_within_bound()) return;
   if (opts_.pre_vote && !transfer)
     become_pre_candidate();
   else
@@ -548,6 +615,10 @@ inline void Core::become_pre_candidate() {
 }
 
 inline void Core::become_candidate(bool transfer) {
+  if (!next_campaign_term_within_bound()) {
+    become_follower(term_, "");
+    return;
+  }
 #ifdef RAFT_MUTANT_BUMP_AFTER_WIN
   term_ += 1;  // mutant: campaign for term + 1, then raise the term after winning
 #else
@@ -713,6 +784,11 @@ inline void Core::expire_timeouts() {
 
 inline void Core::step(const Message& m) {
   if (m.from == opts_.id) return;
+  if (!terms_within_bound(m)) {
+    refuse("dropped " + std::string(to_string(m.type)) + " from " + m.from + ": it carries a term above the largest term (2^62), or entries of a term above its own",
+           true);
+    return;
+  }
   // A member whose data directory was wiped comes back with a new server id: it may have
   // forgotten votes and entries it promised, so it is a stranger until re-added, and its
   // answers - votes, acknowledgements - count for nothing. What it asks for is another
@@ -1057,6 +1133,22 @@ inline void Core::handle_snapshot(const Message& m) {
     send(std::move(r));
     return;
   }
+  // Refused: what arrived so far goes, the log stays as it was, and the sender is asked to
+  // start again from the beginning (a leader whose transfer was damaged on the way retries).
+  auto refuse_snapshot = [&](const std::string& why) {
+    refuse("refused a snapshot at index " + std::to_string(m.index) + " of term " + std::to_string(m.log_term) +
+               " from " + m.from + ": " + why + "; the log is kept",
+           true);
+    recv_snapshot_data_.clear();
+    recv_snapshot_data_.shrink_to_fit();
+    recv_snapshot_index_ = recv_snapshot_term_ = 0;
+    r.reject = true;
+    r.offset = 0;
+    send(std::move(r));
+  };
+  if (m.data.size() > opts_.max_snapshot_bytes ||
+      recv_snapshot_data_.size() > opts_.max_snapshot_bytes - m.data.size())
+    return refuse_snapshot("it is larger than max_snapshot_bytes (" + std::to_string(opts_.max_snapshot_bytes) + ")");
   recv_snapshot_data_.append(m.data);
   r.offset = recv_snapshot_data_.size();
   if (!m.done) {
@@ -1071,6 +1163,12 @@ inline void Core::handle_snapshot(const Message& m) {
   snap->data = std::move(recv_snapshot_data_);
   recv_snapshot_data_.clear();
   recv_snapshot_index_ = recv_snapshot_term_ = 0;
+  // Checked whole before anything is replaced: installing deletes the log.
+  std::string problem;
+#ifndef RAFT_MUTANT_SNAPSHOT_UNCHECKED
+  if (opts_.check_snapshot) problem = opts_.check_snapshot(*snap);
+#endif
+  if (!problem.empty()) return refuse_snapshot(problem);
   install_snapshot(std::move(snap));
   r.done = true;
   send_after_persist(std::move(r));  // installed means durable
@@ -1685,7 +1783,8 @@ inline void Core::persisted(std::uint64_t seq) {
 
 inline bool Core::has_ready() const {
   if (!batch_.empty() || !msgs_.empty() || !msgs_after_.empty() || restore_ ||
-      !reads_out_.empty() || !aborted_.empty() || !role_changes_.empty() || snapshot_wanted_out_)
+      !reads_out_.empty() || !aborted_.empty() || !role_changes_.empty() || snapshot_wanted_out_ ||
+      !refused_out_.empty())
     return true;
   if (leader_ready_unreported_ && role_ == Role::Leader && applied_ >= leader_first_index_) return true;
   if (HardState{term_, vote_} != persisted_hs_) return true;
@@ -1750,6 +1849,8 @@ inline Ready Core::ready() {
   aborted_.clear();
   rd.role_changes = std::move(role_changes_);
   role_changes_.clear();
+  rd.refused = std::move(refused_out_);
+  refused_out_.clear();
   // on_leader's promise: the term's first entry and everything before it are applied first.
   if (leader_ready_unreported_ && role_ == Role::Leader && applied_ >= leader_first_index_) {
     rd.leader_ready_term = term_;

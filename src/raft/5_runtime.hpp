@@ -15,7 +15,8 @@
 //   snapshot  serializes a copy of the store and hands it to the writer.
 //   joiner    only on a node started with -e, until it is a member.
 // Lock order: core_mu_ before req_mu_, apply_mu_, a sender's mutex and done_mu_; fwd_mu_ before
-// req_mu_, links_mu_ and a sender's mutex; data_mu_ is never held while taking core_mu_.
+// req_mu_, links_mu_ and a sender's mutex; data_mu_ is never held while taking core_mu_;
+// checked_mu_ is taken last.
 //
 // The peer protocol (port + 1) is RESP: arrays of bulk strings whose first word names them.
 //   HELLO version cluster_id node_id server_id address secret   (first, on every connection)
@@ -411,6 +412,25 @@ inline bool decode_raft(std::vector<std::string>& w, Message& m, std::string& er
     m.entries.push_back(std::move(e));
   }
   return true;
+}
+
+// A snapshot from a leader, checked before the core lets it replace the log: the whole text
+// parses with the reader that restores it (Runtime::apply_item), and says what the message
+// said. (The text has no checksum of its own; the parse is what catches damage or garbage.)
+inline std::string check_received_snapshot(const Snapshot& snapshot, Store& parsed) {
+  SnapshotMeta meta;
+  std::string error;
+  if (!Store::read_snapshot(snapshot.data, parsed, meta, error)) return "unreadable: " + error;
+  if (meta.index != snapshot.meta.index || meta.term != snapshot.meta.term)
+    return "its text says index " + std::to_string(meta.index) + " of term " + std::to_string(meta.term);
+  if (meta.config != snapshot.meta.config) return "its text names other members than the message";
+  if (meta.timestamp_ms != snapshot.meta.timestamp_ms) return "its text has another timestamp than the message";
+  return "";
+}
+
+inline std::string check_received_snapshot(const Snapshot& snapshot) {
+  Store parsed;
+  return check_received_snapshot(snapshot, parsed);
 }
 
 // FWD and FWDR (see the protocol above).
@@ -859,6 +879,7 @@ class Runtime {
   void load_first_snapshot(const Store& loaded, std::shared_ptr<Snapshot>& snapshot, CoreState& st);
   bool secret_matches(const std::string& presented) const;
   CoreOptions core_options() const;
+  void log_refused(const std::string& why);
   // the core
   void drive();
   void on_persisted(std::uint64_t seq, bool ok, std::vector<Message> after);
@@ -955,6 +976,9 @@ class Runtime {
   Identity identity_;
   std::atomic<bool> failed_{false};
   std::string failure_;  // under core_mu_
+  // What the core refused, logged at most once a second (under core_mu_).
+  std::chrono::steady_clock::time_point refused_logged_at_{};
+  std::uint64_t refused_unlogged_ = 0;
 
   // the core
   mutable std::mutex core_mu_;
@@ -1002,6 +1026,9 @@ class Runtime {
   std::deque<ApplyItem> apply_q_;
   std::multimap<std::uint64_t, ReadState> reads_by_index_;  // confirmed reads by read index
   bool fatal_ = false;
+  // The store a received snapshot parsed into when the core checked it, for its Restore.
+  std::mutex checked_mu_;
+  std::optional<std::pair<EntryId, Store>> checked_snapshot_;
 
   // snapshots
   std::mutex snap_mu_;
@@ -1053,6 +1080,7 @@ inline CoreOptions Runtime::core_options() const {
   o.snapshot_threshold = cfg_.snapshot_threshold;
   o.snapshot_trailing = cfg_.snapshot_trailing;
   o.max_voters = cfg_.max_voters;
+  o.max_snapshot_bytes = cfg_.max_snapshot_bytes;
   std::random_device rd;
   o.random_seed = (static_cast<std::uint64_t>(rd()) << 32) ^ rd() ^ fnv1a(cfg_.id);
   return o;
@@ -1170,12 +1198,26 @@ inline void Runtime::open_storage() {
     applied_timestamp_ = meta.timestamp_ms;
     st.snapshot = snapshot;
   }
-  core_ = std::make_unique<Core>(core_options(), std::move(st));
+  CoreOptions options = core_options();
+  // The store parsed to check a snapshot is the one restored: parsed once, on the poll thread
+  // (a follower's, while it installs a snapshot).
+  options.check_snapshot = [this](const Snapshot& received) {
+    Store parsed;
+    std::string problem = check_received_snapshot(received, parsed);
+    if (problem.empty()) {
+      std::lock_guard<std::mutex> lock(checked_mu_);
+      checked_snapshot_.emplace(EntryId{received.meta.index, received.meta.term}, std::move(parsed));
+    }
+    return problem;
+  };
+  core_ = std::make_unique<Core>(std::move(options), std::move(st));
   state_char_ = core_->role_char();
   term_ = core_->term();
   if (core_->config().empty() && cfg_.join.empty() && !told_to_wait)
     log(LogLevel::Warning, "this node holds no configuration and has no -e list: it waits to be added" +
-                               (identity_.cluster_id.empty() ? std::string()
+                               (identity_.cluster_id.empty() ? std::string(", but it learns its cluster id only by "
+                                                                           "asking to join: restart it with -e and a "
+                                                                           "member's address")
                                                              : " to cluster " + identity_.cluster_id +
                                                                    " (restart it with -e and a member's address to "
                                                                    "ask to join)"));
@@ -1511,6 +1553,21 @@ inline void Runtime::stop() {
 
 // ---- driving the core ----------------------------------------------------------------------
 
+// Called with core_mu_ held. Whoever can reach the peer port can make the core refuse input at
+// will: one line a second at most, and the count in INFO (raft_refused_peer_messages).
+inline void Runtime::log_refused(const std::string& why) {
+  const auto now = std::chrono::steady_clock::now();
+  if (refused_logged_at_ != std::chrono::steady_clock::time_point{} && now - refused_logged_at_ < std::chrono::seconds(1)) {
+    ++refused_unlogged_;
+    return;
+  }
+  log(LogLevel::Warning, why + (refused_unlogged_ == 0 ? std::string()
+                                                       : " (" + std::to_string(refused_unlogged_) +
+                                                             " more refused since the last such line)"));
+  refused_logged_at_ = now;
+  refused_unlogged_ = 0;
+}
+
 // Called with core_mu_ held after every input to the core.
 inline void Runtime::drive() {
   if (failed_ || halted_) return;
@@ -1522,6 +1579,7 @@ inline void Runtime::drive() {
       writer_->submit(std::move(rd.persist), [this, seq, after](bool ok) { on_persisted(seq, ok, std::move(*after)); });
     }
     for (const auto& m : rd.messages) send_peer(m);
+    for (const auto& why : rd.refused) log_refused(why);
     if (rd.restore) push_apply(ApplyItem{ApplyItem::Restore, rd.restore, {}, {}, {}, {}, 0, 0});
     if (!rd.committed.empty() || !rd.reads.empty() || !rd.aborted.empty() || !rd.role_changes.empty() ||
         rd.leader_ready_term || rd.snapshot_wanted) {
@@ -1852,9 +1910,18 @@ inline void Runtime::apply_item(ApplyItem& item) {
   switch (item.kind) {
     case ApplyItem::Restore: {
       Store fresh;
-      SnapshotMeta meta;
+      SnapshotMeta meta = item.snapshot->meta;  // checked to be what the text says
       std::string error;
-      if (!Store::read_snapshot(item.snapshot->data, fresh, meta, error)) {
+      bool parsed = false;
+      {
+        std::lock_guard<std::mutex> lock(checked_mu_);
+        if (checked_snapshot_ && checked_snapshot_->first == EntryId{meta.index, meta.term}) {
+          fresh = std::move(checked_snapshot_->second);
+          parsed = true;
+        }
+        checked_snapshot_.reset();
+      }
+      if (!parsed && !Store::read_snapshot(item.snapshot->data, fresh, meta, error)) {
         log(LogLevel::Error, "snapshot from the leader at index " + std::to_string(item.snapshot->meta.index) +
                                  " is unreadable (" + error + "): stopping the apply loop");
         fatal_ = true;
@@ -2778,6 +2845,7 @@ inline std::string Runtime::info() const {
   line("raft_applied_index", std::to_string(applied_.load()));
   line("raft_last_index", std::to_string(core_->last_index()));
   line("raft_snapshot_index", std::to_string(core_->snapshot_index()));
+  line("raft_refused_peer_messages", std::to_string(core_->refused_count()));
   line("raft_storage", failed_ ? "failed: " + failure_ : "ok");
   line("raft_voters", std::to_string(core_->config().voter_count()));
   line("raft_members", std::to_string(core_->config().members.size()));
@@ -3211,8 +3279,15 @@ inline bool Runtime::handle_peer_message(PeerConn& p, std::vector<std::string>& 
     }
     if (!w[2].empty() && !ours.empty() && w[2] != ours)
       return refuse("node " + w[3] + " belongs to cluster " + w[2] + ", this node to " + ours);
-    if (w[2].empty() && !ours.empty()) p.join_only = true;  // a joiner: it may only ask to join
-    if (!w[2].empty() && ours.empty()) adopt_cluster_id(w[2]);  // we are the joiner
+    // A joiner: it may only ask to join. (Between two joiners too: neither is in a cluster, and
+    // what one could send the other would capture it.)
+    if (w[2].empty()) p.join_only = true;
+    // We are the joiner: the cluster id comes only with the answer to our JOIN, from the member
+    // we asked (joiner_loop). Anyone else could claim any cluster and capture this node. A
+    // leader's link that comes first is refused and tries again once we know the id.
+    if (!w[2].empty() && ours.empty())
+      return refuse("node " + w[3] + " says it is of cluster " + w[2] + ", and this node has not joined one: it "
+                    "learns its cluster id from the member it asks to join");
     p.node = w[3];
     p.server_id = w[4];
     p.address = w[5];
@@ -3292,9 +3367,11 @@ inline Reply Runtime::handle_join(const std::vector<std::string>& w) {
   return Reply::error("TRYAGAIN another membership change is in progress");
 }
 
+// Only from the answer to this node's JOIN (joiner_loop): the member asked, or the one it
+// redirected to. An inbound HELLO never sets it (handle_peer_message).
 inline void Runtime::adopt_cluster_id(const std::string& cluster_id) {
   std::lock_guard<std::mutex> lock(core_mu_);
-  if (!identity_.cluster_id.empty()) return;
+  if (!identity_.cluster_id.empty() || cluster_id.empty()) return;
   identity_.cluster_id = cluster_id;
   writer_->submit_identity(identity_, [this](bool ok) {
     if (!ok) storage_failed(storage_->failure());
@@ -3394,6 +3471,7 @@ inline std::string Config::validate() const {
   if (max_clients < 1) return "max_clients must be at least 1";
   if (max_voters < 1) return "max_voters must be at least 1";
   if (snapshot_threshold < 1) return "snapshot_threshold must be at least 1";
+  if (max_snapshot_bytes < 1) return "max_snapshot_bytes must be positive";
   if (segment_bytes < 4096) return "segment_bytes must be at least 4096";
   return "";
 }
