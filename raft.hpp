@@ -7249,8 +7249,9 @@ class Acl {
   }
 
   /// ACL SETUSER name modifier...: all or nothing. Empty on success, else Redis's error
-  /// (without the leading '-'). `known_command` says whether +name/-name names a command
-  /// (null: any name is taken, for Config::users checked before handlers are registered).
+  /// (without the leading '-'). `known_command` says whether +name/-name ("get",
+  /// "config|set") names a command (null: any name is taken, for Config::users checked
+  /// before handlers are registered).
   std::string set_user(const std::string& name, const std::vector<std::string>& modifiers,
                        const std::function<bool(const std::string&)>& known_command) {
     if (name.empty() || name.find_first_of(std::string(" \0", 2)) != std::string::npos)
@@ -7347,8 +7348,10 @@ class Acl {
       u.nopass = false;
     } else if (m[0] == '<' || m[0] == '!') {
       const std::string digest = m[0] == '<' ? sha256_hex(std::string_view(m).substr(1)) : m.substr(1);
+      if (m[0] == '!' && !is_lower_hex64(digest))
+        return "The password hash must be exactly 64 characters and contain only lowercase hexadecimal characters";
       auto at = std::find(u.passwords.begin(), u.passwords.end(), digest);
-      if (at == u.passwords.end()) return "no such password";
+      if (at == u.passwords.end()) return "The password you are trying to remove from the user does not exist";
       u.passwords.erase(at);
     } else if (m[0] == '~' || m[0] == '%') {
       return "key patterns other than ~* (allkeys) are not supported by raft.hpp";
@@ -7362,7 +7365,7 @@ class Acl {
           u.command_rules = {low};
           return "";
         }
-      } else if (known_command && !known_command(body.substr(0, body.find('|')))) {
+      } else if (known_command && !known_command(body)) {
         return "Unknown command or category name in ACL";
       }
       u.command_rules.push_back(low);
@@ -7382,10 +7385,10 @@ inline bool is_loopback_client(const sockaddr_in& from) { return (ntohl(from.sin
 constexpr const char* kProtectedModeDenied =
     "-DENIED raft.hpp is running in protected mode because protected mode is enabled and no password is set for "
     "the default user. In this mode connections are only accepted from the loopback interface. If you want to "
-    "connect from other computers, either: 1) restart the node with '--requirepass PASSWORD' "
-    "(Config::requirepass) or give the default user a password with ACL SETUSER from the loopback interface, "
-    "or 2) if the network is trusted, restart the node with '--protected-mode no' (Config::protected_mode = "
-    "false). You only need one of them.\r\n";
+    "connect from other computers, either: 1) set a password: 'CONFIG SET requirepass PASSWORD' from the "
+    "loopback interface, or restart the node with '--requirepass PASSWORD' (Config::requirepass); or 2) if the "
+    "network is trusted, disable protected mode: 'CONFIG SET protected-mode no' from the loopback interface, or "
+    "restart the node with '--protected-mode no' (Config::protected_mode = false). You only need one of them.\r\n";
 
 // ---- logging -------------------------------------------------------------------------------
 
@@ -7811,6 +7814,7 @@ class Runtime {
   Reply connection_command(ClientConn* conn, const std::vector<std::string>& words, bool& handled);
   // clients' users (see Acl)
   bool acl_command(const std::vector<std::string>& words, AclCommand& out) const;
+  bool acl_rule_names_command(const std::string& rule) const;
   std::string client_refusal(ClientConn& conn, const std::vector<std::string>& words);
   Reply acl_reply(ClientConn* conn, const std::vector<std::string>& words);
   bool authenticate(ClientConn* conn, const std::string& user, const std::string& password);
@@ -7939,6 +7943,7 @@ class Runtime {
   // of forwarded writes. A leaf lock.
   mutable std::mutex acl_mu_;
   Acl acl_;
+  std::atomic<bool> protected_mode_{cfg_.protected_mode};  // CONFIG SET protected-mode changes it
 
   std::thread poll_thread_, ticker_thread_, apply_thread_, snapshot_thread_, joiner_thread_;
 };
@@ -9693,6 +9698,23 @@ inline Reply Runtime::connection_command(ClientConn* conn, const std::vector<std
       }
       return Reply::map(std::move(kv));
     }
+    // The clients' options (administration: see acl_command): Redis's way to open a node up.
+    if (w.size() == 4 && lower(w[1]) == "set" && lower(w[2]) == "requirepass") {
+      std::lock_guard<std::mutex> lock(acl_mu_);
+      if (w[3].empty())
+        acl_.set_user("default", {"nopass"}, nullptr);
+      else
+        acl_.set_user("default", {"resetpass", ">" + w[3]}, nullptr);
+      return Reply::ok();
+    }
+    if (w.size() == 4 && lower(w[1]) == "set" && lower(w[2]) == "protected-mode") {
+      const std::string v = lower(w[3]);
+      if (v != "yes" && v != "no")
+        return Reply::error("ERR CONFIG SET failed (possibly related to argument 'protected-mode') - argument must "
+                            "be 'yes' or 'no'");
+      protected_mode_ = v == "yes";
+      return Reply::ok();
+    }
     return Reply::error("ERR CONFIG " + (w.size() > 1 ? w[1] : std::string()) + " is not supported");
   }
   if (name == "info") return Reply::verbatim("txt", info_sections(info(), std::vector<std::string>(w.begin() + 1, w.end())));
@@ -9747,6 +9769,23 @@ inline bool Runtime::acl_command(const std::vector<std::string>& w, AclCommand& 
   return true;
 }
 
+// Whether an ACL rule's "name" or "name|subcommand" names a command of this node.
+inline bool Runtime::acl_rule_names_command(const std::string& rule) const {
+  static const std::map<std::string, std::set<std::string>, std::less<>> subcommands = {
+      {"client", {"setname", "getname", "setinfo", "id", "info", "kill", "list", "pause", "unpause", "reply",
+                  "no-evict", "tracking", "unblock", "caching", "getredir", "trackinginfo", "no-touch", "help"}},
+      {"config", {"get", "set", "rewrite", "resetstat", "help"}},
+      {"acl", {"whoami", "users", "list", "setuser", "deluser", "cat", "getuser", "genpass", "log", "load", "save",
+               "dryrun", "help"}},
+      {"command", {"count", "docs", "info", "list", "getkeys", "getkeysandflags", "help"}}};
+  const auto bar = rule.find('|');
+  AclCommand c;
+  if (!acl_command({rule.substr(0, bar)}, c)) return false;
+  if (bar == std::string::npos) return true;
+  auto it = subcommands.find(rule.substr(0, bar));
+  return it == subcommands.end() || it->second.count(rule.substr(bar + 1)) > 0;
+}
+
 // Why this client may not run the command now (NOAUTH, NOPERM), or empty.
 inline std::string Runtime::client_refusal(ClientConn& conn, const std::vector<std::string>& words) {
   AclCommand c;
@@ -9795,10 +9834,7 @@ inline Reply Runtime::acl_reply(ClientConn* conn, const std::vector<std::string>
   if (sub == "setuser") {
     if (w.size() < 3) return wrong();
     const std::string error = acl_.set_user(w[2], std::vector<std::string>(w.begin() + 3, w.end()),
-                                            [this](const std::string& name) {
-                                              AclCommand c;
-                                              return acl_command({name}, c);
-                                            });
+                                            [this](const std::string& rule) { return acl_rule_names_command(rule); });
     if (!error.empty()) return Reply::error(error);
     log(LogLevel::Info, "ACL: user '" + w[2] + "' set");  // never its rules: they hold passwords
     return Reply::ok();
@@ -9808,7 +9844,15 @@ inline Reply Runtime::acl_reply(ClientConn* conn, const std::vector<std::string>
     for (std::size_t i = 2; i < w.size(); ++i)
       if (w[i] == "default") return Reply::error("ERR The 'default' user cannot be removed");
     std::int64_t deleted = 0;
-    for (std::size_t i = 2; i < w.size(); ++i) deleted += acl_.del_user(w[i]) ? 1 : 0;
+    for (std::size_t i = 2; i < w.size(); ++i) {
+      if (!acl_.del_user(w[i])) continue;
+      ++deleted;
+      // As Redis does, the user's connections close (once their replies are written). On the
+      // poll thread only (conn set): from execute(), each one closes at its next command.
+      if (conn)
+        for (auto& [id, c] : clients_)
+          if (c->authenticated && c->user == w[i]) c->close_after_flush = true;
+    }
     if (deleted > 0) log(LogLevel::Info, "ACL: " + std::to_string(deleted) + " user(s) deleted");
     return Reply::integer(deleted);
   }
@@ -10013,7 +10057,7 @@ inline void Runtime::accept_clients() {
       return;
     }
     bool protected_mode_refuses = false;
-    if (cfg_.protected_mode && !is_loopback_client(from)) {
+    if (protected_mode_ && !is_loopback_client(from)) {
       std::lock_guard<std::mutex> lock(acl_mu_);
       protected_mode_refuses = acl_.default_without_password();
     }

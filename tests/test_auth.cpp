@@ -270,8 +270,7 @@ TEST_CASE("a user without +@admin is refused every administration command; INFO 
   CHECK(show(ops.call({"ACL", "SETUSER", "reader", "+@write"})) == "OK");
   CHECK(show(reader.call({"SET", "k", "w"})) == "OK");  // the rules apply at once
   CHECK(show(ops.call({"ACL", "DELUSER", "reader"})) == "1");
-  CHECK(show(reader.call({"GET", "k"})).rfind("-NOPERM", 0) == 0);  // deleted: refused, then closed
-  CHECK(reader.wait_closed(proc::scaled(5000)));
+  CHECK(reader.wait_closed(proc::scaled(5000)));  // as Redis, closes the deleted user's connections
   CHECK(show(ops.call({"RAFT.ADD", "x", "127.0.0.1:26020"})) == "OK");  // the admin may (x never answers)
 }
 
@@ -333,12 +332,20 @@ TEST_CASE("without a password a node serves loopback clients as the default user
   CHECK(show(c.call({"AUTH", "x"})) ==
         "-ERR AUTH <password> called without any password configured for the default user. Are you sure your "
         "configuration is correct?");
+  CHECK(show(c.call({"CONFIG", "SET", "protected-mode", "maybe"})).rfind("-ERR CONFIG SET failed", 0) == 0);
+  CHECK(show(c.call({"CONFIG", "SET", "protected-mode", "no"})) == "OK");
   // Giving the default user a password closes the node to clients that have not authenticated.
-  CHECK(show(c.call({"ACL", "SETUSER", "default", "resetpass", ">now"})) == "OK");
+  CHECK(show(c.call({"CONFIG", "SET", "requirepass", "now"})) == "OK");
   proc::Client late = connect(*n);
   CHECK(show(late.call({"GET", "k"})) == kNoAuth);
   CHECK(show(late.call({"AUTH", "now"})) == "OK");
   CHECK(show(late.call({"GET", "k"})) == "v");
+  CHECK(show(late.call({"ACL", "SETUSER", "default", "resetpass", ">again"})) == "OK");
+  proc::Client later = connect(*n);
+  CHECK(show(later.call({"AUTH", "now"})) == kWrongPass);
+  CHECK(show(later.call({"AUTH", "again"})) == "OK");
+  CHECK(show(later.call({"CONFIG", "SET", "requirepass", ""})) == "OK");  // back to no password
+  CHECK(show(connect(*n).call({"GET", "k"})) == "v");
 }
 
 // ---- beside a real redis-server ------------------------------------------------------------------
@@ -414,6 +421,14 @@ TEST_CASE("AUTH, HELLO AUTH, ACL SETUSER/LIST/USERS/DELUSER/WHOAMI, -NOAUTH, -NO
            {"ACL", "SETUSER", "dave", "+@nosuch"},
            {"ACL", "SETUSER", "dave", "+nosuchcommand"},
            {"ACL", "SETUSER", "dave", "#abc"},
+           {"ACL", "SETUSER", "dave", "!abc"},
+           {"ACL", "SETUSER", "alice", "<nosuch"},
+           {"ACL", "SETUSER", "alice", "+config|nosuch"},
+           {"ACL", "WHOAMI", "x"},
+           {"ACL", "SETUSER"},
+           {"ACL", "DELUSER"},
+           {"HELLO", "3", "AUTH", "a"},
+           {"HELLO", "2", "SETNAME"},
            {"ACL", "SETUSER", "eve"},
            {"ACL", "USERS"},
            {"ACL", "LIST"},
