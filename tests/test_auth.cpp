@@ -193,7 +193,7 @@ TEST_CASE("with requirepass, a client that has not authenticated can run no admi
   }
   for (std::vector<std::string> words : {std::vector<std::string>{"SET", "k", "v"}, {"GET", "k"}, {"PING"}, {"INFO"},
                                          {"ROLE"}, {"ECHO", "a"}, {"SELECT", "0"}, {"CLIENT", "SETNAME", "x"},
-                                         {"ACL", "WHOAMI"}, {"DBSIZE"}, {"COMMAND", "COUNT"}}) {
+                                         {"ACL", "WHOAMI"}, {"DBSIZE"}, {"COMMAND", "COUNT"}, {"NOSUCHCOMMAND"}}) {
     INFO(words[0]);
     CHECK(show(stranger.call(words)) == kNoAuth);
   }

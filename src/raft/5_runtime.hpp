@@ -2976,6 +2976,8 @@ inline Reply Runtime::admin(const std::vector<std::string>& w) {
   }
 }
 
+// Every command handled here must have its ACL category in acl_command (an administration
+// command there, or clients without +@admin may run it).
 inline Reply Runtime::connection_command(ClientConn* conn, const std::vector<std::string>& w, bool& handled) {
   handled = true;
   const std::string& name = w[0];
@@ -3189,11 +3191,14 @@ inline bool Runtime::acl_rule_names_command(const std::string& rule) const {
 // Why this client may not run the command now (NOAUTH, NOPERM), or empty.
 inline std::string Runtime::client_refusal(ClientConn& conn, const std::vector<std::string>& words) {
   AclCommand c;
-  if (!acl_command(words, c)) return "";
+  const bool known = acl_command(words, c);
   // How a client authenticates or leaves; HELLO without AUTH checks for itself.
   if (c.name == "auth" || c.name == "hello" || c.name == "quit") return "";
   std::lock_guard<std::mutex> lock(acl_mu_);
+  // Before authentication nothing else runs, not even an unknown command's error (unlike
+  // Redis, which names it): a stranger learns nothing, whatever connection_command handles.
   if (!conn.authenticated && acl_.auth_required()) return "NOAUTH Authentication required.";
+  if (!known) return "";  // the unknown-command error
   const AclUser* user = acl_.find(conn.user);
   if (user == nullptr) {
     conn.close_after_flush = true;  // as Redis closes the connections of a deleted user
