@@ -310,23 +310,23 @@ TEST_CASE("the leader applies a forwarded write once however often it arrives, a
 
   FakePeer peer(ip(110, 9), 7090);
   REQUIRE(peer.hello(address(110, 1), cluster_id, "9", "feed"));
-  REQUIRE(peer.send({"FWD", "77", "1", "1", "incr", "n"}));
+  REQUIRE(peer.send({"FWD", "77", "1", "1", "", "incr", "n"}));
   std::vector<std::string> m = peer.next();
   CHECK(show(m) == show(fwdr(77, 1, "done", raft::Reply::integer(1))));
   // Sent again (as after a lost answer): the first reply, not a second increment.
-  REQUIRE(peer.send({"FWD", "77", "1", "1", "incr", "n"}));
+  REQUIRE(peer.send({"FWD", "77", "1", "1", "", "incr", "n"}));
   CHECK(show(peer.next()) == show(fwdr(77, 1, "done", raft::Reply::integer(1))));
   CHECK(stored(node->node(), "n") == "1");
 
   // Across a snapshot.
   REQUIRE(is_ok((*node)->execute({"checkpoint"})));
   REQUIRE(eventually([&] { return node->logs().contains("snapshot at index"); }));
-  REQUIRE(peer.send({"FWD", "77", "1", "1", "incr", "n"}));
+  REQUIRE(peer.send({"FWD", "77", "1", "1", "", "incr", "n"}));
   CHECK(show(peer.next()) == show(fwdr(77, 1, "done", raft::Reply::integer(1))));
   // The follower no longer waits for 1: its reply goes, and a late copy of 1 does not run.
-  REQUIRE(peer.send({"FWD", "77", "2", "2", "incr", "n"}));
+  REQUIRE(peer.send({"FWD", "77", "2", "2", "", "incr", "n"}));
   CHECK(show(peer.next()) == show(fwdr(77, 2, "done", raft::Reply::integer(2))));
-  REQUIRE(peer.send({"FWD", "77", "1", "1", "incr", "n"}));
+  REQUIRE(peer.send({"FWD", "77", "1", "1", "", "incr", "n"}));
   m = peer.next();
   REQUIRE(m.size() == 5);
   CHECK(m[3] == "done");
@@ -345,7 +345,7 @@ TEST_CASE("the leader applies a forwarded write once however often it arrives, a
   CHECK(stored(node->node(), "n") == "2");
   CHECK(snapshot_of_store(node->node()).sessions() == before.sessions());
   REQUIRE(peer.hello(address(110, 1), cluster_id, "9", "feed"));
-  REQUIRE(peer.send({"FWD", "77", "2", "2", "incr", "n"}));
+  REQUIRE(peer.send({"FWD", "77", "2", "2", "", "incr", "n"}));
   CHECK(show(peer.next()) == show(fwdr(77, 2, "done", raft::Reply::integer(2))));
   CHECK(stored(node->node(), "n") == "2");
 }
@@ -359,19 +359,19 @@ TEST_CASE("the leader refuses, before appending it, a forwarded write it would n
 
   FakePeer peer(ip(111, 9), 7090);
   REQUIRE(peer.hello(address(111, 1), info_field(node.node(), "raft_cluster_id"), "9", "feed"));
-  std::vector<std::string> too_many{"FWD", "5", "3", "1", "del"};
+  std::vector<std::string> too_many{"FWD", "5", "3", "1", "", "del"};
   for (std::size_t i = 0; i < raft::detail::kMaxCommandWords; ++i) too_many.push_back("k");
   const std::vector<std::pair<std::vector<std::string>, std::string>> refused{
-      {{"FWD", "5", "1", "1", "__expire", "k"}, "-ERR the leader has no write command '__expire'"},
-      {{"FWD", "5", "2", "1", "nosuch", "k"}, "-ERR the leader has no write command 'nosuch'"},
+      {{"FWD", "5", "1", "1", "", "__expire", "k"}, "-ERR the leader has no write command '__expire'"},
+      {{"FWD", "5", "2", "1", "", "nosuch", "k"}, "-ERR the leader has no write command 'nosuch'"},
       {too_many, "-ERR too many arguments"},
-      {{"FWD", "5", "4", "1", "get", "k"}, "-ERR the leader has no write command 'get'"},
-      {{"FWD", "5", "5", "1", "set", "k"}, "-ERR the leader has no write command 'set' taking 1 arguments"},
+      {{"FWD", "5", "4", "1", "", "get", "k"}, "-ERR the leader has no write command 'get'"},
+      {{"FWD", "5", "5", "1", "", "set", "k"}, "-ERR the leader has no write command 'set' taking 1 arguments"},
   };
   for (const auto& [fwd, error] : refused) {
     REQUIRE(peer.send(fwd));
     const std::vector<std::string> m = peer.next();
-    INFO(fwd[4] << " -> " << show(m));
+    INFO(fwd[5] << " -> " << show(m));
     REQUIRE(m.size() == 5);
     CHECK(m[2] == fwd[2]);
     CHECK(m[3] == "notrun");
@@ -381,7 +381,7 @@ TEST_CASE("the leader refuses, before appending it, a forwarded write it would n
   CHECK(stored(node.node(), "k") == "v");
 
   // A FWD whose lowest unanswered is above its own number is malformed: the link closes.
-  REQUIRE(peer.send({"FWD", "5", "9", "10", "set", "k", "w"}));
+  REQUIRE(peer.send({"FWD", "5", "9", "10", "", "set", "k", "w"}));
   CHECK(peer.closed_by_node());
   CHECK(stored(node.node(), "k") == "v");
 }
@@ -591,7 +591,7 @@ TEST_CASE("a forwarded write refused for a full session table is answered not-ru
   // As many sessions as the leader keeps, all active now (one per run of a forwarding node).
   const std::int64_t t0 = clock->load();
   for (std::size_t i = 1; i <= SessionTable::kMaxSessions; ++i)
-    REQUIRE(peer.send({"FWD", std::to_string(i), "1", "1", "set", "k" + std::to_string(i), "v"}));
+    REQUIRE(peer.send({"FWD", std::to_string(i), "1", "1", "", "set", "k" + std::to_string(i), "v"}));
   for (std::size_t i = 1; i <= SessionTable::kMaxSessions; ++i) {
     const std::vector<std::string> m = peer.next();
     INFO(show(m));
@@ -603,7 +603,7 @@ TEST_CASE("a forwarded write refused for a full session table is answered not-ru
   // A new session's write, while none has been idle long enough to be forgotten: not run, and
   // the follower is told "notrun" (not "done"), so that it alone decides what its caller hears.
   pass_leader_time(node.node(), *clock, t0 + SessionTable::kIdleMs - 1);
-  REQUIRE(peer.send({"FWD", "999999", "1", "1", "incr", "n"}));
+  REQUIRE(peer.send({"FWD", "999999", "1", "1", "", "incr", "n"}));
   const std::vector<std::string> first = peer.next();
   INFO("first copy: " << show(first));
   REQUIRE(first.size() == 5);
@@ -616,7 +616,7 @@ TEST_CASE("a forwarded write refused for a full session table is answered not-ru
   // Why "done" would be wrong: a copy of the same write (a follower sends it again when it
   // cannot know the first arrived) appended once the sessions expired runs.
   pass_leader_time(node.node(), *clock, t0 + SessionTable::kIdleMs);
-  REQUIRE(peer.send({"FWD", "999999", "1", "1", "incr", "n"}));
+  REQUIRE(peer.send({"FWD", "999999", "1", "1", "", "incr", "n"}));
   const std::vector<std::string> second = peer.next();
   INFO("second copy: " << show(second));
   CHECK(show(second) == show(fwdr(999999, 1, "done", raft::Reply::integer(1))));
@@ -652,7 +652,7 @@ TEST_CASE("a forwarded write whose first copy was refused for a full session tab
   FakePeer peer(ip(151, 9), 7090);
   REQUIRE(peer.hello(address(151, leader), info_field(c[leader], "raft_cluster_id"), "9", "feed"));
   for (std::size_t i = 1; i <= SessionTable::kMaxSessions; ++i)
-    REQUIRE(peer.send({"FWD", std::to_string(i), "1", "1", "set", "k" + std::to_string(i), "v"}));
+    REQUIRE(peer.send({"FWD", std::to_string(i), "1", "1", "", "set", "k" + std::to_string(i), "v"}));
   for (std::size_t i = 1; i <= SessionTable::kMaxSessions; ++i) {
     const std::vector<std::string> m = peer.next();
     INFO(show(m));

@@ -405,6 +405,21 @@ struct Config {
   /// Peers must present this secret before they learn anything. Empty: no secret.
   std::string secret;
 
+  // ---- clients (Redis's requirepass, ACL users and protected mode; see the README) ----
+  /// The password of the `default` user (Redis's requirepass). Empty: the default user needs
+  /// none. Clients authenticate with AUTH or HELLO ... AUTH; before that, every command but
+  /// AUTH, HELLO and QUIT is refused with -NOAUTH.
+  std::string requirepass;
+  /// ACL users, each in the syntax of Redis's ACL SETUSER (and ACL files): the name, then its
+  /// rules, space-separated: "alice on >secret ~* +@read +@write". Applied in order after
+  /// requirepass; a "default ..." entry changes the default user. Users live in this Config
+  /// and ACL SETUSER changes only the node it runs on, as in Redis: give every node the same
+  /// list (a leader checks a forwarded write's user against its own).
+  std::vector<std::string> users;
+  /// Redis's protected mode: while the default user has no password, only clients from a
+  /// loopback address (127.0.0.0/8) are served; others get -DENIED saying how to open up.
+  bool protected_mode = true;
+
   // ---- time ----
   /// Multiplies every timeout below (sanitizer builds run slower: 3 or 5).
   double time_scale = 1.0;

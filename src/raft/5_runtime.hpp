@@ -24,7 +24,8 @@
 //   RAFT type term index log_term commit reject hint_index hint_term transfer context offset
 //        done timestamp config data count [index term type timestamp payload]*count
 //   JOIN node_id address server_id      -> +OK cluster_id | -MOVED id address | -TRYAGAIN ...
-//   FWD nonce seq lowest word...        (a follower's write for the leader, see below)
+//   FWD nonce seq lowest user word...   (a follower's write for the leader, see below; user: the
+//                                        client's ACL user, empty for execute())
 //   FWDR nonce seq status reply         (the leader's answer: status done, notrun or unknown;
 //                                        reply is RESP3-encoded)
 // Connections are one-way after the handshake: a node sends on the connections it opened
@@ -50,11 +51,12 @@ namespace raft {
 namespace detail {
 
 // The peer protocol's version, in HELLO. 1: the first release; 2: RAFT carries a timestamp
-// (a snapshot's, a read's); 3: FWD and FWDR carry a session (at-most-once forwarded writes).
+// (a snapshot's, a read's); 3: FWD and FWDR carry a session (at-most-once forwarded writes);
+// 4: FWD carries the client's ACL user (the leader checks it against its own users).
 // A node refuses a peer of another version with a message naming both: the versions are not
 // mixed on one link. A cluster is upgraded one node at a time; while versions are mixed, the
 // nodes of the version a majority runs keep the cluster going.
-constexpr const char* kPeerProtocolVersion = "3";
+constexpr const char* kPeerProtocolVersion = "4";
 
 // What the peer connections accept once HELLO is done: a bulk (an entry's payload, a
 // snapshot chunk, a forwarded write's argument) and words in one message.
@@ -439,18 +441,20 @@ struct ForwardedWrite {
   std::uint64_t nonce = 0;
   std::uint64_t seq = 0;
   std::uint64_t lowest = 0;  // the lowest seq the follower still waits for; never above seq
+  std::string user;  // the client's ACL user on the follower; empty: the embedding program
   std::vector<std::string> words;
 };
 
-/// FWD nonce seq lowest, then the write's words: `command` is them RESP-encoded
+/// FWD nonce seq lowest user, then the write's words: `command` is them RESP-encoded
 /// (resp::write_command), `words` how many there are.
-inline void encode_forward(std::uint64_t nonce, std::uint64_t seq, std::uint64_t lowest, std::string_view command,
-                           std::size_t words, std::string& out) {
-  resp::write_array_header(out, 4 + words);
+inline void encode_forward(std::uint64_t nonce, std::uint64_t seq, std::uint64_t lowest, std::string_view user,
+                           std::string_view command, std::size_t words, std::string& out) {
+  resp::write_array_header(out, 5 + words);
   resp::write_bulk(out, "FWD");
   write_bulk_u64(out, nonce);
   write_bulk_u64(out, seq);
   write_bulk_u64(out, lowest);
+  resp::write_bulk(out, user);
   out.append(command.substr(command.find("\r\n") + 2));  // the words, without their array header
 }
 
@@ -459,10 +463,11 @@ inline bool decode_forward(std::vector<std::string>& w, ForwardedWrite& f, std::
     error = std::string("malformed FWD message: ") + what;
     return false;
   };
-  if (w.size() < 5 || w[0] != "FWD") return fail("too few fields");
+  if (w.size() < 6 || w[0] != "FWD") return fail("too few fields");
   if (!parse_u64(w[1], f.nonce) || !parse_u64(w[2], f.seq) || !parse_u64(w[3], f.lowest)) return fail("bad number");
   if (f.lowest > f.seq) return fail("lowest unanswered above the sequence number");
-  f.words.assign(std::make_move_iterator(w.begin() + 4), std::make_move_iterator(w.end()));
+  f.user = std::move(w[4]);
+  f.words.assign(std::make_move_iterator(w.begin() + 5), std::make_move_iterator(w.end()));
   return true;
 }
 
@@ -524,6 +529,286 @@ inline bool decode_forward_reply(const std::vector<std::string>& w, ForwardReply
   if (!decode_reply(w[4], r.reply)) return fail("bad reply");
   return true;
 }
+
+// ---- clients: passwords, users and what they may run (Redis's AUTH and ACL) ----------------
+
+// SHA-256 (FIPS 180-4). Passwords are kept as their digests, compared as digests, and shown by
+// ACL LIST as Redis shows them (#<hex>).
+inline std::string sha256_hex(std::string_view data) {
+  static const std::uint32_t k[64] = {
+      0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+      0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+      0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+      0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+      0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+      0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+      0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+      0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+  std::uint32_t h[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+  auto rotr = [](std::uint32_t x, int n) { return (x >> n) | (x << (32 - n)); };
+  std::string msg(data);
+  msg.push_back(static_cast<char>(0x80));
+  while (msg.size() % 64 != 56) msg.push_back('\0');
+  const std::uint64_t bits = static_cast<std::uint64_t>(data.size()) * 8;
+  for (int i = 7; i >= 0; --i) msg.push_back(static_cast<char>((bits >> (8 * i)) & 0xff));
+  for (std::size_t chunk = 0; chunk < msg.size(); chunk += 64) {
+    std::uint32_t w[64];
+    for (int i = 0; i < 16; ++i) {
+      const auto* p = reinterpret_cast<const unsigned char*>(msg.data() + chunk + 4 * static_cast<std::size_t>(i));
+      w[i] = (std::uint32_t{p[0]} << 24) | (std::uint32_t{p[1]} << 16) | (std::uint32_t{p[2]} << 8) | p[3];
+    }
+    for (int i = 16; i < 64; ++i) {
+      const std::uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
+      const std::uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
+      w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    std::uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], hh = h[7];
+    for (int i = 0; i < 64; ++i) {
+      const std::uint32_t t1 = hh + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + k[i] + w[i];
+      const std::uint32_t t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+      hh = g;
+      g = f;
+      f = e;
+      e = d + t1;
+      d = c;
+      c = b;
+      b = a;
+      a = t1 + t2;
+    }
+    h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e, h[5] += f, h[6] += g, h[7] += hh;
+  }
+  static const char digits[] = "0123456789abcdef";
+  std::string out;
+  for (std::uint32_t v : h)
+    for (int shift = 28; shift >= 0; shift -= 4) out.push_back(digits[(v >> shift) & 0xf]);
+  return out;
+}
+
+// The command categories ACL rules name (+@read ...). A command belongs to one: data reads
+// (and the read-only status INFO and ROLE), data writes, administration, or the connection's
+// own commands. @dangerous is Redis's wider name for administration; @all is every command.
+enum AclCategory : unsigned { kAclRead = 1, kAclWrite = 2, kAclAdmin = 4, kAclConnection = 8 };
+
+inline unsigned acl_category_bits(std::string_view name) {
+  if (name == "read") return kAclRead;
+  if (name == "write") return kAclWrite;
+  if (name == "admin" || name == "dangerous") return kAclAdmin;
+  if (name == "connection") return kAclConnection;
+  if (name == "all") return ~0u;
+  return 0;
+}
+
+/// What an ACL check needs to know of a command.
+struct AclCommand {
+  std::string name;  // lower-case
+  std::string sub;   // the subcommand of a container command (CONFIG SET, ACL SETUSER...), lower-case
+  unsigned category = kAclConnection;
+  bool keyed = false;  // names keys: needs a user with allkeys (~*)
+  /// As Redis names it in -NOPERM: "set", "config|set".
+  std::string full_name() const { return sub.empty() ? name : name + "|" + sub; }
+};
+
+/// One user: Redis's model, reduced to what raft.hpp supports: on/off, passwords (as SHA-256
+/// digests) or nopass, all keys or none, all channels or none (there is no pub/sub; kept so
+/// ACL LIST reads as Redis's), and command rules applied in order, the last match deciding.
+struct AclUser {
+  std::string name;
+  bool enabled = false;
+  bool nopass = false;
+  std::vector<std::string> passwords;  // SHA-256 hex digests
+  bool all_keys = false;
+  bool all_channels = false;
+  std::vector<std::string> command_rules;  // "+@read", "-set", "+config|get"; lower-case
+
+  bool permits(const AclCommand& c) const {
+    bool allowed = false;
+    for (const auto& rule : command_rules) {
+      std::string_view body = std::string_view(rule).substr(1);
+      bool matches;
+      if (body.size() > 1 && body[0] == '@') {
+        matches = (acl_category_bits(body.substr(1)) & c.category) != 0;
+      } else {
+        const auto bar = body.find('|');
+        matches = bar == std::string_view::npos ? body == c.name
+                                                : body.substr(0, bar) == c.name && body.substr(bar + 1) == c.sub;
+      }
+      if (matches) allowed = rule[0] == '+';
+    }
+    return allowed;
+  }
+  bool accepts_password(const std::string& password) const {
+    if (nopass) return true;
+    const std::string digest = sha256_hex(password);
+    bool found = false;
+    for (const auto& p : passwords) found |= p == digest;
+    return found;
+  }
+  /// As ACL LIST shows it: "user alice on #<sha256> ~* resetchannels -@all +@read".
+  std::string describe() const {
+    std::string s = "user " + name + (enabled ? " on" : " off");
+    if (nopass) s += " nopass";
+    for (const auto& p : passwords) s += " #" + p;
+    if (all_keys) s += " ~*";
+    s += all_channels ? " &*" : " resetchannels";
+    if (command_rules.empty() || (command_rules[0] != "+@all" && command_rules[0] != "-@all")) s += " -@all";
+    for (const auto& r : command_rules) s += " " + r;
+    return s;
+  }
+};
+
+/// The users of one node and the rules that change them (ACL SETUSER's modifiers). Not
+/// thread-safe: the runtime holds acl_mu_.
+class Acl {
+ public:
+  Acl() {
+    AclUser d;
+    d.name = "default";
+    d.enabled = d.nopass = d.all_keys = d.all_channels = true;
+    d.command_rules = {"+@all"};
+    users_["default"] = d;
+  }
+
+  /// ACL SETUSER name modifier...: all or nothing. Empty on success, else Redis's error
+  /// (without the leading '-'). `known_command` says whether +name/-name ("get",
+  /// "config|set") names a command (null: any name is taken, for Config::users checked
+  /// before handlers are registered).
+  std::string set_user(const std::string& name, const std::vector<std::string>& modifiers,
+                       const std::function<bool(const std::string&)>& known_command) {
+    if (name.empty() || name.find_first_of(std::string(" \0", 2)) != std::string::npos)
+      return "ERR Usernames can't contain spaces or null characters";
+    AclUser u;
+    auto it = users_.find(name);
+    if (it != users_.end()) u = it->second;
+    u.name = name;
+    for (const auto& m : modifiers) {
+      const std::string why = apply(u, m, known_command);
+      if (!why.empty()) return "ERR Error in ACL SETUSER modifier '" + m + "': " + why;
+    }
+    users_[name] = std::move(u);
+    return "";
+  }
+  /// A Config::users entry: "name modifier...".
+  std::string set_user_line(const std::string& line) {
+    std::vector<std::string> words;
+    std::size_t at = 0;
+    while (at < line.size()) {
+      const std::size_t end = std::min(line.find(' ', at), line.size());
+      if (end > at) words.push_back(line.substr(at, end - at));
+      at = end + 1;
+    }
+    if (words.empty()) return "an empty user entry";
+    const std::string name = words[0];
+    words.erase(words.begin());
+    return set_user(name, words, nullptr);
+  }
+  bool del_user(const std::string& name) { return users_.erase(name) > 0; }
+  const AclUser* find(const std::string& name) const {
+    auto it = users_.find(name);
+    return it == users_.end() ? nullptr : &it->second;
+  }
+  bool authenticate(const std::string& name, const std::string& password) const {
+    const AclUser* u = find(name);
+    return u != nullptr && u->enabled && u->accepts_password(password);
+  }
+  /// Redis's rule: clients must authenticate unless the default user is on and needs no password.
+  bool auth_required() const {
+    const AclUser* d = find("default");
+    return d == nullptr || !d->enabled || !d->nopass;
+  }
+  /// Protected mode applies while the default user has no password (Redis checks nopass alone).
+  bool default_without_password() const {
+    const AclUser* d = find("default");
+    return d != nullptr && d->nopass;
+  }
+  std::vector<std::string> names() const {
+    std::vector<std::string> out;
+    for (const auto& [n, u] : users_) out.push_back(n);
+    return out;
+  }
+  std::vector<std::string> list() const {
+    std::vector<std::string> out;
+    for (const auto& [n, u] : users_) out.push_back(u.describe());
+    return out;
+  }
+  /// Empty when `user` may run `c`, else the -NOPERM error (without the '-').
+  static std::string refusal(const AclUser* user, const AclCommand& c) {
+    if (user == nullptr) return "NOPERM this user no longer exists";
+    if (!user->permits(c)) return "NOPERM this user has no permissions to run the '" + c.full_name() + "' command";
+    if (c.keyed && !user->all_keys) return "NOPERM this user has no permissions to access one of the keys used as arguments";
+    return "";
+  }
+
+ private:
+  static bool is_lower_hex64(std::string_view s) {
+    if (s.size() != 64) return false;
+    for (char ch : s)
+      if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f'))) return false;
+    return true;
+  }
+  static std::string apply(AclUser& u, const std::string& m,
+                           const std::function<bool(const std::string&)>& known_command) {
+    const std::string low = lower(m);
+    if (low == "on") u.enabled = true;
+    else if (low == "off") u.enabled = false;
+    else if (low == "nopass") u.nopass = true, u.passwords.clear();
+    else if (low == "resetpass") u.nopass = false, u.passwords.clear();
+    else if (low == "allkeys" || m == "~*") u.all_keys = true;
+    else if (low == "resetkeys") u.all_keys = false;
+    else if (low == "allchannels" || m == "&*") u.all_channels = true;
+    else if (low == "resetchannels") u.all_channels = false;
+    else if (low == "allcommands") u.command_rules = {"+@all"};
+    else if (low == "nocommands") u.command_rules = {"-@all"};
+    else if (low == "reset") {
+      u = AclUser{u.name, false, false, {}, false, false, {"-@all"}};
+    } else if (m[0] == '>' || m[0] == '#') {
+      const std::string digest = m[0] == '>' ? sha256_hex(std::string_view(m).substr(1)) : m.substr(1);
+      if (m[0] == '#' && !is_lower_hex64(digest))
+        return "The password hash must be exactly 64 characters and contain only lowercase hexadecimal characters";
+      if (std::find(u.passwords.begin(), u.passwords.end(), digest) == u.passwords.end()) u.passwords.push_back(digest);
+      u.nopass = false;
+    } else if (m[0] == '<' || m[0] == '!') {
+      const std::string digest = m[0] == '<' ? sha256_hex(std::string_view(m).substr(1)) : m.substr(1);
+      if (m[0] == '!' && !is_lower_hex64(digest))
+        return "The password hash must be exactly 64 characters and contain only lowercase hexadecimal characters";
+      auto at = std::find(u.passwords.begin(), u.passwords.end(), digest);
+      if (at == u.passwords.end()) return "The password you are trying to remove from the user does not exist";
+      u.passwords.erase(at);
+    } else if (m[0] == '~' || m[0] == '%') {
+      return "key patterns other than ~* (allkeys) are not supported by raft.hpp";
+    } else if (m[0] == '&') {
+      return "channel patterns other than &* (allchannels) are not supported by raft.hpp";
+    } else if ((m[0] == '+' || m[0] == '-') && m.size() > 1) {
+      std::string body = low.substr(1);
+      if (body[0] == '@') {
+        if (acl_category_bits(std::string_view(body).substr(1)) == 0) return "Unknown command or category name in ACL";
+        if (body == "@all") {
+          u.command_rules = {low};
+          return "";
+        }
+      } else if (known_command && !known_command(body)) {
+        return "Unknown command or category name in ACL";
+      }
+      u.command_rules.push_back(low);
+    } else {
+      return "Syntax error";
+    }
+    return "";
+  }
+  std::map<std::string, AclUser> users_;
+};
+
+/// A client address that protected mode serves: the loopback network, 127.0.0.0/8.
+inline bool is_loopback_client(const sockaddr_in& from) { return (ntohl(from.sin_addr.s_addr) >> 24) == 127; }
+
+// What a client outside the loopback network reads, then the connection closes: Redis's
+// -DENIED, saying how to open the node up.
+constexpr const char* kProtectedModeDenied =
+    "-DENIED raft.hpp is running in protected mode because protected mode is enabled and no password is set for "
+    "the default user. In this mode connections are only accepted from the loopback interface. If you want to "
+    "connect from other computers, either: 1) set a password: 'CONFIG SET requirepass PASSWORD' from the "
+    "loopback interface, or restart the node with '--requirepass PASSWORD' (Config::requirepass); or 2) if the "
+    "network is trusted, disable protected mode: 'CONFIG SET protected-mode no' from the loopback interface, or "
+    "restart the node with '--protected-mode no' (Config::protected_mode = false). You only need one of them.\r\n";
 
 // ---- logging -------------------------------------------------------------------------------
 
@@ -689,6 +974,9 @@ class Runtime {
     // The leader's background expiry: delete `key` if its deadline is still at or before
     // this entry's timestamp (a key renewed meanwhile survives).
     handlers_["__expire"] = Command{[](Call& c) { return Reply::integer(c.check_ttl(c.words[1]) ? 1 : 0); }, "we", 1, 1};
+    // Errors in the users are reported by Config::validate() when the node starts.
+    if (!cfg_.requirepass.empty()) acl_.set_user("default", {"resetpass", ">" + cfg_.requirepass}, nullptr);
+    for (const auto& line : cfg_.users) acl_.set_user_line(line);
   }
   ~Runtime() { stop(); }
 
@@ -772,12 +1060,16 @@ class Runtime {
     NodeId forward_from;
     std::uint64_t forward_seq = 0;
     std::uint64_t forward_nonce = 0;
+    // The client's ACL user, which a forwarded write carries to the leader; empty: the
+    // embedding program (execute()), which may run anything.
+    std::string user;
   };
   // A write this node forwarded to the leader, waiting for its answer (under fwd_mu_).
   struct Forward {
     std::uint64_t request = 0;  // in requests_: who waits
     std::string command;        // the write's words, RESP-encoded
     std::size_t words = 0;
+    std::string user;           // the client's ACL user (Caller::user)
     NodeId to;  // the node whose link holds it; empty: held here until a leader is known
     NodeId sent_leader;  // the leader and term when it was last queued on a link
     std::uint64_t sent_term = 0;
@@ -813,6 +1105,10 @@ class Runtime {
     bool input_closed = false;  // the client shut down its side: answer what it sent, then close
     bool kill = false;          // over a limit: closed without further ado
     std::string name;
+    // The ACL user the connection runs as: "default" until AUTH or HELLO AUTH says otherwise;
+    // `authenticated` once one of them succeeded.
+    std::string user = "default";
+    bool authenticated = false;
     std::vector<std::string> argv;  // the next command, parsed but waiting (see process_input)
     bool has_pending = false;
     int unfinished_writes = 0;
@@ -937,6 +1233,12 @@ class Runtime {
   /// (so every node judges it alike, and never before a write it follows).
   std::int64_t read_time(const ReadState& rs) const { return std::max(rs.time_ms, applied_timestamp_.load()); }
   Reply connection_command(ClientConn* conn, const std::vector<std::string>& words, bool& handled);
+  // clients' users (see Acl)
+  bool acl_command(const std::vector<std::string>& words, AclCommand& out) const;
+  bool acl_rule_names_command(const std::string& rule) const;
+  std::string client_refusal(ClientConn& conn, const std::vector<std::string>& words);
+  Reply acl_reply(ClientConn* conn, const std::vector<std::string>& words);
+  bool authenticate(ClientConn* conn, const std::string& user, const std::string& password);
   // peers
   bool read_peer(PeerConn& p);
   bool handle_peer_message(PeerConn& p, std::vector<std::string>& w);
@@ -1063,6 +1365,12 @@ class Runtime {
 
   // expiry
   std::map<std::string, std::int64_t, std::less<>> expiry_proposed_;
+
+  // clients' users: the poll thread, execute() callers (ACL commands) and the leader's check
+  // of forwarded writes. A leaf lock.
+  mutable std::mutex acl_mu_;
+  Acl acl_;
+  std::atomic<bool> protected_mode_{cfg_.protected_mode};  // CONFIG SET protected-mode changes it
 
   std::thread poll_thread_, ticker_thread_, apply_thread_, snapshot_thread_, joiner_thread_;
 };
@@ -1404,6 +1712,14 @@ inline void Runtime::start() {
   log(LogLevel::Info, "node " + cfg_.id + " at " + cfg_.address + " (peers on port " + std::to_string(host_.port + 1) +
                           "), data in " + cfg_.data_dir + ", cluster " +
                           (identity_.cluster_id.empty() ? "not joined yet" : identity_.cluster_id));
+  bool open_to_loopback_only = false;
+  {
+    std::lock_guard<std::mutex> lock(acl_mu_);
+    open_to_loopback_only = cfg_.protected_mode && acl_.default_without_password();
+  }
+  if (open_to_loopback_only && !is_loopback_client(make_sockaddr(host_.host, host_.port)))
+    log(LogLevel::Warning, "protected mode: the default user has no password, so only clients on the loopback "
+                           "interface are served; set --requirepass (Config::requirepass) or --protected-mode no");
   apply_thread_ = std::thread([this] { apply_loop(); });
   snapshot_thread_ = std::thread([this] { snapshot_loop(); });
   poll_thread_ = std::thread([this] { poll_loop(); });
@@ -2309,7 +2625,7 @@ inline void Runtime::finish_request(std::uint64_t id, Reply reply, ForwardStatus
     auto it = requests_.find(id);
     if (it == requests_.end()) return;
     caller = Caller{it->second.conn,         it->second.op,          std::move(it->second.promise),
-                    it->second.forward_from, it->second.forward_seq, it->second.forward_nonce};
+                    it->second.forward_from, it->second.forward_seq, it->second.forward_nonce, {}};
     requests_.erase(it);
   }
   finish(caller, std::move(reply), status);
@@ -2339,6 +2655,14 @@ inline std::future<Reply> Runtime::execute_async(std::vector<std::string> words)
 inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector<std::string>& words, Batch& batch) {
   if (words.empty()) return;
   words[0] = lower(std::move(words[0]));
+  if (conn) {
+    caller.user = conn->user;
+    const std::string refusal = client_refusal(*conn, words);
+    if (!refusal.empty()) {
+      finish(caller, Reply::error(refusal));
+      return;
+    }
+  }
   if (words[0] == "checkpoint") {
     if (words.size() != 1) {
       finish(caller, Reply::error("ERR wrong number of arguments for 'checkpoint' command"));
@@ -2512,6 +2836,7 @@ inline void Runtime::forward_writes(const NodeId& leader, std::uint64_t term, st
       f.request = add_request(std::move(r));
       f.command = std::move(w.payload);
       f.words = w.words;
+      f.user = w.caller.user;
       f.deadline = deadline;
       const std::uint64_t seq = next_forward_seq_++;
       auto it = forwards_.emplace(seq, std::move(f)).first;
@@ -2533,7 +2858,7 @@ inline void Runtime::forward_writes(const NodeId& leader, std::uint64_t term, st
 // the caller then queues no later forward before it, so that forwards stay in order.
 inline bool Runtime::queue_forward(PeerLink& link, std::uint64_t seq, Forward& f) {
   std::string bytes;
-  encode_forward(forward_nonce_, seq, forwards_.begin()->first, f.command, f.words, bytes);
+  encode_forward(forward_nonce_, seq, forwards_.begin()->first, f.user, f.command, f.words, bytes);
   if (link.send_forward(seq, std::move(bytes))) return true;
   f.to.clear();
   f.waits_for_room = true;
@@ -2641,13 +2966,23 @@ inline std::string Runtime::write_refusal(const std::vector<std::string>& words)
 
 inline void Runtime::handle_forward(PeerConn& p, ForwardedWrite fw) {
   fw.words[0] = lower(std::move(fw.words[0]));
-  Caller caller{0, 0, nullptr, p.node, fw.seq, fw.nonce};
+  Caller caller{0, 0, nullptr, p.node, fw.seq, fw.nonce, {}};
   if (failed_) {
     finish(caller, Reply::error("MISCONF the leader cannot acknowledge writes (storage failed); the write was not run"),
            ForwardStatus::NotRun);
     return;
   }
-  const std::string refusal = write_refusal(fw.words);
+  std::string refusal = write_refusal(fw.words);
+  if (refusal.empty() && !fw.user.empty()) {
+    // The leader's own ACL decides, whatever the follower's says (users are per node).
+    AclCommand c;
+    acl_command(fw.words, c);
+    std::lock_guard<std::mutex> lock(acl_mu_);
+    const AclUser* user = acl_.find(fw.user);
+    refusal = user ? Acl::refusal(user, c)
+                   : "NOPERM the user '" + fw.user + "' does not exist on the leader (" + cfg_.id +
+                         "); give every node the same users";
+  }
   if (!refusal.empty()) {
     finish(caller, Reply::error(refusal), ForwardStatus::NotRun);
     return;
@@ -2710,6 +3045,8 @@ inline Reply Runtime::admin(const std::vector<std::string>& w) {
   }
 }
 
+// Every command handled here must have its ACL category in acl_command (an administration
+// command there, or clients without +@admin may run it).
 inline Reply Runtime::connection_command(ClientConn* conn, const std::vector<std::string>& w, bool& handled) {
   handled = true;
   const std::string& name = w[0];
@@ -2724,6 +3061,22 @@ inline Reply Runtime::connection_command(ClientConn* conn, const std::vector<std
     if (conn) conn->close_after_flush = true;
     return Reply::ok();
   }
+  if (name == "auth") {
+    if (w.size() < 2) return wrong();
+    if (w.size() > 3) return Reply::error("ERR syntax error");
+    if (w.size() == 2) {
+      std::lock_guard<std::mutex> lock(acl_mu_);
+      const AclUser* d = acl_.find("default");
+      if (d && d->nopass)
+        return Reply::error("ERR AUTH <password> called without any password configured for the default user. Are "
+                            "you sure your configuration is correct?");
+    }
+    if (!conn) return Reply::ok();  // execute(): the embedding program runs as itself
+    return authenticate(conn, w.size() == 3 ? w[1] : "default", w.back())
+               ? Reply::ok()
+               : Reply::error("WRONGPASS invalid username-password pair or user is disabled.");
+  }
+  if (name == "acl") return acl_reply(conn, w);
   if (name == "select") {
     if (!arity(1, 1)) return wrong();
     return w[1] == "0" ? Reply::ok() : Reply::error("ERR DB index is out of range");
@@ -2741,17 +3094,37 @@ inline Reply Runtime::connection_command(ClientConn* conn, const std::vector<std
       proto = w[1] == "3" ? 3 : 2;
       i = 2;
     }
+    const std::string* setname = nullptr;
+    const std::string* auth_user = nullptr;
+    const std::string* auth_password = nullptr;
     for (; i < w.size(); ++i) {
       std::string opt = lower(w[i]);
       if (opt == "setname" && i + 1 < w.size()) {
-        if (conn) conn->name = w[++i];
-      } else if (opt == "auth") {
-        return Reply::error("ERR AUTH is not supported by this server (use the peer secret for peers)");
+        setname = &w[++i];
+      } else if (opt == "auth" && i + 2 < w.size()) {
+        auth_user = &w[i + 1];
+        auth_password = &w[i + 2];
+        i += 2;
       } else {
-        return Reply::error("ERR syntax error in HELLO option '" + w[i] + "'");
+        return Reply::error("ERR Syntax error in HELLO option '" + w[i] + "'");
       }
     }
-    if (conn) conn->protocol = proto;
+    // Redis's order: authenticate (nothing changes if that fails), then the name and protocol.
+    if (conn) {
+      if (auth_user && !authenticate(conn, *auth_user, *auth_password))
+        return Reply::error("WRONGPASS invalid username-password pair or user is disabled.");
+      bool required;
+      {
+        std::lock_guard<std::mutex> lock(acl_mu_);
+        required = acl_.auth_required();
+      }
+      if (!conn->authenticated && required)
+        return Reply::error("NOAUTH HELLO must be called with the client already authenticated, otherwise the "
+                            "HELLO AUTH <user> <pass> option can be used to authenticate the client and select the "
+                            "RESP protocol version at the same time");
+      if (setname) conn->name = *setname;
+      conn->protocol = proto;
+    }
     return Reply::map({Reply::bulk("server"), Reply::bulk("redis"), Reply::bulk("version"), Reply::bulk("7.0.0"),
                        Reply::bulk("proto"), Reply::integer(proto), Reply::bulk("id"),
                        Reply::integer(static_cast<std::int64_t>(conn ? conn->id : 0)), Reply::bulk("mode"),
@@ -2796,6 +3169,23 @@ inline Reply Runtime::connection_command(ClientConn* conn, const std::vector<std
       }
       return Reply::map(std::move(kv));
     }
+    // The clients' options (administration: see acl_command): Redis's way to open a node up.
+    if (w.size() == 4 && lower(w[1]) == "set" && lower(w[2]) == "requirepass") {
+      std::lock_guard<std::mutex> lock(acl_mu_);
+      if (w[3].empty())
+        acl_.set_user("default", {"nopass"}, nullptr);
+      else
+        acl_.set_user("default", {"resetpass", ">" + w[3]}, nullptr);
+      return Reply::ok();
+    }
+    if (w.size() == 4 && lower(w[1]) == "set" && lower(w[2]) == "protected-mode") {
+      const std::string v = lower(w[3]);
+      if (v != "yes" && v != "no")
+        return Reply::error("ERR CONFIG SET failed (possibly related to argument 'protected-mode') - argument must "
+                            "be 'yes' or 'no'");
+      protected_mode_ = v == "yes";
+      return Reply::ok();
+    }
     return Reply::error("ERR CONFIG " + (w.size() > 1 ? w[1] : std::string()) + " is not supported");
   }
   if (name == "info") return Reply::verbatim("txt", info_sections(info(), std::vector<std::string>(w.begin() + 1, w.end())));
@@ -2813,6 +3203,134 @@ inline Reply Runtime::connection_command(ClientConn* conn, const std::vector<std
   }
   handled = false;
   return Reply();
+}
+
+// ---- clients' users: AUTH, ACL and the check before every command ---------------------------
+
+// How the ACL sees a command; false for a command this node does not have (it gets the
+// unknown-command error and runs nothing). The administration commands are listed here.
+inline bool Runtime::acl_command(const std::vector<std::string>& w, AclCommand& c) const {
+  static const std::set<std::string, std::less<>> administration = {
+      "checkpoint", "shutdown", "raft.add", "raft.promote", "raft.remove", "raft.transfer", "raft.leave",
+      "add_node", "del_node"};
+  static const std::set<std::string, std::less<>> connection = {"ping", "echo", "select", "readonly", "readwrite",
+                                                                "hello", "auth", "quit"};
+  static const std::set<std::string, std::less<>> client_connection = {"setname", "getname", "setinfo", "id", "info"};
+  c = AclCommand{};
+  c.name = w[0];
+  const std::string sub = w.size() > 1 ? lower(w[1]) : std::string();
+  if (administration.count(c.name)) {
+    c.category = kAclAdmin;
+  } else if (connection.count(c.name)) {
+    c.category = kAclConnection;
+  } else if (c.name == "info" || c.name == "role") {
+    c.category = kAclRead;  // read-only status: not administration
+  } else if (c.name == "client" || c.name == "command" || c.name == "config" || c.name == "acl") {
+    c.sub = sub;
+    c.category = kAclConnection;
+    if ((c.name == "client" && !client_connection.count(sub)) || c.name == "config" ||
+        (c.name == "acl" && sub != "whoami" && sub != "cat"))
+      c.category = kAclAdmin;  // CLIENT KILL/LIST..., CONFIG GET/SET, ACL SETUSER/DELUSER/LIST/USERS
+  } else {
+    auto h = handlers_.find(c.name);
+    if (h == handlers_.end() || is_reserved_command(c.name)) return false;
+    c.category = h->second.is_write() ? kAclWrite : kAclRead;
+    c.keyed = h->second.min_args > 0 && c.name != "keys";
+  }
+  return true;
+}
+
+// Whether an ACL rule's "name" or "name|subcommand" names a command of this node.
+inline bool Runtime::acl_rule_names_command(const std::string& rule) const {
+  static const std::map<std::string, std::set<std::string>, std::less<>> subcommands = {
+      {"client", {"setname", "getname", "setinfo", "id", "info", "kill", "list", "pause", "unpause", "reply",
+                  "no-evict", "tracking", "unblock", "caching", "getredir", "trackinginfo", "no-touch", "help"}},
+      {"config", {"get", "set", "rewrite", "resetstat", "help"}},
+      {"acl", {"whoami", "users", "list", "setuser", "deluser", "cat", "getuser", "genpass", "log", "load", "save",
+               "dryrun", "help"}},
+      {"command", {"count", "docs", "info", "list", "getkeys", "getkeysandflags", "help"}}};
+  const auto bar = rule.find('|');
+  AclCommand c;
+  if (!acl_command({rule.substr(0, bar)}, c)) return false;
+  if (bar == std::string::npos) return true;
+  auto it = subcommands.find(rule.substr(0, bar));
+  return it == subcommands.end() || it->second.count(rule.substr(bar + 1)) > 0;
+}
+
+// Why this client may not run the command now (NOAUTH, NOPERM), or empty.
+inline std::string Runtime::client_refusal(ClientConn& conn, const std::vector<std::string>& words) {
+  AclCommand c;
+  const bool known = acl_command(words, c);
+  // How a client authenticates or leaves; HELLO without AUTH checks for itself.
+  if (c.name == "auth" || c.name == "hello" || c.name == "quit") return "";
+  std::lock_guard<std::mutex> lock(acl_mu_);
+  // Before authentication nothing else runs, not even an unknown command's error (unlike
+  // Redis, which names it): a stranger learns nothing, whatever connection_command handles.
+  if (!conn.authenticated && acl_.auth_required()) return "NOAUTH Authentication required.";
+  if (!known) return "";  // the unknown-command error
+  const AclUser* user = acl_.find(conn.user);
+  if (user == nullptr) {
+    conn.close_after_flush = true;  // as Redis closes the connections of a deleted user
+    return "NOPERM the user '" + conn.user + "' was deleted; closing the connection";
+  }
+  return Acl::refusal(user, c);
+}
+
+inline bool Runtime::authenticate(ClientConn* conn, const std::string& user, const std::string& password) {
+  {
+    std::lock_guard<std::mutex> lock(acl_mu_);
+    if (!acl_.authenticate(user, password)) return false;
+  }
+  conn->user = user;
+  conn->authenticated = true;
+  return true;
+}
+
+// ACL WHOAMI | USERS | LIST | SETUSER name rule... | DELUSER name... | CAT. Users change on
+// this node only, as in Redis (see Config::users).
+inline Reply Runtime::acl_reply(ClientConn* conn, const std::vector<std::string>& w) {
+  if (w.size() < 2) return Reply::error("ERR wrong number of arguments for 'acl' command");
+  const std::string sub = lower(w[1]);
+  auto wrong = [&] { return Reply::error("ERR wrong number of arguments for 'acl|" + sub + "' command"); };
+  std::lock_guard<std::mutex> lock(acl_mu_);
+  if (sub == "whoami") return w.size() == 2 ? Reply::bulk(conn ? conn->user : "default") : wrong();
+  if (sub == "users" || sub == "list") {
+    if (w.size() != 2) return wrong();
+    std::vector<Reply> out;
+    for (const auto& line : sub == "users" ? acl_.names() : acl_.list()) out.push_back(Reply::bulk(line));
+    return Reply::array(std::move(out));
+  }
+  if (sub == "cat") {
+    if (w.size() != 2) return wrong();
+    return Reply::array({Reply::bulk("read"), Reply::bulk("write"), Reply::bulk("admin"), Reply::bulk("dangerous"),
+                         Reply::bulk("connection")});
+  }
+  if (sub == "setuser") {
+    if (w.size() < 3) return wrong();
+    const std::string error = acl_.set_user(w[2], std::vector<std::string>(w.begin() + 3, w.end()),
+                                            [this](const std::string& rule) { return acl_rule_names_command(rule); });
+    if (!error.empty()) return Reply::error(error);
+    log(LogLevel::Info, "ACL: user '" + w[2] + "' set");  // never its rules: they hold passwords
+    return Reply::ok();
+  }
+  if (sub == "deluser") {
+    if (w.size() < 3) return wrong();
+    for (std::size_t i = 2; i < w.size(); ++i)
+      if (w[i] == "default") return Reply::error("ERR The 'default' user cannot be removed");
+    std::int64_t deleted = 0;
+    for (std::size_t i = 2; i < w.size(); ++i) {
+      if (!acl_.del_user(w[i])) continue;
+      ++deleted;
+      // As Redis does, the user's connections close (once their replies are written). On the
+      // poll thread only (conn set): from execute(), each one closes at its next command.
+      if (conn)
+        for (auto& [id, c] : clients_)
+          if (c->authenticated && c->user == w[i]) c->close_after_flush = true;
+    }
+    if (deleted > 0) log(LogLevel::Info, "ACL: " + std::to_string(deleted) + " user(s) deleted");
+    return Reply::integer(deleted);
+  }
+  return Reply::error("ERR unknown subcommand '" + w[1] + "'. Try ACL HELP.");
 }
 
 // ---- status ---------------------------------------------------------------------------------
@@ -3005,11 +3523,23 @@ inline void Runtime::poll_loop() {
 
 inline void Runtime::accept_clients() {
   for (;;) {
-    int fd = ::accept4(client_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    sockaddr_in from{};
+    socklen_t from_len = sizeof from;
+    int fd = ::accept4(client_fd_, reinterpret_cast<sockaddr*>(&from), &from_len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       // Out of descriptors: the listener stays readable; pause instead of spinning.
       if (errno == EMFILE || errno == ENFILE) accept_paused_until_ = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
       return;
+    }
+    bool protected_mode_refuses = false;
+    if (protected_mode_ && !is_loopback_client(from)) {
+      std::lock_guard<std::mutex> lock(acl_mu_);
+      protected_mode_refuses = acl_.default_without_password();
+    }
+    if (protected_mode_refuses) {
+      ::send(fd, kProtectedModeDenied, std::strlen(kProtectedModeDenied), MSG_NOSIGNAL);
+      ::close(fd);
+      continue;
     }
     if (clients_.size() >= cfg_.max_clients) {
       static const char kFull[] = "-ERR max number of clients reached\r\n";
@@ -3021,6 +3551,10 @@ inline void Runtime::accept_clients() {
     auto c = std::make_unique<ClientConn>(cfg_.client_limits);
     c->id = next_conn_++;
     c->fd = fd;
+    {
+      std::lock_guard<std::mutex> lock(acl_mu_);
+      c->authenticated = !acl_.auth_required();  // Redis's: a default user without password
+    }
     clients_[c->id] = std::move(c);
   }
 }
@@ -3110,7 +3644,7 @@ inline void Runtime::process_input(ClientConn& c) {
     c.ops.push_back(Op{kind, false, {}});
     if (kind == 'w') ++c.unfinished_writes;
     if (kind == 'r') ++c.unfinished_reads;
-    handle_command(&c, Caller{c.id, seq, nullptr, {}, 0}, c.argv, poll_batch_);
+    handle_command(&c, Caller{c.id, seq, nullptr, {}, 0, 0, {}}, c.argv, poll_batch_);
   }
 }
 
@@ -3473,6 +4007,11 @@ inline std::string Config::validate() const {
   if (snapshot_threshold < 1) return "snapshot_threshold must be at least 1";
   if (max_snapshot_bytes < 1) return "max_snapshot_bytes must be positive";
   if (segment_bytes < 4096) return "segment_bytes must be at least 4096";
+  detail::Acl acl;
+  for (const auto& line : users) {
+    std::string why = acl.set_user_line(line);
+    if (!why.empty()) return "user '" + line.substr(0, line.find(' ')) + "': " + (why.rfind("ERR ", 0) == 0 ? why.substr(4) : why);
+  }
   return "";
 }
 
@@ -3546,13 +4085,17 @@ inline Reply Node::transfer_leadership(const NodeId& to) {
 
 inline std::string usage(const std::string& program) {
   return "usage: " + program +
-         " -a IP:PORT [-i NODE_ID] [-e LIST] [-d DATA_DIR] [-l SNAPSHOT] [-s SECRET] [--loglevel LEVEL]\n"
+         " -a IP:PORT [-i NODE_ID] [-e LIST] [-d DATA_DIR] [-l SNAPSHOT] [-s SECRET] [--requirepass PASSWORD]\n"
+         "    [--user \"NAME RULES\"] [--protected-mode yes|no] [--loglevel LEVEL]\n"
          "  -a IP:PORT      this node's address: clients on PORT, peers on PORT+1 (required)\n"
          "  -i NODE_ID      this node's id (default: the address)\n"
          "  -e LIST         join the cluster of these members: NID/IP:PORT or IP:PORT, comma-separated\n"
          "  -d DATA_DIR     log, term, vote and snapshots (default: raft-<id>-<port>)\n"
          "  -l SNAPSHOT     found the cluster with this snapshot (ours or pyraft's .dat)\n"
          "  -s SECRET       peers must present this secret\n"
+         "  --requirepass PASSWORD  clients must AUTH with this password (the default user's)\n"
+         "  --user \"NAME RULES\"    an ACL user, as ACL SETUSER takes it: \"alice on >pw ~* +@read\" (repeatable)\n"
+         "  --protected-mode yes|no  without a password, serve only loopback clients (default: yes)\n"
          "  --loglevel L    debug, info, warning or error (default: info)\n"
          "  --time-scale X  multiply every timeout by X (slow machines, sanitizer builds)\n"
          "  -h, --help      this help\n"
@@ -3599,6 +4142,19 @@ inline ParsedArgs parse_args(int argc, char** argv) {
       if (!value(c.load_snapshot)) return out;
     } else if (a == "-s" || a == "--secret") {
       if (!value(c.secret)) return out;
+    } else if (a == "--requirepass") {
+      if (!value(c.requirepass)) return out;
+    } else if (a == "--user") {
+      if (!value(v)) return out;
+      c.users.push_back(v);
+    } else if (a == "--protected-mode") {
+      if (!value(v)) return out;
+      v = detail::lower(v);
+      if (v != "yes" && v != "no") {
+        out.error = "--protected-mode takes yes or no, not '" + v + "'";
+        return out;
+      }
+      c.protected_mode = v == "yes";
     } else if (a == "--time-scale") {
       if (!value(v)) return out;
       char* end = nullptr;
