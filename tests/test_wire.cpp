@@ -146,7 +146,7 @@ TEST_CASE("wire: a forwarded write and its answer survive encode and decode", "[
   std::string payload;
   resp::write_command(payload, command);
   std::string bytes;
-  encode_forward(0xfedcba9876543210ull, 42, 40, payload, command.size(), bytes);
+  encode_forward(0xfedcba9876543210ull, 42, 40, "alice", payload, command.size(), bytes);
   std::vector<std::string> w = words_of(bytes);
   ForwardedWrite f;
   std::string error;
@@ -154,6 +154,7 @@ TEST_CASE("wire: a forwarded write and its answer survive encode and decode", "[
   CHECK(f.nonce == 0xfedcba9876543210ull);
   CHECK(f.seq == 42);
   CHECK(f.lowest == 40);
+  CHECK(f.user == "alice");
   CHECK(f.words == command);
 
   const std::vector<raft::Reply> replies{
@@ -180,9 +181,9 @@ TEST_CASE("wire: the decoder refuses malformed FWD and FWDR messages, naming why
   using namespace raft::detail;
   const std::vector<std::pair<std::vector<std::string>, std::string>> fwd{
       {{"FWD", "1", "2", "1"}, "too few fields"},
-      {{"FWD", "x", "2", "1", "set", "k", "v"}, "bad number"},
-      {{"FWD", "1", "-2", "1", "set", "k", "v"}, "bad number"},
-      {{"FWD", "1", "2", "3", "set", "k", "v"}, "lowest unanswered above the sequence number"},
+      {{"FWD", "x", "2", "1", "", "set", "k", "v"}, "bad number"},
+      {{"FWD", "1", "-2", "1", "", "set", "k", "v"}, "bad number"},
+      {{"FWD", "1", "2", "3", "", "set", "k", "v"}, "lowest unanswered above the sequence number"},
   };
   for (auto [w, why] : fwd) {
     ForwardedWrite f;

@@ -1921,7 +1921,7 @@ inline void Runtime::drive() {
     term_ = core_->term();
     if (!rd.role_changes.empty()) {
       for (const auto& rc : rd.role_changes)
-        log(LogLevel::Info, rc.role == Role::Leader ? cfg_.id + " is a leader"
+        log(LogLevel::Info, rc.role == Role::Leader ? cfg_.id + " is a leader in term " + std::to_string(rc.term)
                                                     : std::string("role ") + raft::role_char(rc.role, core_->is_voter()) +
                                                           " in term " + std::to_string(rc.term) +
                                                           (rc.leader.empty() ? "" : ", leader " + rc.leader));

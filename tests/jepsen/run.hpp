@@ -7,23 +7,28 @@
 //
 // One verdict line per run:
 //   jepsen run 1/20 seed=7 60 s: ops=41234 ok=30012 failed=9102 unknown=2120 lost=0
-//     linearizable=yes converged=yes unexpected=0 problems=0 faults=52 ok/s=512
-//     ok/s-in-faults=377 PASS
+//     linearizable=yes converged=yes dual-leaders=0 unexpected=0 problems=0 faults=52
+//     ok/s=512 ok/s-in-faults=377 PASS
 // lost: acknowledged list elements missing from the final lists, plus acknowledged increments
 // missing from the final counters (registers are judged by linearizability alone);
+// dual-leaders: terms in which two nodes said (in their logs) they were the leader, Raft's
+// election safety, which a history shows only once the two leaders' entries collide;
 // converged: one leader, every member applied everything, and all members' local data equal;
 // unexpected: replies the workload's table does not know; problems: nodes that exited without
-// being killed. A run passes when linearizable=yes, lost=0, converged=yes, unexpected=0 and
-// problems=0. A failing run keeps its history, the nemesis timeline and every node's log (and
+// being killed. A run passes when linearizable=yes, lost=0, converged=yes, dual-leaders=0,
+// unexpected=0 and problems=0. A failing run keeps its history, the nemesis timeline and every node's log (and
 // data) in the directory the line names, and prints the command that replays its seed: the
 // same faults at the same moments and the same operations, not the same interleaving (real
 // processes and real time).
 #pragma once
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <memory>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -129,6 +134,32 @@ inline std::optional<Value> to_value(const resp::Value& r, bool list) {
   if (r.type == resp::Type::NullBulk) return Value::nil();
   if (r.type == resp::Type::BulkString) return Value::of(r.str);
   return std::nullopt;
+}
+
+/// Election safety, from every log of every node in `dir` (`<id> is a leader in term T`, one
+/// line per election won): the terms that had two leaders, each as "term T: n1, n3".
+inline std::vector<std::string> terms_with_two_leaders(const std::string& dir) {
+  std::map<std::uint64_t, std::set<std::string>> leaders;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    if (e.path().extension() != ".err") continue;
+    std::istringstream in(proc::read_file(e.path().string()));
+    static const std::string kMark = " is a leader in term ";
+    for (std::string line; std::getline(in, line);) {
+      const std::size_t at = line.find(kMark);
+      const std::size_t start = at == std::string::npos ? at : line.rfind("] ", at);
+      if (start == std::string::npos) continue;
+      leaders[std::strtoull(line.c_str() + at + kMark.size(), nullptr, 10)].insert(line.substr(start + 2, at - start - 2));
+    }
+  }
+  std::vector<std::string> shared;
+  for (const auto& [term, ids] : leaders) {
+    if (ids.size() < 2) continue;
+    std::string s = "term " + std::to_string(term) + ":";
+    for (const std::string& id : ids) s += " " + id;
+    shared.push_back(s);
+  }
+  return shared;
 }
 
 }  // namespace detail
@@ -284,13 +315,14 @@ inline RunResult run_once(const RunOptions& o) {
   }
 
   const bool converged = conv.ok && diverged.empty() && failed_final_reads == 0;
-  result.pass = check.verdict == Verdict::Linearizable && lost == 0 && converged && workload.unexpected() == 0 &&
-                problems.empty();
+  const std::vector<std::string> dual_leaders = detail::terms_with_two_leaders(dir.path());
+  result.pass = check.verdict == Verdict::Linearizable && lost == 0 && converged && dual_leaders.empty() &&
+                workload.unexpected() == 0 && problems.empty();
   std::ostringstream line;
   line << "jepsen " << o.label << " seed=" << o.seed << " " << detail::format_rate(o.seconds) << " s: ops=" << check.operations
        << " ok=" << check.ok << " failed=" << check.failed << " unknown=" << check.unknown << " lost=" << lost
        << " linearizable=" << name(check.verdict) << " converged=" << (converged ? "yes" : "no")
-       << " unexpected=" << workload.unexpected() << " problems=" << problems.size()
+       << " dual-leaders=" << dual_leaders.size() << " unexpected=" << workload.unexpected() << " problems=" << problems.size()
        << " faults=" << nemesis.faults_started() << " ok/s=" << detail::format_rate(ok_window / std::max(1.0, fault_window))
        << " ok/s-in-faults=" << detail::format_rate(faulty_seconds ? static_cast<double>(ok_faulty) / faulty_seconds : 0)
        << (result.pass ? " PASS" : " FAIL");
@@ -302,6 +334,7 @@ inline RunResult run_once(const RunOptions& o) {
     if (!conv.ok) why << "did not converge within the deadline: " << conv.why << "\n";
     if (failed_final_reads) why << failed_final_reads << " final reads were refused\n";
     for (const std::string& d : diverged) why << "diverged: " << d << "\n";
+    for (const std::string& d : dual_leaders) why << "two leaders in one " << d << "\n";
     for (const std::string& u : workload.unexpected_replies()) why << "unexpected reply: " << u << "\n";
     for (const std::string& p : problems) why << "problem: " << p << "\n";
     for (const Violation& v : check.violations)
