@@ -702,6 +702,106 @@ inline bool recv_sealed_value(int fd, PeerSession& session, resp::ReplyParser& p
   }
 }
 
+/// The listener's side of the handshake, on the bytes received so far: answers HELLO with a
+/// CHALLENGE, checks the PROOF, then opens the session. No I/O: what to send goes to `wire`.
+class ListenerHandshake {
+ public:
+  enum class State { Waiting, Refused, Open };
+  /// `own_id`: HELLO's `to` must be it (or empty), unless empty itself (a founder listening).
+  ListenerHandshake(std::vector<std::string> secrets, std::string own_id)
+      : secrets_(std::move(secrets)), own_id_(std::move(own_id)), parser_(limits()) {}
+
+  /// Takes received bytes. Once Open, `session()` holds the session and `rest()` the bytes
+  /// that followed the PROOF (frames already); once Refused, `refusal()` says why (and the
+  /// refusal, in clear, is in `wire`).
+  State take(const char* data, std::size_t n, std::string& wire) {
+    if (state_ != State::Waiting) return state_;
+    in_.append(data, n);
+    parser_.feed(data, n);
+    while (state_ == State::Waiting) {
+      std::vector<std::string> w;
+      const resp::Status st = parser_.next(w);
+      if (st == resp::Status::NeedMore) break;
+      if (st == resp::Status::Error) return refuse("malformed handshake (" + parser_.error() + ")", wire);
+      in_.erase(0, in_.size() - parser_.buffered());
+      if (w.empty()) continue;
+      if (hello_.empty()) {
+        on_hello(w, wire);
+        continue;
+      }
+      const std::string who = "node " + hello_[3] + " at " + hello_[5];
+      if (w[0] == "REFUSED") return refuse("wrong secret (" + who + " could not verify this node's proof)", wire);
+      if (w[0] != "PROOF" || w.size() != 2) return refuse("expected PROOF from " + who, wire);
+      for (const std::string& secret : secrets_)
+        if (handshake_proof_matches(w[1], secret, PeerSide::Connector, transcript_)) {
+          session_ = PeerSession(secret, transcript_, PeerSide::Listener);
+          state_ = State::Open;
+          return state_;
+        }
+      return refuse("wrong secret (the proof of " + who + " matches none of this node's secrets)", wire);
+    }
+    return state_;
+  }
+  State state() const { return state_; }
+  const std::string& refusal() const { return refusal_; }
+  /// HELLO's words (version, cluster id, node id, server id, address, to, nonce after "HELLO").
+  const std::vector<std::string>& hello() const { return hello_; }
+  PeerSession& session() { return session_; }
+  std::string& rest() { return in_; }
+
+ private:
+  static resp::Limits limits() {  // handshake messages are small: a HELLO is 8 short words
+    resp::Limits l;
+    l.max_bulk_length = 4096;
+    l.max_multibulk_length = 16;
+    l.max_inline_length = 4096;
+    return l;
+  }
+  State refuse(const std::string& why, std::string& wire) {
+    refusal_ = why;
+    resp::write_error(wire, "ERR " + why);
+    state_ = State::Refused;
+    return state_;
+  }
+  void on_hello(std::vector<std::string>& w, std::string& wire) {
+    if (w[0] != "HELLO") {
+      refuse("expected HELLO", wire);
+      return;
+    }
+    if (w.size() < 2 || w[1] != kPeerProtocolVersion) {
+      refuse("peer protocol version " + (w.size() < 2 ? std::string("?") : w[1]) + " is not " + kPeerProtocolVersion +
+                 ": node " + (w.size() > 3 ? w[3] : std::string("?")) +
+                 " runs another version of raft.hpp; upgrade the cluster one node at a time (see the README)",
+             wire);
+      return;
+    }
+    if (w.size() != 8 || !is_handshake_nonce(w[7])) {
+      refuse("expected HELLO", wire);
+      return;
+    }
+    if (!own_id_.empty() && !w[6].empty() && w[6] != own_id_) {
+      refuse("this node is not node '" + w[6] + "' (another node took over the address?)", wire);
+      return;
+    }
+    const std::string nonce = new_handshake_nonce();
+    transcript_ = handshake_transcript(w, nonce);
+    hello_ = std::move(w);
+    std::vector<std::string> challenge{"CHALLENGE", nonce};
+    for (const std::string& secret : secrets_) challenge.push_back(handshake_proof(secret, PeerSide::Listener, transcript_));
+    resp::write_command(wire, challenge);
+  }
+
+  std::vector<std::string> secrets_;
+  std::string own_id_;
+  resp::RequestParser parser_;
+  std::string in_;  // received since the last message the parser returned
+  std::vector<std::string> hello_;
+  std::string transcript_;
+  PeerSession session_;
+  State state_ = State::Waiting;
+  std::string refusal_;
+};
+
 // ---- logging -------------------------------------------------------------------------------
 
 inline const char* level_name(LogLevel l) {
@@ -1001,10 +1101,8 @@ class Runtime {
     resp::RequestParser parser;  // the authenticated stream's messages
     // The handshake (see "peer authentication"): the bytes received before the session opens,
     // the peer's HELLO and the transcript, then the session.
-    resp::RequestParser handshake_parser;
-    std::string handshake_in;  // since the last message the handshake parser returned
+    std::unique_ptr<ListenerHandshake> handshake;  // until the session opens
     std::vector<std::string> hello;
-    std::string transcript;
     PeerSession session;
     std::string wire;  // to send: the handshake's messages, then frames (sealed from `out`)
     bool welcomed = false;
@@ -1016,15 +1114,8 @@ class Runtime {
     bool close_after_flush = false;
     std::vector<std::string> argv;
     std::chrono::steady_clock::time_point accepted = std::chrono::steady_clock::now();
-    PeerConn() : parser(peer_limits()), handshake_parser(hello_limits()) {}
+    PeerConn() : parser(peer_limits()) {}
   };
-  static resp::Limits hello_limits() {
-    resp::Limits l;
-    l.max_bulk_length = 4096;
-    l.max_multibulk_length = 16;
-    l.max_inline_length = 4096;
-    return l;
-  }
   struct PendingWrite {
     Caller caller;
     std::string payload;  // the command's words, RESP-encoded
@@ -1066,9 +1157,7 @@ class Runtime {
   // The handshake: the connector's side on a blocking socket (then the listener's answer,
   // WELCOME or a refusal, is the first sealed message), the listener's on a PeerConn.
   bool handshake_as_connector(int fd, const NodeId& to, PeerSession& session, std::string& error, bool& refused) const;
-  bool peer_handshake(PeerConn& p, bool founding);
   bool take_peer_bytes(PeerConn& p, const char* data, std::size_t n, bool founding);
-  void refuse_handshake(PeerConn& p, const std::string& why);
   CoreOptions core_options() const;
   // the core
   void drive();
@@ -3400,91 +3489,28 @@ inline void Runtime::complete_op(std::uint64_t conn, std::uint64_t op, Reply rep
 
 // ---- inbound peer connections --------------------------------------------------------------
 
-// The listener's side of the handshake (see "peer authentication"), on the bytes received so
-// far: answers HELLO with a CHALLENGE, checks the PROOF, then opens the session and hands
-// what followed it to the session. `founding` (listen_before_founding): any `to` is accepted.
-inline bool Runtime::peer_handshake(PeerConn& p, bool founding) {
-  resp::RequestParser& parser = p.handshake_parser;
-  while (!p.session.is_open() && !p.close_after_flush) {
-    std::vector<std::string> w;
-    const resp::Status st = parser.next(w);
-    if (st == resp::Status::NeedMore) return true;
-    if (st == resp::Status::Error) {
-      refuse_handshake(p, "malformed handshake (" + parser.error() + ")");
-      return true;
-    }
-    p.handshake_in.erase(0, p.handshake_in.size() - parser.buffered());
-    if (w.empty()) continue;
-    if (p.hello.empty()) {
-      if (w[0] != "HELLO") {
-        refuse_handshake(p, "expected HELLO");
-        return true;
-      }
-      if (w.size() < 2 || w[1] != kPeerProtocolVersion) {
-        refuse_handshake(p, "peer protocol version " + (w.size() < 2 ? std::string("?") : w[1]) + " is not " +
-                                kPeerProtocolVersion + ": node " + (w.size() > 3 ? w[3] : std::string("?")) +
-                                " runs another version of raft.hpp; upgrade the cluster one node at a time (see "
-                                "the README)");
-        return true;
-      }
-      if (w.size() != 8 || !is_handshake_nonce(w[7])) {
-        refuse_handshake(p, "expected HELLO");
-        return true;
-      }
-      if (!founding && !w[6].empty() && w[6] != cfg_.id) {
-        refuse_handshake(p, "this node is not node '" + w[6] + "' (another node took over the address?)");
-        return true;
-      }
-      const std::string nonce = new_handshake_nonce();
-      p.transcript = handshake_transcript(w, nonce);
-      p.hello = std::move(w);
-      std::vector<std::string> challenge{"CHALLENGE", nonce};
-      for (const std::string& secret : peer_secrets())
-        challenge.push_back(handshake_proof(secret, PeerSide::Listener, p.transcript));
-      resp::write_command(p.wire, challenge);
-      continue;
-    }
-    const std::string who = "node " + p.hello[3] + " at " + p.hello[5];
-    if (w[0] == "REFUSED") {
-      refuse_handshake(p, "wrong secret (" + who + " could not verify this node's proof)");
-      return true;
-    }
-    if (w[0] != "PROOF" || w.size() != 2) {
-      refuse_handshake(p, "expected PROOF from " + who);
-      return true;
-    }
-    for (const std::string& secret : peer_secrets())
-      if (handshake_proof_matches(w[1], secret, PeerSide::Connector, p.transcript)) {
-        p.session = PeerSession(secret, p.transcript, PeerSide::Listener);
-        break;
-      }
-    if (!p.session.is_open()) {
-      refuse_handshake(p, "wrong secret (the proof of " + who + " matches none of this node's secrets)");
-      return true;
-    }
-    std::string rest = std::move(p.handshake_in);
-    p.handshake_in.clear();
-    p.handshake_in.shrink_to_fit();
-    if (!rest.empty()) return take_peer_bytes(p, rest.data(), rest.size(), founding);
-  }
-  return true;
-}
-
-// Refused before a session exists: the answer goes in clear, and says nothing about this node.
-inline void Runtime::refuse_handshake(PeerConn& p, const std::string& why) {
-  resp::write_error(p.wire, "ERR " + why);
-  p.close_after_flush = true;
-  log(LogLevel::Warning, "refused a peer connection: " + why);
-}
-
-// Received bytes: the handshake's until the session opens, then frames, whose bodies (once
-// checked) go to the message parser. False: the connection must be closed.
+// Received bytes: the handshake's (ListenerHandshake) until the session opens, then frames,
+// whose bodies (once checked) go to the message parser. False: the connection must be closed.
+// `founding` (listen_before_founding): HELLO may be meant for any node id.
 inline bool Runtime::take_peer_bytes(PeerConn& p, const char* data, std::size_t n, bool founding) {
   if (p.close_after_flush) return true;  // refused: nothing more is read
   if (!p.session.is_open()) {
-    p.handshake_in.append(data, n);
-    p.handshake_parser.feed(data, n);
-    return peer_handshake(p, founding);
+    if (!p.handshake) p.handshake = std::make_unique<ListenerHandshake>(peer_secrets(), founding ? "" : cfg_.id);
+    switch (p.handshake->take(data, n, p.wire)) {
+      case ListenerHandshake::State::Waiting: return true;
+      case ListenerHandshake::State::Refused:
+        // In clear: there is no session. The answer says nothing about this node.
+        log(LogLevel::Warning, "refused a peer connection: " + p.handshake->refusal());
+        p.close_after_flush = true;
+        p.handshake.reset();
+        return true;
+      case ListenerHandshake::State::Open: break;
+    }
+    p.hello = p.handshake->hello();
+    p.session = std::move(p.handshake->session());
+    const std::string rest = std::move(p.handshake->rest());
+    p.handshake.reset();
+    return rest.empty() || take_peer_bytes(p, rest.data(), rest.size(), founding);
   }
   std::string plain, error;
   if (!p.session.open(data, n, plain, error)) {
