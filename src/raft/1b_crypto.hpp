@@ -25,6 +25,7 @@ class Sha256 {
     total_bytes_ = 0;
   }
   void update(const void* data, std::size_t n) {
+    if (n == 0) return;
     const auto* p = static_cast<const std::uint8_t*>(data);
     total_bytes_ += n;
     if (buffered_ > 0) {
@@ -126,7 +127,7 @@ class HmacSha256 {
     if (key.size() > Sha256::kBlockBytes) {
       const Sha256::Digest d = Sha256::of(key);  // a long key is hashed first
       std::memcpy(k, d.data(), d.size());
-    } else {
+    } else if (!key.empty()) {  // (an empty view's data() may be null)
       std::memcpy(k, key.data(), key.size());
     }
     std::uint8_t pad[Sha256::kBlockBytes];
