@@ -702,6 +702,61 @@ inline bool recv_sealed_value(int fd, PeerSession& session, resp::ReplyParser& p
   }
 }
 
+// The connector's side (see "peer authentication") on a blocking socket: `hello` (HELLO's
+// words, with a fresh nonce), the listener's proof checked
+// against each of our secrets, then ours. Before the listener has proved it holds a secret
+// we hold, nothing but the HELLO is sent (and, when no proof matched, REFUSED so that the
+// node there can log why). `refused`: the failure needs the operator (a wrong secret,
+// another protocol version), not just a retry.
+inline bool connector_handshake(int fd, const std::vector<std::string>& hello, const std::vector<std::string>& secrets,
+                                int timeout_ms, int cancel_fd, PeerSession& session, std::string& error, bool& refused) {
+  refused = false;
+  std::string out;
+  resp::write_command(out, hello);
+  resp::Limits limits;
+  limits.max_bulk_length = 4096;
+  limits.max_multibulk_length = 2 + kMaxPeerSecrets;
+  limits.max_nesting = 1;
+  resp::ReplyParser parser(limits);
+  resp::Value reply;
+  if (!send_all(fd, out.data(), out.size()) || !recv_value(fd, parser, reply, timeout_ms, cancel_fd)) {
+    error = "no answer to HELLO";
+    return false;
+  }
+  if (reply.is_error()) {
+    refused = true;
+    error = reply.str;
+    return false;
+  }
+  const auto& e = reply.elements;
+  if (reply.type != resp::Type::Array || e.size() < 3 || parser.buffered() != 0 || e[0].str != "CHALLENGE" ||
+      !is_handshake_nonce(e[1].str)) {
+    refused = true;
+    error = "ERR the answer to HELLO is not a CHALLENGE: not a raft.hpp node of peer protocol " +
+            std::string(kPeerProtocolVersion);
+    return false;
+  }
+  const std::string transcript = handshake_transcript(hello, e[1].str);
+  for (const std::string& secret : secrets)
+    for (std::size_t i = 2; i < e.size(); ++i)
+      if (handshake_proof_matches(e[i].str, secret, PeerSide::Listener, transcript)) {
+        out.clear();
+        resp::write_command(out, {"PROOF", handshake_proof(secret, PeerSide::Connector, transcript)});
+        if (!send_all(fd, out.data(), out.size())) {
+          error = "connection lost during the handshake";
+          return false;
+        }
+        session = PeerSession(secret, transcript, PeerSide::Connector);
+        return true;
+      }
+  out.clear();
+  resp::write_command(out, {"REFUSED", "wrong secret"});
+  send_all(fd, out.data(), out.size());
+  refused = true;
+  error = "ERR wrong secret: the node there did not prove that it holds this node's peer secret";
+  return false;
+}
+
 /// The listener's side of the handshake, on the bytes received so far: answers HELLO with a
 /// CHALLENGE, checks the PROOF, then opens the session. No I/O: what to send goes to `wire`.
 class ListenerHandshake {
@@ -1953,59 +2008,10 @@ inline std::vector<std::string> Runtime::peer_secrets() const {
   return s;
 }
 
-// The connector's side (see "peer authentication"): HELLO, the listener's proof checked
-// against each of our secrets, then ours. Before the listener has proved it holds a secret
-// we hold, nothing but the HELLO is sent (and, when no proof matched, REFUSED so that the
-// node there can log why). `refused`: the failure needs the operator (a wrong secret,
-// another protocol version), not just a retry.
 inline bool Runtime::handshake_as_connector(int fd, const NodeId& to, PeerSession& session, std::string& error,
                                             bool& refused) const {
-  refused = false;
-  const std::vector<std::string> hello = hello_words(to, new_handshake_nonce());
-  std::string out;
-  resp::write_command(out, hello);
-  resp::Limits limits;
-  limits.max_bulk_length = 4096;
-  limits.max_multibulk_length = 2 + kMaxPeerSecrets;
-  limits.max_nesting = 1;
-  resp::ReplyParser parser(limits);
-  resp::Value reply;
-  if (!send_all(fd, out.data(), out.size()) || !recv_value(fd, parser, reply, send_timeout(), stop_fd())) {
-    error = "no answer to HELLO";
-    return false;
-  }
-  if (reply.is_error()) {
-    refused = true;
-    error = reply.str;
-    return false;
-  }
-  const auto& e = reply.elements;
-  if (reply.type != resp::Type::Array || e.size() < 3 || parser.buffered() != 0 || e[0].str != "CHALLENGE" ||
-      !is_handshake_nonce(e[1].str)) {
-    refused = true;
-    error = "ERR the answer to HELLO is not a CHALLENGE: not a raft.hpp node of peer protocol " +
-            std::string(kPeerProtocolVersion);
-    return false;
-  }
-  const std::string transcript = handshake_transcript(hello, e[1].str);
-  for (const std::string& secret : peer_secrets())
-    for (std::size_t i = 2; i < e.size(); ++i)
-      if (handshake_proof_matches(e[i].str, secret, PeerSide::Listener, transcript)) {
-        out.clear();
-        resp::write_command(out, {"PROOF", handshake_proof(secret, PeerSide::Connector, transcript)});
-        if (!send_all(fd, out.data(), out.size())) {
-          error = "connection lost during the handshake";
-          return false;
-        }
-        session = PeerSession(secret, transcript, PeerSide::Connector);
-        return true;
-      }
-  out.clear();
-  resp::write_command(out, {"REFUSED", "wrong secret"});
-  send_all(fd, out.data(), out.size());
-  refused = true;
-  error = "ERR wrong secret: the node there did not prove that it holds this node's peer secret";
-  return false;
+  return connector_handshake(fd, hello_words(to, new_handshake_nonce()), peer_secrets(), send_timeout(), stop_fd(),
+                             session, error, refused);
 }
 
 inline void PeerLink::run() {
