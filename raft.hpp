@@ -636,6 +636,8 @@ std::string usage(const std::string& program);
 // NIST's SHA-256 examples, RFC 4231's HMAC cases). Used only to authenticate peers (section
 // 5: the handshake and the MAC on every frame); nothing here encrypts.
 
+#include <sys/random.h>
+
 namespace raft {
 namespace detail {
 
@@ -818,16 +820,25 @@ bool from_hex(std::string_view s, std::array<std::uint8_t, N>& out) {
   return true;
 }
 
-/// `n` bytes from the kernel's CSPRNG (/dev/urandom): unpredictable without any state of our
-/// own to seed, and safe across fork (std::random_device may, by the standard, be a
-/// deterministic engine). Throws if it cannot be read: never a weak nonce.
+/// `n` bytes from the kernel's CSPRNG, through getrandom(2) (what /dev/urandom reads, without
+/// a file descriptor: it works when a flood of connections has used them all up), falling back
+/// to /dev/urandom where getrandom does not exist. Unpredictable with no state of our own to
+/// seed, and safe across fork (std::random_device may, by the standard, be a deterministic
+/// engine). Throws if neither can be read: never a weak nonce.
 inline std::string random_bytes(std::size_t n) {
   std::string out(n, '\0');
-  int fd = ::open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw std::runtime_error("cannot open /dev/urandom: " + std::string(std::strerror(errno)));
   std::size_t got = 0;
   while (got < n) {
-    ssize_t r = ::read(fd, &out[got], n - got);
+    const ssize_t r = ::getrandom(&out[got], n - got, 0);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    got += static_cast<std::size_t>(r);
+  }
+  if (got == n) return out;
+  int fd = ::open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw std::runtime_error("cannot read random bytes: " + std::string(std::strerror(errno)));
+  while (got < n) {
+    const ssize_t r = ::read(fd, &out[got], n - got);
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) {
       ::close(fd);
@@ -7581,6 +7592,28 @@ class ListenerHandshake {
   /// that followed the PROOF (frames already); once Refused, `refusal()` says why (and the
   /// refusal, in clear, is in `wire`).
   State take(const char* data, std::size_t n, std::string& wire) {
+    try {
+      return take_or_throw(data, n, wire);
+    } catch (const std::exception& e) {  // no random nonce could be drawn
+      return refuse(std::string("cannot answer: ") + e.what(), wire);
+    }
+  }
+  State state() const { return state_; }
+  const std::string& refusal() const { return refusal_; }
+  /// HELLO's words (version, cluster id, node id, server id, address, to, nonce after "HELLO").
+  const std::vector<std::string>& hello() const { return hello_; }
+  PeerSession& session() { return session_; }
+  std::string& rest() { return in_; }
+
+ private:
+  static resp::Limits limits() {  // handshake messages are small: a HELLO is 8 short words
+    resp::Limits l;
+    l.max_bulk_length = 4096;
+    l.max_multibulk_length = 16;
+    l.max_inline_length = 4096;
+    return l;
+  }
+  State take_or_throw(const char* data, std::size_t n, std::string& wire) {
     if (state_ != State::Waiting) return state_;
     in_.append(data, n);
     parser_.feed(data, n);
@@ -7607,21 +7640,6 @@ class ListenerHandshake {
       return refuse("wrong secret (the proof of " + who + " matches none of this node's secrets)", wire);
     }
     return state_;
-  }
-  State state() const { return state_; }
-  const std::string& refusal() const { return refusal_; }
-  /// HELLO's words (version, cluster id, node id, server id, address, to, nonce after "HELLO").
-  const std::vector<std::string>& hello() const { return hello_; }
-  PeerSession& session() { return session_; }
-  std::string& rest() { return in_; }
-
- private:
-  static resp::Limits limits() {  // handshake messages are small: a HELLO is 8 short words
-    resp::Limits l;
-    l.max_bulk_length = 4096;
-    l.max_multibulk_length = 16;
-    l.max_inline_length = 4096;
-    return l;
   }
   State refuse(const std::string& why, std::string& wire) {
     refusal_ = why;
@@ -8821,8 +8839,16 @@ inline std::vector<std::string> Runtime::peer_secrets() const {
 
 inline bool Runtime::handshake_as_connector(int fd, const NodeId& to, PeerSession& session, std::string& error,
                                             bool& refused) const {
-  return connector_handshake(fd, hello_words(to, new_handshake_nonce()), peer_secrets(), send_timeout(), stop_fd(),
-                             session, error, refused);
+  std::string nonce;
+  try {
+    nonce = new_handshake_nonce();
+  } catch (const std::exception& e) {
+    refused = false;
+    error = e.what();
+    return false;
+  }
+  return connector_handshake(fd, hello_words(to, nonce), peer_secrets(), send_timeout(), stop_fd(), session, error,
+                             refused);
 }
 
 inline void PeerLink::run() {

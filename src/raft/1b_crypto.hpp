@@ -7,6 +7,8 @@
 // NIST's SHA-256 examples, RFC 4231's HMAC cases). Used only to authenticate peers (section
 // 5: the handshake and the MAC on every frame); nothing here encrypts.
 
+#include <sys/random.h>
+
 namespace raft {
 namespace detail {
 
@@ -189,16 +191,25 @@ bool from_hex(std::string_view s, std::array<std::uint8_t, N>& out) {
   return true;
 }
 
-/// `n` bytes from the kernel's CSPRNG (/dev/urandom): unpredictable without any state of our
-/// own to seed, and safe across fork (std::random_device may, by the standard, be a
-/// deterministic engine). Throws if it cannot be read: never a weak nonce.
+/// `n` bytes from the kernel's CSPRNG, through getrandom(2) (what /dev/urandom reads, without
+/// a file descriptor: it works when a flood of connections has used them all up), falling back
+/// to /dev/urandom where getrandom does not exist. Unpredictable with no state of our own to
+/// seed, and safe across fork (std::random_device may, by the standard, be a deterministic
+/// engine). Throws if neither can be read: never a weak nonce.
 inline std::string random_bytes(std::size_t n) {
   std::string out(n, '\0');
-  int fd = ::open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw std::runtime_error("cannot open /dev/urandom: " + std::string(std::strerror(errno)));
   std::size_t got = 0;
   while (got < n) {
-    ssize_t r = ::read(fd, &out[got], n - got);
+    const ssize_t r = ::getrandom(&out[got], n - got, 0);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    got += static_cast<std::size_t>(r);
+  }
+  if (got == n) return out;
+  int fd = ::open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw std::runtime_error("cannot read random bytes: " + std::string(std::strerror(errno)));
+  while (got < n) {
+    const ssize_t r = ::read(fd, &out[got], n - got);
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) {
       ::close(fd);

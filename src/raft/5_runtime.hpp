@@ -770,6 +770,28 @@ class ListenerHandshake {
   /// that followed the PROOF (frames already); once Refused, `refusal()` says why (and the
   /// refusal, in clear, is in `wire`).
   State take(const char* data, std::size_t n, std::string& wire) {
+    try {
+      return take_or_throw(data, n, wire);
+    } catch (const std::exception& e) {  // no random nonce could be drawn
+      return refuse(std::string("cannot answer: ") + e.what(), wire);
+    }
+  }
+  State state() const { return state_; }
+  const std::string& refusal() const { return refusal_; }
+  /// HELLO's words (version, cluster id, node id, server id, address, to, nonce after "HELLO").
+  const std::vector<std::string>& hello() const { return hello_; }
+  PeerSession& session() { return session_; }
+  std::string& rest() { return in_; }
+
+ private:
+  static resp::Limits limits() {  // handshake messages are small: a HELLO is 8 short words
+    resp::Limits l;
+    l.max_bulk_length = 4096;
+    l.max_multibulk_length = 16;
+    l.max_inline_length = 4096;
+    return l;
+  }
+  State take_or_throw(const char* data, std::size_t n, std::string& wire) {
     if (state_ != State::Waiting) return state_;
     in_.append(data, n);
     parser_.feed(data, n);
@@ -796,21 +818,6 @@ class ListenerHandshake {
       return refuse("wrong secret (the proof of " + who + " matches none of this node's secrets)", wire);
     }
     return state_;
-  }
-  State state() const { return state_; }
-  const std::string& refusal() const { return refusal_; }
-  /// HELLO's words (version, cluster id, node id, server id, address, to, nonce after "HELLO").
-  const std::vector<std::string>& hello() const { return hello_; }
-  PeerSession& session() { return session_; }
-  std::string& rest() { return in_; }
-
- private:
-  static resp::Limits limits() {  // handshake messages are small: a HELLO is 8 short words
-    resp::Limits l;
-    l.max_bulk_length = 4096;
-    l.max_multibulk_length = 16;
-    l.max_inline_length = 4096;
-    return l;
   }
   State refuse(const std::string& why, std::string& wire) {
     refusal_ = why;
@@ -2010,8 +2017,16 @@ inline std::vector<std::string> Runtime::peer_secrets() const {
 
 inline bool Runtime::handshake_as_connector(int fd, const NodeId& to, PeerSession& session, std::string& error,
                                             bool& refused) const {
-  return connector_handshake(fd, hello_words(to, new_handshake_nonce()), peer_secrets(), send_timeout(), stop_fd(),
-                             session, error, refused);
+  std::string nonce;
+  try {
+    nonce = new_handshake_nonce();
+  } catch (const std::exception& e) {
+    refused = false;
+    error = e.what();
+    return false;
+  }
+  return connector_handshake(fd, hello_words(to, nonce), peer_secrets(), send_timeout(), stop_fd(), session, error,
+                             refused);
 }
 
 inline void PeerLink::run() {
