@@ -468,8 +468,18 @@ struct Config {
   /// A snapshot to found the cluster with (ours, or pyraft's .dat layout). Used only when the
   /// data directory is new, or a founder's that a crash left before the snapshot was saved.
   std::string load_snapshot;
-  /// Peers must present this secret before they learn anything. Empty: no secret.
+  /// The peer secret. Peers prove to each other that they hold it (challenge and response,
+  /// HMAC-SHA256; it never crosses the wire) before anything else is sent, and every message
+  /// after that carries a MAC under a key derived from it. Empty: the empty key, allowed
+  /// only on a loopback address unless insecure_peers is set. Use a long random one
+  /// (`head -c 32 /dev/urandom | base64`): a peer port's answer can be guessed at offline.
   std::string secret;
+  /// While the secret changes: a second one, proved and accepted as well. Give every node
+  /// the new secret with the old as second, one node at a time; then the new one alone.
+  std::string second_secret;
+  /// Allows an empty secret on an address that is not loopback (127.0.0.0/8): anyone who
+  /// reaches the peer port can then join the cluster's traffic.
+  bool insecure_peers = false;
 
   // ---- clients (Redis's requirepass, ACL users and protected mode; see the README) ----
   /// The password of the `default` user (Redis's requirepass). Empty: the default user needs
@@ -621,7 +631,8 @@ class Node {
 };
 
 /// pyraft's make_default_node: builds a Config from the command line
-///   -a IP:PORT  -i NODE_ID  -e LIST  -d DATA_DIR  -l SNAPSHOT  -s SECRET  --loglevel LEVEL
+///   -a IP:PORT  -i NODE_ID  -e LIST  -d DATA_DIR  -l SNAPSHOT  --secret-file PATH  -s SECRET
+///   --insecure-peers  --loglevel LEVEL  (and RAFT_SECRET in the environment)
 /// and returns the node (not started). Prints usage and exits with code 2 on a bad option,
 /// code 0 for --help.
 std::unique_ptr<Node> make_default_node(int argc, char** argv);
@@ -632,10 +643,236 @@ struct ParsedArgs {
   Config config;
   bool help = false;
   std::string error;
+  std::vector<std::string> warnings;  // printed by make_default_node (-s shows in ps)
 };
 ParsedArgs parse_args(int argc, char** argv);
 std::string usage(const std::string& program);
 
+}  // namespace raft
+
+// ============================================================================================
+// 1b. Crypto: SHA-256 (FIPS 180-4) and HMAC-SHA256 (RFC 2104) for the peer handshake
+// ============================================================================================
+//
+// Written from the standards, checked against their test vectors (tests/test_peer_auth.cpp:
+// NIST's SHA-256 examples, RFC 4231's HMAC cases). Used only to authenticate peers (section
+// 5: the handshake and the MAC on every frame); nothing here encrypts.
+
+#include <sys/random.h>
+
+namespace raft {
+namespace detail {
+
+class Sha256 {
+ public:
+  static constexpr std::size_t kDigestBytes = 32;
+  static constexpr std::size_t kBlockBytes = 64;
+  using Digest = std::array<std::uint8_t, kDigestBytes>;
+
+  Sha256() { reset(); }
+  void reset() {
+    static constexpr std::uint32_t kInitial[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                                  0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    std::memcpy(state_, kInitial, sizeof state_);
+    buffered_ = 0;
+    total_bytes_ = 0;
+  }
+  void update(const void* data, std::size_t n) {
+    if (n == 0) return;
+    const auto* p = static_cast<const std::uint8_t*>(data);
+    total_bytes_ += n;
+    if (buffered_ > 0) {
+      const std::size_t take = std::min(n, kBlockBytes - buffered_);
+      std::memcpy(block_ + buffered_, p, take);
+      buffered_ += take;
+      p += take;
+      n -= take;
+      if (buffered_ < kBlockBytes) return;
+      compress(block_);
+      buffered_ = 0;
+    }
+    for (; n >= kBlockBytes; p += kBlockBytes, n -= kBlockBytes) compress(p);
+    std::memcpy(block_, p, n);
+    buffered_ = n;
+  }
+  void update(std::string_view s) { update(s.data(), s.size()); }
+  /// Pads (a 1 bit, zeros, the length in bits as 64 bits big-endian: FIPS 180-4 5.1.1) and
+  /// returns the digest. The object must be reset() before it is used again.
+  Digest finish() {
+    const std::uint64_t bits = total_bytes_ * 8;
+    const std::uint8_t one = 0x80;
+    update(&one, 1);
+    const std::uint8_t zero = 0;
+    while (buffered_ != kBlockBytes - 8) update(&zero, 1);
+    std::uint8_t length[8];
+    for (int i = 0; i < 8; ++i) length[i] = static_cast<std::uint8_t>(bits >> (56 - 8 * i));
+    update(length, 8);
+    Digest d;
+    for (int i = 0; i < 8; ++i)
+      for (int j = 0; j < 4; ++j) d[static_cast<std::size_t>(4 * i + j)] = static_cast<std::uint8_t>(state_[i] >> (24 - 8 * j));
+    return d;
+  }
+  static Digest of(std::string_view s) {
+    Sha256 h;
+    h.update(s);
+    return h.finish();
+  }
+
+ private:
+  static std::uint32_t rotr(std::uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
+  // FIPS 180-4 6.2.2: the message schedule and 64 rounds over one 512-bit block.
+  void compress(const std::uint8_t* block) {
+    static constexpr std::uint32_t K[64] = {
+        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+        0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+        0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+        0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+        0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+        0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+        0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+    std::uint32_t w[64];
+    for (int t = 0; t < 16; ++t)
+      w[t] = static_cast<std::uint32_t>(block[4 * t]) << 24 | static_cast<std::uint32_t>(block[4 * t + 1]) << 16 |
+             static_cast<std::uint32_t>(block[4 * t + 2]) << 8 | static_cast<std::uint32_t>(block[4 * t + 3]);
+    for (int t = 16; t < 64; ++t) {
+      const std::uint32_t s0 = rotr(w[t - 15], 7) ^ rotr(w[t - 15], 18) ^ (w[t - 15] >> 3);
+      const std::uint32_t s1 = rotr(w[t - 2], 17) ^ rotr(w[t - 2], 19) ^ (w[t - 2] >> 10);
+      w[t] = w[t - 16] + s0 + w[t - 7] + s1;
+    }
+    std::uint32_t a = state_[0], b = state_[1], c = state_[2], d = state_[3];
+    std::uint32_t e = state_[4], f = state_[5], g = state_[6], h = state_[7];
+    for (int t = 0; t < 64; ++t) {
+      const std::uint32_t t1 = h + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + K[t] + w[t];
+      const std::uint32_t t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+      h = g;
+      g = f;
+      f = e;
+      e = d + t1;
+      d = c;
+      c = b;
+      b = a;
+      a = t1 + t2;
+    }
+    state_[0] += a;
+    state_[1] += b;
+    state_[2] += c;
+    state_[3] += d;
+    state_[4] += e;
+    state_[5] += f;
+    state_[6] += g;
+    state_[7] += h;
+  }
+
+  std::uint32_t state_[8];
+  std::uint8_t block_[kBlockBytes];
+  std::size_t buffered_ = 0;
+  std::uint64_t total_bytes_ = 0;
+};
+
+/// HMAC-SHA256 with one key (RFC 2104): H((K ^ opad) || H((K ^ ipad) || message)). The
+/// hashes of the two padded keys are computed once, so a MAC costs the message's blocks plus
+/// two: the peer runtime MACs every frame with one of these.
+class HmacSha256 {
+ public:
+  explicit HmacSha256(std::string_view key = {}) {
+    std::uint8_t k[Sha256::kBlockBytes] = {};
+    if (key.size() > Sha256::kBlockBytes) {
+      const Sha256::Digest d = Sha256::of(key);  // a long key is hashed first
+      std::memcpy(k, d.data(), d.size());
+    } else if (!key.empty()) {  // (an empty view's data() may be null)
+      std::memcpy(k, key.data(), key.size());
+    }
+    std::uint8_t pad[Sha256::kBlockBytes];
+    for (std::size_t i = 0; i < sizeof pad; ++i) pad[i] = static_cast<std::uint8_t>(k[i] ^ 0x36);
+    inner_.update(pad, sizeof pad);
+    for (std::size_t i = 0; i < sizeof pad; ++i) pad[i] = static_cast<std::uint8_t>(k[i] ^ 0x5c);
+    outer_.update(pad, sizeof pad);
+  }
+  /// A hash with the inner padded key absorbed: update() it with the message, then finish().
+  Sha256 begin() const { return inner_; }
+  Sha256::Digest finish(Sha256& inner) const {
+    const Sha256::Digest in = inner.finish();
+    Sha256 out = outer_;
+    out.update(in.data(), in.size());
+    return out.finish();
+  }
+  Sha256::Digest mac(std::string_view message) const {
+    Sha256 h = begin();
+    h.update(message);
+    return finish(h);
+  }
+
+ private:
+  Sha256 inner_, outer_;
+};
+
+/// Compares in time independent of where they differ: a forger learns nothing from timing.
+inline bool digests_equal(const std::uint8_t* a, const std::uint8_t* b, std::size_t n) {
+  unsigned diff = 0;
+  for (std::size_t i = 0; i < n; ++i) diff |= static_cast<unsigned>(a[i] ^ b[i]);
+  return diff == 0;
+}
+
+inline std::string to_hex(const std::uint8_t* p, std::size_t n) {
+  static const char kDigits[] = "0123456789abcdef";
+  std::string s(2 * n, '0');
+  for (std::size_t i = 0; i < n; ++i) {
+    s[2 * i] = kDigits[p[i] >> 4];
+    s[2 * i + 1] = kDigits[p[i] & 15];
+  }
+  return s;
+}
+inline std::string to_hex(const Sha256::Digest& d) { return to_hex(d.data(), d.size()); }
+
+/// Lower-case hex of exactly out.size() bytes; false for anything else.
+template <std::size_t N>
+bool from_hex(std::string_view s, std::array<std::uint8_t, N>& out) {
+  if (s.size() != 2 * N) return false;
+  auto digit = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+  };
+  for (std::size_t i = 0; i < N; ++i) {
+    const int hi = digit(s[2 * i]), lo = digit(s[2 * i + 1]);
+    if (hi < 0 || lo < 0) return false;
+    out[i] = static_cast<std::uint8_t>(hi << 4 | lo);
+  }
+  return true;
+}
+
+/// `n` bytes from the kernel's CSPRNG, through getrandom(2) (what /dev/urandom reads, without
+/// a file descriptor: it works when a flood of connections has used them all up), falling back
+/// to /dev/urandom where getrandom does not exist. Unpredictable with no state of our own to
+/// seed, and safe across fork (std::random_device may, by the standard, be a deterministic
+/// engine). Throws if neither can be read: never a weak nonce.
+inline std::string random_bytes(std::size_t n) {
+  std::string out(n, '\0');
+  std::size_t got = 0;
+  while (got < n) {
+    const ssize_t r = ::getrandom(&out[got], n - got, 0);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    got += static_cast<std::size_t>(r);
+  }
+  if (got == n) return out;
+  int fd = ::open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw std::runtime_error("cannot read random bytes: " + std::string(std::strerror(errno)));
+  while (got < n) {
+    const ssize_t r = ::read(fd, &out[got], n - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) {
+      ::close(fd);
+      throw std::runtime_error("cannot read /dev/urandom");
+    }
+    got += static_cast<std::size_t>(r);
+  }
+  ::close(fd);
+  return out;
+}
+
+}  // namespace detail
 }  // namespace raft
 
 // ============================================================================================
@@ -6927,7 +7164,7 @@ inline void StorageWriter::run() {
 //             parses commands, proposes writes and asks for read indexes (batched per wake-up),
 //             steps inbound Raft messages into the core, writes replies in order.
 //   ticker    ticks the core; the leader's background expiry.
-//   sender    one per peer: connects (from this node's address), says HELLO, sends.
+//   sender    one per peer: connects (from this node's address), authenticates, sends.
 //   writer    the storage's group commit (StorageWriter): everything waiting shares an fdatasync.
 //   apply     applies committed entries to the store, answers writes and linearizable reads,
 //             runs the role callbacks.
@@ -6938,8 +7175,10 @@ inline void StorageWriter::run() {
 // checked_mu_ is taken last.
 //
 // The peer protocol (port + 1) is RESP: arrays of bulk strings whose first word names them.
-//   HELLO version cluster_id node_id server_id address secret   (first, on every connection)
-//     -> +WELCOME cluster_id node_id server_id, or an error and the connection closes
+// Every connection starts with the handshake ("peer authentication" below: HELLO, the
+// listener's CHALLENGE, the connector's PROOF); everything after it travels in authenticated
+// frames, starting with the listener's answer:
+//   -> +WELCOME, or an error and the connection closes
 //   RAFT type term index log_term commit reject hint_index hint_term transfer context offset
 //        done timestamp config data count [index term type timestamp payload]*count
 //   JOIN node_id address server_id      -> +OK cluster_id | -MOVED id address | -TRYAGAIN ...
@@ -6971,7 +7210,8 @@ namespace detail {
 
 // The peer protocol's version, in HELLO. 1: the first release; 2: RAFT carries a timestamp
 // (a snapshot's, a read's); 3: FWD and FWDR carry a session (at-most-once forwarded writes);
-// 4: FWD carries the client's ACL user (the leader checks it against its own users).
+// 4: challenge and response instead of the secret in HELLO, and a MAC on every frame; FWD
+// carries the client's ACL user (the leader checks it against its own users).
 // A node refuses a peer of another version with a message naming both: the versions are not
 // mixed on one link. A cluster is upgraded one node at a time; while versions are mixed, the
 // nodes of the version a majority runs keep the cluster going.
@@ -7451,56 +7691,12 @@ inline bool decode_forward_reply(const std::vector<std::string>& w, ForwardReply
 
 // ---- clients: passwords, users and what they may run (Redis's AUTH and ACL) ----------------
 
-// SHA-256 (FIPS 180-4). Passwords are kept as their digests, compared as digests, and shown by
+// Passwords are kept as their SHA-256 digests (section 1b), compared as digests, and shown by
 // ACL LIST as Redis shows them (#<hex>).
 inline std::string sha256_hex(std::string_view data) {
-  static const std::uint32_t k[64] = {
-      0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
-      0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
-      0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-      0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
-      0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-      0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-      0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-      0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
-  std::uint32_t h[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
-  auto rotr = [](std::uint32_t x, int n) { return (x >> n) | (x << (32 - n)); };
-  std::string msg(data);
-  msg.push_back(static_cast<char>(0x80));
-  while (msg.size() % 64 != 56) msg.push_back('\0');
-  const std::uint64_t bits = static_cast<std::uint64_t>(data.size()) * 8;
-  for (int i = 7; i >= 0; --i) msg.push_back(static_cast<char>((bits >> (8 * i)) & 0xff));
-  for (std::size_t chunk = 0; chunk < msg.size(); chunk += 64) {
-    std::uint32_t w[64];
-    for (int i = 0; i < 16; ++i) {
-      const auto* p = reinterpret_cast<const unsigned char*>(msg.data() + chunk + 4 * static_cast<std::size_t>(i));
-      w[i] = (std::uint32_t{p[0]} << 24) | (std::uint32_t{p[1]} << 16) | (std::uint32_t{p[2]} << 8) | p[3];
-    }
-    for (int i = 16; i < 64; ++i) {
-      const std::uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
-      const std::uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
-      w[i] = w[i - 16] + s0 + w[i - 7] + s1;
-    }
-    std::uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], hh = h[7];
-    for (int i = 0; i < 64; ++i) {
-      const std::uint32_t t1 = hh + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + k[i] + w[i];
-      const std::uint32_t t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
-      hh = g;
-      g = f;
-      f = e;
-      e = d + t1;
-      d = c;
-      c = b;
-      b = a;
-      a = t1 + t2;
-    }
-    h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e, h[5] += f, h[6] += g, h[7] += hh;
-  }
-  static const char digits[] = "0123456789abcdef";
-  std::string out;
-  for (std::uint32_t v : h)
-    for (int shift = 28; shift >= 0; shift -= 4) out.push_back(digits[(v >> shift) & 0xf]);
-  return out;
+  Sha256 h;
+  h.update(data.data(), data.size());
+  return to_hex(h.finish());
 }
 
 // The command categories ACL rules name (+@read ...). A command belongs to one: data reads
@@ -7729,6 +7925,362 @@ constexpr const char* kProtectedModeDenied =
     "network is trusted, disable protected mode: 'CONFIG SET protected-mode no' from the loopback interface, or "
     "restart the node with '--protected-mode no' (Config::protected_mode = false). You only need one of them.\r\n";
 
+// ---- peer authentication: the handshake and the frames ---------------------------------------
+//
+// Every peer connection starts with a challenge and response; the connector speaks first and
+// the listener proves first, so a connector sends nothing but its HELLO to an address until
+// the node there has shown it holds the secret:
+//   C -> L  HELLO 4 cluster_id node_id server_id address to nonce_c
+//   L -> C  *CHALLENGE nonce_l proof_l...  (one proof per secret the listener accepts; or -ERR)
+//   C -> L  PROOF proof_c                   (or REFUSED reason: no proof matched; then it closes)
+// `to` is the node the connector means to reach (empty: whoever is there, a joiner's first
+// contact); nonces are 32 bytes from /dev/urandom, in hex. With T the transcript (the HELLO's
+// fields and nonce_l, each prefixed by its length) and K a secret both hold:
+//   proof_l = HMAC(K, "listener proof" T)   proof_c = HMAC(K, "connector proof" T)
+//   session key = HMAC(K, "session key" T)
+// The secret never crosses the wire; the direction in each proof keeps one side's proof from
+// being played back as the other's, and the nonces keep an old proof from being replayed.
+// From then on both directions are frames, nothing else:
+//   length (4 bytes, big-endian, 1..kMaxFrameBytes) | body | tag (32 bytes)
+//   tag = HMAC(session key, direction C or L | sequence number (8 bytes) | length | body)
+// The bodies, concatenated, are the RESP messages above (WELCOME, RAFT, FWD, JOIN...). The
+// sequence numbers count frames from 0 in each direction and are not sent: a frame injected,
+// altered, replayed, reordered or cut short fails its tag, and the connection is closed. One
+// tag per frame (a sender's batch, up to 1 MiB), not per message: its cost is the bytes
+// hashed. Nothing is encrypted: anyone on the path reads the traffic (TLS is what hides it).
+
+constexpr std::size_t kHandshakeNonceBytes = 32;
+constexpr std::size_t kMaxFrameBytes = std::size_t{1} << 20;
+constexpr std::size_t kFrameHeaderBytes = 4;
+constexpr std::size_t kFrameTagBytes = Sha256::kDigestBytes;
+// A node accepts at most two secrets (Config::secret and Config::second_secret).
+constexpr std::size_t kMaxPeerSecrets = 2;
+
+inline std::string new_handshake_nonce() {
+  const std::string r = random_bytes(kHandshakeNonceBytes);
+  return to_hex(reinterpret_cast<const std::uint8_t*>(r.data()), r.size());
+}
+
+inline bool is_handshake_nonce(std::string_view s) {
+  std::array<std::uint8_t, kHandshakeNonceBytes> ignored;
+  return from_hex(s, ignored);
+}
+
+/// T: the HELLO's words after "HELLO", then the listener's nonce, each prefixed by its length
+/// (8 bytes, big-endian), so that no two different handshakes have the same transcript.
+inline std::string handshake_transcript(const std::vector<std::string>& hello, std::string_view listener_nonce) {
+  std::string t = "raft.hpp peer handshake";
+  auto field = [&t](std::string_view f) {
+    for (int i = 7; i >= 0; --i) t += static_cast<char>(static_cast<std::uint64_t>(f.size()) >> (8 * i));
+    t.append(f);
+  };
+  for (std::size_t i = 1; i < hello.size(); ++i) field(hello[i]);
+  field(listener_nonce);
+  return t;
+}
+
+enum class PeerSide : char { Connector = 'C', Listener = 'L' };
+
+/// proof_l or proof_c (see above), in hex.
+inline std::string handshake_proof(std::string_view secret, PeerSide prover, const std::string& transcript) {
+  const HmacSha256 key(secret);
+  Sha256 h = key.begin();
+  h.update(prover == PeerSide::Listener ? std::string_view("listener proof") : std::string_view("connector proof"));
+  h.update(transcript);
+  return to_hex(key.finish(h));
+}
+
+/// Whether `presented` (hex) is `prover`'s proof of `secret` for this transcript; in constant time.
+inline bool handshake_proof_matches(std::string_view presented, std::string_view secret, PeerSide prover,
+                                    const std::string& transcript) {
+  const std::string expected = handshake_proof(secret, prover, transcript);
+  return presented.size() == expected.size() &&
+         digests_equal(reinterpret_cast<const std::uint8_t*>(presented.data()),
+                       reinterpret_cast<const std::uint8_t*>(expected.data()), expected.size());
+}
+
+/// One authenticated connection's two streams of frames: seals what this side sends, opens
+/// (checks and unwraps) what it receives.
+class PeerSession {
+ public:
+  PeerSession() = default;
+  PeerSession(std::string_view secret, const std::string& transcript, PeerSide side)
+      : key_(session_key(secret, transcript)),
+        send_dir_(static_cast<char>(side)),
+        recv_dir_(side == PeerSide::Connector ? 'L' : 'C'),
+        open_(true) {}
+
+  bool is_open() const { return open_; }
+
+  /// Appends `plain` to `wire` as frames.
+  void seal(std::string_view plain, std::string& wire) {
+    for (std::size_t at = 0; at < plain.size(); at += kMaxFrameBytes) {
+      const std::string_view body = plain.substr(at, kMaxFrameBytes);
+      for (int i = 3; i >= 0; --i) wire += static_cast<char>(body.size() >> (8 * i));
+      wire.append(body);
+      const Sha256::Digest t = tag(send_dir_, sent_++, body);
+      wire.append(reinterpret_cast<const char*>(t.data()), t.size());
+    }
+  }
+
+  /// Takes `n` received bytes; appends the bodies of the complete frames among what it holds
+  /// to `plain`. False, with `error`, at a frame that is malformed or fails its tag: nothing
+  /// from it is given out, and the connection must be closed.
+  bool open(const char* data, std::size_t n, std::string& plain, std::string& error) {
+    in_.append(data, n);
+    for (;;) {
+      const std::size_t avail = in_.size() - pos_;
+      if (avail < kFrameHeaderBytes) break;
+      std::size_t len = 0;
+      for (std::size_t i = 0; i < kFrameHeaderBytes; ++i) len = len << 8 | static_cast<std::uint8_t>(in_[pos_ + i]);
+      if (len == 0 || len > kMaxFrameBytes) {
+        error = "a frame declares " + std::to_string(len) + " bytes (1 to " + std::to_string(kMaxFrameBytes) +
+                " allowed): not an authenticated peer stream";
+        return false;
+      }
+      if (avail < kFrameHeaderBytes + len + kFrameTagBytes) break;
+      const std::string_view body(in_.data() + pos_ + kFrameHeaderBytes, len);
+      const Sha256::Digest t = tag(recv_dir_, received_, body);
+      if (!digests_equal(t.data(), reinterpret_cast<const std::uint8_t*>(body.data() + len), kFrameTagBytes)) {
+        error = "frame " + std::to_string(received_) +
+                " failed authentication (altered, injected, replayed or out of order)";
+        return false;
+      }
+      ++received_;
+      plain.append(body);
+      pos_ += kFrameHeaderBytes + len + kFrameTagBytes;
+    }
+    if (pos_ == in_.size()) {
+      in_.clear();
+      pos_ = 0;
+    } else if (pos_ > kMaxFrameBytes) {
+      in_.erase(0, pos_);
+      pos_ = 0;
+    }
+    return true;
+  }
+
+ private:
+  static std::string session_key(std::string_view secret, const std::string& transcript) {
+    const HmacSha256 key(secret);
+    Sha256 h = key.begin();
+    h.update(std::string_view("session key"));
+    h.update(transcript);
+    const Sha256::Digest d = key.finish(h);
+    return std::string(reinterpret_cast<const char*>(d.data()), d.size());
+  }
+  Sha256::Digest tag(char direction, std::uint64_t seq, std::string_view body) const {
+    std::uint8_t head[1 + 8 + 4];
+    head[0] = static_cast<std::uint8_t>(direction);
+    for (int i = 0; i < 8; ++i) head[1 + i] = static_cast<std::uint8_t>(seq >> (56 - 8 * i));
+    for (int i = 0; i < 4; ++i) head[9 + i] = static_cast<std::uint8_t>(body.size() >> (24 - 8 * i));
+    Sha256 h = key_.begin();
+    h.update(head, sizeof head);
+    h.update(body);
+    return key_.finish(h);
+  }
+
+  HmacSha256 key_;
+  char send_dir_ = 'C';
+  char recv_dir_ = 'L';
+  bool open_ = false;
+  std::uint64_t sent_ = 0;
+  std::uint64_t received_ = 0;
+  std::string in_;  // received bytes from pos_ on: an unfinished frame
+  std::size_t pos_ = 0;
+};
+
+/// Reads one RESP value from a blocking socket's authenticated stream within timeout_ms.
+inline bool recv_sealed_value(int fd, PeerSession& session, resp::ReplyParser& parser, resp::Value& out,
+                              int timeout_ms, int cancel_fd, std::string& error) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  std::string plain;
+  for (;;) {
+    resp::Status st = parser.next(out);
+    if (st == resp::Status::Ok) return true;
+    if (st == resp::Status::Error) {
+      error = "malformed answer: " + parser.error();
+      return false;
+    }
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+    if (left <= 0 || !wait_ready(fd, POLLIN, static_cast<int>(left), cancel_fd)) {
+      error = "no answer";
+      return false;
+    }
+    char buf[4096];
+    ssize_t r = ::recv(fd, buf, sizeof buf, 0);
+    if (r <= 0) {
+      error = "connection closed";
+      return false;
+    }
+    plain.clear();
+    if (!session.open(buf, static_cast<std::size_t>(r), plain, error)) return false;
+    parser.feed(plain);
+  }
+}
+
+// The connector's side (see "peer authentication") on a blocking socket: `hello` (HELLO's
+// words, with a fresh nonce), the listener's proof checked
+// against each of our secrets, then ours. Before the listener has proved it holds a secret
+// we hold, nothing but the HELLO is sent (and, when no proof matched, REFUSED so that the
+// node there can log why). `refused`: the failure needs the operator (a wrong secret,
+// another protocol version), not just a retry.
+inline bool connector_handshake(int fd, const std::vector<std::string>& hello, const std::vector<std::string>& secrets,
+                                int timeout_ms, int cancel_fd, PeerSession& session, std::string& error, bool& refused) {
+  refused = false;
+  std::string out;
+  resp::write_command(out, hello);
+  resp::Limits limits;
+  limits.max_bulk_length = 4096;
+  limits.max_multibulk_length = 2 + kMaxPeerSecrets;
+  limits.max_nesting = 1;
+  resp::ReplyParser parser(limits);
+  resp::Value reply;
+  if (!send_all(fd, out.data(), out.size()) || !recv_value(fd, parser, reply, timeout_ms, cancel_fd)) {
+    error = "no answer to HELLO";
+    return false;
+  }
+  if (reply.is_error()) {
+    refused = true;
+    error = reply.str;
+    return false;
+  }
+  const auto& e = reply.elements;
+  if (reply.type != resp::Type::Array || e.size() < 3 || parser.buffered() != 0 || e[0].str != "CHALLENGE" ||
+      !is_handshake_nonce(e[1].str)) {
+    refused = true;
+    error = "ERR the answer to HELLO is not a CHALLENGE: not a raft.hpp node of peer protocol " +
+            std::string(kPeerProtocolVersion);
+    return false;
+  }
+  const std::string transcript = handshake_transcript(hello, e[1].str);
+  for (const std::string& secret : secrets)
+    for (std::size_t i = 2; i < e.size(); ++i)
+      if (handshake_proof_matches(e[i].str, secret, PeerSide::Listener, transcript)) {
+        out.clear();
+        resp::write_command(out, {"PROOF", handshake_proof(secret, PeerSide::Connector, transcript)});
+        if (!send_all(fd, out.data(), out.size())) {
+          error = "connection lost during the handshake";
+          return false;
+        }
+        session = PeerSession(secret, transcript, PeerSide::Connector);
+        return true;
+      }
+  out.clear();
+  resp::write_command(out, {"REFUSED", "wrong secret"});
+  send_all(fd, out.data(), out.size());
+  refused = true;
+  error = "ERR wrong secret: the node there did not prove that it holds this node's peer secret";
+  return false;
+}
+
+/// The listener's side of the handshake, on the bytes received so far: answers HELLO with a
+/// CHALLENGE, checks the PROOF, then opens the session. No I/O: what to send goes to `wire`.
+class ListenerHandshake {
+ public:
+  enum class State { Waiting, Refused, Open };
+  /// `own_id`: HELLO's `to` must be it (or empty), unless empty itself (a founder listening).
+  ListenerHandshake(std::vector<std::string> secrets, std::string own_id)
+      : secrets_(std::move(secrets)), own_id_(std::move(own_id)), parser_(limits()) {}
+
+  /// Takes received bytes. Once Open, `session()` holds the session and `rest()` the bytes
+  /// that followed the PROOF (frames already); once Refused, `refusal()` says why (and the
+  /// refusal, in clear, is in `wire`).
+  State take(const char* data, std::size_t n, std::string& wire) {
+    try {
+      return take_or_throw(data, n, wire);
+    } catch (const std::exception& e) {  // no random nonce could be drawn
+      return refuse(std::string("cannot answer: ") + e.what(), wire);
+    }
+  }
+  State state() const { return state_; }
+  const std::string& refusal() const { return refusal_; }
+  /// HELLO's words (version, cluster id, node id, server id, address, to, nonce after "HELLO").
+  const std::vector<std::string>& hello() const { return hello_; }
+  PeerSession& session() { return session_; }
+  std::string& rest() { return in_; }
+
+ private:
+  static resp::Limits limits() {  // handshake messages are small: a HELLO is 8 short words
+    resp::Limits l;
+    l.max_bulk_length = 4096;
+    l.max_multibulk_length = 16;
+    l.max_inline_length = 4096;
+    return l;
+  }
+  State take_or_throw(const char* data, std::size_t n, std::string& wire) {
+    if (state_ != State::Waiting) return state_;
+    in_.append(data, n);
+    parser_.feed(data, n);
+    while (state_ == State::Waiting) {
+      std::vector<std::string> w;
+      const resp::Status st = parser_.next(w);
+      if (st == resp::Status::NeedMore) break;
+      if (st == resp::Status::Error) return refuse("malformed handshake (" + parser_.error() + ")", wire);
+      in_.erase(0, in_.size() - parser_.buffered());
+      if (w.empty()) continue;
+      if (hello_.empty()) {
+        on_hello(w, wire);
+        continue;
+      }
+      const std::string who = "node " + hello_[3] + " at " + hello_[5];
+      if (w[0] == "REFUSED") return refuse("wrong secret (" + who + " could not verify this node's proof)", wire);
+      if (w[0] != "PROOF" || w.size() != 2) return refuse("expected PROOF from " + who, wire);
+      for (const std::string& secret : secrets_)
+        if (handshake_proof_matches(w[1], secret, PeerSide::Connector, transcript_)) {
+          session_ = PeerSession(secret, transcript_, PeerSide::Listener);
+          state_ = State::Open;
+          return state_;
+        }
+      return refuse("wrong secret (the proof of " + who + " matches none of this node's secrets)", wire);
+    }
+    return state_;
+  }
+  State refuse(const std::string& why, std::string& wire) {
+    refusal_ = why;
+    resp::write_error(wire, "ERR " + why);
+    state_ = State::Refused;
+    return state_;
+  }
+  void on_hello(std::vector<std::string>& w, std::string& wire) {
+    if (w[0] != "HELLO") {
+      refuse("expected HELLO", wire);
+      return;
+    }
+    if (w.size() < 2 || w[1] != kPeerProtocolVersion) {
+      refuse("peer protocol version " + (w.size() < 2 ? std::string("?") : w[1]) + " is not " + kPeerProtocolVersion +
+                 ": node " + (w.size() > 3 ? w[3] : std::string("?")) +
+                 " runs another version of raft.hpp; upgrade the cluster one node at a time (see the README)",
+             wire);
+      return;
+    }
+    if (w.size() != 8 || !is_handshake_nonce(w[7])) {
+      refuse("expected HELLO", wire);
+      return;
+    }
+    if (!own_id_.empty() && !w[6].empty() && w[6] != own_id_) {
+      refuse("this node is not node '" + w[6] + "' (another node took over the address?)", wire);
+      return;
+    }
+    const std::string nonce = new_handshake_nonce();
+    transcript_ = handshake_transcript(w, nonce);
+    hello_ = std::move(w);
+    std::vector<std::string> challenge{"CHALLENGE", nonce};
+    for (const std::string& secret : secrets_) challenge.push_back(handshake_proof(secret, PeerSide::Listener, transcript_));
+    resp::write_command(wire, challenge);
+  }
+
+  std::vector<std::string> secrets_;
+  std::string own_id_;
+  resp::RequestParser parser_;
+  std::string in_;  // received since the last message the parser returned
+  std::vector<std::string> hello_;
+  std::string transcript_;
+  PeerSession session_;
+  State state_ = State::Waiting;
+  std::string refusal_;
+};
+
 // ---- logging -------------------------------------------------------------------------------
 
 inline const char* level_name(LogLevel l) {
@@ -7951,7 +8503,7 @@ class Runtime {
   }
 
   // For PeerLink.
-  std::string hello_bytes() const;
+  std::vector<std::string> hello_words(const NodeId& to, const std::string& nonce) const;
   int send_timeout() const { return scaled(cfg_.send_timeout_ms); }
   int stop_fd() const { return stop_pipe_[0]; }
   const std::string& host() const { return host_.host; }
@@ -8036,7 +8588,13 @@ class Runtime {
   };
   struct PeerConn {
     int fd = -1;
-    resp::RequestParser parser;
+    resp::RequestParser parser;  // the authenticated stream's messages
+    // The handshake (see "peer authentication"): the bytes received before the session opens,
+    // the peer's HELLO and the transcript, then the session.
+    std::unique_ptr<ListenerHandshake> handshake;  // until the session opens
+    std::vector<std::string> hello;
+    PeerSession session;
+    std::string wire;  // to send: the handshake's messages, then frames (sealed from `out`)
     bool welcomed = false;
     bool join_only = false;  // a joiner outside the cluster: only JOIN is accepted
     NodeId node;
@@ -8046,16 +8604,8 @@ class Runtime {
     bool close_after_flush = false;
     std::vector<std::string> argv;
     std::chrono::steady_clock::time_point accepted = std::chrono::steady_clock::now();
-    // Until the peer said HELLO (with the secret), it may send only a small HELLO.
-    PeerConn() : parser(hello_limits()) {}
+    PeerConn() : parser(peer_limits()) {}
   };
-  static resp::Limits hello_limits() {
-    resp::Limits l;
-    l.max_bulk_length = 4096;
-    l.max_multibulk_length = 16;
-    l.max_inline_length = 4096;
-    return l;
-  }
   struct PendingWrite {
     Caller caller;
     std::string payload;  // the command's words, RESP-encoded
@@ -8092,7 +8642,12 @@ class Runtime {
   int founding_listen_ms() const;
   bool unused_founder_directory(const Recovered& rec) const;
   void load_first_snapshot(const Store& loaded, std::shared_ptr<Snapshot>& snapshot, CoreState& st);
-  bool secret_matches(const std::string& presented) const;
+  // The secrets this node proves with and accepts: Config::secret, and second_secret if set.
+  std::vector<std::string> peer_secrets() const;
+  // The handshake: the connector's side on a blocking socket (then the listener's answer,
+  // WELCOME or a refusal, is the first sealed message), the listener's on a PeerConn.
+  bool handshake_as_connector(int fd, const NodeId& to, PeerSession& session, std::string& error, bool& refused) const;
+  bool take_peer_bytes(PeerConn& p, const char* data, std::size_t n, bool founding);
   CoreOptions core_options() const;
   void log_refused(const std::string& why);
   // the core
@@ -8496,24 +9051,19 @@ inline int Runtime::founding_listen_ms() const {
 // the address it was given may belong to a member of an existing cluster whose data directory
 // was lost. Founding there would make a second cluster on that address, acknowledging writes
 // while clients see none of the first one's data (pyraft's wiped founder does). A cluster that
-// counts this address as a member says HELLO, with its cluster id, within founding_listen_ms():
-// any such HELLO (with the right secret, of any protocol version) means do not found. Nothing is
-// written meanwhile, so a node that crashes while it listens listens again when restarted.
-// Connections are only peeked at here; they are handed to the poll thread afterwards as if it
-// had accepted them (a joiner's JOIN is answered then, by the founder).
+// counts this address as a member connects within founding_listen_ms(): one that completes the
+// handshake (it holds our secret) with its cluster id means do not found. Nothing is written
+// meanwhile, so a node that crashes while it listens listens again when restarted. Only the
+// handshake is done here; the connections are handed to the poll thread afterwards as if it had
+// accepted them (it answers the HELLO with WELCOME, and a joiner's JOIN, as the founder).
 inline std::optional<Runtime::FoundingContact> Runtime::listen_before_founding() {
   const int period = founding_listen_ms();
   log(LogLevel::Info, "no data directory in " + cfg_.data_dir + ": listening " + std::to_string(period) +
                           " ms on port " + std::to_string(host_.port + 1) + " for a cluster that counts " +
                           cfg_.address + " as a member before founding a new one");
-  struct Held {
-    int fd;
-    bool decided = false;  // said what it is (or never will): no need to look again
-    bool partial = false;  // part of a HELLO arrived: look again soon
-  };
-  std::vector<Held> held;
+  std::vector<std::unique_ptr<PeerConn>> held;
   std::optional<FoundingContact> contact;
-  std::string buf(std::size_t{80} << 10, '\0');  // more than the largest HELLO hello_limits() allows
+  char buf[4096];
   bool stop = false;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(period);
   while (!contact) {
@@ -8524,12 +9074,10 @@ inline std::optional<Runtime::FoundingContact> Runtime::listen_before_founding()
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
     if (stop || left <= 0) break;
     std::vector<pollfd> fds{{peer_fd_, POLLIN, 0}};
-    bool partial = false;
-    for (const Held& h : held) {
-      if (!h.decided && !h.partial) fds.push_back(pollfd{h.fd, POLLIN, 0});
-      partial = partial || (!h.decided && h.partial);
-    }
-    ::poll(fds.data(), fds.size(), static_cast<int>(std::min<long long>(left, partial ? 5 : 50)));
+    for (const auto& h : held)
+      if (h->fd >= 0 && !h->session.is_open() && !h->close_after_flush)
+        fds.push_back(pollfd{h->fd, static_cast<short>(POLLIN | (h->wire.empty() ? 0 : POLLOUT)), 0});
+    ::poll(fds.data(), fds.size(), static_cast<int>(std::min<long long>(left, 50)));
     for (;;) {
       int fd = ::accept4(peer_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (fd < 0) break;
@@ -8538,40 +9086,40 @@ inline std::optional<Runtime::FoundingContact> Runtime::listen_before_founding()
         continue;
       }
       set_nodelay(fd);
-      held.push_back(Held{fd});
+      held.push_back(std::make_unique<PeerConn>());
+      held.back()->fd = fd;
     }
-    for (Held& h : held) {
-      if (h.decided) continue;
-      ssize_t n = ::recv(h.fd, buf.data(), buf.size(), MSG_PEEK);
-      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
-      if (n <= 0) {
-        h.decided = true;  // closed: the poll thread closes it too
+    for (auto& h : held) {
+      PeerConn& p = *h;
+      if (p.fd < 0 || p.session.is_open() || p.close_after_flush) continue;
+      bool ok = true;
+      for (;;) {
+        ssize_t n = ::recv(p.fd, buf, sizeof buf, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+        ok = n > 0 && take_peer_bytes(p, buf, static_cast<std::size_t>(n), true);
+        if (!ok || p.session.is_open() || p.close_after_flush) break;
+      }
+      if (ok && !p.wire.empty()) ok = flush_out(p.fd, p.wire);
+      if (!ok) {
+        ::close(p.fd);
+        p.fd = -1;
         continue;
       }
-      resp::RequestParser parser(hello_limits());
-      parser.feed(buf.data(), static_cast<std::size_t>(n));
-      std::vector<std::string> w;
-      const resp::Status st = parser.next(w);
-      if (st == resp::Status::NeedMore && static_cast<std::size_t>(n) < buf.size()) {
-        h.partial = true;
-        continue;
-      }
-      h.decided = true;
-      if (st != resp::Status::Ok || w.size() != 7 || w[0] != "HELLO" || !secret_matches(w[6])) continue;
+      if (!p.session.is_open()) continue;
+      const std::vector<std::string>& w = p.hello;
       if (w[2].empty() || w[3].empty() || w[3] == cfg_.id) continue;  // a joiner, or no member
       contact = FoundingContact{w[2], w[3], w[5]};
       break;
     }
   }
   if (stop) {
-    for (const Held& h : held) ::close(h.fd);
+    for (const auto& h : held)
+      if (h->fd >= 0) ::close(h->fd);
     throw std::runtime_error("asked to stop while listening before founding a cluster; nothing was written");
   }
-  for (const Held& h : held) {
-    auto p = std::make_unique<PeerConn>();
-    p->fd = h.fd;
-    peers_in_[h.fd] = std::move(p);
-  }
+  for (auto& h : held)
+    if (h->fd >= 0) peers_in_[h->fd] = std::move(h);
   return contact;
 }
 
@@ -8939,20 +9487,39 @@ inline void Runtime::update_links() {
   }
 }
 
-inline std::string Runtime::hello_bytes() const {
+inline std::vector<std::string> Runtime::hello_words(const NodeId& to, const std::string& nonce) const {
   std::string cluster;
   {
     std::lock_guard<std::mutex> lock(core_mu_);
     cluster = identity_.cluster_id;
   }
-  std::string out;
-  resp::write_command(out, {"HELLO", kPeerProtocolVersion, cluster, cfg_.id, identity_.server_id, cfg_.address, cfg_.secret});
-  return out;
+  return {"HELLO", kPeerProtocolVersion, cluster, cfg_.id, identity_.server_id, cfg_.address, to, nonce};
+}
+
+inline std::vector<std::string> Runtime::peer_secrets() const {
+  std::vector<std::string> s{cfg_.secret};
+  if (!cfg_.second_secret.empty() && cfg_.second_secret != cfg_.secret) s.push_back(cfg_.second_secret);
+  return s;
+}
+
+inline bool Runtime::handshake_as_connector(int fd, const NodeId& to, PeerSession& session, std::string& error,
+                                            bool& refused) const {
+  std::string nonce;
+  try {
+    nonce = new_handshake_nonce();
+  } catch (const std::exception& e) {
+    refused = false;
+    error = e.what();
+    return false;
+  }
+  return connector_handshake(fd, hello_words(to, nonce), peer_secrets(), send_timeout(), stop_fd(), session, error,
+                             refused);
 }
 
 inline void PeerLink::run() {
   int backoff_ms = 20;
   bool logged_failure = false;
+  PeerSession session, next_session;  // this thread's: the connection's, one being opened
   std::unique_lock<std::mutex> lock(mu_);
   while (!stopping_) {
     if (fd_ < 0 || reconnect_) {
@@ -8971,12 +9538,15 @@ inline void PeerLink::run() {
         fd = connect_tcp(rt_.host(), hp.host, hp.port + 1, rt_.send_timeout(), error, rt_.stop_fd());
         if (fd >= 0) {
           set_send_timeout(fd, rt_.send_timeout());
-          std::string hello = rt_.hello_bytes();
+          bool refused = false;
           resp::ReplyParser parser;
           resp::Value reply;
-          if (!send_all(fd, hello.data(), hello.size()) ||
-              !recv_value(fd, parser, reply, rt_.send_timeout(), rt_.stop_fd())) {
-            error = "no answer to HELLO";
+          if (!rt_.handshake_as_connector(fd, id_, next_session, error, refused)) {
+            if (refused) error = "refused: " + error;
+            ::close(fd);
+            fd = -1;
+          } else if (!recv_sealed_value(fd, next_session, parser, reply, rt_.send_timeout(), rt_.stop_fd(), error)) {
+            error = "after the handshake: " + error;
             ::close(fd);
             fd = -1;
           } else if (reply.is_error()) {
@@ -9004,6 +9574,7 @@ inline void PeerLink::run() {
         break;
       }
       fd_ = fd;
+      session = std::move(next_session);
       connected_ = true;
       backoff_ms = 20;
       if (logged_failure) rt_.log(LogLevel::Debug, "connected to " + id_ + " at " + addr);
@@ -9033,7 +9604,10 @@ inline void PeerLink::run() {
     if (fault_ == Fault::Drop) continue;  // the test hook: lost on the way
     int fd = fd_;
     lock.unlock();
-    bool ok = send_all(fd, batch.data(), batch.size());
+    std::string wire;
+    wire.reserve(batch.size() + (batch.size() / kMaxFrameBytes + 1) * (kFrameHeaderBytes + kFrameTagBytes));
+    session.seal(batch, wire);
+    bool ok = send_all(fd, wire.data(), wire.size());
     lock.lock();
     if (!ok && fd_ == fd) {
       ::close(fd_);
@@ -10349,6 +10923,18 @@ inline void Runtime::log(LogLevel level, const std::string& message) const {
 
 inline void Runtime::poll_loop() {
   poll_thread_id_ = std::this_thread::get_id();
+  // Connections a founder authenticated while it listened (listen_before_founding) wait for
+  // their WELCOME, and may hold messages already: handle them as if they had just arrived.
+  for (auto it = peers_in_.begin(); it != peers_in_.end();) {
+    PeerConn& p = *it->second;
+    const bool ok = read_peer(p) && (p.wire.empty() || flush_out(p.fd, p.wire));
+    if (ok) {
+      ++it;
+    } else {
+      ::close(it->first);
+      it = peers_in_.erase(it);
+    }
+  }
   std::vector<pollfd> fds;
   std::vector<std::uint64_t> owner;  // client connection id, or 0
   auto last_expiry = std::chrono::steady_clock::now();
@@ -10369,7 +10955,7 @@ inline void Runtime::poll_loop() {
     }
     std::size_t first_peer = fds.size();
     for (auto& [fd, p] : peers_in_)
-      fds.push_back(pollfd{fd, static_cast<short>((p->close_after_flush ? 0 : POLLIN) | (p->out.empty() ? 0 : POLLOUT)), 0});
+      fds.push_back(pollfd{fd, static_cast<short>((p->close_after_flush ? 0 : POLLIN) | (p->wire.empty() ? 0 : POLLOUT)), 0});
     int n = ::poll(fds.data(), fds.size(), 100);
     if (stopping_) break;
     if (n < 0) {
@@ -10402,8 +10988,8 @@ inline void Runtime::poll_loop() {
       PeerConn& p = *it->second;
       bool ok = true;
       if (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) ok = read_peer(p);
-      if (ok && !p.out.empty()) ok = flush_out(p.fd, p.out);
-      if (!ok || (p.close_after_flush && p.out.empty())) close_peers.push_back(p.fd);
+      if (ok && !p.wire.empty()) ok = flush_out(p.fd, p.wire);
+      if (!ok || (p.close_after_flush && p.wire.empty())) close_peers.push_back(p.fd);
     }
     flush_batched(poll_batch_);
     drain_done();
@@ -10640,11 +11226,45 @@ inline void Runtime::complete_op(std::uint64_t conn, std::uint64_t op, Reply rep
 
 // ---- inbound peer connections --------------------------------------------------------------
 
+// Received bytes: the handshake's (ListenerHandshake) until the session opens, then frames,
+// whose bodies (once checked) go to the message parser. False: the connection must be closed.
+// `founding` (listen_before_founding): HELLO may be meant for any node id.
+inline bool Runtime::take_peer_bytes(PeerConn& p, const char* data, std::size_t n, bool founding) {
+  if (p.close_after_flush) return true;  // refused: nothing more is read
+  if (!p.session.is_open()) {
+    if (!p.handshake) p.handshake = std::make_unique<ListenerHandshake>(peer_secrets(), founding ? "" : cfg_.id);
+    switch (p.handshake->take(data, n, p.wire)) {
+      case ListenerHandshake::State::Waiting: return true;
+      case ListenerHandshake::State::Refused:
+        // In clear: there is no session. The answer says nothing about this node.
+        log(LogLevel::Warning, "refused a peer connection: " + p.handshake->refusal());
+        p.close_after_flush = true;
+        p.handshake.reset();
+        return true;
+      case ListenerHandshake::State::Open: break;
+    }
+    p.hello = p.handshake->hello();
+    p.session = std::move(p.handshake->session());
+    const std::string rest = std::move(p.handshake->rest());
+    p.handshake.reset();
+    return rest.empty() || take_peer_bytes(p, rest.data(), rest.size(), founding);
+  }
+  std::string plain, error;
+  if (!p.session.open(data, n, plain, error)) {
+    log(LogLevel::Warning, "peer connection from " + (p.hello.size() > 3 ? p.hello[3] : std::string("?")) + ": " +
+                               error + ": closing it");
+    return false;
+  }
+  p.parser.feed(plain);
+  return true;
+}
+
 inline bool Runtime::read_peer(PeerConn& p) {
   char buf[65536];
   std::size_t total = 0;
   bool eof = false;
-  while (total < (std::size_t{4} << 20)) {
+  bool ok = true;
+  while (ok && total < (std::size_t{4} << 20)) {
     ssize_t r = ::recv(p.fd, buf, sizeof buf, 0);
     if (r == 0) {
       eof = true;  // handle what arrived before the end, then close
@@ -10655,12 +11275,14 @@ inline bool Runtime::read_peer(PeerConn& p) {
       if (errno == EINTR) continue;
       return false;
     }
-    p.parser.feed(buf, static_cast<std::size_t>(r));
+    ok = take_peer_bytes(p, buf, static_cast<std::size_t>(r), false);
     total += static_cast<std::size_t>(r);
   }
+  // The session is open: the handshake's HELLO is handled as before (WELCOME or a refusal).
+  if (ok && p.session.is_open() && !p.welcomed && !p.close_after_flush) ok = handle_peer_message(p, p.hello);
   std::vector<Message> inbound;
-  bool ok = true;
   for (;;) {
+    if (!ok || !p.welcomed) break;
     resp::Status st = p.parser.next(p.argv);
     if (st == resp::Status::NeedMore) break;
     if (st == resp::Status::Error) {
@@ -10703,6 +11325,11 @@ inline bool Runtime::read_peer(PeerConn& p) {
       drive();
     }
   }
+  // What the handlers answered (WELCOME, a refusal, JOIN's answer) goes out sealed.
+  if (p.session.is_open() && !p.out.empty()) {
+    p.session.seal(p.out, p.wire);
+    p.out.clear();
+  }
   return ok && !eof;
 }
 
@@ -10715,12 +11342,8 @@ inline bool Runtime::handle_peer_message(PeerConn& p, std::vector<std::string>& 
       log(LogLevel::Warning, "refused a peer connection: " + why);
       return true;
     };
-    if (kind != "HELLO" || w.size() != 7) return refuse("expected HELLO");
-    // The secret first: a peer without it learns nothing, not even our cluster id.
-    if (!secret_matches(w[6])) return refuse("wrong secret");
-    if (w[1] != kPeerProtocolVersion)
-      return refuse("peer protocol version " + w[1] + " is not " + kPeerProtocolVersion + ": node " + w[3] +
-                    " runs another version of raft.hpp; upgrade the cluster one node at a time (see the README)");
+    // The HELLO of the handshake (peer_handshake): the peer proved it holds our secret.
+    if (kind != "HELLO" || w.size() != 8) return refuse("expected HELLO");
     if (w[3].empty() || w[3] == cfg_.id) return refuse("peer says it is node '" + w[3] + "' (this node's id)");
     HostPort hp;
     std::string error;
@@ -10749,7 +11372,6 @@ inline bool Runtime::handle_peer_message(PeerConn& p, std::vector<std::string>& 
       if (!addresses_.count(p.node)) addresses_[p.node] = p.address;
     }
     p.welcomed = true;
-    p.parser.set_limits(peer_limits());
     resp::write_simple(p.out, "WELCOME");
     return true;
   }
@@ -10783,14 +11405,6 @@ inline bool Runtime::handle_peer_message(PeerConn& p, std::vector<std::string>& 
   }
   log(LogLevel::Warning, "peer " + p.node + " sent an unknown message '" + kind.substr(0, 32) + "': closing");
   return false;
-}
-
-// Compared in constant time: how long the comparison takes says nothing about the secret.
-inline bool Runtime::secret_matches(const std::string& presented) const {
-  unsigned diff = static_cast<unsigned>(presented.size() ^ cfg_.secret.size());
-  for (std::size_t i = 0; i < presented.size(); ++i)
-    diff |= static_cast<unsigned>(presented[i] ^ (i < cfg_.secret.size() ? cfg_.secret[i] : 0));
-  return diff == 0;
 }
 
 inline Reply Runtime::handle_join(const std::vector<std::string>& w) {
@@ -10856,13 +11470,23 @@ inline void Runtime::joiner_loop() {
       int fd = connect_tcp(host_.host, hp.host, hp.port + 1, scaled(cfg_.send_timeout_ms), error, stop_fd());
       if (fd >= 0) {
         set_send_timeout(fd, scaled(cfg_.send_timeout_ms));
-        std::string bytes = hello_bytes();
-        resp::write_command(bytes, {"JOIN", cfg_.id, cfg_.address, identity_.server_id});
+        // The handshake first (whoever is there: `to` is empty); JOIN goes sealed after it.
+        PeerSession session;
+        bool refused = false;
+        std::string join;
         resp::ReplyParser parser;
         resp::Value welcome, reply;
-        if (send_all(fd, bytes.data(), bytes.size()) &&
-            recv_value(fd, parser, welcome, scaled(cfg_.send_timeout_ms), stop_fd()) && !welcome.is_error() &&
-            recv_value(fd, parser, reply, scaled(cfg_.send_timeout_ms), stop_fd())) {
+        if (!handshake_as_connector(fd, "", session, error, refused)) {
+          welcome = resp::Value::error(error);
+        } else {
+          std::string plain;
+          resp::write_command(plain, {"JOIN", cfg_.id, cfg_.address, identity_.server_id});
+          session.seal(plain, join);
+        }
+        if (session.is_open() && send_all(fd, join.data(), join.size()) &&
+            recv_sealed_value(fd, session, parser, welcome, scaled(cfg_.send_timeout_ms), stop_fd(), error) &&
+            !welcome.is_error() &&
+            recv_sealed_value(fd, session, parser, reply, scaled(cfg_.send_timeout_ms), stop_fd(), error)) {
           if (reply.type == resp::Type::SimpleString && reply.str.rfind("OK ", 0) == 0) {
             adopt_cluster_id(reply.str.substr(3));
             outcome = "accepted";
@@ -10912,6 +11536,14 @@ inline std::string Config::validate() const {
     if (!detail::parse_host_port(slash == std::string::npos ? e : e.substr(slash + 1), hp, error)) return "-e: " + error;
   }
   if (!peers.empty() && !join.empty()) return "give either a static peer map or a list to join (-e), not both";
+  if (secret.empty() && !second_secret.empty()) return "a second secret needs a first one";
+  detail::HostPort own;
+  detail::parse_host_port(address, own, error);
+  if (secret.empty() && !insecure_peers && own.host.rfind("127.", 0) != 0)
+    return "address " + address + " is not a loopback address and no peer secret is set: anyone who reaches port " +
+           std::to_string(own.port + 1) + " could join the cluster's traffic. Set a secret (--secret-file PATH or "
+           "RAFT_SECRET in the environment; raft::Config::secret), or accept the risk with --insecure-peers "
+           "(raft::Config::insecure_peers)";
   if (!load_snapshot.empty() && (!join.empty() || !peers.empty()))
     return "-l founds a cluster of one; joiners (-e) and static peers receive the data from it";
   if (!(time_scale > 0)) return "time_scale must be positive";
@@ -11002,16 +11634,43 @@ inline Reply Node::transfer_leadership(const NodeId& to) {
 
 // ---- the default command line -----------------------------------------------------------------
 
+namespace detail {
+/// The peer secrets from a secret file's text (or RAFT_SECRET): the first line, and a second
+/// one while the secret changes; line ends (LF or CRLF) are not part of them. "" or the error.
+inline std::string parse_secrets(std::string_view text, std::string& secret, std::string& second) {
+  std::vector<std::string> lines;
+  std::size_t at = 0;
+  while (at < text.size()) {
+    std::size_t end = text.find('\n', at);
+    if (end == std::string_view::npos) end = text.size();
+    std::string line(text.substr(at, end - at));
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    lines.push_back(line);
+    at = end + 1;
+  }
+  while (!lines.empty() && lines.back().empty()) lines.pop_back();
+  if (lines.empty() || lines[0].empty()) return "holds no secret on its first line";
+  if (lines.size() > 2) return "holds more than two lines (a secret, and a second one while the secret changes)";
+  secret = lines[0];
+  second = lines.size() > 1 ? lines[1] : std::string();
+  if (lines.size() > 1 && second.empty()) return "has an empty second line";
+  return "";
+}
+}  // namespace detail
+
 inline std::string usage(const std::string& program) {
   return "usage: " + program +
-         " -a IP:PORT [-i NODE_ID] [-e LIST] [-d DATA_DIR] [-l SNAPSHOT] [-s SECRET] [--requirepass PASSWORD]\n"
+         " -a IP:PORT [-i NODE_ID] [-e LIST] [-d DATA_DIR] [-l SNAPSHOT] [--secret-file PATH] [--requirepass PASSWORD]\n"
          "    [--user \"NAME RULES\"] [--protected-mode yes|no] [--loglevel LEVEL]\n"
          "  -a IP:PORT      this node's address: clients on PORT, peers on PORT+1 (required)\n"
          "  -i NODE_ID      this node's id (default: the address)\n"
          "  -e LIST         join the cluster of these members: NID/IP:PORT or IP:PORT, comma-separated\n"
          "  -d DATA_DIR     log, term, vote and snapshots (default: raft-<id>-<port>)\n"
          "  -l SNAPSHOT     found the cluster with this snapshot (ours or pyraft's .dat)\n"
-         "  -s SECRET       peers must present this secret\n"
+         "  --secret-file P the peer secret: the file's first line (a second line: a second secret, accepted\n"
+         "                  while the secret changes); RAFT_SECRET in the environment works alike\n"
+         "  -s SECRET       the peer secret on the command line (every local user sees it in ps)\n"
+         "  --insecure-peers  allow no secret on an address that is not loopback\n"
          "  --requirepass PASSWORD  clients must AUTH with this password (the default user's)\n"
          "  --user \"NAME RULES\"    an ACL user, as ACL SETUSER takes it: \"alice on >pw ~* +@read\" (repeatable)\n"
          "  --protected-mode yes|no  without a password, serve only loopback clients (default: yes)\n"
@@ -11027,6 +11686,7 @@ inline std::string usage(const std::string& program) {
 inline ParsedArgs parse_args(int argc, char** argv) {
   ParsedArgs out;
   Config& c = out.config;
+  const char* secret_from = nullptr;  // the option that gave the peer secret
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto value = [&](std::string& dst) {
@@ -11061,6 +11721,13 @@ inline ParsedArgs parse_args(int argc, char** argv) {
       if (!value(c.load_snapshot)) return out;
     } else if (a == "-s" || a == "--secret") {
       if (!value(c.secret)) return out;
+      if (secret_from != nullptr) {
+        out.error = "give the peer secret once (" + std::string(secret_from) + " and " + a + ")";
+        return out;
+      }
+      secret_from = "-s";
+      out.warnings.push_back("the peer secret given with " + a +
+                             " shows in ps to every local user: use --secret-file PATH or RAFT_SECRET instead");
     } else if (a == "--requirepass") {
       if (!value(c.requirepass)) return out;
     } else if (a == "--user") {
@@ -11074,6 +11741,33 @@ inline ParsedArgs parse_args(int argc, char** argv) {
         return out;
       }
       c.protected_mode = v == "yes";
+    } else if (a == "--secret-file") {
+      if (!value(v)) return out;
+      if (secret_from != nullptr) {
+        out.error = "give the peer secret once (" + std::string(secret_from) + " and " + a + ")";
+        return out;
+      }
+      secret_from = "--secret-file";
+      std::FILE* f = std::fopen(v.c_str(), "rb");
+      if (f == nullptr) {
+        out.error = "cannot read the secret file " + v + ": " + std::strerror(errno);
+        return out;
+      }
+      std::string text;
+      char chunk[4096];
+      for (std::size_t n; (n = std::fread(chunk, 1, sizeof chunk, f)) > 0;) text.append(chunk, n);
+      struct stat st{};
+      const bool open_to_others = ::fstat(fileno(f), &st) == 0 && (st.st_mode & 077) != 0;
+      std::fclose(f);
+      if (open_to_others)
+        out.warnings.push_back("the secret file " + v + " can be read by other users: chmod 600 " + v);
+      out.error = detail::parse_secrets(text, c.secret, c.second_secret);
+      if (!out.error.empty()) {
+        out.error = "the secret file " + v + " " + out.error;
+        return out;
+      }
+    } else if (a == "--insecure-peers") {
+      c.insecure_peers = true;
     } else if (a == "--time-scale") {
       if (!value(v)) return out;
       char* end = nullptr;
@@ -11098,6 +11792,14 @@ inline ParsedArgs parse_args(int argc, char** argv) {
       return out;
     }
   }
+  const char* env = std::getenv("RAFT_SECRET");
+  if (secret_from == nullptr && env != nullptr && *env != '\0') {
+    out.error = detail::parse_secrets(env, c.secret, c.second_secret);
+    if (!out.error.empty()) {
+      out.error = "RAFT_SECRET " + out.error;
+      return out;
+    }
+  }
   if (c.id.empty()) c.id = c.address;
   out.error = c.validate();
   return out;
@@ -11114,6 +11816,7 @@ inline std::unique_ptr<Node> make_default_node(int argc, char** argv) {
     std::fprintf(stderr, "%s: %s\n%s", program.c_str(), p.error.c_str(), usage(program).c_str());
     std::exit(2);
   }
+  for (const std::string& w : p.warnings) std::fprintf(stderr, "%s: warning: %s\n", program.c_str(), w.c_str());
   return std::make_unique<Node>(std::move(p.config));
 }
 

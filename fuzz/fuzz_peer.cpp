@@ -1,9 +1,12 @@
-// libFuzzer target: what a peer sends on port + 1. The bytes go through the RESP request
-// parser and, for RAFT messages, the strict decoder; a decoded message encodes back to a
-// message equal in every field. Then it is stepped into a core as the runtime does (a
+// libFuzzer target: what a peer sends on port + 1, once authenticated. The bytes go through
+// the RESP request parser and, for RAFT messages, the strict decoder; a decoded message encodes
+// back to a message equal in every field. Then it is stepped into a core as the runtime does (a
 // follower holding a few entries, with the runtime's snapshot check and a small snapshot
 // bound): no term the core reaches or persists is above kMaxTerm, nothing it sends carries
-// one, and a snapshot it persists is one the runtime can restore.
+// one, and a snapshot it persists is one the runtime can restore. The same bytes test the
+// authenticated stream: sealed by one end of a session and opened by the other, in pieces,
+// they come out unchanged; with any one byte of the frames altered, nothing of the altered
+// frame comes out; opened raw (not sealed), nothing comes out at all.
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -45,9 +48,40 @@ void check_ready(raft::Core& core) {
   if (core.term() > raft::kMaxTerm || core.last_term() > core.term()) std::abort();
 }
 
+void check_stream(const std::uint8_t* data, std::size_t size) {
+  using raft::detail::PeerSession;
+  using raft::detail::PeerSide;
+  const std::string plain(reinterpret_cast<const char*>(data), size);
+  const std::string t = raft::detail::handshake_transcript({"HELLO", "4", "c", "1", "s", "a", "2", "n"}, "m");
+  PeerSession sender("k", t, PeerSide::Connector), receiver("k", t, PeerSide::Listener);
+  std::string wire, got, error;
+  sender.seal(plain, wire);
+  const std::size_t piece = 1 + (size > 0 ? data[0] : 0);
+  for (std::size_t at = 0; at < wire.size(); at += piece)
+    if (!receiver.open(wire.data() + at, std::min(piece, wire.size() - at), got, error)) std::abort();
+  if (got != plain) std::abort();
+  if (!wire.empty()) {
+    std::string bad = wire;
+    const std::size_t i = (size > 1 ? data[1] * 131u + data[size - 1] : 0) % bad.size();
+    bad[i] = static_cast<char>(bad[i] ^ (size > 2 ? (data[2] | 1) : 1));
+    PeerSession fresh("k", t, PeerSide::Listener);
+    got.clear();
+    fresh.open(bad.data(), bad.size(), got, error);
+    // A flipped byte in the first frame lets nothing through.
+    if (i < raft::detail::kFrameHeaderBytes + std::min(plain.size(), raft::detail::kMaxFrameBytes) +
+                raft::detail::kFrameTagBytes &&
+        !got.empty())
+      std::abort();
+  }
+  PeerSession raw("k", t, PeerSide::Listener);
+  got.clear();
+  if (raw.open(plain.data(), plain.size(), got, error) && !got.empty()) std::abort();
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  check_stream(data, size);
   resp::RequestParser parser;
   parser.feed(reinterpret_cast<const char*>(data), size);
   std::vector<std::string> words;

@@ -609,8 +609,10 @@ TEST_CASE("protected mode: without a password a client from a non-loopback addre
   const std::string ip = "10.213." + std::to_string(slot) + ".1";
   auto start = [&](const std::string& name, std::vector<std::string> extra) {
     // A full path: `ip netns exec` runs it in the test directory.
+    // No peers here: --insecure-peers lets a node on a non-loopback address run without a
+    // peer secret.
     std::vector<std::string> argv{std::filesystem::absolute(proc::example("run_raft")).string(), "-i", "1", "-a",
-                                  ip + ":7000", "-d", dir / name,
+                                  ip + ":7000", "-d", dir / name, "--insecure-peers",
                                   "--time-scale", std::to_string(proc::time_scale())};
     argv.insert(argv.end(), extra.begin(), extra.end());
     auto p = std::make_unique<proc::Process>(name, ns.exec(argv), dir);

@@ -3,6 +3,7 @@
 // loopback, link faults through the runtime's test hook (PeerLink::Fault), and a peer played by
 // hand (FakePeer) to drive the leader's side exactly.
 #include "in_process.hpp"
+#include "fake_peer.hpp"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -26,7 +27,7 @@ namespace {
 // ---- a peer played by hand -------------------------------------------------------------------
 
 /// Says HELLO to a node as a peer and sends it FWD messages; listens on its own peer port
-/// (port + 1) for what the node sends back (FWDR), answering the node's HELLO with WELCOME.
+/// (port + 1) for what the node sends back (FWDR), answering the node's handshake and WELCOME.
 class FakePeer {
  public:
   FakePeer(std::string ip, int port) : ip_(std::move(ip)), port_(port) {
@@ -54,18 +55,12 @@ class FakePeer {
     if (!raft::detail::parse_host_port(node_address, hp, error)) return false;
     out_fd_ = raft::detail::connect_tcp(ip_, hp.host, hp.port + 1, timeout_ms(), error);
     if (out_fd_ < 0) return false;
-    std::string bytes;
-    resp::write_command(bytes, {"HELLO", raft::detail::kPeerProtocolVersion, cluster_id, id, server_id, address(), ""});
-    resp::ReplyParser parser;
     resp::Value v;
-    return raft::detail::send_all(out_fd_, bytes.data(), bytes.size()) &&
-           raft::detail::recv_value(out_fd_, parser, v, timeout_ms()) && v.type == resp::Type::SimpleString &&
-           v.str == "WELCOME";
+    return test_support::peer_hello(out_fd_, cluster_id, id, server_id, address(), "", out_session_, v, timeout_ms()) &&
+           v.type == resp::Type::SimpleString && v.str == "WELCOME";
   }
   bool send(const std::vector<std::string>& words) {
-    std::string bytes;
-    resp::write_command(bytes, words);
-    return out_fd_ >= 0 && raft::detail::send_all(out_fd_, bytes.data(), bytes.size());
+    return out_fd_ >= 0 && test_support::peer_send(out_fd_, out_session_, words);
   }
   /// True once the node closed the connection hello() opened (within 5 s, scaled).
   bool closed_by_node() {
@@ -86,14 +81,10 @@ class FakePeer {
     std::vector<std::string> words;
     for (;;) {
       for (auto& c : in_) {
-        while (c.parser.next(words) == resp::Status::Ok) {
-          if (!words.empty() && words[0] == "HELLO") {
-            static const char kWelcome[] = "+WELCOME\r\n";
-            raft::detail::send_all(c.fd, kWelcome, sizeof kWelcome - 1);
-            continue;
-          }
+        c.parser.feed(c.peer.plain());
+        c.peer.plain().clear();
+        while (c.parser.next(words) == resp::Status::Ok)
           if (!words.empty()) return words;
-        }
       }
       const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
       if (left.count() <= 0) return {};
@@ -102,15 +93,15 @@ class FakePeer {
       if (::poll(fds.data(), fds.size(), static_cast<int>(left.count())) <= 0) continue;
       if (fds[0].revents & POLLIN) {
         const int fd = ::accept(listen_fd_, nullptr, nullptr);
-        if (fd >= 0) in_.push_back(Inbound{fd, resp::RequestParser()});
+        if (fd >= 0) in_.push_back(Inbound{fd, test_support::PeerInbound(fd), resp::RequestParser()});
       }
       for (std::size_t i = fds.size() - 1; i >= 1; --i) {
         if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
         char buf[65536];
         const ssize_t r = ::recv(fds[i].fd, buf, sizeof buf, 0);
-        if (r > 0) {
-          in_[i - 1].parser.feed(buf, static_cast<std::size_t>(r));
-        } else {  // the node closed it (it stopped, or reconnects)
+        if (r > 0 && in_[i - 1].peer.take(buf, static_cast<std::size_t>(r))) {
+          continue;
+        } else {  // the node closed it (it stopped, or reconnects), or it did not check
           ::close(fds[i].fd);
           in_.erase(in_.begin() + static_cast<std::ptrdiff_t>(i - 1));
         }
@@ -121,6 +112,7 @@ class FakePeer {
  private:
   struct Inbound {
     int fd;
+    test_support::PeerInbound peer;  // the handshake, then the frames' plain bytes
     resp::RequestParser parser;
   };
   static int timeout_ms() { return static_cast<int>(scaled(5000).count()); }
@@ -129,6 +121,7 @@ class FakePeer {
   int port_;
   int listen_fd_ = -1;
   int out_fd_ = -1;
+  raft::detail::PeerSession out_session_;
   std::vector<Inbound> in_;
 };
 
@@ -734,40 +727,37 @@ TEST_CASE("a link holding more than its whole budget of unanswered forwards stil
   resp::write_command(raft_message, {"RAFTMSG", "an acknowledgement"});
   {
     raft::detail::PeerLink link(node->runtime(), "9", ip(153, 9) + ":7090", kBudget);
-    // Its connection: read the HELLO, and hold the WELCOME while the link waits for it.
+    // Its connection: the handshake, and hold the WELCOME while the link waits for it.
     pollfd p{listen_fd, POLLIN, 0};
     REQUIRE(::poll(&p, 1, static_cast<int>(scaled(5000).count())) == 1);
     const int fd = ::accept(listen_fd, nullptr, nullptr);
     REQUIRE(fd >= 0);
-    resp::RequestParser parser;
-    std::vector<std::string> hello;
-    while (parser.next(hello) != resp::Status::Ok) {
+    test_support::PeerInbound peer(fd, "", false);
+    while (!peer.open()) {
       char buf[4096];
       pollfd q{fd, POLLIN, 0};
       REQUIRE(::poll(&q, 1, static_cast<int>(scaled(5000).count())) == 1);
       const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
       REQUIRE(n > 0);
-      parser.feed(buf, static_cast<std::size_t>(n));
+      REQUIRE(peer.take(buf, static_cast<std::size_t>(n)));
     }
-    REQUIRE(hello.at(0) == "HELLO");
+    REQUIRE(peer.hello().at(3) == "1");
 
     // Forwards unanswered, beyond the budget; then a Raft message.
     CHECK(link.send_forward(1, std::move(forward)));
     CHECK_FALSE(link.send_forward(2, "a second forward"));  // the budget is full
     link.send(raft_message);
-    static const char kWelcome[] = "+WELCOME\r\n";
-    REQUIRE(raft::detail::send_all(fd, kWelcome, sizeof kWelcome - 1));
+    REQUIRE(peer.send_welcome());
 
     // The Raft message goes first (messages before forwards), not dropped for the forwards.
-    std::string got;
-    while (got.size() < raft_message.size()) {
+    while (peer.plain().size() < raft_message.size()) {
       char buf[4096];
       pollfd q{fd, POLLIN, 0};
       if (::poll(&q, 1, static_cast<int>(scaled(5000).count())) != 1) break;
-      const ssize_t n = ::recv(fd, buf, std::min(sizeof buf, raft_message.size() - got.size()), 0);
-      if (n <= 0) break;
-      got.append(buf, static_cast<std::size_t>(n));
+      const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      if (n <= 0 || !peer.take(buf, static_cast<std::size_t>(n))) break;
     }
+    const std::string got = peer.plain().substr(0, raft_message.size());
     CHECK(raft::detail::repr(got) == raft::detail::repr(raft_message));
     // Nothing listens any more (the link cannot reconnect while it stops), and its send of
     // the forward fails.

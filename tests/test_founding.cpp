@@ -9,6 +9,7 @@
 
 #include "raft.hpp"
 #include "proc_cluster.hpp"
+#include "fake_peer.hpp"
 
 #include <dirent.h>
 #include <poll.h>
@@ -85,7 +86,8 @@ std::string stored(const raft::Node& n, const std::string& key) {
 }
 
 // What a member of an existing cluster does to a member's address: its link connects (again
-// and again while nothing listens, as PeerLink does) and says HELLO with the cluster id.
+// and again while nothing listens, as PeerLink does) and completes the handshake with the
+// cluster id.
 class FakeMember {
  public:
   FakeMember(std::string from_ip, std::string to_ip, std::string cluster_id)
@@ -105,16 +107,19 @@ class FakeMember {
 
  private:
   void run() {
-    std::string hello;
-    resp::write_command(hello, {"HELLO", raft::detail::kPeerProtocolVersion, cluster_, "2", "5eed0000000000000000000000000002", address(), ""});
     while (!stop_) {
-      proc::Client c;
-      if (!c.connect(to_, 7001, scaled(500)) || !c.send(hello)) {
+      std::string error;
+      const int fd = raft::detail::connect_tcp(from_, to_, 7001, static_cast<int>(scaled(500).count()), error);
+      if (fd < 0) {
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
         continue;
       }
-      resp::Value v = c.read(scaled(5000));
-      if (starts_with(v.str, "IOERR")) continue;
+      raft::detail::PeerSession session;
+      resp::Value v;
+      const bool done = test_support::peer_hello(fd, cluster_, "2", "5eed0000000000000000000000000002", address(), "",
+                                                 session, v, static_cast<int>(scaled(5000).count()));
+      ::close(fd);
+      if (!done && !starts_with(v.str, "ERR")) continue;  // no answer: the node was not listening yet
       std::lock_guard<std::mutex> lock(mu_);
       answer_ = v.is_error() ? "-" + v.str : v.str;
       break;

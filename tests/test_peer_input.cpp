@@ -1,6 +1,7 @@
 // What a stranger on the peer port can send (issue 10, peer input), in process: raft::Node
 // objects on loopback and a peer played by hand that says HELLO and sends RAFT messages as the
 // wire carries them. Each test is one attack; after it the node serves, with its data.
+#include "fake_peer.hpp"
 #include "in_process.hpp"
 
 #include <unistd.h>
@@ -21,8 +22,9 @@ class Stranger {
   Stranger(const Stranger&) = delete;
   Stranger& operator=(const Stranger&) = delete;
 
-  /// Says HELLO to the node at `node_address` as node `id` of `cluster_id` (the empty secret);
-  /// returns the node's answer ("+WELCOME", "-ERR ...", or "" when none came).
+  /// Says HELLO to the node at `node_address` as node `id` of `cluster_id`, with the
+  /// handshake of the empty secret (the node's: a stranger who holds the secret, or a node
+  /// without one); returns the node's answer ("+WELCOME", "-ERR ...", or "" when none came).
   std::string hello(const std::string& node_address, const std::string& cluster_id, const std::string& id) {
     if (fd_ >= 0) ::close(fd_);
     raft::detail::HostPort hp;
@@ -30,26 +32,25 @@ class Stranger {
     if (!raft::detail::parse_host_port(node_address, hp, error)) return "";
     fd_ = raft::detail::connect_tcp(ip_, hp.host, hp.port + 1, timeout_ms(), error);
     if (fd_ < 0) return "";
-    std::string bytes;
-    resp::write_command(bytes, {"HELLO", raft::detail::kPeerProtocolVersion, cluster_id, id,
-                                "5eed5eed5eed5eed5eed5eed5eed5eed", ip_ + ":7090", ""});
-    resp::ReplyParser parser;
     resp::Value v;
-    if (!raft::detail::send_all(fd_, bytes.data(), bytes.size()) ||
-        !raft::detail::recv_value(fd_, parser, v, timeout_ms()))
-      return "";
+    test_support::peer_hello(fd_, cluster_id, id, "5eed5eed5eed5eed5eed5eed5eed5eed", ip_ + ":7090", "", session_, v,
+                             timeout_ms());
+    if (v.type != resp::Type::Error && v.type != resp::Type::SimpleString) return "";
     return (v.is_error() ? "-" : "+") + v.str;
   }
   bool send(const raft::Message& m) {
     std::string bytes;
     raft::detail::encode_raft(m, bytes);
-    return fd_ >= 0 && raft::detail::send_all(fd_, bytes.data(), bytes.size());
+    std::string wire;
+    session_.seal(bytes, wire);
+    return fd_ >= 0 && raft::detail::send_all(fd_, wire.data(), wire.size());
   }
 
  private:
   static int timeout_ms() { return static_cast<int>(scaled(5000).count()); }
   std::string ip_;
   int fd_ = -1;
+  raft::detail::PeerSession session_;
 };
 
 raft::Message from_stranger(raft::MessageType type, std::uint64_t term) {

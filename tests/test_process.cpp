@@ -19,6 +19,7 @@
 
 #include "net_slot.hpp"
 #include "proc.hpp"
+#include "fake_peer.hpp"
 #include "raft.hpp"  // raft::Config: the programs' default timeouts
 #include "resp.hpp"
 
@@ -1084,7 +1085,7 @@ TEST_CASE("malformed peer input is refused and logged and closed while the clust
       Client p = peer();
       REQUIRE(p.send("*2\r\n$5\r\nHELLO\r\n$-7\r\n"));
       CHECK(p.wait_closed(scaled(5000)));
-      CHECK(target->process().wait_for_err("sent malformed RESP", scaled(5000)));
+      CHECK(target->process().wait_for_err("refused a peer connection: malformed handshake", scaled(5000)));
     }
     {
       // A node of another version is refused, with a message an operator can act on.
@@ -1096,8 +1097,10 @@ TEST_CASE("malformed peer input is refused and logged and closed while the clust
     }
     {
       Client p = peer();
-      const resp::Value v =
-          p.call({"HELLO", raft::detail::kPeerProtocolVersion, "0123456789abcdef", "9", "feed", stranger, ""}, scaled(5000));
+      raft::detail::PeerSession session;
+      resp::Value v;
+      CHECK(test_support::peer_hello(p.fd(), "0123456789abcdef", "9", "feed", stranger, "", session, v,
+                                     static_cast<int>(scaled(5000).count())));
       CHECK(starts_with(v.str, "ERR node 9 belongs to cluster 0123456789abcdef"));
       CHECK(p.wait_closed(scaled(5000)));
       CHECK(target->process().wait_for_err("refused a peer connection: node 9 belongs to cluster",
@@ -1109,8 +1112,12 @@ TEST_CASE("malformed peer input is refused and logged and closed while the clust
              {"RAFT", "5", "99999999999999999999999", "2", "3", "4", "0", "0", "0", "0", "0", "0", "0", "x",
               "y", "z"}}) {
       Client p = peer();
-      CHECK(show(p.call({"HELLO", raft::detail::kPeerProtocolVersion, cluster_id, "9", "feed", stranger, ""}, scaled(5000))) == "WELCOME");
-      REQUIRE(p.send_command(raft));
+      raft::detail::PeerSession session;
+      resp::Value v;
+      REQUIRE(test_support::peer_hello(p.fd(), cluster_id, "9", "feed", stranger, "", session, v,
+                                       static_cast<int>(scaled(5000).count())));
+      CHECK(show(v) == "WELCOME");
+      REQUIRE(test_support::peer_send(p.fd(), session, raft));
       CHECK(p.wait_closed(scaled(5000)));
     }
     CHECK(target->process().wait_for_err("malformed RAFT message", scaled(5000), 3));
@@ -1131,7 +1138,7 @@ TEST_CASE("a peer connection that has not said HELLO may send only a small HELLO
     Client p(n.ip, kPort + 1);
     REQUIRE(p.send("*7\r\n$5\r\nHELLO\r\n$1048576\r\n"));
     CHECK(p.wait_closed(scaled(5000)));
-    CHECK(n.process().wait_for_err("sent malformed RESP", scaled(5000)));
+    CHECK(n.process().wait_for_err("refused a peer connection: malformed handshake", scaled(5000)));
   }
   {
     // A connection that says nothing is dropped after the handshake deadline (3 s).

@@ -1,10 +1,14 @@
 // The peer wire format (section 5): encode_raft / decode_raft. Every field of every message
-// type survives the round trip, and the decoder refuses what the core must never see.
+// type survives the round trip, and the decoder refuses what the core must never see. Then
+// what authenticates it: SHA-256 and HMAC-SHA256 against the standards' vectors, the
+// handshake's proofs and the frames' MACs.
 #include <catch2/catch.hpp>
 
 #include "raft.hpp"
 
+#include <algorithm>
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace {
@@ -206,4 +210,179 @@ TEST_CASE("wire: the decoder refuses malformed FWD and FWDR messages, naming why
     CHECK_FALSE(decode_forward_reply(w, r, error));
     CHECK(error == "malformed FWDR message: " + why);
   }
+}
+
+// ---- authentication: SHA-256, HMAC-SHA256 and the frames ------------------------------------
+
+namespace {
+
+std::string hex(const raft::detail::Sha256::Digest& d) { return raft::detail::to_hex(d); }
+
+}  // namespace
+
+TEST_CASE("wire: SHA-256 gives the FIPS 180-4 example digests", "[wire][crypto]") {
+  using raft::detail::Sha256;
+  CHECK(hex(Sha256::of("")) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  CHECK(hex(Sha256::of("abc")) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  CHECK(hex(Sha256::of("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq")) ==
+        "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+  // A million 'a', fed in uneven pieces: the buffering across blocks is exercised too.
+  Sha256 h;
+  const std::string chunk(997, 'a');
+  std::size_t fed = 0;
+  while (fed < 1000000) {
+    const std::size_t n = std::min<std::size_t>(chunk.size() - fed % 7, 1000000 - fed);
+    h.update(chunk.data(), n);
+    fed += n;
+  }
+  CHECK(hex(h.finish()) == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+}
+
+TEST_CASE("wire: HMAC-SHA256 gives the RFC 4231 test case results", "[wire][crypto]") {
+  using raft::detail::HmacSha256;
+  std::string key4;
+  for (char c = 1; c <= 25; ++c) key4 += c;
+  const std::string long_key(131, '\xaa');
+  CHECK(hex(HmacSha256(std::string(20, '\x0b')).mac("Hi There")) ==
+        "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7");
+  CHECK(hex(HmacSha256("Jefe").mac("what do ya want for nothing?")) ==
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+  CHECK(hex(HmacSha256(std::string(20, '\xaa')).mac(std::string(50, '\xdd'))) ==
+        "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe");
+  CHECK(hex(HmacSha256(key4).mac(std::string(50, '\xcd'))) ==
+        "82558a389a443c0ea4cc819899f2083a85f0faa3e578f8077a2e3ff46729665b");
+  // Test case 5 is truncated to 128 bits.
+  CHECK(hex(HmacSha256(std::string(20, '\x0c')).mac("Test With Truncation")).substr(0, 32) ==
+        "a3b6167473100ee06e0c796c2955552b");
+  CHECK(hex(HmacSha256(long_key).mac("Test Using Larger Than Block-Size Key - Hash Key First")) ==
+        "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
+  CHECK(hex(HmacSha256(long_key).mac("This is a test using a larger than block-size key and a larger than block-size "
+                                     "data. The key needs to be hashed before being used by the HMAC algorithm.")) ==
+        "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2");
+}
+
+namespace {
+
+using raft::detail::PeerSession;
+using raft::detail::PeerSide;
+
+const std::vector<std::string> kHello{"HELLO", "4", "c1", "1", "s1", "127.0.0.1:5010", "2", std::string(64, 'a')};
+
+// Two ends of one session (as after a handshake with `secret`).
+std::pair<PeerSession, PeerSession> session_pair(const std::string& secret = "k") {
+  const std::string t = raft::detail::handshake_transcript(kHello, std::string(64, 'b'));
+  return {PeerSession(secret, t, PeerSide::Connector), PeerSession(secret, t, PeerSide::Listener)};
+}
+
+}  // namespace
+
+TEST_CASE("wire: frames carry any bytes across, in any split, and large ones in pieces", "[wire][auth]") {
+  auto [c, l] = session_pair();
+  std::string plain = "*1\r\n$4\r\nPING\r\n";
+  std::string big(raft::detail::kMaxFrameBytes * 2 + 17, 'x');
+  for (std::size_t i = 0; i < big.size(); i += 4093) big[i] = static_cast<char>(i);
+  std::string wire;
+  c.seal(plain, wire);
+  c.seal(big, wire);
+  std::string got, error;
+  for (std::size_t at = 0; at < wire.size(); at += 1000)  // arrives 1000 bytes at a time
+    REQUIRE(l.open(wire.data() + at, std::min<std::size_t>(1000, wire.size() - at), got, error));
+  CHECK(got == plain + big);
+  // The other direction has its own key stream: the listener's frames open at the connector.
+  std::string back;
+  l.seal("+WELCOME\r\n", back);
+  got.clear();
+  REQUIRE(c.open(back.data(), back.size(), got, error));
+  CHECK(got == "+WELCOME\r\n");
+}
+
+TEST_CASE("wire: a frame altered in any byte, replayed, reordered or reflected is refused", "[wire][auth]") {
+  std::string first, second;
+  {
+    auto [c, l] = session_pair();
+    c.seal("*2\r\n$3\r\nSET\r\n$5\r\npwned\r\n", first);
+    c.seal("*1\r\n$4\r\nPING\r\n", second);
+  }
+  auto opens = [](const std::string& wire) {
+    auto [c, l] = session_pair();
+    std::string got, error;
+    const bool ok = l.open(wire.data(), wire.size(), got, error);
+    return std::make_tuple(ok, got, error);
+  };
+  REQUIRE(std::get<0>(opens(first + second)));
+  // Each byte of the first frame flipped in turn: header, body and tag.
+  for (std::size_t i = 0; i < first.size(); ++i) {
+    std::string bad = first;
+    bad[i] = static_cast<char>(bad[i] ^ 0x01);
+    auto [ok, got, error] = opens(bad);
+    INFO("byte " << i);
+    // A flipped length can also make the frame look unfinished: then nothing comes out either.
+    CHECK(got.empty());
+    if (!ok) CHECK(!error.empty());
+  }
+  CHECK(std::get<2>(opens(first + first)).find("frame 1 failed authentication") != std::string::npos);  // replayed
+  CHECK_FALSE(std::get<0>(opens(second + first)));  // reordered
+  CHECK_FALSE(std::get<0>(opens(second)));          // the first one dropped
+  {
+    // The listener's own frame sent back to it (reflected) is refused: directions differ.
+    auto [c, l] = session_pair();
+    std::string mine, got, error;
+    l.seal("*1\r\n$4\r\nPING\r\n", mine);
+    CHECK_FALSE(l.open(mine.data(), mine.size(), got, error));
+  }
+  {
+    // Another secret, or another handshake (another nonce), makes another session key.
+    auto [c, l] = session_pair("other");
+    std::string got, error;
+    CHECK_FALSE(l.open(first.data(), first.size(), got, error));
+    PeerSession fresh("k", raft::detail::handshake_transcript(kHello, std::string(64, 'c')), PeerSide::Listener);
+    CHECK_FALSE(fresh.open(first.data(), first.size(), got, error));
+    CHECK(got.empty());
+  }
+  {
+    // A declared length of 0 or over the maximum is refused at once, before waiting for it.
+    auto [c, l] = session_pair();
+    std::string got, error;
+    CHECK_FALSE(l.open("\0\0\0\0", 4, got, error));
+    auto [c2, l2] = session_pair();
+    CHECK_FALSE(l2.open("\x00\x10\x00\x01", 4, got, error));
+  }
+}
+
+TEST_CASE("wire: the handshake's proofs bind the direction, the secret and every HELLO field", "[wire][auth]") {
+  using raft::detail::handshake_proof;
+  using raft::detail::handshake_transcript;
+  const std::string nonce_l(64, 'b');
+  const std::string t = handshake_transcript(kHello, nonce_l);
+  const std::string p = handshake_proof("k", PeerSide::Listener, t);
+  CHECK(p.size() == 64);
+  CHECK(raft::detail::handshake_proof_matches(p, "k", PeerSide::Listener, t));
+  CHECK_FALSE(raft::detail::handshake_proof_matches(p, "k", PeerSide::Connector, t));  // reflected
+  CHECK_FALSE(raft::detail::handshake_proof_matches(p, "k2", PeerSide::Listener, t));
+  CHECK_FALSE(raft::detail::handshake_proof_matches(p, "", PeerSide::Listener, t));
+  for (std::size_t i = 1; i < kHello.size(); ++i) {
+    std::vector<std::string> other = kHello;
+    other[i] += "x";
+    INFO("field " << i);
+    CHECK_FALSE(raft::detail::handshake_proof_matches(p, "k", PeerSide::Listener, handshake_transcript(other, nonce_l)));
+  }
+  // Length prefixes: moving a byte from one field to the next is another transcript.
+  std::vector<std::string> shifted = kHello;
+  shifted[2] = "c";
+  shifted[3] = "11";
+  CHECK(handshake_transcript(shifted, nonce_l) != t);
+  CHECK_FALSE(raft::detail::handshake_proof_matches(p, "k", PeerSide::Listener, handshake_transcript(kHello, std::string(64, 'c'))));
+}
+
+TEST_CASE("wire: a secret file holds one secret, or two while the secret changes", "[wire][auth]") {
+  std::string a, b;
+  CHECK(raft::detail::parse_secrets("s3cr3t\n", a, b).empty());
+  CHECK((a == "s3cr3t" && b.empty()));
+  CHECK(raft::detail::parse_secrets("new\r\nold\r\n\n", a, b).empty());
+  CHECK((a == "new" && b == "old"));
+  CHECK(raft::detail::parse_secrets("only", a, b).empty());
+  CHECK(a == "only");
+  CHECK_FALSE(raft::detail::parse_secrets("", a, b).empty());
+  CHECK_FALSE(raft::detail::parse_secrets("\nx\n", a, b).empty());
+  CHECK_FALSE(raft::detail::parse_secrets("a\nb\nc\n", a, b).empty());
 }

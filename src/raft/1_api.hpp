@@ -402,8 +402,18 @@ struct Config {
   /// A snapshot to found the cluster with (ours, or pyraft's .dat layout). Used only when the
   /// data directory is new, or a founder's that a crash left before the snapshot was saved.
   std::string load_snapshot;
-  /// Peers must present this secret before they learn anything. Empty: no secret.
+  /// The peer secret. Peers prove to each other that they hold it (challenge and response,
+  /// HMAC-SHA256; it never crosses the wire) before anything else is sent, and every message
+  /// after that carries a MAC under a key derived from it. Empty: the empty key, allowed
+  /// only on a loopback address unless insecure_peers is set. Use a long random one
+  /// (`head -c 32 /dev/urandom | base64`): a peer port's answer can be guessed at offline.
   std::string secret;
+  /// While the secret changes: a second one, proved and accepted as well. Give every node
+  /// the new secret with the old as second, one node at a time; then the new one alone.
+  std::string second_secret;
+  /// Allows an empty secret on an address that is not loopback (127.0.0.0/8): anyone who
+  /// reaches the peer port can then join the cluster's traffic.
+  bool insecure_peers = false;
 
   // ---- clients (Redis's requirepass, ACL users and protected mode; see the README) ----
   /// The password of the `default` user (Redis's requirepass). Empty: the default user needs
@@ -555,7 +565,8 @@ class Node {
 };
 
 /// pyraft's make_default_node: builds a Config from the command line
-///   -a IP:PORT  -i NODE_ID  -e LIST  -d DATA_DIR  -l SNAPSHOT  -s SECRET  --loglevel LEVEL
+///   -a IP:PORT  -i NODE_ID  -e LIST  -d DATA_DIR  -l SNAPSHOT  --secret-file PATH  -s SECRET
+///   --insecure-peers  --loglevel LEVEL  (and RAFT_SECRET in the environment)
 /// and returns the node (not started). Prints usage and exits with code 2 on a bad option,
 /// code 0 for --help.
 std::unique_ptr<Node> make_default_node(int argc, char** argv);
@@ -566,6 +577,7 @@ struct ParsedArgs {
   Config config;
   bool help = false;
   std::string error;
+  std::vector<std::string> warnings;  // printed by make_default_node (-s shows in ps)
 };
 ParsedArgs parse_args(int argc, char** argv);
 std::string usage(const std::string& program);

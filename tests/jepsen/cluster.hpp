@@ -64,6 +64,8 @@ class Node {
     process_.reset();
     std::vector<std::string> argv{"ip", "netns", "exec", ns_, "env"};
     for (const std::string& e : faults_.environment(shim_, data_dir_)) argv.push_back(e);
+    // Not a loopback address: the nodes need a peer secret (and run the authenticated peers).
+    argv.push_back("RAFT_SECRET=jepsen-peer-secret");
     for (const std::string& a : {program_, std::string("-i"), id_, std::string("-a"), address(), std::string("-d"),
                                  data_dir_, std::string("--time-scale"), std::to_string(proc::time_scale()),
                                  // The clients connect from the hub's address, not loopback; the
