@@ -390,17 +390,20 @@ class Nemesis {
     return true;
   }
 
-  bool begin_pause(Fault& f) {
-    Node* target = nullptr;
+  // Half of the time the leader (when no other fault holds it), else a member no fault holds;
+  // null when there is none.
+  Node* leader_or_free_member() {
     if (chance(0.5)) {
       const ClusterView v = view();
-      if (v.leader && !held(v.leader)) target = v.leader;
+      if (v.leader && !held(v.leader)) return v.leader;
     }
-    if (!target) {
-      std::vector<Node*> free = free_members();
-      if (free.empty()) return false;
-      target = free[pick(free.size())];
-    }
+    std::vector<Node*> free = free_members();
+    return free.empty() ? nullptr : free[pick(free.size())];
+  }
+
+  bool begin_pause(Fault& f) {
+    Node* target = leader_or_free_member();
+    if (!target) return false;
     target->pause();
     f.held = {target};
     f.what = target->id();
@@ -550,16 +553,8 @@ class Nemesis {
   }
 
   bool begin_disk(Fault& f) {
-    Node* target = nullptr;
-    if (chance(0.5)) {
-      const ClusterView v = view();
-      if (v.leader && !held(v.leader)) target = v.leader;
-    }
-    if (!target) {
-      std::vector<Node*> free = free_members();
-      if (free.empty()) return false;
-      target = free[pick(free.size())];
-    }
+    Node* target = leader_or_free_member();
+    if (!target) return false;
     const bool full = chance(0.5);
     if (full)
       target->faults().set_disk_full(true);
