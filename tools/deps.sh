@@ -8,12 +8,13 @@ missing() { need="$need $1"; }
 [ -f /usr/include/catch2/catch.hpp ] || missing catch2
 command -v redis-cli >/dev/null 2>&1 && command -v redis-benchmark >/dev/null 2>&1 || missing redis-tools
 /usr/bin/python3 -c 'import redis' >/dev/null 2>&1 || missing python3-redis
+# The tests that send the same commands to a real redis-server and compare replies ([redis]).
+command -v redis-server >/dev/null 2>&1 || missing redis-server
 # The Jepsen-style tests: network namespaces and veth pairs (ip), partitions and loss (nft).
 command -v ip >/dev/null 2>&1 || missing iproute2
 command -v nft >/dev/null 2>&1 || missing nftables
 if [ "${1:-}" = bench ]; then
   [ -f /usr/include/hiredis/hiredis.h ] || missing libhiredis-dev
-  command -v redis-server >/dev/null 2>&1 || missing redis-server
 fi
 
 [ -z "$need" ] && exit 0
