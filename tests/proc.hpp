@@ -29,6 +29,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <optional>
 #include <sstream>
 #include <stdexcept>
@@ -527,5 +528,41 @@ inline std::string info_field(const std::string& info, const std::string& field)
   }
   return "";
 }
+
+/// A TCP port on 127.0.0.1 that nothing listens on just now (the kernel's pick); 0 if none.
+inline int free_loopback_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return 0;
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof sa;
+  const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0 &&
+                  ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len) == 0;
+  ::close(fd);
+  return ok ? ntohs(sa.sin_port) : 0;
+}
+
+/// A real redis-server on 127.0.0.1 at a free port, without persistence, for the tests that
+/// send the same commands to it and to a node and compare the replies ([redis]). Killed with
+/// the object. Check installed() first: without redis-server such a test warns and skips.
+class RedisServer {
+ public:
+  static bool installed() { return !find_program("redis-server").empty(); }
+  /// `options`: more redis-server options ("--requirepass", "x"). Waits until it accepts
+  /// connections; port() is 0 when it did not.
+  RedisServer(const TempDir& dir, const std::vector<std::string>& options = {}) : port_(free_loopback_port()) {
+    std::vector<std::string> argv{"redis-server", "--bind", "127.0.0.1", "--port", std::to_string(port_),
+                                  "--save", "", "--appendonly", "no", "--dir", dir.path()};
+    argv.insert(argv.end(), options.begin(), options.end());
+    process_ = std::make_unique<Process>("redis-server", argv, dir);
+    if (!eventually(scaled(10000), [&] { return Client("127.0.0.1", port_, scaled(1000)).connected(); })) port_ = 0;
+  }
+  int port() const { return port_; }
+
+ private:
+  int port_;
+  std::unique_ptr<Process> process_;
+};
 
 }  // namespace proc

@@ -350,45 +350,20 @@ TEST_CASE("without a password a node serves loopback clients as the default user
 
 // ---- beside a real redis-server ------------------------------------------------------------------
 
-namespace {
-
-int free_loopback_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  sa.sin_port = 0;
-  socklen_t len = sizeof sa;
-  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len) != 0) {
-    if (fd >= 0) ::close(fd);
-    return 0;
-  }
-  ::close(fd);
-  return ntohs(sa.sin_port);
-}
-
-}  // namespace
-
 TEST_CASE("AUTH, HELLO AUTH, ACL SETUSER/LIST/USERS/DELUSER/WHOAMI, -NOAUTH, -NOPERM and -WRONGPASS reply as "
           "redis-server's do",
           "[runtime][auth][redis]") {
-  const std::string redis_server = proc::find_program("redis-server");
-  if (redis_server.empty()) {
+  if (!proc::RedisServer::installed()) {
     WARN("redis-server is not installed: the replies are not compared with Redis's");
     return;
   }
   proc::TempDir dir("auth-redis");
-  const int port = free_loopback_port();
+  proc::RedisServer redis(dir, {"--requirepass", "x"});
+  const int port = redis.port();
   REQUIRE(port != 0);
-  proc::Process redis("redis-server",
-                      {redis_server, "--port", std::to_string(port), "--bind", "127.0.0.1", "--save", "",
-                       "--appendonly", "no", "--requirepass", "x", "--dir", dir.path()},
-                      dir);
   TestNode n(founder(234, [](raft::Config& c) { c.requirepass = "x"; }));
   n->start();
   REQUIRE(leads(*n));
-  REQUIRE(proc::eventually(proc::scaled(5000), [&] { return proc::Client("127.0.0.1", port).connected(); }));
 
   // Connections by name, one on each server; each step runs on both and the replies must match.
   std::map<std::string, std::pair<proc::Client, proc::Client>> conns;

@@ -1067,21 +1067,6 @@ TEST_CASE("store: commit_undo keeps what the write changed", "[store][undo]") {
 
 namespace {
 
-/// A TCP port on 127.0.0.1 that nothing listens on just now (the kernel's pick).
-int free_loopback_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof sa;
-  const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0 &&
-                  ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len) == 0;
-  ::close(fd);
-  REQUIRE(ok);
-  return ntohs(sa.sin_port);
-}
-
 /// Which of `keys` the pattern matches here, as KEYS answers (KEYS * sees every key).
 std::set<std::string> our_keys(const std::string& pattern, const std::vector<std::string>& keys) {
   std::set<std::string> out;
@@ -1101,17 +1086,14 @@ std::string repeat(const std::string& piece, std::size_t n) {
 
 TEST_CASE("glob: KEYS answers as a real redis-server does, pattern for pattern",
           "[store][glob][redis]") {
-  const std::string server = proc::find_program("redis-server");
-  if (server.empty()) {
+  if (!proc::RedisServer::installed()) {
     WARN("redis-server is not installed: the comparison with Redis is skipped");
     return;
   }
   proc::TempDir dir("glob-redis");
-  const int port = free_loopback_port();
-  proc::Process redis("redis-server",
-                      {server, "--bind", "127.0.0.1", "--port", std::to_string(port), "--save", "",
-                       "--appendonly", "no", "--dir", dir.path(), "--protected-mode", "yes"},
-                      dir);
+  proc::RedisServer redis(dir);
+  const int port = redis.port();
+  REQUIRE(port != 0);
   proc::Client c;
   REQUIRE(proc::eventually(proc::scaled(10000), [&] {
     return c.connect("127.0.0.1", port, proc::scaled(1000)) && c.call({"PING"}).str == "PONG";
@@ -1167,7 +1149,6 @@ TEST_CASE("glob: KEYS answers as a real redis-server does, pattern for pattern",
                                             : pattern));
     CHECK(our_keys(pattern, keys) == theirs);
   }
-  redis.kill();  // by its PID
 }
 
 TEST_CASE("glob: a huge pattern costs steps in proportion to the keys, not to the pattern",
