@@ -778,8 +778,9 @@ constexpr const char* kProtectedModeDenied =
 //   L -> C  *CHALLENGE nonce_l proof_l...  (one proof per secret the listener accepts; or -ERR)
 //   C -> L  PROOF proof_c                   (or REFUSED reason: no proof matched; then it closes)
 // `to` is the node the connector means to reach (empty: whoever is there, a joiner's first
-// contact); nonces are 32 bytes from getrandom(2) (random_bytes), in hex. With T the transcript (the HELLO's
-// fields and nonce_l, each prefixed by its length) and K a secret both hold:
+// contact); nonces are 32 bytes from getrandom(2) (random_bytes), in hex. With T the
+// transcript (the HELLO's fields and nonce_l, each prefixed by its length) and K a secret both
+// hold:
 //   proof_l = HMAC(K, "listener proof" T)   proof_c = HMAC(K, "connector proof" T)
 //   session key = HMAC(K, "session key" T)
 // The secret never crosses the wire; the direction in each proof keeps one side's proof from
