@@ -16,6 +16,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <random>
 #include <string>
 #include <vector>
@@ -302,4 +303,17 @@ TEST_CASE("jepsen: runs for make jepsen", "[.jepsen-runs]") {
     std::printf("jepsen: %ld of %ld runs failed\n", failed, runs);
     CHECK(failed == 0);
   }
+}
+
+TEST_CASE("jepsen: two nodes whose logs say they led the same term are reported", "[checker]") {
+  proc::TempDir dir("jepsen-leaders");
+  // Logs as the nodes write them: one file per run of a node (n2.2.err: its second run).
+  std::ofstream(dir / "n1.err") << "[INFO][n1-10(l):2026-11-30 08:00:00.000001] n1 is a leader in term 10\n"
+                                << "[INFO][n1-30(l):2026-11-30 08:00:09.000001] n1 is a leader in term 30\n";
+  std::ofstream(dir / "n2.err") << "[INFO][n2-20(l):2026-11-30 08:00:05.000001] n2 is a leader in term 20\n";
+  std::ofstream(dir / "n1.out") << "n2 is a leader in term 10\n";  // not a node's log
+  CHECK(jepsen::detail::terms_with_two_leaders(dir.path()).empty());
+  std::ofstream(dir / "n2.2.err") << "[INFO][n2-20(f):2026-11-30 08:00:06.000001] role f in term 20\n"
+                                  << "[INFO][n2-30(l):2026-11-30 08:00:09.500001] n2 is a leader in term 30\n";
+  CHECK(jepsen::detail::terms_with_two_leaders(dir.path()) == std::vector<std::string>{"term 30: n1 n2"});
 }
