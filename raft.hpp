@@ -6290,12 +6290,20 @@ class StorageImpl {
     return false;
   }
 
+  // The failure reaches clients (in -MISCONF replies), so it names a file by its place in
+  // the data directory, never by its absolute path; the node's log line names the directory.
+  std::string in_data_dir(const std::string& file) const {
+    const std::string prefix = opt.dir + "/";
+    if (file.compare(0, prefix.size(), prefix) == 0) return file.substr(prefix.size());
+    return file == opt.dir ? "the data directory" : file;
+  }
+
   bool io_fail(const std::string& operation, const std::string& file, int err) {
     std::string advice =
         err == ENOSPC || err == EDQUOT
             ? "The disk is full: free space, then restart the node; it recovers what is on disk."
             : "Check the disk (kernel log), then restart the node; it recovers what is on disk.";
-    return fail("IOERR " + operation + " " + file + " failed: " + errno_text(err) +
+    return fail("IOERR " + operation + " " + in_data_dir(file) + " failed: " + errno_text(err) +
                 ". The storage refuses every later write (a failed write or fsync cannot be "
                 "retried safely). " + advice);
   }
@@ -9428,6 +9436,8 @@ inline void Runtime::on_persisted(std::uint64_t seq, bool ok, std::vector<Messag
 }
 
 inline void Runtime::storage_failed(const std::string& why) {
+  // `why` names files inside the data directory (it reaches clients); the log says which.
+  log(LogLevel::Error, "storage failed in data directory " + cfg_.data_dir);
   halt("storage failed: " + why);
 }
 

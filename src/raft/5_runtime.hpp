@@ -2272,6 +2272,8 @@ inline void Runtime::on_persisted(std::uint64_t seq, bool ok, std::vector<Messag
 }
 
 inline void Runtime::storage_failed(const std::string& why) {
+  // `why` names files inside the data directory (it reaches clients); the log says which.
+  log(LogLevel::Error, "storage failed in data directory " + cfg_.data_dir);
   halt("storage failed: " + why);
 }
 
