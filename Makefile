@@ -3,6 +3,8 @@
 #   make                 builds the examples and the tests (g++, -O2)
 #   make test            installs what the tests need (as root) and runs every test
 #   make test SAN=address    the same under ASan+UBSan; SAN=thread under TSan
+#   make ... TLS=1       with TLS compiled in (RAFT_OPENSSL_SUPPORT, -lssl -lcrypto), in its own
+#                        build directory; the [tls] tests run only there
 #   make sim SEEDS=N     the randomized cluster simulation and the storage simulation, N seeds each
 #   make bench           benchmarks beside real peers (hiredis, the raw disk)
 #   make fuzz            libFuzzer on the parsers (clang); FUZZ_TIME=seconds per target
@@ -17,7 +19,8 @@ CXX ?= g++
 # Build in parallel on every core (the test run itself is one process).
 MAKEFLAGS += --jobs=$(shell nproc 2>/dev/null || echo 2)
 SAN ?=
-BUILD ?= build$(if $(SAN),-$(SAN))
+TLS ?=
+BUILD ?= build$(if $(SAN),-$(SAN))$(if $(TLS),-tls)
 
 WARNINGS := -Wall -Wextra -Werror
 CXXFLAGS_BASE := -std=c++17 $(WARNINGS) -pthread -I. -MMD -MP
@@ -51,8 +54,9 @@ else ifeq ($(SAN),)
 else
   $(error SAN must be empty, address or thread)
 endif
-ALL_CXXFLAGS := $(CXXFLAGS_BASE) $(OPTFLAGS) $(CXXFLAGS)
-LDLIBS_ALL := -pthread $(LDLIBS)
+TLS_FLAGS := $(if $(TLS),-DRAFT_OPENSSL_SUPPORT)
+ALL_CXXFLAGS := $(CXXFLAGS_BASE) $(OPTFLAGS) $(TLS_FLAGS) $(CXXFLAGS)
+LDLIBS_ALL := -pthread $(if $(TLS),-lssl -lcrypto) $(LDLIBS)
 
 HEADERS := raft.hpp resp.hpp
 RAFT_PARTS := $(sort $(wildcard src/raft/*.hpp))
@@ -89,7 +93,7 @@ check-header:
 	@tools/amalgamate.sh | cmp -s - raft.hpp || { echo "raft.hpp is stale: run make and commit it" >&2; exit 1; }
 
 deps:
-	@tools/deps.sh
+	@tools/deps.sh $(if $(TLS),tls)
 
 # One Catch2 main translation unit per build flavour; each test file compiles on its own.
 # (g++ 12 under ASan warns falsely inside <regex>, which Catch2 includes.)
@@ -118,7 +122,7 @@ $(BUILD)/bench/%: bench/%.cpp $(HEADERS)
 STANDALONE_CXX := g++ $(shell command -v clang++ >/dev/null 2>&1 && echo clang++)
 standalone:
 	@for cxx in $(STANDALONE_CXX); do for h in $(HEADERS); do \
-	  echo '#include "'$$h'"' | $$cxx -std=c++17 $(WARNINGS) -pedantic -I. -fsyntax-only -x c++ - || \
+	  echo '#include "'$$h'"' | $$cxx -std=c++17 $(WARNINGS) $(TLS_FLAGS) -pedantic -I. -fsyntax-only -x c++ - || \
 	    { echo "$$h does not compile on its own with $$cxx" >&2; exit 1; }; done; done
 
 # The test binary finds the examples (process tests) through RAFT_BUILD_DIR.
@@ -199,6 +203,6 @@ jepsen: deps $(BUILD)/jepsen_tests $(JEPSEN_SHIM) $(JEPSEN_NODE)
 	  RAFT_JEPSEN_MUTANT=$(MUTANT) $(BUILD)/jepsen_tests '[.jepsen-runs]'
 
 clean:
-	rm -rf build build-address build-thread build-fuzz build-mutant
+	rm -rf build build-address build-thread build-fuzz build-mutant build-tls build-address-tls build-thread-tls
 
 -include $(wildcard $(BUILD)/tests/*.d $(BUILD)/examples/*.d $(BUILD)/bench/*.d $(BUILD)/tools/*.d)

@@ -444,6 +444,10 @@ enum class LogLevel : std::uint8_t { Debug, Info, Warning, Error };
 /// `[INFO][nid-term(state):2026-11-25 21:12:06.123456] message`.
 using LogSink = std::function<void(LogLevel level, const std::string& line)>;
 
+/// Redis's tls-auth-clients: whether a client of the data port must present a certificate
+/// the CA signed (Yes), may (Optional: checked when presented) or is not asked (No).
+enum class TlsAuthClients : std::uint8_t { Yes, Optional, No };
+
 /// Everything a node needs. The defaults need no tuning on a LAN; validate() names what is
 /// wrong with a configuration.
 struct Config {
@@ -495,6 +499,17 @@ struct Config {
   /// Redis's protected mode: while the default user has no password, only clients from a
   /// loopback address (127.0.0.0/8) are served; others get -DENIED saying how to open up.
   bool protected_mode = true;
+
+  // ---- TLS (only in a build with RAFT_OPENSSL_SUPPORT defined; see the README) ----
+  /// PEM files: this node's certificate (with its chain) and key, and the CA certificates
+  /// the other side's must chain to. A certificate puts both ports on TLS, and nothing else
+  /// is accepted on them: peers present their certificates to each other and check them
+  /// (and a peer's address against its certificate's), clients check the node's. The peer
+  /// secret is still proved on top. Empty: no TLS.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_ca_cert_file;
+  TlsAuthClients tls_auth_clients = TlsAuthClients::Yes;
 
   // ---- time ----
   /// Multiplies every timeout below (sanitizer builds run slower: 3 or 5).
@@ -632,7 +647,8 @@ class Node {
 
 /// pyraft's make_default_node: builds a Config from the command line
 ///   -a IP:PORT  -i NODE_ID  -e LIST  -d DATA_DIR  -l SNAPSHOT  --secret-file PATH  -s SECRET
-///   --insecure-peers  --loglevel LEVEL  (and RAFT_SECRET in the environment)
+///   --insecure-peers  --tls-cert-file P  --tls-key-file P  --tls-ca-cert-file P  --tls-auth-clients V
+///   --loglevel LEVEL  (and RAFT_SECRET in the environment)
 /// and returns the node (not started). Prints usage and exits with code 2 on a bad option,
 /// code 0 for --help.
 std::unique_ptr<Node> make_default_node(int argc, char** argv);
@@ -871,6 +887,289 @@ inline std::string random_bytes(std::size_t n) {
   ::close(fd);
   return out;
 }
+
+}  // namespace detail
+}  // namespace raft
+
+// ============================================================================================
+// 1c. TLS, optional: compiled in only with RAFT_OPENSSL_SUPPORT defined (link -lssl -lcrypto)
+// ============================================================================================
+//
+// Without the macro, a connection's Tls is the socket itself and nothing here needs a library.
+// With it, and a certificate in raft::Config, every connection on both ports runs TLS
+// (OpenSSL 3): the runtime reads and writes each connection through its Tls, and starts it
+// when it accepts or connects (section 5). Peers present certificates to each other and
+// check them against the CA, both ways; a node connecting to a peer also checks that the
+// certificate names the peer's IP address.
+
+#ifdef RAFT_OPENSSL_SUPPORT
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#endif
+
+namespace raft {
+namespace detail {
+
+#ifdef RAFT_OPENSSL_SUPPORT
+/// `what`, then OpenSSL's queued errors (the queue is emptied).
+inline std::string tls_error_text(const std::string& what) {
+  std::string s = what;
+  while (unsigned long e = ERR_get_error()) {
+    char buf[256];
+    ERR_error_string_n(e, buf, sizeof buf);
+    s += std::string(": ") + buf;
+  }
+  return s;
+}
+
+/// OpenSSL's socket BIO, but writing with send(MSG_NOSIGNAL): its write() would raise SIGPIPE
+/// in the host program when the other side has gone.
+inline BIO_METHOD* tls_socket_method() {
+  static BIO_METHOD* const method = [] {
+    const BIO_METHOD* base = BIO_s_socket();
+    BIO_METHOD* m = BIO_meth_new(BIO_TYPE_SOCKET, "raft.hpp socket");
+    if (m == nullptr) return m;
+    BIO_meth_set_write(m, [](BIO* b, const char* p, int n) -> int {
+      const int w = static_cast<int>(::send(static_cast<int>(BIO_get_fd(b, nullptr)), p, static_cast<std::size_t>(n),
+                                            MSG_NOSIGNAL));
+      BIO_clear_retry_flags(b);
+      if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) BIO_set_retry_write(b);
+      return w;
+    });
+    BIO_meth_set_read(m, BIO_meth_get_read(base));
+    BIO_meth_set_puts(m, BIO_meth_get_puts(base));
+    BIO_meth_set_ctrl(m, BIO_meth_get_ctrl(base));
+    BIO_meth_set_create(m, BIO_meth_get_create(base));
+    BIO_meth_set_destroy(m, BIO_meth_get_destroy(base));
+    return m;
+  }();
+  return method;
+}
+
+/// An SSL_CTX: this node's certificate and key, and the CA the other side's certificate
+/// must chain to.
+class TlsContext {
+ public:
+  /// `verify`: whether the other side must present a certificate (Yes), may (Optional) or
+  /// is not asked for one (No). A connecting side always checks the certificate it gets.
+  static std::shared_ptr<TlsContext> load(const Config& cfg, TlsAuthClients verify, std::string& error) {
+    std::shared_ptr<TlsContext> c(new TlsContext(SSL_CTX_new(TLS_method())));
+    SSL_CTX* ctx = c->ctx_;
+    if (ctx == nullptr) {
+      error = tls_error_text("SSL_CTX_new");
+      return nullptr;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    // An EOF without close_notify is an ordinary EOF: RESP frames its own messages, so a
+    // cut stream is an unfinished command, never a shorter one.
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_IGNORE_UNEXPECTED_EOF);
+    // flush_out writes what the socket takes and keeps the rest in place to try again.
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    // No resumption: connections are long-lived, and no session tickets to write after the
+    // handshake on a non-blocking socket.
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_num_tickets(ctx, 0);
+    if (SSL_CTX_use_certificate_chain_file(ctx, cfg.tls_cert_file.c_str()) != 1) {
+      error = tls_error_text("cannot use the certificate " + cfg.tls_cert_file);
+      return nullptr;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, cfg.tls_key_file.c_str(), SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(ctx) != 1) {
+      error = tls_error_text("cannot use the key " + cfg.tls_key_file);
+      return nullptr;
+    }
+    if (SSL_CTX_load_verify_locations(ctx, cfg.tls_ca_cert_file.c_str(), nullptr) != 1) {
+      error = tls_error_text("cannot use the CA certificates " + cfg.tls_ca_cert_file);
+      return nullptr;
+    }
+    if (verify != TlsAuthClients::No) {
+      // Names the CA to the other side, which picks its certificate by it.
+      STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(cfg.tls_ca_cert_file.c_str());
+      if (names != nullptr) SSL_CTX_set_client_CA_list(ctx, names);
+    }
+    SSL_CTX_set_verify(ctx,
+                       verify == TlsAuthClients::No ? SSL_VERIFY_NONE
+                       : verify == TlsAuthClients::Optional ? SSL_VERIFY_PEER
+                                                            : SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
+                       nullptr);
+    return c;
+  }
+  ~TlsContext() { SSL_CTX_free(ctx_); }
+  TlsContext(const TlsContext&) = delete;
+  TlsContext& operator=(const TlsContext&) = delete;
+  SSL_CTX* get() const { return ctx_; }
+
+ private:
+  explicit TlsContext(SSL_CTX* ctx) : ctx_(ctx) {}
+  SSL_CTX* ctx_;
+};
+#endif
+
+/// One connection's TLS session, or none: then recv and send are ::recv and ::send. With a
+/// session they behave the same way for the caller (bytes, 0 at the end, or -1 with errno:
+/// EAGAIN when it would block, EPROTO when TLS failed, see error()). TLS may need to write
+/// to go on reading, or to read to go on writing: events() and ready() translate what a
+/// poll loop asks for and gets. Reads into a buffer of at least 16 KiB take a whole record,
+/// so nothing stays inside OpenSSL unseen by poll(); a smaller one must check buffered().
+/// The socket is the caller's to close.
+class Tls {
+ public:
+  Tls() = default;
+  Tls(const Tls&) = delete;
+  Tls& operator=(const Tls&) = delete;
+  Tls(Tls&& o) noexcept { *this = std::move(o); }
+  Tls& operator=(Tls&& o) noexcept {
+#ifdef RAFT_OPENSSL_SUPPORT
+    std::swap(ssl_, o.ssl_);
+    std::swap(read_wants_write_, o.read_wants_write_);
+    std::swap(write_wants_read_, o.write_wants_read_);
+    std::swap(error_, o.error_);
+#else
+    (void)o;
+#endif
+    return *this;
+  }
+  ~Tls() {
+#ifdef RAFT_OPENSSL_SUPPORT
+    if (ssl_ != nullptr) SSL_free(ssl_);
+#endif
+  }
+
+  bool on() const {
+#ifdef RAFT_OPENSSL_SUPPORT
+    return ssl_ != nullptr;
+#else
+    return false;
+#endif
+  }
+
+  ssize_t recv(int fd, char* buf, std::size_t n) {
+#ifdef RAFT_OPENSSL_SUPPORT
+    if (ssl_ != nullptr) {
+      read_wants_write_ = false;
+      ERR_clear_error();
+      const int r = SSL_read(ssl_, buf, static_cast<int>(std::min<std::size_t>(n, std::numeric_limits<int>::max())));
+      return r > 0 ? r : failed(r, read_wants_write_, SSL_ERROR_WANT_WRITE);
+    }
+#endif
+    return ::recv(fd, buf, n, 0);
+  }
+
+  ssize_t send(int fd, const char* p, std::size_t n) {
+#ifdef RAFT_OPENSSL_SUPPORT
+    if (ssl_ != nullptr) {
+      write_wants_read_ = false;
+      if (n == 0) return 0;
+      ERR_clear_error();
+      const int r = SSL_write(ssl_, p, static_cast<int>(std::min<std::size_t>(n, std::numeric_limits<int>::max())));
+      return r > 0 ? r : failed(r, write_wants_read_, SSL_ERROR_WANT_READ);
+    }
+#endif
+    return ::send(fd, p, n, MSG_NOSIGNAL);
+  }
+
+  /// The poll events to ask for when the connection wants `wanted`.
+  short events(short wanted) const {
+#ifdef RAFT_OPENSSL_SUPPORT
+    if (read_wants_write_ && (wanted & POLLIN)) wanted = static_cast<short>(wanted | POLLOUT);
+    if (write_wants_read_ && (wanted & POLLOUT)) wanted = static_cast<short>(wanted | POLLIN);
+#endif
+    return wanted;
+  }
+  /// What poll's `revents` mean for the connection: a read or a write may go on.
+  short ready(short revents) const {
+#ifdef RAFT_OPENSSL_SUPPORT
+    if (read_wants_write_ && (revents & POLLOUT)) revents = static_cast<short>(revents | POLLIN);
+    if (write_wants_read_ && (revents & POLLIN)) revents = static_cast<short>(revents | POLLOUT);
+#endif
+    return revents;
+  }
+  /// Received bytes decrypted and not read yet.
+  bool buffered() const {
+#ifdef RAFT_OPENSSL_SUPPORT
+    return ssl_ != nullptr && SSL_pending(ssl_) > 0;
+#else
+    return false;
+#endif
+  }
+  /// Why TLS failed (recv or send gave EPROTO, or the handshake failed).
+  std::string error() const {
+#ifdef RAFT_OPENSSL_SUPPORT
+    return error_;
+#else
+    return "";
+#endif
+  }
+
+#ifdef RAFT_OPENSSL_SUPPORT
+  /// Starts TLS on a connected socket: as the server on an accepted one (the handshake
+  /// happens within the first reads and writes), or as the client, which then calls
+  /// handshake() until it is done. `expected_ip` (client): the certificate must name it.
+  bool begin(const TlsContext& ctx, int fd, bool accepted, const std::string& expected_ip, std::string& error) {
+    ERR_clear_error();
+    ssl_ = SSL_new(ctx.get());
+    BIO* bio = ssl_ != nullptr && tls_socket_method() != nullptr ? BIO_new(tls_socket_method()) : nullptr;
+    if (bio == nullptr) {
+      error = tls_error_text("SSL_new");
+      return false;
+    }
+    BIO_set_fd(bio, fd, BIO_NOCLOSE);
+    SSL_set_bio(ssl_, bio, bio);
+    if (accepted) {
+      SSL_set_accept_state(ssl_);
+    } else {
+      SSL_set_connect_state(ssl_);
+      if (!expected_ip.empty() && X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl_), expected_ip.c_str()) != 1) {
+        error = "cannot check a certificate for the address " + expected_ip;
+        return false;
+      }
+    }
+    return true;
+  }
+  /// One step of the handshake: 0 done, POLLIN or POLLOUT to wait for, -1 failed (error():
+  /// "TLS: ..." when TLS refused, the certificate for instance; else the connection was lost).
+  int handshake() {
+    ERR_clear_error();
+    const int r = SSL_do_handshake(ssl_);
+    if (r == 1) return 0;
+    bool unused = false;
+    if (failed(r, unused, 0) == 0) errno = ECONNRESET;
+    if (errno == EAGAIN) return SSL_get_error(ssl_, r) == SSL_ERROR_WANT_WRITE ? POLLOUT : POLLIN;
+    if (errno != EPROTO) error_ = "connection lost during the TLS handshake: " + std::string(std::strerror(errno));
+    return -1;
+  }
+#endif
+
+ private:
+#ifdef RAFT_OPENSSL_SUPPORT
+  // SSL_read's or SSL_write's result r <= 0 as ::recv's or ::send's; `other` is set when
+  // OpenSSL wants `other_wait` (a write to read on, a read to write on).
+  ssize_t failed(int r, bool& other, int other_wait) {
+    const int e = SSL_get_error(ssl_, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+      other = e == other_wait;
+      errno = EAGAIN;
+      return -1;
+    }
+    if (e == SSL_ERROR_ZERO_RETURN) return 0;
+    if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0) {
+      if (errno == 0) errno = ECONNRESET;
+      return -1;
+    }
+    const long verified = SSL_get_verify_result(ssl_);
+    error_ = tls_error_text("TLS");
+    if (verified != X509_V_OK) error_ += std::string(" (") + X509_verify_cert_error_string(verified) + ")";
+    errno = EPROTO;
+    return -1;
+  }
+
+  SSL* ssl_ = nullptr;
+  bool read_wants_write_ = false;
+  bool write_wants_read_ = false;
+  std::string error_;
+#endif
+};
 
 }  // namespace detail
 }  // namespace raft
@@ -7465,11 +7764,44 @@ inline int connect_tcp(const std::string& src_host, const std::string& host, int
   return fd;
 }
 
-/// Blocking send of everything (the socket has a send timeout). MSG_NOSIGNAL: a closed peer
-/// never raises SIGPIPE in the host program.
-inline bool send_all(int fd, const char* p, std::size_t n) {
+#ifdef RAFT_OPENSSL_SUPPORT
+/// TLS as the client on a blocking socket from connect_tcp: the handshake within timeout_ms
+/// (given up at once when cancel_fd becomes readable), the certificate checked against the CA
+/// and `host`. The socket's reads then time out too, as its writes do.
+inline bool tls_connect(int fd, Tls& tls, const TlsContext& ctx, const std::string& host, int timeout_ms,
+                        int cancel_fd, std::string& error) {
+  if (!tls.begin(ctx, fd, false, host, error)) return false;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  set_nonblocking(fd);
+  for (;;) {
+    const int wait = tls.handshake();
+    if (wait == 0) break;
+    if (wait < 0) {
+      error = tls.error();
+      return false;
+    }
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+    if (left <= 0 || !wait_ready(fd, static_cast<short>(wait), static_cast<int>(left), cancel_fd)) {
+      error = "no TLS handshake";
+      return false;
+    }
+  }
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL, 0) & ~O_NONBLOCK);
+  timeval tv{};
+  tv.tv_sec = timeout_ms / 1000;
+  tv.tv_usec = (timeout_ms % 1000) * 1000;
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  return true;
+}
+#endif
+
+/// Blocking send of everything (the socket has a send timeout), through `tls` when given.
+/// MSG_NOSIGNAL: a closed peer never raises SIGPIPE in the host program.
+inline bool send_all(int fd, const char* p, std::size_t n, Tls* tls = nullptr) {
+  Tls no_tls;
+  Tls& io = tls != nullptr ? *tls : no_tls;
   while (n > 0) {
-    ssize_t w = ::send(fd, p, n, MSG_NOSIGNAL);
+    ssize_t w = io.send(fd, p, n);
     if (w < 0) {
       if (errno == EINTR) continue;
       return false;
@@ -7480,8 +7812,11 @@ inline bool send_all(int fd, const char* p, std::size_t n) {
   return true;
 }
 
-/// Reads one RESP value from a blocking socket within timeout_ms.
-inline bool recv_value(int fd, resp::ReplyParser& parser, resp::Value& out, int timeout_ms, int cancel_fd = -1) {
+/// Reads one RESP value from a blocking socket within timeout_ms, through `tls` when given.
+inline bool recv_value(int fd, resp::ReplyParser& parser, resp::Value& out, int timeout_ms, int cancel_fd = -1,
+                       Tls* tls = nullptr) {
+  Tls no_tls;
+  Tls& io = tls != nullptr ? *tls : no_tls;
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   for (;;) {
     resp::Status st = parser.next(out);
@@ -7489,9 +7824,9 @@ inline bool recv_value(int fd, resp::ReplyParser& parser, resp::Value& out, int 
     if (st == resp::Status::Error) return false;
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
     if (left <= 0) return false;
-    if (!wait_ready(fd, POLLIN, static_cast<int>(left), cancel_fd)) return false;
+    if (!io.buffered() && !wait_ready(fd, POLLIN, static_cast<int>(left), cancel_fd)) return false;
     char buf[4096];
-    ssize_t r = ::recv(fd, buf, sizeof buf, 0);
+    ssize_t r = io.recv(fd, buf, sizeof buf);
     if (r <= 0) return false;
     parser.feed(buf, static_cast<std::size_t>(r));
   }
@@ -8101,7 +8436,9 @@ class PeerSession {
 
 /// Reads one RESP value from a blocking socket's authenticated stream within timeout_ms.
 inline bool recv_sealed_value(int fd, PeerSession& session, resp::ReplyParser& parser, resp::Value& out,
-                              int timeout_ms, int cancel_fd, std::string& error) {
+                              int timeout_ms, int cancel_fd, std::string& error, Tls* tls = nullptr) {
+  Tls no_tls;
+  Tls& io = tls != nullptr ? *tls : no_tls;
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   std::string plain;
   for (;;) {
@@ -8112,12 +8449,12 @@ inline bool recv_sealed_value(int fd, PeerSession& session, resp::ReplyParser& p
       return false;
     }
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
-    if (left <= 0 || !wait_ready(fd, POLLIN, static_cast<int>(left), cancel_fd)) {
+    if (left <= 0 || (!io.buffered() && !wait_ready(fd, POLLIN, static_cast<int>(left), cancel_fd))) {
       error = "no answer";
       return false;
     }
     char buf[4096];
-    ssize_t r = ::recv(fd, buf, sizeof buf, 0);
+    ssize_t r = io.recv(fd, buf, sizeof buf);
     if (r <= 0) {
       error = "connection closed";
       return false;
@@ -8135,7 +8472,8 @@ inline bool recv_sealed_value(int fd, PeerSession& session, resp::ReplyParser& p
 // node there can log why). `refused`: the failure needs the operator (a wrong secret,
 // another protocol version), not just a retry.
 inline bool connector_handshake(int fd, const std::vector<std::string>& hello, const std::vector<std::string>& secrets,
-                                int timeout_ms, int cancel_fd, PeerSession& session, std::string& error, bool& refused) {
+                                int timeout_ms, int cancel_fd, PeerSession& session, std::string& error, bool& refused,
+                                Tls* tls = nullptr) {
   refused = false;
   std::string out;
   resp::write_command(out, hello);
@@ -8145,7 +8483,7 @@ inline bool connector_handshake(int fd, const std::vector<std::string>& hello, c
   limits.max_nesting = 1;
   resp::ReplyParser parser(limits);
   resp::Value reply;
-  if (!send_all(fd, out.data(), out.size()) || !recv_value(fd, parser, reply, timeout_ms, cancel_fd)) {
+  if (!send_all(fd, out.data(), out.size(), tls) || !recv_value(fd, parser, reply, timeout_ms, cancel_fd, tls)) {
     error = "no answer to HELLO";
     return false;
   }
@@ -8168,7 +8506,7 @@ inline bool connector_handshake(int fd, const std::vector<std::string>& hello, c
       if (handshake_proof_matches(e[i].str, secret, PeerSide::Listener, transcript)) {
         out.clear();
         resp::write_command(out, {"PROOF", handshake_proof(secret, PeerSide::Connector, transcript)});
-        if (!send_all(fd, out.data(), out.size())) {
+        if (!send_all(fd, out.data(), out.size(), tls)) {
           error = "connection lost during the handshake";
           return false;
         }
@@ -8177,7 +8515,7 @@ inline bool connector_handshake(int fd, const std::vector<std::string>& hello, c
       }
   out.clear();
   resp::write_command(out, {"REFUSED", "wrong secret"});
-  send_all(fd, out.data(), out.size());
+  send_all(fd, out.data(), out.size(), tls);
   refused = true;
   error = "ERR wrong secret: the node there did not prove that it holds this node's peer secret";
   return false;
@@ -8441,6 +8779,7 @@ class PeerLink {
   bool stopping_ = false;
   bool reconnect_ = false;
   int fd_ = -1;
+  Tls tls_;  // fd_'s; only this link's thread uses it
   std::atomic<bool> connected_{false};
   std::thread thread_;
 };
@@ -8516,6 +8855,8 @@ class Runtime {
   int send_timeout() const { return scaled(cfg_.send_timeout_ms); }
   int stop_fd() const { return stop_pipe_[0]; }
   const std::string& host() const { return host_.host; }
+  // TLS on a connection this node opened to a peer at `host` (connect_tcp's), when TLS is on.
+  bool secure_to_peer(int fd, const std::string& host, Tls& tls, std::string& error) const;
 
  private:
   friend class PeerLink;
@@ -8575,6 +8916,7 @@ class Runtime {
   struct ClientConn {
     std::uint64_t id = 0;
     int fd = -1;
+    Tls tls;
     resp::RequestParser parser;
     std::string out;
     std::deque<Op> ops;
@@ -8597,6 +8939,7 @@ class Runtime {
   };
   struct PeerConn {
     int fd = -1;
+    Tls tls;
     resp::RequestParser parser;  // the authenticated stream's messages
     // The handshake (see "peer authentication"): the bytes received before the session opens,
     // the peer's HELLO and the transcript, then the session.
@@ -8655,7 +8998,10 @@ class Runtime {
   std::vector<std::string> peer_secrets() const;
   // The handshake: the connector's side on a blocking socket (then the listener's answer,
   // WELCOME or a refusal, is the first sealed message), the listener's on a PeerConn.
-  bool handshake_as_connector(int fd, const NodeId& to, PeerSession& session, std::string& error, bool& refused) const;
+  bool handshake_as_connector(int fd, Tls& tls, const NodeId& to, PeerSession& session, std::string& error,
+                              bool& refused) const;
+  // TLS on an accepted connection, when TLS is on (the handshake goes on as it reads).
+  bool secure_accepted(int fd, Tls& tls, bool peer);
   bool take_peer_bytes(PeerConn& p, const char* data, std::size_t n, bool founding);
   CoreOptions core_options() const;
   void log_refused(const std::string& why);
@@ -8688,7 +9034,7 @@ class Runtime {
   void accept_peers();
   bool read_client(ClientConn& c);
   void process_input(ClientConn& c);
-  bool flush_out(int fd, std::string& out);
+  bool flush_out(int fd, Tls& tls, std::string& out);
   void drain_done();
   void serve_ready_reads();
   void adopt_cluster_id(const std::string& cluster_id);
@@ -8831,6 +9177,11 @@ class Runtime {
   // the poll thread's state
   int client_fd_ = -1;
   int peer_fd_ = -1;
+#ifdef RAFT_OPENSSL_SUPPORT
+  // Set in start() when Config names a certificate: clients' connections (tls_auth_clients),
+  // peers' both ways (a certificate required).
+  std::shared_ptr<TlsContext> tls_clients_, tls_peers_;
+#endif
   int wake_pipe_[2] = {-1, -1};
   // Readable once stop() has handed leadership over: cuts short every wait for a peer to
   // connect or answer (a peer host that is down would hold each one up for send_timeout_ms).
@@ -9085,7 +9436,7 @@ inline std::optional<Runtime::FoundingContact> Runtime::listen_before_founding()
     std::vector<pollfd> fds{{peer_fd_, POLLIN, 0}};
     for (const auto& h : held)
       if (h->fd >= 0 && !h->session.is_open() && !h->close_after_flush)
-        fds.push_back(pollfd{h->fd, static_cast<short>(POLLIN | (h->wire.empty() ? 0 : POLLOUT)), 0});
+        fds.push_back(pollfd{h->fd, h->tls.events(static_cast<short>(POLLIN | (h->wire.empty() ? 0 : POLLOUT))), 0});
     ::poll(fds.data(), fds.size(), static_cast<int>(std::min<long long>(left, 50)));
     for (;;) {
       int fd = ::accept4(peer_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -9097,19 +9448,23 @@ inline std::optional<Runtime::FoundingContact> Runtime::listen_before_founding()
       set_nodelay(fd);
       held.push_back(std::make_unique<PeerConn>());
       held.back()->fd = fd;
+      if (!secure_accepted(fd, held.back()->tls, true)) {
+        ::close(fd);
+        held.pop_back();
+      }
     }
     for (auto& h : held) {
       PeerConn& p = *h;
       if (p.fd < 0 || p.session.is_open() || p.close_after_flush) continue;
       bool ok = true;
       for (;;) {
-        ssize_t n = ::recv(p.fd, buf, sizeof buf, 0);
+        ssize_t n = p.tls.recv(p.fd, buf, sizeof buf);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
         ok = n > 0 && take_peer_bytes(p, buf, static_cast<std::size_t>(n), true);
         if (!ok || p.session.is_open() || p.close_after_flush) break;
       }
-      if (ok && !p.wire.empty()) ok = flush_out(p.fd, p.wire);
+      if (ok && !p.wire.empty()) ok = flush_out(p.fd, p.tls, p.wire);
       if (!ok) {
         ::close(p.fd);
         p.fd = -1;
@@ -9157,6 +9512,13 @@ inline void Runtime::start() {
     for (char c : cfg_.id) safe += (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_') ? c : '_';
     cfg_.data_dir = "raft-" + safe + "-" + std::to_string(host_.port);
   }
+#ifdef RAFT_OPENSSL_SUPPORT
+  if (!cfg_.tls_cert_file.empty()) {
+    tls_clients_ = TlsContext::load(cfg_, cfg_.tls_auth_clients, error);
+    if (tls_clients_) tls_peers_ = TlsContext::load(cfg_, TlsAuthClients::Yes, error);
+    if (!tls_peers_) throw std::runtime_error(error);
+  }
+#endif
   client_fd_ = listen_tcp(host_.host, host_.port, error);
   if (client_fd_ < 0) throw std::runtime_error(error);
   peer_fd_ = listen_tcp(host_.host, host_.port + 1, error);
@@ -9513,8 +9875,8 @@ inline std::vector<std::string> Runtime::peer_secrets() const {
   return s;
 }
 
-inline bool Runtime::handshake_as_connector(int fd, const NodeId& to, PeerSession& session, std::string& error,
-                                            bool& refused) const {
+inline bool Runtime::handshake_as_connector(int fd, Tls& tls, const NodeId& to, PeerSession& session,
+                                            std::string& error, bool& refused) const {
   std::string nonce;
   try {
     nonce = new_handshake_nonce();
@@ -9524,7 +9886,34 @@ inline bool Runtime::handshake_as_connector(int fd, const NodeId& to, PeerSessio
     return false;
   }
   return connector_handshake(fd, hello_words(to, nonce), peer_secrets(), send_timeout(), stop_fd(), session, error,
-                             refused);
+                             refused, &tls);
+}
+
+inline bool Runtime::secure_to_peer(int fd, const std::string& host, Tls& tls, std::string& error) const {
+#ifdef RAFT_OPENSSL_SUPPORT
+  if (tls_peers_ && !tls_connect(fd, tls, *tls_peers_, host, send_timeout(), stop_fd(), error)) {
+    // A certificate refused, either way, needs the operator, as a wrong secret does.
+    if (error.rfind("TLS", 0) == 0) error = "refused: " + error;
+    return false;
+  }
+#else
+  (void)fd, (void)host, (void)tls, (void)error;
+#endif
+  return true;
+}
+
+inline bool Runtime::secure_accepted(int fd, Tls& tls, bool peer) {
+#ifdef RAFT_OPENSSL_SUPPORT
+  const std::shared_ptr<TlsContext>& ctx = peer ? tls_peers_ : tls_clients_;
+  std::string error;
+  if (ctx && !tls.begin(*ctx, fd, true, "", error)) {
+    log(LogLevel::Warning, "cannot start TLS on an accepted connection: " + error);
+    return false;
+  }
+#else
+  (void)fd, (void)tls, (void)peer;
+#endif
+  return true;
 }
 
 inline void PeerLink::run() {
@@ -9537,6 +9926,7 @@ inline void PeerLink::run() {
       if (fd_ >= 0) {
         ::close(fd_);
         fd_ = -1;
+        tls_ = Tls();
       }
       reconnect_ = false;
       connected_ = false;
@@ -9545,6 +9935,7 @@ inline void PeerLink::run() {
       std::string error;
       HostPort hp;
       int fd = -1;
+      Tls tls;
       if (parse_host_port(addr, hp, error)) {
         fd = connect_tcp(rt_.host(), hp.host, hp.port + 1, rt_.send_timeout(), error, rt_.stop_fd());
         if (fd >= 0) {
@@ -9552,11 +9943,15 @@ inline void PeerLink::run() {
           bool refused = false;
           resp::ReplyParser parser;
           resp::Value reply;
-          if (!rt_.handshake_as_connector(fd, id_, next_session, error, refused)) {
+          if (!rt_.secure_to_peer(fd, hp.host, tls, error)) {
+            ::close(fd);
+            fd = -1;
+          } else if (!rt_.handshake_as_connector(fd, tls, id_, next_session, error, refused)) {
             if (refused) error = "refused: " + error;
             ::close(fd);
             fd = -1;
-          } else if (!recv_sealed_value(fd, next_session, parser, reply, rt_.send_timeout(), rt_.stop_fd(), error)) {
+          } else if (!recv_sealed_value(fd, next_session, parser, reply, rt_.send_timeout(), rt_.stop_fd(), error,
+                                        &tls)) {
             error = "after the handshake: " + error;
             ::close(fd);
             fd = -1;
@@ -9585,6 +9980,7 @@ inline void PeerLink::run() {
         break;
       }
       fd_ = fd;
+      tls_ = std::move(tls);
       session = std::move(next_session);
       connected_ = true;
       backoff_ms = 20;
@@ -9618,16 +10014,18 @@ inline void PeerLink::run() {
     std::string wire;
     wire.reserve(batch.size() + (batch.size() / kMaxFrameBytes + 1) * (kFrameHeaderBytes + kFrameTagBytes));
     session.seal(batch, wire);
-    bool ok = send_all(fd, wire.data(), wire.size());
+    bool ok = send_all(fd, wire.data(), wire.size(), &tls_);
     lock.lock();
     if (!ok && fd_ == fd) {
       ::close(fd_);
       fd_ = -1;
+      tls_ = Tls();
       connected_ = false;
     }
   }
   if (fd_ >= 0) ::close(fd_);
   fd_ = -1;
+  tls_ = Tls();
 }
 
 // ---- the ticker ----------------------------------------------------------------------------
@@ -10938,7 +11336,7 @@ inline void Runtime::poll_loop() {
   // their WELCOME, and may hold messages already: handle them as if they had just arrived.
   for (auto it = peers_in_.begin(); it != peers_in_.end();) {
     PeerConn& p = *it->second;
-    const bool ok = read_peer(p) && (p.wire.empty() || flush_out(p.fd, p.wire));
+    const bool ok = read_peer(p) && (p.wire.empty() || flush_out(p.fd, p.tls, p.wire));
     if (ok) {
       ++it;
     } else {
@@ -10961,12 +11359,12 @@ inline void Runtime::poll_loop() {
       // A command waiting for an earlier one: read no more meanwhile (bounded input).
       short ev = static_cast<short>((c->close_after_flush || c->input_closed || c->has_pending ? 0 : POLLIN) |
                                     (c->out.empty() ? 0 : POLLOUT));
-      fds.push_back(pollfd{c->fd, ev, 0});
+      fds.push_back(pollfd{c->fd, c->tls.events(ev), 0});
       owner.push_back(id);
     }
     std::size_t first_peer = fds.size();
     for (auto& [fd, p] : peers_in_)
-      fds.push_back(pollfd{fd, static_cast<short>((p->close_after_flush ? 0 : POLLIN) | (p->wire.empty() ? 0 : POLLOUT)), 0});
+      fds.push_back(pollfd{fd, p->tls.events(static_cast<short>((p->close_after_flush ? 0 : POLLIN) | (p->wire.empty() ? 0 : POLLOUT))), 0});
     int n = ::poll(fds.data(), fds.size(), 100);
     if (stopping_) break;
     if (n < 0) {
@@ -10986,9 +11384,10 @@ inline void Runtime::poll_loop() {
       auto it = clients_.find(owner[i]);
       if (it == clients_.end()) continue;
       ClientConn& c = *it->second;
+      const short revents = c.tls.ready(fds[i].revents);
       bool ok = true;
-      if (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) ok = read_client(c);
-      if (ok && (fds[i].revents & POLLOUT)) ok = flush_out(c.fd, c.out);
+      if (revents & (POLLIN | POLLHUP | POLLERR)) ok = read_client(c);
+      if (ok && (revents & POLLOUT)) ok = flush_out(c.fd, c.tls, c.out);
       if (!ok) close_clients.push_back(c.id);
     }
     std::vector<int> close_peers;
@@ -10998,8 +11397,8 @@ inline void Runtime::poll_loop() {
       if (it == peers_in_.end()) continue;
       PeerConn& p = *it->second;
       bool ok = true;
-      if (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) ok = read_peer(p);
-      if (ok && !p.wire.empty()) ok = flush_out(p.fd, p.wire);
+      if (p.tls.ready(fds[i].revents) & (POLLIN | POLLHUP | POLLERR)) ok = read_peer(p);
+      if (ok && !p.wire.empty()) ok = flush_out(p.fd, p.tls, p.wire);
       if (!ok || (p.close_after_flush && p.wire.empty())) close_peers.push_back(p.fd);
     }
     flush_batched(poll_batch_);
@@ -11052,14 +11451,20 @@ inline void Runtime::accept_clients() {
       std::lock_guard<std::mutex> lock(acl_mu_);
       protected_mode_refuses = acl_.default_without_password();
     }
-    if (protected_mode_refuses) {
+    Tls tls;
+    if (!secure_accepted(fd, tls, false)) {
+      ::close(fd);
+      continue;
+    }
+    if (protected_mode_refuses && !tls.on()) {
       ::send(fd, kProtectedModeDenied, std::strlen(kProtectedModeDenied), MSG_NOSIGNAL);
       ::close(fd);
       continue;
     }
     if (clients_.size() >= cfg_.max_clients) {
+      // (Over TLS, nothing can be said before a handshake: just closed.)
       static const char kFull[] = "-ERR max number of clients reached\r\n";
-      ::send(fd, kFull, sizeof kFull - 1, MSG_NOSIGNAL);
+      if (!tls.on()) ::send(fd, kFull, sizeof kFull - 1, MSG_NOSIGNAL);
       ::close(fd);
       continue;
     }
@@ -11067,6 +11472,11 @@ inline void Runtime::accept_clients() {
     auto c = std::make_unique<ClientConn>(cfg_.client_limits);
     c->id = next_conn_++;
     c->fd = fd;
+    c->tls = std::move(tls);
+    if (protected_mode_refuses) {  // over TLS: said once the handshake is done, then closed
+      c->out = kProtectedModeDenied;
+      c->close_after_flush = true;
+    }
     {
       std::lock_guard<std::mutex> lock(acl_mu_);
       c->authenticated = !acl_.auth_required();  // Redis's: a default user without password
@@ -11089,16 +11499,20 @@ inline void Runtime::accept_peers() {
     set_nodelay(fd);
     auto p = std::make_unique<PeerConn>();
     p->fd = fd;
+    if (!secure_accepted(fd, p->tls, true)) {
+      ::close(fd);
+      continue;
+    }
     peers_in_[fd] = std::move(p);
   }
 }
 
 /// Writes what the socket takes now; the rest waits for POLLOUT. False: the connection is
 /// broken.
-inline bool Runtime::flush_out(int fd, std::string& out) {
+inline bool Runtime::flush_out(int fd, Tls& tls, std::string& out) {
   std::size_t sent = 0;
   while (sent < out.size()) {
-    ssize_t w = ::send(fd, out.data() + sent, out.size() - sent, MSG_NOSIGNAL);
+    ssize_t w = tls.send(fd, out.data() + sent, out.size() - sent);
     if (w < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
       if (errno == EINTR) continue;
@@ -11114,7 +11528,7 @@ inline bool Runtime::read_client(ClientConn& c) {
   char buf[65536];
   std::size_t total = 0;
   while (total < (std::size_t{1} << 20)) {  // fairness: at most 1 MiB per connection per round
-    ssize_t r = ::recv(c.fd, buf, sizeof buf, 0);
+    ssize_t r = c.tls.recv(c.fd, buf, sizeof buf);
     if (r == 0) {
       c.input_closed = true;  // answered, then closed, by the poll loop
       break;
@@ -11122,6 +11536,7 @@ inline bool Runtime::read_client(ClientConn& c) {
     if (r < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
       if (errno == EINTR) continue;
+      if (errno == EPROTO) log(LogLevel::Debug, "closing a client connection: " + c.tls.error());
       return false;
     }
     c.parser.feed(buf, static_cast<std::size_t>(r));
@@ -11226,7 +11641,7 @@ inline void Runtime::complete_op(std::uint64_t conn, std::uint64_t op, Reply rep
     ++c.first_op;
   }
 #endif
-  if (!c.out.empty() && !flush_out(c.fd, c.out)) c.close_after_flush = true;
+  if (!c.out.empty() && !flush_out(c.fd, c.tls, c.out)) c.close_after_flush = true;
   if (c.out.size() > cfg_.max_client_output) {
     if (!c.kill) log(LogLevel::Warning, "closing a client that does not read its replies (" + std::to_string(c.out.size()) + " bytes waiting)");
     c.kill = true;
@@ -11276,7 +11691,7 @@ inline bool Runtime::read_peer(PeerConn& p) {
   bool eof = false;
   bool ok = true;
   while (ok && total < (std::size_t{4} << 20)) {
-    ssize_t r = ::recv(p.fd, buf, sizeof buf, 0);
+    ssize_t r = p.tls.recv(p.fd, buf, sizeof buf);
     if (r == 0) {
       eof = true;  // handle what arrived before the end, then close
       break;
@@ -11284,6 +11699,7 @@ inline bool Runtime::read_peer(PeerConn& p) {
     if (r < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
       if (errno == EINTR) continue;
+      if (errno == EPROTO) log(LogLevel::Warning, "refused a peer connection: " + p.tls.error());
       return false;
     }
     ok = take_peer_bytes(p, buf, static_cast<std::size_t>(r), false);
@@ -11483,21 +11899,22 @@ inline void Runtime::joiner_loop() {
         set_send_timeout(fd, scaled(cfg_.send_timeout_ms));
         // The handshake first (whoever is there: `to` is empty); JOIN goes sealed after it.
         PeerSession session;
+        Tls tls;
         bool refused = false;
         std::string join;
         resp::ReplyParser parser;
         resp::Value welcome, reply;
-        if (!handshake_as_connector(fd, "", session, error, refused)) {
+        if (!secure_to_peer(fd, hp.host, tls, error) || !handshake_as_connector(fd, tls, "", session, error, refused)) {
           welcome = resp::Value::error(error);
         } else {
           std::string plain;
           resp::write_command(plain, {"JOIN", cfg_.id, cfg_.address, identity_.server_id});
           session.seal(plain, join);
         }
-        if (session.is_open() && send_all(fd, join.data(), join.size()) &&
-            recv_sealed_value(fd, session, parser, welcome, scaled(cfg_.send_timeout_ms), stop_fd(), error) &&
+        if (session.is_open() && send_all(fd, join.data(), join.size(), &tls) &&
+            recv_sealed_value(fd, session, parser, welcome, scaled(cfg_.send_timeout_ms), stop_fd(), error, &tls) &&
             !welcome.is_error() &&
-            recv_sealed_value(fd, session, parser, reply, scaled(cfg_.send_timeout_ms), stop_fd(), error)) {
+            recv_sealed_value(fd, session, parser, reply, scaled(cfg_.send_timeout_ms), stop_fd(), error, &tls)) {
           if (reply.type == resp::Type::SimpleString && reply.str.rfind("OK ", 0) == 0) {
             adopt_cluster_id(reply.str.substr(3));
             outcome = "accepted";
@@ -11555,6 +11972,16 @@ inline std::string Config::validate() const {
            std::to_string(own.port + 1) + " could join the cluster's traffic. Set a secret (--secret-file PATH or "
            "RAFT_SECRET in the environment; raft::Config::secret), or accept the risk with --insecure-peers "
            "(raft::Config::insecure_peers)";
+  const bool tls = !tls_cert_file.empty() || !tls_key_file.empty() || !tls_ca_cert_file.empty();
+#ifdef RAFT_OPENSSL_SUPPORT
+  if (tls && (tls_cert_file.empty() || tls_key_file.empty() || tls_ca_cert_file.empty()))
+    return "TLS needs a certificate, its key and the CA certificates (--tls-cert-file, --tls-key-file, "
+           "--tls-ca-cert-file)";
+#else
+  if (tls)
+    return "TLS is not compiled in: build with -DRAFT_OPENSSL_SUPPORT and link -lssl -lcrypto (make TLS=1; "
+           "Debian: apt-get install libssl-dev)";
+#endif
   if (!load_snapshot.empty() && (!join.empty() || !peers.empty()))
     return "-l founds a cluster of one; joiners (-e) and static peers receive the data from it";
   if (!(time_scale > 0)) return "time_scale must be positive";
@@ -11672,7 +12099,8 @@ inline std::string parse_secrets(std::string_view text, std::string& secret, std
 inline std::string usage(const std::string& program) {
   return "usage: " + program +
          " -a IP:PORT [-i NODE_ID] [-e LIST] [-d DATA_DIR] [-l SNAPSHOT] [--secret-file PATH] [--requirepass PASSWORD]\n"
-         "    [--user \"NAME RULES\"] [--protected-mode yes|no] [--loglevel LEVEL]\n"
+         "    [--user \"NAME RULES\"] [--protected-mode yes|no] [--tls-cert-file P --tls-key-file P --tls-ca-cert-file P\n"
+         "    [--tls-auth-clients yes|no|optional]] [--loglevel LEVEL]\n"
          "  -a IP:PORT      this node's address: clients on PORT, peers on PORT+1 (required)\n"
          "  -i NODE_ID      this node's id (default: the address)\n"
          "  -e LIST         join the cluster of these members: NID/IP:PORT or IP:PORT, comma-separated\n"
@@ -11685,6 +12113,10 @@ inline std::string usage(const std::string& program) {
          "  --requirepass PASSWORD  clients must AUTH with this password (the default user's)\n"
          "  --user \"NAME RULES\"    an ACL user, as ACL SETUSER takes it: \"alice on >pw ~* +@read\" (repeatable)\n"
          "  --protected-mode yes|no  without a password, serve only loopback clients (default: yes)\n"
+         "  --tls-cert-file P, --tls-key-file P, --tls-ca-cert-file P  TLS on both ports (PEM files; a build\n"
+         "                  with RAFT_OPENSSL_SUPPORT): this node's certificate and key, the CA peers and clients\n"
+         "                  are checked against\n"
+         "  --tls-auth-clients yes|no|optional  clients must present a certificate the CA signed (default: yes)\n"
          "  --loglevel L    debug, info, warning or error (default: info)\n"
          "  --time-scale X  multiply every timeout by X (slow machines, sanitizer builds)\n"
          "  -h, --help      this help\n"
@@ -11752,6 +12184,20 @@ inline ParsedArgs parse_args(int argc, char** argv) {
         return out;
       }
       c.protected_mode = v == "yes";
+    } else if (a == "--tls-cert-file") {
+      if (!value(c.tls_cert_file)) return out;
+    } else if (a == "--tls-key-file") {
+      if (!value(c.tls_key_file)) return out;
+    } else if (a == "--tls-ca-cert-file") {
+      if (!value(c.tls_ca_cert_file)) return out;
+    } else if (a == "--tls-auth-clients") {
+      if (!value(v)) return out;
+      v = detail::lower(v);
+      if (v != "yes" && v != "no" && v != "optional") {
+        out.error = "--tls-auth-clients takes yes, no or optional, not '" + v + "'";
+        return out;
+      }
+      c.tls_auth_clients = v == "yes" ? TlsAuthClients::Yes : v == "no" ? TlsAuthClients::No : TlsAuthClients::Optional;
     } else if (a == "--secret-file") {
       if (!value(v)) return out;
       if (secret_from != nullptr) {

@@ -378,6 +378,10 @@ enum class LogLevel : std::uint8_t { Debug, Info, Warning, Error };
 /// `[INFO][nid-term(state):2026-11-25 21:12:06.123456] message`.
 using LogSink = std::function<void(LogLevel level, const std::string& line)>;
 
+/// Redis's tls-auth-clients: whether a client of the data port must present a certificate
+/// the CA signed (Yes), may (Optional: checked when presented) or is not asked (No).
+enum class TlsAuthClients : std::uint8_t { Yes, Optional, No };
+
 /// Everything a node needs. The defaults need no tuning on a LAN; validate() names what is
 /// wrong with a configuration.
 struct Config {
@@ -429,6 +433,17 @@ struct Config {
   /// Redis's protected mode: while the default user has no password, only clients from a
   /// loopback address (127.0.0.0/8) are served; others get -DENIED saying how to open up.
   bool protected_mode = true;
+
+  // ---- TLS (only in a build with RAFT_OPENSSL_SUPPORT defined; see the README) ----
+  /// PEM files: this node's certificate (with its chain) and key, and the CA certificates
+  /// the other side's must chain to. A certificate puts both ports on TLS, and nothing else
+  /// is accepted on them: peers present their certificates to each other and check them
+  /// (and a peer's address against its certificate's), clients check the node's. The peer
+  /// secret is still proved on top. Empty: no TLS.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_ca_cert_file;
+  TlsAuthClients tls_auth_clients = TlsAuthClients::Yes;
 
   // ---- time ----
   /// Multiplies every timeout below (sanitizer builds run slower: 3 or 5).
@@ -566,7 +581,8 @@ class Node {
 
 /// pyraft's make_default_node: builds a Config from the command line
 ///   -a IP:PORT  -i NODE_ID  -e LIST  -d DATA_DIR  -l SNAPSHOT  --secret-file PATH  -s SECRET
-///   --insecure-peers  --loglevel LEVEL  (and RAFT_SECRET in the environment)
+///   --insecure-peers  --tls-cert-file P  --tls-key-file P  --tls-ca-cert-file P  --tls-auth-clients V
+///   --loglevel LEVEL  (and RAFT_SECRET in the environment)
 /// and returns the node (not started). Prints usage and exits with code 2 on a bad option,
 /// code 0 for --help.
 std::unique_ptr<Node> make_default_node(int argc, char** argv);

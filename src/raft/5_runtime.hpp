@@ -301,11 +301,44 @@ inline int connect_tcp(const std::string& src_host, const std::string& host, int
   return fd;
 }
 
-/// Blocking send of everything (the socket has a send timeout). MSG_NOSIGNAL: a closed peer
-/// never raises SIGPIPE in the host program.
-inline bool send_all(int fd, const char* p, std::size_t n) {
+#ifdef RAFT_OPENSSL_SUPPORT
+/// TLS as the client on a blocking socket from connect_tcp: the handshake within timeout_ms
+/// (given up at once when cancel_fd becomes readable), the certificate checked against the CA
+/// and `host`. The socket's reads then time out too, as its writes do.
+inline bool tls_connect(int fd, Tls& tls, const TlsContext& ctx, const std::string& host, int timeout_ms,
+                        int cancel_fd, std::string& error) {
+  if (!tls.begin(ctx, fd, false, host, error)) return false;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  set_nonblocking(fd);
+  for (;;) {
+    const int wait = tls.handshake();
+    if (wait == 0) break;
+    if (wait < 0) {
+      error = tls.error();
+      return false;
+    }
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+    if (left <= 0 || !wait_ready(fd, static_cast<short>(wait), static_cast<int>(left), cancel_fd)) {
+      error = "no TLS handshake";
+      return false;
+    }
+  }
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL, 0) & ~O_NONBLOCK);
+  timeval tv{};
+  tv.tv_sec = timeout_ms / 1000;
+  tv.tv_usec = (timeout_ms % 1000) * 1000;
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  return true;
+}
+#endif
+
+/// Blocking send of everything (the socket has a send timeout), through `tls` when given.
+/// MSG_NOSIGNAL: a closed peer never raises SIGPIPE in the host program.
+inline bool send_all(int fd, const char* p, std::size_t n, Tls* tls = nullptr) {
+  Tls no_tls;
+  Tls& io = tls != nullptr ? *tls : no_tls;
   while (n > 0) {
-    ssize_t w = ::send(fd, p, n, MSG_NOSIGNAL);
+    ssize_t w = io.send(fd, p, n);
     if (w < 0) {
       if (errno == EINTR) continue;
       return false;
@@ -316,8 +349,11 @@ inline bool send_all(int fd, const char* p, std::size_t n) {
   return true;
 }
 
-/// Reads one RESP value from a blocking socket within timeout_ms.
-inline bool recv_value(int fd, resp::ReplyParser& parser, resp::Value& out, int timeout_ms, int cancel_fd = -1) {
+/// Reads one RESP value from a blocking socket within timeout_ms, through `tls` when given.
+inline bool recv_value(int fd, resp::ReplyParser& parser, resp::Value& out, int timeout_ms, int cancel_fd = -1,
+                       Tls* tls = nullptr) {
+  Tls no_tls;
+  Tls& io = tls != nullptr ? *tls : no_tls;
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   for (;;) {
     resp::Status st = parser.next(out);
@@ -325,9 +361,9 @@ inline bool recv_value(int fd, resp::ReplyParser& parser, resp::Value& out, int 
     if (st == resp::Status::Error) return false;
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
     if (left <= 0) return false;
-    if (!wait_ready(fd, POLLIN, static_cast<int>(left), cancel_fd)) return false;
+    if (!io.buffered() && !wait_ready(fd, POLLIN, static_cast<int>(left), cancel_fd)) return false;
     char buf[4096];
-    ssize_t r = ::recv(fd, buf, sizeof buf, 0);
+    ssize_t r = io.recv(fd, buf, sizeof buf);
     if (r <= 0) return false;
     parser.feed(buf, static_cast<std::size_t>(r));
   }
@@ -937,7 +973,9 @@ class PeerSession {
 
 /// Reads one RESP value from a blocking socket's authenticated stream within timeout_ms.
 inline bool recv_sealed_value(int fd, PeerSession& session, resp::ReplyParser& parser, resp::Value& out,
-                              int timeout_ms, int cancel_fd, std::string& error) {
+                              int timeout_ms, int cancel_fd, std::string& error, Tls* tls = nullptr) {
+  Tls no_tls;
+  Tls& io = tls != nullptr ? *tls : no_tls;
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   std::string plain;
   for (;;) {
@@ -948,12 +986,12 @@ inline bool recv_sealed_value(int fd, PeerSession& session, resp::ReplyParser& p
       return false;
     }
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
-    if (left <= 0 || !wait_ready(fd, POLLIN, static_cast<int>(left), cancel_fd)) {
+    if (left <= 0 || (!io.buffered() && !wait_ready(fd, POLLIN, static_cast<int>(left), cancel_fd))) {
       error = "no answer";
       return false;
     }
     char buf[4096];
-    ssize_t r = ::recv(fd, buf, sizeof buf, 0);
+    ssize_t r = io.recv(fd, buf, sizeof buf);
     if (r <= 0) {
       error = "connection closed";
       return false;
@@ -971,7 +1009,8 @@ inline bool recv_sealed_value(int fd, PeerSession& session, resp::ReplyParser& p
 // node there can log why). `refused`: the failure needs the operator (a wrong secret,
 // another protocol version), not just a retry.
 inline bool connector_handshake(int fd, const std::vector<std::string>& hello, const std::vector<std::string>& secrets,
-                                int timeout_ms, int cancel_fd, PeerSession& session, std::string& error, bool& refused) {
+                                int timeout_ms, int cancel_fd, PeerSession& session, std::string& error, bool& refused,
+                                Tls* tls = nullptr) {
   refused = false;
   std::string out;
   resp::write_command(out, hello);
@@ -981,7 +1020,7 @@ inline bool connector_handshake(int fd, const std::vector<std::string>& hello, c
   limits.max_nesting = 1;
   resp::ReplyParser parser(limits);
   resp::Value reply;
-  if (!send_all(fd, out.data(), out.size()) || !recv_value(fd, parser, reply, timeout_ms, cancel_fd)) {
+  if (!send_all(fd, out.data(), out.size(), tls) || !recv_value(fd, parser, reply, timeout_ms, cancel_fd, tls)) {
     error = "no answer to HELLO";
     return false;
   }
@@ -1004,7 +1043,7 @@ inline bool connector_handshake(int fd, const std::vector<std::string>& hello, c
       if (handshake_proof_matches(e[i].str, secret, PeerSide::Listener, transcript)) {
         out.clear();
         resp::write_command(out, {"PROOF", handshake_proof(secret, PeerSide::Connector, transcript)});
-        if (!send_all(fd, out.data(), out.size())) {
+        if (!send_all(fd, out.data(), out.size(), tls)) {
           error = "connection lost during the handshake";
           return false;
         }
@@ -1013,7 +1052,7 @@ inline bool connector_handshake(int fd, const std::vector<std::string>& hello, c
       }
   out.clear();
   resp::write_command(out, {"REFUSED", "wrong secret"});
-  send_all(fd, out.data(), out.size());
+  send_all(fd, out.data(), out.size(), tls);
   refused = true;
   error = "ERR wrong secret: the node there did not prove that it holds this node's peer secret";
   return false;
@@ -1277,6 +1316,7 @@ class PeerLink {
   bool stopping_ = false;
   bool reconnect_ = false;
   int fd_ = -1;
+  Tls tls_;  // fd_'s; only this link's thread uses it
   std::atomic<bool> connected_{false};
   std::thread thread_;
 };
@@ -1352,6 +1392,8 @@ class Runtime {
   int send_timeout() const { return scaled(cfg_.send_timeout_ms); }
   int stop_fd() const { return stop_pipe_[0]; }
   const std::string& host() const { return host_.host; }
+  // TLS on a connection this node opened to a peer at `host` (connect_tcp's), when TLS is on.
+  bool secure_to_peer(int fd, const std::string& host, Tls& tls, std::string& error) const;
 
  private:
   friend class PeerLink;
@@ -1411,6 +1453,7 @@ class Runtime {
   struct ClientConn {
     std::uint64_t id = 0;
     int fd = -1;
+    Tls tls;
     resp::RequestParser parser;
     std::string out;
     std::deque<Op> ops;
@@ -1433,6 +1476,7 @@ class Runtime {
   };
   struct PeerConn {
     int fd = -1;
+    Tls tls;
     resp::RequestParser parser;  // the authenticated stream's messages
     // The handshake (see "peer authentication"): the bytes received before the session opens,
     // the peer's HELLO and the transcript, then the session.
@@ -1491,7 +1535,10 @@ class Runtime {
   std::vector<std::string> peer_secrets() const;
   // The handshake: the connector's side on a blocking socket (then the listener's answer,
   // WELCOME or a refusal, is the first sealed message), the listener's on a PeerConn.
-  bool handshake_as_connector(int fd, const NodeId& to, PeerSession& session, std::string& error, bool& refused) const;
+  bool handshake_as_connector(int fd, Tls& tls, const NodeId& to, PeerSession& session, std::string& error,
+                              bool& refused) const;
+  // TLS on an accepted connection, when TLS is on (the handshake goes on as it reads).
+  bool secure_accepted(int fd, Tls& tls, bool peer);
   bool take_peer_bytes(PeerConn& p, const char* data, std::size_t n, bool founding);
   CoreOptions core_options() const;
   void log_refused(const std::string& why);
@@ -1524,7 +1571,7 @@ class Runtime {
   void accept_peers();
   bool read_client(ClientConn& c);
   void process_input(ClientConn& c);
-  bool flush_out(int fd, std::string& out);
+  bool flush_out(int fd, Tls& tls, std::string& out);
   void drain_done();
   void serve_ready_reads();
   void adopt_cluster_id(const std::string& cluster_id);
@@ -1667,6 +1714,11 @@ class Runtime {
   // the poll thread's state
   int client_fd_ = -1;
   int peer_fd_ = -1;
+#ifdef RAFT_OPENSSL_SUPPORT
+  // Set in start() when Config names a certificate: clients' connections (tls_auth_clients),
+  // peers' both ways (a certificate required).
+  std::shared_ptr<TlsContext> tls_clients_, tls_peers_;
+#endif
   int wake_pipe_[2] = {-1, -1};
   // Readable once stop() has handed leadership over: cuts short every wait for a peer to
   // connect or answer (a peer host that is down would hold each one up for send_timeout_ms).
@@ -1921,7 +1973,7 @@ inline std::optional<Runtime::FoundingContact> Runtime::listen_before_founding()
     std::vector<pollfd> fds{{peer_fd_, POLLIN, 0}};
     for (const auto& h : held)
       if (h->fd >= 0 && !h->session.is_open() && !h->close_after_flush)
-        fds.push_back(pollfd{h->fd, static_cast<short>(POLLIN | (h->wire.empty() ? 0 : POLLOUT)), 0});
+        fds.push_back(pollfd{h->fd, h->tls.events(static_cast<short>(POLLIN | (h->wire.empty() ? 0 : POLLOUT))), 0});
     ::poll(fds.data(), fds.size(), static_cast<int>(std::min<long long>(left, 50)));
     for (;;) {
       int fd = ::accept4(peer_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -1933,19 +1985,23 @@ inline std::optional<Runtime::FoundingContact> Runtime::listen_before_founding()
       set_nodelay(fd);
       held.push_back(std::make_unique<PeerConn>());
       held.back()->fd = fd;
+      if (!secure_accepted(fd, held.back()->tls, true)) {
+        ::close(fd);
+        held.pop_back();
+      }
     }
     for (auto& h : held) {
       PeerConn& p = *h;
       if (p.fd < 0 || p.session.is_open() || p.close_after_flush) continue;
       bool ok = true;
       for (;;) {
-        ssize_t n = ::recv(p.fd, buf, sizeof buf, 0);
+        ssize_t n = p.tls.recv(p.fd, buf, sizeof buf);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
         ok = n > 0 && take_peer_bytes(p, buf, static_cast<std::size_t>(n), true);
         if (!ok || p.session.is_open() || p.close_after_flush) break;
       }
-      if (ok && !p.wire.empty()) ok = flush_out(p.fd, p.wire);
+      if (ok && !p.wire.empty()) ok = flush_out(p.fd, p.tls, p.wire);
       if (!ok) {
         ::close(p.fd);
         p.fd = -1;
@@ -1993,6 +2049,13 @@ inline void Runtime::start() {
     for (char c : cfg_.id) safe += (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_') ? c : '_';
     cfg_.data_dir = "raft-" + safe + "-" + std::to_string(host_.port);
   }
+#ifdef RAFT_OPENSSL_SUPPORT
+  if (!cfg_.tls_cert_file.empty()) {
+    tls_clients_ = TlsContext::load(cfg_, cfg_.tls_auth_clients, error);
+    if (tls_clients_) tls_peers_ = TlsContext::load(cfg_, TlsAuthClients::Yes, error);
+    if (!tls_peers_) throw std::runtime_error(error);
+  }
+#endif
   client_fd_ = listen_tcp(host_.host, host_.port, error);
   if (client_fd_ < 0) throw std::runtime_error(error);
   peer_fd_ = listen_tcp(host_.host, host_.port + 1, error);
@@ -2349,8 +2412,8 @@ inline std::vector<std::string> Runtime::peer_secrets() const {
   return s;
 }
 
-inline bool Runtime::handshake_as_connector(int fd, const NodeId& to, PeerSession& session, std::string& error,
-                                            bool& refused) const {
+inline bool Runtime::handshake_as_connector(int fd, Tls& tls, const NodeId& to, PeerSession& session,
+                                            std::string& error, bool& refused) const {
   std::string nonce;
   try {
     nonce = new_handshake_nonce();
@@ -2360,7 +2423,34 @@ inline bool Runtime::handshake_as_connector(int fd, const NodeId& to, PeerSessio
     return false;
   }
   return connector_handshake(fd, hello_words(to, nonce), peer_secrets(), send_timeout(), stop_fd(), session, error,
-                             refused);
+                             refused, &tls);
+}
+
+inline bool Runtime::secure_to_peer(int fd, const std::string& host, Tls& tls, std::string& error) const {
+#ifdef RAFT_OPENSSL_SUPPORT
+  if (tls_peers_ && !tls_connect(fd, tls, *tls_peers_, host, send_timeout(), stop_fd(), error)) {
+    // A certificate refused, either way, needs the operator, as a wrong secret does.
+    if (error.rfind("TLS", 0) == 0) error = "refused: " + error;
+    return false;
+  }
+#else
+  (void)fd, (void)host, (void)tls, (void)error;
+#endif
+  return true;
+}
+
+inline bool Runtime::secure_accepted(int fd, Tls& tls, bool peer) {
+#ifdef RAFT_OPENSSL_SUPPORT
+  const std::shared_ptr<TlsContext>& ctx = peer ? tls_peers_ : tls_clients_;
+  std::string error;
+  if (ctx && !tls.begin(*ctx, fd, true, "", error)) {
+    log(LogLevel::Warning, "cannot start TLS on an accepted connection: " + error);
+    return false;
+  }
+#else
+  (void)fd, (void)tls, (void)peer;
+#endif
+  return true;
 }
 
 inline void PeerLink::run() {
@@ -2373,6 +2463,7 @@ inline void PeerLink::run() {
       if (fd_ >= 0) {
         ::close(fd_);
         fd_ = -1;
+        tls_ = Tls();
       }
       reconnect_ = false;
       connected_ = false;
@@ -2381,6 +2472,7 @@ inline void PeerLink::run() {
       std::string error;
       HostPort hp;
       int fd = -1;
+      Tls tls;
       if (parse_host_port(addr, hp, error)) {
         fd = connect_tcp(rt_.host(), hp.host, hp.port + 1, rt_.send_timeout(), error, rt_.stop_fd());
         if (fd >= 0) {
@@ -2388,11 +2480,15 @@ inline void PeerLink::run() {
           bool refused = false;
           resp::ReplyParser parser;
           resp::Value reply;
-          if (!rt_.handshake_as_connector(fd, id_, next_session, error, refused)) {
+          if (!rt_.secure_to_peer(fd, hp.host, tls, error)) {
+            ::close(fd);
+            fd = -1;
+          } else if (!rt_.handshake_as_connector(fd, tls, id_, next_session, error, refused)) {
             if (refused) error = "refused: " + error;
             ::close(fd);
             fd = -1;
-          } else if (!recv_sealed_value(fd, next_session, parser, reply, rt_.send_timeout(), rt_.stop_fd(), error)) {
+          } else if (!recv_sealed_value(fd, next_session, parser, reply, rt_.send_timeout(), rt_.stop_fd(), error,
+                                        &tls)) {
             error = "after the handshake: " + error;
             ::close(fd);
             fd = -1;
@@ -2421,6 +2517,7 @@ inline void PeerLink::run() {
         break;
       }
       fd_ = fd;
+      tls_ = std::move(tls);
       session = std::move(next_session);
       connected_ = true;
       backoff_ms = 20;
@@ -2454,16 +2551,18 @@ inline void PeerLink::run() {
     std::string wire;
     wire.reserve(batch.size() + (batch.size() / kMaxFrameBytes + 1) * (kFrameHeaderBytes + kFrameTagBytes));
     session.seal(batch, wire);
-    bool ok = send_all(fd, wire.data(), wire.size());
+    bool ok = send_all(fd, wire.data(), wire.size(), &tls_);
     lock.lock();
     if (!ok && fd_ == fd) {
       ::close(fd_);
       fd_ = -1;
+      tls_ = Tls();
       connected_ = false;
     }
   }
   if (fd_ >= 0) ::close(fd_);
   fd_ = -1;
+  tls_ = Tls();
 }
 
 // ---- the ticker ----------------------------------------------------------------------------
@@ -3774,7 +3873,7 @@ inline void Runtime::poll_loop() {
   // their WELCOME, and may hold messages already: handle them as if they had just arrived.
   for (auto it = peers_in_.begin(); it != peers_in_.end();) {
     PeerConn& p = *it->second;
-    const bool ok = read_peer(p) && (p.wire.empty() || flush_out(p.fd, p.wire));
+    const bool ok = read_peer(p) && (p.wire.empty() || flush_out(p.fd, p.tls, p.wire));
     if (ok) {
       ++it;
     } else {
@@ -3797,12 +3896,12 @@ inline void Runtime::poll_loop() {
       // A command waiting for an earlier one: read no more meanwhile (bounded input).
       short ev = static_cast<short>((c->close_after_flush || c->input_closed || c->has_pending ? 0 : POLLIN) |
                                     (c->out.empty() ? 0 : POLLOUT));
-      fds.push_back(pollfd{c->fd, ev, 0});
+      fds.push_back(pollfd{c->fd, c->tls.events(ev), 0});
       owner.push_back(id);
     }
     std::size_t first_peer = fds.size();
     for (auto& [fd, p] : peers_in_)
-      fds.push_back(pollfd{fd, static_cast<short>((p->close_after_flush ? 0 : POLLIN) | (p->wire.empty() ? 0 : POLLOUT)), 0});
+      fds.push_back(pollfd{fd, p->tls.events(static_cast<short>((p->close_after_flush ? 0 : POLLIN) | (p->wire.empty() ? 0 : POLLOUT))), 0});
     int n = ::poll(fds.data(), fds.size(), 100);
     if (stopping_) break;
     if (n < 0) {
@@ -3822,9 +3921,10 @@ inline void Runtime::poll_loop() {
       auto it = clients_.find(owner[i]);
       if (it == clients_.end()) continue;
       ClientConn& c = *it->second;
+      const short revents = c.tls.ready(fds[i].revents);
       bool ok = true;
-      if (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) ok = read_client(c);
-      if (ok && (fds[i].revents & POLLOUT)) ok = flush_out(c.fd, c.out);
+      if (revents & (POLLIN | POLLHUP | POLLERR)) ok = read_client(c);
+      if (ok && (revents & POLLOUT)) ok = flush_out(c.fd, c.tls, c.out);
       if (!ok) close_clients.push_back(c.id);
     }
     std::vector<int> close_peers;
@@ -3834,8 +3934,8 @@ inline void Runtime::poll_loop() {
       if (it == peers_in_.end()) continue;
       PeerConn& p = *it->second;
       bool ok = true;
-      if (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) ok = read_peer(p);
-      if (ok && !p.wire.empty()) ok = flush_out(p.fd, p.wire);
+      if (p.tls.ready(fds[i].revents) & (POLLIN | POLLHUP | POLLERR)) ok = read_peer(p);
+      if (ok && !p.wire.empty()) ok = flush_out(p.fd, p.tls, p.wire);
       if (!ok || (p.close_after_flush && p.wire.empty())) close_peers.push_back(p.fd);
     }
     flush_batched(poll_batch_);
@@ -3888,14 +3988,20 @@ inline void Runtime::accept_clients() {
       std::lock_guard<std::mutex> lock(acl_mu_);
       protected_mode_refuses = acl_.default_without_password();
     }
-    if (protected_mode_refuses) {
+    Tls tls;
+    if (!secure_accepted(fd, tls, false)) {
+      ::close(fd);
+      continue;
+    }
+    if (protected_mode_refuses && !tls.on()) {
       ::send(fd, kProtectedModeDenied, std::strlen(kProtectedModeDenied), MSG_NOSIGNAL);
       ::close(fd);
       continue;
     }
     if (clients_.size() >= cfg_.max_clients) {
+      // (Over TLS, nothing can be said before a handshake: just closed.)
       static const char kFull[] = "-ERR max number of clients reached\r\n";
-      ::send(fd, kFull, sizeof kFull - 1, MSG_NOSIGNAL);
+      if (!tls.on()) ::send(fd, kFull, sizeof kFull - 1, MSG_NOSIGNAL);
       ::close(fd);
       continue;
     }
@@ -3903,6 +4009,11 @@ inline void Runtime::accept_clients() {
     auto c = std::make_unique<ClientConn>(cfg_.client_limits);
     c->id = next_conn_++;
     c->fd = fd;
+    c->tls = std::move(tls);
+    if (protected_mode_refuses) {  // over TLS: said once the handshake is done, then closed
+      c->out = kProtectedModeDenied;
+      c->close_after_flush = true;
+    }
     {
       std::lock_guard<std::mutex> lock(acl_mu_);
       c->authenticated = !acl_.auth_required();  // Redis's: a default user without password
@@ -3925,16 +4036,20 @@ inline void Runtime::accept_peers() {
     set_nodelay(fd);
     auto p = std::make_unique<PeerConn>();
     p->fd = fd;
+    if (!secure_accepted(fd, p->tls, true)) {
+      ::close(fd);
+      continue;
+    }
     peers_in_[fd] = std::move(p);
   }
 }
 
 /// Writes what the socket takes now; the rest waits for POLLOUT. False: the connection is
 /// broken.
-inline bool Runtime::flush_out(int fd, std::string& out) {
+inline bool Runtime::flush_out(int fd, Tls& tls, std::string& out) {
   std::size_t sent = 0;
   while (sent < out.size()) {
-    ssize_t w = ::send(fd, out.data() + sent, out.size() - sent, MSG_NOSIGNAL);
+    ssize_t w = tls.send(fd, out.data() + sent, out.size() - sent);
     if (w < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
       if (errno == EINTR) continue;
@@ -3950,7 +4065,7 @@ inline bool Runtime::read_client(ClientConn& c) {
   char buf[65536];
   std::size_t total = 0;
   while (total < (std::size_t{1} << 20)) {  // fairness: at most 1 MiB per connection per round
-    ssize_t r = ::recv(c.fd, buf, sizeof buf, 0);
+    ssize_t r = c.tls.recv(c.fd, buf, sizeof buf);
     if (r == 0) {
       c.input_closed = true;  // answered, then closed, by the poll loop
       break;
@@ -3958,6 +4073,7 @@ inline bool Runtime::read_client(ClientConn& c) {
     if (r < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
       if (errno == EINTR) continue;
+      if (errno == EPROTO) log(LogLevel::Debug, "closing a client connection: " + c.tls.error());
       return false;
     }
     c.parser.feed(buf, static_cast<std::size_t>(r));
@@ -4062,7 +4178,7 @@ inline void Runtime::complete_op(std::uint64_t conn, std::uint64_t op, Reply rep
     ++c.first_op;
   }
 #endif
-  if (!c.out.empty() && !flush_out(c.fd, c.out)) c.close_after_flush = true;
+  if (!c.out.empty() && !flush_out(c.fd, c.tls, c.out)) c.close_after_flush = true;
   if (c.out.size() > cfg_.max_client_output) {
     if (!c.kill) log(LogLevel::Warning, "closing a client that does not read its replies (" + std::to_string(c.out.size()) + " bytes waiting)");
     c.kill = true;
@@ -4112,7 +4228,7 @@ inline bool Runtime::read_peer(PeerConn& p) {
   bool eof = false;
   bool ok = true;
   while (ok && total < (std::size_t{4} << 20)) {
-    ssize_t r = ::recv(p.fd, buf, sizeof buf, 0);
+    ssize_t r = p.tls.recv(p.fd, buf, sizeof buf);
     if (r == 0) {
       eof = true;  // handle what arrived before the end, then close
       break;
@@ -4120,6 +4236,7 @@ inline bool Runtime::read_peer(PeerConn& p) {
     if (r < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
       if (errno == EINTR) continue;
+      if (errno == EPROTO) log(LogLevel::Warning, "refused a peer connection: " + p.tls.error());
       return false;
     }
     ok = take_peer_bytes(p, buf, static_cast<std::size_t>(r), false);
@@ -4319,21 +4436,22 @@ inline void Runtime::joiner_loop() {
         set_send_timeout(fd, scaled(cfg_.send_timeout_ms));
         // The handshake first (whoever is there: `to` is empty); JOIN goes sealed after it.
         PeerSession session;
+        Tls tls;
         bool refused = false;
         std::string join;
         resp::ReplyParser parser;
         resp::Value welcome, reply;
-        if (!handshake_as_connector(fd, "", session, error, refused)) {
+        if (!secure_to_peer(fd, hp.host, tls, error) || !handshake_as_connector(fd, tls, "", session, error, refused)) {
           welcome = resp::Value::error(error);
         } else {
           std::string plain;
           resp::write_command(plain, {"JOIN", cfg_.id, cfg_.address, identity_.server_id});
           session.seal(plain, join);
         }
-        if (session.is_open() && send_all(fd, join.data(), join.size()) &&
-            recv_sealed_value(fd, session, parser, welcome, scaled(cfg_.send_timeout_ms), stop_fd(), error) &&
+        if (session.is_open() && send_all(fd, join.data(), join.size(), &tls) &&
+            recv_sealed_value(fd, session, parser, welcome, scaled(cfg_.send_timeout_ms), stop_fd(), error, &tls) &&
             !welcome.is_error() &&
-            recv_sealed_value(fd, session, parser, reply, scaled(cfg_.send_timeout_ms), stop_fd(), error)) {
+            recv_sealed_value(fd, session, parser, reply, scaled(cfg_.send_timeout_ms), stop_fd(), error, &tls)) {
           if (reply.type == resp::Type::SimpleString && reply.str.rfind("OK ", 0) == 0) {
             adopt_cluster_id(reply.str.substr(3));
             outcome = "accepted";
@@ -4391,6 +4509,16 @@ inline std::string Config::validate() const {
            std::to_string(own.port + 1) + " could join the cluster's traffic. Set a secret (--secret-file PATH or "
            "RAFT_SECRET in the environment; raft::Config::secret), or accept the risk with --insecure-peers "
            "(raft::Config::insecure_peers)";
+  const bool tls = !tls_cert_file.empty() || !tls_key_file.empty() || !tls_ca_cert_file.empty();
+#ifdef RAFT_OPENSSL_SUPPORT
+  if (tls && (tls_cert_file.empty() || tls_key_file.empty() || tls_ca_cert_file.empty()))
+    return "TLS needs a certificate, its key and the CA certificates (--tls-cert-file, --tls-key-file, "
+           "--tls-ca-cert-file)";
+#else
+  if (tls)
+    return "TLS is not compiled in: build with -DRAFT_OPENSSL_SUPPORT and link -lssl -lcrypto (make TLS=1; "
+           "Debian: apt-get install libssl-dev)";
+#endif
   if (!load_snapshot.empty() && (!join.empty() || !peers.empty()))
     return "-l founds a cluster of one; joiners (-e) and static peers receive the data from it";
   if (!(time_scale > 0)) return "time_scale must be positive";
@@ -4508,7 +4636,8 @@ inline std::string parse_secrets(std::string_view text, std::string& secret, std
 inline std::string usage(const std::string& program) {
   return "usage: " + program +
          " -a IP:PORT [-i NODE_ID] [-e LIST] [-d DATA_DIR] [-l SNAPSHOT] [--secret-file PATH] [--requirepass PASSWORD]\n"
-         "    [--user \"NAME RULES\"] [--protected-mode yes|no] [--loglevel LEVEL]\n"
+         "    [--user \"NAME RULES\"] [--protected-mode yes|no] [--tls-cert-file P --tls-key-file P --tls-ca-cert-file P\n"
+         "    [--tls-auth-clients yes|no|optional]] [--loglevel LEVEL]\n"
          "  -a IP:PORT      this node's address: clients on PORT, peers on PORT+1 (required)\n"
          "  -i NODE_ID      this node's id (default: the address)\n"
          "  -e LIST         join the cluster of these members: NID/IP:PORT or IP:PORT, comma-separated\n"
@@ -4521,6 +4650,10 @@ inline std::string usage(const std::string& program) {
          "  --requirepass PASSWORD  clients must AUTH with this password (the default user's)\n"
          "  --user \"NAME RULES\"    an ACL user, as ACL SETUSER takes it: \"alice on >pw ~* +@read\" (repeatable)\n"
          "  --protected-mode yes|no  without a password, serve only loopback clients (default: yes)\n"
+         "  --tls-cert-file P, --tls-key-file P, --tls-ca-cert-file P  TLS on both ports (PEM files; a build\n"
+         "                  with RAFT_OPENSSL_SUPPORT): this node's certificate and key, the CA peers and clients\n"
+         "                  are checked against\n"
+         "  --tls-auth-clients yes|no|optional  clients must present a certificate the CA signed (default: yes)\n"
          "  --loglevel L    debug, info, warning or error (default: info)\n"
          "  --time-scale X  multiply every timeout by X (slow machines, sanitizer builds)\n"
          "  -h, --help      this help\n"
@@ -4588,6 +4721,20 @@ inline ParsedArgs parse_args(int argc, char** argv) {
         return out;
       }
       c.protected_mode = v == "yes";
+    } else if (a == "--tls-cert-file") {
+      if (!value(c.tls_cert_file)) return out;
+    } else if (a == "--tls-key-file") {
+      if (!value(c.tls_key_file)) return out;
+    } else if (a == "--tls-ca-cert-file") {
+      if (!value(c.tls_ca_cert_file)) return out;
+    } else if (a == "--tls-auth-clients") {
+      if (!value(v)) return out;
+      v = detail::lower(v);
+      if (v != "yes" && v != "no" && v != "optional") {
+        out.error = "--tls-auth-clients takes yes, no or optional, not '" + v + "'";
+        return out;
+      }
+      c.tls_auth_clients = v == "yes" ? TlsAuthClients::Yes : v == "no" ? TlsAuthClients::No : TlsAuthClients::Optional;
     } else if (a == "--secret-file") {
       if (!value(v)) return out;
       if (secret_from != nullptr) {
