@@ -9423,7 +9423,7 @@ inline std::optional<Runtime::FoundingContact> Runtime::listen_before_founding()
                           cfg_.address + " as a member before founding a new one");
   std::vector<std::unique_ptr<PeerConn>> held;
   std::optional<FoundingContact> contact;
-  char buf[4096];
+  char buf[16384];  // a whole TLS record: none is left inside OpenSSL unseen by poll()
   bool stop = false;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(period);
   while (!contact) {

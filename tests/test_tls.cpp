@@ -265,4 +265,31 @@ TEST_CASE("TLS: a node checks that a peer's certificate names the peer's address
   CHECK(founder->info().find("raft_members:1") != std::string::npos);
 }
 
+TEST_CASE("run_raft --tls-*: a node and a joiner over TLS; redis-cli --tls; plaintext refused", "[process][tls]") {
+  Certificates certs(ips_of(244, 2));
+  const proc::TempDir& dir = certs.dir();
+  auto start = [&](int n, std::vector<std::string> more) {
+    std::vector<std::string> argv{proc::example("run_raft"), "-i", std::to_string(n), "-a", address(244, n), "-d",
+                                  dir / ("d" + std::to_string(n)), "--time-scale", std::to_string(proc::time_scale()),
+                                  "-s", "s3cr3t", "--tls-cert-file", certs / "node.crt", "--tls-key-file",
+                                  certs / "node.key", "--tls-ca-cert-file", certs / "ca.crt", "--tls-auth-clients", "no"};
+    argv.insert(argv.end(), more.begin(), more.end());
+    return std::make_unique<proc::Process>("run_raft", argv, dir);
+  };
+  auto first = start(1, {});
+  REQUIRE(first->wait_for_err("leading term", proc::scaled(10000)));
+  auto second = start(2, {"-e", address(244, 1)});
+  // --tls-auth-clients no: the CA certificate is all a client needs.
+  const std::vector<std::string> tls{"--tls", "--cacert", certs / "ca.crt"};
+  CHECK(redis_cli(certs, address(244, 1), tls, {"SET", "k", "over tls"}) == "OK");
+  CHECK(eventually([&] { return redis_cli(certs, address(244, 2), tls, {"GET", "k"}) == "over tls"; }));
+  CHECK(redis_cli(certs, address(244, 1), tls, {"INFO", "raft"}).find("raft_members:2") != std::string::npos);
+  CHECK(redis_cli(certs, address(244, 1), {}, {"PING"}) != "PONG");
+  std::string got;
+  CHECK(plain_connection_closed(ip(244, 1), 7011, "PING\r\n", got, 5000));
+  CHECK(got.find("PONG") == std::string::npos);
+  CHECK(first->running());
+  CHECK(second->running());
+}
+
 #endif  // RAFT_OPENSSL_SUPPORT

@@ -1,6 +1,7 @@
 #!/bin/sh
-# Makes sure what the tests (or, with "bench", the benchmarks) need is installed. As root it
-# installs the missing Debian packages with apt-get; otherwise it prints the exact command.
+# Makes sure what the tests (or, with "bench", the benchmarks; with "tls", a TLS=1 build) need
+# is installed. As root it installs the missing Debian packages with apt-get; otherwise it
+# prints the exact command.
 set -eu
 need=""
 missing() { need="$need $1"; }
@@ -15,6 +16,12 @@ command -v ip >/dev/null 2>&1 || missing iproute2
 command -v nft >/dev/null 2>&1 || missing nftables
 if [ "${1:-}" = bench ]; then
   [ -f /usr/include/hiredis/hiredis.h ] || missing libhiredis-dev
+fi
+# TLS=1 (RAFT_OPENSSL_SUPPORT): OpenSSL's headers and libraries; the [tls] tests make their
+# certificates with the openssl command.
+if [ "${1:-}" = tls ]; then
+  [ -f /usr/include/openssl/ssl.h ] || missing libssl-dev
+  command -v openssl >/dev/null 2>&1 || missing openssl
 fi
 
 [ -z "$need" ] && exit 0
