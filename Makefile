@@ -27,7 +27,8 @@ CXXFLAGS_BASE := -std=c++17 $(WARNINGS) -pthread -I. -MMD -MP
 # Per flavour: optimisation, how many simulation seeds `make test` runs, which tests, and how
 # much slower the runtime tests' clocks run (RAFT_TIME_SCALE).
 # ASan runs everything but the process tests (the runtime tests cover the same code in one
-# process); TSan runs what has threads: the runtime, the processes and the storage writer.
+# process; CI builds it with TLS=1, so the [runtime][tls] tests run there too); TSan runs what
+# has threads: the runtime, the processes and the storage writer.
 # DEFAULT_TESTS: Catch2 test specs, run at once as separate processes (tools/run_tests.sh).
 ifeq ($(SAN),address)
   OPTFLAGS ?= -O1 -g1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all

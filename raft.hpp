@@ -7493,6 +7493,9 @@ inline void StorageWriter::run() {
 //                                        client's ACL user, empty for execute())
 //   FWDR nonce seq status reply         (the leader's answer: status done, notrun or unknown;
 //                                        reply is RESP3-encoded)
+// With TLS (section 1c), every connection of both ports runs TLS underneath: an accepted one
+// starts it when accepted (the handshake goes on within its reads and writes on the poll
+// thread), one a node opens (sender, joiner) finishes the TLS handshake before HELLO.
 // Connections are one-way after the handshake: a node sends on the connections it opened
 // and reads on the ones it accepted. Nothing received is ever evaluated; a malformed message
 // closes that connection.
