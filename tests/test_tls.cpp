@@ -269,6 +269,44 @@ TEST_CASE("TLS: a node checks that a peer's certificate names the peer's address
   CHECK(founder->info().find("raft_members:1") != std::string::npos);
 }
 
+TEST_CASE("TLS: a write waiting for the handshake waits for input, not for a writable socket", "[tls]") {
+  // Over TLS, protected mode's -DENIED is written once the client has said hello. Until then
+  // the write needs input; polling for POLLOUT on a writable socket would wake the poll thread
+  // at once, forever, for a client that never says it.
+  Certificates certs({});
+  raft::Config c;
+  certs.use(c);
+  std::string error;
+  auto ctx = raft::detail::TlsContext::load(c, raft::TlsAuthClients::No, error);
+  INFO(error);
+  REQUIRE(ctx);
+  int sv[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0);
+  raft::detail::Tls server, client;
+  REQUIRE(server.begin(*ctx, sv[0], true, "", error));
+  const std::string denied = "-DENIED protected mode\r\n";
+  CHECK(server.send(sv[0], denied.data(), denied.size()) == -1);
+  CHECK(errno == EAGAIN);
+  const short events = server.events(POLLOUT);
+  CHECK((events & POLLIN) != 0);
+  CHECK((events & POLLOUT) == 0);
+  // The client's hello arrives: the same write goes through, and the client reads it.
+  REQUIRE(client.begin(*ctx, sv[1], false, "", error));
+  ssize_t sent = -1;
+  for (int step = 0; step < 20 && sent < 0; ++step) {
+    client.handshake();
+    if (server.ready(POLLIN) & POLLOUT) sent = server.send(sv[0], denied.data(), denied.size());
+  }
+  CHECK(sent == static_cast<ssize_t>(denied.size()));
+  char buf[16384];
+  ssize_t got = -1;
+  for (int step = 0; step < 20 && got < 0; ++step) got = client.recv(sv[1], buf, sizeof buf);
+  REQUIRE(got > 0);
+  CHECK(std::string(buf, static_cast<std::size_t>(got)) == denied);
+  ::close(sv[0]);
+  ::close(sv[1]);
+}
+
 TEST_CASE("run_raft --tls-*: a node and a joiner over TLS; redis-cli --tls; plaintext refused", "[process][tls]") {
   Certificates certs(ips_of(244, 2));
   const proc::TempDir& dir = certs.dir();

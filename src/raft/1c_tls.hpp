@@ -177,11 +177,14 @@ class Tls {
     return ::send(fd, p, n, MSG_NOSIGNAL);
   }
 
-  /// The poll events to ask for when the connection wants `wanted`.
+  /// The poll events to ask for when the connection wants `wanted`. A read that waits for a
+  /// write waits for POLLOUT instead of POLLIN, and the other way round: asking for what the
+  /// socket has already (a client that never finishes its handshake keeps the socket
+  /// writable) would wake the poll loop at once, again and again.
   short events(short wanted) const {
 #ifdef RAFT_OPENSSL_SUPPORT
-    if (read_wants_write_ && (wanted & POLLIN)) wanted = static_cast<short>(wanted | POLLOUT);
-    if (write_wants_read_ && (wanted & POLLOUT)) wanted = static_cast<short>(wanted | POLLIN);
+    if (read_wants_write_ && (wanted & POLLIN)) wanted = static_cast<short>((wanted & ~POLLIN) | POLLOUT);
+    else if (write_wants_read_ && (wanted & POLLOUT)) wanted = static_cast<short>((wanted & ~POLLOUT) | POLLIN);
 #endif
     return wanted;
   }
