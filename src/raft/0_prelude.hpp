@@ -1,7 +1,8 @@
 // raft.hpp - an embeddable Raft node for C++17: three or five copies of a program keep one
 // replicated, durable key-value state, elect a leader, run code only on the leader, and serve
 // any Redis client. Copy raft.hpp and resp.hpp into your project; nothing else is needed at
-// run time beyond the standard library, POSIX sockets and std::thread.
+// run time beyond the standard library, POSIX sockets and std::thread (TLS, optional, needs
+// OpenSSL: define RAFT_OPENSSL_SUPPORT, see section 1c).
 //
 // GENERATED from src/raft/*.hpp by tools/amalgamate.sh - edit those parts, then run `make`.
 //
