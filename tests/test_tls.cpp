@@ -188,10 +188,13 @@ TEST_CASE("TLS: a cluster replicates over TLS; redis-cli --tls writes and reads;
   CHECK(redis_cli(certs, address(240, leader), with_cert, {"GET", "k"}) == "v");
 }
 
-TEST_CASE("TLS: redis-py with ssl=True reads and writes", "[runtime][tls]") {
+TEST_CASE("TLS: redis-py with ssl=True reads and writes; tls_auth_clients optional takes it with or without a "
+          "client certificate",
+          "[runtime][tls]") {
   Certificates certs(ips_of(241, 1));
   raft::Config c = node_config("1", address(241, 1));
   certs.use(c);
+  c.tls_auth_clients = raft::TlsAuthClients::Optional;
   TestNode node(c);
   node->start();
   REQUIRE(eventually([&] { return node->state() == 'l'; }));
@@ -202,12 +205,20 @@ r = redis.Redis(host=host, port=port, ssl=True, ssl_ca_certs=d + '/ca.crt', ssl_
                 ssl_keyfile=d + '/client.key')
 assert r.set('py', 'tls') is True
 assert r.get('py') == b'tls'
+anonymous = redis.Redis(host=host, port=port, ssl=True, ssl_ca_certs=d + '/ca.crt')
+assert anonymous.get('py') == b'tls'
+try:
+    redis.Redis(host=host, port=port, ssl=True, ssl_ca_certs=d + '/ca.crt', ssl_certfile=d + '/stranger.crt',
+                ssl_keyfile=d + '/stranger.key').get('py')
+    raise AssertionError('a certificate of another CA was taken')
+except redis.exceptions.ConnectionError as e:
+    print('refused')
 print('ok')
 )PY";
   proc::RunResult r = proc::run("python3", {"/usr/bin/python3", "-c", script, ip(241, 1), "7010", certs.dir().path()},
                                 certs.dir(), proc::scaled(20000));
   INFO(r.out << r.err);
-  CHECK(r.out == "ok\n");
+  CHECK(r.out == "refused\nok\n");
   CHECK(stored(*node, "py") == "tls");
 }
 
