@@ -8854,7 +8854,7 @@ class Runtime {
   CommandLimits command_limits() const;
   bool over_maxmemory() const;
   std::string checkpoint_refusal();
-  Reply config_command(const std::vector<std::string>& w);
+  std::optional<Reply> config_command(const std::vector<std::string>& w);
   void drain_done();
   bool complete_done();  // completes the replies in done_; false if there were none
   void serve_ready_reads();
@@ -10824,8 +10824,8 @@ inline Reply Runtime::admin(const std::vector<std::string>& w) {
 // Every command handled here must have its ACL category in acl_command (an administration
 // command there, or clients without +@admin may run it).
 // CONFIG GET name..., and CONFIG SET of the limits (Redis's names where Redis has the limit;
-// see LiveLimits). A nil reply: not a limit (connection_command goes on).
-inline Reply Runtime::config_command(const std::vector<std::string>& w) {
+// see LiveLimits). None: CONFIG SET of something else (connection_command goes on).
+inline std::optional<Reply> Runtime::config_command(const std::vector<std::string>& w) {
   struct Option {
     const char* name;
     std::atomic<std::uint64_t>* value;
@@ -10880,7 +10880,7 @@ inline Reply Runtime::config_command(const std::vector<std::string>& w) {
     o.value->store(v);
     return Reply::ok();
   }
-  return Reply::nil();
+  return std::nullopt;
 }
 
 inline Reply Runtime::connection_command(ClientConn* conn, const std::vector<std::string>& w, bool& handled) {
@@ -10995,10 +10995,10 @@ inline Reply Runtime::connection_command(ClientConn* conn, const std::vector<std
     return Reply::array(std::move(all));
   }
   if (name == "config") {
-    if (w.size() >= 3 && lower(w[1]) == "get") return config_command(w);
+    if (w.size() >= 3 && lower(w[1]) == "get") return *config_command(w);
     if (w.size() == 4 && lower(w[1]) == "set") {
-      Reply r = config_command(w);
-      if (r.type != resp::Type::Null) return r;
+      std::optional<Reply> r = config_command(w);
+      if (r) return std::move(*r);
     }
     // The clients' options (administration: see acl_command): Redis's way to open a node up.
     if (w.size() == 4 && lower(w[1]) == "set" && lower(w[2]) == "requirepass") {
