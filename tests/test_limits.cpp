@@ -114,6 +114,26 @@ TEST_CASE("maxclients is lowered to the descriptor limit: a flood of idle client
   CHECK(show(flood.front().call({"PING"})) == "PONG");
 }
 
+TEST_CASE("run_raft raises its soft descriptor limit to the hard one before maxclients is lowered to it",
+          "[process][limits]") {
+  proc::TempDir dir("limits-raise");
+  const std::string ip = in_process::ip(247, 1);
+  proc::Process node("run_raft",
+                     {"prlimit", "--nofile=256:1024", std::filesystem::absolute(proc::example("run_raft")).string(),
+                      "-i", "1", "-a", ip + ":7000", "-d", dir / "d1", "--time-scale",
+                      std::to_string(proc::time_scale())},
+                     dir);
+  REQUIRE(node.wait_for_err("leading term", proc::scaled(10000)));
+  CHECK(node.wait_for_err("maxclients lowered from 10000 to 896", proc::scaled(1000)));
+  proc::Client admin(ip, 7000);
+  CHECK(show(admin.call({"CONFIG", "GET", "maxclients"})) == "[maxclients, 896]");
+  CHECK(show(admin.call({"CONFIG", "SET", "maxclients", "897"})) ==
+        "-ERR CONFIG SET failed (possibly related to argument 'maxclients') - The operating system is not able to "
+        "handle the specified number of clients, try with 896");
+  CHECK(show(admin.call({"CONFIG", "SET", "maxclients", "100"})) == "OK");
+  CHECK(show(admin.call({"CONFIG", "GET", "maxclients"})) == "[maxclients, 100]");
+}
+
 TEST_CASE("timeout and partial-command-timeout close idle clients and half-sent commands; others are served",
           "[limits][redis]") {
   TestNode n(single(241));
@@ -259,6 +279,13 @@ TEST_CASE("maxmemory (noeviction): writes that grow the data are refused with Re
     CHECK(in_process::stored(c[i], "key" + std::to_string(written)) == "(none)");
     CHECK(in_process::stored(c[i], "key" + std::to_string(written - 1)) == std::string(10000, 'x'));
   }
+  // A forwarded write is checked again on the leader, against the leader's own maxmemory.
+  proc::Client leader_admin = connect(c[leader]);
+  REQUIRE(show(leader_admin.call({"CONFIG", "SET", "maxmemory", "1"})) == "OK");
+  REQUIRE(show(f.call({"CONFIG", "SET", "maxmemory", "0"})) == "OK");
+  CHECK(show(f.call({"SET", "forwarded", "x"})) == kOom);
+  CHECK(show(f.call({"DEL", "key3"})) == "1");
+  CHECK(in_process::stored(c[follower], "forwarded") == "(none)");
   if (proc::RedisServer::installed()) {
     proc::TempDir dir("limits-oom-redis");
     proc::RedisServer redis(dir, {"--maxmemory", "1"});
