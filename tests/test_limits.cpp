@@ -353,3 +353,20 @@ TEST_CASE("max-command-bytes (16 MiB by default): a write just over it is refuse
   }
   CHECK(show(l.call({"SET", "k", "v"})) == "OK");
 }
+
+TEST_CASE("Config::validate keeps the limits within what the peer protocol carries", "[limits]") {
+  raft::Config c = single(248);
+  CHECK(c.validate() == "");
+  c.max_command_bytes = raft::detail::kMaxCommandBytes + 1;
+  CHECK_THAT(c.validate(), Catch::StartsWith("max_command_bytes must be between 1 and"));
+  c.max_command_bytes = raft::detail::kMaxCommandBytes;
+  CHECK(c.validate() == "");
+  c.client_limits.max_bulk_length = raft::detail::kProtoMaxBulkLen + 1;
+  CHECK_THAT(c.validate(), Catch::StartsWith("client_limits.max_bulk_length (proto-max-bulk-len)"));
+  c.client_limits.max_bulk_length = 1 << 20;
+  c.client_query_buffer_limit = 1000;
+  CHECK_THAT(c.validate(), Catch::StartsWith("client_query_buffer_limit must be at least 1 MiB"));
+  c.client_query_buffer_limit = 1 << 20;
+  c.client_timeout_s = -1;
+  CHECK_THAT(c.validate(), Catch::Contains("must not be negative"));
+}
