@@ -66,14 +66,22 @@ TEST_CASE("builtin table: names, flags and argument counts follow Redis", "[stor
     REQUIRE(t.count(name) == 1);
     CHECK(t.at(name).flags == "r");
   }
-  for (const char* name :
-       {"set", "setnx", "getset", "mset", "del", "incr", "decr", "incrby", "decrby", "append",
-        "expire", "pexpire", "expireat", "pexpireat", "persist", "hset", "hmset", "hdel",
-        "hincrby", "lpush", "rpush", "lpop", "rpop", "lset", "lrem", "ltrim"}) {
+  // Writes Redis marks denyoom (refused at maxmemory), and the others ('s': never grow).
+  for (const char* name : {"set", "setnx", "getset", "mset", "incr", "decr", "incrby", "decrby", "append",
+                           "hset", "hmset", "hincrby", "lpush", "rpush", "lset"}) {
     INFO(name);
     REQUIRE(t.count(name) == 1);
     CHECK(t.at(name).flags == "we");
     CHECK(t.at(name).is_write());
+    CHECK(t.at(name).may_grow());
+  }
+  for (const char* name : {"del", "expire", "pexpire", "expireat", "pexpireat", "persist", "hdel", "lpop", "rpop",
+                           "lrem", "ltrim"}) {
+    INFO(name);
+    REQUIRE(t.count(name) == 1);
+    CHECK(t.at(name).flags == "wes");
+    CHECK(t.at(name).is_write());
+    CHECK_FALSE(t.at(name).may_grow());
   }
   CHECK(t.at("get").min_args == 1);
   CHECK(t.at("get").max_args == 1);

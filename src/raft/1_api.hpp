@@ -358,11 +358,15 @@ struct Command {
   Handler fn;
   /// "r": a read, answered by the node that received it (linearizable unless the client
   /// said READONLY). "we": a write, replicated through the log and applied on every node.
+  /// "wes": a write that never grows the data (DEL, LPOP, EXPIRE): still run when the data
+  /// is at Config::maxmemory, where other writes are refused (Redis's commands without
+  /// denyoom).
   std::string flags = "r";
   int min_args = 0;   // not counting the command name
   int max_args = -1;  // -1: no limit
 
   bool is_write() const { return flags.find('w') != std::string::npos; }
+  bool may_grow() const { return is_write() && flags.find('s') == std::string::npos; }
 };
 
 using CommandTable = std::map<std::string, Command, std::less<>>;
@@ -461,8 +465,36 @@ struct Config {
   /// A joiner asks again this often until it is a member.
   int join_retry_ms = 500;
 
-  // ---- limits ----
+  // ---- limits (Redis's option names in brackets; see the README's "Limits") ----
+  /// Clients served at once [maxclients]. Lowered at start to the descriptor limit
+  /// (RLIMIT_NOFILE, shared by every node of the process) less kReservedDescriptors, kept for
+  /// storage and peers, so that a flood of clients never makes a write to disk fail.
   std::size_t max_clients = 10000;
+  /// A client that sends nothing for this long is closed; 0: never [timeout, seconds].
+  int client_timeout_s = 0;
+  /// A client that started a command and sent no more of it for this long is closed; 0:
+  /// never. Redis has no such limit [partial-command-timeout, seconds].
+  int partial_command_timeout_s = 30;
+  /// Received bytes of one client not yet run as a command; beyond, it is closed
+  /// [client-query-buffer-limit]. At least max_command_bytes, so that a write over that limit
+  /// is refused with an error and the connection kept.
+  std::size_t client_query_buffer_limit = std::size_t{64} << 20;
+  /// One write, RESP-encoded as its log entry holds it: larger ones are refused before they
+  /// are proposed or forwarded [max-command-bytes]. 16 MiB: an entry this size crosses a
+  /// 1 Gbit/s link in about 135 ms, half the election timeout; etcd's default is 1.5 MiB.
+  /// At most detail::kMaxCommandBytes (about 1 GiB, the peer protocol's bound).
+  std::size_t max_command_bytes = std::size_t{16} << 20;
+  /// Memory the data may use, as Store::used_memory() estimates it; 0: no limit [maxmemory].
+  /// Policy noeviction: at or above it, a write that may grow the data (a command without
+  /// the 's' flag) is refused with -OOM before it is proposed; deletes and reads still work.
+  /// Also bounds a snapshot received from the leader (with max_snapshot_bytes).
+  std::uint64_t maxmemory = 0;
+  /// A CHECKPOINT within this time of the previous one, or while one is written, is refused
+  /// [checkpoint-interval, seconds]. Each takes a copy of the data.
+  int checkpoint_interval_s = 1;
+  /// The unsent replies of all clients together: beyond, the clients holding the most are
+  /// closed until the total is below it again [client-output-total-limit].
+  std::size_t max_total_client_output = std::size_t{512} << 20;
   /// Learners are promoted while the cluster has fewer voters than this.
   std::size_t max_voters = 5;
   /// Take a snapshot after this many entries (pyraft: 100000); keep this many behind it.
@@ -470,8 +502,11 @@ struct Config {
   std::uint64_t snapshot_trailing = 1000;
   /// Log segment size.
   std::size_t segment_bytes = std::size_t{64} << 20;
-  /// What a client may declare (RESP bulk length, multibulk length, inline length).
-  resp::Limits client_limits;
+  /// What a client may declare (RESP bulk length, multibulk length, inline length); a
+  /// larger declaration is a protocol error that closes the connection, as in Redis. The
+  /// bulk length is Redis's proto-max-bulk-len, here 16 MiB by default (Redis: 512 MiB), at
+  /// most detail::kProtoMaxBulkLen.
+  resp::Limits client_limits{std::size_t{16} << 20};
   /// A client whose unsent replies exceed this is disconnected (Redis: client-output-buffer-limit).
   std::size_t max_client_output = std::size_t{256} << 20;
   /// A snapshot received from the leader is held in memory while it arrives, and checked

@@ -190,6 +190,10 @@ class Store {
     std::string str;  // Kind::String
     Hash hash;        // Kind::Hash; never empty while stored (an emptied hash is deleted)
     List list;        // Kind::List; never empty while stored
+    /// A hash's or list's elements as used_memory() counts them (kHashEntryBytes or
+    /// kListEntryBytes each, with their strings' sizes). Kept by the write handlers that change
+    /// the elements in place (grew(), shrank()); not compared.
+    std::size_t element_bytes = 0;
 
     bool operator==(const Object& o) const {
       return kind == o.kind && str == o.str && hash == o.hash && list == o.list;
@@ -224,6 +228,21 @@ class Store {
 
   /// Every key, expired or not.
   std::size_t size() const { return objects_.size(); }
+
+  // ---- memory (maxmemory): an estimate kept as writes go, O(1) per changed key ----
+  /// What a key costs beside its value (the map node, the strings' and object's headers), and
+  /// what each element of a hash or list costs beside its strings: estimates for libstdc++.
+  static constexpr std::size_t kKeyBytes = 224;
+  static constexpr std::size_t kHashEntryBytes = 112;
+  static constexpr std::size_t kListEntryBytes = 64;
+  /// Estimated bytes of the data: per key kKeyBytes, the key, and its string's size or its
+  /// elements' (Object::element_bytes). A write handler that changes a hash or list in place
+  /// keeps element_bytes with grew() and shrank(); strings need nothing.
+  std::size_t used_memory() const;
+  static void grew(Object& o, std::size_t bytes) { o.element_bytes += bytes; }
+  static void shrank(Object& o, std::size_t bytes) { o.element_bytes -= std::min(o.element_bytes, bytes); }
+  /// Counts the keys the last writes changed (the runtime calls it after each write).
+  void settle_memory();
   bool empty() const { return objects_.empty(); }
   /// Deletes every key (the sessions stay).
   void clear();
@@ -274,6 +293,7 @@ class Store {
   struct Record {
     Object object;
     std::optional<std::int64_t> deadline;
+    std::size_t counted = 0;  // the bytes used_ counts for this key (settle_memory())
     bool operator==(const Record& o) const { return object == o.object && deadline == o.deadline; }
   };
   /// Orders (deadline, key) pairs; transparent so a lookup can use a string_view key.
@@ -300,6 +320,17 @@ class Store {
   detail::SessionTable sessions_;
   bool recording_ = false;
   std::map<std::string, Undo, std::less<>> undo_;
+  std::size_t used_ = 0;             // the sum of every Record::counted
+  std::vector<std::string> opened_;  // keys put or found for writing since settle_memory()
+
+  static std::size_t cost(const std::string& key, const Object& o) {
+    return kKeyBytes + key.size() + (o.kind == Kind::String ? o.str.size() : o.element_bytes);
+  }
+  void opened(std::string_view key) {
+    if (opened_.empty() || opened_.back() != key) opened_.emplace_back(key);
+  }
+  /// Counts every key and element from scratch (after loading a snapshot).
+  void recount_memory();
 
   static bool expired(const Record& r, std::int64_t now_ms) {
     return r.deadline && *r.deadline <= now_ms;
@@ -1479,10 +1510,14 @@ inline Reply hset_generic(Call& c, bool reply_ok) {
   std::int64_t added = 0;
   for (std::size_t i = 2; i + 1 < c.words.size(); i += 2) {
     auto [it, inserted] = o->hash.try_emplace(c.words[i], c.words[i + 1]);
-    if (inserted)
+    if (inserted) {
       ++added;
-    else
+      Store::grew(*o, Store::kHashEntryBytes + it->first.size() + it->second.size());
+    } else {
+      Store::shrank(*o, it->second.size());
       it->second = c.words[i + 1];
+      Store::grew(*o, it->second.size());
+    }
   }
   return reply_ok ? Reply::ok() : Reply::integer(added);
 }
@@ -1508,6 +1543,7 @@ inline Reply cmd_hdel(Call& c) {
   for (std::size_t i = 2; i < c.words.size(); ++i) {
     const auto it = o->hash.find(c.words[i]);
     if (it == o->hash.end()) continue;
+    Store::shrank(*o, Store::kHashEntryBytes + it->first.size() + it->second.size());
     o->hash.erase(it);
     ++removed;
   }
@@ -1591,7 +1627,10 @@ inline Reply cmd_hincrby(Call& c) {
   const auto result = checked_add(value, increment);
   if (!result) return overflow_error();
   if (o == nullptr) o = &c.data.put(c.words[1], Store::Kind::Hash);
-  o->hash[c.words[2]] = std::to_string(*result);
+  auto [field, inserted] = o->hash.try_emplace(c.words[2]);
+  Store::shrank(*o, inserted ? 0 : field->second.size());
+  field->second = std::to_string(*result);
+  Store::grew(*o, (inserted ? Store::kHashEntryBytes + field->first.size() : 0) + field->second.size());
   return Reply::integer(*result);
 }
 
@@ -1607,6 +1646,7 @@ inline Reply push_generic(Call& c, bool front) {
       o->list.push_front(c.words[i]);
     else
       o->list.push_back(c.words[i]);
+    Store::grew(*o, Store::kListEntryBytes + c.words[i].size());
   }
   return Reply::integer(static_cast<std::int64_t>(o->list.size()));
 }
@@ -1626,6 +1666,7 @@ inline Reply pop_generic(Call& c, bool front) {
   if (o == nullptr) return has_count ? Reply::null_array() : Reply::nil();
   const auto take = [&] {
     std::string v = std::move(front ? o->list.front() : o->list.back());
+    Store::shrank(*o, Store::kListEntryBytes + v.size());
     if (front)
       o->list.pop_front();
     else
@@ -1694,7 +1735,10 @@ inline Reply cmd_lset(Call& c) {
   if (!parse_int64(c.words[2], index)) return not_integer_error();
   std::size_t i = 0;
   if (!resolve_index(index, o->list.size(), i)) return Reply::error("ERR index out of range");
-  *list_at(o->list, i) = c.words[3];
+  std::string& element = *list_at(o->list, i);
+  Store::shrank(*o, element.size());
+  element = c.words[3];
+  Store::grew(*o, element.size());
   return Reply::ok();
 }
 
@@ -1715,6 +1759,7 @@ inline Reply cmd_lrem(Call& c) {
   if (count >= 0) {
     for (auto it = list.begin(); it != list.end() && removed < limit;) {
       if (*it == element) {
+        Store::shrank(*o, Store::kListEntryBytes + it->size());
         it = list.erase(it);
         ++removed;
       } else {
@@ -1725,6 +1770,7 @@ inline Reply cmd_lrem(Call& c) {
     for (auto it = list.end(); it != list.begin() && removed < limit;) {
       --it;
       if (*it == element) {
+        Store::shrank(*o, Store::kListEntryBytes + it->size());
         it = list.erase(it);
         ++removed;
       }
@@ -1749,8 +1795,15 @@ inline Reply cmd_ltrim(Call& c) {
     return Reply::ok();
   }
   const std::size_t after = list.size() - first - count;
-  list.erase(list.begin(), std::next(list.begin(), static_cast<std::ptrdiff_t>(first)));
-  list.erase(std::prev(list.end(), static_cast<std::ptrdiff_t>(after)), list.end());
+  // One element at a time, counting each (the time is the erasing's anyway).
+  for (std::size_t k = 0; k < first; ++k) {
+    Store::shrank(*o, Store::kListEntryBytes + list.front().size());
+    list.pop_front();
+  }
+  for (std::size_t k = 0; k < after; ++k) {
+    Store::shrank(*o, Store::kListEntryBytes + list.back().size());
+    list.pop_back();
+  }
   return Reply::ok();
 }
 
@@ -1787,6 +1840,7 @@ inline Store::Object* Store::find_for_write(std::string_view key, std::int64_t n
     return nullptr;
   }
   keep_object(key, it, false);  // the caller may change it in place
+  opened(key);
   return &it->second.object;
 }
 
@@ -1801,6 +1855,7 @@ inline Store::Object& Store::put(std::string_view key, Kind kind) {
     it = objects_.emplace_hint(it, std::string(key), Record{});
   }
   it->second.object.kind = kind;
+  opened(key);
   return it->second.object;
 }
 
@@ -1814,6 +1869,7 @@ inline bool Store::erase(std::string_view key) {
 inline void Store::erase(Objects::iterator it) {
   keep_object(it->first, it, true);
   drop_deadline(it);
+  used_ -= std::min(used_, it->second.counted);
   objects_.erase(it);
 }
 
@@ -1821,6 +1877,41 @@ inline void Store::clear() {
   for (auto it = objects_.begin(); recording_ && it != objects_.end(); ++it) keep_object(it->first, it, true);
   objects_.clear();
   expiry_.clear();
+  used_ = 0;
+  opened_.clear();
+}
+
+inline std::size_t Store::used_memory() const {
+  std::size_t used = used_;
+  for (const auto& key : opened_) {
+    const auto it = objects_.find(key);
+    if (it != objects_.end()) used = used - std::min(used, it->second.counted) + cost(it->first, it->second.object);
+  }
+  return used;
+}
+
+inline void Store::settle_memory() {
+  for (const auto& key : opened_) {
+    const auto it = objects_.find(key);
+    if (it == objects_.end()) continue;
+    used_ -= std::min(used_, it->second.counted);
+    it->second.counted = cost(it->first, it->second.object);
+    used_ += it->second.counted;
+  }
+  opened_.clear();
+}
+
+inline void Store::recount_memory() {
+  used_ = 0;
+  opened_.clear();
+  for (auto& [key, r] : objects_) {
+    Object& o = r.object;
+    o.element_bytes = 0;
+    for (const auto& [field, value] : o.hash) o.element_bytes += kHashEntryBytes + field.size() + value.size();
+    for (const auto& e : o.list) o.element_bytes += kListEntryBytes + e.size();
+    r.counted = cost(key, o);
+    used_ += r.counted;
+  }
 }
 
 inline Store::Undo* Store::remember(std::string_view key, Objects::iterator it) {
@@ -1866,6 +1957,7 @@ inline void Store::rollback_undo() {
     // A key that existed and is gone now had its object kept when it went.
     if (it == objects_.end()) it = objects_.emplace(key, Record{}).first;
     if (u.object) it->second.object = std::move(*u.object);
+    opened(key);
     drop_deadline(it);
     if (u.deadline) {
       it->second.deadline = u.deadline;
@@ -2246,6 +2338,7 @@ inline bool Store::read_snapshot(std::string_view text, Store& data, SnapshotMet
     }
     store.set_deadline(d.key, d.deadline_ms);
   }
+  store.recount_memory();
   data = std::move(store);
   meta = std::move(m);
   return true;
@@ -2318,6 +2411,7 @@ inline bool Store::read_pyraft_snapshot(std::string_view text, Store& data, std:
   // pyraft's del leaves ttl entries of deleted keys behind: those are skipped.
   for (const auto& d : deadlines)
     if (store.objects_.count(d.key) != 0) store.set_deadline(d.key, d.deadline_ms);
+  store.recount_memory();
   data = std::move(store);
   return true;
 }
@@ -2573,23 +2667,23 @@ inline void add_builtin_commands(CommandTable& table) {
   add("append", "we", 2, 2, cmd_append);
   add("strlen", "r", 1, 1, cmd_strlen);
   // keys and expiry
-  add("del", "we", 1, -1, cmd_del);
+  add("del", "wes", 1, -1, cmd_del);
   add("exists", "r", 1, -1, cmd_exists);
   add("type", "r", 1, 1, cmd_type);
   add("dbsize", "r", 0, 0, cmd_dbsize);
   add("keys", "r", 1, 1, cmd_keys);
-  add("expire", "we", 2, -1, cmd_expire);
-  add("pexpire", "we", 2, -1, cmd_pexpire);
-  add("expireat", "we", 2, -1, cmd_expireat);
-  add("pexpireat", "we", 2, -1, cmd_pexpireat);
+  add("expire", "wes", 2, -1, cmd_expire);
+  add("pexpire", "wes", 2, -1, cmd_pexpire);
+  add("expireat", "wes", 2, -1, cmd_expireat);
+  add("pexpireat", "wes", 2, -1, cmd_pexpireat);
   add("ttl", "r", 1, 1, cmd_ttl);
   add("pttl", "r", 1, 1, cmd_pttl);
-  add("persist", "we", 1, 1, cmd_persist);
+  add("persist", "wes", 1, 1, cmd_persist);
   // hashes
   add("hset", "we", 3, -1, cmd_hset);
   add("hmset", "we", 3, -1, cmd_hmset);
   add("hget", "r", 2, 2, cmd_hget);
-  add("hdel", "we", 2, -1, cmd_hdel);
+  add("hdel", "wes", 2, -1, cmd_hdel);
   add("hlen", "r", 1, 1, cmd_hlen);
   add("hgetall", "r", 1, 1, cmd_hgetall);
   add("hexists", "r", 2, 2, cmd_hexists);
@@ -2600,14 +2694,14 @@ inline void add_builtin_commands(CommandTable& table) {
   // lists
   add("lpush", "we", 2, -1, cmd_lpush);
   add("rpush", "we", 2, -1, cmd_rpush);
-  add("lpop", "we", 1, 2, cmd_lpop);
-  add("rpop", "we", 1, 2, cmd_rpop);
+  add("lpop", "wes", 1, 2, cmd_lpop);
+  add("rpop", "wes", 1, 2, cmd_rpop);
   add("lrange", "r", 3, 3, cmd_lrange);
   add("lindex", "r", 2, 2, cmd_lindex);
   add("llen", "r", 1, 1, cmd_llen);
   add("lset", "we", 3, 3, cmd_lset);
-  add("lrem", "we", 3, 3, cmd_lrem);
-  add("ltrim", "we", 3, 3, cmd_ltrim);
+  add("lrem", "wes", 3, 3, cmd_lrem);
+  add("ltrim", "wes", 3, 3, cmd_ltrim);
 }
 
 }  // namespace raft

@@ -88,6 +88,36 @@ constexpr int kMaxForwardWaitMs = static_cast<int>(SessionTable::kIdleMs / 10);
 // Forwarded writes one node waits for at once; beyond, a write gets -TRYAGAIN.
 constexpr std::size_t kMaxForwardsWaiting = 65536;
 
+// Descriptors never given to clients (Config::max_clients is lowered to RLIMIT_NOFILE less
+// these): 32 for storage (log segments, snapshot and temporary files, the data directory), the
+// listeners and pipes, as Redis keeps 32; 96 for peer connections, one out and one in per
+// member of a cluster of up to 48.
+constexpr std::uint64_t kReservedDescriptors = 128;
+
+// Redis's reply to a write refused at maxmemory (noeviction).
+constexpr const char* kOomError = "OOM command not allowed when used memory > 'maxmemory'.";
+
+/// Redis's memory values: a number of bytes, or with a unit (k 1000, kb 1024, m, mb, g, gb;
+/// any case). False if `s` is none or the value overflows.
+inline bool parse_memory(std::string_view s, std::uint64_t& bytes) {
+  std::size_t digits = 0;
+  while (digits < s.size() && s[digits] >= '0' && s[digits] <= '9') ++digits;
+  std::uint64_t n = 0;
+  if (digits == 0 || digits > 19 || std::from_chars(s.data(), s.data() + digits, n).ec != std::errc()) return false;
+  std::string unit;
+  for (char c : s.substr(digits)) unit += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  static const std::pair<const char*, std::uint64_t> units[] = {
+      {"", 1}, {"b", 1}, {"k", 1000}, {"kb", 1024}, {"m", 1000 * 1000}, {"mb", 1024 * 1024},
+      {"g", 1000 * 1000 * 1000}, {"gb", std::uint64_t{1024} * 1024 * 1024}};
+  for (const auto& [name, factor] : units)
+    if (unit == name) {
+      if (n > std::numeric_limits<std::uint64_t>::max() / factor) return false;
+      bytes = n * factor;
+      return true;
+    }
+  return false;
+}
+
 inline std::int64_t wall_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::system_clock::now().time_since_epoch())
@@ -1475,6 +1505,10 @@ class Runtime {
     bool has_pending = false;
     int unfinished_writes = 0;
     int unfinished_reads = 0;
+    // Client timeouts: when bytes last arrived; when the command not yet complete in the
+    // parser began to arrive (none: nothing of one is buffered).
+    std::chrono::steady_clock::time_point last_input = std::chrono::steady_clock::now();
+    std::optional<std::chrono::steady_clock::time_point> partial_since;
     explicit ClientConn(resp::Limits limits) : parser(limits) {}
   };
   struct PeerConn {
@@ -1575,7 +1609,18 @@ class Runtime {
   bool read_client(ClientConn& c);
   void process_input(ClientConn& c);
   bool flush_out(int fd, Tls& tls, std::string& out);
+  // client limits (see LiveLimits)
+  bool flush_client(ClientConn& c);  // flush_out, counting client_output_total_
+  void drop_output(ClientConn& c);   // a client being closed: its replies are not sent
+  void limit_total_output();         // closes the clients holding the most while over the total
+  void close_idle_clients();         // timeout and partial-command-timeout
+  void limit_clients_to_descriptors();
+  CommandLimits command_limits() const;
+  bool over_maxmemory() const;
+  std::string checkpoint_refusal();
+  std::optional<Reply> config_command(const std::vector<std::string>& w);
   void drain_done();
+  bool complete_done();  // completes the replies in done_; false if there were none
   void serve_ready_reads();
   void adopt_cluster_id(const std::string& cluster_id);
   void handle_command(ClientConn* conn, Caller caller, std::vector<std::string>& words, Batch& batch);
@@ -1746,6 +1791,40 @@ class Runtime {
   Acl acl_;
   std::atomic<bool> protected_mode_{cfg_.protected_mode};  // CONFIG SET protected-mode changes it
 
+  // Resource limits (Config's "limits", see the README's "Limits"): CONFIG SET changes them
+  // from the poll thread or an execute() caller; the poll thread reads most of them.
+  struct LiveLimits {
+    std::atomic<std::uint64_t> max_clients;  // after the descriptor limit lowered it
+    std::atomic<std::uint64_t> client_timeout_s;
+    std::atomic<std::uint64_t> partial_command_timeout_s;
+    std::atomic<std::uint64_t> query_buffer;
+    std::atomic<std::uint64_t> proto_max_bulk_len;
+    std::atomic<std::uint64_t> max_command_bytes;
+    std::atomic<std::uint64_t> maxmemory;
+    std::atomic<std::uint64_t> checkpoint_interval_s;
+    std::atomic<std::uint64_t> total_client_output;
+    explicit LiveLimits(const Config& c)
+        : max_clients(c.max_clients),
+          client_timeout_s(static_cast<std::uint64_t>(std::max(0, c.client_timeout_s))),
+          partial_command_timeout_s(static_cast<std::uint64_t>(std::max(0, c.partial_command_timeout_s))),
+          query_buffer(c.client_query_buffer_limit),
+          proto_max_bulk_len(c.client_limits.max_bulk_length),
+          max_command_bytes(c.max_command_bytes),
+          maxmemory(c.maxmemory),
+          checkpoint_interval_s(static_cast<std::uint64_t>(std::max(0, c.checkpoint_interval_s))),
+          total_client_output(c.max_total_client_output) {}
+  };
+  LiveLimits limits_{cfg_};
+  // Clients the descriptor limit leaves room for (RLIMIT_NOFILE less kReservedDescriptors),
+  // read at start; max_clients is never set above it.
+  std::uint64_t descriptor_room_ = std::numeric_limits<std::uint64_t>::max();
+  // The poll thread's: every client's unsent replies (ClientConn::out) together.
+  std::size_t client_output_total_ = 0;
+  std::atomic<std::uint64_t> connected_clients_{0};   // for INFO
+  std::atomic<std::uint64_t> client_output_total_reported_{0};  // client_output_total_, for INFO
+  std::atomic<std::uint64_t> used_memory_{0};         // store_.used_memory() after each apply
+  std::chrono::steady_clock::time_point last_checkpoint_{};  // under snap_mu_
+
   std::thread poll_thread_, ticker_thread_, apply_thread_, snapshot_thread_, joiner_thread_;
 };
 
@@ -1763,6 +1842,15 @@ inline CoreOptions Runtime::core_options() const {
   o.snapshot_trailing = cfg_.snapshot_trailing;
   o.max_voters = cfg_.max_voters;
   o.max_snapshot_bytes = cfg_.max_snapshot_bytes;
+  if (cfg_.maxmemory > 0) {
+    // A snapshot of data within maxmemory: Python repr() writes a byte as at most 4
+    // characters ("\\xff"), and the sessions' replies (at most SessionTable::kMaxReplyBytes)
+    // come on top.
+    const std::uint64_t room = cfg_.maxmemory > (std::numeric_limits<std::uint64_t>::max() >> 3)
+                                   ? std::numeric_limits<std::uint64_t>::max()
+                                   : 4 * (cfg_.maxmemory + SessionTable::kMaxReplyBytes);
+    o.max_snapshot_bytes = std::min(o.max_snapshot_bytes, room);
+  }
   std::random_device rd;
   o.random_seed = (static_cast<std::uint64_t>(rd()) << 32) ^ rd() ^ fnv1a(cfg_.id);
   return o;
@@ -1876,6 +1964,7 @@ inline void Runtime::open_storage() {
                                " but its file name says " + std::to_string(index));
     store_ = std::move(restored);
     keys_ = store_.size();
+    used_memory_ = store_.used_memory();
     applied_ = meta.index;
     applied_timestamp_ = meta.timestamp_ms;
     st.snapshot = snapshot;
@@ -2044,6 +2133,7 @@ inline void Runtime::start() {
   } done{*this};
   std::string problem = cfg_.validate();
   if (!problem.empty()) throw std::runtime_error("raft::Config: " + problem);
+  limit_clients_to_descriptors();
   std::string error;
   parse_host_port(cfg_.address, host_, error);
   if (cfg_.id.empty()) cfg_.id = cfg_.address;
@@ -2114,6 +2204,26 @@ inline void Runtime::start() {
 
 // -l FILE: a snapshot file as a data directory holds it (with its header line), the bare
 // repr text, or pyraft's .dat layout.
+// Redis's adjustment of maxclients: never so many clients that storage or peers run out of
+// descriptors (the library reads the limit and never sets it: run_raft raises it).
+inline void Runtime::limit_clients_to_descriptors() {
+  rlimit nofile{};
+  if (::getrlimit(RLIMIT_NOFILE, &nofile) != 0 || nofile.rlim_cur == RLIM_INFINITY) return;
+  const std::uint64_t limit = nofile.rlim_cur;
+  if (limit <= kReservedDescriptors)
+    throw std::runtime_error("the descriptor limit (RLIMIT_NOFILE, ulimit -n) is " + std::to_string(limit) +
+                             ": a node keeps " + std::to_string(kReservedDescriptors) +
+                             " for storage and peers and needs more for clients; raise it");
+  descriptor_room_ = limit - kReservedDescriptors;
+  if (limits_.max_clients.load() > descriptor_room_) {
+    log(LogLevel::Warning, "maxclients lowered from " + std::to_string(limits_.max_clients.load()) + " to " +
+                               std::to_string(descriptor_room_) + ": the descriptor limit (ulimit -n) is " +
+                               std::to_string(limit) + " and " + std::to_string(kReservedDescriptors) +
+                               " are kept for storage and peers");
+    limits_.max_clients = descriptor_room_;
+  }
+}
+
 inline void Runtime::read_snapshot_to_load(Store& into) const {
   const std::string& path = cfg_.load_snapshot;
   std::string text;
@@ -2689,6 +2799,7 @@ inline void Runtime::apply_item(ApplyItem& item) {
         std::lock_guard<std::mutex> lock(data_mu_);
         store_ = std::move(fresh);
         keys_ = store_.size();
+        used_memory_ = store_.used_memory();
       }
       // The stamp first: a read served on the poll thread that sees the new index must
       // not judge expiry by an older time.
@@ -2843,6 +2954,8 @@ inline void Runtime::apply_entry(const LogEntry& e) {
       }
     }
     keys_ = store_.size();
+    store_.settle_memory();
+    used_memory_ = store_.used_memory();
   }
   applied_timestamp_ = std::max(applied_timestamp_.load(), e.timestamp_ms);
   applied_ = e.index;
@@ -3110,6 +3223,11 @@ inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector
       finish(caller, Reply::error("ERR wrong number of arguments for 'checkpoint' command"));
       return;
     }
+    const std::string refusal = checkpoint_refusal();
+    if (!refusal.empty()) {
+      finish(caller, Reply::error(refusal));
+      return;
+    }
     Request r;
     r.conn = caller.conn;
     r.op = caller.op;
@@ -3143,10 +3261,15 @@ inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector
     return;
   }
   if (cmd.is_write()) {
-    // The command limits, before anything is proposed or forwarded (see kMaxCommandBytes).
-    const std::string too_big = command_limit_error(words);
+    // The command limits and maxmemory, before anything is proposed or forwarded (see
+    // kMaxCommandBytes): never at apply, so that every node applies the same entries.
+    const std::string too_big = command_limit_error(words, command_limits());
     if (!too_big.empty()) {
       finish(caller, Reply::error(too_big));
+      return;
+    }
+    if (cmd.may_grow() && over_maxmemory()) {
+      finish(caller, Reply::error(kOomError));
       return;
     }
     std::string payload;
@@ -3403,7 +3526,36 @@ inline std::string Runtime::write_refusal(const std::vector<std::string>& words)
       (h->second.max_args >= 0 && argc > h->second.max_args))
     return "ERR the leader has no write command '" + words[0] + "' taking " + std::to_string(argc) +
            " arguments; the write was not run";
-  return command_limit_error(words);
+  std::string refusal = command_limit_error(words, command_limits());
+  if (refusal.empty() && h->second.may_grow() && over_maxmemory()) refusal = kOomError;  // the leader's own
+  return refusal;
+}
+
+inline CommandLimits Runtime::command_limits() const {
+  CommandLimits l;
+  l.max_word_bytes = static_cast<std::size_t>(limits_.proto_max_bulk_len.load());
+  l.max_bytes = static_cast<std::size_t>(limits_.max_command_bytes.load());
+  return l;
+}
+
+inline bool Runtime::over_maxmemory() const {
+  const std::uint64_t max = limits_.maxmemory.load();
+  return max > 0 && used_memory_.load() >= max;
+}
+
+// Each CHECKPOINT copies the data and writes it out: one at a time, at most one each
+// checkpoint-interval seconds.
+inline std::string Runtime::checkpoint_refusal() {
+  const auto now = std::chrono::steady_clock::now();
+  const std::uint64_t interval_s = limits_.checkpoint_interval_s.load();
+  std::lock_guard<std::mutex> lock(snap_mu_);
+  if (snap_busy_) return "ERR a snapshot is being written; CHECKPOINT again once it is saved";
+  if (last_checkpoint_ != std::chrono::steady_clock::time_point{} &&
+      now - last_checkpoint_ < std::chrono::seconds(interval_s))
+    return "ERR CHECKPOINT ran less than checkpoint-interval (" + std::to_string(interval_s) +
+           " s) ago; try again later";
+  last_checkpoint_ = now;
+  return "";
 }
 
 inline void Runtime::handle_forward(PeerConn& p, ForwardedWrite fw) {
@@ -3489,6 +3641,66 @@ inline Reply Runtime::admin(const std::vector<std::string>& w) {
 
 // Every command handled here must have its ACL category in acl_command (an administration
 // command there, or clients without +@admin may run it).
+// CONFIG GET name..., and CONFIG SET of the limits (Redis's names where Redis has the limit;
+// see LiveLimits). None: CONFIG SET of something else (connection_command goes on).
+inline std::optional<Reply> Runtime::config_command(const std::vector<std::string>& w) {
+  struct Option {
+    const char* name;
+    std::atomic<std::uint64_t>* value;
+    bool memory;  // takes Redis's memory units
+    std::uint64_t min, max;
+  };
+  const Option options[] = {
+      {"maxclients", &limits_.max_clients, false, 1, descriptor_room_},
+      {"timeout", &limits_.client_timeout_s, false, 0, std::uint64_t{1} << 31},
+      {"partial-command-timeout", &limits_.partial_command_timeout_s, false, 0, std::uint64_t{1} << 31},
+      {"client-query-buffer-limit", &limits_.query_buffer, true, std::uint64_t{1} << 20,
+       std::numeric_limits<std::uint64_t>::max()},
+      {"proto-max-bulk-len", &limits_.proto_max_bulk_len, true, 1, kProtoMaxBulkLen},
+      {"max-command-bytes", &limits_.max_command_bytes, true, 1, kMaxCommandBytes},
+      {"maxmemory", &limits_.maxmemory, true, 0, std::numeric_limits<std::uint64_t>::max()},
+      {"checkpoint-interval", &limits_.checkpoint_interval_s, false, 0, std::uint64_t{1} << 31},
+      {"client-output-total-limit", &limits_.total_client_output, true, 1, std::numeric_limits<std::uint64_t>::max()},
+  };
+  if (lower(w[1]) == "get") {
+    // redis-benchmark and some clients ask for save and appendonly: what a Redis with durable
+    // writes says.
+    std::vector<Reply> kv;
+    for (std::size_t i = 2; i < w.size(); ++i) {
+      const std::string k = lower(w[i]);
+      const auto add = [&](const std::string& key, const std::string& value) {
+        if (glob_match(k, key)) kv.insert(kv.end(), {Reply::bulk(key), Reply::bulk(value)});
+      };
+      add("save", "");
+      add("appendonly", "yes");
+      add("maxmemory-policy", "noeviction");
+      for (const Option& o : options) add(o.name, std::to_string(o.value->load()));
+    }
+    return Reply::map(std::move(kv));
+  }
+  const std::string key = lower(w[2]);
+  const auto failed = [&](const std::string& why) {
+    return Reply::error("ERR CONFIG SET failed (possibly related to argument '" + key + "') - " + why);
+  };
+  if (key == "maxmemory-policy")
+    return lower(w[3]) == "noeviction" ? Reply::ok() : failed("only noeviction is supported");
+  for (const Option& o : options) {
+    if (key != o.name) continue;
+    std::uint64_t v = 0;
+    if (!(o.memory ? parse_memory(w[3], v) : parse_u64(w[3], v)))
+      return failed(o.memory ? "argument must be a memory value" : "argument couldn't be parsed into an integer");
+    if (key == "maxclients" && v > o.max)
+      return failed("The operating system is not able to handle the specified number of clients, try with " +
+                    std::to_string(o.max));
+    if (v < o.min || v > o.max)
+      return failed("argument must be between " + std::to_string(o.min) + " and " + std::to_string(o.max) +
+                    " inclusive");
+    o.value->store(v);
+    return Reply::ok();
+  }
+  return std::nullopt;
+}
+
 inline Reply Runtime::connection_command(ClientConn* conn, const std::vector<std::string>& w, bool& handled) {
   handled = true;
   const std::string& name = w[0];
@@ -3601,15 +3813,10 @@ inline Reply Runtime::connection_command(ClientConn* conn, const std::vector<std
     return Reply::array(std::move(all));
   }
   if (name == "config") {
-    // redis-benchmark and some clients ask; answer with what a Redis with durable writes says.
-    if (w.size() >= 3 && lower(w[1]) == "get") {
-      std::vector<Reply> kv;
-      for (std::size_t i = 2; i < w.size(); ++i) {
-        std::string k = lower(w[i]);
-        if (k == "save") kv.insert(kv.end(), {Reply::bulk("save"), Reply::bulk("")});
-        if (k == "appendonly") kv.insert(kv.end(), {Reply::bulk("appendonly"), Reply::bulk("yes")});
-      }
-      return Reply::map(std::move(kv));
+    if (w.size() >= 3 && lower(w[1]) == "get") return *config_command(w);
+    if (w.size() == 4 && lower(w[1]) == "set") {
+      std::optional<Reply> r = config_command(w);
+      if (r) return std::move(*r);
     }
     // The clients' options (administration: see acl_command): Redis's way to open a node up.
     if (w.size() == 4 && lower(w[1]) == "set" && lower(w[2]) == "requirepass") {
@@ -3823,6 +4030,14 @@ inline std::string Runtime::info() const {
     }
     line("raft_member" + std::to_string(i++), v);
   }
+  s += "\r\n# Clients\r\n";
+  line("connected_clients", std::to_string(connected_clients_.load()));
+  line("maxclients", std::to_string(limits_.max_clients.load()));
+  line("total_client_output_bytes", std::to_string(client_output_total_reported_.load()));
+  s += "\r\n# Memory\r\n";
+  line("used_memory", std::to_string(used_memory_.load()));
+  line("maxmemory", std::to_string(limits_.maxmemory.load()));
+  line("maxmemory_policy", "noeviction");
   s += "\r\n# Keyspace\r\n";
   line("db0", "keys=" + std::to_string(keys_.load()));
   return s;
@@ -3927,7 +4142,7 @@ inline void Runtime::poll_loop() {
       const short revents = c.tls.ready(fds[i].revents);
       bool ok = true;
       if (revents & (POLLIN | POLLHUP | POLLERR)) ok = read_client(c);
-      if (ok && (revents & POLLOUT)) ok = flush_out(c.fd, c.tls, c.out);
+      if (ok && (revents & POLLOUT)) ok = flush_client(c);
       if (!ok) close_clients.push_back(c.id);
     }
     std::vector<int> close_peers;
@@ -3950,10 +4165,13 @@ inline void Runtime::poll_loop() {
     for (std::uint64_t id : close_clients) {
       auto it = clients_.find(id);
       if (it != clients_.end()) {
+        drop_output(*it->second);
         ::close(it->second->fd);
         clients_.erase(it);
       }
     }
+    connected_clients_ = clients_.size();
+    client_output_total_reported_ = client_output_total_;
     for (int fd : close_peers) {
       ::close(fd);
       peers_in_.erase(fd);
@@ -3963,6 +4181,7 @@ inline void Runtime::poll_loop() {
       last_expiry = now;
       expire_forwards();
       drain_done();
+      close_idle_clients();
       // A peer connection that has not said HELLO in time is dropped (descriptors are finite).
       for (auto it = peers_in_.begin(); it != peers_in_.end();) {
         if (!it->second->welcomed && now - it->second->accepted > std::chrono::milliseconds(scaled(cfg_.send_timeout_ms))) {
@@ -4001,7 +4220,7 @@ inline void Runtime::accept_clients() {
       ::close(fd);
       continue;
     }
-    if (clients_.size() >= cfg_.max_clients) {
+    if (clients_.size() >= limits_.max_clients.load()) {
       // (Over TLS, nothing can be said before a handshake: just closed.)
       static const char kFull[] = "-ERR max number of clients reached\r\n";
       if (!tls.on()) ::send(fd, kFull, sizeof kFull - 1, MSG_NOSIGNAL);
@@ -4009,7 +4228,9 @@ inline void Runtime::accept_clients() {
       continue;
     }
     set_nodelay(fd);
-    auto c = std::make_unique<ClientConn>(cfg_.client_limits);
+    resp::Limits client_limits = cfg_.client_limits;
+    client_limits.max_bulk_length = static_cast<std::size_t>(limits_.proto_max_bulk_len.load());
+    auto c = std::make_unique<ClientConn>(client_limits);
     c->id = next_conn_++;
     c->fd = fd;
     c->tls = std::move(tls);
@@ -4022,6 +4243,7 @@ inline void Runtime::accept_clients() {
       c->authenticated = !acl_.auth_required();  // Redis's: a default user without password
     }
     clients_[c->id] = std::move(c);
+    connected_clients_ = clients_.size();
   }
 }
 
@@ -4079,11 +4301,78 @@ inline bool Runtime::read_client(ClientConn& c) {
       if (errno == EPROTO) log(LogLevel::Debug, "closing a client connection: " + c.tls.error());
       return false;
     }
+    if (c.parser.buffered() == 0 && !c.has_pending) c.partial_since.reset();  // a new command begins
+    if (!c.partial_since) c.partial_since = std::chrono::steady_clock::now();
     c.parser.feed(buf, static_cast<std::size_t>(r));
     total += static_cast<std::size_t>(r);
   }
+  if (total > 0) c.last_input = std::chrono::steady_clock::now();
+  const std::uint64_t started = c.first_op + c.ops.size();
   process_input(c);
+  if (c.has_pending || c.parser.buffered() == 0)
+    c.partial_since.reset();  // nothing of a command waits for the client
+  else if (c.first_op + c.ops.size() != started)
+    c.partial_since = c.last_input;  // what is left began in this read
+  if (c.parser.buffered() > limits_.query_buffer.load()) {
+    // Redis's client-query-buffer-limit: a command that large is never run.
+    log(LogLevel::Warning, "closing a client whose unprocessed input passed client-query-buffer-limit (" +
+                               std::to_string(c.parser.buffered()) + " bytes)");
+    return false;
+  }
   return c.out.size() <= cfg_.max_client_output;
+}
+
+inline bool Runtime::flush_client(ClientConn& c) {
+  const std::size_t before = c.out.size();
+  const bool ok = flush_out(c.fd, c.tls, c.out);
+  client_output_total_ -= std::min(client_output_total_, before - c.out.size());
+  return ok;
+}
+
+inline void Runtime::drop_output(ClientConn& c) {
+  client_output_total_ -= std::min(client_output_total_, c.out.size());
+  std::string().swap(c.out);
+}
+
+// Over the total of unsent replies, the clients holding the most are closed rather than
+// paused: pausing frees nothing (their replies are made already) and a client that does not
+// read would hold its share for ever; a client holding much is the likeliest not to read.
+inline void Runtime::limit_total_output() {
+  const std::uint64_t cap = limits_.total_client_output.load();
+  if (client_output_total_ <= cap) return;
+  std::vector<ClientConn*> by_size;
+  for (auto& [id, c] : clients_)
+    if (!c->kill && !c->out.empty()) by_size.push_back(c.get());
+  std::sort(by_size.begin(), by_size.end(), [](ClientConn* a, ClientConn* b) { return a->out.size() > b->out.size(); });
+  for (ClientConn* c : by_size) {
+    if (client_output_total_ <= cap) break;
+    log(LogLevel::Warning, "closing a client holding " + std::to_string(c->out.size()) +
+                               " bytes of unsent replies: all clients' together passed client-output-total-limit (" +
+                               std::to_string(cap) + ")");
+    c->kill = true;
+    drop_output(*c);
+  }
+}
+
+// Redis's timeout (idle clients), and a deadline for a command begun but not finished.
+inline void Runtime::close_idle_clients() {
+  const auto now = std::chrono::steady_clock::now();
+  const std::uint64_t idle_s = limits_.client_timeout_s.load();
+  const std::uint64_t partial_s = limits_.partial_command_timeout_s.load();
+  for (auto& [id, c] : clients_) {
+    if (c->kill) continue;
+    // Part of a command left once the one before it ran (complete_op): its clock starts now.
+    if (!c->partial_since && !c->has_pending && c->parser.buffered() > 0) c->partial_since = now;
+    const bool waiting_for_us = !c->ops.empty() || c->has_pending || !c->out.empty();
+    if (idle_s > 0 && !waiting_for_us && now - c->last_input >= std::chrono::seconds(idle_s)) {
+      c->kill = true;
+    } else if (partial_s > 0 && c->partial_since && !c->has_pending &&
+               now - *c->partial_since >= std::chrono::seconds(partial_s)) {
+      log(LogLevel::Info, "closing a client that began a command " + std::to_string(partial_s) +
+                              " s ago and has not finished it (partial-command-timeout)");
+      c->kill = true;
+    }
+  }
 }
 
 // Starts the connection's commands in order. A read waits for the writes before it on the
@@ -4131,28 +4420,42 @@ inline void Runtime::serve_ready_reads() {
     // Applied already: the state read now is at least the read index and at most the commit
     // index, which is what linearizability asks.
     std::vector<std::string> words;
+    std::uint64_t conn = 0;
     {
       std::lock_guard<std::mutex> lock(req_mu_);
       auto it = requests_.find(rs.request_id);
       if (it == requests_.end()) continue;
       words = it->second.words;
+      conn = it->second.conn;
+    }
+    const auto client = clients_.find(conn);
+    if (conn != 0 && (client == clients_.end() || client->second->kill)) {
+      finish_request(rs.request_id, Reply::nil());  // its client is closed: not run
+      continue;
     }
     auto h = handlers_.find(words.empty() ? std::string() : words[0]);
     finish_request(rs.request_id, h == handlers_.end() ? Reply::error("ERR unknown command")
                                                        : run_read(h->second, words, read_time(rs)));
+    // Each reply written (and the output limits applied) before the next is made: a batch of
+    // large replies is never all in memory at once.
+    complete_done();
   }
+}
+
+inline bool Runtime::complete_done() {
+  std::vector<std::tuple<std::uint64_t, std::uint64_t, Reply>> done;
+  {
+    std::lock_guard<std::mutex> lock(done_mu_);
+    done.swap(done_);
+  }
+  for (auto& [conn, op, reply] : done) complete_op(conn, op, std::move(reply));
+  return !done.empty();
 }
 
 inline void Runtime::drain_done() {
   for (;;) {
     serve_ready_reads();
-    std::vector<std::tuple<std::uint64_t, std::uint64_t, Reply>> done;
-    {
-      std::lock_guard<std::mutex> lock(done_mu_);
-      done.swap(done_);
-    }
-    if (done.empty()) break;
-    for (auto& [conn, op, reply] : done) complete_op(conn, op, std::move(reply));
+    if (!complete_done()) break;
     flush_batched(poll_batch_);
   }
 }
@@ -4165,6 +4468,7 @@ inline void Runtime::complete_op(std::uint64_t conn, std::uint64_t op, Reply rep
   Op& o = c.ops[static_cast<std::size_t>(op - c.first_op)];
   if (o.done) return;
   o.done = true;
+  const std::size_t out_before = c.out.size();
   o.reply = std::move(reply);
   if (o.kind == 'w') --c.unfinished_writes;
   if (o.kind == 'r') --c.unfinished_reads;
@@ -4181,12 +4485,20 @@ inline void Runtime::complete_op(std::uint64_t conn, std::uint64_t op, Reply rep
     ++c.first_op;
   }
 #endif
-  if (!c.out.empty() && !flush_out(c.fd, c.tls, c.out)) c.close_after_flush = true;
-  if (c.out.size() > cfg_.max_client_output) {
-    if (!c.kill) log(LogLevel::Warning, "closing a client that does not read its replies (" + std::to_string(c.out.size()) + " bytes waiting)");
-    c.kill = true;
+  client_output_total_ += c.out.size() - std::min(c.out.size(), out_before);
+  if (c.kill) {  // being closed: nothing more is sent
+    drop_output(c);
     return;
   }
+  if (!c.out.empty() && !flush_client(c)) c.close_after_flush = true;
+  if (c.out.size() > cfg_.max_client_output) {
+    log(LogLevel::Warning, "closing a client that does not read its replies (" + std::to_string(c.out.size()) + " bytes waiting)");
+    c.kill = true;
+    drop_output(c);
+    return;
+  }
+  limit_total_output();
+  if (c.kill) return;
   if (c.has_pending || c.parser.buffered() > 0) process_input(c);
 }
 
@@ -4532,6 +4844,19 @@ inline std::string Config::validate() const {
   if (append_timeout_ms < tick_ms || read_timeout_ms < tick_ms || send_timeout_ms < 1 || join_retry_ms < 1)
     return "timeouts must be positive";
   if (max_clients < 1) return "max_clients must be at least 1";
+  if (client_timeout_s < 0 || partial_command_timeout_s < 0 || checkpoint_interval_s < 0)
+    return "client_timeout_s, partial_command_timeout_s and checkpoint_interval_s must not be negative";
+  if (max_command_bytes < 1 || max_command_bytes > detail::kMaxCommandBytes)
+    return "max_command_bytes must be between 1 and " + std::to_string(detail::kMaxCommandBytes) +
+           " (the peer protocol carries a write in one message)";
+  if (client_limits.max_bulk_length < 1 || client_limits.max_bulk_length > detail::kProtoMaxBulkLen)
+    return "client_limits.max_bulk_length (proto-max-bulk-len) must be between 1 and " +
+           std::to_string(detail::kProtoMaxBulkLen);
+  if (client_limits.max_multibulk_length > detail::kMaxCommandWords)
+    return "client_limits.max_multibulk_length must be at most " + std::to_string(detail::kMaxCommandWords);
+  if (client_query_buffer_limit < (std::size_t{1} << 20))
+    return "client_query_buffer_limit must be at least 1 MiB (Redis's minimum)";
+  if (max_total_client_output < 1) return "max_total_client_output must be positive";
   if (max_voters < 1) return "max_voters must be at least 1";
   if (snapshot_threshold < 1) return "snapshot_threshold must be at least 1";
   if (max_snapshot_bytes < 1) return "max_snapshot_bytes must be positive";
@@ -4657,6 +4982,17 @@ inline std::string usage(const std::string& program) {
          "                  with RAFT_OPENSSL_SUPPORT): this node's certificate and key, the CA peers and clients\n"
          "                  are checked against\n"
          "  --tls-auth-clients yes|no|optional  clients must present a certificate the CA signed (default: yes)\n"
+         "  limits (Redis's names; sizes take Redis's units: 100mb, 1gb; see the README's \"Limits\"):\n"
+         "  --maxclients N  clients at once (default 10000, lowered to ulimit -n less 128)\n"
+         "  --timeout S     close a client idle for S seconds (default 0: never)\n"
+         "  --partial-command-timeout S  close a client that leaves a command unfinished S s (default 30)\n"
+         "  --maxmemory SIZE  refuse writes that grow the data beyond SIZE with -OOM (default 0: none)\n"
+         "  --maxmemory-policy noeviction  the only policy\n"
+         "  --client-query-buffer-limit SIZE  unprocessed input of one client (default 64mb)\n"
+         "  --proto-max-bulk-len SIZE  one argument (default 16mb)\n"
+         "  --max-command-bytes SIZE  one write (default 16mb)\n"
+         "  --client-output-total-limit SIZE  all clients' unsent replies (default 512mb)\n"
+         "  --checkpoint-interval S  at most one CHECKPOINT per S seconds (default 1)\n"
          "  --loglevel L    debug, info, warning or error (default: info)\n"
          "  --time-scale X  multiply every timeout by X (slow machines, sanitizer builds)\n"
          "  -h, --help      this help\n"
@@ -4765,6 +5101,37 @@ inline ParsedArgs parse_args(int argc, char** argv) {
       }
     } else if (a == "--insecure-peers") {
       c.insecure_peers = true;
+    } else if (a == "--maxclients" || a == "--timeout" || a == "--partial-command-timeout" ||
+               a == "--checkpoint-interval") {
+      if (!value(v)) return out;
+      std::uint64_t n = 0;
+      if (!detail::parse_u64(v, n) || n > (std::uint64_t{1} << 31)) {
+        out.error = a + " needs a number, not '" + v + "'";
+        return out;
+      }
+      if (a == "--maxclients") c.max_clients = static_cast<std::size_t>(n);
+      if (a == "--timeout") c.client_timeout_s = static_cast<int>(n);
+      if (a == "--partial-command-timeout") c.partial_command_timeout_s = static_cast<int>(n);
+      if (a == "--checkpoint-interval") c.checkpoint_interval_s = static_cast<int>(n);
+    } else if (a == "--maxmemory" || a == "--client-query-buffer-limit" || a == "--proto-max-bulk-len" ||
+               a == "--max-command-bytes" || a == "--client-output-total-limit") {
+      if (!value(v)) return out;
+      std::uint64_t n = 0;
+      if (!detail::parse_memory(v, n) || n > (std::uint64_t{1} << 62)) {
+        out.error = a + " needs a size in bytes (units as Redis's: 100mb, 1gb), not '" + v + "'";
+        return out;
+      }
+      if (a == "--maxmemory") c.maxmemory = n;
+      if (a == "--client-query-buffer-limit") c.client_query_buffer_limit = static_cast<std::size_t>(n);
+      if (a == "--proto-max-bulk-len") c.client_limits.max_bulk_length = static_cast<std::size_t>(n);
+      if (a == "--max-command-bytes") c.max_command_bytes = static_cast<std::size_t>(n);
+      if (a == "--client-output-total-limit") c.max_total_client_output = static_cast<std::size_t>(n);
+    } else if (a == "--maxmemory-policy") {
+      if (!value(v)) return out;
+      if (detail::lower(v) != "noeviction") {
+        out.error = "--maxmemory-policy: only noeviction is supported, not '" + v + "'";
+        return out;
+      }
     } else if (a == "--time-scale") {
       if (!value(v)) return out;
       char* end = nullptr;
