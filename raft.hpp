@@ -232,6 +232,27 @@ struct Snapshot {
   std::string data;
 };
 
+/// Bytes of a snapshot being received from the leader, for the storage to write at `offset`
+/// of the data of its incoming snapshot file (offset 0 starts that file anew). The core keeps
+/// only how much arrived and its CRC-32C; the bytes live in the file (and in the PersistBatch
+/// until the storage took them), so a large transfer is never held whole in memory.
+struct SnapshotChunk {
+  std::uint64_t index = 0;  // the snapshot's last entry
+  std::uint64_t term = 0;
+  std::uint64_t offset = 0;
+  std::string data;
+};
+
+/// The last chunk of a received snapshot is in Ready::persist: once that batch is written,
+/// the runtime has the storage read the incoming file back (its length and CRC-32C must be
+/// these, which the core computed over the bytes as they arrived), parses it, and hands the
+/// result to Core::received_snapshot_loaded. Nothing is deleted or installed before that.
+struct ReceivedSnapshot {
+  SnapshotMeta meta;
+  std::uint64_t size = 0;
+  std::uint32_t crc32c = 0;
+};
+
 /// The core's instructions to the storage, made durable in `seq` order. The rule that keeps
 /// Raft safe: a message that promises something (a vote, an acknowledgement) is sent only
 /// after the batch that holds what it promises is durable.
@@ -248,8 +269,12 @@ struct PersistBatch {
   /// deleted to be written again; the log is cut at the first entry whose term differs from
   /// the log's (a follower overwriting a conflicting suffix), and the rest is appended.
   std::vector<LogEntry> entries;
+  /// Chunks of a snapshot being received, in order: written to the incoming snapshot file,
+  /// not synced (the offset reached is not durable state: after a crash the transfer starts
+  /// again from 0, and open() deletes the partial file). Independent of the log.
+  std::vector<SnapshotChunk> snapshot_chunks;
 
-  bool empty() const { return !snapshot && !hard_state && entries.empty(); }
+  bool empty() const { return !snapshot && !hard_state && entries.empty() && snapshot_chunks.empty(); }
 };
 
 /// A node's role. A learner is a Follower that is not a voter in its configuration.
@@ -380,11 +405,14 @@ struct Ready {
   std::uint64_t leader_ready_term = 0;  // nonzero: leading in this term and its first entry committed
   bool snapshot_wanted = false;         // the log since the last snapshot is long: take one
   std::vector<std::string> refused;     // input the core refused (a term out of bounds, a bad snapshot), and why
+  /// Set: the last chunk of a received snapshot is in `persist`; once it is written, load
+  /// and check the incoming file and call Core::received_snapshot_loaded (see there).
+  std::optional<ReceivedSnapshot> received_snapshot;
 
   bool empty() const {
     return persist.seq == 0 && messages.empty() && after_persist.empty() && !restore &&
            committed.empty() && reads.empty() && aborted.empty() && role_changes.empty() &&
-           leader_ready_term == 0 && !snapshot_wanted && refused.empty();
+           leader_ready_term == 0 && !snapshot_wanted && refused.empty() && !received_snapshot;
   }
 };
 
@@ -3940,6 +3968,44 @@ inline void add_builtin_commands(CommandTable& table) {
 
 namespace raft {
 
+namespace detail {
+
+// CRC-32C (Castagnoli), slice-by-8. The tables are built at compile time.
+struct Crc32cTables {
+  std::uint32_t t[8][256] = {};
+  constexpr Crc32cTables() {
+    for (std::uint32_t i = 0; i < 256; ++i) {
+      std::uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1u) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+      t[0][i] = c;
+    }
+    for (std::uint32_t i = 0; i < 256; ++i)
+      for (int s = 1; s < 8; ++s) t[s][i] = (t[s - 1][i] >> 8) ^ t[0][t[s - 1][i] & 0xFFu];
+  }
+};
+inline constexpr Crc32cTables kCrc32cTables{};
+
+/// CRC-32C of `size` bytes; pass a previous result as `crc` to continue it over more bytes.
+inline std::uint32_t crc32c(const void* data, std::size_t size, std::uint32_t crc = 0) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  const auto& t = kCrc32cTables.t;
+  crc = ~crc;
+  while (size >= 8) {
+    const std::uint32_t lo = crc ^ (std::uint32_t{p[0]} | std::uint32_t{p[1]} << 8 |
+                                    std::uint32_t{p[2]} << 16 | std::uint32_t{p[3]} << 24);
+    const std::uint32_t hi = std::uint32_t{p[4]} | std::uint32_t{p[5]} << 8 |
+                             std::uint32_t{p[6]} << 16 | std::uint32_t{p[7]} << 24;
+    crc = t[7][lo & 0xFFu] ^ t[6][(lo >> 8) & 0xFFu] ^ t[5][(lo >> 16) & 0xFFu] ^ t[4][lo >> 24] ^
+          t[3][hi & 0xFFu] ^ t[2][(hi >> 8) & 0xFFu] ^ t[1][(hi >> 16) & 0xFFu] ^ t[0][hi >> 24];
+    p += 8;
+    size -= 8;
+  }
+  while (size-- > 0) crc = t[0][(crc ^ *p++) & 0xFFu] ^ (crc >> 8);
+  return ~crc;
+}
+
+}  // namespace detail
+
 /// The largest term a node accepts or reaches. Elections add term_step (at most 2^32) to the
 /// term, and 2^62 leaves room for that without wrapping around; at 10 per election it is
 /// never reached by elections. A message carrying a larger term is dropped: only a forged or
@@ -3987,10 +4053,11 @@ struct CoreOptions {
   std::size_t snapshot_chunk_bytes = 1u << 20;
   std::size_t snapshot_chunks_inflight = 4;
   /// A snapshot being received may grow to this many bytes; the chunks are dropped beyond it
-  /// (a stream that never ends would otherwise fill the memory).
+  /// (a stream that never ends would otherwise fill the disk: the chunks go to a file).
   std::uint64_t max_snapshot_bytes = std::uint64_t{4} << 30;
   /// Checks a received snapshot before it replaces anything: empty when it may be installed,
-  /// else why not (the runtime parses it with the reader that restores it). Unset: no check.
+  /// else why not (the runtime parses it with the reader that restores it). Called from
+  /// received_snapshot_loaded, once the storage read the whole file back. Unset: no check.
   std::function<std::string(const Snapshot&)> check_snapshot;
   /// Seed of the election-timeout randomness (the runtime uses a random one; tests fix it).
   std::uint64_t random_seed = 1;
@@ -4104,6 +4171,12 @@ class Core {
   void read_index(std::uint64_t request_id);
   /// The runtime made the batch with this seq (and all before it) durable.
   void persisted(std::uint64_t seq);
+  /// The storage read back the snapshot a Ready::received_snapshot announced: `snapshot` holds
+  /// its metadata and data when `problem` is empty, else `problem` says why the file is not
+  /// that snapshot (a length or CRC-32C that differs from what arrived). Checked, then
+  /// installed (or the log found to hold it already), and the leader answered; refused with
+  /// the log kept as it was. An answer about any other snapshot than the one awaited is ignored.
+  void received_snapshot_loaded(std::shared_ptr<const Snapshot> snapshot, const std::string& problem);
   /// The runtime saved this snapshot of its state machine (at most the applied index).
   /// Returns the index up to which the log may now be dropped from disk too.
   std::uint64_t compact(std::shared_ptr<const Snapshot> snapshot);
@@ -4161,6 +4234,16 @@ class Core {
   /// Peer messages and received snapshots refused as out of bounds or unreadable (each is
   /// also reported in Ready::refused).
   std::uint64_t refused_count() const { return refused_count_; }
+  /// Bytes of the snapshot being received that arrived so far (they are in the storage's
+  /// incoming file, or in the next Ready::persist on their way there).
+  std::uint64_t receiving_snapshot_bytes() const { return recv_snapshot_size_; }
+  /// Bytes of received snapshot data the core holds itself: the chunks that wait in the batch
+  /// for the next ready(); zero once it handed them out. Never the whole snapshot.
+  std::size_t received_snapshot_bytes_held() const {
+    std::size_t n = 0;
+    for (const auto& c : batch_.snapshot_chunks) n += c.data.size();
+    return n;
+  }
 
  private:
   struct PendingRead {
@@ -4305,10 +4388,20 @@ class Core {
   std::set<NodeId> read_round_acks_;
   // reads (follower): request id -> deadline tick
   std::map<std::uint64_t, std::uint64_t> forwarded_reads_;
-  // snapshot being received (follower)
+  // snapshot being received (follower): its bytes go to the storage as they arrive
+  // (PersistBatch::snapshot_chunks); only how many, and their CRC-32C, stay here
   std::uint64_t recv_snapshot_index_ = 0;
   std::uint64_t recv_snapshot_term_ = 0;
-  std::string recv_snapshot_data_;
+  std::uint64_t recv_snapshot_size_ = 0;
+  std::uint32_t recv_snapshot_crc_ = 0;
+  // the last chunk arrived: the storage reads the file back (Ready::received_snapshot) and
+  // received_snapshot_loaded answers the leader that sent it
+  struct SnapshotBeingLoaded {
+    NodeId from;
+    SnapshotMeta meta;
+  };
+  std::optional<SnapshotBeingLoaded> recv_loading_;
+  std::optional<ReceivedSnapshot> received_out_;
 
   // output being gathered for the next Ready
   PersistBatch batch_;
@@ -5041,58 +5134,102 @@ inline void Core::handle_snapshot(const Message& m) {
     return;
   }
 #endif
+  if (recv_loading_ && recv_loading_->meta.index == m.index && recv_loading_->meta.term == m.log_term)
+    return;  // all of it arrived and is being read back: the answer comes once it is checked
   if (m.offset == 0) {
     recv_snapshot_index_ = m.index;
     recv_snapshot_term_ = m.log_term;
-    recv_snapshot_data_.clear();
+    recv_snapshot_size_ = 0;
+    recv_snapshot_crc_ = 0;
   }
-  if (recv_snapshot_index_ != m.index || recv_snapshot_term_ != m.log_term ||
-      m.offset != recv_snapshot_data_.size()) {
+  if (recv_snapshot_index_ != m.index || recv_snapshot_term_ != m.log_term || m.offset != recv_snapshot_size_) {
     r.reject = true;  // out of order: ask for the bytes from where we are
-    r.offset = (recv_snapshot_index_ == m.index && recv_snapshot_term_ == m.log_term)
-                   ? recv_snapshot_data_.size()
-                   : 0;
+    r.offset = (recv_snapshot_index_ == m.index && recv_snapshot_term_ == m.log_term) ? recv_snapshot_size_ : 0;
     send(std::move(r));
     return;
   }
-  // Refused: what arrived so far goes, the log stays as it was, and the sender is asked to
-  // start again from the beginning (a leader whose transfer was damaged on the way retries).
-  auto refuse_snapshot = [&](const std::string& why) {
+  // Refused: what arrived so far is forgotten (the storage's file is started anew by the next
+  // chunk at offset 0), the log stays as it was, and the sender is asked to start again from
+  // the beginning (a leader whose transfer was damaged on the way retries).
+  if (m.data.size() > opts_.max_snapshot_bytes || recv_snapshot_size_ > opts_.max_snapshot_bytes - m.data.size()) {
     refuse("refused a snapshot at index " + std::to_string(m.index) + " of term " + std::to_string(m.log_term) +
-               " from " + m.from + ": " + why + "; the log is kept",
+               " from " + m.from + ": it is larger than max_snapshot_bytes (" +
+               std::to_string(opts_.max_snapshot_bytes) + "); the log is kept",
            true);
-    recv_snapshot_data_.clear();
-    recv_snapshot_data_.shrink_to_fit();
-    recv_snapshot_index_ = recv_snapshot_term_ = 0;
+    recv_snapshot_index_ = recv_snapshot_term_ = recv_snapshot_size_ = 0;
+    recv_snapshot_crc_ = 0;
     r.reject = true;
     r.offset = 0;
     send(std::move(r));
-  };
-  if (m.data.size() > opts_.max_snapshot_bytes ||
-      recv_snapshot_data_.size() > opts_.max_snapshot_bytes - m.data.size())
-    return refuse_snapshot("it is larger than max_snapshot_bytes (" + std::to_string(opts_.max_snapshot_bytes) + ")");
-  recv_snapshot_data_.append(m.data);
-  r.offset = recv_snapshot_data_.size();
+    return;
+  }
+  // The chunk goes to the storage's incoming file with the next batch, and is acknowledged at
+  // once, before it is durable: the offset reached is not durable state. A crash loses the
+  // partial file (open() deletes it) and this count alike, and the transfer starts again from
+  // offset 0. Only the install must not run ahead of the disk, and it does not: the storage
+  // syncs the file while reading it back, before the core hears it may install it, and the
+  // install renames it into place durably before the log is replaced.
+  recv_snapshot_crc_ = detail::crc32c(m.data.data(), m.data.size(), recv_snapshot_crc_);
+  batch_.snapshot_chunks.push_back(SnapshotChunk{m.index, m.log_term, m.offset, m.data});
+  recv_snapshot_size_ += m.data.size();
+  r.offset = recv_snapshot_size_;
   if (!m.done) {
     send(std::move(r));
     return;
   }
-  auto snap = std::make_shared<Snapshot>();
-  snap->meta.index = m.index;
-  snap->meta.term = m.log_term;
-  snap->meta.config = m.config;
-  snap->meta.timestamp_ms = m.timestamp_ms;
-  snap->data = std::move(recv_snapshot_data_);
-  recv_snapshot_data_.clear();
-  recv_snapshot_index_ = recv_snapshot_term_ = 0;
+  // All of it arrived. Nothing is replaced yet: the storage reads the file back, checks its
+  // length and CRC against what arrived, and the runtime parses it whole; then
+  // received_snapshot_loaded installs it or refuses it.
+  ReceivedSnapshot received;
+  received.meta.index = m.index;
+  received.meta.term = m.log_term;
+  received.meta.config = m.config;
+  received.meta.timestamp_ms = m.timestamp_ms;
+  received.size = recv_snapshot_size_;
+  received.crc32c = recv_snapshot_crc_;
+  recv_loading_ = SnapshotBeingLoaded{m.from, received.meta};
+  received_out_ = std::move(received);
+  recv_snapshot_index_ = recv_snapshot_term_ = recv_snapshot_size_ = 0;
+  recv_snapshot_crc_ = 0;
+}
+
+inline void Core::received_snapshot_loaded(std::shared_ptr<const Snapshot> snap, const std::string& problem) {
+  if (!recv_loading_ || !snap || snap->meta.index != recv_loading_->meta.index ||
+      snap->meta.term != recv_loading_->meta.term)
+    return;
+  const NodeId from = recv_loading_->from;
+  recv_loading_.reset();
+  const SnapshotMeta& meta = snap->meta;
+  Message r = make(MessageType::SnapshotResponse, from);
+  r.index = meta.index;
   // Checked whole before anything is replaced: installing deletes the log.
-  std::string problem;
+  std::string why = problem;
 #ifndef RAFT_MUTANT_SNAPSHOT_UNCHECKED
-  if (opts_.check_snapshot) problem = opts_.check_snapshot(*snap);
+  if (why.empty() && opts_.check_snapshot) why = opts_.check_snapshot(*snap);
 #endif
-  if (!problem.empty()) return refuse_snapshot(problem);
-  install_snapshot(std::move(snap));
+  if (!why.empty()) {
+    refuse("refused a snapshot at index " + std::to_string(meta.index) + " of term " + std::to_string(meta.term) +
+               " from " + from + ": " + why + "; the log is kept",
+           true);
+    r.reject = true;
+    r.offset = 0;
+    send(std::move(r));
+    return;
+  }
   r.done = true;
+  // The log may have caught up while the file was read back (the same rules as on arrival).
+  if (meta.index <= commit_) {
+    send_after_persist(std::move(r));
+    return;
+  }
+#ifndef RAFT_MUTANT_SNAPSHOT_REWRITES_MATCHING_LOG
+  if (matches(meta.index, meta.term)) {
+    commit_to(meta.index);
+    send_after_persist(std::move(r));
+    return;
+  }
+#endif
+  install_snapshot(std::move(snap));
   send_after_persist(std::move(r));  // installed means durable
 }
 
@@ -5113,8 +5250,11 @@ inline void Core::install_snapshot(std::shared_ptr<const Snapshot> snap) {
   log_start_term_ = meta.term;
   base_config_ = meta.config;
   base_config_index_ = meta.index;
+  // Chunks of a later transfer that wait in the batch still go to the incoming file.
+  std::vector<SnapshotChunk> chunks = std::move(batch_.snapshot_chunks);
   batch_ = PersistBatch{};
   batch_.snapshot = snap;
+  batch_.snapshot_chunks = std::move(chunks);
   if (durable_index_ > meta.index) durable_index_ = meta.index;
   for (auto& u : unpersisted_)
     if (u.last_index > meta.index) u.last_index = meta.index;
@@ -5706,7 +5846,7 @@ inline void Core::persisted(std::uint64_t seq) {
 inline bool Core::has_ready() const {
   if (!batch_.empty() || !msgs_.empty() || !msgs_after_.empty() || restore_ ||
       !reads_out_.empty() || !aborted_.empty() || !role_changes_.empty() || snapshot_wanted_out_ ||
-      !refused_out_.empty())
+      !refused_out_.empty() || received_out_)
     return true;
   if (leader_ready_unreported_ && role_ == Role::Leader && applied_ >= leader_first_index_) return true;
   if (HardState{term_, vote_} != persisted_hs_) return true;
@@ -5773,6 +5913,8 @@ inline Ready Core::ready() {
   role_changes_.clear();
   rd.refused = std::move(refused_out_);
   refused_out_.clear();
+  rd.received_snapshot = std::move(received_out_);  // its last chunk is in rd.persist
+  received_out_.reset();
   // on_leader's promise: the term's first entry and everything before it are applied first.
   if (leader_ready_unreported_ && role_ == Role::Leader && applied_ >= leader_first_index_) {
     rd.leader_ready_term = term_;
@@ -5806,6 +5948,9 @@ inline Ready Core::ready() {
 //                              payload), each framed by its length and CRC-32C
 //   snap-<index>-<term>.snap   the newest snapshot; the previous one is deleted only once
 //                              the new one is durable
+//   incoming.snap.tmp          a snapshot being received from the leader, written chunk by
+//                              chunk as it arrives (a snapshot file whose header is written
+//                              last); read back and checked whole, then renamed into place
 //   *.tmp                      an interrupted write: ignored, and removed by open()
 //   LOCK                       locked while a Storage has the directory open
 //
@@ -6016,6 +6161,14 @@ class Storage {
   /// a trailing window of entries for followers that lag a little). The log itself is kept
   /// after the snapshot's index. A snapshot not newer than the one on disk is ignored.
   bool save_snapshot(const Snapshot& snapshot, std::uint64_t compact_to);
+  /// Reads back the snapshot received into the incoming file (PersistBatch::snapshot_chunks):
+  /// writes its header, fdatasyncs it and reads it whole (the store parses text held in
+  /// memory; the node holds the snapshot it installs anyway). `out` gets received.meta, and
+  /// the data when the file holds exactly `received` (its length and CRC-32C, which the core
+  /// computed over the bytes as they arrived); else `problem` says why not, and nothing
+  /// changed. A PersistBatch::snapshot at the same index and term then renames the file into
+  /// place instead of writing the data again. Returns false once the storage has failed.
+  bool load_received_snapshot(const ReceivedSnapshot& received, Snapshot& out, std::string& problem);
   /// Rewrites the identity file atomically (a joiner records the cluster id it joined).
   bool save_identity(const Identity& identity);
 
@@ -6065,6 +6218,10 @@ class StorageWriter {
                        Done done);
   /// Queues Storage::save_identity(identity), in order with the batches.
   void submit_identity(Identity identity, Done done);
+  /// Queues Storage::load_received_snapshot(received, ...), in order with the batches; `done`
+  /// gets the snapshot read back (its data empty, and why, when it is not the one received).
+  using Loaded = std::function<void(bool ok, std::shared_ptr<Snapshot> snapshot, std::string problem)>;
+  void submit_load_received(ReceivedSnapshot received, Loaded done);
   /// Blocks until everything submitted before the call has been handled and its callback
   /// has run.
   void flush();
@@ -6081,6 +6238,10 @@ class StorageWriter {
     std::uint64_t compact_to = 0;
     std::optional<Identity> identity;  // set: a save_identity job
     Done done;
+    std::optional<ReceivedSnapshot> received;  // set: a load_received_snapshot job
+    Loaded loaded_done;
+    std::shared_ptr<Snapshot> loaded;
+    std::string load_problem;
   };
   void enqueue(Item item);
   void run();
@@ -6104,39 +6265,7 @@ class StorageWriter {
 
 namespace detail {
 
-// CRC-32C (Castagnoli), slice-by-8. The tables are built at compile time.
-struct Crc32cTables {
-  std::uint32_t t[8][256] = {};
-  constexpr Crc32cTables() {
-    for (std::uint32_t i = 0; i < 256; ++i) {
-      std::uint32_t c = i;
-      for (int k = 0; k < 8; ++k) c = (c & 1u) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
-      t[0][i] = c;
-    }
-    for (std::uint32_t i = 0; i < 256; ++i)
-      for (int s = 1; s < 8; ++s) t[s][i] = (t[s - 1][i] >> 8) ^ t[0][t[s - 1][i] & 0xFFu];
-  }
-};
-inline constexpr Crc32cTables kCrc32cTables{};
-
-/// CRC-32C of `size` bytes; pass a previous result as `crc` to continue it over more bytes.
-inline std::uint32_t crc32c(const void* data, std::size_t size, std::uint32_t crc = 0) {
-  const auto* p = static_cast<const unsigned char*>(data);
-  const auto& t = kCrc32cTables.t;
-  crc = ~crc;
-  while (size >= 8) {
-    const std::uint32_t lo = crc ^ (std::uint32_t{p[0]} | std::uint32_t{p[1]} << 8 |
-                                    std::uint32_t{p[2]} << 16 | std::uint32_t{p[3]} << 24);
-    const std::uint32_t hi = std::uint32_t{p[4]} | std::uint32_t{p[5]} << 8 |
-                             std::uint32_t{p[6]} << 16 | std::uint32_t{p[7]} << 24;
-    crc = t[7][lo & 0xFFu] ^ t[6][(lo >> 8) & 0xFFu] ^ t[5][(lo >> 16) & 0xFFu] ^ t[4][lo >> 24] ^
-          t[3][hi & 0xFFu] ^ t[2][(hi >> 8) & 0xFFu] ^ t[1][(hi >> 16) & 0xFFu] ^ t[0][hi >> 24];
-    p += 8;
-    size -= 8;
-  }
-  while (size-- > 0) crc = t[0][(crc ^ *p++) & 0xFFu] ^ (crc >> 8);
-  return ~crc;
-}
+// CRC-32C: detail::crc32c, section 3 (the core keeps one over a snapshot it receives).
 
 // Format versions: of the identity, hard state and snapshot files, and of log segments.
 constexpr std::uint32_t kStorageFormatVersion = 1;
@@ -6148,6 +6277,7 @@ constexpr std::string_view kSegmentMagic{"RAFTLSEG", kMagicBytes};
 constexpr const char* kIdentityFile = "identity";
 constexpr const char* kHardStateFile = "hardstate";
 constexpr const char* kLockFile = "LOCK";
+constexpr const char* kIncomingSnapshotFile = "incoming.snap.tmp";  // removed by open() as any *.tmp
 constexpr std::string_view kTempSuffix = ".tmp";
 // Only the node's user may read or change the data directory (the umask can only narrow
 // these; a directory made before is tightened at start).
@@ -6619,6 +6749,18 @@ inline std::string encode_snapshot_header(const SnapshotMeta& meta, std::string_
          std::to_string(data.size()) + " crc32c " + crc + "\n";
 }
 
+/// The header of a snapshot received in chunks: the same line with every number 20 digits
+/// wide (decode_snapshot reads leading zeros), so that its length is known before the data
+/// is: the chunks are written behind it as they arrive, and the header last.
+inline std::string encode_received_snapshot_header(std::uint64_t index, std::uint64_t term, std::uint64_t length,
+                                                   std::uint32_t crc) {
+  char hex[9];
+  std::snprintf(hex, sizeof hex, "%08x", static_cast<unsigned>(crc));
+  return std::string(kSnapshotPrefix) + std::to_string(kStorageFormatVersion) + " index " + pad20(index) +
+         " term " + pad20(term) + " length " + pad20(length) + " crc32c " + hex + "\n";
+}
+inline const std::size_t kReceivedSnapshotHeaderBytes = encode_received_snapshot_header(0, 0, 0, 0).size();
+
 /// Checks a whole snapshot file and leaves only its data in `buf`; returns the index and
 /// term its header names. (Also how `-l` reads a snapshot copied out of a data directory.)
 inline std::pair<std::uint64_t, std::uint64_t> decode_snapshot(std::string& buf, const std::string& file) {
@@ -6684,7 +6826,7 @@ class StorageImpl {
     fs = opt.file_system ? opt.file_system : std::make_shared<PosixFileSystem>();
   }
   ~StorageImpl() {
-    for (int fd : {active_fd, lock_fd, dir_fd})
+    for (int fd : {active_fd, incoming_fd, lock_fd, dir_fd})
       if (fd >= 0) fs->close(fd);
   }
   StorageImpl(const StorageImpl&) = delete;
@@ -6708,6 +6850,14 @@ class StorageImpl {
   std::uint64_t snap_index = 0;
   std::uint64_t snap_term = 0;
   std::string snap_path;
+
+  // The snapshot being received (kIncomingSnapshotFile): open from its chunk at offset 0.
+  int incoming_fd = -1;
+  std::uint64_t incoming_index = 0;
+  std::uint64_t incoming_term = 0;
+  std::uint64_t incoming_size = 0;  // data bytes written behind the header
+  bool incoming_intact = false;     // every chunk since offset 0 written, in order
+  bool incoming_loaded = false;     // read back, checked and synced: install it by rename
 
   std::atomic<std::uint64_t> fsyncs{0};
   std::atomic<bool> failed{false};
@@ -7064,11 +7214,83 @@ class StorageImpl {
     return true;
   }
 
-  bool write_snapshot_file(const Snapshot& snap) {
-    const std::string header = encode_snapshot_header(snap.meta, snap.data);
-    if (!write_file_atomically(snapshot_file_name(snap.meta.index, snap.meta.term), {header, snap.data}))
+  bool close_incoming() {
+    incoming_intact = incoming_loaded = false;
+    if (incoming_fd < 0) return true;
+    const int err = fs->close(incoming_fd);
+    incoming_fd = -1;
+    return err == 0 || io_fail("close of", path(kIncomingSnapshotFile), err);
+  }
+
+  // Not synced here: the offset a transfer reached is not durable state (a crash starts it
+  // again, and open() deletes the file). load_received_snapshot syncs the whole file.
+  bool write_snapshot_chunk(const SnapshotChunk& c) {
+    if (c.offset == 0) {
+      if (!close_incoming() || !create_temp(path(kIncomingSnapshotFile), incoming_fd)) return false;
+      incoming_index = c.index;
+      incoming_term = c.term;
+      incoming_size = 0;
+      incoming_intact = true;
+    }
+    incoming_loaded = false;
+    if (incoming_fd < 0 || !incoming_intact || c.index != incoming_index || c.term != incoming_term ||
+        c.offset != incoming_size) {
+      incoming_intact = false;  // not the next bytes of this file: loading it says so
+      return true;
+    }
+    if (!write_all(incoming_fd, kReceivedSnapshotHeaderBytes + c.offset, c.data, path(kIncomingSnapshotFile)))
       return false;
-    const std::string new_path = path(snapshot_file_name(snap.meta.index, snap.meta.term));
+    incoming_size += c.data.size();
+    return true;
+  }
+
+  bool load_received_snapshot(const ReceivedSnapshot& r, Snapshot& out, std::string& problem) {
+    problem.clear();
+    out.meta = r.meta;
+    out.data.clear();
+    if (failed) return false;
+    const std::string file = path(kIncomingSnapshotFile);
+    if (incoming_fd < 0 || !incoming_intact || incoming_index != r.meta.index || incoming_term != r.meta.term) {
+      problem = "its chunks did not all reach " + file;
+      return true;
+    }
+    if (incoming_size != r.size) {
+      problem = file + " holds " + std::to_string(incoming_size) + " bytes of it, " + std::to_string(r.size) +
+                " arrived";
+      return true;
+    }
+    const std::string header = encode_received_snapshot_header(r.meta.index, r.meta.term, r.size, r.crc32c);
+    if (!write_all(incoming_fd, 0, header, file) || !sync_fd(incoming_fd, file, false)) return false;
+    std::string buf;
+    if (const int err = fs->read(file, buf)) {
+      problem = "cannot read " + file + " back: " + errno_text(err);
+      return true;
+    }
+    try {
+      decode_snapshot(buf, file, r.meta.index, r.meta.term);  // the length and the CRC-32C
+    } catch (const StorageError& e) {
+      problem = e.what();
+      const std::size_t advice = problem.find(corruption_advice());
+      if (advice != std::string::npos) problem.erase(advice);
+      return true;
+    }
+    out.data = std::move(buf);
+    incoming_loaded = true;
+    return true;
+  }
+
+  // from_leader: a PersistBatch snapshot, which may be the received file read back.
+  bool write_snapshot_file(const Snapshot& snap, bool from_leader) {
+    const std::string name = snapshot_file_name(snap.meta.index, snap.meta.term);
+    if (from_leader && incoming_loaded && incoming_index == snap.meta.index && incoming_term == snap.meta.term &&
+        incoming_size == snap.data.size()) {
+      // The received file, read back, checked and synced: renamed into place, as a file that
+      // write_file_atomically wrote, and not written a second time.
+      if (!close_incoming() || !rename_durably(path(kIncomingSnapshotFile), path(name))) return false;
+    } else if (!write_file_atomically(name, {encode_snapshot_header(snap.meta, snap.data), snap.data})) {
+      return false;
+    }
+    const std::string new_path = path(name);
     // Losing this unlink in a crash is harmless: open() removes superseded snapshots.
     if (!snap_path.empty() && snap_path != new_path) {
       const int err = fs->remove(snap_path);
@@ -7104,9 +7326,9 @@ class StorageImpl {
       return fail("ERR a PersistBatch snapshot at index " + std::to_string(m.index) +
                   " does not follow the snapshot on disk at index " +
                   std::to_string(snap_index));
-    if (holds(m.index, m.term)) return save_snapshot(snap, m.index);
+    if (holds(m.index, m.term)) return save_snapshot(snap, m.index, true);
     pending.clear();  // the whole log is replaced: its unwritten records need not be written
-    if (!flush_pending() || !write_snapshot_file(snap)) return false;
+    if (!flush_pending() || !write_snapshot_file(snap, true)) return false;
     while (!segments.empty()) {
       if (!close_active() || !remove_durably(segments.back().path)) return false;
       segments.pop_back();
@@ -7117,7 +7339,7 @@ class StorageImpl {
     return true;
   }
 
-  bool save_snapshot(const Snapshot& snap, std::uint64_t compact_to) {
+  bool save_snapshot(const Snapshot& snap, std::uint64_t compact_to, bool from_leader = false) {
     if (failed) return false;
     const SnapshotMeta& m = snap.meta;
     if (m.index <= snap_index) return true;
@@ -7126,13 +7348,15 @@ class StorageImpl {
                   std::to_string(m.term) + " does not match the log (last index " +
                   std::to_string(last_index) + ", term there " +
                   std::to_string(term_at(m.index)) + ")");
-    return flush_pending() && write_snapshot_file(snap) &&
+    return flush_pending() && write_snapshot_file(snap, from_leader) &&
            drop_prefix(std::min(compact_to, m.index));
   }
 
   bool write(const PersistBatch& b) {
     if (failed) return false;
     if (b.snapshot && !install_snapshot(*b.snapshot)) return false;
+    for (const SnapshotChunk& c : b.snapshot_chunks)
+      if (!write_snapshot_chunk(c)) return false;
     if (b.hard_state) pending_hard_state = *b.hard_state;
     if (b.entries.empty()) return true;
     const auto batch_error = [&b](const std::string& what) {
@@ -7417,7 +7641,9 @@ inline void StorageImpl::recover(Recovered& out) {
   for (const std::string& name : leftovers) {
     const std::string p = path(name);
     if (const int err = fs->remove(p); err != 0 && err != ENOENT) io_fail("unlink of", p, err);
-    out.notes.push_back("removed " + p + ": a write interrupted by a crash");
+    out.notes.push_back("removed " + p + (name == kIncomingSnapshotFile
+                                              ? ": a snapshot transfer interrupted by a stop or a crash"
+                                              : ": a write interrupted by a crash"));
   }
   // What open() returns is made durable: after a crash of the process alone, unsynced
   // writes (records, a renamed hard state) are still in the page cache, where they were just
@@ -7480,6 +7706,9 @@ inline bool Storage::sync() { return impl_->sync(); }
 inline bool Storage::save_snapshot(const Snapshot& snapshot, std::uint64_t compact_to) {
   return impl_->save_snapshot(snapshot, compact_to);
 }
+inline bool Storage::load_received_snapshot(const ReceivedSnapshot& received, Snapshot& out, std::string& problem) {
+  return impl_->load_received_snapshot(received, out, problem);
+}
 
 inline bool Storage::save_identity(const Identity& identity) {
   if (!impl_->write_file_atomically(detail::kIdentityFile, {detail::encode_identity(identity)})) return false;
@@ -7515,18 +7744,35 @@ inline void StorageWriter::submit(PersistBatch batch, Done done) {
                                   ": batches must be submitted in seq order");
     last_seq_ = batch.seq;
   }
-  enqueue(Item{std::move(batch), nullptr, 0, std::nullopt, std::move(done)});
+  Item item;
+  item.batch = std::move(batch);
+  item.done = std::move(done);
+  enqueue(std::move(item));
 }
 
 inline void StorageWriter::submit_snapshot(std::shared_ptr<const Snapshot> snapshot,
                                            std::uint64_t compact_to, Done done) {
   if (!snapshot)
     throw std::invalid_argument("ERR StorageWriter::submit_snapshot without a snapshot");
-  enqueue(Item{PersistBatch{}, std::move(snapshot), compact_to, std::nullopt, std::move(done)});
+  Item item;
+  item.snapshot = std::move(snapshot);
+  item.compact_to = compact_to;
+  item.done = std::move(done);
+  enqueue(std::move(item));
 }
 
 inline void StorageWriter::submit_identity(Identity identity, Done done) {
-  enqueue(Item{PersistBatch{}, nullptr, 0, std::move(identity), std::move(done)});
+  Item item;
+  item.identity = std::move(identity);
+  item.done = std::move(done);
+  enqueue(std::move(item));
+}
+
+inline void StorageWriter::submit_load_received(ReceivedSnapshot received, Loaded done) {
+  Item item;
+  item.received = std::move(received);
+  item.loaded_done = std::move(done);
+  enqueue(std::move(item));
 }
 
 inline void StorageWriter::enqueue(Item item) {
@@ -7540,6 +7786,7 @@ inline void StorageWriter::enqueue(Item item) {
     }
   }
   if (item.done) item.done(false);
+  if (item.loaded_done) item.loaded_done(false, nullptr, "the storage is stopping");
 }
 
 inline void StorageWriter::flush() {
@@ -7572,8 +7819,11 @@ inline void StorageWriter::run() {
       if (queue_.empty()) return;  // stopping, and drained
       group.swap(queue_);
     }
-    for (const Item& item : group) {
-      if (item.snapshot)
+    for (Item& item : group) {
+      if (item.received) {
+        item.loaded = std::make_shared<Snapshot>();
+        storage_.load_received_snapshot(*item.received, *item.loaded, item.load_problem);
+      } else if (item.snapshot)
         storage_.save_snapshot(*item.snapshot, item.compact_to);
       else if (item.identity)
         storage_.save_identity(*item.identity);
@@ -7583,8 +7833,10 @@ inline void StorageWriter::run() {
     // One verdict for the group: nothing in it is durable until this sync succeeds.
     const bool ok = storage_.sync();
     groups_.fetch_add(1, std::memory_order_relaxed);
-    for (Item& item : group)
+    for (Item& item : group) {
       if (item.done) item.done(ok);
+      if (item.loaded_done) item.loaded_done(ok, std::move(item.loaded), std::move(item.load_problem));
+    }
     {
       std::lock_guard<std::mutex> lock(mu_);
       completed_ += group.size();
@@ -7607,6 +7859,7 @@ inline void StorageWriter::run() {
 //   ticker    ticks the core; the leader's background expiry.
 //   sender    one per peer: connects (from this node's address), authenticates, sends.
 //   writer    the storage's group commit (StorageWriter): everything waiting shares an fdatasync.
+//             Writes a received snapshot's chunks to a file; reads it back and parses it whole.
 //   apply     applies committed entries to the store, answers writes and linearizable reads,
 //             runs the role callbacks.
 //   snapshot  serializes a copy of the store and hands it to the writer.
@@ -9179,6 +9432,7 @@ class Runtime {
   // the core
   void drive();
   void on_persisted(std::uint64_t seq, bool ok, std::vector<Message> after);
+  void load_received_snapshot(ReceivedSnapshot received);
   void storage_failed(const std::string& why);
   void send_peer(const Message& m);
   PeerLink* link_for(const NodeId& id);
@@ -9567,8 +9821,8 @@ inline void Runtime::open_storage() {
     st.snapshot = snapshot;
   }
   CoreOptions options = core_options();
-  // The store parsed to check a snapshot is the one restored: parsed once, on the poll thread
-  // (a follower's, while it installs a snapshot).
+  // The store parsed to check a snapshot is the one restored: parsed once, on the writer
+  // thread once it read the received file back (load_received_snapshot).
   options.check_snapshot = [this](const Snapshot& received) {
     Store parsed;
     std::string problem = check_received_snapshot(received, parsed);
@@ -9979,6 +10233,7 @@ inline void Runtime::drive() {
       auto after = std::make_shared<std::vector<Message>>(std::move(rd.after_persist));
       writer_->submit(std::move(rd.persist), [this, seq, after](bool ok) { on_persisted(seq, ok, std::move(*after)); });
     }
+    if (rd.received_snapshot) load_received_snapshot(std::move(*rd.received_snapshot));
     for (const auto& m : rd.messages) send_peer(m);
     for (const auto& why : rd.refused) log_refused(why);
     if (rd.restore) push_apply(ApplyItem{ApplyItem::Restore, rd.restore, {}, {}, {}, {}, 0, 0});
@@ -10042,6 +10297,25 @@ inline void Runtime::on_persisted(std::uint64_t seq, bool ok, std::vector<Messag
   std::lock_guard<std::mutex> lock(core_mu_);
   core_->persisted(seq);
   drive();
+}
+
+// A snapshot received in chunks lies in the storage's incoming file, not in memory. After the
+// batch with its last chunk, the writer syncs the file and reads it back (checking its length
+// and CRC-32C against what arrived); then the core checks it (check_snapshot: the whole text
+// parses) and installs it, which renames the file into place, or refuses it and keeps the log.
+inline void Runtime::load_received_snapshot(ReceivedSnapshot received) {
+  writer_->submit_load_received(std::move(received),
+                                [this](bool ok, std::shared_ptr<Snapshot> snapshot, std::string problem) {
+                                  if (halted_) return;
+                                  if (!ok) {
+                                    storage_failed(storage_->failure());
+                                    return;
+                                  }
+                                  if (failed_) return;
+                                  std::lock_guard<std::mutex> lock(core_mu_);
+                                  core_->received_snapshot_loaded(std::move(snapshot), problem);
+                                  drive();
+                                });
 }
 
 inline void Runtime::storage_failed(const std::string& why) {

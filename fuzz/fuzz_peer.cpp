@@ -35,15 +35,27 @@ raft::Core follower() {
   return raft::Core(o, st);
 }
 
-void check_ready(raft::Core& core) {
+// `incoming`: the storage's incoming snapshot file, the chunks written in order.
+void check_ready(raft::Core& core, std::string& incoming) {
   while (core.has_ready()) {
     raft::Ready rd = core.ready();
+    for (const auto& c : rd.persist.snapshot_chunks) {
+      if (c.offset == 0) incoming.clear();
+      if (c.offset == incoming.size()) incoming += c.data;
+      if (incoming.size() > 4096) std::abort();  // max_snapshot_bytes
+    }
     if (rd.persist.hard_state && rd.persist.hard_state->term > raft::kMaxTerm) std::abort();
     if (rd.persist.snapshot && !raft::detail::check_received_snapshot(*rd.persist.snapshot).empty()) std::abort();
     for (const auto* out : {&rd.messages, &rd.after_persist})
       for (const auto& m : *out)
         if (m.term > raft::kMaxTerm) std::abort();
     if (rd.persist.seq) core.persisted(rd.persist.seq);
+    if (rd.received_snapshot) {
+      auto snap = std::make_shared<raft::Snapshot>();
+      snap->meta = rd.received_snapshot->meta;
+      snap->data = incoming;
+      core.received_snapshot_loaded(snap, incoming.size() == rd.received_snapshot->size ? "" : "size differs");
+    }
   }
   if (core.term() > raft::kMaxTerm || core.last_term() > core.term()) std::abort();
 }
@@ -86,6 +98,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   parser.feed(reinterpret_cast<const char*>(data), size);
   std::vector<std::string> words;
   raft::Core core = follower();
+  std::string incoming;
   while (parser.next(words) == resp::Status::Ok) {
     if (words.empty() || words[0] != "RAFT") continue;
     std::vector<std::string> copy = words;
@@ -111,7 +124,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     m.server_id = "sid-2";
     core.step(m);
     core.tick();
-    check_ready(core);
+    check_ready(core, incoming);
   }
   return 0;
 }

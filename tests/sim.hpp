@@ -110,6 +110,15 @@ struct Disk {
   std::shared_ptr<const Snapshot> snapshot;
   std::vector<LogEntry> log;  // by index, contiguous
   Configuration initial_config;
+  /// The snapshot being received (the storage's incoming file): its chunks as written. Never
+  /// synced before it is read back, and deleted by a restart: a crash loses it.
+  struct Incoming {
+    std::uint64_t index = 0;
+    std::uint64_t term = 0;
+    std::string data;
+    bool intact = true;  // every chunk since offset 0 written in order
+  };
+  std::optional<Incoming> incoming;
 };
 
 struct SimNode {
@@ -131,6 +140,7 @@ struct SimNode {
     PersistBatch batch;
     std::vector<std::uint64_t> hashes;  // chain hash of each entry of the batch
     std::vector<Outgoing> after;
+    std::optional<ReceivedSnapshot> received;  // read the incoming file back once written
   };
   std::deque<Unpersisted> unpersisted;
   bool persist_scheduled = false;
@@ -379,6 +389,7 @@ class Cluster {
     n.up = false;
     n.core.reset();
     n.unpersisted.clear();
+    n.disk.incoming.reset();  // never synced; open() deletes what reached the disk
     n.persist_scheduled = false;
     n.reads_waiting.clear();
     pending_.erase(id);
@@ -733,6 +744,8 @@ class Cluster {
     std::size_t count = rng_.chance(0.5) ? n.unpersisted.size() : 1;
     std::uint64_t last_seq = 0;
     std::vector<SimNode::Outgoing> to_send;
+    std::vector<std::shared_ptr<Snapshot>> loaded;
+    std::vector<std::string> load_problems;
     for (std::size_t k = 0; k < count && !n.unpersisted.empty(); ++k) {
       SimNode::Unpersisted u = std::move(n.unpersisted.front());
       n.unpersisted.pop_front();
@@ -753,9 +766,26 @@ class Cluster {
       if (u.batch.hard_state) record_vote(n, *u.batch.hard_state);
       last_seq = u.batch.seq;
       for (auto& m : u.after) to_send.push_back(std::move(m));
+      if (u.received) {
+        // As Storage::load_received_snapshot: the file read back must be what arrived.
+        auto snap = std::make_shared<Snapshot>();
+        snap->meta = u.received->meta;
+        const auto& in = n.disk.incoming;
+        std::string problem;
+        if (!in || !in->intact || in->index != snap->meta.index || in->term != snap->meta.term)
+          problem = "its chunks did not all reach the incoming file";
+        else if (in->data.size() != u.received->size ||
+                 raft::detail::crc32c(in->data.data(), in->data.size()) != u.received->crc32c)
+          problem = "the incoming file is not what arrived";
+        else
+          snap->data = in->data;
+        loaded.push_back(std::move(snap));
+        load_problems.push_back(std::move(problem));
+      }
     }
     for (const auto& o : to_send) send(o);
     if (last_seq) n.core->persisted(last_seq);
+    for (std::size_t i = 0; i < loaded.size(); ++i) n.core->received_snapshot_loaded(loaded[i], load_problems[i]);
     if (!n.unpersisted.empty()) schedule_persist(n);
     process(n);
   }
@@ -781,6 +811,15 @@ class Cluster {
       acked.erase(acked.begin(), acked.upper_bound(meta.index));
       d.snapshot = b.snapshot;
       d.log.clear();
+    }
+    for (const auto& c : b.snapshot_chunks) {
+      if (c.offset == 0) d.incoming = Disk::Incoming{c.index, c.term, {}, true};
+      const bool next = d.incoming && c.index == d.incoming->index && c.term == d.incoming->term &&
+                        c.offset == d.incoming->data.size();
+      if (next)
+        d.incoming->data += c.data;
+      else if (d.incoming)
+        d.incoming->intact = false;
     }
     if (b.hard_state) d.hs = *b.hard_state;
     if (!b.entries.empty()) {
@@ -812,7 +851,7 @@ class Cluster {
       std::vector<std::uint64_t> hashes = mirror_batch(n, rd.persist);
       std::vector<SimNode::Outgoing> after;
       for (auto& m : rd.after_persist) after.push_back(outgoing(n, std::move(m)));
-      n.unpersisted.push_back(SimNode::Unpersisted{rd.persist, std::move(hashes), std::move(after)});
+      n.unpersisted.push_back(SimNode::Unpersisted{rd.persist, std::move(hashes), std::move(after), rd.received_snapshot});
       schedule_persist(n);
     }
     check_mirror(n);

@@ -58,10 +58,27 @@ struct Drained {
   std::vector<std::string> refused;
 };
 
+// The storage's incoming snapshot file of each core driven by hand: its chunks, written in
+// order (a chunk out of order leaves it unreadable, as Storage does).
+struct IncomingFile {
+  std::string data;
+  bool intact = false;
+};
+std::map<const Core*, IncomingFile>& incoming_files() {
+  static std::map<const Core*, IncomingFile> files;
+  return files;
+}
+
 Drained drain(Core& c, bool persist = true) {
   Drained d;
+  IncomingFile& incoming = incoming_files()[&c];
   while (c.has_ready()) {
     Ready r = c.ready();
+    for (const auto& chunk : r.persist.snapshot_chunks) {
+      if (chunk.offset == 0) incoming = IncomingFile{{}, true};
+      if (chunk.offset != incoming.data.size()) incoming.intact = false;
+      if (incoming.intact) incoming.data += chunk.data;
+    }
     for (auto& m : r.messages) d.sent.push_back(m);
     for (auto& m : r.after_persist) {
       d.sent.push_back(m);
@@ -77,6 +94,15 @@ Drained drain(Core& c, bool persist = true) {
       d.batches.push_back(r.persist);
       if (!persist) break;
       c.persisted(r.persist.seq);
+    }
+    if (r.received_snapshot) {
+      // Read back as Storage::load_received_snapshot does: its length and CRC-32C.
+      auto snap = std::make_shared<Snapshot>();
+      snap->meta = r.received_snapshot->meta;
+      snap->data = incoming.data;
+      const bool same = incoming.intact && incoming.data.size() == r.received_snapshot->size &&
+                        raft::detail::crc32c(incoming.data.data(), incoming.data.size()) == r.received_snapshot->crc32c;
+      c.received_snapshot_loaded(snap, same ? "" : "the incoming file is not what arrived");
     }
   }
   return d;
@@ -474,9 +500,12 @@ TEST_CASE("a snapshot whose last entry the log holds installs nothing and keeps 
   other.index = 6;
   c.step(other);
   d = drain(c);
-  REQUIRE(!d.batches.empty());
-  REQUIRE(d.batches.front().snapshot);
-  CHECK(d.batches.front().entries.empty());
+  // The chunk goes to the incoming file first; the install follows once it is read back.
+  REQUIRE(d.batches.size() >= 2);
+  CHECK(d.batches.front().snapshot_chunks.size() == 1);
+  CHECK_FALSE(d.batches.front().snapshot);
+  REQUIRE(d.batches[1].snapshot);
+  CHECK(d.batches[1].entries.empty());
   CHECK(c.last_index() == 6);
   CHECK(c.snapshot_index() == 6);
 }
@@ -1181,8 +1210,9 @@ TEST_CASE("a received snapshot is checked whole before the log goes; a refused o
   chunk.data = "good snapshot";
   c.step(chunk);
   d = drain(c);
-  REQUIRE(!d.batches.empty());
-  REQUIRE(d.batches.front().snapshot);
+  REQUIRE(d.batches.size() >= 2);
+  REQUIRE(d.batches[1].snapshot);
+  CHECK(d.batches[1].snapshot->data == "good snapshot");
   CHECK(c.snapshot_index() == 12);
   CHECK(c.last_index() == 12);
 }
@@ -1225,4 +1255,83 @@ TEST_CASE("snapshot chunks beyond max_snapshot_bytes are refused and what arrive
   CHECK(r->offset == 0);
   CHECK(c.last_index() == 3);
   CHECK(c.snapshot_index() == 0);
+}
+
+TEST_CASE("a received snapshot is not held in memory: its chunks leave the core with each batch", "[core]") {
+  // 4 MiB arrive in 64 KiB chunks. After each ready() the core holds none of them: they went
+  // to the storage in the batch; the core knows only how many bytes arrived.
+  CoreState st;
+  st.initial_config = voters({"1", "2", "3"});
+  st.hard_state = HardState{10, "1"};
+  for (std::uint64_t i = 1; i <= 3; ++i) st.entries.push_back(entry(i, 10));
+  Core c(options("2"), st);
+  Message chunk = message(MessageType::Snapshot, "1", "2", 20);
+  chunk.index = 500;
+  chunk.log_term = 20;
+  chunk.config = voters({"1", "2", "3"});
+  const std::size_t piece = 64u << 10;
+  std::uint64_t handed_out = 0;
+  for (std::uint64_t k = 0; k < 64; ++k) {
+    chunk.offset = k * piece;
+    chunk.data.assign(piece, static_cast<char>('a' + k % 26));
+    c.step(chunk);
+    CHECK(c.received_snapshot_bytes_held() == piece);  // this chunk, waiting for the batch
+    Ready r = c.ready();
+    for (const auto& sc : r.persist.snapshot_chunks) {
+      CHECK(sc.offset == handed_out);
+      handed_out += sc.data.size();
+    }
+    c.persisted(r.persist.seq);
+    CHECK(c.received_snapshot_bytes_held() == 0);
+    CHECK(c.receiving_snapshot_bytes() == (k + 1) * piece);
+  }
+  CHECK(handed_out == 64 * piece);
+  CHECK(c.last_index() == 3);  // nothing installed: no last chunk yet
+}
+
+TEST_CASE("a received snapshot is installed only once the storage read it back; a mismatch keeps the log",
+          "[core]") {
+  CoreState st;
+  st.initial_config = voters({"1", "2", "3"});
+  st.hard_state = HardState{10, "1"};
+  for (std::uint64_t i = 1; i <= 8; ++i) st.entries.push_back(entry(i, 10));
+  Core c(options("2"), st);
+  Message chunk = message(MessageType::Snapshot, "1", "2", 20);
+  chunk.index = 12;
+  chunk.log_term = 20;
+  chunk.config = voters({"1", "2", "3"});
+  chunk.data = "the state at 12";
+  chunk.done = true;
+  c.step(chunk);
+  Ready r = c.ready();
+  REQUIRE(r.received_snapshot);
+  CHECK(r.received_snapshot->size == chunk.data.size());
+  CHECK(r.received_snapshot->crc32c == raft::detail::crc32c(chunk.data.data(), chunk.data.size()));
+  REQUIRE(r.persist.snapshot_chunks.size() == 1);
+  CHECK_FALSE(r.persist.snapshot);
+  CHECK(c.last_index() == 8);  // nothing replaced before the read-back
+  c.persisted(r.persist.seq);
+  // The same chunk again while it is read back: no second read-back, no answer yet.
+  c.step(chunk);
+  Drained d = drain(c, false);
+  CHECK(find(d.sent, MessageType::SnapshotResponse) == nullptr);
+  // The storage found the file differs from what arrived: refused, the log kept.
+  auto snap = std::make_shared<Snapshot>();
+  snap->meta = r.received_snapshot->meta;
+  c.received_snapshot_loaded(snap, "the file holds 3 bytes of it");
+  d = drain(c);
+  const Message* resp = find(d.sent, MessageType::SnapshotResponse);
+  REQUIRE(resp != nullptr);
+  CHECK(resp->reject);
+  CHECK(resp->offset == 0);
+  REQUIRE(d.refused.size() == 1);
+  CHECK_THAT(d.refused[0], Catch::Matchers::Contains("the file holds 3 bytes"));
+  CHECK(c.last_index() == 8);
+  for (const auto& b : d.batches) CHECK_FALSE(b.snapshot);
+  // A late answer about it changes nothing.
+  snap->data = chunk.data;
+  c.received_snapshot_loaded(snap, "");
+  d = drain(c);
+  CHECK(c.last_index() == 8);
+  CHECK(d.batches.empty());
 }

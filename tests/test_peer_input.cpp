@@ -7,6 +7,9 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 
 using namespace in_process;
 
@@ -67,6 +70,52 @@ std::unique_ptr<TestNode> founder_with_keys(const raft::Config& config, int keys
   REQUIRE(eventually([&] { return (*node)->state() == 'l'; }));
   for (int i = 1; i <= keys; ++i) REQUIRE(is_ok((*node)->execute({"set", "k" + std::to_string(i), "v"})));
   return node;
+}
+
+/// A snapshot at `index` of term `term` as a leader sends it: the store's text (key `key`, and
+/// `padding` bytes in key "padding"), in the message's metadata, `config` as its members.
+raft::Message snapshot_for(std::uint64_t index, std::uint64_t term, const raft::Configuration& config,
+                           const std::string& key, std::size_t padding, std::string& text) {
+  raft::Message m = from_stranger(raft::MessageType::Snapshot, term);
+  m.index = index;
+  m.log_term = term;
+  m.config = config;
+  m.timestamp_ms = 1700000000000;
+  raft::Store store;
+  store.put(key, raft::Store::Kind::String).str = "streamed";
+  store.put("padding", raft::Store::Kind::String).str.assign(padding, 'p');
+  raft::SnapshotMeta meta{index, term, config, m.timestamp_ms};
+  text.clear();
+  store.write_snapshot(text, meta);
+  return m;
+}
+
+/// Sends text[from, to) in chunks of `piece` bytes, the last one marked done when `done`.
+bool send_chunks(Stranger& s, raft::Message m, const std::string& text, std::size_t from, std::size_t to,
+                 std::size_t piece, bool done) {
+  for (std::size_t at = from; at < to; at += piece) {
+    m.offset = at;
+    m.data = text.substr(at, std::min(piece, to - at));
+    m.done = done && at + piece >= to;
+    if (!s.send(m)) return false;
+  }
+  return true;
+}
+
+std::string file_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+bool holds_snapshot_at(const std::string& dir, std::uint64_t index) {
+  const std::string mark = "snap-" + std::string(20 - std::to_string(index).size(), '0') + std::to_string(index) + "-";
+  for (const auto& f : std::filesystem::directory_iterator(dir))
+    if (f.path().filename().string().rfind(mark, 0) == 0) return true;
+  return false;
 }
 
 }  // namespace
@@ -185,6 +234,12 @@ TEST_CASE("snapshot chunks beyond the configured bound are dropped, not piled up
   REQUIRE(eventually([&] { return (*node)->state() == 'l'; }));
   REQUIRE(is_ok((*node)->execute({"set", "after", "1"})));
   CHECK(stored(node->node(), "k2") == "v");
+  // What arrived went to a file, which stopped at the bound: the chunk that crossed it was
+  // refused before it was written.
+  const std::string incoming = config.data_dir + "/incoming.snap.tmp";
+  REQUIRE(std::filesystem::exists(incoming));
+  CHECK(std::filesystem::file_size(incoming) <= 256 + (64u << 10));
+  CHECK(std::filesystem::file_size(incoming) > (64u << 10));
 }
 
 TEST_CASE("a joiner contacted first by a stranger of another cluster does not adopt its id, and joins",
@@ -214,4 +269,92 @@ TEST_CASE("a joiner contacted first by a stranger of another cluster does not ad
   REQUIRE(is_ok(founder->execute({"set", "k", "v"})));
   CHECK(eventually([&] { return stored(joiner.node(), "k") == "v"; }, 20000));
   CHECK(joiner.logs().contains("joined cluster " + cluster_id));
+}
+
+TEST_CASE("a received snapshot streams to a file in the data directory; a stop mid-transfer leaves nothing behind",
+          "[runtime][peer-input][snapshot-stream]") {
+  TempDir dir("peer-input");
+  raft::Config config = node_config("1", address(196, 1));
+  config.data_dir = dir.file("data");
+  const std::string incoming = config.data_dir + "/incoming.snap.tmp";
+  auto node = founder_with_keys(config, 3);
+  raft::Configuration members;
+  members.upsert(raft::Member{"1", address(196, 1), "", true});
+  members.upsert(raft::Member{"9", ip(196, 9) + ":7090", "", true});
+  std::string text;
+  raft::Message snap = snapshot_for(1000, (*node)->term() + 1000, members, "snapkey", 3u << 20, text);
+  {
+    Stranger stranger(ip(196, 9));
+    REQUIRE(stranger.hello(address(196, 1), info_field(node->node(), "raft_cluster_id"), "9") == "+WELCOME");
+    // Two thirds arrive, in 64 KiB chunks: they are in the file as they arrive (not in memory).
+    const std::size_t part = text.size() * 2 / 3;
+    REQUIRE(send_chunks(stranger, snap, text, 0, part, 64u << 10, false));
+    REQUIRE(eventually([&] { return ends_with(file_text(incoming), text.substr(0, part)); }));
+    CHECK(std::filesystem::file_size(incoming) < part + 256);  // a header line, then the data
+    CHECK((std::filesystem::status(incoming).permissions() & std::filesystem::perms::all) ==
+          (std::filesystem::perms::owner_read | std::filesystem::perms::owner_write));
+    CHECK_FALSE(holds_snapshot_at(config.data_dir, 1000));
+    CHECK(stored(node->node(), "k3") == "v");
+  }
+  // Stopped mid-transfer: the partial file is removed at the next start, with a line.
+  node.reset();
+  REQUIRE(std::filesystem::exists(incoming));
+  node = std::make_unique<TestNode>(config);
+  (*node)->start();
+  CHECK_FALSE(std::filesystem::exists(incoming));
+  CHECK(node->logs().contains("snapshot transfer interrupted"));
+  REQUIRE(eventually([&] { return (*node)->state() == 'l'; }));
+
+  // The whole transfer, again from the start: installed (the file renamed into place), and
+  // there after a restart.
+  snap = snapshot_for(1000, (*node)->term() + 1000, members, "snapkey", 3u << 20, text);
+  Stranger again(ip(196, 9));
+  REQUIRE(again.hello(address(196, 1), info_field(node->node(), "raft_cluster_id"), "9") == "+WELCOME");
+  REQUIRE(send_chunks(again, snap, text, 0, text.size(), 64u << 10, true));
+  REQUIRE(eventually([&] { return stored(node->node(), "snapkey") == "streamed"; }, 20000));
+  CHECK(holds_snapshot_at(config.data_dir, 1000));
+  CHECK_FALSE(std::filesystem::exists(incoming));
+  CHECK(stored(node->node(), "k3") == "(none)");  // the snapshot's state replaced the old one
+  node.reset();
+  node = std::make_unique<TestNode>(config);
+  (*node)->start();
+  CHECK(stored(node->node(), "snapkey") == "streamed");
+}
+
+TEST_CASE("a streamed snapshot damaged on the way or cut short is refused; the log and data stay, on disk too",
+          "[runtime][peer-input][snapshot-stream]") {
+  TempDir dir("peer-input");
+  raft::Config config = node_config("1", address(197, 1));
+  config.data_dir = dir.file("data");
+  auto node = founder_with_keys(config, 5);
+  raft::Configuration members;
+  members.upsert(raft::Member{"1", address(197, 1), "", true});
+  members.upsert(raft::Member{"9", ip(197, 9) + ":7090", "", true});
+  std::string text;
+  raft::Message snap = snapshot_for(1000, (*node)->term() + 1000, members, "snapkey", 1u << 20, text);
+  Stranger stranger(ip(197, 9));
+  REQUIRE(stranger.hello(address(197, 1), info_field(node->node(), "raft_cluster_id"), "9") == "+WELCOME");
+  // One byte in the middle changed: a quote that ends the padding's string early, so the
+  // text no longer parses.
+  std::string damaged = text;
+  damaged[damaged.find("pppp") + (512u << 10)] = '\'';
+  REQUIRE(send_chunks(stranger, snap, damaged, 0, damaged.size(), 64u << 10, true));
+  REQUIRE(eventually([&] { return info_field(node->node(), "raft_refused_peer_messages") == "1"; }, 20000));
+  CHECK(node->logs().contains("refused a snapshot at index 1000"));
+  // Cut short: the last chunk marked done arrives after half of it.
+  REQUIRE(send_chunks(stranger, snap, text, 0, text.size() / 2, 64u << 10, true));
+  REQUIRE(eventually([&] { return info_field(node->node(), "raft_refused_peer_messages") == "2"; }, 20000));
+  REQUIRE(eventually([&] { return (*node)->state() == 'l'; }));
+  REQUIRE(is_ok((*node)->execute({"set", "after", "1"})));
+  CHECK(stored(node->node(), "k5") == "v");
+  CHECK(stored(node->node(), "snapkey") == "(none)");
+  CHECK_FALSE(holds_snapshot_at(config.data_dir, 1000));
+  node.reset();
+  node = std::make_unique<TestNode>(config);
+  (*node)->start();
+  REQUIRE(eventually([&] { return (*node)->state() == 'l'; }));
+  REQUIRE(is_ok((*node)->execute({"set", "restarted", "1"})));
+  CHECK(stored(node->node(), "k5") == "v");
+  CHECK(stored(node->node(), "after") == "1");
+  CHECK(stored(node->node(), "snapkey") == "(none)");
 }

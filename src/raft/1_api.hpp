@@ -164,6 +164,27 @@ struct Snapshot {
   std::string data;
 };
 
+/// Bytes of a snapshot being received from the leader, for the storage to write at `offset`
+/// of the data of its incoming snapshot file (offset 0 starts that file anew). The core keeps
+/// only how much arrived and its CRC-32C; the bytes live in the file (and in the PersistBatch
+/// until the storage took them), so a large transfer is never held whole in memory.
+struct SnapshotChunk {
+  std::uint64_t index = 0;  // the snapshot's last entry
+  std::uint64_t term = 0;
+  std::uint64_t offset = 0;
+  std::string data;
+};
+
+/// The last chunk of a received snapshot is in Ready::persist: once that batch is written,
+/// the runtime has the storage read the incoming file back (its length and CRC-32C must be
+/// these, which the core computed over the bytes as they arrived), parses it, and hands the
+/// result to Core::received_snapshot_loaded. Nothing is deleted or installed before that.
+struct ReceivedSnapshot {
+  SnapshotMeta meta;
+  std::uint64_t size = 0;
+  std::uint32_t crc32c = 0;
+};
+
 /// The core's instructions to the storage, made durable in `seq` order. The rule that keeps
 /// Raft safe: a message that promises something (a vote, an acknowledgement) is sent only
 /// after the batch that holds what it promises is durable.
@@ -180,8 +201,12 @@ struct PersistBatch {
   /// deleted to be written again; the log is cut at the first entry whose term differs from
   /// the log's (a follower overwriting a conflicting suffix), and the rest is appended.
   std::vector<LogEntry> entries;
+  /// Chunks of a snapshot being received, in order: written to the incoming snapshot file,
+  /// not synced (the offset reached is not durable state: after a crash the transfer starts
+  /// again from 0, and open() deletes the partial file). Independent of the log.
+  std::vector<SnapshotChunk> snapshot_chunks;
 
-  bool empty() const { return !snapshot && !hard_state && entries.empty(); }
+  bool empty() const { return !snapshot && !hard_state && entries.empty() && snapshot_chunks.empty(); }
 };
 
 /// A node's role. A learner is a Follower that is not a voter in its configuration.
@@ -312,11 +337,14 @@ struct Ready {
   std::uint64_t leader_ready_term = 0;  // nonzero: leading in this term and its first entry committed
   bool snapshot_wanted = false;         // the log since the last snapshot is long: take one
   std::vector<std::string> refused;     // input the core refused (a term out of bounds, a bad snapshot), and why
+  /// Set: the last chunk of a received snapshot is in `persist`; once it is written, load
+  /// and check the incoming file and call Core::received_snapshot_loaded (see there).
+  std::optional<ReceivedSnapshot> received_snapshot;
 
   bool empty() const {
     return persist.seq == 0 && messages.empty() && after_persist.empty() && !restore &&
            committed.empty() && reads.empty() && aborted.empty() && role_changes.empty() &&
-           leader_ready_term == 0 && !snapshot_wanted && refused.empty();
+           leader_ready_term == 0 && !snapshot_wanted && refused.empty() && !received_snapshot;
   }
 };
 

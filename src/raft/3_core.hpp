@@ -18,6 +18,44 @@
 
 namespace raft {
 
+namespace detail {
+
+// CRC-32C (Castagnoli), slice-by-8. The tables are built at compile time.
+struct Crc32cTables {
+  std::uint32_t t[8][256] = {};
+  constexpr Crc32cTables() {
+    for (std::uint32_t i = 0; i < 256; ++i) {
+      std::uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1u) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+      t[0][i] = c;
+    }
+    for (std::uint32_t i = 0; i < 256; ++i)
+      for (int s = 1; s < 8; ++s) t[s][i] = (t[s - 1][i] >> 8) ^ t[0][t[s - 1][i] & 0xFFu];
+  }
+};
+inline constexpr Crc32cTables kCrc32cTables{};
+
+/// CRC-32C of `size` bytes; pass a previous result as `crc` to continue it over more bytes.
+inline std::uint32_t crc32c(const void* data, std::size_t size, std::uint32_t crc = 0) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  const auto& t = kCrc32cTables.t;
+  crc = ~crc;
+  while (size >= 8) {
+    const std::uint32_t lo = crc ^ (std::uint32_t{p[0]} | std::uint32_t{p[1]} << 8 |
+                                    std::uint32_t{p[2]} << 16 | std::uint32_t{p[3]} << 24);
+    const std::uint32_t hi = std::uint32_t{p[4]} | std::uint32_t{p[5]} << 8 |
+                             std::uint32_t{p[6]} << 16 | std::uint32_t{p[7]} << 24;
+    crc = t[7][lo & 0xFFu] ^ t[6][(lo >> 8) & 0xFFu] ^ t[5][(lo >> 16) & 0xFFu] ^ t[4][lo >> 24] ^
+          t[3][hi & 0xFFu] ^ t[2][(hi >> 8) & 0xFFu] ^ t[1][(hi >> 16) & 0xFFu] ^ t[0][hi >> 24];
+    p += 8;
+    size -= 8;
+  }
+  while (size-- > 0) crc = t[0][(crc ^ *p++) & 0xFFu] ^ (crc >> 8);
+  return ~crc;
+}
+
+}  // namespace detail
+
 /// The largest term a node accepts or reaches. Elections add term_step (at most 2^32) to the
 /// term, and 2^62 leaves room for that without wrapping around; at 10 per election it is
 /// never reached by elections. A message carrying a larger term is dropped: only a forged or
@@ -65,10 +103,11 @@ struct CoreOptions {
   std::size_t snapshot_chunk_bytes = 1u << 20;
   std::size_t snapshot_chunks_inflight = 4;
   /// A snapshot being received may grow to this many bytes; the chunks are dropped beyond it
-  /// (a stream that never ends would otherwise fill the memory).
+  /// (a stream that never ends would otherwise fill the disk: the chunks go to a file).
   std::uint64_t max_snapshot_bytes = std::uint64_t{4} << 30;
   /// Checks a received snapshot before it replaces anything: empty when it may be installed,
-  /// else why not (the runtime parses it with the reader that restores it). Unset: no check.
+  /// else why not (the runtime parses it with the reader that restores it). Called from
+  /// received_snapshot_loaded, once the storage read the whole file back. Unset: no check.
   std::function<std::string(const Snapshot&)> check_snapshot;
   /// Seed of the election-timeout randomness (the runtime uses a random one; tests fix it).
   std::uint64_t random_seed = 1;
@@ -182,6 +221,12 @@ class Core {
   void read_index(std::uint64_t request_id);
   /// The runtime made the batch with this seq (and all before it) durable.
   void persisted(std::uint64_t seq);
+  /// The storage read back the snapshot a Ready::received_snapshot announced: `snapshot` holds
+  /// its metadata and data when `problem` is empty, else `problem` says why the file is not
+  /// that snapshot (a length or CRC-32C that differs from what arrived). Checked, then
+  /// installed (or the log found to hold it already), and the leader answered; refused with
+  /// the log kept as it was. An answer about any other snapshot than the one awaited is ignored.
+  void received_snapshot_loaded(std::shared_ptr<const Snapshot> snapshot, const std::string& problem);
   /// The runtime saved this snapshot of its state machine (at most the applied index).
   /// Returns the index up to which the log may now be dropped from disk too.
   std::uint64_t compact(std::shared_ptr<const Snapshot> snapshot);
@@ -239,6 +284,16 @@ class Core {
   /// Peer messages and received snapshots refused as out of bounds or unreadable (each is
   /// also reported in Ready::refused).
   std::uint64_t refused_count() const { return refused_count_; }
+  /// Bytes of the snapshot being received that arrived so far (they are in the storage's
+  /// incoming file, or in the next Ready::persist on their way there).
+  std::uint64_t receiving_snapshot_bytes() const { return recv_snapshot_size_; }
+  /// Bytes of received snapshot data the core holds itself: the chunks that wait in the batch
+  /// for the next ready(); zero once it handed them out. Never the whole snapshot.
+  std::size_t received_snapshot_bytes_held() const {
+    std::size_t n = 0;
+    for (const auto& c : batch_.snapshot_chunks) n += c.data.size();
+    return n;
+  }
 
  private:
   struct PendingRead {
@@ -383,10 +438,20 @@ class Core {
   std::set<NodeId> read_round_acks_;
   // reads (follower): request id -> deadline tick
   std::map<std::uint64_t, std::uint64_t> forwarded_reads_;
-  // snapshot being received (follower)
+  // snapshot being received (follower): its bytes go to the storage as they arrive
+  // (PersistBatch::snapshot_chunks); only how many, and their CRC-32C, stay here
   std::uint64_t recv_snapshot_index_ = 0;
   std::uint64_t recv_snapshot_term_ = 0;
-  std::string recv_snapshot_data_;
+  std::uint64_t recv_snapshot_size_ = 0;
+  std::uint32_t recv_snapshot_crc_ = 0;
+  // the last chunk arrived: the storage reads the file back (Ready::received_snapshot) and
+  // received_snapshot_loaded answers the leader that sent it
+  struct SnapshotBeingLoaded {
+    NodeId from;
+    SnapshotMeta meta;
+  };
+  std::optional<SnapshotBeingLoaded> recv_loading_;
+  std::optional<ReceivedSnapshot> received_out_;
 
   // output being gathered for the next Ready
   PersistBatch batch_;
@@ -1119,58 +1184,102 @@ inline void Core::handle_snapshot(const Message& m) {
     return;
   }
 #endif
+  if (recv_loading_ && recv_loading_->meta.index == m.index && recv_loading_->meta.term == m.log_term)
+    return;  // all of it arrived and is being read back: the answer comes once it is checked
   if (m.offset == 0) {
     recv_snapshot_index_ = m.index;
     recv_snapshot_term_ = m.log_term;
-    recv_snapshot_data_.clear();
+    recv_snapshot_size_ = 0;
+    recv_snapshot_crc_ = 0;
   }
-  if (recv_snapshot_index_ != m.index || recv_snapshot_term_ != m.log_term ||
-      m.offset != recv_snapshot_data_.size()) {
+  if (recv_snapshot_index_ != m.index || recv_snapshot_term_ != m.log_term || m.offset != recv_snapshot_size_) {
     r.reject = true;  // out of order: ask for the bytes from where we are
-    r.offset = (recv_snapshot_index_ == m.index && recv_snapshot_term_ == m.log_term)
-                   ? recv_snapshot_data_.size()
-                   : 0;
+    r.offset = (recv_snapshot_index_ == m.index && recv_snapshot_term_ == m.log_term) ? recv_snapshot_size_ : 0;
     send(std::move(r));
     return;
   }
-  // Refused: what arrived so far goes, the log stays as it was, and the sender is asked to
-  // start again from the beginning (a leader whose transfer was damaged on the way retries).
-  auto refuse_snapshot = [&](const std::string& why) {
+  // Refused: what arrived so far is forgotten (the storage's file is started anew by the next
+  // chunk at offset 0), the log stays as it was, and the sender is asked to start again from
+  // the beginning (a leader whose transfer was damaged on the way retries).
+  if (m.data.size() > opts_.max_snapshot_bytes || recv_snapshot_size_ > opts_.max_snapshot_bytes - m.data.size()) {
     refuse("refused a snapshot at index " + std::to_string(m.index) + " of term " + std::to_string(m.log_term) +
-               " from " + m.from + ": " + why + "; the log is kept",
+               " from " + m.from + ": it is larger than max_snapshot_bytes (" +
+               std::to_string(opts_.max_snapshot_bytes) + "); the log is kept",
            true);
-    recv_snapshot_data_.clear();
-    recv_snapshot_data_.shrink_to_fit();
-    recv_snapshot_index_ = recv_snapshot_term_ = 0;
+    recv_snapshot_index_ = recv_snapshot_term_ = recv_snapshot_size_ = 0;
+    recv_snapshot_crc_ = 0;
     r.reject = true;
     r.offset = 0;
     send(std::move(r));
-  };
-  if (m.data.size() > opts_.max_snapshot_bytes ||
-      recv_snapshot_data_.size() > opts_.max_snapshot_bytes - m.data.size())
-    return refuse_snapshot("it is larger than max_snapshot_bytes (" + std::to_string(opts_.max_snapshot_bytes) + ")");
-  recv_snapshot_data_.append(m.data);
-  r.offset = recv_snapshot_data_.size();
+    return;
+  }
+  // The chunk goes to the storage's incoming file with the next batch, and is acknowledged at
+  // once, before it is durable: the offset reached is not durable state. A crash loses the
+  // partial file (open() deletes it) and this count alike, and the transfer starts again from
+  // offset 0. Only the install must not run ahead of the disk, and it does not: the storage
+  // syncs the file while reading it back, before the core hears it may install it, and the
+  // install renames it into place durably before the log is replaced.
+  recv_snapshot_crc_ = detail::crc32c(m.data.data(), m.data.size(), recv_snapshot_crc_);
+  batch_.snapshot_chunks.push_back(SnapshotChunk{m.index, m.log_term, m.offset, m.data});
+  recv_snapshot_size_ += m.data.size();
+  r.offset = recv_snapshot_size_;
   if (!m.done) {
     send(std::move(r));
     return;
   }
-  auto snap = std::make_shared<Snapshot>();
-  snap->meta.index = m.index;
-  snap->meta.term = m.log_term;
-  snap->meta.config = m.config;
-  snap->meta.timestamp_ms = m.timestamp_ms;
-  snap->data = std::move(recv_snapshot_data_);
-  recv_snapshot_data_.clear();
-  recv_snapshot_index_ = recv_snapshot_term_ = 0;
+  // All of it arrived. Nothing is replaced yet: the storage reads the file back, checks its
+  // length and CRC against what arrived, and the runtime parses it whole; then
+  // received_snapshot_loaded installs it or refuses it.
+  ReceivedSnapshot received;
+  received.meta.index = m.index;
+  received.meta.term = m.log_term;
+  received.meta.config = m.config;
+  received.meta.timestamp_ms = m.timestamp_ms;
+  received.size = recv_snapshot_size_;
+  received.crc32c = recv_snapshot_crc_;
+  recv_loading_ = SnapshotBeingLoaded{m.from, received.meta};
+  received_out_ = std::move(received);
+  recv_snapshot_index_ = recv_snapshot_term_ = recv_snapshot_size_ = 0;
+  recv_snapshot_crc_ = 0;
+}
+
+inline void Core::received_snapshot_loaded(std::shared_ptr<const Snapshot> snap, const std::string& problem) {
+  if (!recv_loading_ || !snap || snap->meta.index != recv_loading_->meta.index ||
+      snap->meta.term != recv_loading_->meta.term)
+    return;
+  const NodeId from = recv_loading_->from;
+  recv_loading_.reset();
+  const SnapshotMeta& meta = snap->meta;
+  Message r = make(MessageType::SnapshotResponse, from);
+  r.index = meta.index;
   // Checked whole before anything is replaced: installing deletes the log.
-  std::string problem;
+  std::string why = problem;
 #ifndef RAFT_MUTANT_SNAPSHOT_UNCHECKED
-  if (opts_.check_snapshot) problem = opts_.check_snapshot(*snap);
+  if (why.empty() && opts_.check_snapshot) why = opts_.check_snapshot(*snap);
 #endif
-  if (!problem.empty()) return refuse_snapshot(problem);
-  install_snapshot(std::move(snap));
+  if (!why.empty()) {
+    refuse("refused a snapshot at index " + std::to_string(meta.index) + " of term " + std::to_string(meta.term) +
+               " from " + from + ": " + why + "; the log is kept",
+           true);
+    r.reject = true;
+    r.offset = 0;
+    send(std::move(r));
+    return;
+  }
   r.done = true;
+  // The log may have caught up while the file was read back (the same rules as on arrival).
+  if (meta.index <= commit_) {
+    send_after_persist(std::move(r));
+    return;
+  }
+#ifndef RAFT_MUTANT_SNAPSHOT_REWRITES_MATCHING_LOG
+  if (matches(meta.index, meta.term)) {
+    commit_to(meta.index);
+    send_after_persist(std::move(r));
+    return;
+  }
+#endif
+  install_snapshot(std::move(snap));
   send_after_persist(std::move(r));  // installed means durable
 }
 
@@ -1191,8 +1300,11 @@ inline void Core::install_snapshot(std::shared_ptr<const Snapshot> snap) {
   log_start_term_ = meta.term;
   base_config_ = meta.config;
   base_config_index_ = meta.index;
+  // Chunks of a later transfer that wait in the batch still go to the incoming file.
+  std::vector<SnapshotChunk> chunks = std::move(batch_.snapshot_chunks);
   batch_ = PersistBatch{};
   batch_.snapshot = snap;
+  batch_.snapshot_chunks = std::move(chunks);
   if (durable_index_ > meta.index) durable_index_ = meta.index;
   for (auto& u : unpersisted_)
     if (u.last_index > meta.index) u.last_index = meta.index;
@@ -1784,7 +1896,7 @@ inline void Core::persisted(std::uint64_t seq) {
 inline bool Core::has_ready() const {
   if (!batch_.empty() || !msgs_.empty() || !msgs_after_.empty() || restore_ ||
       !reads_out_.empty() || !aborted_.empty() || !role_changes_.empty() || snapshot_wanted_out_ ||
-      !refused_out_.empty())
+      !refused_out_.empty() || received_out_)
     return true;
   if (leader_ready_unreported_ && role_ == Role::Leader && applied_ >= leader_first_index_) return true;
   if (HardState{term_, vote_} != persisted_hs_) return true;
@@ -1851,6 +1963,8 @@ inline Ready Core::ready() {
   role_changes_.clear();
   rd.refused = std::move(refused_out_);
   refused_out_.clear();
+  rd.received_snapshot = std::move(received_out_);  // its last chunk is in rd.persist
+  received_out_.reset();
   // on_leader's promise: the term's first entry and everything before it are applied first.
   if (leader_ready_unreported_ && role_ == Role::Leader && applied_ >= leader_first_index_) {
     rd.leader_ready_term = term_;

@@ -16,6 +16,9 @@
 //                              payload), each framed by its length and CRC-32C
 //   snap-<index>-<term>.snap   the newest snapshot; the previous one is deleted only once
 //                              the new one is durable
+//   incoming.snap.tmp          a snapshot being received from the leader, written chunk by
+//                              chunk as it arrives (a snapshot file whose header is written
+//                              last); read back and checked whole, then renamed into place
 //   *.tmp                      an interrupted write: ignored, and removed by open()
 //   LOCK                       locked while a Storage has the directory open
 //
@@ -226,6 +229,14 @@ class Storage {
   /// a trailing window of entries for followers that lag a little). The log itself is kept
   /// after the snapshot's index. A snapshot not newer than the one on disk is ignored.
   bool save_snapshot(const Snapshot& snapshot, std::uint64_t compact_to);
+  /// Reads back the snapshot received into the incoming file (PersistBatch::snapshot_chunks):
+  /// writes its header, fdatasyncs it and reads it whole (the store parses text held in
+  /// memory; the node holds the snapshot it installs anyway). `out` gets received.meta, and
+  /// the data when the file holds exactly `received` (its length and CRC-32C, which the core
+  /// computed over the bytes as they arrived); else `problem` says why not, and nothing
+  /// changed. A PersistBatch::snapshot at the same index and term then renames the file into
+  /// place instead of writing the data again. Returns false once the storage has failed.
+  bool load_received_snapshot(const ReceivedSnapshot& received, Snapshot& out, std::string& problem);
   /// Rewrites the identity file atomically (a joiner records the cluster id it joined).
   bool save_identity(const Identity& identity);
 
@@ -275,6 +286,10 @@ class StorageWriter {
                        Done done);
   /// Queues Storage::save_identity(identity), in order with the batches.
   void submit_identity(Identity identity, Done done);
+  /// Queues Storage::load_received_snapshot(received, ...), in order with the batches; `done`
+  /// gets the snapshot read back (its data empty, and why, when it is not the one received).
+  using Loaded = std::function<void(bool ok, std::shared_ptr<Snapshot> snapshot, std::string problem)>;
+  void submit_load_received(ReceivedSnapshot received, Loaded done);
   /// Blocks until everything submitted before the call has been handled and its callback
   /// has run.
   void flush();
@@ -291,6 +306,10 @@ class StorageWriter {
     std::uint64_t compact_to = 0;
     std::optional<Identity> identity;  // set: a save_identity job
     Done done;
+    std::optional<ReceivedSnapshot> received;  // set: a load_received_snapshot job
+    Loaded loaded_done;
+    std::shared_ptr<Snapshot> loaded;
+    std::string load_problem;
   };
   void enqueue(Item item);
   void run();
@@ -314,39 +333,7 @@ class StorageWriter {
 
 namespace detail {
 
-// CRC-32C (Castagnoli), slice-by-8. The tables are built at compile time.
-struct Crc32cTables {
-  std::uint32_t t[8][256] = {};
-  constexpr Crc32cTables() {
-    for (std::uint32_t i = 0; i < 256; ++i) {
-      std::uint32_t c = i;
-      for (int k = 0; k < 8; ++k) c = (c & 1u) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
-      t[0][i] = c;
-    }
-    for (std::uint32_t i = 0; i < 256; ++i)
-      for (int s = 1; s < 8; ++s) t[s][i] = (t[s - 1][i] >> 8) ^ t[0][t[s - 1][i] & 0xFFu];
-  }
-};
-inline constexpr Crc32cTables kCrc32cTables{};
-
-/// CRC-32C of `size` bytes; pass a previous result as `crc` to continue it over more bytes.
-inline std::uint32_t crc32c(const void* data, std::size_t size, std::uint32_t crc = 0) {
-  const auto* p = static_cast<const unsigned char*>(data);
-  const auto& t = kCrc32cTables.t;
-  crc = ~crc;
-  while (size >= 8) {
-    const std::uint32_t lo = crc ^ (std::uint32_t{p[0]} | std::uint32_t{p[1]} << 8 |
-                                    std::uint32_t{p[2]} << 16 | std::uint32_t{p[3]} << 24);
-    const std::uint32_t hi = std::uint32_t{p[4]} | std::uint32_t{p[5]} << 8 |
-                             std::uint32_t{p[6]} << 16 | std::uint32_t{p[7]} << 24;
-    crc = t[7][lo & 0xFFu] ^ t[6][(lo >> 8) & 0xFFu] ^ t[5][(lo >> 16) & 0xFFu] ^ t[4][lo >> 24] ^
-          t[3][hi & 0xFFu] ^ t[2][(hi >> 8) & 0xFFu] ^ t[1][(hi >> 16) & 0xFFu] ^ t[0][hi >> 24];
-    p += 8;
-    size -= 8;
-  }
-  while (size-- > 0) crc = t[0][(crc ^ *p++) & 0xFFu] ^ (crc >> 8);
-  return ~crc;
-}
+// CRC-32C: detail::crc32c, section 3 (the core keeps one over a snapshot it receives).
 
 // Format versions: of the identity, hard state and snapshot files, and of log segments.
 constexpr std::uint32_t kStorageFormatVersion = 1;
@@ -358,6 +345,7 @@ constexpr std::string_view kSegmentMagic{"RAFTLSEG", kMagicBytes};
 constexpr const char* kIdentityFile = "identity";
 constexpr const char* kHardStateFile = "hardstate";
 constexpr const char* kLockFile = "LOCK";
+constexpr const char* kIncomingSnapshotFile = "incoming.snap.tmp";  // removed by open() as any *.tmp
 constexpr std::string_view kTempSuffix = ".tmp";
 // Only the node's user may read or change the data directory (the umask can only narrow
 // these; a directory made before is tightened at start).
@@ -829,6 +817,18 @@ inline std::string encode_snapshot_header(const SnapshotMeta& meta, std::string_
          std::to_string(data.size()) + " crc32c " + crc + "\n";
 }
 
+/// The header of a snapshot received in chunks: the same line with every number 20 digits
+/// wide (decode_snapshot reads leading zeros), so that its length is known before the data
+/// is: the chunks are written behind it as they arrive, and the header last.
+inline std::string encode_received_snapshot_header(std::uint64_t index, std::uint64_t term, std::uint64_t length,
+                                                   std::uint32_t crc) {
+  char hex[9];
+  std::snprintf(hex, sizeof hex, "%08x", static_cast<unsigned>(crc));
+  return std::string(kSnapshotPrefix) + std::to_string(kStorageFormatVersion) + " index " + pad20(index) +
+         " term " + pad20(term) + " length " + pad20(length) + " crc32c " + hex + "\n";
+}
+inline const std::size_t kReceivedSnapshotHeaderBytes = encode_received_snapshot_header(0, 0, 0, 0).size();
+
 /// Checks a whole snapshot file and leaves only its data in `buf`; returns the index and
 /// term its header names. (Also how `-l` reads a snapshot copied out of a data directory.)
 inline std::pair<std::uint64_t, std::uint64_t> decode_snapshot(std::string& buf, const std::string& file) {
@@ -894,7 +894,7 @@ class StorageImpl {
     fs = opt.file_system ? opt.file_system : std::make_shared<PosixFileSystem>();
   }
   ~StorageImpl() {
-    for (int fd : {active_fd, lock_fd, dir_fd})
+    for (int fd : {active_fd, incoming_fd, lock_fd, dir_fd})
       if (fd >= 0) fs->close(fd);
   }
   StorageImpl(const StorageImpl&) = delete;
@@ -918,6 +918,14 @@ class StorageImpl {
   std::uint64_t snap_index = 0;
   std::uint64_t snap_term = 0;
   std::string snap_path;
+
+  // The snapshot being received (kIncomingSnapshotFile): open from its chunk at offset 0.
+  int incoming_fd = -1;
+  std::uint64_t incoming_index = 0;
+  std::uint64_t incoming_term = 0;
+  std::uint64_t incoming_size = 0;  // data bytes written behind the header
+  bool incoming_intact = false;     // every chunk since offset 0 written, in order
+  bool incoming_loaded = false;     // read back, checked and synced: install it by rename
 
   std::atomic<std::uint64_t> fsyncs{0};
   std::atomic<bool> failed{false};
@@ -1274,11 +1282,83 @@ class StorageImpl {
     return true;
   }
 
-  bool write_snapshot_file(const Snapshot& snap) {
-    const std::string header = encode_snapshot_header(snap.meta, snap.data);
-    if (!write_file_atomically(snapshot_file_name(snap.meta.index, snap.meta.term), {header, snap.data}))
+  bool close_incoming() {
+    incoming_intact = incoming_loaded = false;
+    if (incoming_fd < 0) return true;
+    const int err = fs->close(incoming_fd);
+    incoming_fd = -1;
+    return err == 0 || io_fail("close of", path(kIncomingSnapshotFile), err);
+  }
+
+  // Not synced here: the offset a transfer reached is not durable state (a crash starts it
+  // again, and open() deletes the file). load_received_snapshot syncs the whole file.
+  bool write_snapshot_chunk(const SnapshotChunk& c) {
+    if (c.offset == 0) {
+      if (!close_incoming() || !create_temp(path(kIncomingSnapshotFile), incoming_fd)) return false;
+      incoming_index = c.index;
+      incoming_term = c.term;
+      incoming_size = 0;
+      incoming_intact = true;
+    }
+    incoming_loaded = false;
+    if (incoming_fd < 0 || !incoming_intact || c.index != incoming_index || c.term != incoming_term ||
+        c.offset != incoming_size) {
+      incoming_intact = false;  // not the next bytes of this file: loading it says so
+      return true;
+    }
+    if (!write_all(incoming_fd, kReceivedSnapshotHeaderBytes + c.offset, c.data, path(kIncomingSnapshotFile)))
       return false;
-    const std::string new_path = path(snapshot_file_name(snap.meta.index, snap.meta.term));
+    incoming_size += c.data.size();
+    return true;
+  }
+
+  bool load_received_snapshot(const ReceivedSnapshot& r, Snapshot& out, std::string& problem) {
+    problem.clear();
+    out.meta = r.meta;
+    out.data.clear();
+    if (failed) return false;
+    const std::string file = path(kIncomingSnapshotFile);
+    if (incoming_fd < 0 || !incoming_intact || incoming_index != r.meta.index || incoming_term != r.meta.term) {
+      problem = "its chunks did not all reach " + file;
+      return true;
+    }
+    if (incoming_size != r.size) {
+      problem = file + " holds " + std::to_string(incoming_size) + " bytes of it, " + std::to_string(r.size) +
+                " arrived";
+      return true;
+    }
+    const std::string header = encode_received_snapshot_header(r.meta.index, r.meta.term, r.size, r.crc32c);
+    if (!write_all(incoming_fd, 0, header, file) || !sync_fd(incoming_fd, file, false)) return false;
+    std::string buf;
+    if (const int err = fs->read(file, buf)) {
+      problem = "cannot read " + file + " back: " + errno_text(err);
+      return true;
+    }
+    try {
+      decode_snapshot(buf, file, r.meta.index, r.meta.term);  // the length and the CRC-32C
+    } catch (const StorageError& e) {
+      problem = e.what();
+      const std::size_t advice = problem.find(corruption_advice());
+      if (advice != std::string::npos) problem.erase(advice);
+      return true;
+    }
+    out.data = std::move(buf);
+    incoming_loaded = true;
+    return true;
+  }
+
+  // from_leader: a PersistBatch snapshot, which may be the received file read back.
+  bool write_snapshot_file(const Snapshot& snap, bool from_leader) {
+    const std::string name = snapshot_file_name(snap.meta.index, snap.meta.term);
+    if (from_leader && incoming_loaded && incoming_index == snap.meta.index && incoming_term == snap.meta.term &&
+        incoming_size == snap.data.size()) {
+      // The received file, read back, checked and synced: renamed into place, as a file that
+      // write_file_atomically wrote, and not written a second time.
+      if (!close_incoming() || !rename_durably(path(kIncomingSnapshotFile), path(name))) return false;
+    } else if (!write_file_atomically(name, {encode_snapshot_header(snap.meta, snap.data), snap.data})) {
+      return false;
+    }
+    const std::string new_path = path(name);
     // Losing this unlink in a crash is harmless: open() removes superseded snapshots.
     if (!snap_path.empty() && snap_path != new_path) {
       const int err = fs->remove(snap_path);
@@ -1314,9 +1394,9 @@ class StorageImpl {
       return fail("ERR a PersistBatch snapshot at index " + std::to_string(m.index) +
                   " does not follow the snapshot on disk at index " +
                   std::to_string(snap_index));
-    if (holds(m.index, m.term)) return save_snapshot(snap, m.index);
+    if (holds(m.index, m.term)) return save_snapshot(snap, m.index, true);
     pending.clear();  // the whole log is replaced: its unwritten records need not be written
-    if (!flush_pending() || !write_snapshot_file(snap)) return false;
+    if (!flush_pending() || !write_snapshot_file(snap, true)) return false;
     while (!segments.empty()) {
       if (!close_active() || !remove_durably(segments.back().path)) return false;
       segments.pop_back();
@@ -1327,7 +1407,7 @@ class StorageImpl {
     return true;
   }
 
-  bool save_snapshot(const Snapshot& snap, std::uint64_t compact_to) {
+  bool save_snapshot(const Snapshot& snap, std::uint64_t compact_to, bool from_leader = false) {
     if (failed) return false;
     const SnapshotMeta& m = snap.meta;
     if (m.index <= snap_index) return true;
@@ -1336,13 +1416,15 @@ class StorageImpl {
                   std::to_string(m.term) + " does not match the log (last index " +
                   std::to_string(last_index) + ", term there " +
                   std::to_string(term_at(m.index)) + ")");
-    return flush_pending() && write_snapshot_file(snap) &&
+    return flush_pending() && write_snapshot_file(snap, from_leader) &&
            drop_prefix(std::min(compact_to, m.index));
   }
 
   bool write(const PersistBatch& b) {
     if (failed) return false;
     if (b.snapshot && !install_snapshot(*b.snapshot)) return false;
+    for (const SnapshotChunk& c : b.snapshot_chunks)
+      if (!write_snapshot_chunk(c)) return false;
     if (b.hard_state) pending_hard_state = *b.hard_state;
     if (b.entries.empty()) return true;
     const auto batch_error = [&b](const std::string& what) {
@@ -1627,7 +1709,9 @@ inline void StorageImpl::recover(Recovered& out) {
   for (const std::string& name : leftovers) {
     const std::string p = path(name);
     if (const int err = fs->remove(p); err != 0 && err != ENOENT) io_fail("unlink of", p, err);
-    out.notes.push_back("removed " + p + ": a write interrupted by a crash");
+    out.notes.push_back("removed " + p + (name == kIncomingSnapshotFile
+                                              ? ": a snapshot transfer interrupted by a stop or a crash"
+                                              : ": a write interrupted by a crash"));
   }
   // What open() returns is made durable: after a crash of the process alone, unsynced
   // writes (records, a renamed hard state) are still in the page cache, where they were just
@@ -1690,6 +1774,9 @@ inline bool Storage::sync() { return impl_->sync(); }
 inline bool Storage::save_snapshot(const Snapshot& snapshot, std::uint64_t compact_to) {
   return impl_->save_snapshot(snapshot, compact_to);
 }
+inline bool Storage::load_received_snapshot(const ReceivedSnapshot& received, Snapshot& out, std::string& problem) {
+  return impl_->load_received_snapshot(received, out, problem);
+}
 
 inline bool Storage::save_identity(const Identity& identity) {
   if (!impl_->write_file_atomically(detail::kIdentityFile, {detail::encode_identity(identity)})) return false;
@@ -1725,18 +1812,35 @@ inline void StorageWriter::submit(PersistBatch batch, Done done) {
                                   ": batches must be submitted in seq order");
     last_seq_ = batch.seq;
   }
-  enqueue(Item{std::move(batch), nullptr, 0, std::nullopt, std::move(done)});
+  Item item;
+  item.batch = std::move(batch);
+  item.done = std::move(done);
+  enqueue(std::move(item));
 }
 
 inline void StorageWriter::submit_snapshot(std::shared_ptr<const Snapshot> snapshot,
                                            std::uint64_t compact_to, Done done) {
   if (!snapshot)
     throw std::invalid_argument("ERR StorageWriter::submit_snapshot without a snapshot");
-  enqueue(Item{PersistBatch{}, std::move(snapshot), compact_to, std::nullopt, std::move(done)});
+  Item item;
+  item.snapshot = std::move(snapshot);
+  item.compact_to = compact_to;
+  item.done = std::move(done);
+  enqueue(std::move(item));
 }
 
 inline void StorageWriter::submit_identity(Identity identity, Done done) {
-  enqueue(Item{PersistBatch{}, nullptr, 0, std::move(identity), std::move(done)});
+  Item item;
+  item.identity = std::move(identity);
+  item.done = std::move(done);
+  enqueue(std::move(item));
+}
+
+inline void StorageWriter::submit_load_received(ReceivedSnapshot received, Loaded done) {
+  Item item;
+  item.received = std::move(received);
+  item.loaded_done = std::move(done);
+  enqueue(std::move(item));
 }
 
 inline void StorageWriter::enqueue(Item item) {
@@ -1750,6 +1854,7 @@ inline void StorageWriter::enqueue(Item item) {
     }
   }
   if (item.done) item.done(false);
+  if (item.loaded_done) item.loaded_done(false, nullptr, "the storage is stopping");
 }
 
 inline void StorageWriter::flush() {
@@ -1782,8 +1887,11 @@ inline void StorageWriter::run() {
       if (queue_.empty()) return;  // stopping, and drained
       group.swap(queue_);
     }
-    for (const Item& item : group) {
-      if (item.snapshot)
+    for (Item& item : group) {
+      if (item.received) {
+        item.loaded = std::make_shared<Snapshot>();
+        storage_.load_received_snapshot(*item.received, *item.loaded, item.load_problem);
+      } else if (item.snapshot)
         storage_.save_snapshot(*item.snapshot, item.compact_to);
       else if (item.identity)
         storage_.save_identity(*item.identity);
@@ -1793,8 +1901,10 @@ inline void StorageWriter::run() {
     // One verdict for the group: nothing in it is durable until this sync succeeds.
     const bool ok = storage_.sync();
     groups_.fetch_add(1, std::memory_order_relaxed);
-    for (Item& item : group)
+    for (Item& item : group) {
       if (item.done) item.done(ok);
+      if (item.loaded_done) item.loaded_done(ok, std::move(item.loaded), std::move(item.load_problem));
+    }
     {
       std::lock_guard<std::mutex> lock(mu_);
       completed_ += group.size();

@@ -10,6 +10,7 @@
 //   ticker    ticks the core; the leader's background expiry.
 //   sender    one per peer: connects (from this node's address), authenticates, sends.
 //   writer    the storage's group commit (StorageWriter): everything waiting shares an fdatasync.
+//             Writes a received snapshot's chunks to a file; reads it back and parses it whole.
 //   apply     applies committed entries to the store, answers writes and linearizable reads,
 //             runs the role callbacks.
 //   snapshot  serializes a copy of the store and hands it to the writer.
@@ -1582,6 +1583,7 @@ class Runtime {
   // the core
   void drive();
   void on_persisted(std::uint64_t seq, bool ok, std::vector<Message> after);
+  void load_received_snapshot(ReceivedSnapshot received);
   void storage_failed(const std::string& why);
   void send_peer(const Message& m);
   PeerLink* link_for(const NodeId& id);
@@ -1970,8 +1972,8 @@ inline void Runtime::open_storage() {
     st.snapshot = snapshot;
   }
   CoreOptions options = core_options();
-  // The store parsed to check a snapshot is the one restored: parsed once, on the poll thread
-  // (a follower's, while it installs a snapshot).
+  // The store parsed to check a snapshot is the one restored: parsed once, on the writer
+  // thread once it read the received file back (load_received_snapshot).
   options.check_snapshot = [this](const Snapshot& received) {
     Store parsed;
     std::string problem = check_received_snapshot(received, parsed);
@@ -2382,6 +2384,7 @@ inline void Runtime::drive() {
       auto after = std::make_shared<std::vector<Message>>(std::move(rd.after_persist));
       writer_->submit(std::move(rd.persist), [this, seq, after](bool ok) { on_persisted(seq, ok, std::move(*after)); });
     }
+    if (rd.received_snapshot) load_received_snapshot(std::move(*rd.received_snapshot));
     for (const auto& m : rd.messages) send_peer(m);
     for (const auto& why : rd.refused) log_refused(why);
     if (rd.restore) push_apply(ApplyItem{ApplyItem::Restore, rd.restore, {}, {}, {}, {}, 0, 0});
@@ -2445,6 +2448,25 @@ inline void Runtime::on_persisted(std::uint64_t seq, bool ok, std::vector<Messag
   std::lock_guard<std::mutex> lock(core_mu_);
   core_->persisted(seq);
   drive();
+}
+
+// A snapshot received in chunks lies in the storage's incoming file, not in memory. After the
+// batch with its last chunk, the writer syncs the file and reads it back (checking its length
+// and CRC-32C against what arrived); then the core checks it (check_snapshot: the whole text
+// parses) and installs it, which renames the file into place, or refuses it and keeps the log.
+inline void Runtime::load_received_snapshot(ReceivedSnapshot received) {
+  writer_->submit_load_received(std::move(received),
+                                [this](bool ok, std::shared_ptr<Snapshot> snapshot, std::string problem) {
+                                  if (halted_) return;
+                                  if (!ok) {
+                                    storage_failed(storage_->failure());
+                                    return;
+                                  }
+                                  if (failed_) return;
+                                  std::lock_guard<std::mutex> lock(core_mu_);
+                                  core_->received_snapshot_loaded(std::move(snapshot), problem);
+                                  drive();
+                                });
 }
 
 inline void Runtime::storage_failed(const std::string& why) {
