@@ -335,6 +335,9 @@ class StorageSim {
       b.snapshot = make_snapshot(at, std::max(max_term_, log_.term_at(log_.last())));
       what = "install (ahead) at " + std::to_string(at);
     }
+    // Half of them arrive in chunks first, in the incoming file, and are read back from it
+    // (then installed by renaming that file).
+    if (rng_.chance(0.5) && !receive_in_chunks(b.snapshot)) return;
     Log after = log_;
     apply(after, b);
     if (rng_.chance(0.6)) {
@@ -348,6 +351,45 @@ class StorageSim {
       for (auto& e : make_entries(next, rng_.range(0, 3), term)) b.entries.push_back(e);
     }
     write(std::move(b), what);
+  }
+
+  // The snapshot's data in chunk batches (a transfer abandoned and started again now and then),
+  // then read back: it must be exactly what was written. False when the storage failed.
+  bool receive_in_chunks(std::shared_ptr<const raft::Snapshot>& snap) {
+    const std::string& data = snap->data;
+    const std::uint64_t index = snap->meta.index, term = snap->meta.term;
+    for (int attempt = rng_.chance(0.2) ? 0 : 1; attempt < 2; ++attempt) {
+      const std::size_t upto = attempt == 0 ? rng_.below(data.size() + 1) : data.size();
+      std::size_t at = 0;
+      do {
+        raft::PersistBatch b = make_batch({}, std::nullopt);
+        for (int k = static_cast<int>(rng_.range(1, 3)); k > 0 && (at < upto || (at == 0 && b.snapshot_chunks.empty())); --k) {
+          const std::size_t piece = std::min<std::size_t>(upto - at, rng_.range(1, 300));
+          b.snapshot_chunks.push_back(raft::SnapshotChunk{index, term, at, data.substr(at, piece)});
+          at += piece;
+        }
+        note("snapshot chunks of " + std::to_string(index) + " up to " + std::to_string(at));
+        if (!storage_->write(b)) {
+          failed("write of snapshot chunks");
+          return false;
+        }
+      } while (at < upto);
+    }
+    raft::ReceivedSnapshot r;
+    r.meta = snap->meta;
+    r.size = data.size();
+    r.crc32c = raft::detail::crc32c(data.data(), data.size());
+    auto loaded = std::make_shared<raft::Snapshot>();
+    std::string problem;
+    if (!storage_->load_received_snapshot(r, *loaded, problem)) {
+      failed("load_received_snapshot");
+      return false;
+    }
+    note("read back snapshot " + std::to_string(index) + (problem.empty() ? "" : ": " + problem));
+    if (!problem.empty() || loaded->data != data || !(loaded->meta == snap->meta))
+      throw Violation("a received snapshot read back is not what was written: " + problem);
+    snap = loaded;
+    return true;
   }
 
   // ---- the calls, and what each acknowledges -------------------------------------------------

@@ -1328,7 +1328,10 @@ class StorageImpl {
       return true;
     }
     const std::string header = encode_received_snapshot_header(r.meta.index, r.meta.term, r.size, r.crc32c);
-    if (!write_all(incoming_fd, 0, header, file) || !sync_fd(incoming_fd, file, false)) return false;
+    if (!write_all(incoming_fd, 0, header, file)) return false;
+#ifndef RAFT_MUTANT_RECEIVED_SNAPSHOT_UNSYNCED
+    if (!sync_fd(incoming_fd, file, false)) return false;  // before the rename can make it the snapshot
+#endif
     std::string buf;
     if (const int err = fs->read(file, buf)) {
       problem = "cannot read " + file + " back: " + errno_text(err);
