@@ -7250,12 +7250,14 @@ class StorageImpl {
     out.data.clear();
     if (failed) return false;
     const std::string file = path(kIncomingSnapshotFile);
+    // `problem` is logged with the refusal: it names the file by its place in the directory.
+    const std::string name = kIncomingSnapshotFile;
     if (incoming_fd < 0 || !incoming_intact || incoming_index != r.meta.index || incoming_term != r.meta.term) {
-      problem = "its chunks did not all reach " + file;
+      problem = "its chunks did not all reach " + name;
       return true;
     }
     if (incoming_size != r.size) {
-      problem = file + " holds " + std::to_string(incoming_size) + " bytes of it, " + std::to_string(r.size) +
+      problem = name + " holds " + std::to_string(incoming_size) + " bytes of it, " + std::to_string(r.size) +
                 " arrived";
       return true;
     }
@@ -7266,11 +7268,11 @@ class StorageImpl {
 #endif
     std::string buf;
     if (const int err = fs->read(file, buf)) {
-      problem = "cannot read " + file + " back: " + errno_text(err);
+      problem = "cannot read " + name + " back: " + errno_text(err);
       return true;
     }
     try {
-      decode_snapshot(buf, file, r.meta.index, r.meta.term);  // the length and the CRC-32C
+      decode_snapshot(buf, name, r.meta.index, r.meta.term);  // the length and the CRC-32C
     } catch (const StorageError& e) {
       problem = e.what();
       const std::size_t advice = problem.find(corruption_advice());
