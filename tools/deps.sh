@@ -14,6 +14,10 @@ command -v redis-server >/dev/null 2>&1 || missing redis-server
 # The Jepsen-style tests: network namespaces and veth pairs (ip), partitions and loss (nft).
 command -v ip >/dev/null 2>&1 || missing iproute2
 command -v nft >/dev/null 2>&1 || missing nftables
+# The consumer projects of [build] (tests/consumer/): CMake, pkg-config, git (FetchContent).
+command -v cmake >/dev/null 2>&1 || missing cmake
+command -v pkg-config >/dev/null 2>&1 || missing pkgconf
+command -v git >/dev/null 2>&1 || missing git
 if [ "${1:-}" = bench ]; then
   [ -f /usr/include/hiredis/hiredis.h ] || missing libhiredis-dev
 fi
