@@ -36,7 +36,7 @@ ifeq ($(SAN),address)
   OPTFLAGS ?= -O1 -g1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
   DEFAULT_SEEDS := 200
   DEFAULT_TESTS := [runtime] ~[process]~[runtime]~[.]
-  TEST_FILTER := $(filter-out tests/test_process.cpp tests/test_build.cpp,$(wildcard tests/test_*.cpp))
+  TEST_FILTER := $(filter-out tests/test_process.cpp tests/test_clients.cpp tests/test_build.cpp,$(wildcard tests/test_*.cpp))
   TEST_NEEDS_EXAMPLES :=
   TIME_SCALE := 3
 else ifeq ($(SAN),thread)
