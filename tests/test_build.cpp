@@ -51,7 +51,7 @@ std::string consumer_ok() {
 
 }  // namespace
 
-TEST_CASE("CMake add_subdirectory: a consumer links raft::raft, builds as C++17 from C++14, runs a node", "[build]") {
+TEST_CASE("CMake add_subdirectory: a consumer links raft::raft and builds as C++17 from C++14; it runs a node", "[build]") {
   build_and_run("add_subdirectory", 1, consumer_ok());
 }
 
@@ -59,12 +59,12 @@ TEST_CASE("CMake FetchContent from a git repository: raft::raft builds and runs"
   build_and_run("FetchContent", 2, consumer_ok());
 }
 
-TEST_CASE("cmake --install, then find_package(raft_hpp 0.1) in a clean project: raft::raft builds and runs",
+TEST_CASE("cmake --install then find_package(raft_hpp 0.1) in a clean project: raft::raft builds and runs",
           "[build]") {
   build_and_run("find_package", 3, consumer_ok());
 }
 
-TEST_CASE("cmake --install, then pkg-config raft_hpp with PKG_CONFIG_PATH: the program builds and runs", "[build]") {
+TEST_CASE("cmake --install then pkg-config raft_hpp with PKG_CONFIG_PATH: the program builds and runs", "[build]") {
   build_and_run("pkg-config", 4, consumer_ok());
 }
 

@@ -55,7 +55,7 @@ std::string resp_command(const std::vector<std::string>& words) {
 
 }  // namespace
 
-TEST_CASE("client matrix: redis-cli, redis-py sync and asyncio, hiredis, ioredis and node-redis on a follower, "
+TEST_CASE("client matrix: redis-cli; redis-py sync and asyncio; hiredis; ioredis and node-redis on a follower; "
           "then through a SIGKILL of the leader they are connected to",
           "[process][clients]") {
   for (const char* program : {"redis-cli", "/usr/bin/python3", "cc"})
