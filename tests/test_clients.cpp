@@ -29,8 +29,10 @@ struct LibraryClient {
   bool resp3_required;
 };
 
-// build/npm/node_modules (tools/deps.sh), absolute; "" when ioredis or redis is missing there.
+// build/npm/node_modules (tools/deps.sh), absolute; "" when ioredis or redis is missing there
+// or node is not installed.
 std::string npm_modules() {
+  if (proc::find_program("node").empty()) return "";
   const auto dir = std::filesystem::absolute("build/npm/node_modules");
   for (const char* package : {"ioredis", "redis"})
     if (!std::filesystem::exists(dir / package / "package.json")) return "";
@@ -86,8 +88,9 @@ TEST_CASE("client matrix: redis-cli; redis-py sync and asyncio; hiredis; ioredis
   clients.push_back({"hiredis", {hiredis_client, follower.ip, leader->ip, port, go_file}, false});  // hiredis >= 1.0
   const std::string modules = npm_modules();
   if (modules.empty()) {
-    WARN("skipped ioredis and node-redis: build/npm/node_modules lacks them; tools/deps.sh installs them "
-         "(needs nodejs, npm and the npm registry)");
+    WARN("skipped ioredis and node-redis: node or build/npm/node_modules/{ioredis,redis} is missing; "
+         "tools/deps.sh installs them (apt-get install nodejs npm, then npm ci from tests/clients/package-lock.json: "
+         "needs the npm registry)");
   } else {
     const std::string js = std::filesystem::absolute("tests/clients/clients.js").string();
     // NODE_PATH through env(1): the harness passes no environment of its own.
