@@ -53,6 +53,15 @@ case $way in
     [ -n "$pc" ] || { echo "cmake --install wrote no raft_hpp.pc" >&2; exit 1; }
     export PKG_CONFIG_PATH="${pc%/*}"
     echo "pkg-config raft_hpp $(pkg-config --modversion raft_hpp): $(pkg-config --cflags --libs raft_hpp)"
+    # With OpenSSL found, raft_hpp_tls.pc too: raft_hpp's flags, the macro and OpenSSL's libraries.
+    if [ -f "${pc%/*}/raft_hpp_tls.pc" ]; then
+      tls_flags=$(pkg-config --cflags --libs raft_hpp_tls)
+      echo "pkg-config raft_hpp_tls: $tls_flags"
+      case " $tls_flags " in
+        *" -DRAFT_OPENSSL_SUPPORT "*" -pthread "*"-lssl"*) ;;
+        *) echo "raft_hpp_tls.pc lacks -DRAFT_OPENSSL_SUPPORT, raft_hpp's flags or -lssl" >&2; exit 1 ;;
+      esac
+    fi
     # shellcheck disable=SC2046  # pkg-config's output is a list of flags
     ${CXX:-c++} -std=c++17 "$consumer/main.cpp" $(pkg-config --cflags --libs raft_hpp) -o consumer
     ./consumer "$address" data
