@@ -5,8 +5,8 @@
 #   make test SAN=address    the same under ASan+UBSan; SAN=thread under TSan
 #   make ... TLS=1       with TLS compiled in (RAFT_OPENSSL_SUPPORT, -lssl -lcrypto), in its own
 #                        build directory; the [tls] tests run only there
-#   make build-test      a consumer project built through CMake (add_subdirectory, FetchContent,
-#                        find_package, with TLS) and pkg-config; `make test` runs all but TLS
+#   make build-test      the consumer project of the [build] tests with raft::raft_tls (CMake,
+#                        OpenSSL); `make test` builds it the four other ways
 #   make sim SEEDS=N     the randomized cluster simulation and the storage simulation, N seeds each
 #   make bench           benchmarks beside real peers (hiredis, the raw disk)
 #   make fuzz            libFuzzer on the parsers (clang); FUZZ_TIME=seconds per target
@@ -132,8 +132,9 @@ standalone:
 test: deps $(if $(SAN),,standalone) $(BUILD)/raft_tests $(if $(TEST_NEEDS_EXAMPLES),$(EXAMPLES) $(JEPSEN_SHIM))
 	RAFT_BUILD_DIR=$(BUILD) RAFT_SIM_SEEDS=$(SEEDS) RAFT_TIME_SCALE=$(TIME_SCALE) tools/run_tests.sh $(BUILD)/raft_tests $(TESTS)
 
-build-test: deps $(BUILD)/raft_tests
-	$(BUILD)/raft_tests '[build],[.build-tls]' --durations yes
+build-test: $(BUILD)/raft_tests
+	@tools/deps.sh tls
+	$(BUILD)/raft_tests '[.build-tls]' --durations yes
 
 sim: deps $(BUILD)/raft_tests
 	RAFT_SIM_SEEDS=$(SEEDS) $(BUILD)/raft_tests '[sim]' --durations yes

@@ -4,7 +4,7 @@
 // find_package after `cmake --install` into a temporary prefix, and pkg-config on that prefix;
 // each program founds a node on loopback, writes, reads and stops.
 // [build] runs in `make test` (about 15 s a way, most of it compiling raft.hpp at -O0);
-// `make build-test` also runs raft::raft_tls ([.build-tls], needs libssl-dev).
+// `make build-test` (CI) builds it with raft::raft_tls ([.build-tls], needs libssl-dev).
 #include <catch2/catch.hpp>
 
 #include <filesystem>
