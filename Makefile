@@ -5,6 +5,8 @@
 #   make test SAN=address    the same under ASan+UBSan; SAN=thread under TSan
 #   make ... TLS=1       with TLS compiled in (RAFT_OPENSSL_SUPPORT, -lssl -lcrypto), in its own
 #                        build directory; the [tls] tests run only there
+#   make build-test      the consumer project of the [build] tests with raft::raft_tls (CMake,
+#                        OpenSSL); `make test` builds it the four other ways
 #   make sim SEEDS=N     the randomized cluster simulation and the storage simulation, N seeds each
 #   make bench           benchmarks beside real peers (hiredis, the raw disk)
 #   make fuzz            libFuzzer on the parsers (clang); FUZZ_TIME=seconds per target
@@ -34,7 +36,7 @@ ifeq ($(SAN),address)
   OPTFLAGS ?= -O1 -g1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
   DEFAULT_SEEDS := 200
   DEFAULT_TESTS := [runtime] ~[process]~[runtime]~[.]
-  TEST_FILTER := $(filter-out tests/test_process.cpp,$(wildcard tests/test_*.cpp))
+  TEST_FILTER := $(filter-out tests/test_process.cpp tests/test_clients.cpp tests/test_build.cpp,$(wildcard tests/test_*.cpp))
   TEST_NEEDS_EXAMPLES :=
   TIME_SCALE := 3
 else ifeq ($(SAN),thread)
@@ -48,7 +50,7 @@ else ifeq ($(SAN),thread)
 else ifeq ($(SAN),)
   OPTFLAGS ?= -O2 -g1
   DEFAULT_SEEDS := 2000
-  DEFAULT_TESTS := [process] [runtime] ~[process]~[runtime]~[.]
+  DEFAULT_TESTS := [process] [runtime] [build] ~[process]~[runtime]~[build]~[.]
   TEST_FILTER := $(wildcard tests/test_*.cpp)
   TEST_NEEDS_EXAMPLES := yes
   TIME_SCALE := 1
@@ -81,7 +83,7 @@ RUNS ?= 3
 JEPSEN_SHIM := $(BUILD)/jepsen/fault_shim.so
 JEPSEN_NODE := $(if $(MUTANT),build-mutant/jepsen-$(MUTANT)/cas,$(BUILD)/examples/cas)
 
-.PHONY: all test deps sim bench fuzz run mutants clean check-header standalone crash upgrade jepsen
+.PHONY: all test deps build-test sim bench fuzz run mutants clean check-header standalone crash upgrade jepsen
 .DELETE_ON_ERROR:
 
 all: $(EXAMPLES) $(BUILD)/raft_tests $(BUILD)/tools/check_history
@@ -129,6 +131,10 @@ standalone:
 # The test binary finds the examples (process tests) through RAFT_BUILD_DIR.
 test: deps $(if $(SAN),,standalone) $(BUILD)/raft_tests $(if $(TEST_NEEDS_EXAMPLES),$(EXAMPLES) $(JEPSEN_SHIM))
 	RAFT_BUILD_DIR=$(BUILD) RAFT_SIM_SEEDS=$(SEEDS) RAFT_TIME_SCALE=$(TIME_SCALE) tools/run_tests.sh $(BUILD)/raft_tests $(TESTS)
+
+build-test: $(BUILD)/raft_tests
+	@tools/deps.sh tls
+	$(BUILD)/raft_tests '[.build-tls]' --durations yes
 
 sim: deps $(BUILD)/raft_tests
 	RAFT_SIM_SEEDS=$(SEEDS) $(BUILD)/raft_tests '[sim]' --durations yes
