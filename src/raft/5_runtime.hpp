@@ -4,9 +4,13 @@
 // ============================================================================================
 //
 // Threads, independent of the number of clients:
-//   poll      accepts and serves every client connection and every inbound peer connection;
-//             parses commands, proposes writes and asks for read indexes (batched per wake-up),
-//             steps inbound Raft messages into the core, writes replies in order.
+//   poll      accepts and serves every client connection: parses commands, proposes writes
+//             and asks for read indexes (batched per wake-up), runs reads confirmed here,
+//             writes replies in order; times out this node's forwarded writes.
+//   peer      accepts every inbound peer connection (peers_in_, its own), does the listener's
+//             handshake, steps inbound Raft messages into the core, answers JOIN, proposes the
+//             writes followers forward (FWD) and takes their answers (FWDR). Nothing a client
+//             sends runs here: a slow command or a large reply never delays a heartbeat.
 //   ticker    ticks the core; the leader's background expiry.
 //   sender    one per peer: connects (from this node's address), authenticates, sends.
 //   writer    the storage's group commit (StorageWriter): everything waiting shares an fdatasync.
@@ -16,7 +20,9 @@
 //   joiner    only on a node started with -e, until it is a member.
 // Lock order: core_mu_ before req_mu_, apply_mu_, a sender's mutex and done_mu_; fwd_mu_ before
 // req_mu_, links_mu_ and a sender's mutex; data_mu_ is never held while taking core_mu_;
-// checked_mu_ is taken last.
+// checked_mu_ is taken last. The poll and peer threads share no unlocked state: what both
+// touch (the core, forwards_, requests_, links_, the ACL) is under its lock above; each has
+// its own Batch, wake pipe and connections.
 //
 // The peer protocol (port + 1) is RESP: arrays of bulk strings whose first word names them.
 // Every connection starts with the handshake ("peer authentication" below: HELLO, the
@@ -1504,6 +1510,7 @@ class Runtime {
   void update_links();
   // threads
   void poll_loop();
+  void peer_loop();
   void ticker_loop();
   void apply_loop();
   void snapshot_loop();
@@ -1517,6 +1524,11 @@ class Runtime {
   void wake_poll() {
     char c = 1;
     ssize_t r = ::write(wake_pipe_[1], &c, 1);
+    (void)r;
+  }
+  void wake_peers() {
+    char c = 1;
+    ssize_t r = ::write(peer_wake_pipe_[1], &c, 1);
     (void)r;
   }
   // clients
@@ -1666,14 +1678,11 @@ class Runtime {
 
   // the poll thread's state
   int client_fd_ = -1;
-  int peer_fd_ = -1;
   int wake_pipe_[2] = {-1, -1};
   // Readable once stop() has handed leadership over: cuts short every wait for a peer to
   // connect or answer (a peer host that is down would hold each one up for send_timeout_ms).
   int stop_pipe_[2] = {-1, -1};
   std::map<std::uint64_t, std::unique_ptr<ClientConn>> clients_;
-  std::map<int, std::unique_ptr<PeerConn>> peers_in_;
-  static constexpr std::size_t kMaxPeerConnections = 1024;
   std::chrono::steady_clock::time_point accept_paused_until_{};
   std::uint64_t next_conn_ = 1;
   Batch poll_batch_;  // the poll thread's
@@ -1681,6 +1690,15 @@ class Runtime {
   std::vector<ReadState> poll_ready_reads_;  // the poll thread's: confirmed read indexes
   std::mutex done_mu_;
   std::vector<std::tuple<std::uint64_t, std::uint64_t, Reply>> done_;  // (conn, op, reply)
+
+  // the peer thread's state (start() fills peers_in_ before the thread runs, stop() empties it
+  // after it is joined)
+  int peer_fd_ = -1;
+  int peer_wake_pipe_[2] = {-1, -1};
+  std::map<int, std::unique_ptr<PeerConn>> peers_in_;
+  static constexpr std::size_t kMaxPeerConnections = 1024;
+  std::chrono::steady_clock::time_point peer_accept_paused_until_{};
+  Batch peer_batch_;  // writes forwarded to this leader, proposed once per wake-up
 
   // expiry
   std::map<std::string, std::int64_t, std::less<>> expiry_proposed_;
@@ -1691,7 +1709,7 @@ class Runtime {
   Acl acl_;
   std::atomic<bool> protected_mode_{cfg_.protected_mode};  // CONFIG SET protected-mode changes it
 
-  std::thread poll_thread_, ticker_thread_, apply_thread_, snapshot_thread_, joiner_thread_;
+  std::thread poll_thread_, peer_thread_, ticker_thread_, apply_thread_, snapshot_thread_, joiner_thread_;
 };
 
 // ---- startup ------------------------------------------------------------------------------
@@ -2001,13 +2019,15 @@ inline void Runtime::start() {
     throw std::runtime_error(error);
   }
   try {
-    if (::pipe2(wake_pipe_, O_CLOEXEC | O_NONBLOCK) != 0 || ::pipe2(stop_pipe_, O_CLOEXEC | O_NONBLOCK) != 0)
+    if (::pipe2(wake_pipe_, O_CLOEXEC | O_NONBLOCK) != 0 || ::pipe2(peer_wake_pipe_, O_CLOEXEC | O_NONBLOCK) != 0 ||
+        ::pipe2(stop_pipe_, O_CLOEXEC | O_NONBLOCK) != 0)
       throw std::runtime_error("pipe: " + errno_string(errno));
     open_storage();
     std::random_device rd;
     next_request_ = ((static_cast<std::uint64_t>(rd()) << 32) ^ rd()) & 0x3fffffffffffffffull;
   } catch (...) {
-    for (int* fd : {&client_fd_, &peer_fd_, &wake_pipe_[0], &wake_pipe_[1], &stop_pipe_[0], &stop_pipe_[1]})
+    for (int* fd : {&client_fd_, &peer_fd_, &wake_pipe_[0], &wake_pipe_[1], &peer_wake_pipe_[0], &peer_wake_pipe_[1],
+                    &stop_pipe_[0], &stop_pipe_[1]})
       if (*fd >= 0) {
         ::close(*fd);
         *fd = -1;
@@ -2035,6 +2055,7 @@ inline void Runtime::start() {
   apply_thread_ = std::thread([this] { apply_loop(); });
   snapshot_thread_ = std::thread([this] { snapshot_loop(); });
   poll_thread_ = std::thread([this] { poll_loop(); });
+  peer_thread_ = std::thread([this] { peer_loop(); });
   ticker_thread_ = std::thread([this] { ticker_loop(); });
   {
     std::lock_guard<std::mutex> lock(core_mu_);
@@ -2124,6 +2145,7 @@ inline void Runtime::stop() {
   stopping_ = true;
   log(LogLevel::Info, "stopping");
   wake_poll();
+  wake_peers();
   {
     char c = 1;
     ssize_t r = ::write(stop_pipe_[1], &c, 1);  // never read: stays readable
@@ -2141,7 +2163,7 @@ inline void Runtime::stop() {
     std::lock_guard<std::mutex> lock(life_mu_);
     life_cv_.notify_all();
   }
-  for (std::thread* t : {&poll_thread_, &ticker_thread_, &joiner_thread_, &apply_thread_, &snapshot_thread_})
+  for (std::thread* t : {&poll_thread_, &peer_thread_, &ticker_thread_, &joiner_thread_, &apply_thread_, &snapshot_thread_})
     if (t->joinable()) t->join();
   {
     std::lock_guard<std::mutex> lock(core_mu_);  // a drive() in progress finishes first
@@ -2163,7 +2185,8 @@ inline void Runtime::stop() {
   }
   for (auto& [rid, r] : left)
     if (r.promise) r.promise->set_value(Reply::error("TIMEOUT the node stopped before the command completed; its outcome is unknown"));
-  for (int* fd : {&client_fd_, &peer_fd_, &wake_pipe_[0], &wake_pipe_[1], &stop_pipe_[0], &stop_pipe_[1]})
+  for (int* fd : {&client_fd_, &peer_fd_, &wake_pipe_[0], &wake_pipe_[1], &peer_wake_pipe_[0], &peer_wake_pipe_[1],
+                  &stop_pipe_[0], &stop_pipe_[1]})
     if (*fd >= 0) {
       ::close(*fd);
       *fd = -1;
@@ -3336,7 +3359,7 @@ inline void Runtime::handle_forward(PeerConn& p, ForwardedWrite fw) {
   write_bulk_u64(payload, fw.seq);
   write_bulk_u64(payload, fw.lowest);
   for (const auto& w : fw.words) resp::write_bulk(payload, w);
-  poll_batch_.writes.push_back(PendingWrite{caller, std::move(payload), 6 + fw.words.size()});
+  peer_batch_.writes.push_back(PendingWrite{caller, std::move(payload), 6 + fw.words.size()});
 }
 
 inline Reply Runtime::admin(const std::vector<std::string>& w) {
@@ -3768,18 +3791,6 @@ inline void Runtime::log(LogLevel level, const std::string& message) const {
 
 inline void Runtime::poll_loop() {
   poll_thread_id_ = std::this_thread::get_id();
-  // Connections a founder authenticated while it listened (listen_before_founding) wait for
-  // their WELCOME, and may hold messages already: handle them as if they had just arrived.
-  for (auto it = peers_in_.begin(); it != peers_in_.end();) {
-    PeerConn& p = *it->second;
-    const bool ok = read_peer(p) && (p.wire.empty() || flush_out(p.fd, p.wire));
-    if (ok) {
-      ++it;
-    } else {
-      ::close(it->first);
-      it = peers_in_.erase(it);
-    }
-  }
   std::vector<pollfd> fds;
   std::vector<std::uint64_t> owner;  // client connection id, or 0
   auto last_expiry = std::chrono::steady_clock::now();
@@ -3789,8 +3800,7 @@ inline void Runtime::poll_loop() {
     bool accepting = std::chrono::steady_clock::now() >= accept_paused_until_;
     fds.push_back(pollfd{wake_pipe_[0], POLLIN, 0});
     fds.push_back(pollfd{client_fd_, static_cast<short>(accepting ? POLLIN : 0), 0});
-    fds.push_back(pollfd{peer_fd_, static_cast<short>(accepting ? POLLIN : 0), 0});
-    owner.assign(3, 0);
+    owner.assign(2, 0);
     for (auto& [id, c] : clients_) {
       // A command waiting for an earlier one: read no more meanwhile (bounded input).
       short ev = static_cast<short>((c->close_after_flush || c->input_closed || c->has_pending ? 0 : POLLIN) |
@@ -3798,9 +3808,6 @@ inline void Runtime::poll_loop() {
       fds.push_back(pollfd{c->fd, ev, 0});
       owner.push_back(id);
     }
-    std::size_t first_peer = fds.size();
-    for (auto& [fd, p] : peers_in_)
-      fds.push_back(pollfd{fd, static_cast<short>((p->close_after_flush ? 0 : POLLIN) | (p->wire.empty() ? 0 : POLLOUT)), 0});
     int n = ::poll(fds.data(), fds.size(), 100);
     if (stopping_) break;
     if (n < 0) {
@@ -3813,9 +3820,8 @@ inline void Runtime::poll_loop() {
       }
     }
     if (fds[1].revents & POLLIN) accept_clients();
-    if (fds[2].revents & POLLIN) accept_peers();
     std::vector<std::uint64_t> close_clients;
-    for (std::size_t i = 3; i < first_peer; ++i) {
+    for (std::size_t i = 2; i < fds.size(); ++i) {
       if (!fds[i].revents) continue;
       auto it = clients_.find(owner[i]);
       if (it == clients_.end()) continue;
@@ -3824,17 +3830,6 @@ inline void Runtime::poll_loop() {
       if (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) ok = read_client(c);
       if (ok && (fds[i].revents & POLLOUT)) ok = flush_out(c.fd, c.out);
       if (!ok) close_clients.push_back(c.id);
-    }
-    std::vector<int> close_peers;
-    for (std::size_t i = first_peer; i < fds.size(); ++i) {
-      if (!fds[i].revents) continue;
-      auto it = peers_in_.find(fds[i].fd);
-      if (it == peers_in_.end()) continue;
-      PeerConn& p = *it->second;
-      bool ok = true;
-      if (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) ok = read_peer(p);
-      if (ok && !p.wire.empty()) ok = flush_out(p.fd, p.wire);
-      if (!ok || (p.close_after_flush && p.wire.empty())) close_peers.push_back(p.fd);
     }
     flush_batched(poll_batch_);
     drain_done();
@@ -3849,24 +3844,11 @@ inline void Runtime::poll_loop() {
         clients_.erase(it);
       }
     }
-    for (int fd : close_peers) {
-      ::close(fd);
-      peers_in_.erase(fd);
-    }
     auto now = std::chrono::steady_clock::now();
     if (now - last_expiry > std::chrono::milliseconds(100)) {
       last_expiry = now;
       expire_forwards();
       drain_done();
-      // A peer connection that has not said HELLO in time is dropped (descriptors are finite).
-      for (auto it = peers_in_.begin(); it != peers_in_.end();) {
-        if (!it->second->welcomed && now - it->second->accepted > std::chrono::milliseconds(scaled(cfg_.send_timeout_ms))) {
-          ::close(it->first);
-          it = peers_in_.erase(it);
-        } else {
-          ++it;
-        }
-      }
     }
   }
 }
@@ -3906,24 +3888,6 @@ inline void Runtime::accept_clients() {
       c->authenticated = !acl_.auth_required();  // Redis's: a default user without password
     }
     clients_[c->id] = std::move(c);
-  }
-}
-
-inline void Runtime::accept_peers() {
-  for (;;) {
-    int fd = ::accept4(peer_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) {
-      if (errno == EMFILE || errno == ENFILE) accept_paused_until_ = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
-      return;
-    }
-    if (peers_in_.size() >= kMaxPeerConnections) {
-      ::close(fd);
-      continue;
-    }
-    set_nodelay(fd);
-    auto p = std::make_unique<PeerConn>();
-    p->fd = fd;
-    peers_in_[fd] = std::move(p);
   }
 }
 
@@ -4070,6 +4034,95 @@ inline void Runtime::complete_op(std::uint64_t conn, std::uint64_t op, Reply rep
 }
 
 // ---- inbound peer connections --------------------------------------------------------------
+
+// The peer thread: accepts and reads every inbound peer connection and steps what they carry
+// into the core, so that no client's command (a long KEYS, a large reply) delays a heartbeat
+// or its answer. It owns peers_in_ and peer_batch_; it shares with the poll thread only what
+// is under a lock (core_mu_, fwd_mu_, req_mu_, links_mu_, acl_mu_).
+inline void Runtime::peer_loop() {
+  // Connections a founder authenticated while it listened (listen_before_founding) wait for
+  // their WELCOME, and may hold messages already: handle them as if they had just arrived.
+  for (auto it = peers_in_.begin(); it != peers_in_.end();) {
+    PeerConn& p = *it->second;
+    const bool ok = read_peer(p) && (p.wire.empty() || flush_out(p.fd, p.wire));
+    if (ok) {
+      ++it;
+    } else {
+      ::close(it->first);
+      it = peers_in_.erase(it);
+    }
+  }
+  flush_batched(peer_batch_);
+  std::vector<pollfd> fds;
+  auto last_expiry = std::chrono::steady_clock::now();
+  while (!stopping_) {
+    fds.clear();
+    const bool accepting = std::chrono::steady_clock::now() >= peer_accept_paused_until_;
+    fds.push_back(pollfd{peer_wake_pipe_[0], POLLIN, 0});
+    fds.push_back(pollfd{peer_fd_, static_cast<short>(accepting ? POLLIN : 0), 0});
+    for (auto& [fd, p] : peers_in_)
+      fds.push_back(pollfd{fd, static_cast<short>((p->close_after_flush ? 0 : POLLIN) | (p->wire.empty() ? 0 : POLLOUT)), 0});
+    int n = ::poll(fds.data(), fds.size(), 100);
+    if (stopping_) break;
+    if (n < 0) {
+      if (errno != EINTR) log(LogLevel::Error, "poll (peers): " + errno_string(errno));
+      continue;
+    }
+    if (fds[0].revents & POLLIN) {
+      char buf[256];
+      while (::read(peer_wake_pipe_[0], buf, sizeof buf) > 0) {
+      }
+    }
+    if (fds[1].revents & POLLIN) accept_peers();
+    std::vector<int> close_peers;
+    for (std::size_t i = 2; i < fds.size(); ++i) {
+      if (!fds[i].revents) continue;
+      auto it = peers_in_.find(fds[i].fd);
+      if (it == peers_in_.end()) continue;
+      PeerConn& p = *it->second;
+      bool ok = true;
+      if (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) ok = read_peer(p);
+      if (ok && !p.wire.empty()) ok = flush_out(p.fd, p.wire);
+      if (!ok || (p.close_after_flush && p.wire.empty())) close_peers.push_back(p.fd);
+    }
+    flush_batched(peer_batch_);  // the writes forwarded to this leader (FWD)
+    for (int fd : close_peers) {
+      ::close(fd);
+      peers_in_.erase(fd);
+    }
+    auto now = std::chrono::steady_clock::now();
+    if (now - last_expiry > std::chrono::milliseconds(100)) {
+      last_expiry = now;
+      // A peer connection that has not said HELLO in time is dropped (descriptors are finite).
+      for (auto it = peers_in_.begin(); it != peers_in_.end();) {
+        if (!it->second->welcomed && now - it->second->accepted > std::chrono::milliseconds(scaled(cfg_.send_timeout_ms))) {
+          ::close(it->first);
+          it = peers_in_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+  }
+}
+
+inline void Runtime::accept_peers() {
+  for (;;) {
+    int fd = ::accept4(peer_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EMFILE || errno == ENFILE) peer_accept_paused_until_ = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
+      return;
+    }
+    if (peers_in_.size() >= kMaxPeerConnections) {
+      ::close(fd);
+      continue;
+    }
+    set_nodelay(fd);
+    auto p = std::make_unique<PeerConn>();
+    p->fd = fd;
+    peers_in_[fd] = std::move(p);
+  }
+}
 
 // Received bytes: the handshake's (ListenerHandshake) until the session opens, then frames,
 // whose bodies (once checked) go to the message parser. False: the connection must be closed.
