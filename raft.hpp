@@ -8611,6 +8611,7 @@ class Runtime {
     bool close_after_flush = false;
     std::vector<std::string> argv;
     std::chrono::steady_clock::time_point accepted = std::chrono::steady_clock::now();
+    std::uint32_t source = 0;  // the IPv4 address it came from
     PeerConn() : parser(peer_limits()) {}
   };
   struct PendingWrite {
@@ -8853,6 +8854,14 @@ class Runtime {
   int peer_wake_pipe_[2] = {-1, -1};
   std::map<int, std::unique_ptr<PeerConn>> peers_in_;
   static constexpr std::size_t kMaxPeerConnections = 1024;
+  // Of those, connections that have not finished the handshake: anyone who reaches the port
+  // can open them, so they have a small budget of their own (and each is closed at its
+  // deadline, send_timeout_ms). When it is used up, a new one takes the place of the oldest
+  // from the address holding the most: a flood from one address displaces only itself, and
+  // strangers never use up the room a member needs to connect.
+  static constexpr std::size_t kMaxUnauthenticatedPeerConnections = 64;
+  template <class Conns, class Get>
+  static void make_room_for_handshake(Conns& conns, Get get);
   std::chrono::steady_clock::time_point peer_accept_paused_until_{};
   Batch peer_batch_;  // writes forwarded to this leader, proposed once per wake-up
 
@@ -9098,8 +9107,12 @@ inline std::optional<Runtime::FoundingContact> Runtime::listen_before_founding()
         fds.push_back(pollfd{h->fd, static_cast<short>(POLLIN | (h->wire.empty() ? 0 : POLLOUT)), 0});
     ::poll(fds.data(), fds.size(), static_cast<int>(std::min<long long>(left, 50)));
     for (;;) {
-      int fd = ::accept4(peer_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      sockaddr_in from{};
+      socklen_t from_len = sizeof from;
+      int fd = ::accept4(peer_fd_, reinterpret_cast<sockaddr*>(&from), &from_len, SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (fd < 0) break;
+      make_room_for_handshake(held, [](auto& h) -> PeerConn& { return *h; });  // as accept_peers
+      held.erase(std::remove_if(held.begin(), held.end(), [](const auto& h) { return h->fd < 0; }), held.end());
       if (held.size() >= kMaxPeerConnections) {
         ::close(fd);
         continue;
@@ -9107,6 +9120,7 @@ inline std::optional<Runtime::FoundingContact> Runtime::listen_before_founding()
       set_nodelay(fd);
       held.push_back(std::make_unique<PeerConn>());
       held.back()->fd = fd;
+      held.back()->source = from.sin_addr.s_addr;
     }
     for (auto& h : held) {
       PeerConn& p = *h;
@@ -11262,13 +11276,51 @@ inline void Runtime::peer_loop() {
   }
 }
 
+// Before a connection is accepted: if the connections still in the handshake (not welcomed)
+// among `conns` are at their budget, closes the oldest from the address holding the most (its
+// fd becomes -1: the caller drops it). `get` gives an element's PeerConn.
+template <class Conns, class Get>
+void Runtime::make_room_for_handshake(Conns& conns, Get get) {
+  std::map<std::uint32_t, std::size_t> by_source;
+  std::size_t waiting = 0;
+  for (auto& e : conns) {
+    const PeerConn& p = get(e);
+    if (p.fd >= 0 && !p.welcomed && !p.session.is_open()) {
+      ++waiting;
+      ++by_source[p.source];
+    }
+  }
+  if (waiting < kMaxUnauthenticatedPeerConnections) return;
+  std::uint32_t busiest = 0;
+  std::size_t most = 0;
+  for (const auto& [source, n] : by_source)
+    if (n > most) {
+      busiest = source;
+      most = n;
+    }
+  PeerConn* oldest = nullptr;
+  for (auto& e : conns) {
+    PeerConn& p = get(e);
+    if (p.fd >= 0 && !p.welcomed && !p.session.is_open() && p.source == busiest &&
+        (!oldest || p.accepted < oldest->accepted))
+      oldest = &p;
+  }
+  ::close(oldest->fd);
+  oldest->fd = -1;
+}
+
 inline void Runtime::accept_peers() {
   for (;;) {
-    int fd = ::accept4(peer_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    sockaddr_in from{};
+    socklen_t from_len = sizeof from;
+    int fd = ::accept4(peer_fd_, reinterpret_cast<sockaddr*>(&from), &from_len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EMFILE || errno == ENFILE) peer_accept_paused_until_ = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
       return;
     }
+    make_room_for_handshake(peers_in_, [](auto& entry) -> PeerConn& { return *entry.second; });
+    for (auto it = peers_in_.begin(); it != peers_in_.end();)
+      it = it->second->fd < 0 ? peers_in_.erase(it) : std::next(it);
     if (peers_in_.size() >= kMaxPeerConnections) {
       ::close(fd);
       continue;
@@ -11276,6 +11328,7 @@ inline void Runtime::accept_peers() {
     set_nodelay(fd);
     auto p = std::make_unique<PeerConn>();
     p->fd = fd;
+    p->source = from.sin_addr.s_addr;
     peers_in_[fd] = std::move(p);
   }
 }
