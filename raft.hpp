@@ -8318,6 +8318,9 @@ class Runtime;
 
 /// The outbound connection to one peer, with its own thread: messages are queued by any
 /// thread and sent in order; on failure it reconnects with backoff (Raft tolerates the loss).
+/// Urgent messages (see is_urgent: heartbeats, votes) go ahead of every message not yet handed
+/// to the socket, and each send hands it at most about kSendBytes (or one larger message), so
+/// a heartbeat never waits behind a large entry or a backlog of them.
 /// Forwarded writes wait apart, by sequence number, until the runtime takes them back: each is
 /// sent on every new connection, in sequence order.
 class PeerLink {
@@ -8337,12 +8340,32 @@ class PeerLink {
   PeerLink(const PeerLink&) = delete;
   PeerLink& operator=(const PeerLink&) = delete;
 
-  void send(std::string bytes) {
+  /// Queues a message; an urgent one goes ahead of those not handed to the socket yet.
+  void send(std::string bytes, bool urgent = false) {
     std::lock_guard<std::mutex> lock(mu_);
     if (queued_bytes_ > max_queued_bytes_) return;  // the peer is gone or slow: drop
     queued_bytes_ += bytes.size();
-    queue_.push_back(std::move(bytes));
+    (urgent ? urgent_ : queue_).push_back(std::move(bytes));
     cv_.notify_one();
+  }
+  /// Whether a Raft message may overtake the messages queued before it on a link. Raft is
+  /// correct whatever the order messages arrive in; these are small, and late ones cost
+  /// leadership (heartbeats and their answers: check-quorum, the followers' election timers,
+  /// read rounds) or elections. A heartbeat that overtakes an Append is safe: its commit is at
+  /// most the follower's acknowledged match, and the follower commits at most its own last
+  /// index. Appends, snapshot chunks and their answers stay in order among themselves (a
+  /// pipeline; the leader's view of a follower would otherwise go back and forth), and so does
+  /// TimeoutNow, which must follow the entries that brought the new leader up to date.
+  static bool is_urgent(MessageType t) {
+    switch (t) {
+      case MessageType::Heartbeat:
+      case MessageType::HeartbeatResponse:
+      case MessageType::PreVote:
+      case MessageType::PreVoteResponse:
+      case MessageType::Vote:
+      case MessageType::VoteResponse: return true;
+      default: return false;
+    }
   }
   /// Queues forwarded write `seq` (a FWD message). False, and nothing is queued, when too many
   /// forwards wait for answers already (the peer is gone or slow). Forwards have a budget of
@@ -8416,6 +8439,10 @@ class PeerLink {
 
  private:
   static constexpr std::size_t kMaxQueuedBytes = std::size_t{256} << 20;
+  // What one send hands the socket (more only for one larger message, sent whole: a message's
+  // frames cannot be interleaved with another's). An Append carries at most
+  // max_message_bytes of entries (1 MiB) unless one entry is larger; a snapshot chunk, 1 MiB.
+  static constexpr std::size_t kSendBytes = std::size_t{256} << 10;
   void run();
 
   struct QueuedForward {
@@ -8431,9 +8458,10 @@ class PeerLink {
   std::condition_variable cv_;
   std::string address_;
   std::deque<std::string> queue_;
+  std::deque<std::string> urgent_;  // sent before queue_ (is_urgent)
   std::map<std::uint64_t, QueuedForward> forwards_;  // by sequence number
   std::set<std::uint64_t> unsent_;  // forwards not handed to the current connection yet
-  std::size_t queued_bytes_ = 0;   // of queue_
+  std::size_t queued_bytes_ = 0;   // of queue_ and urgent_
   std::size_t forward_bytes_ = 0;  // of forwards_
   Fault fault_ = Fault::None;
   bool stopping_ = false;
@@ -8508,6 +8536,9 @@ class Runtime {
   void set_link_fault_for_test(const NodeId& peer, PeerLink::Fault fault) {
     if (PeerLink* link = link_for(peer)) link->set_fault(fault);
   }
+  /// Test hook (tests/test_peer_thread.cpp): queues `m` on the link to m.to as the core's
+  /// messages are.
+  void send_peer_for_test(const Message& m) { send_peer(m); }
 
   // For PeerLink.
   std::vector<std::string> hello_words(const NodeId& to, const std::string& nonce) const;
@@ -9497,7 +9528,7 @@ inline void Runtime::send_peer(const Message& m) {
   if (!link) return;
   std::string bytes;
   encode_raft(m, bytes);
-  link->send(std::move(bytes));
+  link->send(std::move(bytes), PeerLink::is_urgent(m.type));
 }
 
 inline PeerLink* Runtime::link_for(const NodeId& id) {
@@ -9622,17 +9653,23 @@ inline void PeerLink::run() {
       for (const auto& f : forwards_) unsent_.insert(unsent_.end(), f.first);
     }
     cv_.wait(lock, [&] {
-      return stopping_ || reconnect_ || (fault_ != Fault::Stall && (!queue_.empty() || !unsent_.empty()));
+      return stopping_ || reconnect_ ||
+             (fault_ != Fault::Stall && (!urgent_.empty() || !queue_.empty() || !unsent_.empty()));
     });
     if (stopping_ || reconnect_) continue;
     std::string batch;
-    while (!queue_.empty() && batch.size() < (std::size_t{4} << 20)) {
+    while (!urgent_.empty()) {  // small: all of them, first
+      batch += urgent_.front();
+      urgent_.pop_front();
+    }
+    const std::size_t budget = batch.size() + kSendBytes;
+    while (!queue_.empty() && batch.size() < budget) {
       batch += queue_.front();
       queue_.pop_front();
     }
     queued_bytes_ -= std::min(queued_bytes_, batch.size());
     const auto now = std::chrono::steady_clock::now();
-    while (!unsent_.empty() && batch.size() < (std::size_t{8} << 20)) {
+    while (!unsent_.empty() && batch.size() < budget) {
       QueuedForward& f = forwards_[*unsent_.begin()];
       unsent_.erase(unsent_.begin());
       ++f.handed;

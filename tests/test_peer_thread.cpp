@@ -133,3 +133,78 @@ TEST_CASE("a flood of connections on the peer port does not lock out a member", 
   INFO(c.all_logs());
   CHECK(replicated);
 }
+
+TEST_CASE("a heartbeat queued on a peer link behind large appends is sent before them", "[runtime][peer-thread]") {
+  // Node 1's peer 2 is played here: its link connects to this listener.
+  raft::detail::HostPort fake;
+  std::string error;
+  REQUIRE(raft::detail::parse_host_port(in_process::address(173, 2), fake, error));
+  const int listener = raft::detail::listen_tcp(fake.host, fake.port + 1, error);
+  REQUIRE(listener >= 0);
+  raft::Config cfg = in_process::node_config("1", in_process::address(173, 1));
+  cfg.peers["2"] = in_process::address(173, 2);
+  in_process::TestNode n(cfg);
+  n->start();
+  int fd = -1;
+  REQUIRE(eventually([&] { return (fd = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC)) >= 0; }));
+  test_support::PeerInbound peer(fd);
+  auto pump = [&] {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 5) != 1) return true;
+    char buf[65536];
+    const ssize_t r = ::recv(fd, buf, sizeof buf, 0);
+    return r > 0 && peer.take(buf, static_cast<std::size_t>(r));
+  };
+  // The node campaigns: its first pre-vote says the link is up.
+  REQUIRE(eventually([&] { return pump() && !peer.plain().empty(); }));
+
+  // Held on the link (as by a peer that reads slowly): 4 MiB of appends, then a heartbeat.
+  using raft::MessageType;
+  using Fault = raft::detail::PeerLink::Fault;
+  raft::detail::Runtime& rt = n->runtime();
+  rt.set_link_fault_for_test("2", Fault::Stall);
+  constexpr std::uint64_t kMarker = 0xC0FFEE;
+  for (std::uint64_t i = 1; i <= 8; ++i) {
+    raft::Message append;
+    append.type = MessageType::Append;
+    append.from = "1";
+    append.to = "2";
+    append.term = kMarker;
+    append.index = i - 1;
+    append.log_term = i == 1 ? 0 : kMarker;
+    append.entries.push_back(raft::LogEntry{i, kMarker, raft::EntryType::Command, 0, std::string(512 << 10, 'x')});
+    rt.send_peer_for_test(append);
+  }
+  raft::Message heartbeat;
+  heartbeat.type = MessageType::Heartbeat;
+  heartbeat.from = "1";
+  heartbeat.to = "2";
+  heartbeat.term = kMarker;
+  heartbeat.context = kMarker;
+  rt.send_peer_for_test(heartbeat);
+  rt.set_link_fault_for_test("2", Fault::None);
+
+  // The order the peer reads them in: ours are the ones of term kMarker.
+  std::vector<MessageType> order;
+  resp::Limits limits;
+  limits.max_bulk_length = raft::detail::kPeerMaxBulkBytes;
+  resp::RequestParser parser(limits);
+  REQUIRE(eventually([&] {
+    if (!pump()) return true;  // the connection broke: the check below says what arrived
+    parser.feed(peer.plain());
+    peer.plain().clear();
+    std::vector<std::string> w;
+    while (parser.next(w) == resp::Status::Ok) {
+      raft::Message m;
+      std::string why;
+      if (!w.empty() && w[0] == "RAFT" && raft::detail::decode_raft(w, m, why) && m.term == kMarker)
+        order.push_back(m.type);
+    }
+    return order.size() == 9;
+  }));
+  ::close(fd);
+  ::close(listener);
+  REQUIRE(order.size() == 9);
+  CHECK(order.front() == MessageType::Heartbeat);
+  CHECK(std::count(order.begin(), order.end(), MessageType::Append) == 8);
+}
