@@ -9,8 +9,9 @@
 //             writes replies in order; times out this node's forwarded writes.
 //   peer      accepts every inbound peer connection (peers_in_, its own), does the listener's
 //             handshake, steps inbound Raft messages into the core, answers JOIN, proposes the
-//             writes followers forward (FWD) and takes their answers (FWDR). Nothing a client
-//             sends runs here: a slow command or a large reply never delays a heartbeat.
+//             writes followers forward (FWD) and takes their answers (FWDR); checks a received
+//             snapshot before the core installs it. Nothing a client sends runs here: a slow
+//             command or a large reply never delays a heartbeat.
 //   ticker    ticks the core; the leader's background expiry.
 //   sender    one per peer: connects (from this node's address), authenticates, sends.
 //   writer    the storage's group commit (StorageWriter): everything waiting shares an fdatasync.
@@ -1496,7 +1497,7 @@ class Runtime {
   };
   using EntryIdKey = std::pair<std::uint64_t, std::uint64_t>;  // (index, term)
   // Writes to propose and reads to confirm, gathered by one thread and handed to the core
-  // under one lock (the poll thread's per wake-up; execute() has its own).
+  // under one lock (the poll thread's and the peer thread's per wake-up; execute() has its own).
   struct Batch {
     std::vector<PendingWrite> writes;
     std::vector<std::uint64_t> reads;
@@ -1669,6 +1670,7 @@ class Runtime {
   // Threads that answer commands: execute() from them would wait for itself.
   std::atomic<std::thread::id> apply_thread_id_{};
   std::atomic<std::thread::id> poll_thread_id_{};
+  std::atomic<std::thread::id> peer_thread_id_{};  // runs no handler, but logs (a sink may stop())
 
   // writes this node forwarded (see "Forwarded writes" at the top of this section)
   std::mutex fwd_mu_;
@@ -1743,8 +1745,8 @@ class Runtime {
   // expiry
   std::map<std::string, std::int64_t, std::less<>> expiry_proposed_;
 
-  // clients' users: the poll thread, execute() callers (ACL commands) and the leader's check
-  // of forwarded writes. A leaf lock.
+  // clients' users: the poll thread, execute() callers (ACL commands) and the peer thread (the
+  // leader's check of forwarded writes). A leaf lock.
   mutable std::mutex acl_mu_;
   Acl acl_;
   std::atomic<bool> protected_mode_{cfg_.protected_mode};  // CONFIG SET protected-mode changes it
@@ -1884,7 +1886,7 @@ inline void Runtime::open_storage() {
     st.snapshot = snapshot;
   }
   CoreOptions options = core_options();
-  // The store parsed to check a snapshot is the one restored: parsed once, on the poll thread
+  // The store parsed to check a snapshot is the one restored: parsed once, on the peer thread
   // (a follower's, while it installs a snapshot).
   options.check_snapshot = [this](const Snapshot& received) {
     Store parsed;
@@ -1957,7 +1959,7 @@ inline int Runtime::founding_listen_ms() const {
 // counts this address as a member connects within founding_listen_ms(): one that completes the
 // handshake (it holds our secret) with its cluster id means do not found. Nothing is written
 // meanwhile, so a node that crashes while it listens listens again when restarted. Only the
-// handshake is done here; the connections are handed to the poll thread afterwards as if it had
+// handshake is done here; the connections are handed to the peer thread afterwards as if it had
 // accepted them (it answers the HELLO with WELCOME, and a joiner's JOIN, as the founder).
 inline std::optional<Runtime::FoundingContact> Runtime::listen_before_founding() {
   const int period = founding_listen_ms();
@@ -2165,7 +2167,7 @@ inline void Runtime::leave() {
 
 inline void Runtime::stop() {
   const auto self = std::this_thread::get_id();
-  if (self == apply_thread_id_.load() || self == poll_thread_id_.load()) {
+  if (self == apply_thread_id_.load() || self == poll_thread_id_.load() || self == peer_thread_id_.load()) {
     request_stop();  // from a handler or callback: it cannot join its own thread; join() stops
     return;
   }
@@ -4091,6 +4093,7 @@ inline void Runtime::complete_op(std::uint64_t conn, std::uint64_t op, Reply rep
 // or its answer. It owns peers_in_ and peer_batch_; it shares with the poll thread only what
 // is under a lock (core_mu_, fwd_mu_, req_mu_, links_mu_, acl_mu_).
 inline void Runtime::peer_loop() {
+  peer_thread_id_ = std::this_thread::get_id();
   // Connections a founder authenticated while it listened (listen_before_founding) wait for
   // their WELCOME, and may hold messages already: handle them as if they had just arrived.
   for (auto it = peers_in_.begin(); it != peers_in_.end();) {
