@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -96,6 +97,14 @@ TEST_CASE("a leader keeps its term while its client thread runs slow KEYS comman
 }
 
 TEST_CASE("a flood of connections on the peer port does not lock out a member", "[runtime][peer-thread]") {
+  // This process holds both ends of the flood: room for them (a test may; the library never
+  // changes the limit).
+  rlimit fds{};
+  REQUIRE(::getrlimit(RLIMIT_NOFILE, &fds) == 0);
+  if (fds.rlim_cur < 8192 && fds.rlim_max > fds.rlim_cur) {
+    fds.rlim_cur = std::min<rlim_t>(8192, fds.rlim_max);
+    ::setrlimit(RLIMIT_NOFILE, &fds);
+  }
   // The handshake deadline (send_timeout_ms) far beyond the test's wait: only the budget for
   // connections still in the handshake can make room for the member.
   Cluster c(172, 2, [](raft::Config& cfg) { cfg.send_timeout_ms = 60000; });
