@@ -44,7 +44,8 @@ else ifeq ($(SAN),thread)
   DEFAULT_SEEDS := 20
   DEFAULT_TESTS := [process] [runtime],[writer]
   TEST_FILTER := $(wildcard tests/test_runtime.cpp tests/test_process.cpp tests/test_storage.cpp tests/test_founding.cpp \
-                             tests/test_forward.cpp tests/test_auth.cpp tests/test_peer_auth.cpp tests/test_peer_input.cpp)
+                             tests/test_forward.cpp tests/test_auth.cpp tests/test_peer_auth.cpp tests/test_peer_input.cpp \
+                             tests/test_peer_thread.cpp)
   TEST_NEEDS_EXAMPLES := yes
   TIME_SCALE := 5
 else ifeq ($(SAN),)

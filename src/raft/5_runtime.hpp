@@ -4,9 +4,14 @@
 // ============================================================================================
 //
 // Threads, independent of the number of clients:
-//   poll      accepts and serves every client connection and every inbound peer connection;
-//             parses commands, proposes writes and asks for read indexes (batched per wake-up),
-//             steps inbound Raft messages into the core, writes replies in order.
+//   poll      accepts and serves every client connection: parses commands, proposes writes
+//             and asks for read indexes (batched per wake-up), runs reads confirmed here,
+//             writes replies in order; times out this node's forwarded writes.
+//   peer      accepts every inbound peer connection (peers_in_, its own), does the listener's
+//             handshake, steps inbound Raft messages into the core, answers JOIN, proposes the
+//             writes followers forward (FWD) and takes their answers (FWDR); checks a received
+//             snapshot before the core installs it. Nothing a client sends runs here: a slow
+//             command or a large reply never delays a heartbeat.
 //   ticker    ticks the core; the leader's background expiry.
 //   sender    one per peer: connects (from this node's address), authenticates, sends.
 //   writer    the storage's group commit (StorageWriter): everything waiting shares an fdatasync.
@@ -17,7 +22,9 @@
 //   joiner    only on a node started with -e, until it is a member.
 // Lock order: core_mu_ before req_mu_, apply_mu_, a sender's mutex and done_mu_; fwd_mu_ before
 // req_mu_, links_mu_ and a sender's mutex; data_mu_ is never held while taking core_mu_;
-// checked_mu_ is taken last.
+// checked_mu_ is taken last. The poll and peer threads share no unlocked state: what both
+// touch (the core, forwards_, requests_, links_, the ACL) is under its lock above; each has
+// its own Batch, wake pipe and connections.
 //
 // The peer protocol (port + 1) is RESP: arrays of bulk strings whose first word names them.
 // Every connection starts with the handshake ("peer authentication" below: HELLO, the
@@ -1229,6 +1236,9 @@ class Runtime;
 
 /// The outbound connection to one peer, with its own thread: messages are queued by any
 /// thread and sent in order; on failure it reconnects with backoff (Raft tolerates the loss).
+/// Urgent messages (see is_urgent: heartbeats, votes) go ahead of every message not yet handed
+/// to the socket, and each send hands it at most about kSendBytes (or one larger message), so
+/// a heartbeat never waits behind a large entry or a backlog of them.
 /// Forwarded writes wait apart, by sequence number, until the runtime takes them back: each is
 /// sent on every new connection, in sequence order.
 class PeerLink {
@@ -1248,12 +1258,32 @@ class PeerLink {
   PeerLink(const PeerLink&) = delete;
   PeerLink& operator=(const PeerLink&) = delete;
 
-  void send(std::string bytes) {
+  /// Queues a message; an urgent one goes ahead of those not handed to the socket yet.
+  void send(std::string bytes, bool urgent = false) {
     std::lock_guard<std::mutex> lock(mu_);
     if (queued_bytes_ > max_queued_bytes_) return;  // the peer is gone or slow: drop
     queued_bytes_ += bytes.size();
-    queue_.push_back(std::move(bytes));
+    (urgent ? urgent_ : queue_).push_back(std::move(bytes));
     cv_.notify_one();
+  }
+  /// Whether a Raft message may overtake the messages queued before it on a link. Raft is
+  /// correct whatever the order messages arrive in; these are small, and late ones cost
+  /// leadership (heartbeats and their answers: check-quorum, the followers' election timers,
+  /// read rounds) or elections. A heartbeat that overtakes an Append is safe: its commit is at
+  /// most the follower's acknowledged match, and the follower commits at most its own last
+  /// index. Appends, snapshot chunks and their answers stay in order among themselves (a
+  /// pipeline; the leader's view of a follower would otherwise go back and forth), and so does
+  /// TimeoutNow, which must follow the entries that brought the new leader up to date.
+  static bool is_urgent(MessageType t) {
+    switch (t) {
+      case MessageType::Heartbeat:
+      case MessageType::HeartbeatResponse:
+      case MessageType::PreVote:
+      case MessageType::PreVoteResponse:
+      case MessageType::Vote:
+      case MessageType::VoteResponse: return true;
+      default: return false;
+    }
   }
   /// Queues forwarded write `seq` (a FWD message). False, and nothing is queued, when too many
   /// forwards wait for answers already (the peer is gone or slow). Forwards have a budget of
@@ -1327,6 +1357,10 @@ class PeerLink {
 
  private:
   static constexpr std::size_t kMaxQueuedBytes = std::size_t{256} << 20;
+  // What one send hands the socket (more only for one larger message, sent whole: a message's
+  // frames cannot be interleaved with another's). An Append carries at most
+  // max_message_bytes of entries (1 MiB) unless one entry is larger; a snapshot chunk, 1 MiB.
+  static constexpr std::size_t kSendBytes = std::size_t{256} << 10;
   void run();
 
   struct QueuedForward {
@@ -1342,9 +1376,10 @@ class PeerLink {
   std::condition_variable cv_;
   std::string address_;
   std::deque<std::string> queue_;
+  std::deque<std::string> urgent_;  // sent before queue_ (is_urgent)
   std::map<std::uint64_t, QueuedForward> forwards_;  // by sequence number
   std::set<std::uint64_t> unsent_;  // forwards not handed to the current connection yet
-  std::size_t queued_bytes_ = 0;   // of queue_
+  std::size_t queued_bytes_ = 0;   // of queue_ and urgent_
   std::size_t forward_bytes_ = 0;  // of forwards_
   Fault fault_ = Fault::None;
   bool stopping_ = false;
@@ -1420,6 +1455,9 @@ class Runtime {
   void set_link_fault_for_test(const NodeId& peer, PeerLink::Fault fault) {
     if (PeerLink* link = link_for(peer)) link->set_fault(fault);
   }
+  /// Test hook (tests/test_peer_thread.cpp): queues `m` on the link to m.to as the core's
+  /// messages are.
+  void send_peer_for_test(const Message& m) { send_peer(m); }
 
   // For PeerLink.
   std::vector<std::string> hello_words(const NodeId& to, const std::string& nonce) const;
@@ -1531,6 +1569,7 @@ class Runtime {
     bool close_after_flush = false;
     std::vector<std::string> argv;
     std::chrono::steady_clock::time_point accepted = std::chrono::steady_clock::now();
+    std::uint32_t source = 0;  // the IPv4 address it came from
     PeerConn() : parser(peer_limits()) {}
   };
   struct PendingWrite {
@@ -1540,7 +1579,7 @@ class Runtime {
   };
   using EntryIdKey = std::pair<std::uint64_t, std::uint64_t>;  // (index, term)
   // Writes to propose and reads to confirm, gathered by one thread and handed to the core
-  // under one lock (the poll thread's per wake-up; execute() has its own).
+  // under one lock (the poll thread's and the peer thread's per wake-up; execute() has its own).
   struct Batch {
     std::vector<PendingWrite> writes;
     std::vector<std::uint64_t> reads;
@@ -1590,6 +1629,7 @@ class Runtime {
   void update_links();
   // threads
   void poll_loop();
+  void peer_loop();
   void ticker_loop();
   void apply_loop();
   void snapshot_loop();
@@ -1603,6 +1643,11 @@ class Runtime {
   void wake_poll() {
     char c = 1;
     ssize_t r = ::write(wake_pipe_[1], &c, 1);
+    (void)r;
+  }
+  void wake_peers() {
+    char c = 1;
+    ssize_t r = ::write(peer_wake_pipe_[1], &c, 1);
     (void)r;
   }
   // clients
@@ -1722,6 +1767,7 @@ class Runtime {
   // Threads that answer commands: execute() from them would wait for itself.
   std::atomic<std::thread::id> apply_thread_id_{};
   std::atomic<std::thread::id> poll_thread_id_{};
+  std::atomic<std::thread::id> peer_thread_id_{};  // runs no handler, but logs (a sink may stop())
 
   // writes this node forwarded (see "Forwarded writes" at the top of this section)
   std::mutex fwd_mu_;
@@ -1763,7 +1809,6 @@ class Runtime {
 
   // the poll thread's state
   int client_fd_ = -1;
-  int peer_fd_ = -1;
 #ifdef RAFT_OPENSSL_SUPPORT
   // Set in start() when Config names a certificate: clients' connections (tls_auth_clients),
   // peers' both ways (a certificate required).
@@ -1774,8 +1819,6 @@ class Runtime {
   // connect or answer (a peer host that is down would hold each one up for send_timeout_ms).
   int stop_pipe_[2] = {-1, -1};
   std::map<std::uint64_t, std::unique_ptr<ClientConn>> clients_;
-  std::map<int, std::unique_ptr<PeerConn>> peers_in_;
-  static constexpr std::size_t kMaxPeerConnections = 1024;
   std::chrono::steady_clock::time_point accept_paused_until_{};
   std::uint64_t next_conn_ = 1;
   Batch poll_batch_;  // the poll thread's
@@ -1784,11 +1827,28 @@ class Runtime {
   std::mutex done_mu_;
   std::vector<std::tuple<std::uint64_t, std::uint64_t, Reply>> done_;  // (conn, op, reply)
 
+  // the peer thread's state (start() fills peers_in_ before the thread runs, stop() empties it
+  // after it is joined)
+  int peer_fd_ = -1;
+  int peer_wake_pipe_[2] = {-1, -1};
+  std::map<int, std::unique_ptr<PeerConn>> peers_in_;
+  static constexpr std::size_t kMaxPeerConnections = 1024;
+  // Of those, connections that have not finished the handshake: anyone who reaches the port
+  // can open them, so they have a small budget of their own (and each is closed at its
+  // deadline, send_timeout_ms). When it is used up, a new one takes the place of the oldest
+  // from the address holding the most: a flood from one address displaces only itself, and
+  // strangers never use up the room a member needs to connect.
+  static constexpr std::size_t kMaxUnauthenticatedPeerConnections = 64;
+  template <class Conns, class Get>
+  static void make_room_for_handshake(Conns& conns, Get get);
+  std::chrono::steady_clock::time_point peer_accept_paused_until_{};
+  Batch peer_batch_;  // writes forwarded to this leader, proposed once per wake-up
+
   // expiry
   std::map<std::string, std::int64_t, std::less<>> expiry_proposed_;
 
-  // clients' users: the poll thread, execute() callers (ACL commands) and the leader's check
-  // of forwarded writes. A leaf lock.
+  // clients' users: the poll thread, execute() callers (ACL commands) and the peer thread (the
+  // leader's check of forwarded writes). A leaf lock.
   mutable std::mutex acl_mu_;
   Acl acl_;
   std::atomic<bool> protected_mode_{cfg_.protected_mode};  // CONFIG SET protected-mode changes it
@@ -1827,7 +1887,7 @@ class Runtime {
   std::atomic<std::uint64_t> used_memory_{0};         // store_.used_memory() after each apply
   std::chrono::steady_clock::time_point last_checkpoint_{};  // under snap_mu_
 
-  std::thread poll_thread_, ticker_thread_, apply_thread_, snapshot_thread_, joiner_thread_;
+  std::thread poll_thread_, peer_thread_, ticker_thread_, apply_thread_, snapshot_thread_, joiner_thread_;
 };
 
 // ---- startup ------------------------------------------------------------------------------
@@ -2045,7 +2105,7 @@ inline int Runtime::founding_listen_ms() const {
 // counts this address as a member connects within founding_listen_ms(): one that completes the
 // handshake (it holds our secret) with its cluster id means do not found. Nothing is written
 // meanwhile, so a node that crashes while it listens listens again when restarted. Only the
-// handshake is done here; the connections are handed to the poll thread afterwards as if it had
+// handshake is done here; the connections are handed to the peer thread afterwards as if it had
 // accepted them (it answers the HELLO with WELCOME, and a joiner's JOIN, as the founder).
 inline std::optional<Runtime::FoundingContact> Runtime::listen_before_founding() {
   const int period = founding_listen_ms();
@@ -2070,8 +2130,12 @@ inline std::optional<Runtime::FoundingContact> Runtime::listen_before_founding()
         fds.push_back(pollfd{h->fd, h->tls.events(static_cast<short>(POLLIN | (h->wire.empty() ? 0 : POLLOUT))), 0});
     ::poll(fds.data(), fds.size(), static_cast<int>(std::min<long long>(left, 50)));
     for (;;) {
-      int fd = ::accept4(peer_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      sockaddr_in from{};
+      socklen_t from_len = sizeof from;
+      int fd = ::accept4(peer_fd_, reinterpret_cast<sockaddr*>(&from), &from_len, SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (fd < 0) break;
+      make_room_for_handshake(held, [](auto& h) -> PeerConn& { return *h; });  // as accept_peers
+      held.erase(std::remove_if(held.begin(), held.end(), [](const auto& h) { return h->fd < 0; }), held.end());
       if (held.size() >= kMaxPeerConnections) {
         ::close(fd);
         continue;
@@ -2079,6 +2143,7 @@ inline std::optional<Runtime::FoundingContact> Runtime::listen_before_founding()
       set_nodelay(fd);
       held.push_back(std::make_unique<PeerConn>());
       held.back()->fd = fd;
+      held.back()->source = from.sin_addr.s_addr;
       if (!secure_accepted(fd, held.back()->tls, true)) {
         ::close(fd);
         held.pop_back();
@@ -2159,13 +2224,15 @@ inline void Runtime::start() {
     throw std::runtime_error(error);
   }
   try {
-    if (::pipe2(wake_pipe_, O_CLOEXEC | O_NONBLOCK) != 0 || ::pipe2(stop_pipe_, O_CLOEXEC | O_NONBLOCK) != 0)
+    if (::pipe2(wake_pipe_, O_CLOEXEC | O_NONBLOCK) != 0 || ::pipe2(peer_wake_pipe_, O_CLOEXEC | O_NONBLOCK) != 0 ||
+        ::pipe2(stop_pipe_, O_CLOEXEC | O_NONBLOCK) != 0)
       throw std::runtime_error("pipe: " + errno_string(errno));
     open_storage();
     std::random_device rd;
     next_request_ = ((static_cast<std::uint64_t>(rd()) << 32) ^ rd()) & 0x3fffffffffffffffull;
   } catch (...) {
-    for (int* fd : {&client_fd_, &peer_fd_, &wake_pipe_[0], &wake_pipe_[1], &stop_pipe_[0], &stop_pipe_[1]})
+    for (int* fd : {&client_fd_, &peer_fd_, &wake_pipe_[0], &wake_pipe_[1], &peer_wake_pipe_[0], &peer_wake_pipe_[1],
+                    &stop_pipe_[0], &stop_pipe_[1]})
       if (*fd >= 0) {
         ::close(*fd);
         *fd = -1;
@@ -2193,6 +2260,7 @@ inline void Runtime::start() {
   apply_thread_ = std::thread([this] { apply_loop(); });
   snapshot_thread_ = std::thread([this] { snapshot_loop(); });
   poll_thread_ = std::thread([this] { poll_loop(); });
+  peer_thread_ = std::thread([this] { peer_loop(); });
   ticker_thread_ = std::thread([this] { ticker_loop(); });
   {
     std::lock_guard<std::mutex> lock(core_mu_);
@@ -2277,7 +2345,7 @@ inline void Runtime::leave() {
 
 inline void Runtime::stop() {
   const auto self = std::this_thread::get_id();
-  if (self == apply_thread_id_.load() || self == poll_thread_id_.load()) {
+  if (self == apply_thread_id_.load() || self == poll_thread_id_.load() || self == peer_thread_id_.load()) {
     request_stop();  // from a handler or callback: it cannot join its own thread; join() stops
     return;
   }
@@ -2302,6 +2370,7 @@ inline void Runtime::stop() {
   stopping_ = true;
   log(LogLevel::Info, "stopping");
   wake_poll();
+  wake_peers();
   {
     char c = 1;
     ssize_t r = ::write(stop_pipe_[1], &c, 1);  // never read: stays readable
@@ -2319,7 +2388,7 @@ inline void Runtime::stop() {
     std::lock_guard<std::mutex> lock(life_mu_);
     life_cv_.notify_all();
   }
-  for (std::thread* t : {&poll_thread_, &ticker_thread_, &joiner_thread_, &apply_thread_, &snapshot_thread_})
+  for (std::thread* t : {&poll_thread_, &peer_thread_, &ticker_thread_, &joiner_thread_, &apply_thread_, &snapshot_thread_})
     if (t->joinable()) t->join();
   {
     std::lock_guard<std::mutex> lock(core_mu_);  // a drive() in progress finishes first
@@ -2341,7 +2410,8 @@ inline void Runtime::stop() {
   }
   for (auto& [rid, r] : left)
     if (r.promise) r.promise->set_value(Reply::error("TIMEOUT the node stopped before the command completed; its outcome is unknown"));
-  for (int* fd : {&client_fd_, &peer_fd_, &wake_pipe_[0], &wake_pipe_[1], &stop_pipe_[0], &stop_pipe_[1]})
+  for (int* fd : {&client_fd_, &peer_fd_, &wake_pipe_[0], &wake_pipe_[1], &peer_wake_pipe_[0], &peer_wake_pipe_[1],
+                  &stop_pipe_[0], &stop_pipe_[1]})
     if (*fd >= 0) {
       ::close(*fd);
       *fd = -1;
@@ -2504,7 +2574,7 @@ inline void Runtime::send_peer(const Message& m) {
   if (!link) return;
   std::string bytes;
   encode_raft(m, bytes);
-  link->send(std::move(bytes));
+  link->send(std::move(bytes), PeerLink::is_urgent(m.type));
 }
 
 inline PeerLink* Runtime::link_for(const NodeId& id) {
@@ -2663,17 +2733,23 @@ inline void PeerLink::run() {
       for (const auto& f : forwards_) unsent_.insert(unsent_.end(), f.first);
     }
     cv_.wait(lock, [&] {
-      return stopping_ || reconnect_ || (fault_ != Fault::Stall && (!queue_.empty() || !unsent_.empty()));
+      return stopping_ || reconnect_ ||
+             (fault_ != Fault::Stall && (!urgent_.empty() || !queue_.empty() || !unsent_.empty()));
     });
     if (stopping_ || reconnect_) continue;
     std::string batch;
-    while (!queue_.empty() && batch.size() < (std::size_t{4} << 20)) {
+    while (!urgent_.empty()) {  // small: all of them, first
+      batch += urgent_.front();
+      urgent_.pop_front();
+    }
+    const std::size_t budget = batch.size() + kSendBytes;
+    while (!queue_.empty() && batch.size() < budget) {
       batch += queue_.front();
       queue_.pop_front();
     }
     queued_bytes_ -= std::min(queued_bytes_, batch.size());
     const auto now = std::chrono::steady_clock::now();
-    while (!unsent_.empty() && batch.size() < (std::size_t{8} << 20)) {
+    while (!unsent_.empty() && batch.size() < budget) {
       QueuedForward& f = forwards_[*unsent_.begin()];
       unsent_.erase(unsent_.begin());
       ++f.handed;
@@ -3614,7 +3690,7 @@ inline void Runtime::handle_forward(PeerConn& p, ForwardedWrite fw) {
   write_bulk_u64(payload, fw.seq);
   write_bulk_u64(payload, fw.lowest);
   for (const auto& w : fw.words) resp::write_bulk(payload, w);
-  poll_batch_.writes.push_back(PendingWrite{caller, std::move(payload), 6 + fw.words.size()});
+  peer_batch_.writes.push_back(PendingWrite{caller, std::move(payload), 6 + fw.words.size()});
 }
 
 inline Reply Runtime::admin(const std::vector<std::string>& w) {
@@ -4109,18 +4185,6 @@ inline void Runtime::log(LogLevel level, const std::string& message) const {
 
 inline void Runtime::poll_loop() {
   poll_thread_id_ = std::this_thread::get_id();
-  // Connections a founder authenticated while it listened (listen_before_founding) wait for
-  // their WELCOME, and may hold messages already: handle them as if they had just arrived.
-  for (auto it = peers_in_.begin(); it != peers_in_.end();) {
-    PeerConn& p = *it->second;
-    const bool ok = read_peer(p) && (p.wire.empty() || flush_out(p.fd, p.tls, p.wire));
-    if (ok) {
-      ++it;
-    } else {
-      ::close(it->first);
-      it = peers_in_.erase(it);
-    }
-  }
   std::vector<pollfd> fds;
   std::vector<std::uint64_t> owner;  // client connection id, or 0
   auto last_expiry = std::chrono::steady_clock::now();
@@ -4130,8 +4194,7 @@ inline void Runtime::poll_loop() {
     bool accepting = std::chrono::steady_clock::now() >= accept_paused_until_;
     fds.push_back(pollfd{wake_pipe_[0], POLLIN, 0});
     fds.push_back(pollfd{client_fd_, static_cast<short>(accepting ? POLLIN : 0), 0});
-    fds.push_back(pollfd{peer_fd_, static_cast<short>(accepting ? POLLIN : 0), 0});
-    owner.assign(3, 0);
+    owner.assign(2, 0);
     for (auto& [id, c] : clients_) {
       // A command waiting for an earlier one: read no more meanwhile (bounded input).
       short ev = static_cast<short>((c->close_after_flush || c->input_closed || c->has_pending ? 0 : POLLIN) |
@@ -4139,9 +4202,6 @@ inline void Runtime::poll_loop() {
       fds.push_back(pollfd{c->fd, c->tls.events(ev), 0});
       owner.push_back(id);
     }
-    std::size_t first_peer = fds.size();
-    for (auto& [fd, p] : peers_in_)
-      fds.push_back(pollfd{fd, p->tls.events(static_cast<short>((p->close_after_flush ? 0 : POLLIN) | (p->wire.empty() ? 0 : POLLOUT))), 0});
     int n = ::poll(fds.data(), fds.size(), 100);
     if (stopping_) break;
     if (n < 0) {
@@ -4154,9 +4214,8 @@ inline void Runtime::poll_loop() {
       }
     }
     if (fds[1].revents & POLLIN) accept_clients();
-    if (fds[2].revents & POLLIN) accept_peers();
     std::vector<std::uint64_t> close_clients;
-    for (std::size_t i = 3; i < first_peer; ++i) {
+    for (std::size_t i = 2; i < fds.size(); ++i) {
       if (!fds[i].revents) continue;
       auto it = clients_.find(owner[i]);
       if (it == clients_.end()) continue;
@@ -4166,17 +4225,6 @@ inline void Runtime::poll_loop() {
       if (revents & (POLLIN | POLLHUP | POLLERR)) ok = read_client(c);
       if (ok && (revents & POLLOUT)) ok = flush_client(c);
       if (!ok) close_clients.push_back(c.id);
-    }
-    std::vector<int> close_peers;
-    for (std::size_t i = first_peer; i < fds.size(); ++i) {
-      if (!fds[i].revents) continue;
-      auto it = peers_in_.find(fds[i].fd);
-      if (it == peers_in_.end()) continue;
-      PeerConn& p = *it->second;
-      bool ok = true;
-      if (p.tls.ready(fds[i].revents) & (POLLIN | POLLHUP | POLLERR)) ok = read_peer(p);
-      if (ok && !p.wire.empty()) ok = flush_out(p.fd, p.tls, p.wire);
-      if (!ok || (p.close_after_flush && p.wire.empty())) close_peers.push_back(p.fd);
     }
     flush_batched(poll_batch_);
     drain_done();
@@ -4194,25 +4242,12 @@ inline void Runtime::poll_loop() {
     }
     connected_clients_ = clients_.size();
     client_output_total_reported_ = client_output_total_;
-    for (int fd : close_peers) {
-      ::close(fd);
-      peers_in_.erase(fd);
-    }
     auto now = std::chrono::steady_clock::now();
     if (now - last_expiry > std::chrono::milliseconds(100)) {
       last_expiry = now;
       expire_forwards();
       drain_done();
       close_idle_clients();
-      // A peer connection that has not said HELLO in time is dropped (descriptors are finite).
-      for (auto it = peers_in_.begin(); it != peers_in_.end();) {
-        if (!it->second->welcomed && now - it->second->accepted > std::chrono::milliseconds(scaled(cfg_.send_timeout_ms))) {
-          ::close(it->first);
-          it = peers_in_.erase(it);
-        } else {
-          ++it;
-        }
-      }
     }
   }
 }
@@ -4266,28 +4301,6 @@ inline void Runtime::accept_clients() {
     }
     clients_[c->id] = std::move(c);
     connected_clients_ = clients_.size();
-  }
-}
-
-inline void Runtime::accept_peers() {
-  for (;;) {
-    int fd = ::accept4(peer_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) {
-      if (errno == EMFILE || errno == ENFILE) accept_paused_until_ = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
-      return;
-    }
-    if (peers_in_.size() >= kMaxPeerConnections) {
-      ::close(fd);
-      continue;
-    }
-    set_nodelay(fd);
-    auto p = std::make_unique<PeerConn>();
-    p->fd = fd;
-    if (!secure_accepted(fd, p->tls, true)) {
-      ::close(fd);
-      continue;
-    }
-    peers_in_[fd] = std::move(p);
   }
 }
 
@@ -4525,6 +4538,139 @@ inline void Runtime::complete_op(std::uint64_t conn, std::uint64_t op, Reply rep
 }
 
 // ---- inbound peer connections --------------------------------------------------------------
+
+// The peer thread: accepts and reads every inbound peer connection and steps what they carry
+// into the core, so that no client's command (a long KEYS, a large reply) delays a heartbeat
+// or its answer. It owns peers_in_ and peer_batch_; it shares with the poll thread only what
+// is under a lock (core_mu_, fwd_mu_, req_mu_, links_mu_, acl_mu_).
+inline void Runtime::peer_loop() {
+  peer_thread_id_ = std::this_thread::get_id();
+  // Connections a founder authenticated while it listened (listen_before_founding) wait for
+  // their WELCOME, and may hold messages already: handle them as if they had just arrived.
+  for (auto it = peers_in_.begin(); it != peers_in_.end();) {
+    PeerConn& p = *it->second;
+    const bool ok = read_peer(p) && (p.wire.empty() || flush_out(p.fd, p.tls, p.wire));
+    if (ok) {
+      ++it;
+    } else {
+      ::close(it->first);
+      it = peers_in_.erase(it);
+    }
+  }
+  flush_batched(peer_batch_);
+  std::vector<pollfd> fds;
+  auto last_expiry = std::chrono::steady_clock::now();
+  while (!stopping_) {
+    fds.clear();
+    const bool accepting = std::chrono::steady_clock::now() >= peer_accept_paused_until_;
+    fds.push_back(pollfd{peer_wake_pipe_[0], POLLIN, 0});
+    fds.push_back(pollfd{peer_fd_, static_cast<short>(accepting ? POLLIN : 0), 0});
+    for (auto& [fd, p] : peers_in_)
+      fds.push_back(pollfd{fd, p->tls.events(static_cast<short>((p->close_after_flush ? 0 : POLLIN) | (p->wire.empty() ? 0 : POLLOUT))), 0});
+    int n = ::poll(fds.data(), fds.size(), 100);
+    if (stopping_) break;
+    if (n < 0) {
+      if (errno != EINTR) log(LogLevel::Error, "poll (peers): " + errno_string(errno));
+      continue;
+    }
+    if (fds[0].revents & POLLIN) {
+      char buf[256];
+      while (::read(peer_wake_pipe_[0], buf, sizeof buf) > 0) {
+      }
+    }
+    if (fds[1].revents & POLLIN) accept_peers();
+    std::vector<int> close_peers;
+    for (std::size_t i = 2; i < fds.size(); ++i) {
+      if (!fds[i].revents) continue;
+      auto it = peers_in_.find(fds[i].fd);
+      if (it == peers_in_.end()) continue;
+      PeerConn& p = *it->second;
+      bool ok = true;
+      if (p.tls.ready(fds[i].revents) & (POLLIN | POLLHUP | POLLERR)) ok = read_peer(p);
+      if (ok && !p.wire.empty()) ok = flush_out(p.fd, p.tls, p.wire);
+      if (!ok || (p.close_after_flush && p.wire.empty())) close_peers.push_back(p.fd);
+    }
+    flush_batched(peer_batch_);  // the writes forwarded to this leader (FWD)
+    for (int fd : close_peers) {
+      ::close(fd);
+      peers_in_.erase(fd);
+    }
+    auto now = std::chrono::steady_clock::now();
+    if (now - last_expiry > std::chrono::milliseconds(100)) {
+      last_expiry = now;
+      // A peer connection that has not said HELLO in time is dropped (descriptors are finite).
+      for (auto it = peers_in_.begin(); it != peers_in_.end();) {
+        if (!it->second->welcomed && now - it->second->accepted > std::chrono::milliseconds(scaled(cfg_.send_timeout_ms))) {
+          ::close(it->first);
+          it = peers_in_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+  }
+}
+
+// Before a connection is accepted: if the connections still in the handshake (not welcomed)
+// among `conns` are at their budget, closes the oldest from the address holding the most (its
+// fd becomes -1: the caller drops it). `get` gives an element's PeerConn.
+template <class Conns, class Get>
+void Runtime::make_room_for_handshake(Conns& conns, Get get) {
+  std::map<std::uint32_t, std::size_t> by_source;
+  std::size_t waiting = 0;
+  for (auto& e : conns) {
+    const PeerConn& p = get(e);
+    if (p.fd >= 0 && !p.welcomed && !p.session.is_open()) {
+      ++waiting;
+      ++by_source[p.source];
+    }
+  }
+  if (waiting < kMaxUnauthenticatedPeerConnections) return;
+  std::uint32_t busiest = 0;
+  std::size_t most = 0;
+  for (const auto& [source, n] : by_source)
+    if (n > most) {
+      busiest = source;
+      most = n;
+    }
+  PeerConn* oldest = nullptr;
+  for (auto& e : conns) {
+    PeerConn& p = get(e);
+    if (p.fd >= 0 && !p.welcomed && !p.session.is_open() && p.source == busiest &&
+        (!oldest || p.accepted < oldest->accepted))
+      oldest = &p;
+  }
+  ::close(oldest->fd);
+  oldest->fd = -1;
+}
+
+inline void Runtime::accept_peers() {
+  for (;;) {
+    sockaddr_in from{};
+    socklen_t from_len = sizeof from;
+    int fd = ::accept4(peer_fd_, reinterpret_cast<sockaddr*>(&from), &from_len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EMFILE || errno == ENFILE) peer_accept_paused_until_ = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
+      return;
+    }
+    make_room_for_handshake(peers_in_, [](auto& entry) -> PeerConn& { return *entry.second; });
+    for (auto it = peers_in_.begin(); it != peers_in_.end();)
+      it = it->second->fd < 0 ? peers_in_.erase(it) : std::next(it);
+    if (peers_in_.size() >= kMaxPeerConnections) {
+      ::close(fd);
+      continue;
+    }
+    set_nodelay(fd);
+    auto p = std::make_unique<PeerConn>();
+    p->fd = fd;
+    p->source = from.sin_addr.s_addr;
+    if (!secure_accepted(fd, p->tls, true)) {
+      ::close(fd);
+      continue;
+    }
+    peers_in_[fd] = std::move(p);
+  }
+}
 
 // Received bytes: the handshake's (ListenerHandshake) until the session opens, then frames,
 // whose bodies (once checked) go to the message parser. False: the connection must be closed.
