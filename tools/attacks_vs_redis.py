@@ -10,7 +10,7 @@ bounded in count and time, and stops the server by its PID. What each row shows:
                choosing (REPLICAOF / RAFT.ADD) and a listener there records what it receives
   fd-flood     300 idle clients under a 256-descriptor limit, then a save and a write
   half-command 50 clients that each send half a command, and how many are open after the wait
-  output-mem   2 clients pipeline 60 GETs of a 4 MB value and read nothing: server RSS growth
+  output-mem   3 clients pipeline 60 GETs of a 4 MB value and read nothing: server RSS growth
   keys         KEYS with an unclosed 10k-long class over 100k keys: how long a PING waits
   big-command  one SET with a 100 MB value
 The peer-port attacks (terms, appends, snapshots, unauthenticated peer floods) have no Redis
@@ -214,7 +214,7 @@ def attack_admin(kind, password):
             r = c.call("RAFT.ADD", "evil", "127.0.0.1:%d" % (lport - 1))
         t.join()
         s.close()
-        seen = b" | ".join(g[:60] for g in got[:3] if g)
+        seen = b" / ".join(g[:60] for g in got[:3] if g)
         return "%s; listener got: %s" % (short(r), short(seen) if seen else "nothing")
     finally:
         srv.stop()
@@ -290,7 +290,7 @@ def attack_output_memory(kind, password):
         c = srv.client()
         c.call("SET", "big", b"x" * (4 << 20))
         before = srv.rss_kb()
-        for _ in range(2):
+        for _ in range(3):
             s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             pre = encode("AUTH", password) if password else b""
