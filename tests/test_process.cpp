@@ -991,7 +991,8 @@ TEST_CASE("malformed client input gets a protocol error while the node keeps ser
     CHECK(show(bystander.call({"PING"})) == "PONG");
   }
 
-  // A declared bulk within the limit, never sent, then a close: no allocation of its size.
+  // A declared bulk of 500 MB (over proto-max-bulk-len, under Redis's 512 MiB), never sent,
+  // then a close: nothing of its size is allocated.
   {
     Client big = leader->connect();
     REQUIRE(big.send("*2\r\n$3\r\nget\r\n$500000000\r\nabc"));
