@@ -5,6 +5,7 @@
 // OpenSSL: define RAFT_OPENSSL_SUPPORT, see section 1c).
 //
 // GENERATED from src/raft/*.hpp by tools/amalgamate.sh - edit those parts, then run `make`.
+// Each part begins with a "// ---- src/raft/NAME.hpp ----" line.
 //
 // Reading order (top-down):
 //   1. public API: shared types, raft::Config, raft::Node, the handler table, callbacks
@@ -66,6 +67,7 @@
 #include <unistd.h>
 
 #define RAFT_HPP_VERSION "0.1.0"
+// ---- src/raft/1_api.hpp ----
 
 // ============================================================================================
 // 1. Public API
@@ -730,6 +732,7 @@ ParsedArgs parse_args(int argc, char** argv);
 std::string usage(const std::string& program);
 
 }  // namespace raft
+// ---- src/raft/1b_crypto.hpp ----
 
 // ============================================================================================
 // 1b. Crypto: SHA-256 (FIPS 180-4) and HMAC-SHA256 (RFC 2104) for the peer handshake
@@ -955,6 +958,7 @@ inline std::string random_bytes(std::size_t n) {
 
 }  // namespace detail
 }  // namespace raft
+// ---- src/raft/1c_tls.hpp ----
 
 // ============================================================================================
 // 1c. TLS, optional: compiled in only with RAFT_OPENSSL_SUPPORT defined (link -lssl -lcrypto)
@@ -1241,6 +1245,7 @@ class Tls {
 
 }  // namespace detail
 }  // namespace raft
+// ---- src/raft/2_store.hpp ----
 
 // ============================================================================================
 // 2. The store: the replicated data, its snapshot text, the built-in commands
@@ -3948,6 +3953,7 @@ inline void add_builtin_commands(CommandTable& table) {
 }
 
 }  // namespace raft
+// ---- src/raft/3_core.hpp ----
 
 // ============================================================================================
 // 3. The core: Raft as a deterministic state machine
@@ -5930,6 +5936,7 @@ inline Ready Core::ready() {
 }
 
 }  // namespace raft
+// ---- src/raft/4_storage.hpp ----
 
 // ============================================================================================
 // 4. Storage: the write-ahead log, term and vote, snapshots, recovery
@@ -7852,6 +7859,7 @@ inline void StorageWriter::run() {
 }
 
 }  // namespace raft
+// ---- src/raft/5_runtime.hpp ----
 
 // ============================================================================================
 // 5. Runtime: POSIX sockets and a few std::threads that drive the core
@@ -13207,5 +13215,6 @@ inline std::unique_ptr<Node> make_default_node(int argc, char** argv) {
 }
 
 }  // namespace raft
+// ---- src/raft/9_epilogue.hpp ----
 
 #endif  // RAFT_HPP

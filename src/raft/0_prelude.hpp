@@ -5,6 +5,7 @@
 // OpenSSL: define RAFT_OPENSSL_SUPPORT, see section 1c).
 //
 // GENERATED from src/raft/*.hpp by tools/amalgamate.sh - edit those parts, then run `make`.
+// Each part begins with a "// ---- src/raft/NAME.hpp ----" line.
 //
 // Reading order (top-down):
 //   1. public API: shared types, raft::Config, raft::Node, the handler table, callbacks
