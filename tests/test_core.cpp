@@ -601,6 +601,42 @@ TEST_CASE("a follower whose disk is slow is not sent the same probe on every hea
   CHECK(appends >= 1);
 }
 
+TEST_CASE("a follower that answers again after a stall is replicated to, not probed again at the next tick",
+          "[core]") {
+  CoreState st;
+  st.initial_config = voters({"1", "2", "3"});
+  Core c(options("1"), st);
+  elect(c, "2", "3");
+  auto answer = [&](const char* from, std::uint64_t index) {
+    Message r = message(MessageType::AppendResponse, from, "1", c.term());
+    r.index = index;
+    c.step(r);
+    drain(c);
+  };
+  auto tick = [&] {  // 3 answers every heartbeat: the leader keeps its quorum
+    c.tick(kT0);
+    drain(c);
+    c.step(message(MessageType::HeartbeatResponse, "3", "1", c.term()));
+    drain(c);
+  };
+  answer("2", c.last_index());  // the no-op
+  REQUIRE(c.progress().at("2").state == Progress::State::Replicate);
+  REQUIRE(c.propose("a", kT0).ok());
+  drain(c);
+  // The append to 2 goes unanswered for an election timeout: the leader probes 2 again.
+  for (int i = 0; i < 10; ++i) tick();
+  REQUIRE(c.progress().at("2").state == Progress::State::Probe);
+  answer("2", c.last_index());
+  REQUIRE(c.progress().at("2").state == Progress::State::Replicate);
+  // The next append's answer may take more than a tick: the stall is over, not counted on.
+  REQUIRE(c.propose("b", kT0).ok());
+  drain(c);
+  REQUIRE(c.progress().at("2").inflight.size() == 1);
+  tick();
+  CHECK(c.progress().at("2").state == Progress::State::Replicate);
+  CHECK(c.progress().at("2").inflight.size() == 1);
+}
+
 TEST_CASE("a heartbeat response promises nothing and does not wait for the disk", "[core]") {
   CoreState st;
   st.initial_config = voters({"1", "2", "3"});

@@ -186,9 +186,9 @@ struct Progress {
   std::uint64_t snapshot_resent_from = kNoOffset;
 
   // The state changes, one function each (etcd's BecomeProbe / BecomeReplicate /
-  // BecomeSnapshot). Each starts the new state's sending from scratch: what was in flight or
-  // being streamed in the old state is forgotten. match, the activity fields and server_id
-  // describe the member, not the sending, and are kept.
+  // BecomeSnapshot). Each starts the new state's sending from scratch: what was in flight,
+  // stalled or being streamed in the old state is forgotten. match, the activity fields and
+  // server_id describe the member, not the sending, and are kept.
 
   /// Where the member's log matches is unknown: one append at a time, from next_index (match + 1,
   /// or lower than the old next when a rejection said where the logs differ).
@@ -226,6 +226,7 @@ struct Progress {
   void forget_sending() {
     probe_sent = false;
     inflight.clear();
+    stalled_ticks = 0;  // a stall counts from the appends of the new state
     snapshot.reset();
   }
 };
