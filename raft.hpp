@@ -4210,6 +4210,12 @@ class Core {
   /// Hands leadership to a caught-up voter: stop accepting proposals, bring it up to date,
   /// tell it to campaign at once. Gives up after election_ticks.
   bool transfer_leadership(const NodeId& to);
+  /// The voter to hand leadership to when the caller names none (RAFT.TRANSFER alone, a
+  /// leader that leaves): the one whose log matches furthest, among those heard from within
+  /// the last election timeout (a silent one could not take over: the transfer would only
+  /// hold up proposals until it is given up); ties go to the greatest id. Empty when this node
+  /// is not the leader or no voter qualifies.
+  NodeId best_transfer_target() const;
   /// Starts an election now (if this node is a voter). Tests use it; so does TimeoutNow.
   void campaign() { start_campaign(false); }
   /// Asks for a linearizable read index; the answer comes in Ready::reads.
@@ -5497,6 +5503,23 @@ inline bool Core::transfer_leadership(const NodeId& to) {
     timeout_now_sent_ = true;
   }
   return true;
+}
+
+inline NodeId Core::best_transfer_target() const {
+  if (role_ != Role::Leader) return "";
+  const auto election = static_cast<std::uint64_t>(opts_.election_ticks);
+  NodeId best;
+  std::uint64_t best_match = 0;
+  for (const auto& [id, pr] : progress_) {
+    // Heard from lately by its last message, not by recent_active: that flag is cleared at
+    // every check-quorum round and is false for everyone until their next answers arrive.
+    if (!config().is_voter(id) || tick_count_ >= pr.last_heard + election) continue;
+    if (best.empty() || pr.match >= best_match) {
+      best = id;
+      best_match = pr.match;
+    }
+  }
+  return best;
 }
 
 inline void Core::maybe_commit() {
@@ -10197,17 +10220,11 @@ inline void Runtime::join() {
 }
 
 inline void Runtime::leave() {
-  // A leader hands over to the most up-to-date voter, so the cluster does not wait for an
-  // election timeout.
+  // A leader hands over to the most up-to-date voter it hears from (the core's choice, as for
+  // RAFT.TRANSFER without a target), so the cluster does not wait for an election timeout.
   std::unique_lock<std::mutex> lock(core_mu_);
   if (!core_ || core_->role() != Role::Leader || failed_) return;
-  NodeId best;
-  std::uint64_t best_match = 0;
-  for (const auto& [nid, pr] : core_->progress())
-    if (core_->config().is_voter(nid) && pr.match >= best_match && pr.recent_active) {
-      best = nid;
-      best_match = pr.match;
-    }
+  const NodeId best = core_->best_transfer_target();
   if (best.empty() || !core_->transfer_leadership(best)) return;
   log(LogLevel::Info, "leaving: handing leadership to " + best);
   drive();
@@ -11587,14 +11604,8 @@ inline Reply Runtime::admin(const std::vector<std::string>& w) {
     res = core_->remove(w[1], now);
   } else if (w[0] == "raft.transfer") {
     NodeId to = w.size() > 1 ? w[1] : "";
-    if (to.empty()) {
-      std::uint64_t best = 0;
-      for (const auto& [nid, pr] : core_->progress())
-        if (core_->config().is_voter(nid) && pr.match >= best) {
-          best = pr.match;
-          to = nid;
-        }
-    }
+    if (to.empty()) to = core_->best_transfer_target();
+    if (to.empty()) return Reply::error("ERR no other voter was heard from lately to hand leadership to; nothing was changed");
     if (!core_->transfer_leadership(to)) return Reply::error("ERR cannot transfer leadership to '" + to + "'");
     drive();
     return Reply::ok();

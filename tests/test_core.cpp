@@ -1105,6 +1105,49 @@ TEST_CASE("leadership transfer hands the cluster to the target", "[core]") {
   CHECK(c.leader() == target);
 }
 
+TEST_CASE("a handover without a named target goes to the most up-to-date voter heard from lately", "[core]") {
+  CoreState st;
+  st.initial_config = voters({"1", "2", "3"});
+  st.initial_config.upsert(Member{"4", "", "sid-4", false});  // a learner
+  CoreOptions o = options("1");
+  o.max_voters = 3;  // 4 stays a learner
+  Core c(o, st);
+  CHECK(c.best_transfer_target().empty());  // only a leader hands over
+  elect(c, "2", "3");
+  auto answer = [&](const char* from, std::uint64_t index) {
+    Message r = message(MessageType::AppendResponse, from, "1", c.term());
+    r.index = index;
+    c.step(r);
+    drain(c);
+  };
+  REQUIRE(c.propose("a", kT0).ok());
+  drain(c);
+  answer("4", 1);
+  answer("4", 2);  // the learner's log is the longest, but a learner cannot lead
+  answer("3", 1);
+  answer("2", 1);
+  CHECK(c.best_transfer_target() == "3");  // a tie: the greatest id
+  answer("2", 2);
+  CHECK(c.best_transfer_target() == "2");
+  // 2 falls silent; 3 and 4 answer every heartbeat. After an election timeout 2 is no target,
+  // however far its log matches. At the check-quorum round (tick 10) recent_active is cleared
+  // for everyone until their next answers: 3 was heard a tick ago and is the target all along.
+  for (int t = 1; t <= 12; ++t) {
+    c.tick(kT0);
+    drain(c);
+    INFO("tick " << t);
+    if (t == 10) CHECK_FALSE(c.progress().at("3").recent_active);
+    CHECK(c.best_transfer_target() == (t < 10 ? "2" : "3"));
+    c.step(message(MessageType::HeartbeatResponse, "3", "1", c.term()));
+    c.step(message(MessageType::HeartbeatResponse, "4", "1", c.term()));
+    drain(c);
+  }
+  REQUIRE(c.role() == Role::Leader);
+  REQUIRE_FALSE(c.config().is_voter("4"));
+  REQUIRE(c.transfer_leadership(c.best_transfer_target()));
+  CHECK(c.transfer_target() == "3");
+}
+
 // ---- input out of bounds (issue 10) ----------------------------------------------------------
 
 TEST_CASE("a message with a term above 2^62 is dropped, and no term the core computes wraps around", "[core]") {

@@ -260,6 +260,12 @@ class Core {
   /// Hands leadership to a caught-up voter: stop accepting proposals, bring it up to date,
   /// tell it to campaign at once. Gives up after election_ticks.
   bool transfer_leadership(const NodeId& to);
+  /// The voter to hand leadership to when the caller names none (RAFT.TRANSFER alone, a
+  /// leader that leaves): the one whose log matches furthest, among those heard from within
+  /// the last election timeout (a silent one could not take over: the transfer would only
+  /// hold up proposals until it is given up); ties go to the greatest id. Empty when this node
+  /// is not the leader or no voter qualifies.
+  NodeId best_transfer_target() const;
   /// Starts an election now (if this node is a voter). Tests use it; so does TimeoutNow.
   void campaign() { start_campaign(false); }
   /// Asks for a linearizable read index; the answer comes in Ready::reads.
@@ -1547,6 +1553,23 @@ inline bool Core::transfer_leadership(const NodeId& to) {
     timeout_now_sent_ = true;
   }
   return true;
+}
+
+inline NodeId Core::best_transfer_target() const {
+  if (role_ != Role::Leader) return "";
+  const auto election = static_cast<std::uint64_t>(opts_.election_ticks);
+  NodeId best;
+  std::uint64_t best_match = 0;
+  for (const auto& [id, pr] : progress_) {
+    // Heard from lately by its last message, not by recent_active: that flag is cleared at
+    // every check-quorum round and is false for everyone until their next answers arrive.
+    if (!config().is_voter(id) || tick_count_ >= pr.last_heard + election) continue;
+    if (best.empty() || pr.match >= best_match) {
+      best = id;
+      best_match = pr.match;
+    }
+  }
+  return best;
 }
 
 inline void Core::maybe_commit() {
