@@ -271,6 +271,37 @@ TEST_CASE("a learner is never a candidate", "[core]") {
   CHECK(c.role_char() == 'n');
 }
 
+TEST_CASE("a learner whose leader fell silent answers every campaign once an election timeout passed",
+          "[core]") {
+  // 2 is a learner here, but the leader may have appended 2's promotion and lost its
+  // leadership before 2 received it: that leader needs 2's vote to be elected again
+  // (simulation seed 12936). A learner never campaigns, so nothing ends its leader's lease
+  // but time: restarting its election timer at each timeout renewed the lease for good.
+  CoreState st;
+  st.initial_config = voters({"1"});
+  st.initial_config.upsert(Member{"2", "", "sid-2", false});
+  Core c(options("2"), st);
+  c.step(message(MessageType::Heartbeat, "1", "2", 10));
+  drain(c);
+  REQUIRE(c.leader() == "1");
+  for (int t = 1; t <= 60; ++t) {
+    c.tick(kT0);
+    drain(c);
+    if (t < 20) continue;  // an election timeout is at most 20 ticks
+    Message pv = message(MessageType::PreVote, "1", "2", 20);
+    pv.index = c.last_index();
+    pv.log_term = c.last_term();
+    c.step(pv);
+    Drained d = drain(c);
+    INFO("tick " << t);
+    const Message* r = find(d.sent, MessageType::PreVoteResponse, "1");
+    REQUIRE(r != nullptr);
+    CHECK_FALSE(r->reject);
+  }
+  CHECK(drain(c).sent.empty());  // and it never campaigned itself
+  CHECK(c.term() == 10);
+}
+
 TEST_CASE("figure 7: votes go only to candidates whose log is at least as up to date", "[core]") {
   CoreState st;
   st.initial_config = voters({"1", "2", "3"});

@@ -805,8 +805,11 @@ inline void Core::tick(std::int64_t now_ms) {
 }
 
 inline void Core::tick_follower() {
-  ++election_elapsed_;
-  if (election_elapsed_ >= randomized_timeout_) {
+  // A node that cannot campaign (a learner, a joiner) lets its timer stand at the timeout
+  // instead of starting it again: its leader's lease (leader stickiness) must end all the
+  // same, since a leader that promoted it may need its vote before it hears of the promotion.
+  if (election_elapsed_ < randomized_timeout_) ++election_elapsed_;
+  if (election_elapsed_ >= randomized_timeout_ && can_campaign()) {
     reset_election_timer();
     start_campaign(false);
   }
