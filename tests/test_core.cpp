@@ -271,6 +271,37 @@ TEST_CASE("a learner is never a candidate", "[core]") {
   CHECK(c.role_char() == 'n');
 }
 
+TEST_CASE("a learner whose leader fell silent answers every campaign once an election timeout passed",
+          "[core]") {
+  // 2 is a learner here, but the leader may have appended 2's promotion and lost its
+  // leadership before 2 received it: that leader needs 2's vote to be elected again
+  // (simulation seed 12936). A learner never campaigns, so nothing ends its leader's lease
+  // but time: restarting its election timer at each timeout renewed the lease for good.
+  CoreState st;
+  st.initial_config = voters({"1"});
+  st.initial_config.upsert(Member{"2", "", "sid-2", false});
+  Core c(options("2"), st);
+  c.step(message(MessageType::Heartbeat, "1", "2", 10));
+  drain(c);
+  REQUIRE(c.leader() == "1");
+  for (int t = 1; t <= 60; ++t) {
+    c.tick(kT0);
+    drain(c);
+    if (t < 20) continue;  // an election timeout is at most 20 ticks
+    Message pv = message(MessageType::PreVote, "1", "2", 20);
+    pv.index = c.last_index();
+    pv.log_term = c.last_term();
+    c.step(pv);
+    Drained d = drain(c);
+    INFO("tick " << t);
+    const Message* r = find(d.sent, MessageType::PreVoteResponse, "1");
+    REQUIRE(r != nullptr);
+    CHECK_FALSE(r->reject);
+  }
+  CHECK(drain(c).sent.empty());  // and it never campaigned itself
+  CHECK(c.term() == 10);
+}
+
 TEST_CASE("figure 7: votes go only to candidates whose log is at least as up to date", "[core]") {
   CoreState st;
   st.initial_config = voters({"1", "2", "3"});
@@ -599,6 +630,42 @@ TEST_CASE("a follower whose disk is slow is not sent the same probe on every hea
   // One probe per half election timeout at most (the first release sent one per heartbeat).
   CHECK(appends <= 60 / 5 + 2);
   CHECK(appends >= 1);
+}
+
+TEST_CASE("a follower that answers again after a stall is replicated to, not probed again at the next tick",
+          "[core]") {
+  CoreState st;
+  st.initial_config = voters({"1", "2", "3"});
+  Core c(options("1"), st);
+  elect(c, "2", "3");
+  auto answer = [&](const char* from, std::uint64_t index) {
+    Message r = message(MessageType::AppendResponse, from, "1", c.term());
+    r.index = index;
+    c.step(r);
+    drain(c);
+  };
+  auto tick = [&] {  // 3 answers every heartbeat: the leader keeps its quorum
+    c.tick(kT0);
+    drain(c);
+    c.step(message(MessageType::HeartbeatResponse, "3", "1", c.term()));
+    drain(c);
+  };
+  answer("2", c.last_index());  // the no-op
+  REQUIRE(c.progress().at("2").state == Progress::State::Replicate);
+  REQUIRE(c.propose("a", kT0).ok());
+  drain(c);
+  // The append to 2 goes unanswered for an election timeout: the leader probes 2 again.
+  for (int i = 0; i < 10; ++i) tick();
+  REQUIRE(c.progress().at("2").state == Progress::State::Probe);
+  answer("2", c.last_index());
+  REQUIRE(c.progress().at("2").state == Progress::State::Replicate);
+  // The next append's answer may take more than a tick: the stall is over, not counted on.
+  REQUIRE(c.propose("b", kT0).ok());
+  drain(c);
+  REQUIRE(c.progress().at("2").inflight.size() == 1);
+  tick();
+  CHECK(c.progress().at("2").state == Progress::State::Replicate);
+  CHECK(c.progress().at("2").inflight.size() == 1);
 }
 
 TEST_CASE("a heartbeat response promises nothing and does not wait for the disk", "[core]") {
@@ -1067,6 +1134,49 @@ TEST_CASE("leadership transfer hands the cluster to the target", "[core]") {
   CHECK_FALSE(c.core(l).propose("x", 0).ok());  // no proposals while transferring
   c.run_ticks(10);
   CHECK(c.leader() == target);
+}
+
+TEST_CASE("a handover without a named target goes to the most up-to-date voter heard from lately", "[core]") {
+  CoreState st;
+  st.initial_config = voters({"1", "2", "3"});
+  st.initial_config.upsert(Member{"4", "", "sid-4", false});  // a learner
+  CoreOptions o = options("1");
+  o.max_voters = 3;  // 4 stays a learner
+  Core c(o, st);
+  CHECK(c.best_transfer_target().empty());  // only a leader hands over
+  elect(c, "2", "3");
+  auto answer = [&](const char* from, std::uint64_t index) {
+    Message r = message(MessageType::AppendResponse, from, "1", c.term());
+    r.index = index;
+    c.step(r);
+    drain(c);
+  };
+  REQUIRE(c.propose("a", kT0).ok());
+  drain(c);
+  answer("4", 1);
+  answer("4", 2);  // the learner's log is the longest, but a learner cannot lead
+  answer("3", 1);
+  answer("2", 1);
+  CHECK(c.best_transfer_target() == "3");  // a tie: the greatest id
+  answer("2", 2);
+  CHECK(c.best_transfer_target() == "2");
+  // 2 falls silent; 3 and 4 answer every heartbeat. After an election timeout 2 is no target,
+  // however far its log matches. At the check-quorum round (tick 10) recent_active is cleared
+  // for everyone until their next answers: 3 was heard a tick ago and is the target all along.
+  for (int t = 1; t <= 12; ++t) {
+    c.tick(kT0);
+    drain(c);
+    INFO("tick " << t);
+    if (t == 10) CHECK_FALSE(c.progress().at("3").recent_active);
+    CHECK(c.best_transfer_target() == (t < 10 ? "2" : "3"));
+    c.step(message(MessageType::HeartbeatResponse, "3", "1", c.term()));
+    c.step(message(MessageType::HeartbeatResponse, "4", "1", c.term()));
+    drain(c);
+  }
+  REQUIRE(c.role() == Role::Leader);
+  REQUIRE_FALSE(c.config().is_voter("4"));
+  REQUIRE(c.transfer_leadership(c.best_transfer_target()));
+  CHECK(c.transfer_target() == "3");
 }
 
 // ---- input out of bounds (issue 10) ----------------------------------------------------------

@@ -184,6 +184,51 @@ struct Progress {
   /// chunks without end.
   static constexpr std::uint64_t kNoOffset = ~std::uint64_t{0};
   std::uint64_t snapshot_resent_from = kNoOffset;
+
+  // The state changes, one function each (etcd's BecomeProbe / BecomeReplicate /
+  // BecomeSnapshot). Each starts the new state's sending from scratch: what was in flight,
+  // stalled or being streamed in the old state is forgotten. match, the activity fields and
+  // server_id describe the member, not the sending, and are kept.
+
+  /// Where the member's log matches is unknown: one append at a time, from next_index (match + 1,
+  /// or lower than the old next when a rejection said where the logs differ).
+  void become_probe(std::uint64_t next_index) {
+    forget_sending();
+    state = State::Probe;
+    next = next_index;
+  }
+  /// The member's log matches up to match: appends from match + 1, pipelined.
+  void become_replicate() {
+    forget_sending();
+    state = State::Replicate;
+    next = match + 1;
+  }
+  /// The member needs entries the leader compacted away: snapshot chunks from the start.
+  /// next is kept; the state after the snapshot is a probe from past what it installed.
+  void become_snapshot(std::shared_ptr<const Snapshot> snap) {
+    forget_sending();
+    state = State::Snapshot;
+    snapshot = std::move(snap);
+    snapshot_sent = snapshot_acked = 0;
+    snapshot_done_sent = false;
+    snapshot_idle_ticks = 0;
+    snapshot_resent_from = kNoOffset;
+  }
+  /// Snapshot: chunks sent from `offset` were lost or refused; send again from there (the
+  /// member confirmed everything before it).
+  void resend_snapshot_from(std::uint64_t offset) {
+    snapshot_sent = snapshot_acked = snapshot_resent_from = offset;
+    snapshot_done_sent = false;
+    snapshot_idle_ticks = 0;
+  }
+
+ private:
+  void forget_sending() {
+    probe_sent = false;
+    inflight.clear();
+    stalled_ticks = 0;  // a stall counts from the appends of the new state
+    snapshot.reset();
+  }
 };
 
 inline char role_char(Role role, bool voter) {
@@ -215,6 +260,12 @@ class Core {
   /// Hands leadership to a caught-up voter: stop accepting proposals, bring it up to date,
   /// tell it to campaign at once. Gives up after election_ticks.
   bool transfer_leadership(const NodeId& to);
+  /// The voter to hand leadership to when the caller names none (RAFT.TRANSFER alone, a
+  /// leader that leaves): the one whose log matches furthest, among those heard from within
+  /// the last election timeout (a silent one could not take over: the transfer would only
+  /// hold up proposals until it is given up); ties go to the greatest id. Empty when this node
+  /// is not the leader or no voter qualifies.
+  NodeId best_transfer_target() const;
   /// Starts an election now (if this node is a voter). Tests use it; so does TimeoutNow.
   void campaign() { start_campaign(false); }
   /// Asks for a linearizable read index; the answer comes in Ready::reads.
@@ -754,8 +805,11 @@ inline void Core::tick(std::int64_t now_ms) {
 }
 
 inline void Core::tick_follower() {
-  ++election_elapsed_;
-  if (election_elapsed_ >= randomized_timeout_) {
+  // A node that cannot campaign (a learner, a joiner) lets its timer stand at the timeout
+  // instead of starting it again: its leader's lease (leader stickiness) must end all the
+  // same, since a leader that promoted it may need its vote before it hears of the promotion.
+  if (election_elapsed_ < randomized_timeout_) ++election_elapsed_;
+  if (election_elapsed_ >= randomized_timeout_ && can_campaign()) {
     reset_election_timer();
     start_campaign(false);
   }
@@ -791,18 +845,12 @@ inline void Core::tick_leader() {
         ++pr.stalled_ticks >= opts_.election_ticks) {
       // An append (or its answer) was lost: no answer for an election timeout while appends
       // are out. Probe again from the match index.
-      pr.state = Progress::State::Probe;
-      pr.probe_sent = false;
-      pr.next = pr.match + 1;
-      pr.inflight.clear();
+      pr.become_probe(pr.match + 1);
     }
     if (pr.state != Progress::State::Snapshot) continue;
     if (++pr.snapshot_idle_ticks >= opts_.election_ticks) {
       // No progress for a while: chunks were lost. Resend from what the member confirmed.
-      pr.snapshot_idle_ticks = 0;
-      pr.snapshot_sent = pr.snapshot_acked;
-      pr.snapshot_resent_from = pr.snapshot_acked;
-      pr.snapshot_done_sent = false;
+      pr.resend_snapshot_from(pr.snapshot_acked);
       send_snapshot_chunks(id, pr);
     }
   }
@@ -1510,6 +1558,23 @@ inline bool Core::transfer_leadership(const NodeId& to) {
   return true;
 }
 
+inline NodeId Core::best_transfer_target() const {
+  if (role_ != Role::Leader) return "";
+  const auto election = static_cast<std::uint64_t>(opts_.election_ticks);
+  NodeId best;
+  std::uint64_t best_match = 0;
+  for (const auto& [id, pr] : progress_) {
+    // Heard from lately by its last message, not by recent_active: that flag is cleared at
+    // every check-quorum round and is false for everyone until their next answers arrive.
+    if (!config().is_voter(id) || tick_count_ >= pr.last_heard + election) continue;
+    if (best.empty() || pr.match >= best_match) {
+      best = id;
+      best_match = pr.match;
+    }
+  }
+  return best;
+}
+
 inline void Core::maybe_commit() {
   if (role_ != Role::Leader) return;
   std::vector<std::uint64_t> matched;
@@ -1554,13 +1619,7 @@ inline bool Core::send_append(const NodeId& to, Progress& pr) {
   if (prev < log_start_index_) {
     // The entries this member needs are compacted away: send the snapshot.
     if (!snapshot_) return false;
-    pr.state = Progress::State::Snapshot;
-    pr.snapshot = snapshot_;
-    pr.snapshot_sent = pr.snapshot_acked = 0;
-    pr.snapshot_done_sent = false;
-    pr.snapshot_idle_ticks = 0;
-    pr.snapshot_resent_from = Progress::kNoOffset;
-    pr.inflight.clear();
+    pr.become_snapshot(snapshot_);
     send_snapshot_chunks(to, pr);
     return false;
   }
@@ -1680,10 +1739,7 @@ inline void Core::handle_append_response(Progress& pr, const Message& m) {
     if (pr.state == Progress::State::Probe && m.index != pr.next - 1) return;  // stale
     std::uint64_t next_probe = m.hint_index;
     if (m.hint_term > 0) next_probe = find_conflict_by_term(m.hint_index, m.hint_term);
-    pr.next = std::max(std::min(m.index, next_probe + 1), pr.match + 1);
-    pr.state = Progress::State::Probe;
-    pr.probe_sent = false;
-    pr.inflight.clear();
+    pr.become_probe(std::max(std::min(m.index, next_probe + 1), pr.match + 1));
     return;  // flush_leader_sends sends the next probe
   }
   if (m.index > pr.match) {
@@ -1697,12 +1753,7 @@ inline void Core::handle_append_response(Progress& pr, const Message& m) {
     pr.inflight.pop_front();
     pr.stalled_ticks = 0;
   }
-  if (pr.state == Progress::State::Probe) {
-    pr.state = Progress::State::Replicate;
-    pr.probe_sent = false;
-    pr.next = pr.match + 1;
-    pr.inflight.clear();
-  }
+  if (pr.state == Progress::State::Probe) pr.become_replicate();
   if (!transfer_target_.empty() && m.from == transfer_target_ && !timeout_now_sent_ &&
       pr.match == last_index()) {
     send(make(MessageType::TimeoutNow, m.from));
@@ -1713,12 +1764,7 @@ inline void Core::handle_append_response(Progress& pr, const Message& m) {
 inline void Core::handle_snapshot_response(Progress& pr, const Message& m) {
   if (m.done && !m.reject) {
     if (m.index > pr.match) pr.match = m.index;
-    if (pr.state == Progress::State::Snapshot || pr.next <= pr.match) {
-      pr.state = Progress::State::Probe;
-      pr.probe_sent = false;
-      pr.next = pr.match + 1;
-      pr.snapshot.reset();
-    }
+    if (pr.state == Progress::State::Snapshot || pr.next <= pr.match) pr.become_probe(pr.match + 1);
     maybe_commit();
     return;
   }
@@ -1728,9 +1774,7 @@ inline void Core::handle_snapshot_response(Progress& pr, const Message& m) {
 #ifndef RAFT_MUTANT_SNAPSHOT_REJECT_STORM
     if (from == pr.snapshot_resent_from) return;  // a chunk sent before that resend, rejected
 #endif
-    pr.snapshot_idle_ticks = 0;
-    pr.snapshot_sent = pr.snapshot_acked = pr.snapshot_resent_from = from;
-    pr.snapshot_done_sent = false;
+    pr.resend_snapshot_from(from);
   } else if (m.offset > pr.snapshot_acked) {
     pr.snapshot_idle_ticks = 0;
     pr.snapshot_acked = m.offset;

@@ -2325,17 +2325,11 @@ inline void Runtime::join() {
 }
 
 inline void Runtime::leave() {
-  // A leader hands over to the most up-to-date voter, so the cluster does not wait for an
-  // election timeout.
+  // A leader hands over to the most up-to-date voter it hears from (the core's choice, as for
+  // RAFT.TRANSFER without a target), so the cluster does not wait for an election timeout.
   std::unique_lock<std::mutex> lock(core_mu_);
   if (!core_ || core_->role() != Role::Leader || failed_) return;
-  NodeId best;
-  std::uint64_t best_match = 0;
-  for (const auto& [nid, pr] : core_->progress())
-    if (core_->config().is_voter(nid) && pr.match >= best_match && pr.recent_active) {
-      best = nid;
-      best_match = pr.match;
-    }
+  const NodeId best = core_->best_transfer_target();
   if (best.empty() || !core_->transfer_leadership(best)) return;
   log(LogLevel::Info, "leaving: handing leadership to " + best);
   drive();
@@ -3715,14 +3709,8 @@ inline Reply Runtime::admin(const std::vector<std::string>& w) {
     res = core_->remove(w[1], now);
   } else if (w[0] == "raft.transfer") {
     NodeId to = w.size() > 1 ? w[1] : "";
-    if (to.empty()) {
-      std::uint64_t best = 0;
-      for (const auto& [nid, pr] : core_->progress())
-        if (core_->config().is_voter(nid) && pr.match >= best) {
-          best = pr.match;
-          to = nid;
-        }
-    }
+    if (to.empty()) to = core_->best_transfer_target();
+    if (to.empty()) return Reply::error("ERR no other voter was heard from lately to hand leadership to; nothing was changed");
     if (!core_->transfer_leadership(to)) return Reply::error("ERR cannot transfer leadership to '" + to + "'");
     drive();
     return Reply::ok();
