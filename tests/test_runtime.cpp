@@ -50,18 +50,9 @@ using namespace std::chrono_literals;
 
 namespace {
 
-// Deadlines, waiting, files, INFO fields and replies as text: tests/support.hpp.
-using test_support::eventually;
-using test_support::holds_for;
-using test_support::info_field;
-using test_support::is_ok;
-using test_support::long_wait;
-using test_support::read_file;
-using test_support::ready_within;
-using test_support::scaled;
-using test_support::stored;
-using test_support::time_scale;
-using test_support::typed;
+// Deadlines, waiting, files, INFO fields, a node's data and replies as text: tests/support.hpp
+// (and TempDir, tests/temp_dir.hpp).
+using namespace test_support;
 
 std::int64_t wall_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -72,10 +63,6 @@ std::int64_t wall_ms() {
 /// The longest election timeout of a node with the default configuration (a random time
 /// between the minimum and twice it), unscaled.
 int max_election_timeout_ms() { return 2 * raft::Config().election_timeout_ms; }
-
-// ---- files ----------------------------------------------------------------------------------
-
-using test_support::TempDir;
 
 // ---- logs -----------------------------------------------------------------------------------
 
