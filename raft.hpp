@@ -2234,44 +2234,22 @@ inline Reply invalid_expire_error(std::string_view name) {
   return Reply::error("ERR invalid expire time in '" + std::string(name) + "' command");
 }
 
-/// Redis's string2ll: optional '-', digits, no leading zeros, no spaces or '+', fits in 64
-/// bits. "-0" is rejected, as in Redis.
-inline bool parse_int64(std::string_view s, std::int64_t& out) {
-  if (s.empty() || s.size() > 20) return false;
-  if (s == "0") {
-    out = 0;
-    return true;
-  }
-  std::size_t i = 0;
-  const bool negative = s[0] == '-';
-  if (negative) ++i;
-  if (i >= s.size() || s[i] < '1' || s[i] > '9') return false;
-  std::uint64_t v = 0;
-  for (; i < s.size(); ++i) {
-    if (s[i] < '0' || s[i] > '9') return false;
-    const std::uint64_t d = std::uint64_t(s[i] - '0');
-    if (v > (std::numeric_limits<std::uint64_t>::max() - d) / 10) return false;
-    v = v * 10 + d;
-  }
-  const std::uint64_t max = std::uint64_t(std::numeric_limits<std::int64_t>::max());
-  if (negative) {
-    if (v > max + 1) return false;
-    out = static_cast<std::int64_t>(0 - v);
-  } else {
-    if (v > max) return false;
-    out = static_cast<std::int64_t>(v);
-  }
-  return true;
+using resp::detail::parse_int64;  // Redis's string2ll, shared with the RESP parser
+
+/// ASCII lower case, locale-free: command names, options and config values compare
+/// case-insensitively in ASCII only, as in Redis.
+inline char ascii_lower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; }
+
+inline std::string lower(std::string s) {
+  for (char& c : s) c = ascii_lower(c);
+  return s;
 }
 
 /// ASCII case-insensitive comparison with a lower-case word.
-inline bool iequals(std::string_view s, std::string_view lower) {
-  if (s.size() != lower.size()) return false;
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    char c = s[i];
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-    if (c != lower[i]) return false;
-  }
+inline bool iequals(std::string_view s, std::string_view lower_word) {
+  if (s.size() != lower_word.size()) return false;
+  for (std::size_t i = 0; i < s.size(); ++i)
+    if (ascii_lower(s[i]) != lower_word[i]) return false;
   return true;
 }
 
@@ -6368,8 +6346,21 @@ inline StorageError corrupt(const std::string& file, std::uint64_t offset,
                       what + "." + corruption_advice());
 }
 
+/// What an errno means, with its number for a search ("Permission denied (errno 13)"): in
+/// every I/O error this file and the runtime report.
 inline std::string errno_text(int err) {
   return std::system_category().message(err) + " (errno " + std::to_string(err) + ")";
+}
+
+/// A number in text raft.hpp writes itself (snapshot headers, peer messages, ports and
+/// counts in the configuration): digits as std::from_chars reads them in `base`, at most 20
+/// characters, the whole of `s`. Looser than Redis's string2ll (detail::parse_int64, for Redis
+/// arguments, where replies must match Redis): leading zeros and "-0" pass here.
+template <class Int>
+inline bool parse_number(std::string_view s, Int& v, int base = 10) {
+  if (s.empty() || s.size() > 20) return false;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v, base);
+  return ec == std::errc() && p == s.data() + s.size();
 }
 
 inline void put_u32(std::string& out, std::uint32_t v) {
@@ -6826,15 +6817,10 @@ inline std::pair<std::uint64_t, std::uint64_t> decode_snapshot(std::string& buf,
     f.push_back(line.substr(0, sp));
     line = sp == std::string_view::npos ? std::string_view() : line.substr(sp + 1);
   }
-  auto number = [&](std::string_view t, std::uint64_t& v, int base = 10) {
-    if (t.empty()) return false;
-    auto [p, ec] = std::from_chars(t.data(), t.data() + t.size(), v, base);
-    return ec == std::errc() && p == t.data() + t.size();
-  };
   std::uint64_t version = 0, h_index = 0, h_term = 0, size = 0, crc = 0;
   if (f.size() != 9 || f[1] != "index" || f[3] != "term" || f[5] != "length" || f[7] != "crc32c" ||
-      !number(f[0], version) || !number(f[2], h_index) || !number(f[4], h_term) || !number(f[6], size) ||
-      !number(f[8], crc, 16))
+      !parse_number(f[0], version) || !parse_number(f[2], h_index) || !parse_number(f[4], h_term) ||
+      !parse_number(f[6], size) || !parse_number(f[8], crc, 16))
     throw corrupt(file, kSnapshotPrefix.size(), "the snapshot header line is malformed");
   if (version > kStorageFormatVersion)
     throw StorageError("ERR " + file + " was written by a newer format version (" + std::to_string(version) +
@@ -8018,8 +8004,7 @@ inline bool parse_memory(std::string_view s, std::uint64_t& bytes) {
   while (digits < s.size() && s[digits] >= '0' && s[digits] <= '9') ++digits;
   std::uint64_t n = 0;
   if (digits == 0 || digits > 19 || std::from_chars(s.data(), s.data() + digits, n).ec != std::errc()) return false;
-  std::string unit;
-  for (char c : s.substr(digits)) unit += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  const std::string unit = lower(std::string(s.substr(digits)));
   static const std::pair<const char*, std::uint64_t> units[] = {
       {"", 1}, {"b", 1}, {"k", 1000}, {"kb", 1024}, {"m", 1000 * 1000}, {"mb", 1024 * 1024},
       {"g", 1000 * 1000 * 1000}, {"gb", std::uint64_t{1024} * 1024 * 1024}};
@@ -8036,12 +8021,6 @@ inline std::int64_t wall_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::system_clock::now().time_since_epoch())
       .count();
-}
-
-inline std::string lower(std::string s) {
-  for (char& c : s)
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  return s;
 }
 
 /// INFO [section ...]: the named sections of `text` (case-insensitive); every section for
@@ -8066,18 +8045,6 @@ inline std::string info_sections(const std::string& text, const std::vector<std:
     at = end == text.size() ? end : end + 2;
   }
   return out;
-}
-
-inline bool parse_u64(std::string_view s, std::uint64_t& v) {
-  if (s.empty() || s.size() > 20) return false;
-  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  return ec == std::errc() && p == s.data() + s.size();
-}
-
-inline bool parse_i64(std::string_view s, std::int64_t& v) {
-  if (s.empty() || s.size() > 20) return false;
-  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  return ec == std::errc() && p == s.data() + s.size();
 }
 
 inline void write_bulk_u64(std::string& out, std::uint64_t v) {
@@ -8129,7 +8096,7 @@ inline bool parse_host_port(std::string_view s, HostPort& out, std::string& erro
   }
   std::string host(s.substr(0, colon));
   std::uint64_t port = 0;
-  if (!parse_u64(s.substr(colon + 1), port) || port == 0 || port > 65534) {
+  if (!parse_number(s.substr(colon + 1), port) || port == 0 || port > 65534) {
     error = "address '" + std::string(s) + "' has no valid port (1-65534: peers use port + 1)";
     return false;
   }
@@ -8155,8 +8122,6 @@ inline sockaddr_in make_sockaddr(const std::string& host, int port) {
   return sa;
 }
 
-inline std::string errno_string(int e) { return std::strerror(e); }
-
 inline void set_nonblocking(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL, 0) | O_NONBLOCK); }
 
 inline void set_send_timeout(int fd, int ms) {
@@ -8174,14 +8139,14 @@ inline void set_nodelay(int fd) {
 inline int listen_tcp(const std::string& host, int port, std::string& error) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) {
-    error = "socket: " + errno_string(errno);
+    error = "socket: " + errno_text(errno);
     return -1;
   }
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   sockaddr_in sa = make_sockaddr(host, port);
   if (::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || ::listen(fd, 511) != 0) {
-    error = "cannot listen on " + host + ":" + std::to_string(port) + ": " + errno_string(errno);
+    error = "cannot listen on " + host + ":" + std::to_string(port) + ": " + errno_text(errno);
     ::close(fd);
     return -1;
   }
@@ -8212,12 +8177,12 @@ inline int connect_tcp(const std::string& src_host, const std::string& host, int
                        std::string& error, int cancel_fd = -1) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) {
-    error = "socket: " + errno_string(errno);
+    error = "socket: " + errno_text(errno);
     return -1;
   }
   sockaddr_in src = make_sockaddr(src_host, 0);
   if (::bind(fd, reinterpret_cast<sockaddr*>(&src), sizeof src) != 0) {
-    error = "cannot bind " + src_host + ": " + errno_string(errno);
+    error = "cannot bind " + src_host + ": " + errno_text(errno);
     ::close(fd);
     return -1;
   }
@@ -8225,7 +8190,7 @@ inline int connect_tcp(const std::string& src_host, const std::string& host, int
   sockaddr_in sa = make_sockaddr(host, port);
   int rc = ::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
   if (rc != 0 && errno != EINPROGRESS) {
-    error = errno_string(errno);
+    error = errno_text(errno);
     ::close(fd);
     return -1;
   }
@@ -8238,7 +8203,7 @@ inline int connect_tcp(const std::string& src_host, const std::string& host, int
     int err = 0;
     socklen_t len = sizeof err;
     if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0) {
-      error = errno_string(err ? err : errno);
+      error = errno_text(err ? err : errno);
       ::close(fd);
       return -1;
     }
@@ -8358,7 +8323,7 @@ inline bool decode_raft(std::vector<std::string>& w, Message& m, std::string& er
   if (w.size() < kRaftFixedFields) return fail("too few fields");
   std::uint64_t v[12];
   for (int i = 0; i < 12; ++i)
-    if (!parse_u64(w[static_cast<std::size_t>(i) + 1], v[i])) return fail("bad number");
+    if (!parse_number(w[static_cast<std::size_t>(i) + 1], v[i])) return fail("bad number");
   if (v[0] < 1 || v[0] > static_cast<std::uint64_t>(MessageType::ReadIndexResponse)) return fail("unknown type");
   for (int flag : {5, 8, 11})
     if (v[flag] > 1) return fail("bad flag");
@@ -8374,12 +8339,12 @@ inline bool decode_raft(std::vector<std::string>& w, Message& m, std::string& er
   m.context = v[9];
   m.offset = v[10];
   m.done = v[11] == 1;
-  if (!parse_i64(w[13], m.timestamp_ms)) return fail("bad timestamp");
+  if (!parse_number(w[13], m.timestamp_ms)) return fail("bad timestamp");
   m.config = Configuration{};
   if (!w[14].empty() && !Configuration::decode(w[14], m.config)) return fail("bad configuration");
   m.data = std::move(w[15]);
   std::uint64_t count = 0;
-  if (!parse_u64(w[16], count) || count > (w.size() - kRaftFixedFields) / 5 ||
+  if (!parse_number(w[16], count) || count > (w.size() - kRaftFixedFields) / 5 ||
       w.size() != kRaftFixedFields + 5 * count)
     return fail("entry count does not match");
   m.entries.clear();
@@ -8387,8 +8352,8 @@ inline bool decode_raft(std::vector<std::string>& w, Message& m, std::string& er
   for (std::size_t i = kRaftFixedFields; i < w.size(); i += 5) {
     LogEntry e;
     std::uint64_t type = 0;
-    if (!parse_u64(w[i], e.index) || !parse_u64(w[i + 1], e.term) || !parse_u64(w[i + 2], type) ||
-        type > 2 || !parse_i64(w[i + 3], e.timestamp_ms))
+    if (!parse_number(w[i], e.index) || !parse_number(w[i + 1], e.term) || !parse_number(w[i + 2], type) ||
+        type > 2 || !parse_number(w[i + 3], e.timestamp_ms))
       return fail("bad entry");
     e.type = static_cast<EntryType>(type);
     e.payload = std::move(w[i + 4]);
@@ -8450,7 +8415,7 @@ inline bool decode_forward(std::vector<std::string>& w, ForwardedWrite& f, std::
     return false;
   };
   if (w.size() < 6 || w[0] != "FWD") return fail("too few fields");
-  if (!parse_u64(w[1], f.nonce) || !parse_u64(w[2], f.seq) || !parse_u64(w[3], f.lowest)) return fail("bad number");
+  if (!parse_number(w[1], f.nonce) || !parse_number(w[2], f.seq) || !parse_number(w[3], f.lowest)) return fail("bad number");
   if (f.lowest > f.seq) return fail("lowest unanswered above the sequence number");
   f.user = std::move(w[4]);
   f.words.assign(std::make_move_iterator(w.begin() + 5), std::make_move_iterator(w.end()));
@@ -8507,7 +8472,7 @@ inline bool decode_forward_reply(const std::vector<std::string>& w, ForwardReply
     return false;
   };
   if (w.size() != 5 || w[0] != "FWDR") return fail("wrong number of fields");
-  if (!parse_u64(w[1], r.nonce) || !parse_u64(w[2], r.seq)) return fail("bad number");
+  if (!parse_number(w[1], r.nonce) || !parse_number(w[2], r.seq)) return fail("bad number");
   if (w[3] == "done") r.status = ForwardStatus::Done;
   else if (w[3] == "notrun") r.status = ForwardStatus::NotRun;
   else if (w[3] == "unknown") r.status = ForwardStatus::Unknown;
@@ -10132,7 +10097,7 @@ inline void Runtime::start() {
   try {
     if (::pipe2(wake_pipe_, O_CLOEXEC | O_NONBLOCK) != 0 || ::pipe2(peer_wake_pipe_, O_CLOEXEC | O_NONBLOCK) != 0 ||
         ::pipe2(stop_pipe_, O_CLOEXEC | O_NONBLOCK) != 0)
-      throw std::runtime_error("pipe: " + errno_string(errno));
+      throw std::runtime_error("pipe: " + errno_text(errno));
     open_storage();
     std::random_device rd;
     next_request_ = ((static_cast<std::uint64_t>(rd()) << 32) ^ rd()) & 0x3fffffffffffffffull;
@@ -10204,7 +10169,7 @@ inline void Runtime::read_snapshot_to_load(Store& into) const {
   const std::string& path = cfg_.load_snapshot;
   std::string text;
   if (const int err = read_whole_file(path, text))
-    throw std::runtime_error("cannot read snapshot " + path + ": " + errno_string(err));
+    throw std::runtime_error("cannot read snapshot " + path + ": " + errno_text(err));
   SnapshotMeta ignored;
   std::string error;
   if (text.compare(0, kSnapshotPrefix.size(), kSnapshotPrefix) == 0) {
@@ -10892,8 +10857,8 @@ inline void Runtime::apply_entry(const LogEntry& e) {
     SessionTable::Key session;
     std::uint64_t seq = 0, lowest = 0;
     if (forwarded) {
-      if (words.size() < 7 || !parse_u64(words[3], session.nonce) || !parse_u64(words[4], seq) ||
-          !parse_u64(words[5], lowest)) {
+      if (words.size() < 7 || !parse_number(words[3], session.nonce) || !parse_number(words[4], seq) ||
+          !parse_number(words[5], lowest)) {
         log(LogLevel::Error, "log entry " + std::to_string(e.index) + " is a malformed forwarded write: stopping the "
                              "apply loop");
         fatal_ = true;
@@ -11679,7 +11644,7 @@ inline std::optional<Reply> Runtime::config_command(const std::vector<std::strin
   for (const Option& o : options) {
     if (key != o.name) continue;
     std::uint64_t v = 0;
-    if (!(o.memory ? parse_memory(w[3], v) : parse_u64(w[3], v)))
+    if (!(o.memory ? parse_memory(w[3], v) : parse_number(w[3], v)))
       return failed(o.memory ? "argument must be a memory value" : "argument couldn't be parsed into an integer");
     if (key == "maxclients" && v > o.max)
       return failed("The operating system is not able to handle the specified number of clients, try with " +
@@ -12099,7 +12064,7 @@ inline void Runtime::poll_loop() {
     int n = ::poll(fds.data(), fds.size(), 100);
     if (stopping_) break;
     if (n < 0) {
-      if (errno != EINTR) log(LogLevel::Error, "poll: " + errno_string(errno));
+      if (errno != EINTR) log(LogLevel::Error, "poll: " + errno_text(errno));
       continue;
     }
     if (fds[0].revents & POLLIN) {
@@ -12464,7 +12429,7 @@ inline void Runtime::peer_loop() {
     int n = ::poll(fds.data(), fds.size(), 100);
     if (stopping_) break;
     if (n < 0) {
-      if (errno != EINTR) log(LogLevel::Error, "poll (peers): " + errno_string(errno));
+      if (errno != EINTR) log(LogLevel::Error, "poll (peers): " + errno_text(errno));
       continue;
     }
     if (fds[0].revents & POLLIN) {
@@ -13167,7 +13132,7 @@ inline ParsedArgs parse_args(int argc, char** argv) {
                a == "--checkpoint-interval") {
       if (!value(v)) return out;
       std::uint64_t n = 0;
-      if (!detail::parse_u64(v, n) || n > (std::uint64_t{1} << 31)) {
+      if (!detail::parse_number(v, n) || n > (std::uint64_t{1} << 31)) {
         out.error = a + " needs a number, not '" + v + "'";
         return out;
       }

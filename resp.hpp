@@ -286,24 +286,23 @@ constexpr std::size_t kKeptBufferCapacity = 1024 * 1024;
 
 inline bool is_digit(char c) { return c >= '0' && c <= '9'; }
 
-/// Redis's string2ll: an optional '-', no leading zeros, no '+' or spaces, within int64.
-inline bool parse_int64(const char* p, std::size_t n, std::int64_t& out) {
-  if (n == 0 || n > 20) return false;
-  if (n == 1 && p[0] == '0') {
+/// Redis's string2ll, the one integer parser for Redis arguments and RESP integers (the store
+/// uses it too): an optional '-', digits, no leading zeros, no '+' or spaces, at most 20
+/// characters, within int64; "-0" is refused, as Redis refuses it.
+inline bool parse_int64(std::string_view s, std::int64_t& out) {
+  if (s.empty() || s.size() > 20) return false;
+  if (s == "0") {
     out = 0;
     return true;
   }
-  const bool negative = p[0] == '-';
-  if (negative) {
-    ++p;
-    --n;
-  }
-  if (n == 0 || p[0] < '1' || p[0] > '9') return false;
+  const bool negative = s[0] == '-';
+  if (negative) s.remove_prefix(1);
+  if (s.empty() || s[0] < '1' || s[0] > '9') return false;
   std::uint64_t v = 0;
   constexpr std::uint64_t kMax = std::numeric_limits<std::uint64_t>::max();
-  for (std::size_t i = 0; i < n; ++i) {
-    if (!is_digit(p[i])) return false;
-    const unsigned d = static_cast<unsigned>(p[i] - '0');
+  for (const char c : s) {
+    if (!is_digit(c)) return false;
+    const unsigned d = static_cast<unsigned>(c - '0');
     if (v > (kMax - d) / 10) return false;
     v = v * 10 + d;
   }
@@ -385,7 +384,7 @@ inline Line read_number_line(const std::string& buf, std::size_t& pos, std::size
   std::size_t after = pos;
   const Line r = read_line(buf, after, scanned, kMaxLengthLine, text);
   if (r != Line::Ok) return r;
-  if (!parse_int64(text.data(), text.size(), value)) return Line::Invalid;
+  if (!parse_int64(text, value)) return Line::Invalid;
   pos = after;
   return Line::Ok;
 }
@@ -856,7 +855,7 @@ inline Status ReplyParser::parse_value() {
         if (!detail::is_big_number(text)) return fail("Protocol error: invalid big number");
         add_value(Type::BigNumber).str.assign(text);
       } else if (prefix == ':') {
-        if (!detail::parse_int64(text.data(), text.size(), n)) {
+        if (!detail::parse_int64(text, n)) {
           return fail("Protocol error: invalid integer");
         }
         add_value(Type::Integer).num = n;

@@ -1,13 +1,15 @@
 // Helpers for tests that run raft::Node objects inside the test process, on loopback: time
 // scaled by RAFT_TIME_SCALE, polling with deadlines, per-node log capture, and a cluster of
 // nodes with a static peer map. The same as test_runtime.cpp's own helpers (which predate this
-// header), for the test files written since.
+// header), for the test files written since. Deadlines, waiting and replies as text come from
+// tests/support.hpp.
 #pragma once
 
 #include <catch2/catch.hpp>
 
 #include "raft.hpp"
 #include "net_slot.hpp"
+#include "support.hpp"
 #include "temp_dir.hpp"
 
 #include <chrono>
@@ -26,36 +28,18 @@ namespace in_process {
 
 using test_support::TempDir;
 
-// ---- time -----------------------------------------------------------------------------------
-
-inline double time_scale() {
-  const char* s = std::getenv("RAFT_TIME_SCALE");
-  if (s == nullptr || *s == '\0') return 1.0;
-  char* end = nullptr;
-  double v = std::strtod(s, &end);
-  return (end != nullptr && *end == '\0' && v > 0) ? v : 1.0;
-}
-
-inline std::chrono::milliseconds scaled(int ms) {
-  return std::chrono::milliseconds(static_cast<long long>(ms * time_scale()));
-}
-
-/// Polls `cond` every few milliseconds until it holds or `ms` (scaled) have passed.
-template <class Cond>
-bool eventually(Cond cond, int ms = 15000) {
-  const auto deadline = std::chrono::steady_clock::now() + scaled(ms);
-  for (;;) {
-    if (cond()) return true;
-    if (std::chrono::steady_clock::now() >= deadline) return cond();
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-}
-
-/// Waits for a future within `ms` (scaled); false if it is not ready by then.
-template <class T>
-bool ready_within(std::future<T>& f, int ms = 15000) {
-  return f.wait_for(scaled(ms)) == std::future_status::ready;
-}
+using test_support::eventually;
+using test_support::holds_for;
+using test_support::info_field;
+using test_support::is_ok;
+using test_support::long_wait;
+using test_support::read_file;
+using test_support::ready_within;
+using test_support::scaled;
+using test_support::show;
+using test_support::stored;
+using test_support::time_scale;
+using test_support::typed;
 
 // ---- logs -----------------------------------------------------------------------------------
 
@@ -91,55 +75,13 @@ class LogLines {
   std::vector<std::string> lines_;
 };
 
-// ---- replies and state ------------------------------------------------------------------------
-
-inline std::string describe(const raft::Reply& r) {
-  using resp::Type;
-  switch (r.type) {
-    case Type::SimpleString: return "+" + r.str;
-    case Type::Error: return "-" + r.str;
-    case Type::BulkString: return "\"" + r.str + "\"";
-    case Type::Integer: return ":" + std::to_string(r.num);
-    case Type::NullBulk:
-    case Type::NullArray:
-    case Type::Null: return "(nil)";
-    default: {
-      std::string s = "[";
-      for (const auto& e : r.elements) s += describe(e) + " ";
-      return s + "]";
-    }
-  }
-}
-
-inline bool is_ok(const raft::Reply& r) { return r.type == resp::Type::SimpleString && r.str == "OK"; }
-
-/// The string value of a key in a node's replicated data; "(none)" when absent (deadlines
-/// ignored).
-inline std::string stored(const raft::Node& n, const std::string& key) {
-  std::string out = "(none)";
-  n.read([&](const raft::Store& s) {
-    const raft::Store::Object* o = s.find(key, INT64_MIN);
-    if (o != nullptr) out = o->str;
-  });
-  return out;
-}
+// ---- state ----------------------------------------------------------------------------------
 
 /// A copy of a node's replicated data (keys and sessions).
 inline raft::Store snapshot_of_store(const raft::Node& n) {
   raft::Store copy;
   n.read([&](const raft::Store& s) { copy = s; });
   return copy;
-}
-
-/// One field of Node::info() ("raft_cluster_id"), or "" if absent.
-inline std::string info_field(const raft::Node& n, const std::string& field) {
-  std::istringstream in(n.info());
-  std::string line;
-  while (std::getline(in, line)) {
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (line.rfind(field + ":", 0) == 0) return line.substr(field.size() + 1);
-  }
-  return "";
 }
 
 // ---- nodes ----------------------------------------------------------------------------------
@@ -216,10 +158,10 @@ class Cluster {
   /// its number, or 0 (with the logs as a message) on timeout.
   int wait_for_leader(int ms = 20000) {
     int found = 0;
-    bool ok = eventually([&] {
+    bool ok = eventually(scaled(ms), [&] {
       found = current_leader();
       return found != 0;
-    }, ms);
+    });
     if (!ok) UNSCOPED_INFO("no single leader; logs:\n" << all_logs());
     return ok ? found : 0;
   }

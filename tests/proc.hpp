@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "resp.hpp"
+#include "support.hpp"
 #include "temp_dir.hpp"
 
 namespace proc {
@@ -45,19 +46,18 @@ namespace proc {
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
+// Deadlines, waiting, files, INFO fields and replies as text: tests/support.hpp.
+using test_support::eventually;
+using test_support::holds_for;
+using test_support::info_field;
+using test_support::long_wait;
+using test_support::read_file;
+using test_support::scaled;
+using test_support::show;
+using test_support::time_scale;
+using test_support::typed;
+
 // ---- environment ----------------------------------------------------------------------------
-
-/// RAFT_TIME_SCALE (1 by default; 3 under ASan, 5 under TSan): multiplies every deadline.
-inline double time_scale() {
-  const char* s = std::getenv("RAFT_TIME_SCALE");
-  double v = s ? std::atof(s) : 1.0;
-  return v > 0 ? v : 1.0;
-}
-
-/// A deadline of `ms` milliseconds at time scale 1.
-inline milliseconds scaled(long ms) {
-  return milliseconds(static_cast<long>(static_cast<double>(ms) * time_scale()));
-}
 
 /// RAFT_BUILD_DIR (default "build"): where the examples were built.
 inline std::string build_dir() {
@@ -78,38 +78,6 @@ inline std::string find_program(const std::string& name) {
     if (access(full.c_str(), X_OK) == 0) return full;
   }
   return "";
-}
-
-// ---- waiting --------------------------------------------------------------------------------
-
-/// Checks `cond` every few milliseconds until it holds (true) or `timeout` passes (false).
-template <class Cond>
-bool eventually(milliseconds timeout, Cond cond) {
-  const auto deadline = Clock::now() + timeout;
-  for (;;) {
-    if (cond()) return true;
-    if (Clock::now() >= deadline) return false;
-    std::this_thread::sleep_for(milliseconds(10));
-  }
-}
-
-/// Checks `cond` every few milliseconds for `timeout`: true if it held every time, false as
-/// soon as it does not. For what must stay true over a period, not only at one instant.
-template <class Cond>
-bool holds_for(milliseconds timeout, Cond cond) {
-  const auto deadline = Clock::now() + timeout;
-  do {
-    if (!cond()) return false;
-    std::this_thread::sleep_for(milliseconds(10));
-  } while (Clock::now() < deadline);
-  return cond();
-}
-
-inline std::string read_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::ostringstream s;
-  s << f.rdbuf();
-  return s.str();
 }
 
 inline std::size_t count(const std::string& text, const std::string& what) {
@@ -491,42 +459,9 @@ class Client {
   std::string error_;
 };
 
-/// A reply as text, for messages and comparisons: "OK", "-ERR ...", "(nil)", "42", "[a, b]".
-inline std::string show(const resp::Value& v) {
-  switch (v.type) {
-    case resp::Type::Error:
-      return "-" + v.str;
-    case resp::Type::Integer:
-      return std::to_string(v.num);
-    case resp::Type::NullBulk:
-    case resp::Type::NullArray:
-    case resp::Type::Null:
-      return "(nil)";
-    default:
-      break;
-  }
-  if (v.is_aggregate()) {
-    std::string s = "[";
-    for (std::size_t i = 0; i < v.elements.size(); ++i) s += (i ? ", " : "") + show(v.elements[i]);
-    return s + "]";
-  }
-  return std::string(v.text());
-}
-
 /// Starts with `prefix` (an error's code word, usually).
 inline bool starts_with(const std::string& s, const std::string& prefix) {
   return s.compare(0, prefix.size(), prefix) == 0;
-}
-
-/// One field of an INFO reply ("raft_role"), "" when absent.
-inline std::string info_field(const std::string& info, const std::string& field) {
-  std::istringstream lines(info);
-  std::string line;
-  while (std::getline(lines, line)) {
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (line.compare(0, field.size() + 1, field + ":") == 0) return line.substr(field.size() + 1);
-  }
-  return "";
 }
 
 /// A TCP port on 127.0.0.1 that nothing listens on just now (the kernel's pick); 0 if none.

@@ -33,7 +33,7 @@ std::string client_ip(const raft::Node& n) { return n.address().substr(0, n.addr
 proc::Client connect(const raft::Node& n) { return proc::Client(client_ip(n), client_port(n)); }
 
 bool leads(raft::Node& n) {
-  return in_process::eventually([&] { return n.state() == 'l'; });
+  return in_process::eventually(in_process::long_wait(), [&] { return n.state() == 'l'; });
 }
 
 const std::string kNoAuth = "-NOAUTH Authentication required.";
@@ -305,7 +305,7 @@ TEST_CASE("a read-only user cannot write through a follower: the leader checks t
   // The default user writes through the follower, and so does the embedding program.
   CHECK(show(admin.call({"SET", "k2", "v2"})) == "OK");
   CHECK(in_process::is_ok(follower.execute({"SET", "k3", "v3"})));
-  CHECK(in_process::eventually([&] {
+  CHECK(in_process::eventually(in_process::long_wait(), [&] {
     for (int i = 1; i <= 3; ++i)
       if (in_process::stored(c[i], "k2") != "v2" || in_process::stored(c[i], "k3") != "v3") return false;
     return true;

@@ -1,7 +1,8 @@
 // The built-in Redis commands, called through the handler table with a Store and a Call (no
-// node). Replies are compared in a compact text form: +OK, -ERR ..., 5 (integer), 'x' (bulk,
-// Python repr), nil, *nil (null array), [..] (array), {k: v} (map).
+// node). Replies are compared as test_support::typed() prints them: +OK, -ERR ..., 5 (integer),
+// 'x' (bulk, Python repr), nil, *nil (null array), [..] (array), {k: v} (map).
 #include "raft.hpp"
+#include "support.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -11,28 +12,7 @@ namespace {
 
 using raft::Store;
 
-std::string show(const resp::Value& v) {
-  using resp::Type;
-  switch (v.type) {
-    case Type::SimpleString: return "+" + v.str;
-    case Type::Error: return "-" + v.str;
-    case Type::Integer: return std::to_string(v.num);
-    case Type::BulkString: return raft::detail::repr(v.str);
-    case Type::NullBulk: return "nil";
-    case Type::NullArray: return "*nil";
-    case Type::Array:
-    case Type::Map: {
-      const bool map = v.type == Type::Map;
-      std::string out = map ? "{" : "[";
-      for (std::size_t i = 0; i < v.elements.size(); ++i) {
-        if (i > 0) out += map && i % 2 == 1 ? ": " : ", ";
-        out += show(v.elements[i]);
-      }
-      return out + (map ? "}" : "]");
-    }
-    default: return "?";
-  }
-}
+using test_support::typed;
 
 constexpr std::int64_t kT0 = 1'700'000'000'000;  // an entry timestamp, ms
 
@@ -47,7 +27,7 @@ struct Db {
     raft::Call call{store, words, now, nullptr};
     const auto it = table.find(words[0]);
     REQUIRE(it != table.end());
-    return show(it->second.fn(call));
+    return typed(it->second.fn(call));
   }
 };
 
@@ -99,7 +79,7 @@ TEST_CASE("builtin table: an entry registered before is kept", "[store][commands
   Store s;
   std::vector<std::string> w{"get", "k"};
   raft::Call c{s, w, 0, nullptr};
-  CHECK(show(t.at("get").fn(c)) == "+mine");
+  CHECK(typed(t.at("get").fn(c)) == "+mine");
 }
 
 TEST_CASE("handlers called with the wrong number of words answer an arity error", "[store][commands]") {

@@ -159,7 +159,7 @@ struct Three {
   /// applied before is applied everywhere.
   void settle(const std::string& key) {
     REQUIRE(is_ok(c[leader].execute({"set", key, "1"})));
-    for (int i = 1; i <= 3; ++i) REQUIRE(eventually([&] { return stored(c[i], key) == "1"; }));
+    for (int i = 1; i <= 3; ++i) REQUIRE(eventually(long_wait(), [&] { return stored(c[i], key) == "1"; }));
   }
 };
 
@@ -186,7 +186,7 @@ TEST_CASE("a forward still queued on a stalled link at its deadline is answered 
   Three t(100, 600);
   t.rt(t.follower).set_link_fault_for_test(t.id(t.leader), Fault::Stall);
   const raft::Reply r = t.c[t.follower].execute({"incr", "n"});
-  INFO(describe(r));
+  INFO(typed(r));
   CHECK_THAT(r.str, StartsWith("TRYAGAIN"));
   CHECK(r.is_error());
 
@@ -202,13 +202,13 @@ TEST_CASE("a client's INCR retried through a follower after its forward's deadli
   Three t(101, 600);
   t.rt(t.follower).set_link_fault_for_test(t.id(t.leader), Fault::Stall);
   const raft::Reply first = t.c[t.follower].execute({"incr", "n"});
-  INFO("first: " << describe(first));
+  INFO("first: " << typed(first));
   REQUIRE(first.is_error());
   t.rt(t.follower).set_link_fault_for_test(t.id(t.leader), Fault::None);
 
   // The client retries, as clients do after an error.
   const raft::Reply retry = t.c[t.follower].execute({"incr", "n"});
-  INFO("retry: " << describe(retry));
+  INFO("retry: " << typed(retry));
   CHECK(retry.type == resp::Type::Integer);
   CHECK(retry.num == 1);
   t.settle("settled");
@@ -222,15 +222,15 @@ TEST_CASE("a forward whose answer was lost is sent again on a new connection and
   // The leader's answers to the follower are lost on the way.
   t.rt(t.leader).set_link_fault_for_test(t.id(t.follower), Fault::Drop);
   auto reply = t.c[t.follower].execute_async({"incr", "n"});
-  REQUIRE(eventually([&] { return stored(t.c[t.leader], "n") == "11"; }));
+  REQUIRE(eventually(long_wait(), [&] { return stored(t.c[t.leader], "n") == "11"; }));
   t.rt(t.leader).set_link_fault_for_test(t.id(t.follower), Fault::None);
   // The follower's connection to the leader breaks and comes back: it sends the write again.
   t.rt(t.follower).set_link_fault_for_test(t.id(t.leader), Fault::Drop);
   t.rt(t.follower).set_link_fault_for_test(t.id(t.leader), Fault::None);
 
-  REQUIRE(ready_within(reply));
+  REQUIRE(ready_within(reply, long_wait()));
   const raft::Reply r = reply.get();
-  INFO(describe(r));
+  INFO(typed(r));
   CHECK(r.type == resp::Type::Integer);
   CHECK(r.num == 11);
   t.settle("settled");
@@ -243,18 +243,18 @@ TEST_CASE("a forward whose answer was lost is answered by the next leader with t
   // The leader's answers (and heartbeats) to the follower wait in a stalled link.
   t.rt(t.leader).set_link_fault_for_test(t.id(t.follower), Fault::Stall);
   auto reply = t.c[t.follower].execute_async({"incr", "n"});
-  REQUIRE(eventually([&] { return stored(t.c[t.leader], "n") == "1"; }));
+  REQUIRE(eventually(long_wait(), [&] { return stored(t.c[t.leader], "n") == "1"; }));
 
   // Leadership moves to the third node; the follower hears of it and sends its write there.
   raft::Reply moved;
-  REQUIRE(eventually([&] {
+  REQUIRE(eventually(long_wait(), [&] {
     moved = t.c[t.leader].transfer_leadership(t.id(t.third));
     return is_ok(moved);
   }));
-  REQUIRE(eventually([&] { return t.c[t.follower].leader() == t.id(t.third); }));
-  REQUIRE(ready_within(reply));
+  REQUIRE(eventually(long_wait(), [&] { return t.c[t.follower].leader() == t.id(t.third); }));
+  REQUIRE(ready_within(reply, long_wait()));
   const raft::Reply r = reply.get();
-  INFO(describe(r));
+  INFO(typed(r));
   CHECK(r.type == resp::Type::Integer);
   CHECK(r.num == 1);
 
@@ -273,9 +273,9 @@ TEST_CASE("writes pipelined through a follower are applied once and in order whe
   for (int i = 1; i <= 20; ++i) replies.push_back(t.c[t.follower].execute_async({"rpush", "l", std::to_string(i)}));
   t.rt(t.follower).set_link_fault_for_test(t.id(t.leader), Fault::None);
   for (int i = 1; i <= 20; ++i) {
-    REQUIRE(ready_within(replies[static_cast<std::size_t>(i - 1)]));
+    REQUIRE(ready_within(replies[static_cast<std::size_t>(i - 1)], long_wait()));
     const raft::Reply r = replies[static_cast<std::size_t>(i - 1)].get();
-    INFO("write " << i << ": " << describe(r));
+    INFO("write " << i << ": " << typed(r));
     CHECK(r.num == i);
   }
   t.settle("settled");
@@ -296,7 +296,7 @@ TEST_CASE("the leader applies a forwarded write once however often it arrives, a
   config.data_dir = dir.file("data");
   auto node = std::make_unique<TestNode>(config);
   (*node)->start();
-  REQUIRE(eventually([&] { return (*node)->state() == 'l'; }));
+  REQUIRE(eventually(long_wait(), [&] { return (*node)->state() == 'l'; }));
   REQUIRE(is_ok((*node)->execute({"set", "n", "0"})));
   const std::string cluster_id = info_field(node->node(), "raft_cluster_id");
   const raft::detail::SessionTable::Key session{"9", "feed", 77};
@@ -313,7 +313,7 @@ TEST_CASE("the leader applies a forwarded write once however often it arrives, a
 
   // Across a snapshot.
   REQUIRE(is_ok((*node)->execute({"checkpoint"})));
-  REQUIRE(eventually([&] { return node->logs().contains("snapshot at index"); }));
+  REQUIRE(eventually(long_wait(), [&] { return node->logs().contains("snapshot at index"); }));
   REQUIRE(peer.send({"FWD", "77", "1", "1", "", "incr", "n"}));
   CHECK(show(peer.next()) == show(fwdr(77, 1, "done", raft::Reply::integer(1))));
   // The follower no longer waits for 1: its reply goes, and a late copy of 1 does not run.
@@ -333,7 +333,7 @@ TEST_CASE("the leader applies a forwarded write once however often it arrives, a
   node.reset();
   node = std::make_unique<TestNode>(config);
   (*node)->start();
-  REQUIRE(eventually([&] { return (*node)->state() == 'l'; }));
+  REQUIRE(eventually(long_wait(), [&] { return (*node)->state() == 'l'; }));
   REQUIRE(is_ok((*node)->execute({"set", "restarted", "1"})));  // applied: so is everything before
   CHECK(stored(node->node(), "n") == "2");
   CHECK(snapshot_of_store(node->node()).sessions() == before.sessions());
@@ -346,7 +346,7 @@ TEST_CASE("the leader applies a forwarded write once however often it arrives, a
 TEST_CASE("the leader refuses, before appending it, a forwarded write it would not run", "[runtime][forward]") {
   TestNode node(node_config("1", address(111, 1)));
   node->start();
-  REQUIRE(eventually([&] { return node->state() == 'l'; }));
+  REQUIRE(eventually(long_wait(), [&] { return node->state() == 'l'; }));
   REQUIRE(is_ok(node->execute({"set", "k", "v"})));
   const std::string last = info_field(node.node(), "raft_last_index");
 
@@ -403,13 +403,13 @@ TEST_CASE("a write handler that changes keys and then throws changes nothing on 
 
   for (int from = 1; from <= 3; ++from) {  // proposed on the leader, and forwarded by the others
     const raft::Reply r = c[from].execute({"change_then_throw", "x"});
-    INFO("from node " << from << ": " << describe(r));
+    INFO("from node " << from << ": " << typed(r));
     CHECK(r.is_error());
     CHECK_THAT(r.str, StartsWith("ERR handler failed: stoi"));
   }
   REQUIRE(is_ok(c[leader].execute({"set", "settled", "1"})));
   for (int i = 1; i <= 3; ++i) {
-    REQUIRE(eventually([&] { return stored(c[i], "settled") == "1"; }));
+    REQUIRE(eventually(long_wait(), [&] { return stored(c[i], "settled") == "1"; }));
     INFO("node " << i);
     for (const char* k : {"a", "b", "c", "d"}) CHECK(stored(c[i], k) == "0");
     CHECK(stored(c[i], "new") == "(none)");
@@ -428,19 +428,19 @@ TEST_CASE("a write handler that runs out of memory stops the node, saying why an
     throw std::bad_alloc();
   }, "we", 0, 0);
   node->start();
-  REQUIRE(eventually([&] { return node->state() == 'l'; }));
+  REQUIRE(eventually(long_wait(), [&] { return node->state() == 'l'; }));
   auto reply = node->execute_async({"grow"});
-  REQUIRE(ready_within(reply));
+  REQUIRE(ready_within(reply, long_wait()));
   const raft::Reply r = reply.get();
-  INFO(describe(r));
+  INFO(typed(r));
   CHECK_THAT(r.str, StartsWith("MISCONF"));
-  REQUIRE(eventually([&] { return node.logs().contains("ran out of memory"); }));
+  REQUIRE(eventually(long_wait(), [&] { return node.logs().contains("ran out of memory"); }));
   const std::string line = node.logs().line_with("ran out of memory");
   CHECK_THAT(line, StartsWith("[ERROR]"));
   CHECK_THAT(line, Contains("'grow'"));
   CHECK_THAT(line, Contains("Restart it"));
   auto joined = std::async(std::launch::async, [&] { node->join(); });
-  const bool stopped = ready_within(joined);
+  const bool stopped = ready_within(joined, long_wait());
   if (!stopped) node->stop();
   CHECK(stopped);
 }
@@ -449,11 +449,11 @@ TEST_CASE("a write handler that throws something other than a std::exception sto
   TestNode node(node_config("1", address(122, 1)));
   node->handler("odd", [](raft::Call&) -> raft::Reply { throw 42; }, "we", 0, 0);
   node->start();
-  REQUIRE(eventually([&] { return node->state() == 'l'; }));
+  REQUIRE(eventually(long_wait(), [&] { return node->state() == 'l'; }));
   auto reply = node->execute_async({"odd"});
-  REQUIRE(ready_within(reply));
+  REQUIRE(ready_within(reply, long_wait()));
   CHECK_THAT(reply.get().str, StartsWith("MISCONF"));
-  REQUIRE(eventually([&] { return node.logs().contains("not a std::exception"); }));
+  REQUIRE(eventually(long_wait(), [&] { return node.logs().contains("not a std::exception"); }));
   CHECK_THAT(node.logs().line_with("not a std::exception"), Contains("'odd'"));
 }
 
@@ -472,11 +472,11 @@ std::vector<std::string> del_of(std::size_t keys) {
 TEST_CASE("a write with more words than a command may have is refused before it is appended", "[runtime][forward]") {
   TestNode node(node_config("1", address(130, 1)));
   node->start();
-  REQUIRE(eventually([&] { return node->state() == 'l'; }));
+  REQUIRE(eventually(long_wait(), [&] { return node->state() == 'l'; }));
   REQUIRE(is_ok(node->execute({"set", "k", "v"})));
   const std::string last = info_field(node.node(), "raft_last_index");
   const raft::Reply r = node->execute(del_of(raft::detail::kMaxCommandWords));  // one word too many
-  INFO(describe(r));
+  INFO(typed(r));
   CHECK_THAT(r.str, StartsWith("ERR too many arguments"));
   CHECK(info_field(node.node(), "raft_last_index") == last);  // nothing appended
   // The node goes on: nothing it cannot apply is in its log.
@@ -492,7 +492,7 @@ TEST_CASE("an entry in the log longer than the command limits is applied, never 
   {
     TestNode node(config);
     node->start();
-    REQUIRE(eventually([&] { return node->state() == 'l'; }));
+    REQUIRE(eventually(long_wait(), [&] { return node->state() == 'l'; }));
     REQUIRE(is_ok(node->execute({"set", "k0", "v"})));
   }
   // As a node with other limits (or another version) may have written it.
@@ -514,7 +514,7 @@ TEST_CASE("an entry in the log longer than the command limits is applied, never 
   }
   TestNode node(config);
   node->start();
-  REQUIRE(eventually([&] { return node->state() == 'l'; }));
+  REQUIRE(eventually(long_wait(), [&] { return node->state() == 'l'; }));
   REQUIRE(is_ok(node->execute({"set", "after", "1"})));
   CHECK(stored(node.node(), "k0") == "(none)");  // deleted by the long entry
   CHECK_FALSE(node.logs().contains("stopping the apply loop"));
@@ -535,12 +535,12 @@ TEST_CASE("a node that has no handler for an entry in its log stops and says wha
       return raft::Reply::ok();
     }, "we", 0, 0);
     node->start();
-    REQUIRE(eventually([&] { return node->state() == 'l'; }));
+    REQUIRE(eventually(long_wait(), [&] { return node->state() == 'l'; }));
     REQUIRE(is_ok(node->execute({"bump"})));
   }
   TestNode node(config);  // started again without "bump"
   node->start();
-  REQUIRE(eventually([&] { return node.logs().contains("stopping the apply loop"); }));
+  REQUIRE(eventually(long_wait(), [&] { return node.logs().contains("stopping the apply loop"); }));
   const std::string line = node.logs().line_with("stopping the apply loop");
   CHECK_THAT(line, Contains("'bump'"));
   CHECK_THAT(line, Contains("same handlers as the rest of the cluster"));
@@ -553,10 +553,10 @@ TEST_CASE("handler names starting with __ are the runtime's", "[runtime][forward
   CHECK_THROWS_AS(node->handler("__fwd", [](raft::Call&) { return raft::Reply::ok(); }, "we"), std::invalid_argument);
   CHECK_THROWS_AS(node->handler("__expire", [](raft::Call&) { return raft::Reply::ok(); }, "we"), std::invalid_argument);
   node->start();
-  REQUIRE(eventually([&] { return node->state() == 'l'; }));
+  REQUIRE(eventually(long_wait(), [&] { return node->state() == 'l'; }));
   for (const char* name : {"__fwd", "__expire"}) {
     const raft::Reply r = node->execute({name, "k"});
-    INFO(describe(r));
+    INFO(typed(r));
     CHECK_THAT(r.str, StartsWith("ERR unknown command"));
   }
 }
@@ -576,7 +576,7 @@ TEST_CASE("a forwarded write refused for a full session table is answered not-ru
   config.wall_clock = [clock] { return clock->load(); };
   TestNode node(config);
   node->start();
-  REQUIRE(eventually([&] { return node->state() == 'l'; }));
+  REQUIRE(eventually(long_wait(), [&] { return node->state() == 'l'; }));
   REQUIRE(is_ok(node->execute({"set", "n", "0"})));
   FakePeer peer(ip(150, 9), 7090);
   REQUIRE(peer.hello(address(150, 1), info_field(node.node(), "raft_cluster_id"), "9", "feed"));
@@ -637,7 +637,7 @@ TEST_CASE("a forwarded write whose first copy was refused for a full session tab
   // entry, and one appended later could be taken below for the first copy's entry (the first
   // copy might then run, and the test prove less).
   REQUIRE(is_ok(c[leader].execute({"set", "started", "1"})));
-  for (int i : {leader, follower, third}) REQUIRE(eventually([&] { return stored(c[i], "started") == "1"; }));
+  for (int i : {leader, follower, third}) REQUIRE(eventually(long_wait(), [&] { return stored(c[i], "started") == "1"; }));
 
   // Other nodes' runs fill the leader's session table (the follower has forwarded nothing yet:
   // its first forward opens a new session).
@@ -652,7 +652,7 @@ TEST_CASE("a forwarded write whose first copy was refused for a full session tab
     REQUIRE(m.size() == 5);
     REQUIRE(m[3] == "done");
   }
-  REQUIRE(eventually([&] {
+  REQUIRE(eventually(long_wait(), [&] {
     return std::to_string(c[leader].applied_index()) == info_field(c[leader], "raft_last_index");
   }));
   // The first copy: refused (no session idle long enough to be forgotten). Its answer waits on
@@ -661,26 +661,26 @@ TEST_CASE("a forwarded write whose first copy was refused for a full session tab
   const std::uint64_t before = c[leader].applied_index();
   c[leader].runtime().set_link_fault_for_test(follower_id, Fault::Stall);
   auto reply = c[follower].execute_async({"incr", "n"});
-  REQUIRE(eventually([&] { return c[leader].applied_index() > before; }));  // the first copy's entry
+  REQUIRE(eventually(long_wait(), [&] { return c[leader].applied_index() > before; }));  // the first copy's entry
   // The sessions expire; the follower's connection breaks and comes back, and it sends the
   // write again: this copy runs.
   pass_leader_time(c[leader], *clock, t0 + SessionTable::kIdleMs);
   c[follower].runtime().set_link_fault_for_test(leader_id, Fault::Drop);
   c[follower].runtime().set_link_fault_for_test(leader_id, Fault::None);
-  REQUIRE(eventually([&] { return stored(c[leader], "n") == "1"; }));
+  REQUIRE(eventually(long_wait(), [&] { return stored(c[leader], "n") == "1"; }));
   // Both answers reach the follower now, the first copy's first. That one says "not run" of
   // its own copy only: the follower sent two, so it waits, and answers with the reply of the
   // copy that ran (answering "not run" would tell the caller a lie: n is 1 everywhere).
   c[leader].runtime().set_link_fault_for_test(follower_id, Fault::None);
-  REQUIRE(ready_within(reply));
+  REQUIRE(ready_within(reply, long_wait()));
   const raft::Reply r = reply.get();
-  INFO(describe(r));
+  INFO(typed(r));
   CHECK(r.type == resp::Type::Integer);
   CHECK(r.num == 1);
 
   REQUIRE(is_ok(c[leader].execute({"set", "settled", "1"})));
   for (int i : {leader, follower, third}) {
-    REQUIRE(eventually([&] { return stored(c[i], "settled") == "1"; }));
+    REQUIRE(eventually(long_wait(), [&] { return stored(c[i], "settled") == "1"; }));
     CHECK(stored(c[i], "n") == "1");
   }
 }
@@ -694,15 +694,15 @@ TEST_CASE("a forward whose answer was lost on the leader's connection while the 
   // the leader never breaks, so nothing there makes it send the write again.
   t.rt(t.leader).set_link_fault_for_test(t.id(t.follower), Fault::Drop);
   auto reply = t.c[t.follower].execute_async({"incr", "n"});
-  REQUIRE(eventually([&] { return stored(t.c[t.leader], "n") == "11"; }));
+  REQUIRE(eventually(long_wait(), [&] { return stored(t.c[t.leader], "n") == "11"; }));
   // A write the leader commits after it: its link to the follower has long handed the answer
   // over (to be lost) by then.
   REQUIRE(is_ok(t.c[t.leader].execute({"set", "after", "1"})));
   t.rt(t.leader).set_link_fault_for_test(t.id(t.follower), Fault::None);
 
-  REQUIRE(ready_within(reply));
+  REQUIRE(ready_within(reply, long_wait()));
   const raft::Reply r = reply.get();
-  INFO(describe(r));
+  INFO(typed(r));
   CHECK(r.type == resp::Type::Integer);
   CHECK(r.num == 11);
   t.settle("settled");
@@ -717,7 +717,7 @@ TEST_CASE("a link holding more than its whole budget of unanswered forwards stil
   constexpr std::size_t kBudget = 1024;
   TestNode node(node_config("1", address(153, 1)));
   node->start();
-  REQUIRE(eventually([&] { return node->state() == 'l'; }));
+  REQUIRE(eventually(long_wait(), [&] { return node->state() == 'l'; }));
   // The peer: a port this test listens on, and answers by hand.
   std::string error;
   const int listen_fd = raft::detail::listen_tcp(ip(153, 9), 7091, error);

@@ -74,16 +74,9 @@ raft::Config founder_config(const Net& net, const std::string& data_dir) {
   return c;
 }
 
-std::string info_field(const raft::Node& n, const std::string& field) { return proc::info_field(n.info(), field); }
+using proc::info_field;  // of a node too
 
-std::string stored(const raft::Node& n, const std::string& key) {
-  std::string out = "(none)";
-  n.read([&](const raft::Store& s) {
-    const raft::Store::Object* o = s.find(key, 0);
-    if (o != nullptr) out = o->str;
-  });
-  return out;
-}
+using test_support::stored;
 
 // What a member of an existing cluster does to a member's address: its link connects (again
 // and again while nothing listens, as PeerLink does) and completes the handshake with the

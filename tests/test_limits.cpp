@@ -22,15 +22,12 @@ proc::Client connect(const raft::Node& n) { return proc::Client(client_ip(n), cl
 raft::Config single(int test) { return in_process::node_config("1", in_process::address(test, 1)); }
 
 bool leads(raft::Node& n) {
-  return in_process::eventually([&] { return n.state() == 'l'; });
+  return in_process::eventually(in_process::long_wait(), [&] { return n.state() == 'l'; });
 }
 
+/// One field of INFO asked of a running node by a client.
 std::string info_field(proc::Client& c, const std::string& field) {
-  const std::string text(c.call({"INFO"}).text());
-  const std::size_t at = text.find("\n" + field + ":");
-  if (at == std::string::npos) return "";
-  const std::size_t begin = at + field.size() + 2;
-  return text.substr(begin, text.find('\r', begin) - begin);
+  return proc::info_field(std::string(c.call({"INFO"}).text()), field);
 }
 
 std::string mib_of(char c, std::size_t bytes) { return std::string(bytes, c); }
@@ -259,7 +256,7 @@ TEST_CASE("maxmemory (noeviction): writes that grow the data are refused with Re
   const std::string kOom = "-OOM command not allowed when used memory > 'maxmemory'.";
   CHECK(refused == kOom);
   // The follower knows it applied as much: it refuses before forwarding (the leader would too).
-  CHECK(in_process::eventually([&] { return show(f.call({"SET", "other", "x"})) == kOom; }));
+  CHECK(in_process::eventually(in_process::long_wait(), [&] { return show(f.call({"SET", "other", "x"})) == kOom; }));
   CHECK(show(f.call({"INCR", "n"})) == kOom);
   CHECK(show(l.call({"RPUSH", "list", "x"})) == kOom);
   // Reads and deletes work.
@@ -274,7 +271,7 @@ TEST_CASE("maxmemory (noeviction): writes that grow the data are refused with Re
   // Replicas never diverge: the refusal is not in apply.
   for (int i = 1; i <= 3; ++i) {
     INFO("node " << i);
-    CHECK(in_process::eventually([&] { return in_process::stored(c[i], "small") == "v"; }));
+    CHECK(in_process::eventually(in_process::long_wait(), [&] { return in_process::stored(c[i], "small") == "v"; }));
     CHECK(in_process::stored(c[i], "key0") == "(none)");
     CHECK(in_process::stored(c[i], "key" + std::to_string(written)) == "(none)");
     CHECK(in_process::stored(c[i], "key" + std::to_string(written - 1)) == std::string(10000, 'x'));
@@ -349,7 +346,7 @@ TEST_CASE("max-command-bytes (16 MiB by default): a write just over it is refuse
   CHECK(show(f.call(fits, proc::scaled(30000))) == "OK");
   for (int i = 1; i <= 3; ++i) {
     INFO("node " << i);
-    CHECK(in_process::eventually([&] { return in_process::stored(c[i], "b") == fits[4]; }, 30000));
+    CHECK(in_process::eventually(in_process::scaled(30000), [&] { return in_process::stored(c[i], "b") == fits[4]; }));
   }
   CHECK(show(l.call({"SET", "k", "v"})) == "OK");
 }

@@ -95,7 +95,7 @@ void check_unharmed(raft::Node& n) {
 std::unique_ptr<TestNode> started_founder(const raft::Config& c) {
   auto n = std::make_unique<TestNode>(c);
   (*n)->start();
-  REQUIRE(eventually([&] { return (*n)->state() == 'l'; }));
+  REQUIRE(eventually(long_wait(), [&] { return (*n)->state() == 'l'; }));
   return n;
 }
 
@@ -112,18 +112,18 @@ TEST_CASE("peer auth: a node sends an address that has not proved it holds the s
   REQUIRE(raft::detail::parse_host_port(address(231, 9), evil, error));
   const int listener = raft::detail::listen_tcp(evil.host, evil.port + 1, error);
   REQUIRE(listener >= 0);
-  REQUIRE(eventually([&] { return is_ok((*n)->add_learner("evil", address(231, 9))); }));
+  REQUIRE(eventually(long_wait(), [&] { return is_ok((*n)->add_learner("evil", address(231, 9))); }));
 
   std::string captured;
   int fd = -1;
-  REQUIRE(eventually([&] {
+  REQUIRE(eventually(long_wait(), [&] {
     fd = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
     return fd >= 0;
   }));
   // Wait for a whole first message (its HELLO), then answer as a node would that accepts it.
   resp::RequestParser parser;
   std::vector<std::string> hello;
-  REQUIRE(eventually([&] {
+  REQUIRE(eventually(long_wait(), [&] {
     char buf[4096];
     pollfd p{fd, POLLIN, 0};
     if (::poll(&p, 1, 5) == 1) {
@@ -256,7 +256,7 @@ TEST_CASE("peer auth: a byte altered or a frame replayed in an authenticated str
     std::string rest;
     CHECK(read_until_closed(fd, rest, 5000));
     ::close(fd);
-    CHECK(eventually([&] { return n->logs().contains("frame 0 failed authentication"); }));
+    CHECK(eventually(long_wait(), [&] { return n->logs().contains("frame 0 failed authentication"); }));
   }
   CHECK((*n)->term() == term);
   {
@@ -270,7 +270,7 @@ TEST_CASE("peer auth: a byte altered or a frame replayed in an authenticated str
     std::string rest;
     CHECK(read_until_closed(fd, rest, 5000));
     ::close(fd);
-    CHECK(eventually([&] { return n->logs().contains("frame 1 failed authentication"); }));
+    CHECK(eventually(long_wait(), [&] { return n->logs().contains("frame 1 failed authentication"); }));
   }
   check_unharmed(**n);
 }
@@ -288,7 +288,7 @@ TEST_CASE("peer auth: a heartbeat from an authenticated leader the configuration
   hb.type = MessageType::Heartbeat;
   hb.term = (*n)->term() + 1;
   send_bytes(fd, sealed(h.session, raft_bytes(hb)));
-  CHECK(eventually([&] { return (*n)->leader() == "newleader" && (*n)->term() == hb.term; }));
+  CHECK(eventually(long_wait(), [&] { return (*n)->leader() == "newleader" && (*n)->term() == hb.term; }));
   ::close(fd);
 }
 
@@ -299,15 +299,15 @@ TEST_CASE("peer auth: a node with another secret never joins the traffic of the 
   });
   c.start();
   int leader = 0;
-  REQUIRE(eventually([&] {
+  REQUIRE(eventually(long_wait(), [&] {
     for (int i : {1, 2})
       if (c[i].state() == 'l' && c[c.other_than(i, 3)].leader() == c[i].id()) leader = i;
     return leader != 0;
   }));
   REQUIRE(is_ok(c[leader].execute({"set", "k", "v"})));
-  CHECK(eventually([&] { return stored(c[c.other_than(leader, 3)], "k") == "v"; }));
+  CHECK(eventually(long_wait(), [&] { return stored(c[c.other_than(leader, 3)], "k") == "v"; }));
   // Both sides say why, and keep saying it after the write: node 3 never got it.
-  CHECK(eventually([&] {
+  CHECK(eventually(long_wait(), [&] {
     return c.test_node(3).logs().contains("wrong secret") &&
            c.test_node(leader).logs().contains("refused a peer connection: wrong secret");
   }));
@@ -342,14 +342,14 @@ TEST_CASE("peer auth: the secret rotates node by node, old and new accepted, the
   auto write_everywhere = [&] {
     const std::string key = "k" + std::to_string(++writes);
     int leader = 0;
-    REQUIRE(eventually([&] {
+    REQUIRE(eventually(long_wait(), [&] {
       for (int i = 1; i <= 3; ++i)
         if ((*nodes[static_cast<std::size_t>(i - 1)])->state() == 'l') leader = i;
       return leader != 0 && is_ok((*nodes[static_cast<std::size_t>(leader - 1)])->execute({"set", key, "v"}));
     }));
     for (int i = 1; i <= 3; ++i) {
       INFO("node " << i << " after write " << key);
-      CHECK(eventually([&] { return stored(**nodes[static_cast<std::size_t>(i - 1)], key) == "v"; }));
+      CHECK(eventually(long_wait(), [&] { return stored(**nodes[static_cast<std::size_t>(i - 1)], key) == "v"; }));
     }
   };
   for (int i = 1; i <= 3; ++i) restart(i, "old", "");
@@ -364,7 +364,7 @@ TEST_CASE("peer auth: the secret rotates node by node, old and new accepted, the
   }
   // A node still on the old secret alone is now a stranger.
   restart(3, "old", "");
-  CHECK(eventually([&] { return nodes[2]->logs().contains("wrong secret"); }));
+  CHECK(eventually(long_wait(), [&] { return nodes[2]->logs().contains("wrong secret"); }));
   restart(3, "new", "");
   write_everywhere();
   std::vector<std::thread> stoppers;

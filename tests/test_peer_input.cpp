@@ -67,7 +67,7 @@ raft::Message from_stranger(raft::MessageType type, std::uint64_t term) {
 std::unique_ptr<TestNode> founder_with_keys(const raft::Config& config, int keys) {
   auto node = std::make_unique<TestNode>(config);
   (*node)->start();
-  REQUIRE(eventually([&] { return (*node)->state() == 'l'; }));
+  REQUIRE(eventually(long_wait(), [&] { return (*node)->state() == 'l'; }));
   for (int i = 1; i <= keys; ++i) REQUIRE(is_ok((*node)->execute({"set", "k" + std::to_string(i), "v"})));
   return node;
 }
@@ -132,7 +132,7 @@ TEST_CASE("a heartbeat from a stranger with a term near 2^64 is dropped; the nod
   REQUIRE(stranger.hello(address(190, 1), info_field(node->node(), "raft_cluster_id"), "9") == "+WELCOME");
   // Today's attack: 2^64 - 6, so that the +10 of the next campaign wraps around.
   REQUIRE(stranger.send(from_stranger(raft::MessageType::Heartbeat, ~std::uint64_t{0} - 5)));
-  CHECK(eventually([&] { return node->logs().contains("above the largest term"); }));
+  CHECK(eventually(long_wait(), [&] { return node->logs().contains("above the largest term"); }));
   CHECK((*node)->term() == term);
   CHECK((*node)->state() == 'l');
   // Just above the bound (2^62 + 1): dropped too.
@@ -145,7 +145,7 @@ TEST_CASE("a heartbeat from a stranger with a term near 2^64 is dropped; the nod
   node.reset();
   node = std::make_unique<TestNode>(config);
   (*node)->start();
-  REQUIRE(eventually([&] { return (*node)->state() == 'l'; }));
+  REQUIRE(eventually(long_wait(), [&] { return (*node)->state() == 'l'; }));
   CHECK((*node)->term() > term);
   CHECK((*node)->term() < (std::uint64_t{1} << 62));
   REQUIRE(is_ok((*node)->execute({"set", "restarted", "1"})));
@@ -193,12 +193,12 @@ TEST_CASE("a snapshot of garbage is refused before anything is deleted; the node
   snap.data = "this is no snapshot";
   snap.done = true;
   REQUIRE(stranger.send(snap));
-  CHECK(eventually([&] { return node->logs().contains("refused a snapshot"); }));
+  CHECK(eventually(long_wait(), [&] { return node->logs().contains("refused a snapshot"); }));
   // The term moved (a leader of a later term may send a snapshot), nothing else did: the node
   // campaigns again and leads with every key it had.
-  REQUIRE(eventually([&] { return (*node)->state() == 'l' && (*node)->term() > snap.term; }));
+  REQUIRE(eventually(long_wait(), [&] { return (*node)->state() == 'l' && (*node)->term() > snap.term; }));
   const raft::Reply after = (*node)->execute({"set", "after", "1"});
-  INFO(describe(after) << "\n" << node->logs().text());
+  INFO(typed(after) << "\n" << node->logs().text());
   REQUIRE(is_ok(after));
   CHECK(stored(node->node(), "k5") == "v");
   CHECK_FALSE(node->logs().contains("stopping the apply loop"));
@@ -206,7 +206,7 @@ TEST_CASE("a snapshot of garbage is refused before anything is deleted; the node
   node.reset();
   node = std::make_unique<TestNode>(config);
   (*node)->start();
-  REQUIRE(eventually([&] { return (*node)->state() == 'l'; }));
+  REQUIRE(eventually(long_wait(), [&] { return (*node)->state() == 'l'; }));
   REQUIRE(is_ok((*node)->execute({"set", "restarted", "1"})));
   CHECK(stored(node->node(), "k1") == "v");
   CHECK(stored(node->node(), "k5") == "v");
@@ -230,8 +230,8 @@ TEST_CASE("snapshot chunks beyond the configured bound are dropped, not piled up
     chunk.offset = static_cast<std::uint64_t>(i) * chunk.data.size();
     REQUIRE(stranger.send(chunk));
   }
-  CHECK(eventually([&] { return node->logs().contains("larger than max_snapshot_bytes"); }));
-  REQUIRE(eventually([&] { return (*node)->state() == 'l'; }));
+  CHECK(eventually(long_wait(), [&] { return node->logs().contains("larger than max_snapshot_bytes"); }));
+  REQUIRE(eventually(long_wait(), [&] { return (*node)->state() == 'l'; }));
   REQUIRE(is_ok((*node)->execute({"set", "after", "1"})));
   CHECK(stored(node->node(), "k2") == "v");
   // What arrived went to a file, which stopped at the bound: the chunk that crossed it was
@@ -254,7 +254,7 @@ TEST_CASE("a joiner contacted first by a stranger of another cluster does not ad
   Stranger joinless(ip(193, 8));
   REQUIRE(joinless.hello(address(193, 2), "", "8") == "+WELCOME");
   REQUIRE(joinless.send(from_stranger(raft::MessageType::Heartbeat, 50)));
-  CHECK(eventually([&] { return joiner.logs().contains("node 8 is not in this cluster yet and sent RAFT"); }));
+  CHECK(eventually(long_wait(), [&] { return joiner.logs().contains("node 8 is not in this cluster yet and sent RAFT"); }));
   CHECK(joiner->term() == 0);
   Stranger stranger(ip(193, 9));
   const std::string answer = stranger.hello(address(193, 2), "0123456789abcdef", "9");
@@ -263,11 +263,11 @@ TEST_CASE("a joiner contacted first by a stranger of another cluster does not ad
 
   TestNode founder(node_config("1", address(193, 1)));
   founder->start();
-  REQUIRE(eventually([&] { return founder->state() == 'l'; }));
+  REQUIRE(eventually(long_wait(), [&] { return founder->state() == 'l'; }));
   const std::string cluster_id = info_field(founder.node(), "raft_cluster_id");
-  REQUIRE(eventually([&] { return info_field(joiner.node(), "raft_cluster_id") == cluster_id; }, 20000));
+  REQUIRE(eventually(scaled(20000), [&] { return info_field(joiner.node(), "raft_cluster_id") == cluster_id; }));
   REQUIRE(is_ok(founder->execute({"set", "k", "v"})));
-  CHECK(eventually([&] { return stored(joiner.node(), "k") == "v"; }, 20000));
+  CHECK(eventually(scaled(20000), [&] { return stored(joiner.node(), "k") == "v"; }));
   CHECK(joiner.logs().contains("joined cluster " + cluster_id));
 }
 
@@ -289,7 +289,7 @@ TEST_CASE("a received snapshot streams to a file in the data directory; a stop m
     // Two thirds arrive, in 64 KiB chunks: they are in the file as they arrive (not in memory).
     const std::size_t part = text.size() * 2 / 3;
     REQUIRE(send_chunks(stranger, snap, text, 0, part, 64u << 10, false));
-    REQUIRE(eventually([&] { return ends_with(file_text(incoming), text.substr(0, part)); }));
+    REQUIRE(eventually(long_wait(), [&] { return ends_with(file_text(incoming), text.substr(0, part)); }));
     CHECK(std::filesystem::file_size(incoming) < part + 256);  // a header line, then the data
     CHECK((std::filesystem::status(incoming).permissions() & std::filesystem::perms::all) ==
           (std::filesystem::perms::owner_read | std::filesystem::perms::owner_write));
@@ -303,7 +303,7 @@ TEST_CASE("a received snapshot streams to a file in the data directory; a stop m
   (*node)->start();
   CHECK_FALSE(std::filesystem::exists(incoming));
   CHECK(node->logs().contains("snapshot transfer interrupted"));
-  REQUIRE(eventually([&] { return (*node)->state() == 'l'; }));
+  REQUIRE(eventually(long_wait(), [&] { return (*node)->state() == 'l'; }));
 
   // The whole transfer, again from the start: installed (the file renamed into place), and
   // there after a restart.
@@ -311,7 +311,7 @@ TEST_CASE("a received snapshot streams to a file in the data directory; a stop m
   Stranger again(ip(196, 9));
   REQUIRE(again.hello(address(196, 1), info_field(node->node(), "raft_cluster_id"), "9") == "+WELCOME");
   REQUIRE(send_chunks(again, snap, text, 0, text.size(), 64u << 10, true));
-  REQUIRE(eventually([&] { return stored(node->node(), "snapkey") == "streamed"; }, 20000));
+  REQUIRE(eventually(scaled(20000), [&] { return stored(node->node(), "snapkey") == "streamed"; }));
   CHECK(holds_snapshot_at(config.data_dir, 1000));
   CHECK_FALSE(std::filesystem::exists(incoming));
   CHECK(stored(node->node(), "k3") == "(none)");  // the snapshot's state replaced the old one
@@ -339,12 +339,12 @@ TEST_CASE("a streamed snapshot damaged on the way or cut short is refused; the l
   std::string damaged = text;
   damaged[damaged.find("pppp") + (512u << 10)] = '\'';
   REQUIRE(send_chunks(stranger, snap, damaged, 0, damaged.size(), 64u << 10, true));
-  REQUIRE(eventually([&] { return info_field(node->node(), "raft_refused_peer_messages") == "1"; }, 20000));
+  REQUIRE(eventually(scaled(20000), [&] { return info_field(node->node(), "raft_refused_peer_messages") == "1"; }));
   CHECK(node->logs().contains("refused a snapshot at index 1000"));
   // Cut short: the last chunk marked done arrives after half of it.
   REQUIRE(send_chunks(stranger, snap, text, 0, text.size() / 2, 64u << 10, true));
-  REQUIRE(eventually([&] { return info_field(node->node(), "raft_refused_peer_messages") == "2"; }, 20000));
-  REQUIRE(eventually([&] { return (*node)->state() == 'l'; }));
+  REQUIRE(eventually(scaled(20000), [&] { return info_field(node->node(), "raft_refused_peer_messages") == "2"; }));
+  REQUIRE(eventually(long_wait(), [&] { return (*node)->state() == 'l'; }));
   REQUIRE(is_ok((*node)->execute({"set", "after", "1"})));
   CHECK(stored(node->node(), "k5") == "v");
   CHECK(stored(node->node(), "snapkey") == "(none)");
@@ -352,7 +352,7 @@ TEST_CASE("a streamed snapshot damaged on the way or cut short is refused; the l
   node.reset();
   node = std::make_unique<TestNode>(config);
   (*node)->start();
-  REQUIRE(eventually([&] { return (*node)->state() == 'l'; }));
+  REQUIRE(eventually(long_wait(), [&] { return (*node)->state() == 'l'; }));
   REQUIRE(is_ok((*node)->execute({"set", "restarted", "1"})));
   CHECK(stored(node->node(), "k5") == "v");
   CHECK(stored(node->node(), "after") == "1");

@@ -23,6 +23,8 @@ namespace {
 
 using in_process::Cluster;
 using in_process::eventually;
+using in_process::long_wait;
+using in_process::scaled;
 using std::chrono::milliseconds;
 
 std::string ip_of(const std::string& address) { return address.substr(0, address.rfind(':')); }
@@ -127,16 +129,16 @@ TEST_CASE("a flood of connections on the peer port does not lock out a member", 
     }
     while (flooding) std::this_thread::sleep_for(milliseconds(5));  // held open until the end
   });
-  REQUIRE(eventually([&] { return opened > 1100; }));
+  REQUIRE(eventually(long_wait(), [&] { return opened > 1100; }));
   // The follower's link to the leader (its acknowledgements) breaks and connects again.
   using Fault = raft::detail::PeerLink::Fault;
   c[follower].runtime().set_link_fault_for_test(l.id(), Fault::Drop);
   c[follower].runtime().set_link_fault_for_test(l.id(), Fault::None);  // lifted: it reconnects
 
   // Two voters: a write commits only with the follower's acknowledgement, over the new link.
-  const bool replicated = eventually([&] {
+  const bool replicated = eventually(scaled(10000), [&] {
     return in_process::is_ok(l.execute({"SET", "after", "2"})) && in_process::stored(c[follower], "after") == "2";
-  }, 10000);
+  });
   flooding = false;
   flood.join();
   INFO(c.all_logs());
@@ -155,7 +157,7 @@ TEST_CASE("a heartbeat queued on a peer link behind large appends is sent before
   in_process::TestNode n(cfg);
   n->start();
   int fd = -1;
-  REQUIRE(eventually([&] { return (fd = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC)) >= 0; }));
+  REQUIRE(eventually(long_wait(), [&] { return (fd = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC)) >= 0; }));
   test_support::PeerInbound peer(fd);
   auto pump = [&] {
     pollfd p{fd, POLLIN, 0};
@@ -165,7 +167,7 @@ TEST_CASE("a heartbeat queued on a peer link behind large appends is sent before
     return r > 0 && peer.take(buf, static_cast<std::size_t>(r));
   };
   // The node campaigns: its first pre-vote says the link is up.
-  REQUIRE(eventually([&] { return pump() && !peer.plain().empty(); }));
+  REQUIRE(eventually(long_wait(), [&] { return pump() && !peer.plain().empty(); }));
 
   // Held on the link (as by a peer that reads slowly): 4 MiB of appends, then a heartbeat.
   using raft::MessageType;
@@ -198,7 +200,7 @@ TEST_CASE("a heartbeat queued on a peer link behind large appends is sent before
   resp::Limits limits;
   limits.max_bulk_length = raft::detail::kPeerMaxBulkBytes;
   resp::RequestParser parser(limits);
-  REQUIRE(eventually([&] {
+  REQUIRE(eventually(long_wait(), [&] {
     if (!pump()) return true;  // the connection broke: the check below says what arrived
     parser.feed(peer.plain());
     peer.plain().clear();

@@ -6,6 +6,7 @@
 
 #include "disk_model.hpp"
 #include "raft.hpp"
+#include "support.hpp"
 #include "temp_dir.hpp"
 
 #include <cerrno>
@@ -141,12 +142,9 @@ struct FaultyWrites : raft::detail::PosixFileSystem {
 constexpr std::uint64_t kSegmentHeader = 64;  // format 2: with the synced mark
 constexpr std::uint64_t kRecordOverhead = 33;
 
-/// Byte offsets where each record of a single segment starts, and where the last one ends.
-std::string read_file(const std::string& file) {
-  std::ifstream in(file, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
+using test_support::read_file;
 
+/// Byte offsets where each record of a single segment starts, and where the last one ends.
 std::vector<std::uint64_t> record_boundaries(const std::vector<raft::LogEntry>& es) {
   std::vector<std::uint64_t> out{kSegmentHeader};
   for (const auto& e : es) out.push_back(out.back() + kRecordOverhead + e.payload.size());

@@ -154,7 +154,7 @@ TEST_CASE("TLS: a cluster replicates over TLS; redis-cli --tls writes and reads;
   REQUIRE(leader != 0);
   // Writes replicate: the peer connections carry TLS both ways.
   REQUIRE(is_ok(cluster[leader].execute({"set", "k", "v"})));
-  for (int i = 1; i <= 3; ++i) CHECK(eventually([&] { return stored(cluster[i], "k") == "v"; }));
+  for (int i = 1; i <= 3; ++i) CHECK(eventually(long_wait(), [&] { return stored(cluster[i], "k") == "v"; }));
 
   // redis-cli --tls with a client certificate, to the leader and to a follower (which forwards).
   const std::vector<std::string> with_cert{"--tls", "--cacert", certs / "ca.crt", "--cert", certs / "client.crt",
@@ -163,7 +163,7 @@ TEST_CASE("TLS: a cluster replicates over TLS; redis-cli --tls writes and reads;
   CHECK(redis_cli(certs, address(240, leader), with_cert, {"SET", "cli", "tls"}) == "OK");
   CHECK(redis_cli(certs, address(240, follower), with_cert, {"SET", "cli2", "tls2"}) == "OK");
   CHECK(redis_cli(certs, address(240, follower), with_cert, {"GET", "cli"}) == "tls");
-  for (int i = 1; i <= 3; ++i) CHECK(eventually([&] { return stored(cluster[i], "cli2") == "tls2"; }));
+  for (int i = 1; i <= 3; ++i) CHECK(eventually(long_wait(), [&] { return stored(cluster[i], "cli2") == "tls2"; }));
   // A value larger than a TLS record, both ways.
   std::string big(120000, 'x');
   CHECK(redis_cli(certs, address(240, leader), with_cert, {"SET", "big", big}) == "OK");
@@ -197,7 +197,7 @@ TEST_CASE("TLS: redis-py with ssl=True reads and writes; tls_auth_clients option
   c.tls_auth_clients = raft::TlsAuthClients::Optional;
   TestNode node(c);
   node->start();
-  REQUIRE(eventually([&] { return node->state() == 'l'; }));
+  REQUIRE(eventually(long_wait(), [&] { return node->state() == 'l'; }));
   const std::string script = R"PY(
 import sys, redis
 host, port, d = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -240,8 +240,8 @@ TEST_CASE("TLS: a node whose certificate another CA signed cannot join, and the 
   TestNode stranger(c);
   stranger->start();
   // Both sides refuse: the members its certificate, it theirs.
-  CHECK(eventually([&] { return cluster.test_node(leader).logs().contains("refused a peer connection: TLS"); }));
-  CHECK(eventually([&] { return stranger.logs().contains("certificate verify failed"); }));
+  CHECK(eventually(long_wait(), [&] { return cluster.test_node(leader).logs().contains("refused a peer connection: TLS"); }));
+  CHECK(eventually(long_wait(), [&] { return stranger.logs().contains("certificate verify failed"); }));
   CHECK(stranger->state() != 'l');
   CHECK(stranger->commit_index() == 0);
   CHECK(stored(*stranger, "before") == "(none)");
@@ -256,7 +256,7 @@ TEST_CASE("TLS: a node whose certificate another CA signed cannot join, and the 
   CHECK(r.out.find("ERR") == std::string::npos);
   // The cluster serves on.
   CHECK(is_ok(cluster[leader].execute({"set", "after", "1"})));
-  for (int i = 1; i <= 3; ++i) CHECK(eventually([&] { return stored(cluster[i], "after") == "1"; }));
+  for (int i = 1; i <= 3; ++i) CHECK(eventually(long_wait(), [&] { return stored(cluster[i], "after") == "1"; }));
 }
 
 TEST_CASE("TLS: a node checks that a peer's certificate names the peer's address", "[runtime][tls]") {
@@ -270,13 +270,13 @@ TEST_CASE("TLS: a node checks that a peer's certificate names the peer's address
   c1.tls_key_file = certs / "elsewhere.key";
   TestNode founder(c1);
   founder->start();
-  REQUIRE(eventually([&] { return founder->state() == 'l'; }));
+  REQUIRE(eventually(long_wait(), [&] { return founder->state() == 'l'; }));
   raft::Config c2 = node_config("2", address(243, 2));
   certs.use(c2);
   c2.join.push_back(address(243, 1));
   TestNode joiner(c2);
   joiner->start();
-  CHECK(eventually([&] { return joiner.logs().contains("IP address mismatch"); }));
+  CHECK(eventually(long_wait(), [&] { return joiner.logs().contains("IP address mismatch"); }));
   CHECK(founder->info().find("raft_members:1") != std::string::npos);
 }
 
@@ -335,7 +335,7 @@ TEST_CASE("run_raft --tls-*: a node and a joiner over TLS; redis-cli --tls; plai
   // --tls-auth-clients no: the CA certificate is all a client needs.
   const std::vector<std::string> tls{"--tls", "--cacert", certs / "ca.crt"};
   CHECK(redis_cli(certs, address(244, 1), tls, {"SET", "k", "over tls"}) == "OK");
-  CHECK(eventually([&] { return redis_cli(certs, address(244, 2), tls, {"GET", "k"}) == "over tls"; }));
+  CHECK(eventually(long_wait(), [&] { return redis_cli(certs, address(244, 2), tls, {"GET", "k"}) == "over tls"; }));
   CHECK(redis_cli(certs, address(244, 1), tls, {"INFO", "raft"}).find("raft_members:2") != std::string::npos);
   CHECK(redis_cli(certs, address(244, 1), {}, {"PING"}) != "PONG");
   std::string got;

@@ -986,44 +986,22 @@ inline Reply invalid_expire_error(std::string_view name) {
   return Reply::error("ERR invalid expire time in '" + std::string(name) + "' command");
 }
 
-/// Redis's string2ll: optional '-', digits, no leading zeros, no spaces or '+', fits in 64
-/// bits. "-0" is rejected, as in Redis.
-inline bool parse_int64(std::string_view s, std::int64_t& out) {
-  if (s.empty() || s.size() > 20) return false;
-  if (s == "0") {
-    out = 0;
-    return true;
-  }
-  std::size_t i = 0;
-  const bool negative = s[0] == '-';
-  if (negative) ++i;
-  if (i >= s.size() || s[i] < '1' || s[i] > '9') return false;
-  std::uint64_t v = 0;
-  for (; i < s.size(); ++i) {
-    if (s[i] < '0' || s[i] > '9') return false;
-    const std::uint64_t d = std::uint64_t(s[i] - '0');
-    if (v > (std::numeric_limits<std::uint64_t>::max() - d) / 10) return false;
-    v = v * 10 + d;
-  }
-  const std::uint64_t max = std::uint64_t(std::numeric_limits<std::int64_t>::max());
-  if (negative) {
-    if (v > max + 1) return false;
-    out = static_cast<std::int64_t>(0 - v);
-  } else {
-    if (v > max) return false;
-    out = static_cast<std::int64_t>(v);
-  }
-  return true;
+using resp::detail::parse_int64;  // Redis's string2ll, shared with the RESP parser
+
+/// ASCII lower case, locale-free: command names, options and config values compare
+/// case-insensitively in ASCII only, as in Redis.
+inline char ascii_lower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; }
+
+inline std::string lower(std::string s) {
+  for (char& c : s) c = ascii_lower(c);
+  return s;
 }
 
 /// ASCII case-insensitive comparison with a lower-case word.
-inline bool iequals(std::string_view s, std::string_view lower) {
-  if (s.size() != lower.size()) return false;
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    char c = s[i];
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-    if (c != lower[i]) return false;
-  }
+inline bool iequals(std::string_view s, std::string_view lower_word) {
+  if (s.size() != lower_word.size()) return false;
+  for (std::size_t i = 0; i < s.size(); ++i)
+    if (ascii_lower(s[i]) != lower_word[i]) return false;
   return true;
 }
 

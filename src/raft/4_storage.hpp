@@ -385,8 +385,21 @@ inline StorageError corrupt(const std::string& file, std::uint64_t offset,
                       what + "." + corruption_advice());
 }
 
+/// What an errno means, with its number for a search ("Permission denied (errno 13)"): in
+/// every I/O error this file and the runtime report.
 inline std::string errno_text(int err) {
   return std::system_category().message(err) + " (errno " + std::to_string(err) + ")";
+}
+
+/// A number in text raft.hpp writes itself (snapshot headers, peer messages, ports and
+/// counts in the configuration): digits as std::from_chars reads them in `base`, at most 20
+/// characters, the whole of `s`. Looser than Redis's string2ll (detail::parse_int64, for Redis
+/// arguments, where replies must match Redis): leading zeros and "-0" pass here.
+template <class Int>
+inline bool parse_number(std::string_view s, Int& v, int base = 10) {
+  if (s.empty() || s.size() > 20) return false;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v, base);
+  return ec == std::errc() && p == s.data() + s.size();
 }
 
 inline void put_u32(std::string& out, std::uint32_t v) {
@@ -843,15 +856,10 @@ inline std::pair<std::uint64_t, std::uint64_t> decode_snapshot(std::string& buf,
     f.push_back(line.substr(0, sp));
     line = sp == std::string_view::npos ? std::string_view() : line.substr(sp + 1);
   }
-  auto number = [&](std::string_view t, std::uint64_t& v, int base = 10) {
-    if (t.empty()) return false;
-    auto [p, ec] = std::from_chars(t.data(), t.data() + t.size(), v, base);
-    return ec == std::errc() && p == t.data() + t.size();
-  };
   std::uint64_t version = 0, h_index = 0, h_term = 0, size = 0, crc = 0;
   if (f.size() != 9 || f[1] != "index" || f[3] != "term" || f[5] != "length" || f[7] != "crc32c" ||
-      !number(f[0], version) || !number(f[2], h_index) || !number(f[4], h_term) || !number(f[6], size) ||
-      !number(f[8], crc, 16))
+      !parse_number(f[0], version) || !parse_number(f[2], h_index) || !parse_number(f[4], h_term) ||
+      !parse_number(f[6], size) || !parse_number(f[8], crc, 16))
     throw corrupt(file, kSnapshotPrefix.size(), "the snapshot header line is malformed");
   if (version > kStorageFormatVersion)
     throw StorageError("ERR " + file + " was written by a newer format version (" + std::to_string(version) +

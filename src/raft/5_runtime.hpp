@@ -112,8 +112,7 @@ inline bool parse_memory(std::string_view s, std::uint64_t& bytes) {
   while (digits < s.size() && s[digits] >= '0' && s[digits] <= '9') ++digits;
   std::uint64_t n = 0;
   if (digits == 0 || digits > 19 || std::from_chars(s.data(), s.data() + digits, n).ec != std::errc()) return false;
-  std::string unit;
-  for (char c : s.substr(digits)) unit += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  const std::string unit = lower(std::string(s.substr(digits)));
   static const std::pair<const char*, std::uint64_t> units[] = {
       {"", 1}, {"b", 1}, {"k", 1000}, {"kb", 1024}, {"m", 1000 * 1000}, {"mb", 1024 * 1024},
       {"g", 1000 * 1000 * 1000}, {"gb", std::uint64_t{1024} * 1024 * 1024}};
@@ -130,12 +129,6 @@ inline std::int64_t wall_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::system_clock::now().time_since_epoch())
       .count();
-}
-
-inline std::string lower(std::string s) {
-  for (char& c : s)
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  return s;
 }
 
 /// INFO [section ...]: the named sections of `text` (case-insensitive); every section for
@@ -160,18 +153,6 @@ inline std::string info_sections(const std::string& text, const std::vector<std:
     at = end == text.size() ? end : end + 2;
   }
   return out;
-}
-
-inline bool parse_u64(std::string_view s, std::uint64_t& v) {
-  if (s.empty() || s.size() > 20) return false;
-  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  return ec == std::errc() && p == s.data() + s.size();
-}
-
-inline bool parse_i64(std::string_view s, std::int64_t& v) {
-  if (s.empty() || s.size() > 20) return false;
-  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  return ec == std::errc() && p == s.data() + s.size();
 }
 
 inline void write_bulk_u64(std::string& out, std::uint64_t v) {
@@ -223,7 +204,7 @@ inline bool parse_host_port(std::string_view s, HostPort& out, std::string& erro
   }
   std::string host(s.substr(0, colon));
   std::uint64_t port = 0;
-  if (!parse_u64(s.substr(colon + 1), port) || port == 0 || port > 65534) {
+  if (!parse_number(s.substr(colon + 1), port) || port == 0 || port > 65534) {
     error = "address '" + std::string(s) + "' has no valid port (1-65534: peers use port + 1)";
     return false;
   }
@@ -249,8 +230,6 @@ inline sockaddr_in make_sockaddr(const std::string& host, int port) {
   return sa;
 }
 
-inline std::string errno_string(int e) { return std::strerror(e); }
-
 inline void set_nonblocking(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL, 0) | O_NONBLOCK); }
 
 inline void set_send_timeout(int fd, int ms) {
@@ -268,14 +247,14 @@ inline void set_nodelay(int fd) {
 inline int listen_tcp(const std::string& host, int port, std::string& error) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) {
-    error = "socket: " + errno_string(errno);
+    error = "socket: " + errno_text(errno);
     return -1;
   }
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   sockaddr_in sa = make_sockaddr(host, port);
   if (::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || ::listen(fd, 511) != 0) {
-    error = "cannot listen on " + host + ":" + std::to_string(port) + ": " + errno_string(errno);
+    error = "cannot listen on " + host + ":" + std::to_string(port) + ": " + errno_text(errno);
     ::close(fd);
     return -1;
   }
@@ -306,12 +285,12 @@ inline int connect_tcp(const std::string& src_host, const std::string& host, int
                        std::string& error, int cancel_fd = -1) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) {
-    error = "socket: " + errno_string(errno);
+    error = "socket: " + errno_text(errno);
     return -1;
   }
   sockaddr_in src = make_sockaddr(src_host, 0);
   if (::bind(fd, reinterpret_cast<sockaddr*>(&src), sizeof src) != 0) {
-    error = "cannot bind " + src_host + ": " + errno_string(errno);
+    error = "cannot bind " + src_host + ": " + errno_text(errno);
     ::close(fd);
     return -1;
   }
@@ -319,7 +298,7 @@ inline int connect_tcp(const std::string& src_host, const std::string& host, int
   sockaddr_in sa = make_sockaddr(host, port);
   int rc = ::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
   if (rc != 0 && errno != EINPROGRESS) {
-    error = errno_string(errno);
+    error = errno_text(errno);
     ::close(fd);
     return -1;
   }
@@ -332,7 +311,7 @@ inline int connect_tcp(const std::string& src_host, const std::string& host, int
     int err = 0;
     socklen_t len = sizeof err;
     if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0) {
-      error = errno_string(err ? err : errno);
+      error = errno_text(err ? err : errno);
       ::close(fd);
       return -1;
     }
@@ -452,7 +431,7 @@ inline bool decode_raft(std::vector<std::string>& w, Message& m, std::string& er
   if (w.size() < kRaftFixedFields) return fail("too few fields");
   std::uint64_t v[12];
   for (int i = 0; i < 12; ++i)
-    if (!parse_u64(w[static_cast<std::size_t>(i) + 1], v[i])) return fail("bad number");
+    if (!parse_number(w[static_cast<std::size_t>(i) + 1], v[i])) return fail("bad number");
   if (v[0] < 1 || v[0] > static_cast<std::uint64_t>(MessageType::ReadIndexResponse)) return fail("unknown type");
   for (int flag : {5, 8, 11})
     if (v[flag] > 1) return fail("bad flag");
@@ -468,12 +447,12 @@ inline bool decode_raft(std::vector<std::string>& w, Message& m, std::string& er
   m.context = v[9];
   m.offset = v[10];
   m.done = v[11] == 1;
-  if (!parse_i64(w[13], m.timestamp_ms)) return fail("bad timestamp");
+  if (!parse_number(w[13], m.timestamp_ms)) return fail("bad timestamp");
   m.config = Configuration{};
   if (!w[14].empty() && !Configuration::decode(w[14], m.config)) return fail("bad configuration");
   m.data = std::move(w[15]);
   std::uint64_t count = 0;
-  if (!parse_u64(w[16], count) || count > (w.size() - kRaftFixedFields) / 5 ||
+  if (!parse_number(w[16], count) || count > (w.size() - kRaftFixedFields) / 5 ||
       w.size() != kRaftFixedFields + 5 * count)
     return fail("entry count does not match");
   m.entries.clear();
@@ -481,8 +460,8 @@ inline bool decode_raft(std::vector<std::string>& w, Message& m, std::string& er
   for (std::size_t i = kRaftFixedFields; i < w.size(); i += 5) {
     LogEntry e;
     std::uint64_t type = 0;
-    if (!parse_u64(w[i], e.index) || !parse_u64(w[i + 1], e.term) || !parse_u64(w[i + 2], type) ||
-        type > 2 || !parse_i64(w[i + 3], e.timestamp_ms))
+    if (!parse_number(w[i], e.index) || !parse_number(w[i + 1], e.term) || !parse_number(w[i + 2], type) ||
+        type > 2 || !parse_number(w[i + 3], e.timestamp_ms))
       return fail("bad entry");
     e.type = static_cast<EntryType>(type);
     e.payload = std::move(w[i + 4]);
@@ -544,7 +523,7 @@ inline bool decode_forward(std::vector<std::string>& w, ForwardedWrite& f, std::
     return false;
   };
   if (w.size() < 6 || w[0] != "FWD") return fail("too few fields");
-  if (!parse_u64(w[1], f.nonce) || !parse_u64(w[2], f.seq) || !parse_u64(w[3], f.lowest)) return fail("bad number");
+  if (!parse_number(w[1], f.nonce) || !parse_number(w[2], f.seq) || !parse_number(w[3], f.lowest)) return fail("bad number");
   if (f.lowest > f.seq) return fail("lowest unanswered above the sequence number");
   f.user = std::move(w[4]);
   f.words.assign(std::make_move_iterator(w.begin() + 5), std::make_move_iterator(w.end()));
@@ -601,7 +580,7 @@ inline bool decode_forward_reply(const std::vector<std::string>& w, ForwardReply
     return false;
   };
   if (w.size() != 5 || w[0] != "FWDR") return fail("wrong number of fields");
-  if (!parse_u64(w[1], r.nonce) || !parse_u64(w[2], r.seq)) return fail("bad number");
+  if (!parse_number(w[1], r.nonce) || !parse_number(w[2], r.seq)) return fail("bad number");
   if (w[3] == "done") r.status = ForwardStatus::Done;
   else if (w[3] == "notrun") r.status = ForwardStatus::NotRun;
   else if (w[3] == "unknown") r.status = ForwardStatus::Unknown;
@@ -2226,7 +2205,7 @@ inline void Runtime::start() {
   try {
     if (::pipe2(wake_pipe_, O_CLOEXEC | O_NONBLOCK) != 0 || ::pipe2(peer_wake_pipe_, O_CLOEXEC | O_NONBLOCK) != 0 ||
         ::pipe2(stop_pipe_, O_CLOEXEC | O_NONBLOCK) != 0)
-      throw std::runtime_error("pipe: " + errno_string(errno));
+      throw std::runtime_error("pipe: " + errno_text(errno));
     open_storage();
     std::random_device rd;
     next_request_ = ((static_cast<std::uint64_t>(rd()) << 32) ^ rd()) & 0x3fffffffffffffffull;
@@ -2298,7 +2277,7 @@ inline void Runtime::read_snapshot_to_load(Store& into) const {
   const std::string& path = cfg_.load_snapshot;
   std::string text;
   if (const int err = read_whole_file(path, text))
-    throw std::runtime_error("cannot read snapshot " + path + ": " + errno_string(err));
+    throw std::runtime_error("cannot read snapshot " + path + ": " + errno_text(err));
   SnapshotMeta ignored;
   std::string error;
   if (text.compare(0, kSnapshotPrefix.size(), kSnapshotPrefix) == 0) {
@@ -2986,8 +2965,8 @@ inline void Runtime::apply_entry(const LogEntry& e) {
     SessionTable::Key session;
     std::uint64_t seq = 0, lowest = 0;
     if (forwarded) {
-      if (words.size() < 7 || !parse_u64(words[3], session.nonce) || !parse_u64(words[4], seq) ||
-          !parse_u64(words[5], lowest)) {
+      if (words.size() < 7 || !parse_number(words[3], session.nonce) || !parse_number(words[4], seq) ||
+          !parse_number(words[5], lowest)) {
         log(LogLevel::Error, "log entry " + std::to_string(e.index) + " is a malformed forwarded write: stopping the "
                              "apply loop");
         fatal_ = true;
@@ -3773,7 +3752,7 @@ inline std::optional<Reply> Runtime::config_command(const std::vector<std::strin
   for (const Option& o : options) {
     if (key != o.name) continue;
     std::uint64_t v = 0;
-    if (!(o.memory ? parse_memory(w[3], v) : parse_u64(w[3], v)))
+    if (!(o.memory ? parse_memory(w[3], v) : parse_number(w[3], v)))
       return failed(o.memory ? "argument must be a memory value" : "argument couldn't be parsed into an integer");
     if (key == "maxclients" && v > o.max)
       return failed("The operating system is not able to handle the specified number of clients, try with " +
@@ -4193,7 +4172,7 @@ inline void Runtime::poll_loop() {
     int n = ::poll(fds.data(), fds.size(), 100);
     if (stopping_) break;
     if (n < 0) {
-      if (errno != EINTR) log(LogLevel::Error, "poll: " + errno_string(errno));
+      if (errno != EINTR) log(LogLevel::Error, "poll: " + errno_text(errno));
       continue;
     }
     if (fds[0].revents & POLLIN) {
@@ -4558,7 +4537,7 @@ inline void Runtime::peer_loop() {
     int n = ::poll(fds.data(), fds.size(), 100);
     if (stopping_) break;
     if (n < 0) {
-      if (errno != EINTR) log(LogLevel::Error, "poll (peers): " + errno_string(errno));
+      if (errno != EINTR) log(LogLevel::Error, "poll (peers): " + errno_text(errno));
       continue;
     }
     if (fds[0].revents & POLLIN) {
@@ -5261,7 +5240,7 @@ inline ParsedArgs parse_args(int argc, char** argv) {
                a == "--checkpoint-interval") {
       if (!value(v)) return out;
       std::uint64_t n = 0;
-      if (!detail::parse_u64(v, n) || n > (std::uint64_t{1} << 31)) {
+      if (!detail::parse_number(v, n) || n > (std::uint64_t{1} << 31)) {
         out.error = a + " needs a number, not '" + v + "'";
         return out;
       }
