@@ -1144,8 +1144,8 @@ TEST_CASE("a follower whose fsync fails never acknowledges that batch, so a writ
   c[stopped].stop();
   dc.disks[bad].fail_after(0);
   // What the leader holds now may still commit: the stopped node may have acknowledged it
-  // before it stopped (the leader's own entries, such as a configuration binding a member's
-  // identity, come when they come). The write below comes after it and must not.
+  // before it stopped (an entry the leader proposes of its own accord comes at its own pace).
+  // The write below comes after all of it and must not commit.
   const std::uint64_t last_before = std::stoull(info_field(c[leader], "raft_last_index"));
 
   auto f = c[leader].execute_async({"set", "k", "acknowledged-by-a-failed-disk"});
