@@ -255,6 +255,12 @@ void write_array_header(std::string& out, std::size_t n);
 /// A command as clients send it: an array of bulk strings.
 void write_command(std::string& out, const std::vector<std::string>& args);
 void write_command(std::string& out, std::initializer_list<std::string_view> args);
+/// The protocol for a reply written to be parsed again (a forwarded write's reply, a reply
+/// kept for a retried write): RESP3, but a null bulk and a null array as RESP2 writes them,
+/// since RESP3 has one null and a RESP2 client must get the one Redis sends (*-1 for LPOP key
+/// 1 on no key, $-1 for GET).
+constexpr int kProtocolKept = 4;
+
 /// Any value. protocol 2 converts RESP3-only types to their RESP2 form (map -> flat array,
 /// set/push -> array, null -> $-1, double/big number/verbatim -> bulk, boolean -> integer).
 void write(std::string& out, const Value& v, int protocol = 2);
@@ -976,6 +982,7 @@ inline void write_command(std::string& out, std::initializer_list<std::string_vi
 
 inline void write(std::string& out, const Value& v, int protocol) {
   const bool resp3 = protocol >= 3;
+  const bool kept = protocol == kProtocolKept;
   switch (v.type) {
     case Type::SimpleString: write_simple(out, v.str); return;
     case Type::Error: write_error(out, v.str); return;
@@ -983,13 +990,13 @@ inline void write(std::string& out, const Value& v, int protocol) {
     case Type::BulkString: write_bulk(out, v.str); return;
     case Type::NullBulk:
     case Type::Null:
-      if (resp3) {
+      if (resp3 && !(kept && v.type == Type::NullBulk)) {
         out.append("_\r\n", 3);
       } else {
         write_null_bulk(out);
       }
       return;
-    case Type::NullArray: out.append(resp3 ? "_\r\n" : "*-1\r\n"); return;
+    case Type::NullArray: out.append(resp3 && !kept ? "_\r\n" : "*-1\r\n"); return;
     case Type::Double: {
       char b[32];
       const std::string_view text = detail::format_double(v.dbl, b);

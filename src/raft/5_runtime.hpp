@@ -554,7 +554,7 @@ struct ForwardReply {
 
 inline void encode_forward_reply(const ForwardReply& r, std::string& out) {
   std::string encoded;
-  resp::write(encoded, r.reply, 3);
+  resp::write(encoded, r.reply, resp::kProtocolKept);
   resp::write_array_header(out, 5);
   resp::write_bulk(out, "FWDR");
   write_bulk_u64(out, r.nonce);
@@ -2998,7 +2998,7 @@ inline void Runtime::apply_entry(const LogEntry& e) {
         case SessionTable::Verdict::Apply: {
           if (!run_write(e, h->second, words, reply)) return;
           std::string encoded;
-          resp::write(encoded, reply, 3);
+          resp::write(encoded, reply, resp::kProtocolKept);
           store_.sessions().record(session, seq, std::move(encoded));
           break;
         }
@@ -3798,7 +3798,11 @@ inline Reply Runtime::connection_command(ClientConn* conn, const std::vector<std
   if (name == "acl") return acl_reply(conn, w);
   if (name == "select") {
     if (!arity(1, 1)) return wrong();
-    return w[1] == "0" ? Reply::ok() : Reply::error("ERR DB index is out of range");
+    std::int64_t db = 0;  // Redis reads an int first: "x" and 2^31 are not integers, 1 is out of range
+    if (!parse_int64(w[1], db) || db < std::numeric_limits<std::int32_t>::min() ||
+        db > std::numeric_limits<std::int32_t>::max())
+      return not_integer_error();
+    return db == 0 ? Reply::ok() : Reply::error("ERR DB index is out of range");
   }
   if (name == "readonly" || name == "readwrite") {
     if (!arity(0, 0)) return wrong();
@@ -3809,8 +3813,10 @@ inline Reply Runtime::connection_command(ClientConn* conn, const std::vector<std
     int proto = conn ? conn->protocol : 2;
     std::size_t i = 1;
     if (w.size() > 1) {
-      if (w[1] != "2" && w[1] != "3") return Reply::error("NOPROTO unsupported protocol version");
-      proto = w[1] == "3" ? 3 : 2;
+      std::int64_t version = 0;
+      if (!parse_int64(w[1], version)) return Reply::error("ERR Protocol version is not an integer or out of range");
+      if (version != 2 && version != 3) return Reply::error("NOPROTO unsupported protocol version");
+      proto = static_cast<int>(version);
       i = 2;
     }
     const std::string* setname = nullptr;
@@ -3854,7 +3860,10 @@ inline Reply Runtime::connection_command(ClientConn* conn, const std::vector<std
   if (name == "client") {
     if (w.size() < 2) return wrong();
     std::string sub = lower(w[1]);
-    if (sub == "setname" && w.size() == 3) {
+    if ((sub == "setname" && w.size() != 3) || (sub == "getname" && w.size() != 2) ||
+        (sub == "id" && w.size() != 2))
+      return Reply::error("ERR wrong number of arguments for 'client|" + sub + "' command");
+    if (sub == "setname") {
       if (conn) conn->name = w[2];
       return Reply::ok();
     }
@@ -4401,6 +4410,8 @@ inline void Runtime::process_input(ClientConn& c) {
     auto h = handlers_.find(lower(c.argv[0]));
     if (h != handlers_.end()) kind = h->second.is_write() ? 'w' : 'r';
     if ((kind == 'w' && c.unfinished_reads > 0) || (kind == 'r' && c.unfinished_writes > 0)) return;
+    // HELLO changes the protocol of every reply written after it: the earlier ones go first.
+    if (kind == 'i' && !c.ops.empty() && lower(c.argv[0]) == "hello") return;
     c.has_pending = false;
     std::uint64_t seq = c.first_op + c.ops.size();
     c.ops.push_back(Op{kind, false, {}});

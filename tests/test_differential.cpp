@@ -1,0 +1,254 @@
+// The differential test: the same seeded random command sequences go to a real redis-server
+// (7.0) and to a 3-node cluster (in this process, on loopback), on connections to the leader
+// and to both followers (which forward writes and serve linearizable reads), in RESP2 and, on
+// half the connections, RESP3; every reply is compared. The generators, the comparison modes
+// and the table of intended differences are in tests/differential.hpp.
+//
+//   RAFT_DIFF_OPS=100000 RAFT_DIFF_SEED=7 build/raft_tests '[differential]'
+//
+// runs longer or with another seed (the default: 100 calls of every command, seed 20261130).
+// A difference prints the seed and every call since the last reset (a DEL of the whole key
+// space), so the run replays it.
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <iostream>
+#include <map>
+#include <sstream>
+
+#include "differential.hpp"
+#include "in_process.hpp"
+#include "proc.hpp"
+
+namespace {
+
+using differential::CommandSpec;
+using differential::Gen;
+using differential::Words;
+
+// Test numbers (the third byte of the in-process addresses): 250.
+
+std::uint64_t env_number(const char* name, std::uint64_t fallback) {
+  const char* s = std::getenv(name);
+  if (s == nullptr || *s == '\0') return fallback;
+  return std::stoull(s);
+}
+
+/// A word as redis-cli would need it typed: bare when it can be, else quoted.
+std::string quoted(const std::string& word) {
+  bool bare = !word.empty();
+  for (unsigned char ch : word) bare = bare && ch > ' ' && ch < 0x7f && ch != '"' && ch != '\'' && ch != '\\';
+  return bare ? word : raft::detail::repr(word);
+}
+
+std::string line_of(const Words& words) {
+  std::string out;
+  for (const std::string& w : words) out += (out.empty() ? "" : " ") + quoted(w);
+  return out;
+}
+
+/// One client of each server, the same kind of connection to both: the node it reaches and
+/// the protocol both speak (HELLO changes it on both sides alike).
+struct ConnectionPair {
+  std::string label;  // "n2 (follower)"
+  proc::Client redis;
+  proc::Client node;
+  int protocol = 2;
+};
+
+/// Sends the calls as one pipeline and reads every reply.
+std::vector<resp::Value> pipeline(proc::Client& c, const std::vector<Words>& calls) {
+  std::string bytes;
+  for (const Words& w : calls) resp::write_command(bytes, w);
+  std::vector<resp::Value> replies;
+  if (!c.send(bytes)) {
+    replies.assign(calls.size(), resp::Value::error("IOERR send failed: " + c.error()));
+    return replies;
+  }
+  for (std::size_t i = 0; i < calls.size(); ++i) replies.push_back(c.read());
+  return replies;
+}
+
+}  // namespace
+
+TEST_CASE("differential: random command sequences get the same replies from a 3-node cluster as from redis-server",
+          "[redis][differential]") {
+  if (!proc::RedisServer::installed()) {
+    WARN("redis-server is not installed: the differential comparison with Redis is skipped");
+    return;
+  }
+  const auto& specs = differential::command_specs();
+  const std::uint64_t seed = env_number("RAFT_DIFF_SEED", 20261130);
+  const std::uint64_t ops = env_number("RAFT_DIFF_OPS", 100 * specs.size());
+
+  // Every command of the node has a generator or a reason why it has none.
+  {
+    raft::CommandTable table;
+    raft::add_builtin_commands(table);
+    std::set<std::string> covered;
+    for (const CommandSpec& s : specs) covered.insert(s.name);
+    for (const auto& n : differential::not_compared()) covered.insert(n.name);
+    std::string missing;
+    for (const auto& [name, command] : table)
+      if (!covered.count(name)) missing += " " + name;
+    for (const std::string& name : differential::connection_commands())
+      if (!covered.count(name)) missing += " " + name;
+    INFO("commands without a generator in tests/differential.hpp (command_specs, or not_compared with a reason):"
+         << missing);
+    CHECK(missing.empty());
+  }
+
+  proc::TempDir dir("differential");
+  // One database, as the node has: SELECT 1 fails on both.
+  proc::RedisServer redis(dir, {"--databases", "1"});
+  REQUIRE(redis.port() != 0);
+  in_process::Cluster cluster(250, 3);
+  cluster.start();
+  const int leader = cluster.wait_for_leader();
+  REQUIRE(leader != 0);
+
+  // Two connections to each node, one of them RESP3, and the same to Redis.
+  std::vector<ConnectionPair> conns;
+  for (int i = 1; i <= 3; ++i) {
+    const std::string address = cluster[i].address();
+    const std::string ip = address.substr(0, address.find(':'));
+    const int port = std::stoi(address.substr(address.find(':') + 1));
+    for (int protocol : {2, 3}) {
+      ConnectionPair c;
+      c.label = "c" + std::to_string(conns.size() + 1) + ": n" + std::to_string(i) + (i == leader ? " leader" : " follower");
+      REQUIRE(c.redis.connect("127.0.0.1", redis.port()));
+      REQUIRE(c.node.connect(ip, port));
+      if (protocol == 3) {
+        REQUIRE(c.redis.call({"HELLO", "3"}).type == resp::Type::Map);
+        REQUIRE(c.node.call({"HELLO", "3"}).type == resp::Type::Map);
+        c.protocol = 3;
+      }
+      conns.push_back(std::move(c));
+    }
+  }
+
+  Gen g(seed, std::chrono::duration_cast<std::chrono::seconds>(
+                  std::chrono::system_clock::now().time_since_epoch()).count());
+  std::map<std::string, std::uint64_t> counts;
+  std::map<std::string, std::uint64_t> intended_seen;
+  std::vector<std::string> history;  // the calls since the last reset, as the failure shows them
+  std::vector<std::string> failures;
+  constexpr std::size_t kMaxFailures = 10;
+  const Words reset = differential::gen_detail::concat({"DEL"}, Gen::all_keys());
+  std::chrono::steady_clock::duration redis_time{}, cluster_time{};
+  const auto started = std::chrono::steady_clock::now();
+
+  // Every command comes from a shuffled deck of all of them: each runs ops / n times or one more.
+  std::vector<std::size_t> deck;
+  const auto draw = [&]() -> const CommandSpec& {
+    if (deck.empty()) {
+      for (std::size_t i = 0; i < specs.size(); ++i) deck.push_back(i);
+      std::shuffle(deck.begin(), deck.end(), g.rng());
+    }
+    const std::size_t i = deck.back();
+    deck.pop_back();
+    return specs[i];
+  };
+
+  // After a difference the two sides no longer hold the same data: both start over.
+  const auto resynchronise = [&](ConnectionPair& c) {
+    for (ConnectionPair& p : conns) {
+      const std::string proto = std::to_string(p.protocol);
+      p.redis.call({"HELLO", proto});
+      p.node.call({"HELLO", proto});
+      p.redis.call({"CLIENT", "SETNAME", ""});
+      p.node.call({"CLIENT", "SETNAME", ""});
+    }
+    c.redis.call(reset);
+    c.node.call(reset);
+    history.clear();
+  };
+
+  std::uint64_t done = 0;
+  std::uint64_t since_reset = 0;
+  const std::uint64_t reset_every = 120;
+  while (done < ops && failures.size() < kMaxFailures) {
+    ConnectionPair& c = conns[static_cast<std::size_t>(g.below(static_cast<int>(conns.size())))];
+    std::vector<Words> calls;
+    std::vector<const CommandSpec*> made_by;
+    if (since_reset >= reset_every) {
+      calls.push_back(reset);
+      made_by.push_back(nullptr);
+      since_reset = 0;
+    }
+    for (int n = g.between(1, 12); n > 0 && done < ops; --n, ++done, ++since_reset) {
+      const CommandSpec& spec = draw();
+      g.op = static_cast<std::int64_t>(done);
+      Words w = spec.make(g);
+      if (spec.mutate_arity && g.chance(3)) {  // the wrong number of arguments
+        if (w.size() > 1 && g.chance(50)) w.pop_back();
+        else w.push_back("extra");
+      }
+      if (g.chance(10)) {  // command names are case-insensitive
+        for (char& ch : w[0]) ch = g.chance(50) ? static_cast<char>(std::tolower(ch)) : ch;
+      }
+      calls.push_back(std::move(w));
+      made_by.push_back(&spec);
+      ++counts[spec.name];
+    }
+
+    auto t0 = std::chrono::steady_clock::now();
+    const std::vector<resp::Value> theirs = pipeline(c.redis, calls);
+    auto t1 = std::chrono::steady_clock::now();
+    const std::vector<resp::Value> ours = pipeline(c.node, calls);
+    auto t2 = std::chrono::steady_clock::now();
+    redis_time += t1 - t0;
+    cluster_time += t2 - t1;
+
+    for (std::size_t i = 0; i < calls.size(); ++i) {
+      const Words& call = calls[i];
+      if (made_by[i] == nullptr) history.clear();
+      const std::string prefix = "[" + c.label + " resp" + std::to_string(c.protocol) + "] ";
+      history.push_back(prefix + line_of(call));
+      const differential::Compare how = made_by[i] ? made_by[i]->compare : differential::Compare::Exact;
+      // HELLO that Redis accepted changes the connection's protocol (on both, if they agree).
+      if (made_by[i] && std::string(made_by[i]->name) == "hello" && theirs[i].type != resp::Type::Error) {
+        c.protocol = 2;
+        for (std::size_t k = 0; k + 1 < theirs[i].elements.size(); k += 2)
+          if (theirs[i].elements[k].str == "proto") c.protocol = static_cast<int>(theirs[i].elements[k + 1].num);
+      }
+      if (differential::agree(how, theirs[i], ours[i])) continue;
+      bool intended = false;
+      for (const auto& d : differential::intended_differences()) {
+        if (d.applies && made_by[i] && std::string(made_by[i]->name) == d.command && d.applies(call, theirs[i], ours[i])) {
+          ++intended_seen[std::string(d.command) + ": " + d.what];
+          intended = true;
+          break;
+        }
+      }
+      if (intended) continue;
+      std::ostringstream report;
+      report << "difference (seed " << seed << ", call " << done << "):\n  " << prefix << line_of(call)
+             << "\n  redis: " << test_support::typed(theirs[i]) << "\n  ours:  " << test_support::typed(ours[i])
+             << "\n  the calls since the last reset (" << history.size() << "):\n";
+      const std::size_t first = history.size() > 400 ? history.size() - 400 : 0;
+      for (std::size_t k = first; k < history.size(); ++k) report << "    " << history[k] << "\n";
+      failures.push_back(report.str());
+      resynchronise(c);
+      since_reset = 0;
+      break;  // the rest of this pipeline ran on diverged data
+    }
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+
+  std::ostringstream summary;
+  summary << "differential: seed " << seed << ", " << done << " calls in " << seconds << " s (redis "
+          << std::chrono::duration<double>(redis_time).count() << " s, cluster "
+          << std::chrono::duration<double>(cluster_time).count() << " s); calls per command:";
+  for (const auto& [name, n] : counts) summary << " " << name << "=" << n;
+  for (const auto& [what, n] : intended_seen) summary << "\n  intended difference seen " << n << "x: " << what;
+  std::cout << summary.str() << std::endl;
+
+  for (const std::string& f : failures) FAIL_CHECK(f);
+  // Every command ran enough (the default run: 100 each).
+  const std::uint64_t least = std::min<std::uint64_t>(100, ops / specs.size());
+  for (const CommandSpec& s : specs) {
+    INFO(s.name << " ran " << counts[s.name] << " times");
+    CHECK((failures.size() >= kMaxFailures || counts[s.name] >= least));
+  }
+}
