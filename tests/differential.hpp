@@ -345,8 +345,8 @@ inline const std::vector<CommandSpec>& command_specs() {
          Words w{"HELLO"};
          if (g.chance(90)) w.push_back(g.pick({"2", "3", "3", "2", "4", "x"}));
          if (g.chance(5)) w.push_back("BAD");
-         if (g.chance(20)) w.insert(w.end(), {"SETNAME", g.pick({"app", "worker-1"})});
-         if (g.chance(5)) w.push_back("SETNAME");
+         if (g.chance(5)) w.push_back("SETNAME");  // without its name
+         else if (g.chance(20)) w.insert(w.end(), {"SETNAME", g.pick({"app", "worker-1"})});
          return w;
        },
        false},

@@ -7,8 +7,8 @@
 //   RAFT_DIFF_OPS=100000 RAFT_DIFF_SEED=7 build/raft_tests '[differential]'
 //
 // runs longer or with another seed (the default: 100 calls of every command, seed 20261130).
-// A difference prints the seed and every call since the last reset (a DEL of the whole key
-// space), so the run replays it.
+// A difference prints the seed and every call since the last reset (every client's name
+// cleared, and a DEL of the whole key space), so the run replays it.
 #include <catch2/catch.hpp>
 
 #include <chrono>
@@ -172,6 +172,14 @@ TEST_CASE("differential: random command sequences get the same replies from a 3-
     std::vector<Words> calls;
     std::vector<const CommandSpec*> made_by;
     if (since_reset >= reset_every) {
+      // Client names too, so that the calls since the reset are all a replay needs.
+      for (ConnectionPair& p : conns) {
+        if (&p == &c) continue;
+        p.redis.call({"CLIENT", "SETNAME", ""});
+        p.node.call({"CLIENT", "SETNAME", ""});
+      }
+      calls.push_back({"CLIENT", "SETNAME", ""});
+      made_by.push_back(nullptr);
       calls.push_back(reset);
       made_by.push_back(nullptr);
       since_reset = 0;
@@ -202,7 +210,7 @@ TEST_CASE("differential: random command sequences get the same replies from a 3-
 
     for (std::size_t i = 0; i < calls.size(); ++i) {
       const Words& call = calls[i];
-      if (made_by[i] == nullptr) history.clear();
+      if (made_by[i] == nullptr && i == 0) history.clear();
       const std::string prefix = "[" + c.label + " resp" + std::to_string(c.protocol) + "] ";
       history.push_back(prefix + line_of(call));
       const differential::Compare how = made_by[i] ? made_by[i]->compare : differential::Compare::Exact;
