@@ -338,7 +338,7 @@ inline const std::vector<CommandSpec>& command_specs() {
       // connection (the runtime's, not the store's: see connection_commands)
       {"ping", C::Exact, [](Gen& g) { return g.chance(50) ? Words{"PING"} : Words{"PING", g.value()}; }},
       {"echo", C::Exact, [](Gen& g) { return Words{"ECHO", g.value()}; }},
-      {"select", C::Exact, [](Gen& g) { return Words{"SELECT", g.pick({"0", "0", "1", "-1", "x", "16", ""})}; }},
+      {"select", C::Exact, [](Gen& g) { return Words{"SELECT", g.pick({"0", "0", "1", "-1", "x", "16", "", "99999999999"})}; }},
       {"hello", C::Hello,
        [](Gen& g) {
          // A bad option only before SETNAME, and no arity mutation: see intended_differences.

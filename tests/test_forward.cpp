@@ -128,7 +128,7 @@ class FakePeer {
 /// The FWDR a leader sends for a reply (encoded as the leader encodes it).
 std::vector<std::string> fwdr(std::uint64_t nonce, std::uint64_t seq, const std::string& status, const raft::Reply& reply) {
   std::string encoded;
-  resp::write(encoded, reply, 3);
+  resp::write(encoded, reply, resp::kProtocolKept);
   return {"FWDR", std::to_string(nonce), std::to_string(seq), status, encoded};
 }
 

@@ -3798,10 +3798,10 @@ inline Reply Runtime::connection_command(ClientConn* conn, const std::vector<std
   if (name == "acl") return acl_reply(conn, w);
   if (name == "select") {
     if (!arity(1, 1)) return wrong();
-    std::int64_t db = 0;  // Redis reads an int first: "x" and 2^31 are not integers, 1 is out of range
-    if (!parse_int64(w[1], db) || db < std::numeric_limits<std::int32_t>::min() ||
-        db > std::numeric_limits<std::int32_t>::max())
-      return not_integer_error();
+    std::int64_t db = 0;  // Redis reads an int first, in its words (sic: "must between")
+    if (!parse_int64(w[1], db)) return not_integer_error();
+    if (db < std::numeric_limits<std::int32_t>::min() || db > std::numeric_limits<std::int32_t>::max())
+      return Reply::error("ERR value is out of range, value must between -2147483648 and 2147483647");
     return db == 0 ? Reply::ok() : Reply::error("ERR DB index is out of range");
   }
   if (name == "readonly" || name == "readwrite") {
