@@ -359,6 +359,14 @@ inline const std::vector<CommandSpec>& command_specs() {
            default: return Words{"CLIENT", g.pick({"NOSUCH", "help-me"})};
          }
        }},
+      // not a command: the unknown-command error names it and its first arguments
+      {"(unknown)", C::Exact,
+       [](Gen& g) {
+         Words w{g.pick({"NOSUCH", "nosuch", "GETT", "hello-world", "SET.X", std::string("N\0O", 3)})};
+         for (int i = g.below(4); i > 0; --i) w.push_back(g.chance(90) ? g.value() : std::string(g.between(60, 140), 'x'));
+         if (g.chance(10)) w.push_back("line\r\nbreak");
+         return w;
+       }},
   };
   return specs;
 }

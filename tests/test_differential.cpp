@@ -285,6 +285,9 @@ TEST_CASE("differential: what the random test found in the connection commands a
       {{"HELLO", "x"}, {"HELLO", "02"}, {"HELLO", "4"}, {"HELLO", "2", "BAD"}},
       // CLIENT's subcommands count their arguments (it said "unknown subcommand").
       {{"CLIENT", "SETNAME", "a", "b"}, {"CLIENT", "SETNAME"}, {"CLIENT", "GETNAME", "x"}, {"CLIENT", "GETNAME"}},
+      // The unknown-command error names the command as sent (it said it in lower case), its
+      // arguments as C strings, the list cut near 128 bytes, line breaks as spaces.
+      {{"NOSUCH", "a"}, {"NoSuch", std::string("x\0y", 3), std::string(200, 'z'), "b"}, {"GETT", "line\r\nbreak"}},
       // A pipelined HELLO changes the protocol of the replies after it only (a read or write
       // still waiting when HELLO 3 came was answered in RESP3).
       {{"GET", "nokey"}, {"HELLO", "3"}, {"GET", "nokey"}},

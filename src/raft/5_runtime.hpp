@@ -3280,6 +3280,7 @@ inline std::future<Reply> Runtime::execute_async(std::vector<std::string> words)
 
 inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector<std::string>& words, Batch& batch) {
   if (words.empty()) return;
+  const std::string name_as_sent = words[0];  // for the unknown-command error, as Redis names it
   words[0] = lower(std::move(words[0]));
   if (conn) {
     caller.user = conn->user;
@@ -3314,9 +3315,17 @@ inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector
   }
   auto it = handlers_.find(words[0]);
   if (it == handlers_.end() || is_reserved_command(words[0])) {
+    // Redis's words: the name and arguments as C strings (up to a NUL byte), the name cut at
+    // 128 bytes, arguments while the list is under 128 bytes (each cut to what is left), and
+    // line breaks as spaces.
+    const auto c_text = [](const std::string& s, std::size_t most) { return s.substr(0, std::min(s.find('\0'), most)); };
     std::string args;
-    for (std::size_t i = 1; i < words.size() && args.size() < 128; ++i) args += "'" + words[i] + "' ";
-    finish(caller, Reply::error("ERR unknown command '" + words[0] + "', with args beginning with: " + args));
+    for (std::size_t i = 1; i < words.size() && args.size() < 128; ++i)
+      args += "'" + c_text(words[i], 128 - args.size()) + "' ";
+    std::string text = "ERR unknown command '" + c_text(name_as_sent, 128) + "', with args beginning with: " + args;
+    std::replace(text.begin(), text.end(), '\r', ' ');
+    std::replace(text.begin(), text.end(), '\n', ' ');
+    finish(caller, Reply::error(text));
     return;
   }
   const Command& cmd = it->second;
