@@ -56,6 +56,25 @@ struct ConnectionPair {
   int protocol = 2;
 };
 
+/// A redis-server 7.0 and a 3-node cluster with a leader, side by side.
+struct Servers {
+  proc::TempDir dir;
+  proc::RedisServer redis;  // one database, as the node has: SELECT 1 fails on both
+  in_process::Cluster cluster;
+  int leader = 0;
+  explicit Servers(int test) : dir("differential"), redis(dir, {"--databases", "1"}), cluster(test, 3) {
+    REQUIRE(redis.port() != 0);
+    cluster.start();
+    leader = cluster.wait_for_leader();
+    REQUIRE(leader != 0);
+  }
+  proc::Client redis_client() { return proc::Client("127.0.0.1", redis.port()); }
+  proc::Client node_client(int i) {
+    const std::string address = cluster[i].address();
+    return proc::Client(address.substr(0, address.find(':')), std::stoi(address.substr(address.find(':') + 1)));
+  }
+};
+
 /// Sends the calls as one pipeline and reads every reply.
 std::vector<resp::Value> pipeline(proc::Client& c, const std::vector<Words>& calls) {
   std::string bytes;
@@ -98,26 +117,18 @@ TEST_CASE("differential: random command sequences get the same replies from a 3-
     CHECK(missing.empty());
   }
 
-  proc::TempDir dir("differential");
-  // One database, as the node has: SELECT 1 fails on both.
-  proc::RedisServer redis(dir, {"--databases", "1"});
-  REQUIRE(redis.port() != 0);
-  in_process::Cluster cluster(250, 3);
-  cluster.start();
-  const int leader = cluster.wait_for_leader();
-  REQUIRE(leader != 0);
+  Servers servers(250);
+  const int leader = servers.leader;
 
   // Two connections to each node, one of them RESP3, and the same to Redis.
   std::vector<ConnectionPair> conns;
   for (int i = 1; i <= 3; ++i) {
-    const std::string address = cluster[i].address();
-    const std::string ip = address.substr(0, address.find(':'));
-    const int port = std::stoi(address.substr(address.find(':') + 1));
     for (int protocol : {2, 3}) {
       ConnectionPair c;
       c.label = "c" + std::to_string(conns.size() + 1) + ": n" + std::to_string(i) + (i == leader ? " leader" : " follower");
-      REQUIRE(c.redis.connect("127.0.0.1", redis.port()));
-      REQUIRE(c.node.connect(ip, port));
+      c.redis = servers.redis_client();
+      c.node = servers.node_client(i);
+      REQUIRE((c.redis.connected() && c.node.connected()));
       if (protocol == 3) {
         REQUIRE(c.redis.call({"HELLO", "3"}).type == resp::Type::Map);
         REQUIRE(c.node.call({"HELLO", "3"}).type == resp::Type::Map);
@@ -253,6 +264,8 @@ TEST_CASE("differential: random command sequences get the same replies from a 3-
       std::ostringstream report;
       report << "difference (seed " << seed << ", call " << numbers[i] << "):\n  " << prefix << line_of(call)
              << "\n  redis: " << test_support::typed(theirs[i]) << "\n  ours:  " << test_support::typed(ours[i])
+             << "\n  replay: RAFT_DIFF_SEED=" << seed << " RAFT_DIFF_OPS=" << ops
+             << " build/raft_tests 'differential: random*'"
              << "\n  the calls since the last reset (" << history.size() << "):\n";
       const std::size_t first = history.size() > 400 ? history.size() - 400 : 0;
       for (std::size_t k = first; k < history.size(); ++k) report << "    " << history[k] << "\n";
@@ -288,13 +301,7 @@ TEST_CASE("differential: what the random test found in the connection commands a
     WARN("redis-server is not installed: the comparison with Redis is skipped");
     return;
   }
-  proc::TempDir dir("differential-found");
-  proc::RedisServer redis(dir, {"--databases", "1"});
-  REQUIRE(redis.port() != 0);
-  in_process::Cluster cluster(251, 3);
-  cluster.start();
-  const int leader = cluster.wait_for_leader();
-  REQUIRE(leader != 0);
+  Servers servers(251);
 
   // Each list is one pipeline, on a fresh RESP2 connection to each server; the node's is to a
   // follower (its writes are forwarded, its reads wait for the leader's read index).
@@ -315,10 +322,10 @@ TEST_CASE("differential: what the random test found in the connection commands a
       {{"LPOP", "nokey", "1"}, {"HGET", "nokey", "f"}, {"HELLO", "3"}, {"LPOP", "nokey", "1"}, {"HELLO", "2"},
        {"LPOP", "nokey", "1"}},
   };
-  const std::string address = cluster[cluster.other_than(leader)].address();
+  const int follower = servers.cluster.other_than(servers.leader);
   for (const std::vector<Words>& calls : pipelines) {
-    proc::Client theirs("127.0.0.1", redis.port());
-    proc::Client ours(address.substr(0, address.find(':')), std::stoi(address.substr(address.find(':') + 1)));
+    proc::Client theirs = servers.redis_client();
+    proc::Client ours = servers.node_client(follower);
     const std::vector<resp::Value> a = pipeline(theirs, calls);
     const std::vector<resp::Value> b = pipeline(ours, calls);
     for (std::size_t i = 0; i < calls.size(); ++i) {
