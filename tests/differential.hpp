@@ -91,7 +91,7 @@ class Gen {
   // differently on the two servers: a TTL is k * 1e7 s (k = 1..5) minus the number of the
   // call in seconds, so of two calls with the same k the later one sets the earlier deadline
   // by whole seconds per call in between (as long as a call takes less than a second), and
-  // different k are months apart. Absolute deadlines are epoch + k * 1e7 + 5e6 s: months from
+  // different k are months apart (for runs of up to a million calls). Absolute deadlines are epoch + k * 1e7 + 5e6 s: months from
   // every relative one, and equal (not merely close) when equal.
 
   /// A relative TTL in seconds (EXPIRE, SET EX), sometimes past or invalid.
