@@ -46,7 +46,8 @@ class Gen {
   /// lo .. hi.
   int between(int lo, int hi) { return lo + below(hi - lo + 1); }
   bool chance(int percent) { return below(100) < percent; }
-  const std::string& pick(const std::vector<std::string>& from) {
+  /// A copy (`from` is often a temporary list).
+  std::string pick(const std::vector<std::string>& from) {
     return from[static_cast<std::size_t>(below(static_cast<int>(from.size())))];
   }
 
@@ -157,7 +158,7 @@ enum class Compare {
   Exact,          // the same RESP type and value, element for element
   Unordered,      // an array whose order Redis leaves unspecified: the same elements as a multiset
   UnorderedPairs, // field/value pairs (flat array in RESP2, map in RESP3) in any order
-  Ttl,            // an integer: equal when negative (no key, no TTL), else within kTtlTolerance
+  Ttl,            // an integer: equal when negative (no key, no TTL), else within kTtlToleranceS
   PttlMs,         // the same in milliseconds
   Hello,          // HELLO's map: the protocol only (see intended_differences)
 };
