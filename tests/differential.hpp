@@ -51,9 +51,10 @@ class Gen {
     return from[static_cast<std::size_t>(below(static_cast<int>(from.size())))];
   }
 
-  /// The key space: small, so every command meets keys of every type.
+  /// The key space: small, so every command meets keys of every type; the empty key too (KEYS
+  /// * alone matches it).
   static const std::vector<std::string>& all_keys() {
-    static const std::vector<std::string> keys = {"k0", "k1", "k2", "k3", "k4", "k5"};
+    static const std::vector<std::string> keys = {"k0", "k1", "k2", "k3", "k4", "k5", ""};
     return keys;
   }
   std::string key() { return pick(all_keys()); }
@@ -264,7 +265,7 @@ inline Words fields(Gen& g, int min, int max) {
 
 inline Words elements(Gen& g, int min, int max) {
   Words out;
-  for (int i = g.between(min, max); i > 0; --i) out.push_back(g.element());
+  for (int i = g.chance(5) ? 20 : g.between(min, max); i > 0; --i) out.push_back(g.element());
   return out;
 }
 
