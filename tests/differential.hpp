@@ -222,6 +222,12 @@ struct CommandSpec {
   std::function<Words(Gen&)> make;
   /// Whether the test may drop the last argument or add one (the wrong number of arguments).
   bool mutate_arity = true;
+  /// For SCAN-like commands, where the cursor is among the words (SCAN: 1, HSCAN: 2); 0 for
+  /// the others. The test runs the whole iteration from the generator's cursor on each server
+  /// and compares the union of what each returned (Redis promises every element present for
+  /// the whole iteration at least once, in no order): give such a command Compare::Unordered,
+  /// or Compare::UnorderedPairs when it returns field/value pairs (HSCAN, ZSCAN).
+  std::size_t cursor_arg = 0;
 };
 
 namespace gen_detail {
