@@ -371,6 +371,10 @@ struct Call {
   std::int64_t now_ms = 0;
   /// The node running the handler; null when a handler is called outside a node (tests).
   Node* node = nullptr;
+  /// Write handlers: the applied entry's index and term, the same on every node (a seed for
+  /// the random choices of SPOP and SRANDMEMBER). 0 in read handlers and outside a node.
+  std::uint64_t index = 0;
+  std::uint64_t term = 0;
 
   /// pyraft's check_ttl: in a write handler, deletes `key` if its deadline is at or before
   /// now_ms. Returns true if it did.
