@@ -2075,6 +2075,7 @@ inline Reply cmd_scard(Call& c) {
 
 /// SPOP key [count]: members chosen by EntryRandom (the same on every node).
 inline Reply cmd_spop(Call& c) {
+  if (c.words.size() > 3) return syntax_error();
   const bool has_count = c.words.size() == 3;
   std::int64_t count = 0;
   if (has_count && (!parse_int64(c.words[2], count) || count < 0))
@@ -2114,6 +2115,7 @@ constexpr std::uint64_t kMaxRandomRepeats = std::uint64_t{1} << 22;
 
 /// SRANDMEMBER key [count]: count > 0 distinct members, count < 0 |count| with repeats.
 inline Reply cmd_srandmember(Call& c) {
+  if (c.words.size() > 3) return syntax_error();
   const bool has_count = c.words.size() == 3;
   std::int64_t count = 0;
   if (has_count && !parse_int64(c.words[2], count)) return not_integer_error();
@@ -2353,8 +2355,11 @@ inline Reply zadd_generic(Call& c, std::size_t first, bool incr, bool nx, bool x
     const std::string& member = w[first + 2 * j + 1];
     double score = scores[j];
     const double* old = z.score(member);
+    if (old != nullptr && incr) score += *old;
+    // -0 is kept as 0, as Redis keeps it in a sorted set of up to 128 members (its listpack
+    // encoding; its skip list would keep -0).
+    if (score == 0) score = 0;
     if (old != nullptr) {
-      if (incr) score += *old;
       if (nx || (lt && score >= *old) || (gt && score <= *old)) continue;
       processed = true;
       result = score;
@@ -2636,6 +2641,7 @@ inline Reply cmd_zremrangebyrank(Call& c) {
 
 /// ZPOPMIN / ZPOPMAX key [count]: [member, score] flat without a count; pairs with one.
 inline Reply zpop(Call& c, bool max) {
+  if (c.words.size() > 3) return syntax_error();
   const bool has_count = c.words.size() == 3;
   std::int64_t count = 1;
   if (has_count && (!parse_int64(c.words[2], count) || count < 0))
@@ -3662,8 +3668,8 @@ inline void add_builtin_commands(CommandTable& table) {
   add("sismember", "r", 2, 2, cmd_sismember);
   add("smismember", "r", 2, -1, cmd_smismember);
   add("scard", "r", 1, 1, cmd_scard);
-  add("spop", "wes", 1, 2, cmd_spop);
-  add("srandmember", "r", 1, 2, cmd_srandmember);
+  add("spop", "wes", 1, -1, cmd_spop);
+  add("srandmember", "r", 1, -1, cmd_srandmember);
   add("sinter", "r", 1, -1, cmd_sinter);
   add("sunion", "r", 1, -1, cmd_sunion);
   add("sdiff", "r", 1, -1, cmd_sdiff);
@@ -3686,8 +3692,8 @@ inline void add_builtin_commands(CommandTable& table) {
   add("zrevrangebyscore", "r", 3, -1, cmd_zrevrangebyscore);
   add("zremrangebyscore", "wes", 3, 3, cmd_zremrangebyscore);
   add("zremrangebyrank", "wes", 3, 3, cmd_zremrangebyrank);
-  add("zpopmin", "wes", 1, 2, cmd_zpopmin);
-  add("zpopmax", "wes", 1, 2, cmd_zpopmax);
+  add("zpopmin", "wes", 1, -1, cmd_zpopmin);
+  add("zpopmax", "wes", 1, -1, cmd_zpopmax);
 }
 
 }  // namespace raft
