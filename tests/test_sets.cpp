@@ -586,3 +586,34 @@ TEST_CASE("sets and sorted sets answer as a real redis-server does, RESP2 and RE
   CHECK(exercised.size() >= 33);
   node->stop();
 }
+
+TEST_CASE("a 3-node cluster: SPOP takes the same members on every node, and a follower answers ZPOPMIN with a "
+          "count as Redis does in RESP2 and RESP3",
+          "[store][sets]") {
+  in_process::Cluster c(251, 3);
+  c.start();
+  const int leader = c.wait_for_leader();
+  REQUIRE(leader != 0);
+  const int follower = c.other_than(leader);
+  proc::Client f2(client_ip(c[follower]), client_port(c[follower]));
+  proc::Client f3(client_ip(c[follower]), client_port(c[follower]));
+  REQUIRE(f3.call({"HELLO", "3"}).type == resp::Type::Map);
+  std::vector<std::string> add{"SADD", "s"};
+  for (int i = 0; i < 50; ++i) add.push_back("m" + std::to_string(i));
+  REQUIRE(f2.call(add).num == 50);
+  for (int i = 0; i < 5; ++i) {
+    CHECK(f2.call({"SPOP", "s", "3"}).elements.size() == 3);
+    CHECK(f2.call({"SPOP", "s"}).type == resp::Type::BulkString);
+  }
+  REQUIRE(f2.call({"ZADD", "z", "1", "a", "2.5", "b", "3", "c", "4", "d"}).num == 4);
+  // Forwarded to the leader, the reply comes back as RESP3: the pairs stay pairs for RESP2.
+  CHECK(resp::encode(f2.call({"ZPOPMIN", "z", "2"}), 2) == "*4\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nb\r\n$3\r\n2.5\r\n");
+  CHECK(resp::encode(f3.call({"ZPOPMAX", "z", "1"}), 3) == "*1\r\n*2\r\n$1\r\nd\r\n,4\r\n");
+  CHECK(resp::encode(f2.call({"ZINCRBY", "z", "0.1", "c"}), 2) == "$18\r\n3.1000000000000001\r\n");
+  // Every node applied the same entries to the same data.
+  REQUIRE(in_process::eventually(in_process::long_wait(), [&] {
+    const Store a = in_process::snapshot_of_store(c[1]);
+    return a == in_process::snapshot_of_store(c[2]) && a == in_process::snapshot_of_store(c[3]) &&
+           a.find("s", kT0) != nullptr && a.find("s", kT0)->set().size() == 30;
+  }));
+}

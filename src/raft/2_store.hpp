@@ -2669,6 +2669,19 @@ inline Reply zpop(Call& c, bool max) {
   return has_count ? Reply::pairs(std::move(items)) : Reply::array();
 }
 
+/// A write's reply read back from RESP3 (a forwarded or kept one): Reply::pairs()'s flag does
+/// not survive the encoding, so an array of [member, score] pairs gets it again, for RESP2
+/// clients to receive it flat as Redis sends it. Only the sorted set pops reply with pairs of
+/// a string and a double among the writes.
+inline void restore_pairs(Reply& reply) {
+  if (reply.type != resp::Type::Array || reply.elements.empty()) return;
+  for (const Reply& e : reply.elements)
+    if (e.type != resp::Type::Array || e.elements.size() != 2 || e.elements[0].type != resp::Type::BulkString ||
+        e.elements[1].type != resp::Type::Double)
+      return;
+  reply.num = 1;
+}
+
 inline Reply cmd_zpopmin(Call& c) { return zpop(c, false); }
 inline Reply cmd_zpopmax(Call& c) { return zpop(c, true); }
 
