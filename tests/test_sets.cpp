@@ -369,7 +369,8 @@ print(all(isinstance(v, float) for v in z.values()), type(data['hash']).__name__
            {"{'a', 'a'}", "duplicate set member"},
            {"{'a': 1.0, 'a': 2.0}", "duplicate sorted set member"},
            {"{'a', 1}", "expected a string"},
-           {"{'a': 1.0, 'b': 'x'}", "expected a number"},
+           {"{'a': 1.0, 'b': 'x'}", "expected a float score"},
+           {"{'a': 1.0, 'b': 2}", "expected a float score"},
            {"{'a': 1e9999}", "malformed number"}}) {
     INFO(bad);
     std::string t = text;

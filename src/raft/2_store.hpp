@@ -922,6 +922,14 @@ class LiteralReader {
     return true;
   }
 
+  /// At a float literal: a number with a '.' or an exponent (1.0, 2e5, -1e999), not an int.
+  bool at_float() {
+    if (!at_number()) return false;
+    std::size_t p = pos_ + (in_[pos_] == '-' ? 1 : 0);
+    while (p < in_.size() && is_digit(in_[p])) ++p;
+    return p < in_.size() && (in_[p] == '.' || in_[p] == 'e' || in_[p] == 'E');
+  }
+
   /// Where the reader is, and going back there (to look ahead at a value).
   std::size_t position() const { return pos_; }
   void rewind(std::size_t at) { pos_ = at; }
@@ -2692,7 +2700,7 @@ inline Reply cmd_zpopmax(Call& c) { return zpop(c, true); }
 // score is written "%.17g" (the digits Redis 7.0 shows; they read back exactly), with ".0"
 // when that looks like an int, so Python reads a float; +-inf as 1e999 / -1e999, which
 // ast.literal_eval reads as inf (NaN is never stored). Neither is ever empty, so each is told
-// from a hash by its first element: no ':' (a set), or a number after the ':' (a sorted set).
+// from a hash by its first element: no ':' (a set), or a float after the ':' (a sorted set).
 
 inline void append_score_literal(std::string& out, double d) {
   if (std::isinf(d)) {
@@ -2734,7 +2742,7 @@ inline Store::Kind braced_kind(LiteralReader& r) {
   if (r.expect('{', "'{'") && r.at_string() && r.string(first)) {
     if (!r.accept(':'))
       kind = Store::Kind::Set;
-    else if (r.at_number())
+    else if (r.at_float())
       kind = Store::Kind::SortedSet;
   }
   r.rewind(at);
@@ -2754,7 +2762,9 @@ inline bool read_set_literal(LiteralReader& r, Store::Object& o, std::string& sc
       continue;
     }
     double score = 0;
-    if (!r.expect(':', "':' after a sorted set member") || !r.real(score)) return false;
+    if (!r.expect(':', "':' after a sorted set member")) return false;
+    if (!r.at_float()) return r.fail_expected("a float score (1.0, 2e-05, 1e999)");
+    if (!r.real(score)) return false;
     if (o.zset().score(scratch) != nullptr)
       return r.fail_at(at, "duplicate sorted set member " + key_for_error(scratch));
     o.zset().set(scratch, score);
