@@ -139,6 +139,7 @@ TEST_CASE("sets: sinter, sunion, sdiff and their STORE forms, smove", "[store][s
   CHECK(db({"exists", "a"}) == ":0|");
   CHECK(db({"smembers", "new"}) == "*2|$1|2|$1|3|");
   CHECK(db({"smove", "b", "x", "2"}) == kWrongType);
+  CHECK(db({"smove", "none", "x", "2"}) == ":0|");  // a missing source first, as Redis
 }
 
 TEST_CASE("sets: spop and srandmember, with and without a count", "[store][sets]") {
@@ -457,7 +458,7 @@ TEST_CASE("sets and sorted sets answer as a real redis-server does, RESP2 and RE
       {"SET", "str", "v"}, {"SADD", "str", "a"}, {"SMEMBERS", "str"}, {"SINTER", "s", "str"},
       {"SUNIONSTORE", "str", "s"}, {"TYPE", "str"}, {"SET", "str", "v"}, {"SINTERSTORE", "d", "str"},
       {"SMOVE", "s", "t", "a"}, {"SMOVE", "s", "t", "a"}, {"SMOVE", "s", "s", "b"}, {"SMOVE", "s", "str", "b"},
-      {"SMOVE", "str", "s", "b"}, {"SMOVE", "s", "fresh", "b"}, {"SMEMBERS", "fresh"}, {"SMOVE", "s", "t"},
+      {"SMOVE", "str", "s", "b"}, {"SMOVE", "none", "str", "b"}, {"SMOVE", "s", "fresh", "b"}, {"SMEMBERS", "fresh"}, {"SMOVE", "s", "t"},
       {"SPOP", "none"}, {"SPOP", "none", "3"}, {"SPOP", "s", "-1"}, {"SPOP", "s", "x"}, {"SPOP", "s", "0"},
       {"SPOP", "str"}, {"SPOP", "str", "1"}, {"SPOP", "s", "1", "2"}, {"SRANDMEMBER", "none"},
       {"SRANDMEMBER", "none", "2"}, {"SRANDMEMBER", "s", "x"}, {"SRANDMEMBER", "str"},

@@ -413,9 +413,12 @@ class Store {
   /// 'data': {...}, 'ttl': {...}, 'sessions': [...], 'session_clock': [MS, MS]}` to `out`
   /// ('sessions', 'session_clock': see detail::SessionTable). Keys and hash fields in bytewise order; the same store and
   /// meta always give the same text. Strings that are valid UTF-8 are written as str literals,
-  /// others as bytes literals, escaped exactly as Python's repr().
+  /// others as bytes literals, escaped exactly as Python's repr(). Values: a str or bytes (a
+  /// string), a dict of strings (a hash), a list (a list), a set of strings (a set: {'a', 'b'})
+  /// and a dict of member -> float score (a sorted set: {'a': 1.5, 'b': 1e999}); with a set or
+  /// a sorted set in the data the format is 5 (see detail::write_set_literal), else 4.
   void write_snapshot(std::string& out, const SnapshotMeta& meta) const;
-  /// Parses write_snapshot's format, format 3 (no 'session_clock'), format 2 (no 'sessions':
+  /// Parses write_snapshot's formats (5 and 4), format 3 (no 'session_clock'), format 2 (no 'sessions':
   /// the table is empty), format 1
   /// (nor 'timestamp': meta.timestamp_ms is 0), and any Python literal text of the same shape.
   /// On success replaces `data` and `meta`; on failure leaves them unchanged and sets `error`
@@ -2237,9 +2240,10 @@ inline Reply cmd_smove(Call& c) {
   bool wrong;
   Store::Object* from = write_lookup(c, source, Store::Kind::Set, wrong);
   if (wrong) return wrongtype_error();
+  if (from == nullptr) return Reply::integer(0);  // before the destination's kind, as Redis
   Store::Object* to = write_lookup(c, dest, Store::Kind::Set, wrong);
   if (wrong) return wrongtype_error();
-  if (from == nullptr || from->set().count(member) == 0) return Reply::integer(0);
+  if (from->set().count(member) == 0) return Reply::integer(0);
   if (source == dest) return Reply::integer(1);
   from->set().erase(member);
   Store::shrank(*from, Store::kSetEntryBytes + member.size());
