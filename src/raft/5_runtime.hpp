@@ -571,7 +571,9 @@ inline bool decode_reply(std::string_view bytes, Reply& out) {
   limits.max_multibulk_length = std::numeric_limits<std::size_t>::max();
   resp::ReplyParser parser(limits);
   parser.feed(bytes);
-  return parser.next(out) == resp::Status::Ok && parser.buffered() == 0;
+  const bool ok = parser.next(out) == resp::Status::Ok && parser.buffered() == 0;
+  if (ok) restore_pairs(out);  // section 2: ZPOPMIN's pairs, flat again for RESP2
+  return ok;
 }
 
 inline bool decode_forward_reply(const std::vector<std::string>& w, ForwardReply& r, std::string& error) {
@@ -3059,7 +3061,7 @@ inline void Runtime::apply_entry(const LogEntry& e) {
 inline bool Runtime::run_write(const LogEntry& e, const Command& cmd, const std::vector<std::string>& words,
                                Reply& reply) {
   const bool record = !is_builtin(cmd);  // built-ins return every error before their first change
-  Call call{store_, words, e.timestamp_ms, &node_};
+  Call call{store_, words, e.timestamp_ms, &node_, e.index, e.term};
   std::string failure;
   try {
     if (record) store_.begin_undo();
