@@ -71,8 +71,21 @@ class Gen {
                  "9223372036854775807", "-9223372036854775808", "9223372036854775808", "1.5", " 1", "1 ",
                  "+1", "007", "-0", "0x1f", "1e3", std::string("a\0b", 3), "\xff\xfe"});
   }
-  /// An element of a list: few, so LREM and LPOS-like searches find them.
+  /// An element of a list or a member of a set: few, so searches find them.
   std::string element() { return pick({"a", "b", "c", "1", ""}); }
+  /// A sorted set's score: integers, fractions, infinities, and what is not a float.
+  std::string score() {
+    if (chance(70)) return std::to_string(between(-3, 5));
+    return pick({"1.5", "-0.25", "1e3", "+inf", "-inf", "inf", "0", "-0", "nan", "x", "", " 1", "1e400", "0x10",
+                 "3.0000000000000001"});
+  }
+  /// A score range's end (ZCOUNT, ZRANGEBYSCORE): inclusive, exclusive, infinite, or bad.
+  std::string score_bound() {
+    if (chance(60)) return std::to_string(between(-3, 5));
+    return pick({"(1", "(0", "-inf", "+inf", "(-inf", "(+inf", "1.5", "(2.5", "x", "((1", "", "inf"});
+  }
+  /// A lexicographic range's end (ZRANGE BYLEX).
+  std::string lex_bound() { return pick({"-", "+", "[a", "(a", "[b", "(c", "[", "a", "[1", "(", "(\xff"}); }
   /// An integer argument: mostly small, sometimes at or past the limits, sometimes not one.
   std::string integer() {
     if (chance(75)) return std::to_string(between(-5, 10));
@@ -162,6 +175,7 @@ enum class Compare {
   Ttl,            // an integer: equal when negative (no key, no TTL), else within kTtlToleranceS
   PttlMs,         // the same in milliseconds
   Hello,          // HELLO's map: the protocol only (see intended_differences)
+  Shape,          // a random choice (SRANDMEMBER): the same type and number of elements only
 };
 
 /// How far apart two TTLs may be: the time between the two sends, and rounding.
@@ -196,6 +210,8 @@ inline std::string canonical(Compare how, const resp::Value& v) {
       for (const std::string& s : pairs) out += s + ", ";
       return out + "}";
     }
+    case Compare::Shape:
+      return "shape " + std::to_string(static_cast<int>(v.type)) + " of " + std::to_string(v.elements.size());
     case Compare::Hello:
       for (std::size_t i = 0; i + 1 < v.elements.size(); i += 2)
         if (v.elements[i].str == "proto") return "hello proto " + typed(v.elements[i + 1]);
@@ -275,6 +291,33 @@ inline Words elements(Gen& g, int min, int max) {
   return out;
 }
 
+/// `min`..`max` keys after a first key (the destination of SINTERSTORE ...).
+inline Words keys_after(Gen& g, std::string first, int min, int max) {
+  return concat({std::move(first)}, g.keys(min, max));
+}
+
+/// ZADD's options: a random subset in random order, sometimes conflicting.
+inline Words zadd_options(Gen& g) {
+  Words out;
+  for (int i = g.pick_weighted({50, 30, 15, 5}); i > 0; --i)
+    out.push_back(g.pick({"NX", "XX", "GT", "LT", "CH", "INCR", "ch", "BAD"}));
+  return out;
+}
+
+inline Words score_members(Gen& g, int min, int max) {
+  Words out;
+  for (int i = g.between(min, max); i > 0; --i) out.insert(out.end(), {g.score(), g.element()});
+  return out;
+}
+
+/// LIMIT offset count, sometimes; WITHSCORES, sometimes (in a random order).
+inline Words range_tail(Gen& g, bool withscores_allowed) {
+  Words out;
+  if (g.chance(30)) out.insert(out.end(), {"LIMIT", g.integer(), g.integer()});
+  if (withscores_allowed && g.chance(40)) out.insert(g.chance(50) ? out.begin() : out.end(), "WITHSCORES");
+  return out;
+}
+
 inline Words expire_call(Gen& g, const char* name, std::string when) {
   return concat({name, g.key(), std::move(when)}, g.expire_options());
 }
@@ -343,6 +386,60 @@ inline const std::vector<CommandSpec>& command_specs() {
       {"lset", C::Exact, [](Gen& g) { return Words{"LSET", g.key(), g.index(), g.element()}; }},
       {"lrem", C::Exact, [](Gen& g) { return Words{"LREM", g.key(), g.index(), g.element()}; }},
       {"ltrim", C::Exact, [](Gen& g) { return Words{"LTRIM", g.key(), g.index(), g.index()}; }},
+      // sets (SPOP takes a count no set reaches, and SRANDMEMBER's random picks are compared by
+      // shape: see intended_differences)
+      {"sadd", C::Exact, [](Gen& g) { return concat({"SADD", g.key()}, elements(g, 1, 3)); }},
+      {"srem", C::Exact, [](Gen& g) { return concat({"SREM", g.key()}, elements(g, 1, 3)); }},
+      {"smembers", C::Unordered, [](Gen& g) { return Words{"SMEMBERS", g.key()}; }},
+      {"sismember", C::Exact, [](Gen& g) { return Words{"SISMEMBER", g.key(), g.element()}; }},
+      {"smismember", C::Exact, [](Gen& g) { return concat({"SMISMEMBER", g.key()}, elements(g, 1, 3)); }},
+      {"scard", C::Exact, [](Gen& g) { return Words{"SCARD", g.key()}; }},
+      {"spop", C::Unordered,
+       [](Gen& g) { return Words{"SPOP", g.key(), g.pick({"1000", "0", "-1", "x", "9223372036854775807"})}; }},
+      {"srandmember", C::Shape,
+       [](Gen& g) {
+         return g.chance(20) ? Words{"SRANDMEMBER", g.key()}
+                             : Words{"SRANDMEMBER", g.key(), g.pick({"1000", "0", "-3", "2", "-1", "x"})};
+       }},
+      {"sinter", C::Unordered, [](Gen& g) { return concat({"SINTER"}, g.keys(1, 3)); }},
+      {"sunion", C::Unordered, [](Gen& g) { return concat({"SUNION"}, g.keys(1, 3)); }},
+      {"sdiff", C::Unordered, [](Gen& g) { return concat({"SDIFF"}, g.keys(1, 3)); }},
+      {"sinterstore", C::Exact, [](Gen& g) { return concat({"SINTERSTORE"}, keys_after(g, g.key(), 1, 3)); }},
+      {"sunionstore", C::Exact, [](Gen& g) { return concat({"SUNIONSTORE"}, keys_after(g, g.key(), 1, 3)); }},
+      {"sdiffstore", C::Exact, [](Gen& g) { return concat({"SDIFFSTORE"}, keys_after(g, g.key(), 1, 3)); }},
+      {"smove", C::Exact, [](Gen& g) { return Words{"SMOVE", g.key(), g.key(), g.element()}; }},
+      // sorted sets
+      {"zadd", C::Exact,
+       [](Gen& g) { return concat(concat({"ZADD", g.key()}, zadd_options(g)), score_members(g, 1, 3)); }},
+      {"zincrby", C::Exact, [](Gen& g) { return Words{"ZINCRBY", g.key(), g.score(), g.element()}; }},
+      {"zrem", C::Exact, [](Gen& g) { return concat({"ZREM", g.key()}, elements(g, 1, 3)); }},
+      {"zscore", C::Exact, [](Gen& g) { return Words{"ZSCORE", g.key(), g.element()}; }},
+      {"zmscore", C::Exact, [](Gen& g) { return concat({"ZMSCORE", g.key()}, elements(g, 1, 3)); }},
+      {"zcard", C::Exact, [](Gen& g) { return Words{"ZCARD", g.key()}; }},
+      {"zcount", C::Exact, [](Gen& g) { return Words{"ZCOUNT", g.key(), g.score_bound(), g.score_bound()}; }},
+      {"zrank", C::Exact, [](Gen& g) { return Words{"ZRANK", g.key(), g.element()}; }},
+      {"zrevrank", C::Exact, [](Gen& g) { return Words{"ZREVRANK", g.key(), g.element()}; }},
+      {"zrange", C::Exact,
+       [](Gen& g) {
+         switch (g.below(3)) {
+           case 0: return concat({"ZRANGE", g.key(), g.index(), g.index()}, concat(g.chance(30) ? Words{"REV"} : Words{}, range_tail(g, true)));
+           case 1: return concat({"ZRANGE", g.key(), g.score_bound(), g.score_bound(), "BYSCORE"},
+                                 concat(g.chance(30) ? Words{"REV"} : Words{}, range_tail(g, true)));
+           default: return concat({"ZRANGE", g.key(), g.lex_bound(), g.lex_bound(), "BYLEX"},
+                                  concat(g.chance(30) ? Words{"REV"} : Words{}, range_tail(g, g.chance(10))));
+         }
+       }},
+      {"zrangebyscore", C::Exact,
+       [](Gen& g) { return concat({"ZRANGEBYSCORE", g.key(), g.score_bound(), g.score_bound()}, range_tail(g, true)); }},
+      {"zrevrangebyscore", C::Exact,
+       [](Gen& g) { return concat({"ZREVRANGEBYSCORE", g.key(), g.score_bound(), g.score_bound()}, range_tail(g, true)); }},
+      {"zremrangebyscore", C::Exact,
+       [](Gen& g) { return Words{"ZREMRANGEBYSCORE", g.key(), g.score_bound(), g.score_bound()}; }},
+      {"zremrangebyrank", C::Exact, [](Gen& g) { return Words{"ZREMRANGEBYRANK", g.key(), g.index(), g.index()}; }},
+      {"zpopmin", C::Exact,
+       [](Gen& g) { return g.chance(50) ? Words{"ZPOPMIN", g.key()} : Words{"ZPOPMIN", g.key(), g.integer()}; }},
+      {"zpopmax", C::Exact,
+       [](Gen& g) { return g.chance(50) ? Words{"ZPOPMAX", g.key()} : Words{"ZPOPMAX", g.key(), g.integer()}; }},
       // connection (the runtime's, not the store's: see connection_commands)
       {"ping", C::Exact, [](Gen& g) { return g.chance(50) ? Words{"PING"} : Words{"PING", g.value()}; }},
       {"echo", C::Exact, [](Gen& g) { return Words{"ECHO", g.value()}; }},
@@ -413,6 +510,12 @@ inline const std::vector<IntendedDifference>& intended_differences() {
       {"hello", "only the protocol in HELLO's map is compared",
        "the map names this server (version, id, mode, role), which is not Redis's; clients read proto",
        nullptr},
+      {"spop", "SPOP is sent only with a count no set reaches (or a bad one)",
+       "which members SPOP without a count takes is a random choice, Redis's from its own generator, ours "
+       "seeded by the log entry (the same on every node): not comparable (tests/test_sets.cpp checks ours)",
+       nullptr},
+      {"srandmember", "only the type and the number of elements are compared (Compare::Shape)",
+       "a random choice, as for SPOP", nullptr},
       {"dbsize", "Redis counts more keys",
        "SET ... EXAT|PXAT with a deadline already past: Redis 7.0 stores the key (EXPIRE deletes it, SET does "
        "not) and DBSIZE counts it until Redis reclaims it; here the key is gone at once (GET, EXISTS, KEYS and "

@@ -717,3 +717,24 @@ TEST_CASE("command limits: the words, each argument and the whole command as a l
                                                " bytes; the limit for one command is " +
                                                std::to_string(encoded.size() - 1) + "; it was not run");
 }
+
+TEST_CASE("zincrby and zadd incr: a new member's reply is the increment as given, -0 too; the set keeps 0, as Redis "
+          "(the differential test found it)",
+          "[store][commands]") {
+  Db d;
+  CHECK(d({"zincrby", "z", "-0", "a"}) == ",-0");
+  CHECK(d({"zscore", "z", "a"}) == ",0");
+  CHECK(d({"zincrby", "z", "-0", "a"}) == ",0");  // an existing member: 0 + -0 is 0
+  CHECK(d({"zadd", "z", "incr", "-0", "b"}) == ",-0");
+  CHECK(d({"zscore", "z", "b"}) == ",0");
+}
+
+TEST_CASE("spop with a count of 0 on a set answers an empty set (RESP3 ~0), as redis-server 7.0 (the differential "
+          "test found it)",
+          "[store][commands]") {
+  Db d;
+  CHECK(d({"sadd", "s", "a"}) == "1");
+  CHECK(d({"spop", "s", "0"}) == "~[]");
+  CHECK(d({"spop", "nokey", "0"}) == "~[]");
+  CHECK(d({"scard", "s"}) == "1");
+}

@@ -150,7 +150,7 @@ TEST_CASE("sets: spop and srandmember, with and without a count", "[store][sets]
   CHECK(db({"srandmember", "none", "2"}) == "*0|");
   db({"sadd", "s", "a", "b", "c", "d"});
   CHECK(db({"spop", "s", "-1"}) == "-ERR value is out of range, must be positive|");
-  CHECK(db({"spop", "s", "0"}, 3) == "*0|");
+  CHECK(db({"spop", "s", "0"}, 3) == "~0|");  // redis-server 7.0.15 sends ~0 (test_differential)
   const Reply one = db.call({"spop", "s"});
   REQUIRE(one.type == resp::Type::BulkString);
   CHECK(db({"sismember", "s", one.str}) == ":0|");

@@ -2095,7 +2095,7 @@ inline Reply cmd_spop(Call& c) {
   Store::Object* o = write_lookup(c, c.words[1], Store::Kind::Set, wrong);
   if (wrong) return wrongtype_error();
   if (o == nullptr) return has_count ? Reply::set() : Reply::nil();
-  if (has_count && count == 0) return Reply::array();  // Redis's empty array, not a set
+  if (has_count && count == 0) return Reply::set();  // Redis 7.0's empty set (~0 in RESP3)
   Store::Set& set = o->set();
   EntryRandom rng(c, true);
   if (!has_count) {
@@ -2385,7 +2385,7 @@ inline Reply zadd_generic(Call& c, std::size_t first, bool incr, bool nx, bool x
       Store::grew(*o, Store::kSortedSetEntryBytes + member.size());
       ++added;
       processed = true;
-      result = score;
+      result = scores[j];  // as Redis answers a new member: the increment as given, -0 too
     }
   }
   if (z.empty()) c.data.erase(w[1]);  // made here, and nothing added (cannot happen; kept safe)
