@@ -84,6 +84,10 @@ class Gen {
     if (chance(60)) return std::to_string(between(-3, 5));
     return pick({"(1", "(0", "-inf", "+inf", "(-inf", "(+inf", "1.5", "(2.5", "x", "((1", "", "inf"});
   }
+  /// The key whose sorted set has every score 0 (ZADD and ZINCRBY give it no other), where a
+  /// lexicographic range is defined; BYLEX on a set of several scores answers what Redis
+  /// leaves unspecified (see intended_differences).
+  static const char* lex_key() { return "k5"; }
   /// A lexicographic range's end (ZRANGE BYLEX).
   std::string lex_bound() { return pick({"-", "+", "[a", "(a", "[b", "(c", "[", "a", "[1", "(", "(\xff"}); }
   /// An integer argument: mostly small, sometimes at or past the limits, sometimes not one.
@@ -304,9 +308,11 @@ inline Words zadd_options(Gen& g) {
   return out;
 }
 
-inline Words score_members(Gen& g, int min, int max) {
+/// Score-member pairs for `key`: the scores of Gen::lex_key() are all 0.
+inline Words score_members(Gen& g, const std::string& key, int min, int max) {
   Words out;
-  for (int i = g.between(min, max); i > 0; --i) out.insert(out.end(), {g.score(), g.element()});
+  for (int i = g.between(min, max); i > 0; --i)
+    out.insert(out.end(), {key == Gen::lex_key() ? "0" : g.score(), g.element()});
   return out;
 }
 
@@ -395,7 +401,8 @@ inline const std::vector<CommandSpec>& command_specs() {
       {"smismember", C::Exact, [](Gen& g) { return concat({"SMISMEMBER", g.key()}, elements(g, 1, 3)); }},
       {"scard", C::Exact, [](Gen& g) { return Words{"SCARD", g.key()}; }},
       {"spop", C::Unordered,
-       [](Gen& g) { return Words{"SPOP", g.key(), g.pick({"1000", "0", "-1", "x", "9223372036854775807"})}; }},
+       [](Gen& g) { return Words{"SPOP", g.key(), g.pick({"1000", "0", "-1", "x", "9223372036854775807"})}; },
+       false},  // without its count it would take a random member
       {"srandmember", C::Shape,
        [](Gen& g) {
          return g.chance(20) ? Words{"SRANDMEMBER", g.key()}
@@ -410,8 +417,15 @@ inline const std::vector<CommandSpec>& command_specs() {
       {"smove", C::Exact, [](Gen& g) { return Words{"SMOVE", g.key(), g.key(), g.element()}; }},
       // sorted sets
       {"zadd", C::Exact,
-       [](Gen& g) { return concat(concat({"ZADD", g.key()}, zadd_options(g)), score_members(g, 1, 3)); }},
-      {"zincrby", C::Exact, [](Gen& g) { return Words{"ZINCRBY", g.key(), g.score(), g.element()}; }},
+       [](Gen& g) {
+         const std::string key = g.key();
+         return concat(concat({"ZADD", key}, zadd_options(g)), score_members(g, key, 1, 3));
+       }},
+      {"zincrby", C::Exact,
+       [](Gen& g) {
+         const std::string key = g.key();
+         return Words{"ZINCRBY", key, key == Gen::lex_key() ? "0" : g.score(), g.element()};
+       }},
       {"zrem", C::Exact, [](Gen& g) { return concat({"ZREM", g.key()}, elements(g, 1, 3)); }},
       {"zscore", C::Exact, [](Gen& g) { return Words{"ZSCORE", g.key(), g.element()}; }},
       {"zmscore", C::Exact, [](Gen& g) { return concat({"ZMSCORE", g.key()}, elements(g, 1, 3)); }},
@@ -425,7 +439,7 @@ inline const std::vector<CommandSpec>& command_specs() {
            case 0: return concat({"ZRANGE", g.key(), g.index(), g.index()}, concat(g.chance(30) ? Words{"REV"} : Words{}, range_tail(g, true)));
            case 1: return concat({"ZRANGE", g.key(), g.score_bound(), g.score_bound(), "BYSCORE"},
                                  concat(g.chance(30) ? Words{"REV"} : Words{}, range_tail(g, true)));
-           default: return concat({"ZRANGE", g.key(), g.lex_bound(), g.lex_bound(), "BYLEX"},
+           default: return concat({"ZRANGE", g.chance(80) ? Gen::lex_key() : g.key(), g.lex_bound(), g.lex_bound(), "BYLEX"},
                                   concat(g.chance(30) ? Words{"REV"} : Words{}, range_tail(g, g.chance(10))));
          }
        }},
@@ -516,6 +530,14 @@ inline const std::vector<IntendedDifference>& intended_differences() {
        nullptr},
       {"srandmember", "only the type and the number of elements are compared (Compare::Shape)",
        "a random choice, as for SPOP", nullptr},
+      {"zrange", "BYLEX on a sorted set of several scores (any key but Gen::lex_key())",
+       "Redis documents the answer as unspecified (it walks in score order and stops at the first member out "
+       "of the range); here it is every member in the range",
+       [](const Words& call, const resp::Value&, const resp::Value&) {
+         bool bylex = false;
+         for (const std::string& w : call) bylex = bylex || w == "BYLEX" || w == "bylex";
+         return bylex && call.size() > 1 && call[1] != Gen::lex_key();
+       }},
       {"dbsize", "Redis counts more keys",
        "SET ... EXAT|PXAT with a deadline already past: Redis 7.0 stores the key (EXPIRE deletes it, SET does "
        "not) and DBSIZE counts it until Redis reclaims it; here the key is gone at once (GET, EXISTS, KEYS and "
