@@ -92,6 +92,14 @@ struct Value {
   static Value map(std::vector<Value> flat_pairs = {}) {
     return Value(Type::Map, std::move(flat_pairs));
   }
+  /// Pairs (HRANDFIELD ... WITHVALUES): `flat` holds a, b, a, b, ...; write() sends RESP3
+  /// clients an array of two-element arrays and RESP2 ones the flat array, as Redis does.
+  static Value pairs(std::vector<Value> flat) {
+    Value v(Type::Array, std::move(flat));
+    v.num = kPairs;
+    return v;
+  }
+  static constexpr std::int64_t kPairs = 1;  // `num` of an Array made by pairs()
   static Value set(std::vector<Value> items = {}) { return Value(Type::Set, std::move(items)); }
   static Value push(std::vector<Value> items = {}) { return Value(Type::Push, std::move(items)); }
   static Value real(double d) {
@@ -1035,7 +1043,17 @@ inline void write(std::string& out, const Value& v, int protocol) {
         return;
       }
       break;
-    case Type::Array: break;
+    case Type::Array:
+      if (resp3 && v.num == Value::kPairs) {
+        detail::append_size_header(out, '*', v.elements.size() / 2);
+        for (std::size_t i = 0; i + 1 < v.elements.size(); i += 2) {
+          out.append("*2\r\n", 4);
+          write(out, v.elements[i], protocol);
+          write(out, v.elements[i + 1], protocol);
+        }
+        return;
+      }
+      break;
     case Type::Set:
       if (resp3) {
         detail::append_size_header(out, '~', v.elements.size());
