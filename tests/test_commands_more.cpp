@@ -257,6 +257,57 @@ TEST_CASE("HSCAN returns every field present for the whole iteration; MATCH, NOV
   CHECK(small({"hscan", "s", "0"}) == kWrongType);
 }
 
+TEST_CASE("SCAN's index follows every way keys come and go: undo, FLUSHALL, RENAME, a loaded snapshot",
+          "[store][commands][scan]") {
+  Db db;
+  for (const char* k : {"a", "b", "c"}) db({"set", k, "v"});
+  const auto keys = [](Db& d) {
+    const auto seen = iterate(d, {"scan", "{cursor}", "count", "2"});
+    return std::set<std::string>(seen.begin(), seen.end());
+  };
+  // A write undone: the key it made and the key it deleted are back as they were.
+  db.store.begin_undo();
+  db({"set", "new", "v"});
+  db({"del", "a"});
+  db({"rename", "b", "bb"});
+  CHECK(keys(db) == std::set<std::string>{"bb", "c", "new"});
+  db.store.rollback_undo();
+  CHECK(keys(db) == std::set<std::string>{"a", "b", "c"});
+  // A snapshot loaded into another store.
+  db({"rpush", "l", "x"});
+  std::string text;
+  db.store.write_snapshot(text, raft::SnapshotMeta{});
+  Db restored;
+  raft::SnapshotMeta meta;
+  std::string error;
+  REQUIRE(Store::read_snapshot(text, restored.store, meta, error));
+  CHECK(keys(restored) == std::set<std::string>{"a", "b", "c", "l"});
+  CHECK(restored({"scan", "0", "count", "1"}) == db({"scan", "0", "count", "1"}));  // the same order
+  Store copied = db.store;
+  Db from_copy;
+  from_copy.store = copied;
+  CHECK(keys(from_copy) == std::set<std::string>{"a", "b", "c", "l"});
+  CHECK(db({"flushall"}) == "+OK");
+  CHECK(db({"scan", "0"}) == "['0', []]");
+  CHECK(db({"randomkey"}) == "nil");
+  CHECK(keys(from_copy).size() == 4);
+}
+
+TEST_CASE("RANDOMKEY: only keys not past their deadline; nil when there are none", "[store][commands]") {
+  Db db;
+  CHECK(db({"randomkey"}) == "nil");
+  db({"set", "old", "v", "px", "5"});
+  db.now += 5;
+  CHECK(db({"randomkey"}) == "nil");
+  db({"set", "k", "v"});
+  for (int i = 0; i < 20; ++i) CHECK(db({"randomkey"}) == "'k'");
+  for (int i = 0; i < 50; ++i) db({"set", "k" + std::to_string(i), "v"});
+  std::set<std::string> drawn;
+  for (int i = 0; i < 500; ++i) drawn.insert(db({"randomkey"}));
+  CHECK(drawn.count("'old'") == 0);
+  CHECK(drawn.size() > 10);
+}
+
 TEST_CASE("scan_elements: a step visits at least COUNT elements and every one tied with the last", "[store][scan]") {
   // Names with the same scan hash cannot be found on purpose; the selection is checked by
   // comparing with a sort of the whole.
