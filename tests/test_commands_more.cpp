@@ -511,7 +511,41 @@ std::vector<std::string> run_script(proc::Client& client, int protocol) {
 
 }  // namespace
 
-TEST_CASE("issue 13's keys, strings, hashes and lists commands answer as redis-server 7.0 does, in RESP2 and RESP3",
+namespace {
+
+/// Sends script() to redis-server and to the node at `address` (ip:port), in RESP2 and RESP3,
+/// and counts the replies that differ (each named in the test's output).
+int differences_from_redis(int redis_port, const std::string& address) {
+  int differences = 0;
+  for (const int protocol : {2, 3}) {
+    proc::Client theirs("127.0.0.1", redis_port);
+    proc::Client ours(address.substr(0, address.find(':')), std::stoi(address.substr(address.find(':') + 1)));
+    const auto expected = run_script(theirs, protocol);
+    const auto got = run_script(ours, protocol);
+    REQUIRE(expected.size() == got.size());
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      const auto& w = script()[i];
+      if (expected[i] == got[i]) continue;
+      std::string cmd;
+      for (const auto& x : w) cmd += x + " ";
+      const std::string why = expected_difference(w);
+      if (!why.empty()) {
+        UNSCOPED_INFO("RESP" << protocol << " expected difference (" << why << "): " << cmd << "-> redis "
+                             << expected[i] << ", here " << got[i]);
+        continue;
+      }
+      ++differences;
+      UNSCOPED_INFO("RESP" << protocol << " #" << i << ": " << cmd << "\n    redis: " << expected[i]
+                           << "\n    here:  " << got[i]);
+    }
+  }
+  return differences;
+}
+
+}  // namespace
+
+TEST_CASE("issue 13's keys, strings, hashes and lists commands answer as redis-server 7.0 does, in RESP2 and RESP3, "
+          "on a leader and on a follower that forwards the writes",
           "[runtime][commands][redis]") {
   if (!proc::RedisServer::installed()) {
     WARN("redis-server is not installed: not compared");
@@ -520,32 +554,46 @@ TEST_CASE("issue 13's keys, strings, hashes and lists commands answer as redis-s
   proc::TempDir dir("commands-more-redis");
   proc::RedisServer redis(dir);
   REQUIRE(redis.port() != 0);
-  in_process::TestNode n(in_process::node_config("1", in_process::address(250, 1)));
-  n->start();
-  REQUIRE(in_process::eventually(in_process::long_wait(), [&] { return n->state() == 'l'; }));
-  const std::string addr = n->address();
-  for (const int protocol : {2, 3}) {
-    proc::Client theirs("127.0.0.1", redis.port());
-    proc::Client ours(addr.substr(0, addr.find(':')), std::stoi(addr.substr(addr.find(':') + 1)));
-    const auto expected = run_script(theirs, protocol);
-    const auto got = run_script(ours, protocol);
-    REQUIRE(expected.size() == got.size());
-    int differences = 0;
-    for (std::size_t i = 0; i < got.size(); ++i) {
-      const auto& w = script()[i];
-      if (expected[i] == got[i]) continue;
-      const std::string why = expected_difference(w);
-      std::string cmd;
-      for (const auto& x : w) cmd += x + " ";
-      if (!why.empty()) {
-        UNSCOPED_INFO("RESP" << protocol << " expected difference (" << why << "): " << cmd << "-> redis " << expected[i]
-                             << ", here " << got[i]);
-        continue;
-      }
-      ++differences;
-      UNSCOPED_INFO("RESP" << protocol << " #" << i << ": " << cmd << "\n    redis: " << expected[i]
-                           << "\n    here:  " << got[i]);
-    }
-    CHECK(differences == 0);
+  SECTION("a node of its own") {
+    in_process::TestNode n(in_process::node_config("1", in_process::address(250, 1)));
+    n->start();
+    REQUIRE(in_process::eventually(in_process::long_wait(), [&] { return n->state() == 'l'; }));
+    CHECK(differences_from_redis(redis.port(), n->address()) == 0);
+  }
+  SECTION("a follower of three nodes") {
+    in_process::Cluster c(250, 3);
+    c.start();
+    const int leader = c.wait_for_leader();
+    REQUIRE(leader != 0);
+    const int follower = leader == 1 ? 2 : 1;
+    CHECK(differences_from_redis(redis.port(), c[follower].address()) == 0);
+    // Every write applied alike on the three nodes: the same data (a write in the log since
+    // the script: each node has applied everything before it once it has applied it).
+    proc::Client writer(in_process::ip(250, follower), 7000 + 10 * follower);
+    for (const std::vector<std::string>& w :
+         std::vector<std::vector<std::string>>{{"set", "a", "1", "px", "100000"},
+                                               {"rename", "a", "b"},
+                                               {"copy", "b", "c"},
+                                               {"rpush", "l", "x", "y", "z"},
+                                               {"lmove", "l", "l2", "left", "right"},
+                                               {"linsert", "l", "before", "z", "w"},
+                                               {"incrbyfloat", "f", "10.1"},
+                                               {"hincrbyfloat", "h", "f", "0.3"},
+                                               {"hsetnx", "h", "g", "1"},
+                                               {"setrange", "s", "4", "x"},
+                                               {"getex", "c", "persist"},
+                                               {"msetnx", "m", "1", "n", "2"},
+                                               {"set", "m", "3", "ifeq", "1"},
+                                               {"delifeq", "n", "2"}})
+      REQUIRE_FALSE(writer.call(w).is_error());
+    proc::Client marker(in_process::ip(250, leader), 7000 + 10 * leader);
+    REQUIRE(typed(marker.call({"SET", "marker", "done"})) == "+OK");
+    for (int i = 1; i <= 3; ++i)
+      CHECK(in_process::eventually(in_process::long_wait(),
+                                   [&] { return test_support::stored(c[i], "marker") == "done"; }));
+    const Store first = in_process::snapshot_of_store(c[1]);
+    CHECK(first.size() == 10);
+    CHECK(in_process::snapshot_of_store(c[2]) == first);
+    CHECK(in_process::snapshot_of_store(c[3]) == first);
   }
 }
