@@ -3179,7 +3179,8 @@ inline Reply cmd_object(Call& c) {
   const auto& w = c.words;
   const std::string sub = lower(w[1]);
   const bool keyed = sub == "encoding" || sub == "freq" || sub == "idletime" || sub == "refcount";
-  if (!keyed && sub != "help") return Reply::error("ERR unknown subcommand '" + w[1].substr(0, 128) + "'. Try OBJECT HELP.");
+  if (!keyed && sub != "help")
+    return Reply::error("ERR unknown subcommand '" + w[1].substr(0, 128) + "'. Try OBJECT HELP.");
   if (w.size() != (keyed ? 3u : 2u)) return arity_error("object|" + sub);
   if (sub == "help") {
     return Reply::array({
@@ -3704,7 +3705,8 @@ inline Reply cmd_lpos(Call& c) {
   const bool from_head = rank > 0;
   // Redis negates a negative rank; the lowest one stays negative there and means "the first".
   const std::uint64_t skip = rank > 0 ? std::uint64_t(rank) - 1
-                                      : (rank == std::numeric_limits<std::int64_t>::min() ? 0 : std::uint64_t(-rank) - 1);
+                             : rank == std::numeric_limits<std::int64_t>::min() ? 0
+                                                                                 : std::uint64_t(-rank) - 1;
   const auto& list = o->list;
   const auto n = static_cast<std::int64_t>(list.size());
   std::vector<Reply> found;
