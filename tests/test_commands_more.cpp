@@ -62,34 +62,6 @@ std::multiset<std::string> iterate(Db& db, std::vector<std::string> words, std::
 
 }  // namespace
 
-TEST_CASE("builtin table: issue 13's commands, their flags and argument counts", "[store][commands]") {
-  raft::CommandTable t;
-  raft::add_builtin_commands(t);
-  for (const char* name : {"touch", "randomkey", "expiretime", "pexpiretime", "object", "scan", "getrange", "hstrlen",
-                           "hrandfield", "hscan", "lpos"}) {
-    INFO(name);
-    REQUIRE(t.count(name) == 1);
-    CHECK(t.at(name).flags == "r");
-  }
-  for (const char* name : {"copy", "setex", "psetex", "msetnx", "setrange", "incrbyfloat", "hincrbyfloat", "hsetnx",
-                           "lpushx", "rpushx", "linsert", "lmove", "rpoplpush"}) {
-    INFO(name);
-    REQUIRE(t.count(name) == 1);
-    CHECK(t.at(name).flags == "we");
-  }
-  for (const char* name : {"rename", "renamenx", "unlink", "flushall", "flushdb", "getex", "getdel", "delex",
-                           "delifeq"}) {
-    INFO(name);
-    REQUIRE(t.count(name) == 1);
-    CHECK(t.at(name).flags == "wes");
-  }
-  CHECK(t.at("lmove").min_args == 4);
-  CHECK(t.at("lmove").max_args == 4);
-  CHECK(t.at("delex").min_args == 1);
-  CHECK(t.at("delex").max_args == -1);
-  CHECK(t.at("randomkey").max_args == 0);
-}
-
 TEST_CASE("SET IFEQ / IFNE, from Redis 8.4's documentation", "[store][commands][cas]") {
   Db db;
   // IFEQ: set only if the current value is equal; a missing key is not created.
