@@ -68,7 +68,7 @@ enum class Type : std::uint8_t {
 /// scalars). Handlers return it as their protocol-neutral reply.
 struct Value {
   Type type = Type::NullBulk;
-  std::int64_t num = 0;       // Integer; Boolean (0 or 1)
+  std::int64_t num = 0;       // Integer; Boolean (0 or 1); Array: kPairs if made by pairs()
   double dbl = 0;             // Double
   std::string str;            // SimpleString, Error, BulkString, BigNumber, Verbatim
   std::vector<Value> elements;  // Array, Set, Push; Map: key, value, key, value, ...
