@@ -10,6 +10,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <clocale>
 #include <set>
 
 namespace {
@@ -381,6 +382,32 @@ TEST_CASE("INCRBYFLOAT and HINCRBYFLOAT write their results as Redis does", "[st
   CHECK(db({"hincrbyfloat", "h", "x", "0.1"}) == "'0.1'");
   CHECK(db({"hincrbyfloat", "h", "x", "0.2"}) == "'0.3'");
   CHECK(db({"hincrbyfloat", "h", "x", "inf"}) == "-ERR value is NaN or Infinity");
+}
+
+TEST_CASE("INCRBYFLOAT and HINCRBYFLOAT read and write '.' whatever locale the program set", "[store][commands]") {
+  // A locale whose decimal point is ',': an installed one, or RAFT_TEST_COMMA_LOCALE's (e.g.
+  // `localedef -i de_DE -f UTF-8 DIR/de_DE.UTF-8`, then LOCPATH=DIR).
+  std::vector<std::string> names{"de_DE.UTF-8", "de_DE.utf8", "fr_FR.UTF-8", "fr_FR.utf8", "ru_RU.UTF-8"};
+  if (const char* extra = std::getenv("RAFT_TEST_COMMA_LOCALE")) names.insert(names.begin(), extra);
+  struct Restore {
+    std::string saved = std::setlocale(LC_NUMERIC, nullptr);
+    ~Restore() { std::setlocale(LC_NUMERIC, saved.c_str()); }
+  } restore;
+  bool comma = false;
+  for (const auto& name : names) {
+    comma = std::setlocale(LC_NUMERIC, name.c_str()) != nullptr && std::localeconv()->decimal_point[0] == ',';
+    if (comma) break;
+  }
+  if (!comma) {
+    WARN("no locale with a decimal comma is installed: not tested");
+    return;
+  }
+  Db db;
+  CHECK(db({"set", "f", "10.5"}) == "+OK");
+  CHECK(db({"incrbyfloat", "f", "0.1"}) == "'10.6'");
+  CHECK(db({"incrbyfloat", "f", "1,5"}) == "-ERR value is not a valid float");
+  CHECK(db({"hincrbyfloat", "h", "x", "1.25"}) == "'1.25'");
+  CHECK(db({"hincrbyfloat", "h", "x", "1.25"}) == "'2.5'");
 }
 
 // ---- side by side with redis-server ----

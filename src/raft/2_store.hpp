@@ -1676,9 +1676,29 @@ inline Reply cmd_setrange(Call& c) {
 // node of one architecture (x86-64's long double is the 80-bit x87 format everywhere); a
 // cluster mixing architectures whose long double differs (aarch64: 128-bit) could disagree.
 
+/// While alive, this thread reads and writes numbers in the "C" locale ('.' as the decimal
+/// point), whatever locale the program set: every node must read and write the same text.
+class CNumericLocale {
+ public:
+  CNumericLocale() : previous_(c_locale() != locale_t(0) ? uselocale(c_locale()) : locale_t(0)) {}
+  ~CNumericLocale() {
+    if (previous_ != locale_t(0)) uselocale(previous_);
+  }
+  CNumericLocale(const CNumericLocale&) = delete;
+  CNumericLocale& operator=(const CNumericLocale&) = delete;
+
+ private:
+  static locale_t c_locale() {
+    static const locale_t c = newlocale(LC_ALL_MASK, "C", locale_t(0));
+    return c;
+  }
+  locale_t previous_;
+};
+
 /// Redis's string2ld: strtold over the whole text, no leading space, no NaN, no overflow.
 inline bool parse_long_double(const std::string& s, long double& out) {
   if (s.empty() || s.size() >= 5 * 1024) return false;
+  const CNumericLocale c_locale;
   errno = 0;
   char* end = nullptr;
   const long double v = std::strtold(s.c_str(), &end);
@@ -1692,6 +1712,7 @@ inline bool parse_long_double(const std::string& s, long double& out) {
 /// Redis's ld2string in its "human" mode: 17 decimals, trailing zeros (and a bare '.') cut,
 /// "-0" written "0".
 inline std::string format_long_double(long double v) {
+  const CNumericLocale c_locale;
   char buf[5 * 1024];
   const int n = std::snprintf(buf, sizeof buf, "%.17Lf", v);
   if (n <= 0 || static_cast<std::size_t>(n) >= sizeof buf) return "0";  // finite values fit
