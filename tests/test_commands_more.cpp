@@ -625,3 +625,70 @@ TEST_CASE("issue 13's keys, strings, hashes and lists commands answer as redis-s
     CHECK(in_process::snapshot_of_store(c[3]) == first);
   }
 }
+
+TEST_CASE("a full SCAN and HSCAN return the keys and fields redis-server 7.0 returns, with MATCH, TYPE and COUNT",
+          "[runtime][commands][scan][redis]") {
+  if (!proc::RedisServer::installed()) {
+    WARN("redis-server is not installed: not compared");
+    return;
+  }
+  proc::TempDir dir("commands-scan-redis");
+  proc::RedisServer redis(dir);
+  REQUIRE(redis.port() != 0);
+  in_process::TestNode n(in_process::node_config("1", in_process::address(251, 1)));
+  n->start();
+  REQUIRE(in_process::eventually(in_process::long_wait(), [&] { return n->state() == 'l'; }));
+  proc::Client theirs("127.0.0.1", redis.port());
+  proc::Client ours(in_process::ip(251, 1), 7010);
+  for (proc::Client* c : {&theirs, &ours}) {
+    REQUIRE(typed(c->call({"FLUSHALL"})) == "+OK");
+    for (int i = 0; i < 150; ++i) {
+      REQUIRE_FALSE(c->call({"SET", "str:" + std::to_string(i), "v"}).is_error());
+      REQUIRE_FALSE(c->call({"RPUSH", "list:" + std::to_string(i), "v"}).is_error());
+    }
+    std::vector<std::string> hset{"HSET", "big"};
+    for (int i = 0; i < 300; ++i) {
+      hset.push_back("field" + std::to_string(i));
+      hset.push_back("value" + std::to_string(i));
+    }
+    REQUIRE_FALSE(c->call(hset).is_error());
+    REQUIRE_FALSE(c->call({"HSET", "small", "a", "1", "b", "2"}).is_error());
+  }
+  // Every element of a full iteration, each as often as it came.
+  const auto full = [](proc::Client& c, std::vector<std::string> words) {
+    std::multiset<std::string> seen;
+    std::string cursor = "0";
+    int calls = 0;
+    do {
+      std::vector<std::string> w = words;
+      for (auto& x : w)
+        if (x == "{cursor}") x = cursor;
+      const resp::Value r = c.call(w);
+      REQUIRE(r.elements.size() == 2);
+      cursor = r.elements[0].str;
+      for (const auto& e : r.elements[1].elements) seen.insert(e.str);
+      REQUIRE(++calls < 10000);
+    } while (cursor != "0");
+    return seen;
+  };
+  for (const std::vector<std::string>& w : std::vector<std::vector<std::string>>{
+           {"SCAN", "{cursor}"},
+           {"SCAN", "{cursor}", "COUNT", "7"},
+           {"SCAN", "{cursor}", "MATCH", "str:1*"},
+           {"SCAN", "{cursor}", "MATCH", "*:1?", "COUNT", "3"},
+           {"SCAN", "{cursor}", "TYPE", "list"},
+           {"SCAN", "{cursor}", "TYPE", "hash", "COUNT", "1000"},
+           {"SCAN", "{cursor}", "TYPE", "zset"},
+           {"HSCAN", "big", "{cursor}"},
+           {"HSCAN", "big", "{cursor}", "COUNT", "17", "MATCH", "field2*"},
+           {"HSCAN", "small", "{cursor}", "COUNT", "1"},
+           {"HSCAN", "missing", "{cursor}"},
+       }) {
+    std::string cmd;
+    for (const auto& x : w) cmd += x + " ";
+    INFO(cmd);
+    const auto expected = full(theirs, w);
+    CHECK(std::set<std::string>(expected.begin(), expected.end()).size() == expected.size());
+    CHECK(full(ours, w) == expected);
+  }
+}
