@@ -1478,7 +1478,7 @@ class Store {
   /// Every key, expired or not.
   std::size_t size() const { return objects_.size(); }
 
-  // ---- SCAN's order (detail::scan_elements explains the cursor) ----
+  // ---- SCAN's order (detail::scan_step explains the cursor) ----
   /// One SCAN step over the keys: f(key, object, deadline) for the keys whose
   /// detail::scan_hash is at or above `cursor`, in hash order, at least `count` of them (past
   /// their deadline or not: f decides) and every key sharing the last one's hash. Returns the
@@ -2509,20 +2509,23 @@ struct ScanOptions {
 
 inline bool parse_scan_options(const std::vector<std::string>& w, std::size_t from, bool keys, ScanOptions& o,
                                Reply& error) {
-  for (std::size_t i = from; i < w.size(); i += 2) {
+  for (std::size_t i = from; i < w.size();) {
     const bool has_value = i + 1 < w.size();
     if (iequals(w[i], "count") && has_value) {
       std::int64_t n = 0;
       if (!parse_int64(w[i + 1], n)) return error = not_integer_error(), false;
       if (n < 1) return error = syntax_error(), false;
       o.count = static_cast<std::size_t>(std::min<std::uint64_t>(std::uint64_t(n), SIZE_MAX));
+      i += 2;
     } else if (iequals(w[i], "match") && has_value) {
       o.pattern = w[i + 1] == "*" ? nullptr : &w[i + 1];  // as in Redis, "*" also matches ""
+      i += 2;
     } else if (keys && iequals(w[i], "type") && has_value) {
       o.type = &w[i + 1];
+      i += 2;
     } else if (!keys && iequals(w[i], "novalues")) {
       o.novalues = true;
-      --i;  // no value
+      i += 1;
     } else {
       return error = syntax_error(), false;
     }
