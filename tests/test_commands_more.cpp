@@ -213,14 +213,26 @@ TEST_CASE("HSCAN returns every field present for the whole iteration; MATCH, NOV
   };
   const auto seen = iterate(db, {"hscan", "h", "{cursor}", "count", "13"}, 2, churn);
   for (int i = 0; i < 500; ++i) REQUIRE(seen.count("f" + std::to_string(i)) == 1);
+  // However small COUNT, a whole iteration takes at most about kMaxElementScanSteps calls.
+  std::vector<std::string> big{"hset", "big"};
+  for (int i = 0; i < 10000; ++i) {
+    big.push_back("f" + std::to_string(i));
+    big.push_back("v");
+  }
+  db(big);
+  int calls = 0;
+  const auto fields = iterate(db, {"hscan", "big", "{cursor}", "count", "1", "novalues"}, 1,
+                              [&](int) { ++calls; });
+  CHECK(fields.size() == 10000);
+  CHECK(calls <= static_cast<int>(raft::detail::kMaxElementScanSteps) + 1);
   Db small;
   small({"hset", "h", "a", "1", "b", "2", "ab", "3"});
   // One call returns all (in the fields' hash order), with their values.
   CHECK(iterate(small, {"hscan", "h", "{cursor}", "count", "100"}) ==
         std::multiset<std::string>{"a", "1", "ab", "3", "b", "2"});
   CHECK(small({"hscan", "h", "0", "count", "100"}).rfind("['0', [", 0) == 0);
-  const auto fields = iterate(small, {"hscan", "h", "{cursor}", "count", "1", "novalues"});
-  CHECK(fields == std::multiset<std::string>{"a", "ab", "b"});
+  CHECK(iterate(small, {"hscan", "h", "{cursor}", "count", "1", "novalues"}) ==
+        std::multiset<std::string>{"a", "ab", "b"});
   CHECK(iterate(small, {"hscan", "h", "{cursor}", "match", "a*", "novalues"}) ==
         std::multiset<std::string>{"a", "ab"});
   CHECK(small({"hscan", "missing", "0"}) == "['0', []]");

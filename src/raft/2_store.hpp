@@ -1209,18 +1209,22 @@ std::uint64_t scan_step(It it, It end, std::size_t count, HashOf hash_of, Visit 
 /// SCAN's step over any container of named elements without an index of its own (HSCAN's
 /// hash fields; SSCAN's and ZSCAN's members): name_of(element) is the name hashed, visit(element)
 /// is called as scan_step says. O(n) per step (a linear pass and a selection, no sort of the
-/// whole): an iteration of a container of n elements costs O(n * n / count). The keys have an
-/// index instead (Store::scan, O(log n + count)).
+/// whole), so a step visits at least n / kMaxElementScanSteps elements whatever `count` says
+/// (COUNT is a hint in Redis too): a whole iteration takes at most about that many steps,
+/// O(n) in all. The keys have an index instead (Store::scan, O(log n + count) a step).
+constexpr std::size_t kMaxElementScanSteps = 64;
+
 template <class It, class NameOf, class Visit>
 std::uint64_t scan_elements(It first, It last, NameOf name_of, std::uint64_t cursor, std::size_t count,
                             Visit visit) {
   std::vector<std::pair<std::uint64_t, It>> ahead;
-  for (It it = first; it != last; ++it) {
+  std::size_t n = 0;
+  for (It it = first; it != last; ++it, ++n) {
     const std::uint64_t h = scan_hash(name_of(*it));
     if (h >= cursor) ahead.emplace_back(h, it);
   }
   const auto by_hash = [](const auto& a, const auto& b) { return a.first < b.first; };
-  if (count == 0) count = 1;
+  count = std::max({count, std::size_t{1}, (n + kMaxElementScanSteps - 1) / kMaxElementScanSteps});
   if (ahead.size() > count) {
     // Only the `count` smallest hashes, the ones tied with the largest of them, and the next
     // hash (the cursor to answer) matter.
