@@ -57,6 +57,7 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <locale.h>  // uselocale: INCRBYFLOAT's text in the C locale
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -1402,10 +1403,23 @@ class Store {
   /// Every key, expired or not.
   std::size_t size() const { return objects_.size(); }
 
+  // ---- SCAN's order (detail::scan_step explains the cursor) ----
+  /// One SCAN step over the keys: f(key, object, deadline) for the keys whose
+  /// detail::scan_hash is at or above `cursor`, in hash order, at least `count` of them (past
+  /// their deadline or not: f decides) and every key sharing the last one's hash. Returns the
+  /// next cursor: the hash of the first key not visited, 0 when none is left. O(log n + count).
+  template <class F>
+  std::uint64_t scan(std::uint64_t cursor, std::size_t count, F&& f) const;
+  /// RANDOMKEY: the first key not hidden at now_ms at or after `hash` in SCAN's order (going
+  /// round to the start), nullptr if there is none. O(log n) plus the hidden keys it passes.
+  const std::string* key_near_hash(std::uint64_t hash, std::int64_t now_ms) const;
+
   // ---- memory (maxmemory): an estimate kept as writes go, O(1) per changed key ----
-  /// What a key costs beside its value (the map node, the strings' and object's headers), and
-  /// what each element of a hash or list costs beside its strings: estimates for libstdc++.
-  static constexpr std::size_t kKeyBytes = 224;
+  /// What a key costs beside its value (the map node, the strings' and object's headers, and
+  /// SCAN's index entry: a tree node of 80 bytes with the key's hash and a copy of the key,
+  /// which counts the key's size a second time), and what each element of a hash or list costs
+  /// beside its strings: estimates for libstdc++.
+  static constexpr std::size_t kKeyBytes = 224 + 80;
   static constexpr std::size_t kHashEntryBytes = 112;
   static constexpr std::size_t kListEntryBytes = 64;
   /// A set member: a tree node with its string. A sorted set member: a map node with its
@@ -1476,7 +1490,8 @@ class Store {
     std::size_t counted = 0;  // the bytes used_ counts for this key (settle_memory())
     bool operator==(const Record& o) const { return object == o.object && deadline == o.deadline; }
   };
-  /// Orders (deadline, key) pairs; transparent so a lookup can use a string_view key.
+  /// Orders (deadline, key) and (scan hash, key) pairs; transparent so a lookup can use a
+  /// string_view key.
   struct ExpiryLess {
     using is_transparent = void;
     template <class A, class B>
@@ -1486,6 +1501,8 @@ class Store {
     }
   };
   using Objects = std::map<std::string, Record, std::less<>>;
+  /// (scan_hash(key), key) for every key: SCAN's order, independent of the other keys.
+  using ScanOrder = std::set<std::pair<std::uint64_t, std::string>, ExpiryLess>;
 
   /// A key's state before the write being recorded first changed it.
   struct Undo {
@@ -1497,6 +1514,7 @@ class Store {
   Objects objects_;
   /// (deadline, key) for every key with a deadline: due() reads it from the front.
   std::set<std::pair<std::int64_t, std::string>, ExpiryLess> expiry_;
+  ScanOrder scan_order_;
   detail::SessionTable sessions_;
   bool recording_ = false;
   std::map<std::string, Undo, std::less<>> undo_;
@@ -1504,12 +1522,13 @@ class Store {
   std::vector<std::string> opened_;  // keys put or found for writing since settle_memory()
 
   static std::size_t cost(const std::string& key, const Object& o) {
-    return kKeyBytes + key.size() + (o.kind == Kind::String ? o.str.size() : o.element_bytes);
+    return kKeyBytes + 2 * key.size() + (o.kind == Kind::String ? o.str.size() : o.element_bytes);
   }
   void opened(std::string_view key) {
     if (opened_.empty() || opened_.back() != key) opened_.emplace_back(key);
   }
-  /// Counts every key and element from scratch (after loading a snapshot).
+  /// Counts every key and element from scratch, and rebuilds SCAN's index (after loading a
+  /// snapshot).
   void recount_memory();
 
   static bool expired(const Record& r, std::int64_t now_ms) {
@@ -2365,6 +2384,148 @@ inline bool glob_match(std::string_view pattern, std::string_view s) {
   return GlobPattern(pattern).matches(s);
 }
 
+// ---- SCAN's cursor ----
+
+/// The position of an element (a key, a hash field, a set or sorted set member) in SCAN's
+/// order: FNV-1a over its bytes, then splitmix64's finalizer to spread it over all 64 bits.
+/// Fixed on purpose (not std::hash): every node and every build agrees, so a client may
+/// continue an iteration on another node.
+inline std::uint64_t scan_hash(std::string_view s) {
+  std::uint64_t h = 0xcbf29ce484222325u;
+  for (const char c : s) h = (h ^ static_cast<unsigned char>(c)) * 0x100000001b3u;
+  h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9u;
+  h = (h ^ (h >> 27)) * 0x94d049bb133111ebu;
+  return h ^ (h >> 31);
+}
+
+/// One step of a SCAN over elements in scan_hash order: [it, end) is sorted by hash_of, every
+/// element at or above the cursor. Visits at least `count` elements (fewer only at the end)
+/// and every element that shares the last one's hash, then answers the next cursor: the hash
+/// of the first element not visited, or 0 when none is left (the cursor only grows, and the
+/// first step visits from hash 0, so 0 never means "continue").
+///
+/// Redis's guarantee follows: an element present from the first step to the last keeps its
+/// hash, and a step moves the cursor only past hashes it visited, so it is returned at least
+/// once; elements added or deleted meanwhile move nothing else (a position in key order, or
+/// an index into the container, would shift). Elements may come twice only if their hash is
+/// visited again, which a cursor that only grows never does: each element at most once.
+template <class It, class HashOf, class Visit>
+std::uint64_t scan_step(It it, It end, std::size_t count, HashOf hash_of, Visit visit) {
+  std::size_t seen = 0;
+  while (it != end) {
+    const std::uint64_t h = hash_of(*it);
+    if (seen >= count) return h;
+    for (; it != end && hash_of(*it) == h; ++it, ++seen) visit(*it);
+  }
+  return 0;
+}
+
+/// SCAN's step over any container of named elements without an index of its own (HSCAN's
+/// hash fields; SSCAN's and ZSCAN's members): name_of(element) is the name hashed, visit(element)
+/// is called as scan_step says. O(n) per step (a linear pass and a selection, no sort of the
+/// whole), so a step visits at least n / kMaxElementScanSteps elements whatever `count` says
+/// (COUNT is a hint in Redis too): a whole iteration takes at most about that many steps,
+/// O(n) in all. The keys have an index instead (Store::scan, O(log n + count) a step).
+constexpr std::size_t kMaxElementScanSteps = 64;
+
+template <class It, class NameOf, class Visit>
+std::uint64_t scan_elements(It first, It last, NameOf name_of, std::uint64_t cursor, std::size_t count,
+                            Visit visit) {
+  std::vector<std::pair<std::uint64_t, It>> ahead;
+  std::size_t n = 0;
+  for (It it = first; it != last; ++it, ++n) {
+    const std::uint64_t h = scan_hash(name_of(*it));
+    if (h >= cursor) ahead.emplace_back(h, it);
+  }
+  const auto by_hash = [](const auto& a, const auto& b) { return a.first < b.first; };
+  count = std::max({count, std::size_t{1}, (n + kMaxElementScanSteps - 1) / kMaxElementScanSteps});
+  if (ahead.size() > count) {
+    // Only the `count` smallest hashes, the ones tied with the largest of them, and the next
+    // hash (the cursor to answer) matter.
+    std::nth_element(ahead.begin(), ahead.begin() + static_cast<std::ptrdiff_t>(count - 1), ahead.end(), by_hash);
+    const std::uint64_t last_hash = ahead[count - 1].first;
+    auto keep = std::partition(ahead.begin() + static_cast<std::ptrdiff_t>(count), ahead.end(),
+                               [last_hash](const auto& e) { return e.first <= last_hash; });
+    if (keep != ahead.end()) {
+      std::iter_swap(keep, std::min_element(keep, ahead.end(), by_hash));
+      ++keep;
+    }
+    ahead.erase(keep, ahead.end());
+  }
+  std::sort(ahead.begin(), ahead.end(), by_hash);
+  return scan_step(ahead.begin(), ahead.end(), count, [](const auto& e) { return e.first; },
+                   [&](const auto& e) { visit(*e.second); });
+}
+
+/// A SCAN cursor as Redis reads it (strtoul: a sign is taken, "" is 0, leading space is not).
+inline bool parse_scan_cursor(const std::string& s, std::uint64_t& out) {
+  errno = 0;
+  char* end = nullptr;
+  const unsigned long long v = std::strtoull(s.c_str(), &end, 10);
+  if (resp::detail::is_space(s[0]) || *end != '\0' || errno == ERANGE) return false;
+  out = v;
+  return true;
+}
+
+/// The options of SCAN and its kin from words[from]: MATCH, COUNT, TYPE (SCAN), NOVALUES
+/// (HSCAN, Redis 7.4). False with the error reply in `error`.
+struct ScanOptions {
+  std::size_t count = 10;
+  const std::string* pattern = nullptr;  // null: every element
+  const std::string* type = nullptr;
+  bool novalues = false;
+};
+
+inline bool parse_scan_options(const std::vector<std::string>& w, std::size_t from, bool takes_type,
+                               bool takes_novalues, ScanOptions& o, Reply& error) {
+  for (std::size_t i = from; i < w.size();) {
+    const bool has_value = i + 1 < w.size();
+    if (iequals(w[i], "count") && has_value) {
+      std::int64_t n = 0;
+      if (!parse_int64(w[i + 1], n)) return error = not_integer_error(), false;
+      if (n < 1) return error = syntax_error(), false;
+      o.count = static_cast<std::size_t>(std::min<std::uint64_t>(std::uint64_t(n), SIZE_MAX));
+      i += 2;
+    } else if (iequals(w[i], "match") && has_value) {
+      o.pattern = w[i + 1] == "*" ? nullptr : &w[i + 1];  // as in Redis, "*" also matches ""
+      i += 2;
+    } else if (takes_type && iequals(w[i], "type") && has_value) {
+      o.type = &w[i + 1];
+      i += 2;
+    } else if (takes_novalues && iequals(w[i], "novalues")) {
+      o.novalues = true;
+      i += 1;
+    } else {
+      return error = syntax_error(), false;
+    }
+  }
+  return true;
+}
+
+inline Reply scan_reply(std::uint64_t cursor, std::vector<Reply> items) {
+  std::vector<Reply> reply;
+  reply.push_back(Reply::bulk(std::to_string(cursor)));
+  reply.push_back(Reply::array(std::move(items)));
+  return Reply::array(std::move(reply));
+}
+
+/// TYPE's name of a kind ("" for a kind this list does not know yet).
+inline const char* kind_name(Store::Kind kind) {
+  if (kind == Store::Kind::String) return "string";
+  if (kind == Store::Kind::Hash) return "hash";
+  if (kind == Store::Kind::List) return "list";
+  if (kind == Store::Kind::Set) return "set";
+  if (kind == Store::Kind::SortedSet) return "zset";
+  return "";
+}
+
+/// The randomness of read handlers (RANDOMKEY, HRANDFIELD): a read answers one client on one
+/// node and changes nothing, so it need not be deterministic. Writes never use it.
+inline std::mt19937_64& read_random() {
+  thread_local std::mt19937_64 generator{std::random_device{}()};
+  return generator;
+}
+
 /// The key's object for a read handler; `wrong` when it holds another kind.
 inline const Store::Object* read_lookup(Call& c, std::string_view key, Store::Kind kind, bool& wrong) {
   const Store::Object* o = c.data.find(key, c.now_ms);
@@ -2418,19 +2579,26 @@ inline Reply cmd_get(Call& c) {
   return wrong ? wrongtype_error() : bulk_or_nil(o);
 }
 
-/// SET key value [NX|XX] [GET] [EX s|PX ms|EXAT s|PXAT ms|KEEPTTL], as Redis 7.
-inline Reply cmd_set(Call& c) {
-  const auto& w = c.words;
-  const std::string& key = w[1];
-  if (w.size() == 3) {  // the common case: replace whatever is there
-    c.data.put(key, Store::Kind::String).str = w[2];
-    return Reply::ok();
-  }
-  enum class Expire { None, Ex, Px, ExAt, PxAt };
+/// The options of SET (and GETEX's subset), as Redis's parseExtendedStringArgumentsOrReply
+/// takes them: one condition (NX, XX, or Redis 8.4's IFEQ / IFNE value; the same one repeated
+/// is taken, the last value counting), GET, and one expiry (EX PX EXAT PXAT, the same unit
+/// repeated is taken; KEEPTTL; GETEX's PERSIST).
+struct StringOptions {
+  enum class Cond : std::uint8_t { None, Nx, Xx, IfEq, IfNe };
+  enum class Expire : std::uint8_t { None, Ex, Px, ExAt, PxAt };
+  Cond cond = Cond::None;
   Expire expire = Expire::None;
-  bool nx = false, xx = false, get = false, keepttl = false;
+  const std::string* match = nullptr;  // IFEQ / IFNE's value
   const std::string* expire_arg = nullptr;
-  for (std::size_t j = 3; j < w.size(); ++j) {
+  bool get = false, keepttl = false, persist = false;
+};
+
+/// Parses words[from..]; false: a syntax error. `getex`: GETEX's options (expiry and PERSIST).
+inline bool parse_string_options(const std::vector<std::string>& w, std::size_t from, bool getex,
+                                 StringOptions& o) {
+  using Cond = StringOptions::Cond;
+  using Expire = StringOptions::Expire;
+  for (std::size_t j = from; j < w.size(); ++j) {
     const std::string& opt = w[j];
     const bool has_next = j + 1 < w.size();
     Expire unit = Expire::None;
@@ -2438,58 +2606,96 @@ inline Reply cmd_set(Call& c) {
     else if (iequals(opt, "px")) unit = Expire::Px;
     else if (iequals(opt, "exat")) unit = Expire::ExAt;
     else if (iequals(opt, "pxat")) unit = Expire::PxAt;
+    Cond cond = Cond::None;
+    if (iequals(opt, "nx")) cond = Cond::Nx;
+    else if (iequals(opt, "xx")) cond = Cond::Xx;
+    else if (iequals(opt, "ifeq")) cond = Cond::IfEq;
+    else if (iequals(opt, "ifne")) cond = Cond::IfNe;
+    const bool with_value = cond == Cond::IfEq || cond == Cond::IfNe;
 
-    if (iequals(opt, "nx") && !xx) {
-      nx = true;
-    } else if (iequals(opt, "xx") && !nx) {
-      xx = true;
-    } else if (iequals(opt, "get")) {
-      get = true;
-    } else if (iequals(opt, "keepttl") && expire == Expire::None) {
-      keepttl = true;
-    } else if (unit != Expire::None && !keepttl && (expire == Expire::None || expire == unit) &&
+    if (!getex && cond != Cond::None && (o.cond == Cond::None || o.cond == cond) && (!with_value || has_next)) {
+      o.cond = cond;
+      if (with_value) o.match = &w[++j];
+    } else if (!getex && iequals(opt, "get")) {
+      o.get = true;
+    } else if (!getex && iequals(opt, "keepttl") && o.expire == Expire::None) {
+      o.keepttl = true;
+    } else if (getex && iequals(opt, "persist") && o.expire == Expire::None) {
+      o.persist = true;
+    } else if (unit != Expire::None && !o.keepttl && !o.persist && (o.expire == Expire::None || o.expire == unit) &&
                has_next) {
-      expire = unit;
-      expire_arg = &w[++j];
+      o.expire = unit;
+      o.expire_arg = &w[++j];
     } else {
-      return syntax_error();
+      return false;
     }
   }
+  return true;
+}
 
-  std::optional<std::int64_t> deadline;
-  if (expire_arg != nullptr) {
-    std::int64_t when = 0;
-    if (!parse_int64(*expire_arg, when)) return not_integer_error();
-    const bool seconds = expire == Expire::Ex || expire == Expire::ExAt;
-    if (when <= 0 || (seconds && when > std::numeric_limits<std::int64_t>::max() / 1000))
-      return invalid_expire_error("set");
-    if (seconds) when *= 1000;
-    if (expire == Expire::Ex || expire == Expire::Px) {
-      const auto at = checked_add(when, c.now_ms);
-      if (!at || *at <= 0) return invalid_expire_error("set");
-      when = *at;
-    }
-    deadline = when;
+/// The deadline an expiry option asks for (none without one), or false with the error reply
+/// ("invalid expire time in '<name>' command" as Redis's getExpireMillisecondsOrReply).
+inline bool option_deadline(const StringOptions& o, std::int64_t now_ms, std::string_view name,
+                            std::optional<std::int64_t>& deadline, Reply& error) {
+  using Expire = StringOptions::Expire;
+  if (o.expire_arg == nullptr) return true;
+  std::int64_t when = 0;
+  if (!parse_int64(*o.expire_arg, when)) return error = not_integer_error(), false;
+  const bool seconds = o.expire == Expire::Ex || o.expire == Expire::ExAt;
+  if (when <= 0 || (seconds && when > std::numeric_limits<std::int64_t>::max() / 1000))
+    return error = invalid_expire_error(name), false;
+  if (seconds) when *= 1000;
+  if (o.expire == Expire::Ex || o.expire == Expire::Px) {
+    const auto at = checked_add(when, now_ms);
+    if (!at || *at <= 0) return error = invalid_expire_error(name), false;
+    when = *at;
   }
+  deadline = when;
+  return true;
+}
+
+/// Stores a string at `key` with the deadline given (none: no deadline; one already past: the
+/// key is set and gone at once, as in Redis).
+inline void put_string(Call& c, const std::string& key, const std::string& value,
+                       std::optional<std::int64_t> deadline) {
+  c.data.put(key, Store::Kind::String).str = value;
+  if (!deadline) return;
+  if (*deadline <= c.now_ms)
+    c.data.erase(key);
+  else
+    c.data.set_deadline(key, *deadline);
+}
+
+/// SET key value [NX|XX|IFEQ v|IFNE v] [GET] [EX s|PX ms|EXAT s|PXAT ms|KEEPTTL], as Redis 7
+/// with Redis 8.4's IFEQ and IFNE: IFEQ sets only a string key holding exactly that value (a
+/// missing key is not created), IFNE any key but one holding that value (a missing key is
+/// created); either on a key of another kind is WRONGTYPE. Not setting answers nil, or with
+/// GET the old value, as NX and XX do.
+inline Reply cmd_set(Call& c) {
+  using Cond = StringOptions::Cond;
+  const auto& w = c.words;
+  const std::string& key = w[1];
+  if (w.size() == 3) {  // the common case: replace whatever is there
+    c.data.put(key, Store::Kind::String).str = w[2];
+    return Reply::ok();
+  }
+  StringOptions o;
+  if (!parse_string_options(w, 3, false, o)) return syntax_error();
+  std::optional<std::int64_t> deadline;
+  Reply error;
+  if (!option_deadline(o, c.now_ms, "set", deadline, error)) return error;
 
   const Store::Object* old = c.data.find_for_write(key, c.now_ms);
-  Reply reply = Reply::ok();
-  if (get) {
-    if (old != nullptr && old->kind != Store::Kind::String) return wrongtype_error();
-    reply = bulk_or_nil(old);
-  }
-  if ((nx && old != nullptr) || (xx && old == nullptr)) return get ? reply : Reply::nil();
+  const bool compares = o.cond == Cond::IfEq || o.cond == Cond::IfNe;
+  if ((o.get || compares) && old != nullptr && old->kind != Store::Kind::String) return wrongtype_error();
+  Reply reply = o.get ? bulk_or_nil(old) : Reply::ok();
+  const bool equal = old != nullptr && old->str == (compares ? *o.match : std::string());
+  const bool skip = (o.cond == Cond::Nx && old != nullptr) || (o.cond == Cond::Xx && old == nullptr) ||
+                    (o.cond == Cond::IfEq && !equal) || (o.cond == Cond::IfNe && equal);
+  if (skip) return o.get ? reply : Reply::nil();
 
-  const std::optional<std::int64_t> kept = keepttl ? c.data.deadline(key) : std::nullopt;
-  c.data.put(key, Store::Kind::String).str = w[2];
-  if (deadline) {
-    if (*deadline <= c.now_ms)
-      c.data.erase(key);  // already past: as Redis, the key is set and gone at once
-    else
-      c.data.set_deadline(key, *deadline);
-  } else if (kept) {
-    c.data.set_deadline(key, *kept);
-  }
+  const std::optional<std::int64_t> kept = o.keepttl ? c.data.deadline(key) : std::nullopt;
+  put_string(c, key, w[2], deadline ? deadline : kept);
   return reply;
 }
 
@@ -2591,6 +2797,206 @@ inline Reply cmd_strlen(Call& c) {
   return Reply::integer(o ? static_cast<std::int64_t>(o->str.size()) : 0);
 }
 
+/// GETEX key [EX s|PX ms|EXAT s|PXAT ms|PERSIST]: GET that also sets or removes the deadline.
+inline Reply cmd_getex(Call& c) {
+  StringOptions o;
+  if (!parse_string_options(c.words, 2, true, o)) return syntax_error();
+  bool wrong;
+  const Store::Object* s = write_lookup(c, c.words[1], Store::Kind::String, wrong);
+  if (wrong) return wrongtype_error();
+  if (s == nullptr) return Reply::nil();
+  std::optional<std::int64_t> deadline;
+  Reply error;
+  if (!option_deadline(o, c.now_ms, "getex", deadline, error)) return error;
+  Reply reply = Reply::bulk(s->str);
+  if (deadline && *deadline <= c.now_ms)
+    c.data.erase(c.words[1]);
+  else if (deadline)
+    c.data.set_deadline(c.words[1], *deadline);
+  else if (o.persist)
+    c.data.clear_ttl(c.words[1]);
+  return reply;
+}
+
+inline Reply cmd_getdel(Call& c) {
+  bool wrong;
+  const Store::Object* s = write_lookup(c, c.words[1], Store::Kind::String, wrong);
+  if (wrong) return wrongtype_error();
+  if (s == nullptr) return Reply::nil();
+  Reply reply = Reply::bulk(s->str);
+  c.data.erase(c.words[1]);
+  return reply;
+}
+
+/// SETEX key seconds value, PSETEX key ms value.
+inline Reply setex_generic(Call& c, bool seconds) {
+  StringOptions o;
+  o.expire = seconds ? StringOptions::Expire::Ex : StringOptions::Expire::Px;
+  o.expire_arg = &c.words[2];
+  std::optional<std::int64_t> deadline;
+  Reply error;
+  if (!option_deadline(o, c.now_ms, c.words[0], deadline, error)) return error;
+  put_string(c, c.words[1], c.words[3], deadline);
+  return Reply::ok();
+}
+
+inline Reply cmd_setex(Call& c) { return setex_generic(c, true); }
+inline Reply cmd_psetex(Call& c) { return setex_generic(c, false); }
+
+/// MSETNX key value [key value ...]: all or none, none when any key exists.
+inline Reply cmd_msetnx(Call& c) {
+  if (c.words.size() % 2 == 0) return arity_error(c.words[0]);
+  for (std::size_t i = 1; i < c.words.size(); i += 2)
+    if (c.data.find_for_write(c.words[i], c.now_ms) != nullptr) return Reply::integer(0);
+  for (std::size_t i = 1; i + 1 < c.words.size(); i += 2)
+    c.data.put(c.words[i], Store::Kind::String).str = c.words[i + 1];
+  return Reply::integer(1);
+}
+
+/// GETRANGE key start end: Redis's arithmetic (both negative and start > end: empty).
+inline Reply cmd_getrange(Call& c) {
+  std::int64_t start = 0, end = 0;
+  if (!parse_int64(c.words[2], start) || !parse_int64(c.words[3], end)) return not_integer_error();
+  bool wrong;
+  const Store::Object* s = read_lookup(c, c.words[1], Store::Kind::String, wrong);
+  if (wrong) return wrongtype_error();
+  if (s == nullptr) return Reply::bulk("");
+  const auto len = static_cast<std::int64_t>(s->str.size());
+  if (start < 0 && end < 0 && start > end) return Reply::bulk("");
+  if (start < 0) start = std::max<std::int64_t>(0, len + start);  // len >= 0: no overflow
+  if (end < 0) end = std::max<std::int64_t>(0, len + end);
+  if (end >= len) end = len - 1;
+  if (start > end || len == 0) return Reply::bulk("");
+  return Reply::bulk(s->str.substr(static_cast<std::size_t>(start), static_cast<std::size_t>(end - start + 1)));
+}
+
+inline Reply string_too_long_error() {
+  return Reply::error("ERR string exceeds maximum allowed size (proto-max-bulk-len)");
+}
+
+/// SETRANGE key offset value: zero-padded, at most kProtoMaxBulkLen bytes in all.
+inline Reply cmd_setrange(Call& c) {
+  std::int64_t offset = 0;
+  if (!parse_int64(c.words[2], offset)) return not_integer_error();
+  if (offset < 0) return Reply::error("ERR offset is out of range");
+  const std::string& value = c.words[3];
+  bool wrong;
+  Store::Object* s = write_lookup(c, c.words[1], Store::Kind::String, wrong);
+  if (wrong) return wrongtype_error();
+  if (value.empty()) return Reply::integer(s ? static_cast<std::int64_t>(s->str.size()) : 0);
+  if (std::uint64_t(offset) > kProtoMaxBulkLen || std::uint64_t(offset) + value.size() > kProtoMaxBulkLen)
+    return string_too_long_error();
+  if (s == nullptr) s = &c.data.put(c.words[1], Store::Kind::String);
+  const auto at = static_cast<std::size_t>(offset);
+  if (s->str.size() < at + value.size()) s->str.resize(at + value.size(), '\0');
+  s->str.replace(at, value.size(), value);
+  return Reply::integer(static_cast<std::int64_t>(s->str.size()));
+}
+
+// INCRBYFLOAT and HINCRBYFLOAT compute as Redis does, in long double, and write the result as
+// Redis does, so that replies match it digit for digit: "10.5" + "0.1" is "10.6" there, where
+// binary64 arithmetic would give 10.59999999999999964. The result is deterministic on every
+// node of one architecture (x86-64's long double is the 80-bit x87 format everywhere); a
+// cluster mixing architectures whose long double differs (aarch64: 128-bit) could disagree.
+
+/// While alive, this thread reads and writes numbers in the "C" locale ('.' as the decimal
+/// point), whatever locale the program set: every node must read and write the same text.
+class CNumericLocale {
+ public:
+  CNumericLocale() : previous_(c_locale() != locale_t(0) ? uselocale(c_locale()) : locale_t(0)) {}
+  ~CNumericLocale() {
+    if (previous_ != locale_t(0)) uselocale(previous_);
+  }
+  CNumericLocale(const CNumericLocale&) = delete;
+  CNumericLocale& operator=(const CNumericLocale&) = delete;
+
+ private:
+  static locale_t c_locale() {
+    static const locale_t c = newlocale(LC_ALL_MASK, "C", locale_t(0));
+    return c;
+  }
+  locale_t previous_;
+};
+
+/// Redis's string2ld: strtold over the whole text, no leading space, no NaN, no overflow.
+inline bool parse_long_double(const std::string& s, long double& out) {
+  if (s.empty() || s.size() >= 5 * 1024) return false;
+  const CNumericLocale c_locale;
+  errno = 0;
+  char* end = nullptr;
+  const long double v = std::strtold(s.c_str(), &end);
+  if (resp::detail::is_space(s[0]) || *end != '\0' || std::isnan(v) ||
+      (errno == ERANGE && (v == HUGE_VALL || v == -HUGE_VALL || v == 0)))
+    return false;
+  out = v;
+  return true;
+}
+
+/// Redis's ld2string in its "human" mode: 17 decimals, trailing zeros (and a bare '.') cut,
+/// "-0" written "0".
+inline std::string format_long_double(long double v) {
+  const CNumericLocale c_locale;
+  char buf[5 * 1024];
+  const int n = std::snprintf(buf, sizeof buf, "%.17Lf", v);
+  if (n <= 0 || static_cast<std::size_t>(n) >= sizeof buf) return "0";  // finite values fit
+  std::string s(buf, static_cast<std::size_t>(n));
+  if (s.find('.') != std::string::npos) {
+    while (s.back() == '0') s.pop_back();
+    if (s.back() == '.') s.pop_back();
+  }
+  if (s == "-0") s = "0";
+  return s;
+}
+
+inline Reply not_float_error() { return Reply::error("ERR value is not a valid float"); }
+inline Reply nan_or_infinity_error() { return Reply::error("ERR increment would produce NaN or Infinity"); }
+
+inline Reply cmd_incrbyfloat(Call& c) {
+  bool wrong;
+  Store::Object* s = write_lookup(c, c.words[1], Store::Kind::String, wrong);
+  if (wrong) return wrongtype_error();
+  long double value = 0, increment = 0;
+  if ((s != nullptr && !parse_long_double(s->str, value)) || !parse_long_double(c.words[2], increment))
+    return not_float_error();
+  value += increment;
+  if (std::isnan(value) || std::isinf(value)) return nan_or_infinity_error();
+  if (s == nullptr) s = &c.data.put(c.words[1], Store::Kind::String);
+  s->str = format_long_double(value);  // in place: the key keeps its deadline, as in Redis
+  return Reply::bulk(s->str);
+}
+
+// ---- compare-and-set without scripts (Redis 8.4's DELEX, Valkey 9's DELIFEQ; SET IFEQ above) ----
+
+/// DELEX key [IFEQ value | IFNE value]: DEL of one key, or only when its string value is (not)
+/// the one given; a condition on a key of another kind is WRONGTYPE. Redis's IFDEQ / IFDNE
+/// (an XXH3 digest of the value) are not implemented.
+inline Reply cmd_delex(Call& c) {
+  const auto& w = c.words;
+  const std::string& key = w[1];
+  if (w.size() == 2) {
+    c.data.check_ttl(key, c.now_ms);
+    return Reply::integer(c.data.erase(key) ? 1 : 0);
+  }
+  const bool ifeq = iequals(w[2], "ifeq");
+  if (w.size() != 4 || (!ifeq && !iequals(w[2], "ifne"))) return syntax_error();
+  bool wrong;
+  const Store::Object* s = write_lookup(c, key, Store::Kind::String, wrong);
+  if (wrong) return wrongtype_error();
+  if (s == nullptr || (s->str == w[3]) != ifeq) return Reply::integer(0);
+  c.data.erase(key);
+  return Reply::integer(1);
+}
+
+/// DELIFEQ key value: deletes the key only if it holds exactly this string (a lock's release).
+inline Reply cmd_delifeq(Call& c) {
+  bool wrong;
+  const Store::Object* s = write_lookup(c, c.words[1], Store::Kind::String, wrong);
+  if (wrong) return wrongtype_error();
+  if (s == nullptr || s->str != c.words[2]) return Reply::integer(0);
+  c.data.erase(c.words[1]);
+  return Reply::integer(1);
+}
+
 // ---- keys and expiry ----
 
 inline Reply cmd_type(Call& c) {
@@ -2690,6 +3096,141 @@ inline Reply cmd_persist(Call& c) {
     return Reply::integer(0);
   c.data.clear_ttl(c.words[1]);
   return Reply::integer(1);
+}
+
+/// RENAME / RENAMENX key newkey: the value and its deadline move; a key renamed to itself
+/// stays (OK / 0).
+inline Reply rename_generic(Call& c, bool nx) {
+  const std::string& from = c.words[1];
+  const std::string& to = c.words[2];
+  Store::Object* o = c.data.find_for_write(from, c.now_ms);
+  if (o == nullptr) return Reply::error("ERR no such key");
+  if (from == to) return nx ? Reply::integer(0) : Reply::ok();
+  if (nx && c.data.find_for_write(to, c.now_ms) != nullptr) return Reply::integer(0);
+  const std::optional<std::int64_t> deadline = c.data.deadline(from);
+  Store::Object value = std::move(*o);
+  c.data.erase(from);
+  c.data.put(to, value.kind) = std::move(value);
+  if (deadline) c.data.set_deadline(to, *deadline);
+  return nx ? Reply::integer(1) : Reply::ok();
+}
+
+inline Reply cmd_rename(Call& c) { return rename_generic(c, false); }
+inline Reply cmd_renamenx(Call& c) { return rename_generic(c, true); }
+
+/// COPY source destination [DB 0] [REPLACE]: one database here, so DB takes only 0.
+inline Reply cmd_copy(Call& c) {
+  const auto& w = c.words;
+  bool replace = false;
+  for (std::size_t j = 3; j < w.size(); ++j) {
+    if (iequals(w[j], "replace")) {
+      replace = true;
+    } else if (iequals(w[j], "db") && j + 1 < w.size()) {
+      std::int64_t db = 0;
+      if (!parse_int64(w[++j], db)) return not_integer_error();
+      if (db != 0) return Reply::error("ERR DB index is out of range");
+    } else {
+      return syntax_error();
+    }
+  }
+  if (w[1] == w[2]) return Reply::error("ERR source and destination objects are the same");
+  const Store::Object* from = c.data.find_for_write(w[1], c.now_ms);
+  if (from == nullptr) return Reply::integer(0);
+  if (c.data.find_for_write(w[2], c.now_ms) != nullptr && !replace) return Reply::integer(0);
+  const std::optional<std::int64_t> deadline = c.data.deadline(w[1]);
+  Store::Object copy = *from;
+  c.data.put(w[2], copy.kind) = std::move(copy);
+  if (deadline) c.data.set_deadline(w[2], *deadline);
+  return Reply::integer(1);
+}
+
+inline Reply cmd_randomkey(Call& c) {
+  const std::string* key = c.data.key_near_hash(read_random()(), c.now_ms);
+  return key ? Reply::bulk(*key) : Reply::nil();
+}
+
+/// FLUSHALL / FLUSHDB [ASYNC|SYNC]: both delete every key at once (one database).
+inline Reply cmd_flushall(Call& c) {
+  if (c.words.size() > 2 || (c.words.size() == 2 && !iequals(c.words[1], "async") && !iequals(c.words[1], "sync")))
+    return syntax_error();
+  c.data.clear();
+  return Reply::ok();
+}
+
+inline Reply expiretime_generic(Call& c, bool ms) {
+  if (c.data.find(c.words[1], c.now_ms) == nullptr) return Reply::integer(-2);
+  const std::optional<std::int64_t> d = c.data.deadline(c.words[1]);
+  if (!d) return Reply::integer(-1);
+  return Reply::integer(ms ? *d : *d / 1000);
+}
+
+inline Reply cmd_expiretime(Call& c) { return expiretime_generic(c, false); }
+inline Reply cmd_pexpiretime(Call& c) { return expiretime_generic(c, true); }
+
+/// OBJECT ENCODING|FREQ|IDLETIME|REFCOUNT key, OBJECT HELP, answering what is true here:
+/// ENCODING names the nearest Redis encoding of the representation ("raw": a string is always
+/// its bytes, never "int" or "embstr"; "hashtable": a hash or a set is an ordered tree, never a
+/// listpack or intset; "linkedlist": a list is a doubly linked list, never a quicklist;
+/// "skiplist": a sorted set is ordered by score and by member, never a listpack); REFCOUNT is 1
+/// (no value is shared); FREQ and IDLETIME are errors, as no access is tracked (FREQ's is
+/// Redis's own under its default policy).
+inline Reply cmd_object(Call& c) {
+  const auto& w = c.words;
+  const std::string sub = lower(w[1]);
+  const bool keyed = sub == "encoding" || sub == "freq" || sub == "idletime" || sub == "refcount";
+  if (!keyed && sub != "help")
+    return Reply::error("ERR unknown subcommand '" + w[1].substr(0, 128) + "'. Try OBJECT HELP.");
+  if (w.size() != (keyed ? 3u : 2u)) return arity_error("object|" + sub);
+  if (sub == "help") {
+    return Reply::array({
+        Reply::simple("OBJECT <subcommand> [<arg> ...]. Subcommands are:"),
+        Reply::simple("ENCODING <key>"),
+        Reply::simple("    The nearest Redis encoding of how the value is held: raw (a string's bytes),"),
+        Reply::simple("    hashtable (a hash or a set: an ordered tree), linkedlist (a list: a linked list),"),
+        Reply::simple("    skiplist (a sorted set: ordered trees by member and by score)."),
+        Reply::simple("FREQ <key>"),
+        Reply::simple("    An error: access frequency is not tracked."),
+        Reply::simple("IDLETIME <key>"),
+        Reply::simple("    An error: access times are not tracked."),
+        Reply::simple("REFCOUNT <key>"),
+        Reply::simple("    1: no value is shared."),
+        Reply::simple("HELP"),
+        Reply::simple("    Print this help."),
+    });
+  }
+  const Store::Object* o = c.data.find(w[2], c.now_ms);
+  if (o == nullptr) return Reply::nil();
+  if (sub == "refcount") return Reply::integer(1);
+  if (sub == "freq")
+    return Reply::error(
+        "ERR An LFU maxmemory policy is not selected, access frequency not tracked. Please note that when switching "
+        "between policies at runtime LRU and LFU data will take some time to adjust.");
+  if (sub == "idletime") return Reply::error("ERR idle time is not tracked: this store keeps no access times");
+  if (o->kind == Store::Kind::String) return Reply::bulk("raw");
+  if (o->kind == Store::Kind::Hash) return Reply::bulk("hashtable");
+  if (o->kind == Store::Kind::List) return Reply::bulk("linkedlist");
+  if (o->kind == Store::Kind::Set) return Reply::bulk("hashtable");
+  return Reply::bulk("skiplist");  // a sorted set: an ordered tree of scores beside the members
+}
+
+/// SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]: see scan_step for the cursor.
+inline Reply cmd_scan(Call& c) {
+  std::uint64_t cursor = 0;
+  if (!parse_scan_cursor(c.words[1], cursor)) return Reply::error("ERR invalid cursor");
+  ScanOptions o;
+  Reply error;
+  if (!parse_scan_options(c.words, 2, true, false, o, error)) return error;
+  const std::optional<GlobPattern> glob = o.pattern ? std::optional<GlobPattern>(*o.pattern) : std::nullopt;
+  const std::string type = o.type ? lower(*o.type) : std::string();
+  std::vector<Reply> keys;
+  const std::uint64_t next = c.data.scan(
+      cursor, o.count, [&](const std::string& key, const Store::Object& obj, std::optional<std::int64_t> d) {
+        if (d && *d <= c.now_ms) return;
+        if (glob && !glob->matches(key)) return;
+        if (o.type && type != kind_name(obj.kind)) return;
+        keys.push_back(Reply::bulk(key));
+      });
+  return scan_reply(next, std::move(keys));
 }
 
 // ---- hashes ----
@@ -2825,6 +3366,142 @@ inline Reply cmd_hincrby(Call& c) {
   field->second = std::to_string(*result);
   Store::grew(*o, (inserted ? Store::kHashEntryBytes + field->first.size() : 0) + field->second.size());
   return Reply::integer(*result);
+}
+
+inline Reply cmd_hincrbyfloat(Call& c) {
+  long double increment = 0, value = 0;
+  if (!parse_long_double(c.words[3], increment)) return not_float_error();
+  if (std::isnan(increment) || std::isinf(increment)) return Reply::error("ERR value is NaN or Infinity");
+  bool wrong;
+  Store::Object* o = write_lookup(c, c.words[1], Store::Kind::Hash, wrong);
+  if (wrong) return wrongtype_error();
+  if (o != nullptr) {
+    const auto it = o->hash.find(c.words[2]);
+    if (it != o->hash.end() && !parse_long_double(it->second, value))
+      return Reply::error("ERR hash value is not a float");
+  }
+  value += increment;
+  if (std::isnan(value) || std::isinf(value)) return nan_or_infinity_error();
+  if (o == nullptr) o = &c.data.put(c.words[1], Store::Kind::Hash);
+  auto [field, inserted] = o->hash.try_emplace(c.words[2]);
+  Store::shrank(*o, inserted ? 0 : field->second.size());
+  field->second = format_long_double(value);
+  Store::grew(*o, (inserted ? Store::kHashEntryBytes + field->first.size() : 0) + field->second.size());
+  return Reply::bulk(field->second);
+}
+
+inline Reply cmd_hsetnx(Call& c) {
+  bool wrong;
+  Store::Object* o = write_lookup(c, c.words[1], Store::Kind::Hash, wrong);
+  if (wrong) return wrongtype_error();
+  if (o != nullptr && o->hash.count(c.words[2]) != 0) return Reply::integer(0);
+  if (o == nullptr) o = &c.data.put(c.words[1], Store::Kind::Hash);
+  const auto it = o->hash.emplace(c.words[2], c.words[3]).first;
+  Store::grew(*o, Store::kHashEntryBytes + it->first.size() + it->second.size());
+  return Reply::integer(1);
+}
+
+inline Reply cmd_hstrlen(Call& c) {
+  bool wrong;
+  const Store::Object* o = read_lookup(c, c.words[1], Store::Kind::Hash, wrong);
+  if (wrong) return wrongtype_error();
+  if (o == nullptr) return Reply::integer(0);
+  const auto it = o->hash.find(c.words[2]);
+  return Reply::integer(it == o->hash.end() ? 0 : static_cast<std::int64_t>(it->second.size()));
+}
+
+/// HRANDFIELD key [count [WITHVALUES]], as Redis 7: a positive count gives distinct fields
+/// (the whole hash, in order, when it has no more), a negative one may repeat them. A read:
+/// its choices come from read_random(). A reply of more than kMaxRandomFields fields is
+/// refused (Redis builds it, however large).
+inline Reply cmd_hrandfield(Call& c) {
+  constexpr std::uint64_t kMaxRandomFields = std::uint64_t{1} << 24;
+  const auto& w = c.words;
+  std::int64_t count = 0;
+  const bool has_count = w.size() >= 3;
+  bool with_values = false;
+  if (has_count) {
+    if (!parse_int64(w[2], count)) return not_integer_error();
+    if (count == std::numeric_limits<std::int64_t>::min())
+      return Reply::error(
+          "ERR value is out of range, value must between -9223372036854775807 and 9223372036854775807");
+    if (w.size() > 4 || (w.size() == 4 && !iequals(w[3], "withvalues"))) return syntax_error();
+    with_values = w.size() == 4;
+    if (with_values && count < -std::numeric_limits<std::int64_t>::max() / 2)
+      return Reply::error("ERR value is out of range");
+  }
+  bool wrong;
+  const Store::Object* o = read_lookup(c, w[1], Store::Kind::Hash, wrong);
+  if (wrong) return wrongtype_error();
+  auto& random = read_random();
+  if (!has_count) {
+    if (o == nullptr) return Reply::nil();
+    std::uniform_int_distribution<std::size_t> pick(0, o->hash.size() - 1);
+    return Reply::bulk(std::next(o->hash.begin(), static_cast<std::ptrdiff_t>(pick(random)))->first);
+  }
+  if (o == nullptr || count == 0) return Reply::array();
+  const std::uint64_t wanted = count > 0 ? std::uint64_t(count) : 0 - std::uint64_t(count);
+  const Store::Hash& hash = o->hash;
+  std::vector<Store::Hash::const_iterator> chosen;
+  if (count > 0 && wanted >= hash.size()) {
+    for (auto it = hash.begin(); it != hash.end(); ++it) chosen.push_back(it);
+  } else {
+    if (wanted > kMaxRandomFields) return Reply::error("ERR value is out of range");
+    std::vector<Store::Hash::const_iterator> all;
+    all.reserve(hash.size());
+    for (auto it = hash.begin(); it != hash.end(); ++it) all.push_back(it);
+    if (count < 0) {
+      std::uniform_int_distribution<std::size_t> pick(0, all.size() - 1);
+      for (std::uint64_t k = 0; k < wanted; ++k) chosen.push_back(all[pick(random)]);
+    } else {  // a partial Fisher-Yates shuffle: `wanted` distinct fields
+      for (std::size_t k = 0; k < wanted; ++k) {
+        std::uniform_int_distribution<std::size_t> pick(k, all.size() - 1);
+        std::swap(all[k], all[pick(random)]);
+        chosen.push_back(all[k]);
+      }
+    }
+  }
+  std::vector<Reply> items;
+  items.reserve(chosen.size());
+  for (const auto& it : chosen)
+    items.push_back(with_values ? Reply::array({Reply::bulk(it->first), Reply::bulk(it->second)})
+                                : Reply::bulk(it->first));
+  return with_values ? Reply::pairs(std::move(items)) : Reply::array(std::move(items));
+}
+
+/// HSCAN, SSCAN and ZSCAN: key cursor [MATCH pattern] [COUNT count] (HSCAN: [NOVALUES]) over
+/// the elements of a key of `kind`, see scan_elements. elements(o) gives the container,
+/// name_of(element) the name matched and hashed, emit(element, items) the reply's words.
+template <class Elements, class NameOf, class Emit>
+Reply scan_key_elements(Call& c, Store::Kind kind, Elements elements, NameOf name_of, Emit emit) {
+  std::uint64_t cursor = 0;
+  if (!parse_scan_cursor(c.words[2], cursor)) return Reply::error("ERR invalid cursor");
+  bool wrong;
+  const Store::Object* o = read_lookup(c, c.words[1], kind, wrong);
+  if (wrong) return wrongtype_error();
+  if (o == nullptr) return scan_reply(0, {});
+  ScanOptions opts;
+  Reply error;
+  if (!parse_scan_options(c.words, 3, false, kind == Store::Kind::Hash, opts, error)) return error;
+  const std::optional<GlobPattern> glob = opts.pattern ? std::optional<GlobPattern>(*opts.pattern) : std::nullopt;
+  std::vector<Reply> items;
+  const auto& container = elements(*o);
+  const std::uint64_t next =
+      scan_elements(container.begin(), container.end(), name_of, cursor, opts.count, [&](const auto& element) {
+        if (glob && !glob->matches(name_of(element))) return;
+        emit(element, opts, items);
+      });
+  return scan_reply(next, std::move(items));
+}
+
+inline Reply cmd_hscan(Call& c) {
+  return scan_key_elements(
+      c, Store::Kind::Hash, [](const Store::Object& o) -> const Store::Hash& { return o.hash; },
+      [](const auto& field) -> std::string_view { return field.first; },
+      [](const auto& field, const ScanOptions& opts, std::vector<Reply>& items) {
+        items.push_back(Reply::bulk(field.first));
+        if (!opts.novalues) items.push_back(Reply::bulk(field.second));
+      });
 }
 
 // ---- lists ----
@@ -2999,6 +3676,119 @@ inline Reply cmd_ltrim(Call& c) {
   }
   return Reply::ok();
 }
+
+/// LPUSHX / RPUSHX key element [element ...]: only onto an existing list.
+inline Reply pushx_generic(Call& c) {
+  bool wrong;
+  const Store::Object* o = write_lookup(c, c.words[1], Store::Kind::List, wrong);
+  if (wrong) return wrongtype_error();
+  if (o == nullptr) return Reply::integer(0);
+  return push_generic(c, c.words[0] == "lpushx");
+}
+
+inline Reply cmd_lpushx(Call& c) { return pushx_generic(c); }
+inline Reply cmd_rpushx(Call& c) { return pushx_generic(c); }
+
+/// LPOS key element [RANK rank] [COUNT num] [MAXLEN len], as Redis 7.
+inline Reply cmd_lpos(Call& c) {
+  const auto& w = c.words;
+  std::int64_t rank = 1, count = -1, maxlen = 0;
+  for (std::size_t j = 3; j < w.size(); ++j) {
+    const bool has_value = j + 1 < w.size();
+    if (iequals(w[j], "rank") && has_value) {
+      if (!parse_int64(w[++j], rank)) return not_integer_error();
+      if (rank == 0)
+        return Reply::error(
+            "ERR RANK can't be zero: use 1 to start from the first match, 2 from the second ... or use negative to "
+            "start from the end of the list");
+    } else if (iequals(w[j], "count") && has_value) {
+      if (!parse_int64(w[++j], count) || count < 0) return Reply::error("ERR COUNT can't be negative");
+    } else if (iequals(w[j], "maxlen") && has_value) {
+      if (!parse_int64(w[++j], maxlen) || maxlen < 0) return Reply::error("ERR MAXLEN can't be negative");
+    } else {
+      return syntax_error();
+    }
+  }
+  bool wrong;
+  const Store::Object* o = read_lookup(c, w[1], Store::Kind::List, wrong);
+  if (wrong) return wrongtype_error();
+  const bool many = count != -1;
+  if (o == nullptr) return many ? Reply::array() : Reply::nil();
+  const bool from_head = rank > 0;
+  // Redis negates a negative rank; the lowest one stays negative there and means "the first".
+  const std::uint64_t skip = rank > 0 ? std::uint64_t(rank) - 1
+                             : rank == std::numeric_limits<std::int64_t>::min() ? 0
+                                                                                 : std::uint64_t(-rank) - 1;
+  const auto& list = o->list;
+  const auto n = static_cast<std::int64_t>(list.size());
+  std::vector<Reply> found;
+  std::uint64_t matches = 0;
+  std::int64_t examined = 0;
+  const auto check = [&](const std::string& e, std::int64_t position) {
+    if (e != w[2] || matches++ < skip) return false;
+    found.push_back(Reply::integer(position));
+    return !many || (count != 0 && static_cast<std::int64_t>(found.size()) >= count);
+  };
+  if (from_head) {
+    for (auto it = list.begin(); it != list.end() && (maxlen == 0 || examined < maxlen); ++it, ++examined)
+      if (check(*it, examined)) break;
+  } else {
+    for (auto it = list.rbegin(); it != list.rend() && (maxlen == 0 || examined < maxlen); ++it, ++examined)
+      if (check(*it, n - 1 - examined)) break;
+  }
+  if (many) return Reply::array(std::move(found));
+  return found.empty() ? Reply::nil() : std::move(found.front());
+}
+
+/// LINSERT key BEFORE|AFTER pivot element: the length, 0 without the key, -1 without the pivot.
+inline Reply cmd_linsert(Call& c) {
+  const bool after = iequals(c.words[2], "after");
+  if (!after && !iequals(c.words[2], "before")) return syntax_error();
+  bool wrong;
+  Store::Object* o = write_lookup(c, c.words[1], Store::Kind::List, wrong);
+  if (wrong) return wrongtype_error();
+  if (o == nullptr) return Reply::integer(0);
+  auto it = std::find(o->list.begin(), o->list.end(), c.words[3]);
+  if (it == o->list.end()) return Reply::integer(-1);
+  o->list.insert(after ? std::next(it) : it, c.words[4]);
+  Store::grew(*o, Store::kListEntryBytes + c.words[4].size());
+  return Reply::integer(static_cast<std::int64_t>(o->list.size()));
+}
+
+/// LMOVE source destination LEFT|RIGHT LEFT|RIGHT (and RPOPLPUSH: RIGHT LEFT).
+inline Reply move_generic(Call& c, bool from_left, bool to_left) {
+  const std::string& from = c.words[1];
+  const std::string& to = c.words[2];
+  bool wrong;
+  Store::Object* source = write_lookup(c, from, Store::Kind::List, wrong);
+  if (wrong) return wrongtype_error();
+  if (source == nullptr) return Reply::nil();
+  Store::Object* target = write_lookup(c, to, Store::Kind::List, wrong);
+  if (wrong) return wrongtype_error();
+  std::string element = std::move(from_left ? source->list.front() : source->list.back());
+  if (from_left)
+    source->list.pop_front();
+  else
+    source->list.pop_back();
+  Store::shrank(*source, Store::kListEntryBytes + element.size());
+  if (target == nullptr) target = &c.data.put(to, Store::Kind::List);
+  if (to_left)
+    target->list.push_front(element);
+  else
+    target->list.push_back(element);
+  Store::grew(*target, Store::kListEntryBytes + element.size());
+  if (source->list.empty()) c.data.erase(from);  // not the target: it holds the element
+  return Reply::bulk(std::move(element));
+}
+
+inline Reply cmd_lmove(Call& c) {
+  const bool from_left = iequals(c.words[3], "left"), to_left = iequals(c.words[4], "left");
+  if ((!from_left && !iequals(c.words[3], "right")) || (!to_left && !iequals(c.words[4], "right")))
+    return syntax_error();
+  return move_generic(c, from_left, to_left);
+}
+
+inline Reply cmd_rpoplpush(Call& c) { return move_generic(c, false, true); }
 
 // ---- sets ----
 
@@ -3290,11 +4080,22 @@ inline Reply cmd_smove(Call& c) {
   return Reply::integer(1);
 }
 
+inline Reply cmd_sscan(Call& c) {
+  return scan_key_elements(
+      c, Store::Kind::Set, [](const Store::Object& o) -> const Store::Set& { return o.set(); },
+      [](const std::string& member) -> std::string_view { return member; },
+      [](const std::string& member, const ScanOptions&, std::vector<Reply>& items) {
+        items.push_back(Reply::bulk(member));
+      });
+}
+
 // ---- sorted sets ----
 
-/// A score as Redis 7.0 writes it: "%.17g", and inf / -inf.
+/// A score as Redis 7.0 writes it: "%.17g", and inf / -inf (in the C locale, as every number
+/// the store reads or writes).
 inline std::string format_score(double d) {
   if (std::isinf(d)) return d > 0 ? "inf" : "-inf";
+  const CNumericLocale c_locale;
   char b[32];
   const int n = std::snprintf(b, sizeof b, "%.17g", d);
   return std::string(b, static_cast<std::size_t>(n));
@@ -3306,6 +4107,7 @@ inline Reply score_reply(double d) { return Reply::real(d, format_score(d)); }
 /// not an overflow nor an underflow to zero.
 inline bool parse_score(const std::string& s, double& out) {
   if (s.empty() || std::isspace(static_cast<unsigned char>(s[0]))) return false;
+  const CNumericLocale c_locale;
   char* end = nullptr;
   errno = 0;
   out = std::strtod(s.c_str(), &end);
@@ -3313,7 +4115,6 @@ inline bool parse_score(const std::string& s, double& out) {
   return !(errno == ERANGE && (std::isinf(out) || out == 0));
 }
 
-inline Reply not_float_error() { return Reply::error("ERR value is not a valid float"); }
 inline Reply nan_score_error() { return Reply::error("ERR resulting score is not a number (NaN)"); }
 
 /// A score range's end, as Redis's zslParseRange: "(x" exclusive, strtod up to the string's
@@ -3322,6 +4123,7 @@ inline bool parse_score_bound(const std::string& s, double& value, bool& exclusi
   const char* p = s.c_str();
   exclusive = *p == '(';
   if (exclusive) ++p;
+  const CNumericLocale c_locale;
   char* end = nullptr;
   value = std::strtod(p, &end);
   return *end == '\0' && !std::isnan(value);
@@ -3734,6 +4536,17 @@ inline void restore_pairs(Reply& reply) {
 inline Reply cmd_zpopmin(Call& c) { return zpop(c, false); }
 inline Reply cmd_zpopmax(Call& c) { return zpop(c, true); }
 
+/// ZSCAN: member, score, ... with the scores as bulk strings in RESP2 and RESP3 alike, as Redis.
+inline Reply cmd_zscan(Call& c) {
+  return scan_key_elements(
+      c, Store::Kind::SortedSet, [](const Store::Object& o) -> const auto& { return o.zset().scores(); },
+      [](const auto& entry) -> std::string_view { return entry.first; },
+      [](const auto& entry, const ScanOptions&, std::vector<Reply>& items) {
+        items.push_back(Reply::bulk(entry.first));
+        items.push_back(Reply::bulk(format_score(entry.second)));
+      });
+}
+
 // ---- sets and sorted sets in the snapshot (format 5) ----
 //
 // A set is a Python set literal of its members, in bytewise order: {'a', 'b'}. A sorted set
@@ -3859,6 +4672,7 @@ inline Store::Object& Store::put(std::string_view key, Kind kind) {
   } else {
     remember(key, objects_.end());
     it = objects_.emplace_hint(it, std::string(key), Record{});
+    scan_order_.emplace(detail::scan_hash(key), it->first);
   }
   it->second.object.kind = kind;
   opened(key);
@@ -3876,6 +4690,9 @@ inline void Store::erase(Objects::iterator it) {
   keep_object(it->first, it, true);
   drop_deadline(it);
   used_ -= std::min(used_, it->second.counted);
+  const auto in_order = scan_order_.find(
+      std::pair<std::uint64_t, std::string_view>(detail::scan_hash(it->first), std::string_view(it->first)));
+  if (in_order != scan_order_.end()) scan_order_.erase(in_order);
   objects_.erase(it);
 }
 
@@ -3883,6 +4700,7 @@ inline void Store::clear() {
   for (auto it = objects_.begin(); recording_ && it != objects_.end(); ++it) keep_object(it->first, it, true);
   objects_.clear();
   expiry_.clear();
+  scan_order_.clear();
   used_ = 0;
   opened_.clear();
 }
@@ -3910,7 +4728,9 @@ inline void Store::settle_memory() {
 inline void Store::recount_memory() {
   used_ = 0;
   opened_.clear();
+  scan_order_.clear();
   for (auto& [key, r] : objects_) {
+    scan_order_.emplace(detail::scan_hash(key), key);
     Object& o = r.object;
     o.element_bytes = 0;
     for (const auto& [field, value] : o.hash) o.element_bytes += kHashEntryBytes + field.size() + value.size();
@@ -3965,7 +4785,10 @@ inline void Store::rollback_undo() {
       continue;
     }
     // A key that existed and is gone now had its object kept when it went.
-    if (it == objects_.end()) it = objects_.emplace(key, Record{}).first;
+    if (it == objects_.end()) {
+      it = objects_.emplace(key, Record{}).first;
+      scan_order_.emplace(detail::scan_hash(key), key);
+    }
     if (u.object) it->second.object = std::move(*u.object);
     opened(key);
     drop_deadline(it);
@@ -4005,6 +4828,27 @@ inline std::optional<std::int64_t> Store::deadline(std::string_view key) const {
   const auto it = objects_.find(key);
   if (it == objects_.end()) return std::nullopt;
   return it->second.deadline;
+}
+
+template <class F>
+std::uint64_t Store::scan(std::uint64_t cursor, std::size_t count, F&& f) const {
+  return detail::scan_step(
+      scan_order_.lower_bound(std::pair<std::uint64_t, std::string_view>(cursor, std::string_view())),
+      scan_order_.end(), count, [](const auto& entry) { return entry.first; },
+      [&](const auto& entry) {
+        const auto it = objects_.find(entry.second);
+        f(it->first, it->second.object, it->second.deadline);
+      });
+}
+
+inline const std::string* Store::key_near_hash(std::uint64_t hash, std::int64_t now_ms) const {
+  if (live_size(now_ms) == 0) return nullptr;
+  auto at = scan_order_.lower_bound(std::pair<std::uint64_t, std::string_view>(hash, std::string_view()));
+  for (;; ++at) {  // ends: a key is live
+    if (at == scan_order_.end()) at = scan_order_.begin();
+    const auto it = objects_.find(at->second);
+    if (!expired(it->second, now_ms)) return &it->first;
+  }
 }
 
 inline std::vector<std::string> Store::due(std::int64_t now_ms, std::size_t limit) const {
@@ -4689,6 +5533,17 @@ inline void add_builtin_commands(CommandTable& table) {
   add("decrby", "we", 2, 2, cmd_decrby);
   add("append", "we", 2, 2, cmd_append);
   add("strlen", "r", 1, 1, cmd_strlen);
+  add("getex", "wes", 1, -1, cmd_getex);
+  add("getdel", "wes", 1, 1, cmd_getdel);
+  add("setex", "we", 3, 3, cmd_setex);
+  add("psetex", "we", 3, 3, cmd_psetex);
+  add("msetnx", "we", 2, -1, cmd_msetnx);
+  add("getrange", "r", 3, 3, cmd_getrange);
+  add("setrange", "we", 3, 3, cmd_setrange);
+  add("incrbyfloat", "we", 2, 2, cmd_incrbyfloat);
+  // compare-and-set (and SET's IFEQ / IFNE)
+  add("delex", "wes", 1, -1, cmd_delex);
+  add("delifeq", "wes", 2, 2, cmd_delifeq);
   // keys and expiry
   add("del", "wes", 1, -1, cmd_del);
   add("exists", "r", 1, -1, cmd_exists);
@@ -4702,6 +5557,18 @@ inline void add_builtin_commands(CommandTable& table) {
   add("ttl", "r", 1, 1, cmd_ttl);
   add("pttl", "r", 1, 1, cmd_pttl);
   add("persist", "wes", 1, 1, cmd_persist);
+  add("rename", "wes", 2, 2, cmd_rename);
+  add("renamenx", "wes", 2, 2, cmd_renamenx);
+  add("copy", "we", 2, -1, cmd_copy);
+  add("unlink", "wes", 1, -1, cmd_del);
+  add("touch", "r", 1, -1, cmd_exists);
+  add("randomkey", "r", 0, 0, cmd_randomkey);
+  add("flushall", "wes", 0, -1, cmd_flushall);
+  add("flushdb", "wes", 0, -1, cmd_flushall);
+  add("expiretime", "r", 1, 1, cmd_expiretime);
+  add("pexpiretime", "r", 1, 1, cmd_pexpiretime);
+  add("object", "r", 1, -1, cmd_object);
+  add("scan", "r", 1, -1, cmd_scan);
   // hashes
   add("hset", "we", 3, -1, cmd_hset);
   add("hmset", "we", 3, -1, cmd_hmset);
@@ -4714,6 +5581,11 @@ inline void add_builtin_commands(CommandTable& table) {
   add("hvals", "r", 1, 1, cmd_hvals);
   add("hmget", "r", 2, -1, cmd_hmget);
   add("hincrby", "we", 3, 3, cmd_hincrby);
+  add("hincrbyfloat", "we", 3, 3, cmd_hincrbyfloat);
+  add("hsetnx", "we", 3, 3, cmd_hsetnx);
+  add("hstrlen", "r", 2, 2, cmd_hstrlen);
+  add("hrandfield", "r", 1, -1, cmd_hrandfield);
+  add("hscan", "r", 2, -1, cmd_hscan);
   // lists
   add("lpush", "we", 2, -1, cmd_lpush);
   add("rpush", "we", 2, -1, cmd_rpush);
@@ -4741,6 +5613,7 @@ inline void add_builtin_commands(CommandTable& table) {
   add("sunionstore", "we", 2, -1, cmd_sunionstore);
   add("sdiffstore", "we", 2, -1, cmd_sdiffstore);
   add("smove", "wes", 3, 3, cmd_smove);
+  add("sscan", "r", 2, -1, cmd_sscan);
   // sorted sets
   add("zadd", "we", 3, -1, cmd_zadd);
   add("zincrby", "we", 3, 3, cmd_zincrby);
@@ -4758,6 +5631,14 @@ inline void add_builtin_commands(CommandTable& table) {
   add("zremrangebyrank", "wes", 3, 3, cmd_zremrangebyrank);
   add("zpopmin", "wes", 1, -1, cmd_zpopmin);
   add("zpopmax", "wes", 1, -1, cmd_zpopmax);
+  add("zscan", "r", 2, -1, cmd_zscan);
+  // lists (Redis 6.2+)
+  add("lpushx", "we", 2, -1, cmd_lpushx);
+  add("rpushx", "we", 2, -1, cmd_rpushx);
+  add("lpos", "r", 2, -1, cmd_lpos);
+  add("linsert", "we", 4, 4, cmd_linsert);
+  add("lmove", "we", 4, 4, cmd_lmove);
+  add("rpoplpush", "we", 2, 2, cmd_rpoplpush);
 }
 
 }  // namespace raft

@@ -68,7 +68,7 @@ enum class Type : std::uint8_t {
 /// scalars). Handlers return it as their protocol-neutral reply.
 struct Value {
   Type type = Type::NullBulk;
-  std::int64_t num = 0;       // Integer; Boolean (0 or 1)
+  std::int64_t num = 0;       // Integer; Boolean (0 or 1); Array: kPairs if made by pairs()
   double dbl = 0;             // Double
   /// SimpleString, Error, BulkString, BigNumber, Verbatim; Double: its text when it must be
   /// sent as written (Redis 7.0's "%.17g", a parsed reply's), else empty (the shortest text
@@ -100,9 +100,10 @@ struct Value {
   /// Redis sends ZRANGE WITHSCORES (an Array with num == 1; the flag does not survive parsing).
   static Value pairs(std::vector<Value> two_element_arrays = {}) {
     Value v(Type::Array, std::move(two_element_arrays));
-    v.num = 1;
+    v.num = kPairs;
     return v;
   }
+  static constexpr std::int64_t kPairs = 1;  // `num` of an Array made by pairs()
   static Value push(std::vector<Value> items = {}) { return Value(Type::Push, std::move(items)); }
   static Value real(double d) {
     Value v(Type::Double);
@@ -1062,7 +1063,7 @@ inline void write(std::string& out, const Value& v, int protocol) {
       }
       break;
     case Type::Array:
-      if (!resp3 && v.num == 1) {  // pairs(): flattened
+      if (!resp3 && v.num == Value::kPairs) {  // pairs(): flattened
         std::size_t n = 0;
         for (const Value& e : v.elements) n += e.elements.size();
         write_array_header(out, n);

@@ -76,6 +76,34 @@ TEST_CASE("builtin table: names, flags and argument counts follow Redis", "[stor
   CHECK(t.at("hset").min_args == 3);
 }
 
+TEST_CASE("builtin table: issue 13's commands, their flags and argument counts", "[store][commands]") {
+  raft::CommandTable t;
+  raft::add_builtin_commands(t);
+  for (const char* name : {"touch", "randomkey", "expiretime", "pexpiretime", "object", "scan", "getrange", "hstrlen",
+                           "hrandfield", "hscan", "lpos"}) {
+    INFO(name);
+    REQUIRE(t.count(name) == 1);
+    CHECK(t.at(name).flags == "r");
+  }
+  for (const char* name : {"copy", "setex", "psetex", "msetnx", "setrange", "incrbyfloat", "hincrbyfloat", "hsetnx",
+                           "lpushx", "rpushx", "linsert", "lmove", "rpoplpush"}) {
+    INFO(name);
+    REQUIRE(t.count(name) == 1);
+    CHECK(t.at(name).flags == "we");
+  }
+  for (const char* name : {"rename", "renamenx", "unlink", "flushall", "flushdb", "getex", "getdel", "delex",
+                           "delifeq"}) {
+    INFO(name);
+    REQUIRE(t.count(name) == 1);
+    CHECK(t.at(name).flags == "wes");
+  }
+  CHECK(t.at("lmove").min_args == 4);
+  CHECK(t.at("lmove").max_args == 4);
+  CHECK(t.at("delex").min_args == 1);
+  CHECK(t.at("delex").max_args == -1);
+  CHECK(t.at("randomkey").max_args == 0);
+}
+
 TEST_CASE("builtin table: an entry registered before is kept", "[store][commands]") {
   raft::CommandTable t;
   t["get"] = raft::Command{[](raft::Call&) { return resp::Value::simple("mine"); }, "r", 1, 1};

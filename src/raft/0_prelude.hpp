@@ -57,6 +57,7 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <locale.h>  // uselocale: INCRBYFLOAT's text in the C locale
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
