@@ -2925,7 +2925,7 @@ inline bool parse_long_double(const std::string& s, long double& out) {
   errno = 0;
   char* end = nullptr;
   const long double v = std::strtold(s.c_str(), &end);
-  if (resp::detail::is_space(s[0]) || *end != '\0' || std::isnan(v) ||
+  if (resp::detail::is_space(s[0]) || end != s.c_str() + s.size() || std::isnan(v) ||  // a NUL inside: no
       (errno == ERANGE && (v == HUGE_VALL || v == -HUGE_VALL || v == 0)))
     return false;
   out = v;

@@ -766,3 +766,15 @@ TEST_CASE("spop with a count of 0 on a set answers an empty set (RESP3 ~0), as r
   CHECK(d({"spop", "nokey", "0"}) == "~[]");
   CHECK(d({"scard", "s"}) == "1");
 }
+
+TEST_CASE("incrbyfloat and hincrbyfloat: a value with a NUL byte inside is not a float, as Redis (the differential "
+          "test found it: SETRANGE pads with NULs)",
+          "[store][commands]") {
+  Db d;
+  CHECK(d({"set", "k", std::string("1e3\0\0c", 6)}) == "+OK");
+  CHECK(d({"incrbyfloat", "k", "1"}) == "-ERR value is not a valid float");
+  CHECK(d({"incrbyfloat", "n", std::string("1\0", 2)}) == "-ERR value is not a valid float");
+  CHECK(d({"hset", "h", "f", std::string("2\0", 2)}) == "1");
+  CHECK(d({"hincrbyfloat", "h", "f", "1"}) == "-ERR hash value is not a float");
+  CHECK(d({"incrbyfloat", "ok", "1.5"}) == "'1.5'");
+}
