@@ -113,14 +113,13 @@ class Gen {
 
   // Deadlines. The same command reaches Redis and the cluster a little apart, so a relative TTL
   // gives the two deadlines some milliseconds apart. Nothing here may depend on that: every TTL
-  // is either long (months: no key expires during a run) or already past (the key goes at
+  // is either long (years: no key expires during a run) or already past (the key goes at
   // once), and two relative TTLs are never so close that EXPIRE ... GT|LT could compare them
-  // differently on the two servers: a TTL is k * 1e7 s (k = 1..5) minus the number of the
-  // call in seconds, so of two calls with the same k the later one sets the earlier deadline
-  // by whole seconds per call in between (as long as a call takes less than a second), and
-  // different k are months apart (for runs of up to a million calls). Absolute deadlines are epoch + k * 1e7 + 5e6 s: months from
-  // every relative one, and equal (not merely close) when equal.
-
+  // differently on the two servers: a TTL is k * 1e8 s (k = 1..5) minus a minute per call made
+  // before it, so of two calls with the same k the later one sets the earlier deadline (as long
+  // as no call takes a minute), and different k are years apart (for runs of up to 800000
+  // calls). Absolute deadlines are epoch + k * 1e8 + 5e7 s: as far from every relative one,
+  // and equal (not merely close) when equal.
   /// A relative TTL in seconds (EXPIRE, SET EX), sometimes past or invalid.
   std::string ttl_seconds() {
     const int roll = below(100);
@@ -169,8 +168,8 @@ class Gen {
   }
 
  private:
-  std::int64_t long_ttl_s() { return between(1, 5) * std::int64_t{10000000} - op; }
-  std::int64_t future_s() { return epoch_s_ + between(1, 5) * std::int64_t{10000000} + 5000000; }
+  std::int64_t long_ttl_s() { return between(1, 5) * std::int64_t{100000000} - 60 * op; }
+  std::int64_t future_s() { return epoch_s_ + between(1, 5) * std::int64_t{100000000} + 50000000; }
   std::string bad_time() {
     return pick({"x", "1.5", "", "9223372036854775807", "-9223372036854775808", "9223372036854775", "99999999999999999999"});
   }
