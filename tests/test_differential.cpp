@@ -27,7 +27,7 @@ using differential::CommandSpec;
 using differential::Gen;
 using differential::Words;
 
-// Test numbers (the third byte of the in-process addresses): 250.
+// Test numbers (the third byte of the in-process addresses): 254 and 255.
 
 std::uint64_t env_number(const char* name, std::uint64_t fallback) {
   const char* s = std::getenv(name);
@@ -169,7 +169,7 @@ TEST_CASE("differential: random command sequences get the same replies from a 3-
     CHECK(missing.empty());
   }
 
-  Servers servers(250);
+  Servers servers(254);
   const int leader = servers.leader;
 
   // Two connections to each node, one of them RESP3, and the same to Redis.
@@ -353,7 +353,7 @@ TEST_CASE("differential: what the random test found in the connection commands a
     WARN("redis-server is not installed: the comparison with Redis is skipped");
     return;
   }
-  Servers servers(251);
+  Servers servers(255);
 
   // Each list is one pipeline, on a fresh RESP2 connection to each server; the node's is to a
   // follower (its writes are forwarded, its reads wait for the leader's read index).
