@@ -7889,104 +7889,36 @@ inline void StorageWriter::run() {
 }
 
 }  // namespace raft
-// ---- src/raft/5_runtime.hpp ----
+// ---- src/raft/5a_net.hpp ----
 
 // ============================================================================================
 // 5. Runtime: POSIX sockets and a few std::threads that drive the core
 // ============================================================================================
 //
-// Threads, independent of the number of clients:
-//   poll      accepts and serves every client connection: parses commands, proposes writes
-//             and asks for read indexes (batched per wake-up), runs reads confirmed here,
-//             writes replies in order; times out this node's forwarded writes.
-//   peer      accepts every inbound peer connection (peers_in_, its own), does the listener's
-//             handshake, steps inbound Raft messages into the core, answers JOIN, proposes the
-//             writes followers forward (FWD) and takes their answers (FWDR); checks a received
-//             snapshot before the core installs it. Nothing a client sends runs here: a slow
-//             command or a large reply never delays a heartbeat.
-//   ticker    ticks the core; the leader's background expiry.
-//   sender    one per peer: connects (from this node's address), authenticates, sends.
-//   writer    the storage's group commit (StorageWriter): everything waiting shares an fdatasync.
-//             Writes a received snapshot's chunks to a file; reads it back and parses it whole.
-//   apply     applies committed entries to the store, answers writes and linearizable reads,
-//             runs the role callbacks.
-//   snapshot  serializes a copy of the store and hands it to the writer.
-//   joiner    only on a node started with -e, until it is a member.
-// Lock order: core_mu_ before req_mu_, apply_mu_, a sender's mutex and done_mu_; fwd_mu_ before
-// req_mu_, links_mu_ and a sender's mutex; data_mu_ is never held while taking core_mu_;
-// checked_mu_ is taken last. The poll and peer threads share no unlocked state: what both
-// touch (the core, forwards_, requests_, links_, the ACL) is under its lock above; each has
-// its own Batch, wake pipe and connections.
-//
-// The peer protocol (port + 1) is RESP: arrays of bulk strings whose first word names them.
-// Every connection starts with the handshake ("peer authentication" below: HELLO, the
-// listener's CHALLENGE, the connector's PROOF); everything after it travels in authenticated
-// frames, starting with the listener's answer:
-//   -> +WELCOME, or an error and the connection closes
-//   RAFT type term index log_term commit reject hint_index hint_term transfer context offset
-//        done timestamp config data count [index term type timestamp payload]*count
-//   JOIN node_id address server_id      -> +OK cluster_id | -MOVED id address | -TRYAGAIN ...
-//   FWD nonce seq lowest user word...   (a follower's write for the leader, see below; user: the
-//                                        client's ACL user, empty for execute())
-//   FWDR nonce seq status reply         (the leader's answer: status done, notrun or unknown;
-//                                        reply is RESP3-encoded)
-// With TLS (section 1c), every connection of both ports runs TLS underneath: an accepted one
-// starts it when accepted (the handshake goes on within its reads and writes on the poll
-// thread), one a node opens (sender, joiner) finishes the TLS handshake before HELLO.
-// Connections are one-way after the handshake: a node sends on the connections it opened
-// and reads on the ones it accepted. Nothing received is ever evaluated; a malformed message
-// closes that connection.
-//
-// Forwarded writes are applied at most once. A follower numbers the writes it forwards (seq)
-// within its session: its node id and server id (the leader knows both from HELLO) and a nonce
-// drawn at each start. Each FWD also carries the lowest seq the follower still waits for. The
-// leader appends `__fwd node server_id nonce seq lowest word...`, and every node decides when
-// it applies it, with the replicated detail::SessionTable, whether it runs, is a duplicate
-// (answered with the reply it had) or is stale (not run). So the follower may send a forward
-// again - it does, on every new connection to the leader, and to a new leader after an answer
-// of unknown outcome - and gets the original reply. It keeps each forward until answered or
-// past its deadline (at most kMaxForwardWaitMs), and answers its caller with the leader's reply;
-// -TRYAGAIN when no copy may have been appended (none left this node, or the only one was
-// refused); -TIMEOUT (outcome unknown) otherwise. A forward taken back before its link handed
-// it to a socket is never sent. Writes forwarded in order reach the leader in order: a link
-// sends its forwards in seq order, and forwards are moved to a new leader's link, in order,
-// before any new one is queued there.
+// The runtime is split into parts, each a file under src/raft/ (raft.hpp marks where each
+// begins); the threads, their locks and the lock order are in the table at the top of
+// 5f_runtime.hpp. In the order they are concatenated:
+//   5a_net.hpp            small helpers, logging, addresses and sockets
+//   5b_peer_wire.hpp      the peer protocol: RAFT/JOIN/FWD/FWDR messages, their encoding
+//   5c_client_acl.hpp     clients' passwords and users: what each may run (AUTH, ACL)
+//   5d_peer_auth.hpp      peer authentication: the handshake and the authenticated frames
+//   5e_peer_link.hpp      PeerLink: one outbound connection to a peer and its sender thread
+//   5f_runtime.hpp        the Runtime class: every thread's state, the thread and lock table
+//   5g_startup.hpp        start, join, leave, stop: the directory, recovery, founding, threads
+//   5h_driver.hpp         driving the core: drive(), the storage's callbacks, halt; the ticker
+//   5i_links.hpp          links to peers: which link a message takes, the connector's side
+//                         of the handshake, TLS, PeerLink's sender thread
+//   5j_applier.hpp        the apply loop (entries, writes, reads) and snapshots
+//   5k_commands.hpp       requests and replies, execute(), the client command path, limits,
+//                         RAFT.* administration, CONFIG, the connection commands
+//   5l_forward.hpp        forwarded writes: the follower's side and the leader's
+//   5m_client_auth.hpp    AUTH, ACL and the check before every client command
+//   5n_client_server.hpp  status (INFO, ROLE) and the poll thread: client connections, limits
+//   5o_peer_server.hpp    the peer thread: inbound peer connections, RAFT, JOIN, FWD; joining
+//   5p_node.hpp           Config, Node and the default command line
 
 namespace raft {
 namespace detail {
-
-// The peer protocol's version, in HELLO. 1: the first release; 2: RAFT carries a timestamp
-// (a snapshot's, a read's); 3: FWD and FWDR carry a session (at-most-once forwarded writes);
-// 4: challenge and response instead of the secret in HELLO, and a MAC on every frame; FWD
-// carries the client's ACL user (the leader checks it against its own users).
-// A node refuses a peer of another version with a message naming both: the versions are not
-// mixed on one link. A cluster is upgraded one node at a time; while versions are mixed, the
-// nodes of the version a majority runs keep the cluster going.
-constexpr const char* kPeerProtocolVersion = "4";
-
-// What the peer connections accept once HELLO is done: a bulk (an entry's payload, a
-// snapshot chunk, a forwarded write's argument) and words in one message.
-constexpr std::size_t kPeerMaxBulkBytes = std::size_t{1} << 30;
-constexpr std::size_t kPeerMaxWords = std::size_t{16} << 20;
-// A forwarded write's log entry wraps the command with the forwarding session: a few words
-// bounded by the handshake's limits (node and server ids of at most 4096 bytes).
-constexpr std::size_t kMaxForwardWrappingBytes = 3 * 4096 + 256;
-static_assert(kMaxCommandBytes + kMaxForwardWrappingBytes <= kPeerMaxBulkBytes,
-              "an accepted write, wrapped as a forwarded one, must fit in one peer bulk");
-static_assert(kProtoMaxBulkLen <= kPeerMaxBulkBytes && kMaxCommandWords + 8 <= kPeerMaxWords,
-              "an accepted write must fit in one FWD message");
-
-// The first word of a forwarded write's log entry. Command names starting with "__" are the
-// runtime's: Node::handler refuses them and clients cannot send them.
-constexpr const char* kForwardedCommand = "__fwd";
-inline bool is_reserved_command(std::string_view name) { return name.rfind("__", 0) == 0; }
-
-// A follower waits for a forwarded write's answer at most this long, whatever the configured
-// timeouts: far less than SessionTable::kIdleMs, so that no copy of a write can reach the log
-// after the leaders' session table forgot its session.
-constexpr int kMaxForwardWaitMs = static_cast<int>(SessionTable::kIdleMs / 10);
-// Forwarded writes one node waits for at once; beyond, a write gets -TRYAGAIN.
-constexpr std::size_t kMaxForwardsWaiting = 65536;
 
 // Descriptors never given to clients (Config::max_clients is lowered to RLIMIT_NOFILE less
 // these): 32 for storage (log segments, snapshot and temporary files, the data directory), the
@@ -8079,6 +8011,32 @@ inline std::uint64_t fnv1a(std::string_view s, std::uint64_t h = 146959810393466
   }
   return h;
 }
+
+
+// ---- logging -------------------------------------------------------------------------------
+
+inline const char* level_name(LogLevel l) {
+  switch (l) {
+    case LogLevel::Debug: return "DEBUG";
+    case LogLevel::Info: return "INFO";
+    case LogLevel::Warning: return "WARNING";
+    case LogLevel::Error: return "ERROR";
+  }
+  return "?";
+}
+
+inline std::string timestamp_text() {
+  auto now = std::chrono::system_clock::now();
+  std::time_t t = std::chrono::system_clock::to_time_t(now);
+  long us = static_cast<long>(std::chrono::duration_cast<std::chrono::microseconds>(now.time_since_epoch()).count() % 1000000);
+  std::tm tm{};
+  localtime_r(&t, &tm);
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02d %02d:%02d:%02d.%06ld", tm.tm_year + 1900, tm.tm_mon + 1,
+                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, us);
+  return buf;
+}
+
 
 // ---- addresses and sockets -----------------------------------------------------------------
 
@@ -8281,6 +8239,81 @@ inline bool recv_value(int fd, resp::ReplyParser& parser, resp::Value& out, int 
   }
 }
 
+}  // namespace detail
+}  // namespace raft
+// ---- src/raft/5b_peer_wire.hpp ----
+
+// ---- the peer protocol ----------------------------------------------------------------------
+// The peer protocol (port + 1) is RESP: arrays of bulk strings whose first word names them.
+// Every connection starts with the handshake (5d_peer_auth.hpp: HELLO, the
+// listener's CHALLENGE, the connector's PROOF); everything after it travels in authenticated
+// frames, starting with the listener's answer:
+//   -> +WELCOME, or an error and the connection closes
+//   RAFT type term index log_term commit reject hint_index hint_term transfer context offset
+//        done timestamp config data count [index term type timestamp payload]*count
+//   JOIN node_id address server_id      -> +OK cluster_id | -MOVED id address | -TRYAGAIN ...
+//   FWD nonce seq lowest user word...   (a follower's write for the leader, see below; user: the
+//                                        client's ACL user, empty for execute())
+//   FWDR nonce seq status reply         (the leader's answer: status done, notrun or unknown;
+//                                        reply is RESP3-encoded)
+// With TLS (section 1c), every connection of both ports runs TLS underneath: an accepted one
+// starts it when accepted (the handshake goes on within its reads and writes on the poll
+// thread), one a node opens (sender, joiner) finishes the TLS handshake before HELLO.
+// Connections are one-way after the handshake: a node sends on the connections it opened
+// and reads on the ones it accepted. Nothing received is ever evaluated; a malformed message
+// closes that connection.
+//
+// Forwarded writes are applied at most once. A follower numbers the writes it forwards (seq)
+// within its session: its node id and server id (the leader knows both from HELLO) and a nonce
+// drawn at each start. Each FWD also carries the lowest seq the follower still waits for. The
+// leader appends `__fwd node server_id nonce seq lowest word...`, and every node decides when
+// it applies it, with the replicated detail::SessionTable, whether it runs, is a duplicate
+// (answered with the reply it had) or is stale (not run). So the follower may send a forward
+// again - it does, on every new connection to the leader, and to a new leader after an answer
+// of unknown outcome - and gets the original reply. It keeps each forward until answered or
+// past its deadline (at most kMaxForwardWaitMs), and answers its caller with the leader's reply;
+// -TRYAGAIN when no copy may have been appended (none left this node, or the only one was
+// refused); -TIMEOUT (outcome unknown) otherwise. A forward taken back before its link handed
+// it to a socket is never sent. Writes forwarded in order reach the leader in order: a link
+// sends its forwards in seq order, and forwards are moved to a new leader's link, in order,
+// before any new one is queued there.
+
+namespace raft {
+namespace detail {
+
+// The peer protocol's version, in HELLO. 1: the first release; 2: RAFT carries a timestamp
+// (a snapshot's, a read's); 3: FWD and FWDR carry a session (at-most-once forwarded writes);
+// 4: challenge and response instead of the secret in HELLO, and a MAC on every frame; FWD
+// carries the client's ACL user (the leader checks it against its own users).
+// A node refuses a peer of another version with a message naming both: the versions are not
+// mixed on one link. A cluster is upgraded one node at a time; while versions are mixed, the
+// nodes of the version a majority runs keep the cluster going.
+constexpr const char* kPeerProtocolVersion = "4";
+
+// What the peer connections accept once HELLO is done: a bulk (an entry's payload, a
+// snapshot chunk, a forwarded write's argument) and words in one message.
+constexpr std::size_t kPeerMaxBulkBytes = std::size_t{1} << 30;
+constexpr std::size_t kPeerMaxWords = std::size_t{16} << 20;
+// A forwarded write's log entry wraps the command with the forwarding session: a few words
+// bounded by the handshake's limits (node and server ids of at most 4096 bytes).
+constexpr std::size_t kMaxForwardWrappingBytes = 3 * 4096 + 256;
+static_assert(kMaxCommandBytes + kMaxForwardWrappingBytes <= kPeerMaxBulkBytes,
+              "an accepted write, wrapped as a forwarded one, must fit in one peer bulk");
+static_assert(kProtoMaxBulkLen <= kPeerMaxBulkBytes && kMaxCommandWords + 8 <= kPeerMaxWords,
+              "an accepted write must fit in one FWD message");
+
+// The first word of a forwarded write's log entry. Command names starting with "__" are the
+// runtime's: Node::handler refuses them and clients cannot send them.
+constexpr const char* kForwardedCommand = "__fwd";
+inline bool is_reserved_command(std::string_view name) { return name.rfind("__", 0) == 0; }
+
+// A follower waits for a forwarded write's answer at most this long, whatever the configured
+// timeouts: far less than SessionTable::kIdleMs, so that no copy of a write can reach the log
+// after the leaders' session table forgot its session.
+constexpr int kMaxForwardWaitMs = static_cast<int>(SessionTable::kIdleMs / 10);
+// Forwarded writes one node waits for at once; beyond, a write gets -TRYAGAIN.
+constexpr std::size_t kMaxForwardsWaiting = 65536;
+
 // ---- the peer wire format ------------------------------------------------------------------
 
 // "RAFT" and the 16 fields before the entries.
@@ -8480,6 +8513,13 @@ inline bool decode_forward_reply(const std::vector<std::string>& w, ForwardReply
   if (!decode_reply(w[4], r.reply)) return fail("bad reply");
   return true;
 }
+
+}  // namespace detail
+}  // namespace raft
+// ---- src/raft/5c_client_acl.hpp ----
+
+namespace raft {
+namespace detail {
 
 // ---- clients: passwords, users and what they may run (Redis's AUTH and ACL) ----------------
 
@@ -8716,6 +8756,13 @@ constexpr const char* kProtectedModeDenied =
     "loopback interface, or restart the node with '--requirepass PASSWORD' (Config::requirepass); or 2) if the "
     "network is trusted, disable protected mode: 'CONFIG SET protected-mode no' from the loopback interface, or "
     "restart the node with '--protected-mode no' (Config::protected_mode = false). You only need one of them.\r\n";
+
+}  // namespace detail
+}  // namespace raft
+// ---- src/raft/5d_peer_auth.hpp ----
+
+namespace raft {
+namespace detail {
 
 // ---- peer authentication: the handshake and the frames ---------------------------------------
 //
@@ -9077,29 +9124,12 @@ class ListenerHandshake {
   std::string refusal_;
 };
 
-// ---- logging -------------------------------------------------------------------------------
+}  // namespace detail
+}  // namespace raft
+// ---- src/raft/5e_peer_link.hpp ----
 
-inline const char* level_name(LogLevel l) {
-  switch (l) {
-    case LogLevel::Debug: return "DEBUG";
-    case LogLevel::Info: return "INFO";
-    case LogLevel::Warning: return "WARNING";
-    case LogLevel::Error: return "ERROR";
-  }
-  return "?";
-}
-
-inline std::string timestamp_text() {
-  auto now = std::chrono::system_clock::now();
-  std::time_t t = std::chrono::system_clock::to_time_t(now);
-  long us = static_cast<long>(std::chrono::duration_cast<std::chrono::microseconds>(now.time_since_epoch()).count() % 1000000);
-  std::tm tm{};
-  localtime_r(&t, &tm);
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%04d-%02d-%02d %02d:%02d:%02d.%06ld", tm.tm_year + 1900, tm.tm_mon + 1,
-                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, us);
-  return buf;
-}
+namespace raft {
+namespace detail {
 
 // ---- connections to peers ------------------------------------------------------------------
 
@@ -9261,7 +9291,36 @@ class PeerLink {
   std::thread thread_;
 };
 
-// ---- the runtime ---------------------------------------------------------------------------
+}  // namespace detail
+}  // namespace raft
+// ---- src/raft/5f_runtime.hpp ----
+
+// ---- the runtime: threads and locks ---------------------------------------------------------
+// Threads, independent of the number of clients:
+//   poll      accepts and serves every client connection: parses commands, proposes writes
+//             and asks for read indexes (batched per wake-up), runs reads confirmed here,
+//             writes replies in order; times out this node's forwarded writes.
+//   peer      accepts every inbound peer connection (peers_in_, its own), does the listener's
+//             handshake, steps inbound Raft messages into the core, answers JOIN, proposes the
+//             writes followers forward (FWD) and takes their answers (FWDR); checks a received
+//             snapshot before the core installs it. Nothing a client sends runs here: a slow
+//             command or a large reply never delays a heartbeat.
+//   ticker    ticks the core; the leader's background expiry.
+//   sender    one per peer: connects (from this node's address), authenticates, sends.
+//   writer    the storage's group commit (StorageWriter): everything waiting shares an fdatasync.
+//             Writes a received snapshot's chunks to a file; reads it back and parses it whole.
+//   apply     applies committed entries to the store, answers writes and linearizable reads,
+//             runs the role callbacks.
+//   snapshot  serializes a copy of the store and hands it to the writer.
+//   joiner    only on a node started with -e, until it is a member.
+// Lock order: core_mu_ before req_mu_, apply_mu_, a sender's mutex and done_mu_; fwd_mu_ before
+// req_mu_, links_mu_ and a sender's mutex; data_mu_ is never held while taking core_mu_;
+// checked_mu_ is taken last. The poll and peer threads share no unlocked state: what both
+// touch (the core, forwards_, requests_, links_, the ACL) is under its lock above; each has
+// its own Batch, wake pipe and connections.
+
+namespace raft {
+namespace detail {
 
 class Runtime {
  public:
@@ -9640,7 +9699,7 @@ class Runtime {
   std::atomic<std::thread::id> poll_thread_id_{};
   std::atomic<std::thread::id> peer_thread_id_{};  // runs no handler, but logs (a sink may stop())
 
-  // writes this node forwarded (see "Forwarded writes" at the top of this section)
+  // writes this node forwarded (see "Forwarded writes" at the top of 5b_peer_wire.hpp)
   std::mutex fwd_mu_;
   std::map<std::uint64_t, Forward> forwards_;  // by sequence number
   // This run's session: every start draws another, so sequence numbers start again at 1.
@@ -9760,6 +9819,13 @@ class Runtime {
 
   std::thread poll_thread_, peer_thread_, ticker_thread_, apply_thread_, snapshot_thread_, joiner_thread_;
 };
+
+}  // namespace detail
+}  // namespace raft
+// ---- src/raft/5g_startup.hpp ----
+
+namespace raft {
+namespace detail {
 
 // ---- startup ------------------------------------------------------------------------------
 
@@ -10292,6 +10358,13 @@ inline void Runtime::stop() {
   }
 }
 
+}  // namespace detail
+}  // namespace raft
+// ---- src/raft/5h_driver.hpp ----
+
+namespace raft {
+namespace detail {
+
 // ---- driving the core ----------------------------------------------------------------------
 
 // Called with core_mu_ held. Whoever can reach the peer port can make the core refuse input at
@@ -10433,6 +10506,67 @@ inline void Runtime::halt(const std::string& why) {
                                     "may still commit it); restart the node"),
                    ForwardStatus::Unknown);
 }
+
+// ---- the ticker ----------------------------------------------------------------------------
+
+inline void Runtime::ticker_loop() {
+  const auto period = std::chrono::microseconds(static_cast<long long>(cfg_.tick_ms * 1000 * cfg_.time_scale));
+  auto next = std::chrono::steady_clock::now() + period;
+  int ticks = 0;
+  while (!stopping_) {
+    {
+      std::unique_lock<std::mutex> lock(life_mu_);
+      life_cv_.wait_until(lock, next, [&] { return stopping_.load(); });
+    }
+    if (stopping_) break;
+    next += period;
+    auto now = std::chrono::steady_clock::now();
+    if (next < now) next = now + period;  // we were paused (SIGSTOP): do not catch up in a burst
+    {
+      std::lock_guard<std::mutex> lock(core_mu_);
+      if (!failed_) {
+        core_->tick(now_ms());
+        drive();
+      }
+    }
+    if (++ticks % std::max(1, 100 / cfg_.tick_ms) == 0) wake_poll();  // forwarded writes time out there
+  }
+}
+
+inline void Runtime::propose_expiry() {
+  {
+    std::lock_guard<std::mutex> lock(core_mu_);
+    if (!core_->leader_ready() || failed_) return;
+  }
+  std::int64_t now = now_ms();
+  std::vector<std::string> due;
+  {
+    std::lock_guard<std::mutex> lock(data_mu_);
+    due = store_.due(now, 256);
+  }
+  std::lock_guard<std::mutex> lock(core_mu_);
+  for (auto it = expiry_proposed_.begin(); it != expiry_proposed_.end();)
+    it = it->second + scaled(cfg_.append_timeout_ms) < now ? expiry_proposed_.erase(it) : std::next(it);
+  bool any = false;
+  for (const auto& key : due) {
+    if (expiry_proposed_.count(key)) continue;
+    std::string payload;
+    resp::write_command(payload, {"__expire", key});
+    if (!core_->propose(std::move(payload), now).ok()) break;
+    expiry_proposed_[key] = now;
+    any = true;
+  }
+  if (any) drive();
+}
+
+}  // namespace detail
+}  // namespace raft
+// ---- src/raft/5i_links.hpp ----
+
+namespace raft {
+namespace detail {
+
+// ---- links to peers: sending, the connector's handshake, TLS -------------------------------
 
 inline void Runtime::send_peer(const Message& m) {
   PeerLink* link = link_for(m.to);
@@ -10641,57 +10775,12 @@ inline void PeerLink::run() {
   tls_ = Tls();
 }
 
-// ---- the ticker ----------------------------------------------------------------------------
+}  // namespace detail
+}  // namespace raft
+// ---- src/raft/5j_applier.hpp ----
 
-inline void Runtime::ticker_loop() {
-  const auto period = std::chrono::microseconds(static_cast<long long>(cfg_.tick_ms * 1000 * cfg_.time_scale));
-  auto next = std::chrono::steady_clock::now() + period;
-  int ticks = 0;
-  while (!stopping_) {
-    {
-      std::unique_lock<std::mutex> lock(life_mu_);
-      life_cv_.wait_until(lock, next, [&] { return stopping_.load(); });
-    }
-    if (stopping_) break;
-    next += period;
-    auto now = std::chrono::steady_clock::now();
-    if (next < now) next = now + period;  // we were paused (SIGSTOP): do not catch up in a burst
-    {
-      std::lock_guard<std::mutex> lock(core_mu_);
-      if (!failed_) {
-        core_->tick(now_ms());
-        drive();
-      }
-    }
-    if (++ticks % std::max(1, 100 / cfg_.tick_ms) == 0) wake_poll();  // forwarded writes time out there
-  }
-}
-
-inline void Runtime::propose_expiry() {
-  {
-    std::lock_guard<std::mutex> lock(core_mu_);
-    if (!core_->leader_ready() || failed_) return;
-  }
-  std::int64_t now = now_ms();
-  std::vector<std::string> due;
-  {
-    std::lock_guard<std::mutex> lock(data_mu_);
-    due = store_.due(now, 256);
-  }
-  std::lock_guard<std::mutex> lock(core_mu_);
-  for (auto it = expiry_proposed_.begin(); it != expiry_proposed_.end();)
-    it = it->second + scaled(cfg_.append_timeout_ms) < now ? expiry_proposed_.erase(it) : std::next(it);
-  bool any = false;
-  for (const auto& key : due) {
-    if (expiry_proposed_.count(key)) continue;
-    std::string payload;
-    resp::write_command(payload, {"__expire", key});
-    if (!core_->propose(std::move(payload), now).ok()) break;
-    expiry_proposed_[key] = now;
-    any = true;
-  }
-  if (any) drive();
-}
+namespace raft {
+namespace detail {
 
 // ---- the apply loop ------------------------------------------------------------------------
 
@@ -11113,6 +11202,13 @@ inline void Runtime::snapshot_loop() {
   }
 }
 
+}  // namespace detail
+}  // namespace raft
+// ---- src/raft/5k_commands.hpp ----
+
+namespace raft {
+namespace detail {
+
 // ---- requests and replies ------------------------------------------------------------------
 
 inline std::uint64_t Runtime::add_request(Request r) {
@@ -11331,155 +11427,8 @@ inline void Runtime::flush_batched(Batch& batch) {
   if (!forwards.empty()) forward_writes(leader, term, std::move(forwards));
 }
 
-// ---- forwarded writes: the follower's side (see the protocol at the top of this section) ----
 
-// Writes on a follower go to the leader over the peer link, pipelined, each in the session
-// with its sequence number.
-inline void Runtime::forward_writes(const NodeId& leader, std::uint64_t term, std::vector<PendingWrite> writes) {
-  PeerLink* link = link_for(leader);
-  const auto deadline =
-      std::chrono::steady_clock::now() +
-      std::chrono::milliseconds(std::min(scaled(cfg_.append_timeout_ms + cfg_.election_timeout_ms), kMaxForwardWaitMs));
-  std::vector<std::pair<Caller, Reply>> refused;
-  {
-    std::lock_guard<std::mutex> lock(fwd_mu_);
-    // Older forwards first: writes forwarded in order reach the leader in order.
-    bool room = link == nullptr || requeue_forwards(leader, term, true);
-    for (auto& w : writes) {
-      if (!link) {
-        refused.emplace_back(w.caller, Reply::error("TRYAGAIN the leader (" + leader + ") has no known address; the "
-                                                    "write was not run"));
-        continue;
-      }
-      if (forwards_.size() >= kMaxForwardsWaiting) {
-        refused.emplace_back(w.caller, Reply::error("TRYAGAIN this node waits for too many forwarded writes; the write "
-                                                    "was not run"));
-        continue;
-      }
-      Request r;
-      r.conn = w.caller.conn;
-      r.op = w.caller.op;
-      r.promise = w.caller.promise;
-      Forward f;
-      f.request = add_request(std::move(r));
-      f.command = std::move(w.payload);
-      f.words = w.words;
-      f.user = w.caller.user;
-      f.deadline = deadline;
-      const std::uint64_t seq = next_forward_seq_++;
-      auto it = forwards_.emplace(seq, std::move(f)).first;
-      it->second.to = leader;
-      it->second.sent_leader = leader;
-      it->second.sent_term = term;
-      if (!room || !queue_forward(*link, seq, it->second)) {
-        room = false;  // behind a forward the link refused: wait here too, in order
-        it->second.to.clear();
-        it->second.waits_for_room = true;
-      }
-    }
-  }
-  for (auto& [caller, reply] : refused) finish(caller, std::move(reply));
-}
-
-// Under fwd_mu_: queues forward `seq` on `link`. If the link refuses it (too many forwards
-// wait on it: the peer is gone or slow), it waits here to be queued again, and false says so:
-// the caller then queues no later forward before it, so that forwards stay in order.
-inline bool Runtime::queue_forward(PeerLink& link, std::uint64_t seq, Forward& f) {
-  std::string bytes;
-  encode_forward(forward_nonce_, seq, forwards_.begin()->first, f.user, f.command, f.words, bytes);
-  if (link.send_forward(seq, std::move(bytes))) return true;
-  f.to.clear();
-  f.waits_for_room = true;
-  return false;
-}
-
-// Under fwd_mu_: moves to `leader`'s link, in sequence order, the forwards waiting here and
-// those on another node's link. With `all`, every one (before new forwards are queued there,
-// so that they stay in order); else only those last queued under another leader or term (a
-// forward waiting here is not sent again to the leader that just answered it).
-inline bool Runtime::requeue_forwards(const NodeId& leader, std::uint64_t term, bool all) {
-  PeerLink* link = nullptr;
-  for (auto& [seq, f] : forwards_) {
-    if (f.to == leader) continue;
-    if (!all && !f.waits_for_room && f.to.empty() && f.sent_leader == leader && f.sent_term == term) continue;
-    if (link == nullptr && (link = link_for(leader)) == nullptr) return false;
-    if (!f.to.empty()) {
-      PeerLink* old = link_for(f.to);
-      const std::optional<unsigned> handed = old ? old->take_forward(seq) : std::nullopt;
-      if (handed.value_or(1) > 0) f.maybe_run = true;  // the leader it was sent to may have appended it
-    }
-    f.to = leader;
-    f.sent_leader = leader;
-    f.sent_term = term;
-    f.waits_for_room = false;
-    if (!queue_forward(*link, seq, f)) return false;  // the rest wait behind it
-  }
-  return true;
-}
-
-// Every 100 ms on the poll thread: answers forwards past their deadline, and requeues the
-// waiting ones once a leader is known.
-inline void Runtime::expire_forwards() {
-  const auto now = std::chrono::steady_clock::now();
-  const NodeId leader = this->leader();
-  const std::uint64_t term = this->term();
-  std::vector<std::pair<std::uint64_t, Reply>> expired;
-  {
-    std::lock_guard<std::mutex> lock(fwd_mu_);
-    for (auto it = forwards_.begin(); it != forwards_.end();) {
-      Forward& f = it->second;
-      if (f.deadline > now) {
-        ++it;
-        continue;
-      }
-      bool maybe_run = f.maybe_run;
-#ifndef RAFT_MUTANT_EXPIRED_FORWARD_STAYS_QUEUED
-      if (!f.to.empty())
-        if (PeerLink* link = link_for(f.to)) maybe_run = maybe_run || link->take_forward(it->first).value_or(0) > 0;
-#endif
-      expired.emplace_back(f.request, Reply::error(maybe_run ? "TIMEOUT the leader did not answer the forwarded write "
-                                                               "in time; its outcome is unknown"
-                                                             : "TRYAGAIN the leader could not be reached in time; "
-                                                               "the write was not run"));
-      it = forwards_.erase(it);
-    }
-    if (!leader.empty() && leader != cfg_.id) {
-      requeue_forwards(leader, term, false);
-      // An answer lost on the leader's connection to us (ours may stay up meanwhile).
-      if (PeerLink* link = link_for(leader))
-        link->resend_unanswered_forwards(std::chrono::milliseconds(scaled(2 * cfg_.election_timeout_ms)));
-    }
-  }
-  for (auto& [rid, reply] : expired) finish_request(rid, std::move(reply));
-}
-
-// A FWDR: the answer to one of this run's forwards, from the leader it was sent to (or, for a
-// final reply, any node that applied it).
-inline void Runtime::handle_forward_reply(const NodeId& from, ForwardReply fr) {
-  if (fr.nonce != forward_nonce_) return;  // for a previous run of this node
-  std::uint64_t answered = 0;
-  {
-    std::lock_guard<std::mutex> lock(fwd_mu_);
-    auto it = forwards_.find(fr.seq);
-    if (it == forwards_.end()) return;  // answered already (a copy's answer), or given up
-    Forward& f = it->second;
-    if (fr.status != ForwardStatus::Done && f.to != from) return;  // about a copy no longer there
-    PeerLink* link = f.to.empty() ? nullptr : link_for(f.to);
-    const unsigned handed = link ? link->take_forward(fr.seq).value_or(0) : 0;
-    if (fr.status == ForwardStatus::Unknown || (fr.status == ForwardStatus::NotRun && (f.maybe_run || handed > 1))) {
-      // Some copy may be in a log: wait here, to go to the next leader (which answers with the
-      // original reply if it was applied), or until the deadline.
-      f.maybe_run = true;
-      f.to.clear();
-      return;
-    }
-    answered = f.request;
-    forwards_.erase(it);
-  }
-  finish_request(answered, std::move(fr.reply));
-}
-
-// ---- forwarded writes: the leader's side ----
+// ---- limits and refusals -------------------------------------------------------------------
 
 // Why the leader refuses a forwarded write before proposing it; empty: it proposes it.
 inline std::string Runtime::write_refusal(const std::vector<std::string>& words) const {
@@ -11521,42 +11470,8 @@ inline std::string Runtime::checkpoint_refusal() {
   return "";
 }
 
-inline void Runtime::handle_forward(PeerConn& p, ForwardedWrite fw) {
-  fw.words[0] = lower(std::move(fw.words[0]));
-  Caller caller{0, 0, nullptr, p.node, fw.seq, fw.nonce, {}};
-  if (failed_) {
-    finish(caller, Reply::error("MISCONF the leader cannot acknowledge writes (storage failed); the write was not run"),
-           ForwardStatus::NotRun);
-    return;
-  }
-  std::string refusal = write_refusal(fw.words);
-  if (refusal.empty() && !fw.user.empty()) {
-    // The leader's own ACL decides, whatever the follower's says (users are per node).
-    AclCommand c;
-    acl_command(fw.words, c);
-    std::lock_guard<std::mutex> lock(acl_mu_);
-    const AclUser* user = acl_.find(fw.user);
-    refusal = user ? Acl::refusal(user, c)
-                   : "NOPERM the user '" + fw.user + "' does not exist on the leader (" + cfg_.id +
-                         "); give every node the same users";
-  }
-  if (!refusal.empty()) {
-    finish(caller, Reply::error(refusal), ForwardStatus::NotRun);
-    return;
-  }
-  // The entry: __fwd node server_id nonce seq lowest word... (the session is the one the
-  // peer's handshake proved, never one it names).
-  std::string payload;
-  resp::write_array_header(payload, 6 + fw.words.size());
-  resp::write_bulk(payload, kForwardedCommand);
-  resp::write_bulk(payload, p.node);
-  resp::write_bulk(payload, p.server_id);
-  write_bulk_u64(payload, fw.nonce);
-  write_bulk_u64(payload, fw.seq);
-  write_bulk_u64(payload, fw.lowest);
-  for (const auto& w : fw.words) resp::write_bulk(payload, w);
-  peer_batch_.writes.push_back(PendingWrite{caller, std::move(payload), 6 + fw.words.size()});
-}
+
+// ---- administration, CONFIG and the connection commands -----------------------------------
 
 inline Reply Runtime::admin(const std::vector<std::string>& w) {
   // w[0] is one of raft.add raft.promote raft.remove raft.transfer add_node del_node
@@ -11811,6 +11726,207 @@ inline Reply Runtime::connection_command(ClientConn* conn, const std::vector<std
   return Reply();
 }
 
+}  // namespace detail
+}  // namespace raft
+// ---- src/raft/5l_forward.hpp ----
+
+namespace raft {
+namespace detail {
+
+// ---- forwarded writes: the follower's side (the protocol: top of 5b_peer_wire.hpp) ------
+
+// Writes on a follower go to the leader over the peer link, pipelined, each in the session
+// with its sequence number.
+inline void Runtime::forward_writes(const NodeId& leader, std::uint64_t term, std::vector<PendingWrite> writes) {
+  PeerLink* link = link_for(leader);
+  const auto deadline =
+      std::chrono::steady_clock::now() +
+      std::chrono::milliseconds(std::min(scaled(cfg_.append_timeout_ms + cfg_.election_timeout_ms), kMaxForwardWaitMs));
+  std::vector<std::pair<Caller, Reply>> refused;
+  {
+    std::lock_guard<std::mutex> lock(fwd_mu_);
+    // Older forwards first: writes forwarded in order reach the leader in order.
+    bool room = link == nullptr || requeue_forwards(leader, term, true);
+    for (auto& w : writes) {
+      if (!link) {
+        refused.emplace_back(w.caller, Reply::error("TRYAGAIN the leader (" + leader + ") has no known address; the "
+                                                    "write was not run"));
+        continue;
+      }
+      if (forwards_.size() >= kMaxForwardsWaiting) {
+        refused.emplace_back(w.caller, Reply::error("TRYAGAIN this node waits for too many forwarded writes; the write "
+                                                    "was not run"));
+        continue;
+      }
+      Request r;
+      r.conn = w.caller.conn;
+      r.op = w.caller.op;
+      r.promise = w.caller.promise;
+      Forward f;
+      f.request = add_request(std::move(r));
+      f.command = std::move(w.payload);
+      f.words = w.words;
+      f.user = w.caller.user;
+      f.deadline = deadline;
+      const std::uint64_t seq = next_forward_seq_++;
+      auto it = forwards_.emplace(seq, std::move(f)).first;
+      it->second.to = leader;
+      it->second.sent_leader = leader;
+      it->second.sent_term = term;
+      if (!room || !queue_forward(*link, seq, it->second)) {
+        room = false;  // behind a forward the link refused: wait here too, in order
+        it->second.to.clear();
+        it->second.waits_for_room = true;
+      }
+    }
+  }
+  for (auto& [caller, reply] : refused) finish(caller, std::move(reply));
+}
+
+// Under fwd_mu_: queues forward `seq` on `link`. If the link refuses it (too many forwards
+// wait on it: the peer is gone or slow), it waits here to be queued again, and false says so:
+// the caller then queues no later forward before it, so that forwards stay in order.
+inline bool Runtime::queue_forward(PeerLink& link, std::uint64_t seq, Forward& f) {
+  std::string bytes;
+  encode_forward(forward_nonce_, seq, forwards_.begin()->first, f.user, f.command, f.words, bytes);
+  if (link.send_forward(seq, std::move(bytes))) return true;
+  f.to.clear();
+  f.waits_for_room = true;
+  return false;
+}
+
+// Under fwd_mu_: moves to `leader`'s link, in sequence order, the forwards waiting here and
+// those on another node's link. With `all`, every one (before new forwards are queued there,
+// so that they stay in order); else only those last queued under another leader or term (a
+// forward waiting here is not sent again to the leader that just answered it).
+inline bool Runtime::requeue_forwards(const NodeId& leader, std::uint64_t term, bool all) {
+  PeerLink* link = nullptr;
+  for (auto& [seq, f] : forwards_) {
+    if (f.to == leader) continue;
+    if (!all && !f.waits_for_room && f.to.empty() && f.sent_leader == leader && f.sent_term == term) continue;
+    if (link == nullptr && (link = link_for(leader)) == nullptr) return false;
+    if (!f.to.empty()) {
+      PeerLink* old = link_for(f.to);
+      const std::optional<unsigned> handed = old ? old->take_forward(seq) : std::nullopt;
+      if (handed.value_or(1) > 0) f.maybe_run = true;  // the leader it was sent to may have appended it
+    }
+    f.to = leader;
+    f.sent_leader = leader;
+    f.sent_term = term;
+    f.waits_for_room = false;
+    if (!queue_forward(*link, seq, f)) return false;  // the rest wait behind it
+  }
+  return true;
+}
+
+// Every 100 ms on the poll thread: answers forwards past their deadline, and requeues the
+// waiting ones once a leader is known.
+inline void Runtime::expire_forwards() {
+  const auto now = std::chrono::steady_clock::now();
+  const NodeId leader = this->leader();
+  const std::uint64_t term = this->term();
+  std::vector<std::pair<std::uint64_t, Reply>> expired;
+  {
+    std::lock_guard<std::mutex> lock(fwd_mu_);
+    for (auto it = forwards_.begin(); it != forwards_.end();) {
+      Forward& f = it->second;
+      if (f.deadline > now) {
+        ++it;
+        continue;
+      }
+      bool maybe_run = f.maybe_run;
+#ifndef RAFT_MUTANT_EXPIRED_FORWARD_STAYS_QUEUED
+      if (!f.to.empty())
+        if (PeerLink* link = link_for(f.to)) maybe_run = maybe_run || link->take_forward(it->first).value_or(0) > 0;
+#endif
+      expired.emplace_back(f.request, Reply::error(maybe_run ? "TIMEOUT the leader did not answer the forwarded write "
+                                                               "in time; its outcome is unknown"
+                                                             : "TRYAGAIN the leader could not be reached in time; "
+                                                               "the write was not run"));
+      it = forwards_.erase(it);
+    }
+    if (!leader.empty() && leader != cfg_.id) {
+      requeue_forwards(leader, term, false);
+      // An answer lost on the leader's connection to us (ours may stay up meanwhile).
+      if (PeerLink* link = link_for(leader))
+        link->resend_unanswered_forwards(std::chrono::milliseconds(scaled(2 * cfg_.election_timeout_ms)));
+    }
+  }
+  for (auto& [rid, reply] : expired) finish_request(rid, std::move(reply));
+}
+
+// A FWDR: the answer to one of this run's forwards, from the leader it was sent to (or, for a
+// final reply, any node that applied it).
+inline void Runtime::handle_forward_reply(const NodeId& from, ForwardReply fr) {
+  if (fr.nonce != forward_nonce_) return;  // for a previous run of this node
+  std::uint64_t answered = 0;
+  {
+    std::lock_guard<std::mutex> lock(fwd_mu_);
+    auto it = forwards_.find(fr.seq);
+    if (it == forwards_.end()) return;  // answered already (a copy's answer), or given up
+    Forward& f = it->second;
+    if (fr.status != ForwardStatus::Done && f.to != from) return;  // about a copy no longer there
+    PeerLink* link = f.to.empty() ? nullptr : link_for(f.to);
+    const unsigned handed = link ? link->take_forward(fr.seq).value_or(0) : 0;
+    if (fr.status == ForwardStatus::Unknown || (fr.status == ForwardStatus::NotRun && (f.maybe_run || handed > 1))) {
+      // Some copy may be in a log: wait here, to go to the next leader (which answers with the
+      // original reply if it was applied), or until the deadline.
+      f.maybe_run = true;
+      f.to.clear();
+      return;
+    }
+    answered = f.request;
+    forwards_.erase(it);
+  }
+  finish_request(answered, std::move(fr.reply));
+}
+
+// ---- forwarded writes: the leader's side ----
+
+inline void Runtime::handle_forward(PeerConn& p, ForwardedWrite fw) {
+  fw.words[0] = lower(std::move(fw.words[0]));
+  Caller caller{0, 0, nullptr, p.node, fw.seq, fw.nonce, {}};
+  if (failed_) {
+    finish(caller, Reply::error("MISCONF the leader cannot acknowledge writes (storage failed); the write was not run"),
+           ForwardStatus::NotRun);
+    return;
+  }
+  std::string refusal = write_refusal(fw.words);
+  if (refusal.empty() && !fw.user.empty()) {
+    // The leader's own ACL decides, whatever the follower's says (users are per node).
+    AclCommand c;
+    acl_command(fw.words, c);
+    std::lock_guard<std::mutex> lock(acl_mu_);
+    const AclUser* user = acl_.find(fw.user);
+    refusal = user ? Acl::refusal(user, c)
+                   : "NOPERM the user '" + fw.user + "' does not exist on the leader (" + cfg_.id +
+                         "); give every node the same users";
+  }
+  if (!refusal.empty()) {
+    finish(caller, Reply::error(refusal), ForwardStatus::NotRun);
+    return;
+  }
+  // The entry: __fwd node server_id nonce seq lowest word... (the session is the one the
+  // peer's handshake proved, never one it names).
+  std::string payload;
+  resp::write_array_header(payload, 6 + fw.words.size());
+  resp::write_bulk(payload, kForwardedCommand);
+  resp::write_bulk(payload, p.node);
+  resp::write_bulk(payload, p.server_id);
+  write_bulk_u64(payload, fw.nonce);
+  write_bulk_u64(payload, fw.seq);
+  write_bulk_u64(payload, fw.lowest);
+  for (const auto& w : fw.words) resp::write_bulk(payload, w);
+  peer_batch_.writes.push_back(PendingWrite{caller, std::move(payload), 6 + fw.words.size()});
+}
+
+}  // namespace detail
+}  // namespace raft
+// ---- src/raft/5m_client_auth.hpp ----
+
+namespace raft {
+namespace detail {
+
 // ---- clients' users: AUTH, ACL and the check before every command ---------------------------
 
 // How the ACL sees a command; false for a command this node does not have (it gets the
@@ -11938,6 +12054,13 @@ inline Reply Runtime::acl_reply(ClientConn* conn, const std::vector<std::string>
   }
   return Reply::error("ERR unknown subcommand '" + w[1] + "'. Try ACL HELP.");
 }
+
+}  // namespace detail
+}  // namespace raft
+// ---- src/raft/5n_client_server.hpp ----
+
+namespace raft {
+namespace detail {
 
 // ---- status ---------------------------------------------------------------------------------
 
@@ -12396,6 +12519,13 @@ inline void Runtime::complete_op(std::uint64_t conn, std::uint64_t op, Reply rep
   if (c.has_pending || c.parser.buffered() > 0) process_input(c);
 }
 
+}  // namespace detail
+}  // namespace raft
+// ---- src/raft/5o_peer_server.hpp ----
+
+namespace raft {
+namespace detail {
+
 // ---- inbound peer connections --------------------------------------------------------------
 
 // The peer thread: accepts and reads every inbound peer connection and steps what they carry
@@ -12825,6 +12955,10 @@ inline void Runtime::joiner_loop() {
 }
 
 }  // namespace detail
+}  // namespace raft
+// ---- src/raft/5p_node.hpp ----
+
+namespace raft {
 
 // ---- Config ---------------------------------------------------------------------------------
 

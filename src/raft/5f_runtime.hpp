@@ -1,0 +1,528 @@
+
+// ---- the runtime: threads and locks ---------------------------------------------------------
+// Threads, independent of the number of clients:
+//   poll      accepts and serves every client connection: parses commands, proposes writes
+//             and asks for read indexes (batched per wake-up), runs reads confirmed here,
+//             writes replies in order; times out this node's forwarded writes.
+//   peer      accepts every inbound peer connection (peers_in_, its own), does the listener's
+//             handshake, steps inbound Raft messages into the core, answers JOIN, proposes the
+//             writes followers forward (FWD) and takes their answers (FWDR); checks a received
+//             snapshot before the core installs it. Nothing a client sends runs here: a slow
+//             command or a large reply never delays a heartbeat.
+//   ticker    ticks the core; the leader's background expiry.
+//   sender    one per peer: connects (from this node's address), authenticates, sends.
+//   writer    the storage's group commit (StorageWriter): everything waiting shares an fdatasync.
+//             Writes a received snapshot's chunks to a file; reads it back and parses it whole.
+//   apply     applies committed entries to the store, answers writes and linearizable reads,
+//             runs the role callbacks.
+//   snapshot  serializes a copy of the store and hands it to the writer.
+//   joiner    only on a node started with -e, until it is a member.
+// Lock order: core_mu_ before req_mu_, apply_mu_, a sender's mutex and done_mu_; fwd_mu_ before
+// req_mu_, links_mu_ and a sender's mutex; data_mu_ is never held while taking core_mu_;
+// checked_mu_ is taken last. The poll and peer threads share no unlocked state: what both
+// touch (the core, forwards_, requests_, links_, the ACL) is under its lock above; each has
+// its own Batch, wake pipe and connections.
+
+namespace raft {
+namespace detail {
+
+class Runtime {
+ public:
+  Runtime(Node& node, Config config) : node_(node), cfg_(std::move(config)) {
+    add_builtin_commands(handlers_);
+    // The leader's background expiry: delete `key` if its deadline is still at or before
+    // this entry's timestamp (a key renewed meanwhile survives).
+    handlers_["__expire"] = Command{[](Call& c) { return Reply::integer(c.check_ttl(c.words[1]) ? 1 : 0); }, "we", 1, 1};
+    // Errors in the users are reported by Config::validate() when the node starts.
+    if (!cfg_.requirepass.empty()) acl_.set_user("default", {"resetpass", ">" + cfg_.requirepass}, nullptr);
+    for (const auto& line : cfg_.users) acl_.set_user_line(line);
+  }
+  ~Runtime() { stop(); }
+
+  // ---- configuration before start ----
+  CommandTable handlers_;
+  std::function<void(Node&, std::uint64_t)> on_leader_;
+  std::function<void(Node&)> on_follower_;
+  std::function<void(Node&)> on_candidate_;
+
+  void start();
+  void join();
+  void stop();
+  void request_stop() {
+    std::lock_guard<std::mutex> lock(life_mu_);
+    stop_requested_ = true;
+    life_cv_.notify_all();
+  }
+  bool stopping() const { return stopping_.load(); }
+
+  // ---- state ----
+  const NodeId& id() const { return cfg_.id; }
+  const std::string& address() const { return cfg_.address; }
+  char state() const { return state_char_.load(); }
+  Role role() const { return static_cast<Role>(role_.load()); }
+  std::uint64_t term() const { return term_.load(); }
+  // These read a copy drive() keeps, never core_mu_: handlers, callbacks and log sinks may
+  // call them.
+  NodeId leader() const {
+    std::lock_guard<std::mutex> lock(status_mu_);
+    return status_leader_;
+  }
+  std::string leader_address() const {
+    std::lock_guard<std::mutex> lock(status_mu_);
+    return status_leader_address_;
+  }
+  std::uint64_t commit_index() const { return commit_.load(); }
+  std::uint64_t applied_index() const { return applied_.load(); }
+  std::string info() const;
+  resp::Value role_reply() const;
+  void read(const std::function<void(const Store&)>& f) const {
+    std::lock_guard<std::mutex> lock(data_mu_);
+    f(store_);
+  }
+
+  std::future<Reply> execute_async(std::vector<std::string> words);
+  Reply admin(const std::vector<std::string>& words);
+
+  void log(LogLevel level, const std::string& message) const;
+
+  /// Test hook (tests/test_forward.cpp): a fault on this node's link to `peer`.
+  void set_link_fault_for_test(const NodeId& peer, PeerLink::Fault fault) {
+    if (PeerLink* link = link_for(peer)) link->set_fault(fault);
+  }
+  /// Test hook (tests/test_peer_thread.cpp): queues `m` on the link to m.to as the core's
+  /// messages are.
+  void send_peer_for_test(const Message& m) { send_peer(m); }
+
+  // For PeerLink.
+  std::vector<std::string> hello_words(const NodeId& to, const std::string& nonce) const;
+  int send_timeout() const { return scaled(cfg_.send_timeout_ms); }
+  int stop_fd() const { return stop_pipe_[0]; }
+  const std::string& host() const { return host_.host; }
+  // TLS on a connection this node opened to a peer at `host` (connect_tcp's), when TLS is on.
+  bool secure_to_peer(int fd, const std::string& host, Tls& tls, std::string& error) const;
+
+ private:
+  friend class PeerLink;
+
+  // A command waiting for its answer: from a client connection, execute(), or (on the
+  // leader) a follower that forwarded it.
+  struct Request {
+    std::uint64_t conn = 0;
+    std::uint64_t op = 0;
+    std::shared_ptr<std::promise<Reply>> promise;
+    NodeId forward_from;             // a forwarded write: the follower,
+    std::uint64_t forward_seq = 0;   // its sequence number
+    std::uint64_t forward_nonce = 0;  // and session nonce
+    std::vector<std::string> words;  // a read, executed once applied...
+    std::chrono::steady_clock::time_point read_deadline{};  // ... or failed after this
+    EntryId entry;                   // a write, where it went
+  };
+  struct Caller {
+    std::uint64_t conn = 0;
+    std::uint64_t op = 0;
+    std::shared_ptr<std::promise<Reply>> promise;
+    NodeId forward_from;
+    std::uint64_t forward_seq = 0;
+    std::uint64_t forward_nonce = 0;
+    // The client's ACL user, which a forwarded write carries to the leader; empty: the
+    // embedding program (execute()), which may run anything.
+    std::string user;
+  };
+  // A write this node forwarded to the leader, waiting for its answer (under fwd_mu_).
+  struct Forward {
+    std::uint64_t request = 0;  // in requests_: who waits
+    std::string command;        // the write's words, RESP-encoded
+    std::size_t words = 0;
+    std::string user;           // the client's ACL user (Caller::user)
+    NodeId to;  // the node whose link holds it; empty: held here until a leader is known
+    NodeId sent_leader;  // the leader and term when it was last queued on a link
+    std::uint64_t sent_term = 0;
+    bool maybe_run = false;  // a copy may have been appended: its outcome is unknown
+    bool waits_for_room = false;  // a link refused it (too much waiting there): queue it again
+    std::chrono::steady_clock::time_point deadline{};
+  };
+  struct ApplyItem {
+    enum Kind { Restore, Entry, Read, Aborted, RoleChanged, LeaderReady, SnapshotWanted, Checkpoint } kind;
+    std::shared_ptr<const Snapshot> snapshot;
+    LogEntry entry;
+    ReadState read;
+    EntryId id;
+    RoleChange role;
+    std::uint64_t term = 0;
+    std::uint64_t request = 0;
+  };
+  struct Op {
+    char kind = 'i';  // 'w' a write, 'r' a read, 'i' answered at once
+    bool done = false;
+    Reply reply;
+  };
+  struct ClientConn {
+    std::uint64_t id = 0;
+    int fd = -1;
+    Tls tls;
+    resp::RequestParser parser;
+    std::string out;
+    std::deque<Op> ops;
+    std::uint64_t first_op = 0;  // sequence number of ops.front()
+    int protocol = 2;
+    bool readonly = false;
+    bool close_after_flush = false;
+    bool input_closed = false;  // the client shut down its side: answer what it sent, then close
+    bool kill = false;          // over a limit: closed without further ado
+    std::string name;
+    // The ACL user the connection runs as: "default" until AUTH or HELLO AUTH says otherwise;
+    // `authenticated` once one of them succeeded.
+    std::string user = "default";
+    bool authenticated = false;
+    std::vector<std::string> argv;  // the next command, parsed but waiting (see process_input)
+    bool has_pending = false;
+    int unfinished_writes = 0;
+    int unfinished_reads = 0;
+    // Client timeouts: when bytes last arrived; when the command not yet complete in the
+    // parser began to arrive (none: nothing of one is buffered).
+    std::chrono::steady_clock::time_point last_input = std::chrono::steady_clock::now();
+    std::optional<std::chrono::steady_clock::time_point> partial_since;
+    explicit ClientConn(resp::Limits limits) : parser(limits) {}
+  };
+  struct PeerConn {
+    int fd = -1;
+    Tls tls;
+    resp::RequestParser parser;  // the authenticated stream's messages
+    // The handshake (see "peer authentication"): the bytes received before the session opens,
+    // the peer's HELLO and the transcript, then the session.
+    std::unique_ptr<ListenerHandshake> handshake;  // until the session opens
+    std::vector<std::string> hello;
+    PeerSession session;
+    std::string wire;  // to send: the handshake's messages, then frames (sealed from `out`)
+    bool welcomed = false;
+    bool join_only = false;  // a joiner outside the cluster: only JOIN is accepted
+    NodeId node;
+    std::string server_id;
+    std::string address;
+    std::string out;
+    bool close_after_flush = false;
+    std::vector<std::string> argv;
+    std::chrono::steady_clock::time_point accepted = std::chrono::steady_clock::now();
+    std::uint32_t source = 0;  // the IPv4 address it came from
+    PeerConn() : parser(peer_limits()) {}
+  };
+  struct PendingWrite {
+    Caller caller;
+    std::string payload;  // the command's words, RESP-encoded
+    std::size_t words = 0;
+  };
+  using EntryIdKey = std::pair<std::uint64_t, std::uint64_t>;  // (index, term)
+  // Writes to propose and reads to confirm, gathered by one thread and handed to the core
+  // under one lock (the poll thread's and the peer thread's per wake-up; execute() has its own).
+  struct Batch {
+    std::vector<PendingWrite> writes;
+    std::vector<std::uint64_t> reads;
+  };
+
+  static resp::Limits peer_limits() {
+    resp::Limits l;
+    l.max_bulk_length = kPeerMaxBulkBytes;
+    l.max_multibulk_length = kPeerMaxWords;
+    return l;
+  }
+  int scaled(int ms) const { return std::max(1, static_cast<int>(ms * cfg_.time_scale)); }
+  /// This node's wall clock (Config::wall_clock, else the system's).
+  std::int64_t now_ms() const { return cfg_.wall_clock ? cfg_.wall_clock() : wall_ms(); }
+
+  // startup
+  void open_storage();
+  // A member of an existing cluster that said HELLO to this address while it listened
+  // before founding (listen_before_founding).
+  struct FoundingContact {
+    std::string cluster_id;
+    NodeId node;
+    std::string address;
+  };
+  std::optional<FoundingContact> listen_before_founding();
+  int founding_listen_ms() const;
+  bool unused_founder_directory(const Recovered& rec) const;
+  void load_first_snapshot(const Store& loaded, std::shared_ptr<Snapshot>& snapshot, CoreState& st);
+  // The secrets this node proves with and accepts: Config::secret, and second_secret if set.
+  std::vector<std::string> peer_secrets() const;
+  // The handshake: the connector's side on a blocking socket (then the listener's answer,
+  // WELCOME or a refusal, is the first sealed message), the listener's on a PeerConn.
+  bool handshake_as_connector(int fd, Tls& tls, const NodeId& to, PeerSession& session, std::string& error,
+                              bool& refused) const;
+  // TLS on an accepted connection, when TLS is on (the handshake goes on as it reads).
+  bool secure_accepted(int fd, Tls& tls, bool peer);
+  bool take_peer_bytes(PeerConn& p, const char* data, std::size_t n, bool founding);
+  CoreOptions core_options() const;
+  void log_refused(const std::string& why);
+  // the core
+  void drive();
+  void on_persisted(std::uint64_t seq, bool ok, std::vector<Message> after);
+  void load_received_snapshot(ReceivedSnapshot received);
+  void storage_failed(const std::string& why);
+  void send_peer(const Message& m);
+  PeerLink* link_for(const NodeId& id);
+  void update_links();
+  // threads
+  void poll_loop();
+  void peer_loop();
+  void ticker_loop();
+  void apply_loop();
+  void snapshot_loop();
+  void joiner_loop();
+  void read_snapshot_to_load(Store& into) const;
+  bool committed_member() const {  // with core_mu_ held
+    Configuration c = core_->config_at(core_->commit_index());
+    const Member* me = c.find(cfg_.id);
+    return me && me->server_id == identity_.server_id;
+  }
+  void wake_poll() {
+    char c = 1;
+    ssize_t r = ::write(wake_pipe_[1], &c, 1);
+    (void)r;
+  }
+  void wake_peers() {
+    char c = 1;
+    ssize_t r = ::write(peer_wake_pipe_[1], &c, 1);
+    (void)r;
+  }
+  // clients
+  void accept_clients();
+  void accept_peers();
+  bool read_client(ClientConn& c);
+  void process_input(ClientConn& c);
+  bool flush_out(int fd, Tls& tls, std::string& out);
+  // client limits (see LiveLimits)
+  bool flush_client(ClientConn& c);  // flush_out, counting client_output_total_
+  void drop_output(ClientConn& c);   // a client being closed: its replies are not sent
+  void limit_total_output();         // closes the clients holding the most while over the total
+  void close_idle_clients();         // timeout and partial-command-timeout
+  void limit_clients_to_descriptors();
+  CommandLimits command_limits() const;
+  bool over_maxmemory() const;
+  std::string checkpoint_refusal();
+  std::optional<Reply> config_command(const std::vector<std::string>& w);
+  void drain_done();
+  bool complete_done();  // completes the replies in done_; false if there were none
+  void serve_ready_reads();
+  void adopt_cluster_id(const std::string& cluster_id);
+  void handle_command(ClientConn* conn, Caller caller, std::vector<std::string>& words, Batch& batch);
+  // Answers the caller. For a follower's forwarded write, `status` tells it what the reply means.
+  void finish(const Caller& caller, Reply reply, ForwardStatus status = ForwardStatus::Done);
+  void finish_request(std::uint64_t id, Reply reply, ForwardStatus status = ForwardStatus::Done);
+  std::uint64_t add_request(Request r);
+  void start_read(ClientConn* conn, const Caller& caller, std::vector<std::string>& words, const Command& cmd,
+                  Batch& batch);
+  void flush_batched(Batch& batch);
+  void complete_op(std::uint64_t conn, std::uint64_t op, Reply reply);
+  // forwarded writes (a follower's)
+  void forward_writes(const NodeId& leader, std::uint64_t term, std::vector<PendingWrite> writes);
+  bool requeue_forwards(const NodeId& leader, std::uint64_t term, bool all);
+  bool queue_forward(PeerLink& link, std::uint64_t seq, Forward& f);
+  void expire_forwards();
+  void handle_forward_reply(const NodeId& from, ForwardReply fr);
+  // forwarded writes (the leader's)
+  void handle_forward(PeerConn& p, ForwardedWrite fw);
+  std::string write_refusal(const std::vector<std::string>& words) const;
+  /// Runs a read handler at `now_ms` (the time it judges expiry by).
+  Reply run_read(const Command& cmd, const std::vector<std::string>& words, std::int64_t now_ms);
+  /// A confirmed linearizable read's time: the leader's, or the last stamp applied if later
+  /// (so every node judges it alike, and never before a write it follows).
+  std::int64_t read_time(const ReadState& rs) const { return std::max(rs.time_ms, applied_timestamp_.load()); }
+  Reply connection_command(ClientConn* conn, const std::vector<std::string>& words, bool& handled);
+  // clients' users (see Acl)
+  bool acl_command(const std::vector<std::string>& words, AclCommand& out) const;
+  bool acl_rule_names_command(const std::string& rule) const;
+  std::string client_refusal(ClientConn& conn, const std::vector<std::string>& words);
+  Reply acl_reply(ClientConn* conn, const std::vector<std::string>& words);
+  bool authenticate(ClientConn* conn, const std::string& user, const std::string& password);
+  // peers
+  bool read_peer(PeerConn& p);
+  bool handle_peer_message(PeerConn& p, std::vector<std::string>& w);
+  Reply handle_join(const std::vector<std::string>& w);
+  // apply
+  void push_apply(ApplyItem item) {
+    std::lock_guard<std::mutex> lock(apply_mu_);
+    apply_q_.push_back(std::move(item));
+    apply_cv_.notify_one();
+  }
+  void apply_item(ApplyItem& item);
+  void apply_entry(const LogEntry& e);
+  bool run_write(const LogEntry& e, const Command& cmd, const std::vector<std::string>& words, Reply& reply);
+  void serve_reads();
+  void expire_waiting_reads();
+  void halt(const std::string& why);
+  void take_snapshot(std::uint64_t request);
+  void propose_expiry();
+  void leave();
+
+  Node& node_;
+  Config cfg_;
+  HostPort host_;
+  std::atomic<bool> started_{false};
+  bool starting_ = false;  // under life_mu_: start() is running
+  std::atomic<bool> stop_called_{false};
+  std::atomic<bool> stopping_{false};  // set after leave(): the threads exit
+  std::atomic<bool> stopped_{false};
+  std::atomic<bool> halted_{false};  // threads joined: nothing more is sent or driven
+  mutable std::mutex life_mu_;
+  std::condition_variable life_cv_;
+  bool stop_requested_ = false;
+
+  // storage
+  std::unique_ptr<Storage> storage_;
+  std::unique_ptr<StorageWriter> writer_;
+  Identity identity_;
+  std::atomic<bool> failed_{false};
+  std::string failure_;  // under core_mu_
+  // What the core refused, logged at most once a second (under core_mu_).
+  std::chrono::steady_clock::time_point refused_logged_at_{};
+  std::uint64_t refused_unlogged_ = 0;
+
+  // the core
+  mutable std::mutex core_mu_;
+  std::unique_ptr<Core> core_;
+  std::condition_variable role_cv_;
+  std::atomic<char> state_char_{'n'};
+  std::atomic<int> role_{0};
+  std::atomic<std::uint64_t> term_{0};
+  std::atomic<std::uint64_t> commit_{0};
+  mutable std::mutex status_mu_;  // a leaf lock
+  NodeId status_leader_;
+  std::string status_leader_address_;
+  Configuration linked_config_;  // the configuration the sender links follow
+
+  // the data
+  mutable std::mutex data_mu_;
+  Store store_;
+  std::atomic<std::uint64_t> applied_{0};
+  // The leader timestamp of the last entry applied (or of the snapshot restored): snapshots
+  // carry it, and reads never judge expiry earlier.
+  std::atomic<std::int64_t> applied_timestamp_{0};
+  std::atomic<std::uint64_t> keys_{0};  // the store's size, for INFO without the data lock
+  // Threads that answer commands: execute() from them would wait for itself.
+  std::atomic<std::thread::id> apply_thread_id_{};
+  std::atomic<std::thread::id> poll_thread_id_{};
+  std::atomic<std::thread::id> peer_thread_id_{};  // runs no handler, but logs (a sink may stop())
+
+  // writes this node forwarded (see "Forwarded writes" at the top of 5b_peer_wire.hpp)
+  std::mutex fwd_mu_;
+  std::map<std::uint64_t, Forward> forwards_;  // by sequence number
+  // This run's session: every start draws another, so sequence numbers start again at 1.
+  const std::uint64_t forward_nonce_ = random_u64();
+  std::uint64_t next_forward_seq_ = 1;
+
+  // requests
+  std::mutex req_mu_;
+  std::map<std::uint64_t, Request> requests_;
+  std::map<EntryIdKey, std::uint64_t> write_by_index_;  // (log index, term) -> request
+  // Random start: ids travel to peers (forwards, read indexes) and must not match a
+  // previous run's when answers from before a restart arrive late.
+  std::uint64_t next_request_ = 1;
+
+  // apply queue (the apply thread owns reads_by_index_)
+  std::mutex apply_mu_;
+  std::condition_variable apply_cv_;
+  std::deque<ApplyItem> apply_q_;
+  std::multimap<std::uint64_t, ReadState> reads_by_index_;  // confirmed reads by read index
+  bool fatal_ = false;
+  // The store a received snapshot parsed into when the core checked it, for its Restore.
+  std::mutex checked_mu_;
+  std::optional<std::pair<EntryId, Store>> checked_snapshot_;
+
+  // snapshots
+  std::mutex snap_mu_;
+  std::condition_variable snap_cv_;
+  std::optional<std::pair<Store, SnapshotMeta>> snap_job_;
+  std::uint64_t snap_request_ = 0;
+  bool snap_busy_ = false;
+  bool snap_again_ = false;  // asked for while one was being written
+
+  // peers
+  std::mutex links_mu_;
+  std::map<NodeId, std::unique_ptr<PeerLink>> links_;
+  std::map<NodeId, std::string> addresses_;  // learned from configurations and handshakes
+
+  // the poll thread's state
+  int client_fd_ = -1;
+#ifdef RAFT_OPENSSL_SUPPORT
+  // Set in start() when Config names a certificate: clients' connections (tls_auth_clients),
+  // peers' both ways (a certificate required).
+  std::shared_ptr<TlsContext> tls_clients_, tls_peers_;
+#endif
+  int wake_pipe_[2] = {-1, -1};
+  // Readable once stop() has handed leadership over: cuts short every wait for a peer to
+  // connect or answer (a peer host that is down would hold each one up for send_timeout_ms).
+  int stop_pipe_[2] = {-1, -1};
+  std::map<std::uint64_t, std::unique_ptr<ClientConn>> clients_;
+  std::chrono::steady_clock::time_point accept_paused_until_{};
+  std::uint64_t next_conn_ = 1;
+  Batch poll_batch_;  // the poll thread's
+  std::vector<std::uint64_t> refused_reads_;  // under core_mu_
+  std::vector<ReadState> poll_ready_reads_;  // the poll thread's: confirmed read indexes
+  std::mutex done_mu_;
+  std::vector<std::tuple<std::uint64_t, std::uint64_t, Reply>> done_;  // (conn, op, reply)
+
+  // the peer thread's state (start() fills peers_in_ before the thread runs, stop() empties it
+  // after it is joined)
+  int peer_fd_ = -1;
+  int peer_wake_pipe_[2] = {-1, -1};
+  std::map<int, std::unique_ptr<PeerConn>> peers_in_;
+  static constexpr std::size_t kMaxPeerConnections = 1024;
+  // Of those, connections that have not finished the handshake: anyone who reaches the port
+  // can open them, so they have a small budget of their own (and each is closed at its
+  // deadline, send_timeout_ms). When it is used up, a new one takes the place of the oldest
+  // from the address holding the most: a flood from one address displaces only itself, and
+  // strangers never use up the room a member needs to connect.
+  static constexpr std::size_t kMaxUnauthenticatedPeerConnections = 64;
+  template <class Conns, class Get>
+  static void make_room_for_handshake(Conns& conns, Get get);
+  std::chrono::steady_clock::time_point peer_accept_paused_until_{};
+  Batch peer_batch_;  // writes forwarded to this leader, proposed once per wake-up
+
+  // expiry
+  std::map<std::string, std::int64_t, std::less<>> expiry_proposed_;
+
+  // clients' users: the poll thread, execute() callers (ACL commands) and the peer thread (the
+  // leader's check of forwarded writes). A leaf lock.
+  mutable std::mutex acl_mu_;
+  Acl acl_;
+  std::atomic<bool> protected_mode_{cfg_.protected_mode};  // CONFIG SET protected-mode changes it
+
+  // Resource limits (Config's "limits", see the README's "Limits"): CONFIG SET changes them
+  // from the poll thread or an execute() caller; the poll thread reads most of them.
+  struct LiveLimits {
+    std::atomic<std::uint64_t> max_clients;  // after the descriptor limit lowered it
+    std::atomic<std::uint64_t> client_timeout_s;
+    std::atomic<std::uint64_t> partial_command_timeout_s;
+    std::atomic<std::uint64_t> query_buffer;
+    std::atomic<std::uint64_t> proto_max_bulk_len;
+    std::atomic<std::uint64_t> max_command_bytes;
+    std::atomic<std::uint64_t> maxmemory;
+    std::atomic<std::uint64_t> checkpoint_interval_s;
+    std::atomic<std::uint64_t> total_client_output;
+    explicit LiveLimits(const Config& c)
+        : max_clients(c.max_clients),
+          client_timeout_s(static_cast<std::uint64_t>(std::max(0, c.client_timeout_s))),
+          partial_command_timeout_s(static_cast<std::uint64_t>(std::max(0, c.partial_command_timeout_s))),
+          query_buffer(c.client_query_buffer_limit),
+          proto_max_bulk_len(c.client_limits.max_bulk_length),
+          max_command_bytes(c.max_command_bytes),
+          maxmemory(c.maxmemory),
+          checkpoint_interval_s(static_cast<std::uint64_t>(std::max(0, c.checkpoint_interval_s))),
+          total_client_output(c.max_total_client_output) {}
+  };
+  LiveLimits limits_{cfg_};
+  // Clients the descriptor limit leaves room for (RLIMIT_NOFILE less kReservedDescriptors),
+  // read at start; max_clients is never set above it.
+  std::uint64_t descriptor_room_ = std::numeric_limits<std::uint64_t>::max();
+  // The poll thread's: every client's unsent replies (ClientConn::out) together.
+  std::size_t client_output_total_ = 0;
+  std::atomic<std::uint64_t> connected_clients_{0};   // for INFO
+  std::atomic<std::uint64_t> client_output_total_reported_{0};  // client_output_total_, for INFO
+  std::atomic<std::uint64_t> used_memory_{0};         // store_.used_memory() after each apply
+  std::chrono::steady_clock::time_point last_checkpoint_{};  // under snap_mu_
+
+  std::thread poll_thread_, peer_thread_, ticker_thread_, apply_thread_, snapshot_thread_, joiner_thread_;
+};
+
+}  // namespace detail
+}  // namespace raft
