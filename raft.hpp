@@ -9349,7 +9349,7 @@ class Runtime {
     stop_requested_ = true;
     life_cv_.notify_all();
   }
-  bool stopping() const { return stopping_.load(); }
+  bool stopping() const { return stopping_or_later(); }
 
   // ---- state ----
   const NodeId& id() const { return cfg_.id; }
@@ -9641,6 +9641,11 @@ class Runtime {
     apply_cv_.notify_one();
   }
   void apply_item(ApplyItem& item);
+  void restore_snapshot(const Snapshot& snapshot);
+  void apply_read_state(const ReadState& rs);
+  void answer_aborted_write(EntryId id);
+  void run_role_callbacks(const RoleChange& change);
+  void run_leader_callback(std::uint64_t term);
   void apply_entry(const LogEntry& e);
   bool run_write(const LogEntry& e, const Command& cmd, const std::vector<std::string>& words, Reply& reply);
   void serve_reads();
@@ -9653,12 +9658,31 @@ class Runtime {
   Node& node_;
   Config cfg_;
   HostPort host_;
-  std::atomic<bool> started_{false};
+  // The node's lifecycle, one way, each step taken once (life_ only grows):
+  //   New       constructed; start() may run (again, after a start() that threw).
+  //   Running   start() opened the storage and the listeners and starts the threads; commands
+  //             are taken (a callback run while start() finishes may already execute()).
+  //   Leaving   the first stop() has begun: a leader hands over, every thread still runs.
+  //   Stopping  the threads exit (their loops test stopping()); commands are refused.
+  //   Halted    the threads are joined (set under core_mu_): the core is no longer driven,
+  //             nothing more is sent (the writer's last callbacks see it).
+  //   Stopped   everything is closed and every request answered (set under life_mu_; a
+  //             second stop() and join() wait for it on life_cv_).
+  // Kept apart, because they are not steps of this one line:
+  //   starting_        start() is on some thread's stack: it spans New and Running, and a
+  //                    stop() from another thread waits for it to return either way.
+  //   stop_requested_  a request that join() acts on (SHUTDOWN, RAFT.LEAVE, stop() from a
+  //                    handler or callback, the apply loop failing, a stop() while start()
+  //                    runs); it may come in any state.
+  //   failed_          the storage failed (health, not lifecycle): a failed node keeps
+  //                    running, answers MISCONF, and still goes through every step above.
+  //   fatal_           the apply thread's own: it cannot apply further; it halts the node
+  //                    and requests the stop (apply thread only, no lock).
+  enum class Lifecycle { New, Running, Leaving, Stopping, Halted, Stopped };
+  std::atomic<Lifecycle> life_{Lifecycle::New};
+  bool stopping_or_later() const { return life_.load() >= Lifecycle::Stopping; }
+  bool halted_or_later() const { return life_.load() >= Lifecycle::Halted; }
   bool starting_ = false;  // under life_mu_: start() is running
-  std::atomic<bool> stop_called_{false};
-  std::atomic<bool> stopping_{false};  // set after leave(): the threads exit
-  std::atomic<bool> stopped_{false};
-  std::atomic<bool> halted_{false};  // threads joined: nothing more is sent or driven
   mutable std::mutex life_mu_;
   std::condition_variable life_cv_;
   bool stop_requested_ = false;
@@ -10121,7 +10145,7 @@ inline std::optional<Runtime::FoundingContact> Runtime::listen_before_founding()
 }
 
 inline void Runtime::start() {
-  if (started_.load()) throw std::runtime_error("raft::Node::start called twice");
+  if (life_.load() != Lifecycle::New) throw std::runtime_error("raft::Node::start called twice");
   {
     std::lock_guard<std::mutex> lock(life_mu_);
     starting_ = true;
@@ -10180,7 +10204,7 @@ inline void Runtime::start() {
     core_.reset();
     throw;
   }
-  started_ = true;
+  life_ = Lifecycle::Running;
   for (const auto& [nid, addr] : cfg_.peers) addresses_[nid] = addr;
   writer_ = std::make_unique<StorageWriter>(*storage_);
   log(LogLevel::Info, "node " + cfg_.id + " at " + cfg_.address + " (peers on port " + std::to_string(host_.port + 1) +
@@ -10255,8 +10279,8 @@ inline void Runtime::read_snapshot_to_load(Store& into) const {
 
 inline void Runtime::join() {
   std::unique_lock<std::mutex> lock(life_mu_);
-  life_cv_.wait(lock, [&] { return stop_requested_ || stopped_.load(); });
-  bool must_stop = !stopped_.load();
+  life_cv_.wait(lock, [&] { return stop_requested_ || life_.load() == Lifecycle::Stopped; });
+  bool must_stop = life_.load() != Lifecycle::Stopped;
   lock.unlock();
   if (must_stop) stop();
 }
@@ -10290,15 +10314,16 @@ inline void Runtime::stop() {
       life_cv_.wait(lock, [&] { return !starting_; });
     }
   }
-  if (!started_.load() || stop_called_.exchange(true)) {
-    if (started_.load()) {
+  Lifecycle was = Lifecycle::Running;
+  if (!life_.compare_exchange_strong(was, Lifecycle::Leaving)) {
+    if (was != Lifecycle::New) {  // another stop() is under way or done
       std::unique_lock<std::mutex> lock(life_mu_);
-      life_cv_.wait(lock, [&] { return stopped_.load(); });
+      life_cv_.wait(lock, [&] { return life_.load() == Lifecycle::Stopped; });
     }
     return;
   }
   leave();  // while every thread still runs: the successor's term must reach us
-  stopping_ = true;
+  life_ = Lifecycle::Stopping;
   log(LogLevel::Info, "stopping");
   wake_poll();
   wake_peers();
@@ -10323,9 +10348,9 @@ inline void Runtime::stop() {
     if (t->joinable()) t->join();
   {
     std::lock_guard<std::mutex> lock(core_mu_);  // a drive() in progress finishes first
-    halted_ = true;
+    life_ = Lifecycle::Halted;
   }
-  if (writer_) writer_->stop();  // its last callbacks see halted_ and send nothing
+  if (writer_) writer_->stop();  // its last callbacks see Halted and send nothing
   {
     // Stopped, not destroyed: another thread may still hold a pointer (freed in ~Runtime).
     std::lock_guard<std::mutex> lock(links_mu_);
@@ -10353,7 +10378,7 @@ inline void Runtime::stop() {
   peers_in_.clear();
   {
     std::lock_guard<std::mutex> lock(life_mu_);
-    stopped_ = true;
+    life_ = Lifecycle::Stopped;
     life_cv_.notify_all();
   }
 }
@@ -10384,7 +10409,7 @@ inline void Runtime::log_refused(const std::string& why) {
 
 // Called with core_mu_ held after every input to the core.
 inline void Runtime::drive() {
-  if (failed_ || halted_) return;
+  if (failed_ || halted_or_later()) return;
   while (core_->has_ready()) {
     Ready rd = core_->ready();
     if (rd.persist.seq != 0) {
@@ -10441,7 +10466,7 @@ inline void Runtime::drive() {
 }
 
 inline void Runtime::on_persisted(std::uint64_t seq, bool ok, std::vector<Message> after) {
-  if (halted_) return;
+  if (halted_or_later()) return;
 #ifdef RAFT_MUTANT_ACK_BEFORE_FSYNC_VERDICT
   for (const auto& m : after) send_peer(m);  // mutant: the promises leave before the verdict
 #endif
@@ -10465,7 +10490,7 @@ inline void Runtime::on_persisted(std::uint64_t seq, bool ok, std::vector<Messag
 inline void Runtime::load_received_snapshot(ReceivedSnapshot received) {
   writer_->submit_load_received(std::move(received),
                                 [this](bool ok, std::shared_ptr<Snapshot> snapshot, std::string problem) {
-                                  if (halted_) return;
+                                  if (halted_or_later()) return;
                                   if (!ok) {
                                     storage_failed(storage_->failure());
                                     return;
@@ -10513,12 +10538,12 @@ inline void Runtime::ticker_loop() {
   const auto period = std::chrono::microseconds(static_cast<long long>(cfg_.tick_ms * 1000 * cfg_.time_scale));
   auto next = std::chrono::steady_clock::now() + period;
   int ticks = 0;
-  while (!stopping_) {
+  while (!stopping_or_later()) {
     {
       std::unique_lock<std::mutex> lock(life_mu_);
-      life_cv_.wait_until(lock, next, [&] { return stopping_.load(); });
+      life_cv_.wait_until(lock, next, [&] { return stopping_or_later(); });
     }
-    if (stopping_) break;
+    if (stopping_or_later()) break;
     next += period;
     auto now = std::chrono::steady_clock::now();
     if (next < now) next = now + period;  // we were paused (SIGSTOP): do not catch up in a burst
@@ -10577,7 +10602,7 @@ inline void Runtime::send_peer(const Message& m) {
 }
 
 inline PeerLink* Runtime::link_for(const NodeId& id) {
-  if (halted_) return nullptr;
+  if (halted_or_later()) return nullptr;
   std::lock_guard<std::mutex> lock(links_mu_);
   auto it = links_.find(id);
   if (it != links_.end()) return it->second.get();
@@ -10791,8 +10816,8 @@ inline void Runtime::apply_loop() {
   while (true) {
     {
       std::unique_lock<std::mutex> lock(apply_mu_);
-      apply_cv_.wait_until(lock, next_expiry, [&] { return stopping_ || !apply_q_.empty(); });
-      if (stopping_) return;
+      apply_cv_.wait_until(lock, next_expiry, [&] { return stopping_or_later() || !apply_q_.empty(); });
+      if (stopping_or_later()) return;
       items.swap(apply_q_);
     }
     // The leader's background expiry lives here, beside the data, so that a slow handler or
@@ -10825,103 +10850,110 @@ inline void Runtime::apply_loop() {
   }
 }
 
-// One item of the apply queue, on the apply thread.
+// One item of the apply queue, on the apply thread: each kind has its own function.
 inline void Runtime::apply_item(ApplyItem& item) {
   switch (item.kind) {
-    case ApplyItem::Restore: {
-      Store fresh;
-      SnapshotMeta meta = item.snapshot->meta;  // checked to be what the text says
-      std::string error;
-      bool parsed = false;
-      {
-        std::lock_guard<std::mutex> lock(checked_mu_);
-        if (checked_snapshot_ && checked_snapshot_->first == EntryId{meta.index, meta.term}) {
-          fresh = std::move(checked_snapshot_->second);
-          parsed = true;
-        }
-        checked_snapshot_.reset();
-      }
-      if (!parsed && !Store::read_snapshot(item.snapshot->data, fresh, meta, error)) {
-        log(LogLevel::Error, "snapshot from the leader at index " + std::to_string(item.snapshot->meta.index) +
-                                 " is unreadable (" + error + "): stopping the apply loop");
-        fatal_ = true;
-        break;
-      }
-      {
-        std::lock_guard<std::mutex> lock(data_mu_);
-        store_ = std::move(fresh);
-        keys_ = store_.size();
-        used_memory_ = store_.used_memory();
-      }
-      // The stamp first: a read served on the poll thread that sees the new index must
-      // not judge expiry by an older time.
-      applied_timestamp_ = std::max(applied_timestamp_.load(), meta.timestamp_ms);
-      applied_ = item.snapshot->meta.index;
-      {
-        // Writes proposed at or below the snapshot (a deposed leader's) are decided in
-        // it, unknown to us which way.
-        std::vector<std::uint64_t> gone;
-        {
-          std::lock_guard<std::mutex> lock(req_mu_);
-          while (!write_by_index_.empty() && write_by_index_.begin()->first.first <= applied_) {
-            gone.push_back(write_by_index_.begin()->second);
-            write_by_index_.erase(write_by_index_.begin());
-          }
-        }
-        for (std::uint64_t id : gone)
-          finish_request(id, Reply::error("TIMEOUT this node lost leadership before the write was known "
-                                          "committed; its outcome is unknown"),
-                         ForwardStatus::Unknown);
-      }
-      log(LogLevel::Info, "installed a snapshot at index " + std::to_string(applied_.load()));
-      serve_reads();
-      break;
-    }
+    case ApplyItem::Restore: restore_snapshot(*item.snapshot); break;
     case ApplyItem::Entry:
       if (item.entry.index > applied_) apply_entry(item.entry);
       break;
-    case ApplyItem::Read: {
-      const ReadState& rs = item.read;
-      if (!rs.ok) {
-        finish_request(rs.request_id,
-                       Reply::error("TRYAGAIN could not confirm leadership for a linearizable read: no leader "
-                                    "reachable or no majority (READONLY allows stale local reads)"));
-      } else {
-        reads_by_index_.emplace(rs.index, rs);
-        serve_reads();
-      }
-      break;
-    }
-    case ApplyItem::Aborted: {
-      std::uint64_t rid = 0;
-      {
-        std::lock_guard<std::mutex> lock(req_mu_);
-        auto it = write_by_index_.find({item.id.index, item.id.term});
-        if (it != write_by_index_.end()) {
-          rid = it->second;
-          write_by_index_.erase(it);
-        }
-      }
-      if (rid)
-        finish_request(rid, Reply::error("TIMEOUT the write was not committed in time (leader change or no "
-                                         "majority); it may still be applied later"),
-                       ForwardStatus::Unknown);
-      break;
-    }
-    case ApplyItem::RoleChanged:
-      if (item.role.role == Role::Follower && on_follower_) on_follower_(node_);
-      if ((item.role.role == Role::Candidate || item.role.role == Role::PreCandidate) && on_candidate_)
-        on_candidate_(node_);
-      break;
-    case ApplyItem::LeaderReady:
-      log(LogLevel::Info, "leading term " + std::to_string(item.term) + " (first entry committed)");
-      if (on_leader_) on_leader_(node_, item.term);
-      break;
+    case ApplyItem::Read: apply_read_state(item.read); break;
+    case ApplyItem::Aborted: answer_aborted_write(item.id); break;
+    case ApplyItem::RoleChanged: run_role_callbacks(item.role); break;
+    case ApplyItem::LeaderReady: run_leader_callback(item.term); break;
     case ApplyItem::SnapshotWanted:
-    case ApplyItem::Checkpoint:
-      take_snapshot(item.request);
-      break;
+    case ApplyItem::Checkpoint: take_snapshot(item.request); break;
   }
+}
+
+// Replaces the store with a snapshot's (installed by the core: the leader sent it). The
+// writer thread may have parsed it already, when it checked it (checked_snapshot_).
+inline void Runtime::restore_snapshot(const Snapshot& snapshot) {
+  Store fresh;
+  SnapshotMeta meta = snapshot.meta;  // checked to be what the text says
+  std::string error;
+  bool parsed = false;
+  {
+    std::lock_guard<std::mutex> lock(checked_mu_);
+    if (checked_snapshot_ && checked_snapshot_->first == EntryId{meta.index, meta.term}) {
+      fresh = std::move(checked_snapshot_->second);
+      parsed = true;
+    }
+    checked_snapshot_.reset();
+  }
+  if (!parsed && !Store::read_snapshot(snapshot.data, fresh, meta, error)) {
+    log(LogLevel::Error, "snapshot from the leader at index " + std::to_string(snapshot.meta.index) +
+                             " is unreadable (" + error + "): stopping the apply loop");
+    fatal_ = true;
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(data_mu_);
+    store_ = std::move(fresh);
+    keys_ = store_.size();
+    used_memory_ = store_.used_memory();
+  }
+  // The stamp first: a read served on the poll thread that sees the new index must
+  // not judge expiry by an older time.
+  applied_timestamp_ = std::max(applied_timestamp_.load(), meta.timestamp_ms);
+  applied_ = snapshot.meta.index;
+  {
+    // Writes proposed at or below the snapshot (a deposed leader's) are decided in
+    // it, unknown to us which way.
+    std::vector<std::uint64_t> gone;
+    {
+      std::lock_guard<std::mutex> lock(req_mu_);
+      while (!write_by_index_.empty() && write_by_index_.begin()->first.first <= applied_) {
+        gone.push_back(write_by_index_.begin()->second);
+        write_by_index_.erase(write_by_index_.begin());
+      }
+    }
+    for (std::uint64_t id : gone)
+      finish_request(id, Reply::error("TIMEOUT this node lost leadership before the write was known "
+                                      "committed; its outcome is unknown"),
+                     ForwardStatus::Unknown);
+  }
+  log(LogLevel::Info, "installed a snapshot at index " + std::to_string(applied_.load()));
+  serve_reads();
+}
+
+// A linearizable read's index, confirmed by the core (or not): served once applied reaches it.
+inline void Runtime::apply_read_state(const ReadState& rs) {
+  if (!rs.ok) {
+    finish_request(rs.request_id,
+                   Reply::error("TRYAGAIN could not confirm leadership for a linearizable read: no leader "
+                                "reachable or no majority (READONLY allows stale local reads)"));
+    return;
+  }
+  reads_by_index_.emplace(rs.index, rs);
+  serve_reads();
+}
+
+// The core gave up on a proposal (this node stopped leading before it committed).
+inline void Runtime::answer_aborted_write(EntryId id) {
+  std::uint64_t rid = 0;
+  {
+    std::lock_guard<std::mutex> lock(req_mu_);
+    auto it = write_by_index_.find({id.index, id.term});
+    if (it != write_by_index_.end()) {
+      rid = it->second;
+      write_by_index_.erase(it);
+    }
+  }
+  if (rid)
+    finish_request(rid, Reply::error("TIMEOUT the write was not committed in time (leader change or no "
+                                     "majority); it may still be applied later"),
+                   ForwardStatus::Unknown);
+}
+
+inline void Runtime::run_role_callbacks(const RoleChange& change) {
+  if (change.role == Role::Follower && on_follower_) on_follower_(node_);
+  if ((change.role == Role::Candidate || change.role == Role::PreCandidate) && on_candidate_) on_candidate_(node_);
+}
+
+inline void Runtime::run_leader_callback(std::uint64_t term) {
+  log(LogLevel::Info, "leading term " + std::to_string(term) + " (first entry committed)");
+  if (on_leader_) on_leader_(node_, term);
 }
 
 inline void Runtime::apply_entry(const LogEntry& e) {
@@ -11165,8 +11197,8 @@ inline void Runtime::snapshot_loop() {
     std::uint64_t request = 0;
     {
       std::unique_lock<std::mutex> lock(snap_mu_);
-      snap_cv_.wait(lock, [&] { return stopping_ || snap_job_.has_value(); });
-      if (stopping_) return;
+      snap_cv_.wait(lock, [&] { return stopping_or_later() || snap_job_.has_value(); });
+      if (stopping_or_later()) return;
       job = std::move(*snap_job_);
       snap_job_.reset();
       request = snap_request_;
@@ -11254,7 +11286,8 @@ inline std::future<Reply> Runtime::execute_async(std::vector<std::string> words)
     promise->set_value(Reply::error("ERR execute() called from a handler or callback would wait for itself"));
     return f;
   }
-  if (!started_ || stopping_) {
+  const Lifecycle now = life_.load();
+  if (now != Lifecycle::Running && now != Lifecycle::Leaving) {
     promise->set_value(Reply::error("ERR the node is not running"));
     return f;
   }
@@ -11369,7 +11402,7 @@ inline void Runtime::flush_batched(Batch& batch) {
   std::uint64_t term = 0;
   {
     std::lock_guard<std::mutex> lock(core_mu_);
-    if (halted_ || stopping_) {
+    if (stopping_or_later()) {
       // stop() is answering what is registered; nothing new starts.
       for (auto& w : batch.writes)
         refused.push_back({w.caller, Reply::error("ERR the node is stopping; the command was not run"),
@@ -12170,7 +12203,7 @@ inline void Runtime::poll_loop() {
   std::vector<pollfd> fds;
   std::vector<std::uint64_t> owner;  // client connection id, or 0
   auto last_expiry = std::chrono::steady_clock::now();
-  while (!stopping_) {
+  while (!stopping_or_later()) {
     fds.clear();
     owner.clear();
     bool accepting = std::chrono::steady_clock::now() >= accept_paused_until_;
@@ -12185,7 +12218,7 @@ inline void Runtime::poll_loop() {
       owner.push_back(id);
     }
     int n = ::poll(fds.data(), fds.size(), 100);
-    if (stopping_) break;
+    if (stopping_or_later()) break;
     if (n < 0) {
       if (errno != EINTR) log(LogLevel::Error, "poll: " + errno_text(errno));
       continue;
@@ -12549,7 +12582,7 @@ inline void Runtime::peer_loop() {
   flush_batched(peer_batch_);
   std::vector<pollfd> fds;
   auto last_expiry = std::chrono::steady_clock::now();
-  while (!stopping_) {
+  while (!stopping_or_later()) {
     fds.clear();
     const bool accepting = std::chrono::steady_clock::now() >= peer_accept_paused_until_;
     fds.push_back(pollfd{peer_wake_pipe_[0], POLLIN, 0});
@@ -12557,7 +12590,7 @@ inline void Runtime::peer_loop() {
     for (auto& [fd, p] : peers_in_)
       fds.push_back(pollfd{fd, p->tls.events(static_cast<short>((p->close_after_flush ? 0 : POLLIN) | (p->wire.empty() ? 0 : POLLOUT))), 0});
     int n = ::poll(fds.data(), fds.size(), 100);
-    if (stopping_) break;
+    if (stopping_or_later()) break;
     if (n < 0) {
       if (errno != EINTR) log(LogLevel::Error, "poll (peers): " + errno_text(errno));
       continue;
@@ -12890,7 +12923,7 @@ inline void Runtime::joiner_loop() {
   }
   std::string moved;
   std::size_t next = 0;
-  while (!stopping_) {
+  while (!stopping_or_later()) {
     {
       // Until a committed configuration names us: an entry adding us that a new leader never
       // had is cut again, and then nobody would contact us.
@@ -12933,7 +12966,7 @@ inline void Runtime::joiner_loop() {
             outcome = "redirected to " + moved;
             ::close(fd);
             std::unique_lock<std::mutex> lock(life_mu_);  // no tight loop between two nodes
-            life_cv_.wait_for(lock, std::chrono::milliseconds(scaled(50)), [&] { return stopping_.load(); });
+            life_cv_.wait_for(lock, std::chrono::milliseconds(scaled(50)), [&] { return stopping_or_later(); });
             continue;
           } else {
             outcome = reply.str;
@@ -12950,7 +12983,7 @@ inline void Runtime::joiner_loop() {
     }
     log(LogLevel::Info, "asked " + target + " to join: " + outcome);
     std::unique_lock<std::mutex> lock(life_mu_);
-    life_cv_.wait_for(lock, std::chrono::milliseconds(scaled(cfg_.join_retry_ms)), [&] { return stopping_.load(); });
+    life_cv_.wait_for(lock, std::chrono::milliseconds(scaled(cfg_.join_retry_ms)), [&] { return stopping_or_later(); });
   }
 }
 

@@ -53,7 +53,7 @@ class Runtime {
     stop_requested_ = true;
     life_cv_.notify_all();
   }
-  bool stopping() const { return stopping_.load(); }
+  bool stopping() const { return stopping_or_later(); }
 
   // ---- state ----
   const NodeId& id() const { return cfg_.id; }
@@ -345,6 +345,11 @@ class Runtime {
     apply_cv_.notify_one();
   }
   void apply_item(ApplyItem& item);
+  void restore_snapshot(const Snapshot& snapshot);
+  void apply_read_state(const ReadState& rs);
+  void answer_aborted_write(EntryId id);
+  void run_role_callbacks(const RoleChange& change);
+  void run_leader_callback(std::uint64_t term);
   void apply_entry(const LogEntry& e);
   bool run_write(const LogEntry& e, const Command& cmd, const std::vector<std::string>& words, Reply& reply);
   void serve_reads();
@@ -357,12 +362,31 @@ class Runtime {
   Node& node_;
   Config cfg_;
   HostPort host_;
-  std::atomic<bool> started_{false};
+  // The node's lifecycle, one way, each step taken once (life_ only grows):
+  //   New       constructed; start() may run (again, after a start() that threw).
+  //   Running   start() opened the storage and the listeners and starts the threads; commands
+  //             are taken (a callback run while start() finishes may already execute()).
+  //   Leaving   the first stop() has begun: a leader hands over, every thread still runs.
+  //   Stopping  the threads exit (their loops test stopping()); commands are refused.
+  //   Halted    the threads are joined (set under core_mu_): the core is no longer driven,
+  //             nothing more is sent (the writer's last callbacks see it).
+  //   Stopped   everything is closed and every request answered (set under life_mu_; a
+  //             second stop() and join() wait for it on life_cv_).
+  // Kept apart, because they are not steps of this one line:
+  //   starting_        start() is on some thread's stack: it spans New and Running, and a
+  //                    stop() from another thread waits for it to return either way.
+  //   stop_requested_  a request that join() acts on (SHUTDOWN, RAFT.LEAVE, stop() from a
+  //                    handler or callback, the apply loop failing, a stop() while start()
+  //                    runs); it may come in any state.
+  //   failed_          the storage failed (health, not lifecycle): a failed node keeps
+  //                    running, answers MISCONF, and still goes through every step above.
+  //   fatal_           the apply thread's own: it cannot apply further; it halts the node
+  //                    and requests the stop (apply thread only, no lock).
+  enum class Lifecycle { New, Running, Leaving, Stopping, Halted, Stopped };
+  std::atomic<Lifecycle> life_{Lifecycle::New};
+  bool stopping_or_later() const { return life_.load() >= Lifecycle::Stopping; }
+  bool halted_or_later() const { return life_.load() >= Lifecycle::Halted; }
   bool starting_ = false;  // under life_mu_: start() is running
-  std::atomic<bool> stop_called_{false};
-  std::atomic<bool> stopping_{false};  // set after leave(): the threads exit
-  std::atomic<bool> stopped_{false};
-  std::atomic<bool> halted_{false};  // threads joined: nothing more is sent or driven
   mutable std::mutex life_mu_;
   std::condition_variable life_cv_;
   bool stop_requested_ = false;

@@ -296,7 +296,7 @@ inline std::optional<Runtime::FoundingContact> Runtime::listen_before_founding()
 }
 
 inline void Runtime::start() {
-  if (started_.load()) throw std::runtime_error("raft::Node::start called twice");
+  if (life_.load() != Lifecycle::New) throw std::runtime_error("raft::Node::start called twice");
   {
     std::lock_guard<std::mutex> lock(life_mu_);
     starting_ = true;
@@ -355,7 +355,7 @@ inline void Runtime::start() {
     core_.reset();
     throw;
   }
-  started_ = true;
+  life_ = Lifecycle::Running;
   for (const auto& [nid, addr] : cfg_.peers) addresses_[nid] = addr;
   writer_ = std::make_unique<StorageWriter>(*storage_);
   log(LogLevel::Info, "node " + cfg_.id + " at " + cfg_.address + " (peers on port " + std::to_string(host_.port + 1) +
@@ -430,8 +430,8 @@ inline void Runtime::read_snapshot_to_load(Store& into) const {
 
 inline void Runtime::join() {
   std::unique_lock<std::mutex> lock(life_mu_);
-  life_cv_.wait(lock, [&] { return stop_requested_ || stopped_.load(); });
-  bool must_stop = !stopped_.load();
+  life_cv_.wait(lock, [&] { return stop_requested_ || life_.load() == Lifecycle::Stopped; });
+  bool must_stop = life_.load() != Lifecycle::Stopped;
   lock.unlock();
   if (must_stop) stop();
 }
@@ -465,15 +465,16 @@ inline void Runtime::stop() {
       life_cv_.wait(lock, [&] { return !starting_; });
     }
   }
-  if (!started_.load() || stop_called_.exchange(true)) {
-    if (started_.load()) {
+  Lifecycle was = Lifecycle::Running;
+  if (!life_.compare_exchange_strong(was, Lifecycle::Leaving)) {
+    if (was != Lifecycle::New) {  // another stop() is under way or done
       std::unique_lock<std::mutex> lock(life_mu_);
-      life_cv_.wait(lock, [&] { return stopped_.load(); });
+      life_cv_.wait(lock, [&] { return life_.load() == Lifecycle::Stopped; });
     }
     return;
   }
   leave();  // while every thread still runs: the successor's term must reach us
-  stopping_ = true;
+  life_ = Lifecycle::Stopping;
   log(LogLevel::Info, "stopping");
   wake_poll();
   wake_peers();
@@ -498,9 +499,9 @@ inline void Runtime::stop() {
     if (t->joinable()) t->join();
   {
     std::lock_guard<std::mutex> lock(core_mu_);  // a drive() in progress finishes first
-    halted_ = true;
+    life_ = Lifecycle::Halted;
   }
-  if (writer_) writer_->stop();  // its last callbacks see halted_ and send nothing
+  if (writer_) writer_->stop();  // its last callbacks see Halted and send nothing
   {
     // Stopped, not destroyed: another thread may still hold a pointer (freed in ~Runtime).
     std::lock_guard<std::mutex> lock(links_mu_);
@@ -528,7 +529,7 @@ inline void Runtime::stop() {
   peers_in_.clear();
   {
     std::lock_guard<std::mutex> lock(life_mu_);
-    stopped_ = true;
+    life_ = Lifecycle::Stopped;
     life_cv_.notify_all();
   }
 }

@@ -21,7 +21,7 @@ inline void Runtime::log_refused(const std::string& why) {
 
 // Called with core_mu_ held after every input to the core.
 inline void Runtime::drive() {
-  if (failed_ || halted_) return;
+  if (failed_ || halted_or_later()) return;
   while (core_->has_ready()) {
     Ready rd = core_->ready();
     if (rd.persist.seq != 0) {
@@ -78,7 +78,7 @@ inline void Runtime::drive() {
 }
 
 inline void Runtime::on_persisted(std::uint64_t seq, bool ok, std::vector<Message> after) {
-  if (halted_) return;
+  if (halted_or_later()) return;
 #ifdef RAFT_MUTANT_ACK_BEFORE_FSYNC_VERDICT
   for (const auto& m : after) send_peer(m);  // mutant: the promises leave before the verdict
 #endif
@@ -102,7 +102,7 @@ inline void Runtime::on_persisted(std::uint64_t seq, bool ok, std::vector<Messag
 inline void Runtime::load_received_snapshot(ReceivedSnapshot received) {
   writer_->submit_load_received(std::move(received),
                                 [this](bool ok, std::shared_ptr<Snapshot> snapshot, std::string problem) {
-                                  if (halted_) return;
+                                  if (halted_or_later()) return;
                                   if (!ok) {
                                     storage_failed(storage_->failure());
                                     return;
@@ -150,12 +150,12 @@ inline void Runtime::ticker_loop() {
   const auto period = std::chrono::microseconds(static_cast<long long>(cfg_.tick_ms * 1000 * cfg_.time_scale));
   auto next = std::chrono::steady_clock::now() + period;
   int ticks = 0;
-  while (!stopping_) {
+  while (!stopping_or_later()) {
     {
       std::unique_lock<std::mutex> lock(life_mu_);
-      life_cv_.wait_until(lock, next, [&] { return stopping_.load(); });
+      life_cv_.wait_until(lock, next, [&] { return stopping_or_later(); });
     }
-    if (stopping_) break;
+    if (stopping_or_later()) break;
     next += period;
     auto now = std::chrono::steady_clock::now();
     if (next < now) next = now + period;  // we were paused (SIGSTOP): do not catch up in a burst

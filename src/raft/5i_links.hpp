@@ -13,7 +13,7 @@ inline void Runtime::send_peer(const Message& m) {
 }
 
 inline PeerLink* Runtime::link_for(const NodeId& id) {
-  if (halted_) return nullptr;
+  if (halted_or_later()) return nullptr;
   std::lock_guard<std::mutex> lock(links_mu_);
   auto it = links_.find(id);
   if (it != links_.end()) return it->second.get();

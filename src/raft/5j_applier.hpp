@@ -11,8 +11,8 @@ inline void Runtime::apply_loop() {
   while (true) {
     {
       std::unique_lock<std::mutex> lock(apply_mu_);
-      apply_cv_.wait_until(lock, next_expiry, [&] { return stopping_ || !apply_q_.empty(); });
-      if (stopping_) return;
+      apply_cv_.wait_until(lock, next_expiry, [&] { return stopping_or_later() || !apply_q_.empty(); });
+      if (stopping_or_later()) return;
       items.swap(apply_q_);
     }
     // The leader's background expiry lives here, beside the data, so that a slow handler or
@@ -45,103 +45,110 @@ inline void Runtime::apply_loop() {
   }
 }
 
-// One item of the apply queue, on the apply thread.
+// One item of the apply queue, on the apply thread: each kind has its own function.
 inline void Runtime::apply_item(ApplyItem& item) {
   switch (item.kind) {
-    case ApplyItem::Restore: {
-      Store fresh;
-      SnapshotMeta meta = item.snapshot->meta;  // checked to be what the text says
-      std::string error;
-      bool parsed = false;
-      {
-        std::lock_guard<std::mutex> lock(checked_mu_);
-        if (checked_snapshot_ && checked_snapshot_->first == EntryId{meta.index, meta.term}) {
-          fresh = std::move(checked_snapshot_->second);
-          parsed = true;
-        }
-        checked_snapshot_.reset();
-      }
-      if (!parsed && !Store::read_snapshot(item.snapshot->data, fresh, meta, error)) {
-        log(LogLevel::Error, "snapshot from the leader at index " + std::to_string(item.snapshot->meta.index) +
-                                 " is unreadable (" + error + "): stopping the apply loop");
-        fatal_ = true;
-        break;
-      }
-      {
-        std::lock_guard<std::mutex> lock(data_mu_);
-        store_ = std::move(fresh);
-        keys_ = store_.size();
-        used_memory_ = store_.used_memory();
-      }
-      // The stamp first: a read served on the poll thread that sees the new index must
-      // not judge expiry by an older time.
-      applied_timestamp_ = std::max(applied_timestamp_.load(), meta.timestamp_ms);
-      applied_ = item.snapshot->meta.index;
-      {
-        // Writes proposed at or below the snapshot (a deposed leader's) are decided in
-        // it, unknown to us which way.
-        std::vector<std::uint64_t> gone;
-        {
-          std::lock_guard<std::mutex> lock(req_mu_);
-          while (!write_by_index_.empty() && write_by_index_.begin()->first.first <= applied_) {
-            gone.push_back(write_by_index_.begin()->second);
-            write_by_index_.erase(write_by_index_.begin());
-          }
-        }
-        for (std::uint64_t id : gone)
-          finish_request(id, Reply::error("TIMEOUT this node lost leadership before the write was known "
-                                          "committed; its outcome is unknown"),
-                         ForwardStatus::Unknown);
-      }
-      log(LogLevel::Info, "installed a snapshot at index " + std::to_string(applied_.load()));
-      serve_reads();
-      break;
-    }
+    case ApplyItem::Restore: restore_snapshot(*item.snapshot); break;
     case ApplyItem::Entry:
       if (item.entry.index > applied_) apply_entry(item.entry);
       break;
-    case ApplyItem::Read: {
-      const ReadState& rs = item.read;
-      if (!rs.ok) {
-        finish_request(rs.request_id,
-                       Reply::error("TRYAGAIN could not confirm leadership for a linearizable read: no leader "
-                                    "reachable or no majority (READONLY allows stale local reads)"));
-      } else {
-        reads_by_index_.emplace(rs.index, rs);
-        serve_reads();
-      }
-      break;
-    }
-    case ApplyItem::Aborted: {
-      std::uint64_t rid = 0;
-      {
-        std::lock_guard<std::mutex> lock(req_mu_);
-        auto it = write_by_index_.find({item.id.index, item.id.term});
-        if (it != write_by_index_.end()) {
-          rid = it->second;
-          write_by_index_.erase(it);
-        }
-      }
-      if (rid)
-        finish_request(rid, Reply::error("TIMEOUT the write was not committed in time (leader change or no "
-                                         "majority); it may still be applied later"),
-                       ForwardStatus::Unknown);
-      break;
-    }
-    case ApplyItem::RoleChanged:
-      if (item.role.role == Role::Follower && on_follower_) on_follower_(node_);
-      if ((item.role.role == Role::Candidate || item.role.role == Role::PreCandidate) && on_candidate_)
-        on_candidate_(node_);
-      break;
-    case ApplyItem::LeaderReady:
-      log(LogLevel::Info, "leading term " + std::to_string(item.term) + " (first entry committed)");
-      if (on_leader_) on_leader_(node_, item.term);
-      break;
+    case ApplyItem::Read: apply_read_state(item.read); break;
+    case ApplyItem::Aborted: answer_aborted_write(item.id); break;
+    case ApplyItem::RoleChanged: run_role_callbacks(item.role); break;
+    case ApplyItem::LeaderReady: run_leader_callback(item.term); break;
     case ApplyItem::SnapshotWanted:
-    case ApplyItem::Checkpoint:
-      take_snapshot(item.request);
-      break;
+    case ApplyItem::Checkpoint: take_snapshot(item.request); break;
   }
+}
+
+// Replaces the store with a snapshot's (installed by the core: the leader sent it). The
+// writer thread may have parsed it already, when it checked it (checked_snapshot_).
+inline void Runtime::restore_snapshot(const Snapshot& snapshot) {
+  Store fresh;
+  SnapshotMeta meta = snapshot.meta;  // checked to be what the text says
+  std::string error;
+  bool parsed = false;
+  {
+    std::lock_guard<std::mutex> lock(checked_mu_);
+    if (checked_snapshot_ && checked_snapshot_->first == EntryId{meta.index, meta.term}) {
+      fresh = std::move(checked_snapshot_->second);
+      parsed = true;
+    }
+    checked_snapshot_.reset();
+  }
+  if (!parsed && !Store::read_snapshot(snapshot.data, fresh, meta, error)) {
+    log(LogLevel::Error, "snapshot from the leader at index " + std::to_string(snapshot.meta.index) +
+                             " is unreadable (" + error + "): stopping the apply loop");
+    fatal_ = true;
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(data_mu_);
+    store_ = std::move(fresh);
+    keys_ = store_.size();
+    used_memory_ = store_.used_memory();
+  }
+  // The stamp first: a read served on the poll thread that sees the new index must
+  // not judge expiry by an older time.
+  applied_timestamp_ = std::max(applied_timestamp_.load(), meta.timestamp_ms);
+  applied_ = snapshot.meta.index;
+  {
+    // Writes proposed at or below the snapshot (a deposed leader's) are decided in
+    // it, unknown to us which way.
+    std::vector<std::uint64_t> gone;
+    {
+      std::lock_guard<std::mutex> lock(req_mu_);
+      while (!write_by_index_.empty() && write_by_index_.begin()->first.first <= applied_) {
+        gone.push_back(write_by_index_.begin()->second);
+        write_by_index_.erase(write_by_index_.begin());
+      }
+    }
+    for (std::uint64_t id : gone)
+      finish_request(id, Reply::error("TIMEOUT this node lost leadership before the write was known "
+                                      "committed; its outcome is unknown"),
+                     ForwardStatus::Unknown);
+  }
+  log(LogLevel::Info, "installed a snapshot at index " + std::to_string(applied_.load()));
+  serve_reads();
+}
+
+// A linearizable read's index, confirmed by the core (or not): served once applied reaches it.
+inline void Runtime::apply_read_state(const ReadState& rs) {
+  if (!rs.ok) {
+    finish_request(rs.request_id,
+                   Reply::error("TRYAGAIN could not confirm leadership for a linearizable read: no leader "
+                                "reachable or no majority (READONLY allows stale local reads)"));
+    return;
+  }
+  reads_by_index_.emplace(rs.index, rs);
+  serve_reads();
+}
+
+// The core gave up on a proposal (this node stopped leading before it committed).
+inline void Runtime::answer_aborted_write(EntryId id) {
+  std::uint64_t rid = 0;
+  {
+    std::lock_guard<std::mutex> lock(req_mu_);
+    auto it = write_by_index_.find({id.index, id.term});
+    if (it != write_by_index_.end()) {
+      rid = it->second;
+      write_by_index_.erase(it);
+    }
+  }
+  if (rid)
+    finish_request(rid, Reply::error("TIMEOUT the write was not committed in time (leader change or no "
+                                     "majority); it may still be applied later"),
+                   ForwardStatus::Unknown);
+}
+
+inline void Runtime::run_role_callbacks(const RoleChange& change) {
+  if (change.role == Role::Follower && on_follower_) on_follower_(node_);
+  if ((change.role == Role::Candidate || change.role == Role::PreCandidate) && on_candidate_) on_candidate_(node_);
+}
+
+inline void Runtime::run_leader_callback(std::uint64_t term) {
+  log(LogLevel::Info, "leading term " + std::to_string(term) + " (first entry committed)");
+  if (on_leader_) on_leader_(node_, term);
 }
 
 inline void Runtime::apply_entry(const LogEntry& e) {
@@ -385,8 +392,8 @@ inline void Runtime::snapshot_loop() {
     std::uint64_t request = 0;
     {
       std::unique_lock<std::mutex> lock(snap_mu_);
-      snap_cv_.wait(lock, [&] { return stopping_ || snap_job_.has_value(); });
-      if (stopping_) return;
+      snap_cv_.wait(lock, [&] { return stopping_or_later() || snap_job_.has_value(); });
+      if (stopping_or_later()) return;
       job = std::move(*snap_job_);
       snap_job_.reset();
       request = snap_request_;

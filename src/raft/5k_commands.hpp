@@ -47,7 +47,8 @@ inline std::future<Reply> Runtime::execute_async(std::vector<std::string> words)
     promise->set_value(Reply::error("ERR execute() called from a handler or callback would wait for itself"));
     return f;
   }
-  if (!started_ || stopping_) {
+  const Lifecycle now = life_.load();
+  if (now != Lifecycle::Running && now != Lifecycle::Leaving) {
     promise->set_value(Reply::error("ERR the node is not running"));
     return f;
   }
@@ -162,7 +163,7 @@ inline void Runtime::flush_batched(Batch& batch) {
   std::uint64_t term = 0;
   {
     std::lock_guard<std::mutex> lock(core_mu_);
-    if (halted_ || stopping_) {
+    if (stopping_or_later()) {
       // stop() is answering what is registered; nothing new starts.
       for (auto& w : batch.writes)
         refused.push_back({w.caller, Reply::error("ERR the node is stopping; the command was not run"),

@@ -110,7 +110,7 @@ inline void Runtime::poll_loop() {
   std::vector<pollfd> fds;
   std::vector<std::uint64_t> owner;  // client connection id, or 0
   auto last_expiry = std::chrono::steady_clock::now();
-  while (!stopping_) {
+  while (!stopping_or_later()) {
     fds.clear();
     owner.clear();
     bool accepting = std::chrono::steady_clock::now() >= accept_paused_until_;
@@ -125,7 +125,7 @@ inline void Runtime::poll_loop() {
       owner.push_back(id);
     }
     int n = ::poll(fds.data(), fds.size(), 100);
-    if (stopping_) break;
+    if (stopping_or_later()) break;
     if (n < 0) {
       if (errno != EINTR) log(LogLevel::Error, "poll: " + errno_text(errno));
       continue;

@@ -25,7 +25,7 @@ inline void Runtime::peer_loop() {
   flush_batched(peer_batch_);
   std::vector<pollfd> fds;
   auto last_expiry = std::chrono::steady_clock::now();
-  while (!stopping_) {
+  while (!stopping_or_later()) {
     fds.clear();
     const bool accepting = std::chrono::steady_clock::now() >= peer_accept_paused_until_;
     fds.push_back(pollfd{peer_wake_pipe_[0], POLLIN, 0});
@@ -33,7 +33,7 @@ inline void Runtime::peer_loop() {
     for (auto& [fd, p] : peers_in_)
       fds.push_back(pollfd{fd, p->tls.events(static_cast<short>((p->close_after_flush ? 0 : POLLIN) | (p->wire.empty() ? 0 : POLLOUT))), 0});
     int n = ::poll(fds.data(), fds.size(), 100);
-    if (stopping_) break;
+    if (stopping_or_later()) break;
     if (n < 0) {
       if (errno != EINTR) log(LogLevel::Error, "poll (peers): " + errno_text(errno));
       continue;
@@ -366,7 +366,7 @@ inline void Runtime::joiner_loop() {
   }
   std::string moved;
   std::size_t next = 0;
-  while (!stopping_) {
+  while (!stopping_or_later()) {
     {
       // Until a committed configuration names us: an entry adding us that a new leader never
       // had is cut again, and then nobody would contact us.
@@ -409,7 +409,7 @@ inline void Runtime::joiner_loop() {
             outcome = "redirected to " + moved;
             ::close(fd);
             std::unique_lock<std::mutex> lock(life_mu_);  // no tight loop between two nodes
-            life_cv_.wait_for(lock, std::chrono::milliseconds(scaled(50)), [&] { return stopping_.load(); });
+            life_cv_.wait_for(lock, std::chrono::milliseconds(scaled(50)), [&] { return stopping_or_later(); });
             continue;
           } else {
             outcome = reply.str;
@@ -426,7 +426,7 @@ inline void Runtime::joiner_loop() {
     }
     log(LogLevel::Info, "asked " + target + " to join: " + outcome);
     std::unique_lock<std::mutex> lock(life_mu_);
-    life_cv_.wait_for(lock, std::chrono::milliseconds(scaled(cfg_.join_retry_ms)), [&] { return stopping_.load(); });
+    life_cv_.wait_for(lock, std::chrono::milliseconds(scaled(cfg_.join_retry_ms)), [&] { return stopping_or_later(); });
   }
 }
 
