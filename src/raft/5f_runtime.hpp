@@ -351,6 +351,18 @@ class Runtime {
   void run_role_callbacks(const RoleChange& change);
   void run_leader_callback(std::uint64_t term);
   void apply_entry(const LogEntry& e);
+  // A command entry, decoded (see decode_command_entry).
+  struct EntryCommand {
+    std::vector<std::string> words;
+    const Command* command = nullptr;
+    bool forwarded = false;
+    SessionTable::Key session;  // a forwarded write's, with its seq and lowest
+    std::uint64_t seq = 0, lowest = 0;
+  };
+  bool decode_command_entry(const LogEntry& e, EntryCommand& out);
+  bool apply_command(const LogEntry& e, Reply& reply, ForwardStatus& status);
+  bool run_forwarded_write(const LogEntry& e, const EntryCommand& c, Reply& reply, ForwardStatus& status);
+  void answer_writes_at(const LogEntry& e, const Reply& reply, ForwardStatus status);
   bool run_write(const LogEntry& e, const Command& cmd, const std::vector<std::string>& words, Reply& reply);
   void serve_reads();
   void expire_waiting_reads();

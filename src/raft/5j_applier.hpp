@@ -154,92 +154,113 @@ inline void Runtime::run_leader_callback(std::uint64_t term) {
 inline void Runtime::apply_entry(const LogEntry& e) {
   Reply reply;
   ForwardStatus status = ForwardStatus::Done;  // for a forwarded write: what its reply means to the follower
-  if (e.type == EntryType::Command) {
-    // Without limits: the entry was checked against the command limits before it was
-    // appended (by whichever node and version), and a committed entry must always apply.
-    resp::Limits unlimited;
-    unlimited.max_bulk_length = unlimited.max_multibulk_length = unlimited.max_inline_length =
-        std::numeric_limits<std::size_t>::max();
-    resp::RequestParser parser(unlimited);
-    parser.feed(e.payload);
-    std::vector<std::string> words;
-    if (parser.next(words) != resp::Status::Ok || words.empty()) {
-      log(LogLevel::Error, "log entry " + std::to_string(e.index) + " is not a command: stopping the apply loop");
-      fatal_ = true;
-      return;
-    }
-    // A forwarded write: __fwd node server_id nonce seq lowest word...
-    const bool forwarded = words[0] == kForwardedCommand;
-    SessionTable::Key session;
-    std::uint64_t seq = 0, lowest = 0;
-    if (forwarded) {
-      if (words.size() < 7 || !parse_number(words[3], session.nonce) || !parse_number(words[4], seq) ||
-          !parse_number(words[5], lowest)) {
-        log(LogLevel::Error, "log entry " + std::to_string(e.index) + " is a malformed forwarded write: stopping the "
-                             "apply loop");
-        fatal_ = true;
-        return;
-      }
-      session.node = std::move(words[1]);
-      session.server_id = std::move(words[2]);
-      words.erase(words.begin(), words.begin() + 6);
-    }
-    auto h = handlers_.find(words[0]);
-    if (h == handlers_.end() || !h->second.is_write()) {
-      // Never skipped: every node must apply the same sequence.
-      log(LogLevel::Error, "log entry " + std::to_string(e.index) + " names command '" + words[0] +
-                               "', which this node has no write handler for: stopping the apply loop (an entry is "
-                               "never skipped: every node applies the same ones). Either this node's handlers differ "
-                               "from those of the node that proposed it (start this node with the same handlers as "
-                               "the rest of the cluster), or a newer version of raft.hpp wrote the entry (run that "
-                               "version here too).");
-      fatal_ = true;
-      return;
-    }
-    std::lock_guard<std::mutex> lock(data_mu_);
-    store_.sessions().observe(e.timestamp_ms);  // session time follows every command entry
-    if (!forwarded) {
-      if (!run_write(e, h->second, words, reply)) return;
-    } else {
-      std::string kept;
-      switch (store_.sessions().begin(session, seq, lowest, e.timestamp_ms, kept)) {
-        case SessionTable::Verdict::Apply: {
-          if (!run_write(e, h->second, words, reply)) return;
-          std::string encoded;
-          resp::write(encoded, reply, 3);
-          store_.sessions().record(session, seq, std::move(encoded));
-          break;
-        }
-        case SessionTable::Verdict::Duplicate:
-#ifdef RAFT_MUTANT_FORWARD_APPLIED_TWICE
-          // mutant: a copy of a forwarded write runs again
-          if (!run_write(e, h->second, words, reply)) return;
-          break;
-#endif
-          if (!decode_reply(kept, reply)) reply = Reply::error("ERR the reply kept for this write cannot be read");
-          break;
-        case SessionTable::Verdict::Stale:
-          reply = Reply::error("TIMEOUT the leader no longer keeps this forwarded write's reply (it ran, or its node "
-                               "gave up on it, earlier); its outcome is unknown");
-          break;
-        case SessionTable::Verdict::Full:
-          // Not run at this entry; but another copy of it may be appended (the follower sent
-          // it again) and run once sessions expire. So the follower decides, as for any write
-          // the leader did not run, whether it can say "not run" (NotRun, not Done).
-          reply = Reply::error("TRYAGAIN the leader remembers too many nodes' forwarded writes at once; the write "
-                               "was not run");
-          status = ForwardStatus::NotRun;
-          break;
-      }
-    }
-    keys_ = store_.size();
-    store_.settle_memory();
-    used_memory_ = store_.used_memory();
-  }
+  if (e.type == EntryType::Command && !apply_command(e, reply, status)) return;  // fatal_: stops here
   applied_timestamp_ = std::max(applied_timestamp_.load(), e.timestamp_ms);
   applied_ = e.index;
-  // The write proposed at this index in this term gets the handler's reply; one proposed
-  // here in another term lost its place to another leader's entry.
+  answer_writes_at(e, reply, status);
+  if (!reads_by_index_.empty() && reads_by_index_.begin()->first <= e.index) serve_reads();
+}
+
+// A command entry's words; for a forwarded write (__fwd node server_id nonce seq lowest
+// word...) also its session, and the words without the wrapping. False, with fatal_ set, if
+// this node cannot apply the entry.
+inline bool Runtime::decode_command_entry(const LogEntry& e, EntryCommand& out) {
+  // Without limits: the entry was checked against the command limits before it was
+  // appended (by whichever node and version), and a committed entry must always apply.
+  resp::Limits unlimited;
+  unlimited.max_bulk_length = unlimited.max_multibulk_length = unlimited.max_inline_length =
+      std::numeric_limits<std::size_t>::max();
+  resp::RequestParser parser(unlimited);
+  parser.feed(e.payload);
+  std::vector<std::string>& words = out.words;
+  if (parser.next(words) != resp::Status::Ok || words.empty()) {
+    log(LogLevel::Error, "log entry " + std::to_string(e.index) + " is not a command: stopping the apply loop");
+    fatal_ = true;
+    return false;
+  }
+  out.forwarded = words[0] == kForwardedCommand;
+  if (out.forwarded) {
+    if (words.size() < 7 || !parse_number(words[3], out.session.nonce) || !parse_number(words[4], out.seq) ||
+        !parse_number(words[5], out.lowest)) {
+      log(LogLevel::Error, "log entry " + std::to_string(e.index) + " is a malformed forwarded write: stopping the "
+                           "apply loop");
+      fatal_ = true;
+      return false;
+    }
+    out.session.node = std::move(words[1]);
+    out.session.server_id = std::move(words[2]);
+    words.erase(words.begin(), words.begin() + 6);
+  }
+  auto h = handlers_.find(words[0]);
+  if (h == handlers_.end() || !h->second.is_write()) {
+    // Never skipped: every node must apply the same sequence.
+    log(LogLevel::Error, "log entry " + std::to_string(e.index) + " names command '" + words[0] +
+                             "', which this node has no write handler for: stopping the apply loop (an entry is "
+                             "never skipped: every node applies the same ones). Either this node's handlers differ "
+                             "from those of the node that proposed it (start this node with the same handlers as "
+                             "the rest of the cluster), or a newer version of raft.hpp wrote the entry (run that "
+                             "version here too).");
+    fatal_ = true;
+    return false;
+  }
+  out.command = &h->second;
+  return true;
+}
+
+// Runs a command entry on the store. False if the apply loop must stop (fatal_ is set).
+inline bool Runtime::apply_command(const LogEntry& e, Reply& reply, ForwardStatus& status) {
+  EntryCommand c;
+  if (!decode_command_entry(e, c)) return false;
+  std::lock_guard<std::mutex> lock(data_mu_);
+  store_.sessions().observe(e.timestamp_ms);  // session time follows every command entry
+  if (!(c.forwarded ? run_forwarded_write(e, c, reply, status) : run_write(e, *c.command, c.words, reply)))
+    return false;
+  keys_ = store_.size();
+  store_.settle_memory();
+  used_memory_ = store_.used_memory();
+  return true;
+}
+
+// A forwarded write (data_mu_ held): runs unless the replicated session table has seen it.
+// False if the apply loop must stop.
+inline bool Runtime::run_forwarded_write(const LogEntry& e, const EntryCommand& c, Reply& reply,
+                                         ForwardStatus& status) {
+  std::string kept;
+  switch (store_.sessions().begin(c.session, c.seq, c.lowest, e.timestamp_ms, kept)) {
+    case SessionTable::Verdict::Apply: {
+      if (!run_write(e, *c.command, c.words, reply)) return false;
+      std::string encoded;
+      resp::write(encoded, reply, 3);
+      store_.sessions().record(c.session, c.seq, std::move(encoded));
+      break;
+    }
+    case SessionTable::Verdict::Duplicate:
+#ifdef RAFT_MUTANT_FORWARD_APPLIED_TWICE
+      // mutant: a copy of a forwarded write runs again
+      if (!run_write(e, *c.command, c.words, reply)) return false;
+      break;
+#endif
+      if (!decode_reply(kept, reply)) reply = Reply::error("ERR the reply kept for this write cannot be read");
+      break;
+    case SessionTable::Verdict::Stale:
+      reply = Reply::error("TIMEOUT the leader no longer keeps this forwarded write's reply (it ran, or its node "
+                           "gave up on it, earlier); its outcome is unknown");
+      break;
+    case SessionTable::Verdict::Full:
+      // Not run at this entry; but another copy of it may be appended (the follower sent
+      // it again) and run once sessions expire. So the follower decides, as for any write
+      // the leader did not run, whether it can say "not run" (NotRun, not Done).
+      reply = Reply::error("TRYAGAIN the leader remembers too many nodes' forwarded writes at once; the write "
+                           "was not run");
+      status = ForwardStatus::NotRun;
+      break;
+  }
+  return true;
+}
+
+// The write proposed at this index in this term gets the handler's reply; one proposed
+// here in another term lost its place to another leader's entry.
+inline void Runtime::answer_writes_at(const LogEntry& e, const Reply& reply, ForwardStatus status) {
   std::vector<std::pair<std::uint64_t, bool>> answered;
   {
     std::lock_guard<std::mutex> lock(req_mu_);
@@ -257,7 +278,6 @@ inline void Runtime::apply_entry(const LogEntry& e) {
                                        "applied"),
                      ForwardStatus::NotRun);
   }
-  if (!reads_by_index_.empty() && reads_by_index_.begin()->first <= e.index) serve_reads();
 }
 
 // Runs a write handler on the store (data_mu_ held). A std::exception other than
