@@ -231,6 +231,18 @@ class Runtime {
 
   // startup
   void open_storage();
+  // What opening the data directory gathers for the core (open_storage).
+  struct OpenedStorage {
+    CoreState st;
+    std::shared_ptr<Snapshot> snapshot;
+    Store loaded;               // -l
+    bool load = false;          // save `loaded` as the first snapshot
+    bool told_to_wait = false;  // contacted while listening before founding: logged already
+  };
+  void reopen_storage(const StorageOptions& so, OpenedStorage& o);
+  void create_storage(const StorageOptions& so, OpenedStorage& o);
+  void restore_recovered_snapshot(Snapshot& snapshot);
+  void make_core(CoreState st, bool told_to_wait);
   // A member of an existing cluster that said HELLO to this address while it listened
   // before founding (listen_before_founding).
   struct FoundingContact {

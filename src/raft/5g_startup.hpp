@@ -45,104 +45,119 @@ inline void Runtime::open_storage() {
   so.segment_bytes = cfg_.segment_bytes;
   so.fsync_hook = cfg_.fsync_hook;
   so.warn = [this](const std::string& line) { log(LogLevel::Warning, line); };
-  CoreState st;
-  std::shared_ptr<Snapshot> snapshot;
-  Store loaded;       // -l
-  bool load = false;  // save `loaded` as the first snapshot
-  bool told_to_wait = false;
-  if (Storage::exists(cfg_.data_dir)) {
-    Recovered rec;
-    storage_ = std::make_unique<Storage>(Storage::open(so, rec));
-    identity_ = rec.identity;
-    if (identity_.node_id != cfg_.id)
-      throw std::runtime_error("data directory " + cfg_.data_dir + " belongs to node '" + identity_.node_id +
-                               "', not '" + cfg_.id + "': pass that id with -i, or another directory with -d");
-    for (const auto& note : rec.notes) log(LogLevel::Warning, "recovery: " + note);
+  OpenedStorage o;
+  if (Storage::exists(cfg_.data_dir))
+    reopen_storage(so, o);
+  else
+    create_storage(so, o);
+  if (o.load) load_first_snapshot(o.loaded, o.snapshot, o.st);
+  o.st.initial_config = identity_.initial_config;
+  if (o.snapshot) {
+    restore_recovered_snapshot(*o.snapshot);
+    o.st.snapshot = o.snapshot;
+  }
+  make_core(std::move(o.st), o.told_to_wait);
+}
+
+// An existing data directory: recovers it; -l loads only into a founder's unused directory.
+inline void Runtime::reopen_storage(const StorageOptions& so, OpenedStorage& o) {
+  Recovered rec;
+  storage_ = std::make_unique<Storage>(Storage::open(so, rec));
+  identity_ = rec.identity;
+  if (identity_.node_id != cfg_.id)
+    throw std::runtime_error("data directory " + cfg_.data_dir + " belongs to node '" + identity_.node_id +
+                             "', not '" + cfg_.id + "': pass that id with -i, or another directory with -d");
+  for (const auto& note : rec.notes) log(LogLevel::Warning, "recovery: " + note);
 #ifdef RAFT_MUTANT_LOAD_ONLY_INTO_NEW_DIRECTORY
-    load = false;  // mutant: -l is ignored once the directory exists, even if nothing was loaded
+  o.load = false;  // mutant: -l is ignored once the directory exists, even if nothing was loaded
 #else
-    load = !cfg_.load_snapshot.empty() && unused_founder_directory(rec);
+  o.load = !cfg_.load_snapshot.empty() && unused_founder_directory(rec);
 #endif
-    if (load) read_snapshot_to_load(loaded);
-    st.hard_state = rec.hard_state;
-    st.entries = std::move(rec.entries);
-    if (rec.snapshot) snapshot = std::make_shared<Snapshot>(std::move(*rec.snapshot));
-    log(LogLevel::Info, "restarting from " + cfg_.data_dir + ": term " + std::to_string(rec.hard_state.term) + ", " +
-                            std::to_string(st.entries.size()) + " log entries after " +
-                            (snapshot ? "a snapshot at index " + std::to_string(snapshot->meta.index) : "no snapshot"));
-    if (load)
-      log(LogLevel::Info, "the last start stopped between creating " + cfg_.data_dir +
-                              " and saving the snapshot given with -l; loading it now");
-    else if (!cfg_.join.empty() || !cfg_.peers.empty() || !cfg_.load_snapshot.empty())
-      log(LogLevel::Info, "using the configuration persisted in " + cfg_.data_dir +
-                              "; the peer map and -l are ignored, and -e serves only to ask again to join until "
-                              "a committed configuration names this node");
-  } else {
-    // The snapshot to found the cluster with is read before the data directory exists: a
-    // file that cannot be loaded must not leave a directory behind that a retry would reuse.
-    if (!cfg_.load_snapshot.empty()) read_snapshot_to_load(loaded);
-    Identity id;
-    id.node_id = cfg_.id;
-    std::random_device rd;
-    id.server_id = hex64((static_cast<std::uint64_t>(rd()) << 32) ^ rd()) + hex64((static_cast<std::uint64_t>(rd()) << 32) ^ rd());
-    std::optional<FoundingContact> contact;
-    if (!cfg_.peers.empty()) {
-      // A static peer map: every node derives the same cluster id and configuration.
-      std::map<NodeId, std::string> all = cfg_.peers;
-      all[cfg_.id] = cfg_.address;
-      std::string text;
-      for (const auto& [nid, addr] : all) {
-        text += nid + "=" + addr + ";";
-        id.initial_config.upsert(Member{nid, addr, "", true});
-      }
-      id.cluster_id = hex64(fnv1a(text));
-    } else if (cfg_.join.empty()) {
+  if (o.load) read_snapshot_to_load(o.loaded);
+  o.st.hard_state = rec.hard_state;
+  o.st.entries = std::move(rec.entries);
+  if (rec.snapshot) o.snapshot = std::make_shared<Snapshot>(std::move(*rec.snapshot));
+  log(LogLevel::Info, "restarting from " + cfg_.data_dir + ": term " + std::to_string(rec.hard_state.term) + ", " +
+                          std::to_string(o.st.entries.size()) + " log entries after " +
+                          (o.snapshot ? "a snapshot at index " + std::to_string(o.snapshot->meta.index) : "no snapshot"));
+  if (o.load)
+    log(LogLevel::Info, "the last start stopped between creating " + cfg_.data_dir +
+                            " and saving the snapshot given with -l; loading it now");
+  else if (!cfg_.join.empty() || !cfg_.peers.empty() || !cfg_.load_snapshot.empty())
+    log(LogLevel::Info, "using the configuration persisted in " + cfg_.data_dir +
+                            "; the peer map and -l are ignored, and -e serves only to ask again to join until "
+                            "a committed configuration names this node");
+}
+
+// A new data directory: its identity (the static peer map's, a founder's, one contacted while
+// listening before founding, or a joiner's without a cluster id).
+inline void Runtime::create_storage(const StorageOptions& so, OpenedStorage& o) {
+  // The snapshot to found the cluster with is read before the data directory exists: a
+  // file that cannot be loaded must not leave a directory behind that a retry would reuse.
+  if (!cfg_.load_snapshot.empty()) read_snapshot_to_load(o.loaded);
+  Identity id;
+  id.node_id = cfg_.id;
+  std::random_device rd;
+  id.server_id = hex64((static_cast<std::uint64_t>(rd()) << 32) ^ rd()) + hex64((static_cast<std::uint64_t>(rd()) << 32) ^ rd());
+  std::optional<FoundingContact> contact;
+  if (!cfg_.peers.empty()) {
+    // A static peer map: every node derives the same cluster id and configuration.
+    std::map<NodeId, std::string> all = cfg_.peers;
+    all[cfg_.id] = cfg_.address;
+    std::string text;
+    for (const auto& [nid, addr] : all) {
+      text += nid + "=" + addr + ";";
+      id.initial_config.upsert(Member{nid, addr, "", true});
+    }
+    id.cluster_id = hex64(fnv1a(text));
+  } else if (cfg_.join.empty()) {
 #ifndef RAFT_MUTANT_FOUND_WITHOUT_LISTENING
-      contact = listen_before_founding();
+    contact = listen_before_founding();
 #endif
-      if (contact) {
-        id.cluster_id = contact->cluster_id;  // a member-to-be of that cluster, never a founder
-      } else {
-        // The founder: a cluster of one.
-        id.cluster_id = hex64((static_cast<std::uint64_t>(rd()) << 32) ^ rd());
-        id.initial_config.upsert(Member{cfg_.id, cfg_.address, id.server_id, true});
-        load = !cfg_.load_snapshot.empty();
-      }
-    }
-    storage_ = std::make_unique<Storage>(Storage::create(so, id));
-    identity_ = id;
     if (contact) {
-      told_to_wait = true;
-      log(LogLevel::Warning,
-          "node " + contact->node + " at " + contact->address + " of cluster " + contact->cluster_id +
-              " contacted this node's address while it listened before founding a cluster: the address belongs to "
-              "a member of that cluster, whose data directory was lost or wiped. Not founding a second cluster" +
-              (cfg_.load_snapshot.empty() ? std::string() : " (-l is ignored)") + ": this node waits in " +
-              cfg_.data_dir + " to be re-added to cluster " + contact->cluster_id +
-              ". To ask to rejoin, restart it with -e " + contact->address + " added to its command line: run_raft -i " +
-              cfg_.id + " -a " + cfg_.address + " -d " + cfg_.data_dir + " -e " + contact->address);
+      id.cluster_id = contact->cluster_id;  // a member-to-be of that cluster, never a founder
+    } else {
+      // The founder: a cluster of one.
+      id.cluster_id = hex64((static_cast<std::uint64_t>(rd()) << 32) ^ rd());
+      id.initial_config.upsert(Member{cfg_.id, cfg_.address, id.server_id, true});
+      o.load = !cfg_.load_snapshot.empty();
     }
   }
-  if (load) load_first_snapshot(loaded, snapshot, st);
-  st.initial_config = identity_.initial_config;
-  if (snapshot) {
-    std::string error;
-    SnapshotMeta meta;
-    Store restored;
-    if (!Store::read_snapshot(snapshot->data, restored, meta, error))
-      throw std::runtime_error("snapshot in " + cfg_.data_dir + " is unreadable: " + error);
-    std::uint64_t index = snapshot->meta.index, term = snapshot->meta.term;
-    snapshot->meta = meta;
-    if (meta.index != index || meta.term != term)
-      throw std::runtime_error("snapshot in " + cfg_.data_dir + " says index " + std::to_string(meta.index) +
-                               " but its file name says " + std::to_string(index));
-    store_ = std::move(restored);
-    keys_ = store_.size();
-    used_memory_ = store_.used_memory();
-    applied_ = meta.index;
-    applied_timestamp_ = meta.timestamp_ms;
-    st.snapshot = snapshot;
+  storage_ = std::make_unique<Storage>(Storage::create(so, id));
+  identity_ = id;
+  if (contact) {
+    o.told_to_wait = true;
+    log(LogLevel::Warning,
+        "node " + contact->node + " at " + contact->address + " of cluster " + contact->cluster_id +
+            " contacted this node's address while it listened before founding a cluster: the address belongs to "
+            "a member of that cluster, whose data directory was lost or wiped. Not founding a second cluster" +
+            (cfg_.load_snapshot.empty() ? std::string() : " (-l is ignored)") + ": this node waits in " +
+            cfg_.data_dir + " to be re-added to cluster " + contact->cluster_id +
+            ". To ask to rejoin, restart it with -e " + contact->address + " added to its command line: run_raft -i " +
+            cfg_.id + " -a " + cfg_.address + " -d " + cfg_.data_dir + " -e " + contact->address);
   }
+}
+
+// The snapshot the storage recovered becomes the store (checked against its file name).
+inline void Runtime::restore_recovered_snapshot(Snapshot& snapshot) {
+  std::string error;
+  SnapshotMeta meta;
+  Store restored;
+  if (!Store::read_snapshot(snapshot.data, restored, meta, error))
+    throw std::runtime_error("snapshot in " + cfg_.data_dir + " is unreadable: " + error);
+  std::uint64_t index = snapshot.meta.index, term = snapshot.meta.term;
+  snapshot.meta = meta;
+  if (meta.index != index || meta.term != term)
+    throw std::runtime_error("snapshot in " + cfg_.data_dir + " says index " + std::to_string(meta.index) +
+                             " but its file name says " + std::to_string(index));
+  store_ = std::move(restored);
+  keys_ = store_.size();
+  used_memory_ = store_.used_memory();
+  applied_ = meta.index;
+  applied_timestamp_ = meta.timestamp_ms;
+}
+
+inline void Runtime::make_core(CoreState st, bool told_to_wait) {
   CoreOptions options = core_options();
   // The store parsed to check a snapshot is the one restored: parsed once, on the writer
   // thread once it read the received file back (load_received_snapshot).
