@@ -9526,6 +9526,13 @@ class Runtime {
   std::int64_t now_ms() const { return cfg_.wall_clock ? cfg_.wall_clock() : wall_ms(); }
 
   // startup
+  void complete_config();
+  void open_listeners();
+  void start_threads();
+  void join_threads();
+  void stop_links();
+  void answer_what_is_left();
+  void close_connections();
   void open_storage();
   // What opening the data directory gathers for the core (open_storage).
   struct OpenedStorage {
@@ -10198,31 +10205,8 @@ inline void Runtime::start() {
       rt.life_cv_.notify_all();
     }
   } done{*this};
-  std::string problem = cfg_.validate();
-  if (!problem.empty()) throw std::runtime_error("raft::Config: " + problem);
-  limit_clients_to_descriptors();
-  std::string error;
-  parse_host_port(cfg_.address, host_, error);
-  if (cfg_.id.empty()) cfg_.id = cfg_.address;
-  if (cfg_.data_dir.empty()) {
-    std::string safe;
-    for (char c : cfg_.id) safe += (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_') ? c : '_';
-    cfg_.data_dir = "raft-" + safe + "-" + std::to_string(host_.port);
-  }
-#ifdef RAFT_OPENSSL_SUPPORT
-  if (!cfg_.tls_cert_file.empty()) {
-    tls_clients_ = TlsContext::load(cfg_, cfg_.tls_auth_clients, error);
-    if (tls_clients_) tls_peers_ = TlsContext::load(cfg_, TlsAuthClients::Yes, error);
-    if (!tls_peers_) throw std::runtime_error(error);
-  }
-#endif
-  client_fd_ = listen_tcp(host_.host, host_.port, error);
-  if (client_fd_ < 0) throw std::runtime_error(error);
-  peer_fd_ = listen_tcp(host_.host, host_.port + 1, error);
-  if (peer_fd_ < 0) {
-    ::close(client_fd_);
-    throw std::runtime_error(error);
-  }
+  complete_config();
+  open_listeners();
   try {
     if (::pipe2(wake_pipe_, O_CLOEXEC | O_NONBLOCK) != 0 || ::pipe2(peer_wake_pipe_, O_CLOEXEC | O_NONBLOCK) != 0 ||
         ::pipe2(stop_pipe_, O_CLOEXEC | O_NONBLOCK) != 0)
@@ -10257,6 +10241,45 @@ inline void Runtime::start() {
   if (open_to_loopback_only && !is_loopback_client(make_sockaddr(host_.host, host_.port)))
     log(LogLevel::Warning, "protected mode: the default user has no password, so only clients on the loopback "
                            "interface are served; set --requirepass (Config::requirepass) or --protected-mode no");
+  start_threads();
+}
+
+// Validates the configuration and fills in what it leaves to the node: the id, the directory.
+inline void Runtime::complete_config() {
+  std::string problem = cfg_.validate();
+  if (!problem.empty()) throw std::runtime_error("raft::Config: " + problem);
+  limit_clients_to_descriptors();
+  std::string error;
+  parse_host_port(cfg_.address, host_, error);
+  if (cfg_.id.empty()) cfg_.id = cfg_.address;
+  if (cfg_.data_dir.empty()) {
+    std::string safe;
+    for (char c : cfg_.id) safe += (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_') ? c : '_';
+    cfg_.data_dir = "raft-" + safe + "-" + std::to_string(host_.port);
+  }
+}
+
+// The TLS contexts (if configured) and the two listening sockets: clients' port and port + 1.
+inline void Runtime::open_listeners() {
+  std::string error;
+#ifdef RAFT_OPENSSL_SUPPORT
+  if (!cfg_.tls_cert_file.empty()) {
+    tls_clients_ = TlsContext::load(cfg_, cfg_.tls_auth_clients, error);
+    if (tls_clients_) tls_peers_ = TlsContext::load(cfg_, TlsAuthClients::Yes, error);
+    if (!tls_peers_) throw std::runtime_error(error);
+  }
+#endif
+  client_fd_ = listen_tcp(host_.host, host_.port, error);
+  if (client_fd_ < 0) throw std::runtime_error(error);
+  peer_fd_ = listen_tcp(host_.host, host_.port + 1, error);
+  if (peer_fd_ < 0) {
+    ::close(client_fd_);
+    throw std::runtime_error(error);
+  }
+}
+
+// The threads, then the first tick.
+inline void Runtime::start_threads() {
   apply_thread_ = std::thread([this] { apply_loop(); });
   snapshot_thread_ = std::thread([this] { snapshot_loop(); });
   poll_thread_ = std::thread([this] { poll_loop(); });
@@ -10272,8 +10295,6 @@ inline void Runtime::start() {
   }
 }
 
-// -l FILE: a snapshot file as a data directory holds it (with its header line), the bare
-// repr text, or pyraft's .dat layout.
 // Redis's adjustment of maxclients: never so many clients that storage or peers run out of
 // descriptors (the library reads the limit and never sets it: run_raft raises it).
 inline void Runtime::limit_clients_to_descriptors() {
@@ -10294,6 +10315,8 @@ inline void Runtime::limit_clients_to_descriptors() {
   }
 }
 
+// -l FILE: a snapshot file as a data directory holds it (with its header line), the bare
+// repr text, or pyraft's .dat layout.
 inline void Runtime::read_snapshot_to_load(Store& into) const {
   const std::string& path = cfg_.load_snapshot;
   std::string text;
@@ -10363,6 +10386,19 @@ inline void Runtime::stop() {
   }
   leave();  // while every thread still runs: the successor's term must reach us
   life_ = Lifecycle::Stopping;
+  join_threads();
+  stop_links();
+  answer_what_is_left();
+  close_connections();
+  {
+    std::lock_guard<std::mutex> lock(life_mu_);
+    life_ = Lifecycle::Stopped;
+    life_cv_.notify_all();
+  }
+}
+
+// Stopping: wakes every thread of this runtime, joins them, and halts the core's driving.
+inline void Runtime::join_threads() {
   log(LogLevel::Info, "stopping");
   wake_poll();
   wake_peers();
@@ -10390,13 +10426,17 @@ inline void Runtime::stop() {
     life_ = Lifecycle::Halted;
   }
   if (writer_) writer_->stop();  // its last callbacks see Halted and send nothing
-  {
-    // Stopped, not destroyed: another thread may still hold a pointer (freed in ~Runtime).
-    std::lock_guard<std::mutex> lock(links_mu_);
-    for (auto& [id, link] : links_) link->request_stop();  // all at once, then wait for each
-    for (auto& [id, link] : links_) link->stop();
-  }
-  // Everything still waiting gets an answer.
+}
+
+// Stopped, not destroyed: another thread may still hold a pointer (freed in ~Runtime).
+inline void Runtime::stop_links() {
+  std::lock_guard<std::mutex> lock(links_mu_);
+  for (auto& [id, link] : links_) link->request_stop();  // all at once, then wait for each
+  for (auto& [id, link] : links_) link->stop();
+}
+
+// Everything still waiting gets an answer.
+inline void Runtime::answer_what_is_left() {
   std::map<std::uint64_t, Request> left;
   {
     std::lock_guard<std::mutex> lock(req_mu_);
@@ -10405,6 +10445,9 @@ inline void Runtime::stop() {
   }
   for (auto& [rid, r] : left)
     if (r.promise) r.promise->set_value(Reply::error("TIMEOUT the node stopped before the command completed; its outcome is unknown"));
+}
+
+inline void Runtime::close_connections() {
   for (int* fd : {&client_fd_, &peer_fd_, &wake_pipe_[0], &wake_pipe_[1], &peer_wake_pipe_[0], &peer_wake_pipe_[1],
                   &stop_pipe_[0], &stop_pipe_[1]})
     if (*fd >= 0) {
@@ -10415,11 +10458,6 @@ inline void Runtime::stop() {
   clients_.clear();
   for (auto& [fd, p] : peers_in_) ::close(fd);
   peers_in_.clear();
-  {
-    std::lock_guard<std::mutex> lock(life_mu_);
-    life_ = Lifecycle::Stopped;
-    life_cv_.notify_all();
-  }
 }
 
 }  // namespace detail

@@ -230,6 +230,13 @@ class Runtime {
   std::int64_t now_ms() const { return cfg_.wall_clock ? cfg_.wall_clock() : wall_ms(); }
 
   // startup
+  void complete_config();
+  void open_listeners();
+  void start_threads();
+  void join_threads();
+  void stop_links();
+  void answer_what_is_left();
+  void close_connections();
   void open_storage();
   // What opening the data directory gathers for the core (open_storage).
   struct OpenedStorage {
