@@ -134,6 +134,10 @@ class PeerLink {
   // max_message_bytes of entries (1 MiB) unless one entry is larger; a snapshot chunk, 1 MiB.
   static constexpr std::size_t kSendBytes = std::size_t{256} << 10;
   void run();
+  int connect_to_peer(const std::string& addr, Tls& tls, PeerSession& next_session, std::string& error);
+  std::string take_batch();
+  bool reconnect(std::unique_lock<std::mutex>& lock, PeerSession& session, PeerSession& next_session, int& backoff_ms,
+                 bool& logged_failure);
 
   struct QueuedForward {
     std::string bytes;
