@@ -9406,27 +9406,26 @@ class Runtime {
 
   // A command waiting for its answer: from a client connection, execute(), or (on the
   // leader) a follower that forwarded it.
-  struct Request {
-    std::uint64_t conn = 0;
-    std::uint64_t op = 0;
-    std::shared_ptr<std::promise<Reply>> promise;
-    NodeId forward_from;             // a forwarded write: the follower,
-    std::uint64_t forward_seq = 0;   // its sequence number
-    std::uint64_t forward_nonce = 0;  // and session nonce
-    std::vector<std::string> words;  // a read, executed once applied...
-    std::chrono::steady_clock::time_point read_deadline{};  // ... or failed after this
-    EntryId entry;                   // a write, where it went
-  };
+  // Who waits for a command's reply: one of execute()'s promise, a client connection's op,
+  // or the follower that forwarded the write (FWDR on the link to it). finish() answers it.
   struct Caller {
     std::uint64_t conn = 0;
     std::uint64_t op = 0;
     std::shared_ptr<std::promise<Reply>> promise;
-    NodeId forward_from;
-    std::uint64_t forward_seq = 0;
-    std::uint64_t forward_nonce = 0;
+    NodeId forward_from;            // a forwarded write: the follower,
+    std::uint64_t forward_seq = 0;  // its sequence number
+    std::uint64_t forward_nonce = 0;  // and session nonce
     // The client's ACL user, which a forwarded write carries to the leader; empty: the
     // embedding program (execute()), which may run anything.
     std::string user;
+  };
+  // A command waiting in requests_ (under req_mu_) for something another thread does: a
+  // write to be applied, a read for its read index, a forward for the leader's answer.
+  struct Request {
+    Caller caller;
+    std::vector<std::string> words;  // a read, executed once applied...
+    std::chrono::steady_clock::time_point read_deadline{};  // ... or failed after this
+    EntryId entry;                   // a write, where it went
   };
   // A write this node forwarded to the leader, waiting for its answer (under fwd_mu_).
   struct Forward {
@@ -10448,7 +10447,7 @@ inline void Runtime::answer_what_is_left() {
     write_by_index_.clear();
   }
   for (auto& [rid, r] : left)
-    if (r.promise) r.promise->set_value(Reply::error("TIMEOUT the node stopped before the command completed; its outcome is unknown"));
+    if (r.caller.promise) r.caller.promise->set_value(Reply::error("TIMEOUT the node stopped before the command completed; its outcome is unknown"));
 }
 
 inline void Runtime::close_connections() {
@@ -11373,6 +11372,15 @@ inline std::uint64_t Runtime::add_request(Request r) {
   return id;
 }
 
+// How a command is answered, one path in three layers:
+//   finish(caller, reply)   the one way to answer, from any thread: execute()'s promise; the
+//                           follower that forwarded the write (FWDR on the link to it, with
+//                           `status`); or a client connection, through done_ and the poll thread.
+//   finish_request(id, ...) finish() for a command parked in requests_ (a write waiting to be
+//                           applied, a read for its index, a forward for the leader): takes it
+//                           out under req_mu_, so that exactly one answer goes out, then finish().
+//   complete_op(conn, op)   the poll thread's end of finish() for a client: the reply fills its
+//                           op's slot, and the replies next in the connection's order are written.
 inline void Runtime::finish(const Caller& caller, Reply reply, ForwardStatus status) {
   if (caller.promise) {
     caller.promise->set_value(std::move(reply));
@@ -11393,8 +11401,7 @@ inline void Runtime::finish_request(std::uint64_t id, Reply reply, ForwardStatus
     std::lock_guard<std::mutex> lock(req_mu_);
     auto it = requests_.find(id);
     if (it == requests_.end()) return;
-    caller = Caller{it->second.conn,         it->second.op,          std::move(it->second.promise),
-                    it->second.forward_from, it->second.forward_seq, it->second.forward_nonce, {}};
+    caller = std::move(it->second.caller);
     requests_.erase(it);
   }
   finish(caller, std::move(reply), status);
@@ -11444,9 +11451,7 @@ inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector
       return;
     }
     Request r;
-    r.conn = caller.conn;
-    r.op = caller.op;
-    r.promise = caller.promise;
+    r.caller = caller;
     push_apply(ApplyItem{ApplyItem::Checkpoint, nullptr, {}, {}, {}, {}, 0, add_request(std::move(r))});
     return;
   }
@@ -11502,9 +11507,7 @@ inline void Runtime::start_read(ClientConn* conn, const Caller& caller, std::vec
     return;
   }
   Request r;
-  r.conn = caller.conn;
-  r.op = caller.op;
-  r.promise = caller.promise;
+  r.caller = caller;
   r.words = words;
   r.read_deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(scaled(cfg_.read_timeout_ms) * 2);
   batch.reads.push_back(add_request(std::move(r)));
@@ -11540,12 +11543,7 @@ inline void Runtime::flush_batched(Batch& batch) {
       const bool forwarded_here = !w.caller.forward_from.empty();
       if (res.ok()) {
         Request r;
-        r.conn = w.caller.conn;
-        r.op = w.caller.op;
-        r.promise = w.caller.promise;
-        r.forward_from = w.caller.forward_from;
-        r.forward_seq = w.caller.forward_seq;
-        r.forward_nonce = w.caller.forward_nonce;
+        r.caller = w.caller;
         r.entry = res.id;
         std::lock_guard<std::mutex> rl(req_mu_);
         std::uint64_t id = next_request_++;
@@ -11915,9 +11913,7 @@ inline void Runtime::forward_writes(const NodeId& leader, std::uint64_t term, st
         continue;
       }
       Request r;
-      r.conn = w.caller.conn;
-      r.op = w.caller.op;
-      r.promise = w.caller.promise;
+      r.caller = w.caller;
       Forward f;
       f.request = add_request(std::move(r));
       f.command = std::move(w.payload);
@@ -12599,7 +12595,7 @@ inline void Runtime::serve_ready_reads() {
       auto it = requests_.find(rs.request_id);
       if (it == requests_.end()) continue;
       words = it->second.words;
-      conn = it->second.conn;
+      conn = it->second.caller.conn;
     }
     const auto client = clients_.find(conn);
     if (conn != 0 && (client == clients_.end() || client->second->kill)) {

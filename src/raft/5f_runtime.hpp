@@ -106,27 +106,26 @@ class Runtime {
 
   // A command waiting for its answer: from a client connection, execute(), or (on the
   // leader) a follower that forwarded it.
-  struct Request {
-    std::uint64_t conn = 0;
-    std::uint64_t op = 0;
-    std::shared_ptr<std::promise<Reply>> promise;
-    NodeId forward_from;             // a forwarded write: the follower,
-    std::uint64_t forward_seq = 0;   // its sequence number
-    std::uint64_t forward_nonce = 0;  // and session nonce
-    std::vector<std::string> words;  // a read, executed once applied...
-    std::chrono::steady_clock::time_point read_deadline{};  // ... or failed after this
-    EntryId entry;                   // a write, where it went
-  };
+  // Who waits for a command's reply: one of execute()'s promise, a client connection's op,
+  // or the follower that forwarded the write (FWDR on the link to it). finish() answers it.
   struct Caller {
     std::uint64_t conn = 0;
     std::uint64_t op = 0;
     std::shared_ptr<std::promise<Reply>> promise;
-    NodeId forward_from;
-    std::uint64_t forward_seq = 0;
-    std::uint64_t forward_nonce = 0;
+    NodeId forward_from;            // a forwarded write: the follower,
+    std::uint64_t forward_seq = 0;  // its sequence number
+    std::uint64_t forward_nonce = 0;  // and session nonce
     // The client's ACL user, which a forwarded write carries to the leader; empty: the
     // embedding program (execute()), which may run anything.
     std::string user;
+  };
+  // A command waiting in requests_ (under req_mu_) for something another thread does: a
+  // write to be applied, a read for its read index, a forward for the leader's answer.
+  struct Request {
+    Caller caller;
+    std::vector<std::string> words;  // a read, executed once applied...
+    std::chrono::steady_clock::time_point read_deadline{};  // ... or failed after this
+    EntryId entry;                   // a write, where it went
   };
   // A write this node forwarded to the leader, waiting for its answer (under fwd_mu_).
   struct Forward {

@@ -564,7 +564,7 @@ inline void Runtime::answer_what_is_left() {
     write_by_index_.clear();
   }
   for (auto& [rid, r] : left)
-    if (r.promise) r.promise->set_value(Reply::error("TIMEOUT the node stopped before the command completed; its outcome is unknown"));
+    if (r.caller.promise) r.caller.promise->set_value(Reply::error("TIMEOUT the node stopped before the command completed; its outcome is unknown"));
 }
 
 inline void Runtime::close_connections() {

@@ -11,6 +11,15 @@ inline std::uint64_t Runtime::add_request(Request r) {
   return id;
 }
 
+// How a command is answered, one path in three layers:
+//   finish(caller, reply)   the one way to answer, from any thread: execute()'s promise; the
+//                           follower that forwarded the write (FWDR on the link to it, with
+//                           `status`); or a client connection, through done_ and the poll thread.
+//   finish_request(id, ...) finish() for a command parked in requests_ (a write waiting to be
+//                           applied, a read for its index, a forward for the leader): takes it
+//                           out under req_mu_, so that exactly one answer goes out, then finish().
+//   complete_op(conn, op)   the poll thread's end of finish() for a client: the reply fills its
+//                           op's slot, and the replies next in the connection's order are written.
 inline void Runtime::finish(const Caller& caller, Reply reply, ForwardStatus status) {
   if (caller.promise) {
     caller.promise->set_value(std::move(reply));
@@ -31,8 +40,7 @@ inline void Runtime::finish_request(std::uint64_t id, Reply reply, ForwardStatus
     std::lock_guard<std::mutex> lock(req_mu_);
     auto it = requests_.find(id);
     if (it == requests_.end()) return;
-    caller = Caller{it->second.conn,         it->second.op,          std::move(it->second.promise),
-                    it->second.forward_from, it->second.forward_seq, it->second.forward_nonce, {}};
+    caller = std::move(it->second.caller);
     requests_.erase(it);
   }
   finish(caller, std::move(reply), status);
@@ -82,9 +90,7 @@ inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector
       return;
     }
     Request r;
-    r.conn = caller.conn;
-    r.op = caller.op;
-    r.promise = caller.promise;
+    r.caller = caller;
     push_apply(ApplyItem{ApplyItem::Checkpoint, nullptr, {}, {}, {}, {}, 0, add_request(std::move(r))});
     return;
   }
@@ -140,9 +146,7 @@ inline void Runtime::start_read(ClientConn* conn, const Caller& caller, std::vec
     return;
   }
   Request r;
-  r.conn = caller.conn;
-  r.op = caller.op;
-  r.promise = caller.promise;
+  r.caller = caller;
   r.words = words;
   r.read_deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(scaled(cfg_.read_timeout_ms) * 2);
   batch.reads.push_back(add_request(std::move(r)));
@@ -178,12 +182,7 @@ inline void Runtime::flush_batched(Batch& batch) {
       const bool forwarded_here = !w.caller.forward_from.empty();
       if (res.ok()) {
         Request r;
-        r.conn = w.caller.conn;
-        r.op = w.caller.op;
-        r.promise = w.caller.promise;
-        r.forward_from = w.caller.forward_from;
-        r.forward_seq = w.caller.forward_seq;
-        r.forward_nonce = w.caller.forward_nonce;
+        r.caller = w.caller;
         r.entry = res.id;
         std::lock_guard<std::mutex> rl(req_mu_);
         std::uint64_t id = next_request_++;

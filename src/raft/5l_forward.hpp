@@ -28,9 +28,7 @@ inline void Runtime::forward_writes(const NodeId& leader, std::uint64_t term, st
         continue;
       }
       Request r;
-      r.conn = w.caller.conn;
-      r.op = w.caller.op;
-      r.promise = w.caller.promise;
+      r.caller = w.caller;
       Forward f;
       f.request = add_request(std::move(r));
       f.command = std::move(w.payload);

@@ -383,7 +383,7 @@ inline void Runtime::serve_ready_reads() {
       auto it = requests_.find(rs.request_id);
       if (it == requests_.end()) continue;
       words = it->second.words;
-      conn = it->second.conn;
+      conn = it->second.caller.conn;
     }
     const auto client = clients_.find(conn);
     if (conn != 0 && (client == clients_.end() || client->second->kill)) {
