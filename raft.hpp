@@ -9295,6 +9295,53 @@ class PeerLink {
   std::thread thread_;
 };
 
+// The links to the other nodes, one PeerLink each, opened on first use, and the addresses to
+// reach them at (from the peer map, committed configurations and handshakes). Its lock is
+// taken after core_mu_ and fwd_mu_; holding it, it only calls PeerLink's setters and
+// constructor (which take the link's own mutex, never another).
+class Links {
+ public:
+  explicit Links(Runtime& rt) : rt_(rt) {}
+
+  /// The link to `id`, opened now if its address is known; nullptr if it is not.
+  PeerLink* find_or_open(const NodeId& id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = links_.find(id);
+    if (it != links_.end()) return it->second.get();
+    auto a = addresses_.find(id);
+    if (a == addresses_.end()) return nullptr;
+    auto link = std::make_unique<PeerLink>(rt_, id, a->second);
+    PeerLink* raw = link.get();
+    links_[id] = std::move(link);
+    return raw;
+  }
+  /// `id` is at `address` (a committed configuration, the peer map): an open link moves there.
+  void set_address(const NodeId& id, const std::string& address) {
+    std::lock_guard<std::mutex> lock(mu_);
+    addresses_[id] = address;
+    auto it = links_.find(id);
+    if (it != links_.end()) it->second->set_address(address);
+  }
+  /// What a peer's handshake says its address is: used only while no other is known.
+  void learn_address(const NodeId& id, const std::string& address) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!addresses_.count(id)) addresses_[id] = address;
+  }
+  /// Stops every link's thread, all at once, then waits for each. Stopped, not destroyed:
+  /// another thread may still hold a pointer (freed with the Runtime).
+  void stop_all() {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [id, link] : links_) link->request_stop();
+    for (auto& [id, link] : links_) link->stop();
+  }
+
+ private:
+  Runtime& rt_;
+  std::mutex mu_;
+  std::map<NodeId, std::unique_ptr<PeerLink>> links_;
+  std::map<NodeId, std::string> addresses_;
+};
+
 }  // namespace detail
 }  // namespace raft
 // ---- src/raft/5f_runtime.hpp ----
@@ -9533,7 +9580,6 @@ class Runtime {
   void open_listeners();
   void start_threads();
   void join_threads();
-  void stop_links();
   void answer_what_is_left();
   void close_connections();
   void open_storage();
@@ -9791,9 +9837,7 @@ class Runtime {
   bool snap_again_ = false;  // asked for while one was being written
 
   // peers
-  std::mutex links_mu_;
-  std::map<NodeId, std::unique_ptr<PeerLink>> links_;
-  std::map<NodeId, std::string> addresses_;  // learned from configurations and handshakes
+  Links links_{*this};
 
   // the poll thread's state
   int client_fd_ = -1;
@@ -10231,7 +10275,7 @@ inline void Runtime::start() {
     throw;
   }
   life_ = Lifecycle::Running;
-  for (const auto& [nid, addr] : cfg_.peers) addresses_[nid] = addr;
+  for (const auto& [nid, addr] : cfg_.peers) links_.set_address(nid, addr);
   writer_ = std::make_unique<StorageWriter>(*storage_);
   log(LogLevel::Info, "node " + cfg_.id + " at " + cfg_.address + " (peers on port " + std::to_string(host_.port + 1) +
                           "), data in " + cfg_.data_dir + ", cluster " +
@@ -10390,7 +10434,7 @@ inline void Runtime::stop() {
   leave();  // while every thread still runs: the successor's term must reach us
   life_ = Lifecycle::Stopping;
   join_threads();
-  stop_links();
+  links_.stop_all();
   answer_what_is_left();
   close_connections();
   {
@@ -10429,13 +10473,6 @@ inline void Runtime::join_threads() {
     life_ = Lifecycle::Halted;
   }
   if (writer_) writer_->stop();  // its last callbacks see Halted and send nothing
-}
-
-// Stopped, not destroyed: another thread may still hold a pointer (freed in ~Runtime).
-inline void Runtime::stop_links() {
-  std::lock_guard<std::mutex> lock(links_mu_);
-  for (auto& [id, link] : links_) link->request_stop();  // all at once, then wait for each
-  for (auto& [id, link] : links_) link->stop();
 }
 
 // Everything still waiting gets an answer.
@@ -10682,28 +10719,15 @@ inline void Runtime::send_peer(const Message& m) {
 }
 
 inline PeerLink* Runtime::link_for(const NodeId& id) {
-  if (halted_or_later()) return nullptr;
-  std::lock_guard<std::mutex> lock(links_mu_);
-  auto it = links_.find(id);
-  if (it != links_.end()) return it->second.get();
-  auto a = addresses_.find(id);
-  if (a == addresses_.end() || id == cfg_.id) return nullptr;
-  auto link = std::make_unique<PeerLink>(*this, id, a->second);
-  PeerLink* raw = link.get();
-  links_[id] = std::move(link);
-  return raw;
+  if (halted_or_later() || id == cfg_.id) return nullptr;
+  return links_.find_or_open(id);
 }
 
 // Called with core_mu_ held when the configuration changed.
 inline void Runtime::update_links() {
   linked_config_ = core_->config();
-  std::lock_guard<std::mutex> lock(links_mu_);
-  for (const auto& m : linked_config_.members) {
-    if (m.id == cfg_.id || m.address.empty()) continue;
-    addresses_[m.id] = m.address;
-    auto it = links_.find(m.id);
-    if (it != links_.end()) it->second->set_address(m.address);
-  }
+  for (const auto& m : linked_config_.members)
+    if (m.id != cfg_.id && !m.address.empty()) links_.set_address(m.id, m.address);
 }
 
 inline std::vector<std::string> Runtime::hello_words(const NodeId& to, const std::string& nonce) const {
@@ -12955,10 +12979,7 @@ inline bool Runtime::handle_peer_message(PeerConn& p, std::vector<std::string>& 
     p.node = w[3];
     p.server_id = w[4];
     p.address = w[5];
-    {
-      std::lock_guard<std::mutex> lock(links_mu_);
-      if (!addresses_.count(p.node)) addresses_[p.node] = p.address;
-    }
+    links_.learn_address(p.node, p.address);
     p.welcomed = true;
     resp::write_simple(p.out, "WELCOME");
     return true;

@@ -166,5 +166,52 @@ class PeerLink {
   std::thread thread_;
 };
 
+// The links to the other nodes, one PeerLink each, opened on first use, and the addresses to
+// reach them at (from the peer map, committed configurations and handshakes). Its lock is
+// taken after core_mu_ and fwd_mu_; holding it, it only calls PeerLink's setters and
+// constructor (which take the link's own mutex, never another).
+class Links {
+ public:
+  explicit Links(Runtime& rt) : rt_(rt) {}
+
+  /// The link to `id`, opened now if its address is known; nullptr if it is not.
+  PeerLink* find_or_open(const NodeId& id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = links_.find(id);
+    if (it != links_.end()) return it->second.get();
+    auto a = addresses_.find(id);
+    if (a == addresses_.end()) return nullptr;
+    auto link = std::make_unique<PeerLink>(rt_, id, a->second);
+    PeerLink* raw = link.get();
+    links_[id] = std::move(link);
+    return raw;
+  }
+  /// `id` is at `address` (a committed configuration, the peer map): an open link moves there.
+  void set_address(const NodeId& id, const std::string& address) {
+    std::lock_guard<std::mutex> lock(mu_);
+    addresses_[id] = address;
+    auto it = links_.find(id);
+    if (it != links_.end()) it->second->set_address(address);
+  }
+  /// What a peer's handshake says its address is: used only while no other is known.
+  void learn_address(const NodeId& id, const std::string& address) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!addresses_.count(id)) addresses_[id] = address;
+  }
+  /// Stops every link's thread, all at once, then waits for each. Stopped, not destroyed:
+  /// another thread may still hold a pointer (freed with the Runtime).
+  void stop_all() {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [id, link] : links_) link->request_stop();
+    for (auto& [id, link] : links_) link->stop();
+  }
+
+ private:
+  Runtime& rt_;
+  std::mutex mu_;
+  std::map<NodeId, std::unique_ptr<PeerLink>> links_;
+  std::map<NodeId, std::string> addresses_;
+};
+
 }  // namespace detail
 }  // namespace raft

@@ -233,7 +233,6 @@ class Runtime {
   void open_listeners();
   void start_threads();
   void join_threads();
-  void stop_links();
   void answer_what_is_left();
   void close_connections();
   void open_storage();
@@ -491,9 +490,7 @@ class Runtime {
   bool snap_again_ = false;  // asked for while one was being written
 
   // peers
-  std::mutex links_mu_;
-  std::map<NodeId, std::unique_ptr<PeerLink>> links_;
-  std::map<NodeId, std::string> addresses_;  // learned from configurations and handshakes
+  Links links_{*this};
 
   // the poll thread's state
   int client_fd_ = -1;

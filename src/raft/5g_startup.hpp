@@ -348,7 +348,7 @@ inline void Runtime::start() {
     throw;
   }
   life_ = Lifecycle::Running;
-  for (const auto& [nid, addr] : cfg_.peers) addresses_[nid] = addr;
+  for (const auto& [nid, addr] : cfg_.peers) links_.set_address(nid, addr);
   writer_ = std::make_unique<StorageWriter>(*storage_);
   log(LogLevel::Info, "node " + cfg_.id + " at " + cfg_.address + " (peers on port " + std::to_string(host_.port + 1) +
                           "), data in " + cfg_.data_dir + ", cluster " +
@@ -507,7 +507,7 @@ inline void Runtime::stop() {
   leave();  // while every thread still runs: the successor's term must reach us
   life_ = Lifecycle::Stopping;
   join_threads();
-  stop_links();
+  links_.stop_all();
   answer_what_is_left();
   close_connections();
   {
@@ -546,13 +546,6 @@ inline void Runtime::join_threads() {
     life_ = Lifecycle::Halted;
   }
   if (writer_) writer_->stop();  // its last callbacks see Halted and send nothing
-}
-
-// Stopped, not destroyed: another thread may still hold a pointer (freed in ~Runtime).
-inline void Runtime::stop_links() {
-  std::lock_guard<std::mutex> lock(links_mu_);
-  for (auto& [id, link] : links_) link->request_stop();  // all at once, then wait for each
-  for (auto& [id, link] : links_) link->stop();
 }
 
 // Everything still waiting gets an answer.

@@ -13,28 +13,15 @@ inline void Runtime::send_peer(const Message& m) {
 }
 
 inline PeerLink* Runtime::link_for(const NodeId& id) {
-  if (halted_or_later()) return nullptr;
-  std::lock_guard<std::mutex> lock(links_mu_);
-  auto it = links_.find(id);
-  if (it != links_.end()) return it->second.get();
-  auto a = addresses_.find(id);
-  if (a == addresses_.end() || id == cfg_.id) return nullptr;
-  auto link = std::make_unique<PeerLink>(*this, id, a->second);
-  PeerLink* raw = link.get();
-  links_[id] = std::move(link);
-  return raw;
+  if (halted_or_later() || id == cfg_.id) return nullptr;
+  return links_.find_or_open(id);
 }
 
 // Called with core_mu_ held when the configuration changed.
 inline void Runtime::update_links() {
   linked_config_ = core_->config();
-  std::lock_guard<std::mutex> lock(links_mu_);
-  for (const auto& m : linked_config_.members) {
-    if (m.id == cfg_.id || m.address.empty()) continue;
-    addresses_[m.id] = m.address;
-    auto it = links_.find(m.id);
-    if (it != links_.end()) it->second->set_address(m.address);
-  }
+  for (const auto& m : linked_config_.members)
+    if (m.id != cfg_.id && !m.address.empty()) links_.set_address(m.id, m.address);
 }
 
 inline std::vector<std::string> Runtime::hello_words(const NodeId& to, const std::string& nonce) const {

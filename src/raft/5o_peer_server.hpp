@@ -7,7 +7,7 @@ namespace detail {
 // The peer thread: accepts and reads every inbound peer connection and steps what they carry
 // into the core, so that no client's command (a long KEYS, a large reply) delays a heartbeat
 // or its answer. It owns peers_in_ and peer_batch_; it shares with the poll thread only what
-// is under a lock (core_mu_, fwd_mu_, req_mu_, links_mu_, acl_mu_).
+// is under a lock (core_mu_, fwd_mu_, req_mu_, the Links' own, acl_mu_).
 inline void Runtime::peer_loop() {
   peer_thread_id_ = std::this_thread::get_id();
   // Connections a founder authenticated while it listened (listen_before_founding) wait for
@@ -279,10 +279,7 @@ inline bool Runtime::handle_peer_message(PeerConn& p, std::vector<std::string>& 
     p.node = w[3];
     p.server_id = w[4];
     p.address = w[5];
-    {
-      std::lock_guard<std::mutex> lock(links_mu_);
-      if (!addresses_.count(p.node)) addresses_[p.node] = p.address;
-    }
+    links_.learn_address(p.node, p.address);
     p.welcomed = true;
     resp::write_simple(p.out, "WELCOME");
     return true;
