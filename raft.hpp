@@ -9373,6 +9373,29 @@ class Links {
 namespace raft {
 namespace detail {
 
+// The store a received snapshot was parsed into when the core checked it (on the writer
+// thread), kept for the apply thread's Restore of that same snapshot, so that it is parsed
+// once. Its lock is a leaf.
+class CheckedSnapshot {
+ public:
+  void keep(EntryId id, Store parsed) {
+    std::lock_guard<std::mutex> lock(mu_);
+    kept_.emplace(id, std::move(parsed));
+  }
+  /// The store kept for snapshot `id`, if that is the one kept; whatever was kept is dropped.
+  std::optional<Store> take(EntryId id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::optional<Store> out;
+    if (kept_ && kept_->first == id) out.emplace(std::move(kept_->second));
+    kept_.reset();
+    return out;
+  }
+
+ private:
+  std::mutex mu_;
+  std::optional<std::pair<EntryId, Store>> kept_;
+};
+
 class Runtime {
  public:
   Runtime(Node& node, Config config) : node_(node), cfg_(std::move(config)) {
@@ -9824,9 +9847,7 @@ class Runtime {
   std::deque<ApplyItem> apply_q_;
   std::multimap<std::uint64_t, ReadState> reads_by_index_;  // confirmed reads by read index
   bool fatal_ = false;
-  // The store a received snapshot parsed into when the core checked it, for its Restore.
-  std::mutex checked_mu_;
-  std::optional<std::pair<EntryId, Store>> checked_snapshot_;
+  CheckedSnapshot checked_snapshot_;
 
   // snapshots
   std::mutex snap_mu_;
@@ -10091,10 +10112,7 @@ inline void Runtime::make_core(CoreState st, bool told_to_wait) {
   options.check_snapshot = [this](const Snapshot& received) {
     Store parsed;
     std::string problem = check_received_snapshot(received, parsed);
-    if (problem.empty()) {
-      std::lock_guard<std::mutex> lock(checked_mu_);
-      checked_snapshot_.emplace(EntryId{received.meta.index, received.meta.term}, std::move(parsed));
-    }
+    if (problem.empty()) checked_snapshot_.keep(EntryId{received.meta.index, received.meta.term}, std::move(parsed));
     return problem;
   };
   core_ = std::make_unique<Core>(std::move(options), std::move(st));
@@ -10998,15 +11016,9 @@ inline void Runtime::restore_snapshot(const Snapshot& snapshot) {
   Store fresh;
   SnapshotMeta meta = snapshot.meta;  // checked to be what the text says
   std::string error;
-  bool parsed = false;
-  {
-    std::lock_guard<std::mutex> lock(checked_mu_);
-    if (checked_snapshot_ && checked_snapshot_->first == EntryId{meta.index, meta.term}) {
-      fresh = std::move(checked_snapshot_->second);
-      parsed = true;
-    }
-    checked_snapshot_.reset();
-  }
+  std::optional<Store> checked = checked_snapshot_.take(EntryId{meta.index, meta.term});
+  const bool parsed = checked.has_value();
+  if (parsed) fresh = std::move(*checked);
   if (!parsed && !Store::read_snapshot(snapshot.data, fresh, meta, error)) {
     log(LogLevel::Error, "snapshot from the leader at index " + std::to_string(snapshot.meta.index) +
                              " is unreadable (" + error + "): stopping the apply loop");
@@ -12707,7 +12719,7 @@ namespace detail {
 // The peer thread: accepts and reads every inbound peer connection and steps what they carry
 // into the core, so that no client's command (a long KEYS, a large reply) delays a heartbeat
 // or its answer. It owns peers_in_ and peer_batch_; it shares with the poll thread only what
-// is under a lock (core_mu_, fwd_mu_, req_mu_, links_mu_, acl_mu_).
+// is under a lock (core_mu_, fwd_mu_, req_mu_, the Links' own, acl_mu_).
 inline void Runtime::peer_loop() {
   peer_thread_id_ = std::this_thread::get_id();
   // Connections a founder authenticated while it listened (listen_before_founding) wait for

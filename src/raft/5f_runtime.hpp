@@ -26,6 +26,29 @@
 namespace raft {
 namespace detail {
 
+// The store a received snapshot was parsed into when the core checked it (on the writer
+// thread), kept for the apply thread's Restore of that same snapshot, so that it is parsed
+// once. Its lock is a leaf.
+class CheckedSnapshot {
+ public:
+  void keep(EntryId id, Store parsed) {
+    std::lock_guard<std::mutex> lock(mu_);
+    kept_.emplace(id, std::move(parsed));
+  }
+  /// The store kept for snapshot `id`, if that is the one kept; whatever was kept is dropped.
+  std::optional<Store> take(EntryId id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::optional<Store> out;
+    if (kept_ && kept_->first == id) out.emplace(std::move(kept_->second));
+    kept_.reset();
+    return out;
+  }
+
+ private:
+  std::mutex mu_;
+  std::optional<std::pair<EntryId, Store>> kept_;
+};
+
 class Runtime {
  public:
   Runtime(Node& node, Config config) : node_(node), cfg_(std::move(config)) {
@@ -477,9 +500,7 @@ class Runtime {
   std::deque<ApplyItem> apply_q_;
   std::multimap<std::uint64_t, ReadState> reads_by_index_;  // confirmed reads by read index
   bool fatal_ = false;
-  // The store a received snapshot parsed into when the core checked it, for its Restore.
-  std::mutex checked_mu_;
-  std::optional<std::pair<EntryId, Store>> checked_snapshot_;
+  CheckedSnapshot checked_snapshot_;
 
   // snapshots
   std::mutex snap_mu_;

@@ -164,10 +164,7 @@ inline void Runtime::make_core(CoreState st, bool told_to_wait) {
   options.check_snapshot = [this](const Snapshot& received) {
     Store parsed;
     std::string problem = check_received_snapshot(received, parsed);
-    if (problem.empty()) {
-      std::lock_guard<std::mutex> lock(checked_mu_);
-      checked_snapshot_.emplace(EntryId{received.meta.index, received.meta.term}, std::move(parsed));
-    }
+    if (problem.empty()) checked_snapshot_.keep(EntryId{received.meta.index, received.meta.term}, std::move(parsed));
     return problem;
   };
   core_ = std::make_unique<Core>(std::move(options), std::move(st));

@@ -67,15 +67,9 @@ inline void Runtime::restore_snapshot(const Snapshot& snapshot) {
   Store fresh;
   SnapshotMeta meta = snapshot.meta;  // checked to be what the text says
   std::string error;
-  bool parsed = false;
-  {
-    std::lock_guard<std::mutex> lock(checked_mu_);
-    if (checked_snapshot_ && checked_snapshot_->first == EntryId{meta.index, meta.term}) {
-      fresh = std::move(checked_snapshot_->second);
-      parsed = true;
-    }
-    checked_snapshot_.reset();
-  }
+  std::optional<Store> checked = checked_snapshot_.take(EntryId{meta.index, meta.term});
+  const bool parsed = checked.has_value();
+  if (parsed) fresh = std::move(*checked);
   if (!parsed && !Store::read_snapshot(snapshot.data, fresh, meta, error)) {
     log(LogLevel::Error, "snapshot from the leader at index " + std::to_string(snapshot.meta.index) +
                              " is unreadable (" + error + "): stopping the apply loop");
