@@ -9347,28 +9347,70 @@ class Links {
 // ---- src/raft/5f_runtime.hpp ----
 
 // ---- the runtime: threads and locks ---------------------------------------------------------
-// Threads, independent of the number of clients:
-//   poll      accepts and serves every client connection: parses commands, proposes writes
-//             and asks for read indexes (batched per wake-up), runs reads confirmed here,
-//             writes replies in order; times out this node's forwarded writes.
-//   peer      accepts every inbound peer connection (peers_in_, its own), does the listener's
-//             handshake, steps inbound Raft messages into the core, answers JOIN, proposes the
-//             writes followers forward (FWD) and takes their answers (FWDR); checks a received
-//             snapshot before the core installs it. Nothing a client sends runs here: a slow
-//             command or a large reply never delays a heartbeat.
-//   ticker    ticks the core; the leader's background expiry.
-//   sender    one per peer: connects (from this node's address), authenticates, sends.
-//   writer    the storage's group commit (StorageWriter): everything waiting shares an fdatasync.
-//             Writes a received snapshot's chunks to a file; reads it back and parses it whole.
-//   apply     applies committed entries to the store, answers writes and linearizable reads,
-//             runs the role callbacks.
-//   snapshot  serializes a copy of the store and hands it to the writer.
-//   joiner    only on a node started with -e, until it is a member.
-// Lock order: core_mu_ before req_mu_, apply_mu_, a sender's mutex and done_mu_; fwd_mu_ before
-// req_mu_, links_mu_ and a sender's mutex; data_mu_ is never held while taking core_mu_;
-// checked_mu_ is taken last. The poll and peer threads share no unlocked state: what both
-// touch (the core, forwards_, requests_, links_, the ACL) is under its lock above; each has
-// its own Batch, wake pipe and connections.
+// Runtime is the wiring: one object whose threads drive the core, serve clients and talk to
+// peers. Its code is split by what it serves (the parts listed at the top of 5a_net.hpp); its
+// state is grouped below by the thread that owns it or the lock that guards it. Classes with
+// state and a lock of their own: PeerLink (5e, one per peer, its sender thread), Links (5e,
+// the set of links and the peers' addresses), CheckedSnapshot (above), StorageWriter (4).
+//
+// Threads, independent of the number of clients (part: what it runs):
+//   poll      5n, 5k, 5m, 5l: accepts and serves every client connection: parses commands,
+//             checks AUTH/ACL, proposes writes and asks for read indexes (batched per wake-up,
+//             flush_batched), runs reads confirmed here, writes replies in order (complete_op);
+//             times out this node's forwarded writes. Owns clients_, poll_batch_, done_'s
+//             consumer side, the output totals and the live limits' readers.
+//   peer      5o, 5l: accepts every inbound peer connection (peers_in_, its own), does the
+//             listener's handshake, steps inbound Raft messages into the core, answers JOIN,
+//             proposes the writes followers forward (FWD, peer_batch_) and takes their answers
+//             (FWDR); checks a received snapshot before the core installs it. Nothing a client
+//             sends runs here: a slow command or a large reply never delays a heartbeat.
+//   ticker    5h: ticks the core; wakes the poll thread every 100 ms (forwards time out there).
+//   sender    5e/5i, one per peer (PeerLink): connects from this node's address, runs TLS and
+//             the connector's handshake, sends what drive() and the forwards queued.
+//   writer    4 (StorageWriter), callbacks in 5h: the group commit (everything waiting shares
+//             an fdatasync); writes a received snapshot's chunks to a file, reads it back and
+//             parses it whole (CheckedSnapshot::keep).
+//   apply     5j: applies committed entries to the store, answers writes and linearizable
+//             reads (finish_request), runs the role callbacks, proposes expiry. Owns
+//             reads_by_index_ and fatal_.
+//   snapshot  5j: serializes a copy of the store and hands it to the writer.
+//   joiner    5o: only on a node started with -e, until it is a member.
+//   callers   execute() and Node's other methods, from the embedding program's threads.
+//
+// Locks (what each guards; what may be taken while holding it):
+//   life_mu_    the lifecycle's waits (life_cv_, starting_, stop_requested_); a leaf.
+//   core_mu_    the Core, identity_, failure_, linked_config_, refused_reads_. Held by drive():
+//               may take req_mu_, apply_mu_, done_mu_, status_mu_, Links' lock and a sender's
+//               mutex.
+//   fwd_mu_     forwards_ (this node's forwarded writes): may take req_mu_, Links' lock and a
+//               sender's mutex.
+//   req_mu_     requests_ and write_by_index_ (who waits for what): a leaf.
+//   apply_mu_   the apply queue: a leaf.      snap_mu_  the snapshot job: a leaf.
+//   data_mu_    the store: the apply thread writes, the poll thread and Node::read read; never
+//               held while taking core_mu_.
+//   done_mu_    replies for clients, handed to the poll thread: a leaf.
+//   status_mu_, acl_mu_, CheckedSnapshot's, Links' (after core_mu_ and fwd_mu_; it takes only
+//               a sender's mutex): leaves.
+// The poll and peer threads share no unlocked state: what both touch (the core, forwards_,
+// requests_, the links, the ACL) is under its lock above; each has its own Batch, wake pipe
+// and connections.
+//
+// Where what comes next goes (so that it fits this model):
+//   client authentication, pub/sub, watchers, a second protocol: connections of the poll
+//     loop (5n; commands in 5k, AUTH/ACL in 5m), state per connection in ClientConn; a
+//     notification is a reply queued on done_ for the poll thread to write: no thread per
+//     watcher or per subscriber.
+//   peer messages never delayed by client work: new peer messages are read and answered on
+//     the peer thread (5o) and encoded in 5b; nothing a client sends may run there.
+//   performance (fewer hand-offs between driver, writer and applier): drive() (5h) is the one
+//     place where the core's output is routed to the writer, the links and the apply queue.
+//
+// Still to split (issue 11): Runtime holds 10 mutexes of its own; the client server (poll
+// thread: clients_, done_, output totals, limits), the peer server (peer thread: peers_in_,
+// its wake pipe, peer_batch_, the handshake budget) and the applier (store, data_mu_, apply
+// queue, reads_by_index_, snapshot thread) are the next classes to take out, in that order
+// of separability: each reaches the rest only through finish(), drive() under core_mu_ and
+// push_apply().
 
 namespace raft {
 namespace detail {
