@@ -9757,6 +9757,15 @@ class Runtime {
   /// (so every node judges it alike, and never before a write it follows).
   std::int64_t read_time(const ReadState& rs) const { return std::max(rs.time_ms, applied_timestamp_.load()); }
   Reply connection_command(ClientConn* conn, const std::vector<std::string>& words, bool& handled);
+  static bool args_in(const std::vector<std::string>& w, std::size_t lo, std::size_t hi);
+  static Reply admin_with_args(Runtime& rt, const std::vector<std::string>& w, std::size_t lo, std::size_t hi);
+  Reply stop_on_request();
+  static Reply set_readonly(ClientConn* conn, const std::vector<std::string>& w, bool readonly);
+  Reply auth_command(ClientConn* conn, const std::vector<std::string>& w);
+  Reply hello_command(ClientConn* conn, const std::vector<std::string>& w);
+  static Reply client_command(ClientConn* conn, const std::vector<std::string>& w);
+  Reply command_command(const std::vector<std::string>& w) const;
+  Reply config_reply(const std::vector<std::string>& w);
   // clients' users (see Acl)
   bool acl_command(const std::vector<std::string>& words, AclCommand& out) const;
   bool acl_rule_names_command(const std::string& rule) const;
@@ -11805,157 +11814,194 @@ inline std::optional<Reply> Runtime::config_command(const std::vector<std::strin
   return std::nullopt;
 }
 
+// The connection commands: the node answers them itself (never through the log), on the
+// calling thread; a handler cannot replace them. A new one is a line in this table (and its
+// ACL category in acl_command). `handled` is false for a name not here.
 inline Reply Runtime::connection_command(ClientConn* conn, const std::vector<std::string>& w, bool& handled) {
-  handled = true;
-  const std::string& name = w[0];
-  auto arity = [&](std::size_t lo, std::size_t hi) { return w.size() - 1 >= lo && w.size() - 1 <= hi; };
-  auto wrong = [&] { return Reply::error("ERR wrong number of arguments for '" + name + "' command"); };
-  if (name == "ping") {
-    if (!arity(0, 1)) return wrong();
-    return w.size() == 2 ? Reply::bulk(w[1]) : Reply::simple("PONG");
+  using Words = std::vector<std::string>;
+  using Handler = Reply (*)(Runtime&, ClientConn*, const Words&);
+  static const std::map<std::string, Handler, std::less<>> table = {
+      {"ping",
+       [](Runtime&, ClientConn*, const Words& w) {
+         if (!args_in(w, 0, 1)) return arity_error(w[0]);
+         return w.size() == 2 ? Reply::bulk(w[1]) : Reply::simple("PONG");
+       }},
+      {"echo", [](Runtime&, ClientConn*, const Words& w) { return args_in(w, 1, 1) ? Reply::bulk(w[1]) : arity_error(w[0]); }},
+      {"quit",
+       [](Runtime&, ClientConn* conn, const Words&) {
+         if (conn) conn->close_after_flush = true;
+         return Reply::ok();
+       }},
+      {"auth", [](Runtime& rt, ClientConn* conn, const Words& w) { return rt.auth_command(conn, w); }},
+      {"acl", [](Runtime& rt, ClientConn* conn, const Words& w) { return rt.acl_reply(conn, w); }},
+      {"select",
+       [](Runtime&, ClientConn*, const Words& w) {
+         if (!args_in(w, 1, 1)) return arity_error(w[0]);
+         return w[1] == "0" ? Reply::ok() : Reply::error("ERR DB index is out of range");
+       }},
+      {"readonly", [](Runtime&, ClientConn* conn, const Words& w) { return set_readonly(conn, w, true); }},
+      {"readwrite", [](Runtime&, ClientConn* conn, const Words& w) { return set_readonly(conn, w, false); }},
+      {"hello", [](Runtime& rt, ClientConn* conn, const Words& w) { return rt.hello_command(conn, w); }},
+      {"client", [](Runtime&, ClientConn* conn, const Words& w) { return client_command(conn, w); }},
+      {"command", [](Runtime& rt, ClientConn*, const Words& w) { return rt.command_command(w); }},
+      {"config", [](Runtime& rt, ClientConn*, const Words& w) { return rt.config_reply(w); }},
+      {"info",
+       [](Runtime& rt, ClientConn*, const Words& w) {
+         return Reply::verbatim("txt", info_sections(rt.info(), Words(w.begin() + 1, w.end())));
+       }},
+      {"role", [](Runtime& rt, ClientConn*, const Words&) { return rt.role_reply(); }},
+      {"shutdown", [](Runtime& rt, ClientConn*, const Words&) { return rt.stop_on_request(); }},
+      {"raft.add", [](Runtime& rt, ClientConn*, const Words& w) { return admin_with_args(rt, w, 2, 2); }},
+      {"add_node", [](Runtime& rt, ClientConn*, const Words& w) { return admin_with_args(rt, w, 2, 2); }},
+      {"raft.promote", [](Runtime& rt, ClientConn*, const Words& w) { return admin_with_args(rt, w, 1, 1); }},
+      {"raft.remove", [](Runtime& rt, ClientConn*, const Words& w) { return admin_with_args(rt, w, 1, 1); }},
+      {"del_node", [](Runtime& rt, ClientConn*, const Words& w) { return admin_with_args(rt, w, 1, 1); }},
+      {"raft.transfer", [](Runtime& rt, ClientConn*, const Words& w) { return admin_with_args(rt, w, 0, 1); }},
+      {"raft.leave", [](Runtime& rt, ClientConn*, const Words&) { return rt.stop_on_request(); }},
+  };
+  auto it = table.find(w[0]);
+  handled = it != table.end();
+  return handled ? it->second(*this, conn, w) : Reply();
+}
+
+// Whether a command has at least lo and at most hi arguments after its name.
+inline bool Runtime::args_in(const std::vector<std::string>& w, std::size_t lo, std::size_t hi) {
+  return w.size() - 1 >= lo && w.size() - 1 <= hi;
+}
+
+inline Reply Runtime::admin_with_args(Runtime& rt, const std::vector<std::string>& w, std::size_t lo, std::size_t hi) {
+  return args_in(w, lo, hi) ? rt.admin(w) : arity_error(w[0]);
+}
+
+// SHUTDOWN and RAFT.LEAVE: the stop happens on the thread that waits in join(), not here.
+inline Reply Runtime::stop_on_request() {
+  request_stop();
+  return Reply::ok();
+}
+
+// READONLY / READWRITE: whether this connection's reads may be served from local data.
+inline Reply Runtime::set_readonly(ClientConn* conn, const std::vector<std::string>& w, bool readonly) {
+  if (!args_in(w, 0, 0)) return arity_error(w[0]);
+  if (conn) conn->readonly = readonly;
+  return Reply::ok();
+}
+
+inline Reply Runtime::auth_command(ClientConn* conn, const std::vector<std::string>& w) {
+  if (w.size() < 2) return arity_error(w[0]);
+  if (w.size() > 3) return Reply::error("ERR syntax error");
+  if (w.size() == 2) {
+    std::lock_guard<std::mutex> lock(acl_mu_);
+    const AclUser* d = acl_.find("default");
+    if (d && d->nopass)
+      return Reply::error("ERR AUTH <password> called without any password configured for the default user. Are "
+                          "you sure your configuration is correct?");
   }
-  if (name == "echo") return arity(1, 1) ? Reply::bulk(w[1]) : wrong();
-  if (name == "quit") {
-    if (conn) conn->close_after_flush = true;
-    return Reply::ok();
+  if (!conn) return Reply::ok();  // execute(): the embedding program runs as itself
+  return authenticate(conn, w.size() == 3 ? w[1] : "default", w.back())
+             ? Reply::ok()
+             : Reply::error("WRONGPASS invalid username-password pair or user is disabled.");
+}
+
+inline Reply Runtime::hello_command(ClientConn* conn, const std::vector<std::string>& w) {
+  int proto = conn ? conn->protocol : 2;
+  std::size_t i = 1;
+  if (w.size() > 1) {
+    if (w[1] != "2" && w[1] != "3") return Reply::error("NOPROTO unsupported protocol version");
+    proto = w[1] == "3" ? 3 : 2;
+    i = 2;
   }
-  if (name == "auth") {
-    if (w.size() < 2) return wrong();
-    if (w.size() > 3) return Reply::error("ERR syntax error");
-    if (w.size() == 2) {
+  const std::string* setname = nullptr;
+  const std::string* auth_user = nullptr;
+  const std::string* auth_password = nullptr;
+  for (; i < w.size(); ++i) {
+    std::string opt = lower(w[i]);
+    if (opt == "setname" && i + 1 < w.size()) {
+      setname = &w[++i];
+    } else if (opt == "auth" && i + 2 < w.size()) {
+      auth_user = &w[i + 1];
+      auth_password = &w[i + 2];
+      i += 2;
+    } else {
+      return Reply::error("ERR Syntax error in HELLO option '" + w[i] + "'");
+    }
+  }
+  // Redis's order: authenticate (nothing changes if that fails), then the name and protocol.
+  if (conn) {
+    if (auth_user && !authenticate(conn, *auth_user, *auth_password))
+      return Reply::error("WRONGPASS invalid username-password pair or user is disabled.");
+    bool required;
+    {
       std::lock_guard<std::mutex> lock(acl_mu_);
-      const AclUser* d = acl_.find("default");
-      if (d && d->nopass)
-        return Reply::error("ERR AUTH <password> called without any password configured for the default user. Are "
-                            "you sure your configuration is correct?");
+      required = acl_.auth_required();
     }
-    if (!conn) return Reply::ok();  // execute(): the embedding program runs as itself
-    return authenticate(conn, w.size() == 3 ? w[1] : "default", w.back())
-               ? Reply::ok()
-               : Reply::error("WRONGPASS invalid username-password pair or user is disabled.");
+    if (!conn->authenticated && required)
+      return Reply::error("NOAUTH HELLO must be called with the client already authenticated, otherwise the "
+                          "HELLO AUTH <user> <pass> option can be used to authenticate the client and select the "
+                          "RESP protocol version at the same time");
+    if (setname) conn->name = *setname;
+    conn->protocol = proto;
   }
-  if (name == "acl") return acl_reply(conn, w);
-  if (name == "select") {
-    if (!arity(1, 1)) return wrong();
-    return w[1] == "0" ? Reply::ok() : Reply::error("ERR DB index is out of range");
-  }
-  if (name == "readonly" || name == "readwrite") {
-    if (!arity(0, 0)) return wrong();
-    if (conn) conn->readonly = name == "readonly";
+  return Reply::map({Reply::bulk("server"), Reply::bulk("redis"), Reply::bulk("version"), Reply::bulk("7.0.0"),
+                     Reply::bulk("proto"), Reply::integer(proto), Reply::bulk("id"),
+                     Reply::integer(static_cast<std::int64_t>(conn ? conn->id : 0)), Reply::bulk("mode"),
+                     Reply::bulk("standalone"), Reply::bulk("role"),
+                     Reply::bulk(role() == Role::Leader ? "master" : "replica"), Reply::bulk("modules"),
+                     Reply::array()});
+}
+
+inline Reply Runtime::client_command(ClientConn* conn, const std::vector<std::string>& w) {
+  if (w.size() < 2) return arity_error(w[0]);
+  std::string sub = lower(w[1]);
+  if (sub == "setname" && w.size() == 3) {
+    if (conn) conn->name = w[2];
     return Reply::ok();
   }
-  if (name == "hello") {
-    int proto = conn ? conn->protocol : 2;
-    std::size_t i = 1;
-    if (w.size() > 1) {
-      if (w[1] != "2" && w[1] != "3") return Reply::error("NOPROTO unsupported protocol version");
-      proto = w[1] == "3" ? 3 : 2;
-      i = 2;
-    }
-    const std::string* setname = nullptr;
-    const std::string* auth_user = nullptr;
-    const std::string* auth_password = nullptr;
-    for (; i < w.size(); ++i) {
-      std::string opt = lower(w[i]);
-      if (opt == "setname" && i + 1 < w.size()) {
-        setname = &w[++i];
-      } else if (opt == "auth" && i + 2 < w.size()) {
-        auth_user = &w[i + 1];
-        auth_password = &w[i + 2];
-        i += 2;
-      } else {
-        return Reply::error("ERR Syntax error in HELLO option '" + w[i] + "'");
-      }
-    }
-    // Redis's order: authenticate (nothing changes if that fails), then the name and protocol.
-    if (conn) {
-      if (auth_user && !authenticate(conn, *auth_user, *auth_password))
-        return Reply::error("WRONGPASS invalid username-password pair or user is disabled.");
-      bool required;
-      {
-        std::lock_guard<std::mutex> lock(acl_mu_);
-        required = acl_.auth_required();
-      }
-      if (!conn->authenticated && required)
-        return Reply::error("NOAUTH HELLO must be called with the client already authenticated, otherwise the "
-                            "HELLO AUTH <user> <pass> option can be used to authenticate the client and select the "
-                            "RESP protocol version at the same time");
-      if (setname) conn->name = *setname;
-      conn->protocol = proto;
-    }
-    return Reply::map({Reply::bulk("server"), Reply::bulk("redis"), Reply::bulk("version"), Reply::bulk("7.0.0"),
-                       Reply::bulk("proto"), Reply::integer(proto), Reply::bulk("id"),
-                       Reply::integer(static_cast<std::int64_t>(conn ? conn->id : 0)), Reply::bulk("mode"),
-                       Reply::bulk("standalone"), Reply::bulk("role"),
-                       Reply::bulk(role() == Role::Leader ? "master" : "replica"), Reply::bulk("modules"),
-                       Reply::array()});
+  if (sub == "getname") return conn && !conn->name.empty() ? Reply::bulk(conn->name) : Reply::nil();
+  if (sub == "setinfo") return Reply::ok();
+  if (sub == "id") return Reply::integer(static_cast<std::int64_t>(conn ? conn->id : 0));
+  return Reply::error("ERR unknown subcommand '" + w[1] + "'. Try CLIENT HELP.");
+}
+
+// COMMAND [COUNT | DOCS]: the handlers' table as Redis describes commands.
+inline Reply Runtime::command_command(const std::vector<std::string>& w) const {
+  if (w.size() >= 2 && lower(w[1]) == "count") return Reply::integer(static_cast<std::int64_t>(handlers_.size()));
+  if (w.size() >= 2 && lower(w[1]) == "docs") return Reply::map();
+  std::vector<Reply> all;
+  for (const auto& [cname, c] : handlers_) {
+    if (cname.rfind("__", 0) == 0) continue;
+    std::int64_t arity_value = c.min_args == c.max_args ? c.min_args + 1 : -(c.min_args + 1);
+    all.push_back(Reply::array({Reply::bulk(cname), Reply::integer(arity_value),
+                                Reply::array({Reply::simple(c.is_write() ? "write" : "readonly")}),
+                                Reply::integer(c.min_args > 0 ? 1 : 0), Reply::integer(c.min_args > 0 ? 1 : 0),
+                                Reply::integer(c.min_args > 0 ? 1 : 0)}));
   }
-  if (name == "client") {
-    if (w.size() < 2) return wrong();
-    std::string sub = lower(w[1]);
-    if (sub == "setname" && w.size() == 3) {
-      if (conn) conn->name = w[2];
-      return Reply::ok();
-    }
-    if (sub == "getname") return conn && !conn->name.empty() ? Reply::bulk(conn->name) : Reply::nil();
-    if (sub == "setinfo") return Reply::ok();
-    if (sub == "id") return Reply::integer(static_cast<std::int64_t>(conn ? conn->id : 0));
-    return Reply::error("ERR unknown subcommand '" + w[1] + "'. Try CLIENT HELP.");
+  return Reply::array(std::move(all));
+}
+
+inline Reply Runtime::config_reply(const std::vector<std::string>& w) {
+  if (w.size() >= 3 && lower(w[1]) == "get") return *config_command(w);
+  if (w.size() == 4 && lower(w[1]) == "set") {
+    std::optional<Reply> r = config_command(w);
+    if (r) return std::move(*r);
   }
-  if (name == "command") {
-    if (w.size() >= 2 && lower(w[1]) == "count") return Reply::integer(static_cast<std::int64_t>(handlers_.size()));
-    if (w.size() >= 2 && lower(w[1]) == "docs") return Reply::map();
-    std::vector<Reply> all;
-    for (const auto& [cname, c] : handlers_) {
-      if (cname.rfind("__", 0) == 0) continue;
-      std::int64_t arity_value = c.min_args == c.max_args ? c.min_args + 1 : -(c.min_args + 1);
-      all.push_back(Reply::array({Reply::bulk(cname), Reply::integer(arity_value),
-                                  Reply::array({Reply::simple(c.is_write() ? "write" : "readonly")}),
-                                  Reply::integer(c.min_args > 0 ? 1 : 0), Reply::integer(c.min_args > 0 ? 1 : 0),
-                                  Reply::integer(c.min_args > 0 ? 1 : 0)}));
-    }
-    return Reply::array(std::move(all));
-  }
-  if (name == "config") {
-    if (w.size() >= 3 && lower(w[1]) == "get") return *config_command(w);
-    if (w.size() == 4 && lower(w[1]) == "set") {
-      std::optional<Reply> r = config_command(w);
-      if (r) return std::move(*r);
-    }
-    // The clients' options (administration: see acl_command): Redis's way to open a node up.
-    if (w.size() == 4 && lower(w[1]) == "set" && lower(w[2]) == "requirepass") {
-      std::lock_guard<std::mutex> lock(acl_mu_);
-      if (w[3].empty())
-        acl_.set_user("default", {"nopass"}, nullptr);
-      else
-        acl_.set_user("default", {"resetpass", ">" + w[3]}, nullptr);
-      return Reply::ok();
-    }
-    if (w.size() == 4 && lower(w[1]) == "set" && lower(w[2]) == "protected-mode") {
-      const std::string v = lower(w[3]);
-      if (v != "yes" && v != "no")
-        return Reply::error("ERR CONFIG SET failed (possibly related to argument 'protected-mode') - argument must "
-                            "be 'yes' or 'no'");
-      protected_mode_ = v == "yes";
-      return Reply::ok();
-    }
-    return Reply::error("ERR CONFIG " + (w.size() > 1 ? w[1] : std::string()) + " is not supported");
-  }
-  if (name == "info") return Reply::verbatim("txt", info_sections(info(), std::vector<std::string>(w.begin() + 1, w.end())));
-  if (name == "role") return role_reply();
-  if (name == "shutdown") {
-    request_stop();
+  // The clients' options (administration: see acl_command): Redis's way to open a node up.
+  if (w.size() == 4 && lower(w[1]) == "set" && lower(w[2]) == "requirepass") {
+    std::lock_guard<std::mutex> lock(acl_mu_);
+    if (w[3].empty())
+      acl_.set_user("default", {"nopass"}, nullptr);
+    else
+      acl_.set_user("default", {"resetpass", ">" + w[3]}, nullptr);
     return Reply::ok();
   }
-  if (name == "raft.add" || name == "add_node") return arity(2, 2) ? admin(w) : wrong();
-  if (name == "raft.promote" || name == "raft.remove" || name == "del_node") return arity(1, 1) ? admin(w) : wrong();
-  if (name == "raft.transfer") return arity(0, 1) ? admin(w) : wrong();
-  if (name == "raft.leave") {
-    request_stop();
+  if (w.size() == 4 && lower(w[1]) == "set" && lower(w[2]) == "protected-mode") {
+    const std::string v = lower(w[3]);
+    if (v != "yes" && v != "no")
+      return Reply::error("ERR CONFIG SET failed (possibly related to argument 'protected-mode') - argument must "
+                          "be 'yes' or 'no'");
+    protected_mode_ = v == "yes";
     return Reply::ok();
   }
-  handled = false;
-  return Reply();
+  return Reply::error("ERR CONFIG " + (w.size() > 1 ? w[1] : std::string()) + " is not supported");
 }
 
 }  // namespace detail

@@ -410,6 +410,15 @@ class Runtime {
   /// (so every node judges it alike, and never before a write it follows).
   std::int64_t read_time(const ReadState& rs) const { return std::max(rs.time_ms, applied_timestamp_.load()); }
   Reply connection_command(ClientConn* conn, const std::vector<std::string>& words, bool& handled);
+  static bool args_in(const std::vector<std::string>& w, std::size_t lo, std::size_t hi);
+  static Reply admin_with_args(Runtime& rt, const std::vector<std::string>& w, std::size_t lo, std::size_t hi);
+  Reply stop_on_request();
+  static Reply set_readonly(ClientConn* conn, const std::vector<std::string>& w, bool readonly);
+  Reply auth_command(ClientConn* conn, const std::vector<std::string>& w);
+  Reply hello_command(ClientConn* conn, const std::vector<std::string>& w);
+  static Reply client_command(ClientConn* conn, const std::vector<std::string>& w);
+  Reply command_command(const std::vector<std::string>& w) const;
+  Reply config_reply(const std::vector<std::string>& w);
   // clients' users (see Acl)
   bool acl_command(const std::vector<std::string>& words, AclCommand& out) const;
   bool acl_rule_names_command(const std::string& rule) const;
