@@ -9734,6 +9734,9 @@ class Runtime {
   void serve_ready_reads();
   void adopt_cluster_id(const std::string& cluster_id);
   void handle_command(ClientConn* conn, Caller caller, std::vector<std::string>& words, Batch& batch);
+  void start_checkpoint(const Caller& caller, const std::vector<std::string>& words);
+  void start_write(const Caller& caller, const std::vector<std::string>& words, const Command& cmd, Batch& batch);
+  static Reply proposal_refusal(const ProposeResult& res, bool forwarded_here);
   // Answers the caller. For a follower's forwarded write, `status` tells it what the reply means.
   void finish(const Caller& caller, Reply reply, ForwardStatus status = ForwardStatus::Done);
   void finish_request(std::uint64_t id, Reply reply, ForwardStatus status = ForwardStatus::Done);
@@ -11528,18 +11531,7 @@ inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector
     }
   }
   if (words[0] == "checkpoint") {
-    if (words.size() != 1) {
-      finish(caller, Reply::error("ERR wrong number of arguments for 'checkpoint' command"));
-      return;
-    }
-    const std::string refusal = checkpoint_refusal();
-    if (!refusal.empty()) {
-      finish(caller, Reply::error(refusal));
-      return;
-    }
-    Request r;
-    r.caller = caller;
-    push_apply(ApplyItem{ApplyItem::Checkpoint, nullptr, {}, {}, {}, {}, 0, add_request(std::move(r))});
+    start_checkpoint(caller, words);
     return;
   }
   bool handled = false;
@@ -11567,24 +11559,45 @@ inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector
                                 "reads; restart it"));
     return;
   }
-  if (cmd.is_write()) {
-    // The command limits and maxmemory, before anything is proposed or forwarded (see
-    // kMaxCommandBytes): never at apply, so that every node applies the same entries.
-    const std::string too_big = command_limit_error(words, command_limits());
-    if (!too_big.empty()) {
-      finish(caller, Reply::error(too_big));
-      return;
-    }
-    if (cmd.may_grow() && over_maxmemory()) {
-      finish(caller, Reply::error(kOomError));
-      return;
-    }
-    std::string payload;
-    resp::write_command(payload, words);
-    batch.writes.push_back(PendingWrite{caller, std::move(payload), words.size()});
-  } else {
+  if (cmd.is_write())
+    start_write(caller, words, cmd, batch);
+  else
     start_read(conn, caller, words, cmd, batch);
+}
+
+// CHECKPOINT: a snapshot now, unless one is being written or was within checkpoint-interval.
+inline void Runtime::start_checkpoint(const Caller& caller, const std::vector<std::string>& words) {
+  if (words.size() != 1) {
+    finish(caller, Reply::error("ERR wrong number of arguments for 'checkpoint' command"));
+    return;
   }
+  const std::string refusal = checkpoint_refusal();
+  if (!refusal.empty()) {
+    finish(caller, Reply::error(refusal));
+    return;
+  }
+  Request r;
+  r.caller = caller;
+  push_apply(ApplyItem{ApplyItem::Checkpoint, nullptr, {}, {}, {}, {}, 0, add_request(std::move(r))});
+}
+
+// A write joins the batch proposed (or forwarded) at the end of this wake-up.
+inline void Runtime::start_write(const Caller& caller, const std::vector<std::string>& words, const Command& cmd,
+                                 Batch& batch) {
+  // The command limits and maxmemory, before anything is proposed or forwarded (see
+  // kMaxCommandBytes): never at apply, so that every node applies the same entries.
+  const std::string too_big = command_limit_error(words, command_limits());
+  if (!too_big.empty()) {
+    finish(caller, Reply::error(too_big));
+    return;
+  }
+  if (cmd.may_grow() && over_maxmemory()) {
+    finish(caller, Reply::error(kOomError));
+    return;
+  }
+  std::string payload;
+  resp::write_command(payload, words);
+  batch.writes.push_back(PendingWrite{caller, std::move(payload), words.size()});
 }
 
 inline void Runtime::start_read(ClientConn* conn, const Caller& caller, std::vector<std::string>& words,
@@ -11602,6 +11615,14 @@ inline void Runtime::start_read(ClientConn* conn, const Caller& caller, std::vec
 
 // Proposes the writes and asks for the read indexes gathered since the last call, under one
 // lock, so that one wake-up of the poll thread becomes one batch for the disk and the peers.
+// The reply to a write the core did not take and this node does not forward.
+inline Reply Runtime::proposal_refusal(const ProposeResult& res, bool forwarded_here) {
+  if (res.error == ProposeResult::Error::Transferring)
+    return Reply::error("TRYAGAIN leadership is being transferred; the write was not run");
+  if (forwarded_here) return Reply::error("TRYAGAIN the node this write was forwarded to no longer leads; it was not run");
+  return Reply::error("CLUSTERDOWN no leader is known (election in progress or no majority); the write was not run");
+}
+
 inline void Runtime::flush_batched(Batch& batch) {
   if (batch.writes.empty() && batch.reads.empty()) return;
   struct Refusal {
@@ -11640,17 +11661,8 @@ inline void Runtime::flush_batched(Batch& batch) {
         leader = res.leader;
         term = core_->term();
         forwards.push_back(std::move(w));
-      } else if (res.error == ProposeResult::Error::Transferring) {
-        refused.push_back({w.caller, Reply::error("TRYAGAIN leadership is being transferred; the write was not run"),
-                           ForwardStatus::NotRun});
-      } else if (forwarded_here) {
-        refused.push_back({w.caller,
-                           Reply::error("TRYAGAIN the node this write was forwarded to no longer leads; it was not run"),
-                           ForwardStatus::NotRun});
       } else {
-        refused.push_back({w.caller, Reply::error("CLUSTERDOWN no leader is known (election in progress or no "
-                                                  "majority); the write was not run"),
-                           ForwardStatus::NotRun});
+        refused.push_back({w.caller, proposal_refusal(res, forwarded_here), ForwardStatus::NotRun});
       }
     }
     for (std::uint64_t rid : batch.reads) core_->read_index(rid);

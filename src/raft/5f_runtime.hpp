@@ -387,6 +387,9 @@ class Runtime {
   void serve_ready_reads();
   void adopt_cluster_id(const std::string& cluster_id);
   void handle_command(ClientConn* conn, Caller caller, std::vector<std::string>& words, Batch& batch);
+  void start_checkpoint(const Caller& caller, const std::vector<std::string>& words);
+  void start_write(const Caller& caller, const std::vector<std::string>& words, const Command& cmd, Batch& batch);
+  static Reply proposal_refusal(const ProposeResult& res, bool forwarded_here);
   // Answers the caller. For a follower's forwarded write, `status` tells it what the reply means.
   void finish(const Caller& caller, Reply reply, ForwardStatus status = ForwardStatus::Done);
   void finish_request(std::uint64_t id, Reply reply, ForwardStatus status = ForwardStatus::Done);
