@@ -9778,6 +9778,7 @@ class Runtime {
   // peers
   bool read_peer(PeerConn& p);
   bool handle_peer_message(PeerConn& p, std::vector<std::string>& w);
+  bool welcome_peer(PeerConn& p, const std::vector<std::string>& w);
   Reply handle_join(const std::vector<std::string>& w);
   // apply
   void push_apply(ApplyItem item) {
@@ -13057,45 +13058,49 @@ inline bool Runtime::read_peer(PeerConn& p) {
   return ok && !eof;
 }
 
+// The first message on an authenticated connection: the peer's HELLO, checked against this
+// node (its id, its cluster); answered +WELCOME or refused (and closed after the answer).
+inline bool Runtime::welcome_peer(PeerConn& p, const std::vector<std::string>& w) {
+  auto refuse = [&](const std::string& why) {
+    resp::write_error(p.out, "ERR " + why);
+    p.close_after_flush = true;
+    log(LogLevel::Warning, "refused a peer connection: " + why);
+    return true;
+  };
+  // The HELLO of the handshake (peer_handshake): the peer proved it holds our secret.
+  if (w[0] != "HELLO" || w.size() != 8) return refuse("expected HELLO");
+  if (w[3].empty() || w[3] == cfg_.id) return refuse("peer says it is node '" + w[3] + "' (this node's id)");
+  HostPort hp;
+  std::string error;
+  if (!parse_host_port(w[5], hp, error)) return refuse(error);
+  std::string ours;
+  {
+    std::lock_guard<std::mutex> lock(core_mu_);
+    ours = identity_.cluster_id;
+  }
+  if (!w[2].empty() && !ours.empty() && w[2] != ours)
+    return refuse("node " + w[3] + " belongs to cluster " + w[2] + ", this node to " + ours);
+  // A joiner: it may only ask to join. (Between two joiners too: neither is in a cluster, and
+  // what one could send the other would capture it.)
+  if (w[2].empty()) p.join_only = true;
+  // We are the joiner: the cluster id comes only with the answer to our JOIN, from the member
+  // we asked (joiner_loop). Anyone else could claim any cluster and capture this node. A
+  // leader's link that comes first is refused and tries again once we know the id.
+  if (!w[2].empty() && ours.empty())
+    return refuse("node " + w[3] + " says it is of cluster " + w[2] + ", and this node has not joined one: it "
+                  "learns its cluster id from the member it asks to join");
+  p.node = w[3];
+  p.server_id = w[4];
+  p.address = w[5];
+  links_.learn_address(p.node, p.address);
+  p.welcomed = true;
+  resp::write_simple(p.out, "WELCOME");
+  return true;
+}
+
 inline bool Runtime::handle_peer_message(PeerConn& p, std::vector<std::string>& w) {
   const std::string& kind = w[0];
-  if (!p.welcomed) {
-    auto refuse = [&](const std::string& why) {
-      resp::write_error(p.out, "ERR " + why);
-      p.close_after_flush = true;
-      log(LogLevel::Warning, "refused a peer connection: " + why);
-      return true;
-    };
-    // The HELLO of the handshake (peer_handshake): the peer proved it holds our secret.
-    if (kind != "HELLO" || w.size() != 8) return refuse("expected HELLO");
-    if (w[3].empty() || w[3] == cfg_.id) return refuse("peer says it is node '" + w[3] + "' (this node's id)");
-    HostPort hp;
-    std::string error;
-    if (!parse_host_port(w[5], hp, error)) return refuse(error);
-    std::string ours;
-    {
-      std::lock_guard<std::mutex> lock(core_mu_);
-      ours = identity_.cluster_id;
-    }
-    if (!w[2].empty() && !ours.empty() && w[2] != ours)
-      return refuse("node " + w[3] + " belongs to cluster " + w[2] + ", this node to " + ours);
-    // A joiner: it may only ask to join. (Between two joiners too: neither is in a cluster, and
-    // what one could send the other would capture it.)
-    if (w[2].empty()) p.join_only = true;
-    // We are the joiner: the cluster id comes only with the answer to our JOIN, from the member
-    // we asked (joiner_loop). Anyone else could claim any cluster and capture this node. A
-    // leader's link that comes first is refused and tries again once we know the id.
-    if (!w[2].empty() && ours.empty())
-      return refuse("node " + w[3] + " says it is of cluster " + w[2] + ", and this node has not joined one: it "
-                    "learns its cluster id from the member it asks to join");
-    p.node = w[3];
-    p.server_id = w[4];
-    p.address = w[5];
-    links_.learn_address(p.node, p.address);
-    p.welcomed = true;
-    resp::write_simple(p.out, "WELCOME");
-    return true;
-  }
+  if (!p.welcomed) return welcome_peer(p, w);
   if (kind == "JOIN" && w.size() == 4) {
     resp::write(p.out, handle_join(w), 2);
     return true;

@@ -431,6 +431,7 @@ class Runtime {
   // peers
   bool read_peer(PeerConn& p);
   bool handle_peer_message(PeerConn& p, std::vector<std::string>& w);
+  bool welcome_peer(PeerConn& p, const std::vector<std::string>& w);
   Reply handle_join(const std::vector<std::string>& w);
   // apply
   void push_apply(ApplyItem item) {
