@@ -9692,6 +9692,9 @@ class Runtime {
   void update_links();
   // threads
   void poll_loop();
+  void client_poll_set(std::vector<pollfd>& fds, std::vector<std::uint64_t>& owner);
+  std::vector<std::uint64_t> serve_ready_clients(const std::vector<pollfd>& fds, const std::vector<std::uint64_t>& owner);
+  void close_clients_done(std::vector<std::uint64_t> failed);
   void peer_loop();
   void ticker_loop();
   void apply_loop();
@@ -12454,25 +12457,65 @@ inline void Runtime::log(LogLevel level, const std::string& message) const {
 
 // ---- the poll thread -----------------------------------------------------------------------
 
+// The poll set: the wake pipe, the listener (unless accepting is paused), every client.
+inline void Runtime::client_poll_set(std::vector<pollfd>& fds, std::vector<std::uint64_t>& owner) {
+  fds.clear();
+  owner.clear();
+  bool accepting = std::chrono::steady_clock::now() >= accept_paused_until_;
+  fds.push_back(pollfd{wake_pipe_[0], POLLIN, 0});
+  fds.push_back(pollfd{client_fd_, static_cast<short>(accepting ? POLLIN : 0), 0});
+  owner.assign(2, 0);
+  for (auto& [id, c] : clients_) {
+    // A command waiting for an earlier one: read no more meanwhile (bounded input).
+    short ev = static_cast<short>((c->close_after_flush || c->input_closed || c->has_pending ? 0 : POLLIN) |
+                                  (c->out.empty() ? 0 : POLLOUT));
+    fds.push_back(pollfd{c->fd, c->tls.events(ev), 0});
+    owner.push_back(id);
+  }
+}
+
+// Reads from and writes to the clients poll found ready; the ones to close (their connection
+// failed).
+inline std::vector<std::uint64_t> Runtime::serve_ready_clients(const std::vector<pollfd>& fds,
+                                                               const std::vector<std::uint64_t>& owner) {
+  std::vector<std::uint64_t> close_clients;
+  for (std::size_t i = 2; i < fds.size(); ++i) {
+    if (!fds[i].revents) continue;
+    auto it = clients_.find(owner[i]);
+    if (it == clients_.end()) continue;
+    ClientConn& c = *it->second;
+    const short revents = c.tls.ready(fds[i].revents);
+    bool ok = true;
+    if (revents & (POLLIN | POLLHUP | POLLERR)) ok = read_client(c);
+    if (ok && (revents & POLLOUT)) ok = flush_client(c);
+    if (!ok) close_clients.push_back(c.id);
+  }
+  return close_clients;
+}
+
+// Closes `failed` and the clients that are done: killed, or after QUIT or a protocol error
+// once every reply before it is written.
+inline void Runtime::close_clients_done(std::vector<std::uint64_t> failed) {
+  for (auto& [id, c] : clients_)
+    if (c->kill || ((c->close_after_flush || (c->input_closed && !c->has_pending)) && c->out.empty() && c->ops.empty()))
+      failed.push_back(id);
+  for (std::uint64_t id : failed) {
+    auto it = clients_.find(id);
+    if (it != clients_.end()) {
+      drop_output(*it->second);
+      ::close(it->second->fd);
+      clients_.erase(it);
+    }
+  }
+}
+
 inline void Runtime::poll_loop() {
   poll_thread_id_ = std::this_thread::get_id();
   std::vector<pollfd> fds;
   std::vector<std::uint64_t> owner;  // client connection id, or 0
   auto last_expiry = std::chrono::steady_clock::now();
   while (!stopping_or_later()) {
-    fds.clear();
-    owner.clear();
-    bool accepting = std::chrono::steady_clock::now() >= accept_paused_until_;
-    fds.push_back(pollfd{wake_pipe_[0], POLLIN, 0});
-    fds.push_back(pollfd{client_fd_, static_cast<short>(accepting ? POLLIN : 0), 0});
-    owner.assign(2, 0);
-    for (auto& [id, c] : clients_) {
-      // A command waiting for an earlier one: read no more meanwhile (bounded input).
-      short ev = static_cast<short>((c->close_after_flush || c->input_closed || c->has_pending ? 0 : POLLIN) |
-                                    (c->out.empty() ? 0 : POLLOUT));
-      fds.push_back(pollfd{c->fd, c->tls.events(ev), 0});
-      owner.push_back(id);
-    }
+    client_poll_set(fds, owner);
     int n = ::poll(fds.data(), fds.size(), 100);
     if (stopping_or_later()) break;
     if (n < 0) {
@@ -12485,32 +12528,10 @@ inline void Runtime::poll_loop() {
       }
     }
     if (fds[1].revents & POLLIN) accept_clients();
-    std::vector<std::uint64_t> close_clients;
-    for (std::size_t i = 2; i < fds.size(); ++i) {
-      if (!fds[i].revents) continue;
-      auto it = clients_.find(owner[i]);
-      if (it == clients_.end()) continue;
-      ClientConn& c = *it->second;
-      const short revents = c.tls.ready(fds[i].revents);
-      bool ok = true;
-      if (revents & (POLLIN | POLLHUP | POLLERR)) ok = read_client(c);
-      if (ok && (revents & POLLOUT)) ok = flush_client(c);
-      if (!ok) close_clients.push_back(c.id);
-    }
+    std::vector<std::uint64_t> close_clients = serve_ready_clients(fds, owner);
     flush_batched(poll_batch_);
     drain_done();
-    // QUIT or a protocol error: close once every reply before it is written.
-    for (auto& [id, c] : clients_)
-      if (c->kill || ((c->close_after_flush || (c->input_closed && !c->has_pending)) && c->out.empty() && c->ops.empty()))
-        close_clients.push_back(id);
-    for (std::uint64_t id : close_clients) {
-      auto it = clients_.find(id);
-      if (it != clients_.end()) {
-        drop_output(*it->second);
-        ::close(it->second->fd);
-        clients_.erase(it);
-      }
-    }
+    close_clients_done(close_clients);
     connected_clients_ = clients_.size();
     client_output_total_reported_ = client_output_total_;
     auto now = std::chrono::steady_clock::now();

@@ -345,6 +345,9 @@ class Runtime {
   void update_links();
   // threads
   void poll_loop();
+  void client_poll_set(std::vector<pollfd>& fds, std::vector<std::uint64_t>& owner);
+  std::vector<std::uint64_t> serve_ready_clients(const std::vector<pollfd>& fds, const std::vector<std::uint64_t>& owner);
+  void close_clients_done(std::vector<std::uint64_t> failed);
   void peer_loop();
   void ticker_loop();
   void apply_loop();
