@@ -349,6 +349,9 @@ class Runtime {
   std::vector<std::uint64_t> serve_ready_clients(const std::vector<pollfd>& fds, const std::vector<std::uint64_t>& owner);
   void close_clients_done(std::vector<std::uint64_t> failed);
   void peer_loop();
+  void peer_poll_set(std::vector<pollfd>& fds);
+  std::vector<int> serve_ready_peers(const std::vector<pollfd>& fds);
+  void drop_silent_peers(std::chrono::steady_clock::time_point now);
   void ticker_loop();
   void apply_loop();
   void snapshot_loop();
@@ -433,6 +436,8 @@ class Runtime {
   bool authenticate(ClientConn* conn, const std::string& user, const std::string& password);
   // peers
   bool read_peer(PeerConn& p);
+  bool parse_peer_messages(PeerConn& p, std::vector<Message>& inbound);
+  bool step_peer_messages(const PeerConn& p, const std::vector<Message>& inbound);
   bool handle_peer_message(PeerConn& p, std::vector<std::string>& w);
   bool welcome_peer(PeerConn& p, const std::vector<std::string>& w);
   Reply handle_join(const std::vector<std::string>& w);

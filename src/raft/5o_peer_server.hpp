@@ -8,6 +8,45 @@ namespace detail {
 // into the core, so that no client's command (a long KEYS, a large reply) delays a heartbeat
 // or its answer. It owns peers_in_ and peer_batch_; it shares with the poll thread only what
 // is under a lock (core_mu_, fwd_mu_, req_mu_, the Links' own, acl_mu_).
+// The peer thread's poll set: its wake pipe, the peer listener (unless paused), every
+// inbound peer connection.
+inline void Runtime::peer_poll_set(std::vector<pollfd>& fds) {
+  fds.clear();
+  const bool accepting = std::chrono::steady_clock::now() >= peer_accept_paused_until_;
+  fds.push_back(pollfd{peer_wake_pipe_[0], POLLIN, 0});
+  fds.push_back(pollfd{peer_fd_, static_cast<short>(accepting ? POLLIN : 0), 0});
+  for (auto& [fd, p] : peers_in_)
+    fds.push_back(pollfd{fd, p->tls.events(static_cast<short>((p->close_after_flush ? 0 : POLLIN) | (p->wire.empty() ? 0 : POLLOUT))), 0});
+}
+
+// Reads from and writes to the peer connections poll found ready; the ones to close.
+inline std::vector<int> Runtime::serve_ready_peers(const std::vector<pollfd>& fds) {
+  std::vector<int> close_peers;
+  for (std::size_t i = 2; i < fds.size(); ++i) {
+    if (!fds[i].revents) continue;
+    auto it = peers_in_.find(fds[i].fd);
+    if (it == peers_in_.end()) continue;
+    PeerConn& p = *it->second;
+    bool ok = true;
+    if (p.tls.ready(fds[i].revents) & (POLLIN | POLLHUP | POLLERR)) ok = read_peer(p);
+    if (ok && !p.wire.empty()) ok = flush_out(p.fd, p.tls, p.wire);
+    if (!ok || (p.close_after_flush && p.wire.empty())) close_peers.push_back(p.fd);
+  }
+  return close_peers;
+}
+
+// A peer connection that has not said HELLO in time is dropped (descriptors are finite).
+inline void Runtime::drop_silent_peers(std::chrono::steady_clock::time_point now) {
+  for (auto it = peers_in_.begin(); it != peers_in_.end();) {
+    if (!it->second->welcomed && now - it->second->accepted > std::chrono::milliseconds(scaled(cfg_.send_timeout_ms))) {
+      ::close(it->first);
+      it = peers_in_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
 inline void Runtime::peer_loop() {
   peer_thread_id_ = std::this_thread::get_id();
   // Connections a founder authenticated while it listened (listen_before_founding) wait for
@@ -26,12 +65,7 @@ inline void Runtime::peer_loop() {
   std::vector<pollfd> fds;
   auto last_expiry = std::chrono::steady_clock::now();
   while (!stopping_or_later()) {
-    fds.clear();
-    const bool accepting = std::chrono::steady_clock::now() >= peer_accept_paused_until_;
-    fds.push_back(pollfd{peer_wake_pipe_[0], POLLIN, 0});
-    fds.push_back(pollfd{peer_fd_, static_cast<short>(accepting ? POLLIN : 0), 0});
-    for (auto& [fd, p] : peers_in_)
-      fds.push_back(pollfd{fd, p->tls.events(static_cast<short>((p->close_after_flush ? 0 : POLLIN) | (p->wire.empty() ? 0 : POLLOUT))), 0});
+    peer_poll_set(fds);
     int n = ::poll(fds.data(), fds.size(), 100);
     if (stopping_or_later()) break;
     if (n < 0) {
@@ -44,17 +78,7 @@ inline void Runtime::peer_loop() {
       }
     }
     if (fds[1].revents & POLLIN) accept_peers();
-    std::vector<int> close_peers;
-    for (std::size_t i = 2; i < fds.size(); ++i) {
-      if (!fds[i].revents) continue;
-      auto it = peers_in_.find(fds[i].fd);
-      if (it == peers_in_.end()) continue;
-      PeerConn& p = *it->second;
-      bool ok = true;
-      if (p.tls.ready(fds[i].revents) & (POLLIN | POLLHUP | POLLERR)) ok = read_peer(p);
-      if (ok && !p.wire.empty()) ok = flush_out(p.fd, p.tls, p.wire);
-      if (!ok || (p.close_after_flush && p.wire.empty())) close_peers.push_back(p.fd);
-    }
+    const std::vector<int> close_peers = serve_ready_peers(fds);
     flush_batched(peer_batch_);  // the writes forwarded to this leader (FWD)
     for (int fd : close_peers) {
       ::close(fd);
@@ -63,15 +87,7 @@ inline void Runtime::peer_loop() {
     auto now = std::chrono::steady_clock::now();
     if (now - last_expiry > std::chrono::milliseconds(100)) {
       last_expiry = now;
-      // A peer connection that has not said HELLO in time is dropped (descriptors are finite).
-      for (auto it = peers_in_.begin(); it != peers_in_.end();) {
-        if (!it->second->welcomed && now - it->second->accepted > std::chrono::milliseconds(scaled(cfg_.send_timeout_ms))) {
-          ::close(it->first);
-          it = peers_in_.erase(it);
-        } else {
-          ++it;
-        }
-      }
+      drop_silent_peers(now);
     }
   }
 }
@@ -170,6 +186,53 @@ inline bool Runtime::take_peer_bytes(PeerConn& p, const char* data, std::size_t 
   return true;
 }
 
+// The whole messages read from `p`: RAFT messages are collected in `inbound` (stepped
+// together, under one core_mu_), the others handled at once. False: close the connection.
+inline bool Runtime::parse_peer_messages(PeerConn& p, std::vector<Message>& inbound) {
+  while (p.welcomed) {
+    resp::Status st = p.parser.next(p.argv);
+    if (st == resp::Status::NeedMore) break;
+    if (st == resp::Status::Error) {
+      log(LogLevel::Warning, "peer connection from " + (p.node.empty() ? std::string("?") : p.node) +
+                                 " sent malformed RESP (" + p.parser.error() + "): closing it");
+      return false;
+    }
+    if (p.argv.empty()) continue;
+    if (p.close_after_flush) break;  // refused: nothing more is read
+    if (p.welcomed && !p.join_only && p.argv[0] == "RAFT") {
+      Message m;
+      std::string error;
+      if (!decode_raft(p.argv, m, error)) {
+        log(LogLevel::Warning, "peer " + p.node + ": " + error + ": closing the connection");
+        return false;
+      }
+      m.from = p.node;
+      m.to = cfg_.id;
+      m.server_id = p.server_id;
+      inbound.push_back(std::move(m));
+      continue;
+    }
+    if (!handle_peer_message(p, p.argv)) return false;
+  }
+  return true;
+}
+
+// Steps a connection's Raft messages into the core and drives it. False: close the connection.
+inline bool Runtime::step_peer_messages(const PeerConn& p, const std::vector<Message>& inbound) {
+  std::lock_guard<std::mutex> lock(core_mu_);
+  if (failed_) return true;
+  bool ok = true;
+  try {
+    for (const auto& m : inbound) core_->step(m);
+  } catch (const std::exception& e) {
+    // decode_raft refuses what the core cannot take; this is a last resort.
+    log(LogLevel::Error, "peer " + p.node + " sent a message the core refused (" + e.what() + "): closing");
+    ok = false;
+  }
+  drive();
+  return ok;
+}
+
 inline bool Runtime::read_peer(PeerConn& p) {
   char buf[65536];
   std::size_t total = 0;
@@ -193,50 +256,8 @@ inline bool Runtime::read_peer(PeerConn& p) {
   // The session is open: the handshake's HELLO is handled as before (WELCOME or a refusal).
   if (ok && p.session.is_open() && !p.welcomed && !p.close_after_flush) ok = handle_peer_message(p, p.hello);
   std::vector<Message> inbound;
-  for (;;) {
-    if (!ok || !p.welcomed) break;
-    resp::Status st = p.parser.next(p.argv);
-    if (st == resp::Status::NeedMore) break;
-    if (st == resp::Status::Error) {
-      log(LogLevel::Warning, "peer connection from " + (p.node.empty() ? std::string("?") : p.node) +
-                                 " sent malformed RESP (" + p.parser.error() + "): closing it");
-      ok = false;
-      break;
-    }
-    if (p.argv.empty()) continue;
-    if (p.close_after_flush) break;  // refused: nothing more is read
-    if (p.welcomed && !p.join_only && p.argv[0] == "RAFT") {
-      Message m;
-      std::string error;
-      if (!decode_raft(p.argv, m, error)) {
-        log(LogLevel::Warning, "peer " + p.node + ": " + error + ": closing the connection");
-        ok = false;
-        break;
-      }
-      m.from = p.node;
-      m.to = cfg_.id;
-      m.server_id = p.server_id;
-      inbound.push_back(std::move(m));
-      continue;
-    }
-    if (!handle_peer_message(p, p.argv)) {
-      ok = false;
-      break;
-    }
-  }
-  if (!inbound.empty()) {
-    std::lock_guard<std::mutex> lock(core_mu_);
-    if (!failed_) {
-      try {
-        for (const auto& m : inbound) core_->step(m);
-      } catch (const std::exception& e) {
-        // decode_raft refuses what the core cannot take; this is a last resort.
-        log(LogLevel::Error, "peer " + p.node + " sent a message the core refused (" + e.what() + "): closing");
-        ok = false;
-      }
-      drive();
-    }
-  }
+  if (ok) ok = parse_peer_messages(p, inbound);
+  if (!inbound.empty() && !step_peer_messages(p, inbound)) ok = false;
   // What the handlers answered (WELCOME, a refusal, JOIN's answer) goes out sealed.
   if (p.session.is_open() && !p.out.empty()) {
     p.session.seal(p.out, p.wire);
