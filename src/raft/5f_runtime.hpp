@@ -356,6 +356,7 @@ class Runtime {
   void apply_loop();
   void snapshot_loop();
   void joiner_loop();
+  std::string ask_to_join(const std::string& target, std::optional<std::string>& moved);
   void read_snapshot_to_load(Store& into) const;
   bool committed_member() const {  // with core_mu_ held
     Configuration c = core_->config_at(core_->commit_index());

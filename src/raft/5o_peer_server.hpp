@@ -386,7 +386,7 @@ inline void Runtime::joiner_loop() {
     auto slash = e.find('/');
     targets.push_back(slash == std::string::npos ? e : e.substr(slash + 1));
   }
-  std::string moved;
+  std::optional<std::string> moved;
   std::size_t next = 0;
   while (!stopping_or_later()) {
     {
@@ -395,61 +395,63 @@ inline void Runtime::joiner_loop() {
       std::lock_guard<std::mutex> lock(core_mu_);
       if (committed_member()) break;
     }
-    std::string target = moved.empty() ? targets[next++ % targets.size()] : moved;
-    moved.clear();
-    HostPort hp;
-    std::string error;
-    std::string outcome;
-    if (parse_host_port(target, hp, error)) {
-      int fd = connect_tcp(host_.host, hp.host, hp.port + 1, scaled(cfg_.send_timeout_ms), error, stop_fd());
-      if (fd >= 0) {
-        set_send_timeout(fd, scaled(cfg_.send_timeout_ms));
-        // The handshake first (whoever is there: `to` is empty); JOIN goes sealed after it.
-        PeerSession session;
-        Tls tls;
-        bool refused = false;
-        std::string join;
-        resp::ReplyParser parser;
-        resp::Value welcome, reply;
-        if (!secure_to_peer(fd, hp.host, tls, error) || !handshake_as_connector(fd, tls, "", session, error, refused)) {
-          welcome = resp::Value::error(error);
-        } else {
-          std::string plain;
-          resp::write_command(plain, {"JOIN", cfg_.id, cfg_.address, identity_.server_id});
-          session.seal(plain, join);
-        }
-        if (session.is_open() && send_all(fd, join.data(), join.size(), &tls) &&
-            recv_sealed_value(fd, session, parser, welcome, scaled(cfg_.send_timeout_ms), stop_fd(), error, &tls) &&
-            !welcome.is_error() &&
-            recv_sealed_value(fd, session, parser, reply, scaled(cfg_.send_timeout_ms), stop_fd(), error, &tls)) {
-          if (reply.type == resp::Type::SimpleString && reply.str.rfind("OK ", 0) == 0) {
-            adopt_cluster_id(reply.str.substr(3));
-            outcome = "accepted";
-          } else if (reply.is_error() && reply.str.rfind("MOVED ", 0) == 0) {
-            auto sp = reply.str.rfind(' ');
-            moved = reply.str.substr(sp + 1);
-            outcome = "redirected to " + moved;
-            ::close(fd);
-            std::unique_lock<std::mutex> lock(life_mu_);  // no tight loop between two nodes
-            life_cv_.wait_for(lock, std::chrono::milliseconds(scaled(50)), [&] { return stopping_or_later(); });
-            continue;
-          } else {
-            outcome = reply.str;
-          }
-        } else {
-          outcome = welcome.is_error() ? welcome.str : "no answer";
-        }
-        ::close(fd);
-      } else {
-        outcome = error;
-      }
-    } else {
-      outcome = error;
+    std::string target = moved ? *moved : targets[next++ % targets.size()];
+    moved.reset();
+    const std::string outcome = ask_to_join(target, moved);
+    if (moved) {
+      std::unique_lock<std::mutex> lock(life_mu_);  // no tight loop between two nodes
+      life_cv_.wait_for(lock, std::chrono::milliseconds(scaled(50)), [&] { return stopping_or_later(); });
+      continue;
     }
     log(LogLevel::Info, "asked " + target + " to join: " + outcome);
     std::unique_lock<std::mutex> lock(life_mu_);
     life_cv_.wait_for(lock, std::chrono::milliseconds(scaled(cfg_.join_retry_ms)), [&] { return stopping_or_later(); });
   }
+}
+
+// One JOIN: connects to `target`'s peer port, runs the handshake (whoever is there: `to` is
+// empty), sends JOIN sealed after it. What happened, for the log; `moved` is set to the
+// address a member redirected us to (-MOVED: ask that one next).
+inline std::string Runtime::ask_to_join(const std::string& target, std::optional<std::string>& moved) {
+  HostPort hp;
+  std::string error;
+  if (!parse_host_port(target, hp, error)) return error;
+  int fd = connect_tcp(host_.host, hp.host, hp.port + 1, scaled(cfg_.send_timeout_ms), error, stop_fd());
+  if (fd < 0) return error;
+  set_send_timeout(fd, scaled(cfg_.send_timeout_ms));
+  PeerSession session;
+  Tls tls;
+  bool refused = false;
+  std::string join;
+  resp::ReplyParser parser;
+  resp::Value welcome, reply;
+  if (!secure_to_peer(fd, hp.host, tls, error) || !handshake_as_connector(fd, tls, "", session, error, refused)) {
+    welcome = resp::Value::error(error);
+  } else {
+    std::string plain;
+    resp::write_command(plain, {"JOIN", cfg_.id, cfg_.address, identity_.server_id});
+    session.seal(plain, join);
+  }
+  std::string outcome;
+  if (session.is_open() && send_all(fd, join.data(), join.size(), &tls) &&
+      recv_sealed_value(fd, session, parser, welcome, scaled(cfg_.send_timeout_ms), stop_fd(), error, &tls) &&
+      !welcome.is_error() &&
+      recv_sealed_value(fd, session, parser, reply, scaled(cfg_.send_timeout_ms), stop_fd(), error, &tls)) {
+    if (reply.type == resp::Type::SimpleString && reply.str.rfind("OK ", 0) == 0) {
+      adopt_cluster_id(reply.str.substr(3));
+      outcome = "accepted";
+    } else if (reply.is_error() && reply.str.rfind("MOVED ", 0) == 0) {
+      auto sp = reply.str.rfind(' ');
+      moved = reply.str.substr(sp + 1);
+      outcome = "redirected to " + *moved;
+    } else {
+      outcome = reply.str;
+    }
+  } else {
+    outcome = welcome.is_error() ? welcome.str : "no answer";
+  }
+  ::close(fd);
+  return outcome;
 }
 
 }  // namespace detail
