@@ -13235,7 +13235,7 @@ inline void Runtime::joiner_loop() {
       std::lock_guard<std::mutex> lock(core_mu_);
       if (committed_member()) break;
     }
-    std::string target = moved ? *moved : targets[next++ % targets.size()];
+    std::string target = moved && !moved->empty() ? *moved : targets[next++ % targets.size()];
     moved.reset();
     const std::string outcome = ask_to_join(target, moved);
     if (moved) {
