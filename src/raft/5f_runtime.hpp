@@ -321,6 +321,8 @@ class Runtime {
     std::string address;
   };
   std::optional<FoundingContact> listen_before_founding();
+  void accept_while_founding(std::vector<std::unique_ptr<PeerConn>>& held);
+  bool handshake_while_founding(PeerConn& p);
   int founding_listen_ms() const;
   bool unused_founder_directory(const Recovered& rec) const;
   void load_first_snapshot(const Store& loaded, std::shared_ptr<Snapshot>& snapshot, CoreState& st);

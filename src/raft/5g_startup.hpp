@@ -231,6 +231,47 @@ inline int Runtime::founding_listen_ms() const {
 // meanwhile, so a node that crashes while it listens listens again when restarted. Only the
 // handshake is done here; the connections are handed to the peer thread afterwards as if it had
 // accepted them (it answers the HELLO with WELCOME, and a joiner's JOIN, as the founder).
+// While a founder listens: accepts peer connections into `held` (within the handshake
+// budget, as accept_peers does).
+inline void Runtime::accept_while_founding(std::vector<std::unique_ptr<PeerConn>>& held) {
+  for (;;) {
+    sockaddr_in from{};
+    socklen_t from_len = sizeof from;
+    int fd = ::accept4(peer_fd_, reinterpret_cast<sockaddr*>(&from), &from_len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) break;
+    make_room_for_handshake(held, [](auto& h) -> PeerConn& { return *h; });  // as accept_peers
+    held.erase(std::remove_if(held.begin(), held.end(), [](const auto& h) { return h->fd < 0; }), held.end());
+    if (held.size() >= kMaxPeerConnections) {
+      ::close(fd);
+      continue;
+    }
+    set_nodelay(fd);
+    held.push_back(std::make_unique<PeerConn>());
+    held.back()->fd = fd;
+    held.back()->source = from.sin_addr.s_addr;
+    if (!secure_accepted(fd, held.back()->tls, true)) {
+      ::close(fd);
+      held.pop_back();
+    }
+  }
+}
+
+// Reads a held connection's handshake as far as it has come, and writes our part of it.
+// False: close it.
+inline bool Runtime::handshake_while_founding(PeerConn& p) {
+  char buf[16384];  // a whole TLS record: none is left inside OpenSSL unseen by poll()
+  bool ok = true;
+  for (;;) {
+    ssize_t n = p.tls.recv(p.fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    ok = n > 0 && take_peer_bytes(p, buf, static_cast<std::size_t>(n), true);
+    if (!ok || p.session.is_open() || p.close_after_flush) break;
+  }
+  if (ok && !p.wire.empty()) ok = flush_out(p.fd, p.tls, p.wire);
+  return ok;
+}
+
 inline std::optional<Runtime::FoundingContact> Runtime::listen_before_founding() {
   const int period = founding_listen_ms();
   log(LogLevel::Info, "no data directory in " + cfg_.data_dir + ": listening " + std::to_string(period) +
@@ -238,7 +279,6 @@ inline std::optional<Runtime::FoundingContact> Runtime::listen_before_founding()
                           cfg_.address + " as a member before founding a new one");
   std::vector<std::unique_ptr<PeerConn>> held;
   std::optional<FoundingContact> contact;
-  char buf[16384];  // a whole TLS record: none is left inside OpenSSL unseen by poll()
   bool stop = false;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(period);
   while (!contact) {
@@ -253,39 +293,11 @@ inline std::optional<Runtime::FoundingContact> Runtime::listen_before_founding()
       if (h->fd >= 0 && !h->session.is_open() && !h->close_after_flush)
         fds.push_back(pollfd{h->fd, h->tls.events(static_cast<short>(POLLIN | (h->wire.empty() ? 0 : POLLOUT))), 0});
     ::poll(fds.data(), fds.size(), static_cast<int>(std::min<long long>(left, 50)));
-    for (;;) {
-      sockaddr_in from{};
-      socklen_t from_len = sizeof from;
-      int fd = ::accept4(peer_fd_, reinterpret_cast<sockaddr*>(&from), &from_len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-      if (fd < 0) break;
-      make_room_for_handshake(held, [](auto& h) -> PeerConn& { return *h; });  // as accept_peers
-      held.erase(std::remove_if(held.begin(), held.end(), [](const auto& h) { return h->fd < 0; }), held.end());
-      if (held.size() >= kMaxPeerConnections) {
-        ::close(fd);
-        continue;
-      }
-      set_nodelay(fd);
-      held.push_back(std::make_unique<PeerConn>());
-      held.back()->fd = fd;
-      held.back()->source = from.sin_addr.s_addr;
-      if (!secure_accepted(fd, held.back()->tls, true)) {
-        ::close(fd);
-        held.pop_back();
-      }
-    }
+    accept_while_founding(held);
     for (auto& h : held) {
       PeerConn& p = *h;
       if (p.fd < 0 || p.session.is_open() || p.close_after_flush) continue;
-      bool ok = true;
-      for (;;) {
-        ssize_t n = p.tls.recv(p.fd, buf, sizeof buf);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
-        ok = n > 0 && take_peer_bytes(p, buf, static_cast<std::size_t>(n), true);
-        if (!ok || p.session.is_open() || p.close_after_flush) break;
-      }
-      if (ok && !p.wire.empty()) ok = flush_out(p.fd, p.tls, p.wire);
-      if (!ok) {
+      if (!handshake_while_founding(p)) {
         ::close(p.fd);
         p.fd = -1;
         continue;
