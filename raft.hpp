@@ -13517,162 +13517,199 @@ inline std::string usage(const std::string& program) {
          "  ex) " + program + " -i 2 -a 127.0.0.1:5020 -e 127.0.0.1:5010\n";
 }
 
+namespace detail {
+
+// What parse_args keeps while it reads the options.
+struct ArgsState {
+  ParsedArgs& out;
+  const char* secret_from = nullptr;  // the option that gave the peer secret
+};
+
+// One option of the default command line: its names, whether a value follows it, and what
+// it does (an empty string: done; otherwise the error, and parsing stops). `option` is the
+// name as given; `value` is empty for an option without one. A new option is a line here
+// (and one in usage()).
+struct CommandLineOption {
+  std::vector<std::string> names;
+  bool takes_value;
+  std::string (*apply)(ArgsState& s, const std::string& option, const std::string& value);
+};
+
+// --secret-file PATH: the peer secret (and a second one, while secrets change) from a file.
+inline std::string read_secret_file(ArgsState& s, const std::string& option, const std::string& path) {
+  if (s.secret_from != nullptr) return "give the peer secret once (" + std::string(s.secret_from) + " and " + option + ")";
+  s.secret_from = "--secret-file";
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) return "cannot read the secret file " + path + ": " + std::strerror(errno);
+  std::string text;
+  char chunk[4096];
+  for (std::size_t n; (n = std::fread(chunk, 1, sizeof chunk, f)) > 0;) text.append(chunk, n);
+  struct stat st{};
+  const bool open_to_others = ::fstat(fileno(f), &st) == 0 && (st.st_mode & 077) != 0;
+  std::fclose(f);
+  if (open_to_others) s.out.warnings.push_back("the secret file " + path + " can be read by other users: chmod 600 " + path);
+  Config& c = s.out.config;
+  const std::string error = parse_secrets(text, c.secret, c.second_secret);
+  return error.empty() ? error : "the secret file " + path + " " + error;
+}
+
+// The options that take a count (clients, seconds).
+inline std::string set_count_option(ArgsState& s, const std::string& a, const std::string& v) {
+  std::uint64_t n = 0;
+  if (!parse_number(v, n) || n > (std::uint64_t{1} << 31)) return a + " needs a number, not '" + v + "'";
+  Config& c = s.out.config;
+  if (a == "--maxclients") c.max_clients = static_cast<std::size_t>(n);
+  if (a == "--timeout") c.client_timeout_s = static_cast<int>(n);
+  if (a == "--partial-command-timeout") c.partial_command_timeout_s = static_cast<int>(n);
+  if (a == "--checkpoint-interval") c.checkpoint_interval_s = static_cast<int>(n);
+  return "";
+}
+
+// The options that take a size in bytes, with Redis's units.
+inline std::string set_size_option(ArgsState& s, const std::string& a, const std::string& v) {
+  std::uint64_t n = 0;
+  if (!parse_memory(v, n) || n > (std::uint64_t{1} << 62))
+    return a + " needs a size in bytes (units as Redis's: 100mb, 1gb), not '" + v + "'";
+  Config& c = s.out.config;
+  if (a == "--maxmemory") c.maxmemory = n;
+  if (a == "--client-query-buffer-limit") c.client_query_buffer_limit = static_cast<std::size_t>(n);
+  if (a == "--proto-max-bulk-len") c.client_limits.max_bulk_length = static_cast<std::size_t>(n);
+  if (a == "--max-command-bytes") c.max_command_bytes = static_cast<std::size_t>(n);
+  if (a == "--client-output-total-limit") c.max_total_client_output = static_cast<std::size_t>(n);
+  return "";
+}
+
+inline std::string set_log_level(ArgsState& s, const std::string&, const std::string& value) {
+  const std::string v = lower(value);
+  LogLevel& level = s.out.config.log_level;
+  if (v == "debug") level = LogLevel::Debug;
+  else if (v == "info") level = LogLevel::Info;
+  else if (v == "warning" || v == "warn") level = LogLevel::Warning;
+  else if (v == "error") level = LogLevel::Error;
+  else return "unknown log level '" + v + "'";
+  return "";
+}
+
+// -e LIST: the members to ask to join, comma-separated.
+inline std::string add_join_targets(ArgsState& s, const std::string&, const std::string& v) {
+  std::size_t start = 0;
+  while (start <= v.size()) {
+    auto comma = v.find(',', start);
+    std::string item = v.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    if (!item.empty()) s.out.config.join.push_back(item);
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return "";
+}
+
+// An option that sets one string of the Config.
+template <std::string Config::*field>
+std::string set_string_option(ArgsState& s, const std::string&, const std::string& v) {
+  s.out.config.*field = v;
+  return "";
+}
+
+inline const std::vector<CommandLineOption>& command_line_options() {
+  using S = ArgsState;
+  using Str = const std::string&;
+  static const std::vector<CommandLineOption> options = {
+      {{"-a", "--addr"}, true, set_string_option<&Config::address>},
+      {{"-i", "--nid"}, true, set_string_option<&Config::id>},
+      {{"-e", "--ensemble"}, true, add_join_targets},
+      {{"-d", "--data"}, true, set_string_option<&Config::data_dir>},
+      {{"-l", "--load"}, true, set_string_option<&Config::load_snapshot>},
+      {{"-s", "--secret"}, true,
+       [](S& s, Str a, Str v) {
+         s.out.config.secret = v;
+         if (s.secret_from != nullptr) return "give the peer secret once (" + std::string(s.secret_from) + " and " + a + ")";
+         s.secret_from = "-s";
+         s.out.warnings.push_back("the peer secret given with " + a +
+                                  " shows in ps to every local user: use --secret-file PATH or RAFT_SECRET instead");
+         return std::string();
+       }},
+      {{"--requirepass"}, true, set_string_option<&Config::requirepass>},
+      {{"--user"}, true, [](S& s, Str, Str v) { s.out.config.users.push_back(v); return std::string(); }},
+      {{"--protected-mode"}, true,
+       [](S& s, Str, Str value) {
+         const std::string v = lower(value);
+         if (v != "yes" && v != "no") return "--protected-mode takes yes or no, not '" + v + "'";
+         s.out.config.protected_mode = v == "yes";
+         return std::string();
+       }},
+      {{"--tls-cert-file"}, true, set_string_option<&Config::tls_cert_file>},
+      {{"--tls-key-file"}, true, set_string_option<&Config::tls_key_file>},
+      {{"--tls-ca-cert-file"}, true, set_string_option<&Config::tls_ca_cert_file>},
+      {{"--tls-auth-clients"}, true,
+       [](S& s, Str, Str value) {
+         const std::string v = lower(value);
+         if (v != "yes" && v != "no" && v != "optional")
+           return "--tls-auth-clients takes yes, no or optional, not '" + v + "'";
+         s.out.config.tls_auth_clients =
+             v == "yes" ? TlsAuthClients::Yes : v == "no" ? TlsAuthClients::No : TlsAuthClients::Optional;
+         return std::string();
+       }},
+      {{"--secret-file"}, true, read_secret_file},
+      {{"--insecure-peers"}, false, [](S& s, Str, Str) { s.out.config.insecure_peers = true; return std::string(); }},
+      {{"--maxclients", "--timeout", "--partial-command-timeout", "--checkpoint-interval"}, true, set_count_option},
+      {{"--maxmemory", "--client-query-buffer-limit", "--proto-max-bulk-len", "--max-command-bytes",
+        "--client-output-total-limit"},
+       true, set_size_option},
+      {{"--maxmemory-policy"}, true,
+       [](S&, Str, Str v) {
+         return lower(v) == "noeviction" ? std::string()
+                                         : "--maxmemory-policy: only noeviction is supported, not '" + v + "'";
+       }},
+      {{"--time-scale"}, true,
+       [](S& s, Str, Str v) {
+         char* end = nullptr;
+         double& scale = s.out.config.time_scale;
+         scale = std::strtod(v.c_str(), &end);
+         if (end == v.c_str() || *end != '\0' || !(scale > 0)) return "--time-scale needs a positive number, not '" + v + "'";
+         return std::string();
+       }},
+      {{"--loglevel", "-loglevel"}, true, set_log_level},
+  };
+  return options;
+}
+
+inline const CommandLineOption* find_command_line_option(const std::string& name) {
+  for (const CommandLineOption& o : command_line_options())
+    for (const std::string& n : o.names)
+      if (n == name) return &o;
+  return nullptr;
+}
+
+}  // namespace detail
+
 inline ParsedArgs parse_args(int argc, char** argv) {
   ParsedArgs out;
   Config& c = out.config;
-  const char* secret_from = nullptr;  // the option that gave the peer secret
+  detail::ArgsState state{out};
   for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto value = [&](std::string& dst) {
-      if (i + 1 >= argc) {
-        out.error = "option " + a + " needs a value";
-        return false;
-      }
-      dst = argv[++i];
-      return true;
-    };
-    std::string v;
+    const std::string a = argv[i];
     if (a == "-h" || a == "--help") {
       out.help = true;
       return out;
-    } else if (a == "-a" || a == "--addr") {
-      if (!value(c.address)) return out;
-    } else if (a == "-i" || a == "--nid") {
-      if (!value(c.id)) return out;
-    } else if (a == "-e" || a == "--ensemble") {
-      if (!value(v)) return out;
-      std::size_t start = 0;
-      while (start <= v.size()) {
-        auto comma = v.find(',', start);
-        std::string item = v.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-        if (!item.empty()) c.join.push_back(item);
-        if (comma == std::string::npos) break;
-        start = comma + 1;
-      }
-    } else if (a == "-d" || a == "--data") {
-      if (!value(c.data_dir)) return out;
-    } else if (a == "-l" || a == "--load") {
-      if (!value(c.load_snapshot)) return out;
-    } else if (a == "-s" || a == "--secret") {
-      if (!value(c.secret)) return out;
-      if (secret_from != nullptr) {
-        out.error = "give the peer secret once (" + std::string(secret_from) + " and " + a + ")";
-        return out;
-      }
-      secret_from = "-s";
-      out.warnings.push_back("the peer secret given with " + a +
-                             " shows in ps to every local user: use --secret-file PATH or RAFT_SECRET instead");
-    } else if (a == "--requirepass") {
-      if (!value(c.requirepass)) return out;
-    } else if (a == "--user") {
-      if (!value(v)) return out;
-      c.users.push_back(v);
-    } else if (a == "--protected-mode") {
-      if (!value(v)) return out;
-      v = detail::lower(v);
-      if (v != "yes" && v != "no") {
-        out.error = "--protected-mode takes yes or no, not '" + v + "'";
-        return out;
-      }
-      c.protected_mode = v == "yes";
-    } else if (a == "--tls-cert-file") {
-      if (!value(c.tls_cert_file)) return out;
-    } else if (a == "--tls-key-file") {
-      if (!value(c.tls_key_file)) return out;
-    } else if (a == "--tls-ca-cert-file") {
-      if (!value(c.tls_ca_cert_file)) return out;
-    } else if (a == "--tls-auth-clients") {
-      if (!value(v)) return out;
-      v = detail::lower(v);
-      if (v != "yes" && v != "no" && v != "optional") {
-        out.error = "--tls-auth-clients takes yes, no or optional, not '" + v + "'";
-        return out;
-      }
-      c.tls_auth_clients = v == "yes" ? TlsAuthClients::Yes : v == "no" ? TlsAuthClients::No : TlsAuthClients::Optional;
-    } else if (a == "--secret-file") {
-      if (!value(v)) return out;
-      if (secret_from != nullptr) {
-        out.error = "give the peer secret once (" + std::string(secret_from) + " and " + a + ")";
-        return out;
-      }
-      secret_from = "--secret-file";
-      std::FILE* f = std::fopen(v.c_str(), "rb");
-      if (f == nullptr) {
-        out.error = "cannot read the secret file " + v + ": " + std::strerror(errno);
-        return out;
-      }
-      std::string text;
-      char chunk[4096];
-      for (std::size_t n; (n = std::fread(chunk, 1, sizeof chunk, f)) > 0;) text.append(chunk, n);
-      struct stat st{};
-      const bool open_to_others = ::fstat(fileno(f), &st) == 0 && (st.st_mode & 077) != 0;
-      std::fclose(f);
-      if (open_to_others)
-        out.warnings.push_back("the secret file " + v + " can be read by other users: chmod 600 " + v);
-      out.error = detail::parse_secrets(text, c.secret, c.second_secret);
-      if (!out.error.empty()) {
-        out.error = "the secret file " + v + " " + out.error;
-        return out;
-      }
-    } else if (a == "--insecure-peers") {
-      c.insecure_peers = true;
-    } else if (a == "--maxclients" || a == "--timeout" || a == "--partial-command-timeout" ||
-               a == "--checkpoint-interval") {
-      if (!value(v)) return out;
-      std::uint64_t n = 0;
-      if (!detail::parse_number(v, n) || n > (std::uint64_t{1} << 31)) {
-        out.error = a + " needs a number, not '" + v + "'";
-        return out;
-      }
-      if (a == "--maxclients") c.max_clients = static_cast<std::size_t>(n);
-      if (a == "--timeout") c.client_timeout_s = static_cast<int>(n);
-      if (a == "--partial-command-timeout") c.partial_command_timeout_s = static_cast<int>(n);
-      if (a == "--checkpoint-interval") c.checkpoint_interval_s = static_cast<int>(n);
-    } else if (a == "--maxmemory" || a == "--client-query-buffer-limit" || a == "--proto-max-bulk-len" ||
-               a == "--max-command-bytes" || a == "--client-output-total-limit") {
-      if (!value(v)) return out;
-      std::uint64_t n = 0;
-      if (!detail::parse_memory(v, n) || n > (std::uint64_t{1} << 62)) {
-        out.error = a + " needs a size in bytes (units as Redis's: 100mb, 1gb), not '" + v + "'";
-        return out;
-      }
-      if (a == "--maxmemory") c.maxmemory = n;
-      if (a == "--client-query-buffer-limit") c.client_query_buffer_limit = static_cast<std::size_t>(n);
-      if (a == "--proto-max-bulk-len") c.client_limits.max_bulk_length = static_cast<std::size_t>(n);
-      if (a == "--max-command-bytes") c.max_command_bytes = static_cast<std::size_t>(n);
-      if (a == "--client-output-total-limit") c.max_total_client_output = static_cast<std::size_t>(n);
-    } else if (a == "--maxmemory-policy") {
-      if (!value(v)) return out;
-      if (detail::lower(v) != "noeviction") {
-        out.error = "--maxmemory-policy: only noeviction is supported, not '" + v + "'";
-        return out;
-      }
-    } else if (a == "--time-scale") {
-      if (!value(v)) return out;
-      char* end = nullptr;
-      c.time_scale = std::strtod(v.c_str(), &end);
-      if (end == v.c_str() || *end != '\0' || !(c.time_scale > 0)) {
-        out.error = "--time-scale needs a positive number, not '" + v + "'";
-        return out;
-      }
-    } else if (a == "--loglevel" || a == "-loglevel") {
-      if (!value(v)) return out;
-      v = detail::lower(v);
-      if (v == "debug") c.log_level = LogLevel::Debug;
-      else if (v == "info") c.log_level = LogLevel::Info;
-      else if (v == "warning" || v == "warn") c.log_level = LogLevel::Warning;
-      else if (v == "error") c.log_level = LogLevel::Error;
-      else {
-        out.error = "unknown log level '" + v + "'";
-        return out;
-      }
-    } else {
+    }
+    const detail::CommandLineOption* option = detail::find_command_line_option(a);
+    if (option == nullptr) {
       out.error = "unknown option '" + a + "'";
       return out;
     }
+    std::string value;
+    if (option->takes_value) {
+      if (i + 1 >= argc) {
+        out.error = "option " + a + " needs a value";
+        return out;
+      }
+      value = argv[++i];
+    }
+    out.error = option->apply(state, a, value);
+    if (!out.error.empty()) return out;
   }
   const char* env = std::getenv("RAFT_SECRET");
-  if (secret_from == nullptr && env != nullptr && *env != '\0') {
+  if (state.secret_from == nullptr && env != nullptr && *env != '\0') {
     out.error = detail::parse_secrets(env, c.secret, c.second_secret);
     if (!out.error.empty()) {
       out.error = "RAFT_SECRET " + out.error;
