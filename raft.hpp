@@ -7902,20 +7902,21 @@ inline void StorageWriter::run() {
 //   5b_peer_wire.hpp      the peer protocol: RAFT/JOIN/FWD/FWDR messages, their encoding
 //   5c_client_acl.hpp     clients' passwords and users: what each may run (AUTH, ACL)
 //   5d_peer_auth.hpp      peer authentication: the handshake and the authenticated frames
-//   5e_peer_link.hpp      PeerLink: one outbound connection to a peer and its sender thread
-//   5f_runtime.hpp        the Runtime class: every thread's state, the thread and lock table
+//   5e_peer_link.hpp      PeerLink: one outbound connection to a peer and its sender thread;
+//                         Links: the set of them and the peers' addresses
+//   5f_runtime.hpp        the Runtime class: the thread and lock table, the lifecycle, state
 //   5g_startup.hpp        start, join, leave, stop: the directory, recovery, founding, threads
 //   5h_driver.hpp         driving the core: drive(), the storage's callbacks, halt; the ticker
 //   5i_links.hpp          links to peers: which link a message takes, the connector's side
 //                         of the handshake, TLS, PeerLink's sender thread
 //   5j_applier.hpp        the apply loop (entries, writes, reads) and snapshots
 //   5k_commands.hpp       requests and replies, execute(), the client command path, limits,
-//                         RAFT.* administration, CONFIG, the connection commands
+//                         RAFT.* administration, CONFIG, the table of connection commands
 //   5l_forward.hpp        forwarded writes: the follower's side and the leader's
 //   5m_client_auth.hpp    AUTH, ACL and the check before every client command
 //   5n_client_server.hpp  status (INFO, ROLE) and the poll thread: client connections, limits
 //   5o_peer_server.hpp    the peer thread: inbound peer connections, RAFT, JOIN, FWD; joining
-//   5p_node.hpp           Config, Node and the default command line
+//   5p_node.hpp           Config, Node and the default command line (a table of options)
 
 namespace raft {
 namespace detail {
