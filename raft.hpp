@@ -50,6 +50,7 @@
 #include <thread>
 #include <unordered_map>
 #include <utility>
+#include <variant>
 #include <vector>
 
 // POSIX
@@ -75,348 +76,11 @@
 
 namespace raft {
 
-// --------------------------------------------------------------------------------------------
-// Shared types: the log entry, hard state, configuration, snapshot metadata and the core's
-// persist batch. The core, the storage and the runtime all speak in these.
-// --------------------------------------------------------------------------------------------
-
 /// A node's name within its cluster: a number or a string ("1", "node-a").
 using NodeId = std::string;
 
-enum class EntryType : std::uint8_t {
-  Command = 0,  // payload: the command's words, RESP-encoded (resp::write_command)
-  Noop = 1,     // a new leader's first entry of its term; empty payload
-  Config = 2,   // payload: Configuration::encode()
-};
-
-/// One entry of the replicated log.
-struct LogEntry {
-  std::uint64_t index = 0;
-  std::uint64_t term = 0;
-  EntryType type = EntryType::Command;
-  /// The leader's wall clock when it appended the entry, in ms since the epoch. Never
-  /// decreases along the log (a leader stamps max(now, previous stamp)). Write handlers use it
-  /// as "now", so every node computes the same result.
-  std::int64_t timestamp_ms = 0;
-  std::string payload;
-
-  bool operator==(const LogEntry& o) const {
-    return index == o.index && term == o.term && type == o.type &&
-           timestamp_ms == o.timestamp_ms && payload == o.payload;
-  }
-  bool operator!=(const LogEntry& o) const { return !(*this == o); }
-};
-
-/// What a node must make durable before it answers a vote: its term and whom it voted for.
-struct HardState {
-  std::uint64_t term = 0;
-  NodeId vote;  // empty: no vote in this term
-
-  bool operator==(const HardState& o) const { return term == o.term && vote == o.vote; }
-  bool operator!=(const HardState& o) const { return !(*this == o); }
-};
-
-/// One server of the cluster.
-struct Member {
-  NodeId id;
-  std::string address;  // "ip:port": clients on port, peers on port + 1
-  /// Random id of the member's data directory, fixed when the directory was created. A node
-  /// presenting another server id under this member's id is a stranger (its disk was wiped).
-  /// Empty when not known yet (a static peer map names only ids and addresses).
-  std::string server_id;
-  bool voter = true;  // false: a learner, which replicates but neither votes nor campaigns
-
-  bool operator==(const Member& o) const {
-    return id == o.id && address == o.address && server_id == o.server_id && voter == o.voter;
-  }
-  bool operator!=(const Member& o) const { return !(*this == o); }
-};
-
-/// The cluster's membership: voters and learners. Changes go through the log one server at
-/// a time; a node uses a configuration as soon as it is in its log.
-struct Configuration {
-  std::vector<Member> members;  // sorted by id, ids unique
-
-  const Member* find(std::string_view id) const {
-    for (const auto& m : members)
-      if (m.id == id) return &m;
-    return nullptr;
-  }
-  bool contains(std::string_view id) const { return find(id) != nullptr; }
-  bool is_voter(std::string_view id) const {
-    const Member* m = find(id);
-    return m != nullptr && m->voter;
-  }
-  std::size_t voter_count() const {
-    std::size_t n = 0;
-    for (const auto& m : members) n += m.voter ? 1 : 0;
-    return n;
-  }
-  std::vector<NodeId> voters() const {
-    std::vector<NodeId> ids;
-    for (const auto& m : members)
-      if (m.voter) ids.push_back(m.id);
-    return ids;
-  }
-  /// Adds the member, or replaces the one with the same id; keeps members sorted.
-  void upsert(Member m) {
-    auto it = std::lower_bound(members.begin(), members.end(), m.id,
-                               [](const Member& a, const NodeId& id) { return a.id < id; });
-    if (it != members.end() && it->id == m.id)
-      *it = std::move(m);
-    else
-      members.insert(it, std::move(m));
-  }
-  bool remove(std::string_view id) {
-    for (auto it = members.begin(); it != members.end(); ++it)
-      if (it->id == id) {
-        members.erase(it);
-        return true;
-      }
-    return false;
-  }
-  bool empty() const { return members.empty(); }
-
-  /// The payload of a Config entry: a RESP array "config", 1 (format), then for each member
-  /// id, address, server id, "1" (voter) or "0" (learner).
-  std::string encode() const {
-    std::vector<std::string> words{"config", "1"};
-    for (const auto& m : members) {
-      words.push_back(m.id);
-      words.push_back(m.address);
-      words.push_back(m.server_id);
-      words.push_back(m.voter ? "1" : "0");
-    }
-    std::string out;
-    resp::write_command(out, words);
-    return out;
-  }
-  /// Parses encode()'s output strictly; false on anything else.
-  static bool decode(std::string_view payload, Configuration& out) {
-    resp::RequestParser parser;
-    parser.feed(payload);
-    std::vector<std::string> w;
-    if (parser.next(w) != resp::Status::Ok || parser.buffered() != 0) return false;
-    if (w.size() < 2 || w[0] != "config" || w[1] != "1" || (w.size() - 2) % 4 != 0) return false;
-    Configuration c;
-    for (std::size_t i = 2; i < w.size(); i += 4) {
-      if (w[i].empty() || (w[i + 3] != "1" && w[i + 3] != "0") || c.contains(w[i])) return false;
-      c.upsert(Member{w[i], w[i + 1], w[i + 2], w[i + 3] == "1"});
-    }
-    out = std::move(c);
-    return true;
-  }
-
-  bool operator==(const Configuration& o) const { return members == o.members; }
-  bool operator!=(const Configuration& o) const { return !(*this == o); }
-};
-
-/// What a snapshot covers: every entry up to and including (index, term), and the
-/// configuration in force at that index.
-struct SnapshotMeta {
-  std::uint64_t index = 0;
-  std::uint64_t term = 0;
-  Configuration config;
-  /// The leader timestamp of the entry at `index` (the newest it covers). A node that starts
-  /// from the snapshot never stamps or judges expiry earlier than this: time does not run
-  /// backwards across snapshots and restarts. 0 in snapshots written before format 2.
-  std::int64_t timestamp_ms = 0;
-
-  bool operator==(const SnapshotMeta& o) const {
-    return index == o.index && term == o.term && config == o.config && timestamp_ms == o.timestamp_ms;
-  }
-};
-
-/// A snapshot: its metadata and the store's text form (section 2: repr-style, readable by
-/// Python's ast.literal_eval).
-struct Snapshot {
-  SnapshotMeta meta;
-  std::string data;
-};
-
-/// Bytes of a snapshot being received from the leader, for the storage to write at `offset`
-/// of the data of its incoming snapshot file (offset 0 starts that file anew). The core keeps
-/// only how much arrived and its CRC-32C; the bytes live in the file (and in the PersistBatch
-/// until the storage took them), so a large transfer is never held whole in memory.
-struct SnapshotChunk {
-  std::uint64_t index = 0;  // the snapshot's last entry
-  std::uint64_t term = 0;
-  std::uint64_t offset = 0;
-  std::string data;
-};
-
-/// The last chunk of a received snapshot is in Ready::persist: once that batch is written,
-/// the runtime has the storage read the incoming file back (its length and CRC-32C must be
-/// these, which the core computed over the bytes as they arrived), parses it, and hands the
-/// result to Core::received_snapshot_loaded. Nothing is deleted or installed before that.
-struct ReceivedSnapshot {
-  SnapshotMeta meta;
-  std::uint64_t size = 0;
-  std::uint32_t crc32c = 0;
-};
-
-/// The core's instructions to the storage, made durable in `seq` order. The rule that keeps
-/// Raft safe: a message that promises something (a vote, an acknowledgement) is sent only
-/// after the batch that holds what it promises is durable.
-struct PersistBatch {
-  std::uint64_t seq = 0;
-  /// A snapshot received from the leader, made durable first. When the log on disk holds
-  /// the snapshot's last entry (same index and term), the log after it is kept and only
-  /// what the snapshot covers may go (Raft §7). Otherwise it REPLACES THE WHOLE LOG: the log
-  /// on disk is then empty and continues at snapshot->meta.index + 1.
-  std::shared_ptr<const Snapshot> snapshot;
-  std::optional<HardState> hard_state;
-  /// Appended after the snapshot. Entries the log on disk holds already (same index and
-  /// term: by Log Matching, the same entries) are skipped, so durable entries are never
-  /// deleted to be written again; the log is cut at the first entry whose term differs from
-  /// the log's (a follower overwriting a conflicting suffix), and the rest is appended.
-  std::vector<LogEntry> entries;
-  /// Chunks of a snapshot being received, in order: written to the incoming snapshot file,
-  /// not synced (the offset reached is not durable state: after a crash the transfer starts
-  /// again from 0, and open() deletes the partial file). Independent of the log.
-  std::vector<SnapshotChunk> snapshot_chunks;
-
-  bool empty() const { return !snapshot && !hard_state && entries.empty() && snapshot_chunks.empty(); }
-};
-
 /// A node's role. A learner is a Follower that is not a voter in its configuration.
 enum class Role : std::uint8_t { Follower, PreCandidate, Candidate, Leader };
-
-enum class MessageType : std::uint8_t {
-  PreVote = 1,
-  PreVoteResponse,
-  Vote,
-  VoteResponse,
-  Append,
-  AppendResponse,
-  Heartbeat,
-  HeartbeatResponse,
-  Snapshot,
-  SnapshotResponse,
-  TimeoutNow,
-  ReadIndex,
-  ReadIndexResponse,
-};
-
-inline const char* to_string(MessageType t) {
-  switch (t) {
-    case MessageType::PreVote: return "PreVote";
-    case MessageType::PreVoteResponse: return "PreVoteResponse";
-    case MessageType::Vote: return "Vote";
-    case MessageType::VoteResponse: return "VoteResponse";
-    case MessageType::Append: return "Append";
-    case MessageType::AppendResponse: return "AppendResponse";
-    case MessageType::Heartbeat: return "Heartbeat";
-    case MessageType::HeartbeatResponse: return "HeartbeatResponse";
-    case MessageType::Snapshot: return "Snapshot";
-    case MessageType::SnapshotResponse: return "SnapshotResponse";
-    case MessageType::TimeoutNow: return "TimeoutNow";
-    case MessageType::ReadIndex: return "ReadIndex";
-    case MessageType::ReadIndexResponse: return "ReadIndexResponse";
-  }
-  return "?";
-}
-
-/// One message between cores. A flat struct; which fields mean what depends on the type:
-///   PreVote, Vote       term: the campaign's term; index, log_term: the candidate's last
-///                       entry; transfer: leadership transfer (voters ignore stickiness)
-///   *VoteResponse       term; reject
-///   Append              index, log_term: the entry before `entries`; entries; commit
-///   AppendResponse      reject false: index = the highest index known to match the leader
-///                       reject true: index = the rejected previous index; hint_index,
-///                       hint_term: where the follower's log may match (fast back-off)
-///   Heartbeat           commit (at most the follower's match); context: read round
-///   HeartbeatResponse   context: the round echoed
-///   Snapshot            index, log_term, config, timestamp_ms: the snapshot's metadata;
-///                       offset, data: one chunk; done: the last chunk
-///   SnapshotResponse    index: the snapshot's index; offset: bytes received so far; reject:
-///                       resend from offset; done: installed (index now matches)
-///   TimeoutNow          campaign now (leadership transfer)
-///   ReadIndex           context: the follower's request id
-///   ReadIndexResponse   context; index: the read index; reject: no read index (not leader);
-///                       timestamp_ms: the leader's time for the read (see ReadState)
-struct Message {
-  MessageType type = MessageType::Heartbeat;
-  NodeId from;
-  NodeId to;
-  std::string server_id;  // the sender's server id (see Member::server_id)
-  std::uint64_t term = 0;
-  std::uint64_t index = 0;
-  std::uint64_t log_term = 0;
-  std::uint64_t commit = 0;
-  std::vector<LogEntry> entries;
-  bool reject = false;
-  std::uint64_t hint_index = 0;
-  std::uint64_t hint_term = 0;
-  bool transfer = false;
-  std::uint64_t context = 0;
-  Configuration config;
-  std::uint64_t offset = 0;
-  std::string data;
-  bool done = false;
-  std::int64_t timestamp_ms = 0;
-
-  bool operator==(const Message& o) const {
-    return type == o.type && from == o.from && to == o.to && server_id == o.server_id && term == o.term &&
-           index == o.index && log_term == o.log_term && commit == o.commit && entries == o.entries &&
-           reject == o.reject && hint_index == o.hint_index && hint_term == o.hint_term &&
-           transfer == o.transfer && context == o.context && config == o.config && offset == o.offset &&
-           data == o.data && done == o.done && timestamp_ms == o.timestamp_ms;
-  }
-  bool operator!=(const Message& o) const { return !(*this == o); }
-};
-
-/// The outcome of a linearizable read request: once ok, the read may be served as soon as
-/// the node has applied `index`, and judges expiry at `time_ms` (or the timestamp of the last
-/// entry applied, if later): the confirming leader's clock, never below any stamp it issued,
-/// so that every node judges a read alike whatever its own clock says.
-struct ReadState {
-  std::uint64_t request_id = 0;
-  std::uint64_t index = 0;
-  bool ok = false;
-  std::int64_t time_ms = 0;
-  std::uint64_t term = 0;  // the term of the leader that confirmed it
-};
-
-/// Names one log entry.
-struct EntryId {
-  std::uint64_t index = 0;
-  std::uint64_t term = 0;
-  bool operator==(const EntryId& o) const { return index == o.index && term == o.term; }
-};
-
-struct RoleChange {
-  Role role = Role::Follower;
-  std::uint64_t term = 0;
-  NodeId leader;  // empty when unknown
-};
-
-/// The core's output batch: everything to do after one or more inputs. Do it in this
-/// order: hand `persist` to the storage and send `messages` at once; send `after_persist`
-/// only when `persist` and every earlier batch are durable, then call Core::persisted(seq);
-/// apply `restore` (if set) and then `committed`, in order.
-struct Ready {
-  PersistBatch persist;                 // persist.seq != 0 when there is a batch (maybe empty)
-  std::vector<Message> messages;        // send now
-  std::vector<Message> after_persist;   // send once persist.seq is durable
-  std::shared_ptr<const Snapshot> restore;  // replace the state machine with this first
-  std::vector<LogEntry> committed;      // committed and durable here: apply in order
-  std::vector<ReadState> reads;         // results of read_index() requests
-  std::vector<EntryId> aborted;         // proposals now of unknown outcome (timeout, lost leadership)
-  std::vector<RoleChange> role_changes;  // in the order they happened
-  std::uint64_t leader_ready_term = 0;  // nonzero: leading in this term and its first entry committed
-  bool snapshot_wanted = false;         // the log since the last snapshot is long: take one
-  std::vector<std::string> refused;     // input the core refused (a term out of bounds, a bad snapshot), and why
-  /// Set: the last chunk of a received snapshot is in `persist`; once it is written, load
-  /// and check the incoming file and call Core::received_snapshot_loaded (see there).
-  std::optional<ReceivedSnapshot> received_snapshot;
-
-  bool empty() const {
-    return persist.seq == 0 && messages.empty() && after_persist.empty() && !restore &&
-           committed.empty() && reads.empty() && aborted.empty() && role_changes.empty() &&
-           leader_ready_term == 0 && !snapshot_wanted && refused.empty() && !received_snapshot;
-  }
-};
 
 // --------------------------------------------------------------------------------------------
 // The handler table: commands are plain functions with flags and argument counts, as in
@@ -441,6 +105,10 @@ struct Call {
   std::int64_t now_ms = 0;
   /// The node running the handler; null when a handler is called outside a node (tests).
   Node* node = nullptr;
+  /// Write handlers: the applied entry's index and term, the same on every node (a seed for
+  /// the random choices of SPOP and SRANDMEMBER). 0 in read handlers and outside a node.
+  std::uint64_t index = 0;
+  std::uint64_t term = 0;
 
   /// pyraft's check_ttl: in a write handler, deletes `key` if its deadline is at or before
   /// now_ms. Returns true if it did.
@@ -730,6 +398,127 @@ struct ParsedArgs {
 };
 ParsedArgs parse_args(int argc, char** argv);
 std::string usage(const std::string& program);
+
+}  // namespace raft
+// ---- src/raft/1a_membership.hpp ----
+
+// ============================================================================================
+// 1a. The cluster's membership and what a snapshot covers (the store, the core, the storage
+//     and the runtime all speak in these)
+// ============================================================================================
+
+namespace raft {
+
+/// One server of the cluster.
+struct Member {
+  NodeId id;
+  std::string address;  // "ip:port": clients on port, peers on port + 1
+  /// Random id of the member's data directory, fixed when the directory was created. A node
+  /// presenting another server id under this member's id is a stranger (its disk was wiped).
+  /// Empty when not known yet (a static peer map names only ids and addresses).
+  std::string server_id;
+  bool voter = true;  // false: a learner, which replicates but neither votes nor campaigns
+
+  bool operator==(const Member& o) const {
+    return id == o.id && address == o.address && server_id == o.server_id && voter == o.voter;
+  }
+  bool operator!=(const Member& o) const { return !(*this == o); }
+};
+
+/// The cluster's membership: voters and learners. Changes go through the log one server at
+/// a time; a node uses a configuration as soon as it is in its log.
+struct Configuration {
+  std::vector<Member> members;  // sorted by id, ids unique
+
+  const Member* find(std::string_view id) const {
+    for (const auto& m : members)
+      if (m.id == id) return &m;
+    return nullptr;
+  }
+  bool contains(std::string_view id) const { return find(id) != nullptr; }
+  bool is_voter(std::string_view id) const {
+    const Member* m = find(id);
+    return m != nullptr && m->voter;
+  }
+  std::size_t voter_count() const {
+    std::size_t n = 0;
+    for (const auto& m : members) n += m.voter ? 1 : 0;
+    return n;
+  }
+  std::vector<NodeId> voters() const {
+    std::vector<NodeId> ids;
+    for (const auto& m : members)
+      if (m.voter) ids.push_back(m.id);
+    return ids;
+  }
+  /// Adds the member, or replaces the one with the same id; keeps members sorted.
+  void upsert(Member m) {
+    auto it = std::lower_bound(members.begin(), members.end(), m.id,
+                               [](const Member& a, const NodeId& id) { return a.id < id; });
+    if (it != members.end() && it->id == m.id)
+      *it = std::move(m);
+    else
+      members.insert(it, std::move(m));
+  }
+  bool remove(std::string_view id) {
+    for (auto it = members.begin(); it != members.end(); ++it)
+      if (it->id == id) {
+        members.erase(it);
+        return true;
+      }
+    return false;
+  }
+  bool empty() const { return members.empty(); }
+
+  /// The payload of a Config entry: a RESP array "config", 1 (format), then for each member
+  /// id, address, server id, "1" (voter) or "0" (learner).
+  std::string encode() const {
+    std::vector<std::string> words{"config", "1"};
+    for (const auto& m : members) {
+      words.push_back(m.id);
+      words.push_back(m.address);
+      words.push_back(m.server_id);
+      words.push_back(m.voter ? "1" : "0");
+    }
+    std::string out;
+    resp::write_command(out, words);
+    return out;
+  }
+  /// Parses encode()'s output strictly; false on anything else.
+  static bool decode(std::string_view payload, Configuration& out) {
+    resp::RequestParser parser;
+    parser.feed(payload);
+    std::vector<std::string> w;
+    if (parser.next(w) != resp::Status::Ok || parser.buffered() != 0) return false;
+    if (w.size() < 2 || w[0] != "config" || w[1] != "1" || (w.size() - 2) % 4 != 0) return false;
+    Configuration c;
+    for (std::size_t i = 2; i < w.size(); i += 4) {
+      if (w[i].empty() || (w[i + 3] != "1" && w[i + 3] != "0") || c.contains(w[i])) return false;
+      c.upsert(Member{w[i], w[i + 1], w[i + 2], w[i + 3] == "1"});
+    }
+    out = std::move(c);
+    return true;
+  }
+
+  bool operator==(const Configuration& o) const { return members == o.members; }
+  bool operator!=(const Configuration& o) const { return !(*this == o); }
+};
+
+/// What a snapshot covers: every entry up to and including (index, term), and the
+/// configuration in force at that index.
+struct SnapshotMeta {
+  std::uint64_t index = 0;
+  std::uint64_t term = 0;
+  Configuration config;
+  /// The leader timestamp of the entry at `index` (the newest it covers). A node that starts
+  /// from the snapshot never stamps or judges expiry earlier than this: time does not run
+  /// backwards across snapshots and restarts. 0 in snapshots written before format 2.
+  std::int64_t timestamp_ms = 0;
+
+  bool operator==(const SnapshotMeta& o) const {
+    return index == o.index && term == o.term && config == o.config && timestamp_ms == o.timestamp_ms;
+  }
+};
 
 }  // namespace raft
 // ---- src/raft/1b_crypto.hpp ----
@@ -1394,10 +1183,36 @@ class SessionTable {
   void shed_replies();
 };
 
+/// A value on the heap behind one pointer, copied deeply: Store::Object keeps the containers of
+/// its rarer kinds (sets, sorted sets) here, so that a string key pays one null pointer for
+/// them rather than their empty headers.
+template <class T>
+class Boxed {
+ public:
+  Boxed() = default;
+  Boxed(const Boxed& o) : p_(o.p_ ? std::make_unique<T>(*o.p_) : nullptr) {}
+  Boxed(Boxed&&) noexcept = default;
+  Boxed& operator=(const Boxed& o) {
+    if (this != &o) p_ = o.p_ ? std::make_unique<T>(*o.p_) : nullptr;
+    return *this;
+  }
+  Boxed& operator=(Boxed&&) noexcept = default;
+
+  T* get() const { return p_.get(); }
+  template <class... Args>
+  T& emplace(Args&&... args) {
+    p_ = std::make_unique<T>(std::forward<Args>(args)...);
+    return *p_;
+  }
+
+ private:
+  std::unique_ptr<T> p_;
+};
+
 }  // namespace detail
 
-/// The replicated data: strings, hashes and lists (pyraft's types), each key with an optional
-/// deadline in ms since the epoch.
+/// The replicated data: strings, hashes and lists (pyraft's types), sets and sorted sets, each
+/// key with an optional deadline in ms since the epoch.
 ///
 /// Ordered containers throughout: a snapshot must be the same text on every node, and keys
 /// and hash fields kept sorted give that without sorting at snapshot time (KEYS answers in
@@ -1426,27 +1241,137 @@ class SessionTable {
 /// elsewhere).
 class Store {
  public:
-  enum class Kind : std::uint8_t { String, Hash, List };
+  enum class Kind : std::uint8_t { String, Hash, List, Set, SortedSet };
   using Hash = std::map<std::string, std::string, std::less<>>;
   /// std::list rather than std::deque: an empty std::deque allocates its block map and first
   /// block (about 600 bytes in libstdc++), which every string key would pay for. Indexing is
   /// O(n), as it is in Redis (LINDEX, LSET); both ends are O(1).
   using List = std::list<std::string>;
+  /// Members in bytewise order (Redis's order is its hash table's: unspecified).
+  using Set = std::set<std::string, std::less<>>;
+
+  /// A sorted set: each member's score, and the members in Redis's order (by score, then
+  /// bytewise by member). The order points at the score map's keys (a map's nodes never move),
+  /// so each member is stored once. Ranks cost O(rank) (a skip list's would be O(log n)).
+  /// Scores are never NaN (every command refuses one).
+  class SortedSet {
+   public:
+    using Scores = std::map<std::string, double, std::less<>>;
+    struct Entry {
+      double score;
+      const std::string* member;
+    };
+    /// (score, member) order; a bare double compares with the score alone, so that
+    /// lower_bound(x) / upper_bound(x) find the first score >= x / > x.
+    struct ByScore {
+      using is_transparent = void;
+      bool operator()(const Entry& a, const Entry& b) const {
+        if (a.score != b.score) return a.score < b.score;
+        return *a.member < *b.member;
+      }
+      bool operator()(const Entry& a, double b) const { return a.score < b; }
+      bool operator()(double a, const Entry& b) const { return a < b.score; }
+    };
+    using Order = std::set<Entry, ByScore>;
+
+    SortedSet() = default;
+    SortedSet(const SortedSet& o) : scores_(o.scores_) {
+      for (const auto& [member, score] : scores_) order_.insert(order_.end(), Entry{score, &member});
+    }
+    SortedSet(SortedSet&&) noexcept = default;
+    SortedSet& operator=(SortedSet o) noexcept {
+      scores_.swap(o.scores_);
+      order_.swap(o.order_);
+      return *this;
+    }
+
+    std::size_t size() const { return scores_.size(); }
+    bool empty() const { return scores_.empty(); }
+    const Scores& scores() const { return scores_; }
+    const Order& order() const { return order_; }
+    /// The member's score, or null.
+    const double* score(std::string_view member) const {
+      const auto it = scores_.find(member);
+      return it == scores_.end() ? nullptr : &it->second;
+    }
+    /// Adds the member or changes its score; true if it was added.
+    bool set(std::string_view member, double score) {
+      auto it = scores_.find(member);
+      const bool added = it == scores_.end();
+      if (added) {
+        it = scores_.emplace_hint(it, std::string(member), score);
+      } else {
+        if (it->second == score) return false;
+        order_.erase(Entry{it->second, &it->first});
+        it->second = score;
+      }
+      order_.insert(Entry{score, &it->first});
+      return added;
+    }
+    bool erase(std::string_view member) {
+      const auto it = scores_.find(member);
+      if (it == scores_.end()) return false;
+      order_.erase(Entry{it->second, &it->first});
+      scores_.erase(it);
+      return true;
+    }
+    /// The member's 0-based rank in score order.
+    std::size_t rank(std::string_view member) const {
+      const auto it = scores_.find(member);
+      return static_cast<std::size_t>(std::distance(order_.begin(), order_.find(Entry{it->second, &it->first})));
+    }
+
+    bool operator==(const SortedSet& o) const { return scores_ == o.scores_; }
+    bool operator!=(const SortedSet& o) const { return !(*this == o); }
+
+   private:
+    Scores scores_;
+    Order order_;
+  };
 
   struct Object {
     Kind kind = Kind::String;
     std::string str;  // Kind::String
     Hash hash;        // Kind::Hash; never empty while stored (an emptied hash is deleted)
     List list;        // Kind::List; never empty while stored
-    /// A hash's or list's elements as used_memory() counts them (kHashEntryBytes or
-    /// kListEntryBytes each, with their strings' sizes). Kept by the write handlers that change
-    /// the elements in place (grew(), shrank()); not compared.
+    /// A hash's, list's, set's or sorted set's elements as used_memory() counts them
+    /// (kHashEntryBytes, kListEntryBytes, kSetEntryBytes or kSortedSetEntryBytes each, with
+    /// their strings' sizes). Kept by the write handlers that change the elements in place
+    /// (grew(), shrank()); not compared.
     std::size_t element_bytes = 0;
 
+    /// Kind::Set's members, made empty on first use; never empty while stored. Behind one
+    /// pointer, as the sorted set: other kinds pay 8 bytes for them.
+    Set& set() { return boxed<Set>(); }
+    /// Kind::SortedSet's members; never empty while stored.
+    SortedSet& zset() { return boxed<SortedSet>(); }
+    /// Empty when the object holds none.
+    const Set& set() const { return boxed<Set>(); }
+    const SortedSet& zset() const { return boxed<SortedSet>(); }
+
     bool operator==(const Object& o) const {
-      return kind == o.kind && str == o.str && hash == o.hash && list == o.list;
+      return kind == o.kind && str == o.str && hash == o.hash && list == o.list &&
+             (kind != Kind::Set || set() == o.set()) && (kind != Kind::SortedSet || zset() == o.zset());
     }
     bool operator!=(const Object& o) const { return !(*this == o); }
+
+   private:
+    using Boxed = std::variant<Set, SortedSet>;
+    detail::Boxed<Boxed> boxed_;
+
+    template <class T>
+    T& boxed() {
+      Boxed* b = boxed_.get();
+      if (b == nullptr) return std::get<T>(boxed_.emplace(std::in_place_type<T>));
+      if (!std::holds_alternative<T>(*b)) b->template emplace<T>();
+      return std::get<T>(*b);
+    }
+    template <class T>
+    const T& boxed() const {
+      static const T none;
+      const Boxed* b = boxed_.get();
+      return b != nullptr && std::holds_alternative<T>(*b) ? std::get<T>(*b) : none;
+    }
   };
 
   // ---- reads: hide keys whose deadline is at or before now_ms; never delete ----
@@ -1483,6 +1408,10 @@ class Store {
   static constexpr std::size_t kKeyBytes = 224;
   static constexpr std::size_t kHashEntryBytes = 112;
   static constexpr std::size_t kListEntryBytes = 64;
+  /// A set member: a tree node with its string. A sorted set member: a map node with its
+  /// string and score, and an order node with the score and a pointer.
+  static constexpr std::size_t kSetEntryBytes = 80;
+  static constexpr std::size_t kSortedSetEntryBytes = 144;
   /// Estimated bytes of the data: per key kKeyBytes, the key, and its string's size or its
   /// elements' (Object::element_bytes). A write handler that changes a hash or list in place
   /// keeps element_bytes with grew() and shrank(); strings need nothing.
@@ -1521,9 +1450,12 @@ class Store {
   /// 'data': {...}, 'ttl': {...}, 'sessions': [...], 'session_clock': [MS, MS]}` to `out`
   /// ('sessions', 'session_clock': see detail::SessionTable). Keys and hash fields in bytewise order; the same store and
   /// meta always give the same text. Strings that are valid UTF-8 are written as str literals,
-  /// others as bytes literals, escaped exactly as Python's repr().
+  /// others as bytes literals, escaped exactly as Python's repr(). Values: a str or bytes (a
+  /// string), a dict of strings (a hash), a list (a list), a set of strings (a set: {'a', 'b'})
+  /// and a dict of member -> float score (a sorted set: {'a': 1.5, 'b': 1e999}); with a set or
+  /// a sorted set in the data the format is 5 (see detail::write_set_literal), else 4.
   void write_snapshot(std::string& out, const SnapshotMeta& meta) const;
-  /// Parses write_snapshot's format, format 3 (no 'session_clock'), format 2 (no 'sessions':
+  /// Parses write_snapshot's formats (5 and 4), format 3 (no 'session_clock'), format 2 (no 'sessions':
   /// the table is empty), format 1
   /// (nor 'timestamp': meta.timestamp_ms is 0), and any Python literal text of the same shape.
   /// On success replaces `data` and `meta`; on failure leaves them unchanged and sets `error`
@@ -1593,8 +1525,8 @@ class Store {
   void keep_object(std::string_view key, Objects::iterator it, bool moving);
 };
 
-/// Registers the built-in Redis commands (strings, keys and expiry, hashes, lists) with
-/// Redis's semantics and replies. Entries already in the table are kept, so a program can
+/// Registers the built-in Redis commands (strings, keys and expiry, hashes, lists, sets,
+/// sorted sets) with Redis's semantics and replies. Entries already in the table are kept, so a program can
 /// replace a built-in by registering its own first (or by overwriting it afterwards).
 inline void add_builtin_commands(CommandTable& table);
 
@@ -1614,6 +1546,9 @@ namespace raft::detail {
 /// ([session time, last stamp]: sessions' times are session time, not leader time). Every
 /// older format stays readable; each change bumps it.
 constexpr std::int64_t kSnapshotFormat = 4;
+/// 5: format 4 with sets and sorted sets in 'data' (write_set_literal). Written only when the
+/// data holds one, so that a snapshot without them stays format 4's text.
+constexpr std::int64_t kSnapshotFormatWithSets = 5;
 
 // ---- the limits of one command ----
 //
@@ -2008,6 +1943,36 @@ class LiteralReader {
     out = negative ? -static_cast<std::int64_t>(whole) : static_cast<std::int64_t>(whole);
     return true;
   }
+
+  /// A float or int literal as a double (exactly: the shortest text that names it reads
+  /// back as it), or 1e999 / -1e999 as infinities, which is how a snapshot writes them.
+  bool real(double& out) {
+    skip_space();
+    const std::size_t start = pos_;
+    const bool negative = pos_ < in_.size() && in_[pos_] == '-';
+    if (in_.substr(pos_ + (negative ? 1 : 0), 5) == "1e999") {
+      pos_ += negative ? 6 : 5;
+      if (!number_ends_here()) return fail_at(start, "malformed number");
+      out = negative ? -std::numeric_limits<double>::infinity() : std::numeric_limits<double>::infinity();
+      return true;
+    }
+    if (!skip_number()) return false;
+    if (!resp::detail::parse_double(in_.substr(start, pos_ - start), out))
+      return fail_at(start, "a number out of a double's range");
+    return true;
+  }
+
+  /// At a float literal: a number with a '.' or an exponent (1.0, 2e5, -1e999), not an int.
+  bool at_float() {
+    if (!at_number()) return false;
+    std::size_t p = pos_ + (in_[pos_] == '-' ? 1 : 0);
+    while (p < in_.size() && is_digit(in_[p])) ++p;
+    return p < in_.size() && (in_[p] == '.' || in_[p] == 'e' || in_[p] == 'E');
+  }
+
+  /// Where the reader is, and going back there (to look ahead at a value).
+  std::size_t position() const { return pos_; }
+  void rewind(std::size_t at) { pos_ = at; }
 
   bool boolean(bool& out) {
     skip_space();
@@ -2635,6 +2600,8 @@ inline Reply cmd_type(Call& c) {
     case Store::Kind::String: return Reply::simple("string");
     case Store::Kind::Hash: return Reply::simple("hash");
     case Store::Kind::List: return Reply::simple("list");
+    case Store::Kind::Set: return Reply::simple("set");
+    case Store::Kind::SortedSet: return Reply::simple("zset");
   }
   return Reply::simple("none");
 }
@@ -3033,6 +3000,819 @@ inline Reply cmd_ltrim(Call& c) {
   return Reply::ok();
 }
 
+// ---- sets ----
+
+/// The random choices of SPOP and SRANDMEMBER. In a write (an applied entry: c.index != 0, or
+/// any write handler) the stream is a function of the entry's index and term and the command's
+/// words, so every node picks alike; in a read, this thread's generator seeded once from
+/// std::random_device (a read changes nothing, so its choice need not repeat).
+class EntryRandom {
+ public:
+  EntryRandom(const Call& c, bool in_write) {
+    if (!in_write && c.index == 0) {
+      static thread_local std::mt19937_64 reads{std::random_device{}()};
+      state_ = reads();
+      return;
+    }
+    // FNV-1a over the words, mixed with the entry's id (SplitMix64 spreads it).
+    std::uint64_t h = 1469598103934665603ull;
+    for (const std::string& w : c.words) {
+      for (unsigned char ch : w) h = (h ^ ch) * 1099511628211ull;
+      h = (h ^ 0xffu) * 1099511628211ull;  // the boundary between words
+    }
+    state_ = h ^ (c.index * 0x9E3779B97F4A7C15ull) ^ (c.term * 0xC2B2AE3D27D4EB4Full);
+  }
+  /// SplitMix64.
+  std::uint64_t next() {
+    std::uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  /// Uniform in [0, n), n > 0 (rejection sampling: no modulo bias).
+  std::size_t below(std::size_t n) {
+    const std::uint64_t bound = std::uint64_t(n);
+    const std::uint64_t limit = std::numeric_limits<std::uint64_t>::max() - std::numeric_limits<std::uint64_t>::max() % bound;
+    for (;;) {
+      const std::uint64_t r = next();
+      if (r < limit) return static_cast<std::size_t>(r % bound);
+    }
+  }
+
+ private:
+  std::uint64_t state_ = 0;
+};
+
+/// `k` distinct positions of [0, n), k <= n, in random order (a partial Fisher-Yates).
+inline std::vector<std::size_t> distinct_positions(EntryRandom& rng, std::size_t n, std::size_t k) {
+  std::vector<std::size_t> all(n);
+  for (std::size_t i = 0; i < n; ++i) all[i] = i;
+  for (std::size_t i = 0; i < k; ++i) std::swap(all[i], all[i + rng.below(n - i)]);
+  all.resize(k);
+  return all;
+}
+
+inline Reply strings_set(const Store::Set& members) {
+  std::vector<Reply> items;
+  items.reserve(members.size());
+  for (const auto& m : members) items.push_back(Reply::bulk(m));
+  return Reply::set(std::move(items));
+}
+
+inline Reply cmd_sadd(Call& c) {
+  bool wrong;
+  Store::Object* o = write_lookup(c, c.words[1], Store::Kind::Set, wrong);
+  if (wrong) return wrongtype_error();
+  if (o == nullptr) o = &c.data.put(c.words[1], Store::Kind::Set);
+  Store::Set& set = o->set();
+  std::int64_t added = 0;
+  for (std::size_t i = 2; i < c.words.size(); ++i) {
+    if (!set.insert(c.words[i]).second) continue;
+    ++added;
+    Store::grew(*o, Store::kSetEntryBytes + c.words[i].size());
+  }
+  return Reply::integer(added);
+}
+
+inline Reply cmd_srem(Call& c) {
+  bool wrong;
+  Store::Object* o = write_lookup(c, c.words[1], Store::Kind::Set, wrong);
+  if (wrong) return wrongtype_error();
+  if (o == nullptr) return Reply::integer(0);
+  Store::Set& set = o->set();
+  std::int64_t removed = 0;
+  for (std::size_t i = 2; i < c.words.size() && !set.empty(); ++i) {
+    if (set.erase(c.words[i]) == 0) continue;
+    ++removed;
+    Store::shrank(*o, Store::kSetEntryBytes + c.words[i].size());
+  }
+  if (set.empty()) c.data.erase(c.words[1]);
+  return Reply::integer(removed);
+}
+
+inline Reply cmd_smembers(Call& c) {
+  bool wrong;
+  const Store::Object* o = read_lookup(c, c.words[1], Store::Kind::Set, wrong);
+  if (wrong) return wrongtype_error();
+  return o ? strings_set(o->set()) : Reply::set();
+}
+
+inline Reply cmd_sismember(Call& c) {
+  bool wrong;
+  const Store::Object* o = read_lookup(c, c.words[1], Store::Kind::Set, wrong);
+  if (wrong) return wrongtype_error();
+  return Reply::integer(o != nullptr && o->set().count(c.words[2]) != 0 ? 1 : 0);
+}
+
+inline Reply cmd_smismember(Call& c) {
+  bool wrong;
+  const Store::Object* o = read_lookup(c, c.words[1], Store::Kind::Set, wrong);
+  if (wrong) return wrongtype_error();
+  std::vector<Reply> items;
+  for (std::size_t i = 2; i < c.words.size(); ++i)
+    items.push_back(Reply::integer(o != nullptr && o->set().count(c.words[i]) != 0 ? 1 : 0));
+  return Reply::array(std::move(items));
+}
+
+inline Reply cmd_scard(Call& c) {
+  bool wrong;
+  const Store::Object* o = read_lookup(c, c.words[1], Store::Kind::Set, wrong);
+  if (wrong) return wrongtype_error();
+  return Reply::integer(o ? static_cast<std::int64_t>(o->set().size()) : 0);
+}
+
+/// SPOP key [count]: members chosen by EntryRandom (the same on every node).
+inline Reply cmd_spop(Call& c) {
+  if (c.words.size() > 3) return syntax_error();
+  const bool has_count = c.words.size() == 3;
+  std::int64_t count = 0;
+  if (has_count && (!parse_int64(c.words[2], count) || count < 0))
+    return Reply::error("ERR value is out of range, must be positive");
+  bool wrong;
+  Store::Object* o = write_lookup(c, c.words[1], Store::Kind::Set, wrong);
+  if (wrong) return wrongtype_error();
+  if (o == nullptr) return has_count ? Reply::set() : Reply::nil();
+  if (has_count && count == 0) return Reply::array();  // Redis's empty array, not a set
+  Store::Set& set = o->set();
+  EntryRandom rng(c, true);
+  if (!has_count) {
+    auto it = std::next(set.begin(), static_cast<std::ptrdiff_t>(rng.below(set.size())));
+    std::string member = std::move(set.extract(it).value());
+    Store::shrank(*o, Store::kSetEntryBytes + member.size());
+    if (set.empty()) c.data.erase(c.words[1]);
+    return Reply::bulk(std::move(member));
+  }
+  std::vector<Reply> items;
+  if (std::uint64_t(count) >= set.size()) {  // all of it: the key goes
+    for (const auto& m : set) items.push_back(Reply::bulk(m));
+    c.data.erase(c.words[1]);
+    return Reply::set(std::move(items));
+  }
+  std::vector<Store::Set::iterator> at;
+  at.reserve(set.size());
+  for (auto it = set.begin(); it != set.end(); ++it) at.push_back(it);
+  for (std::size_t pos : distinct_positions(rng, set.size(), static_cast<std::size_t>(count))) {
+    std::string member = std::move(set.extract(at[pos]).value());
+    Store::shrank(*o, Store::kSetEntryBytes + member.size());
+    items.push_back(Reply::bulk(std::move(member)));
+  }
+  return Reply::set(std::move(items));
+}
+
+constexpr std::uint64_t kMaxRandomRepeats = std::uint64_t{1} << 22;
+
+/// SRANDMEMBER key [count]: count > 0 distinct members, count < 0 |count| with repeats.
+inline Reply cmd_srandmember(Call& c) {
+  if (c.words.size() > 3) return syntax_error();
+  const bool has_count = c.words.size() == 3;
+  std::int64_t count = 0;
+  if (has_count && !parse_int64(c.words[2], count)) return not_integer_error();
+  if (has_count && count == std::numeric_limits<std::int64_t>::min())
+    return Reply::error("ERR value is out of range, value must between -9223372036854775807 and "
+                        "9223372036854775807");
+  // Redis would build any reply and drop the client at its output buffer limit (or run out of
+  // memory): here a count of repeats beyond kMaxRandomRepeats is refused.
+  if (has_count && count < 0 && 0 - std::uint64_t(count) > kMaxRandomRepeats)
+    return Reply::error("ERR count is too large: SRANDMEMBER returns at most " + std::to_string(kMaxRandomRepeats) +
+                        " members with repeats here");
+  bool wrong;
+  const Store::Object* o = read_lookup(c, c.words[1], Store::Kind::Set, wrong);
+  if (wrong) return wrongtype_error();
+  if (o == nullptr) return has_count ? Reply::array() : Reply::nil();
+  const Store::Set& set = o->set();
+  EntryRandom rng(c, false);
+  std::vector<Store::Set::const_iterator> at;
+  const auto positions = [&] {
+    if (at.empty())
+      for (auto it = set.begin(); it != set.end(); ++it) at.push_back(it);
+  };
+  if (!has_count)
+    return Reply::bulk(*std::next(set.begin(), static_cast<std::ptrdiff_t>(rng.below(set.size()))));
+  std::vector<Reply> items;
+  if (count < 0) {
+    positions();
+    const std::uint64_t n = 0 - std::uint64_t(count);
+    items.reserve(static_cast<std::size_t>(n));
+    for (std::uint64_t k = 0; k < n; ++k) items.push_back(Reply::bulk(*at[rng.below(at.size())]));
+    return Reply::array(std::move(items));
+  }
+  if (std::uint64_t(count) >= set.size()) {
+    for (const auto& m : set) items.push_back(Reply::bulk(m));
+    return Reply::array(std::move(items));
+  }
+  positions();
+  for (std::size_t pos : distinct_positions(rng, set.size(), static_cast<std::size_t>(count)))
+    items.push_back(Reply::bulk(*at[pos]));
+  return Reply::array(std::move(items));
+}
+
+enum class SetOp : std::uint8_t { Inter, Union, Diff };
+
+/// The result of SINTER / SUNION / SDIFF over words[first..]; `wrong` when a key holds
+/// another kind. Missing keys are empty sets.
+inline Store::Set combine_sets(Call& c, std::size_t first, SetOp op, bool& wrong) {
+  std::vector<const Store::Set*> sets;
+  static const Store::Set none;
+  wrong = false;
+  for (std::size_t i = first; i < c.words.size(); ++i) {
+    const Store::Object* o = read_lookup(c, c.words[i], Store::Kind::Set, wrong);
+    if (wrong) return {};
+    sets.push_back(o ? &o->set() : &none);
+  }
+  Store::Set out;
+  if (op == SetOp::Union) {
+    for (const auto* s : sets) out.insert(s->begin(), s->end());
+  } else if (op == SetOp::Diff) {
+    out = *sets[0];
+    for (std::size_t i = 1; i < sets.size() && !out.empty(); ++i)
+      for (const auto& m : *sets[i]) out.erase(m);
+  } else {
+    const auto smallest = std::min_element(sets.begin(), sets.end(),
+                                           [](const auto* a, const auto* b) { return a->size() < b->size(); });
+    for (const auto& m : **smallest) {
+      bool everywhere = true;
+      for (const auto* s : sets) everywhere = everywhere && s->count(m) != 0;
+      if (everywhere) out.insert(m);
+    }
+  }
+  return out;
+}
+
+inline Reply set_op(Call& c, SetOp op) {
+  bool wrong;
+  Store::Set result = combine_sets(c, 1, op, wrong);
+  return wrong ? wrongtype_error() : strings_set(result);
+}
+
+/// S*STORE destination key...: replaces the destination (whatever it held) with the result,
+/// or deletes it when the result is empty.
+inline Reply set_op_store(Call& c, SetOp op) {
+  // The sources are looked at for writing: an expired one is deleted first, as Redis does.
+  for (std::size_t i = 2; i < c.words.size(); ++i) c.data.check_ttl(c.words[i], c.now_ms);
+  bool wrong;
+  Store::Set result = combine_sets(c, 2, op, wrong);
+  if (wrong) return wrongtype_error();
+  const std::string& dest = c.words[1];
+  if (result.empty()) {
+    c.data.check_ttl(dest, c.now_ms);
+    c.data.erase(dest);
+    return Reply::integer(0);
+  }
+  const auto n = static_cast<std::int64_t>(result.size());
+  Store::Object& o = c.data.put(dest, Store::Kind::Set);
+  for (const auto& m : result) Store::grew(o, Store::kSetEntryBytes + m.size());
+  o.set() = std::move(result);
+  return Reply::integer(n);
+}
+
+inline Reply cmd_sinter(Call& c) { return set_op(c, SetOp::Inter); }
+inline Reply cmd_sunion(Call& c) { return set_op(c, SetOp::Union); }
+inline Reply cmd_sdiff(Call& c) { return set_op(c, SetOp::Diff); }
+inline Reply cmd_sinterstore(Call& c) { return set_op_store(c, SetOp::Inter); }
+inline Reply cmd_sunionstore(Call& c) { return set_op_store(c, SetOp::Union); }
+inline Reply cmd_sdiffstore(Call& c) { return set_op_store(c, SetOp::Diff); }
+
+inline Reply cmd_smove(Call& c) {
+  const std::string &source = c.words[1], &dest = c.words[2], &member = c.words[3];
+  bool wrong;
+  Store::Object* from = write_lookup(c, source, Store::Kind::Set, wrong);
+  if (wrong) return wrongtype_error();
+  if (from == nullptr) return Reply::integer(0);  // before the destination's kind, as Redis
+  Store::Object* to = write_lookup(c, dest, Store::Kind::Set, wrong);
+  if (wrong) return wrongtype_error();
+  if (from->set().count(member) == 0) return Reply::integer(0);
+  if (source == dest) return Reply::integer(1);
+  from->set().erase(member);
+  Store::shrank(*from, Store::kSetEntryBytes + member.size());
+  if (from->set().empty()) c.data.erase(source);
+  if (to == nullptr) to = &c.data.put(dest, Store::Kind::Set);
+  if (to->set().insert(member).second) Store::grew(*to, Store::kSetEntryBytes + member.size());
+  return Reply::integer(1);
+}
+
+// ---- sorted sets ----
+
+/// A score as Redis 7.0 writes it: "%.17g", and inf / -inf.
+inline std::string format_score(double d) {
+  if (std::isinf(d)) return d > 0 ? "inf" : "-inf";
+  char b[32];
+  const int n = std::snprintf(b, sizeof b, "%.17g", d);
+  return std::string(b, static_cast<std::size_t>(n));
+}
+
+inline Reply score_reply(double d) { return Reply::real(d, format_score(d)); }
+
+/// Redis's string2d: all of `s` is a strtod number ("inf", "1e3", "0x1p3", " 1" no), not NaN,
+/// not an overflow nor an underflow to zero.
+inline bool parse_score(const std::string& s, double& out) {
+  if (s.empty() || std::isspace(static_cast<unsigned char>(s[0]))) return false;
+  char* end = nullptr;
+  errno = 0;
+  out = std::strtod(s.c_str(), &end);
+  if (end != s.c_str() + s.size() || std::isnan(out)) return false;
+  return !(errno == ERANGE && (std::isinf(out) || out == 0));
+}
+
+inline Reply not_float_error() { return Reply::error("ERR value is not a valid float"); }
+inline Reply nan_score_error() { return Reply::error("ERR resulting score is not a number (NaN)"); }
+
+/// A score range's end, as Redis's zslParseRange: "(x" exclusive, strtod up to the string's
+/// first NUL (so "" is 0), not NaN.
+inline bool parse_score_bound(const std::string& s, double& value, bool& exclusive) {
+  const char* p = s.c_str();
+  exclusive = *p == '(';
+  if (exclusive) ++p;
+  char* end = nullptr;
+  value = std::strtod(p, &end);
+  return *end == '\0' && !std::isnan(value);
+}
+
+struct ScoreRange {
+  double min = 0, max = 0;
+  bool min_exclusive = false, max_exclusive = false;
+  bool above_min(double s) const { return min_exclusive ? s > min : s >= min; }
+  bool below_max(double s) const { return max_exclusive ? s < max : s <= max; }
+};
+
+inline bool parse_score_range(const std::string& min, const std::string& max, ScoreRange& r) {
+  return parse_score_bound(min, r.min, r.min_exclusive) && parse_score_bound(max, r.max, r.max_exclusive);
+}
+
+/// A lex range's end, as zslParseLexRangeItem: "-" and "+" (the ends), "[x" or "(x".
+struct LexBound {
+  enum Kind : std::uint8_t { Min, Max, Inclusive, Exclusive } kind = Min;
+  std::string value;
+};
+
+inline bool parse_lex_bound(const std::string& s, LexBound& b) {
+  const char* p = s.c_str();
+  switch (*p) {
+    case '+': b.kind = LexBound::Max; return p[1] == '\0';
+    case '-': b.kind = LexBound::Min; return p[1] == '\0';
+    case '(': b.kind = LexBound::Exclusive; break;
+    case '[': b.kind = LexBound::Inclusive; break;
+    default: return false;
+  }
+  b.value = s.substr(1);
+  return true;
+}
+
+inline bool lex_above_min(const LexBound& min, const std::string& m) {
+  switch (min.kind) {
+    case LexBound::Min: return true;
+    case LexBound::Max: return false;
+    case LexBound::Inclusive: return m >= min.value;
+    case LexBound::Exclusive: return m > min.value;
+  }
+  return false;
+}
+inline bool lex_below_max(const LexBound& max, const std::string& m) {
+  switch (max.kind) {
+    case LexBound::Min: return false;
+    case LexBound::Max: return true;
+    case LexBound::Inclusive: return m <= max.value;
+    case LexBound::Exclusive: return m < max.value;
+  }
+  return false;
+}
+
+/// ZADD key [NX|XX] [GT|LT] [CH] [INCR] score member [score member ...], and ZINCRBY.
+inline Reply zadd_generic(Call& c, std::size_t first, bool incr, bool nx, bool xx, bool gt, bool lt, bool ch) {
+  const auto& w = c.words;
+  const std::size_t elements = (w.size() - first) / 2;
+  if (nx && xx) return Reply::error("ERR XX and NX options at the same time are not compatible");
+  if ((gt && nx) || (lt && nx) || (gt && lt))
+    return Reply::error("ERR GT, LT, and/or NX options at the same time are not compatible");
+  if (incr && elements > 1) return Reply::error("ERR INCR option supports a single increment-element pair");
+  std::vector<double> scores(elements);
+  for (std::size_t j = 0; j < elements; ++j)
+    if (!parse_score(w[first + 2 * j], scores[j])) return not_float_error();
+  bool wrong;
+  Store::Object* o = write_lookup(c, w[1], Store::Kind::SortedSet, wrong);
+  if (wrong) return wrongtype_error();
+  if (o == nullptr && xx) return incr ? Reply::nil() : Reply::integer(0);
+  if (incr && o != nullptr) {  // the only error after the lookup: checked before any change
+    const double* old = o->zset().score(w[first + 1]);
+    if (old != nullptr && std::isnan(*old + scores[0])) return nan_score_error();
+  }
+  if (o == nullptr) o = &c.data.put(w[1], Store::Kind::SortedSet);
+  Store::SortedSet& z = o->zset();
+  std::int64_t added = 0, updated = 0;
+  bool processed = false;
+  double result = 0;
+  for (std::size_t j = 0; j < elements; ++j) {
+    const std::string& member = w[first + 2 * j + 1];
+    double score = scores[j];
+    const double* old = z.score(member);
+    if (old != nullptr && incr) score += *old;
+    // -0 is kept as 0, as Redis keeps it in a sorted set of up to 128 members (its listpack
+    // encoding; its skip list would keep -0).
+    if (score == 0) score = 0;
+    if (old != nullptr) {
+      if (nx || (lt && score >= *old) || (gt && score <= *old)) continue;
+      processed = true;
+      result = score;
+      if (score != *old) {
+        z.set(member, score);
+        ++updated;
+      }
+    } else {
+      if (xx) continue;
+      z.set(member, score);
+      Store::grew(*o, Store::kSortedSetEntryBytes + member.size());
+      ++added;
+      processed = true;
+      result = score;
+    }
+  }
+  if (z.empty()) c.data.erase(w[1]);  // made here, and nothing added (cannot happen; kept safe)
+  if (incr) return processed ? score_reply(result) : Reply::nil();
+  return Reply::integer(ch ? added + updated : added);
+}
+
+inline Reply cmd_zadd(Call& c) {
+  const auto& w = c.words;
+  bool nx = false, xx = false, gt = false, lt = false, ch = false, incr = false;
+  std::size_t j = 2;
+  for (; j < w.size(); ++j) {
+    if (iequals(w[j], "nx")) nx = true;
+    else if (iequals(w[j], "xx")) xx = true;
+    else if (iequals(w[j], "gt")) gt = true;
+    else if (iequals(w[j], "lt")) lt = true;
+    else if (iequals(w[j], "ch")) ch = true;
+    else if (iequals(w[j], "incr")) incr = true;
+    else break;
+  }
+  const std::size_t left = w.size() - j;
+  if (left == 0 || left % 2 != 0) return syntax_error();
+  return zadd_generic(c, j, incr, nx, xx, gt, lt, ch);
+}
+
+inline Reply cmd_zincrby(Call& c) { return zadd_generic(c, 2, true, false, false, false, false, false); }
+
+inline Reply cmd_zrem(Call& c) {
+  bool wrong;
+  Store::Object* o = write_lookup(c, c.words[1], Store::Kind::SortedSet, wrong);
+  if (wrong) return wrongtype_error();
+  if (o == nullptr) return Reply::integer(0);
+  std::int64_t removed = 0;
+  for (std::size_t i = 2; i < c.words.size(); ++i) {
+    if (!o->zset().erase(c.words[i])) continue;
+    ++removed;
+    Store::shrank(*o, Store::kSortedSetEntryBytes + c.words[i].size());
+  }
+  if (o->zset().empty()) c.data.erase(c.words[1]);
+  return Reply::integer(removed);
+}
+
+inline Reply cmd_zscore(Call& c) {
+  bool wrong;
+  const Store::Object* o = read_lookup(c, c.words[1], Store::Kind::SortedSet, wrong);
+  if (wrong) return wrongtype_error();
+  const double* s = o ? o->zset().score(c.words[2]) : nullptr;
+  return s ? score_reply(*s) : Reply::nil();
+}
+
+inline Reply cmd_zmscore(Call& c) {
+  bool wrong;
+  const Store::Object* o = read_lookup(c, c.words[1], Store::Kind::SortedSet, wrong);
+  if (wrong) return wrongtype_error();
+  std::vector<Reply> items;
+  for (std::size_t i = 2; i < c.words.size(); ++i) {
+    const double* s = o ? o->zset().score(c.words[i]) : nullptr;
+    items.push_back(s ? score_reply(*s) : Reply::nil());
+  }
+  return Reply::array(std::move(items));
+}
+
+inline Reply cmd_zcard(Call& c) {
+  bool wrong;
+  const Store::Object* o = read_lookup(c, c.words[1], Store::Kind::SortedSet, wrong);
+  if (wrong) return wrongtype_error();
+  return Reply::integer(o ? static_cast<std::int64_t>(o->zset().size()) : 0);
+}
+
+inline Reply cmd_zcount(Call& c) {
+  ScoreRange range;
+  if (!parse_score_range(c.words[2], c.words[3], range))
+    return Reply::error("ERR min or max is not a float");
+  bool wrong;
+  const Store::Object* o = read_lookup(c, c.words[1], Store::Kind::SortedSet, wrong);
+  if (wrong) return wrongtype_error();
+  std::int64_t n = 0;
+  if (o != nullptr) {
+    const auto& order = o->zset().order();
+    for (auto it = range.min_exclusive ? order.upper_bound(range.min) : order.lower_bound(range.min);
+         it != order.end() && range.below_max(it->score); ++it)
+      ++n;
+  }
+  return Reply::integer(n);
+}
+
+inline Reply rank_generic(Call& c, bool reverse) {
+  bool wrong;
+  const Store::Object* o = read_lookup(c, c.words[1], Store::Kind::SortedSet, wrong);
+  if (wrong) return wrongtype_error();
+  if (o == nullptr || o->zset().score(c.words[2]) == nullptr) return Reply::nil();
+  const std::size_t rank = o->zset().rank(c.words[2]);
+  return Reply::integer(static_cast<std::int64_t>(reverse ? o->zset().size() - 1 - rank : rank));
+}
+
+inline Reply cmd_zrank(Call& c) { return rank_generic(c, false); }
+inline Reply cmd_zrevrank(Call& c) { return rank_generic(c, true); }
+
+/// A member and its score in a reply: [member, score] pairs (flattened for RESP2).
+inline void add_scored(std::vector<Reply>& items, const Store::SortedSet::Entry& e, bool with_scores) {
+  if (with_scores)
+    items.push_back(Reply::array({Reply::bulk(*e.member), score_reply(e.score)}));
+  else
+    items.push_back(Reply::bulk(*e.member));
+}
+
+/// The members of a range in the asked direction: rank, score or lex, offset and limit
+/// (offset < 0: none; limit < 0: all), as Redis's zrangeGenericCommand.
+enum class RangeBy : std::uint8_t { Rank, Score, Lex };
+
+struct RangeSpec {
+  RangeBy by = RangeBy::Rank;
+  bool reverse = false;
+  std::int64_t start = 0, stop = 0;  // Rank
+  ScoreRange score;                  // Score
+  LexBound lex_min, lex_max;         // Lex
+  std::int64_t offset = 0, limit = -1;
+};
+
+/// Calls f(order iterator) for each member in the range, in order, and returns nothing.
+template <class F>
+inline void walk_range(const Store::SortedSet& z, const RangeSpec& r, F&& f) {
+  const auto& order = z.order();
+  if (r.by == RangeBy::Rank) {
+    std::size_t first = 0, count = 0;
+    if (!resolve_range(r.start, r.stop, z.size(), first, count)) return;
+    if (!r.reverse) {
+      auto it = std::next(order.begin(), static_cast<std::ptrdiff_t>(first));
+      for (std::size_t k = 0; k < count; ++k, ++it) f(it);
+    } else {
+      auto it = std::prev(order.end(), static_cast<std::ptrdiff_t>(first + 1));
+      for (std::size_t k = 0; k < count; ++k) {
+        f(it);
+        if (k + 1 < count) --it;
+      }
+    }
+    return;
+  }
+  if (r.offset < 0) return;
+  const auto in_range = [&](const Store::SortedSet::Entry& e) {
+    if (r.by == RangeBy::Score) return r.score.above_min(e.score) && r.score.below_max(e.score);
+    return lex_above_min(r.lex_min, *e.member) && lex_below_max(r.lex_max, *e.member);
+  };
+  std::int64_t skip = r.offset, left = r.limit;
+  const auto visit = [&](auto it) {  // false: stop
+    if (skip > 0) {
+      --skip;
+      return true;
+    }
+    if (left == 0) return false;
+    if (left > 0) --left;
+    f(it);
+    return true;
+  };
+  if (r.by == RangeBy::Score) {
+    if (!r.reverse) {
+      auto it = r.score.min_exclusive ? order.upper_bound(r.score.min) : order.lower_bound(r.score.min);
+      for (; it != order.end() && r.score.below_max(it->score); ++it)
+        if (!visit(it)) return;
+    } else {
+      auto end = r.score.max_exclusive ? order.lower_bound(r.score.max) : order.upper_bound(r.score.max);
+      for (auto it = end; it != order.begin();) {
+        --it;
+        if (!r.score.above_min(it->score)) return;
+        if (!visit(it)) return;
+      }
+    }
+    return;
+  }
+  // Lex: meaningful when every score is the same (as in Redis); a walk over the whole order.
+  if (!r.reverse) {
+    for (auto it = order.begin(); it != order.end(); ++it)
+      if (in_range(*it) && !visit(it)) return;
+  } else {
+    for (auto it = order.end(); it != order.begin();) {
+      --it;
+      if (in_range(*it) && !visit(it)) return;
+    }
+  }
+}
+
+/// ZRANGE and its older forms. `words_from`: the first option word; by/reverse preset by
+/// the command (Rank and !reverse for ZRANGE, which its options may change).
+inline Reply zrange_generic(Call& c, RangeBy preset_by, bool preset_reverse, bool options_choose) {
+  const auto& w = c.words;
+  bool with_scores = false, has_by = !options_choose, has_rev = !options_choose;
+  RangeSpec r;
+  r.by = preset_by;
+  r.reverse = preset_reverse;
+  for (std::size_t j = 4; j < w.size(); ++j) {
+    const std::size_t left = w.size() - j - 1;
+    if (iequals(w[j], "withscores")) {
+      with_scores = true;
+    } else if (iequals(w[j], "limit") && left >= 2) {
+      if (!parse_int64(w[j + 1], r.offset) || !parse_int64(w[j + 2], r.limit)) return not_integer_error();
+      j += 2;
+    } else if (!has_rev && iequals(w[j], "rev")) {
+      has_rev = true;
+      r.reverse = true;
+    } else if (!has_by && iequals(w[j], "bylex")) {
+      has_by = true;
+      r.by = RangeBy::Lex;
+    } else if (!has_by && iequals(w[j], "byscore")) {
+      has_by = true;
+      r.by = RangeBy::Score;
+    } else {
+      return syntax_error();
+    }
+  }
+  if (r.limit != -1 && r.by == RangeBy::Rank)
+    return Reply::error("ERR syntax error, LIMIT is only supported in combination with either BYSCORE or BYLEX");
+  if (with_scores && r.by == RangeBy::Lex)
+    return Reply::error("ERR syntax error, WITHSCORES not supported in combination with BYLEX");
+  // Reversed score and lex ranges are given as max, min.
+  const bool swap = r.reverse && r.by != RangeBy::Rank;
+  const std::string& min = swap ? w[3] : w[2];
+  const std::string& max = swap ? w[2] : w[3];
+  if (r.by == RangeBy::Rank) {
+    if (!parse_int64(min, r.start) || !parse_int64(max, r.stop)) return not_integer_error();
+  } else if (r.by == RangeBy::Score) {
+    if (!parse_score_range(min, max, r.score)) return Reply::error("ERR min or max is not a float");
+  } else if (!parse_lex_bound(min, r.lex_min) || !parse_lex_bound(max, r.lex_max)) {
+    return Reply::error("ERR min or max not valid string range item");
+  }
+  bool wrong;
+  const Store::Object* o = read_lookup(c, w[1], Store::Kind::SortedSet, wrong);
+  if (wrong) return wrongtype_error();
+  std::vector<Reply> items;
+  if (o != nullptr) walk_range(o->zset(), r, [&](auto it) { add_scored(items, *it, with_scores); });
+  return with_scores ? Reply::pairs(std::move(items)) : Reply::array(std::move(items));
+}
+
+inline Reply cmd_zrange(Call& c) { return zrange_generic(c, RangeBy::Rank, false, true); }
+inline Reply cmd_zrangebyscore(Call& c) { return zrange_generic(c, RangeBy::Score, false, false); }
+inline Reply cmd_zrevrangebyscore(Call& c) { return zrange_generic(c, RangeBy::Score, true, false); }
+
+/// Removes the members walk_range visits; deletes an emptied key.
+inline Reply zremrange(Call& c, const RangeSpec& r) {
+  bool wrong;
+  Store::Object* o = write_lookup(c, c.words[1], Store::Kind::SortedSet, wrong);
+  if (wrong) return wrongtype_error();
+  if (o == nullptr) return Reply::integer(0);
+  std::vector<std::string> doomed;
+  walk_range(o->zset(), r, [&](auto it) { doomed.push_back(*it->member); });
+  for (const auto& m : doomed) {
+    o->zset().erase(m);
+    Store::shrank(*o, Store::kSortedSetEntryBytes + m.size());
+  }
+  if (o->zset().empty()) c.data.erase(c.words[1]);
+  return Reply::integer(static_cast<std::int64_t>(doomed.size()));
+}
+
+inline Reply cmd_zremrangebyscore(Call& c) {
+  RangeSpec r;
+  r.by = RangeBy::Score;
+  if (!parse_score_range(c.words[2], c.words[3], r.score)) return Reply::error("ERR min or max is not a float");
+  return zremrange(c, r);
+}
+
+inline Reply cmd_zremrangebyrank(Call& c) {
+  RangeSpec r;
+  if (!parse_int64(c.words[2], r.start) || !parse_int64(c.words[3], r.stop)) return not_integer_error();
+  return zremrange(c, r);
+}
+
+/// ZPOPMIN / ZPOPMAX key [count]: [member, score] flat without a count; pairs with one.
+inline Reply zpop(Call& c, bool max) {
+  if (c.words.size() > 3) return syntax_error();
+  const bool has_count = c.words.size() == 3;
+  std::int64_t count = 1;
+  if (has_count && (!parse_int64(c.words[2], count) || count < 0))
+    return Reply::error("ERR value is out of range, must be positive");
+  bool wrong;
+  Store::Object* o = write_lookup(c, c.words[1], Store::Kind::SortedSet, wrong);
+  if (wrong) return wrongtype_error();
+  std::vector<Reply> items;
+  if (o != nullptr) {
+    Store::SortedSet& z = o->zset();
+    for (std::int64_t k = 0; k < count && !z.empty(); ++k) {
+      const auto it = max ? std::prev(z.order().end()) : z.order().begin();
+      std::string member = *it->member;
+      const double score = it->score;
+      z.erase(member);
+      Store::shrank(*o, Store::kSortedSetEntryBytes + member.size());
+      Reply pair = Reply::array({Reply::bulk(std::move(member)), score_reply(score)});
+      if (has_count)
+        items.push_back(std::move(pair));
+      else
+        return (z.empty() ? c.data.erase(c.words[1]) : false), pair;
+    }
+    if (z.empty()) c.data.erase(c.words[1]);
+  }
+  return has_count ? Reply::pairs(std::move(items)) : Reply::array();
+}
+
+/// A write's reply read back from RESP3 (a forwarded or kept one): Reply::pairs()'s flag does
+/// not survive the encoding, so an array of [member, score] pairs gets it again, for RESP2
+/// clients to receive it flat as Redis sends it. Only the sorted set pops reply with pairs of
+/// a string and a double among the writes.
+inline void restore_pairs(Reply& reply) {
+  if (reply.type != resp::Type::Array || reply.elements.empty()) return;
+  for (const Reply& e : reply.elements)
+    if (e.type != resp::Type::Array || e.elements.size() != 2 || e.elements[0].type != resp::Type::BulkString ||
+        e.elements[1].type != resp::Type::Double)
+      return;
+  reply.num = 1;
+}
+
+inline Reply cmd_zpopmin(Call& c) { return zpop(c, false); }
+inline Reply cmd_zpopmax(Call& c) { return zpop(c, true); }
+
+// ---- sets and sorted sets in the snapshot (format 5) ----
+//
+// A set is a Python set literal of its members, in bytewise order: {'a', 'b'}. A sorted set
+// is a dict of member -> score, in bytewise member order: {'alice': 10.0, 'bob': 1e999}. A
+// score is written "%.17g" (the digits Redis 7.0 shows; they read back exactly), with ".0"
+// when that looks like an int, so Python reads a float; +-inf as 1e999 / -1e999, which
+// ast.literal_eval reads as inf (NaN is never stored). Neither is ever empty, so each is told
+// from a hash by its first element: no ':' (a set), or a float after the ':' (a sorted set).
+
+inline void append_score_literal(std::string& out, double d) {
+  if (std::isinf(d)) {
+    out += d > 0 ? "1e999" : "-1e999";
+    return;
+  }
+  const std::string text = format_score(d);
+  out += text;
+  if (text.find_first_of(".e") == std::string::npos) out += ".0";
+}
+
+inline void write_set_literal(std::string& out, const Store::Object& o) {
+  out += '{';
+  bool first = true;
+  if (o.kind == Store::Kind::Set) {
+    for (const auto& m : o.set()) {
+      if (!first) out += ", ";
+      first = false;
+      append_repr(out, m);
+    }
+  } else {
+    for (const auto& [m, score] : o.zset().scores()) {
+      if (!first) out += ", ";
+      first = false;
+      append_repr(out, m);
+      out += ": ";
+      append_score_literal(out, score);
+    }
+  }
+  out += '}';
+}
+
+/// At a '{': Hash (a dict of strings, or empty, or malformed: read_hash says what is wrong),
+/// Set or SortedSet, from the first element. Reads nothing.
+inline Store::Kind braced_kind(LiteralReader& r) {
+  const std::size_t at = r.here();
+  Store::Kind kind = Store::Kind::Hash;
+  std::string first;
+  if (r.expect('{', "'{'") && r.at_string() && r.string(first)) {
+    if (!r.accept(':'))
+      kind = Store::Kind::Set;
+    else if (r.at_float())
+      kind = Store::Kind::SortedSet;
+  }
+  r.rewind(at);
+  return kind;
+}
+
+/// A set or sorted set literal (braced_kind said which) into `o`; duplicates are errors.
+inline bool read_set_literal(LiteralReader& r, Store::Object& o, std::string& scratch) {
+  o.kind = braced_kind(r);
+  if (!r.expect('{', "'{'")) return false;
+  bool first = true;
+  while (r.next_element('}', first)) {
+    const std::size_t at = r.here();
+    if (!r.string(scratch)) return false;
+    if (o.kind == Store::Kind::Set) {
+      if (!o.set().insert(scratch).second) return r.fail_at(at, "duplicate set member " + key_for_error(scratch));
+      continue;
+    }
+    double score = 0;
+    if (!r.expect(':', "':' after a sorted set member")) return false;
+    if (!r.at_float()) return r.fail_expected("a float score (1.0, 2e-05, 1e999)");
+    if (!r.real(score)) return false;
+    if (o.zset().score(scratch) != nullptr)
+      return r.fail_at(at, "duplicate sorted set member " + key_for_error(scratch));
+    o.zset().set(scratch, score);
+  }
+  return !r.failed();
+}
+
 }  // namespace raft::detail
 
 namespace raft {
@@ -3135,6 +3915,10 @@ inline void Store::recount_memory() {
     o.element_bytes = 0;
     for (const auto& [field, value] : o.hash) o.element_bytes += kHashEntryBytes + field.size() + value.size();
     for (const auto& e : o.list) o.element_bytes += kListEntryBytes + e.size();
+    if (o.kind == Kind::Set)
+      for (const auto& m : o.set()) o.element_bytes += kSetEntryBytes + m.size();
+    if (o.kind == Kind::SortedSet)
+      for (const auto& [m, score] : o.zset().scores()) o.element_bytes += kSortedSetEntryBytes + m.size();
     r.counted = cost(key, o);
     used_ += r.counted;
   }
@@ -3234,7 +4018,9 @@ inline std::vector<std::string> Store::due(std::int64_t now_ms, std::size_t limi
 inline void Store::write_snapshot(std::string& out, const SnapshotMeta& meta) const {
   using detail::append_repr;
   out += "{'_META_': {'format': ";
-  out += std::to_string(detail::kSnapshotFormat);
+  const std::size_t format_at = out.size();
+  out += std::to_string(detail::kSnapshotFormat);  // 5 if a set or sorted set is written (below)
+  bool has_sets = false;
   out += ", 'index': ";
   out += std::to_string(meta.index);
   out += ", 'term': ";
@@ -3294,8 +4080,17 @@ inline void Store::write_snapshot(std::string& out, const SnapshotMeta& meta) co
         out += ']';
         break;
       }
+      case Kind::Set:
+      case Kind::SortedSet:
+        has_sets = true;
+        detail::write_set_literal(out, o);
+        break;
     }
   }
+  // One digit, in place: a snapshot without sets keeps format 4's text, which older versions
+  // read; one with them says 5, which they refuse by its number.
+  static_assert(detail::kSnapshotFormat == 4 && detail::kSnapshotFormatWithSets == 5, "one digit each");
+  if (has_sets) out[format_at] = '5';
   out += "}, 'ttl': {";
   for (std::size_t i = 0; i < deadlines.size(); ++i) {
     if (i > 0) out += ", ";
@@ -3335,10 +4130,10 @@ inline bool read_snapshot_meta(LiteralReader& r, SnapshotMeta& meta, std::int64_
     if (name == "format") {
       const std::size_t value_at = r.here();
       if (!r.integer(format)) return false;
-      if (format < 1 || format > kSnapshotFormat)
+      if (format < 1 || format > kSnapshotFormatWithSets)
         return r.fail_at(value_at, "unsupported snapshot format " + std::to_string(format) +
                                        " (this version reads formats 1 to " +
-                                       std::to_string(kSnapshotFormat) + ")");
+                                       std::to_string(kSnapshotFormatWithSets) + ")");
     } else if (name == "timestamp") {
       if (!r.integer(meta.timestamp_ms)) return false;
     } else if (name == "index") {
@@ -3509,7 +4304,9 @@ inline bool Store::read_snapshot(std::string_view text, Store& data, SnapshotMet
         const std::size_t value_at = r.here();
         const char c = r.peek();
         bool ok = true;
-        if (c == '{') {
+        if (c == '{' && detail::braced_kind(r) != Kind::Hash) {
+          ok = detail::read_set_literal(r, o, scratch);
+        } else if (c == '{') {
           o.kind = Kind::Hash;
           ok = detail::read_hash(r, o.hash, scratch) &&
                (!o.hash.empty() || r.fail_at(value_at, "an empty hash (an empty hash is no key)"));
@@ -3520,7 +4317,7 @@ inline bool Store::read_snapshot(std::string_view text, Store& data, SnapshotMet
         } else if (r.at_string()) {
           ok = r.string(o.str);
         } else {
-          ok = r.fail_expected("a str, bytes, dict or list value for key " +
+          ok = r.fail_expected("a str, bytes, dict, set or list value for key " +
                                detail::key_for_error(it->first));
         }
         if (!ok) return fail();
@@ -3928,6 +4725,39 @@ inline void add_builtin_commands(CommandTable& table) {
   add("lset", "we", 3, 3, cmd_lset);
   add("lrem", "wes", 3, 3, cmd_lrem);
   add("ltrim", "wes", 3, 3, cmd_ltrim);
+  // sets
+  add("sadd", "we", 2, -1, cmd_sadd);
+  add("srem", "wes", 2, -1, cmd_srem);
+  add("smembers", "r", 1, 1, cmd_smembers);
+  add("sismember", "r", 2, 2, cmd_sismember);
+  add("smismember", "r", 2, -1, cmd_smismember);
+  add("scard", "r", 1, 1, cmd_scard);
+  add("spop", "wes", 1, -1, cmd_spop);
+  add("srandmember", "r", 1, -1, cmd_srandmember);
+  add("sinter", "r", 1, -1, cmd_sinter);
+  add("sunion", "r", 1, -1, cmd_sunion);
+  add("sdiff", "r", 1, -1, cmd_sdiff);
+  add("sinterstore", "we", 2, -1, cmd_sinterstore);
+  add("sunionstore", "we", 2, -1, cmd_sunionstore);
+  add("sdiffstore", "we", 2, -1, cmd_sdiffstore);
+  add("smove", "wes", 3, 3, cmd_smove);
+  // sorted sets
+  add("zadd", "we", 3, -1, cmd_zadd);
+  add("zincrby", "we", 3, 3, cmd_zincrby);
+  add("zrem", "wes", 2, -1, cmd_zrem);
+  add("zscore", "r", 2, 2, cmd_zscore);
+  add("zmscore", "r", 2, -1, cmd_zmscore);
+  add("zcard", "r", 1, 1, cmd_zcard);
+  add("zcount", "r", 3, 3, cmd_zcount);
+  add("zrank", "r", 2, 2, cmd_zrank);
+  add("zrevrank", "r", 2, 2, cmd_zrevrank);
+  add("zrange", "r", 3, -1, cmd_zrange);
+  add("zrangebyscore", "r", 3, -1, cmd_zrangebyscore);
+  add("zrevrangebyscore", "r", 3, -1, cmd_zrevrangebyscore);
+  add("zremrangebyscore", "wes", 3, 3, cmd_zremrangebyscore);
+  add("zremrangebyrank", "wes", 3, 3, cmd_zremrangebyrank);
+  add("zpopmin", "wes", 1, -1, cmd_zpopmin);
+  add("zpopmax", "wes", 1, -1, cmd_zpopmax);
 }
 
 }  // namespace raft
@@ -3951,6 +4781,230 @@ inline void add_builtin_commands(CommandTable& table) {
 // and never remove an entry.
 
 namespace raft {
+
+// ---- the core's types: log entries, what to persist, messages, and its output batch ----
+
+enum class EntryType : std::uint8_t {
+  Command = 0,  // payload: the command's words, RESP-encoded (resp::write_command)
+  Noop = 1,     // a new leader's first entry of its term; empty payload
+  Config = 2,   // payload: Configuration::encode()
+};
+
+/// One entry of the replicated log.
+struct LogEntry {
+  std::uint64_t index = 0;
+  std::uint64_t term = 0;
+  EntryType type = EntryType::Command;
+  /// The leader's wall clock when it appended the entry, in ms since the epoch. Never
+  /// decreases along the log (a leader stamps max(now, previous stamp)). Write handlers use it
+  /// as "now", so every node computes the same result.
+  std::int64_t timestamp_ms = 0;
+  std::string payload;
+
+  bool operator==(const LogEntry& o) const {
+    return index == o.index && term == o.term && type == o.type &&
+           timestamp_ms == o.timestamp_ms && payload == o.payload;
+  }
+  bool operator!=(const LogEntry& o) const { return !(*this == o); }
+};
+
+/// What a node must make durable before it answers a vote: its term and whom it voted for.
+struct HardState {
+  std::uint64_t term = 0;
+  NodeId vote;  // empty: no vote in this term
+
+  bool operator==(const HardState& o) const { return term == o.term && vote == o.vote; }
+  bool operator!=(const HardState& o) const { return !(*this == o); }
+};
+
+/// A snapshot: its metadata and the store's text form (section 2: repr-style, readable by
+/// Python's ast.literal_eval).
+struct Snapshot {
+  SnapshotMeta meta;
+  std::string data;
+};
+
+/// Bytes of a snapshot being received from the leader, for the storage to write at `offset`
+/// of the data of its incoming snapshot file (offset 0 starts that file anew). The core keeps
+/// only how much arrived and its CRC-32C; the bytes live in the file (and in the PersistBatch
+/// until the storage took them), so a large transfer is never held whole in memory.
+struct SnapshotChunk {
+  std::uint64_t index = 0;  // the snapshot's last entry
+  std::uint64_t term = 0;
+  std::uint64_t offset = 0;
+  std::string data;
+};
+
+/// The last chunk of a received snapshot is in Ready::persist: once that batch is written,
+/// the runtime has the storage read the incoming file back (its length and CRC-32C must be
+/// these, which the core computed over the bytes as they arrived), parses it, and hands the
+/// result to Core::received_snapshot_loaded. Nothing is deleted or installed before that.
+struct ReceivedSnapshot {
+  SnapshotMeta meta;
+  std::uint64_t size = 0;
+  std::uint32_t crc32c = 0;
+};
+
+/// The core's instructions to the storage, made durable in `seq` order. The rule that keeps
+/// Raft safe: a message that promises something (a vote, an acknowledgement) is sent only
+/// after the batch that holds what it promises is durable.
+struct PersistBatch {
+  std::uint64_t seq = 0;
+  /// A snapshot received from the leader, made durable first. When the log on disk holds
+  /// the snapshot's last entry (same index and term), the log after it is kept and only
+  /// what the snapshot covers may go (Raft §7). Otherwise it REPLACES THE WHOLE LOG: the log
+  /// on disk is then empty and continues at snapshot->meta.index + 1.
+  std::shared_ptr<const Snapshot> snapshot;
+  std::optional<HardState> hard_state;
+  /// Appended after the snapshot. Entries the log on disk holds already (same index and
+  /// term: by Log Matching, the same entries) are skipped, so durable entries are never
+  /// deleted to be written again; the log is cut at the first entry whose term differs from
+  /// the log's (a follower overwriting a conflicting suffix), and the rest is appended.
+  std::vector<LogEntry> entries;
+  /// Chunks of a snapshot being received, in order: written to the incoming snapshot file,
+  /// not synced (the offset reached is not durable state: after a crash the transfer starts
+  /// again from 0, and open() deletes the partial file). Independent of the log.
+  std::vector<SnapshotChunk> snapshot_chunks;
+
+  bool empty() const { return !snapshot && !hard_state && entries.empty() && snapshot_chunks.empty(); }
+};
+
+
+enum class MessageType : std::uint8_t {
+  PreVote = 1,
+  PreVoteResponse,
+  Vote,
+  VoteResponse,
+  Append,
+  AppendResponse,
+  Heartbeat,
+  HeartbeatResponse,
+  Snapshot,
+  SnapshotResponse,
+  TimeoutNow,
+  ReadIndex,
+  ReadIndexResponse,
+};
+
+inline const char* to_string(MessageType t) {
+  switch (t) {
+    case MessageType::PreVote: return "PreVote";
+    case MessageType::PreVoteResponse: return "PreVoteResponse";
+    case MessageType::Vote: return "Vote";
+    case MessageType::VoteResponse: return "VoteResponse";
+    case MessageType::Append: return "Append";
+    case MessageType::AppendResponse: return "AppendResponse";
+    case MessageType::Heartbeat: return "Heartbeat";
+    case MessageType::HeartbeatResponse: return "HeartbeatResponse";
+    case MessageType::Snapshot: return "Snapshot";
+    case MessageType::SnapshotResponse: return "SnapshotResponse";
+    case MessageType::TimeoutNow: return "TimeoutNow";
+    case MessageType::ReadIndex: return "ReadIndex";
+    case MessageType::ReadIndexResponse: return "ReadIndexResponse";
+  }
+  return "?";
+}
+
+/// One message between cores. A flat struct; which fields mean what depends on the type:
+///   PreVote, Vote       term: the campaign's term; index, log_term: the candidate's last
+///                       entry; transfer: leadership transfer (voters ignore stickiness)
+///   *VoteResponse       term; reject
+///   Append              index, log_term: the entry before `entries`; entries; commit
+///   AppendResponse      reject false: index = the highest index known to match the leader
+///                       reject true: index = the rejected previous index; hint_index,
+///                       hint_term: where the follower's log may match (fast back-off)
+///   Heartbeat           commit (at most the follower's match); context: read round
+///   HeartbeatResponse   context: the round echoed
+///   Snapshot            index, log_term, config, timestamp_ms: the snapshot's metadata;
+///                       offset, data: one chunk; done: the last chunk
+///   SnapshotResponse    index: the snapshot's index; offset: bytes received so far; reject:
+///                       resend from offset; done: installed (index now matches)
+///   TimeoutNow          campaign now (leadership transfer)
+///   ReadIndex           context: the follower's request id
+///   ReadIndexResponse   context; index: the read index; reject: no read index (not leader);
+///                       timestamp_ms: the leader's time for the read (see ReadState)
+struct Message {
+  MessageType type = MessageType::Heartbeat;
+  NodeId from;
+  NodeId to;
+  std::string server_id;  // the sender's server id (see Member::server_id)
+  std::uint64_t term = 0;
+  std::uint64_t index = 0;
+  std::uint64_t log_term = 0;
+  std::uint64_t commit = 0;
+  std::vector<LogEntry> entries;
+  bool reject = false;
+  std::uint64_t hint_index = 0;
+  std::uint64_t hint_term = 0;
+  bool transfer = false;
+  std::uint64_t context = 0;
+  Configuration config;
+  std::uint64_t offset = 0;
+  std::string data;
+  bool done = false;
+  std::int64_t timestamp_ms = 0;
+
+  bool operator==(const Message& o) const {
+    return type == o.type && from == o.from && to == o.to && server_id == o.server_id && term == o.term &&
+           index == o.index && log_term == o.log_term && commit == o.commit && entries == o.entries &&
+           reject == o.reject && hint_index == o.hint_index && hint_term == o.hint_term &&
+           transfer == o.transfer && context == o.context && config == o.config && offset == o.offset &&
+           data == o.data && done == o.done && timestamp_ms == o.timestamp_ms;
+  }
+  bool operator!=(const Message& o) const { return !(*this == o); }
+};
+
+/// The outcome of a linearizable read request: once ok, the read may be served as soon as
+/// the node has applied `index`, and judges expiry at `time_ms` (or the timestamp of the last
+/// entry applied, if later): the confirming leader's clock, never below any stamp it issued,
+/// so that every node judges a read alike whatever its own clock says.
+struct ReadState {
+  std::uint64_t request_id = 0;
+  std::uint64_t index = 0;
+  bool ok = false;
+  std::int64_t time_ms = 0;
+  std::uint64_t term = 0;  // the term of the leader that confirmed it
+};
+
+/// Names one log entry.
+struct EntryId {
+  std::uint64_t index = 0;
+  std::uint64_t term = 0;
+  bool operator==(const EntryId& o) const { return index == o.index && term == o.term; }
+};
+
+struct RoleChange {
+  Role role = Role::Follower;
+  std::uint64_t term = 0;
+  NodeId leader;  // empty when unknown
+};
+
+/// The core's output batch: everything to do after one or more inputs. Do it in this
+/// order: hand `persist` to the storage and send `messages` at once; send `after_persist`
+/// only when `persist` and every earlier batch are durable, then call Core::persisted(seq);
+/// apply `restore` (if set) and then `committed`, in order.
+struct Ready {
+  PersistBatch persist;                 // persist.seq != 0 when there is a batch (maybe empty)
+  std::vector<Message> messages;        // send now
+  std::vector<Message> after_persist;   // send once persist.seq is durable
+  std::shared_ptr<const Snapshot> restore;  // replace the state machine with this first
+  std::vector<LogEntry> committed;      // committed and durable here: apply in order
+  std::vector<ReadState> reads;         // results of read_index() requests
+  std::vector<EntryId> aborted;         // proposals now of unknown outcome (timeout, lost leadership)
+  std::vector<RoleChange> role_changes;  // in the order they happened
+  std::uint64_t leader_ready_term = 0;  // nonzero: leading in this term and its first entry committed
+  bool snapshot_wanted = false;         // the log since the last snapshot is long: take one
+  std::vector<std::string> refused;     // input the core refused (a term out of bounds, a bad snapshot), and why
+  /// Set: the last chunk of a received snapshot is in `persist`; once it is written, load
+  /// and check the incoming file and call Core::received_snapshot_loaded (see there).
+  std::optional<ReceivedSnapshot> received_snapshot;
+
+  bool empty() const {
+    return persist.seq == 0 && messages.empty() && after_persist.empty() && !restore &&
+           committed.empty() && reads.empty() && aborted.empty() && role_changes.empty() &&
+           leader_ready_term == 0 && !snapshot_wanted && refused.empty() && !received_snapshot;
+  }
+};
 
 namespace detail {
 
@@ -8497,7 +9551,9 @@ inline bool decode_reply(std::string_view bytes, Reply& out) {
   limits.max_multibulk_length = std::numeric_limits<std::size_t>::max();
   resp::ReplyParser parser(limits);
   parser.feed(bytes);
-  return parser.next(out) == resp::Status::Ok && parser.buffered() == 0;
+  const bool ok = parser.next(out) == resp::Status::Ok && parser.buffered() == 0;
+  if (ok) restore_pairs(out);  // section 2: ZPOPMIN's pairs, flat again for RESP2
+  return ok;
 }
 
 inline bool decode_forward_reply(const std::vector<std::string>& w, ForwardReply& r, std::string& error) {
@@ -11309,7 +12365,7 @@ inline void Runtime::answer_writes_at(const LogEntry& e, const Reply& reply, For
 inline bool Runtime::run_write(const LogEntry& e, const Command& cmd, const std::vector<std::string>& words,
                                Reply& reply) {
   const bool record = !is_builtin(cmd);  // built-ins return every error before their first change
-  Call call{store_, words, e.timestamp_ms, &node_};
+  Call call{store_, words, e.timestamp_ms, &node_, e.index, e.term};
   std::string failure;
   try {
     if (record) store_.begin_undo();

@@ -70,7 +70,10 @@ struct Value {
   Type type = Type::NullBulk;
   std::int64_t num = 0;       // Integer; Boolean (0 or 1)
   double dbl = 0;             // Double
-  std::string str;            // SimpleString, Error, BulkString, BigNumber, Verbatim
+  /// SimpleString, Error, BulkString, BigNumber, Verbatim; Double: its text when it must be
+  /// sent as written (Redis 7.0's "%.17g", a parsed reply's), else empty (the shortest text
+  /// that reads back, as Redis 7.2).
+  std::string str;
   std::vector<Value> elements;  // Array, Set, Push; Map: key, value, key, value, ...
 
   // Factories: build replies as `resp::Value::bulk("x")`.
@@ -93,9 +96,22 @@ struct Value {
     return Value(Type::Map, std::move(flat_pairs));
   }
   static Value set(std::vector<Value> items = {}) { return Value(Type::Set, std::move(items)); }
+  /// An array of two-element arrays ([member, score], ...) that RESP2 receives flattened, as
+  /// Redis sends ZRANGE WITHSCORES (an Array with num == 1; the flag does not survive parsing).
+  static Value pairs(std::vector<Value> two_element_arrays = {}) {
+    Value v(Type::Array, std::move(two_element_arrays));
+    v.num = 1;
+    return v;
+  }
   static Value push(std::vector<Value> items = {}) { return Value(Type::Push, std::move(items)); }
   static Value real(double d) {
     Value v(Type::Double);
+    v.dbl = d;
+    return v;
+  }
+  /// A double sent as `text` ("1.1000000000000001"), which must read back as d.
+  static Value real(double d, std::string text) {
+    Value v(Type::Double, std::move(text));
     v.dbl = d;
     return v;
   }
@@ -144,8 +160,9 @@ struct Value {
     return s;
   }
   bool operator==(const Value& o) const {
+    // A double is its value, however it is written.
     return type == o.type && num == o.num && (dbl == o.dbl || (dbl != dbl && o.dbl != o.dbl)) &&
-           str == o.str &&
+           (type == Type::Double || str == o.str) &&
            elements == o.elements;
   }
   bool operator!=(const Value& o) const { return !(*this == o); }
@@ -862,7 +879,9 @@ inline Status ReplyParser::parse_value() {
       } else if (prefix == ',') {
         double d = 0;
         if (!detail::parse_double(text, d)) return fail("Protocol error: invalid double");
-        add_value(Type::Double).dbl = d;
+        Value& v = add_value(Type::Double);
+        v.dbl = d;
+        v.str.assign(text);  // re-sent as it came (a forwarded reply keeps Redis's digits)
       } else if (prefix == '#') {
         if (text != "t" && text != "f") return fail("Protocol error: invalid boolean");
         add_value(Type::Boolean).num = text == "t" ? 1 : 0;
@@ -992,7 +1011,7 @@ inline void write(std::string& out, const Value& v, int protocol) {
     case Type::NullArray: out.append(resp3 ? "_\r\n" : "*-1\r\n"); return;
     case Type::Double: {
       char b[32];
-      const std::string_view text = detail::format_double(v.dbl, b);
+      const std::string_view text = v.str.empty() ? detail::format_double(v.dbl, b) : std::string_view(v.str);
       if (resp3) {
         detail::append_line(out, ',', text);
       } else {
@@ -1035,7 +1054,16 @@ inline void write(std::string& out, const Value& v, int protocol) {
         return;
       }
       break;
-    case Type::Array: break;
+    case Type::Array:
+      if (!resp3 && v.num == 1) {  // pairs(): flattened
+        std::size_t n = 0;
+        for (const Value& e : v.elements) n += e.elements.size();
+        write_array_header(out, n);
+        for (const Value& e : v.elements)
+          for (const Value& x : e.elements) write(out, x, protocol);
+        return;
+      }
+      break;
     case Type::Set:
       if (resp3) {
         detail::append_size_header(out, '~', v.elements.size());

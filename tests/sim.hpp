@@ -33,6 +33,7 @@
 #pragma once
 
 #include "raft.hpp"
+#include "core_transcript.hpp"
 
 #include <cstdio>
 #include <iostream>
@@ -589,15 +590,7 @@ class Cluster {
 
   void schedule(std::uint64_t at, Event ev) { events_.emplace(std::make_pair(at, ++event_seq_), std::move(ev)); }
 
-  static std::string describe(const Message& m) {
-    std::ostringstream o;
-    o << to_string(m.type) << " " << m.from << "->" << m.to << " t" << m.term << " i" << m.index
-      << " lt" << m.log_term << " c" << m.commit << " n" << m.entries.size() << (m.reject ? " reject" : "")
-      << " ctx" << m.context;
-    if (m.type == MessageType::Snapshot || m.type == MessageType::SnapshotResponse)
-      o << " off" << m.offset << " len" << m.data.size() << (m.done ? " done" : "");
-    return o.str();
-  }
+  static std::string describe(const Message& m) { return transcript::describe(m); }
 
   // The bound on how far one leader's clock may be behind another's, or its own earlier
   // reading: the spread of every offset any node's clock has had (jumps included).

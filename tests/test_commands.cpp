@@ -41,14 +41,17 @@ TEST_CASE("builtin table: names, flags and argument counts follow Redis", "[stor
   raft::add_builtin_commands(t);
   for (const char* name : {"get", "mget", "exists", "strlen", "type", "dbsize", "keys", "ttl",
                            "pttl", "hget", "hlen", "hgetall", "hexists", "hkeys", "hvals",
-                           "hmget", "lrange", "lindex", "llen"}) {
+                           "hmget", "lrange", "lindex", "llen", "smembers", "sismember", "smismember", "scard",
+                           "srandmember", "sinter", "sunion", "sdiff", "zscore", "zmscore", "zcard", "zcount", "zrank",
+                           "zrevrank", "zrange", "zrangebyscore", "zrevrangebyscore"}) {
     INFO(name);
     REQUIRE(t.count(name) == 1);
     CHECK(t.at(name).flags == "r");
   }
   // Writes Redis marks denyoom (refused at maxmemory), and the others ('s': never grow).
   for (const char* name : {"set", "setnx", "getset", "mset", "incr", "decr", "incrby", "decrby", "append",
-                           "hset", "hmset", "hincrby", "lpush", "rpush", "lset"}) {
+                           "hset", "hmset", "hincrby", "lpush", "rpush", "lset", "sadd", "sinterstore",
+                           "sunionstore", "sdiffstore", "zadd", "zincrby"}) {
     INFO(name);
     REQUIRE(t.count(name) == 1);
     CHECK(t.at(name).flags == "we");
@@ -56,7 +59,8 @@ TEST_CASE("builtin table: names, flags and argument counts follow Redis", "[stor
     CHECK(t.at(name).may_grow());
   }
   for (const char* name : {"del", "expire", "pexpire", "expireat", "pexpireat", "persist", "hdel", "lpop", "rpop",
-                           "lrem", "ltrim"}) {
+                           "lrem", "ltrim", "srem", "spop", "smove", "zrem", "zremrangebyscore", "zremrangebyrank",
+                           "zpopmin", "zpopmax"}) {
     INFO(name);
     REQUIRE(t.count(name) == 1);
     CHECK(t.at(name).flags == "wes");

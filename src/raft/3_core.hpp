@@ -18,6 +18,230 @@
 
 namespace raft {
 
+// ---- the core's types: log entries, what to persist, messages, and its output batch ----
+
+enum class EntryType : std::uint8_t {
+  Command = 0,  // payload: the command's words, RESP-encoded (resp::write_command)
+  Noop = 1,     // a new leader's first entry of its term; empty payload
+  Config = 2,   // payload: Configuration::encode()
+};
+
+/// One entry of the replicated log.
+struct LogEntry {
+  std::uint64_t index = 0;
+  std::uint64_t term = 0;
+  EntryType type = EntryType::Command;
+  /// The leader's wall clock when it appended the entry, in ms since the epoch. Never
+  /// decreases along the log (a leader stamps max(now, previous stamp)). Write handlers use it
+  /// as "now", so every node computes the same result.
+  std::int64_t timestamp_ms = 0;
+  std::string payload;
+
+  bool operator==(const LogEntry& o) const {
+    return index == o.index && term == o.term && type == o.type &&
+           timestamp_ms == o.timestamp_ms && payload == o.payload;
+  }
+  bool operator!=(const LogEntry& o) const { return !(*this == o); }
+};
+
+/// What a node must make durable before it answers a vote: its term and whom it voted for.
+struct HardState {
+  std::uint64_t term = 0;
+  NodeId vote;  // empty: no vote in this term
+
+  bool operator==(const HardState& o) const { return term == o.term && vote == o.vote; }
+  bool operator!=(const HardState& o) const { return !(*this == o); }
+};
+
+/// A snapshot: its metadata and the store's text form (section 2: repr-style, readable by
+/// Python's ast.literal_eval).
+struct Snapshot {
+  SnapshotMeta meta;
+  std::string data;
+};
+
+/// Bytes of a snapshot being received from the leader, for the storage to write at `offset`
+/// of the data of its incoming snapshot file (offset 0 starts that file anew). The core keeps
+/// only how much arrived and its CRC-32C; the bytes live in the file (and in the PersistBatch
+/// until the storage took them), so a large transfer is never held whole in memory.
+struct SnapshotChunk {
+  std::uint64_t index = 0;  // the snapshot's last entry
+  std::uint64_t term = 0;
+  std::uint64_t offset = 0;
+  std::string data;
+};
+
+/// The last chunk of a received snapshot is in Ready::persist: once that batch is written,
+/// the runtime has the storage read the incoming file back (its length and CRC-32C must be
+/// these, which the core computed over the bytes as they arrived), parses it, and hands the
+/// result to Core::received_snapshot_loaded. Nothing is deleted or installed before that.
+struct ReceivedSnapshot {
+  SnapshotMeta meta;
+  std::uint64_t size = 0;
+  std::uint32_t crc32c = 0;
+};
+
+/// The core's instructions to the storage, made durable in `seq` order. The rule that keeps
+/// Raft safe: a message that promises something (a vote, an acknowledgement) is sent only
+/// after the batch that holds what it promises is durable.
+struct PersistBatch {
+  std::uint64_t seq = 0;
+  /// A snapshot received from the leader, made durable first. When the log on disk holds
+  /// the snapshot's last entry (same index and term), the log after it is kept and only
+  /// what the snapshot covers may go (Raft §7). Otherwise it REPLACES THE WHOLE LOG: the log
+  /// on disk is then empty and continues at snapshot->meta.index + 1.
+  std::shared_ptr<const Snapshot> snapshot;
+  std::optional<HardState> hard_state;
+  /// Appended after the snapshot. Entries the log on disk holds already (same index and
+  /// term: by Log Matching, the same entries) are skipped, so durable entries are never
+  /// deleted to be written again; the log is cut at the first entry whose term differs from
+  /// the log's (a follower overwriting a conflicting suffix), and the rest is appended.
+  std::vector<LogEntry> entries;
+  /// Chunks of a snapshot being received, in order: written to the incoming snapshot file,
+  /// not synced (the offset reached is not durable state: after a crash the transfer starts
+  /// again from 0, and open() deletes the partial file). Independent of the log.
+  std::vector<SnapshotChunk> snapshot_chunks;
+
+  bool empty() const { return !snapshot && !hard_state && entries.empty() && snapshot_chunks.empty(); }
+};
+
+
+enum class MessageType : std::uint8_t {
+  PreVote = 1,
+  PreVoteResponse,
+  Vote,
+  VoteResponse,
+  Append,
+  AppendResponse,
+  Heartbeat,
+  HeartbeatResponse,
+  Snapshot,
+  SnapshotResponse,
+  TimeoutNow,
+  ReadIndex,
+  ReadIndexResponse,
+};
+
+inline const char* to_string(MessageType t) {
+  switch (t) {
+    case MessageType::PreVote: return "PreVote";
+    case MessageType::PreVoteResponse: return "PreVoteResponse";
+    case MessageType::Vote: return "Vote";
+    case MessageType::VoteResponse: return "VoteResponse";
+    case MessageType::Append: return "Append";
+    case MessageType::AppendResponse: return "AppendResponse";
+    case MessageType::Heartbeat: return "Heartbeat";
+    case MessageType::HeartbeatResponse: return "HeartbeatResponse";
+    case MessageType::Snapshot: return "Snapshot";
+    case MessageType::SnapshotResponse: return "SnapshotResponse";
+    case MessageType::TimeoutNow: return "TimeoutNow";
+    case MessageType::ReadIndex: return "ReadIndex";
+    case MessageType::ReadIndexResponse: return "ReadIndexResponse";
+  }
+  return "?";
+}
+
+/// One message between cores. A flat struct; which fields mean what depends on the type:
+///   PreVote, Vote       term: the campaign's term; index, log_term: the candidate's last
+///                       entry; transfer: leadership transfer (voters ignore stickiness)
+///   *VoteResponse       term; reject
+///   Append              index, log_term: the entry before `entries`; entries; commit
+///   AppendResponse      reject false: index = the highest index known to match the leader
+///                       reject true: index = the rejected previous index; hint_index,
+///                       hint_term: where the follower's log may match (fast back-off)
+///   Heartbeat           commit (at most the follower's match); context: read round
+///   HeartbeatResponse   context: the round echoed
+///   Snapshot            index, log_term, config, timestamp_ms: the snapshot's metadata;
+///                       offset, data: one chunk; done: the last chunk
+///   SnapshotResponse    index: the snapshot's index; offset: bytes received so far; reject:
+///                       resend from offset; done: installed (index now matches)
+///   TimeoutNow          campaign now (leadership transfer)
+///   ReadIndex           context: the follower's request id
+///   ReadIndexResponse   context; index: the read index; reject: no read index (not leader);
+///                       timestamp_ms: the leader's time for the read (see ReadState)
+struct Message {
+  MessageType type = MessageType::Heartbeat;
+  NodeId from;
+  NodeId to;
+  std::string server_id;  // the sender's server id (see Member::server_id)
+  std::uint64_t term = 0;
+  std::uint64_t index = 0;
+  std::uint64_t log_term = 0;
+  std::uint64_t commit = 0;
+  std::vector<LogEntry> entries;
+  bool reject = false;
+  std::uint64_t hint_index = 0;
+  std::uint64_t hint_term = 0;
+  bool transfer = false;
+  std::uint64_t context = 0;
+  Configuration config;
+  std::uint64_t offset = 0;
+  std::string data;
+  bool done = false;
+  std::int64_t timestamp_ms = 0;
+
+  bool operator==(const Message& o) const {
+    return type == o.type && from == o.from && to == o.to && server_id == o.server_id && term == o.term &&
+           index == o.index && log_term == o.log_term && commit == o.commit && entries == o.entries &&
+           reject == o.reject && hint_index == o.hint_index && hint_term == o.hint_term &&
+           transfer == o.transfer && context == o.context && config == o.config && offset == o.offset &&
+           data == o.data && done == o.done && timestamp_ms == o.timestamp_ms;
+  }
+  bool operator!=(const Message& o) const { return !(*this == o); }
+};
+
+/// The outcome of a linearizable read request: once ok, the read may be served as soon as
+/// the node has applied `index`, and judges expiry at `time_ms` (or the timestamp of the last
+/// entry applied, if later): the confirming leader's clock, never below any stamp it issued,
+/// so that every node judges a read alike whatever its own clock says.
+struct ReadState {
+  std::uint64_t request_id = 0;
+  std::uint64_t index = 0;
+  bool ok = false;
+  std::int64_t time_ms = 0;
+  std::uint64_t term = 0;  // the term of the leader that confirmed it
+};
+
+/// Names one log entry.
+struct EntryId {
+  std::uint64_t index = 0;
+  std::uint64_t term = 0;
+  bool operator==(const EntryId& o) const { return index == o.index && term == o.term; }
+};
+
+struct RoleChange {
+  Role role = Role::Follower;
+  std::uint64_t term = 0;
+  NodeId leader;  // empty when unknown
+};
+
+/// The core's output batch: everything to do after one or more inputs. Do it in this
+/// order: hand `persist` to the storage and send `messages` at once; send `after_persist`
+/// only when `persist` and every earlier batch are durable, then call Core::persisted(seq);
+/// apply `restore` (if set) and then `committed`, in order.
+struct Ready {
+  PersistBatch persist;                 // persist.seq != 0 when there is a batch (maybe empty)
+  std::vector<Message> messages;        // send now
+  std::vector<Message> after_persist;   // send once persist.seq is durable
+  std::shared_ptr<const Snapshot> restore;  // replace the state machine with this first
+  std::vector<LogEntry> committed;      // committed and durable here: apply in order
+  std::vector<ReadState> reads;         // results of read_index() requests
+  std::vector<EntryId> aborted;         // proposals now of unknown outcome (timeout, lost leadership)
+  std::vector<RoleChange> role_changes;  // in the order they happened
+  std::uint64_t leader_ready_term = 0;  // nonzero: leading in this term and its first entry committed
+  bool snapshot_wanted = false;         // the log since the last snapshot is long: take one
+  std::vector<std::string> refused;     // input the core refused (a term out of bounds, a bad snapshot), and why
+  /// Set: the last chunk of a received snapshot is in `persist`; once it is written, load
+  /// and check the incoming file and call Core::received_snapshot_loaded (see there).
+  std::optional<ReceivedSnapshot> received_snapshot;
+
+  bool empty() const {
+    return persist.seq == 0 && messages.empty() && after_persist.empty() && !restore &&
+           committed.empty() && reads.empty() && aborted.empty() && role_changes.empty() &&
+           leader_ready_term == 0 && !snapshot_wanted && refused.empty() && !received_snapshot;
+  }
+};
+
 namespace detail {
 
 // CRC-32C (Castagnoli), slice-by-8. The tables are built at compile time.

@@ -252,7 +252,9 @@ inline bool decode_reply(std::string_view bytes, Reply& out) {
   limits.max_multibulk_length = std::numeric_limits<std::size_t>::max();
   resp::ReplyParser parser(limits);
   parser.feed(bytes);
-  return parser.next(out) == resp::Status::Ok && parser.buffered() == 0;
+  const bool ok = parser.next(out) == resp::Status::Ok && parser.buffered() == 0;
+  if (ok) restore_pairs(out);  // section 2: ZPOPMIN's pairs, flat again for RESP2
+  return ok;
 }
 
 inline bool decode_forward_reply(const std::vector<std::string>& w, ForwardReply& r, std::string& error) {

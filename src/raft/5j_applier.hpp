@@ -281,7 +281,7 @@ inline void Runtime::answer_writes_at(const LogEntry& e, const Reply& reply, For
 inline bool Runtime::run_write(const LogEntry& e, const Command& cmd, const std::vector<std::string>& words,
                                Reply& reply) {
   const bool record = !is_builtin(cmd);  // built-ins return every error before their first change
-  Call call{store_, words, e.timestamp_ms, &node_};
+  Call call{store_, words, e.timestamp_ms, &node_, e.index, e.term};
   std::string failure;
   try {
     if (record) store_.begin_undo();
