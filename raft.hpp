@@ -9824,104 +9824,37 @@ inline void StorageWriter::run() {
 }
 
 }  // namespace raft
-// ---- src/raft/5_runtime.hpp ----
+// ---- src/raft/5a_net.hpp ----
 
 // ============================================================================================
 // 5. Runtime: POSIX sockets and a few std::threads that drive the core
 // ============================================================================================
 //
-// Threads, independent of the number of clients:
-//   poll      accepts and serves every client connection: parses commands, proposes writes
-//             and asks for read indexes (batched per wake-up), runs reads confirmed here,
-//             writes replies in order; times out this node's forwarded writes.
-//   peer      accepts every inbound peer connection (peers_in_, its own), does the listener's
-//             handshake, steps inbound Raft messages into the core, answers JOIN, proposes the
-//             writes followers forward (FWD) and takes their answers (FWDR); checks a received
-//             snapshot before the core installs it. Nothing a client sends runs here: a slow
-//             command or a large reply never delays a heartbeat.
-//   ticker    ticks the core; the leader's background expiry.
-//   sender    one per peer: connects (from this node's address), authenticates, sends.
-//   writer    the storage's group commit (StorageWriter): everything waiting shares an fdatasync.
-//             Writes a received snapshot's chunks to a file; reads it back and parses it whole.
-//   apply     applies committed entries to the store, answers writes and linearizable reads,
-//             runs the role callbacks.
-//   snapshot  serializes a copy of the store and hands it to the writer.
-//   joiner    only on a node started with -e, until it is a member.
-// Lock order: core_mu_ before req_mu_, apply_mu_, a sender's mutex and done_mu_; fwd_mu_ before
-// req_mu_, links_mu_ and a sender's mutex; data_mu_ is never held while taking core_mu_;
-// checked_mu_ is taken last. The poll and peer threads share no unlocked state: what both
-// touch (the core, forwards_, requests_, links_, the ACL) is under its lock above; each has
-// its own Batch, wake pipe and connections.
-//
-// The peer protocol (port + 1) is RESP: arrays of bulk strings whose first word names them.
-// Every connection starts with the handshake ("peer authentication" below: HELLO, the
-// listener's CHALLENGE, the connector's PROOF); everything after it travels in authenticated
-// frames, starting with the listener's answer:
-//   -> +WELCOME, or an error and the connection closes
-//   RAFT type term index log_term commit reject hint_index hint_term transfer context offset
-//        done timestamp config data count [index term type timestamp payload]*count
-//   JOIN node_id address server_id      -> +OK cluster_id | -MOVED id address | -TRYAGAIN ...
-//   FWD nonce seq lowest user word...   (a follower's write for the leader, see below; user: the
-//                                        client's ACL user, empty for execute())
-//   FWDR nonce seq status reply         (the leader's answer: status done, notrun or unknown;
-//                                        reply is RESP3-encoded)
-// With TLS (section 1c), every connection of both ports runs TLS underneath: an accepted one
-// starts it when accepted (the handshake goes on within its reads and writes on the poll
-// thread), one a node opens (sender, joiner) finishes the TLS handshake before HELLO.
-// Connections are one-way after the handshake: a node sends on the connections it opened
-// and reads on the ones it accepted. Nothing received is ever evaluated; a malformed message
-// closes that connection.
-//
-// Forwarded writes are applied at most once. A follower numbers the writes it forwards (seq)
-// within its session: its node id and server id (the leader knows both from HELLO) and a nonce
-// drawn at each start. Each FWD also carries the lowest seq the follower still waits for. The
-// leader appends `__fwd node server_id nonce seq lowest word...`, and every node decides when
-// it applies it, with the replicated detail::SessionTable, whether it runs, is a duplicate
-// (answered with the reply it had) or is stale (not run). So the follower may send a forward
-// again - it does, on every new connection to the leader, and to a new leader after an answer
-// of unknown outcome - and gets the original reply. It keeps each forward until answered or
-// past its deadline (at most kMaxForwardWaitMs), and answers its caller with the leader's reply;
-// -TRYAGAIN when no copy may have been appended (none left this node, or the only one was
-// refused); -TIMEOUT (outcome unknown) otherwise. A forward taken back before its link handed
-// it to a socket is never sent. Writes forwarded in order reach the leader in order: a link
-// sends its forwards in seq order, and forwards are moved to a new leader's link, in order,
-// before any new one is queued there.
+// The runtime is split into parts, each a file under src/raft/ (raft.hpp marks where each
+// begins); the threads, their locks and the lock order are in the table at the top of
+// 5f_runtime.hpp. In the order they are concatenated:
+//   5a_net.hpp            small helpers, logging, addresses and sockets
+//   5b_peer_wire.hpp      the peer protocol: RAFT/JOIN/FWD/FWDR messages, their encoding
+//   5c_client_acl.hpp     clients' passwords and users: what each may run (AUTH, ACL)
+//   5d_peer_auth.hpp      peer authentication: the handshake and the authenticated frames
+//   5e_peer_link.hpp      PeerLink: one outbound connection to a peer and its sender thread;
+//                         Links: the set of them and the peers' addresses
+//   5f_runtime.hpp        the Runtime class: the thread and lock table, the lifecycle, state
+//   5g_startup.hpp        start, join, leave, stop: the directory, recovery, founding, threads
+//   5h_driver.hpp         driving the core: drive(), the storage's callbacks, halt; the ticker
+//   5i_links.hpp          links to peers: which link a message takes, the connector's side
+//                         of the handshake, TLS, PeerLink's sender thread
+//   5j_applier.hpp        the apply loop (entries, writes, reads) and snapshots
+//   5k_commands.hpp       requests and replies, execute(), the client command path, limits,
+//                         RAFT.* administration, CONFIG, the table of connection commands
+//   5l_forward.hpp        forwarded writes: the follower's side and the leader's
+//   5m_client_auth.hpp    AUTH, ACL and the check before every client command
+//   5n_client_server.hpp  status (INFO, ROLE) and the poll thread: client connections, limits
+//   5o_peer_server.hpp    the peer thread: inbound peer connections, RAFT, JOIN, FWD; joining
+//   5p_node.hpp           Config, Node and the default command line (a table of options)
 
 namespace raft {
 namespace detail {
-
-// The peer protocol's version, in HELLO. 1: the first release; 2: RAFT carries a timestamp
-// (a snapshot's, a read's); 3: FWD and FWDR carry a session (at-most-once forwarded writes);
-// 4: challenge and response instead of the secret in HELLO, and a MAC on every frame; FWD
-// carries the client's ACL user (the leader checks it against its own users).
-// A node refuses a peer of another version with a message naming both: the versions are not
-// mixed on one link. A cluster is upgraded one node at a time; while versions are mixed, the
-// nodes of the version a majority runs keep the cluster going.
-constexpr const char* kPeerProtocolVersion = "4";
-
-// What the peer connections accept once HELLO is done: a bulk (an entry's payload, a
-// snapshot chunk, a forwarded write's argument) and words in one message.
-constexpr std::size_t kPeerMaxBulkBytes = std::size_t{1} << 30;
-constexpr std::size_t kPeerMaxWords = std::size_t{16} << 20;
-// A forwarded write's log entry wraps the command with the forwarding session: a few words
-// bounded by the handshake's limits (node and server ids of at most 4096 bytes).
-constexpr std::size_t kMaxForwardWrappingBytes = 3 * 4096 + 256;
-static_assert(kMaxCommandBytes + kMaxForwardWrappingBytes <= kPeerMaxBulkBytes,
-              "an accepted write, wrapped as a forwarded one, must fit in one peer bulk");
-static_assert(kProtoMaxBulkLen <= kPeerMaxBulkBytes && kMaxCommandWords + 8 <= kPeerMaxWords,
-              "an accepted write must fit in one FWD message");
-
-// The first word of a forwarded write's log entry. Command names starting with "__" are the
-// runtime's: Node::handler refuses them and clients cannot send them.
-constexpr const char* kForwardedCommand = "__fwd";
-inline bool is_reserved_command(std::string_view name) { return name.rfind("__", 0) == 0; }
-
-// A follower waits for a forwarded write's answer at most this long, whatever the configured
-// timeouts: far less than SessionTable::kIdleMs, so that no copy of a write can reach the log
-// after the leaders' session table forgot its session.
-constexpr int kMaxForwardWaitMs = static_cast<int>(SessionTable::kIdleMs / 10);
-// Forwarded writes one node waits for at once; beyond, a write gets -TRYAGAIN.
-constexpr std::size_t kMaxForwardsWaiting = 65536;
 
 // Descriptors never given to clients (Config::max_clients is lowered to RLIMIT_NOFILE less
 // these): 32 for storage (log segments, snapshot and temporary files, the data directory), the
@@ -10014,6 +9947,32 @@ inline std::uint64_t fnv1a(std::string_view s, std::uint64_t h = 146959810393466
   }
   return h;
 }
+
+
+// ---- logging -------------------------------------------------------------------------------
+
+inline const char* level_name(LogLevel l) {
+  switch (l) {
+    case LogLevel::Debug: return "DEBUG";
+    case LogLevel::Info: return "INFO";
+    case LogLevel::Warning: return "WARNING";
+    case LogLevel::Error: return "ERROR";
+  }
+  return "?";
+}
+
+inline std::string timestamp_text() {
+  auto now = std::chrono::system_clock::now();
+  std::time_t t = std::chrono::system_clock::to_time_t(now);
+  long us = static_cast<long>(std::chrono::duration_cast<std::chrono::microseconds>(now.time_since_epoch()).count() % 1000000);
+  std::tm tm{};
+  localtime_r(&t, &tm);
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02d %02d:%02d:%02d.%06ld", tm.tm_year + 1900, tm.tm_mon + 1,
+                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, us);
+  return buf;
+}
+
 
 // ---- addresses and sockets -----------------------------------------------------------------
 
@@ -10216,6 +10175,81 @@ inline bool recv_value(int fd, resp::ReplyParser& parser, resp::Value& out, int 
   }
 }
 
+}  // namespace detail
+}  // namespace raft
+// ---- src/raft/5b_peer_wire.hpp ----
+
+// ---- the peer protocol ----------------------------------------------------------------------
+// The peer protocol (port + 1) is RESP: arrays of bulk strings whose first word names them.
+// Every connection starts with the handshake (5d_peer_auth.hpp: HELLO, the
+// listener's CHALLENGE, the connector's PROOF); everything after it travels in authenticated
+// frames, starting with the listener's answer:
+//   -> +WELCOME, or an error and the connection closes
+//   RAFT type term index log_term commit reject hint_index hint_term transfer context offset
+//        done timestamp config data count [index term type timestamp payload]*count
+//   JOIN node_id address server_id      -> +OK cluster_id | -MOVED id address | -TRYAGAIN ...
+//   FWD nonce seq lowest user word...   (a follower's write for the leader, see below; user: the
+//                                        client's ACL user, empty for execute())
+//   FWDR nonce seq status reply         (the leader's answer: status done, notrun or unknown;
+//                                        reply is RESP3-encoded)
+// With TLS (section 1c), every connection of both ports runs TLS underneath: an accepted one
+// starts it when accepted (the handshake goes on within its reads and writes on the poll
+// thread), one a node opens (sender, joiner) finishes the TLS handshake before HELLO.
+// Connections are one-way after the handshake: a node sends on the connections it opened
+// and reads on the ones it accepted. Nothing received is ever evaluated; a malformed message
+// closes that connection.
+//
+// Forwarded writes are applied at most once. A follower numbers the writes it forwards (seq)
+// within its session: its node id and server id (the leader knows both from HELLO) and a nonce
+// drawn at each start. Each FWD also carries the lowest seq the follower still waits for. The
+// leader appends `__fwd node server_id nonce seq lowest word...`, and every node decides when
+// it applies it, with the replicated detail::SessionTable, whether it runs, is a duplicate
+// (answered with the reply it had) or is stale (not run). So the follower may send a forward
+// again - it does, on every new connection to the leader, and to a new leader after an answer
+// of unknown outcome - and gets the original reply. It keeps each forward until answered or
+// past its deadline (at most kMaxForwardWaitMs), and answers its caller with the leader's reply;
+// -TRYAGAIN when no copy may have been appended (none left this node, or the only one was
+// refused); -TIMEOUT (outcome unknown) otherwise. A forward taken back before its link handed
+// it to a socket is never sent. Writes forwarded in order reach the leader in order: a link
+// sends its forwards in seq order, and forwards are moved to a new leader's link, in order,
+// before any new one is queued there.
+
+namespace raft {
+namespace detail {
+
+// The peer protocol's version, in HELLO. 1: the first release; 2: RAFT carries a timestamp
+// (a snapshot's, a read's); 3: FWD and FWDR carry a session (at-most-once forwarded writes);
+// 4: challenge and response instead of the secret in HELLO, and a MAC on every frame; FWD
+// carries the client's ACL user (the leader checks it against its own users).
+// A node refuses a peer of another version with a message naming both: the versions are not
+// mixed on one link. A cluster is upgraded one node at a time; while versions are mixed, the
+// nodes of the version a majority runs keep the cluster going.
+constexpr const char* kPeerProtocolVersion = "4";
+
+// What the peer connections accept once HELLO is done: a bulk (an entry's payload, a
+// snapshot chunk, a forwarded write's argument) and words in one message.
+constexpr std::size_t kPeerMaxBulkBytes = std::size_t{1} << 30;
+constexpr std::size_t kPeerMaxWords = std::size_t{16} << 20;
+// A forwarded write's log entry wraps the command with the forwarding session: a few words
+// bounded by the handshake's limits (node and server ids of at most 4096 bytes).
+constexpr std::size_t kMaxForwardWrappingBytes = 3 * 4096 + 256;
+static_assert(kMaxCommandBytes + kMaxForwardWrappingBytes <= kPeerMaxBulkBytes,
+              "an accepted write, wrapped as a forwarded one, must fit in one peer bulk");
+static_assert(kProtoMaxBulkLen <= kPeerMaxBulkBytes && kMaxCommandWords + 8 <= kPeerMaxWords,
+              "an accepted write must fit in one FWD message");
+
+// The first word of a forwarded write's log entry. Command names starting with "__" are the
+// runtime's: Node::handler refuses them and clients cannot send them.
+constexpr const char* kForwardedCommand = "__fwd";
+inline bool is_reserved_command(std::string_view name) { return name.rfind("__", 0) == 0; }
+
+// A follower waits for a forwarded write's answer at most this long, whatever the configured
+// timeouts: far less than SessionTable::kIdleMs, so that no copy of a write can reach the log
+// after the leaders' session table forgot its session.
+constexpr int kMaxForwardWaitMs = static_cast<int>(SessionTable::kIdleMs / 10);
+// Forwarded writes one node waits for at once; beyond, a write gets -TRYAGAIN.
+constexpr std::size_t kMaxForwardsWaiting = 65536;
+
 // ---- the peer wire format ------------------------------------------------------------------
 
 // "RAFT" and the 16 fields before the entries.
@@ -10417,6 +10451,13 @@ inline bool decode_forward_reply(const std::vector<std::string>& w, ForwardReply
   if (!decode_reply(w[4], r.reply)) return fail("bad reply");
   return true;
 }
+
+}  // namespace detail
+}  // namespace raft
+// ---- src/raft/5c_client_acl.hpp ----
+
+namespace raft {
+namespace detail {
 
 // ---- clients: passwords, users and what they may run (Redis's AUTH and ACL) ----------------
 
@@ -10653,6 +10694,13 @@ constexpr const char* kProtectedModeDenied =
     "loopback interface, or restart the node with '--requirepass PASSWORD' (Config::requirepass); or 2) if the "
     "network is trusted, disable protected mode: 'CONFIG SET protected-mode no' from the loopback interface, or "
     "restart the node with '--protected-mode no' (Config::protected_mode = false). You only need one of them.\r\n";
+
+}  // namespace detail
+}  // namespace raft
+// ---- src/raft/5d_peer_auth.hpp ----
+
+namespace raft {
+namespace detail {
 
 // ---- peer authentication: the handshake and the frames ---------------------------------------
 //
@@ -11014,29 +11062,12 @@ class ListenerHandshake {
   std::string refusal_;
 };
 
-// ---- logging -------------------------------------------------------------------------------
+}  // namespace detail
+}  // namespace raft
+// ---- src/raft/5e_peer_link.hpp ----
 
-inline const char* level_name(LogLevel l) {
-  switch (l) {
-    case LogLevel::Debug: return "DEBUG";
-    case LogLevel::Info: return "INFO";
-    case LogLevel::Warning: return "WARNING";
-    case LogLevel::Error: return "ERROR";
-  }
-  return "?";
-}
-
-inline std::string timestamp_text() {
-  auto now = std::chrono::system_clock::now();
-  std::time_t t = std::chrono::system_clock::to_time_t(now);
-  long us = static_cast<long>(std::chrono::duration_cast<std::chrono::microseconds>(now.time_since_epoch()).count() % 1000000);
-  std::tm tm{};
-  localtime_r(&t, &tm);
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%04d-%02d-%02d %02d:%02d:%02d.%06ld", tm.tm_year + 1900, tm.tm_mon + 1,
-                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, us);
-  return buf;
-}
+namespace raft {
+namespace detail {
 
 // ---- connections to peers ------------------------------------------------------------------
 
@@ -11170,6 +11201,10 @@ class PeerLink {
   // max_message_bytes of entries (1 MiB) unless one entry is larger; a snapshot chunk, 1 MiB.
   static constexpr std::size_t kSendBytes = std::size_t{256} << 10;
   void run();
+  int connect_to_peer(const std::string& addr, Tls& tls, PeerSession& next_session, std::string& error);
+  std::string take_batch();
+  bool reconnect(std::unique_lock<std::mutex>& lock, PeerSession& session, PeerSession& next_session, int& backoff_ms,
+                 bool& logged_failure);
 
   struct QueuedForward {
     std::string bytes;
@@ -11198,7 +11233,148 @@ class PeerLink {
   std::thread thread_;
 };
 
-// ---- the runtime ---------------------------------------------------------------------------
+// The links to the other nodes, one PeerLink each, opened on first use, and the addresses to
+// reach them at (from the peer map, committed configurations and handshakes). Its lock is
+// taken after core_mu_ and fwd_mu_; holding it, it only calls PeerLink's setters and
+// constructor (which take the link's own mutex, never another).
+class Links {
+ public:
+  explicit Links(Runtime& rt) : rt_(rt) {}
+
+  /// The link to `id`, opened now if its address is known; nullptr if it is not.
+  PeerLink* find_or_open(const NodeId& id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = links_.find(id);
+    if (it != links_.end()) return it->second.get();
+    auto a = addresses_.find(id);
+    if (a == addresses_.end()) return nullptr;
+    auto link = std::make_unique<PeerLink>(rt_, id, a->second);
+    PeerLink* raw = link.get();
+    links_[id] = std::move(link);
+    return raw;
+  }
+  /// `id` is at `address` (a committed configuration, the peer map): an open link moves there.
+  void set_address(const NodeId& id, const std::string& address) {
+    std::lock_guard<std::mutex> lock(mu_);
+    addresses_[id] = address;
+    auto it = links_.find(id);
+    if (it != links_.end()) it->second->set_address(address);
+  }
+  /// What a peer's handshake says its address is: used only while no other is known.
+  void learn_address(const NodeId& id, const std::string& address) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!addresses_.count(id)) addresses_[id] = address;
+  }
+  /// Stops every link's thread, all at once, then waits for each. Stopped, not destroyed:
+  /// another thread may still hold a pointer (freed with the Runtime).
+  void stop_all() {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [id, link] : links_) link->request_stop();
+    for (auto& [id, link] : links_) link->stop();
+  }
+
+ private:
+  Runtime& rt_;
+  std::mutex mu_;
+  std::map<NodeId, std::unique_ptr<PeerLink>> links_;
+  std::map<NodeId, std::string> addresses_;
+};
+
+}  // namespace detail
+}  // namespace raft
+// ---- src/raft/5f_runtime.hpp ----
+
+// ---- the runtime: threads and locks ---------------------------------------------------------
+// Runtime is the wiring: one object whose threads drive the core, serve clients and talk to
+// peers. Its code is split by what it serves (the parts listed at the top of 5a_net.hpp); its
+// state is grouped below by the thread that owns it or the lock that guards it. Classes with
+// state and a lock of their own: PeerLink (5e, one per peer, its sender thread), Links (5e,
+// the set of links and the peers' addresses), CheckedSnapshot (above), StorageWriter (4).
+//
+// Threads, independent of the number of clients (part: what it runs):
+//   poll      5n, 5k, 5m, 5l: accepts and serves every client connection: parses commands,
+//             checks AUTH/ACL, proposes writes and asks for read indexes (batched per wake-up,
+//             flush_batched), runs reads confirmed here, writes replies in order (complete_op);
+//             times out this node's forwarded writes. Owns clients_, poll_batch_, done_'s
+//             consumer side, the output totals and the live limits' readers.
+//   peer      5o, 5l: accepts every inbound peer connection (peers_in_, its own), does the
+//             listener's handshake, steps inbound Raft messages into the core, answers JOIN,
+//             proposes the writes followers forward (FWD, peer_batch_) and takes their answers
+//             (FWDR); checks a received snapshot before the core installs it. Nothing a client
+//             sends runs here: a slow command or a large reply never delays a heartbeat.
+//   ticker    5h: ticks the core; wakes the poll thread every 100 ms (forwards time out there).
+//   sender    5e/5i, one per peer (PeerLink): connects from this node's address, runs TLS and
+//             the connector's handshake, sends what drive() and the forwards queued.
+//   writer    4 (StorageWriter), callbacks in 5h: the group commit (everything waiting shares
+//             an fdatasync); writes a received snapshot's chunks to a file, reads it back and
+//             parses it whole (CheckedSnapshot::keep).
+//   apply     5j: applies committed entries to the store, answers writes and linearizable
+//             reads (finish_request), runs the role callbacks, proposes expiry. Owns
+//             reads_by_index_ and fatal_.
+//   snapshot  5j: serializes a copy of the store and hands it to the writer.
+//   joiner    5o: only on a node started with -e, until it is a member.
+//   callers   execute() and Node's other methods, from the embedding program's threads.
+//
+// Locks (what each guards; what may be taken while holding it):
+//   life_mu_    the lifecycle's waits (life_cv_, starting_, stop_requested_); a leaf.
+//   core_mu_    the Core, identity_, failure_, linked_config_, refused_reads_. Held by drive():
+//               may take req_mu_, apply_mu_, done_mu_, status_mu_, Links' lock and a sender's
+//               mutex.
+//   fwd_mu_     forwards_ (this node's forwarded writes): may take req_mu_, Links' lock and a
+//               sender's mutex.
+//   req_mu_     requests_ and write_by_index_ (who waits for what): a leaf.
+//   apply_mu_   the apply queue: a leaf.      snap_mu_  the snapshot job: a leaf.
+//   data_mu_    the store: the apply thread writes, the poll thread and Node::read read; never
+//               held while taking core_mu_.
+//   done_mu_    replies for clients, handed to the poll thread: a leaf.
+//   status_mu_, acl_mu_, CheckedSnapshot's, Links' (after core_mu_ and fwd_mu_; it takes only
+//               a sender's mutex): leaves.
+// The poll and peer threads share no unlocked state: what both touch (the core, forwards_,
+// requests_, the links, the ACL) is under its lock above; each has its own Batch, wake pipe
+// and connections.
+//
+// Where what comes next goes (so that it fits this model):
+//   client authentication, pub/sub, watchers, a second protocol: connections of the poll
+//     loop (5n; commands in 5k, AUTH/ACL in 5m), state per connection in ClientConn; a
+//     notification is a reply queued on done_ for the poll thread to write: no thread per
+//     watcher or per subscriber.
+//   peer messages never delayed by client work: new peer messages are read and answered on
+//     the peer thread (5o) and encoded in 5b; nothing a client sends may run there.
+//   performance (fewer hand-offs between driver, writer and applier): drive() (5h) is the one
+//     place where the core's output is routed to the writer, the links and the apply queue.
+//
+// Still to split (issue 11): Runtime holds 10 mutexes of its own; the client server (poll
+// thread: clients_, done_, output totals, limits), the peer server (peer thread: peers_in_,
+// its wake pipe, peer_batch_, the handshake budget) and the applier (store, data_mu_, apply
+// queue, reads_by_index_, snapshot thread) are the next classes to take out, in that order
+// of separability: each reaches the rest only through finish(), drive() under core_mu_ and
+// push_apply().
+
+namespace raft {
+namespace detail {
+
+// The store a received snapshot was parsed into when the core checked it (on the writer
+// thread), kept for the apply thread's Restore of that same snapshot, so that it is parsed
+// once. Its lock is a leaf.
+class CheckedSnapshot {
+ public:
+  void keep(EntryId id, Store parsed) {
+    std::lock_guard<std::mutex> lock(mu_);
+    kept_.emplace(id, std::move(parsed));
+  }
+  /// The store kept for snapshot `id`, if that is the one kept; whatever was kept is dropped.
+  std::optional<Store> take(EntryId id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::optional<Store> out;
+    if (kept_ && kept_->first == id) out.emplace(std::move(kept_->second));
+    kept_.reset();
+    return out;
+  }
+
+ private:
+  std::mutex mu_;
+  std::optional<std::pair<EntryId, Store>> kept_;
+};
 
 class Runtime {
  public:
@@ -11227,7 +11403,7 @@ class Runtime {
     stop_requested_ = true;
     life_cv_.notify_all();
   }
-  bool stopping() const { return stopping_.load(); }
+  bool stopping() const { return stopping_or_later(); }
 
   // ---- state ----
   const NodeId& id() const { return cfg_.id; }
@@ -11280,27 +11456,26 @@ class Runtime {
 
   // A command waiting for its answer: from a client connection, execute(), or (on the
   // leader) a follower that forwarded it.
-  struct Request {
-    std::uint64_t conn = 0;
-    std::uint64_t op = 0;
-    std::shared_ptr<std::promise<Reply>> promise;
-    NodeId forward_from;             // a forwarded write: the follower,
-    std::uint64_t forward_seq = 0;   // its sequence number
-    std::uint64_t forward_nonce = 0;  // and session nonce
-    std::vector<std::string> words;  // a read, executed once applied...
-    std::chrono::steady_clock::time_point read_deadline{};  // ... or failed after this
-    EntryId entry;                   // a write, where it went
-  };
+  // Who waits for a command's reply: one of execute()'s promise, a client connection's op,
+  // or the follower that forwarded the write (FWDR on the link to it). finish() answers it.
   struct Caller {
     std::uint64_t conn = 0;
     std::uint64_t op = 0;
     std::shared_ptr<std::promise<Reply>> promise;
-    NodeId forward_from;
-    std::uint64_t forward_seq = 0;
-    std::uint64_t forward_nonce = 0;
+    NodeId forward_from;            // a forwarded write: the follower,
+    std::uint64_t forward_seq = 0;  // its sequence number
+    std::uint64_t forward_nonce = 0;  // and session nonce
     // The client's ACL user, which a forwarded write carries to the leader; empty: the
     // embedding program (execute()), which may run anything.
     std::string user;
+  };
+  // A command waiting in requests_ (under req_mu_) for something another thread does: a
+  // write to be applied, a read for its read index, a forward for the leader's answer.
+  struct Request {
+    Caller caller;
+    std::vector<std::string> words;  // a read, executed once applied...
+    std::chrono::steady_clock::time_point read_deadline{};  // ... or failed after this
+    EntryId entry;                   // a write, where it went
   };
   // A write this node forwarded to the leader, waiting for its answer (under fwd_mu_).
   struct Forward {
@@ -11404,7 +11579,25 @@ class Runtime {
   std::int64_t now_ms() const { return cfg_.wall_clock ? cfg_.wall_clock() : wall_ms(); }
 
   // startup
+  void complete_config();
+  void open_listeners();
+  void start_threads();
+  void join_threads();
+  void answer_what_is_left();
+  void close_connections();
   void open_storage();
+  // What opening the data directory gathers for the core (open_storage).
+  struct OpenedStorage {
+    CoreState st;
+    std::shared_ptr<Snapshot> snapshot;
+    Store loaded;               // -l
+    bool load = false;          // save `loaded` as the first snapshot
+    bool told_to_wait = false;  // contacted while listening before founding: logged already
+  };
+  void reopen_storage(const StorageOptions& so, OpenedStorage& o);
+  void create_storage(const StorageOptions& so, OpenedStorage& o);
+  void restore_recovered_snapshot(Snapshot& snapshot);
+  void make_core(CoreState st, bool told_to_wait);
   // A member of an existing cluster that said HELLO to this address while it listened
   // before founding (listen_before_founding).
   struct FoundingContact {
@@ -11413,6 +11606,8 @@ class Runtime {
     std::string address;
   };
   std::optional<FoundingContact> listen_before_founding();
+  void accept_while_founding(std::vector<std::unique_ptr<PeerConn>>& held);
+  bool handshake_while_founding(PeerConn& p);
   int founding_listen_ms() const;
   bool unused_founder_directory(const Recovered& rec) const;
   void load_first_snapshot(const Store& loaded, std::shared_ptr<Snapshot>& snapshot, CoreState& st);
@@ -11437,11 +11632,18 @@ class Runtime {
   void update_links();
   // threads
   void poll_loop();
+  void client_poll_set(std::vector<pollfd>& fds, std::vector<std::uint64_t>& owner);
+  std::vector<std::uint64_t> serve_ready_clients(const std::vector<pollfd>& fds, const std::vector<std::uint64_t>& owner);
+  void close_clients_done(std::vector<std::uint64_t> failed);
   void peer_loop();
+  void peer_poll_set(std::vector<pollfd>& fds);
+  std::vector<int> serve_ready_peers(const std::vector<pollfd>& fds);
+  void drop_silent_peers(std::chrono::steady_clock::time_point now);
   void ticker_loop();
   void apply_loop();
   void snapshot_loop();
   void joiner_loop();
+  std::string ask_to_join(const std::string& target, std::optional<std::string>& moved);
   void read_snapshot_to_load(Store& into) const;
   bool committed_member() const {  // with core_mu_ held
     Configuration c = core_->config_at(core_->commit_index());
@@ -11479,6 +11681,9 @@ class Runtime {
   void serve_ready_reads();
   void adopt_cluster_id(const std::string& cluster_id);
   void handle_command(ClientConn* conn, Caller caller, std::vector<std::string>& words, Batch& batch);
+  void start_checkpoint(const Caller& caller, const std::vector<std::string>& words);
+  void start_write(const Caller& caller, const std::vector<std::string>& words, const Command& cmd, Batch& batch);
+  static Reply proposal_refusal(const ProposeResult& res, bool forwarded_here);
   // Answers the caller. For a follower's forwarded write, `status` tells it what the reply means.
   void finish(const Caller& caller, Reply reply, ForwardStatus status = ForwardStatus::Done);
   void finish_request(std::uint64_t id, Reply reply, ForwardStatus status = ForwardStatus::Done);
@@ -11502,6 +11707,15 @@ class Runtime {
   /// (so every node judges it alike, and never before a write it follows).
   std::int64_t read_time(const ReadState& rs) const { return std::max(rs.time_ms, applied_timestamp_.load()); }
   Reply connection_command(ClientConn* conn, const std::vector<std::string>& words, bool& handled);
+  static bool args_in(const std::vector<std::string>& w, std::size_t lo, std::size_t hi);
+  static Reply admin_with_args(Runtime& rt, const std::vector<std::string>& w, std::size_t lo, std::size_t hi);
+  Reply stop_on_request();
+  static Reply set_readonly(ClientConn* conn, const std::vector<std::string>& w, bool readonly);
+  Reply auth_command(ClientConn* conn, const std::vector<std::string>& w);
+  Reply hello_command(ClientConn* conn, const std::vector<std::string>& w);
+  static Reply client_command(ClientConn* conn, const std::vector<std::string>& w);
+  Reply command_command(const std::vector<std::string>& w) const;
+  Reply config_reply(const std::vector<std::string>& w);
   // clients' users (see Acl)
   bool acl_command(const std::vector<std::string>& words, AclCommand& out) const;
   bool acl_rule_names_command(const std::string& rule) const;
@@ -11510,7 +11724,10 @@ class Runtime {
   bool authenticate(ClientConn* conn, const std::string& user, const std::string& password);
   // peers
   bool read_peer(PeerConn& p);
+  bool parse_peer_messages(PeerConn& p, std::vector<Message>& inbound);
+  bool step_peer_messages(const PeerConn& p, const std::vector<Message>& inbound);
   bool handle_peer_message(PeerConn& p, std::vector<std::string>& w);
+  bool welcome_peer(PeerConn& p, const std::vector<std::string>& w);
   Reply handle_join(const std::vector<std::string>& w);
   // apply
   void push_apply(ApplyItem item) {
@@ -11519,7 +11736,24 @@ class Runtime {
     apply_cv_.notify_one();
   }
   void apply_item(ApplyItem& item);
+  void restore_snapshot(const Snapshot& snapshot);
+  void apply_read_state(const ReadState& rs);
+  void answer_aborted_write(EntryId id);
+  void run_role_callbacks(const RoleChange& change);
+  void run_leader_callback(std::uint64_t term);
   void apply_entry(const LogEntry& e);
+  // A command entry, decoded (see decode_command_entry).
+  struct EntryCommand {
+    std::vector<std::string> words;
+    const Command* command = nullptr;
+    bool forwarded = false;
+    SessionTable::Key session;  // a forwarded write's, with its seq and lowest
+    std::uint64_t seq = 0, lowest = 0;
+  };
+  bool decode_command_entry(const LogEntry& e, EntryCommand& out);
+  bool apply_command(const LogEntry& e, Reply& reply, ForwardStatus& status);
+  bool run_forwarded_write(const LogEntry& e, const EntryCommand& c, Reply& reply, ForwardStatus& status);
+  void answer_writes_at(const LogEntry& e, const Reply& reply, ForwardStatus status);
   bool run_write(const LogEntry& e, const Command& cmd, const std::vector<std::string>& words, Reply& reply);
   void serve_reads();
   void expire_waiting_reads();
@@ -11531,12 +11765,31 @@ class Runtime {
   Node& node_;
   Config cfg_;
   HostPort host_;
-  std::atomic<bool> started_{false};
+  // The node's lifecycle, one way, each step taken once (life_ only grows):
+  //   New       constructed; start() may run (again, after a start() that threw).
+  //   Running   start() opened the storage and the listeners and starts the threads; commands
+  //             are taken (a callback run while start() finishes may already execute()).
+  //   Leaving   the first stop() has begun: a leader hands over, every thread still runs.
+  //   Stopping  the threads exit (their loops test stopping()); commands are refused.
+  //   Halted    the threads are joined (set under core_mu_): the core is no longer driven,
+  //             nothing more is sent (the writer's last callbacks see it).
+  //   Stopped   everything is closed and every request answered (set under life_mu_; a
+  //             second stop() and join() wait for it on life_cv_).
+  // Kept apart, because they are not steps of this one line:
+  //   starting_        start() is on some thread's stack: it spans New and Running, and a
+  //                    stop() from another thread waits for it to return either way.
+  //   stop_requested_  a request that join() acts on (SHUTDOWN, RAFT.LEAVE, stop() from a
+  //                    handler or callback, the apply loop failing, a stop() while start()
+  //                    runs); it may come in any state.
+  //   failed_          the storage failed (health, not lifecycle): a failed node keeps
+  //                    running, answers MISCONF, and still goes through every step above.
+  //   fatal_           the apply thread's own: it cannot apply further; it halts the node
+  //                    and requests the stop (apply thread only, no lock).
+  enum class Lifecycle { New, Running, Leaving, Stopping, Halted, Stopped };
+  std::atomic<Lifecycle> life_{Lifecycle::New};
+  bool stopping_or_later() const { return life_.load() >= Lifecycle::Stopping; }
+  bool halted_or_later() const { return life_.load() >= Lifecycle::Halted; }
   bool starting_ = false;  // under life_mu_: start() is running
-  std::atomic<bool> stop_called_{false};
-  std::atomic<bool> stopping_{false};  // set after leave(): the threads exit
-  std::atomic<bool> stopped_{false};
-  std::atomic<bool> halted_{false};  // threads joined: nothing more is sent or driven
   mutable std::mutex life_mu_;
   std::condition_variable life_cv_;
   bool stop_requested_ = false;
@@ -11577,7 +11830,7 @@ class Runtime {
   std::atomic<std::thread::id> poll_thread_id_{};
   std::atomic<std::thread::id> peer_thread_id_{};  // runs no handler, but logs (a sink may stop())
 
-  // writes this node forwarded (see "Forwarded writes" at the top of this section)
+  // writes this node forwarded (see "Forwarded writes" at the top of 5b_peer_wire.hpp)
   std::mutex fwd_mu_;
   std::map<std::uint64_t, Forward> forwards_;  // by sequence number
   // This run's session: every start draws another, so sequence numbers start again at 1.
@@ -11598,9 +11851,7 @@ class Runtime {
   std::deque<ApplyItem> apply_q_;
   std::multimap<std::uint64_t, ReadState> reads_by_index_;  // confirmed reads by read index
   bool fatal_ = false;
-  // The store a received snapshot parsed into when the core checked it, for its Restore.
-  std::mutex checked_mu_;
-  std::optional<std::pair<EntryId, Store>> checked_snapshot_;
+  CheckedSnapshot checked_snapshot_;
 
   // snapshots
   std::mutex snap_mu_;
@@ -11611,9 +11862,7 @@ class Runtime {
   bool snap_again_ = false;  // asked for while one was being written
 
   // peers
-  std::mutex links_mu_;
-  std::map<NodeId, std::unique_ptr<PeerLink>> links_;
-  std::map<NodeId, std::string> addresses_;  // learned from configurations and handshakes
+  Links links_{*this};
 
   // the poll thread's state
   int client_fd_ = -1;
@@ -11698,6 +11947,13 @@ class Runtime {
   std::thread poll_thread_, peer_thread_, ticker_thread_, apply_thread_, snapshot_thread_, joiner_thread_;
 };
 
+}  // namespace detail
+}  // namespace raft
+// ---- src/raft/5g_startup.hpp ----
+
+namespace raft {
+namespace detail {
+
 // ---- startup ------------------------------------------------------------------------------
 
 inline CoreOptions Runtime::core_options() const {
@@ -11741,114 +11997,126 @@ inline void Runtime::open_storage() {
   so.segment_bytes = cfg_.segment_bytes;
   so.fsync_hook = cfg_.fsync_hook;
   so.warn = [this](const std::string& line) { log(LogLevel::Warning, line); };
-  CoreState st;
-  std::shared_ptr<Snapshot> snapshot;
-  Store loaded;       // -l
-  bool load = false;  // save `loaded` as the first snapshot
-  bool told_to_wait = false;
-  if (Storage::exists(cfg_.data_dir)) {
-    Recovered rec;
-    storage_ = std::make_unique<Storage>(Storage::open(so, rec));
-    identity_ = rec.identity;
-    if (identity_.node_id != cfg_.id)
-      throw std::runtime_error("data directory " + cfg_.data_dir + " belongs to node '" + identity_.node_id +
-                               "', not '" + cfg_.id + "': pass that id with -i, or another directory with -d");
-    for (const auto& note : rec.notes) log(LogLevel::Warning, "recovery: " + note);
+  OpenedStorage o;
+  if (Storage::exists(cfg_.data_dir))
+    reopen_storage(so, o);
+  else
+    create_storage(so, o);
+  if (o.load) load_first_snapshot(o.loaded, o.snapshot, o.st);
+  o.st.initial_config = identity_.initial_config;
+  if (o.snapshot) {
+    restore_recovered_snapshot(*o.snapshot);
+    o.st.snapshot = o.snapshot;
+  }
+  make_core(std::move(o.st), o.told_to_wait);
+}
+
+// An existing data directory: recovers it; -l loads only into a founder's unused directory.
+inline void Runtime::reopen_storage(const StorageOptions& so, OpenedStorage& o) {
+  Recovered rec;
+  storage_ = std::make_unique<Storage>(Storage::open(so, rec));
+  identity_ = rec.identity;
+  if (identity_.node_id != cfg_.id)
+    throw std::runtime_error("data directory " + cfg_.data_dir + " belongs to node '" + identity_.node_id +
+                             "', not '" + cfg_.id + "': pass that id with -i, or another directory with -d");
+  for (const auto& note : rec.notes) log(LogLevel::Warning, "recovery: " + note);
 #ifdef RAFT_MUTANT_LOAD_ONLY_INTO_NEW_DIRECTORY
-    load = false;  // mutant: -l is ignored once the directory exists, even if nothing was loaded
+  o.load = false;  // mutant: -l is ignored once the directory exists, even if nothing was loaded
 #else
-    load = !cfg_.load_snapshot.empty() && unused_founder_directory(rec);
+  o.load = !cfg_.load_snapshot.empty() && unused_founder_directory(rec);
 #endif
-    if (load) read_snapshot_to_load(loaded);
-    st.hard_state = rec.hard_state;
-    st.entries = std::move(rec.entries);
-    if (rec.snapshot) snapshot = std::make_shared<Snapshot>(std::move(*rec.snapshot));
-    log(LogLevel::Info, "restarting from " + cfg_.data_dir + ": term " + std::to_string(rec.hard_state.term) + ", " +
-                            std::to_string(st.entries.size()) + " log entries after " +
-                            (snapshot ? "a snapshot at index " + std::to_string(snapshot->meta.index) : "no snapshot"));
-    if (load)
-      log(LogLevel::Info, "the last start stopped between creating " + cfg_.data_dir +
-                              " and saving the snapshot given with -l; loading it now");
-    else if (!cfg_.join.empty() || !cfg_.peers.empty() || !cfg_.load_snapshot.empty())
-      log(LogLevel::Info, "using the configuration persisted in " + cfg_.data_dir +
-                              "; the peer map and -l are ignored, and -e serves only to ask again to join until "
-                              "a committed configuration names this node");
-  } else {
-    // The snapshot to found the cluster with is read before the data directory exists: a
-    // file that cannot be loaded must not leave a directory behind that a retry would reuse.
-    if (!cfg_.load_snapshot.empty()) read_snapshot_to_load(loaded);
-    Identity id;
-    id.node_id = cfg_.id;
-    std::random_device rd;
-    id.server_id = hex64((static_cast<std::uint64_t>(rd()) << 32) ^ rd()) + hex64((static_cast<std::uint64_t>(rd()) << 32) ^ rd());
-    std::optional<FoundingContact> contact;
-    if (!cfg_.peers.empty()) {
-      // A static peer map: every node derives the same cluster id and configuration.
-      std::map<NodeId, std::string> all = cfg_.peers;
-      all[cfg_.id] = cfg_.address;
-      std::string text;
-      for (const auto& [nid, addr] : all) {
-        text += nid + "=" + addr + ";";
-        id.initial_config.upsert(Member{nid, addr, "", true});
-      }
-      id.cluster_id = hex64(fnv1a(text));
-    } else if (cfg_.join.empty()) {
+  if (o.load) read_snapshot_to_load(o.loaded);
+  o.st.hard_state = rec.hard_state;
+  o.st.entries = std::move(rec.entries);
+  if (rec.snapshot) o.snapshot = std::make_shared<Snapshot>(std::move(*rec.snapshot));
+  log(LogLevel::Info, "restarting from " + cfg_.data_dir + ": term " + std::to_string(rec.hard_state.term) + ", " +
+                          std::to_string(o.st.entries.size()) + " log entries after " +
+                          (o.snapshot ? "a snapshot at index " + std::to_string(o.snapshot->meta.index) : "no snapshot"));
+  if (o.load)
+    log(LogLevel::Info, "the last start stopped between creating " + cfg_.data_dir +
+                            " and saving the snapshot given with -l; loading it now");
+  else if (!cfg_.join.empty() || !cfg_.peers.empty() || !cfg_.load_snapshot.empty())
+    log(LogLevel::Info, "using the configuration persisted in " + cfg_.data_dir +
+                            "; the peer map and -l are ignored, and -e serves only to ask again to join until "
+                            "a committed configuration names this node");
+}
+
+// A new data directory: its identity (the static peer map's, a founder's, one contacted while
+// listening before founding, or a joiner's without a cluster id).
+inline void Runtime::create_storage(const StorageOptions& so, OpenedStorage& o) {
+  // The snapshot to found the cluster with is read before the data directory exists: a
+  // file that cannot be loaded must not leave a directory behind that a retry would reuse.
+  if (!cfg_.load_snapshot.empty()) read_snapshot_to_load(o.loaded);
+  Identity id;
+  id.node_id = cfg_.id;
+  std::random_device rd;
+  id.server_id = hex64((static_cast<std::uint64_t>(rd()) << 32) ^ rd()) + hex64((static_cast<std::uint64_t>(rd()) << 32) ^ rd());
+  std::optional<FoundingContact> contact;
+  if (!cfg_.peers.empty()) {
+    // A static peer map: every node derives the same cluster id and configuration.
+    std::map<NodeId, std::string> all = cfg_.peers;
+    all[cfg_.id] = cfg_.address;
+    std::string text;
+    for (const auto& [nid, addr] : all) {
+      text += nid + "=" + addr + ";";
+      id.initial_config.upsert(Member{nid, addr, "", true});
+    }
+    id.cluster_id = hex64(fnv1a(text));
+  } else if (cfg_.join.empty()) {
 #ifndef RAFT_MUTANT_FOUND_WITHOUT_LISTENING
-      contact = listen_before_founding();
+    contact = listen_before_founding();
 #endif
-      if (contact) {
-        id.cluster_id = contact->cluster_id;  // a member-to-be of that cluster, never a founder
-      } else {
-        // The founder: a cluster of one.
-        id.cluster_id = hex64((static_cast<std::uint64_t>(rd()) << 32) ^ rd());
-        id.initial_config.upsert(Member{cfg_.id, cfg_.address, id.server_id, true});
-        load = !cfg_.load_snapshot.empty();
-      }
-    }
-    storage_ = std::make_unique<Storage>(Storage::create(so, id));
-    identity_ = id;
     if (contact) {
-      told_to_wait = true;
-      log(LogLevel::Warning,
-          "node " + contact->node + " at " + contact->address + " of cluster " + contact->cluster_id +
-              " contacted this node's address while it listened before founding a cluster: the address belongs to "
-              "a member of that cluster, whose data directory was lost or wiped. Not founding a second cluster" +
-              (cfg_.load_snapshot.empty() ? std::string() : " (-l is ignored)") + ": this node waits in " +
-              cfg_.data_dir + " to be re-added to cluster " + contact->cluster_id +
-              ". To ask to rejoin, restart it with -e " + contact->address + " added to its command line: run_raft -i " +
-              cfg_.id + " -a " + cfg_.address + " -d " + cfg_.data_dir + " -e " + contact->address);
+      id.cluster_id = contact->cluster_id;  // a member-to-be of that cluster, never a founder
+    } else {
+      // The founder: a cluster of one.
+      id.cluster_id = hex64((static_cast<std::uint64_t>(rd()) << 32) ^ rd());
+      id.initial_config.upsert(Member{cfg_.id, cfg_.address, id.server_id, true});
+      o.load = !cfg_.load_snapshot.empty();
     }
   }
-  if (load) load_first_snapshot(loaded, snapshot, st);
-  st.initial_config = identity_.initial_config;
-  if (snapshot) {
-    std::string error;
-    SnapshotMeta meta;
-    Store restored;
-    if (!Store::read_snapshot(snapshot->data, restored, meta, error))
-      throw std::runtime_error("snapshot in " + cfg_.data_dir + " is unreadable: " + error);
-    std::uint64_t index = snapshot->meta.index, term = snapshot->meta.term;
-    snapshot->meta = meta;
-    if (meta.index != index || meta.term != term)
-      throw std::runtime_error("snapshot in " + cfg_.data_dir + " says index " + std::to_string(meta.index) +
-                               " but its file name says " + std::to_string(index));
-    store_ = std::move(restored);
-    keys_ = store_.size();
-    used_memory_ = store_.used_memory();
-    applied_ = meta.index;
-    applied_timestamp_ = meta.timestamp_ms;
-    st.snapshot = snapshot;
+  storage_ = std::make_unique<Storage>(Storage::create(so, id));
+  identity_ = id;
+  if (contact) {
+    o.told_to_wait = true;
+    log(LogLevel::Warning,
+        "node " + contact->node + " at " + contact->address + " of cluster " + contact->cluster_id +
+            " contacted this node's address while it listened before founding a cluster: the address belongs to "
+            "a member of that cluster, whose data directory was lost or wiped. Not founding a second cluster" +
+            (cfg_.load_snapshot.empty() ? std::string() : " (-l is ignored)") + ": this node waits in " +
+            cfg_.data_dir + " to be re-added to cluster " + contact->cluster_id +
+            ". To ask to rejoin, restart it with -e " + contact->address + " added to its command line: run_raft -i " +
+            cfg_.id + " -a " + cfg_.address + " -d " + cfg_.data_dir + " -e " + contact->address);
   }
+}
+
+// The snapshot the storage recovered becomes the store (checked against its file name).
+inline void Runtime::restore_recovered_snapshot(Snapshot& snapshot) {
+  std::string error;
+  SnapshotMeta meta;
+  Store restored;
+  if (!Store::read_snapshot(snapshot.data, restored, meta, error))
+    throw std::runtime_error("snapshot in " + cfg_.data_dir + " is unreadable: " + error);
+  std::uint64_t index = snapshot.meta.index, term = snapshot.meta.term;
+  snapshot.meta = meta;
+  if (meta.index != index || meta.term != term)
+    throw std::runtime_error("snapshot in " + cfg_.data_dir + " says index " + std::to_string(meta.index) +
+                             " but its file name says " + std::to_string(index));
+  store_ = std::move(restored);
+  keys_ = store_.size();
+  used_memory_ = store_.used_memory();
+  applied_ = meta.index;
+  applied_timestamp_ = meta.timestamp_ms;
+}
+
+inline void Runtime::make_core(CoreState st, bool told_to_wait) {
   CoreOptions options = core_options();
   // The store parsed to check a snapshot is the one restored: parsed once, on the writer
   // thread once it read the received file back (load_received_snapshot).
   options.check_snapshot = [this](const Snapshot& received) {
     Store parsed;
     std::string problem = check_received_snapshot(received, parsed);
-    if (problem.empty()) {
-      std::lock_guard<std::mutex> lock(checked_mu_);
-      checked_snapshot_.emplace(EntryId{received.meta.index, received.meta.term}, std::move(parsed));
-    }
+    if (problem.empty()) checked_snapshot_.keep(EntryId{received.meta.index, received.meta.term}, std::move(parsed));
     return problem;
   };
   core_ = std::make_unique<Core>(std::move(options), std::move(st));
@@ -11915,6 +12183,47 @@ inline int Runtime::founding_listen_ms() const {
 // meanwhile, so a node that crashes while it listens listens again when restarted. Only the
 // handshake is done here; the connections are handed to the peer thread afterwards as if it had
 // accepted them (it answers the HELLO with WELCOME, and a joiner's JOIN, as the founder).
+// While a founder listens: accepts peer connections into `held` (within the handshake
+// budget, as accept_peers does).
+inline void Runtime::accept_while_founding(std::vector<std::unique_ptr<PeerConn>>& held) {
+  for (;;) {
+    sockaddr_in from{};
+    socklen_t from_len = sizeof from;
+    int fd = ::accept4(peer_fd_, reinterpret_cast<sockaddr*>(&from), &from_len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) break;
+    make_room_for_handshake(held, [](auto& h) -> PeerConn& { return *h; });  // as accept_peers
+    held.erase(std::remove_if(held.begin(), held.end(), [](const auto& h) { return h->fd < 0; }), held.end());
+    if (held.size() >= kMaxPeerConnections) {
+      ::close(fd);
+      continue;
+    }
+    set_nodelay(fd);
+    held.push_back(std::make_unique<PeerConn>());
+    held.back()->fd = fd;
+    held.back()->source = from.sin_addr.s_addr;
+    if (!secure_accepted(fd, held.back()->tls, true)) {
+      ::close(fd);
+      held.pop_back();
+    }
+  }
+}
+
+// Reads a held connection's handshake as far as it has come, and writes our part of it.
+// False: close it.
+inline bool Runtime::handshake_while_founding(PeerConn& p) {
+  char buf[16384];  // a whole TLS record: none is left inside OpenSSL unseen by poll()
+  bool ok = true;
+  for (;;) {
+    ssize_t n = p.tls.recv(p.fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    ok = n > 0 && take_peer_bytes(p, buf, static_cast<std::size_t>(n), true);
+    if (!ok || p.session.is_open() || p.close_after_flush) break;
+  }
+  if (ok && !p.wire.empty()) ok = flush_out(p.fd, p.tls, p.wire);
+  return ok;
+}
+
 inline std::optional<Runtime::FoundingContact> Runtime::listen_before_founding() {
   const int period = founding_listen_ms();
   log(LogLevel::Info, "no data directory in " + cfg_.data_dir + ": listening " + std::to_string(period) +
@@ -11922,7 +12231,6 @@ inline std::optional<Runtime::FoundingContact> Runtime::listen_before_founding()
                           cfg_.address + " as a member before founding a new one");
   std::vector<std::unique_ptr<PeerConn>> held;
   std::optional<FoundingContact> contact;
-  char buf[16384];  // a whole TLS record: none is left inside OpenSSL unseen by poll()
   bool stop = false;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(period);
   while (!contact) {
@@ -11937,39 +12245,11 @@ inline std::optional<Runtime::FoundingContact> Runtime::listen_before_founding()
       if (h->fd >= 0 && !h->session.is_open() && !h->close_after_flush)
         fds.push_back(pollfd{h->fd, h->tls.events(static_cast<short>(POLLIN | (h->wire.empty() ? 0 : POLLOUT))), 0});
     ::poll(fds.data(), fds.size(), static_cast<int>(std::min<long long>(left, 50)));
-    for (;;) {
-      sockaddr_in from{};
-      socklen_t from_len = sizeof from;
-      int fd = ::accept4(peer_fd_, reinterpret_cast<sockaddr*>(&from), &from_len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-      if (fd < 0) break;
-      make_room_for_handshake(held, [](auto& h) -> PeerConn& { return *h; });  // as accept_peers
-      held.erase(std::remove_if(held.begin(), held.end(), [](const auto& h) { return h->fd < 0; }), held.end());
-      if (held.size() >= kMaxPeerConnections) {
-        ::close(fd);
-        continue;
-      }
-      set_nodelay(fd);
-      held.push_back(std::make_unique<PeerConn>());
-      held.back()->fd = fd;
-      held.back()->source = from.sin_addr.s_addr;
-      if (!secure_accepted(fd, held.back()->tls, true)) {
-        ::close(fd);
-        held.pop_back();
-      }
-    }
+    accept_while_founding(held);
     for (auto& h : held) {
       PeerConn& p = *h;
       if (p.fd < 0 || p.session.is_open() || p.close_after_flush) continue;
-      bool ok = true;
-      for (;;) {
-        ssize_t n = p.tls.recv(p.fd, buf, sizeof buf);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
-        ok = n > 0 && take_peer_bytes(p, buf, static_cast<std::size_t>(n), true);
-        if (!ok || p.session.is_open() || p.close_after_flush) break;
-      }
-      if (ok && !p.wire.empty()) ok = flush_out(p.fd, p.tls, p.wire);
-      if (!ok) {
+      if (!handshake_while_founding(p)) {
         ::close(p.fd);
         p.fd = -1;
         continue;
@@ -11992,7 +12272,7 @@ inline std::optional<Runtime::FoundingContact> Runtime::listen_before_founding()
 }
 
 inline void Runtime::start() {
-  if (started_.load()) throw std::runtime_error("raft::Node::start called twice");
+  if (life_.load() != Lifecycle::New) throw std::runtime_error("raft::Node::start called twice");
   {
     std::lock_guard<std::mutex> lock(life_mu_);
     starting_ = true;
@@ -12006,31 +12286,8 @@ inline void Runtime::start() {
       rt.life_cv_.notify_all();
     }
   } done{*this};
-  std::string problem = cfg_.validate();
-  if (!problem.empty()) throw std::runtime_error("raft::Config: " + problem);
-  limit_clients_to_descriptors();
-  std::string error;
-  parse_host_port(cfg_.address, host_, error);
-  if (cfg_.id.empty()) cfg_.id = cfg_.address;
-  if (cfg_.data_dir.empty()) {
-    std::string safe;
-    for (char c : cfg_.id) safe += (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_') ? c : '_';
-    cfg_.data_dir = "raft-" + safe + "-" + std::to_string(host_.port);
-  }
-#ifdef RAFT_OPENSSL_SUPPORT
-  if (!cfg_.tls_cert_file.empty()) {
-    tls_clients_ = TlsContext::load(cfg_, cfg_.tls_auth_clients, error);
-    if (tls_clients_) tls_peers_ = TlsContext::load(cfg_, TlsAuthClients::Yes, error);
-    if (!tls_peers_) throw std::runtime_error(error);
-  }
-#endif
-  client_fd_ = listen_tcp(host_.host, host_.port, error);
-  if (client_fd_ < 0) throw std::runtime_error(error);
-  peer_fd_ = listen_tcp(host_.host, host_.port + 1, error);
-  if (peer_fd_ < 0) {
-    ::close(client_fd_);
-    throw std::runtime_error(error);
-  }
+  complete_config();
+  open_listeners();
   try {
     if (::pipe2(wake_pipe_, O_CLOEXEC | O_NONBLOCK) != 0 || ::pipe2(peer_wake_pipe_, O_CLOEXEC | O_NONBLOCK) != 0 ||
         ::pipe2(stop_pipe_, O_CLOEXEC | O_NONBLOCK) != 0)
@@ -12051,8 +12308,8 @@ inline void Runtime::start() {
     core_.reset();
     throw;
   }
-  started_ = true;
-  for (const auto& [nid, addr] : cfg_.peers) addresses_[nid] = addr;
+  life_ = Lifecycle::Running;
+  for (const auto& [nid, addr] : cfg_.peers) links_.set_address(nid, addr);
   writer_ = std::make_unique<StorageWriter>(*storage_);
   log(LogLevel::Info, "node " + cfg_.id + " at " + cfg_.address + " (peers on port " + std::to_string(host_.port + 1) +
                           "), data in " + cfg_.data_dir + ", cluster " +
@@ -12065,6 +12322,45 @@ inline void Runtime::start() {
   if (open_to_loopback_only && !is_loopback_client(make_sockaddr(host_.host, host_.port)))
     log(LogLevel::Warning, "protected mode: the default user has no password, so only clients on the loopback "
                            "interface are served; set --requirepass (Config::requirepass) or --protected-mode no");
+  start_threads();
+}
+
+// Validates the configuration and fills in what it leaves to the node: the id, the directory.
+inline void Runtime::complete_config() {
+  std::string problem = cfg_.validate();
+  if (!problem.empty()) throw std::runtime_error("raft::Config: " + problem);
+  limit_clients_to_descriptors();
+  std::string error;
+  parse_host_port(cfg_.address, host_, error);
+  if (cfg_.id.empty()) cfg_.id = cfg_.address;
+  if (cfg_.data_dir.empty()) {
+    std::string safe;
+    for (char c : cfg_.id) safe += (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_') ? c : '_';
+    cfg_.data_dir = "raft-" + safe + "-" + std::to_string(host_.port);
+  }
+}
+
+// The TLS contexts (if configured) and the two listening sockets: clients' port and port + 1.
+inline void Runtime::open_listeners() {
+  std::string error;
+#ifdef RAFT_OPENSSL_SUPPORT
+  if (!cfg_.tls_cert_file.empty()) {
+    tls_clients_ = TlsContext::load(cfg_, cfg_.tls_auth_clients, error);
+    if (tls_clients_) tls_peers_ = TlsContext::load(cfg_, TlsAuthClients::Yes, error);
+    if (!tls_peers_) throw std::runtime_error(error);
+  }
+#endif
+  client_fd_ = listen_tcp(host_.host, host_.port, error);
+  if (client_fd_ < 0) throw std::runtime_error(error);
+  peer_fd_ = listen_tcp(host_.host, host_.port + 1, error);
+  if (peer_fd_ < 0) {
+    ::close(client_fd_);
+    throw std::runtime_error(error);
+  }
+}
+
+// The threads, then the first tick.
+inline void Runtime::start_threads() {
   apply_thread_ = std::thread([this] { apply_loop(); });
   snapshot_thread_ = std::thread([this] { snapshot_loop(); });
   poll_thread_ = std::thread([this] { poll_loop(); });
@@ -12080,8 +12376,6 @@ inline void Runtime::start() {
   }
 }
 
-// -l FILE: a snapshot file as a data directory holds it (with its header line), the bare
-// repr text, or pyraft's .dat layout.
 // Redis's adjustment of maxclients: never so many clients that storage or peers run out of
 // descriptors (the library reads the limit and never sets it: run_raft raises it).
 inline void Runtime::limit_clients_to_descriptors() {
@@ -12102,6 +12396,8 @@ inline void Runtime::limit_clients_to_descriptors() {
   }
 }
 
+// -l FILE: a snapshot file as a data directory holds it (with its header line), the bare
+// repr text, or pyraft's .dat layout.
 inline void Runtime::read_snapshot_to_load(Store& into) const {
   const std::string& path = cfg_.load_snapshot;
   std::string text;
@@ -12126,8 +12422,8 @@ inline void Runtime::read_snapshot_to_load(Store& into) const {
 
 inline void Runtime::join() {
   std::unique_lock<std::mutex> lock(life_mu_);
-  life_cv_.wait(lock, [&] { return stop_requested_ || stopped_.load(); });
-  bool must_stop = !stopped_.load();
+  life_cv_.wait(lock, [&] { return stop_requested_ || life_.load() == Lifecycle::Stopped; });
+  bool must_stop = life_.load() != Lifecycle::Stopped;
   lock.unlock();
   if (must_stop) stop();
 }
@@ -12161,15 +12457,29 @@ inline void Runtime::stop() {
       life_cv_.wait(lock, [&] { return !starting_; });
     }
   }
-  if (!started_.load() || stop_called_.exchange(true)) {
-    if (started_.load()) {
+  Lifecycle was = Lifecycle::Running;
+  if (!life_.compare_exchange_strong(was, Lifecycle::Leaving)) {
+    if (was != Lifecycle::New) {  // another stop() is under way or done
       std::unique_lock<std::mutex> lock(life_mu_);
-      life_cv_.wait(lock, [&] { return stopped_.load(); });
+      life_cv_.wait(lock, [&] { return life_.load() == Lifecycle::Stopped; });
     }
     return;
   }
   leave();  // while every thread still runs: the successor's term must reach us
-  stopping_ = true;
+  life_ = Lifecycle::Stopping;
+  join_threads();
+  links_.stop_all();
+  answer_what_is_left();
+  close_connections();
+  {
+    std::lock_guard<std::mutex> lock(life_mu_);
+    life_ = Lifecycle::Stopped;
+    life_cv_.notify_all();
+  }
+}
+
+// Stopping: wakes every thread of this runtime, joins them, and halts the core's driving.
+inline void Runtime::join_threads() {
   log(LogLevel::Info, "stopping");
   wake_poll();
   wake_peers();
@@ -12194,16 +12504,13 @@ inline void Runtime::stop() {
     if (t->joinable()) t->join();
   {
     std::lock_guard<std::mutex> lock(core_mu_);  // a drive() in progress finishes first
-    halted_ = true;
+    life_ = Lifecycle::Halted;
   }
-  if (writer_) writer_->stop();  // its last callbacks see halted_ and send nothing
-  {
-    // Stopped, not destroyed: another thread may still hold a pointer (freed in ~Runtime).
-    std::lock_guard<std::mutex> lock(links_mu_);
-    for (auto& [id, link] : links_) link->request_stop();  // all at once, then wait for each
-    for (auto& [id, link] : links_) link->stop();
-  }
-  // Everything still waiting gets an answer.
+  if (writer_) writer_->stop();  // its last callbacks see Halted and send nothing
+}
+
+// Everything still waiting gets an answer.
+inline void Runtime::answer_what_is_left() {
   std::map<std::uint64_t, Request> left;
   {
     std::lock_guard<std::mutex> lock(req_mu_);
@@ -12211,7 +12518,10 @@ inline void Runtime::stop() {
     write_by_index_.clear();
   }
   for (auto& [rid, r] : left)
-    if (r.promise) r.promise->set_value(Reply::error("TIMEOUT the node stopped before the command completed; its outcome is unknown"));
+    if (r.caller.promise) r.caller.promise->set_value(Reply::error("TIMEOUT the node stopped before the command completed; its outcome is unknown"));
+}
+
+inline void Runtime::close_connections() {
   for (int* fd : {&client_fd_, &peer_fd_, &wake_pipe_[0], &wake_pipe_[1], &peer_wake_pipe_[0], &peer_wake_pipe_[1],
                   &stop_pipe_[0], &stop_pipe_[1]})
     if (*fd >= 0) {
@@ -12222,12 +12532,14 @@ inline void Runtime::stop() {
   clients_.clear();
   for (auto& [fd, p] : peers_in_) ::close(fd);
   peers_in_.clear();
-  {
-    std::lock_guard<std::mutex> lock(life_mu_);
-    stopped_ = true;
-    life_cv_.notify_all();
-  }
 }
+
+}  // namespace detail
+}  // namespace raft
+// ---- src/raft/5h_driver.hpp ----
+
+namespace raft {
+namespace detail {
 
 // ---- driving the core ----------------------------------------------------------------------
 
@@ -12248,7 +12560,7 @@ inline void Runtime::log_refused(const std::string& why) {
 
 // Called with core_mu_ held after every input to the core.
 inline void Runtime::drive() {
-  if (failed_ || halted_) return;
+  if (failed_ || halted_or_later()) return;
   while (core_->has_ready()) {
     Ready rd = core_->ready();
     if (rd.persist.seq != 0) {
@@ -12305,7 +12617,7 @@ inline void Runtime::drive() {
 }
 
 inline void Runtime::on_persisted(std::uint64_t seq, bool ok, std::vector<Message> after) {
-  if (halted_) return;
+  if (halted_or_later()) return;
 #ifdef RAFT_MUTANT_ACK_BEFORE_FSYNC_VERDICT
   for (const auto& m : after) send_peer(m);  // mutant: the promises leave before the verdict
 #endif
@@ -12329,7 +12641,7 @@ inline void Runtime::on_persisted(std::uint64_t seq, bool ok, std::vector<Messag
 inline void Runtime::load_received_snapshot(ReceivedSnapshot received) {
   writer_->submit_load_received(std::move(received),
                                 [this](bool ok, std::shared_ptr<Snapshot> snapshot, std::string problem) {
-                                  if (halted_) return;
+                                  if (halted_or_later()) return;
                                   if (!ok) {
                                     storage_failed(storage_->failure());
                                     return;
@@ -12371,6 +12683,67 @@ inline void Runtime::halt(const std::string& why) {
                    ForwardStatus::Unknown);
 }
 
+// ---- the ticker ----------------------------------------------------------------------------
+
+inline void Runtime::ticker_loop() {
+  const auto period = std::chrono::microseconds(static_cast<long long>(cfg_.tick_ms * 1000 * cfg_.time_scale));
+  auto next = std::chrono::steady_clock::now() + period;
+  int ticks = 0;
+  while (!stopping_or_later()) {
+    {
+      std::unique_lock<std::mutex> lock(life_mu_);
+      life_cv_.wait_until(lock, next, [&] { return stopping_or_later(); });
+    }
+    if (stopping_or_later()) break;
+    next += period;
+    auto now = std::chrono::steady_clock::now();
+    if (next < now) next = now + period;  // we were paused (SIGSTOP): do not catch up in a burst
+    {
+      std::lock_guard<std::mutex> lock(core_mu_);
+      if (!failed_) {
+        core_->tick(now_ms());
+        drive();
+      }
+    }
+    if (++ticks % std::max(1, 100 / cfg_.tick_ms) == 0) wake_poll();  // forwarded writes time out there
+  }
+}
+
+inline void Runtime::propose_expiry() {
+  {
+    std::lock_guard<std::mutex> lock(core_mu_);
+    if (!core_->leader_ready() || failed_) return;
+  }
+  std::int64_t now = now_ms();
+  std::vector<std::string> due;
+  {
+    std::lock_guard<std::mutex> lock(data_mu_);
+    due = store_.due(now, 256);
+  }
+  std::lock_guard<std::mutex> lock(core_mu_);
+  for (auto it = expiry_proposed_.begin(); it != expiry_proposed_.end();)
+    it = it->second + scaled(cfg_.append_timeout_ms) < now ? expiry_proposed_.erase(it) : std::next(it);
+  bool any = false;
+  for (const auto& key : due) {
+    if (expiry_proposed_.count(key)) continue;
+    std::string payload;
+    resp::write_command(payload, {"__expire", key});
+    if (!core_->propose(std::move(payload), now).ok()) break;
+    expiry_proposed_[key] = now;
+    any = true;
+  }
+  if (any) drive();
+}
+
+}  // namespace detail
+}  // namespace raft
+// ---- src/raft/5i_links.hpp ----
+
+namespace raft {
+namespace detail {
+
+// ---- links to peers: sending, the connector's handshake, TLS -------------------------------
+
 inline void Runtime::send_peer(const Message& m) {
   PeerLink* link = link_for(m.to);
   if (!link) return;
@@ -12380,28 +12753,15 @@ inline void Runtime::send_peer(const Message& m) {
 }
 
 inline PeerLink* Runtime::link_for(const NodeId& id) {
-  if (halted_) return nullptr;
-  std::lock_guard<std::mutex> lock(links_mu_);
-  auto it = links_.find(id);
-  if (it != links_.end()) return it->second.get();
-  auto a = addresses_.find(id);
-  if (a == addresses_.end() || id == cfg_.id) return nullptr;
-  auto link = std::make_unique<PeerLink>(*this, id, a->second);
-  PeerLink* raw = link.get();
-  links_[id] = std::move(link);
-  return raw;
+  if (halted_or_later() || id == cfg_.id) return nullptr;
+  return links_.find_or_open(id);
 }
 
 // Called with core_mu_ held when the configuration changed.
 inline void Runtime::update_links() {
   linked_config_ = core_->config();
-  std::lock_guard<std::mutex> lock(links_mu_);
-  for (const auto& m : linked_config_.members) {
-    if (m.id == cfg_.id || m.address.empty()) continue;
-    addresses_[m.id] = m.address;
-    auto it = links_.find(m.id);
-    if (it != links_.end()) it->second->set_address(m.address);
-  }
+  for (const auto& m : linked_config_.members)
+    if (m.id != cfg_.id && !m.address.empty()) links_.set_address(m.id, m.address);
 }
 
 inline std::vector<std::string> Runtime::hello_words(const NodeId& to, const std::string& nonce) const {
@@ -12460,104 +12820,126 @@ inline bool Runtime::secure_accepted(int fd, Tls& tls, bool peer) {
   return true;
 }
 
+// Off mu_: connects to the peer's port (address + 1), runs TLS and the handshake, and reads
+// the listener's answer. The connected descriptor, or -1 with `error` (starting with
+// "refused" when the peer refused us).
+inline int PeerLink::connect_to_peer(const std::string& addr, Tls& tls, PeerSession& next_session,
+                                     std::string& error) {
+  HostPort hp;
+  if (!parse_host_port(addr, hp, error)) return -1;
+  int fd = connect_tcp(rt_.host(), hp.host, hp.port + 1, rt_.send_timeout(), error, rt_.stop_fd());
+  if (fd < 0) return -1;
+  set_send_timeout(fd, rt_.send_timeout());
+  bool refused = false;
+  resp::ReplyParser parser;
+  resp::Value reply;
+  if (!rt_.secure_to_peer(fd, hp.host, tls, error)) {
+    ::close(fd);
+    return -1;
+  }
+  if (!rt_.handshake_as_connector(fd, tls, id_, next_session, error, refused)) {
+    if (refused) error = "refused: " + error;
+    ::close(fd);
+    return -1;
+  }
+  if (!recv_sealed_value(fd, next_session, parser, reply, rt_.send_timeout(), rt_.stop_fd(), error, &tls)) {
+    error = "after the handshake: " + error;
+    ::close(fd);
+    return -1;
+  }
+  if (reply.is_error()) {
+    error = "refused: " + reply.str;
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Under mu_: what the next send carries. Urgent messages (small) all of them, first; then
+// queued messages and forwards not yet handed to this connection, up to kSendBytes more.
+inline std::string PeerLink::take_batch() {
+  std::string batch;
+  while (!urgent_.empty()) {
+    batch += urgent_.front();
+    urgent_.pop_front();
+  }
+  const std::size_t budget = batch.size() + kSendBytes;
+  while (!queue_.empty() && batch.size() < budget) {
+    batch += queue_.front();
+    queue_.pop_front();
+  }
+  queued_bytes_ -= std::min(queued_bytes_, batch.size());
+  const auto now = std::chrono::steady_clock::now();
+  while (!unsent_.empty() && batch.size() < budget) {
+    QueuedForward& f = forwards_[*unsent_.begin()];
+    unsent_.erase(unsent_.begin());
+    ++f.handed;
+    f.handed_at = now;
+    batch += f.bytes;
+  }
+  return batch;
+}
+
+// Under mu_ (`lock`, released while connecting): closes the connection in use, if any, and
+// opens a new one. False if none could be opened (after waiting out the backoff) or the link
+// is stopping.
+inline bool PeerLink::reconnect(std::unique_lock<std::mutex>& lock, PeerSession& session, PeerSession& next_session,
+                                int& backoff_ms, bool& logged_failure) {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    fd_ = -1;
+    tls_ = Tls();
+  }
+  reconnect_ = false;
+  connected_ = false;
+  std::string addr = address_;
+  lock.unlock();
+  std::string error;
+  Tls tls;
+  const int fd = connect_to_peer(addr, tls, next_session, error);
+  lock.lock();
+  if (fd < 0) {
+    if (!logged_failure) {
+      // A refusal (wrong secret, another protocol version) needs the operator; an
+      // unreachable peer is ordinary while it restarts.
+      rt_.log(error.rfind("refused", 0) == 0 ? LogLevel::Warning : LogLevel::Debug,
+              "cannot reach " + id_ + " at " + addr + ": " + error);
+      logged_failure = true;
+    }
+    cv_.wait_for(lock, std::chrono::milliseconds(backoff_ms), [&] { return stopping_ || reconnect_; });
+    backoff_ms = std::min(backoff_ms * 2, kMaxBackoffMs);
+    return false;
+  }
+  if (stopping_) {
+    ::close(fd);
+    return false;
+  }
+  fd_ = fd;
+  tls_ = std::move(tls);
+  session = std::move(next_session);
+  connected_ = true;
+  backoff_ms = 20;
+  if (logged_failure) rt_.log(LogLevel::Debug, "connected to " + id_ + " at " + addr);
+  logged_failure = false;
+  // A new connection: every forward goes again (what the last one carried may be lost).
+  unsent_.clear();
+  for (const auto& f : forwards_) unsent_.insert(unsent_.end(), f.first);
+  return true;
+}
+
 inline void PeerLink::run() {
   int backoff_ms = 20;
   bool logged_failure = false;
   PeerSession session, next_session;  // this thread's: the connection's, one being opened
   std::unique_lock<std::mutex> lock(mu_);
   while (!stopping_) {
-    if (fd_ < 0 || reconnect_) {
-      if (fd_ >= 0) {
-        ::close(fd_);
-        fd_ = -1;
-        tls_ = Tls();
-      }
-      reconnect_ = false;
-      connected_ = false;
-      std::string addr = address_;
-      lock.unlock();
-      std::string error;
-      HostPort hp;
-      int fd = -1;
-      Tls tls;
-      if (parse_host_port(addr, hp, error)) {
-        fd = connect_tcp(rt_.host(), hp.host, hp.port + 1, rt_.send_timeout(), error, rt_.stop_fd());
-        if (fd >= 0) {
-          set_send_timeout(fd, rt_.send_timeout());
-          bool refused = false;
-          resp::ReplyParser parser;
-          resp::Value reply;
-          if (!rt_.secure_to_peer(fd, hp.host, tls, error)) {
-            ::close(fd);
-            fd = -1;
-          } else if (!rt_.handshake_as_connector(fd, tls, id_, next_session, error, refused)) {
-            if (refused) error = "refused: " + error;
-            ::close(fd);
-            fd = -1;
-          } else if (!recv_sealed_value(fd, next_session, parser, reply, rt_.send_timeout(), rt_.stop_fd(), error,
-                                        &tls)) {
-            error = "after the handshake: " + error;
-            ::close(fd);
-            fd = -1;
-          } else if (reply.is_error()) {
-            error = "refused: " + reply.str;
-            ::close(fd);
-            fd = -1;
-          }
-        }
-      }
-      lock.lock();
-      if (fd < 0) {
-        if (!logged_failure) {
-          // A refusal (wrong secret, another protocol version) needs the operator; an
-          // unreachable peer is ordinary while it restarts.
-          rt_.log(error.rfind("refused", 0) == 0 ? LogLevel::Warning : LogLevel::Debug,
-                  "cannot reach " + id_ + " at " + addr + ": " + error);
-          logged_failure = true;
-        }
-        cv_.wait_for(lock, std::chrono::milliseconds(backoff_ms), [&] { return stopping_ || reconnect_; });
-        backoff_ms = std::min(backoff_ms * 2, kMaxBackoffMs);
-        continue;
-      }
-      if (stopping_) {
-        ::close(fd);
-        break;
-      }
-      fd_ = fd;
-      tls_ = std::move(tls);
-      session = std::move(next_session);
-      connected_ = true;
-      backoff_ms = 20;
-      if (logged_failure) rt_.log(LogLevel::Debug, "connected to " + id_ + " at " + addr);
-      logged_failure = false;
-      // A new connection: every forward goes again (what the last one carried may be lost).
-      unsent_.clear();
-      for (const auto& f : forwards_) unsent_.insert(unsent_.end(), f.first);
-    }
+    if ((fd_ < 0 || reconnect_) && !reconnect(lock, session, next_session, backoff_ms, logged_failure)) continue;
     cv_.wait(lock, [&] {
       return stopping_ || reconnect_ ||
              (fault_ != Fault::Stall && (!urgent_.empty() || !queue_.empty() || !unsent_.empty()));
     });
     if (stopping_ || reconnect_) continue;
-    std::string batch;
-    while (!urgent_.empty()) {  // small: all of them, first
-      batch += urgent_.front();
-      urgent_.pop_front();
-    }
-    const std::size_t budget = batch.size() + kSendBytes;
-    while (!queue_.empty() && batch.size() < budget) {
-      batch += queue_.front();
-      queue_.pop_front();
-    }
-    queued_bytes_ -= std::min(queued_bytes_, batch.size());
-    const auto now = std::chrono::steady_clock::now();
-    while (!unsent_.empty() && batch.size() < budget) {
-      QueuedForward& f = forwards_[*unsent_.begin()];
-      unsent_.erase(unsent_.begin());
-      ++f.handed;
-      f.handed_at = now;
-      batch += f.bytes;
-    }
+    std::string batch = take_batch();
     if (fault_ == Fault::Drop) continue;  // the test hook: lost on the way
     int fd = fd_;
     lock.unlock();
@@ -12578,57 +12960,12 @@ inline void PeerLink::run() {
   tls_ = Tls();
 }
 
-// ---- the ticker ----------------------------------------------------------------------------
+}  // namespace detail
+}  // namespace raft
+// ---- src/raft/5j_applier.hpp ----
 
-inline void Runtime::ticker_loop() {
-  const auto period = std::chrono::microseconds(static_cast<long long>(cfg_.tick_ms * 1000 * cfg_.time_scale));
-  auto next = std::chrono::steady_clock::now() + period;
-  int ticks = 0;
-  while (!stopping_) {
-    {
-      std::unique_lock<std::mutex> lock(life_mu_);
-      life_cv_.wait_until(lock, next, [&] { return stopping_.load(); });
-    }
-    if (stopping_) break;
-    next += period;
-    auto now = std::chrono::steady_clock::now();
-    if (next < now) next = now + period;  // we were paused (SIGSTOP): do not catch up in a burst
-    {
-      std::lock_guard<std::mutex> lock(core_mu_);
-      if (!failed_) {
-        core_->tick(now_ms());
-        drive();
-      }
-    }
-    if (++ticks % std::max(1, 100 / cfg_.tick_ms) == 0) wake_poll();  // forwarded writes time out there
-  }
-}
-
-inline void Runtime::propose_expiry() {
-  {
-    std::lock_guard<std::mutex> lock(core_mu_);
-    if (!core_->leader_ready() || failed_) return;
-  }
-  std::int64_t now = now_ms();
-  std::vector<std::string> due;
-  {
-    std::lock_guard<std::mutex> lock(data_mu_);
-    due = store_.due(now, 256);
-  }
-  std::lock_guard<std::mutex> lock(core_mu_);
-  for (auto it = expiry_proposed_.begin(); it != expiry_proposed_.end();)
-    it = it->second + scaled(cfg_.append_timeout_ms) < now ? expiry_proposed_.erase(it) : std::next(it);
-  bool any = false;
-  for (const auto& key : due) {
-    if (expiry_proposed_.count(key)) continue;
-    std::string payload;
-    resp::write_command(payload, {"__expire", key});
-    if (!core_->propose(std::move(payload), now).ok()) break;
-    expiry_proposed_[key] = now;
-    any = true;
-  }
-  if (any) drive();
-}
+namespace raft {
+namespace detail {
 
 // ---- the apply loop ------------------------------------------------------------------------
 
@@ -12639,8 +12976,8 @@ inline void Runtime::apply_loop() {
   while (true) {
     {
       std::unique_lock<std::mutex> lock(apply_mu_);
-      apply_cv_.wait_until(lock, next_expiry, [&] { return stopping_ || !apply_q_.empty(); });
-      if (stopping_) return;
+      apply_cv_.wait_until(lock, next_expiry, [&] { return stopping_or_later() || !apply_q_.empty(); });
+      if (stopping_or_later()) return;
       items.swap(apply_q_);
     }
     // The leader's background expiry lives here, beside the data, so that a slow handler or
@@ -12673,194 +13010,216 @@ inline void Runtime::apply_loop() {
   }
 }
 
-// One item of the apply queue, on the apply thread.
+// One item of the apply queue, on the apply thread: each kind has its own function.
 inline void Runtime::apply_item(ApplyItem& item) {
   switch (item.kind) {
-    case ApplyItem::Restore: {
-      Store fresh;
-      SnapshotMeta meta = item.snapshot->meta;  // checked to be what the text says
-      std::string error;
-      bool parsed = false;
-      {
-        std::lock_guard<std::mutex> lock(checked_mu_);
-        if (checked_snapshot_ && checked_snapshot_->first == EntryId{meta.index, meta.term}) {
-          fresh = std::move(checked_snapshot_->second);
-          parsed = true;
-        }
-        checked_snapshot_.reset();
-      }
-      if (!parsed && !Store::read_snapshot(item.snapshot->data, fresh, meta, error)) {
-        log(LogLevel::Error, "snapshot from the leader at index " + std::to_string(item.snapshot->meta.index) +
-                                 " is unreadable (" + error + "): stopping the apply loop");
-        fatal_ = true;
-        break;
-      }
-      {
-        std::lock_guard<std::mutex> lock(data_mu_);
-        store_ = std::move(fresh);
-        keys_ = store_.size();
-        used_memory_ = store_.used_memory();
-      }
-      // The stamp first: a read served on the poll thread that sees the new index must
-      // not judge expiry by an older time.
-      applied_timestamp_ = std::max(applied_timestamp_.load(), meta.timestamp_ms);
-      applied_ = item.snapshot->meta.index;
-      {
-        // Writes proposed at or below the snapshot (a deposed leader's) are decided in
-        // it, unknown to us which way.
-        std::vector<std::uint64_t> gone;
-        {
-          std::lock_guard<std::mutex> lock(req_mu_);
-          while (!write_by_index_.empty() && write_by_index_.begin()->first.first <= applied_) {
-            gone.push_back(write_by_index_.begin()->second);
-            write_by_index_.erase(write_by_index_.begin());
-          }
-        }
-        for (std::uint64_t id : gone)
-          finish_request(id, Reply::error("TIMEOUT this node lost leadership before the write was known "
-                                          "committed; its outcome is unknown"),
-                         ForwardStatus::Unknown);
-      }
-      log(LogLevel::Info, "installed a snapshot at index " + std::to_string(applied_.load()));
-      serve_reads();
-      break;
-    }
+    case ApplyItem::Restore: restore_snapshot(*item.snapshot); break;
     case ApplyItem::Entry:
       if (item.entry.index > applied_) apply_entry(item.entry);
       break;
-    case ApplyItem::Read: {
-      const ReadState& rs = item.read;
-      if (!rs.ok) {
-        finish_request(rs.request_id,
-                       Reply::error("TRYAGAIN could not confirm leadership for a linearizable read: no leader "
-                                    "reachable or no majority (READONLY allows stale local reads)"));
-      } else {
-        reads_by_index_.emplace(rs.index, rs);
-        serve_reads();
-      }
-      break;
-    }
-    case ApplyItem::Aborted: {
-      std::uint64_t rid = 0;
-      {
-        std::lock_guard<std::mutex> lock(req_mu_);
-        auto it = write_by_index_.find({item.id.index, item.id.term});
-        if (it != write_by_index_.end()) {
-          rid = it->second;
-          write_by_index_.erase(it);
-        }
-      }
-      if (rid)
-        finish_request(rid, Reply::error("TIMEOUT the write was not committed in time (leader change or no "
-                                         "majority); it may still be applied later"),
-                       ForwardStatus::Unknown);
-      break;
-    }
-    case ApplyItem::RoleChanged:
-      if (item.role.role == Role::Follower && on_follower_) on_follower_(node_);
-      if ((item.role.role == Role::Candidate || item.role.role == Role::PreCandidate) && on_candidate_)
-        on_candidate_(node_);
-      break;
-    case ApplyItem::LeaderReady:
-      log(LogLevel::Info, "leading term " + std::to_string(item.term) + " (first entry committed)");
-      if (on_leader_) on_leader_(node_, item.term);
-      break;
+    case ApplyItem::Read: apply_read_state(item.read); break;
+    case ApplyItem::Aborted: answer_aborted_write(item.id); break;
+    case ApplyItem::RoleChanged: run_role_callbacks(item.role); break;
+    case ApplyItem::LeaderReady: run_leader_callback(item.term); break;
     case ApplyItem::SnapshotWanted:
-    case ApplyItem::Checkpoint:
-      take_snapshot(item.request);
-      break;
+    case ApplyItem::Checkpoint: take_snapshot(item.request); break;
   }
+}
+
+// Replaces the store with a snapshot's (installed by the core: the leader sent it). The
+// writer thread may have parsed it already, when it checked it (checked_snapshot_).
+inline void Runtime::restore_snapshot(const Snapshot& snapshot) {
+  Store fresh;
+  SnapshotMeta meta = snapshot.meta;  // checked to be what the text says
+  std::string error;
+  std::optional<Store> checked = checked_snapshot_.take(EntryId{meta.index, meta.term});
+  const bool parsed = checked.has_value();
+  if (parsed) fresh = std::move(*checked);
+  if (!parsed && !Store::read_snapshot(snapshot.data, fresh, meta, error)) {
+    log(LogLevel::Error, "snapshot from the leader at index " + std::to_string(snapshot.meta.index) +
+                             " is unreadable (" + error + "): stopping the apply loop");
+    fatal_ = true;
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(data_mu_);
+    store_ = std::move(fresh);
+    keys_ = store_.size();
+    used_memory_ = store_.used_memory();
+  }
+  // The stamp first: a read served on the poll thread that sees the new index must
+  // not judge expiry by an older time.
+  applied_timestamp_ = std::max(applied_timestamp_.load(), meta.timestamp_ms);
+  applied_ = snapshot.meta.index;
+  {
+    // Writes proposed at or below the snapshot (a deposed leader's) are decided in
+    // it, unknown to us which way.
+    std::vector<std::uint64_t> gone;
+    {
+      std::lock_guard<std::mutex> lock(req_mu_);
+      while (!write_by_index_.empty() && write_by_index_.begin()->first.first <= applied_) {
+        gone.push_back(write_by_index_.begin()->second);
+        write_by_index_.erase(write_by_index_.begin());
+      }
+    }
+    for (std::uint64_t id : gone)
+      finish_request(id, Reply::error("TIMEOUT this node lost leadership before the write was known "
+                                      "committed; its outcome is unknown"),
+                     ForwardStatus::Unknown);
+  }
+  log(LogLevel::Info, "installed a snapshot at index " + std::to_string(applied_.load()));
+  serve_reads();
+}
+
+// A linearizable read's index, confirmed by the core (or not): served once applied reaches it.
+inline void Runtime::apply_read_state(const ReadState& rs) {
+  if (!rs.ok) {
+    finish_request(rs.request_id,
+                   Reply::error("TRYAGAIN could not confirm leadership for a linearizable read: no leader "
+                                "reachable or no majority (READONLY allows stale local reads)"));
+    return;
+  }
+  reads_by_index_.emplace(rs.index, rs);
+  serve_reads();
+}
+
+// The core gave up on a proposal (this node stopped leading before it committed).
+inline void Runtime::answer_aborted_write(EntryId id) {
+  std::uint64_t rid = 0;
+  {
+    std::lock_guard<std::mutex> lock(req_mu_);
+    auto it = write_by_index_.find({id.index, id.term});
+    if (it != write_by_index_.end()) {
+      rid = it->second;
+      write_by_index_.erase(it);
+    }
+  }
+  if (rid)
+    finish_request(rid, Reply::error("TIMEOUT the write was not committed in time (leader change or no "
+                                     "majority); it may still be applied later"),
+                   ForwardStatus::Unknown);
+}
+
+inline void Runtime::run_role_callbacks(const RoleChange& change) {
+  if (change.role == Role::Follower && on_follower_) on_follower_(node_);
+  if ((change.role == Role::Candidate || change.role == Role::PreCandidate) && on_candidate_) on_candidate_(node_);
+}
+
+inline void Runtime::run_leader_callback(std::uint64_t term) {
+  log(LogLevel::Info, "leading term " + std::to_string(term) + " (first entry committed)");
+  if (on_leader_) on_leader_(node_, term);
 }
 
 inline void Runtime::apply_entry(const LogEntry& e) {
   Reply reply;
   ForwardStatus status = ForwardStatus::Done;  // for a forwarded write: what its reply means to the follower
-  if (e.type == EntryType::Command) {
-    // Without limits: the entry was checked against the command limits before it was
-    // appended (by whichever node and version), and a committed entry must always apply.
-    resp::Limits unlimited;
-    unlimited.max_bulk_length = unlimited.max_multibulk_length = unlimited.max_inline_length =
-        std::numeric_limits<std::size_t>::max();
-    resp::RequestParser parser(unlimited);
-    parser.feed(e.payload);
-    std::vector<std::string> words;
-    if (parser.next(words) != resp::Status::Ok || words.empty()) {
-      log(LogLevel::Error, "log entry " + std::to_string(e.index) + " is not a command: stopping the apply loop");
-      fatal_ = true;
-      return;
-    }
-    // A forwarded write: __fwd node server_id nonce seq lowest word...
-    const bool forwarded = words[0] == kForwardedCommand;
-    SessionTable::Key session;
-    std::uint64_t seq = 0, lowest = 0;
-    if (forwarded) {
-      if (words.size() < 7 || !parse_number(words[3], session.nonce) || !parse_number(words[4], seq) ||
-          !parse_number(words[5], lowest)) {
-        log(LogLevel::Error, "log entry " + std::to_string(e.index) + " is a malformed forwarded write: stopping the "
-                             "apply loop");
-        fatal_ = true;
-        return;
-      }
-      session.node = std::move(words[1]);
-      session.server_id = std::move(words[2]);
-      words.erase(words.begin(), words.begin() + 6);
-    }
-    auto h = handlers_.find(words[0]);
-    if (h == handlers_.end() || !h->second.is_write()) {
-      // Never skipped: every node must apply the same sequence.
-      log(LogLevel::Error, "log entry " + std::to_string(e.index) + " names command '" + words[0] +
-                               "', which this node has no write handler for: stopping the apply loop (an entry is "
-                               "never skipped: every node applies the same ones). Either this node's handlers differ "
-                               "from those of the node that proposed it (start this node with the same handlers as "
-                               "the rest of the cluster), or a newer version of raft.hpp wrote the entry (run that "
-                               "version here too).");
-      fatal_ = true;
-      return;
-    }
-    std::lock_guard<std::mutex> lock(data_mu_);
-    store_.sessions().observe(e.timestamp_ms);  // session time follows every command entry
-    if (!forwarded) {
-      if (!run_write(e, h->second, words, reply)) return;
-    } else {
-      std::string kept;
-      switch (store_.sessions().begin(session, seq, lowest, e.timestamp_ms, kept)) {
-        case SessionTable::Verdict::Apply: {
-          if (!run_write(e, h->second, words, reply)) return;
-          std::string encoded;
-          resp::write(encoded, reply, resp::kProtocolKept);
-          store_.sessions().record(session, seq, std::move(encoded));
-          break;
-        }
-        case SessionTable::Verdict::Duplicate:
-#ifdef RAFT_MUTANT_FORWARD_APPLIED_TWICE
-          // mutant: a copy of a forwarded write runs again
-          if (!run_write(e, h->second, words, reply)) return;
-          break;
-#endif
-          if (!decode_reply(kept, reply)) reply = Reply::error("ERR the reply kept for this write cannot be read");
-          break;
-        case SessionTable::Verdict::Stale:
-          reply = Reply::error("TIMEOUT the leader no longer keeps this forwarded write's reply (it ran, or its node "
-                               "gave up on it, earlier); its outcome is unknown");
-          break;
-        case SessionTable::Verdict::Full:
-          // Not run at this entry; but another copy of it may be appended (the follower sent
-          // it again) and run once sessions expire. So the follower decides, as for any write
-          // the leader did not run, whether it can say "not run" (NotRun, not Done).
-          reply = Reply::error("TRYAGAIN the leader remembers too many nodes' forwarded writes at once; the write "
-                               "was not run");
-          status = ForwardStatus::NotRun;
-          break;
-      }
-    }
-    keys_ = store_.size();
-    store_.settle_memory();
-    used_memory_ = store_.used_memory();
-  }
+  if (e.type == EntryType::Command && !apply_command(e, reply, status)) return;  // fatal_: stops here
   applied_timestamp_ = std::max(applied_timestamp_.load(), e.timestamp_ms);
   applied_ = e.index;
-  // The write proposed at this index in this term gets the handler's reply; one proposed
-  // here in another term lost its place to another leader's entry.
+  answer_writes_at(e, reply, status);
+  if (!reads_by_index_.empty() && reads_by_index_.begin()->first <= e.index) serve_reads();
+}
+
+// A command entry's words; for a forwarded write (__fwd node server_id nonce seq lowest
+// word...) also its session, and the words without the wrapping. False, with fatal_ set, if
+// this node cannot apply the entry.
+inline bool Runtime::decode_command_entry(const LogEntry& e, EntryCommand& out) {
+  // Without limits: the entry was checked against the command limits before it was
+  // appended (by whichever node and version), and a committed entry must always apply.
+  resp::Limits unlimited;
+  unlimited.max_bulk_length = unlimited.max_multibulk_length = unlimited.max_inline_length =
+      std::numeric_limits<std::size_t>::max();
+  resp::RequestParser parser(unlimited);
+  parser.feed(e.payload);
+  std::vector<std::string>& words = out.words;
+  if (parser.next(words) != resp::Status::Ok || words.empty()) {
+    log(LogLevel::Error, "log entry " + std::to_string(e.index) + " is not a command: stopping the apply loop");
+    fatal_ = true;
+    return false;
+  }
+  out.forwarded = words[0] == kForwardedCommand;
+  if (out.forwarded) {
+    if (words.size() < 7 || !parse_number(words[3], out.session.nonce) || !parse_number(words[4], out.seq) ||
+        !parse_number(words[5], out.lowest)) {
+      log(LogLevel::Error, "log entry " + std::to_string(e.index) + " is a malformed forwarded write: stopping the "
+                           "apply loop");
+      fatal_ = true;
+      return false;
+    }
+    out.session.node = std::move(words[1]);
+    out.session.server_id = std::move(words[2]);
+    words.erase(words.begin(), words.begin() + 6);
+  }
+  auto h = handlers_.find(words[0]);
+  if (h == handlers_.end() || !h->second.is_write()) {
+    // Never skipped: every node must apply the same sequence.
+    log(LogLevel::Error, "log entry " + std::to_string(e.index) + " names command '" + words[0] +
+                             "', which this node has no write handler for: stopping the apply loop (an entry is "
+                             "never skipped: every node applies the same ones). Either this node's handlers differ "
+                             "from those of the node that proposed it (start this node with the same handlers as "
+                             "the rest of the cluster), or a newer version of raft.hpp wrote the entry (run that "
+                             "version here too).");
+    fatal_ = true;
+    return false;
+  }
+  out.command = &h->second;
+  return true;
+}
+
+// Runs a command entry on the store. False if the apply loop must stop (fatal_ is set).
+inline bool Runtime::apply_command(const LogEntry& e, Reply& reply, ForwardStatus& status) {
+  EntryCommand c;
+  if (!decode_command_entry(e, c)) return false;
+  std::lock_guard<std::mutex> lock(data_mu_);
+  store_.sessions().observe(e.timestamp_ms);  // session time follows every command entry
+  if (!(c.forwarded ? run_forwarded_write(e, c, reply, status) : run_write(e, *c.command, c.words, reply)))
+    return false;
+  keys_ = store_.size();
+  store_.settle_memory();
+  used_memory_ = store_.used_memory();
+  return true;
+}
+
+// A forwarded write (data_mu_ held): runs unless the replicated session table has seen it.
+// False if the apply loop must stop.
+inline bool Runtime::run_forwarded_write(const LogEntry& e, const EntryCommand& c, Reply& reply,
+                                         ForwardStatus& status) {
+  std::string kept;
+  switch (store_.sessions().begin(c.session, c.seq, c.lowest, e.timestamp_ms, kept)) {
+    case SessionTable::Verdict::Apply: {
+      if (!run_write(e, *c.command, c.words, reply)) return false;
+      std::string encoded;
+      resp::write(encoded, reply, resp::kProtocolKept);
+      store_.sessions().record(c.session, c.seq, std::move(encoded));
+      break;
+    }
+    case SessionTable::Verdict::Duplicate:
+#ifdef RAFT_MUTANT_FORWARD_APPLIED_TWICE
+      // mutant: a copy of a forwarded write runs again
+      if (!run_write(e, *c.command, c.words, reply)) return false;
+      break;
+#endif
+      if (!decode_reply(kept, reply)) reply = Reply::error("ERR the reply kept for this write cannot be read");
+      break;
+    case SessionTable::Verdict::Stale:
+      reply = Reply::error("TIMEOUT the leader no longer keeps this forwarded write's reply (it ran, or its node "
+                           "gave up on it, earlier); its outcome is unknown");
+      break;
+    case SessionTable::Verdict::Full:
+      // Not run at this entry; but another copy of it may be appended (the follower sent
+      // it again) and run once sessions expire. So the follower decides, as for any write
+      // the leader did not run, whether it can say "not run" (NotRun, not Done).
+      reply = Reply::error("TRYAGAIN the leader remembers too many nodes' forwarded writes at once; the write "
+                           "was not run");
+      status = ForwardStatus::NotRun;
+      break;
+  }
+  return true;
+}
+
+// The write proposed at this index in this term gets the handler's reply; one proposed
+// here in another term lost its place to another leader's entry.
+inline void Runtime::answer_writes_at(const LogEntry& e, const Reply& reply, ForwardStatus status) {
   std::vector<std::pair<std::uint64_t, bool>> answered;
   {
     std::lock_guard<std::mutex> lock(req_mu_);
@@ -12878,7 +13237,6 @@ inline void Runtime::apply_entry(const LogEntry& e) {
                                        "applied"),
                      ForwardStatus::NotRun);
   }
-  if (!reads_by_index_.empty() && reads_by_index_.begin()->first <= e.index) serve_reads();
 }
 
 // Runs a write handler on the store (data_mu_ held). A std::exception other than
@@ -13013,8 +13371,8 @@ inline void Runtime::snapshot_loop() {
     std::uint64_t request = 0;
     {
       std::unique_lock<std::mutex> lock(snap_mu_);
-      snap_cv_.wait(lock, [&] { return stopping_ || snap_job_.has_value(); });
-      if (stopping_) return;
+      snap_cv_.wait(lock, [&] { return stopping_or_later() || snap_job_.has_value(); });
+      if (stopping_or_later()) return;
       job = std::move(*snap_job_);
       snap_job_.reset();
       request = snap_request_;
@@ -13050,6 +13408,13 @@ inline void Runtime::snapshot_loop() {
   }
 }
 
+}  // namespace detail
+}  // namespace raft
+// ---- src/raft/5k_commands.hpp ----
+
+namespace raft {
+namespace detail {
+
 // ---- requests and replies ------------------------------------------------------------------
 
 inline std::uint64_t Runtime::add_request(Request r) {
@@ -13059,6 +13424,15 @@ inline std::uint64_t Runtime::add_request(Request r) {
   return id;
 }
 
+// How a command is answered, one path in three layers:
+//   finish(caller, reply)   the one way to answer, from any thread: execute()'s promise; the
+//                           follower that forwarded the write (FWDR on the link to it, with
+//                           `status`); or a client connection, through done_ and the poll thread.
+//   finish_request(id, ...) finish() for a command parked in requests_ (a write waiting to be
+//                           applied, a read for its index, a forward for the leader): takes it
+//                           out under req_mu_, so that exactly one answer goes out, then finish().
+//   complete_op(conn, op)   the poll thread's end of finish() for a client: the reply fills its
+//                           op's slot, and the replies next in the connection's order are written.
 inline void Runtime::finish(const Caller& caller, Reply reply, ForwardStatus status) {
   if (caller.promise) {
     caller.promise->set_value(std::move(reply));
@@ -13079,8 +13453,7 @@ inline void Runtime::finish_request(std::uint64_t id, Reply reply, ForwardStatus
     std::lock_guard<std::mutex> lock(req_mu_);
     auto it = requests_.find(id);
     if (it == requests_.end()) return;
-    caller = Caller{it->second.conn,         it->second.op,          std::move(it->second.promise),
-                    it->second.forward_from, it->second.forward_seq, it->second.forward_nonce, {}};
+    caller = std::move(it->second.caller);
     requests_.erase(it);
   }
   finish(caller, std::move(reply), status);
@@ -13095,7 +13468,8 @@ inline std::future<Reply> Runtime::execute_async(std::vector<std::string> words)
     promise->set_value(Reply::error("ERR execute() called from a handler or callback would wait for itself"));
     return f;
   }
-  if (!started_ || stopping_) {
+  const Lifecycle now = life_.load();
+  if (now != Lifecycle::Running && now != Lifecycle::Leaving) {
     promise->set_value(Reply::error("ERR the node is not running"));
     return f;
   }
@@ -13120,20 +13494,7 @@ inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector
     }
   }
   if (words[0] == "checkpoint") {
-    if (words.size() != 1) {
-      finish(caller, Reply::error("ERR wrong number of arguments for 'checkpoint' command"));
-      return;
-    }
-    const std::string refusal = checkpoint_refusal();
-    if (!refusal.empty()) {
-      finish(caller, Reply::error(refusal));
-      return;
-    }
-    Request r;
-    r.conn = caller.conn;
-    r.op = caller.op;
-    r.promise = caller.promise;
-    push_apply(ApplyItem{ApplyItem::Checkpoint, nullptr, {}, {}, {}, {}, 0, add_request(std::move(r))});
+    start_checkpoint(caller, words);
     return;
   }
   bool handled = false;
@@ -13169,24 +13530,45 @@ inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector
                                 "reads; restart it"));
     return;
   }
-  if (cmd.is_write()) {
-    // The command limits and maxmemory, before anything is proposed or forwarded (see
-    // kMaxCommandBytes): never at apply, so that every node applies the same entries.
-    const std::string too_big = command_limit_error(words, command_limits());
-    if (!too_big.empty()) {
-      finish(caller, Reply::error(too_big));
-      return;
-    }
-    if (cmd.may_grow() && over_maxmemory()) {
-      finish(caller, Reply::error(kOomError));
-      return;
-    }
-    std::string payload;
-    resp::write_command(payload, words);
-    batch.writes.push_back(PendingWrite{caller, std::move(payload), words.size()});
-  } else {
+  if (cmd.is_write())
+    start_write(caller, words, cmd, batch);
+  else
     start_read(conn, caller, words, cmd, batch);
+}
+
+// CHECKPOINT: a snapshot now, unless one is being written or was within checkpoint-interval.
+inline void Runtime::start_checkpoint(const Caller& caller, const std::vector<std::string>& words) {
+  if (words.size() != 1) {
+    finish(caller, Reply::error("ERR wrong number of arguments for 'checkpoint' command"));
+    return;
   }
+  const std::string refusal = checkpoint_refusal();
+  if (!refusal.empty()) {
+    finish(caller, Reply::error(refusal));
+    return;
+  }
+  Request r;
+  r.caller = caller;
+  push_apply(ApplyItem{ApplyItem::Checkpoint, nullptr, {}, {}, {}, {}, 0, add_request(std::move(r))});
+}
+
+// A write joins the batch proposed (or forwarded) at the end of this wake-up.
+inline void Runtime::start_write(const Caller& caller, const std::vector<std::string>& words, const Command& cmd,
+                                 Batch& batch) {
+  // The command limits and maxmemory, before anything is proposed or forwarded (see
+  // kMaxCommandBytes): never at apply, so that every node applies the same entries.
+  const std::string too_big = command_limit_error(words, command_limits());
+  if (!too_big.empty()) {
+    finish(caller, Reply::error(too_big));
+    return;
+  }
+  if (cmd.may_grow() && over_maxmemory()) {
+    finish(caller, Reply::error(kOomError));
+    return;
+  }
+  std::string payload;
+  resp::write_command(payload, words);
+  batch.writes.push_back(PendingWrite{caller, std::move(payload), words.size()});
 }
 
 inline void Runtime::start_read(ClientConn* conn, const Caller& caller, std::vector<std::string>& words,
@@ -13196,9 +13578,7 @@ inline void Runtime::start_read(ClientConn* conn, const Caller& caller, std::vec
     return;
   }
   Request r;
-  r.conn = caller.conn;
-  r.op = caller.op;
-  r.promise = caller.promise;
+  r.caller = caller;
   r.words = words;
   r.read_deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(scaled(cfg_.read_timeout_ms) * 2);
   batch.reads.push_back(add_request(std::move(r)));
@@ -13206,6 +13586,14 @@ inline void Runtime::start_read(ClientConn* conn, const Caller& caller, std::vec
 
 // Proposes the writes and asks for the read indexes gathered since the last call, under one
 // lock, so that one wake-up of the poll thread becomes one batch for the disk and the peers.
+// The reply to a write the core did not take and this node does not forward.
+inline Reply Runtime::proposal_refusal(const ProposeResult& res, bool forwarded_here) {
+  if (res.error == ProposeResult::Error::Transferring)
+    return Reply::error("TRYAGAIN leadership is being transferred; the write was not run");
+  if (forwarded_here) return Reply::error("TRYAGAIN the node this write was forwarded to no longer leads; it was not run");
+  return Reply::error("CLUSTERDOWN no leader is known (election in progress or no majority); the write was not run");
+}
+
 inline void Runtime::flush_batched(Batch& batch) {
   if (batch.writes.empty() && batch.reads.empty()) return;
   struct Refusal {
@@ -13219,7 +13607,7 @@ inline void Runtime::flush_batched(Batch& batch) {
   std::uint64_t term = 0;
   {
     std::lock_guard<std::mutex> lock(core_mu_);
-    if (halted_ || stopping_) {
+    if (stopping_or_later()) {
       // stop() is answering what is registered; nothing new starts.
       for (auto& w : batch.writes)
         refused.push_back({w.caller, Reply::error("ERR the node is stopping; the command was not run"),
@@ -13234,12 +13622,7 @@ inline void Runtime::flush_batched(Batch& batch) {
       const bool forwarded_here = !w.caller.forward_from.empty();
       if (res.ok()) {
         Request r;
-        r.conn = w.caller.conn;
-        r.op = w.caller.op;
-        r.promise = w.caller.promise;
-        r.forward_from = w.caller.forward_from;
-        r.forward_seq = w.caller.forward_seq;
-        r.forward_nonce = w.caller.forward_nonce;
+        r.caller = w.caller;
         r.entry = res.id;
         std::lock_guard<std::mutex> rl(req_mu_);
         std::uint64_t id = next_request_++;
@@ -13249,17 +13632,8 @@ inline void Runtime::flush_batched(Batch& batch) {
         leader = res.leader;
         term = core_->term();
         forwards.push_back(std::move(w));
-      } else if (res.error == ProposeResult::Error::Transferring) {
-        refused.push_back({w.caller, Reply::error("TRYAGAIN leadership is being transferred; the write was not run"),
-                           ForwardStatus::NotRun});
-      } else if (forwarded_here) {
-        refused.push_back({w.caller,
-                           Reply::error("TRYAGAIN the node this write was forwarded to no longer leads; it was not run"),
-                           ForwardStatus::NotRun});
       } else {
-        refused.push_back({w.caller, Reply::error("CLUSTERDOWN no leader is known (election in progress or no "
-                                                  "majority); the write was not run"),
-                           ForwardStatus::NotRun});
+        refused.push_back({w.caller, proposal_refusal(res, forwarded_here), ForwardStatus::NotRun});
       }
     }
     for (std::uint64_t rid : batch.reads) core_->read_index(rid);
@@ -13277,7 +13651,358 @@ inline void Runtime::flush_batched(Batch& batch) {
   if (!forwards.empty()) forward_writes(leader, term, std::move(forwards));
 }
 
-// ---- forwarded writes: the follower's side (see the protocol at the top of this section) ----
+
+// ---- limits and refusals -------------------------------------------------------------------
+
+// Why the leader refuses a forwarded write before proposing it; empty: it proposes it.
+inline std::string Runtime::write_refusal(const std::vector<std::string>& words) const {
+  auto h = handlers_.find(words[0]);
+  const int argc = static_cast<int>(words.size()) - 1;
+  if (is_reserved_command(words[0]) || h == handlers_.end() || !h->second.is_write() || argc < h->second.min_args ||
+      (h->second.max_args >= 0 && argc > h->second.max_args))
+    return "ERR the leader has no write command '" + words[0] + "' taking " + std::to_string(argc) +
+           " arguments; the write was not run";
+  std::string refusal = command_limit_error(words, command_limits());
+  if (refusal.empty() && h->second.may_grow() && over_maxmemory()) refusal = kOomError;  // the leader's own
+  return refusal;
+}
+
+inline CommandLimits Runtime::command_limits() const {
+  CommandLimits l;
+  l.max_word_bytes = static_cast<std::size_t>(limits_.proto_max_bulk_len.load());
+  l.max_bytes = static_cast<std::size_t>(limits_.max_command_bytes.load());
+  return l;
+}
+
+inline bool Runtime::over_maxmemory() const {
+  const std::uint64_t max = limits_.maxmemory.load();
+  return max > 0 && used_memory_.load() >= max;
+}
+
+// Each CHECKPOINT copies the data and writes it out: one at a time, at most one each
+// checkpoint-interval seconds.
+inline std::string Runtime::checkpoint_refusal() {
+  const auto now = std::chrono::steady_clock::now();
+  const std::uint64_t interval_s = limits_.checkpoint_interval_s.load();
+  std::lock_guard<std::mutex> lock(snap_mu_);
+  if (snap_busy_) return "ERR a snapshot is being written; CHECKPOINT again once it is saved";
+  if (last_checkpoint_ != std::chrono::steady_clock::time_point{} &&
+      now - last_checkpoint_ < std::chrono::seconds(interval_s))
+    return "ERR CHECKPOINT ran less than checkpoint-interval (" + std::to_string(interval_s) +
+           " s) ago; try again later";
+  last_checkpoint_ = now;
+  return "";
+}
+
+
+// ---- administration, CONFIG and the connection commands -----------------------------------
+
+inline Reply Runtime::admin(const std::vector<std::string>& w) {
+  // w[0] is one of raft.add raft.promote raft.remove raft.transfer add_node del_node
+  std::lock_guard<std::mutex> lock(core_mu_);
+  if (core_->role() != Role::Leader) {
+    const Member* m = core_->config().find(core_->leader());
+    if (!m) return Reply::error("CLUSTERDOWN no leader is known; nothing was changed");
+    return Reply::error("MOVED " + m->id + " " + m->address + " membership changes are made on the leader");
+  }
+  ProposeResult res;
+  std::int64_t now = now_ms();
+  if (w[0] == "raft.add" || w[0] == "add_node") {
+    HostPort hp;
+    std::string error;
+    if (!parse_host_port(w[2], hp, error)) return Reply::error("ERR " + error);
+    const Member* old = core_->config().find(w[1]);
+    res = core_->add_learner(Member{w[1], w[2], old ? old->server_id : "", false}, now);
+  } else if (w[0] == "raft.promote") {
+    res = core_->promote(w[1], now);
+  } else if (w[0] == "raft.remove" || w[0] == "del_node") {
+    res = core_->remove(w[1], now);
+  } else if (w[0] == "raft.transfer") {
+    NodeId to = w.size() > 1 ? w[1] : "";
+    if (to.empty()) to = core_->best_transfer_target();
+    if (to.empty()) return Reply::error("ERR no other voter was heard from lately to hand leadership to; nothing was changed");
+    if (!core_->transfer_leadership(to)) return Reply::error("ERR cannot transfer leadership to '" + to + "'");
+    drive();
+    return Reply::ok();
+  }
+  switch (res.error) {
+    case ProposeResult::Error::None: drive(); return Reply::ok();
+    case ProposeResult::Error::NotReady:
+    case ProposeResult::Error::ConfigPending:
+      return Reply::error("TRYAGAIN another membership change is in progress; nothing was changed");
+    case ProposeResult::Error::Transferring: return Reply::error("TRYAGAIN leadership is being transferred");
+    default: return Reply::error("ERR that change is not allowed (one voter at a time; a voter must remain)");
+  }
+}
+
+// Every command handled here must have its ACL category in acl_command (an administration
+// command there, or clients without +@admin may run it).
+// CONFIG GET name..., and CONFIG SET of the limits (Redis's names where Redis has the limit;
+// see LiveLimits). None: CONFIG SET of something else (connection_command goes on).
+inline std::optional<Reply> Runtime::config_command(const std::vector<std::string>& w) {
+  struct Option {
+    const char* name;
+    std::atomic<std::uint64_t>* value;
+    bool memory;  // takes Redis's memory units
+    std::uint64_t min, max;
+  };
+  const Option options[] = {
+      {"maxclients", &limits_.max_clients, false, 1, descriptor_room_},
+      {"timeout", &limits_.client_timeout_s, false, 0, std::uint64_t{1} << 31},
+      {"partial-command-timeout", &limits_.partial_command_timeout_s, false, 0, std::uint64_t{1} << 31},
+      {"client-query-buffer-limit", &limits_.query_buffer, true, std::uint64_t{1} << 20,
+       std::numeric_limits<std::uint64_t>::max()},
+      {"proto-max-bulk-len", &limits_.proto_max_bulk_len, true, 1, kProtoMaxBulkLen},
+      {"max-command-bytes", &limits_.max_command_bytes, true, 1, kMaxCommandBytes},
+      {"maxmemory", &limits_.maxmemory, true, 0, std::numeric_limits<std::uint64_t>::max()},
+      {"checkpoint-interval", &limits_.checkpoint_interval_s, false, 0, std::uint64_t{1} << 31},
+      {"client-output-total-limit", &limits_.total_client_output, true, 1, std::numeric_limits<std::uint64_t>::max()},
+  };
+  if (lower(w[1]) == "get") {
+    // redis-benchmark and some clients ask for save and appendonly: what a Redis with durable
+    // writes says.
+    std::vector<Reply> kv;
+    for (std::size_t i = 2; i < w.size(); ++i) {
+      const std::string k = lower(w[i]);
+      const auto add = [&](const std::string& key, const std::string& value) {
+        if (glob_match(k, key)) kv.insert(kv.end(), {Reply::bulk(key), Reply::bulk(value)});
+      };
+      add("save", "");
+      add("appendonly", "yes");
+      add("maxmemory-policy", "noeviction");
+      for (const Option& o : options) add(o.name, std::to_string(o.value->load()));
+    }
+    return Reply::map(std::move(kv));
+  }
+  const std::string key = lower(w[2]);
+  const auto failed = [&](const std::string& why) {
+    return Reply::error("ERR CONFIG SET failed (possibly related to argument '" + key + "') - " + why);
+  };
+  if (key == "maxmemory-policy")
+    return lower(w[3]) == "noeviction" ? Reply::ok() : failed("only noeviction is supported");
+  for (const Option& o : options) {
+    if (key != o.name) continue;
+    std::uint64_t v = 0;
+    if (!(o.memory ? parse_memory(w[3], v) : parse_number(w[3], v)))
+      return failed(o.memory ? "argument must be a memory value" : "argument couldn't be parsed into an integer");
+    if (key == "maxclients" && v > o.max)
+      return failed("The operating system is not able to handle the specified number of clients, try with " +
+                    std::to_string(o.max));
+    if (v < o.min || v > o.max)
+      return failed("argument must be between " + std::to_string(o.min) + " and " + std::to_string(o.max) +
+                    " inclusive");
+    o.value->store(v);
+    return Reply::ok();
+  }
+  return std::nullopt;
+}
+
+// The connection commands: the node answers them itself (never through the log), on the
+// calling thread; a handler cannot replace them. A new one is a line in this table (and its
+// ACL category in acl_command). `handled` is false for a name not here.
+inline Reply Runtime::connection_command(ClientConn* conn, const std::vector<std::string>& w, bool& handled) {
+  using Words = std::vector<std::string>;
+  using Handler = Reply (*)(Runtime&, ClientConn*, const Words&);
+  static const std::map<std::string, Handler, std::less<>> table = {
+      {"ping",
+       [](Runtime&, ClientConn*, const Words& w) {
+         if (!args_in(w, 0, 1)) return arity_error(w[0]);
+         return w.size() == 2 ? Reply::bulk(w[1]) : Reply::simple("PONG");
+       }},
+      {"echo", [](Runtime&, ClientConn*, const Words& w) { return args_in(w, 1, 1) ? Reply::bulk(w[1]) : arity_error(w[0]); }},
+      {"quit",
+       [](Runtime&, ClientConn* conn, const Words&) {
+         if (conn) conn->close_after_flush = true;
+         return Reply::ok();
+       }},
+      {"auth", [](Runtime& rt, ClientConn* conn, const Words& w) { return rt.auth_command(conn, w); }},
+      {"acl", [](Runtime& rt, ClientConn* conn, const Words& w) { return rt.acl_reply(conn, w); }},
+      {"select",
+       [](Runtime&, ClientConn*, const Words& w) {
+         if (!args_in(w, 1, 1)) return arity_error(w[0]);
+         std::int64_t db = 0;  // Redis reads an int first, in its words (sic: "must between")
+         if (!parse_int64(w[1], db)) return not_integer_error();
+         if (db < std::numeric_limits<std::int32_t>::min() || db > std::numeric_limits<std::int32_t>::max())
+           return Reply::error("ERR value is out of range, value must between -2147483648 and 2147483647");
+         return db == 0 ? Reply::ok() : Reply::error("ERR DB index is out of range");
+       }},
+      {"readonly", [](Runtime&, ClientConn* conn, const Words& w) { return set_readonly(conn, w, true); }},
+      {"readwrite", [](Runtime&, ClientConn* conn, const Words& w) { return set_readonly(conn, w, false); }},
+      {"hello", [](Runtime& rt, ClientConn* conn, const Words& w) { return rt.hello_command(conn, w); }},
+      {"client", [](Runtime&, ClientConn* conn, const Words& w) { return client_command(conn, w); }},
+      {"command", [](Runtime& rt, ClientConn*, const Words& w) { return rt.command_command(w); }},
+      {"config", [](Runtime& rt, ClientConn*, const Words& w) { return rt.config_reply(w); }},
+      {"info",
+       [](Runtime& rt, ClientConn*, const Words& w) {
+         return Reply::verbatim("txt", info_sections(rt.info(), Words(w.begin() + 1, w.end())));
+       }},
+      {"role", [](Runtime& rt, ClientConn*, const Words&) { return rt.role_reply(); }},
+      {"shutdown", [](Runtime& rt, ClientConn*, const Words&) { return rt.stop_on_request(); }},
+      {"raft.add", [](Runtime& rt, ClientConn*, const Words& w) { return admin_with_args(rt, w, 2, 2); }},
+      {"add_node", [](Runtime& rt, ClientConn*, const Words& w) { return admin_with_args(rt, w, 2, 2); }},
+      {"raft.promote", [](Runtime& rt, ClientConn*, const Words& w) { return admin_with_args(rt, w, 1, 1); }},
+      {"raft.remove", [](Runtime& rt, ClientConn*, const Words& w) { return admin_with_args(rt, w, 1, 1); }},
+      {"del_node", [](Runtime& rt, ClientConn*, const Words& w) { return admin_with_args(rt, w, 1, 1); }},
+      {"raft.transfer", [](Runtime& rt, ClientConn*, const Words& w) { return admin_with_args(rt, w, 0, 1); }},
+      {"raft.leave", [](Runtime& rt, ClientConn*, const Words&) { return rt.stop_on_request(); }},
+  };
+  auto it = table.find(w[0]);
+  handled = it != table.end();
+  return handled ? it->second(*this, conn, w) : Reply();
+}
+
+// Whether a command has at least lo and at most hi arguments after its name.
+inline bool Runtime::args_in(const std::vector<std::string>& w, std::size_t lo, std::size_t hi) {
+  return w.size() - 1 >= lo && w.size() - 1 <= hi;
+}
+
+inline Reply Runtime::admin_with_args(Runtime& rt, const std::vector<std::string>& w, std::size_t lo, std::size_t hi) {
+  return args_in(w, lo, hi) ? rt.admin(w) : arity_error(w[0]);
+}
+
+// SHUTDOWN and RAFT.LEAVE: the stop happens on the thread that waits in join(), not here.
+inline Reply Runtime::stop_on_request() {
+  request_stop();
+  return Reply::ok();
+}
+
+// READONLY / READWRITE: whether this connection's reads may be served from local data.
+inline Reply Runtime::set_readonly(ClientConn* conn, const std::vector<std::string>& w, bool readonly) {
+  if (!args_in(w, 0, 0)) return arity_error(w[0]);
+  if (conn) conn->readonly = readonly;
+  return Reply::ok();
+}
+
+inline Reply Runtime::auth_command(ClientConn* conn, const std::vector<std::string>& w) {
+  if (w.size() < 2) return arity_error(w[0]);
+  if (w.size() > 3) return Reply::error("ERR syntax error");
+  if (w.size() == 2) {
+    std::lock_guard<std::mutex> lock(acl_mu_);
+    const AclUser* d = acl_.find("default");
+    if (d && d->nopass)
+      return Reply::error("ERR AUTH <password> called without any password configured for the default user. Are "
+                          "you sure your configuration is correct?");
+  }
+  if (!conn) return Reply::ok();  // execute(): the embedding program runs as itself
+  return authenticate(conn, w.size() == 3 ? w[1] : "default", w.back())
+             ? Reply::ok()
+             : Reply::error("WRONGPASS invalid username-password pair or user is disabled.");
+}
+
+inline Reply Runtime::hello_command(ClientConn* conn, const std::vector<std::string>& w) {
+  int proto = conn ? conn->protocol : 2;
+  std::size_t i = 1;
+  if (w.size() > 1) {
+    std::int64_t version = 0;
+    if (!parse_int64(w[1], version)) return Reply::error("ERR Protocol version is not an integer or out of range");
+    if (version != 2 && version != 3) return Reply::error("NOPROTO unsupported protocol version");
+    proto = static_cast<int>(version);
+    i = 2;
+  }
+  const std::string* setname = nullptr;
+  const std::string* auth_user = nullptr;
+  const std::string* auth_password = nullptr;
+  for (; i < w.size(); ++i) {
+    std::string opt = lower(w[i]);
+    if (opt == "setname" && i + 1 < w.size()) {
+      setname = &w[++i];
+    } else if (opt == "auth" && i + 2 < w.size()) {
+      auth_user = &w[i + 1];
+      auth_password = &w[i + 2];
+      i += 2;
+    } else {
+      return Reply::error("ERR Syntax error in HELLO option '" + w[i] + "'");
+    }
+  }
+  // Redis's order: authenticate (nothing changes if that fails), then the name and protocol.
+  if (conn) {
+    if (auth_user && !authenticate(conn, *auth_user, *auth_password))
+      return Reply::error("WRONGPASS invalid username-password pair or user is disabled.");
+    bool required;
+    {
+      std::lock_guard<std::mutex> lock(acl_mu_);
+      required = acl_.auth_required();
+    }
+    if (!conn->authenticated && required)
+      return Reply::error("NOAUTH HELLO must be called with the client already authenticated, otherwise the "
+                          "HELLO AUTH <user> <pass> option can be used to authenticate the client and select the "
+                          "RESP protocol version at the same time");
+    if (setname) conn->name = *setname;
+    conn->protocol = proto;
+  }
+  return Reply::map({Reply::bulk("server"), Reply::bulk("redis"), Reply::bulk("version"), Reply::bulk("7.0.0"),
+                     Reply::bulk("proto"), Reply::integer(proto), Reply::bulk("id"),
+                     Reply::integer(static_cast<std::int64_t>(conn ? conn->id : 0)), Reply::bulk("mode"),
+                     Reply::bulk("standalone"), Reply::bulk("role"),
+                     Reply::bulk(role() == Role::Leader ? "master" : "replica"), Reply::bulk("modules"),
+                     Reply::array()});
+}
+
+inline Reply Runtime::client_command(ClientConn* conn, const std::vector<std::string>& w) {
+  if (w.size() < 2) return arity_error(w[0]);
+  std::string sub = lower(w[1]);
+  if ((sub == "setname" && w.size() != 3) || (sub == "getname" && w.size() != 2) || (sub == "id" && w.size() != 2))
+    return Reply::error("ERR wrong number of arguments for 'client|" + sub + "' command");
+  if (sub == "setname") {
+    if (conn) conn->name = w[2];
+    return Reply::ok();
+  }
+  if (sub == "getname") return conn && !conn->name.empty() ? Reply::bulk(conn->name) : Reply::nil();
+  if (sub == "setinfo") return Reply::ok();
+  if (sub == "id") return Reply::integer(static_cast<std::int64_t>(conn ? conn->id : 0));
+  return Reply::error("ERR unknown subcommand '" + w[1] + "'. Try CLIENT HELP.");
+}
+
+// COMMAND [COUNT | DOCS]: the handlers' table as Redis describes commands.
+inline Reply Runtime::command_command(const std::vector<std::string>& w) const {
+  if (w.size() >= 2 && lower(w[1]) == "count") return Reply::integer(static_cast<std::int64_t>(handlers_.size()));
+  if (w.size() >= 2 && lower(w[1]) == "docs") return Reply::map();
+  std::vector<Reply> all;
+  for (const auto& [cname, c] : handlers_) {
+    if (cname.rfind("__", 0) == 0) continue;
+    std::int64_t arity_value = c.min_args == c.max_args ? c.min_args + 1 : -(c.min_args + 1);
+    all.push_back(Reply::array({Reply::bulk(cname), Reply::integer(arity_value),
+                                Reply::array({Reply::simple(c.is_write() ? "write" : "readonly")}),
+                                Reply::integer(c.min_args > 0 ? 1 : 0), Reply::integer(c.min_args > 0 ? 1 : 0),
+                                Reply::integer(c.min_args > 0 ? 1 : 0)}));
+  }
+  return Reply::array(std::move(all));
+}
+
+inline Reply Runtime::config_reply(const std::vector<std::string>& w) {
+  if (w.size() >= 3 && lower(w[1]) == "get") return *config_command(w);
+  if (w.size() == 4 && lower(w[1]) == "set") {
+    std::optional<Reply> r = config_command(w);
+    if (r) return std::move(*r);
+  }
+  // The clients' options (administration: see acl_command): Redis's way to open a node up.
+  if (w.size() == 4 && lower(w[1]) == "set" && lower(w[2]) == "requirepass") {
+    std::lock_guard<std::mutex> lock(acl_mu_);
+    if (w[3].empty())
+      acl_.set_user("default", {"nopass"}, nullptr);
+    else
+      acl_.set_user("default", {"resetpass", ">" + w[3]}, nullptr);
+    return Reply::ok();
+  }
+  if (w.size() == 4 && lower(w[1]) == "set" && lower(w[2]) == "protected-mode") {
+    const std::string v = lower(w[3]);
+    if (v != "yes" && v != "no")
+      return Reply::error("ERR CONFIG SET failed (possibly related to argument 'protected-mode') - argument must "
+                          "be 'yes' or 'no'");
+    protected_mode_ = v == "yes";
+    return Reply::ok();
+  }
+  return Reply::error("ERR CONFIG " + (w.size() > 1 ? w[1] : std::string()) + " is not supported");
+}
+
+}  // namespace detail
+}  // namespace raft
+// ---- src/raft/5l_forward.hpp ----
+
+namespace raft {
+namespace detail {
+
+// ---- forwarded writes: the follower's side (the protocol: top of 5b_peer_wire.hpp) ------
 
 // Writes on a follower go to the leader over the peer link, pipelined, each in the session
 // with its sequence number.
@@ -13303,9 +14028,7 @@ inline void Runtime::forward_writes(const NodeId& leader, std::uint64_t term, st
         continue;
       }
       Request r;
-      r.conn = w.caller.conn;
-      r.op = w.caller.op;
-      r.promise = w.caller.promise;
+      r.caller = w.caller;
       Forward f;
       f.request = add_request(std::move(r));
       f.command = std::move(w.payload);
@@ -13427,46 +14150,6 @@ inline void Runtime::handle_forward_reply(const NodeId& from, ForwardReply fr) {
 
 // ---- forwarded writes: the leader's side ----
 
-// Why the leader refuses a forwarded write before proposing it; empty: it proposes it.
-inline std::string Runtime::write_refusal(const std::vector<std::string>& words) const {
-  auto h = handlers_.find(words[0]);
-  const int argc = static_cast<int>(words.size()) - 1;
-  if (is_reserved_command(words[0]) || h == handlers_.end() || !h->second.is_write() || argc < h->second.min_args ||
-      (h->second.max_args >= 0 && argc > h->second.max_args))
-    return "ERR the leader has no write command '" + words[0] + "' taking " + std::to_string(argc) +
-           " arguments; the write was not run";
-  std::string refusal = command_limit_error(words, command_limits());
-  if (refusal.empty() && h->second.may_grow() && over_maxmemory()) refusal = kOomError;  // the leader's own
-  return refusal;
-}
-
-inline CommandLimits Runtime::command_limits() const {
-  CommandLimits l;
-  l.max_word_bytes = static_cast<std::size_t>(limits_.proto_max_bulk_len.load());
-  l.max_bytes = static_cast<std::size_t>(limits_.max_command_bytes.load());
-  return l;
-}
-
-inline bool Runtime::over_maxmemory() const {
-  const std::uint64_t max = limits_.maxmemory.load();
-  return max > 0 && used_memory_.load() >= max;
-}
-
-// Each CHECKPOINT copies the data and writes it out: one at a time, at most one each
-// checkpoint-interval seconds.
-inline std::string Runtime::checkpoint_refusal() {
-  const auto now = std::chrono::steady_clock::now();
-  const std::uint64_t interval_s = limits_.checkpoint_interval_s.load();
-  std::lock_guard<std::mutex> lock(snap_mu_);
-  if (snap_busy_) return "ERR a snapshot is being written; CHECKPOINT again once it is saved";
-  if (last_checkpoint_ != std::chrono::steady_clock::time_point{} &&
-      now - last_checkpoint_ < std::chrono::seconds(interval_s))
-    return "ERR CHECKPOINT ran less than checkpoint-interval (" + std::to_string(interval_s) +
-           " s) ago; try again later";
-  last_checkpoint_ = now;
-  return "";
-}
-
 inline void Runtime::handle_forward(PeerConn& p, ForwardedWrite fw) {
   fw.words[0] = lower(std::move(fw.words[0]));
   Caller caller{0, 0, nullptr, p.node, fw.seq, fw.nonce, {}};
@@ -13504,267 +14187,12 @@ inline void Runtime::handle_forward(PeerConn& p, ForwardedWrite fw) {
   peer_batch_.writes.push_back(PendingWrite{caller, std::move(payload), 6 + fw.words.size()});
 }
 
-inline Reply Runtime::admin(const std::vector<std::string>& w) {
-  // w[0] is one of raft.add raft.promote raft.remove raft.transfer add_node del_node
-  std::lock_guard<std::mutex> lock(core_mu_);
-  if (core_->role() != Role::Leader) {
-    const Member* m = core_->config().find(core_->leader());
-    if (!m) return Reply::error("CLUSTERDOWN no leader is known; nothing was changed");
-    return Reply::error("MOVED " + m->id + " " + m->address + " membership changes are made on the leader");
-  }
-  ProposeResult res;
-  std::int64_t now = now_ms();
-  if (w[0] == "raft.add" || w[0] == "add_node") {
-    HostPort hp;
-    std::string error;
-    if (!parse_host_port(w[2], hp, error)) return Reply::error("ERR " + error);
-    const Member* old = core_->config().find(w[1]);
-    res = core_->add_learner(Member{w[1], w[2], old ? old->server_id : "", false}, now);
-  } else if (w[0] == "raft.promote") {
-    res = core_->promote(w[1], now);
-  } else if (w[0] == "raft.remove" || w[0] == "del_node") {
-    res = core_->remove(w[1], now);
-  } else if (w[0] == "raft.transfer") {
-    NodeId to = w.size() > 1 ? w[1] : "";
-    if (to.empty()) to = core_->best_transfer_target();
-    if (to.empty()) return Reply::error("ERR no other voter was heard from lately to hand leadership to; nothing was changed");
-    if (!core_->transfer_leadership(to)) return Reply::error("ERR cannot transfer leadership to '" + to + "'");
-    drive();
-    return Reply::ok();
-  }
-  switch (res.error) {
-    case ProposeResult::Error::None: drive(); return Reply::ok();
-    case ProposeResult::Error::NotReady:
-    case ProposeResult::Error::ConfigPending:
-      return Reply::error("TRYAGAIN another membership change is in progress; nothing was changed");
-    case ProposeResult::Error::Transferring: return Reply::error("TRYAGAIN leadership is being transferred");
-    default: return Reply::error("ERR that change is not allowed (one voter at a time; a voter must remain)");
-  }
-}
+}  // namespace detail
+}  // namespace raft
+// ---- src/raft/5m_client_auth.hpp ----
 
-// Every command handled here must have its ACL category in acl_command (an administration
-// command there, or clients without +@admin may run it).
-// CONFIG GET name..., and CONFIG SET of the limits (Redis's names where Redis has the limit;
-// see LiveLimits). None: CONFIG SET of something else (connection_command goes on).
-inline std::optional<Reply> Runtime::config_command(const std::vector<std::string>& w) {
-  struct Option {
-    const char* name;
-    std::atomic<std::uint64_t>* value;
-    bool memory;  // takes Redis's memory units
-    std::uint64_t min, max;
-  };
-  const Option options[] = {
-      {"maxclients", &limits_.max_clients, false, 1, descriptor_room_},
-      {"timeout", &limits_.client_timeout_s, false, 0, std::uint64_t{1} << 31},
-      {"partial-command-timeout", &limits_.partial_command_timeout_s, false, 0, std::uint64_t{1} << 31},
-      {"client-query-buffer-limit", &limits_.query_buffer, true, std::uint64_t{1} << 20,
-       std::numeric_limits<std::uint64_t>::max()},
-      {"proto-max-bulk-len", &limits_.proto_max_bulk_len, true, 1, kProtoMaxBulkLen},
-      {"max-command-bytes", &limits_.max_command_bytes, true, 1, kMaxCommandBytes},
-      {"maxmemory", &limits_.maxmemory, true, 0, std::numeric_limits<std::uint64_t>::max()},
-      {"checkpoint-interval", &limits_.checkpoint_interval_s, false, 0, std::uint64_t{1} << 31},
-      {"client-output-total-limit", &limits_.total_client_output, true, 1, std::numeric_limits<std::uint64_t>::max()},
-  };
-  if (lower(w[1]) == "get") {
-    // redis-benchmark and some clients ask for save and appendonly: what a Redis with durable
-    // writes says.
-    std::vector<Reply> kv;
-    for (std::size_t i = 2; i < w.size(); ++i) {
-      const std::string k = lower(w[i]);
-      const auto add = [&](const std::string& key, const std::string& value) {
-        if (glob_match(k, key)) kv.insert(kv.end(), {Reply::bulk(key), Reply::bulk(value)});
-      };
-      add("save", "");
-      add("appendonly", "yes");
-      add("maxmemory-policy", "noeviction");
-      for (const Option& o : options) add(o.name, std::to_string(o.value->load()));
-    }
-    return Reply::map(std::move(kv));
-  }
-  const std::string key = lower(w[2]);
-  const auto failed = [&](const std::string& why) {
-    return Reply::error("ERR CONFIG SET failed (possibly related to argument '" + key + "') - " + why);
-  };
-  if (key == "maxmemory-policy")
-    return lower(w[3]) == "noeviction" ? Reply::ok() : failed("only noeviction is supported");
-  for (const Option& o : options) {
-    if (key != o.name) continue;
-    std::uint64_t v = 0;
-    if (!(o.memory ? parse_memory(w[3], v) : parse_number(w[3], v)))
-      return failed(o.memory ? "argument must be a memory value" : "argument couldn't be parsed into an integer");
-    if (key == "maxclients" && v > o.max)
-      return failed("The operating system is not able to handle the specified number of clients, try with " +
-                    std::to_string(o.max));
-    if (v < o.min || v > o.max)
-      return failed("argument must be between " + std::to_string(o.min) + " and " + std::to_string(o.max) +
-                    " inclusive");
-    o.value->store(v);
-    return Reply::ok();
-  }
-  return std::nullopt;
-}
-
-inline Reply Runtime::connection_command(ClientConn* conn, const std::vector<std::string>& w, bool& handled) {
-  handled = true;
-  const std::string& name = w[0];
-  auto arity = [&](std::size_t lo, std::size_t hi) { return w.size() - 1 >= lo && w.size() - 1 <= hi; };
-  auto wrong = [&] { return Reply::error("ERR wrong number of arguments for '" + name + "' command"); };
-  if (name == "ping") {
-    if (!arity(0, 1)) return wrong();
-    return w.size() == 2 ? Reply::bulk(w[1]) : Reply::simple("PONG");
-  }
-  if (name == "echo") return arity(1, 1) ? Reply::bulk(w[1]) : wrong();
-  if (name == "quit") {
-    if (conn) conn->close_after_flush = true;
-    return Reply::ok();
-  }
-  if (name == "auth") {
-    if (w.size() < 2) return wrong();
-    if (w.size() > 3) return Reply::error("ERR syntax error");
-    if (w.size() == 2) {
-      std::lock_guard<std::mutex> lock(acl_mu_);
-      const AclUser* d = acl_.find("default");
-      if (d && d->nopass)
-        return Reply::error("ERR AUTH <password> called without any password configured for the default user. Are "
-                            "you sure your configuration is correct?");
-    }
-    if (!conn) return Reply::ok();  // execute(): the embedding program runs as itself
-    return authenticate(conn, w.size() == 3 ? w[1] : "default", w.back())
-               ? Reply::ok()
-               : Reply::error("WRONGPASS invalid username-password pair or user is disabled.");
-  }
-  if (name == "acl") return acl_reply(conn, w);
-  if (name == "select") {
-    if (!arity(1, 1)) return wrong();
-    std::int64_t db = 0;  // Redis reads an int first, in its words (sic: "must between")
-    if (!parse_int64(w[1], db)) return not_integer_error();
-    if (db < std::numeric_limits<std::int32_t>::min() || db > std::numeric_limits<std::int32_t>::max())
-      return Reply::error("ERR value is out of range, value must between -2147483648 and 2147483647");
-    return db == 0 ? Reply::ok() : Reply::error("ERR DB index is out of range");
-  }
-  if (name == "readonly" || name == "readwrite") {
-    if (!arity(0, 0)) return wrong();
-    if (conn) conn->readonly = name == "readonly";
-    return Reply::ok();
-  }
-  if (name == "hello") {
-    int proto = conn ? conn->protocol : 2;
-    std::size_t i = 1;
-    if (w.size() > 1) {
-      std::int64_t version = 0;
-      if (!parse_int64(w[1], version)) return Reply::error("ERR Protocol version is not an integer or out of range");
-      if (version != 2 && version != 3) return Reply::error("NOPROTO unsupported protocol version");
-      proto = static_cast<int>(version);
-      i = 2;
-    }
-    const std::string* setname = nullptr;
-    const std::string* auth_user = nullptr;
-    const std::string* auth_password = nullptr;
-    for (; i < w.size(); ++i) {
-      std::string opt = lower(w[i]);
-      if (opt == "setname" && i + 1 < w.size()) {
-        setname = &w[++i];
-      } else if (opt == "auth" && i + 2 < w.size()) {
-        auth_user = &w[i + 1];
-        auth_password = &w[i + 2];
-        i += 2;
-      } else {
-        return Reply::error("ERR Syntax error in HELLO option '" + w[i] + "'");
-      }
-    }
-    // Redis's order: authenticate (nothing changes if that fails), then the name and protocol.
-    if (conn) {
-      if (auth_user && !authenticate(conn, *auth_user, *auth_password))
-        return Reply::error("WRONGPASS invalid username-password pair or user is disabled.");
-      bool required;
-      {
-        std::lock_guard<std::mutex> lock(acl_mu_);
-        required = acl_.auth_required();
-      }
-      if (!conn->authenticated && required)
-        return Reply::error("NOAUTH HELLO must be called with the client already authenticated, otherwise the "
-                            "HELLO AUTH <user> <pass> option can be used to authenticate the client and select the "
-                            "RESP protocol version at the same time");
-      if (setname) conn->name = *setname;
-      conn->protocol = proto;
-    }
-    return Reply::map({Reply::bulk("server"), Reply::bulk("redis"), Reply::bulk("version"), Reply::bulk("7.0.0"),
-                       Reply::bulk("proto"), Reply::integer(proto), Reply::bulk("id"),
-                       Reply::integer(static_cast<std::int64_t>(conn ? conn->id : 0)), Reply::bulk("mode"),
-                       Reply::bulk("standalone"), Reply::bulk("role"),
-                       Reply::bulk(role() == Role::Leader ? "master" : "replica"), Reply::bulk("modules"),
-                       Reply::array()});
-  }
-  if (name == "client") {
-    if (w.size() < 2) return wrong();
-    std::string sub = lower(w[1]);
-    if ((sub == "setname" && w.size() != 3) || (sub == "getname" && w.size() != 2) ||
-        (sub == "id" && w.size() != 2))
-      return Reply::error("ERR wrong number of arguments for 'client|" + sub + "' command");
-    if (sub == "setname") {
-      if (conn) conn->name = w[2];
-      return Reply::ok();
-    }
-    if (sub == "getname") return conn && !conn->name.empty() ? Reply::bulk(conn->name) : Reply::nil();
-    if (sub == "setinfo") return Reply::ok();
-    if (sub == "id") return Reply::integer(static_cast<std::int64_t>(conn ? conn->id : 0));
-    return Reply::error("ERR unknown subcommand '" + w[1] + "'. Try CLIENT HELP.");
-  }
-  if (name == "command") {
-    if (w.size() >= 2 && lower(w[1]) == "count") return Reply::integer(static_cast<std::int64_t>(handlers_.size()));
-    if (w.size() >= 2 && lower(w[1]) == "docs") return Reply::map();
-    std::vector<Reply> all;
-    for (const auto& [cname, c] : handlers_) {
-      if (cname.rfind("__", 0) == 0) continue;
-      std::int64_t arity_value = c.min_args == c.max_args ? c.min_args + 1 : -(c.min_args + 1);
-      all.push_back(Reply::array({Reply::bulk(cname), Reply::integer(arity_value),
-                                  Reply::array({Reply::simple(c.is_write() ? "write" : "readonly")}),
-                                  Reply::integer(c.min_args > 0 ? 1 : 0), Reply::integer(c.min_args > 0 ? 1 : 0),
-                                  Reply::integer(c.min_args > 0 ? 1 : 0)}));
-    }
-    return Reply::array(std::move(all));
-  }
-  if (name == "config") {
-    if (w.size() >= 3 && lower(w[1]) == "get") return *config_command(w);
-    if (w.size() == 4 && lower(w[1]) == "set") {
-      std::optional<Reply> r = config_command(w);
-      if (r) return std::move(*r);
-    }
-    // The clients' options (administration: see acl_command): Redis's way to open a node up.
-    if (w.size() == 4 && lower(w[1]) == "set" && lower(w[2]) == "requirepass") {
-      std::lock_guard<std::mutex> lock(acl_mu_);
-      if (w[3].empty())
-        acl_.set_user("default", {"nopass"}, nullptr);
-      else
-        acl_.set_user("default", {"resetpass", ">" + w[3]}, nullptr);
-      return Reply::ok();
-    }
-    if (w.size() == 4 && lower(w[1]) == "set" && lower(w[2]) == "protected-mode") {
-      const std::string v = lower(w[3]);
-      if (v != "yes" && v != "no")
-        return Reply::error("ERR CONFIG SET failed (possibly related to argument 'protected-mode') - argument must "
-                            "be 'yes' or 'no'");
-      protected_mode_ = v == "yes";
-      return Reply::ok();
-    }
-    return Reply::error("ERR CONFIG " + (w.size() > 1 ? w[1] : std::string()) + " is not supported");
-  }
-  if (name == "info") return Reply::verbatim("txt", info_sections(info(), std::vector<std::string>(w.begin() + 1, w.end())));
-  if (name == "role") return role_reply();
-  if (name == "shutdown") {
-    request_stop();
-    return Reply::ok();
-  }
-  if (name == "raft.add" || name == "add_node") return arity(2, 2) ? admin(w) : wrong();
-  if (name == "raft.promote" || name == "raft.remove" || name == "del_node") return arity(1, 1) ? admin(w) : wrong();
-  if (name == "raft.transfer") return arity(0, 1) ? admin(w) : wrong();
-  if (name == "raft.leave") {
-    request_stop();
-    return Reply::ok();
-  }
-  handled = false;
-  return Reply();
-}
+namespace raft {
+namespace detail {
 
 // ---- clients' users: AUTH, ACL and the check before every command ---------------------------
 
@@ -13894,6 +14322,13 @@ inline Reply Runtime::acl_reply(ClientConn* conn, const std::vector<std::string>
   return Reply::error("ERR unknown subcommand '" + w[1] + "'. Try ACL HELP.");
 }
 
+}  // namespace detail
+}  // namespace raft
+// ---- src/raft/5n_client_server.hpp ----
+
+namespace raft {
+namespace detail {
+
 // ---- status ---------------------------------------------------------------------------------
 
 inline std::string Runtime::info() const {
@@ -13997,27 +14432,67 @@ inline void Runtime::log(LogLevel level, const std::string& message) const {
 
 // ---- the poll thread -----------------------------------------------------------------------
 
+// The poll set: the wake pipe, the listener (unless accepting is paused), every client.
+inline void Runtime::client_poll_set(std::vector<pollfd>& fds, std::vector<std::uint64_t>& owner) {
+  fds.clear();
+  owner.clear();
+  bool accepting = std::chrono::steady_clock::now() >= accept_paused_until_;
+  fds.push_back(pollfd{wake_pipe_[0], POLLIN, 0});
+  fds.push_back(pollfd{client_fd_, static_cast<short>(accepting ? POLLIN : 0), 0});
+  owner.assign(2, 0);
+  for (auto& [id, c] : clients_) {
+    // A command waiting for an earlier one: read no more meanwhile (bounded input).
+    short ev = static_cast<short>((c->close_after_flush || c->input_closed || c->has_pending ? 0 : POLLIN) |
+                                  (c->out.empty() ? 0 : POLLOUT));
+    fds.push_back(pollfd{c->fd, c->tls.events(ev), 0});
+    owner.push_back(id);
+  }
+}
+
+// Reads from and writes to the clients poll found ready; the ones to close (their connection
+// failed).
+inline std::vector<std::uint64_t> Runtime::serve_ready_clients(const std::vector<pollfd>& fds,
+                                                               const std::vector<std::uint64_t>& owner) {
+  std::vector<std::uint64_t> close_clients;
+  for (std::size_t i = 2; i < fds.size(); ++i) {
+    if (!fds[i].revents) continue;
+    auto it = clients_.find(owner[i]);
+    if (it == clients_.end()) continue;
+    ClientConn& c = *it->second;
+    const short revents = c.tls.ready(fds[i].revents);
+    bool ok = true;
+    if (revents & (POLLIN | POLLHUP | POLLERR)) ok = read_client(c);
+    if (ok && (revents & POLLOUT)) ok = flush_client(c);
+    if (!ok) close_clients.push_back(c.id);
+  }
+  return close_clients;
+}
+
+// Closes `failed` and the clients that are done: killed, or after QUIT or a protocol error
+// once every reply before it is written.
+inline void Runtime::close_clients_done(std::vector<std::uint64_t> failed) {
+  for (auto& [id, c] : clients_)
+    if (c->kill || ((c->close_after_flush || (c->input_closed && !c->has_pending)) && c->out.empty() && c->ops.empty()))
+      failed.push_back(id);
+  for (std::uint64_t id : failed) {
+    auto it = clients_.find(id);
+    if (it != clients_.end()) {
+      drop_output(*it->second);
+      ::close(it->second->fd);
+      clients_.erase(it);
+    }
+  }
+}
+
 inline void Runtime::poll_loop() {
   poll_thread_id_ = std::this_thread::get_id();
   std::vector<pollfd> fds;
   std::vector<std::uint64_t> owner;  // client connection id, or 0
   auto last_expiry = std::chrono::steady_clock::now();
-  while (!stopping_) {
-    fds.clear();
-    owner.clear();
-    bool accepting = std::chrono::steady_clock::now() >= accept_paused_until_;
-    fds.push_back(pollfd{wake_pipe_[0], POLLIN, 0});
-    fds.push_back(pollfd{client_fd_, static_cast<short>(accepting ? POLLIN : 0), 0});
-    owner.assign(2, 0);
-    for (auto& [id, c] : clients_) {
-      // A command waiting for an earlier one: read no more meanwhile (bounded input).
-      short ev = static_cast<short>((c->close_after_flush || c->input_closed || c->has_pending ? 0 : POLLIN) |
-                                    (c->out.empty() ? 0 : POLLOUT));
-      fds.push_back(pollfd{c->fd, c->tls.events(ev), 0});
-      owner.push_back(id);
-    }
+  while (!stopping_or_later()) {
+    client_poll_set(fds, owner);
     int n = ::poll(fds.data(), fds.size(), 100);
-    if (stopping_) break;
+    if (stopping_or_later()) break;
     if (n < 0) {
       if (errno != EINTR) log(LogLevel::Error, "poll: " + errno_text(errno));
       continue;
@@ -14028,32 +14503,10 @@ inline void Runtime::poll_loop() {
       }
     }
     if (fds[1].revents & POLLIN) accept_clients();
-    std::vector<std::uint64_t> close_clients;
-    for (std::size_t i = 2; i < fds.size(); ++i) {
-      if (!fds[i].revents) continue;
-      auto it = clients_.find(owner[i]);
-      if (it == clients_.end()) continue;
-      ClientConn& c = *it->second;
-      const short revents = c.tls.ready(fds[i].revents);
-      bool ok = true;
-      if (revents & (POLLIN | POLLHUP | POLLERR)) ok = read_client(c);
-      if (ok && (revents & POLLOUT)) ok = flush_client(c);
-      if (!ok) close_clients.push_back(c.id);
-    }
+    std::vector<std::uint64_t> close_clients = serve_ready_clients(fds, owner);
     flush_batched(poll_batch_);
     drain_done();
-    // QUIT or a protocol error: close once every reply before it is written.
-    for (auto& [id, c] : clients_)
-      if (c->kill || ((c->close_after_flush || (c->input_closed && !c->has_pending)) && c->out.empty() && c->ops.empty()))
-        close_clients.push_back(id);
-    for (std::uint64_t id : close_clients) {
-      auto it = clients_.find(id);
-      if (it != clients_.end()) {
-        drop_output(*it->second);
-        ::close(it->second->fd);
-        clients_.erase(it);
-      }
-    }
+    close_clients_done(close_clients);
     connected_clients_ = clients_.size();
     client_output_total_reported_ = client_output_total_;
     auto now = std::chrono::steady_clock::now();
@@ -14277,7 +14730,7 @@ inline void Runtime::serve_ready_reads() {
       auto it = requests_.find(rs.request_id);
       if (it == requests_.end()) continue;
       words = it->second.words;
-      conn = it->second.conn;
+      conn = it->second.caller.conn;
     }
     const auto client = clients_.find(conn);
     if (conn != 0 && (client == clients_.end() || client->second->kill)) {
@@ -14353,12 +14806,58 @@ inline void Runtime::complete_op(std::uint64_t conn, std::uint64_t op, Reply rep
   if (c.has_pending || c.parser.buffered() > 0) process_input(c);
 }
 
+}  // namespace detail
+}  // namespace raft
+// ---- src/raft/5o_peer_server.hpp ----
+
+namespace raft {
+namespace detail {
+
 // ---- inbound peer connections --------------------------------------------------------------
 
 // The peer thread: accepts and reads every inbound peer connection and steps what they carry
 // into the core, so that no client's command (a long KEYS, a large reply) delays a heartbeat
 // or its answer. It owns peers_in_ and peer_batch_; it shares with the poll thread only what
-// is under a lock (core_mu_, fwd_mu_, req_mu_, links_mu_, acl_mu_).
+// is under a lock (core_mu_, fwd_mu_, req_mu_, the Links' own, acl_mu_).
+// The peer thread's poll set: its wake pipe, the peer listener (unless paused), every
+// inbound peer connection.
+inline void Runtime::peer_poll_set(std::vector<pollfd>& fds) {
+  fds.clear();
+  const bool accepting = std::chrono::steady_clock::now() >= peer_accept_paused_until_;
+  fds.push_back(pollfd{peer_wake_pipe_[0], POLLIN, 0});
+  fds.push_back(pollfd{peer_fd_, static_cast<short>(accepting ? POLLIN : 0), 0});
+  for (auto& [fd, p] : peers_in_)
+    fds.push_back(pollfd{fd, p->tls.events(static_cast<short>((p->close_after_flush ? 0 : POLLIN) | (p->wire.empty() ? 0 : POLLOUT))), 0});
+}
+
+// Reads from and writes to the peer connections poll found ready; the ones to close.
+inline std::vector<int> Runtime::serve_ready_peers(const std::vector<pollfd>& fds) {
+  std::vector<int> close_peers;
+  for (std::size_t i = 2; i < fds.size(); ++i) {
+    if (!fds[i].revents) continue;
+    auto it = peers_in_.find(fds[i].fd);
+    if (it == peers_in_.end()) continue;
+    PeerConn& p = *it->second;
+    bool ok = true;
+    if (p.tls.ready(fds[i].revents) & (POLLIN | POLLHUP | POLLERR)) ok = read_peer(p);
+    if (ok && !p.wire.empty()) ok = flush_out(p.fd, p.tls, p.wire);
+    if (!ok || (p.close_after_flush && p.wire.empty())) close_peers.push_back(p.fd);
+  }
+  return close_peers;
+}
+
+// A peer connection that has not said HELLO in time is dropped (descriptors are finite).
+inline void Runtime::drop_silent_peers(std::chrono::steady_clock::time_point now) {
+  for (auto it = peers_in_.begin(); it != peers_in_.end();) {
+    if (!it->second->welcomed && now - it->second->accepted > std::chrono::milliseconds(scaled(cfg_.send_timeout_ms))) {
+      ::close(it->first);
+      it = peers_in_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
 inline void Runtime::peer_loop() {
   peer_thread_id_ = std::this_thread::get_id();
   // Connections a founder authenticated while it listened (listen_before_founding) wait for
@@ -14376,15 +14875,10 @@ inline void Runtime::peer_loop() {
   flush_batched(peer_batch_);
   std::vector<pollfd> fds;
   auto last_expiry = std::chrono::steady_clock::now();
-  while (!stopping_) {
-    fds.clear();
-    const bool accepting = std::chrono::steady_clock::now() >= peer_accept_paused_until_;
-    fds.push_back(pollfd{peer_wake_pipe_[0], POLLIN, 0});
-    fds.push_back(pollfd{peer_fd_, static_cast<short>(accepting ? POLLIN : 0), 0});
-    for (auto& [fd, p] : peers_in_)
-      fds.push_back(pollfd{fd, p->tls.events(static_cast<short>((p->close_after_flush ? 0 : POLLIN) | (p->wire.empty() ? 0 : POLLOUT))), 0});
+  while (!stopping_or_later()) {
+    peer_poll_set(fds);
     int n = ::poll(fds.data(), fds.size(), 100);
-    if (stopping_) break;
+    if (stopping_or_later()) break;
     if (n < 0) {
       if (errno != EINTR) log(LogLevel::Error, "poll (peers): " + errno_text(errno));
       continue;
@@ -14395,17 +14889,7 @@ inline void Runtime::peer_loop() {
       }
     }
     if (fds[1].revents & POLLIN) accept_peers();
-    std::vector<int> close_peers;
-    for (std::size_t i = 2; i < fds.size(); ++i) {
-      if (!fds[i].revents) continue;
-      auto it = peers_in_.find(fds[i].fd);
-      if (it == peers_in_.end()) continue;
-      PeerConn& p = *it->second;
-      bool ok = true;
-      if (p.tls.ready(fds[i].revents) & (POLLIN | POLLHUP | POLLERR)) ok = read_peer(p);
-      if (ok && !p.wire.empty()) ok = flush_out(p.fd, p.tls, p.wire);
-      if (!ok || (p.close_after_flush && p.wire.empty())) close_peers.push_back(p.fd);
-    }
+    const std::vector<int> close_peers = serve_ready_peers(fds);
     flush_batched(peer_batch_);  // the writes forwarded to this leader (FWD)
     for (int fd : close_peers) {
       ::close(fd);
@@ -14414,15 +14898,7 @@ inline void Runtime::peer_loop() {
     auto now = std::chrono::steady_clock::now();
     if (now - last_expiry > std::chrono::milliseconds(100)) {
       last_expiry = now;
-      // A peer connection that has not said HELLO in time is dropped (descriptors are finite).
-      for (auto it = peers_in_.begin(); it != peers_in_.end();) {
-        if (!it->second->welcomed && now - it->second->accepted > std::chrono::milliseconds(scaled(cfg_.send_timeout_ms))) {
-          ::close(it->first);
-          it = peers_in_.erase(it);
-        } else {
-          ++it;
-        }
-      }
+      drop_silent_peers(now);
     }
   }
 }
@@ -14521,6 +14997,53 @@ inline bool Runtime::take_peer_bytes(PeerConn& p, const char* data, std::size_t 
   return true;
 }
 
+// The whole messages read from `p`: RAFT messages are collected in `inbound` (stepped
+// together, under one core_mu_), the others handled at once. False: close the connection.
+inline bool Runtime::parse_peer_messages(PeerConn& p, std::vector<Message>& inbound) {
+  while (p.welcomed) {
+    resp::Status st = p.parser.next(p.argv);
+    if (st == resp::Status::NeedMore) break;
+    if (st == resp::Status::Error) {
+      log(LogLevel::Warning, "peer connection from " + (p.node.empty() ? std::string("?") : p.node) +
+                                 " sent malformed RESP (" + p.parser.error() + "): closing it");
+      return false;
+    }
+    if (p.argv.empty()) continue;
+    if (p.close_after_flush) break;  // refused: nothing more is read
+    if (p.welcomed && !p.join_only && p.argv[0] == "RAFT") {
+      Message m;
+      std::string error;
+      if (!decode_raft(p.argv, m, error)) {
+        log(LogLevel::Warning, "peer " + p.node + ": " + error + ": closing the connection");
+        return false;
+      }
+      m.from = p.node;
+      m.to = cfg_.id;
+      m.server_id = p.server_id;
+      inbound.push_back(std::move(m));
+      continue;
+    }
+    if (!handle_peer_message(p, p.argv)) return false;
+  }
+  return true;
+}
+
+// Steps a connection's Raft messages into the core and drives it. False: close the connection.
+inline bool Runtime::step_peer_messages(const PeerConn& p, const std::vector<Message>& inbound) {
+  std::lock_guard<std::mutex> lock(core_mu_);
+  if (failed_) return true;
+  bool ok = true;
+  try {
+    for (const auto& m : inbound) core_->step(m);
+  } catch (const std::exception& e) {
+    // decode_raft refuses what the core cannot take; this is a last resort.
+    log(LogLevel::Error, "peer " + p.node + " sent a message the core refused (" + e.what() + "): closing");
+    ok = false;
+  }
+  drive();
+  return ok;
+}
+
 inline bool Runtime::read_peer(PeerConn& p) {
   char buf[65536];
   std::size_t total = 0;
@@ -14544,50 +15067,8 @@ inline bool Runtime::read_peer(PeerConn& p) {
   // The session is open: the handshake's HELLO is handled as before (WELCOME or a refusal).
   if (ok && p.session.is_open() && !p.welcomed && !p.close_after_flush) ok = handle_peer_message(p, p.hello);
   std::vector<Message> inbound;
-  for (;;) {
-    if (!ok || !p.welcomed) break;
-    resp::Status st = p.parser.next(p.argv);
-    if (st == resp::Status::NeedMore) break;
-    if (st == resp::Status::Error) {
-      log(LogLevel::Warning, "peer connection from " + (p.node.empty() ? std::string("?") : p.node) +
-                                 " sent malformed RESP (" + p.parser.error() + "): closing it");
-      ok = false;
-      break;
-    }
-    if (p.argv.empty()) continue;
-    if (p.close_after_flush) break;  // refused: nothing more is read
-    if (p.welcomed && !p.join_only && p.argv[0] == "RAFT") {
-      Message m;
-      std::string error;
-      if (!decode_raft(p.argv, m, error)) {
-        log(LogLevel::Warning, "peer " + p.node + ": " + error + ": closing the connection");
-        ok = false;
-        break;
-      }
-      m.from = p.node;
-      m.to = cfg_.id;
-      m.server_id = p.server_id;
-      inbound.push_back(std::move(m));
-      continue;
-    }
-    if (!handle_peer_message(p, p.argv)) {
-      ok = false;
-      break;
-    }
-  }
-  if (!inbound.empty()) {
-    std::lock_guard<std::mutex> lock(core_mu_);
-    if (!failed_) {
-      try {
-        for (const auto& m : inbound) core_->step(m);
-      } catch (const std::exception& e) {
-        // decode_raft refuses what the core cannot take; this is a last resort.
-        log(LogLevel::Error, "peer " + p.node + " sent a message the core refused (" + e.what() + "): closing");
-        ok = false;
-      }
-      drive();
-    }
-  }
+  if (ok) ok = parse_peer_messages(p, inbound);
+  if (!inbound.empty() && !step_peer_messages(p, inbound)) ok = false;
   // What the handlers answered (WELCOME, a refusal, JOIN's answer) goes out sealed.
   if (p.session.is_open() && !p.out.empty()) {
     p.session.seal(p.out, p.wire);
@@ -14596,48 +15077,49 @@ inline bool Runtime::read_peer(PeerConn& p) {
   return ok && !eof;
 }
 
+// The first message on an authenticated connection: the peer's HELLO, checked against this
+// node (its id, its cluster); answered +WELCOME or refused (and closed after the answer).
+inline bool Runtime::welcome_peer(PeerConn& p, const std::vector<std::string>& w) {
+  auto refuse = [&](const std::string& why) {
+    resp::write_error(p.out, "ERR " + why);
+    p.close_after_flush = true;
+    log(LogLevel::Warning, "refused a peer connection: " + why);
+    return true;
+  };
+  // The HELLO of the handshake (peer_handshake): the peer proved it holds our secret.
+  if (w[0] != "HELLO" || w.size() != 8) return refuse("expected HELLO");
+  if (w[3].empty() || w[3] == cfg_.id) return refuse("peer says it is node '" + w[3] + "' (this node's id)");
+  HostPort hp;
+  std::string error;
+  if (!parse_host_port(w[5], hp, error)) return refuse(error);
+  std::string ours;
+  {
+    std::lock_guard<std::mutex> lock(core_mu_);
+    ours = identity_.cluster_id;
+  }
+  if (!w[2].empty() && !ours.empty() && w[2] != ours)
+    return refuse("node " + w[3] + " belongs to cluster " + w[2] + ", this node to " + ours);
+  // A joiner: it may only ask to join. (Between two joiners too: neither is in a cluster, and
+  // what one could send the other would capture it.)
+  if (w[2].empty()) p.join_only = true;
+  // We are the joiner: the cluster id comes only with the answer to our JOIN, from the member
+  // we asked (joiner_loop). Anyone else could claim any cluster and capture this node. A
+  // leader's link that comes first is refused and tries again once we know the id.
+  if (!w[2].empty() && ours.empty())
+    return refuse("node " + w[3] + " says it is of cluster " + w[2] + ", and this node has not joined one: it "
+                  "learns its cluster id from the member it asks to join");
+  p.node = w[3];
+  p.server_id = w[4];
+  p.address = w[5];
+  links_.learn_address(p.node, p.address);
+  p.welcomed = true;
+  resp::write_simple(p.out, "WELCOME");
+  return true;
+}
+
 inline bool Runtime::handle_peer_message(PeerConn& p, std::vector<std::string>& w) {
   const std::string& kind = w[0];
-  if (!p.welcomed) {
-    auto refuse = [&](const std::string& why) {
-      resp::write_error(p.out, "ERR " + why);
-      p.close_after_flush = true;
-      log(LogLevel::Warning, "refused a peer connection: " + why);
-      return true;
-    };
-    // The HELLO of the handshake (peer_handshake): the peer proved it holds our secret.
-    if (kind != "HELLO" || w.size() != 8) return refuse("expected HELLO");
-    if (w[3].empty() || w[3] == cfg_.id) return refuse("peer says it is node '" + w[3] + "' (this node's id)");
-    HostPort hp;
-    std::string error;
-    if (!parse_host_port(w[5], hp, error)) return refuse(error);
-    std::string ours;
-    {
-      std::lock_guard<std::mutex> lock(core_mu_);
-      ours = identity_.cluster_id;
-    }
-    if (!w[2].empty() && !ours.empty() && w[2] != ours)
-      return refuse("node " + w[3] + " belongs to cluster " + w[2] + ", this node to " + ours);
-    // A joiner: it may only ask to join. (Between two joiners too: neither is in a cluster, and
-    // what one could send the other would capture it.)
-    if (w[2].empty()) p.join_only = true;
-    // We are the joiner: the cluster id comes only with the answer to our JOIN, from the member
-    // we asked (joiner_loop). Anyone else could claim any cluster and capture this node. A
-    // leader's link that comes first is refused and tries again once we know the id.
-    if (!w[2].empty() && ours.empty())
-      return refuse("node " + w[3] + " says it is of cluster " + w[2] + ", and this node has not joined one: it "
-                    "learns its cluster id from the member it asks to join");
-    p.node = w[3];
-    p.server_id = w[4];
-    p.address = w[5];
-    {
-      std::lock_guard<std::mutex> lock(links_mu_);
-      if (!addresses_.count(p.node)) addresses_[p.node] = p.address;
-    }
-    p.welcomed = true;
-    resp::write_simple(p.out, "WELCOME");
-    return true;
-  }
+  if (!p.welcomed) return welcome_peer(p, w);
   if (kind == "JOIN" && w.size() == 4) {
     resp::write(p.out, handle_join(w), 2);
     return true;
@@ -14715,73 +15197,79 @@ inline void Runtime::joiner_loop() {
     auto slash = e.find('/');
     targets.push_back(slash == std::string::npos ? e : e.substr(slash + 1));
   }
-  std::string moved;
+  std::optional<std::string> moved;
   std::size_t next = 0;
-  while (!stopping_) {
+  while (!stopping_or_later()) {
     {
       // Until a committed configuration names us: an entry adding us that a new leader never
       // had is cut again, and then nobody would contact us.
       std::lock_guard<std::mutex> lock(core_mu_);
       if (committed_member()) break;
     }
-    std::string target = moved.empty() ? targets[next++ % targets.size()] : moved;
-    moved.clear();
-    HostPort hp;
-    std::string error;
-    std::string outcome;
-    if (parse_host_port(target, hp, error)) {
-      int fd = connect_tcp(host_.host, hp.host, hp.port + 1, scaled(cfg_.send_timeout_ms), error, stop_fd());
-      if (fd >= 0) {
-        set_send_timeout(fd, scaled(cfg_.send_timeout_ms));
-        // The handshake first (whoever is there: `to` is empty); JOIN goes sealed after it.
-        PeerSession session;
-        Tls tls;
-        bool refused = false;
-        std::string join;
-        resp::ReplyParser parser;
-        resp::Value welcome, reply;
-        if (!secure_to_peer(fd, hp.host, tls, error) || !handshake_as_connector(fd, tls, "", session, error, refused)) {
-          welcome = resp::Value::error(error);
-        } else {
-          std::string plain;
-          resp::write_command(plain, {"JOIN", cfg_.id, cfg_.address, identity_.server_id});
-          session.seal(plain, join);
-        }
-        if (session.is_open() && send_all(fd, join.data(), join.size(), &tls) &&
-            recv_sealed_value(fd, session, parser, welcome, scaled(cfg_.send_timeout_ms), stop_fd(), error, &tls) &&
-            !welcome.is_error() &&
-            recv_sealed_value(fd, session, parser, reply, scaled(cfg_.send_timeout_ms), stop_fd(), error, &tls)) {
-          if (reply.type == resp::Type::SimpleString && reply.str.rfind("OK ", 0) == 0) {
-            adopt_cluster_id(reply.str.substr(3));
-            outcome = "accepted";
-          } else if (reply.is_error() && reply.str.rfind("MOVED ", 0) == 0) {
-            auto sp = reply.str.rfind(' ');
-            moved = reply.str.substr(sp + 1);
-            outcome = "redirected to " + moved;
-            ::close(fd);
-            std::unique_lock<std::mutex> lock(life_mu_);  // no tight loop between two nodes
-            life_cv_.wait_for(lock, std::chrono::milliseconds(scaled(50)), [&] { return stopping_.load(); });
-            continue;
-          } else {
-            outcome = reply.str;
-          }
-        } else {
-          outcome = welcome.is_error() ? welcome.str : "no answer";
-        }
-        ::close(fd);
-      } else {
-        outcome = error;
-      }
-    } else {
-      outcome = error;
+    std::string target = moved && !moved->empty() ? *moved : targets[next++ % targets.size()];
+    moved.reset();
+    const std::string outcome = ask_to_join(target, moved);
+    if (moved) {
+      std::unique_lock<std::mutex> lock(life_mu_);  // no tight loop between two nodes
+      life_cv_.wait_for(lock, std::chrono::milliseconds(scaled(50)), [&] { return stopping_or_later(); });
+      continue;
     }
     log(LogLevel::Info, "asked " + target + " to join: " + outcome);
     std::unique_lock<std::mutex> lock(life_mu_);
-    life_cv_.wait_for(lock, std::chrono::milliseconds(scaled(cfg_.join_retry_ms)), [&] { return stopping_.load(); });
+    life_cv_.wait_for(lock, std::chrono::milliseconds(scaled(cfg_.join_retry_ms)), [&] { return stopping_or_later(); });
   }
 }
 
+// One JOIN: connects to `target`'s peer port, runs the handshake (whoever is there: `to` is
+// empty), sends JOIN sealed after it. What happened, for the log; `moved` is set to the
+// address a member redirected us to (-MOVED: ask that one next).
+inline std::string Runtime::ask_to_join(const std::string& target, std::optional<std::string>& moved) {
+  HostPort hp;
+  std::string error;
+  if (!parse_host_port(target, hp, error)) return error;
+  int fd = connect_tcp(host_.host, hp.host, hp.port + 1, scaled(cfg_.send_timeout_ms), error, stop_fd());
+  if (fd < 0) return error;
+  set_send_timeout(fd, scaled(cfg_.send_timeout_ms));
+  PeerSession session;
+  Tls tls;
+  bool refused = false;
+  std::string join;
+  resp::ReplyParser parser;
+  resp::Value welcome, reply;
+  if (!secure_to_peer(fd, hp.host, tls, error) || !handshake_as_connector(fd, tls, "", session, error, refused)) {
+    welcome = resp::Value::error(error);
+  } else {
+    std::string plain;
+    resp::write_command(plain, {"JOIN", cfg_.id, cfg_.address, identity_.server_id});
+    session.seal(plain, join);
+  }
+  std::string outcome;
+  if (session.is_open() && send_all(fd, join.data(), join.size(), &tls) &&
+      recv_sealed_value(fd, session, parser, welcome, scaled(cfg_.send_timeout_ms), stop_fd(), error, &tls) &&
+      !welcome.is_error() &&
+      recv_sealed_value(fd, session, parser, reply, scaled(cfg_.send_timeout_ms), stop_fd(), error, &tls)) {
+    if (reply.type == resp::Type::SimpleString && reply.str.rfind("OK ", 0) == 0) {
+      adopt_cluster_id(reply.str.substr(3));
+      outcome = "accepted";
+    } else if (reply.is_error() && reply.str.rfind("MOVED ", 0) == 0) {
+      auto sp = reply.str.rfind(' ');
+      moved = reply.str.substr(sp + 1);
+      outcome = "redirected to " + *moved;
+    } else {
+      outcome = reply.str;
+    }
+  } else {
+    outcome = welcome.is_error() ? welcome.str : "no answer";
+  }
+  ::close(fd);
+  return outcome;
+}
+
 }  // namespace detail
+}  // namespace raft
+// ---- src/raft/5p_node.hpp ----
+
+namespace raft {
 
 // ---- Config ---------------------------------------------------------------------------------
 
@@ -14986,162 +15474,199 @@ inline std::string usage(const std::string& program) {
          "  ex) " + program + " -i 2 -a 127.0.0.1:5020 -e 127.0.0.1:5010\n";
 }
 
+namespace detail {
+
+// What parse_args keeps while it reads the options.
+struct ArgsState {
+  ParsedArgs& out;
+  const char* secret_from = nullptr;  // the option that gave the peer secret
+};
+
+// One option of the default command line: its names, whether a value follows it, and what
+// it does (an empty string: done; otherwise the error, and parsing stops). `option` is the
+// name as given; `value` is empty for an option without one. A new option is a line here
+// (and one in usage()).
+struct CommandLineOption {
+  std::vector<std::string> names;
+  bool takes_value;
+  std::string (*apply)(ArgsState& s, const std::string& option, const std::string& value);
+};
+
+// --secret-file PATH: the peer secret (and a second one, while secrets change) from a file.
+inline std::string read_secret_file(ArgsState& s, const std::string& option, const std::string& path) {
+  if (s.secret_from != nullptr) return "give the peer secret once (" + std::string(s.secret_from) + " and " + option + ")";
+  s.secret_from = "--secret-file";
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) return "cannot read the secret file " + path + ": " + std::strerror(errno);
+  std::string text;
+  char chunk[4096];
+  for (std::size_t n; (n = std::fread(chunk, 1, sizeof chunk, f)) > 0;) text.append(chunk, n);
+  struct stat st{};
+  const bool open_to_others = ::fstat(fileno(f), &st) == 0 && (st.st_mode & 077) != 0;
+  std::fclose(f);
+  if (open_to_others) s.out.warnings.push_back("the secret file " + path + " can be read by other users: chmod 600 " + path);
+  Config& c = s.out.config;
+  const std::string error = parse_secrets(text, c.secret, c.second_secret);
+  return error.empty() ? error : "the secret file " + path + " " + error;
+}
+
+// The options that take a count (clients, seconds).
+inline std::string set_count_option(ArgsState& s, const std::string& a, const std::string& v) {
+  std::uint64_t n = 0;
+  if (!parse_number(v, n) || n > (std::uint64_t{1} << 31)) return a + " needs a number, not '" + v + "'";
+  Config& c = s.out.config;
+  if (a == "--maxclients") c.max_clients = static_cast<std::size_t>(n);
+  if (a == "--timeout") c.client_timeout_s = static_cast<int>(n);
+  if (a == "--partial-command-timeout") c.partial_command_timeout_s = static_cast<int>(n);
+  if (a == "--checkpoint-interval") c.checkpoint_interval_s = static_cast<int>(n);
+  return "";
+}
+
+// The options that take a size in bytes, with Redis's units.
+inline std::string set_size_option(ArgsState& s, const std::string& a, const std::string& v) {
+  std::uint64_t n = 0;
+  if (!parse_memory(v, n) || n > (std::uint64_t{1} << 62))
+    return a + " needs a size in bytes (units as Redis's: 100mb, 1gb), not '" + v + "'";
+  Config& c = s.out.config;
+  if (a == "--maxmemory") c.maxmemory = n;
+  if (a == "--client-query-buffer-limit") c.client_query_buffer_limit = static_cast<std::size_t>(n);
+  if (a == "--proto-max-bulk-len") c.client_limits.max_bulk_length = static_cast<std::size_t>(n);
+  if (a == "--max-command-bytes") c.max_command_bytes = static_cast<std::size_t>(n);
+  if (a == "--client-output-total-limit") c.max_total_client_output = static_cast<std::size_t>(n);
+  return "";
+}
+
+inline std::string set_log_level(ArgsState& s, const std::string&, const std::string& value) {
+  const std::string v = lower(value);
+  LogLevel& level = s.out.config.log_level;
+  if (v == "debug") level = LogLevel::Debug;
+  else if (v == "info") level = LogLevel::Info;
+  else if (v == "warning" || v == "warn") level = LogLevel::Warning;
+  else if (v == "error") level = LogLevel::Error;
+  else return "unknown log level '" + v + "'";
+  return "";
+}
+
+// -e LIST: the members to ask to join, comma-separated.
+inline std::string add_join_targets(ArgsState& s, const std::string&, const std::string& v) {
+  std::size_t start = 0;
+  while (start <= v.size()) {
+    auto comma = v.find(',', start);
+    std::string item = v.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    if (!item.empty()) s.out.config.join.push_back(item);
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return "";
+}
+
+// An option that sets one string of the Config.
+template <std::string Config::*field>
+std::string set_string_option(ArgsState& s, const std::string&, const std::string& v) {
+  s.out.config.*field = v;
+  return "";
+}
+
+inline const std::vector<CommandLineOption>& command_line_options() {
+  using S = ArgsState;
+  using Str = const std::string&;
+  static const std::vector<CommandLineOption> options = {
+      {{"-a", "--addr"}, true, set_string_option<&Config::address>},
+      {{"-i", "--nid"}, true, set_string_option<&Config::id>},
+      {{"-e", "--ensemble"}, true, add_join_targets},
+      {{"-d", "--data"}, true, set_string_option<&Config::data_dir>},
+      {{"-l", "--load"}, true, set_string_option<&Config::load_snapshot>},
+      {{"-s", "--secret"}, true,
+       [](S& s, Str a, Str v) {
+         s.out.config.secret = v;
+         if (s.secret_from != nullptr) return "give the peer secret once (" + std::string(s.secret_from) + " and " + a + ")";
+         s.secret_from = "-s";
+         s.out.warnings.push_back("the peer secret given with " + a +
+                                  " shows in ps to every local user: use --secret-file PATH or RAFT_SECRET instead");
+         return std::string();
+       }},
+      {{"--requirepass"}, true, set_string_option<&Config::requirepass>},
+      {{"--user"}, true, [](S& s, Str, Str v) { s.out.config.users.push_back(v); return std::string(); }},
+      {{"--protected-mode"}, true,
+       [](S& s, Str, Str value) {
+         const std::string v = lower(value);
+         if (v != "yes" && v != "no") return "--protected-mode takes yes or no, not '" + v + "'";
+         s.out.config.protected_mode = v == "yes";
+         return std::string();
+       }},
+      {{"--tls-cert-file"}, true, set_string_option<&Config::tls_cert_file>},
+      {{"--tls-key-file"}, true, set_string_option<&Config::tls_key_file>},
+      {{"--tls-ca-cert-file"}, true, set_string_option<&Config::tls_ca_cert_file>},
+      {{"--tls-auth-clients"}, true,
+       [](S& s, Str, Str value) {
+         const std::string v = lower(value);
+         if (v != "yes" && v != "no" && v != "optional")
+           return "--tls-auth-clients takes yes, no or optional, not '" + v + "'";
+         s.out.config.tls_auth_clients =
+             v == "yes" ? TlsAuthClients::Yes : v == "no" ? TlsAuthClients::No : TlsAuthClients::Optional;
+         return std::string();
+       }},
+      {{"--secret-file"}, true, read_secret_file},
+      {{"--insecure-peers"}, false, [](S& s, Str, Str) { s.out.config.insecure_peers = true; return std::string(); }},
+      {{"--maxclients", "--timeout", "--partial-command-timeout", "--checkpoint-interval"}, true, set_count_option},
+      {{"--maxmemory", "--client-query-buffer-limit", "--proto-max-bulk-len", "--max-command-bytes",
+        "--client-output-total-limit"},
+       true, set_size_option},
+      {{"--maxmemory-policy"}, true,
+       [](S&, Str, Str v) {
+         return lower(v) == "noeviction" ? std::string()
+                                         : "--maxmemory-policy: only noeviction is supported, not '" + v + "'";
+       }},
+      {{"--time-scale"}, true,
+       [](S& s, Str, Str v) {
+         char* end = nullptr;
+         double& scale = s.out.config.time_scale;
+         scale = std::strtod(v.c_str(), &end);
+         if (end == v.c_str() || *end != '\0' || !(scale > 0)) return "--time-scale needs a positive number, not '" + v + "'";
+         return std::string();
+       }},
+      {{"--loglevel", "-loglevel"}, true, set_log_level},
+  };
+  return options;
+}
+
+inline const CommandLineOption* find_command_line_option(const std::string& name) {
+  for (const CommandLineOption& o : command_line_options())
+    for (const std::string& n : o.names)
+      if (n == name) return &o;
+  return nullptr;
+}
+
+}  // namespace detail
+
 inline ParsedArgs parse_args(int argc, char** argv) {
   ParsedArgs out;
   Config& c = out.config;
-  const char* secret_from = nullptr;  // the option that gave the peer secret
+  detail::ArgsState state{out};
   for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto value = [&](std::string& dst) {
-      if (i + 1 >= argc) {
-        out.error = "option " + a + " needs a value";
-        return false;
-      }
-      dst = argv[++i];
-      return true;
-    };
-    std::string v;
+    const std::string a = argv[i];
     if (a == "-h" || a == "--help") {
       out.help = true;
       return out;
-    } else if (a == "-a" || a == "--addr") {
-      if (!value(c.address)) return out;
-    } else if (a == "-i" || a == "--nid") {
-      if (!value(c.id)) return out;
-    } else if (a == "-e" || a == "--ensemble") {
-      if (!value(v)) return out;
-      std::size_t start = 0;
-      while (start <= v.size()) {
-        auto comma = v.find(',', start);
-        std::string item = v.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-        if (!item.empty()) c.join.push_back(item);
-        if (comma == std::string::npos) break;
-        start = comma + 1;
-      }
-    } else if (a == "-d" || a == "--data") {
-      if (!value(c.data_dir)) return out;
-    } else if (a == "-l" || a == "--load") {
-      if (!value(c.load_snapshot)) return out;
-    } else if (a == "-s" || a == "--secret") {
-      if (!value(c.secret)) return out;
-      if (secret_from != nullptr) {
-        out.error = "give the peer secret once (" + std::string(secret_from) + " and " + a + ")";
-        return out;
-      }
-      secret_from = "-s";
-      out.warnings.push_back("the peer secret given with " + a +
-                             " shows in ps to every local user: use --secret-file PATH or RAFT_SECRET instead");
-    } else if (a == "--requirepass") {
-      if (!value(c.requirepass)) return out;
-    } else if (a == "--user") {
-      if (!value(v)) return out;
-      c.users.push_back(v);
-    } else if (a == "--protected-mode") {
-      if (!value(v)) return out;
-      v = detail::lower(v);
-      if (v != "yes" && v != "no") {
-        out.error = "--protected-mode takes yes or no, not '" + v + "'";
-        return out;
-      }
-      c.protected_mode = v == "yes";
-    } else if (a == "--tls-cert-file") {
-      if (!value(c.tls_cert_file)) return out;
-    } else if (a == "--tls-key-file") {
-      if (!value(c.tls_key_file)) return out;
-    } else if (a == "--tls-ca-cert-file") {
-      if (!value(c.tls_ca_cert_file)) return out;
-    } else if (a == "--tls-auth-clients") {
-      if (!value(v)) return out;
-      v = detail::lower(v);
-      if (v != "yes" && v != "no" && v != "optional") {
-        out.error = "--tls-auth-clients takes yes, no or optional, not '" + v + "'";
-        return out;
-      }
-      c.tls_auth_clients = v == "yes" ? TlsAuthClients::Yes : v == "no" ? TlsAuthClients::No : TlsAuthClients::Optional;
-    } else if (a == "--secret-file") {
-      if (!value(v)) return out;
-      if (secret_from != nullptr) {
-        out.error = "give the peer secret once (" + std::string(secret_from) + " and " + a + ")";
-        return out;
-      }
-      secret_from = "--secret-file";
-      std::FILE* f = std::fopen(v.c_str(), "rb");
-      if (f == nullptr) {
-        out.error = "cannot read the secret file " + v + ": " + std::strerror(errno);
-        return out;
-      }
-      std::string text;
-      char chunk[4096];
-      for (std::size_t n; (n = std::fread(chunk, 1, sizeof chunk, f)) > 0;) text.append(chunk, n);
-      struct stat st{};
-      const bool open_to_others = ::fstat(fileno(f), &st) == 0 && (st.st_mode & 077) != 0;
-      std::fclose(f);
-      if (open_to_others)
-        out.warnings.push_back("the secret file " + v + " can be read by other users: chmod 600 " + v);
-      out.error = detail::parse_secrets(text, c.secret, c.second_secret);
-      if (!out.error.empty()) {
-        out.error = "the secret file " + v + " " + out.error;
-        return out;
-      }
-    } else if (a == "--insecure-peers") {
-      c.insecure_peers = true;
-    } else if (a == "--maxclients" || a == "--timeout" || a == "--partial-command-timeout" ||
-               a == "--checkpoint-interval") {
-      if (!value(v)) return out;
-      std::uint64_t n = 0;
-      if (!detail::parse_number(v, n) || n > (std::uint64_t{1} << 31)) {
-        out.error = a + " needs a number, not '" + v + "'";
-        return out;
-      }
-      if (a == "--maxclients") c.max_clients = static_cast<std::size_t>(n);
-      if (a == "--timeout") c.client_timeout_s = static_cast<int>(n);
-      if (a == "--partial-command-timeout") c.partial_command_timeout_s = static_cast<int>(n);
-      if (a == "--checkpoint-interval") c.checkpoint_interval_s = static_cast<int>(n);
-    } else if (a == "--maxmemory" || a == "--client-query-buffer-limit" || a == "--proto-max-bulk-len" ||
-               a == "--max-command-bytes" || a == "--client-output-total-limit") {
-      if (!value(v)) return out;
-      std::uint64_t n = 0;
-      if (!detail::parse_memory(v, n) || n > (std::uint64_t{1} << 62)) {
-        out.error = a + " needs a size in bytes (units as Redis's: 100mb, 1gb), not '" + v + "'";
-        return out;
-      }
-      if (a == "--maxmemory") c.maxmemory = n;
-      if (a == "--client-query-buffer-limit") c.client_query_buffer_limit = static_cast<std::size_t>(n);
-      if (a == "--proto-max-bulk-len") c.client_limits.max_bulk_length = static_cast<std::size_t>(n);
-      if (a == "--max-command-bytes") c.max_command_bytes = static_cast<std::size_t>(n);
-      if (a == "--client-output-total-limit") c.max_total_client_output = static_cast<std::size_t>(n);
-    } else if (a == "--maxmemory-policy") {
-      if (!value(v)) return out;
-      if (detail::lower(v) != "noeviction") {
-        out.error = "--maxmemory-policy: only noeviction is supported, not '" + v + "'";
-        return out;
-      }
-    } else if (a == "--time-scale") {
-      if (!value(v)) return out;
-      char* end = nullptr;
-      c.time_scale = std::strtod(v.c_str(), &end);
-      if (end == v.c_str() || *end != '\0' || !(c.time_scale > 0)) {
-        out.error = "--time-scale needs a positive number, not '" + v + "'";
-        return out;
-      }
-    } else if (a == "--loglevel" || a == "-loglevel") {
-      if (!value(v)) return out;
-      v = detail::lower(v);
-      if (v == "debug") c.log_level = LogLevel::Debug;
-      else if (v == "info") c.log_level = LogLevel::Info;
-      else if (v == "warning" || v == "warn") c.log_level = LogLevel::Warning;
-      else if (v == "error") c.log_level = LogLevel::Error;
-      else {
-        out.error = "unknown log level '" + v + "'";
-        return out;
-      }
-    } else {
+    }
+    const detail::CommandLineOption* option = detail::find_command_line_option(a);
+    if (option == nullptr) {
       out.error = "unknown option '" + a + "'";
       return out;
     }
+    std::string value;
+    if (option->takes_value) {
+      if (i + 1 >= argc) {
+        out.error = "option " + a + " needs a value";
+        return out;
+      }
+      value = argv[++i];
+    }
+    out.error = option->apply(state, a, value);
+    if (!out.error.empty()) return out;
   }
   const char* env = std::getenv("RAFT_SECRET");
-  if (secret_from == nullptr && env != nullptr && *env != '\0') {
+  if (state.secret_from == nullptr && env != nullptr && *env != '\0') {
     out.error = detail::parse_secrets(env, c.secret, c.second_secret);
     if (!out.error.empty()) {
       out.error = "RAFT_SECRET " + out.error;
