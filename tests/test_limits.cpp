@@ -343,7 +343,11 @@ TEST_CASE("max-command-bytes (16 MiB by default): a write just over it is refuse
   CHECK(show(f.call(over, proc::scaled(30000))) == refusal);
   CHECK(show(l.call({"PING"})) == "PONG");
   CHECK(show(f.call({"PING"})) == "PONG");
-  CHECK(show(f.call(fits, proc::scaled(30000))) == "OK");
+  // Through the follower. On a loaded machine a 16 MiB entry may take longer to commit than
+  // the follower waits for its forward (append + election timeout): then the answer is
+  // -TIMEOUT, outcome unknown, as documented; either way it must replicate.
+  const std::string through_follower = show(f.call(fits, proc::scaled(30000)));
+  CHECK((through_follower == "OK" || through_follower.rfind("-TIMEOUT", 0) == 0));
   for (int i = 1; i <= 3; ++i) {
     INFO("node " << i);
     CHECK(in_process::eventually(in_process::scaled(30000), [&] { return in_process::stored(c[i], "b") == fits[4]; }));
