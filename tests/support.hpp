@@ -16,10 +16,12 @@
 #include <fstream>
 #include <future>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace test_support {
 
@@ -180,5 +182,32 @@ inline std::string typed(const resp::Value& v) {
   }
   return "?";
 }
+
+// ---- the built-in commands without a node -----------------------------------------------
+
+/// A Store with the built-in command table, each handler called as the runtime calls it when
+/// it applies an entry: at `now` (an entry's timestamp, ms), with the entry's `index` and
+/// `term`, the memory count settled after a write.
+///
+///   Db db;
+///   CHECK(db({"set", "k", "v"}) == "+OK");   // typed(): see above
+struct Db {
+  raft::Store store;
+  raft::CommandTable table;
+  std::int64_t now = 1'700'000'000'000;
+  std::uint64_t index = 0, term = 0;
+
+  Db() { raft::add_builtin_commands(table); }
+
+  resp::Value reply(std::vector<std::string> words) {
+    const auto it = table.find(words.at(0));
+    if (it == table.end()) throw std::invalid_argument("no command " + words[0]);
+    raft::Call call{store, words, now, nullptr, index, term};
+    resp::Value r = it->second.fn(call);
+    if (it->second.is_write()) store.settle_memory();
+    return r;
+  }
+  std::string operator()(std::vector<std::string> words) { return typed(reply(std::move(words))); }
+};
 
 }  // namespace test_support

@@ -16,20 +16,7 @@ using test_support::typed;
 
 constexpr std::int64_t kT0 = 1'700'000'000'000;  // an entry timestamp, ms
 
-struct Db {
-  Store store;
-  raft::CommandTable table;
-  std::int64_t now = kT0;
-
-  Db() { raft::add_builtin_commands(table); }
-
-  std::string operator()(std::vector<std::string> words) {
-    raft::Call call{store, words, now, nullptr};
-    const auto it = table.find(words[0]);
-    REQUIRE(it != table.end());
-    return typed(it->second.fn(call));
-  }
-};
+using test_support::Db;
 
 const char* const kWrongType = "-WRONGTYPE Operation against a key holding the wrong kind of value";
 const char* const kNotInteger = "-ERR value is not an integer or out of range";

@@ -20,21 +20,7 @@ using test_support::typed;
 
 constexpr std::int64_t kT0 = 1'700'000'000'000;  // an entry timestamp, ms
 
-struct Db {
-  Store store;
-  raft::CommandTable table;
-  std::int64_t now = kT0;
-
-  Db() { raft::add_builtin_commands(table); }
-
-  resp::Value reply(std::vector<std::string> words) {
-    raft::Call call{store, words, now, nullptr};
-    const auto it = table.find(words[0]);
-    REQUIRE(it != table.end());
-    return it->second.fn(call);
-  }
-  std::string operator()(std::vector<std::string> words) { return typed(reply(std::move(words))); }
-};
+using test_support::Db;
 
 const char* const kWrongType = "-WRONGTYPE Operation against a key holding the wrong kind of value";
 const char* const kSyntax = "-ERR syntax error";

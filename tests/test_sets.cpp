@@ -22,21 +22,9 @@ using Reply = resp::Value;
 
 constexpr std::int64_t kT0 = 1'700'000'000'000;
 
-struct Db {
-  Store store;
-  raft::CommandTable table;
-  std::uint64_t index = 0, term = 0;
-
-  Db() { raft::add_builtin_commands(table); }
-
-  Reply call(std::vector<std::string> words) {
-    raft::Call c{store, words, kT0, nullptr, index, term};
-    const auto it = table.find(words[0]);
-    REQUIRE(it != table.end());
-    Reply r = it->second.fn(c);
-    if (it->second.is_write()) store.settle_memory();
-    return r;
-  }
+/// test_support::Db, whose replies these tests read as RESP bytes.
+struct Db : test_support::Db {
+  Reply call(std::vector<std::string> words) { return reply(std::move(words)); }
   /// The reply as RESP2 bytes (doubles as Redis 7.0 writes them), with \r\n shown as '|'.
   std::string operator()(std::vector<std::string> words, int protocol = 2) {
     std::string bytes = resp::encode(call(std::move(words)), protocol);
