@@ -298,6 +298,41 @@ struct Config {
   std::string validate() const;
 };
 
+/// What an administration call did (Node::add_learner, promote, remove,
+/// transfer_leadership). Nothing was changed unless ok():
+///
+///   if (auto r = node.promote("4"); !r) std::cerr << r.message << "\n";
+struct [[nodiscard]] AdminResult {
+  enum class Error : std::uint8_t {
+    None,
+    NotRunning,      // the node is not started, or has stopped
+    NotLeader,       // changes are made on the leader: `leader` names it, empty when none is known
+    InvalidAddress,  // add_learner: the address is not ip:port
+    Busy,            // another membership change is not committed yet (or the leader's first
+                     // entry of its term is not): retry
+    Transferring,    // leadership is being handed over: retry
+    NotAllowed,      // one voter changes at a time, a voter must remain, the member must exist
+    NoTarget,        // transfer_leadership(""): no other voter was heard from lately
+    InvalidTarget,   // transfer_leadership(id): `id` is not another voter of the cluster
+  };
+  Error error = Error::None;
+  /// Why it failed, as the commands RAFT.ADD ... reply it (a Redis error without the '-':
+  /// "MOVED 2 10.0.0.2:5020 ...", "TRYAGAIN ..."); empty on success.
+  std::string message;
+  /// add_learner, promote, remove: where the configuration entry went (it takes effect when
+  /// appended; it is committed later).
+  std::uint64_t index = 0;
+  std::uint64_t term = 0;
+  /// transfer_leadership: the voter leadership goes to (the leader's choice when none was named).
+  NodeId target;
+  /// NotLeader: the leader's id and client address, when one is known.
+  NodeId leader;
+  std::string leader_address;
+
+  bool ok() const { return error == Error::None; }
+  explicit operator bool() const { return ok(); }
+};
+
 namespace detail {
 class Runtime;
 }
@@ -368,12 +403,16 @@ class Node {
   std::future<Reply> execute_async(std::vector<std::string> words);
   Reply execute(std::vector<std::string> words);
 
-  // ---- administration (also the commands RAFT.ADD, RAFT.PROMOTE, RAFT.REMOVE,
-  //      RAFT.TRANSFER, RAFT.LEAVE and pyraft's add_node / del_node) ----
-  Reply add_learner(const NodeId& id, const std::string& address);
-  Reply promote(const NodeId& id);
-  Reply remove(const NodeId& id);
-  Reply transfer_leadership(const NodeId& to = "");
+  // ---- administration, on the leader (also the commands RAFT.ADD, RAFT.PROMOTE,
+  //      RAFT.REMOVE, RAFT.TRANSFER and pyraft's add_node / del_node) ----
+  /// Adds `id` at client address `address` as a learner (it then joins with -e).
+  AdminResult add_learner(const NodeId& id, const std::string& address);
+  /// Makes learner `id` a voter.
+  AdminResult promote(const NodeId& id);
+  /// Removes member `id` (a voter or a learner).
+  AdminResult remove(const NodeId& id);
+  /// Hands leadership to voter `to`; empty: the most up-to-date voter heard from lately.
+  AdminResult transfer_leadership(const NodeId& to = "");
 
   detail::Runtime& runtime() { return *rt_; }
 
@@ -11431,6 +11470,11 @@ class Runtime {
   }
 
   std::future<Reply> execute_async(std::vector<std::string> words);
+  // Administration (5k): Node's typed calls, and RAFT.* as their string layer (admin).
+  AdminResult add_learner(const NodeId& id, const std::string& address);
+  AdminResult promote(const NodeId& id);
+  AdminResult remove(const NodeId& id);
+  AdminResult transfer_leadership(const NodeId& to);
   Reply admin(const std::vector<std::string>& words);
 
   void log(LogLevel level, const std::string& message) const;
@@ -11708,6 +11752,8 @@ class Runtime {
   std::int64_t read_time(const ReadState& rs) const { return std::max(rs.time_ms, applied_timestamp_.load()); }
   Reply connection_command(ClientConn* conn, const std::vector<std::string>& words, bool& handled);
   static bool args_in(const std::vector<std::string>& w, std::size_t lo, std::size_t hi);
+  AdminResult admin_refusal() const;
+  AdminResult membership_result(const ProposeResult& proposed);
   static Reply admin_with_args(Runtime& rt, const std::vector<std::string>& w, std::size_t lo, std::size_t hi);
   Reply stop_on_request();
   static Reply set_readonly(ClientConn* conn, const std::vector<std::string>& w, bool readonly);
@@ -13697,42 +13743,96 @@ inline std::string Runtime::checkpoint_refusal() {
 
 // ---- administration, CONFIG and the connection commands -----------------------------------
 
-inline Reply Runtime::admin(const std::vector<std::string>& w) {
-  // w[0] is one of raft.add raft.promote raft.remove raft.transfer add_node del_node
-  std::lock_guard<std::mutex> lock(core_mu_);
-  if (core_->role() != Role::Leader) {
-    const Member* m = core_->config().find(core_->leader());
-    if (!m) return Reply::error("CLUSTERDOWN no leader is known; nothing was changed");
-    return Reply::error("MOVED " + m->id + " " + m->address + " membership changes are made on the leader");
-  }
-  ProposeResult res;
-  std::int64_t now = now_ms();
-  if (w[0] == "raft.add" || w[0] == "add_node") {
-    HostPort hp;
-    std::string error;
-    if (!parse_host_port(w[2], hp, error)) return Reply::error("ERR " + error);
-    const Member* old = core_->config().find(w[1]);
-    res = core_->add_learner(Member{w[1], w[2], old ? old->server_id : "", false}, now);
-  } else if (w[0] == "raft.promote") {
-    res = core_->promote(w[1], now);
-  } else if (w[0] == "raft.remove" || w[0] == "del_node") {
-    res = core_->remove(w[1], now);
-  } else if (w[0] == "raft.transfer") {
-    NodeId to = w.size() > 1 ? w[1] : "";
-    if (to.empty()) to = core_->best_transfer_target();
-    if (to.empty()) return Reply::error("ERR no other voter was heard from lately to hand leadership to; nothing was changed");
-    if (!core_->transfer_leadership(to)) return Reply::error("ERR cannot transfer leadership to '" + to + "'");
-    drive();
-    return Reply::ok();
-  }
-  switch (res.error) {
-    case ProposeResult::Error::None: drive(); return Reply::ok();
+// Node's typed administration calls; RAFT.ADD, RAFT.PROMOTE, RAFT.REMOVE, RAFT.TRANSFER and
+// pyraft's add_node / del_node are the string layer on top (admin).
+
+inline AdminResult admin_error(AdminResult::Error error, std::string message) {
+  AdminResult r;
+  r.error = error;
+  r.message = std::move(message);
+  return r;
+}
+
+// Under core_mu_: why this node cannot change the membership now (not running, not the leader).
+inline AdminResult Runtime::admin_refusal() const {
+  // life_ first: core_ is made before the node runs, and kept until it is destroyed.
+  const Lifecycle life = life_.load();
+  if (life == Lifecycle::New || life >= Lifecycle::Stopping || !core_)
+    return admin_error(AdminResult::Error::NotRunning, "ERR the node is not running; nothing was changed");
+  if (core_->role() == Role::Leader) return {};
+  const Member* m = core_->config().find(core_->leader());
+  if (!m) return admin_error(AdminResult::Error::NotLeader, "CLUSTERDOWN no leader is known; nothing was changed");
+  AdminResult r = admin_error(AdminResult::Error::NotLeader,
+                              "MOVED " + m->id + " " + m->address + " membership changes are made on the leader");
+  r.leader = m->id;
+  r.leader_address = m->address;
+  return r;
+}
+
+// Under core_mu_: the outcome of proposing a configuration change.
+inline AdminResult Runtime::membership_result(const ProposeResult& proposed) {
+  using E = AdminResult::Error;
+  switch (proposed.error) {
+    case ProposeResult::Error::None: {
+      drive();
+      AdminResult r;
+      r.index = proposed.id.index;
+      r.term = proposed.id.term;
+      return r;
+    }
     case ProposeResult::Error::NotReady:
     case ProposeResult::Error::ConfigPending:
-      return Reply::error("TRYAGAIN another membership change is in progress; nothing was changed");
-    case ProposeResult::Error::Transferring: return Reply::error("TRYAGAIN leadership is being transferred");
-    default: return Reply::error("ERR that change is not allowed (one voter at a time; a voter must remain)");
+      return admin_error(E::Busy, "TRYAGAIN another membership change is in progress; nothing was changed");
+    case ProposeResult::Error::Transferring: return admin_error(E::Transferring, "TRYAGAIN leadership is being transferred");
+    default: return admin_error(E::NotAllowed, "ERR that change is not allowed (one voter at a time; a voter must remain)");
   }
+}
+
+inline AdminResult Runtime::add_learner(const NodeId& id, const std::string& address) {
+  std::lock_guard<std::mutex> lock(core_mu_);
+  AdminResult allowed = admin_refusal();
+  if (!allowed) return allowed;
+  HostPort hp;
+  std::string error;
+  if (!parse_host_port(address, hp, error)) return admin_error(AdminResult::Error::InvalidAddress, "ERR " + error);
+  const Member* old = core_->config().find(id);
+  return membership_result(core_->add_learner(Member{id, address, old ? old->server_id : "", false}, now_ms()));
+}
+
+inline AdminResult Runtime::promote(const NodeId& id) {
+  std::lock_guard<std::mutex> lock(core_mu_);
+  AdminResult allowed = admin_refusal();
+  return allowed ? membership_result(core_->promote(id, now_ms())) : allowed;
+}
+
+inline AdminResult Runtime::remove(const NodeId& id) {
+  std::lock_guard<std::mutex> lock(core_mu_);
+  AdminResult allowed = admin_refusal();
+  return allowed ? membership_result(core_->remove(id, now_ms())) : allowed;
+}
+
+inline AdminResult Runtime::transfer_leadership(const NodeId& to) {
+  std::lock_guard<std::mutex> lock(core_mu_);
+  AdminResult r = admin_refusal();
+  if (!r) return r;
+  r.target = to.empty() ? core_->best_transfer_target() : to;
+  if (r.target.empty())
+    return admin_error(AdminResult::Error::NoTarget,
+                       "ERR no other voter was heard from lately to hand leadership to; nothing was changed");
+  if (!core_->transfer_leadership(r.target))
+    return admin_error(AdminResult::Error::InvalidTarget, "ERR cannot transfer leadership to '" + r.target + "'");
+  drive();
+  return r;
+}
+
+inline Reply Runtime::admin(const std::vector<std::string>& w) {
+  // w[0] is one of raft.add raft.promote raft.remove raft.transfer add_node del_node
+  AdminResult r;
+  if (w[0] == "raft.add" || w[0] == "add_node") r = add_learner(w[1], w[2]);
+  else if (w[0] == "raft.promote") r = promote(w[1]);
+  else if (w[0] == "raft.remove" || w[0] == "del_node") r = remove(w[1]);
+  else r = transfer_leadership(w.size() > 1 ? w[1] : "");
+  return r ? Reply::ok() : Reply::error(r.message);
 }
 
 // Every command handled here must have its ACL category in acl_command (an administration
@@ -15400,12 +15500,10 @@ inline std::string Node::info() const { return rt_->info(); }
 inline void Node::read(const std::function<void(const Store&)>& f) const { rt_->read(f); }
 inline std::future<Reply> Node::execute_async(std::vector<std::string> words) { return rt_->execute_async(std::move(words)); }
 inline Reply Node::execute(std::vector<std::string> words) { return rt_->execute_async(std::move(words)).get(); }
-inline Reply Node::add_learner(const NodeId& id, const std::string& address) { return rt_->admin({"raft.add", id, address}); }
-inline Reply Node::promote(const NodeId& id) { return rt_->admin({"raft.promote", id}); }
-inline Reply Node::remove(const NodeId& id) { return rt_->admin({"raft.remove", id}); }
-inline Reply Node::transfer_leadership(const NodeId& to) {
-  return to.empty() ? rt_->admin({"raft.transfer"}) : rt_->admin({"raft.transfer", to});
-}
+inline AdminResult Node::add_learner(const NodeId& id, const std::string& address) { return rt_->add_learner(id, address); }
+inline AdminResult Node::promote(const NodeId& id) { return rt_->promote(id); }
+inline AdminResult Node::remove(const NodeId& id) { return rt_->remove(id); }
+inline AdminResult Node::transfer_leadership(const NodeId& to) { return rt_->transfer_leadership(to); }
 
 // ---- the default command line -----------------------------------------------------------------
 

@@ -246,10 +246,10 @@ TEST_CASE("a forward whose answer was lost is answered by the next leader with t
   REQUIRE(eventually(long_wait(), [&] { return stored(t.c[t.leader], "n") == "1"; }));
 
   // Leadership moves to the third node; the follower hears of it and sends its write there.
-  raft::Reply moved;
+  raft::AdminResult moved;
   REQUIRE(eventually(long_wait(), [&] {
     moved = t.c[t.leader].transfer_leadership(t.id(t.third));
-    return is_ok(moved);
+    return moved.ok();
   }));
   REQUIRE(eventually(long_wait(), [&] { return t.c[t.follower].leader() == t.id(t.third); }));
   REQUIRE(ready_within(reply, long_wait()));

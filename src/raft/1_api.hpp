@@ -226,6 +226,41 @@ struct Config {
   std::string validate() const;
 };
 
+/// What an administration call did (Node::add_learner, promote, remove,
+/// transfer_leadership). Nothing was changed unless ok():
+///
+///   if (auto r = node.promote("4"); !r) std::cerr << r.message << "\n";
+struct [[nodiscard]] AdminResult {
+  enum class Error : std::uint8_t {
+    None,
+    NotRunning,      // the node is not started, or has stopped
+    NotLeader,       // changes are made on the leader: `leader` names it, empty when none is known
+    InvalidAddress,  // add_learner: the address is not ip:port
+    Busy,            // another membership change is not committed yet (or the leader's first
+                     // entry of its term is not): retry
+    Transferring,    // leadership is being handed over: retry
+    NotAllowed,      // one voter changes at a time, a voter must remain, the member must exist
+    NoTarget,        // transfer_leadership(""): no other voter was heard from lately
+    InvalidTarget,   // transfer_leadership(id): `id` is not another voter of the cluster
+  };
+  Error error = Error::None;
+  /// Why it failed, as the commands RAFT.ADD ... reply it (a Redis error without the '-':
+  /// "MOVED 2 10.0.0.2:5020 ...", "TRYAGAIN ..."); empty on success.
+  std::string message;
+  /// add_learner, promote, remove: where the configuration entry went (it takes effect when
+  /// appended; it is committed later).
+  std::uint64_t index = 0;
+  std::uint64_t term = 0;
+  /// transfer_leadership: the voter leadership goes to (the leader's choice when none was named).
+  NodeId target;
+  /// NotLeader: the leader's id and client address, when one is known.
+  NodeId leader;
+  std::string leader_address;
+
+  bool ok() const { return error == Error::None; }
+  explicit operator bool() const { return ok(); }
+};
+
 namespace detail {
 class Runtime;
 }
@@ -296,12 +331,16 @@ class Node {
   std::future<Reply> execute_async(std::vector<std::string> words);
   Reply execute(std::vector<std::string> words);
 
-  // ---- administration (also the commands RAFT.ADD, RAFT.PROMOTE, RAFT.REMOVE,
-  //      RAFT.TRANSFER, RAFT.LEAVE and pyraft's add_node / del_node) ----
-  Reply add_learner(const NodeId& id, const std::string& address);
-  Reply promote(const NodeId& id);
-  Reply remove(const NodeId& id);
-  Reply transfer_leadership(const NodeId& to = "");
+  // ---- administration, on the leader (also the commands RAFT.ADD, RAFT.PROMOTE,
+  //      RAFT.REMOVE, RAFT.TRANSFER and pyraft's add_node / del_node) ----
+  /// Adds `id` at client address `address` as a learner (it then joins with -e).
+  AdminResult add_learner(const NodeId& id, const std::string& address);
+  /// Makes learner `id` a voter.
+  AdminResult promote(const NodeId& id);
+  /// Removes member `id` (a voter or a learner).
+  AdminResult remove(const NodeId& id);
+  /// Hands leadership to voter `to`; empty: the most up-to-date voter heard from lately.
+  AdminResult transfer_leadership(const NodeId& to = "");
 
   detail::Runtime& runtime() { return *rt_; }
 

@@ -146,6 +146,11 @@ class Runtime {
   }
 
   std::future<Reply> execute_async(std::vector<std::string> words);
+  // Administration (5k): Node's typed calls, and RAFT.* as their string layer (admin).
+  AdminResult add_learner(const NodeId& id, const std::string& address);
+  AdminResult promote(const NodeId& id);
+  AdminResult remove(const NodeId& id);
+  AdminResult transfer_leadership(const NodeId& to);
   Reply admin(const std::vector<std::string>& words);
 
   void log(LogLevel level, const std::string& message) const;
@@ -423,6 +428,8 @@ class Runtime {
   std::int64_t read_time(const ReadState& rs) const { return std::max(rs.time_ms, applied_timestamp_.load()); }
   Reply connection_command(ClientConn* conn, const std::vector<std::string>& words, bool& handled);
   static bool args_in(const std::vector<std::string>& w, std::size_t lo, std::size_t hi);
+  AdminResult admin_refusal() const;
+  AdminResult membership_result(const ProposeResult& proposed);
   static Reply admin_with_args(Runtime& rt, const std::vector<std::string>& w, std::size_t lo, std::size_t hi);
   Reply stop_on_request();
   static Reply set_readonly(ClientConn* conn, const std::vector<std::string>& w, bool readonly);

@@ -130,12 +130,10 @@ inline std::string Node::info() const { return rt_->info(); }
 inline void Node::read(const std::function<void(const Store&)>& f) const { rt_->read(f); }
 inline std::future<Reply> Node::execute_async(std::vector<std::string> words) { return rt_->execute_async(std::move(words)); }
 inline Reply Node::execute(std::vector<std::string> words) { return rt_->execute_async(std::move(words)).get(); }
-inline Reply Node::add_learner(const NodeId& id, const std::string& address) { return rt_->admin({"raft.add", id, address}); }
-inline Reply Node::promote(const NodeId& id) { return rt_->admin({"raft.promote", id}); }
-inline Reply Node::remove(const NodeId& id) { return rt_->admin({"raft.remove", id}); }
-inline Reply Node::transfer_leadership(const NodeId& to) {
-  return to.empty() ? rt_->admin({"raft.transfer"}) : rt_->admin({"raft.transfer", to});
-}
+inline AdminResult Node::add_learner(const NodeId& id, const std::string& address) { return rt_->add_learner(id, address); }
+inline AdminResult Node::promote(const NodeId& id) { return rt_->promote(id); }
+inline AdminResult Node::remove(const NodeId& id) { return rt_->remove(id); }
+inline AdminResult Node::transfer_leadership(const NodeId& to) { return rt_->transfer_leadership(to); }
 
 // ---- the default command line -----------------------------------------------------------------
 
