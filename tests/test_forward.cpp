@@ -153,7 +153,7 @@ struct Three {
     // The follower's link to the leader is up, and forwarding works.
     REQUIRE(is_ok(c[follower].execute({"set", "warm", "1"})));
   }
-  raft::detail::Runtime& rt(int i) { return c[i].runtime(); }
+  raft::detail::Runtime& rt(int i) { return raft::testing::runtime(c[i]); }
   std::string id(int i) { return c[i].id(); }
   /// Writes `key` through the leader and waits until every node applied it: whatever was
   /// applied before is applied everywhere.
@@ -659,19 +659,19 @@ TEST_CASE("a forwarded write whose first copy was refused for a full session tab
   // the leader (the leader's link to the follower stalls).
   pass_leader_time(c[leader], *clock, t0 + SessionTable::kIdleMs - 1);
   const std::uint64_t before = c[leader].applied_index();
-  c[leader].runtime().set_link_fault_for_test(follower_id, Fault::Stall);
+  raft::testing::runtime(c[leader]).set_link_fault_for_test(follower_id, Fault::Stall);
   auto reply = c[follower].execute_async({"incr", "n"});
   REQUIRE(eventually(long_wait(), [&] { return c[leader].applied_index() > before; }));  // the first copy's entry
   // The sessions expire; the follower's connection breaks and comes back, and it sends the
   // write again: this copy runs.
   pass_leader_time(c[leader], *clock, t0 + SessionTable::kIdleMs);
-  c[follower].runtime().set_link_fault_for_test(leader_id, Fault::Drop);
-  c[follower].runtime().set_link_fault_for_test(leader_id, Fault::None);
+  raft::testing::runtime(c[follower]).set_link_fault_for_test(leader_id, Fault::Drop);
+  raft::testing::runtime(c[follower]).set_link_fault_for_test(leader_id, Fault::None);
   REQUIRE(eventually(long_wait(), [&] { return stored(c[leader], "n") == "1"; }));
   // Both answers reach the follower now, the first copy's first. That one says "not run" of
   // its own copy only: the follower sent two, so it waits, and answers with the reply of the
   // copy that ran (answering "not run" would tell the caller a lie: n is 1 everywhere).
-  c[leader].runtime().set_link_fault_for_test(follower_id, Fault::None);
+  raft::testing::runtime(c[leader]).set_link_fault_for_test(follower_id, Fault::None);
   REQUIRE(ready_within(reply, long_wait()));
   const raft::Reply r = reply.get();
   INFO(typed(r));
@@ -726,7 +726,7 @@ TEST_CASE("a link holding more than its whole budget of unanswered forwards stil
   std::string raft_message;
   resp::write_command(raft_message, {"RAFTMSG", "an acknowledgement"});
   {
-    raft::detail::PeerLink link(node->runtime(), "9", ip(153, 9) + ":7090", kBudget);
+    raft::detail::PeerLink link(raft::testing::runtime(*node), "9", ip(153, 9) + ":7090", kBudget);
     // Its connection: the handshake, and hold the WELCOME while the link waits for it.
     pollfd p{listen_fd, POLLIN, 0};
     REQUIRE(::poll(&p, 1, static_cast<int>(scaled(5000).count())) == 1);

@@ -185,7 +185,7 @@ TEST_CASE("a founder asked to stop while it listens leaves no data directory, an
     REQUIRE(proc::eventually(scaled(5000), [&] { return logs->contains("listening"); }));
     // A crash now leaves nothing that a restart would take for a founded cluster.
     CHECK_FALSE(fs::exists(config.data_dir));
-    node->runtime().request_stop();
+    node->request_stop();
     REQUIRE(started.wait_for(scaled(10000)) == std::future_status::ready);
     CHECK_THROWS_WITH(started.get(), Contains("nothing was written"));
     CHECK_FALSE(fs::exists(config.data_dir));

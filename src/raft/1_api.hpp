@@ -265,6 +265,12 @@ namespace detail {
 class Runtime;
 }
 
+/// For the tests only: nothing here is needed to embed a node, and nothing here is stable.
+namespace testing {
+/// The runtime behind a node, for its test hooks (faults on links, messages sent as a peer).
+detail::Runtime& runtime(Node& node);
+}  // namespace testing
+
 /// A key-value state machine replicated by Raft, served to Redis clients.
 ///
 ///   raft::Node node(1, "127.0.0.1:5010", {{2, "127.0.0.1:5020"}, {3, "127.0.0.1:5030"}});
@@ -305,6 +311,10 @@ class Node {
   void join();
   /// Leaves: a leader hands leadership to the most up-to-date voter first. Idempotent.
   void stop();
+  /// Asks the node to stop and returns at once: join() then stops it as stop() does. For a
+  /// thread that must not wait (one that waits for signals, a handler, a callback); it is
+  /// not async-signal-safe (it takes a lock).
+  void request_stop();
   /// True once the node is stopping: threads started from callbacks watch it.
   bool stopping() const;
 
@@ -342,9 +352,8 @@ class Node {
   /// Hands leadership to voter `to`; empty: the most up-to-date voter heard from lately.
   AdminResult transfer_leadership(const NodeId& to = "");
 
-  detail::Runtime& runtime() { return *rt_; }
-
  private:
+  friend detail::Runtime& testing::runtime(Node& node);
   std::unique_ptr<detail::Runtime> rt_;
 };
 

@@ -116,6 +116,8 @@ inline Node& Node::on_candidate(std::function<void(Node&)> fn) {
 inline void Node::start() { rt_->start(); }
 inline void Node::join() { rt_->join(); }
 inline void Node::stop() { rt_->stop(); }
+inline void Node::request_stop() { rt_->request_stop(); }
+inline detail::Runtime& testing::runtime(Node& node) { return *node.rt_; }
 inline bool Node::stopping() const { return rt_->stopping(); }
 inline const NodeId& Node::id() const { return rt_->id(); }
 inline const std::string& Node::address() const { return rt_->address(); }
