@@ -287,13 +287,6 @@ struct Config {
   LogLevel log_level = LogLevel::Info;
   LogSink log_sink;  // empty: standard error
 
-  /// Fault injection for tests: called instead of fdatasync/fsync on the data directory's
-  /// files (return -1 with errno set to fail). Empty: the real calls.
-  std::function<int(int fd)> fsync_hook;
-  /// The wall clock, in ms since the epoch (a leader stamps entries with it; READONLY reads
-  /// judge expiry by it). Empty: the system clock. Tests skew it.
-  std::function<std::int64_t()> wall_clock;
-
   /// Empty when valid, else what is wrong ("address '1.2.3' is not ip:port").
   std::string validate() const;
 };
@@ -337,8 +330,18 @@ namespace detail {
 class Runtime;
 }
 
-/// For the tests only: nothing here is needed to embed a node, and nothing here is stable.
+/// For the tests only (the unit tests and the Jepsen-style suite): nothing here is needed to
+/// embed a node, and nothing here is stable.
 namespace testing {
+/// What a test replaces in a node: given to Node's constructor, fixed for its life.
+struct Hooks {
+  /// Called instead of fdatasync/fsync on the data directory's files (return -1 with errno
+  /// set to fail, or block to keep writes from becoming durable). Empty: the real calls.
+  std::function<int(int fd)> fsync;
+  /// The wall clock, in ms since the epoch (a leader stamps entries with it; READONLY reads
+  /// judge expiry by it). Empty: the system clock. Tests skew it.
+  std::function<std::int64_t()> wall_clock;
+};
 /// The runtime behind a node, for its test hooks (faults on links, messages sent as a peer).
 detail::Runtime& runtime(Node& node);
 }  // namespace testing
@@ -357,6 +360,8 @@ detail::Runtime& runtime(Node& node);
 class Node {
  public:
   explicit Node(Config config);
+  /// A node whose disk or clock a test controls.
+  Node(Config config, testing::Hooks hooks);
   Node(NodeId id, std::string address, std::map<NodeId, std::string> peers = {});
   Node(long long id, std::string address, std::map<long long, std::string> peers = {});
   ~Node();  // stops the node
@@ -11426,7 +11431,8 @@ class CheckedSnapshot {
 
 class Runtime {
  public:
-  Runtime(Node& node, Config config) : node_(node), cfg_(std::move(config)) {
+  Runtime(Node& node, Config config, testing::Hooks hooks = {})
+      : node_(node), cfg_(std::move(config)), hooks_(std::move(hooks)) {
     add_builtin_commands(handlers_);
     // The leader's background expiry: delete `key` if its deadline is still at or before
     // this entry's timestamp (a key renewed meanwhile survives).
@@ -11628,8 +11634,8 @@ class Runtime {
     return l;
   }
   int scaled(int ms) const { return std::max(1, static_cast<int>(ms * cfg_.time_scale)); }
-  /// This node's wall clock (Config::wall_clock, else the system's).
-  std::int64_t now_ms() const { return cfg_.wall_clock ? cfg_.wall_clock() : wall_ms(); }
+  /// This node's wall clock (a test's Hooks::wall_clock, else the system's).
+  std::int64_t now_ms() const { return hooks_.wall_clock ? hooks_.wall_clock() : wall_ms(); }
 
   // startup
   void complete_config();
@@ -11819,6 +11825,7 @@ class Runtime {
 
   Node& node_;
   Config cfg_;
+  const testing::Hooks hooks_;
   HostPort host_;
   // The node's lifecycle, one way, each step taken once (life_ only grows):
   //   New       constructed; start() may run (again, after a start() that threw).
@@ -12050,7 +12057,7 @@ inline void Runtime::open_storage() {
   StorageOptions so;
   so.dir = cfg_.data_dir;
   so.segment_bytes = cfg_.segment_bytes;
-  so.fsync_hook = cfg_.fsync_hook;
+  so.fsync_hook = hooks_.fsync;
   so.warn = [this](const std::string& line) { log(LogLevel::Warning, line); };
   OpenedStorage o;
   if (Storage::exists(cfg_.data_dir))
@@ -15453,6 +15460,8 @@ inline std::string Config::validate() const {
 // ---- Node ------------------------------------------------------------------------------------
 
 inline Node::Node(Config config) : rt_(std::make_unique<detail::Runtime>(*this, std::move(config))) {}
+inline Node::Node(Config config, testing::Hooks hooks)
+    : rt_(std::make_unique<detail::Runtime>(*this, std::move(config), std::move(hooks))) {}
 
 inline Node::Node(NodeId id, std::string address, std::map<NodeId, std::string> peers) {
   Config c;

@@ -572,9 +572,9 @@ TEST_CASE("a forwarded write refused for a full session table is answered not-ru
   using raft::detail::SessionTable;
   // The leader's wall clock is the test's: entries are stamped with it, and sessions expire by it.
   auto clock = std::make_shared<std::atomic<std::int64_t>>(raft::detail::wall_ms());
-  raft::Config config = node_config("1", address(150, 1));
-  config.wall_clock = [clock] { return clock->load(); };
-  TestNode node(config);
+  raft::testing::Hooks hooks;
+  hooks.wall_clock = [clock] { return clock->load(); };
+  TestNode node(node_config("1", address(150, 1)), hooks);
   node->start();
   REQUIRE(eventually(long_wait(), [&] { return node->state() == 'l'; }));
   REQUIRE(is_ok(node->execute({"set", "n", "0"})));
@@ -623,10 +623,13 @@ TEST_CASE("a forwarded write whose first copy was refused for a full session tab
   // Every node's wall clock is the test's (the leader's stamps its entries, and sessions expire
   // by those stamps).
   auto clock = std::make_shared<std::atomic<std::int64_t>>(raft::detail::wall_ms());
-  Cluster c(151, 3, [clock](raft::Config& config) {
-    config.append_timeout_ms = 3000;
-    config.wall_clock = [clock] { return clock->load(); };
-  });
+  Cluster c(
+      151, 3, [](raft::Config& config) { config.append_timeout_ms = 3000; },
+      [clock](const raft::Config&) {
+        raft::testing::Hooks hooks;
+        hooks.wall_clock = [clock] { return clock->load(); };
+        return hooks;
+      });
   c.start();
   const int leader = c.wait_for_leader();
   REQUIRE(leader != 0);

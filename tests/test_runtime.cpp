@@ -203,12 +203,12 @@ std::string address(int test, int node) { return ip(test, node) + ":" + std::to_
 /// A node with its own data directory and log capture; the node is destroyed first.
 class TestNode {
  public:
-  explicit TestNode(raft::Config config) : logs_(std::make_shared<LogLines>()) {
+  explicit TestNode(raft::Config config, raft::testing::Hooks hooks = {}) : logs_(std::make_shared<LogLines>()) {
     config.time_scale = time_scale();
     if (config.data_dir.empty()) config.data_dir = dir_.file("data");
     std::shared_ptr<LogLines> logs = logs_;
     config.log_sink = [logs](raft::LogLevel, const std::string& line) { logs->add(line); };
-    node_ = std::make_unique<raft::Node>(std::move(config));
+    node_ = std::make_unique<raft::Node>(std::move(config), std::move(hooks));
   }
   ~TestNode() { node_.reset(); }
   TestNode(const TestNode&) = delete;
@@ -235,13 +235,16 @@ raft::Config node_config(const std::string& id, const std::string& addr) {
 /// n voters "1".."n" with a static peer map at address(test, i).
 class Cluster {
  public:
-  Cluster(int test, int size, const std::function<void(raft::Config&)>& adjust = {}) {
+  /// `hooks`: each node's test hooks, from its configuration.
+  Cluster(int test, int size, const std::function<void(raft::Config&)>& adjust = {},
+          const std::function<raft::testing::Hooks(const raft::Config&)>& hooks = {}) {
     for (int i = 1; i <= size; ++i) {
       raft::Config c = node_config(std::to_string(i), address(test, i));
       for (int j = 1; j <= size; ++j)
         if (j != i) c.peers[std::to_string(j)] = address(test, j);
       if (adjust) adjust(c);
-      nodes_.push_back(std::make_unique<TestNode>(std::move(c)));
+      raft::testing::Hooks h = hooks ? hooks(c) : raft::testing::Hooks{};
+      nodes_.push_back(std::make_unique<TestNode>(std::move(c), std::move(h)));
     }
   }
   ~Cluster() {
@@ -631,8 +634,9 @@ TEST_CASE("a linearizable read judges expiry at the leader's time, whatever the 
     raft::Config cfg = node_config(std::to_string(i), address(29, i));
     if (i > 1) cfg.join = {address(29, 1)};
     const std::int64_t off = offset.at(cfg.id);
-    cfg.wall_clock = [off] { return wall_ms() + off; };
-    nodes.push_back(std::make_unique<TestNode>(std::move(cfg)));
+    raft::testing::Hooks skewed;
+    skewed.wall_clock = [off] { return wall_ms() + off; };
+    nodes.push_back(std::make_unique<TestNode>(std::move(cfg), std::move(skewed)));
     nodes.back()->node().start();
   }
   raft::Node& leader = nodes[0]->node();
@@ -1057,9 +1061,9 @@ TEST_CASE("each administration call that changes nothing says why in its error, 
           "[runtime]") {
   using Error = raft::AdminResult::Error;
   DiskGate gate;  // outlives the node, whose writer may wait in it
-  raft::Config config = node_config("1", address(64, 1));
-  config.fsync_hook = gate.hook();
-  TestNode n(config);
+  raft::testing::Hooks hooks;
+  hooks.fsync = gate.hook();
+  TestNode n(node_config("1", address(64, 1)), hooks);
   for (const raft::AdminResult& r : {n->add_learner("4", address(64, 4)), n->promote("4"), n->remove("4"),
                                      n->transfer_leadership()}) {
     INFO(r.message);
@@ -1195,7 +1199,11 @@ struct DiskCluster {
   FailingDisk disks[4];
   Cluster cluster;
   explicit DiskCluster(int test)
-      : cluster(test, 3, [this](raft::Config& config) { config.fsync_hook = disks[std::stoi(config.id)].hook(); }) {}
+      : cluster(test, 3, {}, [this](const raft::Config& config) {
+          raft::testing::Hooks hooks;
+          hooks.fsync = disks[std::stoi(config.id)].hook();
+          return hooks;
+        }) {}
 };
 
 /// Issues `count` writes on `n`, one at a time: each is answered, with MISCONF or TIMEOUT, never OK.

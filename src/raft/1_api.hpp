@@ -215,13 +215,6 @@ struct Config {
   LogLevel log_level = LogLevel::Info;
   LogSink log_sink;  // empty: standard error
 
-  /// Fault injection for tests: called instead of fdatasync/fsync on the data directory's
-  /// files (return -1 with errno set to fail). Empty: the real calls.
-  std::function<int(int fd)> fsync_hook;
-  /// The wall clock, in ms since the epoch (a leader stamps entries with it; READONLY reads
-  /// judge expiry by it). Empty: the system clock. Tests skew it.
-  std::function<std::int64_t()> wall_clock;
-
   /// Empty when valid, else what is wrong ("address '1.2.3' is not ip:port").
   std::string validate() const;
 };
@@ -265,8 +258,18 @@ namespace detail {
 class Runtime;
 }
 
-/// For the tests only: nothing here is needed to embed a node, and nothing here is stable.
+/// For the tests only (the unit tests and the Jepsen-style suite): nothing here is needed to
+/// embed a node, and nothing here is stable.
 namespace testing {
+/// What a test replaces in a node: given to Node's constructor, fixed for its life.
+struct Hooks {
+  /// Called instead of fdatasync/fsync on the data directory's files (return -1 with errno
+  /// set to fail, or block to keep writes from becoming durable). Empty: the real calls.
+  std::function<int(int fd)> fsync;
+  /// The wall clock, in ms since the epoch (a leader stamps entries with it; READONLY reads
+  /// judge expiry by it). Empty: the system clock. Tests skew it.
+  std::function<std::int64_t()> wall_clock;
+};
 /// The runtime behind a node, for its test hooks (faults on links, messages sent as a peer).
 detail::Runtime& runtime(Node& node);
 }  // namespace testing
@@ -285,6 +288,8 @@ detail::Runtime& runtime(Node& node);
 class Node {
  public:
   explicit Node(Config config);
+  /// A node whose disk or clock a test controls.
+  Node(Config config, testing::Hooks hooks);
   Node(NodeId id, std::string address, std::map<NodeId, std::string> peers = {});
   Node(long long id, std::string address, std::map<long long, std::string> peers = {});
   ~Node();  // stops the node

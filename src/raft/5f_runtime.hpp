@@ -93,7 +93,8 @@ class CheckedSnapshot {
 
 class Runtime {
  public:
-  Runtime(Node& node, Config config) : node_(node), cfg_(std::move(config)) {
+  Runtime(Node& node, Config config, testing::Hooks hooks = {})
+      : node_(node), cfg_(std::move(config)), hooks_(std::move(hooks)) {
     add_builtin_commands(handlers_);
     // The leader's background expiry: delete `key` if its deadline is still at or before
     // this entry's timestamp (a key renewed meanwhile survives).
@@ -295,8 +296,8 @@ class Runtime {
     return l;
   }
   int scaled(int ms) const { return std::max(1, static_cast<int>(ms * cfg_.time_scale)); }
-  /// This node's wall clock (Config::wall_clock, else the system's).
-  std::int64_t now_ms() const { return cfg_.wall_clock ? cfg_.wall_clock() : wall_ms(); }
+  /// This node's wall clock (a test's Hooks::wall_clock, else the system's).
+  std::int64_t now_ms() const { return hooks_.wall_clock ? hooks_.wall_clock() : wall_ms(); }
 
   // startup
   void complete_config();
@@ -486,6 +487,7 @@ class Runtime {
 
   Node& node_;
   Config cfg_;
+  const testing::Hooks hooks_;
   HostPort host_;
   // The node's lifecycle, one way, each step taken once (life_ only grows):
   //   New       constructed; start() may run (again, after a start() that threw).

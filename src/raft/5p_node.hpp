@@ -74,6 +74,8 @@ inline std::string Config::validate() const {
 // ---- Node ------------------------------------------------------------------------------------
 
 inline Node::Node(Config config) : rt_(std::make_unique<detail::Runtime>(*this, std::move(config))) {}
+inline Node::Node(Config config, testing::Hooks hooks)
+    : rt_(std::make_unique<detail::Runtime>(*this, std::move(config), std::move(hooks))) {}
 
 inline Node::Node(NodeId id, std::string address, std::map<NodeId, std::string> peers) {
   Config c;
