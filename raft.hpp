@@ -120,6 +120,15 @@ struct Call {
 
 using Handler = std::function<Reply(Call&)>;
 
+/// What a command does, for Node::handler: pyraft's flag strings as values of one type, so
+/// that only these can be written. Read ("r"): answered by the node that received it. Write
+/// ("we"): replicated through the log. WriteNoGrow ("wes"): a write that never grows the
+/// data, still run at Config::maxmemory (Redis's commands without denyoom: DEL, LPOP, ...).
+enum class CommandFlags : std::uint8_t { Read, Write, WriteNoGrow };
+inline constexpr CommandFlags Read = CommandFlags::Read;
+inline constexpr CommandFlags Write = CommandFlags::Write;
+inline constexpr CommandFlags WriteNoGrow = CommandFlags::WriteNoGrow;
+
 /// One row of the handler table.
 struct Command {
   Handler fn;
@@ -349,7 +358,7 @@ detail::Runtime& runtime(Node& node);
 /// A key-value state machine replicated by Raft, served to Redis clients.
 ///
 ///   raft::Node node(1, "127.0.0.1:5010", {{2, "127.0.0.1:5020"}, {3, "127.0.0.1:5030"}});
-///   node.handler("cas", do_cas, "we", 3, 3);
+///   node.handler("cas", do_cas, raft::Write, 3, 3);
 ///   node.on_leader([](raft::Node& n, std::uint64_t term) { ... });
 ///   node.start();
 ///   node.join();
@@ -368,8 +377,12 @@ class Node {
   Node(const Node&) = delete;
   Node& operator=(const Node&) = delete;
 
-  /// Adds or replaces a command (before start()). flags "r": a read; "we": a write through
-  /// the log. Argument counts exclude the command name; max_args -1: no limit.
+  /// Adds or replaces a command (before start()): raft::Read, raft::Write or
+  /// raft::WriteNoGrow (see CommandFlags). Argument counts exclude the command name;
+  /// max_args -1: no limit.
+  Node& handler(const std::string& name, Handler fn, CommandFlags flags, int min_args = 0, int max_args = -1);
+  /// The same with pyraft's flag strings: "r", "we" or "wes" (a 'w' without 'e' throws
+  /// std::invalid_argument).
   Node& handler(const std::string& name, Handler fn, std::string flags = "r", int min_args = 0,
                 int max_args = -1);
   /// Called on the apply thread when this node's leadership of `term` is ready (its first
@@ -15488,6 +15501,10 @@ inline Node& Node::handler(const std::string& name, Handler fn, std::string flag
     throw std::invalid_argument("handler '" + name + "': names starting with \"__\" are reserved for raft.hpp");
   rt_->handlers_[detail::lower(name)] = Command{std::move(fn), std::move(flags), min_args, max_args};
   return *this;
+}
+inline Node& Node::handler(const std::string& name, Handler fn, CommandFlags flags, int min_args, int max_args) {
+  const char* text = flags == CommandFlags::Read ? "r" : flags == CommandFlags::Write ? "we" : "wes";
+  return handler(name, std::move(fn), text, min_args, max_args);
 }
 inline Node& Node::on_leader(std::function<void(Node&, std::uint64_t)> fn) {
   rt_->on_leader_ = std::move(fn);

@@ -665,6 +665,51 @@ TEST_CASE("a linearizable read judges expiry at the leader's time, whatever the 
 // 5. execute() on the apply thread
 // =============================================================================================
 
+TEST_CASE("handlers registered with raft::Read, raft::Write and raft::WriteNoGrow run as pyraft's \"r\", \"we\" "
+          "and \"wes\" do",
+          "[runtime]") {
+  const auto put = [](raft::Call& call) {
+    call.data.put(call.words[1], raft::Store::Kind::String).str = call.words[2];
+    return raft::Reply::ok();
+  };
+  const auto get = [](raft::Call& call) {
+    const raft::Store::Object* o = call.data.find(call.words[1], call.now_ms);
+    return o ? raft::Reply::bulk(o->str) : raft::Reply::nil();
+  };
+  const auto del = [](raft::Call& call) { return raft::Reply::integer(call.data.erase(call.words[1]) ? 1 : 0); };
+  raft::Config config = node_config("1", address(67, 1));
+  config.maxmemory = 1;  // once anything is stored, only writes that never grow the data run
+  TestNode n(config);
+  n->handler("typed.put", put, raft::Write, 2, 2)
+      .handler("typed.get", get, raft::Read, 1, 1)
+      .handler("typed.del", del, raft::WriteNoGrow, 1, 1)
+      .handler("str.put", put, "we", 2, 2)
+      .handler("str.del", del, "wes", 1, 1);
+  const raft::CommandTable& table = raft::testing::runtime(*n).handlers_;
+  for (const auto& [by_type, by_string] :
+       {std::pair<const char*, const char*>{"typed.put", "str.put"}, {"typed.del", "str.del"}}) {
+    INFO(by_type);
+    CHECK(table.at(by_type).flags == table.at(by_string).flags);
+  }
+  CHECK(table.at("typed.put").flags == "we");
+  CHECK(table.at("typed.del").flags == "wes");
+  CHECK(table.at("typed.get").flags == "r");
+  CHECK(table.at("typed.get").max_args == 1);
+  CHECK_THROWS_AS(n->handler("bad", put, "w"), std::invalid_argument);
+
+  n->start();
+  REQUIRE(eventually(long_wait(), [&] { return n->state() == 'l'; }));
+  REQUIRE(is_ok(n->execute({"typed.put", "k", "v"})));
+  CHECK(n->execute({"typed.get", "k"}).str == "v");
+  CHECK(n->execute({"typed.get", "k", "extra"}).is_error());
+  // At maxmemory: the Write is refused, the WriteNoGrow runs, as their strings' would.
+  REQUIRE(eventually(long_wait(), [&] { return n->execute({"typed.put", "k2", "v"}).is_error(); }));
+  CHECK_THAT(n->execute({"typed.put", "k2", "v"}).str, StartsWith("OOM"));
+  CHECK_THAT(n->execute({"str.put", "k2", "v"}).str, StartsWith("OOM"));
+  CHECK(n->execute({"typed.del", "k"}).num == 1);
+  CHECK(n->execute({"str.del", "k"}).num == 0);
+}
+
 TEST_CASE("execute from inside a handler or a callback returns an error instead of deadlocking", "[runtime]") {
   std::mutex mu;
   std::vector<raft::Reply> from_callback;

@@ -103,6 +103,10 @@ inline Node& Node::handler(const std::string& name, Handler fn, std::string flag
   rt_->handlers_[detail::lower(name)] = Command{std::move(fn), std::move(flags), min_args, max_args};
   return *this;
 }
+inline Node& Node::handler(const std::string& name, Handler fn, CommandFlags flags, int min_args, int max_args) {
+  const char* text = flags == CommandFlags::Read ? "r" : flags == CommandFlags::Write ? "we" : "wes";
+  return handler(name, std::move(fn), text, min_args, max_args);
+}
 inline Node& Node::on_leader(std::function<void(Node&, std::uint64_t)> fn) {
   rt_->on_leader_ = std::move(fn);
   return *this;
