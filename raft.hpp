@@ -120,6 +120,15 @@ struct Call {
 
 using Handler = std::function<Reply(Call&)>;
 
+/// What a command does, for Node::handler: pyraft's flag strings as values of one type, so
+/// that only these can be written. Read ("r"): answered by the node that received it. Write
+/// ("we"): replicated through the log. WriteNoGrow ("wes"): a write that never grows the
+/// data, still run at Config::maxmemory (Redis's commands without denyoom: DEL, LPOP, ...).
+enum class CommandFlags : std::uint8_t { Read, Write, WriteNoGrow };
+inline constexpr CommandFlags Read = CommandFlags::Read;
+inline constexpr CommandFlags Write = CommandFlags::Write;
+inline constexpr CommandFlags WriteNoGrow = CommandFlags::WriteNoGrow;
+
 /// One row of the handler table.
 struct Command {
   Handler fn;
@@ -287,25 +296,69 @@ struct Config {
   LogLevel log_level = LogLevel::Info;
   LogSink log_sink;  // empty: standard error
 
-  /// Fault injection for tests: called instead of fdatasync/fsync on the data directory's
-  /// files (return -1 with errno set to fail). Empty: the real calls.
-  std::function<int(int fd)> fsync_hook;
-  /// The wall clock, in ms since the epoch (a leader stamps entries with it; READONLY reads
-  /// judge expiry by it). Empty: the system clock. Tests skew it.
-  std::function<std::int64_t()> wall_clock;
-
   /// Empty when valid, else what is wrong ("address '1.2.3' is not ip:port").
   std::string validate() const;
+};
+
+/// What an administration call did (Node::add_learner, promote, remove,
+/// transfer_leadership). Nothing was changed unless ok():
+///
+///   if (auto r = node.promote("4"); !r) std::cerr << r.message << "\n";
+struct [[nodiscard]] AdminResult {
+  enum class Error : std::uint8_t {
+    None,
+    NotRunning,      // the node is not started, or has stopped
+    NotLeader,       // changes are made on the leader: `leader` names it, empty when none is known
+    InvalidAddress,  // add_learner: the address is not ip:port
+    Busy,            // another membership change is not committed yet (or the leader's first
+                     // entry of its term is not): retry
+    Transferring,    // leadership is being handed over: retry
+    NotAllowed,      // one voter changes at a time, a voter must remain, the member must exist
+    NoTarget,        // transfer_leadership(""): no other voter was heard from lately
+    InvalidTarget,   // transfer_leadership(id): `id` is not another voter of the cluster
+  };
+  Error error = Error::None;
+  /// Why it failed, as the commands RAFT.ADD ... reply it (a Redis error without the '-':
+  /// "MOVED 2 10.0.0.2:5020 ...", "TRYAGAIN ..."); empty on success.
+  std::string message;
+  /// add_learner, promote, remove: where the configuration entry went (it takes effect when
+  /// appended; it is committed later).
+  std::uint64_t index = 0;
+  std::uint64_t term = 0;
+  /// transfer_leadership: the voter leadership goes to (the leader's choice when none was named).
+  NodeId target;
+  /// NotLeader: the leader's id and client address, when one is known.
+  NodeId leader;
+  std::string leader_address;
+
+  bool ok() const { return error == Error::None; }
+  explicit operator bool() const { return ok(); }
 };
 
 namespace detail {
 class Runtime;
 }
 
+/// For the tests only (the unit tests and the Jepsen-style suite): nothing here is needed to
+/// embed a node, and nothing here is stable.
+namespace testing {
+/// What a test replaces in a node: given to Node's constructor, fixed for its life.
+struct Hooks {
+  /// Called instead of fdatasync/fsync on the data directory's files (return -1 with errno
+  /// set to fail, or block to keep writes from becoming durable). Empty: the real calls.
+  std::function<int(int fd)> fsync;
+  /// The wall clock, in ms since the epoch (a leader stamps entries with it; READONLY reads
+  /// judge expiry by it). Empty: the system clock. Tests skew it.
+  std::function<std::int64_t()> wall_clock;
+};
+/// The runtime behind a node, for its test hooks (faults on links, messages sent as a peer).
+detail::Runtime& runtime(Node& node);
+}  // namespace testing
+
 /// A key-value state machine replicated by Raft, served to Redis clients.
 ///
 ///   raft::Node node(1, "127.0.0.1:5010", {{2, "127.0.0.1:5020"}, {3, "127.0.0.1:5030"}});
-///   node.handler("cas", do_cas, "we", 3, 3);
+///   node.handler("cas", do_cas, raft::Write, 3, 3);
 ///   node.on_leader([](raft::Node& n, std::uint64_t term) { ... });
 ///   node.start();
 ///   node.join();
@@ -316,14 +369,20 @@ class Runtime;
 class Node {
  public:
   explicit Node(Config config);
+  /// A node whose disk or clock a test controls.
+  Node(Config config, testing::Hooks hooks);
   Node(NodeId id, std::string address, std::map<NodeId, std::string> peers = {});
   Node(long long id, std::string address, std::map<long long, std::string> peers = {});
   ~Node();  // stops the node
   Node(const Node&) = delete;
   Node& operator=(const Node&) = delete;
 
-  /// Adds or replaces a command (before start()). flags "r": a read; "we": a write through
-  /// the log. Argument counts exclude the command name; max_args -1: no limit.
+  /// Adds or replaces a command (before start()): raft::Read, raft::Write or
+  /// raft::WriteNoGrow (see CommandFlags). Argument counts exclude the command name;
+  /// max_args -1: no limit.
+  Node& handler(const std::string& name, Handler fn, CommandFlags flags, int min_args = 0, int max_args = -1);
+  /// The same with pyraft's flag strings: "r", "we" or "wes" (a 'w' without 'e' throws
+  /// std::invalid_argument).
   Node& handler(const std::string& name, Handler fn, std::string flags = "r", int min_args = 0,
                 int max_args = -1);
   /// Called on the apply thread when this node's leadership of `term` is ready (its first
@@ -342,6 +401,10 @@ class Node {
   void join();
   /// Leaves: a leader hands leadership to the most up-to-date voter first. Idempotent.
   void stop();
+  /// Asks the node to stop and returns at once: join() then stops it as stop() does. For a
+  /// thread that must not wait (one that waits for signals, a handler, a callback); it is
+  /// not async-signal-safe (it takes a lock).
+  void request_stop();
   /// True once the node is stopping: threads started from callbacks watch it.
   bool stopping() const;
 
@@ -368,16 +431,19 @@ class Node {
   std::future<Reply> execute_async(std::vector<std::string> words);
   Reply execute(std::vector<std::string> words);
 
-  // ---- administration (also the commands RAFT.ADD, RAFT.PROMOTE, RAFT.REMOVE,
-  //      RAFT.TRANSFER, RAFT.LEAVE and pyraft's add_node / del_node) ----
-  Reply add_learner(const NodeId& id, const std::string& address);
-  Reply promote(const NodeId& id);
-  Reply remove(const NodeId& id);
-  Reply transfer_leadership(const NodeId& to = "");
-
-  detail::Runtime& runtime() { return *rt_; }
+  // ---- administration, on the leader (also the commands RAFT.ADD, RAFT.PROMOTE,
+  //      RAFT.REMOVE, RAFT.TRANSFER and pyraft's add_node / del_node) ----
+  /// Adds `id` at client address `address` as a learner (it then joins with -e).
+  AdminResult add_learner(const NodeId& id, const std::string& address);
+  /// Makes learner `id` a voter.
+  AdminResult promote(const NodeId& id);
+  /// Removes member `id` (a voter or a learner).
+  AdminResult remove(const NodeId& id);
+  /// Hands leadership to voter `to`; empty: the most up-to-date voter heard from lately.
+  AdminResult transfer_leadership(const NodeId& to = "");
 
  private:
+  friend detail::Runtime& testing::runtime(Node& node);
   std::unique_ptr<detail::Runtime> rt_;
 };
 
@@ -4627,6 +4693,37 @@ inline bool read_set_literal(LiteralReader& r, Store::Object& o, std::string& sc
 }
 
 }  // namespace raft::detail
+
+// ---- helpers for user handlers: the ones the built-in commands use ----
+
+namespace raft {
+
+/// Redis's WRONGTYPE error: the reply when a key holds another kind than the command's.
+using detail::wrongtype_error;
+/// In a read handler: the key's object if it holds `kind` and is not expired at call.now_ms;
+/// nullptr when absent, or when it holds another kind, with `wrong` set (reply
+/// wrongtype_error()).
+using detail::read_lookup;
+/// In a write handler: the same, after deleting the key if it expired at the entry's time.
+using detail::write_lookup;
+
+/// In a write handler: deletes `key` if it holds a hash, list, set or sorted set left without
+/// elements, as Redis does (an empty one must not stay stored); true if it did.
+inline bool erase_if_empty(Call& call, std::string_view key) {
+  const Store::Object* o = call.data.find_for_write(key, call.now_ms);
+  if (o == nullptr) return false;
+  bool empty = false;
+  switch (o->kind) {
+    case Store::Kind::String: break;
+    case Store::Kind::Hash: empty = o->hash.empty(); break;
+    case Store::Kind::List: empty = o->list.empty(); break;
+    case Store::Kind::Set: empty = o->set().empty(); break;
+    case Store::Kind::SortedSet: empty = o->zset().empty(); break;
+  }
+  return empty && call.data.erase(key);
+}
+
+}  // namespace raft
 
 namespace raft {
 
@@ -11378,7 +11475,8 @@ class CheckedSnapshot {
 
 class Runtime {
  public:
-  Runtime(Node& node, Config config) : node_(node), cfg_(std::move(config)) {
+  Runtime(Node& node, Config config, testing::Hooks hooks = {})
+      : node_(node), cfg_(std::move(config)), hooks_(std::move(hooks)) {
     add_builtin_commands(handlers_);
     // The leader's background expiry: delete `key` if its deadline is still at or before
     // this entry's timestamp (a key renewed meanwhile survives).
@@ -11431,6 +11529,11 @@ class Runtime {
   }
 
   std::future<Reply> execute_async(std::vector<std::string> words);
+  // Administration (5k): Node's typed calls, and RAFT.* as their string layer (admin).
+  AdminResult add_learner(const NodeId& id, const std::string& address);
+  AdminResult promote(const NodeId& id);
+  AdminResult remove(const NodeId& id);
+  AdminResult transfer_leadership(const NodeId& to);
   Reply admin(const std::vector<std::string>& words);
 
   void log(LogLevel level, const std::string& message) const;
@@ -11575,8 +11678,8 @@ class Runtime {
     return l;
   }
   int scaled(int ms) const { return std::max(1, static_cast<int>(ms * cfg_.time_scale)); }
-  /// This node's wall clock (Config::wall_clock, else the system's).
-  std::int64_t now_ms() const { return cfg_.wall_clock ? cfg_.wall_clock() : wall_ms(); }
+  /// This node's wall clock (a test's Hooks::wall_clock, else the system's).
+  std::int64_t now_ms() const { return hooks_.wall_clock ? hooks_.wall_clock() : wall_ms(); }
 
   // startup
   void complete_config();
@@ -11708,6 +11811,8 @@ class Runtime {
   std::int64_t read_time(const ReadState& rs) const { return std::max(rs.time_ms, applied_timestamp_.load()); }
   Reply connection_command(ClientConn* conn, const std::vector<std::string>& words, bool& handled);
   static bool args_in(const std::vector<std::string>& w, std::size_t lo, std::size_t hi);
+  AdminResult admin_refusal() const;
+  AdminResult membership_result(const ProposeResult& proposed);
   static Reply admin_with_args(Runtime& rt, const std::vector<std::string>& w, std::size_t lo, std::size_t hi);
   Reply stop_on_request();
   static Reply set_readonly(ClientConn* conn, const std::vector<std::string>& w, bool readonly);
@@ -11764,6 +11869,7 @@ class Runtime {
 
   Node& node_;
   Config cfg_;
+  const testing::Hooks hooks_;
   HostPort host_;
   // The node's lifecycle, one way, each step taken once (life_ only grows):
   //   New       constructed; start() may run (again, after a start() that threw).
@@ -11995,7 +12101,7 @@ inline void Runtime::open_storage() {
   StorageOptions so;
   so.dir = cfg_.data_dir;
   so.segment_bytes = cfg_.segment_bytes;
-  so.fsync_hook = cfg_.fsync_hook;
+  so.fsync_hook = hooks_.fsync;
   so.warn = [this](const std::string& line) { log(LogLevel::Warning, line); };
   OpenedStorage o;
   if (Storage::exists(cfg_.data_dir))
@@ -13697,42 +13803,96 @@ inline std::string Runtime::checkpoint_refusal() {
 
 // ---- administration, CONFIG and the connection commands -----------------------------------
 
-inline Reply Runtime::admin(const std::vector<std::string>& w) {
-  // w[0] is one of raft.add raft.promote raft.remove raft.transfer add_node del_node
-  std::lock_guard<std::mutex> lock(core_mu_);
-  if (core_->role() != Role::Leader) {
-    const Member* m = core_->config().find(core_->leader());
-    if (!m) return Reply::error("CLUSTERDOWN no leader is known; nothing was changed");
-    return Reply::error("MOVED " + m->id + " " + m->address + " membership changes are made on the leader");
-  }
-  ProposeResult res;
-  std::int64_t now = now_ms();
-  if (w[0] == "raft.add" || w[0] == "add_node") {
-    HostPort hp;
-    std::string error;
-    if (!parse_host_port(w[2], hp, error)) return Reply::error("ERR " + error);
-    const Member* old = core_->config().find(w[1]);
-    res = core_->add_learner(Member{w[1], w[2], old ? old->server_id : "", false}, now);
-  } else if (w[0] == "raft.promote") {
-    res = core_->promote(w[1], now);
-  } else if (w[0] == "raft.remove" || w[0] == "del_node") {
-    res = core_->remove(w[1], now);
-  } else if (w[0] == "raft.transfer") {
-    NodeId to = w.size() > 1 ? w[1] : "";
-    if (to.empty()) to = core_->best_transfer_target();
-    if (to.empty()) return Reply::error("ERR no other voter was heard from lately to hand leadership to; nothing was changed");
-    if (!core_->transfer_leadership(to)) return Reply::error("ERR cannot transfer leadership to '" + to + "'");
-    drive();
-    return Reply::ok();
-  }
-  switch (res.error) {
-    case ProposeResult::Error::None: drive(); return Reply::ok();
+// Node's typed administration calls; RAFT.ADD, RAFT.PROMOTE, RAFT.REMOVE, RAFT.TRANSFER and
+// pyraft's add_node / del_node are the string layer on top (admin).
+
+inline AdminResult admin_error(AdminResult::Error error, std::string message) {
+  AdminResult r;
+  r.error = error;
+  r.message = std::move(message);
+  return r;
+}
+
+// Under core_mu_: why this node cannot change the membership now (not running, not the leader).
+inline AdminResult Runtime::admin_refusal() const {
+  // life_ first: core_ is made before the node runs, and kept until it is destroyed.
+  const Lifecycle life = life_.load();
+  if (life == Lifecycle::New || life >= Lifecycle::Stopping || !core_)
+    return admin_error(AdminResult::Error::NotRunning, "ERR the node is not running; nothing was changed");
+  if (core_->role() == Role::Leader) return {};
+  const Member* m = core_->config().find(core_->leader());
+  if (!m) return admin_error(AdminResult::Error::NotLeader, "CLUSTERDOWN no leader is known; nothing was changed");
+  AdminResult r = admin_error(AdminResult::Error::NotLeader,
+                              "MOVED " + m->id + " " + m->address + " membership changes are made on the leader");
+  r.leader = m->id;
+  r.leader_address = m->address;
+  return r;
+}
+
+// Under core_mu_: the outcome of proposing a configuration change.
+inline AdminResult Runtime::membership_result(const ProposeResult& proposed) {
+  using E = AdminResult::Error;
+  switch (proposed.error) {
+    case ProposeResult::Error::None: {
+      drive();
+      AdminResult r;
+      r.index = proposed.id.index;
+      r.term = proposed.id.term;
+      return r;
+    }
     case ProposeResult::Error::NotReady:
     case ProposeResult::Error::ConfigPending:
-      return Reply::error("TRYAGAIN another membership change is in progress; nothing was changed");
-    case ProposeResult::Error::Transferring: return Reply::error("TRYAGAIN leadership is being transferred");
-    default: return Reply::error("ERR that change is not allowed (one voter at a time; a voter must remain)");
+      return admin_error(E::Busy, "TRYAGAIN another membership change is in progress; nothing was changed");
+    case ProposeResult::Error::Transferring: return admin_error(E::Transferring, "TRYAGAIN leadership is being transferred");
+    default: return admin_error(E::NotAllowed, "ERR that change is not allowed (one voter at a time; a voter must remain)");
   }
+}
+
+inline AdminResult Runtime::add_learner(const NodeId& id, const std::string& address) {
+  std::lock_guard<std::mutex> lock(core_mu_);
+  AdminResult allowed = admin_refusal();
+  if (!allowed) return allowed;
+  HostPort hp;
+  std::string error;
+  if (!parse_host_port(address, hp, error)) return admin_error(AdminResult::Error::InvalidAddress, "ERR " + error);
+  const Member* old = core_->config().find(id);
+  return membership_result(core_->add_learner(Member{id, address, old ? old->server_id : "", false}, now_ms()));
+}
+
+inline AdminResult Runtime::promote(const NodeId& id) {
+  std::lock_guard<std::mutex> lock(core_mu_);
+  AdminResult allowed = admin_refusal();
+  return allowed ? membership_result(core_->promote(id, now_ms())) : allowed;
+}
+
+inline AdminResult Runtime::remove(const NodeId& id) {
+  std::lock_guard<std::mutex> lock(core_mu_);
+  AdminResult allowed = admin_refusal();
+  return allowed ? membership_result(core_->remove(id, now_ms())) : allowed;
+}
+
+inline AdminResult Runtime::transfer_leadership(const NodeId& to) {
+  std::lock_guard<std::mutex> lock(core_mu_);
+  AdminResult r = admin_refusal();
+  if (!r) return r;
+  r.target = to.empty() ? core_->best_transfer_target() : to;
+  if (r.target.empty())
+    return admin_error(AdminResult::Error::NoTarget,
+                       "ERR no other voter was heard from lately to hand leadership to; nothing was changed");
+  if (!core_->transfer_leadership(r.target))
+    return admin_error(AdminResult::Error::InvalidTarget, "ERR cannot transfer leadership to '" + r.target + "'");
+  drive();
+  return r;
+}
+
+inline Reply Runtime::admin(const std::vector<std::string>& w) {
+  // w[0] is one of raft.add raft.promote raft.remove raft.transfer add_node del_node
+  AdminResult r;
+  if (w[0] == "raft.add" || w[0] == "add_node") r = add_learner(w[1], w[2]);
+  else if (w[0] == "raft.promote") r = promote(w[1]);
+  else if (w[0] == "raft.remove" || w[0] == "del_node") r = remove(w[1]);
+  else r = transfer_leadership(w.size() > 1 ? w[1] : "");
+  return r ? Reply::ok() : Reply::error(r.message);
 }
 
 // Every command handled here must have its ACL category in acl_command (an administration
@@ -15344,6 +15504,8 @@ inline std::string Config::validate() const {
 // ---- Node ------------------------------------------------------------------------------------
 
 inline Node::Node(Config config) : rt_(std::make_unique<detail::Runtime>(*this, std::move(config))) {}
+inline Node::Node(Config config, testing::Hooks hooks)
+    : rt_(std::make_unique<detail::Runtime>(*this, std::move(config), std::move(hooks))) {}
 
 inline Node::Node(NodeId id, std::string address, std::map<NodeId, std::string> peers) {
   Config c;
@@ -15371,6 +15533,10 @@ inline Node& Node::handler(const std::string& name, Handler fn, std::string flag
   rt_->handlers_[detail::lower(name)] = Command{std::move(fn), std::move(flags), min_args, max_args};
   return *this;
 }
+inline Node& Node::handler(const std::string& name, Handler fn, CommandFlags flags, int min_args, int max_args) {
+  const char* text = flags == CommandFlags::Read ? "r" : flags == CommandFlags::Write ? "we" : "wes";
+  return handler(name, std::move(fn), text, min_args, max_args);
+}
 inline Node& Node::on_leader(std::function<void(Node&, std::uint64_t)> fn) {
   rt_->on_leader_ = std::move(fn);
   return *this;
@@ -15386,6 +15552,8 @@ inline Node& Node::on_candidate(std::function<void(Node&)> fn) {
 inline void Node::start() { rt_->start(); }
 inline void Node::join() { rt_->join(); }
 inline void Node::stop() { rt_->stop(); }
+inline void Node::request_stop() { rt_->request_stop(); }
+inline detail::Runtime& testing::runtime(Node& node) { return *node.rt_; }
 inline bool Node::stopping() const { return rt_->stopping(); }
 inline const NodeId& Node::id() const { return rt_->id(); }
 inline const std::string& Node::address() const { return rt_->address(); }
@@ -15400,12 +15568,10 @@ inline std::string Node::info() const { return rt_->info(); }
 inline void Node::read(const std::function<void(const Store&)>& f) const { rt_->read(f); }
 inline std::future<Reply> Node::execute_async(std::vector<std::string> words) { return rt_->execute_async(std::move(words)); }
 inline Reply Node::execute(std::vector<std::string> words) { return rt_->execute_async(std::move(words)).get(); }
-inline Reply Node::add_learner(const NodeId& id, const std::string& address) { return rt_->admin({"raft.add", id, address}); }
-inline Reply Node::promote(const NodeId& id) { return rt_->admin({"raft.promote", id}); }
-inline Reply Node::remove(const NodeId& id) { return rt_->admin({"raft.remove", id}); }
-inline Reply Node::transfer_leadership(const NodeId& to) {
-  return to.empty() ? rt_->admin({"raft.transfer"}) : rt_->admin({"raft.transfer", to});
-}
+inline AdminResult Node::add_learner(const NodeId& id, const std::string& address) { return rt_->add_learner(id, address); }
+inline AdminResult Node::promote(const NodeId& id) { return rt_->promote(id); }
+inline AdminResult Node::remove(const NodeId& id) { return rt_->remove(id); }
+inline AdminResult Node::transfer_leadership(const NodeId& to) { return rt_->transfer_leadership(to); }
 
 // ---- the default command line -----------------------------------------------------------------
 

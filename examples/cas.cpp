@@ -10,28 +10,27 @@
 raft::Reply do_cas(raft::Call& call) {
   const std::string& key = call.words[1];
   const std::string& expected = call.words[2];
-  const std::string& value = call.words[3];
-  call.check_ttl(key);  // an expired key is gone at this entry's time
-  raft::Store::Object* obj = call.data.find_for_write(key, call.now_ms);
+  bool wrong = false;
+  // The key's string; an expired key is deleted first (it is gone at this entry's time).
+  const raft::Store::Object* obj = raft::write_lookup(call, key, raft::Store::Kind::String, wrong);
+  if (wrong) return raft::wrongtype_error();
   std::string current;
   if (obj == nullptr) {
     std::string e = expected;
     for (char& c : e) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     if (e != "none") return raft::Reply::nil();
     current = expected;  // as pyraft: a missing key matches "none"
-  } else if (obj->kind != raft::Store::Kind::String) {
-    return raft::Reply::error("WRONGTYPE Operation against a key holding the wrong kind of value");
   } else {
     current = obj->str;
   }
   if (current != expected) return raft::Reply::bulk(current);
-  call.data.put(key, raft::Store::Kind::String).str = value;  // put() clears the deadline
+  call.data.put(key, raft::Store::Kind::String).str = call.words[3];  // put() clears the deadline
   return raft::Reply::bulk(expected);
 }
 
 int main(int argc, char** argv) {
   auto node = raft::make_default_node(argc, argv);
-  node->handler("cas", do_cas, "we", 3, 3);
+  node->handler("cas", do_cas, raft::Write, 3, 3);
   examples::StopOnSignal stop_on_signal(*node);
   try {
     node->start();

@@ -30,7 +30,7 @@ class StopOnSignal {
     std::thread([&node, set] {
       int sig = 0;
       sigwait(&set, &sig);
-      node.runtime().request_stop();  // node.join() in main then stops it
+      node.request_stop();  // node.join() in main then stops it
     }).detach();
   }
 };

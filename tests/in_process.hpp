@@ -104,12 +104,12 @@ inline raft::Config node_config(const std::string& id, const std::string& addr) 
 /// A node with its own data directory (unless the config names one) and log capture.
 class TestNode {
  public:
-  explicit TestNode(raft::Config config) : logs_(std::make_shared<LogLines>()) {
+  explicit TestNode(raft::Config config, raft::testing::Hooks hooks = {}) : logs_(std::make_shared<LogLines>()) {
     config.time_scale = time_scale();
     if (config.data_dir.empty()) config.data_dir = dir_.file("data");
     std::shared_ptr<LogLines> logs = logs_;
     config.log_sink = [logs](raft::LogLevel, const std::string& line) { logs->add(line); };
-    node_ = std::make_unique<raft::Node>(std::move(config));
+    node_ = std::make_unique<raft::Node>(std::move(config), std::move(hooks));
   }
   ~TestNode() { node_.reset(); }
   TestNode(const TestNode&) = delete;
@@ -129,13 +129,16 @@ class TestNode {
 /// n voters "1".."n" with a static peer map at address(test, i).
 class Cluster {
  public:
-  Cluster(int test, int size, const std::function<void(raft::Config&)>& adjust = {}) {
+  /// `hooks`: each node's test hooks, from its configuration.
+  Cluster(int test, int size, const std::function<void(raft::Config&)>& adjust = {},
+          const std::function<raft::testing::Hooks(const raft::Config&)>& hooks = {}) {
     for (int i = 1; i <= size; ++i) {
       raft::Config c = node_config(std::to_string(i), address(test, i));
       for (int j = 1; j <= size; ++j)
         if (j != i) c.peers[std::to_string(j)] = address(test, j);
       if (adjust) adjust(c);
-      nodes_.push_back(std::make_unique<TestNode>(std::move(c)));
+      raft::testing::Hooks h = hooks ? hooks(c) : raft::testing::Hooks{};
+      nodes_.push_back(std::make_unique<TestNode>(std::move(c), std::move(h)));
     }
   }
   ~Cluster() {

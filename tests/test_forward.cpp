@@ -153,7 +153,7 @@ struct Three {
     // The follower's link to the leader is up, and forwarding works.
     REQUIRE(is_ok(c[follower].execute({"set", "warm", "1"})));
   }
-  raft::detail::Runtime& rt(int i) { return c[i].runtime(); }
+  raft::detail::Runtime& rt(int i) { return raft::testing::runtime(c[i]); }
   std::string id(int i) { return c[i].id(); }
   /// Writes `key` through the leader and waits until every node applied it: whatever was
   /// applied before is applied everywhere.
@@ -246,10 +246,10 @@ TEST_CASE("a forward whose answer was lost is answered by the next leader with t
   REQUIRE(eventually(long_wait(), [&] { return stored(t.c[t.leader], "n") == "1"; }));
 
   // Leadership moves to the third node; the follower hears of it and sends its write there.
-  raft::Reply moved;
+  raft::AdminResult moved;
   REQUIRE(eventually(long_wait(), [&] {
     moved = t.c[t.leader].transfer_leadership(t.id(t.third));
-    return is_ok(moved);
+    return moved.ok();
   }));
   REQUIRE(eventually(long_wait(), [&] { return t.c[t.follower].leader() == t.id(t.third); }));
   REQUIRE(ready_within(reply, long_wait()));
@@ -572,9 +572,9 @@ TEST_CASE("a forwarded write refused for a full session table is answered not-ru
   using raft::detail::SessionTable;
   // The leader's wall clock is the test's: entries are stamped with it, and sessions expire by it.
   auto clock = std::make_shared<std::atomic<std::int64_t>>(raft::detail::wall_ms());
-  raft::Config config = node_config("1", address(150, 1));
-  config.wall_clock = [clock] { return clock->load(); };
-  TestNode node(config);
+  raft::testing::Hooks hooks;
+  hooks.wall_clock = [clock] { return clock->load(); };
+  TestNode node(node_config("1", address(150, 1)), hooks);
   node->start();
   REQUIRE(eventually(long_wait(), [&] { return node->state() == 'l'; }));
   REQUIRE(is_ok(node->execute({"set", "n", "0"})));
@@ -623,10 +623,13 @@ TEST_CASE("a forwarded write whose first copy was refused for a full session tab
   // Every node's wall clock is the test's (the leader's stamps its entries, and sessions expire
   // by those stamps).
   auto clock = std::make_shared<std::atomic<std::int64_t>>(raft::detail::wall_ms());
-  Cluster c(151, 3, [clock](raft::Config& config) {
-    config.append_timeout_ms = 3000;
-    config.wall_clock = [clock] { return clock->load(); };
-  });
+  Cluster c(
+      151, 3, [](raft::Config& config) { config.append_timeout_ms = 3000; },
+      [clock](const raft::Config&) {
+        raft::testing::Hooks hooks;
+        hooks.wall_clock = [clock] { return clock->load(); };
+        return hooks;
+      });
   c.start();
   const int leader = c.wait_for_leader();
   REQUIRE(leader != 0);
@@ -659,19 +662,19 @@ TEST_CASE("a forwarded write whose first copy was refused for a full session tab
   // the leader (the leader's link to the follower stalls).
   pass_leader_time(c[leader], *clock, t0 + SessionTable::kIdleMs - 1);
   const std::uint64_t before = c[leader].applied_index();
-  c[leader].runtime().set_link_fault_for_test(follower_id, Fault::Stall);
+  raft::testing::runtime(c[leader]).set_link_fault_for_test(follower_id, Fault::Stall);
   auto reply = c[follower].execute_async({"incr", "n"});
   REQUIRE(eventually(long_wait(), [&] { return c[leader].applied_index() > before; }));  // the first copy's entry
   // The sessions expire; the follower's connection breaks and comes back, and it sends the
   // write again: this copy runs.
   pass_leader_time(c[leader], *clock, t0 + SessionTable::kIdleMs);
-  c[follower].runtime().set_link_fault_for_test(leader_id, Fault::Drop);
-  c[follower].runtime().set_link_fault_for_test(leader_id, Fault::None);
+  raft::testing::runtime(c[follower]).set_link_fault_for_test(leader_id, Fault::Drop);
+  raft::testing::runtime(c[follower]).set_link_fault_for_test(leader_id, Fault::None);
   REQUIRE(eventually(long_wait(), [&] { return stored(c[leader], "n") == "1"; }));
   // Both answers reach the follower now, the first copy's first. That one says "not run" of
   // its own copy only: the follower sent two, so it waits, and answers with the reply of the
   // copy that ran (answering "not run" would tell the caller a lie: n is 1 everywhere).
-  c[leader].runtime().set_link_fault_for_test(follower_id, Fault::None);
+  raft::testing::runtime(c[leader]).set_link_fault_for_test(follower_id, Fault::None);
   REQUIRE(ready_within(reply, long_wait()));
   const raft::Reply r = reply.get();
   INFO(typed(r));
@@ -726,7 +729,7 @@ TEST_CASE("a link holding more than its whole budget of unanswered forwards stil
   std::string raft_message;
   resp::write_command(raft_message, {"RAFTMSG", "an acknowledgement"});
   {
-    raft::detail::PeerLink link(node->runtime(), "9", ip(153, 9) + ":7090", kBudget);
+    raft::detail::PeerLink link(raft::testing::runtime(*node), "9", ip(153, 9) + ":7090", kBudget);
     // Its connection: the handshake, and hold the WELCOME while the link waits for it.
     pollfd p{listen_fd, POLLIN, 0};
     REQUIRE(::poll(&p, 1, static_cast<int>(scaled(5000).count())) == 1);

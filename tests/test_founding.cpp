@@ -60,10 +60,11 @@ class LogLines {
 };
 
 // A raft::Node whose log goes to `logs`, with the test's time scale.
-std::unique_ptr<raft::Node> make_node(raft::Config c, const std::shared_ptr<LogLines>& logs) {
+std::unique_ptr<raft::Node> make_node(raft::Config c, const std::shared_ptr<LogLines>& logs,
+                                      raft::testing::Hooks hooks = {}) {
   c.time_scale = proc::time_scale();
   c.log_sink = [logs](raft::LogLevel, const std::string& line) { logs->add(line); };
-  return std::make_unique<raft::Node>(std::move(c));
+  return std::make_unique<raft::Node>(std::move(c), std::move(hooks));
 }
 
 raft::Config founder_config(const Net& net, const std::string& data_dir) {
@@ -185,7 +186,7 @@ TEST_CASE("a founder asked to stop while it listens leaves no data directory, an
     REQUIRE(proc::eventually(scaled(5000), [&] { return logs->contains("listening"); }));
     // A crash now leaves nothing that a restart would take for a founded cluster.
     CHECK_FALSE(fs::exists(config.data_dir));
-    node->runtime().request_stop();
+    node->request_stop();
     REQUIRE(started.wait_for(scaled(10000)) == std::future_status::ready);
     CHECK_THROWS_WITH(started.get(), Contains("nothing was written"));
     CHECK_FALSE(fs::exists(config.data_dir));
@@ -225,15 +226,15 @@ TEST_CASE("a founder started with -l that stops at any step of creating its data
     config.load_snapshot = file;
     {
       auto calls = std::make_shared<std::atomic<int>>(0);
-      raft::Config failing = config;
-      failing.fsync_hook = [calls, k](int fd) {
+      raft::testing::Hooks failing;
+      failing.fsync = [calls, k](int fd) {
         if (++*calls >= k) {
           errno = EIO;
           return -1;
         }
         return ::fsync(fd);
       };
-      auto node = make_node(failing, std::make_shared<LogLines>());
+      auto node = make_node(config, std::make_shared<LogLines>(), failing);
       try {
         node->start();
         return o;  // the start wrote everything; a later write failed

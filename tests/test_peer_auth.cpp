@@ -112,7 +112,7 @@ TEST_CASE("peer auth: a node sends an address that has not proved it holds the s
   REQUIRE(raft::detail::parse_host_port(address(231, 9), evil, error));
   const int listener = raft::detail::listen_tcp(evil.host, evil.port + 1, error);
   REQUIRE(listener >= 0);
-  REQUIRE(eventually(long_wait(), [&] { return is_ok((*n)->add_learner("evil", address(231, 9))); }));
+  REQUIRE(eventually(long_wait(), [&] { return (*n)->add_learner("evil", address(231, 9)).ok(); }));
 
   std::string captured;
   int fd = -1;

@@ -132,8 +132,8 @@ TEST_CASE("a flood of connections on the peer port does not lock out a member", 
   REQUIRE(eventually(long_wait(), [&] { return opened > 1100; }));
   // The follower's link to the leader (its acknowledgements) breaks and connects again.
   using Fault = raft::detail::PeerLink::Fault;
-  c[follower].runtime().set_link_fault_for_test(l.id(), Fault::Drop);
-  c[follower].runtime().set_link_fault_for_test(l.id(), Fault::None);  // lifted: it reconnects
+  raft::testing::runtime(c[follower]).set_link_fault_for_test(l.id(), Fault::Drop);
+  raft::testing::runtime(c[follower]).set_link_fault_for_test(l.id(), Fault::None);  // lifted: it reconnects
 
   // Two voters: a write commits only with the follower's acknowledgement, over the new link.
   const bool replicated = eventually(scaled(10000), [&] {
@@ -172,7 +172,7 @@ TEST_CASE("a heartbeat queued on a peer link behind large appends is sent before
   // Held on the link (as by a peer that reads slowly): 4 MiB of appends, then a heartbeat.
   using raft::MessageType;
   using Fault = raft::detail::PeerLink::Fault;
-  raft::detail::Runtime& rt = n->runtime();
+  raft::detail::Runtime& rt = raft::testing::runtime(*n);
   rt.set_link_fault_for_test("2", Fault::Stall);
   constexpr std::uint64_t kMarker = 0xC0FFEE;
   for (std::uint64_t i = 1; i <= 8; ++i) {

@@ -18,6 +18,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
@@ -202,12 +203,12 @@ std::string address(int test, int node) { return ip(test, node) + ":" + std::to_
 /// A node with its own data directory and log capture; the node is destroyed first.
 class TestNode {
  public:
-  explicit TestNode(raft::Config config) : logs_(std::make_shared<LogLines>()) {
+  explicit TestNode(raft::Config config, raft::testing::Hooks hooks = {}) : logs_(std::make_shared<LogLines>()) {
     config.time_scale = time_scale();
     if (config.data_dir.empty()) config.data_dir = dir_.file("data");
     std::shared_ptr<LogLines> logs = logs_;
     config.log_sink = [logs](raft::LogLevel, const std::string& line) { logs->add(line); };
-    node_ = std::make_unique<raft::Node>(std::move(config));
+    node_ = std::make_unique<raft::Node>(std::move(config), std::move(hooks));
   }
   ~TestNode() { node_.reset(); }
   TestNode(const TestNode&) = delete;
@@ -234,13 +235,16 @@ raft::Config node_config(const std::string& id, const std::string& addr) {
 /// n voters "1".."n" with a static peer map at address(test, i).
 class Cluster {
  public:
-  Cluster(int test, int size, const std::function<void(raft::Config&)>& adjust = {}) {
+  /// `hooks`: each node's test hooks, from its configuration.
+  Cluster(int test, int size, const std::function<void(raft::Config&)>& adjust = {},
+          const std::function<raft::testing::Hooks(const raft::Config&)>& hooks = {}) {
     for (int i = 1; i <= size; ++i) {
       raft::Config c = node_config(std::to_string(i), address(test, i));
       for (int j = 1; j <= size; ++j)
         if (j != i) c.peers[std::to_string(j)] = address(test, j);
       if (adjust) adjust(c);
-      nodes_.push_back(std::make_unique<TestNode>(std::move(c)));
+      raft::testing::Hooks h = hooks ? hooks(c) : raft::testing::Hooks{};
+      nodes_.push_back(std::make_unique<TestNode>(std::move(c), std::move(h)));
     }
   }
   ~Cluster() {
@@ -302,13 +306,14 @@ class Cluster {
   std::vector<std::unique_ptr<TestNode>> nodes_;
 };
 
-/// Retries an administration call while it answers TRYAGAIN (another change in progress,
-/// leader not ready yet): those change nothing. Returns the last reply.
-raft::Reply admin_until_done(const std::function<raft::Reply()>& call, int ms = 15000) {
-  raft::Reply r;
+/// Retries an administration call while it answers Busy or Transferring (another change in
+/// progress, leader not ready yet, a handover under way): those change nothing. Returns the
+/// last result.
+raft::AdminResult admin_until_done(const std::function<raft::AdminResult()>& call, int ms = 15000) {
+  raft::AdminResult r;
   eventually(scaled(ms), [&] {
     r = call();
-    return !(r.is_error() && r.str.rfind("TRYAGAIN", 0) == 0);
+    return r.error != raft::AdminResult::Error::Busy && r.error != raft::AdminResult::Error::Transferring;
   });
   return r;
 }
@@ -629,8 +634,9 @@ TEST_CASE("a linearizable read judges expiry at the leader's time, whatever the 
     raft::Config cfg = node_config(std::to_string(i), address(29, i));
     if (i > 1) cfg.join = {address(29, 1)};
     const std::int64_t off = offset.at(cfg.id);
-    cfg.wall_clock = [off] { return wall_ms() + off; };
-    nodes.push_back(std::make_unique<TestNode>(std::move(cfg)));
+    raft::testing::Hooks skewed;
+    skewed.wall_clock = [off] { return wall_ms() + off; };
+    nodes.push_back(std::make_unique<TestNode>(std::move(cfg), std::move(skewed)));
     nodes.back()->node().start();
   }
   raft::Node& leader = nodes[0]->node();
@@ -658,6 +664,51 @@ TEST_CASE("a linearizable read judges expiry at the leader's time, whatever the 
 // =============================================================================================
 // 5. execute() on the apply thread
 // =============================================================================================
+
+TEST_CASE("handlers registered with raft::Read, raft::Write and raft::WriteNoGrow run as pyraft's \"r\", \"we\" "
+          "and \"wes\" do",
+          "[runtime]") {
+  const auto put = [](raft::Call& call) {
+    call.data.put(call.words[1], raft::Store::Kind::String).str = call.words[2];
+    return raft::Reply::ok();
+  };
+  const auto get = [](raft::Call& call) {
+    const raft::Store::Object* o = call.data.find(call.words[1], call.now_ms);
+    return o ? raft::Reply::bulk(o->str) : raft::Reply::nil();
+  };
+  const auto del = [](raft::Call& call) { return raft::Reply::integer(call.data.erase(call.words[1]) ? 1 : 0); };
+  raft::Config config = node_config("1", address(67, 1));
+  config.maxmemory = 1;  // once anything is stored, only writes that never grow the data run
+  TestNode n(config);
+  n->handler("typed.put", put, raft::Write, 2, 2)
+      .handler("typed.get", get, raft::Read, 1, 1)
+      .handler("typed.del", del, raft::WriteNoGrow, 1, 1)
+      .handler("str.put", put, "we", 2, 2)
+      .handler("str.del", del, "wes", 1, 1);
+  const raft::CommandTable& table = raft::testing::runtime(*n).handlers_;
+  for (const auto& [by_type, by_string] :
+       {std::pair<const char*, const char*>{"typed.put", "str.put"}, {"typed.del", "str.del"}}) {
+    INFO(by_type);
+    CHECK(table.at(by_type).flags == table.at(by_string).flags);
+  }
+  CHECK(table.at("typed.put").flags == "we");
+  CHECK(table.at("typed.del").flags == "wes");
+  CHECK(table.at("typed.get").flags == "r");
+  CHECK(table.at("typed.get").max_args == 1);
+  CHECK_THROWS_AS(n->handler("bad", put, "w"), std::invalid_argument);
+
+  n->start();
+  REQUIRE(eventually(long_wait(), [&] { return n->state() == 'l'; }));
+  REQUIRE(is_ok(n->execute({"typed.put", "k", "v"})));
+  CHECK(n->execute({"typed.get", "k"}).str == "v");
+  CHECK(n->execute({"typed.get", "k", "extra"}).is_error());
+  // At maxmemory: the Write is refused, the WriteNoGrow runs, as their strings' would.
+  REQUIRE(eventually(long_wait(), [&] { return n->execute({"typed.put", "k2", "v"}).is_error(); }));
+  CHECK_THAT(n->execute({"typed.put", "k2", "v"}).str, StartsWith("OOM"));
+  CHECK_THAT(n->execute({"str.put", "k2", "v"}).str, StartsWith("OOM"));
+  CHECK(n->execute({"typed.del", "k"}).num == 1);
+  CHECK(n->execute({"str.del", "k"}).num == 0);
+}
 
 TEST_CASE("execute from inside a handler or a callback returns an error instead of deadlocking", "[runtime]") {
   std::mutex mu;
@@ -945,17 +996,22 @@ TEST_CASE("add_learner, promote, transfer_leadership and remove change the confi
   const std::string a4 = address(8, 4);
   const std::string leader_id = std::to_string(leader);
 
-  for (raft::Reply r : {c[follower].add_learner("4", a4), c[follower].promote("2"), c[follower].remove("3"),
-                        c[follower].transfer_leadership(leader_id)}) {
-    INFO(typed(r));
-    CHECK(r.is_error());
-    CHECK_THAT(r.str, StartsWith("MOVED " + leader_id + " " + c[leader].address()));
+  for (const raft::AdminResult& r : {c[follower].add_learner("4", a4), c[follower].promote("2"),
+                                     c[follower].remove("3"), c[follower].transfer_leadership(leader_id)}) {
+    INFO(r.message);
+    CHECK_FALSE(r.ok());
+    CHECK(r.error == raft::AdminResult::Error::NotLeader);
+    CHECK(r.leader == leader_id);
+    CHECK(r.leader_address == c[leader].address());
+    CHECK_THAT(r.message, StartsWith("MOVED " + leader_id + " " + c[leader].address()));
   }
   CHECK(member_role(c[leader], "4") == "absent");
 
-  raft::Reply added = admin_until_done([&] { return c[leader].add_learner("4", a4); });
-  INFO(typed(added));
-  REQUIRE(is_ok(added));
+  raft::AdminResult added = admin_until_done([&] { return c[leader].add_learner("4", a4); });
+  INFO(added.message);
+  REQUIRE(added.ok());
+  CHECK(added.index > 0);
+  CHECK(added.term == c[leader].term());
   for (int i = 1; i <= 3; ++i) CHECK(eventually(long_wait(), [&] { return member_role(c[i], "4") == "learner"; }));
   REQUIRE(is_ok(c[leader].execute({"set", "before4", "x"})));
 
@@ -969,29 +1025,30 @@ TEST_CASE("add_learner, promote, transfer_leadership and remove change the confi
   REQUIRE(eventually(long_wait(), [&] { return stored(*n4, "before4") == "x"; }));
   CHECK(n4->state() == 'n');
 
-  raft::Reply promoted = admin_until_done([&] { return c[leader].promote("4"); });
-  INFO(typed(promoted));
-  REQUIRE(is_ok(promoted));
+  raft::AdminResult promoted = admin_until_done([&] { return c[leader].promote("4"); });
+  INFO(promoted.message);
+  REQUIRE(promoted.ok());
   for (int i = 1; i <= 3; ++i) CHECK(eventually(long_wait(), [&] { return member_role(c[i], "4") == "voter"; }));
   REQUIRE(eventually(long_wait(), [&] { return n4->state() == 'f' && member_role(*n4, "4") == "voter"; }));
   CHECK(info_field(*n4, "raft_voters") == "4");
 
-  raft::Reply moved = admin_until_done([&] { return c[leader].transfer_leadership("4"); });
-  INFO(typed(moved));
-  REQUIRE(is_ok(moved));
+  raft::AdminResult moved = admin_until_done([&] { return c[leader].transfer_leadership("4"); });
+  INFO(moved.message);
+  REQUIRE(moved.ok());
+  CHECK(moved.target == "4");
   REQUIRE(eventually(long_wait(), [&] {
     return n4->state() == 'l' && c[1].leader() == "4" && c[2].leader() == "4" && c[3].leader() == "4";
   }));
   CHECK(is_ok(n4->execute({"set", "led-by", "4"})));
 
-  raft::Reply back = admin_until_done([&] { return n4->transfer_leadership(leader_id); });
-  INFO(typed(back));
-  REQUIRE(is_ok(back));
+  raft::AdminResult back = admin_until_done([&] { return n4->transfer_leadership(leader_id); });
+  INFO(back.message);
+  REQUIRE(back.ok());
   REQUIRE(eventually(long_wait(), [&] { return c[leader].state() == 'l' && n4->leader() == leader_id; }));
 
-  raft::Reply removed = admin_until_done([&] { return c[leader].remove("4"); });
-  INFO(typed(removed));
-  REQUIRE(is_ok(removed));
+  raft::AdminResult removed = admin_until_done([&] { return c[leader].remove("4"); });
+  INFO(removed.message);
+  REQUIRE(removed.ok());
   for (int i = 1; i <= 3; ++i) {
     INFO("node " << i);
     CHECK(eventually(long_wait(), [&] { return member_role(c[i], "4") == "absent" && info_field(c[i], "raft_members") == "3"; }));
@@ -999,6 +1056,125 @@ TEST_CASE("add_learner, promote, transfer_leadership and remove change the confi
   CHECK(info_field(c[leader], "raft_voters") == "3");
   CHECK(is_ok(c[leader].execute({"set", "after4", "y"})));
   CHECK(c[follower].execute({"get", "after4"}).str == "y");
+}
+
+namespace {
+
+/// An fsync hook that holds every call while the gate is closed: what the node writes then
+/// does not become durable, so the leader of one cannot commit it.
+class DiskGate {
+ public:
+  void close() {
+    std::lock_guard<std::mutex> lock(mu_);
+    closed_ = true;
+  }
+  void open() {
+    std::lock_guard<std::mutex> lock(mu_);
+    closed_ = false;
+    cv_.notify_all();
+  }
+  std::function<int(int)> hook() {
+    return [this](int fd) {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return !closed_; });
+      return ::fsync(fd);
+    };
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool closed_ = false;
+};
+
+/// The error `r` failed with, and RAFT.* (run as `words` on `node`) replying with its message.
+void check_admin_error(raft::Node& node, const raft::AdminResult& r, raft::AdminResult::Error error,
+                       const std::vector<std::string>& words) {
+  INFO(words[0] << ": " << r.message);
+  CHECK_FALSE(r.ok());
+  CHECK_FALSE(static_cast<bool>(r));
+  CHECK(r.error == error);
+  CHECK_FALSE(r.message.empty());
+  const raft::Reply reply = node.execute(words);
+  CHECK(reply.is_error());
+  CHECK(reply.str == r.message);
+}
+
+}  // namespace
+
+TEST_CASE("each administration call that changes nothing says why in its error, and RAFT.* replies with its message",
+          "[runtime]") {
+  using Error = raft::AdminResult::Error;
+  DiskGate gate;  // outlives the node, whose writer may wait in it
+  raft::testing::Hooks hooks;
+  hooks.fsync = gate.hook();
+  TestNode n(node_config("1", address(64, 1)), hooks);
+  for (const raft::AdminResult& r : {n->add_learner("4", address(64, 4)), n->promote("4"), n->remove("4"),
+                                     n->transfer_leadership()}) {
+    INFO(r.message);
+    CHECK(r.error == Error::NotRunning);
+  }
+  n->start();
+  REQUIRE(eventually(long_wait(), [&] { return n->state() == 'l'; }));
+  REQUIRE(is_ok(n->execute({"set", "k", "v"})));
+
+  check_admin_error(*n, n->add_learner("4", "no-address"), Error::InvalidAddress, {"raft.add", "4", "no-address"});
+  check_admin_error(*n, n->add_learner("4", "no-address"), Error::InvalidAddress, {"add_node", "4", "no-address"});
+  check_admin_error(*n, n->remove("9"), Error::NotAllowed, {"raft.remove", "9"});
+  check_admin_error(*n, n->remove("1"), Error::NotAllowed, {"del_node", "1"});  // the last voter
+  check_admin_error(*n, n->promote("9"), Error::NotAllowed, {"raft.promote", "9"});
+  check_admin_error(*n, n->transfer_leadership(), Error::NoTarget, {"raft.transfer"});
+  check_admin_error(*n, n->transfer_leadership("1"), Error::InvalidTarget, {"raft.transfer", "1"});
+  check_admin_error(*n, n->transfer_leadership("9"), Error::InvalidTarget, {"raft.transfer", "9"});
+  CHECK(member_role(*n, "4") == "absent");
+
+  // While the first change is not durable, and so not committed, a second one must wait.
+  gate.close();
+  const raft::AdminResult added = n->add_learner("4", address(64, 4));
+  INFO(added.message);
+  REQUIRE(added.ok());
+  CHECK(static_cast<bool>(added));
+  CHECK(added.message.empty());
+  CHECK(added.index > 0);
+  CHECK(added.term == n->term());
+  const raft::AdminResult busy = n->promote("4");
+  CHECK(busy.error == Error::Busy);
+  CHECK_THAT(busy.message, StartsWith("TRYAGAIN"));
+  CHECK(n->execute({"raft.promote", "4"}).str == busy.message);
+  gate.open();
+  CHECK(eventually(long_wait(), [&] { return member_role(*n, "4") == "learner"; }));
+
+  n->stop();
+  CHECK(n->promote("4").error == Error::NotRunning);
+}
+
+TEST_CASE("an administration call during a handover is refused as Transferring, and one on a node that knows no "
+          "leader as NotLeader without a leader",
+          "[runtime]") {
+  using Error = raft::AdminResult::Error;
+  Cluster c(65, 3);
+  c.start();
+  const int leader = c.wait_for_leader();
+  REQUIRE(leader != 0);
+  const int follower = c.other_than(leader);
+  c[follower].stop();
+  // The handover waits for the stopped follower until an election timeout passes: meanwhile
+  // membership changes are refused.
+  const raft::AdminResult moving = c[leader].transfer_leadership(c[follower].id());
+  INFO(moving.message);
+  REQUIRE(moving.ok());
+  CHECK(moving.target == c[follower].id());
+  check_admin_error(c[leader], c[leader].add_learner("4", address(65, 4)), Error::Transferring,
+                    {"raft.add", "4", address(65, 4)});
+
+  // A node of a cluster that never started knows no leader.
+  Cluster alone(66, 3);
+  alone[1].start();
+  const raft::AdminResult r = alone[1].promote("2");
+  INFO(r.message);
+  CHECK(r.error == Error::NotLeader);
+  CHECK(r.leader.empty());
+  CHECK_THAT(r.message, StartsWith("CLUSTERDOWN"));
 }
 
 // =============================================================================================
@@ -1068,7 +1244,11 @@ struct DiskCluster {
   FailingDisk disks[4];
   Cluster cluster;
   explicit DiskCluster(int test)
-      : cluster(test, 3, [this](raft::Config& config) { config.fsync_hook = disks[std::stoi(config.id)].hook(); }) {}
+      : cluster(test, 3, {}, [this](const raft::Config& config) {
+          raft::testing::Hooks hooks;
+          hooks.fsync = disks[std::stoi(config.id)].hook();
+          return hooks;
+        }) {}
 };
 
 /// Issues `count` writes on `n`, one at a time: each is answered, with MISCONF or TIMEOUT, never OK.
@@ -1227,7 +1407,7 @@ TEST_CASE("a node without a write handler the log needs stops its apply loop ins
   int leader = c.wait_for_leader();
   REQUIRE(leader != 0);
   if (leader == 3) {
-    REQUIRE(is_ok(admin_until_done([&] { return c[3].transfer_leadership("1"); })));
+    REQUIRE(admin_until_done([&] { return c[3].transfer_leadership("1"); }).ok());
     REQUIRE(eventually(long_wait(), [&] { return c.current_leader() == 1; }));
     leader = 1;
   }

@@ -262,6 +262,50 @@ TEST_CASE("store: find_for_write deletes an expired key at the entry timestamp",
   CHECK(s.due(kT0 + 100, 10).empty());
 }
 
+TEST_CASE("store: the handler helpers find a key of their kind, say WRONGTYPE for another, and erase an emptied "
+          "collection",
+          "[store][ttl]") {
+  Store s;
+  const std::vector<std::string> words{"mine"};
+  raft::Call call{s, words, kT0};
+  s.put("str", Kind::String).str = "v";
+  s.put("list", Kind::List).list.push_back("a");
+  s.put("old", Kind::String).str = "gone";
+  s.set_deadline("old", kT0);
+  bool wrong = true;
+  const Store::Object* o = raft::read_lookup(call, "str", Kind::String, wrong);
+  CHECK_FALSE(wrong);
+  REQUIRE(o != nullptr);
+  CHECK(o->str == "v");
+  CHECK(raft::read_lookup(call, "list", Kind::String, wrong) == nullptr);
+  CHECK(wrong);
+  CHECK(raft::write_lookup(call, "str", Kind::List, wrong) == nullptr);
+  CHECK(wrong);
+  CHECK(raft::wrongtype_error().str == "WRONGTYPE Operation against a key holding the wrong kind of value");
+  // Expired at the call's time: hidden from a read, deleted by a write.
+  CHECK(raft::read_lookup(call, "old", Kind::String, wrong) == nullptr);
+  CHECK_FALSE(wrong);
+  CHECK(s.size() == 3);
+  CHECK(raft::write_lookup(call, "old", Kind::String, wrong) == nullptr);
+  CHECK_FALSE(wrong);
+  CHECK(s.size() == 2);
+
+  CHECK_FALSE(raft::erase_if_empty(call, "list"));  // it holds an element
+  CHECK_FALSE(raft::erase_if_empty(call, "str"));   // a string is never "empty"
+  CHECK_FALSE(raft::erase_if_empty(call, "absent"));
+  raft::write_lookup(call, "list", Kind::List, wrong)->list.clear();
+  CHECK(raft::erase_if_empty(call, "list"));
+  CHECK(s.find("list", kT0) == nullptr);
+  s.put("set", Kind::Set);
+  s.put("hash", Kind::Hash);
+  s.put("zset", Kind::SortedSet);
+  for (const char* key : {"set", "hash", "zset"}) {
+    INFO(key);
+    CHECK(raft::erase_if_empty(call, key));
+  }
+  CHECK(s.size() == 1);
+}
+
 TEST_CASE("store: due lists past deadlines earliest first, up to a limit", "[store][ttl]") {
   Store s;
   for (const auto& [key, at] : std::vector<std::pair<std::string, std::int64_t>>{

@@ -48,6 +48,15 @@ struct Call {
 
 using Handler = std::function<Reply(Call&)>;
 
+/// What a command does, for Node::handler: pyraft's flag strings as values of one type, so
+/// that only these can be written. Read ("r"): answered by the node that received it. Write
+/// ("we"): replicated through the log. WriteNoGrow ("wes"): a write that never grows the
+/// data, still run at Config::maxmemory (Redis's commands without denyoom: DEL, LPOP, ...).
+enum class CommandFlags : std::uint8_t { Read, Write, WriteNoGrow };
+inline constexpr CommandFlags Read = CommandFlags::Read;
+inline constexpr CommandFlags Write = CommandFlags::Write;
+inline constexpr CommandFlags WriteNoGrow = CommandFlags::WriteNoGrow;
+
 /// One row of the handler table.
 struct Command {
   Handler fn;
@@ -215,25 +224,69 @@ struct Config {
   LogLevel log_level = LogLevel::Info;
   LogSink log_sink;  // empty: standard error
 
-  /// Fault injection for tests: called instead of fdatasync/fsync on the data directory's
-  /// files (return -1 with errno set to fail). Empty: the real calls.
-  std::function<int(int fd)> fsync_hook;
-  /// The wall clock, in ms since the epoch (a leader stamps entries with it; READONLY reads
-  /// judge expiry by it). Empty: the system clock. Tests skew it.
-  std::function<std::int64_t()> wall_clock;
-
   /// Empty when valid, else what is wrong ("address '1.2.3' is not ip:port").
   std::string validate() const;
+};
+
+/// What an administration call did (Node::add_learner, promote, remove,
+/// transfer_leadership). Nothing was changed unless ok():
+///
+///   if (auto r = node.promote("4"); !r) std::cerr << r.message << "\n";
+struct [[nodiscard]] AdminResult {
+  enum class Error : std::uint8_t {
+    None,
+    NotRunning,      // the node is not started, or has stopped
+    NotLeader,       // changes are made on the leader: `leader` names it, empty when none is known
+    InvalidAddress,  // add_learner: the address is not ip:port
+    Busy,            // another membership change is not committed yet (or the leader's first
+                     // entry of its term is not): retry
+    Transferring,    // leadership is being handed over: retry
+    NotAllowed,      // one voter changes at a time, a voter must remain, the member must exist
+    NoTarget,        // transfer_leadership(""): no other voter was heard from lately
+    InvalidTarget,   // transfer_leadership(id): `id` is not another voter of the cluster
+  };
+  Error error = Error::None;
+  /// Why it failed, as the commands RAFT.ADD ... reply it (a Redis error without the '-':
+  /// "MOVED 2 10.0.0.2:5020 ...", "TRYAGAIN ..."); empty on success.
+  std::string message;
+  /// add_learner, promote, remove: where the configuration entry went (it takes effect when
+  /// appended; it is committed later).
+  std::uint64_t index = 0;
+  std::uint64_t term = 0;
+  /// transfer_leadership: the voter leadership goes to (the leader's choice when none was named).
+  NodeId target;
+  /// NotLeader: the leader's id and client address, when one is known.
+  NodeId leader;
+  std::string leader_address;
+
+  bool ok() const { return error == Error::None; }
+  explicit operator bool() const { return ok(); }
 };
 
 namespace detail {
 class Runtime;
 }
 
+/// For the tests only (the unit tests and the Jepsen-style suite): nothing here is needed to
+/// embed a node, and nothing here is stable.
+namespace testing {
+/// What a test replaces in a node: given to Node's constructor, fixed for its life.
+struct Hooks {
+  /// Called instead of fdatasync/fsync on the data directory's files (return -1 with errno
+  /// set to fail, or block to keep writes from becoming durable). Empty: the real calls.
+  std::function<int(int fd)> fsync;
+  /// The wall clock, in ms since the epoch (a leader stamps entries with it; READONLY reads
+  /// judge expiry by it). Empty: the system clock. Tests skew it.
+  std::function<std::int64_t()> wall_clock;
+};
+/// The runtime behind a node, for its test hooks (faults on links, messages sent as a peer).
+detail::Runtime& runtime(Node& node);
+}  // namespace testing
+
 /// A key-value state machine replicated by Raft, served to Redis clients.
 ///
 ///   raft::Node node(1, "127.0.0.1:5010", {{2, "127.0.0.1:5020"}, {3, "127.0.0.1:5030"}});
-///   node.handler("cas", do_cas, "we", 3, 3);
+///   node.handler("cas", do_cas, raft::Write, 3, 3);
 ///   node.on_leader([](raft::Node& n, std::uint64_t term) { ... });
 ///   node.start();
 ///   node.join();
@@ -244,14 +297,20 @@ class Runtime;
 class Node {
  public:
   explicit Node(Config config);
+  /// A node whose disk or clock a test controls.
+  Node(Config config, testing::Hooks hooks);
   Node(NodeId id, std::string address, std::map<NodeId, std::string> peers = {});
   Node(long long id, std::string address, std::map<long long, std::string> peers = {});
   ~Node();  // stops the node
   Node(const Node&) = delete;
   Node& operator=(const Node&) = delete;
 
-  /// Adds or replaces a command (before start()). flags "r": a read; "we": a write through
-  /// the log. Argument counts exclude the command name; max_args -1: no limit.
+  /// Adds or replaces a command (before start()): raft::Read, raft::Write or
+  /// raft::WriteNoGrow (see CommandFlags). Argument counts exclude the command name;
+  /// max_args -1: no limit.
+  Node& handler(const std::string& name, Handler fn, CommandFlags flags, int min_args = 0, int max_args = -1);
+  /// The same with pyraft's flag strings: "r", "we" or "wes" (a 'w' without 'e' throws
+  /// std::invalid_argument).
   Node& handler(const std::string& name, Handler fn, std::string flags = "r", int min_args = 0,
                 int max_args = -1);
   /// Called on the apply thread when this node's leadership of `term` is ready (its first
@@ -270,6 +329,10 @@ class Node {
   void join();
   /// Leaves: a leader hands leadership to the most up-to-date voter first. Idempotent.
   void stop();
+  /// Asks the node to stop and returns at once: join() then stops it as stop() does. For a
+  /// thread that must not wait (one that waits for signals, a handler, a callback); it is
+  /// not async-signal-safe (it takes a lock).
+  void request_stop();
   /// True once the node is stopping: threads started from callbacks watch it.
   bool stopping() const;
 
@@ -296,16 +359,19 @@ class Node {
   std::future<Reply> execute_async(std::vector<std::string> words);
   Reply execute(std::vector<std::string> words);
 
-  // ---- administration (also the commands RAFT.ADD, RAFT.PROMOTE, RAFT.REMOVE,
-  //      RAFT.TRANSFER, RAFT.LEAVE and pyraft's add_node / del_node) ----
-  Reply add_learner(const NodeId& id, const std::string& address);
-  Reply promote(const NodeId& id);
-  Reply remove(const NodeId& id);
-  Reply transfer_leadership(const NodeId& to = "");
-
-  detail::Runtime& runtime() { return *rt_; }
+  // ---- administration, on the leader (also the commands RAFT.ADD, RAFT.PROMOTE,
+  //      RAFT.REMOVE, RAFT.TRANSFER and pyraft's add_node / del_node) ----
+  /// Adds `id` at client address `address` as a learner (it then joins with -e).
+  AdminResult add_learner(const NodeId& id, const std::string& address);
+  /// Makes learner `id` a voter.
+  AdminResult promote(const NodeId& id);
+  /// Removes member `id` (a voter or a learner).
+  AdminResult remove(const NodeId& id);
+  /// Hands leadership to voter `to`; empty: the most up-to-date voter heard from lately.
+  AdminResult transfer_leadership(const NodeId& to = "");
 
  private:
+  friend detail::Runtime& testing::runtime(Node& node);
   std::unique_ptr<detail::Runtime> rt_;
 };
 

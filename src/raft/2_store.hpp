@@ -3590,6 +3590,37 @@ inline bool read_set_literal(LiteralReader& r, Store::Object& o, std::string& sc
 
 }  // namespace raft::detail
 
+// ---- helpers for user handlers: the ones the built-in commands use ----
+
+namespace raft {
+
+/// Redis's WRONGTYPE error: the reply when a key holds another kind than the command's.
+using detail::wrongtype_error;
+/// In a read handler: the key's object if it holds `kind` and is not expired at call.now_ms;
+/// nullptr when absent, or when it holds another kind, with `wrong` set (reply
+/// wrongtype_error()).
+using detail::read_lookup;
+/// In a write handler: the same, after deleting the key if it expired at the entry's time.
+using detail::write_lookup;
+
+/// In a write handler: deletes `key` if it holds a hash, list, set or sorted set left without
+/// elements, as Redis does (an empty one must not stay stored); true if it did.
+inline bool erase_if_empty(Call& call, std::string_view key) {
+  const Store::Object* o = call.data.find_for_write(key, call.now_ms);
+  if (o == nullptr) return false;
+  bool empty = false;
+  switch (o->kind) {
+    case Store::Kind::String: break;
+    case Store::Kind::Hash: empty = o->hash.empty(); break;
+    case Store::Kind::List: empty = o->list.empty(); break;
+    case Store::Kind::Set: empty = o->set().empty(); break;
+    case Store::Kind::SortedSet: empty = o->zset().empty(); break;
+  }
+  return empty && call.data.erase(key);
+}
+
+}  // namespace raft
+
 namespace raft {
 
 // ---- Store members ----

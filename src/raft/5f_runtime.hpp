@@ -93,7 +93,8 @@ class CheckedSnapshot {
 
 class Runtime {
  public:
-  Runtime(Node& node, Config config) : node_(node), cfg_(std::move(config)) {
+  Runtime(Node& node, Config config, testing::Hooks hooks = {})
+      : node_(node), cfg_(std::move(config)), hooks_(std::move(hooks)) {
     add_builtin_commands(handlers_);
     // The leader's background expiry: delete `key` if its deadline is still at or before
     // this entry's timestamp (a key renewed meanwhile survives).
@@ -146,6 +147,11 @@ class Runtime {
   }
 
   std::future<Reply> execute_async(std::vector<std::string> words);
+  // Administration (5k): Node's typed calls, and RAFT.* as their string layer (admin).
+  AdminResult add_learner(const NodeId& id, const std::string& address);
+  AdminResult promote(const NodeId& id);
+  AdminResult remove(const NodeId& id);
+  AdminResult transfer_leadership(const NodeId& to);
   Reply admin(const std::vector<std::string>& words);
 
   void log(LogLevel level, const std::string& message) const;
@@ -290,8 +296,8 @@ class Runtime {
     return l;
   }
   int scaled(int ms) const { return std::max(1, static_cast<int>(ms * cfg_.time_scale)); }
-  /// This node's wall clock (Config::wall_clock, else the system's).
-  std::int64_t now_ms() const { return cfg_.wall_clock ? cfg_.wall_clock() : wall_ms(); }
+  /// This node's wall clock (a test's Hooks::wall_clock, else the system's).
+  std::int64_t now_ms() const { return hooks_.wall_clock ? hooks_.wall_clock() : wall_ms(); }
 
   // startup
   void complete_config();
@@ -423,6 +429,8 @@ class Runtime {
   std::int64_t read_time(const ReadState& rs) const { return std::max(rs.time_ms, applied_timestamp_.load()); }
   Reply connection_command(ClientConn* conn, const std::vector<std::string>& words, bool& handled);
   static bool args_in(const std::vector<std::string>& w, std::size_t lo, std::size_t hi);
+  AdminResult admin_refusal() const;
+  AdminResult membership_result(const ProposeResult& proposed);
   static Reply admin_with_args(Runtime& rt, const std::vector<std::string>& w, std::size_t lo, std::size_t hi);
   Reply stop_on_request();
   static Reply set_readonly(ClientConn* conn, const std::vector<std::string>& w, bool readonly);
@@ -479,6 +487,7 @@ class Runtime {
 
   Node& node_;
   Config cfg_;
+  const testing::Hooks hooks_;
   HostPort host_;
   // The node's lifecycle, one way, each step taken once (life_ only grows):
   //   New       constructed; start() may run (again, after a start() that threw).

@@ -43,7 +43,7 @@ inline void Runtime::open_storage() {
   StorageOptions so;
   so.dir = cfg_.data_dir;
   so.segment_bytes = cfg_.segment_bytes;
-  so.fsync_hook = cfg_.fsync_hook;
+  so.fsync_hook = hooks_.fsync;
   so.warn = [this](const std::string& line) { log(LogLevel::Warning, line); };
   OpenedStorage o;
   if (Storage::exists(cfg_.data_dir))

@@ -284,42 +284,96 @@ inline std::string Runtime::checkpoint_refusal() {
 
 // ---- administration, CONFIG and the connection commands -----------------------------------
 
-inline Reply Runtime::admin(const std::vector<std::string>& w) {
-  // w[0] is one of raft.add raft.promote raft.remove raft.transfer add_node del_node
-  std::lock_guard<std::mutex> lock(core_mu_);
-  if (core_->role() != Role::Leader) {
-    const Member* m = core_->config().find(core_->leader());
-    if (!m) return Reply::error("CLUSTERDOWN no leader is known; nothing was changed");
-    return Reply::error("MOVED " + m->id + " " + m->address + " membership changes are made on the leader");
-  }
-  ProposeResult res;
-  std::int64_t now = now_ms();
-  if (w[0] == "raft.add" || w[0] == "add_node") {
-    HostPort hp;
-    std::string error;
-    if (!parse_host_port(w[2], hp, error)) return Reply::error("ERR " + error);
-    const Member* old = core_->config().find(w[1]);
-    res = core_->add_learner(Member{w[1], w[2], old ? old->server_id : "", false}, now);
-  } else if (w[0] == "raft.promote") {
-    res = core_->promote(w[1], now);
-  } else if (w[0] == "raft.remove" || w[0] == "del_node") {
-    res = core_->remove(w[1], now);
-  } else if (w[0] == "raft.transfer") {
-    NodeId to = w.size() > 1 ? w[1] : "";
-    if (to.empty()) to = core_->best_transfer_target();
-    if (to.empty()) return Reply::error("ERR no other voter was heard from lately to hand leadership to; nothing was changed");
-    if (!core_->transfer_leadership(to)) return Reply::error("ERR cannot transfer leadership to '" + to + "'");
-    drive();
-    return Reply::ok();
-  }
-  switch (res.error) {
-    case ProposeResult::Error::None: drive(); return Reply::ok();
+// Node's typed administration calls; RAFT.ADD, RAFT.PROMOTE, RAFT.REMOVE, RAFT.TRANSFER and
+// pyraft's add_node / del_node are the string layer on top (admin).
+
+inline AdminResult admin_error(AdminResult::Error error, std::string message) {
+  AdminResult r;
+  r.error = error;
+  r.message = std::move(message);
+  return r;
+}
+
+// Under core_mu_: why this node cannot change the membership now (not running, not the leader).
+inline AdminResult Runtime::admin_refusal() const {
+  // life_ first: core_ is made before the node runs, and kept until it is destroyed.
+  const Lifecycle life = life_.load();
+  if (life == Lifecycle::New || life >= Lifecycle::Stopping || !core_)
+    return admin_error(AdminResult::Error::NotRunning, "ERR the node is not running; nothing was changed");
+  if (core_->role() == Role::Leader) return {};
+  const Member* m = core_->config().find(core_->leader());
+  if (!m) return admin_error(AdminResult::Error::NotLeader, "CLUSTERDOWN no leader is known; nothing was changed");
+  AdminResult r = admin_error(AdminResult::Error::NotLeader,
+                              "MOVED " + m->id + " " + m->address + " membership changes are made on the leader");
+  r.leader = m->id;
+  r.leader_address = m->address;
+  return r;
+}
+
+// Under core_mu_: the outcome of proposing a configuration change.
+inline AdminResult Runtime::membership_result(const ProposeResult& proposed) {
+  using E = AdminResult::Error;
+  switch (proposed.error) {
+    case ProposeResult::Error::None: {
+      drive();
+      AdminResult r;
+      r.index = proposed.id.index;
+      r.term = proposed.id.term;
+      return r;
+    }
     case ProposeResult::Error::NotReady:
     case ProposeResult::Error::ConfigPending:
-      return Reply::error("TRYAGAIN another membership change is in progress; nothing was changed");
-    case ProposeResult::Error::Transferring: return Reply::error("TRYAGAIN leadership is being transferred");
-    default: return Reply::error("ERR that change is not allowed (one voter at a time; a voter must remain)");
+      return admin_error(E::Busy, "TRYAGAIN another membership change is in progress; nothing was changed");
+    case ProposeResult::Error::Transferring: return admin_error(E::Transferring, "TRYAGAIN leadership is being transferred");
+    default: return admin_error(E::NotAllowed, "ERR that change is not allowed (one voter at a time; a voter must remain)");
   }
+}
+
+inline AdminResult Runtime::add_learner(const NodeId& id, const std::string& address) {
+  std::lock_guard<std::mutex> lock(core_mu_);
+  AdminResult allowed = admin_refusal();
+  if (!allowed) return allowed;
+  HostPort hp;
+  std::string error;
+  if (!parse_host_port(address, hp, error)) return admin_error(AdminResult::Error::InvalidAddress, "ERR " + error);
+  const Member* old = core_->config().find(id);
+  return membership_result(core_->add_learner(Member{id, address, old ? old->server_id : "", false}, now_ms()));
+}
+
+inline AdminResult Runtime::promote(const NodeId& id) {
+  std::lock_guard<std::mutex> lock(core_mu_);
+  AdminResult allowed = admin_refusal();
+  return allowed ? membership_result(core_->promote(id, now_ms())) : allowed;
+}
+
+inline AdminResult Runtime::remove(const NodeId& id) {
+  std::lock_guard<std::mutex> lock(core_mu_);
+  AdminResult allowed = admin_refusal();
+  return allowed ? membership_result(core_->remove(id, now_ms())) : allowed;
+}
+
+inline AdminResult Runtime::transfer_leadership(const NodeId& to) {
+  std::lock_guard<std::mutex> lock(core_mu_);
+  AdminResult r = admin_refusal();
+  if (!r) return r;
+  r.target = to.empty() ? core_->best_transfer_target() : to;
+  if (r.target.empty())
+    return admin_error(AdminResult::Error::NoTarget,
+                       "ERR no other voter was heard from lately to hand leadership to; nothing was changed");
+  if (!core_->transfer_leadership(r.target))
+    return admin_error(AdminResult::Error::InvalidTarget, "ERR cannot transfer leadership to '" + r.target + "'");
+  drive();
+  return r;
+}
+
+inline Reply Runtime::admin(const std::vector<std::string>& w) {
+  // w[0] is one of raft.add raft.promote raft.remove raft.transfer add_node del_node
+  AdminResult r;
+  if (w[0] == "raft.add" || w[0] == "add_node") r = add_learner(w[1], w[2]);
+  else if (w[0] == "raft.promote") r = promote(w[1]);
+  else if (w[0] == "raft.remove" || w[0] == "del_node") r = remove(w[1]);
+  else r = transfer_leadership(w.size() > 1 ? w[1] : "");
+  return r ? Reply::ok() : Reply::error(r.message);
 }
 
 // Every command handled here must have its ACL category in acl_command (an administration

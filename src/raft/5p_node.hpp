@@ -74,6 +74,8 @@ inline std::string Config::validate() const {
 // ---- Node ------------------------------------------------------------------------------------
 
 inline Node::Node(Config config) : rt_(std::make_unique<detail::Runtime>(*this, std::move(config))) {}
+inline Node::Node(Config config, testing::Hooks hooks)
+    : rt_(std::make_unique<detail::Runtime>(*this, std::move(config), std::move(hooks))) {}
 
 inline Node::Node(NodeId id, std::string address, std::map<NodeId, std::string> peers) {
   Config c;
@@ -101,6 +103,10 @@ inline Node& Node::handler(const std::string& name, Handler fn, std::string flag
   rt_->handlers_[detail::lower(name)] = Command{std::move(fn), std::move(flags), min_args, max_args};
   return *this;
 }
+inline Node& Node::handler(const std::string& name, Handler fn, CommandFlags flags, int min_args, int max_args) {
+  const char* text = flags == CommandFlags::Read ? "r" : flags == CommandFlags::Write ? "we" : "wes";
+  return handler(name, std::move(fn), text, min_args, max_args);
+}
 inline Node& Node::on_leader(std::function<void(Node&, std::uint64_t)> fn) {
   rt_->on_leader_ = std::move(fn);
   return *this;
@@ -116,6 +122,8 @@ inline Node& Node::on_candidate(std::function<void(Node&)> fn) {
 inline void Node::start() { rt_->start(); }
 inline void Node::join() { rt_->join(); }
 inline void Node::stop() { rt_->stop(); }
+inline void Node::request_stop() { rt_->request_stop(); }
+inline detail::Runtime& testing::runtime(Node& node) { return *node.rt_; }
 inline bool Node::stopping() const { return rt_->stopping(); }
 inline const NodeId& Node::id() const { return rt_->id(); }
 inline const std::string& Node::address() const { return rt_->address(); }
@@ -130,12 +138,10 @@ inline std::string Node::info() const { return rt_->info(); }
 inline void Node::read(const std::function<void(const Store&)>& f) const { rt_->read(f); }
 inline std::future<Reply> Node::execute_async(std::vector<std::string> words) { return rt_->execute_async(std::move(words)); }
 inline Reply Node::execute(std::vector<std::string> words) { return rt_->execute_async(std::move(words)).get(); }
-inline Reply Node::add_learner(const NodeId& id, const std::string& address) { return rt_->admin({"raft.add", id, address}); }
-inline Reply Node::promote(const NodeId& id) { return rt_->admin({"raft.promote", id}); }
-inline Reply Node::remove(const NodeId& id) { return rt_->admin({"raft.remove", id}); }
-inline Reply Node::transfer_leadership(const NodeId& to) {
-  return to.empty() ? rt_->admin({"raft.transfer"}) : rt_->admin({"raft.transfer", to});
-}
+inline AdminResult Node::add_learner(const NodeId& id, const std::string& address) { return rt_->add_learner(id, address); }
+inline AdminResult Node::promote(const NodeId& id) { return rt_->promote(id); }
+inline AdminResult Node::remove(const NodeId& id) { return rt_->remove(id); }
+inline AdminResult Node::transfer_leadership(const NodeId& to) { return rt_->transfer_leadership(to); }
 
 // ---- the default command line -----------------------------------------------------------------
 
