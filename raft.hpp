@@ -11341,8 +11341,8 @@ class Links {
 //   data_mu_    the store: the apply thread writes, the poll thread and Node::read read; never
 //               held while taking core_mu_.
 //   done_mu_    replies for clients, handed to the poll thread: a leaf.
-//   status_mu_, acl_mu_, CheckedSnapshot's, Links' (after core_mu_ and fwd_mu_; it takes only
-//               a sender's mutex): leaves.
+//   status_mu_, acl_mu_, tunables_mu_, ServerStats' (INFO's counts), CheckedSnapshot's, Links'
+//               (after core_mu_ and fwd_mu_; it takes only a sender's mutex): leaves.
 // The poll and peer threads share no unlocked state: what both touch (the core, forwards_,
 // requests_, the links, the ACL) is under its lock above; each has its own Batch, wake pipe
 // and connections.
@@ -13607,7 +13607,9 @@ inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector
   words[0] = lower(std::move(words[0]));
   // INFO's counts for a client's command the node knows (see ServerStats): complete_op counts
   // it as run or, if `rejected`, refused before running.
-  Op* op = conn ? &conn->ops[static_cast<std::size_t>(caller.op - conn->first_op)] : nullptr;
+  Op* op = conn && caller.op >= conn->first_op && caller.op - conn->first_op < conn->ops.size()
+                ? &conn->ops[static_cast<std::size_t>(caller.op - conn->first_op)]
+                : nullptr;
   const auto count = [&](bool rejected) {
     if (!op) return;
     op->stat = &stats_.command(words[0]);

@@ -42,8 +42,8 @@
 //   data_mu_    the store: the apply thread writes, the poll thread and Node::read read; never
 //               held while taking core_mu_.
 //   done_mu_    replies for clients, handed to the poll thread: a leaf.
-//   status_mu_, acl_mu_, CheckedSnapshot's, Links' (after core_mu_ and fwd_mu_; it takes only
-//               a sender's mutex): leaves.
+//   status_mu_, acl_mu_, tunables_mu_, ServerStats' (INFO's counts), CheckedSnapshot's, Links'
+//               (after core_mu_ and fwd_mu_; it takes only a sender's mutex): leaves.
 // The poll and peer threads share no unlocked state: what both touch (the core, forwards_,
 // requests_, the links, the ACL) is under its lock above; each has its own Batch, wake pipe
 // and connections.

@@ -74,7 +74,9 @@ inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector
   words[0] = lower(std::move(words[0]));
   // INFO's counts for a client's command the node knows (see ServerStats): complete_op counts
   // it as run or, if `rejected`, refused before running.
-  Op* op = conn ? &conn->ops[static_cast<std::size_t>(caller.op - conn->first_op)] : nullptr;
+  Op* op = conn && caller.op >= conn->first_op && caller.op - conn->first_op < conn->ops.size()
+                ? &conn->ops[static_cast<std::size_t>(caller.op - conn->first_op)]
+                : nullptr;
   const auto count = [&](bool rejected) {
     if (!op) return;
     op->stat = &stats_.command(words[0]);
