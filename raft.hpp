@@ -65,6 +65,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <sys/utsname.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -1468,6 +1469,8 @@ class Store {
 
   /// Every key, expired or not.
   std::size_t size() const { return objects_.size(); }
+  /// Keys with a TTL, expired or not (INFO's expires=).
+  std::size_t volatile_keys() const { return expiry_.size(); }
 
   // ---- SCAN's order (detail::scan_step explains the cursor) ----
   /// One SCAN step over the keys: f(key, object, deadline) for the keys whose
@@ -6296,6 +6299,10 @@ class Core {
   /// The configuration in force at an index no older than first_index() - 1.
   Configuration config_at(std::uint64_t index) const;
   const std::map<NodeId, Progress>& progress() const { return progress_; }
+  /// Ticks so far (Progress::last_heard counts in them), and since the election timer was last
+  /// reset: on a follower, since it last heard from a leader (or granted a vote).
+  std::uint64_t ticks() const { return tick_count_; }
+  int ticks_since_timer_reset() const { return election_elapsed_; }
   const NodeId& transfer_target() const { return transfer_target_; }
   const CoreOptions& options() const { return opts_; }
   /// Peer messages and received snapshots refused as out of bounds or unreadable (each is
@@ -9989,16 +9996,23 @@ inline std::int64_t wall_ms() {
 }
 
 /// INFO [section ...]: the named sections of `text` (case-insensitive); every section for
-/// none, "all", "default" or "everything"; nothing for an unknown one (as Redis answers).
+/// "all" or "everything"; all but commandstats for none or "default" (as Redis); nothing for
+/// an unknown one (as Redis answers).
 inline std::string info_sections(const std::string& text, const std::vector<std::string>& wanted) {
-  bool everything = wanted.empty();
+  bool everything = false;
+  bool by_default = wanted.empty();
   std::set<std::string> names;
   for (const auto& w : wanted) {
     const std::string n = lower(w);
-    everything = everything || n == "all" || n == "default" || n == "everything";
+    everything = everything || n == "all" || n == "everything";
+    by_default = by_default || n == "default";
     names.insert(n);
   }
   if (everything) return text;
+  if (by_default)
+    for (const char* n : {"server", "clients", "memory", "persistence", "stats", "replication", "cpu", "errorstats",
+                          "raft", "keyspace"})
+      names.insert(n);
   std::string out;
   // Sections start with "# Name" and are separated by an empty line.
   for (std::size_t at = 0; at < text.size();) {
@@ -11424,8 +11438,8 @@ class Links {
 //   data_mu_    the store: the apply thread writes, the poll thread and Node::read read; never
 //               held while taking core_mu_.
 //   done_mu_    replies for clients, handed to the poll thread: a leaf.
-//   status_mu_, acl_mu_, CheckedSnapshot's, Links' (after core_mu_ and fwd_mu_; it takes only
-//               a sender's mutex): leaves.
+//   status_mu_, acl_mu_, tunables_mu_, ServerStats' (INFO's counts), CheckedSnapshot's, Links'
+//               (after core_mu_ and fwd_mu_; it takes only a sender's mutex): leaves.
 // The poll and peer threads share no unlocked state: what both touch (the core, forwards_,
 // requests_, the links, the ACL) is under its lock above; each has its own Batch, wake pipe
 // and connections.
@@ -11471,6 +11485,94 @@ class CheckedSnapshot {
  private:
   std::mutex mu_;
   std::optional<std::pair<EntryId, Store>> kept_;
+};
+
+// What INFO's stats, commandstats and errorstats sections count: client commands as the poll
+// thread dispatches and answers them (execute() and forwarded writes are not client commands
+// of this node). Counting takes no lock: the poll thread is the only one that adds a command
+// (under mu_, once per name) and each count is an atomic; errors, which are rare, take mu_.
+class ServerStats {
+ public:
+  struct CommandStat {
+    std::atomic<std::uint64_t> calls{0}, usec{0}, rejected{0}, failed{0};
+  };
+  // The poll thread: the counts of a command the node knows (never an unknown name, so
+  // that the table stays bounded).
+  CommandStat& command(const std::string& name) {
+    auto it = commands_.find(name);
+    if (it != commands_.end()) return it->second;
+    std::lock_guard<std::mutex> lock(mu_);
+    return commands_[name];
+  }
+  // The poll thread: a command answered; its reply an error or not.
+  void answered(CommandStat& stat, bool rejected, const Reply& reply, std::chrono::steady_clock::duration took) {
+    if (rejected) {
+      ++stat.rejected;
+    } else {
+      ++stat.calls;
+      ++commands_processed;
+      stat.usec += static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(took).count());
+      if (reply.is_error()) ++stat.failed;
+    }
+  }
+  // The poll thread: an error reply to a client, counted by its code (the first word), as
+  // Redis does; at most kMaxErrorCodes codes, then only error_replies grows.
+  void error_reply(const std::string& text) {
+    ++error_replies;
+    const std::string code = text.substr(0, text.find(' '));
+    std::lock_guard<std::mutex> lock(mu_);
+    if (errors_.size() < kMaxErrorCodes || errors_.count(code) > 0) ++errors_[code];
+  }
+  // The ticker, every 100 ms: the samples instantaneous_ops_per_sec averages (Redis's way:
+  // the last 16 samples).
+  void sample(std::chrono::steady_clock::time_point now) {
+    std::lock_guard<std::mutex> lock(mu_);
+    samples_[next_sample_++ % samples_.size()] = {now, commands_processed.load()};
+  }
+  std::uint64_t ops_per_sec() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (next_sample_ < 2) return 0;
+    const std::size_t n = std::min<std::size_t>(next_sample_, samples_.size());
+    const auto& newest = samples_[(next_sample_ - 1) % samples_.size()];
+    const auto& oldest = samples_[(next_sample_ - n) % samples_.size()];
+    const double s = std::chrono::duration<double>(newest.first - oldest.first).count();
+    return s > 0 ? static_cast<std::uint64_t>(static_cast<double>(newest.second - oldest.second) / s + 0.5) : 0;
+  }
+  // INFO's lines: "cmdstat_<name>:calls=..." and "errorstat_<code>:count=...".
+  std::string command_lines() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::string s;
+    for (const auto& [name, c] : commands_) {
+      const std::uint64_t calls = c.calls.load(), usec = c.usec.load();
+      if (calls == 0 && c.rejected.load() == 0 && c.failed.load() == 0) continue;
+      char per_call[32];
+      std::snprintf(per_call, sizeof per_call, "%.2f", calls ? static_cast<double>(usec) / static_cast<double>(calls) : 0.0);
+      s += "cmdstat_" + name + ":calls=" + std::to_string(calls) + ",usec=" + std::to_string(usec) +
+           ",usec_per_call=" + per_call + ",rejected_calls=" + std::to_string(c.rejected.load()) +
+           ",failed_calls=" + std::to_string(c.failed.load()) + "\r\n";
+    }
+    return s;
+  }
+  std::string error_lines() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::string s;
+    for (const auto& [code, n] : errors_) s += "errorstat_" + code + ":count=" + std::to_string(n) + "\r\n";
+    return s;
+  }
+
+  std::atomic<std::uint64_t> commands_processed{0};
+  std::atomic<std::uint64_t> error_replies{0};
+  std::atomic<std::uint64_t> connections_received{0};
+  std::atomic<std::uint64_t> rejected_connections{0};  // over maxclients
+  const std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+
+ private:
+  static constexpr std::size_t kMaxErrorCodes = 128;
+  mutable std::mutex mu_;  // a leaf
+  std::map<std::string, CommandStat, std::less<>> commands_;
+  std::map<std::string, std::uint64_t> errors_;
+  std::array<std::pair<std::chrono::steady_clock::time_point, std::uint64_t>, 16> samples_{};
+  std::size_t next_sample_ = 0;
 };
 
 class Runtime {
@@ -11607,6 +11709,11 @@ class Runtime {
     char kind = 'i';  // 'w' a write, 'r' a read, 'i' answered at once
     bool done = false;
     Reply reply;
+    // For INFO (handle_command sets them): the command's counts, if the node knows it; whether
+    // it was refused before running; when it was dispatched.
+    ServerStats::CommandStat* stat = nullptr;
+    bool rejected = false;
+    std::chrono::steady_clock::time_point dispatched{};
   };
   struct ClientConn {
     std::uint64_t id = 0;
@@ -11779,6 +11886,7 @@ class Runtime {
   bool over_maxmemory() const;
   std::string checkpoint_refusal();
   std::optional<Reply> config_command(const std::vector<std::string>& w);
+  static Reply latency_command(const std::vector<std::string>& w);
   void drain_done();
   bool complete_done();  // completes the replies in done_; false if there were none
   void serve_ready_reads();
@@ -12015,6 +12123,10 @@ class Runtime {
   mutable std::mutex acl_mu_;
   Acl acl_;
   std::atomic<bool> protected_mode_{cfg_.protected_mode};  // CONFIG SET protected-mode changes it
+  // CONFIG SET's values of Redis's encoding tunables, by name (see encoding_tunable): accepted
+  // and shown, changing nothing. tunables_mu_ is a leaf.
+  mutable std::mutex tunables_mu_;
+  std::map<std::string, std::int64_t, std::less<>> tunables_;
 
   // Resource limits (Config's "limits", see the README's "Limits"): CONFIG SET changes them
   // from the poll thread or an execute() caller; the poll thread reads most of them.
@@ -12048,6 +12160,8 @@ class Runtime {
   std::atomic<std::uint64_t> connected_clients_{0};   // for INFO
   std::atomic<std::uint64_t> client_output_total_reported_{0};  // client_output_total_, for INFO
   std::atomic<std::uint64_t> used_memory_{0};         // store_.used_memory() after each apply
+  std::atomic<std::uint64_t> volatile_keys_{0};       // keys with a TTL, for INFO
+  ServerStats stats_;                                  // INFO's counts (see ServerStats)
   std::chrono::steady_clock::time_point last_checkpoint_{};  // under snap_mu_
 
   std::thread poll_thread_, peer_thread_, ticker_thread_, apply_thread_, snapshot_thread_, joiner_thread_;
@@ -12210,6 +12324,7 @@ inline void Runtime::restore_recovered_snapshot(Snapshot& snapshot) {
                              " but its file name says " + std::to_string(index));
   store_ = std::move(restored);
   keys_ = store_.size();
+  volatile_keys_ = store_.volatile_keys();
   used_memory_ = store_.used_memory();
   applied_ = meta.index;
   applied_timestamp_ = meta.timestamp_ms;
@@ -12811,7 +12926,10 @@ inline void Runtime::ticker_loop() {
         drive();
       }
     }
-    if (++ticks % std::max(1, 100 / cfg_.tick_ms) == 0) wake_poll();  // forwarded writes time out there
+    if (++ticks % std::max(1, 100 / cfg_.tick_ms) == 0) {
+      wake_poll();  // forwarded writes time out there
+      stats_.sample(now);
+    }
   }
 }
 
@@ -13151,6 +13269,7 @@ inline void Runtime::restore_snapshot(const Snapshot& snapshot) {
     std::lock_guard<std::mutex> lock(data_mu_);
     store_ = std::move(fresh);
     keys_ = store_.size();
+    volatile_keys_ = store_.volatile_keys();
     used_memory_ = store_.used_memory();
   }
   // The stamp first: a read served on the poll thread that sees the new index must
@@ -13281,6 +13400,7 @@ inline bool Runtime::apply_command(const LogEntry& e, Reply& reply, ForwardStatu
   if (!(c.forwarded ? run_forwarded_write(e, c, reply, status) : run_write(e, *c.command, c.words, reply)))
     return false;
   keys_ = store_.size();
+  volatile_keys_ = store_.volatile_keys();
   store_.settle_memory();
   used_memory_ = store_.used_memory();
   return true;
@@ -13591,21 +13711,36 @@ inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector
   if (words.empty()) return;
   const std::string name_as_sent = words[0];  // for the unknown-command error, as Redis names it
   words[0] = lower(std::move(words[0]));
+  // INFO's counts for a client's command the node knows (see ServerStats): complete_op counts
+  // it as run or, if `rejected`, refused before running.
+  Op* op = conn && caller.op >= conn->first_op && caller.op - conn->first_op < conn->ops.size()
+                ? &conn->ops[static_cast<std::size_t>(caller.op - conn->first_op)]
+                : nullptr;
+  const auto count = [&](bool rejected) {
+    if (!op) return;
+    op->stat = &stats_.command(words[0]);
+    op->rejected = rejected;
+    op->dispatched = std::chrono::steady_clock::now();
+  };
   if (conn) {
     caller.user = conn->user;
     const std::string refusal = client_refusal(*conn, words);
     if (!refusal.empty()) {
+      if (handlers_.count(words[0]) > 0 || words[0] == "checkpoint") count(true);
       finish(caller, Reply::error(refusal));
       return;
     }
   }
   if (words[0] == "checkpoint") {
+    count(false);
     start_checkpoint(caller, words);
     return;
   }
   bool handled = false;
+  if (op) op->dispatched = std::chrono::steady_clock::now();
   Reply r = connection_command(conn, words, handled);
   if (handled) {
+    if (op) op->stat = &stats_.command(words[0]);
     finish(caller, std::move(r));
     return;
   }
@@ -13626,6 +13761,7 @@ inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector
   }
   const Command& cmd = it->second;
   int argc = static_cast<int>(words.size()) - 1;
+  count(argc < cmd.min_args || (cmd.max_args >= 0 && argc > cmd.max_args) || failed_);
   if (argc < cmd.min_args || (cmd.max_args >= 0 && argc > cmd.max_args)) {
     finish(caller, Reply::error("ERR wrong number of arguments for '" + words[0] + "' command"));
     return;
@@ -13899,6 +14035,34 @@ inline Reply Runtime::admin(const std::vector<std::string>& w) {
 // command there, or clients without +@admin may run it).
 // CONFIG GET name..., and CONFIG SET of the limits (Redis's names where Redis has the limit;
 // see LiveLimits). None: CONFIG SET of something else (connection_command goes on).
+// Redis's encoding tunables: how Redis lays small hashes, lists, sets, sorted sets and streams
+// out in memory. Tools and clients set them at connect; here the layout is one, so CONFIG SET
+// checks and keeps the value (CONFIG GET shows it) and nothing else changes. An alias (Redis
+// 7.0's old ziplist names) shares its name's value. Redis 7.0's defaults and bounds.
+struct EncodingTunable {
+  const char* name;
+  const char* alias;
+  std::int64_t default_value, min, max;
+  bool memory;  // takes Redis's memory units
+};
+inline const std::vector<EncodingTunable>& encoding_tunables() {
+  constexpr std::int64_t kLong = std::numeric_limits<std::int64_t>::max();
+  constexpr std::int64_t kInt = std::numeric_limits<std::int32_t>::max();
+  static const std::vector<EncodingTunable> t = {
+      {"hash-max-listpack-entries", "hash-max-ziplist-entries", 512, 0, kLong, false},
+      {"hash-max-listpack-value", "hash-max-ziplist-value", 64, 0, kLong, true},
+      {"list-max-listpack-size", "list-max-ziplist-size", -2, std::numeric_limits<std::int32_t>::min(), kInt, false},
+      {"list-compress-depth", nullptr, 0, 0, kInt, false},
+      {"set-max-intset-entries", nullptr, 512, 0, kLong, false},
+      {"zset-max-listpack-entries", "zset-max-ziplist-entries", 128, 0, kLong, false},
+      {"zset-max-listpack-value", "zset-max-ziplist-value", 64, 0, kLong, true},
+      {"stream-node-max-bytes", nullptr, 4096, 0, kLong, true},
+      {"stream-node-max-entries", nullptr, 100, 0, kLong, false},
+      {"hll-sparse-max-bytes", nullptr, 3000, 0, kLong, true},
+  };
+  return t;
+}
+
 inline std::optional<Reply> Runtime::config_command(const std::vector<std::string>& w) {
   struct Option {
     const char* name;
@@ -13931,6 +14095,13 @@ inline std::optional<Reply> Runtime::config_command(const std::vector<std::strin
       add("appendonly", "yes");
       add("maxmemory-policy", "noeviction");
       for (const Option& o : options) add(o.name, std::to_string(o.value->load()));
+      std::lock_guard<std::mutex> lock(tunables_mu_);
+      for (const EncodingTunable& t : encoding_tunables()) {
+        auto it = tunables_.find(t.name);
+        const std::string v = std::to_string(it == tunables_.end() ? t.default_value : it->second);
+        add(t.name, v);
+        if (t.alias) add(t.alias, v);
+      }
     }
     return Reply::map(std::move(kv));
   }
@@ -13952,6 +14123,26 @@ inline std::optional<Reply> Runtime::config_command(const std::vector<std::strin
       return failed("argument must be between " + std::to_string(o.min) + " and " + std::to_string(o.max) +
                     " inclusive");
     o.value->store(v);
+    return Reply::ok();
+  }
+  for (const EncodingTunable& t : encoding_tunables()) {
+    if (key != t.name && !(t.alias && key == t.alias)) continue;
+    const std::string out_of_range =
+        "argument must be between " + std::to_string(t.min) + " and " + std::to_string(t.max) + " inclusive";
+    std::int64_t v = 0;
+    if (t.memory) {
+      // As Redis: a number too large for its memory parser is out of range.
+      const bool digits = !w[3].empty() && w[3].find_first_not_of("0123456789") == std::string::npos;
+      std::uint64_t bytes = 0;
+      if (!parse_memory(w[3], bytes)) return failed(digits ? out_of_range : "argument must be a memory value");
+      if (bytes > static_cast<std::uint64_t>(t.max)) return failed(out_of_range);
+      v = static_cast<std::int64_t>(bytes);
+    } else if (!parse_int64(w[3], v)) {
+      return failed("argument couldn't be parsed into an integer");
+    }
+    if (v < t.min || v > t.max) return failed(out_of_range);
+    std::lock_guard<std::mutex> lock(tunables_mu_);
+    tunables_[t.name] = v;
     return Reply::ok();
   }
   return std::nullopt;
@@ -13997,6 +14188,7 @@ inline Reply Runtime::connection_command(ClientConn* conn, const std::vector<std
          return Reply::verbatim("txt", info_sections(rt.info(), Words(w.begin() + 1, w.end())));
        }},
       {"role", [](Runtime& rt, ClientConn*, const Words&) { return rt.role_reply(); }},
+      {"latency", [](Runtime&, ClientConn*, const Words& w) { return latency_command(w); }},
       {"shutdown", [](Runtime& rt, ClientConn*, const Words&) { return rt.stop_on_request(); }},
       {"raft.add", [](Runtime& rt, ClientConn*, const Words& w) { return admin_with_args(rt, w, 2, 2); }},
       {"add_node", [](Runtime& rt, ClientConn*, const Words& w) { return admin_with_args(rt, w, 2, 2); }},
@@ -14009,6 +14201,35 @@ inline Reply Runtime::connection_command(ClientConn* conn, const std::vector<std
   auto it = table.find(w[0]);
   handled = it != table.end();
   return handled ? it->second(*this, conn, w) : Reply();
+}
+
+// LATENCY: this node keeps no latency monitor (Redis's is off by default too) and no
+// per-command histograms, so every report is empty, as a Redis with nothing recorded answers.
+inline Reply Runtime::latency_command(const std::vector<std::string>& w) {
+  if (w.size() < 2) return arity_error(w[0]);
+  const std::string sub = lower(w[1]);
+  // Redis's arities: LATEST, DOCTOR and HELP take nothing, HISTORY an event.
+  if (((sub == "latest" || sub == "doctor" || sub == "help") && w.size() != 2) || (sub == "history" && w.size() != 3))
+    return arity_error("latency|" + sub);
+  if (sub == "latest") return Reply::array({});
+  if (sub == "history") return Reply::array({});
+  if (sub == "histogram") return Reply::map({});
+  if (sub == "reset") return Reply::integer(0);
+  if (sub == "doctor")
+    return Reply::verbatim("txt", "No latency events to analyse: this node (raft.hpp) keeps no latency monitor.\n");
+  if (sub == "help") {
+    std::vector<Reply> lines;
+    for (const char* l :
+         {"LATENCY <subcommand> [<arg> [value] [opt] ...]. Subcommands are:", "LATEST",
+          "    Return the latest latency samples for all events (none: no latency monitor here).", "HISTORY <event>",
+          "    Return time-latency samples for the <event> class (none here).", "RESET [<event> ...]",
+          "    Reset latency data of one or more <event> classes (nothing to reset here).", "DOCTOR",
+          "    Return a human readable latency analysis report.", "HISTOGRAM [COMMAND ...]",
+          "    Return cumulative distribution of latencies (none kept here).", "HELP", "    Print this help."})
+      lines.push_back(Reply::simple(l));
+    return Reply::array(std::move(lines));
+  }
+  return Reply::error("ERR unknown subcommand '" + w[1] + "'. Try LATENCY HELP.");
 }
 
 // Whether a command has at least lo and at most hi arguments after its name.
@@ -14361,7 +14582,7 @@ namespace detail {
 inline bool Runtime::acl_command(const std::vector<std::string>& w, AclCommand& c) const {
   static const std::set<std::string, std::less<>> administration = {
       "checkpoint", "shutdown", "raft.add", "raft.promote", "raft.remove", "raft.transfer", "raft.leave",
-      "add_node", "del_node"};
+      "add_node", "del_node", "latency"};
   static const std::set<std::string, std::less<>> connection = {"ping", "echo", "select", "readonly", "readwrite",
                                                                 "hello", "auth", "quit"};
   static const std::set<std::string, std::less<>> client_connection = {"setname", "getname", "setinfo", "id", "info"};
@@ -14491,62 +14712,180 @@ namespace detail {
 
 // ---- status ---------------------------------------------------------------------------------
 
+// Redis's way to write a byte count for people (INFO's *_human fields).
+inline std::string bytes_for_people(std::uint64_t n) {
+  const char* units[] = {"B", "K", "M", "G", "T", "P"};
+  double v = static_cast<double>(n);
+  std::size_t u = 0;
+  while (v >= 1024 && u + 1 < sizeof units / sizeof *units) {
+    v /= 1024;
+    ++u;
+  }
+  char buf[32];
+  if (u == 0)
+    std::snprintf(buf, sizeof buf, "%lluB", static_cast<unsigned long long>(n));
+  else
+    std::snprintf(buf, sizeof buf, "%.2f%s", v, units[u]);
+  return buf;
+}
+
+// This process's resident set (Linux's /proc/self/statm); nullopt where there is none.
+inline std::optional<std::uint64_t> resident_bytes() {
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  if (!f) return std::nullopt;
+  unsigned long long size = 0, resident = 0;
+  const bool ok = std::fscanf(f, "%llu %llu", &size, &resident) == 2;
+  std::fclose(f);
+  if (!ok) return std::nullopt;
+  return static_cast<std::uint64_t>(resident) * static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+}
+
+// INFO: Redis 7.0's sections and field names, with the fields whose values exist here (the
+// README lists the ones left out), plus "# Raft".
 inline std::string Runtime::info() const {
   std::string s;
   auto line = [&](const std::string& k, const std::string& v) { s += k + ":" + v + "\r\n"; };
-  std::lock_guard<std::mutex> lock(core_mu_);
+  auto num = [&](const std::string& k, std::uint64_t v) { line(k, std::to_string(v)); };
+  const auto now = std::chrono::steady_clock::now();
   s += "# Server\r\n";
-  line("redis_version", "7.0.0");
+  line("redis_version", "7.0.0");  // the Redis whose commands and replies this node follows
   line("raft_hpp_version", RAFT_HPP_VERSION);
+  line("redis_mode", "standalone");
+  utsname un{};
+  if (::uname(&un) == 0) line("os", std::string(un.sysname) + " " + un.release + " " + un.machine);
+  num("arch_bits", sizeof(void*) * 8);
+  line("multiplexing_api", "poll");
   line("process_id", std::to_string(::getpid()));
-  line("tcp_port", std::to_string(host_.port));
+  num("tcp_port", host_.port);
+  num("server_time_usec", static_cast<std::uint64_t>(wall_ms()) * 1000);
+  const auto uptime = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(now - stats_.started).count());
+  num("uptime_in_seconds", uptime);
+  num("uptime_in_days", uptime / 86400);
+  s += "\r\n# Clients\r\n";
+  num("connected_clients", connected_clients_.load());
+  num("maxclients", limits_.max_clients.load());
+  num("total_client_output_bytes", client_output_total_reported_.load());
+  s += "\r\n# Memory\r\n";
+  // The store's bytes as maxmemory counts them (Store::used_memory), not the allocator's.
+  num("used_memory", used_memory_.load());
+  line("used_memory_human", bytes_for_people(used_memory_.load()));
+  if (auto rss = resident_bytes()) {
+    num("used_memory_rss", *rss);
+    line("used_memory_rss_human", bytes_for_people(*rss));
+  }
+  num("maxmemory", limits_.maxmemory.load());
+  line("maxmemory_human", bytes_for_people(limits_.maxmemory.load()));
+  line("maxmemory_policy", "noeviction");
+  std::lock_guard<std::mutex> lock(core_mu_);
+  s += "\r\n# Persistence\r\n";
+  num("loading", 0);
+  // Every write is in the log, on disk before it is acknowledged: Redis's appendonly (with
+  // appendfsync always); a snapshot is the log's compaction.
+  num("aof_enabled", 1);
+  line("aof_last_write_status", failed_ ? "err" : "ok");
+  if (core_) num("rdb_changes_since_last_save", applied_.load() - std::min(applied_.load(), core_->snapshot_index()));
+  s += "\r\n# Stats\r\n";
+  num("total_connections_received", stats_.connections_received.load());
+  num("total_commands_processed", stats_.commands_processed.load());
+  num("instantaneous_ops_per_sec", stats_.ops_per_sec());
+  num("rejected_connections", stats_.rejected_connections.load());
+  num("total_error_replies", stats_.error_replies.load());
+  if (core_) {
+    s += "\r\n# Replication\r\n";
+    const double seconds_per_tick = cfg_.tick_ms / 1000.0;
+    if (core_->role() == Role::Leader) {
+      // Redis's replicas are the followers heard from within the check-quorum period.
+      std::string slaves;
+      int n = 0;
+      for (const auto& m : core_->config().members) {
+        auto it = core_->progress().find(m.id);
+        if (m.id == cfg_.id || it == core_->progress().end() || !it->second.recent_active) continue;
+        HostPort hp;
+        std::string error;
+        parse_host_port(m.address, hp, error);
+        const auto lag = static_cast<std::uint64_t>(static_cast<double>(core_->ticks() - it->second.last_heard) * seconds_per_tick);
+        slaves += "slave" + std::to_string(n++) + ":ip=" + hp.host + ",port=" + std::to_string(hp.port) +
+                  ",state=online,offset=" + std::to_string(it->second.match) + ",lag=" + std::to_string(lag) + "\r\n";
+      }
+      line("role", "master");
+      num("connected_slaves", static_cast<std::uint64_t>(n));
+      s += slaves;
+      num("master_repl_offset", core_->last_index());
+    } else {
+      line("role", "slave");
+      const Member* lm = core_->config().find(core_->leader());
+      HostPort hp;
+      std::string error;
+      if (lm && parse_host_port(lm->address, hp, error)) {
+        line("master_host", hp.host);
+        num("master_port", hp.port);
+      }
+      // Up while it heard from a leader within an election timeout.
+      const bool up = lm && core_->ticks_since_timer_reset() < core_->options().election_ticks;
+      line("master_link_status", up ? "up" : "down");
+      line("master_last_io_seconds_ago",
+           up ? std::to_string(static_cast<std::uint64_t>(core_->ticks_since_timer_reset() * seconds_per_tick)) : "-1");
+      num("slave_repl_offset", applied_.load());
+      num("connected_slaves", 0);
+      num("master_repl_offset", applied_.load());
+    }
+  }
+  s += "\r\n# CPU\r\n";
+  const auto cpu = [&](const std::string& k, const timeval& t) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%ld.%06ld", static_cast<long>(t.tv_sec), static_cast<long>(t.tv_usec));
+    line(k, buf);
+  };
+  rusage self{}, children{};
+  ::getrusage(RUSAGE_SELF, &self);
+  ::getrusage(RUSAGE_CHILDREN, &children);
+  cpu("used_cpu_sys", self.ru_stime);
+  cpu("used_cpu_user", self.ru_utime);
+  cpu("used_cpu_sys_children", children.ru_stime);
+  cpu("used_cpu_user_children", children.ru_utime);
+  s += "\r\n# Commandstats\r\n" + stats_.command_lines();
+  s += "\r\n# Errorstats\r\n" + stats_.error_lines();
   s += "\r\n# Raft\r\n";
   line("raft_node_id", cfg_.id);
   line("raft_address", cfg_.address);
   line("raft_cluster_id", identity_.cluster_id);
   line("raft_server_id", identity_.server_id);
-  if (!core_) return s;
-  const char* roles[] = {"follower", "candidate", "candidate", "leader"};
-  line("raft_role", core_->is_voter() || core_->role() != Role::Follower
-                        ? roles[static_cast<int>(core_->role())]
-                        : "learner");
-  line("raft_state", std::string(1, core_->role_char()));
-  line("raft_term", std::to_string(core_->term()));
-  line("raft_leader_id", core_->leader());
-  const Member* lm = core_->config().find(core_->leader());
-  line("raft_leader_address", lm ? lm->address : "");
-  line("raft_commit_index", std::to_string(core_->commit_index()));
-  line("raft_applied_index", std::to_string(applied_.load()));
-  line("raft_last_index", std::to_string(core_->last_index()));
-  line("raft_snapshot_index", std::to_string(core_->snapshot_index()));
-  line("raft_refused_peer_messages", std::to_string(core_->refused_count()));
-  line("raft_storage", failed_ ? "failed: " + failure_ : "ok");
-  line("raft_voters", std::to_string(core_->config().voter_count()));
-  line("raft_members", std::to_string(core_->config().members.size()));
-  int i = 0;
-  for (const auto& m : core_->config().members) {
-    std::string v = "id=" + m.id + ",address=" + m.address + ",role=" + (m.voter ? "voter" : "learner");
-    if (m.id == cfg_.id) {
-      v += ",match=" + std::to_string(core_->last_index()) + ",lag=0,self=1";
-    } else if (core_->role() == Role::Leader) {
-      auto it = core_->progress().find(m.id);
-      if (it != core_->progress().end())
-        v += ",match=" + std::to_string(it->second.match) +
-             ",lag=" + std::to_string(core_->last_index() - std::min(core_->last_index(), it->second.match)) +
-             ",active=" + (it->second.recent_active ? "1" : "0");
+  if (core_) {
+    const char* roles[] = {"follower", "candidate", "candidate", "leader"};
+    line("raft_role", core_->is_voter() || core_->role() != Role::Follower
+                          ? roles[static_cast<int>(core_->role())]
+                          : "learner");
+    line("raft_state", std::string(1, core_->role_char()));
+    line("raft_term", std::to_string(core_->term()));
+    line("raft_leader_id", core_->leader());
+    const Member* lm = core_->config().find(core_->leader());
+    line("raft_leader_address", lm ? lm->address : "");
+    line("raft_commit_index", std::to_string(core_->commit_index()));
+    line("raft_applied_index", std::to_string(applied_.load()));
+    line("raft_last_index", std::to_string(core_->last_index()));
+    line("raft_snapshot_index", std::to_string(core_->snapshot_index()));
+    line("raft_refused_peer_messages", std::to_string(core_->refused_count()));
+    line("raft_storage", failed_ ? "failed: " + failure_ : "ok");
+    line("raft_voters", std::to_string(core_->config().voter_count()));
+    line("raft_members", std::to_string(core_->config().members.size()));
+    int i = 0;
+    for (const auto& m : core_->config().members) {
+      std::string v = "id=" + m.id + ",address=" + m.address + ",role=" + (m.voter ? "voter" : "learner");
+      if (m.id == cfg_.id) {
+        v += ",match=" + std::to_string(core_->last_index()) + ",lag=0,self=1";
+      } else if (core_->role() == Role::Leader) {
+        auto it = core_->progress().find(m.id);
+        if (it != core_->progress().end())
+          v += ",match=" + std::to_string(it->second.match) +
+               ",lag=" + std::to_string(core_->last_index() - std::min(core_->last_index(), it->second.match)) +
+               ",active=" + (it->second.recent_active ? "1" : "0");
+      }
+      line("raft_member" + std::to_string(i++), v);
     }
-    line("raft_member" + std::to_string(i++), v);
   }
-  s += "\r\n# Clients\r\n";
-  line("connected_clients", std::to_string(connected_clients_.load()));
-  line("maxclients", std::to_string(limits_.max_clients.load()));
-  line("total_client_output_bytes", std::to_string(client_output_total_reported_.load()));
-  s += "\r\n# Memory\r\n";
-  line("used_memory", std::to_string(used_memory_.load()));
-  line("maxmemory", std::to_string(limits_.maxmemory.load()));
-  line("maxmemory_policy", "noeviction");
+  // Redis lists a database with keys; avg_ttl is not kept here.
   s += "\r\n# Keyspace\r\n";
-  line("db0", "keys=" + std::to_string(keys_.load()));
+  if (keys_.load() > 0) line("db0", "keys=" + std::to_string(keys_.load()) + ",expires=" + std::to_string(volatile_keys_.load()));
   return s;
 }
 
@@ -14705,12 +15044,14 @@ inline void Runtime::accept_clients() {
       continue;
     }
     if (clients_.size() >= limits_.max_clients.load()) {
+      ++stats_.rejected_connections;
       // (Over TLS, nothing can be said before a handshake: just closed.)
       static const char kFull[] = "-ERR max number of clients reached\r\n";
       if (!tls.on()) ::send(fd, kFull, sizeof kFull - 1, MSG_NOSIGNAL);
       ::close(fd);
       continue;
     }
+    ++stats_.connections_received;  // as Redis counts: not the ones refused for maxclients
     set_nodelay(fd);
     resp::Limits client_limits = cfg_.client_limits;
     client_limits.max_bulk_length = static_cast<std::size_t>(limits_.proto_max_bulk_len.load());
@@ -14933,6 +15274,8 @@ inline void Runtime::complete_op(std::uint64_t conn, std::uint64_t op, Reply rep
   if (o.done) return;
   o.done = true;
   const std::size_t out_before = c.out.size();
+  if (o.stat) stats_.answered(*o.stat, o.rejected, reply, std::chrono::steady_clock::now() - o.dispatched);
+  if (reply.is_error()) stats_.error_reply(reply.str);
   o.reply = std::move(reply);
   if (o.kind == 'w') --c.unfinished_writes;
   if (o.kind == 'r') --c.unfinished_reads;

@@ -605,7 +605,7 @@ inline const std::vector<CommandSpec>& command_specs() {
 /// The commands handled by the runtime rather than the store's command table (src/raft/
 /// 5_runtime.hpp, connection_command) that the test compares.
 inline const std::vector<std::string>& connection_commands() {
-  static const std::vector<std::string> names = {"ping", "echo", "select", "hello", "client"};
+  static const std::vector<std::string> names = {"ping", "echo", "select", "hello", "client", "latency"};
   return names;
 }
 
@@ -618,6 +618,7 @@ inline const std::vector<NotCompared>& not_compared() {
   static const std::vector<NotCompared> table = {
       {"delex", "newer than redis-server 7.0 (Redis 8.4): tests from its documentation in tests/test_commands_more.cpp"},
       {"delifeq", "Valkey 9's, not in redis-server 7.0: tests from its documentation in tests/test_commands_more.cpp"},
+      {"latency", "no latency monitor: every report is empty; its replies beside redis-server's in tests/test_info.cpp"},
       {"object", "OBJECT ENCODING names the Redis encoding nearest to how this store holds the value, which is not always Redis.s choice (README)"},
       // SET ... IFEQ|IFNE (Redis 8.4) likewise: the SET generator sends neither.
   };

@@ -12,6 +12,8 @@ command -v redis-cli >/dev/null 2>&1 && command -v redis-benchmark >/dev/null 2>
 /usr/bin/python3 -c 'import redis' >/dev/null 2>&1 || missing python3-redis
 # The tests that send the same commands to a real redis-server and compare replies ([redis]).
 command -v redis-server >/dev/null 2>&1 || missing redis-server
+# INFO as Redis tools read it ([exporter], tests/test_info.cpp).
+command -v prometheus-redis-exporter >/dev/null 2>&1 || missing prometheus-redis-exporter
 # The Jepsen-style tests: network namespaces and veth pairs (ip), partitions and loss (nft).
 command -v ip >/dev/null 2>&1 || missing iproute2
 command -v nft >/dev/null 2>&1 || missing nftables

@@ -65,6 +65,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <sys/utsname.h>
 #include <sys/types.h>
 #include <unistd.h>
 

@@ -364,6 +364,8 @@ class Store {
 
   /// Every key, expired or not.
   std::size_t size() const { return objects_.size(); }
+  /// Keys with a TTL, expired or not (INFO's expires=).
+  std::size_t volatile_keys() const { return expiry_.size(); }
 
   // ---- SCAN's order (detail::scan_step explains the cursor) ----
   /// One SCAN step over the keys: f(key, object, deadline) for the keys whose

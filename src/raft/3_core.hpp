@@ -554,6 +554,10 @@ class Core {
   /// The configuration in force at an index no older than first_index() - 1.
   Configuration config_at(std::uint64_t index) const;
   const std::map<NodeId, Progress>& progress() const { return progress_; }
+  /// Ticks so far (Progress::last_heard counts in them), and since the election timer was last
+  /// reset: on a follower, since it last heard from a leader (or granted a vote).
+  std::uint64_t ticks() const { return tick_count_; }
+  int ticks_since_timer_reset() const { return election_elapsed_; }
   const NodeId& transfer_target() const { return transfer_target_; }
   const CoreOptions& options() const { return opts_; }
   /// Peer messages and received snapshots refused as out of bounds or unreadable (each is

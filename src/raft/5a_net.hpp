@@ -65,16 +65,23 @@ inline std::int64_t wall_ms() {
 }
 
 /// INFO [section ...]: the named sections of `text` (case-insensitive); every section for
-/// none, "all", "default" or "everything"; nothing for an unknown one (as Redis answers).
+/// "all" or "everything"; all but commandstats for none or "default" (as Redis); nothing for
+/// an unknown one (as Redis answers).
 inline std::string info_sections(const std::string& text, const std::vector<std::string>& wanted) {
-  bool everything = wanted.empty();
+  bool everything = false;
+  bool by_default = wanted.empty();
   std::set<std::string> names;
   for (const auto& w : wanted) {
     const std::string n = lower(w);
-    everything = everything || n == "all" || n == "default" || n == "everything";
+    everything = everything || n == "all" || n == "everything";
+    by_default = by_default || n == "default";
     names.insert(n);
   }
   if (everything) return text;
+  if (by_default)
+    for (const char* n : {"server", "clients", "memory", "persistence", "stats", "replication", "cpu", "errorstats",
+                          "raft", "keyspace"})
+      names.insert(n);
   std::string out;
   // Sections start with "# Name" and are separated by an empty line.
   for (std::size_t at = 0; at < text.size();) {

@@ -42,8 +42,8 @@
 //   data_mu_    the store: the apply thread writes, the poll thread and Node::read read; never
 //               held while taking core_mu_.
 //   done_mu_    replies for clients, handed to the poll thread: a leaf.
-//   status_mu_, acl_mu_, CheckedSnapshot's, Links' (after core_mu_ and fwd_mu_; it takes only
-//               a sender's mutex): leaves.
+//   status_mu_, acl_mu_, tunables_mu_, ServerStats' (INFO's counts), CheckedSnapshot's, Links'
+//               (after core_mu_ and fwd_mu_; it takes only a sender's mutex): leaves.
 // The poll and peer threads share no unlocked state: what both touch (the core, forwards_,
 // requests_, the links, the ACL) is under its lock above; each has its own Batch, wake pipe
 // and connections.
@@ -89,6 +89,94 @@ class CheckedSnapshot {
  private:
   std::mutex mu_;
   std::optional<std::pair<EntryId, Store>> kept_;
+};
+
+// What INFO's stats, commandstats and errorstats sections count: client commands as the poll
+// thread dispatches and answers them (execute() and forwarded writes are not client commands
+// of this node). Counting takes no lock: the poll thread is the only one that adds a command
+// (under mu_, once per name) and each count is an atomic; errors, which are rare, take mu_.
+class ServerStats {
+ public:
+  struct CommandStat {
+    std::atomic<std::uint64_t> calls{0}, usec{0}, rejected{0}, failed{0};
+  };
+  // The poll thread: the counts of a command the node knows (never an unknown name, so
+  // that the table stays bounded).
+  CommandStat& command(const std::string& name) {
+    auto it = commands_.find(name);
+    if (it != commands_.end()) return it->second;
+    std::lock_guard<std::mutex> lock(mu_);
+    return commands_[name];
+  }
+  // The poll thread: a command answered; its reply an error or not.
+  void answered(CommandStat& stat, bool rejected, const Reply& reply, std::chrono::steady_clock::duration took) {
+    if (rejected) {
+      ++stat.rejected;
+    } else {
+      ++stat.calls;
+      ++commands_processed;
+      stat.usec += static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(took).count());
+      if (reply.is_error()) ++stat.failed;
+    }
+  }
+  // The poll thread: an error reply to a client, counted by its code (the first word), as
+  // Redis does; at most kMaxErrorCodes codes, then only error_replies grows.
+  void error_reply(const std::string& text) {
+    ++error_replies;
+    const std::string code = text.substr(0, text.find(' '));
+    std::lock_guard<std::mutex> lock(mu_);
+    if (errors_.size() < kMaxErrorCodes || errors_.count(code) > 0) ++errors_[code];
+  }
+  // The ticker, every 100 ms: the samples instantaneous_ops_per_sec averages (Redis's way:
+  // the last 16 samples).
+  void sample(std::chrono::steady_clock::time_point now) {
+    std::lock_guard<std::mutex> lock(mu_);
+    samples_[next_sample_++ % samples_.size()] = {now, commands_processed.load()};
+  }
+  std::uint64_t ops_per_sec() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (next_sample_ < 2) return 0;
+    const std::size_t n = std::min<std::size_t>(next_sample_, samples_.size());
+    const auto& newest = samples_[(next_sample_ - 1) % samples_.size()];
+    const auto& oldest = samples_[(next_sample_ - n) % samples_.size()];
+    const double s = std::chrono::duration<double>(newest.first - oldest.first).count();
+    return s > 0 ? static_cast<std::uint64_t>(static_cast<double>(newest.second - oldest.second) / s + 0.5) : 0;
+  }
+  // INFO's lines: "cmdstat_<name>:calls=..." and "errorstat_<code>:count=...".
+  std::string command_lines() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::string s;
+    for (const auto& [name, c] : commands_) {
+      const std::uint64_t calls = c.calls.load(), usec = c.usec.load();
+      if (calls == 0 && c.rejected.load() == 0 && c.failed.load() == 0) continue;
+      char per_call[32];
+      std::snprintf(per_call, sizeof per_call, "%.2f", calls ? static_cast<double>(usec) / static_cast<double>(calls) : 0.0);
+      s += "cmdstat_" + name + ":calls=" + std::to_string(calls) + ",usec=" + std::to_string(usec) +
+           ",usec_per_call=" + per_call + ",rejected_calls=" + std::to_string(c.rejected.load()) +
+           ",failed_calls=" + std::to_string(c.failed.load()) + "\r\n";
+    }
+    return s;
+  }
+  std::string error_lines() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::string s;
+    for (const auto& [code, n] : errors_) s += "errorstat_" + code + ":count=" + std::to_string(n) + "\r\n";
+    return s;
+  }
+
+  std::atomic<std::uint64_t> commands_processed{0};
+  std::atomic<std::uint64_t> error_replies{0};
+  std::atomic<std::uint64_t> connections_received{0};
+  std::atomic<std::uint64_t> rejected_connections{0};  // over maxclients
+  const std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+
+ private:
+  static constexpr std::size_t kMaxErrorCodes = 128;
+  mutable std::mutex mu_;  // a leaf
+  std::map<std::string, CommandStat, std::less<>> commands_;
+  std::map<std::string, std::uint64_t> errors_;
+  std::array<std::pair<std::chrono::steady_clock::time_point, std::uint64_t>, 16> samples_{};
+  std::size_t next_sample_ = 0;
 };
 
 class Runtime {
@@ -225,6 +313,11 @@ class Runtime {
     char kind = 'i';  // 'w' a write, 'r' a read, 'i' answered at once
     bool done = false;
     Reply reply;
+    // For INFO (handle_command sets them): the command's counts, if the node knows it; whether
+    // it was refused before running; when it was dispatched.
+    ServerStats::CommandStat* stat = nullptr;
+    bool rejected = false;
+    std::chrono::steady_clock::time_point dispatched{};
   };
   struct ClientConn {
     std::uint64_t id = 0;
@@ -397,6 +490,7 @@ class Runtime {
   bool over_maxmemory() const;
   std::string checkpoint_refusal();
   std::optional<Reply> config_command(const std::vector<std::string>& w);
+  static Reply latency_command(const std::vector<std::string>& w);
   void drain_done();
   bool complete_done();  // completes the replies in done_; false if there were none
   void serve_ready_reads();
@@ -633,6 +727,10 @@ class Runtime {
   mutable std::mutex acl_mu_;
   Acl acl_;
   std::atomic<bool> protected_mode_{cfg_.protected_mode};  // CONFIG SET protected-mode changes it
+  // CONFIG SET's values of Redis's encoding tunables, by name (see encoding_tunable): accepted
+  // and shown, changing nothing. tunables_mu_ is a leaf.
+  mutable std::mutex tunables_mu_;
+  std::map<std::string, std::int64_t, std::less<>> tunables_;
 
   // Resource limits (Config's "limits", see the README's "Limits"): CONFIG SET changes them
   // from the poll thread or an execute() caller; the poll thread reads most of them.
@@ -666,6 +764,8 @@ class Runtime {
   std::atomic<std::uint64_t> connected_clients_{0};   // for INFO
   std::atomic<std::uint64_t> client_output_total_reported_{0};  // client_output_total_, for INFO
   std::atomic<std::uint64_t> used_memory_{0};         // store_.used_memory() after each apply
+  std::atomic<std::uint64_t> volatile_keys_{0};       // keys with a TTL, for INFO
+  ServerStats stats_;                                  // INFO's counts (see ServerStats)
   std::chrono::steady_clock::time_point last_checkpoint_{};  // under snap_mu_
 
   std::thread poll_thread_, peer_thread_, ticker_thread_, apply_thread_, snapshot_thread_, joiner_thread_;

@@ -152,6 +152,7 @@ inline void Runtime::restore_recovered_snapshot(Snapshot& snapshot) {
                              " but its file name says " + std::to_string(index));
   store_ = std::move(restored);
   keys_ = store_.size();
+  volatile_keys_ = store_.volatile_keys();
   used_memory_ = store_.used_memory();
   applied_ = meta.index;
   applied_timestamp_ = meta.timestamp_ms;

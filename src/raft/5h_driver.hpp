@@ -166,7 +166,10 @@ inline void Runtime::ticker_loop() {
         drive();
       }
     }
-    if (++ticks % std::max(1, 100 / cfg_.tick_ms) == 0) wake_poll();  // forwarded writes time out there
+    if (++ticks % std::max(1, 100 / cfg_.tick_ms) == 0) {
+      wake_poll();  // forwarded writes time out there
+      stats_.sample(now);
+    }
   }
 }
 

@@ -80,6 +80,7 @@ inline void Runtime::restore_snapshot(const Snapshot& snapshot) {
     std::lock_guard<std::mutex> lock(data_mu_);
     store_ = std::move(fresh);
     keys_ = store_.size();
+    volatile_keys_ = store_.volatile_keys();
     used_memory_ = store_.used_memory();
   }
   // The stamp first: a read served on the poll thread that sees the new index must
@@ -210,6 +211,7 @@ inline bool Runtime::apply_command(const LogEntry& e, Reply& reply, ForwardStatu
   if (!(c.forwarded ? run_forwarded_write(e, c, reply, status) : run_write(e, *c.command, c.words, reply)))
     return false;
   keys_ = store_.size();
+  volatile_keys_ = store_.volatile_keys();
   store_.settle_memory();
   used_memory_ = store_.used_memory();
   return true;

@@ -72,21 +72,36 @@ inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector
   if (words.empty()) return;
   const std::string name_as_sent = words[0];  // for the unknown-command error, as Redis names it
   words[0] = lower(std::move(words[0]));
+  // INFO's counts for a client's command the node knows (see ServerStats): complete_op counts
+  // it as run or, if `rejected`, refused before running.
+  Op* op = conn && caller.op >= conn->first_op && caller.op - conn->first_op < conn->ops.size()
+                ? &conn->ops[static_cast<std::size_t>(caller.op - conn->first_op)]
+                : nullptr;
+  const auto count = [&](bool rejected) {
+    if (!op) return;
+    op->stat = &stats_.command(words[0]);
+    op->rejected = rejected;
+    op->dispatched = std::chrono::steady_clock::now();
+  };
   if (conn) {
     caller.user = conn->user;
     const std::string refusal = client_refusal(*conn, words);
     if (!refusal.empty()) {
+      if (handlers_.count(words[0]) > 0 || words[0] == "checkpoint") count(true);
       finish(caller, Reply::error(refusal));
       return;
     }
   }
   if (words[0] == "checkpoint") {
+    count(false);
     start_checkpoint(caller, words);
     return;
   }
   bool handled = false;
+  if (op) op->dispatched = std::chrono::steady_clock::now();
   Reply r = connection_command(conn, words, handled);
   if (handled) {
+    if (op) op->stat = &stats_.command(words[0]);
     finish(caller, std::move(r));
     return;
   }
@@ -107,6 +122,7 @@ inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector
   }
   const Command& cmd = it->second;
   int argc = static_cast<int>(words.size()) - 1;
+  count(argc < cmd.min_args || (cmd.max_args >= 0 && argc > cmd.max_args) || failed_);
   if (argc < cmd.min_args || (cmd.max_args >= 0 && argc > cmd.max_args)) {
     finish(caller, Reply::error("ERR wrong number of arguments for '" + words[0] + "' command"));
     return;
@@ -380,6 +396,34 @@ inline Reply Runtime::admin(const std::vector<std::string>& w) {
 // command there, or clients without +@admin may run it).
 // CONFIG GET name..., and CONFIG SET of the limits (Redis's names where Redis has the limit;
 // see LiveLimits). None: CONFIG SET of something else (connection_command goes on).
+// Redis's encoding tunables: how Redis lays small hashes, lists, sets, sorted sets and streams
+// out in memory. Tools and clients set them at connect; here the layout is one, so CONFIG SET
+// checks and keeps the value (CONFIG GET shows it) and nothing else changes. An alias (Redis
+// 7.0's old ziplist names) shares its name's value. Redis 7.0's defaults and bounds.
+struct EncodingTunable {
+  const char* name;
+  const char* alias;
+  std::int64_t default_value, min, max;
+  bool memory;  // takes Redis's memory units
+};
+inline const std::vector<EncodingTunable>& encoding_tunables() {
+  constexpr std::int64_t kLong = std::numeric_limits<std::int64_t>::max();
+  constexpr std::int64_t kInt = std::numeric_limits<std::int32_t>::max();
+  static const std::vector<EncodingTunable> t = {
+      {"hash-max-listpack-entries", "hash-max-ziplist-entries", 512, 0, kLong, false},
+      {"hash-max-listpack-value", "hash-max-ziplist-value", 64, 0, kLong, true},
+      {"list-max-listpack-size", "list-max-ziplist-size", -2, std::numeric_limits<std::int32_t>::min(), kInt, false},
+      {"list-compress-depth", nullptr, 0, 0, kInt, false},
+      {"set-max-intset-entries", nullptr, 512, 0, kLong, false},
+      {"zset-max-listpack-entries", "zset-max-ziplist-entries", 128, 0, kLong, false},
+      {"zset-max-listpack-value", "zset-max-ziplist-value", 64, 0, kLong, true},
+      {"stream-node-max-bytes", nullptr, 4096, 0, kLong, true},
+      {"stream-node-max-entries", nullptr, 100, 0, kLong, false},
+      {"hll-sparse-max-bytes", nullptr, 3000, 0, kLong, true},
+  };
+  return t;
+}
+
 inline std::optional<Reply> Runtime::config_command(const std::vector<std::string>& w) {
   struct Option {
     const char* name;
@@ -412,6 +456,13 @@ inline std::optional<Reply> Runtime::config_command(const std::vector<std::strin
       add("appendonly", "yes");
       add("maxmemory-policy", "noeviction");
       for (const Option& o : options) add(o.name, std::to_string(o.value->load()));
+      std::lock_guard<std::mutex> lock(tunables_mu_);
+      for (const EncodingTunable& t : encoding_tunables()) {
+        auto it = tunables_.find(t.name);
+        const std::string v = std::to_string(it == tunables_.end() ? t.default_value : it->second);
+        add(t.name, v);
+        if (t.alias) add(t.alias, v);
+      }
     }
     return Reply::map(std::move(kv));
   }
@@ -433,6 +484,26 @@ inline std::optional<Reply> Runtime::config_command(const std::vector<std::strin
       return failed("argument must be between " + std::to_string(o.min) + " and " + std::to_string(o.max) +
                     " inclusive");
     o.value->store(v);
+    return Reply::ok();
+  }
+  for (const EncodingTunable& t : encoding_tunables()) {
+    if (key != t.name && !(t.alias && key == t.alias)) continue;
+    const std::string out_of_range =
+        "argument must be between " + std::to_string(t.min) + " and " + std::to_string(t.max) + " inclusive";
+    std::int64_t v = 0;
+    if (t.memory) {
+      // As Redis: a number too large for its memory parser is out of range.
+      const bool digits = !w[3].empty() && w[3].find_first_not_of("0123456789") == std::string::npos;
+      std::uint64_t bytes = 0;
+      if (!parse_memory(w[3], bytes)) return failed(digits ? out_of_range : "argument must be a memory value");
+      if (bytes > static_cast<std::uint64_t>(t.max)) return failed(out_of_range);
+      v = static_cast<std::int64_t>(bytes);
+    } else if (!parse_int64(w[3], v)) {
+      return failed("argument couldn't be parsed into an integer");
+    }
+    if (v < t.min || v > t.max) return failed(out_of_range);
+    std::lock_guard<std::mutex> lock(tunables_mu_);
+    tunables_[t.name] = v;
     return Reply::ok();
   }
   return std::nullopt;
@@ -478,6 +549,7 @@ inline Reply Runtime::connection_command(ClientConn* conn, const std::vector<std
          return Reply::verbatim("txt", info_sections(rt.info(), Words(w.begin() + 1, w.end())));
        }},
       {"role", [](Runtime& rt, ClientConn*, const Words&) { return rt.role_reply(); }},
+      {"latency", [](Runtime&, ClientConn*, const Words& w) { return latency_command(w); }},
       {"shutdown", [](Runtime& rt, ClientConn*, const Words&) { return rt.stop_on_request(); }},
       {"raft.add", [](Runtime& rt, ClientConn*, const Words& w) { return admin_with_args(rt, w, 2, 2); }},
       {"add_node", [](Runtime& rt, ClientConn*, const Words& w) { return admin_with_args(rt, w, 2, 2); }},
@@ -490,6 +562,35 @@ inline Reply Runtime::connection_command(ClientConn* conn, const std::vector<std
   auto it = table.find(w[0]);
   handled = it != table.end();
   return handled ? it->second(*this, conn, w) : Reply();
+}
+
+// LATENCY: this node keeps no latency monitor (Redis's is off by default too) and no
+// per-command histograms, so every report is empty, as a Redis with nothing recorded answers.
+inline Reply Runtime::latency_command(const std::vector<std::string>& w) {
+  if (w.size() < 2) return arity_error(w[0]);
+  const std::string sub = lower(w[1]);
+  // Redis's arities: LATEST, DOCTOR and HELP take nothing, HISTORY an event.
+  if (((sub == "latest" || sub == "doctor" || sub == "help") && w.size() != 2) || (sub == "history" && w.size() != 3))
+    return arity_error("latency|" + sub);
+  if (sub == "latest") return Reply::array({});
+  if (sub == "history") return Reply::array({});
+  if (sub == "histogram") return Reply::map({});
+  if (sub == "reset") return Reply::integer(0);
+  if (sub == "doctor")
+    return Reply::verbatim("txt", "No latency events to analyse: this node (raft.hpp) keeps no latency monitor.\n");
+  if (sub == "help") {
+    std::vector<Reply> lines;
+    for (const char* l :
+         {"LATENCY <subcommand> [<arg> [value] [opt] ...]. Subcommands are:", "LATEST",
+          "    Return the latest latency samples for all events (none: no latency monitor here).", "HISTORY <event>",
+          "    Return time-latency samples for the <event> class (none here).", "RESET [<event> ...]",
+          "    Reset latency data of one or more <event> classes (nothing to reset here).", "DOCTOR",
+          "    Return a human readable latency analysis report.", "HISTOGRAM [COMMAND ...]",
+          "    Return cumulative distribution of latencies (none kept here).", "HELP", "    Print this help."})
+      lines.push_back(Reply::simple(l));
+    return Reply::array(std::move(lines));
+  }
+  return Reply::error("ERR unknown subcommand '" + w[1] + "'. Try LATENCY HELP.");
 }
 
 // Whether a command has at least lo and at most hi arguments after its name.

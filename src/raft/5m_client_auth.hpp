@@ -9,7 +9,7 @@ namespace detail {
 inline bool Runtime::acl_command(const std::vector<std::string>& w, AclCommand& c) const {
   static const std::set<std::string, std::less<>> administration = {
       "checkpoint", "shutdown", "raft.add", "raft.promote", "raft.remove", "raft.transfer", "raft.leave",
-      "add_node", "del_node"};
+      "add_node", "del_node", "latency"};
   static const std::set<std::string, std::less<>> connection = {"ping", "echo", "select", "readonly", "readwrite",
                                                                 "hello", "auth", "quit"};
   static const std::set<std::string, std::less<>> client_connection = {"setname", "getname", "setinfo", "id", "info"};

@@ -4,62 +4,180 @@ namespace detail {
 
 // ---- status ---------------------------------------------------------------------------------
 
+// Redis's way to write a byte count for people (INFO's *_human fields).
+inline std::string bytes_for_people(std::uint64_t n) {
+  const char* units[] = {"B", "K", "M", "G", "T", "P"};
+  double v = static_cast<double>(n);
+  std::size_t u = 0;
+  while (v >= 1024 && u + 1 < sizeof units / sizeof *units) {
+    v /= 1024;
+    ++u;
+  }
+  char buf[32];
+  if (u == 0)
+    std::snprintf(buf, sizeof buf, "%lluB", static_cast<unsigned long long>(n));
+  else
+    std::snprintf(buf, sizeof buf, "%.2f%s", v, units[u]);
+  return buf;
+}
+
+// This process's resident set (Linux's /proc/self/statm); nullopt where there is none.
+inline std::optional<std::uint64_t> resident_bytes() {
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  if (!f) return std::nullopt;
+  unsigned long long size = 0, resident = 0;
+  const bool ok = std::fscanf(f, "%llu %llu", &size, &resident) == 2;
+  std::fclose(f);
+  if (!ok) return std::nullopt;
+  return static_cast<std::uint64_t>(resident) * static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+}
+
+// INFO: Redis 7.0's sections and field names, with the fields whose values exist here (the
+// README lists the ones left out), plus "# Raft".
 inline std::string Runtime::info() const {
   std::string s;
   auto line = [&](const std::string& k, const std::string& v) { s += k + ":" + v + "\r\n"; };
-  std::lock_guard<std::mutex> lock(core_mu_);
+  auto num = [&](const std::string& k, std::uint64_t v) { line(k, std::to_string(v)); };
+  const auto now = std::chrono::steady_clock::now();
   s += "# Server\r\n";
-  line("redis_version", "7.0.0");
+  line("redis_version", "7.0.0");  // the Redis whose commands and replies this node follows
   line("raft_hpp_version", RAFT_HPP_VERSION);
+  line("redis_mode", "standalone");
+  utsname un{};
+  if (::uname(&un) == 0) line("os", std::string(un.sysname) + " " + un.release + " " + un.machine);
+  num("arch_bits", sizeof(void*) * 8);
+  line("multiplexing_api", "poll");
   line("process_id", std::to_string(::getpid()));
-  line("tcp_port", std::to_string(host_.port));
+  num("tcp_port", host_.port);
+  num("server_time_usec", static_cast<std::uint64_t>(wall_ms()) * 1000);
+  const auto uptime = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(now - stats_.started).count());
+  num("uptime_in_seconds", uptime);
+  num("uptime_in_days", uptime / 86400);
+  s += "\r\n# Clients\r\n";
+  num("connected_clients", connected_clients_.load());
+  num("maxclients", limits_.max_clients.load());
+  num("total_client_output_bytes", client_output_total_reported_.load());
+  s += "\r\n# Memory\r\n";
+  // The store's bytes as maxmemory counts them (Store::used_memory), not the allocator's.
+  num("used_memory", used_memory_.load());
+  line("used_memory_human", bytes_for_people(used_memory_.load()));
+  if (auto rss = resident_bytes()) {
+    num("used_memory_rss", *rss);
+    line("used_memory_rss_human", bytes_for_people(*rss));
+  }
+  num("maxmemory", limits_.maxmemory.load());
+  line("maxmemory_human", bytes_for_people(limits_.maxmemory.load()));
+  line("maxmemory_policy", "noeviction");
+  std::lock_guard<std::mutex> lock(core_mu_);
+  s += "\r\n# Persistence\r\n";
+  num("loading", 0);
+  // Every write is in the log, on disk before it is acknowledged: Redis's appendonly (with
+  // appendfsync always); a snapshot is the log's compaction.
+  num("aof_enabled", 1);
+  line("aof_last_write_status", failed_ ? "err" : "ok");
+  if (core_) num("rdb_changes_since_last_save", applied_.load() - std::min(applied_.load(), core_->snapshot_index()));
+  s += "\r\n# Stats\r\n";
+  num("total_connections_received", stats_.connections_received.load());
+  num("total_commands_processed", stats_.commands_processed.load());
+  num("instantaneous_ops_per_sec", stats_.ops_per_sec());
+  num("rejected_connections", stats_.rejected_connections.load());
+  num("total_error_replies", stats_.error_replies.load());
+  if (core_) {
+    s += "\r\n# Replication\r\n";
+    const double seconds_per_tick = cfg_.tick_ms / 1000.0;
+    if (core_->role() == Role::Leader) {
+      // Redis's replicas are the followers heard from within the check-quorum period.
+      std::string slaves;
+      int n = 0;
+      for (const auto& m : core_->config().members) {
+        auto it = core_->progress().find(m.id);
+        if (m.id == cfg_.id || it == core_->progress().end() || !it->second.recent_active) continue;
+        HostPort hp;
+        std::string error;
+        parse_host_port(m.address, hp, error);
+        const auto lag = static_cast<std::uint64_t>(static_cast<double>(core_->ticks() - it->second.last_heard) * seconds_per_tick);
+        slaves += "slave" + std::to_string(n++) + ":ip=" + hp.host + ",port=" + std::to_string(hp.port) +
+                  ",state=online,offset=" + std::to_string(it->second.match) + ",lag=" + std::to_string(lag) + "\r\n";
+      }
+      line("role", "master");
+      num("connected_slaves", static_cast<std::uint64_t>(n));
+      s += slaves;
+      num("master_repl_offset", core_->last_index());
+    } else {
+      line("role", "slave");
+      const Member* lm = core_->config().find(core_->leader());
+      HostPort hp;
+      std::string error;
+      if (lm && parse_host_port(lm->address, hp, error)) {
+        line("master_host", hp.host);
+        num("master_port", hp.port);
+      }
+      // Up while it heard from a leader within an election timeout.
+      const bool up = lm && core_->ticks_since_timer_reset() < core_->options().election_ticks;
+      line("master_link_status", up ? "up" : "down");
+      line("master_last_io_seconds_ago",
+           up ? std::to_string(static_cast<std::uint64_t>(core_->ticks_since_timer_reset() * seconds_per_tick)) : "-1");
+      num("slave_repl_offset", applied_.load());
+      num("connected_slaves", 0);
+      num("master_repl_offset", applied_.load());
+    }
+  }
+  s += "\r\n# CPU\r\n";
+  const auto cpu = [&](const std::string& k, const timeval& t) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%ld.%06ld", static_cast<long>(t.tv_sec), static_cast<long>(t.tv_usec));
+    line(k, buf);
+  };
+  rusage self{}, children{};
+  ::getrusage(RUSAGE_SELF, &self);
+  ::getrusage(RUSAGE_CHILDREN, &children);
+  cpu("used_cpu_sys", self.ru_stime);
+  cpu("used_cpu_user", self.ru_utime);
+  cpu("used_cpu_sys_children", children.ru_stime);
+  cpu("used_cpu_user_children", children.ru_utime);
+  s += "\r\n# Commandstats\r\n" + stats_.command_lines();
+  s += "\r\n# Errorstats\r\n" + stats_.error_lines();
   s += "\r\n# Raft\r\n";
   line("raft_node_id", cfg_.id);
   line("raft_address", cfg_.address);
   line("raft_cluster_id", identity_.cluster_id);
   line("raft_server_id", identity_.server_id);
-  if (!core_) return s;
-  const char* roles[] = {"follower", "candidate", "candidate", "leader"};
-  line("raft_role", core_->is_voter() || core_->role() != Role::Follower
-                        ? roles[static_cast<int>(core_->role())]
-                        : "learner");
-  line("raft_state", std::string(1, core_->role_char()));
-  line("raft_term", std::to_string(core_->term()));
-  line("raft_leader_id", core_->leader());
-  const Member* lm = core_->config().find(core_->leader());
-  line("raft_leader_address", lm ? lm->address : "");
-  line("raft_commit_index", std::to_string(core_->commit_index()));
-  line("raft_applied_index", std::to_string(applied_.load()));
-  line("raft_last_index", std::to_string(core_->last_index()));
-  line("raft_snapshot_index", std::to_string(core_->snapshot_index()));
-  line("raft_refused_peer_messages", std::to_string(core_->refused_count()));
-  line("raft_storage", failed_ ? "failed: " + failure_ : "ok");
-  line("raft_voters", std::to_string(core_->config().voter_count()));
-  line("raft_members", std::to_string(core_->config().members.size()));
-  int i = 0;
-  for (const auto& m : core_->config().members) {
-    std::string v = "id=" + m.id + ",address=" + m.address + ",role=" + (m.voter ? "voter" : "learner");
-    if (m.id == cfg_.id) {
-      v += ",match=" + std::to_string(core_->last_index()) + ",lag=0,self=1";
-    } else if (core_->role() == Role::Leader) {
-      auto it = core_->progress().find(m.id);
-      if (it != core_->progress().end())
-        v += ",match=" + std::to_string(it->second.match) +
-             ",lag=" + std::to_string(core_->last_index() - std::min(core_->last_index(), it->second.match)) +
-             ",active=" + (it->second.recent_active ? "1" : "0");
+  if (core_) {
+    const char* roles[] = {"follower", "candidate", "candidate", "leader"};
+    line("raft_role", core_->is_voter() || core_->role() != Role::Follower
+                          ? roles[static_cast<int>(core_->role())]
+                          : "learner");
+    line("raft_state", std::string(1, core_->role_char()));
+    line("raft_term", std::to_string(core_->term()));
+    line("raft_leader_id", core_->leader());
+    const Member* lm = core_->config().find(core_->leader());
+    line("raft_leader_address", lm ? lm->address : "");
+    line("raft_commit_index", std::to_string(core_->commit_index()));
+    line("raft_applied_index", std::to_string(applied_.load()));
+    line("raft_last_index", std::to_string(core_->last_index()));
+    line("raft_snapshot_index", std::to_string(core_->snapshot_index()));
+    line("raft_refused_peer_messages", std::to_string(core_->refused_count()));
+    line("raft_storage", failed_ ? "failed: " + failure_ : "ok");
+    line("raft_voters", std::to_string(core_->config().voter_count()));
+    line("raft_members", std::to_string(core_->config().members.size()));
+    int i = 0;
+    for (const auto& m : core_->config().members) {
+      std::string v = "id=" + m.id + ",address=" + m.address + ",role=" + (m.voter ? "voter" : "learner");
+      if (m.id == cfg_.id) {
+        v += ",match=" + std::to_string(core_->last_index()) + ",lag=0,self=1";
+      } else if (core_->role() == Role::Leader) {
+        auto it = core_->progress().find(m.id);
+        if (it != core_->progress().end())
+          v += ",match=" + std::to_string(it->second.match) +
+               ",lag=" + std::to_string(core_->last_index() - std::min(core_->last_index(), it->second.match)) +
+               ",active=" + (it->second.recent_active ? "1" : "0");
+      }
+      line("raft_member" + std::to_string(i++), v);
     }
-    line("raft_member" + std::to_string(i++), v);
   }
-  s += "\r\n# Clients\r\n";
-  line("connected_clients", std::to_string(connected_clients_.load()));
-  line("maxclients", std::to_string(limits_.max_clients.load()));
-  line("total_client_output_bytes", std::to_string(client_output_total_reported_.load()));
-  s += "\r\n# Memory\r\n";
-  line("used_memory", std::to_string(used_memory_.load()));
-  line("maxmemory", std::to_string(limits_.maxmemory.load()));
-  line("maxmemory_policy", "noeviction");
+  // Redis lists a database with keys; avg_ttl is not kept here.
   s += "\r\n# Keyspace\r\n";
-  line("db0", "keys=" + std::to_string(keys_.load()));
+  if (keys_.load() > 0) line("db0", "keys=" + std::to_string(keys_.load()) + ",expires=" + std::to_string(volatile_keys_.load()));
   return s;
 }
 
@@ -218,12 +336,14 @@ inline void Runtime::accept_clients() {
       continue;
     }
     if (clients_.size() >= limits_.max_clients.load()) {
+      ++stats_.rejected_connections;
       // (Over TLS, nothing can be said before a handshake: just closed.)
       static const char kFull[] = "-ERR max number of clients reached\r\n";
       if (!tls.on()) ::send(fd, kFull, sizeof kFull - 1, MSG_NOSIGNAL);
       ::close(fd);
       continue;
     }
+    ++stats_.connections_received;  // as Redis counts: not the ones refused for maxclients
     set_nodelay(fd);
     resp::Limits client_limits = cfg_.client_limits;
     client_limits.max_bulk_length = static_cast<std::size_t>(limits_.proto_max_bulk_len.load());
@@ -446,6 +566,8 @@ inline void Runtime::complete_op(std::uint64_t conn, std::uint64_t op, Reply rep
   if (o.done) return;
   o.done = true;
   const std::size_t out_before = c.out.size();
+  if (o.stat) stats_.answered(*o.stat, o.rejected, reply, std::chrono::steady_clock::now() - o.dispatched);
+  if (reply.is_error()) stats_.error_reply(reply.str);
   o.reply = std::move(reply);
   if (o.kind == 'w') --c.unfinished_writes;
   if (o.kind == 'r') --c.unfinished_reads;
