@@ -13746,7 +13746,9 @@ inline std::optional<Reply> Runtime::exec_transaction(ClientConn& c, const Calle
   }
   // Refused at maxmemory only if one of its commands would be (Redis refuses those at queue time).
   static const Command growing{nullptr, "we"}, not_growing{nullptr, "wes"};
-  start_write(caller, words, grows ? growing : not_growing, batch);
+  Caller as_user = caller;
+  as_user.user = c.user;  // the leader checks a forwarded transaction against this user's ACL
+  start_write(as_user, words, grows ? growing : not_growing, batch);
   return std::nullopt;
 }
 

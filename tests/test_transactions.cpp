@@ -362,3 +362,38 @@ print(int(r.get('py:n')))
   CHECK(res.code == 0);
   CHECK(res.out == "aborted\n[True, 2, b'2']\n11\n");
 }
+
+TEST_CASE("ACL inside MULTI: a refused command makes EXEC abort; a forwarded transaction is checked by the "
+          "leader's ACL, command by command",
+          "[runtime][transactions][cluster][acl]") {
+  in_process::Cluster c(228, 3, [](raft::Config& cfg) {
+    cfg.users = {"reader on >r ~* +@read +@connection", "writer on >w ~* +@read +@write +@connection"};
+  });
+  c.start();
+  const int leader = c.wait_for_leader();
+  REQUIRE(leader != 0);
+  const int f = c.other_than(leader);
+  proc::Client rc(client_ip(c[f]), client_port(c[f]));
+  REQUIRE(is_ok(rc.call({"AUTH", "reader", "r"})));
+  CHECK(is_ok(rc.call({"MULTI"})));
+  CHECK(rc.call({"GET", "x"}).str == "QUEUED");
+  CHECK(rc.call({"SET", "x", "1"}).str.rfind("NOPERM", 0) == 0);
+  CHECK(rc.call({"EXEC"}).str.rfind("EXECABORT", 0) == 0);
+
+  // The leader no longer lets the writer SET; the follower still does: the leader's word counts.
+  proc::Client admin(client_ip(c[leader]), client_port(c[leader]));
+  proc::Client wc(client_ip(c[f]), client_port(c[f]));
+  REQUIRE(is_ok(wc.call({"AUTH", "writer", "w"})));
+  REQUIRE(is_ok(admin.call({"AUTH", "writer", "w"})));
+  CHECK(is_ok(wc.call({"SET", "y", "0"})));
+  // (ACL SETUSER needs an administrator: the default user has no password and every right.)
+  proc::Client root(client_ip(c[leader]), client_port(c[leader]));
+  CHECK(is_ok(root.call({"ACL", "SETUSER", "writer", "-set"})));
+  CHECK(is_ok(wc.call({"MULTI"})));
+  CHECK(wc.call({"INCR", "y"}).str == "QUEUED");
+  CHECK(wc.call({"SET", "y", "5"}).str == "QUEUED");
+  const Reply r = wc.call({"EXEC"});
+  CHECK(r.type == resp::Type::Error);
+  CHECK(r.str.rfind("NOPERM", 0) == 0);
+  CHECK(admin.call({"GET", "y"}).str == "0");  // nothing ran, INCR included
+}
