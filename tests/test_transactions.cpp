@@ -292,30 +292,39 @@ TEST_CASE("WATCH's stamps: set by writes at their entry's index, kept by a snaps
   CHECK(s.used_memory() < before + (Store::kMaxTombstones + 1) * (Store::kTombstoneBytes + 12));
 }
 
-TEST_CASE("a snapshot installed on a follower keeps what WATCH needs: a change before it still aborts EXEC",
-          "[runtime][transactions][cluster]") {
-  in_process::Cluster c(229, 3);
-  c.start();
-  const int leader = c.wait_for_leader();
-  REQUIRE(leader != 0);
-  const int f = c.other_than(leader);
-  proc::Client lc(client_ip(c[leader]), client_port(c[leader]));
-  proc::Client fc(client_ip(c[f]), client_port(c[f]));
-  REQUIRE(fc.connected());
-  CHECK(is_ok(lc.call({"SET", "sk", "1"})));
-  CHECK(in_process::eventually(in_process::long_wait(), [&] { return fc.call({"GET", "sk"}).str == "1"; }));
-  CHECK(is_ok(fc.call({"WATCH", "sk"})));
-  CHECK(is_ok(lc.call({"SET", "sk", "2"})));
-  // Every node snapshots (the follower restarts from it below is not needed: its own
-  // snapshot holds the stamps, and the leader's carries them to anyone behind).
-  for (int i = 1; i <= 3; ++i) {
-    proc::Client n(client_ip(c[i]), client_port(c[i]));
-    CHECK(is_ok(n.call({"CHECKPOINT"})));
+TEST_CASE("a node restarted from its snapshot has WATCH's stamps: the same store, stamps and deleted keys "
+          "included",
+          "[runtime][transactions]") {
+  in_process::TempDir dir("tx-restart");
+  raft::Config cfg = in_process::node_config("1", in_process::address(229, 1));
+  cfg.data_dir = dir.file("data");
+  Store before;
+  {
+    in_process::TestNode node(cfg);
+    node->start();
+    REQUIRE(in_process::eventually(in_process::long_wait(), [&] { return node->state() == 'l'; }));
+    proc::Client cl(client_ip(*node), client_port(*node));
+    REQUIRE(cl.connected());
+    CHECK(is_ok(cl.call({"SET", "a", "1"})));
+    CHECK(cl.call({"RPUSH", "l", "x"}).num == 1);
+    CHECK(is_ok(cl.call({"SET", "gone", "1"})));
+    CHECK(cl.call({"DEL", "gone"}).num == 1);
+    CHECK(is_ok(cl.call({"MULTI"})));
+    CHECK(cl.call({"INCR", "a"}).str == "QUEUED");
+    CHECK(cl.call({"EXEC"}).type == resp::Type::Array);
+    CHECK(is_ok(cl.call({"CHECKPOINT"})));
+    node->read([&](const Store& s) { before = s; });
+    CHECK(before.modified_index("a") > before.modified_index("l"));
+    CHECK(before.deleted_index("gone") > 0);
   }
-  CHECK(is_ok(fc.call({"MULTI"})));
-  CHECK(fc.call({"INCR", "sk"}).str == "QUEUED");
-  CHECK(fc.call({"EXEC"}).type == resp::Type::NullArray);
-  CHECK(lc.call({"GET", "sk"}).str == "2");
+  in_process::TestNode again(cfg);
+  again->start();
+  REQUIRE(in_process::eventually(in_process::long_wait(), [&] { return again->state() == 'l'; }));
+  Store after;
+  again->read([&](const Store& s) { after = s; });
+  CHECK(after == before);
+  CHECK(after.modified_index("a") == before.modified_index("a"));
+  CHECK(after.deleted_index("gone") == before.deleted_index("gone"));
 }
 
 TEST_CASE("redis-py: pipeline(transaction=True) with watch against a 3-node cluster, through a follower",
