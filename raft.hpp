@@ -1494,7 +1494,9 @@ class Store {
   /// others as bytes literals, escaped exactly as Python's repr(). Values: a str or bytes (a
   /// string), a dict of strings (a hash), a list (a list), a set of strings (a set: {'a', 'b'})
   /// and a dict of member -> float score (a sorted set: {'a': 1.5, 'b': 1e999}); with a set or
-  /// a sorted set in the data the format is 5 (see detail::write_set_literal), else 4.
+  /// a sorted set in the data the format is 5 (see detail::write_set_literal), else 4. WATCH's
+  /// stamps follow when there are any: `'modified': [FORGOTTEN, {key: INDEX}, {deleted key:
+  /// INDEX}]` (write_stamps()); a store without them writes the text above unchanged.
   void write_snapshot(std::string& out, const SnapshotMeta& meta) const;
   /// Parses write_snapshot's formats (5 and 4), format 3 (no 'session_clock'), format 2 (no 'sessions':
   /// the table is empty), format 1
