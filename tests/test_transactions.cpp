@@ -41,6 +41,9 @@ std::vector<Step> script() {
       {0, {"MULTI"}}, {0, {"NOSUCHCOMMAND", "a"}}, {0, {"SET", "k", "2"}}, {0, {"EXEC"}}, {0, {"GET", "k"}},
       {0, {"MULTI"}}, {0, {"GET"}}, {0, {"SET", "k", "2"}}, {0, {"EXEC"}}, {0, {"GET", "k"}},
       {0, {"MULTI"}}, {0, {"WATCH"}}, {0, {"EXEC"}},
+      {0, {"MULTI"}}, {0, {"MULTI", "x"}}, {0, {"EXEC"}},
+      {0, {"MULTI"}}, {0, {"UNWATCH"}}, {0, {"UNWATCH", "x"}}, {0, {"EXEC"}},
+      {0, {"MULTI"}}, {0, {"UNWATCH"}}, {0, {"PING"}}, {0, {"EXEC"}},
       // empty, discarded
       {0, {"MULTI"}}, {0, {"EXEC"}}, {0, {"MULTI"}}, {0, {"SET", "k", "3"}}, {0, {"DISCARD"}}, {0, {"GET", "k"}},
       // WATCH: another connection changes the key

@@ -59,8 +59,13 @@ inline bool Runtime::transaction_command(ClientConn& c, const Caller& caller, co
   const auto arity = [&](std::size_t lo, std::size_t hi) { return w.size() - 1 >= lo && w.size() - 1 <= hi; };
   Reply r;
   if (name == "multi") {
-    r = !arity(0, 0) ? arity_error(name) : c.in_multi ? Reply::error("ERR MULTI calls can not be nested") : Reply::ok();
-    if (r.type != resp::Type::Error) c.in_multi = true;
+    if (!arity(0, 0)) {
+      r = arity_error(name);
+      if (c.in_multi) c.multi_refused = true;
+    } else {
+      r = c.in_multi ? Reply::error("ERR MULTI calls can not be nested") : Reply::ok();
+      c.in_multi = true;
+    }
   } else if (name == "exec" || name == "discard") {
     if (!arity(0, 0)) {
       r = arity_error(name);
@@ -88,9 +93,13 @@ inline bool Runtime::transaction_command(ClientConn& c, const Caller& caller, co
   } else if (name == "unwatch" && !c.in_multi) {
     if (arity(0, 0)) c.watched.clear();
     r = arity(0, 0) ? Reply::ok() : arity_error(name);
-  } else if (name == "watch") {
-    r = arity(1, kMaxCommandWords) ? Reply::error("ERR WATCH inside MULTI is not allowed") : arity_error(name);
-    if (r.str.rfind("ERR wrong", 0) == 0) c.multi_refused = true;
+  } else if (name == "watch") {  // inside MULTI: an error, the transaction goes on (Redis 7.0)
+    if (!arity(1, kMaxCommandWords)) {
+      r = arity_error(name);
+      c.multi_refused = true;
+    } else {
+      r = Reply::error("ERR WATCH inside MULTI is not allowed");
+    }
   } else {
     r = queue_in_transaction(c, name_as_sent, w);
   }
@@ -108,16 +117,17 @@ inline Reply Runtime::queue_in_transaction(ClientConn& c, const std::string& nam
   const std::string& name = w[0];
   const auto h = handlers_.find(name);
   const int argc = static_cast<int>(w.size()) - 1;
-  if (name == "ping" || name == "echo") {
-    // Run at apply as the connection commands answer them (PING's RESP2 reply inside MULTI).
-    if (name == "ping" ? argc > 1 : argc != 1) return refuse(arity_error(name));
+  if (name == "ping" || name == "echo" || name == "unwatch") {
+    // Answered at apply as the connection commands answer them (PING's RESP2 reply inside
+    // MULTI; UNWATCH's OK: EXEC forgets the watched keys anyway).
+    if (name == "ping" ? argc > 1 : name == "echo" ? argc != 1 : argc != 0) return refuse(arity_error(name));
   } else if (h == handlers_.end() || is_reserved_command(name)) {
     AclCommand known;
     if (!acl_command(w, known) || is_reserved_command(name)) return refuse(unknown_command_error(name_as_sent, w));
     // What this node answers itself (CLIENT, CONFIG, INFO, HELLO, SELECT, ...) cannot run in
     // the log's entry on every node.
     return refuse(Reply::error("ERR '" + name + "' is not supported inside MULTI by this server (only data "
-                               "commands, PING and ECHO are)"));
+                               "commands, PING, ECHO and UNWATCH are)"));
   } else if (argc < h->second.min_args || (h->second.max_args >= 0 && argc > h->second.max_args)) {
     return refuse(arity_error(name));
   }
@@ -193,9 +203,10 @@ inline std::string Runtime::forwarded_transaction_refusal(const std::string& use
     const std::vector<std::string> command(words.begin() + static_cast<std::ptrdiff_t>(i + 1),
                                            words.begin() + static_cast<std::ptrdiff_t>(i + 1 + n));
     AclCommand c;
-    if (command[0] != "ping" && command[0] != "echo" && !acl_command(command, c))
+    const bool answered_alike = command[0] == "ping" || command[0] == "echo" || command[0] == "unwatch";
+    if (!answered_alike && !acl_command(command, c))
       return "ERR the leader has no command '" + command[0] + "'; the transaction was not run";
-    const std::string refusal = command[0] == "ping" || command[0] == "echo" ? "" : Acl::refusal(user, c);
+    const std::string refusal = answered_alike ? "" : Acl::refusal(user, c);
     if (!refusal.empty()) return refusal;
     i += 1 + static_cast<std::size_t>(n);
   }
@@ -240,6 +251,10 @@ inline Reply Runtime::run_transaction(Call& call) {
     }
     if (words[0] == "echo") {
       replies.push_back(Reply::bulk(words[1]));
+      continue;
+    }
+    if (words[0] == "unwatch") {
+      replies.push_back(Reply::ok());
       continue;
     }
     const auto h = handlers_.find(words[0]);
