@@ -182,6 +182,21 @@ TEST_CASE("EXEC through a follower is one entry, applied on every node; a WATCH 
     CHECK(n.call({"GET", "t"}).str == "42");
   }
 
+  // WATCH on a follower, a write through the leader: EXEC (sent to the follower) aborts,
+  // whether or not the follower has applied the write yet; left alone, it commits.
+  proc::Client on_leader(client_ip(c[leader]), client_port(c[leader]));
+  CHECK(is_ok(follower.call({"WATCH", "t"})));
+  CHECK(on_leader.call({"INCR", "t"}).num == 43);
+  CHECK(is_ok(follower.call({"MULTI"})));
+  CHECK(follower.call({"SET", "t", "0"}).str == "QUEUED");
+  CHECK(follower.call({"EXEC"}).type == resp::Type::NullArray);
+  CHECK(on_leader.call({"GET", "t"}).str == "43");
+  CHECK(is_ok(follower.call({"WATCH", "t"})));
+  CHECK(is_ok(follower.call({"MULTI"})));
+  CHECK(follower.call({"SET", "t", "0"}).str == "QUEUED");
+  CHECK(follower.call({"EXEC"}).elements.size() == 1);
+  CHECK(on_leader.call({"GET", "t"}).str == "0");
+
   // Check-and-set: WATCH, GET, MULTI SET v+1 EXEC, again on a null reply. Two clients, a
   // follower and the other follower (or the leader), each until it has made kEach increments.
   constexpr int kEach = 25;
