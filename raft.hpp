@@ -1484,11 +1484,12 @@ class Store {
   const std::string* key_near_hash(std::uint64_t hash, std::int64_t now_ms) const;
 
   // ---- memory (maxmemory): an estimate kept as writes go, O(1) per changed key ----
-  /// What a key costs beside its value (the map node, the strings' and object's headers, and
+  /// What a key costs beside its value (the map node, the strings' and object's headers, WATCH's
+  /// stamp (modified_index()), and
   /// SCAN's index entry: a tree node of 80 bytes with the key's hash and a copy of the key,
   /// which counts the key's size a second time), and what each element of a hash or list costs
   /// beside its strings: estimates for libstdc++.
-  static constexpr std::size_t kKeyBytes = 224 + 80;
+  static constexpr std::size_t kKeyBytes = 232 + 80;
   static constexpr std::size_t kHashEntryBytes = 112;
   static constexpr std::size_t kListEntryBytes = 64;
   /// A set member: a tree node with its string. A sorted set member: a map node with its
@@ -1513,7 +1514,10 @@ class Store {
     for (const auto& [key, record] : objects_) f(key, record.object, record.deadline);
   }
 
-  bool operator==(const Store& o) const { return objects_ == o.objects_ && sessions_ == o.sessions_; }
+  bool operator==(const Store& o) const {
+    return objects_ == o.objects_ && sessions_ == o.sessions_ && tombstones_ == o.tombstones_ &&
+           forgotten_index_ == o.forgotten_index_;
+  }
   bool operator!=(const Store& o) const { return !(*this == o); }
 
   // ---- atomic writes (see the class comment) ----
@@ -1523,6 +1527,29 @@ class Store {
   void commit_undo();
   /// Puts back every key the write changed, value and deadline, and stops recording.
   void rollback_undo();
+
+  // ---- WATCH: where each key last changed (replicated state: snapshots carry it) ----
+  /// The log index of the entry being applied (the runtime sets it before each write): every
+  /// key a write puts, finds for writing, deletes or gives a deadline from now on is stamped
+  /// with it. 0 (a store used outside a node): nothing is stamped.
+  void set_write_index(std::uint64_t index) { write_index_ = index; }
+  /// The index of the last entry that changed `key` (found for writing counts: a write that
+  /// looked and left it alone stamps it too); 0 if none did, or the key is absent.
+  std::uint64_t modified_index(std::string_view key) const {
+    const auto it = objects_.find(key);
+    return it == objects_.end() ? 0 : it->second.modified;
+  }
+  /// The index of the last entry that deleted `key` (expiry and FLUSH included), as far as
+  /// the store remembers: it keeps the latest kMaxTombstones deleted keys' stamps, and for
+  /// any other key answers the latest stamp it forgot (an index never below the true one).
+  std::uint64_t deleted_index(std::string_view key) const {
+    const auto it = tombstones_.find(key);
+    return std::max(forgotten_index_, it == tombstones_.end() ? 0 : it->second);
+  }
+  /// Deleted keys whose stamps are kept (each counted in used_memory(): kTombstoneBytes and
+  /// twice the key); beyond that the oldest is forgotten into one index.
+  static constexpr std::size_t kMaxTombstones = 10000;
+  static constexpr std::size_t kTombstoneBytes = 176;
 
   // ---- the runtime's: forwarded writes applied at most once (handlers leave it alone) ----
   detail::SessionTable& sessions() { return sessions_; }
@@ -1536,7 +1563,9 @@ class Store {
   /// others as bytes literals, escaped exactly as Python's repr(). Values: a str or bytes (a
   /// string), a dict of strings (a hash), a list (a list), a set of strings (a set: {'a', 'b'})
   /// and a dict of member -> float score (a sorted set: {'a': 1.5, 'b': 1e999}); with a set or
-  /// a sorted set in the data the format is 5 (see detail::write_set_literal), else 4.
+  /// a sorted set in the data the format is 5 (see detail::write_set_literal), else 4. WATCH's
+  /// stamps follow when there are any: `'modified': [FORGOTTEN, {key: INDEX}, {deleted key:
+  /// INDEX}]` (write_stamps()); a store without them writes the text above unchanged.
   void write_snapshot(std::string& out, const SnapshotMeta& meta) const;
   /// Parses write_snapshot's formats (5 and 4), format 3 (no 'session_clock'), format 2 (no 'sessions':
   /// the table is empty), format 1
@@ -1553,11 +1582,15 @@ class Store {
   static bool read_pyraft_snapshot(std::string_view text, Store& data, std::string& error);
 
  private:
+  void write_stamps(std::string& out) const;
   struct Record {
     Object object;
     std::optional<std::int64_t> deadline;
     std::size_t counted = 0;  // the bytes used_ counts for this key (settle_memory())
-    bool operator==(const Record& o) const { return object == o.object && deadline == o.deadline; }
+    std::uint64_t modified = 0;  // modified_index()
+    bool operator==(const Record& o) const {
+      return object == o.object && deadline == o.deadline && modified == o.modified;
+    }
   };
   /// Orders (deadline, key) and (scan hash, key) pairs; transparent so a lookup can use a
   /// string_view key.
@@ -1585,6 +1618,13 @@ class Store {
   std::set<std::pair<std::int64_t, std::string>, ExpiryLess> expiry_;
   ScanOrder scan_order_;
   detail::SessionTable sessions_;
+  std::uint64_t write_index_ = 0;  // set_write_index()
+  // deleted_index(): the stamps of deleted keys, by key and oldest first, and the latest
+  // stamp forgotten (evicted, or every key at once by clear()).
+  std::map<std::string, std::uint64_t, std::less<>> tombstones_;
+  std::set<std::pair<std::uint64_t, std::string>, ExpiryLess> tombstone_order_;
+  std::uint64_t forgotten_index_ = 0;
+  std::size_t tombstone_bytes_ = 0;
   bool recording_ = false;
   std::map<std::string, Undo, std::less<>> undo_;
   std::size_t used_ = 0;             // the sum of every Record::counted
@@ -1595,6 +1635,17 @@ class Store {
   }
   void opened(std::string_view key) {
     if (opened_.empty() || opened_.back() != key) opened_.emplace_back(key);
+  }
+  void stamp(Objects::iterator it) {
+    if (write_index_ != 0) it->second.modified = write_index_;
+  }
+  void bury(std::string_view key);
+  void unbury(std::string_view key);
+  void forget_tombstones(std::uint64_t index) {
+    forgotten_index_ = std::max(forgotten_index_, index);
+    tombstones_.clear();
+    tombstone_order_.clear();
+    tombstone_bytes_ = 0;
   }
   /// Counts every key and element from scratch, and rebuilds SCAN's index (after loading a
   /// snapshot).
@@ -4760,6 +4811,7 @@ inline Store::Object* Store::find_for_write(std::string_view key, std::int64_t n
   }
   keep_object(key, it, false);  // the caller may change it in place
   opened(key);
+  stamp(it);
   return &it->second.object;
 }
 
@@ -4771,11 +4823,13 @@ inline Store::Object& Store::put(std::string_view key, Kind kind) {
     it->second.object = Object{};
   } else {
     remember(key, objects_.end());
+    unbury(key);  // its record's stamp (below) is later than the tombstone's
     it = objects_.emplace_hint(it, std::string(key), Record{});
     scan_order_.emplace(detail::scan_hash(key), it->first);
   }
   it->second.object.kind = kind;
   opened(key);
+  stamp(it);
   return it->second.object;
 }
 
@@ -4789,6 +4843,7 @@ inline bool Store::erase(std::string_view key) {
 inline void Store::erase(Objects::iterator it) {
   keep_object(it->first, it, true);
   drop_deadline(it);
+  bury(it->first);
   used_ -= std::min(used_, it->second.counted);
   const auto in_order = scan_order_.find(
       std::pair<std::uint64_t, std::string_view>(detail::scan_hash(it->first), std::string_view(it->first)));
@@ -4796,8 +4851,33 @@ inline void Store::erase(Objects::iterator it) {
   objects_.erase(it);
 }
 
+inline void Store::bury(std::string_view key) {
+  if (write_index_ == 0) return;
+  unbury(key);
+  const auto it = tombstones_.emplace(std::string(key), write_index_).first;
+  tombstone_order_.emplace(write_index_, it->first);
+  tombstone_bytes_ += kTombstoneBytes + 2 * key.size();
+  while (tombstones_.size() > kMaxTombstones) {
+    const auto oldest = tombstone_order_.begin();
+    forgotten_index_ = std::max(forgotten_index_, oldest->first);
+    tombstone_bytes_ -= std::min(tombstone_bytes_, kTombstoneBytes + 2 * oldest->second.size());
+    tombstones_.erase(tombstones_.find(oldest->second));
+    tombstone_order_.erase(oldest);
+  }
+}
+
+inline void Store::unbury(std::string_view key) {
+  if (write_index_ == 0) return;
+  const auto it = tombstones_.find(key);
+  if (it == tombstones_.end()) return;
+  tombstone_order_.erase(tombstone_order_.find(std::pair<std::uint64_t, std::string_view>(it->second, it->first)));
+  tombstone_bytes_ -= std::min(tombstone_bytes_, kTombstoneBytes + 2 * it->first.size());
+  tombstones_.erase(it);
+}
+
 inline void Store::clear() {
   for (auto it = objects_.begin(); recording_ && it != objects_.end(); ++it) keep_object(it->first, it, true);
+  if (!objects_.empty() && write_index_ != 0) forget_tombstones(write_index_);
   objects_.clear();
   expiry_.clear();
   scan_order_.clear();
@@ -4811,7 +4891,7 @@ inline std::size_t Store::used_memory() const {
     const auto it = objects_.find(key);
     if (it != objects_.end()) used = used - std::min(used, it->second.counted) + cost(it->first, it->second.object);
   }
-  return used;
+  return used + tombstone_bytes_;
 }
 
 inline void Store::settle_memory() {
@@ -4827,6 +4907,8 @@ inline void Store::settle_memory() {
 
 inline void Store::recount_memory() {
   used_ = 0;
+  tombstone_bytes_ = 0;
+  for (const auto& t : tombstones_) tombstone_bytes_ += kTombstoneBytes + 2 * t.first.size();
   opened_.clear();
   scan_order_.clear();
   for (auto& [key, r] : objects_) {
@@ -4891,6 +4973,7 @@ inline void Store::rollback_undo() {
     }
     if (u.object) it->second.object = std::move(*u.object);
     opened(key);
+    stamp(it);  // put back, yet stamped: a restored record has lost its earlier stamp
     drop_deadline(it);
     if (u.deadline) {
       it->second.deadline = u.deadline;
@@ -4911,7 +4994,9 @@ inline void Store::drop_deadline(Objects::iterator it) {
 
 inline void Store::clear_ttl(std::string_view key) {
   const auto it = objects_.find(key);
-  if (it != objects_.end()) drop_deadline(it);
+  if (it == objects_.end() || !it->second.deadline) return;
+  drop_deadline(it);
+  stamp(it);
 }
 
 inline bool Store::set_deadline(std::string_view key, std::int64_t deadline_ms) {
@@ -4919,6 +5004,7 @@ inline bool Store::set_deadline(std::string_view key, std::int64_t deadline_ms) 
   if (it == objects_.end()) return false;
   remember(key, it);
   drop_deadline(it);
+  stamp(it);
   it->second.deadline = deadline_ms;
   expiry_.emplace(deadline_ms, it->first);
   return true;
@@ -5045,7 +5131,36 @@ inline void Store::write_snapshot(std::string& out, const SnapshotMeta& meta) co
   out += "}, 'sessions': ";
   sessions_.write(out);
   out += ", 'session_clock': [" + std::to_string(sessions_.clock_ms()) + ", " +
-         std::to_string(sessions_.last_stamp_ms()) + "]}";
+         std::to_string(sessions_.last_stamp_ms()) + "]";
+  write_stamps(out);
+  out += '}';
+}
+
+// WATCH's stamps, `, 'modified': [FORGOTTEN, {key: INDEX, ...}, {deleted key: INDEX, ...}]`
+// (in key order), only when there is one: the text of a store without them is unchanged (an
+// older version refuses the section by its name, as any newer text).
+inline void Store::write_stamps(std::string& out) const {
+  bool any = forgotten_index_ != 0 || !tombstones_.empty();
+  for (auto it = objects_.begin(); !any && it != objects_.end(); ++it) any = it->second.modified != 0;
+  if (!any) return;
+  out += ", 'modified': [" + std::to_string(forgotten_index_) + ", {";
+  bool first = true;
+  for (const auto& [key, record] : objects_) {
+    if (record.modified == 0) continue;
+    if (!first) out += ", ";
+    first = false;
+    detail::append_repr(out, key);
+    out += ": " + std::to_string(record.modified);
+  }
+  out += "}, {";
+  first = true;
+  for (const auto& [key, index] : tombstones_) {
+    if (!first) out += ", ";
+    first = false;
+    detail::append_repr(out, key);
+    out += ": " + std::to_string(index);
+  }
+  out += "}]";
 }
 
 namespace detail {
@@ -5192,6 +5307,10 @@ inline bool Store::read_snapshot(std::string_view text, Store& data, SnapshotMet
   SnapshotMeta m;
   std::vector<detail::PendingDeadline> deadlines;
   bool has_meta = false, has_data = false, has_ttl = false, has_sessions = false, has_session_clock = false;
+  bool has_stamps = false;
+  // 'modified': key -> index, deleted key -> index (read as a deadline's int)
+  std::vector<detail::PendingDeadline> stamps, tombstones;
+  std::int64_t forgotten_index = 0;
   std::int64_t format = 0;
   std::size_t sessions_at = 0, session_clock_at = 0;
   std::int64_t session_clock = 0, last_stamp = 0;
@@ -5205,10 +5324,10 @@ inline bool Store::read_snapshot(std::string_view text, Store& data, SnapshotMet
     if (!r.string(key) || !r.expect(':', "':' after a dict key")) return fail();
     bool* seen = key == "_META_" ? &has_meta : key == "data" ? &has_data
                : key == "ttl" ? &has_ttl : key == "sessions" ? &has_sessions
-               : key == "session_clock" ? &has_session_clock : nullptr;
+               : key == "session_clock" ? &has_session_clock : key == "modified" ? &has_stamps : nullptr;
     if (seen == nullptr) {
       r.fail_at(at, "unknown top-level key " + detail::key_for_error(key) +
-                        " (expected '_META_', 'data', 'ttl', 'sessions' or 'session_clock')");
+                        " (expected '_META_', 'data', 'ttl', 'sessions', 'session_clock' or 'modified')");
       return fail();
     }
     if (*seen) {
@@ -5226,6 +5345,12 @@ inline bool Store::read_snapshot(std::string_view text, Store& data, SnapshotMet
       if (!r.expect('[', "'[' (the session clock)") || !r.integer(session_clock) ||
           !r.expect(',', "',' in the session clock") || !r.integer(last_stamp) ||
           !r.expect(']', "']' closing the session clock"))
+        return fail();
+    } else if (key == "modified") {
+      if (!r.expect('[', "'[' (the modified stamps)") || !r.integer(forgotten_index) ||
+          !r.expect(',', "',' in the modified stamps") || !detail::read_deadlines(r, stamps, false) ||
+          !r.expect(',', "',' in the modified stamps") || !detail::read_deadlines(r, tombstones, false) ||
+          !r.expect(']', "']' closing the modified stamps"))
         return fail();
     } else if (key == "ttl") {
       if (!detail::read_deadlines(r, deadlines, false)) return fail();
@@ -5305,6 +5430,27 @@ inline bool Store::read_snapshot(std::string_view text, Store& data, SnapshotMet
     }
     store.set_deadline(d.key, d.deadline_ms);
   }
+  for (const auto& s : stamps) {
+    const auto it = store.objects_.find(s.key);
+    if (it == store.objects_.end() || s.deadline_ms <= 0 || it->second.modified != 0) {
+      r.fail_at(s.at, "modified stamp for key " + detail::key_for_error(s.key) +
+                          (it == store.objects_.end() ? ", which is not in 'data'" : " repeated or not positive"));
+      return fail();
+    }
+    it->second.modified = static_cast<std::uint64_t>(s.deadline_ms);
+  }
+  for (const auto& t : tombstones) {
+    if (t.deadline_ms <= 0 || !store.tombstones_.emplace(t.key, static_cast<std::uint64_t>(t.deadline_ms)).second) {
+      r.fail_at(t.at, "deleted key stamp for " + detail::key_for_error(t.key) + " repeated or not positive");
+      return fail();
+    }
+    store.tombstone_order_.emplace(static_cast<std::uint64_t>(t.deadline_ms), t.key);
+  }
+  if (forgotten_index < 0) {
+    r.fail_at(0, "a negative forgotten index in 'modified'");
+    return fail();
+  }
+  store.forgotten_index_ = static_cast<std::uint64_t>(forgotten_index);
   store.recount_memory();
   data = std::move(store);
   meta = std::move(m);
@@ -10352,6 +10498,8 @@ static_assert(kProtoMaxBulkLen <= kPeerMaxBulkBytes && kMaxCommandWords + 8 <= k
 // The first word of a forwarded write's log entry. Command names starting with "__" are the
 // runtime's: Node::handler refuses them and clients cannot send them.
 constexpr const char* kForwardedCommand = "__fwd";
+/// EXEC's entry: `__exec W (key seen_at existed){W} (argc word...)...` (5k2_transactions.hpp).
+constexpr const char* kTransactionCommand = "__exec";
 inline bool is_reserved_command(std::string_view name) { return name.rfind("__", 0) == 0; }
 
 // A follower waits for a forwarded write's answer at most this long, whatever the configured
@@ -11583,6 +11731,8 @@ class Runtime {
     // The leader's background expiry: delete `key` if its deadline is still at or before
     // this entry's timestamp (a key renewed meanwhile survives).
     handlers_["__expire"] = Command{[](Call& c) { return Reply::integer(c.check_ttl(c.words[1]) ? 1 : 0); }, "we", 1, 1};
+    // EXEC's entry (5k2_transactions.hpp): the watched keys and the queued commands, run at once.
+    handlers_[kTransactionCommand] = Command{[this](Call& c) { return run_transaction(c); }, "we", 1, -1};
     // Errors in the users are reported by Config::validate() when the node starts.
     if (!cfg_.requirepass.empty()) acl_.set_user("default", {"resetpass", ">" + cfg_.requirepass}, nullptr);
     for (const auto& line : cfg_.users) acl_.set_user_line(line);
@@ -11715,6 +11865,13 @@ class Runtime {
     bool rejected = false;
     std::chrono::steady_clock::time_point dispatched{};
   };
+  // A key a connection watches (WATCH): this node's applied index when it looked, and whether
+  // the key was there then (5k2_transactions.hpp explains why that is enough).
+  struct WatchedKey {
+    std::string key;
+    std::uint64_t seen_at = 0;
+    bool existed = false;
+  };
   struct ClientConn {
     std::uint64_t id = 0;
     int fd = -1;
@@ -11741,6 +11898,13 @@ class Runtime {
     // parser began to arrive (none: nothing of one is buffered).
     std::chrono::steady_clock::time_point last_input = std::chrono::steady_clock::now();
     std::optional<std::chrono::steady_clock::time_point> partial_since;
+    // MULTI ... EXEC (5k2_transactions.hpp): the commands queued and their bytes, whether one was
+    // refused (EXEC answers EXECABORT), and the keys watched.
+    bool in_multi = false;
+    bool multi_refused = false;
+    std::vector<std::vector<std::string>> queued;
+    std::size_t queued_bytes = 0;
+    std::vector<WatchedKey> watched;
     explicit ClientConn(resp::Limits limits) : parser(limits) {}
   };
   struct PeerConn {
@@ -11892,6 +12056,16 @@ class Runtime {
   void serve_ready_reads();
   void adopt_cluster_id(const std::string& cluster_id);
   void handle_command(ClientConn* conn, Caller caller, std::vector<std::string>& words, Batch& batch);
+  static Reply unknown_command_error(const std::string& name_as_sent, const std::vector<std::string>& words);
+  // transactions (5k2_transactions.hpp)
+  static char transaction_kind(const ClientConn& c, const std::string& name, char kind);
+  bool transaction_command(ClientConn& c, const Caller& caller, const std::string& name_as_sent,
+                           std::vector<std::string>& words, Batch& batch);
+  Reply queue_in_transaction(ClientConn& c, const std::string& name_as_sent, std::vector<std::string>& words);
+  std::optional<Reply> exec_transaction(ClientConn& c, const Caller& caller, Batch& batch);
+  void watch_keys(ClientConn& c, const std::vector<std::string>& words);
+  std::string forwarded_transaction_refusal(const std::string& user, const std::vector<std::string>& words) const;
+  Reply run_transaction(Call& call);
   void start_checkpoint(const Caller& caller, const std::vector<std::string>& words);
   void start_write(const Caller& caller, const std::vector<std::string>& words, const Command& cmd, Batch& batch);
   static Reply proposal_refusal(const ProposeResult& res, bool forwarded_here);
@@ -13397,6 +13571,7 @@ inline bool Runtime::apply_command(const LogEntry& e, Reply& reply, ForwardStatu
   if (!decode_command_entry(e, c)) return false;
   std::lock_guard<std::mutex> lock(data_mu_);
   store_.sessions().observe(e.timestamp_ms);  // session time follows every command entry
+  store_.set_write_index(e.index);             // WATCH's stamps (5k2_transactions.hpp)
   if (!(c.forwarded ? run_forwarded_write(e, c, reply, status) : run_write(e, *c.command, c.words, reply)))
     return false;
   keys_ = store_.size();
@@ -13636,6 +13811,294 @@ inline void Runtime::snapshot_loop() {
 
 }  // namespace detail
 }  // namespace raft
+// ---- src/raft/5k2_transactions.hpp ----
+
+namespace raft {
+namespace detail {
+
+// ---- transactions: MULTI / EXEC / DISCARD / WATCH / UNWATCH --------------------------------
+//
+// MULTI queues commands on the connection (ClientConn::queued), each checked as Redis checks
+// it when it is queued (unknown, arity, ACL): a refused one makes EXEC answer EXECABORT. EXEC
+// proposes ONE write, kTransactionCommand, whose words carry the watched keys and the queued
+// commands; every node runs them in order when it applies that entry (run_transaction), under
+// the data lock, at the entry's time, reads included: the transaction is atomic and
+// linearizable, from any node (a follower forwards it like any write, with its session). A
+// transaction of reads alone goes through the log too: the simplest linearizable choice.
+//
+// WATCH, decided at apply from replicated state only. The store stamps every key a write
+// changes with the entry's index (Store::modified_index) and keeps the index of the last entry
+// that deleted each deleted key (Store::deleted_index: the latest 10000 of them, then one index
+// for the ones it forgot). WATCH records, per key, A = this node's applied
+// index when it looked (under data_mu_) and whether the key was there. EXEC's entry, at index
+// E > A, aborts (a null array) if for some key:
+//   its stamp is above A (changed after A: expired-and-rewritten, deleted-and-recreated too),
+//   or it is there now and was not, or was there and is not now (deleted, or expired by E's
+//   time: Redis 7.0 aborts when a watched key expires before EXEC),
+//   or it was absent, is absent, and was deleted after A (it came and went), as far as the
+//   store remembers: past 10000 later deletions of other keys it aborts where Redis would not,
+//   never the reverse.
+// Why a WATCH on a follower is safe: under data_mu_ the store holds at least what applied_
+// says (apply_command changes the store, then applied_ moves), so A never claims more than the
+// state looked at. Every reply this connection gets afterwards comes from this node's state at
+// an index >= A (applied_ only grows; linearizable reads wait for theirs), and WATCH waits for
+// the connection's earlier commands (process_input, kind 'x'). So a change the client did not
+// see has an index > A, and EXEC's entry finds it stamped. A change it did see (between A and
+// its read) aborts too: a false abort, never a lost update.
+
+// The kind process_input gives a command on this connection: inside MULTI everything is
+// answered at once ('i': QUEUED or an error) but EXEC, a write ('w'); WATCH waits for every
+// earlier command ('x').
+inline char Runtime::transaction_kind(const ClientConn& c, const std::string& name, char kind) {
+  if (c.in_multi) return name == "exec" ? 'w' : 'i';
+  if (name == "watch") return 'x';
+  if (name == "multi" || name == "exec" || name == "discard" || name == "unwatch") return 'i';
+  return kind;
+}
+
+// MULTI, EXEC, DISCARD, WATCH, UNWATCH, and every command inside MULTI; false: none of these
+// (handle_command goes on).
+inline bool Runtime::transaction_command(ClientConn& c, const Caller& caller, const std::string& name_as_sent,
+                                         std::vector<std::string>& w, Batch& batch) {
+  const std::string& name = w[0];
+  const bool ours = name == "multi" || name == "exec" || name == "discard" || name == "watch" || name == "unwatch";
+  if (!c.in_multi && !ours) return false;
+  if (c.in_multi && name == "quit") return false;  // as Redis: answered, not queued
+  const std::string refusal = client_refusal(c, w);  // NOAUTH; a queued command's ACL
+  if (!refusal.empty()) {
+    if (c.in_multi && name != "exec" && name != "discard") c.multi_refused = true;
+    finish(caller, Reply::error(refusal));
+    return true;
+  }
+  const auto arity = [&](std::size_t lo, std::size_t hi) { return w.size() - 1 >= lo && w.size() - 1 <= hi; };
+  Reply r;
+  if (name == "multi") {
+    if (!arity(0, 0)) {
+      r = arity_error(name);
+      if (c.in_multi) c.multi_refused = true;
+    } else {
+      r = c.in_multi ? Reply::error("ERR MULTI calls can not be nested") : Reply::ok();
+      c.in_multi = true;
+    }
+  } else if (name == "exec" || name == "discard") {
+    if (!arity(0, 0)) {
+      r = arity_error(name);
+      if (c.in_multi) c.multi_refused = true;
+    } else if (!c.in_multi) {
+      r = Reply::error(name == "exec" ? "ERR EXEC without MULTI" : "ERR DISCARD without MULTI");
+    } else if (name == "exec") {
+      std::optional<Reply> refused = exec_transaction(c, caller, batch);
+      if (!refused) return true;  // proposed: answered when applied
+      r = std::move(*refused);
+    } else {
+      c.in_multi = c.multi_refused = false;
+      c.queued.clear();
+      c.queued_bytes = 0;
+      c.watched.clear();  // DISCARD unwatches, as Redis
+      r = Reply::ok();
+    }
+  } else if (name == "watch" && !c.in_multi) {
+    if (!arity(1, kMaxCommandWords)) {
+      r = arity_error(name);
+    } else {
+      watch_keys(c, w);
+      r = Reply::ok();
+    }
+  } else if (name == "unwatch" && !c.in_multi) {
+    if (arity(0, 0)) c.watched.clear();
+    r = arity(0, 0) ? Reply::ok() : arity_error(name);
+  } else if (name == "watch") {  // inside MULTI: an error, the transaction goes on (Redis 7.0)
+    if (!arity(1, kMaxCommandWords)) {
+      r = arity_error(name);
+      c.multi_refused = true;
+    } else {
+      r = Reply::error("ERR WATCH inside MULTI is not allowed");
+    }
+  } else {
+    r = queue_in_transaction(c, name_as_sent, w);
+  }
+  finish(caller, std::move(r));
+  return true;
+}
+
+// A command sent inside MULTI: QUEUED, or an error that makes EXEC answer EXECABORT.
+inline Reply Runtime::queue_in_transaction(ClientConn& c, const std::string& name_as_sent,
+                                           std::vector<std::string>& w) {
+  const auto refuse = [&](Reply error) {
+    c.multi_refused = true;
+    return error;
+  };
+  const std::string& name = w[0];
+  const auto h = handlers_.find(name);
+  const int argc = static_cast<int>(w.size()) - 1;
+  if (name == "ping" || name == "echo" || name == "unwatch") {
+    // Answered at apply as the connection commands answer them (PING's RESP2 reply inside
+    // MULTI; UNWATCH's OK: EXEC forgets the watched keys anyway).
+    if (name == "ping" ? argc > 1 : name == "echo" ? argc != 1 : argc != 0) return refuse(arity_error(name));
+  } else if (h == handlers_.end() || is_reserved_command(name)) {
+    AclCommand known;
+    if (!acl_command(w, known) || is_reserved_command(name)) return refuse(unknown_command_error(name_as_sent, w));
+    // What this node answers itself (CLIENT, CONFIG, INFO, HELLO, SELECT, ...) cannot run in
+    // the log's entry on every node.
+    return refuse(Reply::error("ERR '" + name + "' is not supported inside MULTI by this server (only data "
+                               "commands, PING, ECHO and UNWATCH are)"));
+  } else if (argc < h->second.min_args || (h->second.max_args >= 0 && argc > h->second.max_args)) {
+    return refuse(arity_error(name));
+  }
+  std::size_t bytes = 16;
+  for (const auto& word : w) bytes += word.size() + 16;
+  if (c.queued_bytes + bytes > command_limits().max_bytes)
+    return refuse(Reply::error("ERR the transaction is larger than a write may be (max-command-bytes)"));
+  c.queued_bytes += bytes;
+  c.queued.push_back(std::move(w));
+  return Reply::simple("QUEUED");
+}
+
+// EXEC: EXECABORT, or the transaction's entry joins the batch (nothing: answered at apply).
+inline std::optional<Reply> Runtime::exec_transaction(ClientConn& c, const Caller& caller, Batch& batch) {
+  std::vector<std::vector<std::string>> queued = std::move(c.queued);
+  std::vector<WatchedKey> watched = std::move(c.watched);
+  const bool refused = c.multi_refused;
+  c.in_multi = c.multi_refused = false;
+  c.queued.clear();
+  c.queued_bytes = 0;
+  c.watched.clear();
+  if (refused) return Reply::error("EXECABORT Transaction discarded because of previous errors.");
+  if (failed_) {
+    std::lock_guard<std::mutex> lock(core_mu_);
+    return Reply::error("MISCONF " + failure_ + ": this node no longer acknowledges writes or serves reads; "
+                        "restart it");
+  }
+  std::vector<std::string> words{kTransactionCommand, std::to_string(watched.size())};
+  for (auto& k : watched) {
+    words.push_back(std::move(k.key));
+    words.push_back(std::to_string(k.seen_at));
+    words.push_back(k.existed ? "1" : "0");
+  }
+  bool grows = false;
+  for (auto& command : queued) {
+    const auto h = handlers_.find(command[0]);
+    grows = grows || (h != handlers_.end() && h->second.may_grow());
+    words.push_back(std::to_string(command.size()));
+    for (auto& word : command) words.push_back(std::move(word));
+  }
+  // Refused at maxmemory only if one of its commands would be (Redis refuses those at queue time).
+  static const Command growing{nullptr, "we"}, not_growing{nullptr, "wes"};
+  Caller as_user = caller;
+  as_user.user = c.user;  // the leader checks a forwarded transaction against this user's ACL
+  start_write(as_user, words, grows ? growing : not_growing, batch);
+  return std::nullopt;
+}
+
+// WATCH key...: what this node has applied, and whether each key is there (see above).
+inline void Runtime::watch_keys(ClientConn& c, const std::vector<std::string>& words) {
+  std::lock_guard<std::mutex> lock(data_mu_);
+  const std::uint64_t seen_at = applied_.load();
+  const std::int64_t now = applied_timestamp_.load();
+  for (std::size_t i = 1; i < words.size(); ++i)
+    c.watched.push_back(WatchedKey{words[i], seen_at, store_.find(words[i], now) != nullptr});
+}
+
+// The leader's ACL for a forwarded transaction: each queued command's, as if sent alone.
+inline std::string Runtime::forwarded_transaction_refusal(const std::string& user_name,
+                                                          const std::vector<std::string>& words) const {
+  std::uint64_t watched = 0;
+  if (words.size() < 2 || !parse_number(words[1], watched) || watched > (words.size() - 2) / 3)
+    return "ERR a malformed transaction; it was not run";
+  std::lock_guard<std::mutex> lock(acl_mu_);
+  const AclUser* user = acl_.find(user_name);
+  if (user == nullptr)
+    return "NOPERM the user '" + user_name + "' does not exist on the leader (" + cfg_.id + "); give every node "
+           "the same users";
+  std::size_t i = 2 + 3 * static_cast<std::size_t>(watched);
+  while (i < words.size()) {
+    std::uint64_t n = 0;
+    if (!parse_number(words[i], n) || n == 0 || n > words.size() - i - 1) return "ERR a malformed transaction; it was not run";
+    const std::vector<std::string> command(words.begin() + static_cast<std::ptrdiff_t>(i + 1),
+                                           words.begin() + static_cast<std::ptrdiff_t>(i + 1 + n));
+    AclCommand c;
+    const bool answered_alike = command[0] == "ping" || command[0] == "echo" || command[0] == "unwatch";
+    if (!answered_alike && !acl_command(command, c))
+      return "ERR the leader has no command '" + command[0] + "'; the transaction was not run";
+    const std::string refusal = answered_alike ? "" : Acl::refusal(user, c);
+    if (!refusal.empty()) return refusal;
+    i += 1 + static_cast<std::size_t>(n);
+  }
+  return "";
+}
+
+// EXEC's entry, on every node (data_mu_ held, inside run_write): the watch check, then each
+// command in order; an error in one is its reply and the others still run, as in Redis.
+inline Reply Runtime::run_transaction(Call& call) {
+  Store& store = call.data;
+  // run_write records for this handler (not a built-in); each command below is made atomic on
+  // its own instead, so that one failing undoes only itself.
+  store.commit_undo();
+  const std::vector<std::string>& w = call.words;
+  std::uint64_t watched = 0;
+  if (w.size() < 2 || !parse_number(w[1], watched) || watched > (w.size() - 2) / 3)
+    return Reply::error("ERR a malformed transaction entry");
+  std::size_t i = 2;
+  bool changed = false;
+  for (std::uint64_t k = 0; k < watched; ++k, i += 3) {
+    std::uint64_t seen_at = 0;
+    if (!parse_number(w[i + 1], seen_at)) return Reply::error("ERR a malformed transaction entry");
+    const bool existed = w[i + 2] == "1";
+    const bool exists = store.find(w[i], call.now_ms) != nullptr;
+    changed = changed || store.modified_index(w[i]) > seen_at || exists != existed ||
+              (!existed && store.deleted_index(w[i]) > seen_at);
+  }
+  if (changed) return Reply::null_array();
+  std::vector<Reply> replies;
+  while (i < w.size()) {
+    std::uint64_t n = 0;
+    if (!parse_number(w[i], n) || n == 0 || n > w.size() - i - 1) {
+      replies.push_back(Reply::error("ERR a malformed transaction entry"));
+      break;
+    }
+    const std::vector<std::string> words(w.begin() + static_cast<std::ptrdiff_t>(i + 1),
+                                         w.begin() + static_cast<std::ptrdiff_t>(i + 1 + n));
+    i += 1 + static_cast<std::size_t>(n);
+    if (words[0] == "ping") {
+      replies.push_back(words.size() == 2 ? Reply::bulk(words[1]) : Reply::simple("PONG"));
+      continue;
+    }
+    if (words[0] == "echo") {
+      replies.push_back(Reply::bulk(words[1]));
+      continue;
+    }
+    if (words[0] == "unwatch") {
+      replies.push_back(Reply::ok());
+      continue;
+    }
+    const auto h = handlers_.find(words[0]);
+    if (h == handlers_.end() || is_reserved_command(words[0])) {
+      replies.push_back(Reply::error("ERR this node has no command '" + words[0] + "'"));
+      continue;
+    }
+    Call sub{store, words, call.now_ms, call.node, call.index, call.term};
+    if (is_builtin(h->second)) {  // every error before its first change; throws only std::bad_alloc
+      replies.push_back(h->second.fn(sub));
+      continue;
+    }
+    // A program's handler: atomic alone, as run_write makes it (std::bad_alloc and anything not
+    // a std::exception stop the apply loop there).
+    store.begin_undo();
+    try {
+      replies.push_back(h->second.fn(sub));
+      store.commit_undo();
+    } catch (const std::bad_alloc&) {
+      throw;
+    } catch (const std::exception& ex) {
+      store.rollback_undo();
+      replies.push_back(Reply::error(std::string("ERR handler failed: ") + ex.what()));
+    }
+  }
+  return Reply::array(std::move(replies));
+}
+
+}  // namespace detail
+}  // namespace raft
 // ---- src/raft/5k_commands.hpp ----
 
 namespace raft {
@@ -13722,6 +14185,7 @@ inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector
     op->rejected = rejected;
     op->dispatched = std::chrono::steady_clock::now();
   };
+  if (conn && transaction_command(*conn, caller, name_as_sent, words, batch)) return;  // 5k2: MULTI...EXEC
   if (conn) {
     caller.user = conn->user;
     const std::string refusal = client_refusal(*conn, words);
@@ -13746,17 +14210,7 @@ inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector
   }
   auto it = handlers_.find(words[0]);
   if (it == handlers_.end() || is_reserved_command(words[0])) {
-    // Redis's words: the name and arguments as C strings (up to a NUL byte), the name cut at
-    // 128 bytes, arguments while the list is under 128 bytes (each cut to what is left), and
-    // line breaks as spaces.
-    const auto c_text = [](const std::string& s, std::size_t most) { return s.substr(0, std::min(s.find('\0'), most)); };
-    std::string args;
-    for (std::size_t i = 1; i < words.size() && args.size() < 128; ++i)
-      args += "'" + c_text(words[i], 128 - args.size()) + "' ";
-    std::string text = "ERR unknown command '" + c_text(name_as_sent, 128) + "', with args beginning with: " + args;
-    std::replace(text.begin(), text.end(), '\r', ' ');
-    std::replace(text.begin(), text.end(), '\n', ' ');
-    finish(caller, Reply::error(text));
+    finish(caller, unknown_command_error(name_as_sent, words));
     return;
   }
   const Command& cmd = it->second;
@@ -13776,6 +14230,20 @@ inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector
     start_write(caller, words, cmd, batch);
   else
     start_read(conn, caller, words, cmd, batch);
+}
+
+// Redis's words: the name and arguments as C strings (up to a NUL byte), the name cut at 128
+// bytes, arguments while the list is under 128 bytes (each cut to what is left), and line
+// breaks as spaces.
+inline Reply Runtime::unknown_command_error(const std::string& name_as_sent, const std::vector<std::string>& words) {
+  const auto c_text = [](const std::string& s, std::size_t most) { return s.substr(0, std::min(s.find('\0'), most)); };
+  std::string args;
+  for (std::size_t i = 1; i < words.size() && args.size() < 128; ++i)
+    args += "'" + c_text(words[i], 128 - args.size()) + "' ";
+  std::string text = "ERR unknown command '" + c_text(name_as_sent, 128) + "', with args beginning with: " + args;
+  std::replace(text.begin(), text.end(), '\r', ' ');
+  std::replace(text.begin(), text.end(), '\n', ' ');
+  return Reply::error(text);
 }
 
 // CHECKPOINT: a snapshot now, unless one is being written or was within checkpoint-interval.
@@ -13900,7 +14368,7 @@ inline void Runtime::flush_batched(Batch& batch) {
 inline std::string Runtime::write_refusal(const std::vector<std::string>& words) const {
   auto h = handlers_.find(words[0]);
   const int argc = static_cast<int>(words.size()) - 1;
-  if (is_reserved_command(words[0]) || h == handlers_.end() || !h->second.is_write() || argc < h->second.min_args ||
+  if ((is_reserved_command(words[0]) && words[0] != kTransactionCommand) || h == handlers_.end() || !h->second.is_write() || argc < h->second.min_args ||
       (h->second.max_args >= 0 && argc > h->second.max_args))
     return "ERR the leader has no write command '" + words[0] + "' taking " + std::to_string(argc) +
            " arguments; the write was not run";
@@ -14540,7 +15008,9 @@ inline void Runtime::handle_forward(PeerConn& p, ForwardedWrite fw) {
     return;
   }
   std::string refusal = write_refusal(fw.words);
-  if (refusal.empty() && !fw.user.empty()) {
+  if (refusal.empty() && !fw.user.empty() && fw.words[0] == kTransactionCommand) {
+    refusal = forwarded_transaction_refusal(fw.user, fw.words);  // each queued command's
+  } else if (refusal.empty() && !fw.user.empty()) {
     // The leader's own ACL decides, whatever the follower's says (users are per node).
     AclCommand c;
     acl_command(fw.words, c);
@@ -15201,6 +15671,11 @@ inline void Runtime::process_input(ClientConn& c) {
     char kind = 'i';
     auto h = handlers_.find(lower(c.argv[0]));
     if (h != handlers_.end()) kind = h->second.is_write() ? 'w' : 'r';
+    kind = transaction_kind(c, lower(c.argv[0]), kind);  // 5k2: queued 'i', EXEC 'w', WATCH 'x'
+    if (kind == 'x') {  // WATCH looks once every earlier command is answered
+      if (c.unfinished_writes > 0 || c.unfinished_reads > 0) return;
+      kind = 'i';
+    }
     if ((kind == 'w' && c.unfinished_reads > 0) || (kind == 'r' && c.unfinished_writes > 0)) return;
     // HELLO changes the protocol of every reply written after it: the earlier ones go first.
     if (kind == 'i' && !c.ops.empty() && lower(c.argv[0]) == "hello") return;

@@ -621,6 +621,14 @@ inline const std::vector<NotCompared>& not_compared() {
       {"latency", "no latency monitor: every report is empty; its replies beside redis-server's in tests/test_info.cpp"},
       {"object", "OBJECT ENCODING names the Redis encoding nearest to how this store holds the value, which is not always Redis.s choice (README)"},
       // SET ... IFEQ|IFNE (Redis 8.4) likewise: the SET generator sends neither.
+      // Transactions span several calls on one connection, and a generator makes one call:
+      // tests/test_transactions.cpp sends scripted sequences (errors, EXECABORT, WATCH aborts
+      // from a second connection) to redis-server and to a node side by side, both protocols.
+      {"multi", "a sequence of calls: compared side by side in tests/test_transactions.cpp"},
+      {"exec", "a sequence of calls: compared side by side in tests/test_transactions.cpp"},
+      {"discard", "a sequence of calls: compared side by side in tests/test_transactions.cpp"},
+      {"watch", "a sequence of calls: compared side by side in tests/test_transactions.cpp"},
+      {"unwatch", "a sequence of calls: compared side by side in tests/test_transactions.cpp"},
   };
   return table;
 }

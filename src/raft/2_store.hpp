@@ -379,11 +379,12 @@ class Store {
   const std::string* key_near_hash(std::uint64_t hash, std::int64_t now_ms) const;
 
   // ---- memory (maxmemory): an estimate kept as writes go, O(1) per changed key ----
-  /// What a key costs beside its value (the map node, the strings' and object's headers, and
+  /// What a key costs beside its value (the map node, the strings' and object's headers, WATCH's
+  /// stamp (modified_index()), and
   /// SCAN's index entry: a tree node of 80 bytes with the key's hash and a copy of the key,
   /// which counts the key's size a second time), and what each element of a hash or list costs
   /// beside its strings: estimates for libstdc++.
-  static constexpr std::size_t kKeyBytes = 224 + 80;
+  static constexpr std::size_t kKeyBytes = 232 + 80;
   static constexpr std::size_t kHashEntryBytes = 112;
   static constexpr std::size_t kListEntryBytes = 64;
   /// A set member: a tree node with its string. A sorted set member: a map node with its
@@ -408,7 +409,10 @@ class Store {
     for (const auto& [key, record] : objects_) f(key, record.object, record.deadline);
   }
 
-  bool operator==(const Store& o) const { return objects_ == o.objects_ && sessions_ == o.sessions_; }
+  bool operator==(const Store& o) const {
+    return objects_ == o.objects_ && sessions_ == o.sessions_ && tombstones_ == o.tombstones_ &&
+           forgotten_index_ == o.forgotten_index_;
+  }
   bool operator!=(const Store& o) const { return !(*this == o); }
 
   // ---- atomic writes (see the class comment) ----
@@ -418,6 +422,29 @@ class Store {
   void commit_undo();
   /// Puts back every key the write changed, value and deadline, and stops recording.
   void rollback_undo();
+
+  // ---- WATCH: where each key last changed (replicated state: snapshots carry it) ----
+  /// The log index of the entry being applied (the runtime sets it before each write): every
+  /// key a write puts, finds for writing, deletes or gives a deadline from now on is stamped
+  /// with it. 0 (a store used outside a node): nothing is stamped.
+  void set_write_index(std::uint64_t index) { write_index_ = index; }
+  /// The index of the last entry that changed `key` (found for writing counts: a write that
+  /// looked and left it alone stamps it too); 0 if none did, or the key is absent.
+  std::uint64_t modified_index(std::string_view key) const {
+    const auto it = objects_.find(key);
+    return it == objects_.end() ? 0 : it->second.modified;
+  }
+  /// The index of the last entry that deleted `key` (expiry and FLUSH included), as far as
+  /// the store remembers: it keeps the latest kMaxTombstones deleted keys' stamps, and for
+  /// any other key answers the latest stamp it forgot (an index never below the true one).
+  std::uint64_t deleted_index(std::string_view key) const {
+    const auto it = tombstones_.find(key);
+    return std::max(forgotten_index_, it == tombstones_.end() ? 0 : it->second);
+  }
+  /// Deleted keys whose stamps are kept (each counted in used_memory(): kTombstoneBytes and
+  /// twice the key); beyond that the oldest is forgotten into one index.
+  static constexpr std::size_t kMaxTombstones = 10000;
+  static constexpr std::size_t kTombstoneBytes = 176;
 
   // ---- the runtime's: forwarded writes applied at most once (handlers leave it alone) ----
   detail::SessionTable& sessions() { return sessions_; }
@@ -431,7 +458,9 @@ class Store {
   /// others as bytes literals, escaped exactly as Python's repr(). Values: a str or bytes (a
   /// string), a dict of strings (a hash), a list (a list), a set of strings (a set: {'a', 'b'})
   /// and a dict of member -> float score (a sorted set: {'a': 1.5, 'b': 1e999}); with a set or
-  /// a sorted set in the data the format is 5 (see detail::write_set_literal), else 4.
+  /// a sorted set in the data the format is 5 (see detail::write_set_literal), else 4. WATCH's
+  /// stamps follow when there are any: `'modified': [FORGOTTEN, {key: INDEX}, {deleted key:
+  /// INDEX}]` (write_stamps()); a store without them writes the text above unchanged.
   void write_snapshot(std::string& out, const SnapshotMeta& meta) const;
   /// Parses write_snapshot's formats (5 and 4), format 3 (no 'session_clock'), format 2 (no 'sessions':
   /// the table is empty), format 1
@@ -448,11 +477,15 @@ class Store {
   static bool read_pyraft_snapshot(std::string_view text, Store& data, std::string& error);
 
  private:
+  void write_stamps(std::string& out) const;
   struct Record {
     Object object;
     std::optional<std::int64_t> deadline;
     std::size_t counted = 0;  // the bytes used_ counts for this key (settle_memory())
-    bool operator==(const Record& o) const { return object == o.object && deadline == o.deadline; }
+    std::uint64_t modified = 0;  // modified_index()
+    bool operator==(const Record& o) const {
+      return object == o.object && deadline == o.deadline && modified == o.modified;
+    }
   };
   /// Orders (deadline, key) and (scan hash, key) pairs; transparent so a lookup can use a
   /// string_view key.
@@ -480,6 +513,13 @@ class Store {
   std::set<std::pair<std::int64_t, std::string>, ExpiryLess> expiry_;
   ScanOrder scan_order_;
   detail::SessionTable sessions_;
+  std::uint64_t write_index_ = 0;  // set_write_index()
+  // deleted_index(): the stamps of deleted keys, by key and oldest first, and the latest
+  // stamp forgotten (evicted, or every key at once by clear()).
+  std::map<std::string, std::uint64_t, std::less<>> tombstones_;
+  std::set<std::pair<std::uint64_t, std::string>, ExpiryLess> tombstone_order_;
+  std::uint64_t forgotten_index_ = 0;
+  std::size_t tombstone_bytes_ = 0;
   bool recording_ = false;
   std::map<std::string, Undo, std::less<>> undo_;
   std::size_t used_ = 0;             // the sum of every Record::counted
@@ -490,6 +530,17 @@ class Store {
   }
   void opened(std::string_view key) {
     if (opened_.empty() || opened_.back() != key) opened_.emplace_back(key);
+  }
+  void stamp(Objects::iterator it) {
+    if (write_index_ != 0) it->second.modified = write_index_;
+  }
+  void bury(std::string_view key);
+  void unbury(std::string_view key);
+  void forget_tombstones(std::uint64_t index) {
+    forgotten_index_ = std::max(forgotten_index_, index);
+    tombstones_.clear();
+    tombstone_order_.clear();
+    tombstone_bytes_ = 0;
   }
   /// Counts every key and element from scratch, and rebuilds SCAN's index (after loading a
   /// snapshot).
@@ -3655,6 +3706,7 @@ inline Store::Object* Store::find_for_write(std::string_view key, std::int64_t n
   }
   keep_object(key, it, false);  // the caller may change it in place
   opened(key);
+  stamp(it);
   return &it->second.object;
 }
 
@@ -3666,11 +3718,13 @@ inline Store::Object& Store::put(std::string_view key, Kind kind) {
     it->second.object = Object{};
   } else {
     remember(key, objects_.end());
+    unbury(key);  // its record's stamp (below) is later than the tombstone's
     it = objects_.emplace_hint(it, std::string(key), Record{});
     scan_order_.emplace(detail::scan_hash(key), it->first);
   }
   it->second.object.kind = kind;
   opened(key);
+  stamp(it);
   return it->second.object;
 }
 
@@ -3684,6 +3738,7 @@ inline bool Store::erase(std::string_view key) {
 inline void Store::erase(Objects::iterator it) {
   keep_object(it->first, it, true);
   drop_deadline(it);
+  bury(it->first);
   used_ -= std::min(used_, it->second.counted);
   const auto in_order = scan_order_.find(
       std::pair<std::uint64_t, std::string_view>(detail::scan_hash(it->first), std::string_view(it->first)));
@@ -3691,8 +3746,33 @@ inline void Store::erase(Objects::iterator it) {
   objects_.erase(it);
 }
 
+inline void Store::bury(std::string_view key) {
+  if (write_index_ == 0) return;
+  unbury(key);
+  const auto it = tombstones_.emplace(std::string(key), write_index_).first;
+  tombstone_order_.emplace(write_index_, it->first);
+  tombstone_bytes_ += kTombstoneBytes + 2 * key.size();
+  while (tombstones_.size() > kMaxTombstones) {
+    const auto oldest = tombstone_order_.begin();
+    forgotten_index_ = std::max(forgotten_index_, oldest->first);
+    tombstone_bytes_ -= std::min(tombstone_bytes_, kTombstoneBytes + 2 * oldest->second.size());
+    tombstones_.erase(tombstones_.find(oldest->second));
+    tombstone_order_.erase(oldest);
+  }
+}
+
+inline void Store::unbury(std::string_view key) {
+  if (write_index_ == 0) return;
+  const auto it = tombstones_.find(key);
+  if (it == tombstones_.end()) return;
+  tombstone_order_.erase(tombstone_order_.find(std::pair<std::uint64_t, std::string_view>(it->second, it->first)));
+  tombstone_bytes_ -= std::min(tombstone_bytes_, kTombstoneBytes + 2 * it->first.size());
+  tombstones_.erase(it);
+}
+
 inline void Store::clear() {
   for (auto it = objects_.begin(); recording_ && it != objects_.end(); ++it) keep_object(it->first, it, true);
+  if (!objects_.empty() && write_index_ != 0) forget_tombstones(write_index_);
   objects_.clear();
   expiry_.clear();
   scan_order_.clear();
@@ -3706,7 +3786,7 @@ inline std::size_t Store::used_memory() const {
     const auto it = objects_.find(key);
     if (it != objects_.end()) used = used - std::min(used, it->second.counted) + cost(it->first, it->second.object);
   }
-  return used;
+  return used + tombstone_bytes_;
 }
 
 inline void Store::settle_memory() {
@@ -3722,6 +3802,8 @@ inline void Store::settle_memory() {
 
 inline void Store::recount_memory() {
   used_ = 0;
+  tombstone_bytes_ = 0;
+  for (const auto& t : tombstones_) tombstone_bytes_ += kTombstoneBytes + 2 * t.first.size();
   opened_.clear();
   scan_order_.clear();
   for (auto& [key, r] : objects_) {
@@ -3786,6 +3868,7 @@ inline void Store::rollback_undo() {
     }
     if (u.object) it->second.object = std::move(*u.object);
     opened(key);
+    stamp(it);  // put back, yet stamped: a restored record has lost its earlier stamp
     drop_deadline(it);
     if (u.deadline) {
       it->second.deadline = u.deadline;
@@ -3806,7 +3889,9 @@ inline void Store::drop_deadline(Objects::iterator it) {
 
 inline void Store::clear_ttl(std::string_view key) {
   const auto it = objects_.find(key);
-  if (it != objects_.end()) drop_deadline(it);
+  if (it == objects_.end() || !it->second.deadline) return;
+  drop_deadline(it);
+  stamp(it);
 }
 
 inline bool Store::set_deadline(std::string_view key, std::int64_t deadline_ms) {
@@ -3814,6 +3899,7 @@ inline bool Store::set_deadline(std::string_view key, std::int64_t deadline_ms) 
   if (it == objects_.end()) return false;
   remember(key, it);
   drop_deadline(it);
+  stamp(it);
   it->second.deadline = deadline_ms;
   expiry_.emplace(deadline_ms, it->first);
   return true;
@@ -3940,7 +4026,36 @@ inline void Store::write_snapshot(std::string& out, const SnapshotMeta& meta) co
   out += "}, 'sessions': ";
   sessions_.write(out);
   out += ", 'session_clock': [" + std::to_string(sessions_.clock_ms()) + ", " +
-         std::to_string(sessions_.last_stamp_ms()) + "]}";
+         std::to_string(sessions_.last_stamp_ms()) + "]";
+  write_stamps(out);
+  out += '}';
+}
+
+// WATCH's stamps, `, 'modified': [FORGOTTEN, {key: INDEX, ...}, {deleted key: INDEX, ...}]`
+// (in key order), only when there is one: the text of a store without them is unchanged (an
+// older version refuses the section by its name, as any newer text).
+inline void Store::write_stamps(std::string& out) const {
+  bool any = forgotten_index_ != 0 || !tombstones_.empty();
+  for (auto it = objects_.begin(); !any && it != objects_.end(); ++it) any = it->second.modified != 0;
+  if (!any) return;
+  out += ", 'modified': [" + std::to_string(forgotten_index_) + ", {";
+  bool first = true;
+  for (const auto& [key, record] : objects_) {
+    if (record.modified == 0) continue;
+    if (!first) out += ", ";
+    first = false;
+    detail::append_repr(out, key);
+    out += ": " + std::to_string(record.modified);
+  }
+  out += "}, {";
+  first = true;
+  for (const auto& [key, index] : tombstones_) {
+    if (!first) out += ", ";
+    first = false;
+    detail::append_repr(out, key);
+    out += ": " + std::to_string(index);
+  }
+  out += "}]";
 }
 
 namespace detail {
@@ -4087,6 +4202,10 @@ inline bool Store::read_snapshot(std::string_view text, Store& data, SnapshotMet
   SnapshotMeta m;
   std::vector<detail::PendingDeadline> deadlines;
   bool has_meta = false, has_data = false, has_ttl = false, has_sessions = false, has_session_clock = false;
+  bool has_stamps = false;
+  // 'modified': key -> index, deleted key -> index (read as a deadline's int)
+  std::vector<detail::PendingDeadline> stamps, tombstones;
+  std::int64_t forgotten_index = 0;
   std::int64_t format = 0;
   std::size_t sessions_at = 0, session_clock_at = 0;
   std::int64_t session_clock = 0, last_stamp = 0;
@@ -4100,10 +4219,10 @@ inline bool Store::read_snapshot(std::string_view text, Store& data, SnapshotMet
     if (!r.string(key) || !r.expect(':', "':' after a dict key")) return fail();
     bool* seen = key == "_META_" ? &has_meta : key == "data" ? &has_data
                : key == "ttl" ? &has_ttl : key == "sessions" ? &has_sessions
-               : key == "session_clock" ? &has_session_clock : nullptr;
+               : key == "session_clock" ? &has_session_clock : key == "modified" ? &has_stamps : nullptr;
     if (seen == nullptr) {
       r.fail_at(at, "unknown top-level key " + detail::key_for_error(key) +
-                        " (expected '_META_', 'data', 'ttl', 'sessions' or 'session_clock')");
+                        " (expected '_META_', 'data', 'ttl', 'sessions', 'session_clock' or 'modified')");
       return fail();
     }
     if (*seen) {
@@ -4121,6 +4240,12 @@ inline bool Store::read_snapshot(std::string_view text, Store& data, SnapshotMet
       if (!r.expect('[', "'[' (the session clock)") || !r.integer(session_clock) ||
           !r.expect(',', "',' in the session clock") || !r.integer(last_stamp) ||
           !r.expect(']', "']' closing the session clock"))
+        return fail();
+    } else if (key == "modified") {
+      if (!r.expect('[', "'[' (the modified stamps)") || !r.integer(forgotten_index) ||
+          !r.expect(',', "',' in the modified stamps") || !detail::read_deadlines(r, stamps, false) ||
+          !r.expect(',', "',' in the modified stamps") || !detail::read_deadlines(r, tombstones, false) ||
+          !r.expect(']', "']' closing the modified stamps"))
         return fail();
     } else if (key == "ttl") {
       if (!detail::read_deadlines(r, deadlines, false)) return fail();
@@ -4200,6 +4325,27 @@ inline bool Store::read_snapshot(std::string_view text, Store& data, SnapshotMet
     }
     store.set_deadline(d.key, d.deadline_ms);
   }
+  for (const auto& s : stamps) {
+    const auto it = store.objects_.find(s.key);
+    if (it == store.objects_.end() || s.deadline_ms <= 0 || it->second.modified != 0) {
+      r.fail_at(s.at, "modified stamp for key " + detail::key_for_error(s.key) +
+                          (it == store.objects_.end() ? ", which is not in 'data'" : " repeated or not positive"));
+      return fail();
+    }
+    it->second.modified = static_cast<std::uint64_t>(s.deadline_ms);
+  }
+  for (const auto& t : tombstones) {
+    if (t.deadline_ms <= 0 || !store.tombstones_.emplace(t.key, static_cast<std::uint64_t>(t.deadline_ms)).second) {
+      r.fail_at(t.at, "deleted key stamp for " + detail::key_for_error(t.key) + " repeated or not positive");
+      return fail();
+    }
+    store.tombstone_order_.emplace(static_cast<std::uint64_t>(t.deadline_ms), t.key);
+  }
+  if (forgotten_index < 0) {
+    r.fail_at(0, "a negative forgotten index in 'modified'");
+    return fail();
+  }
+  store.forgotten_index_ = static_cast<std::uint64_t>(forgotten_index);
   store.recount_memory();
   data = std::move(store);
   meta = std::move(m);

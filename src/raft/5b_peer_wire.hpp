@@ -61,6 +61,8 @@ static_assert(kProtoMaxBulkLen <= kPeerMaxBulkBytes && kMaxCommandWords + 8 <= k
 // The first word of a forwarded write's log entry. Command names starting with "__" are the
 // runtime's: Node::handler refuses them and clients cannot send them.
 constexpr const char* kForwardedCommand = "__fwd";
+/// EXEC's entry: `__exec W (key seen_at existed){W} (argc word...)...` (5k2_transactions.hpp).
+constexpr const char* kTransactionCommand = "__exec";
 inline bool is_reserved_command(std::string_view name) { return name.rfind("__", 0) == 0; }
 
 // A follower waits for a forwarded write's answer at most this long, whatever the configured

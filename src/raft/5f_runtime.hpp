@@ -187,6 +187,8 @@ class Runtime {
     // The leader's background expiry: delete `key` if its deadline is still at or before
     // this entry's timestamp (a key renewed meanwhile survives).
     handlers_["__expire"] = Command{[](Call& c) { return Reply::integer(c.check_ttl(c.words[1]) ? 1 : 0); }, "we", 1, 1};
+    // EXEC's entry (5k2_transactions.hpp): the watched keys and the queued commands, run at once.
+    handlers_[kTransactionCommand] = Command{[this](Call& c) { return run_transaction(c); }, "we", 1, -1};
     // Errors in the users are reported by Config::validate() when the node starts.
     if (!cfg_.requirepass.empty()) acl_.set_user("default", {"resetpass", ">" + cfg_.requirepass}, nullptr);
     for (const auto& line : cfg_.users) acl_.set_user_line(line);
@@ -319,6 +321,13 @@ class Runtime {
     bool rejected = false;
     std::chrono::steady_clock::time_point dispatched{};
   };
+  // A key a connection watches (WATCH): this node's applied index when it looked, and whether
+  // the key was there then (5k2_transactions.hpp explains why that is enough).
+  struct WatchedKey {
+    std::string key;
+    std::uint64_t seen_at = 0;
+    bool existed = false;
+  };
   struct ClientConn {
     std::uint64_t id = 0;
     int fd = -1;
@@ -345,6 +354,13 @@ class Runtime {
     // parser began to arrive (none: nothing of one is buffered).
     std::chrono::steady_clock::time_point last_input = std::chrono::steady_clock::now();
     std::optional<std::chrono::steady_clock::time_point> partial_since;
+    // MULTI ... EXEC (5k2_transactions.hpp): the commands queued and their bytes, whether one was
+    // refused (EXEC answers EXECABORT), and the keys watched.
+    bool in_multi = false;
+    bool multi_refused = false;
+    std::vector<std::vector<std::string>> queued;
+    std::size_t queued_bytes = 0;
+    std::vector<WatchedKey> watched;
     explicit ClientConn(resp::Limits limits) : parser(limits) {}
   };
   struct PeerConn {
@@ -496,6 +512,16 @@ class Runtime {
   void serve_ready_reads();
   void adopt_cluster_id(const std::string& cluster_id);
   void handle_command(ClientConn* conn, Caller caller, std::vector<std::string>& words, Batch& batch);
+  static Reply unknown_command_error(const std::string& name_as_sent, const std::vector<std::string>& words);
+  // transactions (5k2_transactions.hpp)
+  static char transaction_kind(const ClientConn& c, const std::string& name, char kind);
+  bool transaction_command(ClientConn& c, const Caller& caller, const std::string& name_as_sent,
+                           std::vector<std::string>& words, Batch& batch);
+  Reply queue_in_transaction(ClientConn& c, const std::string& name_as_sent, std::vector<std::string>& words);
+  std::optional<Reply> exec_transaction(ClientConn& c, const Caller& caller, Batch& batch);
+  void watch_keys(ClientConn& c, const std::vector<std::string>& words);
+  std::string forwarded_transaction_refusal(const std::string& user, const std::vector<std::string>& words) const;
+  Reply run_transaction(Call& call);
   void start_checkpoint(const Caller& caller, const std::vector<std::string>& words);
   void start_write(const Caller& caller, const std::vector<std::string>& words, const Command& cmd, Batch& batch);
   static Reply proposal_refusal(const ProposeResult& res, bool forwarded_here);

@@ -208,6 +208,7 @@ inline bool Runtime::apply_command(const LogEntry& e, Reply& reply, ForwardStatu
   if (!decode_command_entry(e, c)) return false;
   std::lock_guard<std::mutex> lock(data_mu_);
   store_.sessions().observe(e.timestamp_ms);  // session time follows every command entry
+  store_.set_write_index(e.index);             // WATCH's stamps (5k2_transactions.hpp)
   if (!(c.forwarded ? run_forwarded_write(e, c, reply, status) : run_write(e, *c.command, c.words, reply)))
     return false;
   keys_ = store_.size();

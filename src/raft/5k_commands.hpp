@@ -83,6 +83,7 @@ inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector
     op->rejected = rejected;
     op->dispatched = std::chrono::steady_clock::now();
   };
+  if (conn && transaction_command(*conn, caller, name_as_sent, words, batch)) return;  // 5k2: MULTI...EXEC
   if (conn) {
     caller.user = conn->user;
     const std::string refusal = client_refusal(*conn, words);
@@ -107,17 +108,7 @@ inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector
   }
   auto it = handlers_.find(words[0]);
   if (it == handlers_.end() || is_reserved_command(words[0])) {
-    // Redis's words: the name and arguments as C strings (up to a NUL byte), the name cut at
-    // 128 bytes, arguments while the list is under 128 bytes (each cut to what is left), and
-    // line breaks as spaces.
-    const auto c_text = [](const std::string& s, std::size_t most) { return s.substr(0, std::min(s.find('\0'), most)); };
-    std::string args;
-    for (std::size_t i = 1; i < words.size() && args.size() < 128; ++i)
-      args += "'" + c_text(words[i], 128 - args.size()) + "' ";
-    std::string text = "ERR unknown command '" + c_text(name_as_sent, 128) + "', with args beginning with: " + args;
-    std::replace(text.begin(), text.end(), '\r', ' ');
-    std::replace(text.begin(), text.end(), '\n', ' ');
-    finish(caller, Reply::error(text));
+    finish(caller, unknown_command_error(name_as_sent, words));
     return;
   }
   const Command& cmd = it->second;
@@ -137,6 +128,20 @@ inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector
     start_write(caller, words, cmd, batch);
   else
     start_read(conn, caller, words, cmd, batch);
+}
+
+// Redis's words: the name and arguments as C strings (up to a NUL byte), the name cut at 128
+// bytes, arguments while the list is under 128 bytes (each cut to what is left), and line
+// breaks as spaces.
+inline Reply Runtime::unknown_command_error(const std::string& name_as_sent, const std::vector<std::string>& words) {
+  const auto c_text = [](const std::string& s, std::size_t most) { return s.substr(0, std::min(s.find('\0'), most)); };
+  std::string args;
+  for (std::size_t i = 1; i < words.size() && args.size() < 128; ++i)
+    args += "'" + c_text(words[i], 128 - args.size()) + "' ";
+  std::string text = "ERR unknown command '" + c_text(name_as_sent, 128) + "', with args beginning with: " + args;
+  std::replace(text.begin(), text.end(), '\r', ' ');
+  std::replace(text.begin(), text.end(), '\n', ' ');
+  return Reply::error(text);
 }
 
 // CHECKPOINT: a snapshot now, unless one is being written or was within checkpoint-interval.
@@ -261,7 +266,7 @@ inline void Runtime::flush_batched(Batch& batch) {
 inline std::string Runtime::write_refusal(const std::vector<std::string>& words) const {
   auto h = handlers_.find(words[0]);
   const int argc = static_cast<int>(words.size()) - 1;
-  if (is_reserved_command(words[0]) || h == handlers_.end() || !h->second.is_write() || argc < h->second.min_args ||
+  if ((is_reserved_command(words[0]) && words[0] != kTransactionCommand) || h == handlers_.end() || !h->second.is_write() || argc < h->second.min_args ||
       (h->second.max_args >= 0 && argc > h->second.max_args))
     return "ERR the leader has no write command '" + words[0] + "' taking " + std::to_string(argc) +
            " arguments; the write was not run";

@@ -159,7 +159,9 @@ inline void Runtime::handle_forward(PeerConn& p, ForwardedWrite fw) {
     return;
   }
   std::string refusal = write_refusal(fw.words);
-  if (refusal.empty() && !fw.user.empty()) {
+  if (refusal.empty() && !fw.user.empty() && fw.words[0] == kTransactionCommand) {
+    refusal = forwarded_transaction_refusal(fw.user, fw.words);  // each queued command's
+  } else if (refusal.empty() && !fw.user.empty()) {
     // The leader's own ACL decides, whatever the follower's says (users are per node).
     AclCommand c;
     acl_command(fw.words, c);

@@ -493,6 +493,11 @@ inline void Runtime::process_input(ClientConn& c) {
     char kind = 'i';
     auto h = handlers_.find(lower(c.argv[0]));
     if (h != handlers_.end()) kind = h->second.is_write() ? 'w' : 'r';
+    kind = transaction_kind(c, lower(c.argv[0]), kind);  // 5k2: queued 'i', EXEC 'w', WATCH 'x'
+    if (kind == 'x') {  // WATCH looks once every earlier command is answered
+      if (c.unfinished_writes > 0 || c.unfinished_reads > 0) return;
+      kind = 'i';
+    }
     if ((kind == 'w' && c.unfinished_reads > 0) || (kind == 'r' && c.unfinished_writes > 0)) return;
     // HELLO changes the protocol of every reply written after it: the earlier ones go first.
     if (kind == 'i' && !c.ops.empty() && lower(c.argv[0]) == "hello") return;
