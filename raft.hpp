@@ -4656,6 +4656,101 @@ inline void restore_pairs(Reply& reply) {
 inline Reply cmd_zpopmin(Call& c) { return zpop(c, false); }
 inline Reply cmd_zpopmax(Call& c) { return zpop(c, true); }
 
+// ---- blocking pops (BLPOP BRPOP BLMOVE BZPOPMIN BZPOPMAX) ----
+// The handlers are the pops a blocking command makes each time it tries: applied through the
+// log as LPOP is, they find data or reply nil. Waiting for data between tries is the client
+// server's (5n2_blocking.hpp); inside a transaction, as in Redis, a try is all there is.
+
+/// A blocking command's timeout (seconds, a float) in milliseconds, 0 for ever, as Redis 7.0
+/// reads it: string2ld (parse_long_double: hex and "inf" too, never NaN), times 1000 rounded
+/// up, and a value beyond a long long is negative (what Redis's conversion gives on x86, made
+/// explicit here). Empty when it is good, else the error.
+inline std::string parse_block_timeout(const std::string& word, std::int64_t& ms) {
+  long double seconds = 0;
+  if (!parse_long_double(word, seconds)) return "ERR timeout is not a float or out of range";
+  const long double rounded = std::ceil(seconds * 1000.0L);
+  if (!(rounded < 9223372036854775808.0L) || rounded < 0) return "ERR timeout is negative";
+  ms = static_cast<std::int64_t>(rounded);
+  return {};
+}
+
+/// BLPOP / BRPOP key [key ...] timeout: [key, element] from the first key holding a list.
+inline Reply blocking_list_pop(Call& c, bool front) {
+  std::int64_t ms = 0;
+  const std::string bad = parse_block_timeout(c.words.back(), ms);
+  if (!bad.empty()) return Reply::error(bad);
+  for (std::size_t i = 1; i + 1 < c.words.size(); ++i) {
+    bool wrong;
+    Store::Object* o = write_lookup(c, c.words[i], Store::Kind::List, wrong);
+    if (wrong) return wrongtype_error();
+    if (o == nullptr) continue;
+    std::string v = std::move(front ? o->list.front() : o->list.back());
+    Store::shrank(*o, Store::kListEntryBytes + v.size());
+    if (front)
+      o->list.pop_front();
+    else
+      o->list.pop_back();
+    if (o->list.empty()) c.data.erase(c.words[i]);
+    return Reply::array({Reply::bulk(c.words[i]), Reply::bulk(std::move(v))});
+  }
+  return Reply::null_array();
+}
+
+inline Reply cmd_blpop(Call& c) { return blocking_list_pop(c, true); }
+inline Reply cmd_brpop(Call& c) { return blocking_list_pop(c, false); }
+
+/// BLMOVE source destination LEFT|RIGHT LEFT|RIGHT timeout: LMOVE's reply, nil (a null bulk,
+/// as Redis in a transaction) when the source is empty.
+inline Reply cmd_blmove(Call& c) {
+  const bool from_left = iequals(c.words[3], "left"), to_left = iequals(c.words[4], "left");
+  if ((!from_left && !iequals(c.words[3], "right")) || (!to_left && !iequals(c.words[4], "right")))
+    return syntax_error();
+  std::int64_t ms = 0;
+  const std::string bad = parse_block_timeout(c.words[5], ms);
+  if (!bad.empty()) return Reply::error(bad);
+  return move_generic(c, from_left, to_left);
+}
+
+/// BZPOPMIN / BZPOPMAX key [key ...] timeout: [key, member, score] from the first key holding
+/// a sorted set.
+inline Reply blocking_zpop(Call& c, bool max) {
+  std::int64_t ms = 0;
+  const std::string bad = parse_block_timeout(c.words.back(), ms);
+  if (!bad.empty()) return Reply::error(bad);
+  for (std::size_t i = 1; i + 1 < c.words.size(); ++i) {
+    bool wrong;
+    Store::Object* o = write_lookup(c, c.words[i], Store::Kind::SortedSet, wrong);
+    if (wrong) return wrongtype_error();
+    if (o == nullptr) continue;
+    Store::SortedSet& z = o->zset();
+    const auto it = max ? std::prev(z.order().end()) : z.order().begin();
+    std::string member = *it->member;
+    const double score = it->score;
+    z.erase(member);
+    Store::shrank(*o, Store::kSortedSetEntryBytes + member.size());
+    if (z.empty()) c.data.erase(c.words[i]);
+    return Reply::array({Reply::bulk(c.words[i]), Reply::bulk(std::move(member)), score_reply(score)});
+  }
+  return Reply::null_array();
+}
+
+inline Reply cmd_bzpopmin(Call& c) { return blocking_zpop(c, false); }
+inline Reply cmd_bzpopmax(Call& c) { return blocking_zpop(c, true); }
+
+/// The blocking commands: what each waits for, and where its keys are among its words.
+struct BlockingCommand {
+  Store::Kind kind;   // the keys must hold this to be worth another try
+  bool single_key;    // BLMOVE: words[1] only; otherwise words[1 .. size - 2]
+};
+inline const BlockingCommand* blocking_command(std::string_view name) {
+  static const BlockingCommand list{Store::Kind::List, false}, move{Store::Kind::List, true},
+      zset{Store::Kind::SortedSet, false};
+  if (name == "blpop" || name == "brpop") return &list;
+  if (name == "blmove") return &move;
+  if (name == "bzpopmin" || name == "bzpopmax") return &zset;
+  return nullptr;
+}
+
 /// ZSCAN: member, score, ... with the scores as bulk strings in RESP2 and RESP3 alike, as Redis.
 inline Reply cmd_zscan(Call& c) {
   return scan_key_elements(
@@ -5885,6 +5980,12 @@ inline void add_builtin_commands(CommandTable& table) {
   add("linsert", "we", 4, 4, cmd_linsert);
   add("lmove", "we", 4, 4, cmd_lmove);
   add("rpoplpush", "we", 2, 2, cmd_rpoplpush);
+  // blocking pops (the waiting is the client server's: 5n2_blocking.hpp)
+  add("blpop", "wes", 2, -1, cmd_blpop);
+  add("brpop", "wes", 2, -1, cmd_brpop);
+  add("blmove", "we", 5, 5, cmd_blmove);
+  add("bzpopmin", "wes", 2, -1, cmd_bzpopmin);
+  add("bzpopmax", "wes", 2, -1, cmd_bzpopmax);
 }
 
 }  // namespace raft
@@ -11323,6 +11424,96 @@ class ListenerHandshake {
 
 }  // namespace detail
 }  // namespace raft
+// ---- src/raft/5e1_blocked_clients.hpp ----
+
+namespace raft {
+namespace detail {
+
+// ---- blocked clients (BLPOP BRPOP BLMOVE BZPOPMIN BZPOPMAX) ----------------------------------
+// A blocking command is a write: each try is an entry in the log, applied on every node by the
+// command's handler (2_store.hpp), which pops or replies nil. A client whose try found nothing
+// waits here, on the poll thread that serves it (no thread per waiter), queued on each of its
+// keys in the order the commands arrived at this node. When entries have been applied and a
+// waited key holds data again, the poll thread proposes another try for the first waiters of
+// that key (as many as the key has elements); a try that finds the key empty again (a waiter
+// on another node took the element first) waits on with what is left of its timeout. So an
+// element is popped only by an applied entry, never twice; the runtime's side is in
+// 5n1_blocking.hpp.
+//
+// The poll thread owns everything here; `any()` is also read by the apply thread, which wakes
+// the poll thread after applying entries while someone waits, and `count()` by INFO.
+class BlockedClients {
+ public:
+  struct Waiter {
+    std::uint64_t op = 0;            // the connection's op the reply fills
+    std::vector<std::string> words;  // the command, tried again as it was sent
+    std::vector<std::string> keys;   // the keys it waits on
+    Store::Kind kind = Store::Kind::List;  // what those keys must hold to be worth a try
+    std::optional<std::chrono::steady_clock::time_point> deadline;  // none: for ever
+    std::string user;                // the client's ACL user (a forwarded try carries it)
+    bool trying = false;             // a try is proposed and not answered yet
+  };
+
+  bool any() const { return count_.load() > 0; }
+  std::size_t count() const { return count_.load(); }  // INFO's blocked_clients
+  Waiter* find(std::uint64_t conn) {
+    auto it = by_conn_.find(conn);
+    return it == by_conn_.end() ? nullptr : &it->second;
+  }
+  /// A new waiter, its first try being proposed now: queued behind those already waiting.
+  void add(std::uint64_t conn, Waiter w) {
+    for (const std::string& key : w.keys) {
+      std::deque<std::uint64_t>& q = by_key_[key];
+      if (std::find(q.begin(), q.end(), conn) == q.end()) q.push_back(conn);
+    }
+    by_conn_[conn] = std::move(w);
+    count_ = by_conn_.size();
+  }
+  void remove(std::uint64_t conn) {
+    auto it = by_conn_.find(conn);
+    if (it == by_conn_.end()) return;
+    for (const std::string& key : it->second.keys) {
+      auto q = by_key_.find(key);
+      if (q == by_key_.end()) continue;
+      q->second.erase(std::remove(q->second.begin(), q->second.end(), conn), q->second.end());
+      if (q->second.empty()) by_key_.erase(q);
+    }
+    by_conn_.erase(it);
+    count_ = by_conn_.size();
+  }
+  std::vector<std::uint64_t> conns() const {
+    std::vector<std::uint64_t> out;
+    for (const auto& [conn, w] : by_conn_) out.push_back(conn);
+    return out;
+  }
+  const std::map<std::string, std::deque<std::uint64_t>, std::less<>>& by_key() const { return by_key_; }
+  /// The earliest deadline of a waiter not trying (one trying is answered by its try).
+  std::optional<std::chrono::steady_clock::time_point> next_deadline() const {
+    std::optional<std::chrono::steady_clock::time_point> next;
+    for (const auto& [conn, w] : by_conn_)
+      if (!w.trying && w.deadline && (!next || *w.deadline < *next)) next = w.deadline;
+    return next;
+  }
+  /// Whether the keys should be looked at again: entries were applied since the last look
+  /// (`applied`, the applied index now), or a try came back empty meanwhile.
+  bool worth_a_look(std::uint64_t applied) {
+    const bool moved = applied != looked_at_applied_ || try_came_back_;
+    looked_at_applied_ = applied;
+    try_came_back_ = false;
+    return moved;
+  }
+  void try_came_back() { try_came_back_ = true; }
+
+ private:
+  std::map<std::uint64_t, Waiter> by_conn_;  // a connection waits for one command at a time
+  std::map<std::string, std::deque<std::uint64_t>, std::less<>> by_key_;  // in arrival order
+  std::atomic<std::size_t> count_{0};
+  std::uint64_t looked_at_applied_ = 0;
+  bool try_came_back_ = false;
+};
+
+}  // namespace detail
+}  // namespace raft
 // ---- src/raft/5e_peer_link.hpp ----
 
 namespace raft {
@@ -11594,7 +11785,8 @@ class Links {
 //
 // Where what comes next goes (so that it fits this model):
 //   client authentication, pub/sub, watchers, a second protocol: connections of the poll
-//     loop (5n; commands in 5k, AUTH/ACL in 5m), state per connection in ClientConn; a
+//     loop (5n; commands in 5k, AUTH/ACL in 5m, blocking pops in 5n1), state per connection
+//     in ClientConn; a
 //     notification is a reply queued on done_ for the poll thread to write: no thread per
 //     watcher or per subscriber.
 //   peer messages never delayed by client work: new peer messages are read and answered on
@@ -12075,6 +12267,11 @@ class Runtime {
   std::uint64_t add_request(Request r);
   void start_read(ClientConn* conn, const Caller& caller, std::vector<std::string>& words, const Command& cmd,
                   Batch& batch);
+  // blocking pops (5n1_blocking.hpp)
+  void start_blocking(ClientConn& c, const Caller& caller, const std::vector<std::string>& words);
+  bool keep_blocking(ClientConn& c, std::uint64_t op, Reply& reply);
+  void serve_blocked();
+  int poll_wait_ms() const;
   void flush_batched(Batch& batch);
   void complete_op(std::uint64_t conn, std::uint64_t op, Reply reply);
   // forwarded writes (a follower's)
@@ -12271,6 +12468,7 @@ class Runtime {
   std::vector<ReadState> poll_ready_reads_;  // the poll thread's: confirmed read indexes
   std::mutex done_mu_;
   std::vector<std::tuple<std::uint64_t, std::uint64_t, Reply>> done_;  // (conn, op, reply)
+  BlockedClients blocked_;  // clients waiting in a blocking pop (5e1, 5n1)
 
   // the peer thread's state (start() fills peers_in_ before the thread runs, stop() empties it
   // after it is joined)
@@ -13400,6 +13598,7 @@ inline void Runtime::apply_loop() {
       }
     }
     items.clear();
+    if (blocked_.any()) wake_poll();  // the data may hold what a blocked client waits for
     if (fatal_) {
       halt("the apply loop stopped (see above)");
       request_stop();
@@ -14226,6 +14425,7 @@ inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector
                                 "reads; restart it"));
     return;
   }
+  if (conn && cmd.is_write()) start_blocking(*conn, caller, words);  // BLPOP & co. wait, if need be
   if (cmd.is_write())
     start_write(caller, words, cmd, batch);
   else
@@ -15175,6 +15375,127 @@ inline Reply Runtime::acl_reply(ClientConn* conn, const std::vector<std::string>
 
 }  // namespace detail
 }  // namespace raft
+// ---- src/raft/5n1_blocking.hpp ----
+
+namespace raft {
+namespace detail {
+
+// ---- blocking pops: the poll thread's side (see BlockedClients, 5e1) --------------------------
+//
+// When to try again: after entries are applied (the apply thread wakes the poll thread while
+// anyone waits), the poll thread looks up each waited key in the store under data_mu_ and
+// proposes tries for as many of its first waiters as the key has elements. It does not need to
+// know which keys a write touched: the cost is one lookup per waited key per wake-up that saw
+// new entries applied, paid only while someone waits. A try that finds nothing costs an entry.
+
+// A client's blocking command, about to be proposed as its first try (handle_command): from
+// now on the connection waits for it and reads no further command, as Redis's blocked client.
+// Not for execute() (no connection), nor inside a transaction, where Redis runs the command
+// once without blocking: a MULTI queue must propose it without calling this.
+inline void Runtime::start_blocking(ClientConn& c, const Caller& caller, const std::vector<std::string>& words) {
+  const BlockingCommand* b = blocking_command(words[0]);
+  if (b == nullptr) return;
+  std::int64_t ms = 0;
+  // A bad timeout: the try's handler replies Redis's error (and the order of errors stays its).
+  if (!parse_block_timeout(words.back(), ms).empty()) return;
+  BlockedClients::Waiter w;
+  w.op = caller.op;
+  w.words = words;
+  w.kind = b->kind;
+  if (b->single_key)
+    w.keys.push_back(words[1]);
+  else
+    w.keys.assign(words.begin() + 1, words.end() - 1);
+  // Beyond ten years is for ever (and keeps the clock's arithmetic in range).
+  if (ms > 0 && ms < std::int64_t{10} * 365 * 24 * 3600 * 1000)
+    w.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+  w.user = caller.user;
+  w.trying = true;
+  blocked_.add(c.id, std::move(w));
+}
+
+// A reply for op `op` of connection `c` (complete_op): true if it is a blocked client's try
+// that found nothing while the client still waits, which then waits on (the reply is not
+// written). Otherwise the client stops waiting and the reply is written; nil at the timeout
+// is Redis's null array (BLMOVE's too).
+inline bool Runtime::keep_blocking(ClientConn& c, std::uint64_t op, Reply& reply) {
+  BlockedClients::Waiter* w = blocked_.find(c.id);
+  if (w == nullptr || w->op != op) return false;
+  w->trying = false;
+  const bool expired = w->deadline && std::chrono::steady_clock::now() >= *w->deadline;
+  if (reply.is_null() && !expired && !c.kill && !c.input_closed && !c.close_after_flush && !stopping_or_later()) {
+    blocked_.try_came_back();
+    return true;
+  }
+  if (reply.is_null()) reply = Reply::null_array();
+  blocked_.remove(c.id);
+  c.partial_since.reset();  // a command sent behind it starts its clock when it runs
+  return false;
+}
+
+// Once per turn of the poll loop: times out waiters, forgets the ones whose client left, and
+// proposes tries where a waited key holds data.
+inline void Runtime::serve_blocked() {
+  if (!blocked_.any()) return;
+  const auto now = std::chrono::steady_clock::now();
+  for (std::uint64_t conn : blocked_.conns()) {
+    BlockedClients::Waiter* w = blocked_.find(conn);
+    if (w == nullptr || w->trying) continue;  // a try in flight is settled by its answer
+    auto it = clients_.find(conn);
+    if (it == clients_.end()) {
+      blocked_.remove(conn);
+    } else if (it->second->kill || it->second->input_closed || it->second->close_after_flush) {
+      // Redis frees a blocked client that disconnects; nothing was popped for it.
+      blocked_.remove(conn);
+      it->second->kill = true;
+    } else if (w->deadline && now >= *w->deadline) {
+      const std::uint64_t op = w->op;
+      blocked_.remove(conn);
+      complete_op(conn, op, Reply::null_array());
+    }
+  }
+  if (!blocked_.any() || !blocked_.worth_a_look(applied_.load())) return;
+  // Which waiters to try: for each key, as many of its first waiters as it has elements (a
+  // waiter already trying counts as one of them). A waiter of several keys is tried once.
+  std::vector<std::uint64_t> to_try;
+  {
+    std::lock_guard<std::mutex> lock(data_mu_);
+    const std::int64_t time = applied_timestamp_.load();
+    for (const auto& [key, queue] : blocked_.by_key()) {
+      const Store::Object* o = store_.find(key, time);
+      if (o == nullptr) continue;
+      std::size_t available = o->kind == Store::Kind::List ? o->list.size()
+                              : o->kind == Store::Kind::SortedSet ? o->zset().size()
+                                                                   : 0;
+      for (std::uint64_t conn : queue) {
+        if (available == 0) break;
+        BlockedClients::Waiter* w = blocked_.find(conn);
+        if (w == nullptr || w->kind != o->kind) continue;
+        if (!w->trying) {
+          w->trying = true;
+          to_try.push_back(conn);
+        }
+        --available;
+      }
+    }
+  }
+  for (std::uint64_t conn : to_try) {
+    const BlockedClients::Waiter* w = blocked_.find(conn);
+    auto h = handlers_.find(w->words[0]);
+    start_write(Caller{conn, w->op, nullptr, {}, 0, 0, w->user}, w->words, h->second, poll_batch_);
+  }
+}
+
+// The poll loop's wait: its usual 100 ms, shorter when a waiter's timeout comes sooner.
+inline int Runtime::poll_wait_ms() const {
+  const auto next = blocked_.next_deadline();
+  if (!next) return 100;
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(*next - std::chrono::steady_clock::now()).count();
+  return static_cast<int>(std::clamp<std::int64_t>(left + 1, 0, 100));
+}
+
+}  // namespace detail
+}  // namespace raft
 // ---- src/raft/5n_client_server.hpp ----
 
 namespace raft {
@@ -15233,6 +15554,7 @@ inline std::string Runtime::info() const {
   num("uptime_in_days", uptime / 86400);
   s += "\r\n# Clients\r\n";
   num("connected_clients", connected_clients_.load());
+  num("blocked_clients", blocked_.count());
   num("maxclients", limits_.max_clients.load());
   num("total_client_output_bytes", client_output_total_reported_.load());
   s += "\r\n# Memory\r\n";
@@ -15460,7 +15782,7 @@ inline void Runtime::poll_loop() {
   auto last_expiry = std::chrono::steady_clock::now();
   while (!stopping_or_later()) {
     client_poll_set(fds, owner);
-    int n = ::poll(fds.data(), fds.size(), 100);
+    int n = ::poll(fds.data(), fds.size(), poll_wait_ms());
     if (stopping_or_later()) break;
     if (n < 0) {
       if (errno != EINTR) log(LogLevel::Error, "poll: " + errno_text(errno));
@@ -15473,6 +15795,7 @@ inline void Runtime::poll_loop() {
     }
     if (fds[1].revents & POLLIN) accept_clients();
     std::vector<std::uint64_t> close_clients = serve_ready_clients(fds, owner);
+    serve_blocked();
     flush_batched(poll_batch_);
     drain_done();
     close_clients_done(close_clients);
@@ -15633,7 +15956,7 @@ inline void Runtime::close_idle_clients() {
   const std::uint64_t idle_s = limits_.client_timeout_s.load();
   const std::uint64_t partial_s = limits_.partial_command_timeout_s.load();
   for (auto& [id, c] : clients_) {
-    if (c->kill) continue;
+    if (c->kill || blocked_.find(id)) continue;  // a blocked client reads no command meanwhile
     // Part of a command left once the one before it ran (complete_op): its clock starts now.
     if (!c->partial_since && !c->has_pending && c->parser.buffered() > 0) c->partial_since = now;
     const bool waiting_for_us = !c->ops.empty() || c->has_pending || !c->out.empty();
@@ -15652,7 +15975,7 @@ inline void Runtime::close_idle_clients() {
 // same connection (so it sees them), and a write for the reads before it; consecutive writes
 // are proposed together and consecutive reads share a read index round.
 inline void Runtime::process_input(ClientConn& c) {
-  while (!c.close_after_flush) {
+  while (!c.close_after_flush && !blocked_.find(c.id)) {  // blocked (BLPOP & co.): no further command
     if (!c.has_pending) {
       resp::Status st = c.parser.next(c.argv);
       if (st == resp::Status::NeedMore) return;
@@ -15747,6 +16070,7 @@ inline void Runtime::complete_op(std::uint64_t conn, std::uint64_t op, Reply rep
   if (op < c.first_op || op - c.first_op >= c.ops.size()) return;
   Op& o = c.ops[static_cast<std::size_t>(op - c.first_op)];
   if (o.done) return;
+  if (o.kind == 'w' && keep_blocking(c, op, reply)) return;  // a blocking pop that waits on
   o.done = true;
   const std::size_t out_before = c.out.size();
   if (o.stat) stats_.answered(*o.stat, o.rejected, reply, std::chrono::steady_clock::now() - o.dispatched);

@@ -3551,6 +3551,101 @@ inline void restore_pairs(Reply& reply) {
 inline Reply cmd_zpopmin(Call& c) { return zpop(c, false); }
 inline Reply cmd_zpopmax(Call& c) { return zpop(c, true); }
 
+// ---- blocking pops (BLPOP BRPOP BLMOVE BZPOPMIN BZPOPMAX) ----
+// The handlers are the pops a blocking command makes each time it tries: applied through the
+// log as LPOP is, they find data or reply nil. Waiting for data between tries is the client
+// server's (5n2_blocking.hpp); inside a transaction, as in Redis, a try is all there is.
+
+/// A blocking command's timeout (seconds, a float) in milliseconds, 0 for ever, as Redis 7.0
+/// reads it: string2ld (parse_long_double: hex and "inf" too, never NaN), times 1000 rounded
+/// up, and a value beyond a long long is negative (what Redis's conversion gives on x86, made
+/// explicit here). Empty when it is good, else the error.
+inline std::string parse_block_timeout(const std::string& word, std::int64_t& ms) {
+  long double seconds = 0;
+  if (!parse_long_double(word, seconds)) return "ERR timeout is not a float or out of range";
+  const long double rounded = std::ceil(seconds * 1000.0L);
+  if (!(rounded < 9223372036854775808.0L) || rounded < 0) return "ERR timeout is negative";
+  ms = static_cast<std::int64_t>(rounded);
+  return {};
+}
+
+/// BLPOP / BRPOP key [key ...] timeout: [key, element] from the first key holding a list.
+inline Reply blocking_list_pop(Call& c, bool front) {
+  std::int64_t ms = 0;
+  const std::string bad = parse_block_timeout(c.words.back(), ms);
+  if (!bad.empty()) return Reply::error(bad);
+  for (std::size_t i = 1; i + 1 < c.words.size(); ++i) {
+    bool wrong;
+    Store::Object* o = write_lookup(c, c.words[i], Store::Kind::List, wrong);
+    if (wrong) return wrongtype_error();
+    if (o == nullptr) continue;
+    std::string v = std::move(front ? o->list.front() : o->list.back());
+    Store::shrank(*o, Store::kListEntryBytes + v.size());
+    if (front)
+      o->list.pop_front();
+    else
+      o->list.pop_back();
+    if (o->list.empty()) c.data.erase(c.words[i]);
+    return Reply::array({Reply::bulk(c.words[i]), Reply::bulk(std::move(v))});
+  }
+  return Reply::null_array();
+}
+
+inline Reply cmd_blpop(Call& c) { return blocking_list_pop(c, true); }
+inline Reply cmd_brpop(Call& c) { return blocking_list_pop(c, false); }
+
+/// BLMOVE source destination LEFT|RIGHT LEFT|RIGHT timeout: LMOVE's reply, nil (a null bulk,
+/// as Redis in a transaction) when the source is empty.
+inline Reply cmd_blmove(Call& c) {
+  const bool from_left = iequals(c.words[3], "left"), to_left = iequals(c.words[4], "left");
+  if ((!from_left && !iequals(c.words[3], "right")) || (!to_left && !iequals(c.words[4], "right")))
+    return syntax_error();
+  std::int64_t ms = 0;
+  const std::string bad = parse_block_timeout(c.words[5], ms);
+  if (!bad.empty()) return Reply::error(bad);
+  return move_generic(c, from_left, to_left);
+}
+
+/// BZPOPMIN / BZPOPMAX key [key ...] timeout: [key, member, score] from the first key holding
+/// a sorted set.
+inline Reply blocking_zpop(Call& c, bool max) {
+  std::int64_t ms = 0;
+  const std::string bad = parse_block_timeout(c.words.back(), ms);
+  if (!bad.empty()) return Reply::error(bad);
+  for (std::size_t i = 1; i + 1 < c.words.size(); ++i) {
+    bool wrong;
+    Store::Object* o = write_lookup(c, c.words[i], Store::Kind::SortedSet, wrong);
+    if (wrong) return wrongtype_error();
+    if (o == nullptr) continue;
+    Store::SortedSet& z = o->zset();
+    const auto it = max ? std::prev(z.order().end()) : z.order().begin();
+    std::string member = *it->member;
+    const double score = it->score;
+    z.erase(member);
+    Store::shrank(*o, Store::kSortedSetEntryBytes + member.size());
+    if (z.empty()) c.data.erase(c.words[i]);
+    return Reply::array({Reply::bulk(c.words[i]), Reply::bulk(std::move(member)), score_reply(score)});
+  }
+  return Reply::null_array();
+}
+
+inline Reply cmd_bzpopmin(Call& c) { return blocking_zpop(c, false); }
+inline Reply cmd_bzpopmax(Call& c) { return blocking_zpop(c, true); }
+
+/// The blocking commands: what each waits for, and where its keys are among its words.
+struct BlockingCommand {
+  Store::Kind kind;   // the keys must hold this to be worth another try
+  bool single_key;    // BLMOVE: words[1] only; otherwise words[1 .. size - 2]
+};
+inline const BlockingCommand* blocking_command(std::string_view name) {
+  static const BlockingCommand list{Store::Kind::List, false}, move{Store::Kind::List, true},
+      zset{Store::Kind::SortedSet, false};
+  if (name == "blpop" || name == "brpop") return &list;
+  if (name == "blmove") return &move;
+  if (name == "bzpopmin" || name == "bzpopmax") return &zset;
+  return nullptr;
+}
+
 /// ZSCAN: member, score, ... with the scores as bulk strings in RESP2 and RESP3 alike, as Redis.
 inline Reply cmd_zscan(Call& c) {
   return scan_key_elements(
@@ -4780,6 +4875,12 @@ inline void add_builtin_commands(CommandTable& table) {
   add("linsert", "we", 4, 4, cmd_linsert);
   add("lmove", "we", 4, 4, cmd_lmove);
   add("rpoplpush", "we", 2, 2, cmd_rpoplpush);
+  // blocking pops (the waiting is the client server's: 5n2_blocking.hpp)
+  add("blpop", "wes", 2, -1, cmd_blpop);
+  add("brpop", "wes", 2, -1, cmd_brpop);
+  add("blmove", "we", 5, 5, cmd_blmove);
+  add("bzpopmin", "wes", 2, -1, cmd_bzpopmin);
+  add("bzpopmax", "wes", 2, -1, cmd_bzpopmax);
 }
 
 }  // namespace raft

@@ -50,7 +50,8 @@
 //
 // Where what comes next goes (so that it fits this model):
 //   client authentication, pub/sub, watchers, a second protocol: connections of the poll
-//     loop (5n; commands in 5k, AUTH/ACL in 5m), state per connection in ClientConn; a
+//     loop (5n; commands in 5k, AUTH/ACL in 5m, blocking pops in 5n1), state per connection
+//     in ClientConn; a
 //     notification is a reply queued on done_ for the poll thread to write: no thread per
 //     watcher or per subscriber.
 //   peer messages never delayed by client work: new peer messages are read and answered on
@@ -531,6 +532,11 @@ class Runtime {
   std::uint64_t add_request(Request r);
   void start_read(ClientConn* conn, const Caller& caller, std::vector<std::string>& words, const Command& cmd,
                   Batch& batch);
+  // blocking pops (5n1_blocking.hpp)
+  void start_blocking(ClientConn& c, const Caller& caller, const std::vector<std::string>& words);
+  bool keep_blocking(ClientConn& c, std::uint64_t op, Reply& reply);
+  void serve_blocked();
+  int poll_wait_ms() const;
   void flush_batched(Batch& batch);
   void complete_op(std::uint64_t conn, std::uint64_t op, Reply reply);
   // forwarded writes (a follower's)
@@ -727,6 +733,7 @@ class Runtime {
   std::vector<ReadState> poll_ready_reads_;  // the poll thread's: confirmed read indexes
   std::mutex done_mu_;
   std::vector<std::tuple<std::uint64_t, std::uint64_t, Reply>> done_;  // (conn, op, reply)
+  BlockedClients blocked_;  // clients waiting in a blocking pop (5e1, 5n1)
 
   // the peer thread's state (start() fills peers_in_ before the thread runs, stop() empties it
   // after it is joined)

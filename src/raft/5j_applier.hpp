@@ -37,6 +37,7 @@ inline void Runtime::apply_loop() {
       }
     }
     items.clear();
+    if (blocked_.any()) wake_poll();  // the data may hold what a blocked client waits for
     if (fatal_) {
       halt("the apply loop stopped (see above)");
       request_stop();

@@ -124,6 +124,7 @@ inline void Runtime::handle_command(ClientConn* conn, Caller caller, std::vector
                                 "reads; restart it"));
     return;
   }
+  if (conn && cmd.is_write()) start_blocking(*conn, caller, words);  // BLPOP & co. wait, if need be
   if (cmd.is_write())
     start_write(caller, words, cmd, batch);
   else

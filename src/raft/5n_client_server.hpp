@@ -55,6 +55,7 @@ inline std::string Runtime::info() const {
   num("uptime_in_days", uptime / 86400);
   s += "\r\n# Clients\r\n";
   num("connected_clients", connected_clients_.load());
+  num("blocked_clients", blocked_.count());
   num("maxclients", limits_.max_clients.load());
   num("total_client_output_bytes", client_output_total_reported_.load());
   s += "\r\n# Memory\r\n";
@@ -282,7 +283,7 @@ inline void Runtime::poll_loop() {
   auto last_expiry = std::chrono::steady_clock::now();
   while (!stopping_or_later()) {
     client_poll_set(fds, owner);
-    int n = ::poll(fds.data(), fds.size(), 100);
+    int n = ::poll(fds.data(), fds.size(), poll_wait_ms());
     if (stopping_or_later()) break;
     if (n < 0) {
       if (errno != EINTR) log(LogLevel::Error, "poll: " + errno_text(errno));
@@ -295,6 +296,7 @@ inline void Runtime::poll_loop() {
     }
     if (fds[1].revents & POLLIN) accept_clients();
     std::vector<std::uint64_t> close_clients = serve_ready_clients(fds, owner);
+    serve_blocked();
     flush_batched(poll_batch_);
     drain_done();
     close_clients_done(close_clients);
@@ -455,7 +457,7 @@ inline void Runtime::close_idle_clients() {
   const std::uint64_t idle_s = limits_.client_timeout_s.load();
   const std::uint64_t partial_s = limits_.partial_command_timeout_s.load();
   for (auto& [id, c] : clients_) {
-    if (c->kill) continue;
+    if (c->kill || blocked_.find(id)) continue;  // a blocked client reads no command meanwhile
     // Part of a command left once the one before it ran (complete_op): its clock starts now.
     if (!c->partial_since && !c->has_pending && c->parser.buffered() > 0) c->partial_since = now;
     const bool waiting_for_us = !c->ops.empty() || c->has_pending || !c->out.empty();
@@ -474,7 +476,7 @@ inline void Runtime::close_idle_clients() {
 // same connection (so it sees them), and a write for the reads before it; consecutive writes
 // are proposed together and consecutive reads share a read index round.
 inline void Runtime::process_input(ClientConn& c) {
-  while (!c.close_after_flush) {
+  while (!c.close_after_flush && !blocked_.find(c.id)) {  // blocked (BLPOP & co.): no further command
     if (!c.has_pending) {
       resp::Status st = c.parser.next(c.argv);
       if (st == resp::Status::NeedMore) return;
@@ -569,6 +571,7 @@ inline void Runtime::complete_op(std::uint64_t conn, std::uint64_t op, Reply rep
   if (op < c.first_op || op - c.first_op >= c.ops.size()) return;
   Op& o = c.ops[static_cast<std::size_t>(op - c.first_op)];
   if (o.done) return;
+  if (o.kind == 'w' && keep_blocking(c, op, reply)) return;  // a blocking pop that waits on
   o.done = true;
   const std::size_t out_before = c.out.size();
   if (o.stat) stats_.answered(*o.stat, o.rejected, reply, std::chrono::steady_clock::now() - o.dispatched);
