@@ -74,6 +74,11 @@ class Gen {
   /// An element of a list or a member of a set: few, so searches find them.
   std::string element() { return pick({"a", "b", "c", "1", ""}); }
   /// A cursor that is not one (only "0" and these are sent: see intended_differences).
+  /// A blocking command's timeout: short (Redis's own wait is up to 100 ms) or one it refuses.
+  std::string block_timeout() {
+    if (chance(25)) return pick({"0.01", "0.001", "1e-9"});
+    return pick({"x", "-1", "-0.5", "inf", "nan", "", " 1", "1e16"});
+  }
   std::string bad_cursor() { return pick({"x", "", " 1", "1.5", "99999999999999999999", "0x1"}); }
   /// An increment for INCRBYFLOAT: integers, fractions, exponents, and what is not a float.
   std::string pick_float() {
@@ -488,6 +493,17 @@ inline const std::vector<CommandSpec>& command_specs() {
          return Words{"LMOVE", g.key(), g.key(), g.pick({"LEFT", "RIGHT", "left", "UP"}), g.pick({"LEFT", "RIGHT"})};
        }},
       {"rpoplpush", C::Exact, [](Gen& g) { return Words{"RPOPLPUSH", g.key(), g.key()}; }},
+      // blocking pops: only what needs no waiting (data there, an error) or a short timeout, never
+      // 0 (for ever); the waiting itself is tests/test_blocking.cpp's
+      {"blpop", C::Exact, [](Gen& g) { return concat(concat({"BLPOP"}, g.keys(1, 3)), {g.block_timeout()}); }},
+      {"brpop", C::Exact, [](Gen& g) { return concat(concat({"BRPOP"}, g.keys(1, 3)), {g.block_timeout()}); }},
+      {"blmove", C::Exact,
+       [](Gen& g) {
+         return Words{"BLMOVE", g.key(), g.key(), g.pick({"LEFT", "RIGHT", "left", "UP"}), g.pick({"LEFT", "RIGHT"}),
+                      g.block_timeout()};
+       }},
+      {"bzpopmin", C::Exact, [](Gen& g) { return concat(concat({"BZPOPMIN"}, g.keys(1, 3)), {g.block_timeout()}); }},
+      {"bzpopmax", C::Exact, [](Gen& g) { return concat(concat({"BZPOPMAX"}, g.keys(1, 3)), {g.block_timeout()}); }},
       // sets (SPOP takes a count no set reaches, and SRANDMEMBER's random picks are compared by
       // shape: see intended_differences)
       {"sadd", C::Exact, [](Gen& g) { return concat({"SADD", g.key()}, elements(g, 1, 3)); }},

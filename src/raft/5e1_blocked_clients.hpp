@@ -76,6 +76,7 @@ class BlockedClients {
     return moved;
   }
   void try_came_back() { try_came_back_ = true; }
+  bool look_due() const { return try_came_back_; }
 
  private:
   std::map<std::uint64_t, Waiter> by_conn_;  // a connection waits for one command at a time

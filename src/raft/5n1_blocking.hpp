@@ -108,8 +108,10 @@ inline void Runtime::serve_blocked() {
   }
 }
 
-// The poll loop's wait: its usual 100 ms, shorter when a waiter's timeout comes sooner.
+// The poll loop's wait: its usual 100 ms, shorter when a waiter's timeout comes sooner, none
+// when a try came back empty (the key may hold more: the next waiter tries at once).
 inline int Runtime::poll_wait_ms() const {
+  if (blocked_.look_due()) return 0;
   const auto next = blocked_.next_deadline();
   if (!next) return 100;
   const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(*next - std::chrono::steady_clock::now()).count();
