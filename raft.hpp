@@ -15392,7 +15392,7 @@ namespace detail {
 // A client's blocking command, about to be proposed as its first try (handle_command): from
 // now on the connection waits for it and reads no further command, as Redis's blocked client.
 // Not for execute() (no connection), nor inside a transaction, where Redis runs the command
-// once without blocking: a MULTI queue must propose it without calling this.
+// once without blocking: EXEC proposes its commands without coming here (5k2).
 inline void Runtime::start_blocking(ClientConn& c, const Caller& caller, const std::vector<std::string>& words) {
   const BlockingCommand* b = blocking_command(words[0]);
   if (b == nullptr) return;
