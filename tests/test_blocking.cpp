@@ -35,7 +35,7 @@ TEST_CASE("blocking pops that need not wait answer as a real redis-server does, 
   proc::TempDir dir("blocking-redis");
   proc::RedisServer redis(dir);
   REQUIRE(redis.port() != 0);
-  in_process::TestNode node(in_process::node_config("1", in_process::address(238, 1)));
+  in_process::TestNode node(in_process::node_config("1", in_process::address(237, 1)));
   node->start();
   REQUIRE(eventually(long_wait(), [&] { return node->state() == 'l'; }));
 
@@ -124,7 +124,7 @@ TEST_CASE("blocking pops that need not wait answer as a real redis-server does, 
 TEST_CASE("blocking pops wait on any node of a cluster: served once when data arrives, in arrival order per node; "
           "timeouts and disconnects stop the wait",
           "[runtime][blocking]") {
-  in_process::Cluster c(239, 3);
+  in_process::Cluster c(249, 3);
   c.start();
   const int leader = c.wait_for_leader();
   REQUIRE(leader != 0);
