@@ -3644,6 +3644,18 @@ inline Reply push_generic(Call& c, bool front) {
 inline Reply cmd_lpush(Call& c) { return push_generic(c, true); }
 inline Reply cmd_rpush(Call& c) { return push_generic(c, false); }
 
+/// Takes the element at one end of a non-empty list, its bytes counted off (the caller erases
+/// the key once the list is empty).
+inline std::string take_list_end(Store::Object& o, bool front) {
+  std::string v = std::move(front ? o.list.front() : o.list.back());
+  Store::shrank(o, Store::kListEntryBytes + v.size());
+  if (front)
+    o.list.pop_front();
+  else
+    o.list.pop_back();
+  return v;
+}
+
 /// LPOP / RPOP key [count], as Redis 7.
 inline Reply pop_generic(Call& c, bool front) {
   const bool has_count = c.words.size() == 3;
@@ -3654,15 +3666,7 @@ inline Reply pop_generic(Call& c, bool front) {
   Store::Object* o = write_lookup(c, c.words[1], Store::Kind::List, wrong);
   if (wrong) return wrongtype_error();
   if (o == nullptr) return has_count ? Reply::null_array() : Reply::nil();
-  const auto take = [&] {
-    std::string v = std::move(front ? o->list.front() : o->list.back());
-    Store::shrank(*o, Store::kListEntryBytes + v.size());
-    if (front)
-      o->list.pop_front();
-    else
-      o->list.pop_back();
-    return v;
-  };
+  const auto take = [&] { return take_list_end(*o, front); };
   Reply reply;
   if (!has_count) {
     reply = Reply::bulk(take());
@@ -3885,12 +3889,7 @@ inline Reply move_generic(Call& c, bool from_left, bool to_left) {
   if (source == nullptr) return Reply::nil();
   Store::Object* target = write_lookup(c, to, Store::Kind::List, wrong);
   if (wrong) return wrongtype_error();
-  std::string element = std::move(from_left ? source->list.front() : source->list.back());
-  if (from_left)
-    source->list.pop_front();
-  else
-    source->list.pop_back();
-  Store::shrank(*source, Store::kListEntryBytes + element.size());
+  std::string element = take_list_end(*source, from_left);
   if (target == nullptr) target = &c.data.put(to, Store::Kind::List);
   if (to_left)
     target->list.push_front(element);
@@ -4674,26 +4673,36 @@ inline std::string parse_block_timeout(const std::string& word, std::int64_t& ms
   return {};
 }
 
-/// BLPOP / BRPOP key [key ...] timeout: [key, element] from the first key holding a list.
-inline Reply blocking_list_pop(Call& c, bool front) {
+/// What BLPOP, BRPOP, BZPOPMIN and BZPOPMAX (key [key ...] timeout) pop from: the first key
+/// holding `kind`, after the timeout is checked (words[at] is its name). nullptr with `reply`
+/// set when there is none: the timeout's error, -WRONGTYPE for a key met first that holds
+/// another kind, else nil.
+inline Store::Object* first_to_pop(Call& c, Store::Kind kind, std::size_t& at, Reply& reply) {
   std::int64_t ms = 0;
   const std::string bad = parse_block_timeout(c.words.back(), ms);
-  if (!bad.empty()) return Reply::error(bad);
-  for (std::size_t i = 1; i + 1 < c.words.size(); ++i) {
+  reply = bad.empty() ? Reply::null_array() : Reply::error(bad);
+  if (!bad.empty()) return nullptr;
+  for (at = 1; at + 1 < c.words.size(); ++at) {
     bool wrong;
-    Store::Object* o = write_lookup(c, c.words[i], Store::Kind::List, wrong);
-    if (wrong) return wrongtype_error();
-    if (o == nullptr) continue;
-    std::string v = std::move(front ? o->list.front() : o->list.back());
-    Store::shrank(*o, Store::kListEntryBytes + v.size());
-    if (front)
-      o->list.pop_front();
-    else
-      o->list.pop_back();
-    if (o->list.empty()) c.data.erase(c.words[i]);
-    return Reply::array({Reply::bulk(c.words[i]), Reply::bulk(std::move(v))});
+    Store::Object* o = write_lookup(c, c.words[at], kind, wrong);
+    if (wrong) {
+      reply = wrongtype_error();
+      return nullptr;
+    }
+    if (o != nullptr) return o;
   }
-  return Reply::null_array();
+  return nullptr;
+}
+
+/// BLPOP / BRPOP key [key ...] timeout: [key, element] from the first key holding a list.
+inline Reply blocking_list_pop(Call& c, bool front) {
+  std::size_t at = 0;
+  Reply none;
+  Store::Object* o = first_to_pop(c, Store::Kind::List, at, none);
+  if (o == nullptr) return none;
+  std::string v = take_list_end(*o, front);
+  if (o->list.empty()) c.data.erase(c.words[at]);
+  return Reply::array({Reply::bulk(c.words[at]), Reply::bulk(std::move(v))});
 }
 
 inline Reply cmd_blpop(Call& c) { return blocking_list_pop(c, true); }
@@ -4714,24 +4723,18 @@ inline Reply cmd_blmove(Call& c) {
 /// BZPOPMIN / BZPOPMAX key [key ...] timeout: [key, member, score] from the first key holding
 /// a sorted set.
 inline Reply blocking_zpop(Call& c, bool max) {
-  std::int64_t ms = 0;
-  const std::string bad = parse_block_timeout(c.words.back(), ms);
-  if (!bad.empty()) return Reply::error(bad);
-  for (std::size_t i = 1; i + 1 < c.words.size(); ++i) {
-    bool wrong;
-    Store::Object* o = write_lookup(c, c.words[i], Store::Kind::SortedSet, wrong);
-    if (wrong) return wrongtype_error();
-    if (o == nullptr) continue;
-    Store::SortedSet& z = o->zset();
-    const auto it = max ? std::prev(z.order().end()) : z.order().begin();
-    std::string member = *it->member;
-    const double score = it->score;
-    z.erase(member);
-    Store::shrank(*o, Store::kSortedSetEntryBytes + member.size());
-    if (z.empty()) c.data.erase(c.words[i]);
-    return Reply::array({Reply::bulk(c.words[i]), Reply::bulk(std::move(member)), score_reply(score)});
-  }
-  return Reply::null_array();
+  std::size_t at = 0;
+  Reply none;
+  Store::Object* o = first_to_pop(c, Store::Kind::SortedSet, at, none);
+  if (o == nullptr) return none;
+  Store::SortedSet& z = o->zset();
+  const auto it = max ? std::prev(z.order().end()) : z.order().begin();
+  std::string member = *it->member;
+  const double score = it->score;
+  z.erase(member);
+  Store::shrank(*o, Store::kSortedSetEntryBytes + member.size());
+  if (z.empty()) c.data.erase(c.words[at]);
+  return Reply::array({Reply::bulk(c.words[at]), Reply::bulk(std::move(member)), score_reply(score)});
 }
 
 inline Reply cmd_bzpopmin(Call& c) { return blocking_zpop(c, false); }
